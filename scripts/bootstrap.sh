@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sets up everything vigil needs on a fresh Debian 12 machine, and is quick when it is all there already:
+# Debian packages (only the missing ones), npm packages (only when package-lock.json changed), the TypeScript
+# build (only when sources changed) and the guest image (only when guest/ changed). Run by `npm start` and
+# `npm test`; safe to run again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'vigil set-up: %s\n' "$*" >&2; }
+
+# Debian packages. Keep in sync with docs/ARCHITECTURE.md ("What set-up installs").
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils      # the hypervisor and the disk tool
+  busybox-static cpio xz-utils zstd e2fsprogs kmod  # building the tiny guest image
+  bpftool                          # cross-checking the introspection engine's BTF parser in tests
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing Debian packages: ${missing[*]} — run as root (or install them) first"
+    exit 1
+  fi
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm packages: `npm ci` when node_modules is missing or does not match the lock file.
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f node_modules/.vigil-lock.sha256 ] || [ "$(cat node_modules/.vigil-lock.sha256)" != "$lock_sum" ]; then
+  say "installing npm packages"
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$lock_sum" > node_modules/.vigil-lock.sha256
+fi
+
+# TypeScript build: when any source is newer than the last build.
+if [ ! -f dist/.build-stamp ] || [ -n "$(find src tsconfig.json tsconfig.build.json package.json -newer dist/.build-stamp -print -quit)" ]; then
+  say "building"
+  rm -rf dist
+  npx --no-install tsc -p tsconfig.build.json
+  touch dist/.build-stamp
+fi
+
+# The built-in guest image (cached by the hash of guest/).
+bash guest/build-tiny.sh

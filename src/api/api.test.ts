@@ -1,0 +1,238 @@
+/**
+ * The HTTP API without QEMU: the authorization matrix over every route in the OpenAPI document × every kind of
+ * actor, response bodies checked against the route's own schemas, the checked-in OpenAPI document, and the
+ * 401/403 behaviour the audit log must record.
+ */
+import { test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { z } from "zod";
+import { startDaemon, type Daemon } from "../daemon/daemon.ts";
+import { silentLogger } from "../log.ts";
+import { resolveSpec, createVmRequestSchema } from "../vm/spec.ts";
+import type { VmRepository } from "../vm/vm-repository.ts";
+import { openApiDocument } from "./app.ts";
+import { ErrorSchema } from "./schemas.ts";
+
+type Actor = "admin" | "operator" | "ownerBob" | "ownerCarol" | "auditor" | "noRoles" | "anonymous";
+const ACTORS: Actor[] = ["admin", "operator", "ownerBob", "ownerCarol", "auditor", "noRoles", "anonymous"];
+const AUTHENTICATED: Actor[] = ACTORS.filter((a) => a !== "anonymous");
+
+/**
+ * Who may call each route. Written out by hand — not derived from the permission code — so a change to either
+ * shows up here. VM routes act on VM "target", owned by bob. User routes act on user "dave".
+ */
+const MATRIX: Record<string, Actor[]> = {
+  "GET /v1/health": ACTORS,
+  "GET /openapi.json": ACTORS,
+  "GET /v1/whoami": AUTHENTICATED,
+  "GET /v1/events": AUTHENTICATED,
+  "GET /v1/host": ["admin", "operator", "auditor"],
+  "GET /v1/images": ["admin", "operator", "ownerBob", "ownerCarol", "auditor"],
+  "GET /v1/audit": ["admin", "auditor"],
+  "GET /v1/audit/verify": ["admin", "auditor"],
+  "GET /v1/audit/export": ["admin", "auditor"],
+  "GET /v1/vms": ["admin", "operator", "ownerBob", "ownerCarol", "auditor"],
+  "POST /v1/vms": ["admin", "operator", "ownerBob", "ownerCarol"],
+  "GET /v1/vms/{name}": ["admin", "operator", "ownerBob", "auditor"],
+  "DELETE /v1/vms/{name}": ["admin", "ownerBob"],
+  "POST /v1/vms/{name}/start": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/stop": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/kill": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/pause": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/resume": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/restart": ["admin", "operator", "ownerBob"],
+  "GET /v1/vms/{name}/console-log": ["admin", "operator", "ownerBob", "auditor"],
+  "GET /v1/vms/{name}/console": ["admin", "operator", "ownerBob"],
+  "GET /v1/vms/{name}/guest/ps": ["admin", "operator", "ownerBob", "auditor"],
+  "GET /v1/vms/{name}/guest/info": ["admin", "operator", "ownerBob", "auditor"],
+  "POST /v1/vms/{name}/guest/exec": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/chown": ["admin", "ownerBob"],
+  "GET /v1/vms/{name}/history": ["admin", "operator", "ownerBob", "auditor"],
+  "GET /v1/vms/{name}/where": ["admin", "operator", "ownerBob", "auditor"],
+  "POST /v1/vms/{name}/purge": ["admin", "ownerBob"],
+  "GET /v1/users": ["admin", "auditor"],
+  "POST /v1/users": ["admin"],
+  "PATCH /v1/users/{name}": ["admin"],
+  "POST /v1/users/{name}/tokens": ["admin"],
+  "DELETE /v1/users/{name}/tokens": ["admin"],
+  "GET /v1/groups": ["admin", "auditor"],
+  "POST /v1/groups": ["admin"],
+  "PUT /v1/groups/{group}/members/{user}": ["admin"],
+  "DELETE /v1/groups/{group}/members/{user}": ["admin"],
+};
+
+let unique = 0;
+/** A request body that is valid and harmless for each route (acts on objects that exist but cannot do damage). */
+function bodyFor(key: string): unknown {
+  unique++;
+  switch (key) {
+    case "POST /v1/vms":
+      return { name: `new-${unique}`, image: "no-such-image" }; // authorized, then 404: nothing is created
+    case "POST /v1/vms/{name}/guest/exec":
+      return { argv: ["uname"] };
+    case "POST /v1/vms/{name}/chown":
+      return { owner: "user:bob", approver: "matrix-test" };
+    case "POST /v1/users":
+      return { name: `user${unique}`, roles: [] };
+    case "PATCH /v1/users/{name}":
+      return { roles: ["owner"] };
+    case "POST /v1/groups":
+      return { name: `group${unique}` };
+    default:
+      return key.startsWith("POST") || key.startsWith("PATCH") ? {} : undefined;
+  }
+}
+
+interface Fixture {
+  daemon: Daemon;
+  tokens: Record<Exclude<Actor, "anonymous">, string>;
+  repo: VmRepository;
+  targetId: string;
+}
+
+async function fixture(t: TestContext): Promise<Fixture> {
+  const home = mkdtempSync(join(tmpdir(), "vigil-api-"));
+  const daemon = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+  t.after(async () => {
+    await daemon.close();
+    rmSync(home, { recursive: true, force: true });
+  });
+  const users = daemon.deps.users;
+  const roles: Record<Exclude<Actor, "anonymous">, Parameters<typeof users.create>[0]["roles"]> = {
+    admin: ["admin"],
+    operator: ["operator"],
+    ownerBob: ["owner"],
+    ownerCarol: ["owner"],
+    auditor: ["auditor"],
+    noRoles: [],
+  };
+  const names: Record<string, string> = { ownerBob: "bob", ownerCarol: "carol" };
+  const tokens = {} as Fixture["tokens"];
+  for (const [actor, r] of Object.entries(roles) as Array<[Exclude<Actor, "anonymous">, typeof roles.admin]>) {
+    const name = names[actor] ?? actor.toLowerCase();
+    await users.create({ name, roles: r, introspect: false }, "test");
+    tokens[actor] = (await users.issueToken(name, "t")).token;
+  }
+  await users.create({ name: "dave", roles: ["owner"], introspect: false }, "test");
+  await users.createGroup("devs");
+  const repo = daemon.repo;
+  const req = createVmRequestSchema.parse({ name: "target" });
+  const spec = resolveSpec(req, { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
+  const now = new Date().toISOString();
+  const vm = await repo.insert({ id: crypto.randomUUID(), name: "target", spec, state: "starting", host: "h", vmgenid: crypto.randomUUID(), generation: 1, owner: "user:bob", approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "bob", createdAt: now });
+  return { daemon, tokens, repo, targetId: vm.id };
+}
+
+function request(f: Fixture, actor: Actor, method: string, path: string, body?: unknown): Promise<Response> {
+  const headers: Record<string, string> = {};
+  if (actor !== "anonymous") headers.authorization = `Bearer ${f.tokens[actor]}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  return Promise.resolve(f.daemon.app.request(path, { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) }, { transport: "tcp" }));
+}
+
+/** The route's declared success schema, for response validation. */
+function responseSchema(f: Fixture, method: string, path: string, status: number): z.ZodType | undefined {
+  for (const def of f.daemon.app.openAPIRegistry.definitions) {
+    if (def.type !== "route" || def.route.method !== method.toLowerCase() || def.route.path !== path) continue;
+    const r = def.route.responses[status] as { content?: Record<string, { schema?: unknown }> } | undefined;
+    return r?.content?.["application/json"]?.schema as z.ZodType | undefined;
+  }
+  return undefined;
+}
+
+test("authorization matrix: every route × every actor, deny by default", async (t) => {
+  const f = await fixture(t);
+  const doc = openApiDocument(f.daemon.app) as { paths: Record<string, Record<string, { "x-vigil-permission"?: string }>> };
+  const routes: string[] = [];
+  for (const [path, ops] of Object.entries(doc.paths)) for (const method of Object.keys(ops)) routes.push(`${method.toUpperCase()} ${path}`);
+  routes.push("GET /openapi.json");
+  const missing = routes.filter((r) => !(r in MATRIX));
+  assert.deepEqual(missing, [], "every route needs an entry in MATRIX (decide who may call it)");
+  const stale = Object.keys(MATRIX).filter((r) => !routes.includes(r));
+  assert.deepEqual(stale, [], "MATRIX lists routes that no longer exist");
+
+  for (const key of routes) {
+    const [method, template] = key.split(" ") as [string, string];
+    const path = template.replace("{name}", template.startsWith("/v1/users") ? "dave" : "target").replace("{group}", "devs").replace("{user}", "dave");
+    for (const actor of ACTORS) {
+      await f.repo.update(f.targetId, { state: "starting", owner: "user:bob", pid: null });
+      const res = await request(f, actor, method, path, bodyFor(key));
+      const allowed = MATRIX[key]!.includes(actor);
+      const what = `${actor} ${key} → ${res.status}`;
+      if (allowed) {
+        if (res.status === 401 || res.status === 403) assert.fail(`${what} (expected allowed): ${await res.text()}`);
+      } else {
+        assert.equal(res.status, actor === "anonymous" ? 401 : 403, what);
+      }
+      const type = res.headers.get("content-type") ?? "";
+      if (type.includes("text/event-stream")) {
+        await res.body?.cancel();
+        continue;
+      }
+      if (!type.includes("application/json")) continue;
+      const json = (await res.json()) as unknown;
+      const schema = res.ok ? responseSchema(f, method, template, res.status) : ErrorSchema;
+      if (template !== "/openapi.json") assert.ok(schema, `${what}: no schema declared for status ${res.status}`);
+      if (schema) {
+        const parsed = schema.safeParse(json);
+        assert.ok(parsed.success, `${what}: body does not match its schema: ${JSON.stringify(parsed.error?.issues[0])}`);
+      }
+    }
+  }
+});
+
+test("denials are audited with who, what and the permission missing", async (t) => {
+  const f = await fixture(t);
+  const res = await request(f, "auditor", "POST", "/v1/vms/target/start", {});
+  assert.equal(res.status, 403);
+  const body = (await res.json()) as { error: { code: string; message: string } };
+  assert.equal(body.error.code, "VIGIL_FORBIDDEN");
+  assert.match(body.error.message, /user "auditor" may not vm.start on vm "target" \(needs vm.control\)/);
+  const [last] = await f.daemon.deps.audit.list({ tail: true, limit: 1 });
+  assert.equal(last?.result, "denied");
+  assert.equal(last?.actor, "auditor");
+  assert.equal(last?.action, "vm.start");
+  assert.equal(last?.target.name, "target");
+  assert.equal(last?.requestId, res.headers.get("x-request-id"));
+});
+
+test("without a token every route but health and the OpenAPI document is 401", async (t) => {
+  const f = await fixture(t);
+  assert.equal((await request(f, "anonymous", "GET", "/v1/health")).status, 200);
+  assert.equal((await request(f, "anonymous", "GET", "/openapi.json")).status, 200);
+  const res = await request(f, "anonymous", "GET", "/v1/vms");
+  assert.equal(res.status, 401);
+  assert.deepEqual(Object.keys(((await res.json()) as { error: object }).error).sort(), ["code", "message"]);
+  const forged = await f.daemon.app.request("/v1/vms", { headers: { authorization: "Bearer vgl_forged" } }, { transport: "tcp" });
+  assert.equal(forged.status, 401);
+});
+
+test("an owner sees only the VMs it owns", async (t) => {
+  const f = await fixture(t);
+  const mine = (await (await request(f, "ownerBob", "GET", "/v1/vms")).json()) as { vms: Array<{ name: string }> };
+  const theirs = (await (await request(f, "ownerCarol", "GET", "/v1/vms")).json()) as { vms: unknown[] };
+  assert.deepEqual(mine.vms.map((v) => v.name), ["target"]);
+  assert.deepEqual(theirs.vms, []);
+});
+
+test("bad input is a 400 naming the field, never a stack trace", async (t) => {
+  const f = await fixture(t);
+  const res = await request(f, "admin", "POST", "/v1/vms", { name: "x", memoryMiB: "lots" });
+  assert.equal(res.status, 400);
+  const body = (await res.json()) as { error: { code: string; message: string; field: string } };
+  assert.equal(body.error.field, "memoryMiB");
+  assert.doesNotMatch(body.error.message, /at .*\.ts:\d+/);
+});
+
+test("the OpenAPI document is checked in at docs/openapi.json and current", async (t) => {
+  const f = await fixture(t);
+  const path = join(import.meta.dirname, "..", "..", "docs", "openapi.json");
+  const current = JSON.stringify(openApiDocument(f.daemon.app), null, 2) + "\n";
+  if (process.env.VIGIL_UPDATE_GOLDEN === "1") writeFileSync(path, current);
+  assert.equal(readFileSync(path, "utf8"), current, "run with VIGIL_UPDATE_GOLDEN=1 to refresh docs/openapi.json");
+  const served = await (await request(f, "anonymous", "GET", "/openapi.json")).json();
+  assert.deepEqual(served, JSON.parse(current));
+});

@@ -1,0 +1,79 @@
+/**
+ * The HTTP API: Hono with OpenAPI route definitions. Order of work for every request: assign a request id,
+ * authenticate (unix socket → the local user; otherwise a bearer token; deny by default), validate the input
+ * against the route's schema, call one service method. Errors become responses only in error-response.ts.
+ */
+import { OpenAPIHono } from "@hono/zod-openapi";
+import { randomUUID } from "node:crypto";
+import { VigilError } from "../errors.ts";
+import type { RequestContext } from "../auth/guard.ts";
+import { zodIssueToError } from "../validation.ts";
+import type { ApiDeps, App, Env } from "./context.ts";
+import { errorBody, errorResponse } from "./error-response.ts";
+import { registerAccountRoutes } from "./routes/accounts.ts";
+import { registerSystemRoutes } from "./routes/system.ts";
+import { registerVmRoutes } from "./routes/vms.ts";
+
+export const PUBLIC_PATHS = new Set(["/v1/health", "/openapi.json"]);
+
+export const OPENAPI_INFO = {
+  openapi: "3.1.0",
+  info: {
+    title: "vigil API",
+    version: "1",
+    description:
+      "Manage QEMU virtual machines with ownership, audit and rollback-safe time built in. Authenticate with `Authorization: Bearer <token>` (the local unix socket needs none). Errors are `{error: {code, message, field?}}`.",
+  },
+};
+
+export function createApp(d: ApiDeps): App {
+  const app: App = new OpenAPIHono<Env>({
+    defaultHook: (result, c) => {
+      if (result.success) return;
+      const err = zodIssueToError(result.error, (result as { data?: unknown }).data, "request", "VIGIL_BAD_REQUEST");
+      return c.json(errorBody(err), 400);
+    },
+  });
+
+  app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
+
+  app.use("*", async (c, next) => {
+    const given = c.req.header("x-request-id");
+    const requestId = given && /^[A-Za-z0-9._-]{1,64}$/.test(given) ? given : randomUUID();
+    c.header("x-request-id", requestId);
+    if (PUBLIC_PATHS.has(c.req.path)) return next();
+
+    let actor;
+    if (c.env?.transport === "unix") {
+      const row = await d.users.findByName(d.localUser);
+      actor = row ? await d.users.actorFor(row, "unix") : undefined;
+    } else {
+      const auth = c.req.header("authorization") ?? "";
+      const m = /^Bearer (\S+)$/.exec(auth);
+      actor = m ? await d.users.authenticate(m[1]!) : undefined;
+    }
+    if (!actor) {
+      if (c.req.method !== "GET" && c.req.method !== "HEAD") {
+        await d.audit.append({ actor: "anonymous", action: `http.${c.req.method.toLowerCase()}`, target: { kind: "route", name: c.req.path.slice(0, 200) }, result: "denied", requestId, details: { reason: "no valid token" } });
+      }
+      return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required: send Authorization: Bearer <token> (see `vigil login`)")), 401);
+    }
+    const ctx: RequestContext = { actor, requestId };
+    c.set("ctx", ctx);
+    return next();
+  });
+
+  registerSystemRoutes(app, d);
+  registerVmRoutes(app, d);
+  registerAccountRoutes(app, d);
+
+  app.doc31("/openapi.json", OPENAPI_INFO);
+  app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));
+  app.onError((err, c) => errorResponse(c, err, d.log));
+  return app;
+}
+
+/** The OpenAPI document, as served at /openapi.json and checked in at docs/openapi.json. */
+export function openApiDocument(app: App): unknown {
+  return app.getOpenAPI31Document(OPENAPI_INFO);
+}

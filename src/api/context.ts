@@ -1,0 +1,37 @@
+/**
+ * Types shared by the HTTP layer: the services a route may call, and the per-request context the auth
+ * middleware puts on every request (who is asking, under which request id).
+ */
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import type { RequestContext } from "../auth/guard.ts";
+import type { UserStore } from "../auth/users.ts";
+import type { AuditLog } from "../audit/audit-log.ts";
+import type { AuditService } from "../audit/audit-service.ts";
+import type { Guard } from "../auth/guard.ts";
+import type { VmService } from "../vm/vm-service.ts";
+import type { ImageCatalog } from "../image/catalog.ts";
+import type { Logger } from "../log.ts";
+import type { AccountService } from "../auth/account-service.ts";
+import type { ProvenanceService } from "../provenance/provenance-service.ts";
+
+export interface ApiDeps {
+  vms: VmService;
+  users: UserStore;
+  accounts: AccountService;
+  provenance: ProvenanceService;
+  audit: AuditLog;
+  auditService: AuditService;
+  guard: Guard;
+  catalog: ImageCatalog;
+  host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
+  /** The vigil user the local unix socket maps to. */
+  localUser: string;
+  log: Logger;
+}
+
+export type Env = {
+  Variables: { ctx: RequestContext };
+  Bindings: { transport?: "unix" | "tcp" };
+};
+
+export type App = OpenAPIHono<Env>;

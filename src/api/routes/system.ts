@@ -1,0 +1,100 @@
+/** Health, host facts, images, the audit log and the live events stream. */
+import { createRoute, z } from "@hono/zod-openapi";
+import { streamSSE } from "hono/streaming";
+import type { HashedRecord } from "../../audit/chain.ts";
+import { can } from "../../auth/permissions.ts";
+import type { ApiDeps, App } from "../context.ts";
+import { json, reply, withAccess } from "../route-kit.ts";
+import { AuditRecordSchema, ImageSchema } from "../schemas.ts";
+
+const AuditQuery = z.object({
+  after: z.coerce.number().int().min(0).optional().openapi({ param: { name: "after", in: "query" } }),
+  limit: z.coerce.number().int().min(1).max(10_000).default(100).openapi({ param: { name: "limit", in: "query" } }),
+  tail: z.enum(["true", "false"]).default("false").openapi({ param: { name: "tail", in: "query" } }),
+});
+
+const VerifySchema = z
+  .object({ ok: z.boolean(), records: z.number(), checkpoints: z.number(), lastSeq: z.number(), firstBad: z.object({ seq: z.number(), reason: z.string() }).optional() })
+  .openapi("AuditVerification");
+
+export function registerSystemRoutes(app: App, d: ApiDeps): void {
+  app.openapi(
+    createRoute(withAccess("public", { method: "get", path: "/v1/health", tags: ["system"], summary: "Liveness (no token needed)", responses: { 200: json(z.object({ ok: z.literal(true), version: z.string() }), "Alive") } })),
+    async (c) => reply(c, { ok: true, version: d.host.version }),
+  );
+
+  app.openapi(
+    createRoute(withAccess("host.read", { method: "get", path: "/v1/host", tags: ["system"], summary: "This host: name, accelerator and why, vigil home", responses: { 200: json(z.object({ name: z.string(), accelerator: z.string(), accelReason: z.string(), version: z.string(), home: z.string() }), "Host") } })),
+    async (c) => {
+      await d.guard.authorize(c.get("ctx"), { action: "host.show", permission: "host.read", target: { kind: "host", name: d.host.name }, readOnly: true });
+      return reply(c, d.host);
+    },
+  );
+
+  app.openapi(
+    createRoute(withAccess("image.read", { method: "get", path: "/v1/images", tags: ["images"], summary: "Images VMs can be created from", responses: { 200: json(z.object({ images: z.array(ImageSchema) }), "Images") } })),
+    async (c) => {
+      await d.guard.authorize(c.get("ctx"), { action: "image.list", permission: "image.read", target: { kind: "image" }, readOnly: true });
+      return reply(c, { images: d.catalog.list() });
+    },
+  );
+
+  app.openapi(
+    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit", tags: ["audit"], summary: "Audit records (oldest first, or the newest with tail=true)", request: { query: AuditQuery }, responses: { 200: json(z.object({ records: z.array(AuditRecordSchema) }), "Records") } })),
+    async (c) => {
+      const q = c.req.valid("query");
+      return reply(c, { records: await d.auditService.list(c.get("ctx"), { ...(q.after !== undefined ? { afterSeq: q.after } : {}), limit: q.limit, tail: q.tail === "true" }) });
+    },
+  );
+
+  app.openapi(
+    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit/verify", tags: ["audit"], summary: "Verify the hash chain, checkpoints and signed head", responses: { 200: json(VerifySchema, "Verification result") } })),
+    async (c) => {
+      return reply(c, await d.auditService.verify(c.get("ctx")));
+    },
+  );
+
+  app.openapi(
+    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit/export", tags: ["audit"], summary: "The whole log as JSON lines, verifiable with the site's public key alone", responses: { 200: { content: { "application/x-ndjson": { schema: z.string() } }, description: "JSON lines" } } })),
+    async (c) => {
+      const lines: string[] = [];
+      for await (const line of await d.auditService.export(c.get("ctx"))) lines.push(line);
+      return c.body(lines.join("\n") + "\n", 200, { "content-type": "application/x-ndjson" }) as never;
+    },
+  );
+
+  app.openapi(
+    createRoute(withAccess("authenticated", { method: "get", path: "/v1/events", tags: ["audit"], summary: "Server-sent events: every audit record you may read, as it happens", responses: { 200: { content: { "text/event-stream": { schema: z.string() } }, description: "Event stream" } } })),
+    async (c) => {
+      const ctx = c.get("ctx");
+      const all = can(ctx.actor, "audit.read");
+      return streamSSE(c, async (stream) => {
+        const queue: HashedRecord[] = [];
+        let wake: (() => void) | undefined;
+        const off = d.audit.subscribe((r) => {
+          if (queue.length < 10_000) queue.push(r);
+          wake?.();
+        });
+        stream.onAbort(() => {
+          off();
+          wake?.();
+        });
+        await stream.writeSSE({ event: "hello", data: JSON.stringify({ user: ctx.actor.name }) });
+        while (!stream.aborted) {
+          const r = queue.shift();
+          if (!r) {
+            await new Promise<void>((res) => {
+              wake = res;
+              setTimeout(res, 15_000).unref(); // keep-alive comment below
+            });
+            wake = undefined;
+            if (queue.length === 0 && !stream.aborted) await stream.write(": keep-alive\n\n");
+            continue;
+          }
+          if (all || (await d.vms.mayRead(ctx, r.target.id))) await stream.writeSSE({ event: "audit", id: String(r.seq), data: JSON.stringify(r) });
+        }
+        off();
+      });
+    },
+  );
+}

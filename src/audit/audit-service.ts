@@ -1,0 +1,30 @@
+/** Reading and verifying the audit log as guarded operations (needs audit.read). */
+import type { Guard, RequestContext } from "../auth/guard.ts";
+import type { AuditLog } from "./audit-log.ts";
+import type { HashedRecord, VerifyResult } from "./chain.ts";
+
+export class AuditService {
+  constructor(
+    private readonly log: AuditLog,
+    private readonly guard: Guard,
+  ) {}
+
+  private read(ctx: RequestContext, action: string) {
+    return this.guard.authorize(ctx, { action, permission: "audit.read", target: { kind: "audit" }, readOnly: true });
+  }
+
+  async list(ctx: RequestContext, options: { afterSeq?: number; limit?: number; tail?: boolean }): Promise<HashedRecord[]> {
+    await this.read(ctx, "audit.list");
+    return this.log.list(options);
+  }
+
+  async verify(ctx: RequestContext): Promise<VerifyResult> {
+    await this.read(ctx, "audit.verify");
+    return this.log.verify();
+  }
+
+  async export(ctx: RequestContext): Promise<AsyncGenerator<string>> {
+    await this.read(ctx, "audit.export");
+    return this.log.exportLines();
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * The one place an operation is authorized and audited. Every service method that changes state runs through
+ * `Guard.run`: it checks the permission (deny by default), runs the operation, and appends exactly one audit
+ * record with the outcome — ok, denied or error. Reads are checked too, and recorded only when denied.
+ */
+import { VigilError, q } from "../errors.ts";
+import type { AuditLog } from "../audit/audit-log.ts";
+import { can, type Actor, type OwnerRef, type Permission } from "./permissions.ts";
+
+export interface RequestContext {
+  actor: Actor;
+  requestId: string;
+}
+
+export interface OperationDescription {
+  /** Audit action name, e.g. "vm.start". */
+  action: string;
+  /** "self": any authenticated actor acting on their own account (e.g. issuing their own token). */
+  permission: Permission | "self";
+  target: { kind: string; id?: string | null | undefined; name?: string | null | undefined };
+  /** Owner of the VM acted on, for ownership-scoped grants. */
+  owner?: OwnerRef | undefined;
+  details?: Record<string, unknown> | undefined;
+  /** Reads are audited only when denied. */
+  readOnly?: boolean;
+}
+
+export class Guard {
+  constructor(private readonly audit: AuditLog) {}
+
+  /** Throws (and audits) if the actor may not do the operation. */
+  async authorize(ctx: RequestContext, op: OperationDescription): Promise<void> {
+    const allowed =
+      op.permission === "self" ? op.target.kind === "user" && op.target.name === ctx.actor.name : can(ctx.actor, op.permission, op.owner);
+    if (allowed) return;
+    const what = op.target.name ? `${op.target.kind} ${q(op.target.name)}` : op.target.kind;
+    await this.audit.append({
+      actor: ctx.actor.name,
+      action: op.action,
+      target: op.target,
+      result: "denied",
+      requestId: ctx.requestId,
+      details: { ...op.details, permission: op.permission },
+    });
+    throw new VigilError("VIGIL_FORBIDDEN", `Permission denied: user ${q(ctx.actor.name)} may not ${op.action} on ${what} (needs ${op.permission})`);
+  }
+
+  /**
+   * Authorizes, runs `fn`, and records the outcome. `describe` adds details from the result (e.g. the new VM's
+   * id) to the audit record.
+   */
+  async run<T>(ctx: RequestContext, op: OperationDescription, fn: () => Promise<T>, describe?: (result: T) => Record<string, unknown>): Promise<T> {
+    await this.authorize(ctx, op);
+    if (op.readOnly) return fn();
+    try {
+      const result = await fn();
+      await this.audit.append({
+        actor: ctx.actor.name,
+        action: op.action,
+        target: op.target,
+        result: "ok",
+        requestId: ctx.requestId,
+        details: { ...op.details, ...describe?.(result) },
+      });
+      return result;
+    } catch (err) {
+      await this.audit.append({
+        actor: ctx.actor.name,
+        action: op.action,
+        target: op.target,
+        result: "error",
+        requestId: ctx.requestId,
+        details: { ...op.details, error: err instanceof VigilError ? { code: err.code, message: err.message } : { code: "VIGIL_INTERNAL", message: String(err) } },
+      });
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Roles and permissions, deny by default. A permission is granted by a role either on every object or only on
+ * VMs the actor owns (directly or through a group). Reading guest memory (`vm.introspect`) is never part of a
+ * role: it exposes every secret in the guest, so it is a separate grant on the user, and still needs read
+ * access to the VM.
+ */
+
+export const ROLES = ["admin", "operator", "owner", "auditor"] as const;
+export type Role = (typeof ROLES)[number];
+
+export const PERMISSIONS = [
+  "vm.read", // list, show, status, history, where, console log, events of a VM
+  "vm.create",
+  "vm.control", // start, stop, kill, pause, resume, restart
+  "vm.console", // interactive serial console: as good as a root shell in the guest
+  "vm.exec", // run an allow-listed command through the guest agent
+  "vm.modify", // snapshots, templates, clones, settings
+  "vm.delete", // destroy and purge
+  "vm.chown",
+  "vm.export",
+  "vm.introspect",
+  "image.read",
+  "image.manage",
+  "user.read",
+  "user.manage",
+  "audit.read",
+  "trust.manage",
+  "host.read",
+] as const;
+export type Permission = (typeof PERMISSIONS)[number];
+
+const VM_OWNER_PERMISSIONS: Permission[] = ["vm.read", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.delete", "vm.chown", "vm.export"];
+
+/** What each role grants everywhere (`any`) and on VMs the actor owns (`owned`). */
+const GRANTS: Record<Role, { any: Permission[]; owned: Permission[] }> = {
+  admin: { any: PERMISSIONS.filter((p) => p !== "vm.introspect"), owned: [] },
+  operator: { any: ["vm.read", "vm.create", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.export", "image.read", "host.read"], owned: VM_OWNER_PERMISSIONS },
+  owner: { any: ["vm.create", "image.read"], owned: VM_OWNER_PERMISSIONS },
+  auditor: { any: ["vm.read", "image.read", "user.read", "audit.read", "host.read"], owned: [] },
+};
+
+export interface Actor {
+  userId: string;
+  name: string;
+  roles: Role[];
+  introspect: boolean;
+  groups: string[];
+  /** How the request arrived: the local unix socket or a bearer token. */
+  via: "unix" | "token" | "system";
+}
+
+/** The actor vigil itself uses for what it observes (crashes, findings, policy actions). */
+export const SYSTEM_ACTOR: Actor = { userId: "system", name: "system", roles: ["admin"], introspect: true, groups: [], via: "system" };
+
+/** "user:alice" / "group:dev". */
+export type OwnerRef = string;
+
+export function ownsVm(actor: Actor, owner: OwnerRef): boolean {
+  if (owner === `user:${actor.name}`) return true;
+  return owner.startsWith("group:") && actor.groups.includes(owner.slice("group:".length));
+}
+
+/**
+ * May `actor` do `permission`, globally or on a VM owned by `vmOwner`? Without `vmOwner` only grants on every
+ * object count (that is how "may create a VM" or "may list users" is asked).
+ */
+export function can(actor: Actor, permission: Permission, vmOwner?: OwnerRef): boolean {
+  if (permission === "vm.introspect") {
+    return actor.introspect && (vmOwner === undefined || can(actor, "vm.read", vmOwner));
+  }
+  for (const role of actor.roles) {
+    const g = GRANTS[role];
+    if (g.any.includes(permission)) return true;
+    if (vmOwner !== undefined && g.owned.includes(permission) && ownsVm(actor, vmOwner)) return true;
+  }
+  return false;
+}
+
+/** Whether the actor may see the whole inventory or only VMs it owns. */
+export function seesAllVms(actor: Actor): boolean {
+  return actor.roles.some((r) => GRANTS[r].any.includes("vm.read"));
+}

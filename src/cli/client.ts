@@ -1,0 +1,175 @@
+/**
+ * The CLI's connection to the daemon. Locally it speaks HTTP over the unix socket in VIGIL_HOME (no token: the
+ * socket's 0700 directory is the authentication). Remotely (`VIGIL_URL`, or `vigil login`) it sends a bearer
+ * token, read from VIGIL_TOKEN or the 0600 config file — never from the command line.
+ */
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { existsSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { homeLayout, vigilHome } from "../paths.ts";
+
+export class ApiError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status: number,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface ClientConfig {
+  url?: string;
+  token?: string;
+}
+
+export function clientConfigPath(): string {
+  return join(process.env.XDG_CONFIG_HOME ?? join(homedir(), ".config"), "vigil", "config.json");
+}
+
+function loadClientConfig(): ClientConfig {
+  const path = clientConfigPath();
+  if (!existsSync(path)) return {};
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as ClientConfig;
+  } catch {
+    return {};
+  }
+}
+
+export interface Target {
+  socketPath?: string;
+  url?: URL;
+  token?: string;
+}
+
+/** Where to send requests: VIGIL_URL / login config (remote, with token) or the local socket. */
+export function resolveTarget(env = process.env): Target {
+  const cfg = loadClientConfig();
+  const url = env.VIGIL_URL ?? (env.VIGIL_HOME ? undefined : cfg.url);
+  if (url) {
+    const token = env.VIGIL_TOKEN ?? cfg.token;
+    return { url: new URL(url), ...(token ? { token } : {}) };
+  }
+  return { socketPath: homeLayout(vigilHome(env)).socket };
+}
+
+function baseOptions(target: Target, method: string, path: string, headers: Record<string, string>): RequestOptions {
+  const h: Record<string, string> = { ...headers };
+  if (target.token) h.authorization = `Bearer ${target.token}`;
+  if (target.socketPath) return { socketPath: target.socketPath, path, method, headers: h };
+  const u = target.url!;
+  return { hostname: u.hostname, port: u.port, path: u.pathname.replace(/\/$/, "") + path, method, headers: h };
+}
+
+function send(target: Target, options: RequestOptions, body: string | undefined, onResponse: (res: IncomingMessage) => void, onError: (err: Error) => void) {
+  const req = (target.url?.protocol === "https:" ? httpsRequest : httpRequest)(options, onResponse);
+  req.on("error", onError);
+  if (body !== undefined) req.write(body);
+  req.end();
+  return req;
+}
+
+function unreachable(target: Target, err: NodeJS.ErrnoException): ApiError {
+  const where = target.socketPath ?? target.url?.href ?? "?";
+  const hint = target.socketPath ? " (is `vigil serve` running for this VIGIL_HOME? start it with `npm start`)" : "";
+  return new ApiError("VIGIL_UNREACHABLE", `Cannot reach the vigil daemon at ${where}: ${err.code ?? err.message}${hint}`, 0);
+}
+
+/** One JSON request; resolves with the parsed body or rejects with the API's error. */
+export function call<T = unknown>(method: string, path: string, body?: unknown, target = resolveTarget()): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (payload !== undefined) headers["content-type"] = "application/json";
+    send(
+      target,
+      baseOptions(target, method, path, headers),
+      payload,
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          const status = res.statusCode ?? 0;
+          const type = res.headers["content-type"] ?? "";
+          if (status >= 200 && status < 300) {
+            if (!type.includes("json")) return resolve(text as T);
+            try {
+              return resolve(JSON.parse(text) as T);
+            } catch {
+              return reject(new ApiError("VIGIL_INTERNAL", "The daemon sent a malformed response", status));
+            }
+          }
+          try {
+            const e = (JSON.parse(text) as { error: { code: string; message: string; field?: string } }).error;
+            reject(new ApiError(e.code, e.message, status, e.field));
+          } catch {
+            reject(new ApiError("VIGIL_INTERNAL", `The daemon answered ${status}: ${text.slice(0, 200)}`, status));
+          }
+        });
+      },
+      (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
+    );
+  });
+}
+
+/** A streaming GET (server-sent events, exports): calls `onData` per chunk until the stream ends. */
+export function stream(path: string, onData: (chunk: string) => void, target = resolveTarget()): Promise<void> {
+  return new Promise((resolve, reject) => {
+    send(
+      target,
+      baseOptions(target, "GET", path, { accept: "*/*" }),
+      undefined,
+      (res) => {
+        if ((res.statusCode ?? 0) >= 300) {
+          let text = "";
+          res.on("data", (c: Buffer) => (text += c.toString()));
+          res.on("end", () => {
+            try {
+              const e = (JSON.parse(text) as { error: { code: string; message: string } }).error;
+              reject(new ApiError(e.code, e.message, res.statusCode ?? 0));
+            } catch {
+              reject(new ApiError("VIGIL_INTERNAL", `The daemon answered ${res.statusCode}`, res.statusCode ?? 0));
+            }
+          });
+          return;
+        }
+        res.setEncoding("utf8");
+        res.on("data", onData);
+        res.on("end", resolve);
+      },
+      (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
+    );
+  });
+}
+
+/** Opens the console upgrade and resolves with the raw duplex socket. */
+export function upgrade(path: string, target = resolveTarget()): Promise<import("node:net").Socket> {
+  return new Promise((resolve, reject) => {
+    const req = (target.url?.protocol === "https:" ? httpsRequest : httpRequest)(
+      baseOptions(target, "GET", path, { connection: "Upgrade", upgrade: "vigil-console" }),
+    );
+    req.on("upgrade", (_res, socket, head) => {
+      if (head.length > 0) socket.unshift(head);
+      resolve(socket);
+    });
+    req.on("response", (res) => {
+      let text = "";
+      res.on("data", (c: Buffer) => (text += c.toString()));
+      res.on("end", () => {
+        try {
+          const e = (JSON.parse(text) as { error: { code: string; message: string } }).error;
+          reject(new ApiError(e.code, e.message, res.statusCode ?? 0));
+        } catch {
+          reject(new ApiError("VIGIL_INTERNAL", `The daemon answered ${res.statusCode}`, res.statusCode ?? 0));
+        }
+      });
+    });
+    req.on("error", (err) => reject(unreachable(target, err as NodeJS.ErrnoException)));
+    req.end();
+  });
+}

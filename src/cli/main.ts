@@ -1,0 +1,597 @@
+/**
+ * The `vigil` command: a thin client of the daemon's API. Each command turns its arguments into one API request
+ * and prints the answer (a table, or JSON with --json). `vigil serve` is the exception: it runs the daemon.
+ * Kept free of heavy imports so a command starts fast (the boot benchmark measures `vm start --wait`).
+ */
+import { Command, CommanderError, Option } from "commander";
+import { createWriteStream, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { ApiError, call, clientConfigPath, stream, upgrade } from "./client.ts";
+import { EXIT, exitCodeFor } from "./exit-codes.ts";
+import { printJson, printTable, withSpinner } from "./output.ts";
+
+type Vm = Record<string, unknown> & { name: string; state: string; spec: { vcpus: number; memoryMiB: number; image: string | null } };
+
+const enc = encodeURIComponent;
+const vmPath = (name: string, suffix = "") => `/v1/vms/${enc(name)}${suffix}`;
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+function positiveInt(flag: string) {
+  return (v: string) => {
+    if (!/^\d+$/.test(v)) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid ${flag} ${JSON.stringify(v)}: must be a whole number`, 0, flag);
+    return Number(v);
+  };
+}
+
+function printVmTable(vms: Vm[]): void {
+  printTable(
+    vms.map((v) => ({ ...v, vcpus: v.spec.vcpus, memory: `${v.spec.memoryMiB}M`, image: v.spec.image, flags: [v.template ? "template" : "", v.expired ? "EXPIRED" : ""].filter(Boolean).join(",") })),
+    [
+      ["name", "NAME"],
+      ["state", "STATE"],
+      ["vcpus", "VCPUS"],
+      ["memory", "MEMORY"],
+      ["image", "IMAGE"],
+      ["accelerator", "ACCEL"],
+      ["owner", "OWNER"],
+      ["vmgenid", "VMGENID"],
+      ["flags", "FLAGS"],
+    ],
+  );
+}
+
+async function readSecretFromStdin(prompt: string): Promise<string> {
+  if (process.env.VIGIL_TOKEN) return process.env.VIGIL_TOKEN;
+  if (process.stdin.isTTY) process.stderr.write(prompt);
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) {
+    chunks.push(chunk as Buffer);
+    if (Buffer.concat(chunks).includes(0x0a)) break;
+  }
+  return Buffer.concat(chunks).toString("utf8").split("\n")[0]!.trim();
+}
+
+async function interactiveConsole(name: string): Promise<void> {
+  const socket = await upgrade(vmPath(name, "/console"));
+  process.stderr.write(`Connected to the console of ${name}. Press Ctrl-] to leave.\r\n`);
+  const stdin = process.stdin;
+  if (stdin.isTTY) stdin.setRawMode(true);
+  stdin.resume();
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      if (stdin.isTTY) stdin.setRawMode(false);
+      stdin.pause();
+      socket.destroy();
+      resolve();
+    };
+    stdin.on("data", (d: Buffer) => {
+      if (d.includes(0x1d)) return done(); // Ctrl-]
+      socket.write(d);
+    });
+    socket.on("data", (d: Buffer) => process.stdout.write(d));
+    socket.on("close", done);
+  });
+  process.stderr.write("\r\nDisconnected.\r\n");
+}
+
+export function buildProgram(): Command {
+  const program = new Command("vigil")
+    .description("Virtual infrastructure with security built in: QEMU VMs with ownership, audit and rollback-safe time.")
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command("serve")
+    .description("Run the daemon (manager + local host) in the foreground")
+    .option("--listen <addr:port>", 'TCP address for the HTTP API, or "none"', "127.0.0.1:7450")
+    .action(async (o: { listen: string }) => {
+      const { runDaemon } = await import("../daemon/daemon.ts");
+      await runDaemon({ listen: o.listen });
+    });
+
+  program
+    .command("host")
+    .description("This host: accelerator (and why), version, VIGIL_HOME")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const h = await call<Record<string, string>>("GET", "/v1/host");
+      if (o.json) return printJson(h);
+      for (const [k, v] of Object.entries(h)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+    });
+
+  program
+    .command("whoami")
+    .description("Who the daemon thinks you are")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const me = await call<{ name: string; roles: string[]; introspect: boolean; groups: string[]; via: string }>("GET", "/v1/whoami");
+      if (o.json) return printJson(me);
+      process.stdout.write(`${me.name} (roles: ${me.roles.join(", ") || "none"}${me.introspect ? ", introspect" : ""}; groups: ${me.groups.join(", ") || "none"}; via ${me.via})\n`);
+    });
+
+  program
+    .command("login")
+    .description("Store the daemon URL and a token (read from stdin or VIGIL_TOKEN, never from the command line) in ~/.config/vigil/config.json (0600)")
+    .requiredOption("--url <url>", "daemon URL, e.g. http://127.0.0.1:7450")
+    .action(async (o: { url: string }) => {
+      const token = await readSecretFromStdin("Token: ");
+      if (!token) throw new ApiError("VIGIL_BAD_REQUEST", "No token given: pipe it on stdin or set VIGIL_TOKEN", 0, "token");
+      const me = await call<{ name: string }>("GET", "/v1/whoami", undefined, { url: new URL(o.url), token });
+      const path = clientConfigPath();
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      writeFileSync(path, JSON.stringify({ url: o.url, token }, null, 2) + "\n", { mode: 0o600 });
+      process.stdout.write(`Logged in to ${o.url} as ${me.name}\n`);
+    });
+
+  program
+    .command("logout")
+    .description("Forget the stored URL and token")
+    .action(() => {
+      rmSync(clientConfigPath(), { force: true });
+    });
+
+  // ---- images ----
+  const image = program.command("image").description("Images VMs are created from");
+  image
+    .command("list")
+    .description("List images (the built-in `tiny` and templates)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const { images } = await call<{ images: Array<Record<string, unknown>> }>("GET", "/v1/images");
+      if (o.json) return printJson(images);
+      printTable(
+        images.map((i) => ({ ...i, size: `${Math.round(Number(i.sizeBytes) / 1024 / 1024)}M` })),
+        [
+          ["name", "NAME"],
+          ["kind", "KIND"],
+          ["size", "SIZE"],
+          ["description", "DESCRIPTION"],
+        ],
+      );
+    });
+
+  // ---- vms ----
+  const vm = program.command("vm").description("Virtual machines");
+
+  vm.command("create <name>")
+    .description("Create a VM from an image")
+    .option("--image <image>", "image to create it from", "tiny")
+    .option("--memory <MiB>", "memory in MiB", positiveInt("--memory"))
+    .option("--vcpus <n>", "virtual CPUs", positiveInt("--vcpus"))
+    .addOption(new Option("--cpu <model>", "CPU model").choices(["max", "qemu64", "host"]))
+    .option("--disk <name:MiB>", "add a blank data disk (repeatable)", collect)
+    .option("--nic <restrict|open>", "add a user-mode NIC; restrict (default) has no way out (repeatable)", collect)
+    .option("--no-nic", "no network card at all")
+    .option("--no-agent", "no guest agent channel")
+    .option("--cmdline <words>", "extra kernel command-line words")
+    .option("--owner <user:NAME|group:NAME>", "owner (default: you)")
+    .option("--approver <name>", "who approved this VM")
+    .option("--purpose <text>", "what it is for")
+    .option("--expires <date>", "expiry date (YYYY-MM-DD or ISO time)")
+    .option("--label <key=value>", "label (repeatable)", collect)
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: Record<string, unknown>) => {
+      const req: Record<string, unknown> = { name, image: o.image };
+      if (o.memory !== undefined) req.memoryMiB = o.memory;
+      if (o.vcpus !== undefined) req.vcpus = o.vcpus;
+      if (o.cpu !== undefined) req.cpu = o.cpu;
+      if (o.cmdline !== undefined) req.cmdline = o.cmdline;
+      if (o.disk) {
+        req.disks = (o.disk as string[]).map((d) => {
+          const m = /^([a-z][a-z0-9]{0,15}):(\d+)$/.exec(d);
+          if (!m) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --disk ${JSON.stringify(d)}: use NAME:MiB, e.g. data:1024`, 0, "disk");
+          return { name: m[1], sizeMiB: Number(m[2]) };
+        });
+      }
+      if (o.nic === false) req.nics = [];
+      else if (Array.isArray(o.nic)) {
+        req.nics = (o.nic as string[]).map((n) => {
+          if (n !== "restrict" && n !== "open") throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --nic ${JSON.stringify(n)}: use "restrict" or "open"`, 0, "nic");
+          return { restrict: n === "restrict" };
+        });
+      }
+      if (o.agent === false) req.agent = false;
+      for (const [flag, field] of [["owner", "owner"], ["approver", "approver"], ["purpose", "purpose"], ["expires", "expiresAt"]] as const) {
+        if (o[flag] !== undefined) req[field] = o[flag];
+      }
+      if (o.label) {
+        req.labels = Object.fromEntries(
+          (o.label as string[]).map((l) => {
+            const i = l.indexOf("=");
+            if (i <= 0) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --label ${JSON.stringify(l)}: use KEY=VALUE`, 0, "label");
+            return [l.slice(0, i), l.slice(i + 1)];
+          }),
+        );
+      }
+      const created = await call<Vm>("POST", "/v1/vms", req);
+      if (o.json) return printJson(created);
+      process.stdout.write(`Created VM ${created.name} (${created.id as string})\n`);
+    });
+
+  vm.command("start <name>")
+    .description("Start a VM")
+    .option("--wait", "wait until the guest agent answers")
+    .option("--timeout <sec>", "how long --wait may take", positiveInt("--timeout"), 120)
+    .option("--paused", "start with the vCPUs paused")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { wait?: boolean; timeout: number; paused?: boolean; json?: boolean }) => {
+      const work = call<Vm>("POST", vmPath(name, "/start"), { wait: o.wait ?? false, waitTimeoutSec: o.timeout, paused: o.paused ?? false });
+      const v = o.wait ? await withSpinner(`Starting ${name} and waiting for its agent`, work) : await work;
+      if (o.json) return printJson(v);
+      process.stdout.write(`VM ${v.name} is ${v.state}${o.wait ? " and its agent answers" : ""} (pid ${v.pid as number}, ${v.accelerator as string})\n`);
+    });
+
+  vm.command("stop <name>")
+    .description("Stop a VM: ACPI power-off, then QEMU quit, then kill (each after a timeout)")
+    .option("--timeout <sec>", "how long the guest gets to power off", positiveInt("--timeout"), 60)
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { timeout: number; json?: boolean }) => {
+      const r = await withSpinner(`Stopping ${name}`, call<{ how: string; vm: Vm }>("POST", vmPath(name, "/stop"), { timeoutSec: o.timeout }));
+      if (o.json) return printJson(r);
+      process.stdout.write(`VM ${name} stopped (${r.how})\n`);
+    });
+
+  for (const [action, text, done] of [
+    ["kill", "Kill a VM's QEMU immediately", "killed"],
+    ["pause", "Pause a VM's vCPUs", "paused"],
+    ["resume", "Resume a paused VM", "resumed"],
+  ] as const) {
+    vm.command(`${action} <name>`)
+      .description(text)
+      .option("--json", "machine-readable output")
+      .action(async (name: string, o: { json?: boolean }) => {
+        const v = await call<Vm>("POST", vmPath(name, `/${action}`));
+        if (o.json) return printJson(v);
+        process.stdout.write(`VM ${name} ${done}\n`);
+      });
+  }
+
+  vm.command("restart <name>")
+    .description("Restart a VM in a fresh QEMU process")
+    .option("--wait", "wait until the guest agent answers")
+    .option("--timeout <sec>", "how long --wait may take", positiveInt("--timeout"), 120)
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { wait?: boolean; timeout: number; json?: boolean }) => {
+      const v = await withSpinner(`Restarting ${name}`, call<Vm>("POST", vmPath(name, "/restart"), { wait: o.wait ?? false, waitTimeoutSec: o.timeout }));
+      if (o.json) return printJson(v);
+      process.stdout.write(`VM ${name} restarted (pid ${v.pid as number})\n`);
+    });
+
+  vm.command("destroy <name>")
+    .description("Delete a stopped VM and its files (--force kills it first)")
+    .option("--force", "kill it first if it is running")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { force?: boolean; json?: boolean }) => {
+      const r = await call<{ destroyed: unknown[] }>("DELETE", vmPath(name, o.force ? "?force=true" : ""));
+      if (o.json) return printJson(r);
+      process.stdout.write(`VM ${name} destroyed\n`);
+    });
+
+  vm.command("list")
+    .description("List VMs")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const { vms } = await call<{ vms: Vm[] }>("GET", "/v1/vms");
+      if (o.json) return printJson(vms);
+      printVmTable(vms);
+    });
+
+  vm.command("status <name>")
+    .description("Print a VM's state")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const v = await call<Vm>("GET", vmPath(name));
+      if (o.json) return printJson({ name: v.name, state: v.state, pid: v.pid, accelerator: v.accelerator, expired: v.expired });
+      process.stdout.write(`${v.state}\n`);
+    });
+
+  vm.command("show <name>")
+    .description("Everything about a VM: spec, state, accelerator, vmgenid, pid, runtime paths, ownership")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const v = await call<Vm>("GET", vmPath(name));
+      if (o.json) return printJson(v);
+      const fields = ["id", "name", "state", "owner", "approver", "purpose", "expiresAt", "accelerator", "vmgenid", "generation", "pid", "host", "createdBy", "createdAt"];
+      for (const f of fields) process.stdout.write(`${f.padEnd(12)} ${v[f] === null || v[f] === undefined ? "-" : String(v[f])}\n`);
+      process.stdout.write(`${"spec".padEnd(12)} ${v.spec.vcpus} vCPU, ${v.spec.memoryMiB} MiB, image ${v.spec.image}\n`);
+      process.stdout.write(`${"paths".padEnd(12)} ${JSON.stringify(v.paths, null, 2).replaceAll("\n", "\n" + " ".repeat(13))}\n`);
+    });
+
+  vm.command("console <name>")
+    .description("Attach to the serial console (Ctrl-] leaves); --log prints the captured output instead")
+    .option("--log", "print the captured console log")
+    .option("--bytes <n>", "with --log: how many of the last bytes", positiveInt("--bytes"), 65536)
+    .action(async (name: string, o: { log?: boolean; bytes: number }) => {
+      if (o.log) {
+        process.stdout.write(await call<string>("GET", vmPath(name, `/console-log?bytes=${o.bytes}`)));
+        return;
+      }
+      await interactiveConsole(name);
+    });
+
+  vm.command("ps <name>")
+    .description("The guest's own process list, from its agent")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await call<{ processes: Array<Record<string, unknown>> }>("GET", vmPath(name, "/guest/ps"));
+      if (o.json) return printJson(r);
+      printTable(r.processes, [
+        ["pid", "PID"],
+        ["ppid", "PPID"],
+        ["state", "S"],
+        ["comm", "COMMAND"],
+      ]);
+    });
+
+  vm.command("info <name>")
+    .description("Guest kernel, uptime and agent version")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await call<Record<string, unknown>>("GET", vmPath(name, "/guest/info"));
+      if (o.json) return printJson(r);
+      for (const [k, v] of Object.entries(r)) process.stdout.write(`${k.padEnd(10)} ${String(v)}\n`);
+    });
+
+  vm.command("exec <name> <argv...>")
+    .description("Run an allow-listed command in the guest (vigil vm exec NAME -- uname -a)")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, argv: string[], o: { json?: boolean }) => {
+      const r = await call<{ exitCode: number; stdout: string; stderr: string }>("POST", vmPath(name, "/guest/exec"), { argv });
+      if (o.json) return printJson(r);
+      process.stdout.write(Buffer.from(r.stdout, "base64"));
+      process.stderr.write(Buffer.from(r.stderr, "base64"));
+      process.exitCode = r.exitCode === 0 ? 0 : EXIT.internal;
+    });
+
+  vm.command("chown <name> <owner>")
+    .description("Transfer ownership to user:NAME or group:NAME; the approver is recorded")
+    .requiredOption("--approver <name>", "who approved the transfer")
+    .option("--reason <text>", "why")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, owner: string, o: { approver: string; reason?: string; json?: boolean }) => {
+      const r = await call<Record<string, string>>("POST", vmPath(name, "/chown"), { owner, approver: o.approver, ...(o.reason ? { reason: o.reason } : {}) });
+      if (o.json) return printJson(r);
+      process.stdout.write(`VM ${name}: owner ${r.previousOwner} → ${r.owner} (approved by ${r.approver})\n`);
+    });
+
+  vm.command("history <name>")
+    .description("Who created and touched a VM, where it came from, where it has been")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const h = await call<{ id: string; exists: boolean; owner: string; createdBy: string; createdAt: string; lineage: Record<string, unknown> | null; locations: Array<Record<string, string | null>>; events: Array<Record<string, unknown> & { target: { name: string } }> }>("GET", vmPath(name, "/history"));
+      if (o.json) return printJson(h);
+      process.stdout.write(`VM ${name} (${h.id})${h.exists ? "" : " — destroyed"}\n`);
+      process.stdout.write(`  owner ${h.owner}; created by ${h.createdBy} at ${h.createdAt}; lineage ${JSON.stringify(h.lineage)}\n`);
+      process.stdout.write("Where it has been:\n");
+      for (const l of h.locations) process.stdout.write(`  ${l.since} → ${l.until ?? "now"}  ${l.host}:${l.path}\n`);
+      process.stdout.write("What happened:\n");
+      printTable(
+        h.events.map((e) => ({ ...e, details: JSON.stringify(e.details).slice(0, 80) })),
+        [
+          ["seq", "SEQ"],
+          ["time", "TIME"],
+          ["actor", "WHO"],
+          ["action", "WHAT"],
+          ["result", "RESULT"],
+          ["details", "DETAILS"],
+        ],
+      );
+    });
+
+  vm.command("where <name>")
+    .description("Every place a VM's data lives now (and lived)")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const w = await call<{ live: Array<Record<string, unknown>>; removed: Array<Record<string, unknown>> }>("GET", vmPath(name, "/where"));
+      if (o.json) return printJson(w);
+      const cols: Array<[string, string]> = [
+        ["purpose", "PURPOSE"],
+        ["host", "HOST"],
+        ["path", "PATH"],
+        ["size", "SIZE"],
+        ["createdAt", "SINCE"],
+      ];
+      process.stdout.write("Lives now:\n");
+      printTable(w.live, cols);
+      if (w.removed.length > 0) {
+        process.stdout.write("Lived (removed):\n");
+        printTable(w.removed, [...cols, ["removedAt", "REMOVED"], ["removedHow", "HOW"]]);
+      }
+    });
+
+  vm.command("purge <name>")
+    .description("Destroy a VM and overwrite every registered copy of its data vigil can reach")
+    .option("--force", "kill it first if it is running")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { force?: boolean; json?: boolean }) => {
+      const r = await call<{ destroyed: Array<{ path: string; purpose: string }>; unreachable: Array<{ path: string; host: string; why: string }> }>("POST", vmPath(name, "/purge"), { force: o.force ?? false });
+      if (o.json) return printJson(r);
+      for (const f of r.destroyed) process.stdout.write(`destroyed    ${f.purpose.padEnd(12)} ${f.path}\n`);
+      for (const f of r.unreachable) process.stdout.write(`UNREACHABLE  ${f.host}:${f.path} (${f.why})\n`);
+      process.stdout.write(`VM ${name} purged: ${r.destroyed.length} file(s) destroyed, ${r.unreachable.length} out of reach\n`);
+    });
+
+  // ---- users and groups ----
+  const user = program.command("user").description("Users, roles and tokens");
+  user
+    .command("add <name>")
+    .description("Add a user; prints its first token once")
+    .option("--role <role>", "admin | operator | owner | auditor (repeatable)", collect)
+    .option("--introspect", "may read guest memory (never implied by a role)")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { role?: string[]; introspect?: boolean; json?: boolean }) => {
+      const r = await call<{ user: Record<string, unknown>; token: string }>("POST", "/v1/users", { name, roles: o.role ?? [], introspect: o.introspect ?? false });
+      if (o.json) return printJson(r);
+      process.stdout.write(`Added user ${name}. Token (shown once, store it now):\n${r.token}\n`);
+    });
+  user
+    .command("list")
+    .description("List users")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const { users } = await call<{ users: Array<Record<string, unknown>> }>("GET", "/v1/users");
+      if (o.json) return printJson(users);
+      printTable(
+        users.map((u) => ({ ...u, roles: (u.roles as string[]).join(","), groups: (u.groups as string[]).join(",") })),
+        [
+          ["name", "NAME"],
+          ["roles", "ROLES"],
+          ["introspect", "INTROSPECT"],
+          ["disabled", "DISABLED"],
+          ["groups", "GROUPS"],
+          ["createdAt", "CREATED"],
+        ],
+      );
+    });
+  user
+    .command("token <name>")
+    .description("Issue a new token for a user (shown once), or --revoke all of them")
+    .option("--label <label>", "a name for the token", "cli")
+    .option("--expires <iso>", "expiry time (ISO 8601)")
+    .option("--revoke", "revoke every token of the user instead")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { label: string; expires?: string; revoke?: boolean; json?: boolean }) => {
+      if (o.revoke) {
+        const r = await call<{ revoked: number }>("DELETE", `/v1/users/${enc(name)}/tokens`);
+        if (o.json) return printJson(r);
+        process.stdout.write(`Revoked ${r.revoked} token(s) of ${name}\n`);
+        return;
+      }
+      const r = await call<{ token: string }>("POST", `/v1/users/${enc(name)}/tokens`, { name: o.label, ...(o.expires ? { expiresAt: o.expires } : {}) });
+      if (o.json) return printJson(r);
+      process.stdout.write(`${r.token}\n`);
+    });
+  user
+    .command("set <name>")
+    .description("Change a user's roles, introspection grant or disabled flag")
+    .option("--role <role>", "replace the roles (repeatable)", collect)
+    .option("--introspect", "grant introspection")
+    .option("--no-introspect", "revoke introspection")
+    .option("--disable", "disable the user")
+    .option("--enable", "enable the user")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { role?: string[]; introspect?: boolean; disable?: boolean; enable?: boolean; json?: boolean }) => {
+      const change: Record<string, unknown> = {};
+      if (o.role) change.roles = o.role;
+      if (o.introspect !== undefined) change.introspect = o.introspect;
+      if (o.disable) change.disabled = true;
+      if (o.enable) change.disabled = false;
+      const r = await call<Record<string, unknown>>("PATCH", `/v1/users/${enc(name)}`, change);
+      if (o.json) return printJson(r);
+      process.stdout.write(`User ${name} updated\n`);
+    });
+
+  const group = program.command("group").description("Groups (VMs can be owned by a group)");
+  group
+    .command("add <name>")
+    .description("Add a group")
+    .action(async (name: string) => {
+      await call("POST", "/v1/groups", { name });
+      process.stdout.write(`Added group ${name}\n`);
+    });
+  group
+    .command("list")
+    .description("List groups and members")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const { groups } = await call<{ groups: Array<{ name: string; members: string[] }> }>("GET", "/v1/groups");
+      if (o.json) return printJson(groups);
+      printTable(groups.map((g) => ({ name: g.name, members: g.members.join(",") })), [
+        ["name", "NAME"],
+        ["members", "MEMBERS"],
+      ]);
+    });
+  for (const [cmd, method, verb] of [
+    ["add-member", "PUT", "added to"],
+    ["remove-member", "DELETE", "removed from"],
+  ] as const) {
+    group
+      .command(`${cmd} <group> <user>`)
+      .description(`${cmd === "add-member" ? "Add a user to" : "Remove a user from"} a group`)
+      .action(async (g: string, u: string) => {
+        await call(method, `/v1/groups/${enc(g)}/members/${enc(u)}`);
+        process.stdout.write(`${u} ${verb} ${g}\n`);
+      });
+  }
+
+  // ---- audit ----
+  const audit = program.command("audit").description("The tamper-evident audit log");
+  audit
+    .command("verify")
+    .description("Verify the hash chain, signed checkpoints and signed head; names the first bad record")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const r = await call<{ ok: boolean; records: number; checkpoints: number; firstBad?: { seq: number; reason: string } }>("GET", "/v1/audit/verify");
+      if (o.json) printJson(r);
+      else if (r.ok) process.stdout.write(`OK: ${r.records} records, ${r.checkpoints} signed checkpoints, chain intact\n`);
+      else process.stdout.write(`TAMPERED: first bad record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
+      if (!r.ok) process.exitCode = EXIT.conflict;
+    });
+  audit
+    .command("export")
+    .description("Write the log as JSON lines that an outside tool can verify with the site's public key")
+    .option("-o, --output <file>", "write to a file instead of stdout")
+    .action(async (o: { output?: string }) => {
+      const out = o.output ? createWriteStream(o.output, { mode: 0o600 }) : process.stdout;
+      await stream("/v1/audit/export", (chunk) => out.write(chunk));
+      if (o.output) await new Promise((r) => (out as ReturnType<typeof createWriteStream>).end(r));
+    });
+  audit
+    .command("tail")
+    .description("The newest records; --follow streams new ones as they happen")
+    .option("-n, --lines <n>", "how many", positiveInt("--lines"), 20)
+    .option("-f, --follow", "keep streaming")
+    .option("--json", "one JSON record per line")
+    .action(async (o: { lines: number; follow?: boolean; json?: boolean }) => {
+      const show = (r: Record<string, unknown> & { target: { kind: string; name: string | null } }) => {
+        if (o.json) process.stdout.write(JSON.stringify(r) + "\n");
+        else process.stdout.write(`${String(r.seq).padStart(6)} ${r.time as string} ${String(r.actor).padEnd(10)} ${String(r.action).padEnd(18)} ${String(r.result).padEnd(7)} ${r.target.kind}:${r.target.name ?? "-"} ${JSON.stringify(r.details).slice(0, 100)}\n`);
+      };
+      const { records } = await call<{ records: Array<Record<string, unknown> & { target: { kind: string; name: string | null } }> }>("GET", `/v1/audit?tail=true&limit=${o.lines}`);
+      records.forEach(show);
+      if (!o.follow) return;
+      let buf = "";
+      await stream("/v1/events", (chunk) => {
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (!/^event: audit$/m.test(block)) continue;
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          if (data) show(JSON.parse(data) as never);
+        }
+      });
+    });
+
+  return program;
+}
+
+/** Runs the CLI and maps every failure to one documented exit code. */
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT.badInput;
+      return;
+    }
+    if (err instanceof ApiError) {
+      process.stderr.write(`vigil: ${err.message}\n`);
+      process.exitCode = exitCodeFor(err.code);
+      return;
+    }
+    const e = err as { code?: string; message?: string };
+    if (typeof e.code === "string" && e.code.startsWith("VIGIL_")) {
+      process.stderr.write(`vigil: ${e.message}\n`);
+      process.exitCode = exitCodeFor(e.code);
+      return;
+    }
+    process.stderr.write(`vigil: internal error: ${e.message ?? String(err)}\n`);
+    process.exitCode = EXIT.internal;
+  }
+}

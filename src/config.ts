@@ -1,0 +1,34 @@
+/**
+ * Site configuration: an optional `config.json` in VIGIL_HOME, validated strictly (an unknown key is an error,
+ * not a silently ignored typo). Everything has a secure default.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { z } from "zod";
+import { VigilError, messageOf, q } from "./errors.ts";
+import { parseOrThrow } from "./validation.ts";
+
+export const configSchema = z.strictObject({
+  policy: z
+    .strictObject({
+      /** Every VM must name an approver, a purpose and an expiry date. */
+      requireOwnership: z.boolean().default(false),
+      /** What happens to a running VM past its expiry date: flagged only, or stopped. */
+      expiredVms: z.enum(["flag", "stop"]).default("flag"),
+    })
+    .default({ requireOwnership: false, expiredVms: "flag" }),
+});
+
+export type VigilConfig = z.output<typeof configSchema>;
+
+export function loadConfig(home: string): VigilConfig {
+  const path = join(home, "config.json");
+  if (!existsSync(path)) return configSchema.parse({});
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new VigilError("VIGIL_BAD_REQUEST", `Cannot read ${q(path)}: ${messageOf(err)}`);
+  }
+  return parseOrThrow(configSchema, raw, `configuration in ${path}`);
+}

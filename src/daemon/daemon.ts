@@ -1,0 +1,222 @@
+/**
+ * `vigil serve`: the manager and the local host agent in one process. It opens the inventory and the audit
+ * log, finds running VMs again, and serves the API on a unix socket (0700 directory: the local user, no token)
+ * and on TCP (bearer tokens). On SIGTERM/SIGINT it detaches from every QEMU and exits: VMs keep running.
+ */
+import { createAdaptorServer, type ServerType } from "@hono/node-server";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import type { IncomingMessage } from "node:http";
+import { connect, type Socket } from "node:net";
+import { hostname, userInfo } from "node:os";
+import { join } from "node:path";
+import { AuditLog } from "../audit/audit-log.ts";
+import { AuditService } from "../audit/audit-service.ts";
+import { loadOrCreateSiteKey } from "../audit/site-key.ts";
+import { AccountService } from "../auth/account-service.ts";
+import { Guard, type RequestContext } from "../auth/guard.ts";
+import { SYSTEM_ACTOR } from "../auth/permissions.ts";
+import { UserStore } from "../auth/users.ts";
+import { loadConfig } from "../config.ts";
+import { VigilError, messageOf, q } from "../errors.ts";
+import { ensurePrivateDir } from "../host/private-dir.ts";
+import { processAlive } from "../host/qemu-process.ts";
+import { ImageCatalog } from "../image/catalog.ts";
+import { openSqlite, type Db } from "../inventory/db.ts";
+import { createLogger, type Logger } from "../log.ts";
+import { homeLayout, vigilCache, vigilHome, type HomeLayout } from "../paths.ts";
+import { DataRegistry } from "../provenance/data-registry.ts";
+import { LocationHistory } from "../provenance/locations.ts";
+import { ProvenanceService } from "../provenance/provenance-service.ts";
+import { detectAccelerator } from "../qemu/accel.ts";
+import { VmRepository } from "../vm/vm-repository.ts";
+import { VmService } from "../vm/vm-service.ts";
+import { createApp } from "../api/app.ts";
+import type { ApiDeps, App } from "../api/context.ts";
+import { errorBody } from "../api/error-response.ts";
+import { startExpiryWatch } from "../vm/expiry.ts";
+
+export const VERSION: string = (() => {
+  try {
+    return (JSON.parse(readFileSync(join(import.meta.dirname, "..", "..", "package.json"), "utf8")) as { version: string }).version;
+  } catch {
+    return "0.0.0";
+  }
+})();
+
+export interface DaemonOptions {
+  home?: string;
+  cache?: string;
+  /** "ADDR:PORT" for the TCP listener, or "none". */
+  listen?: string;
+  log?: Logger;
+}
+
+export interface Daemon {
+  home: HomeLayout;
+  app: App;
+  deps: ApiDeps;
+  /** The inventory's VM table, for tests and tools that set up state directly. */
+  repo: VmRepository;
+  /** The TCP address actually bound (port 0 → a free port), if any. */
+  tcpAddress: { host: string; port: number } | undefined;
+  close(): Promise<void>;
+}
+
+function listenOn(server: ServerType, where: string | { host: string; port: number }, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", (err) => reject(new VigilError("VIGIL_HOST", `Cannot listen on ${what}: ${messageOf(err)}`, { cause: err })));
+    if (typeof where === "string") server.listen(where, () => resolve());
+    else server.listen(where.port, where.host, () => resolve());
+  });
+}
+
+/** Refuses to start a second daemon on the same VIGIL_HOME. */
+function claimPidFile(home: HomeLayout): void {
+  if (existsSync(home.pidFile)) {
+    const pid = Number.parseInt(readFileSync(home.pidFile, "utf8"), 10);
+    if (Number.isSafeInteger(pid) && pid !== process.pid && processAlive(pid)) {
+      const cmd = (() => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+        } catch {
+          return "";
+        }
+      })();
+      if (cmd.includes("serve")) throw new VigilError("VIGIL_CONFLICT", `vigil is already serving ${q(home.home)} (pid ${pid})`);
+    }
+  }
+  writeFileSync(home.pidFile, `${process.pid}\n`, { mode: 0o600 });
+}
+
+export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
+  const home = homeLayout(options.home ?? vigilHome());
+  const log = options.log ?? createLogger();
+  ensurePrivateDir(home.home);
+  ensurePrivateDir(home.runDir);
+  ensurePrivateDir(home.vmsDir);
+  ensurePrivateDir(home.keysDir);
+  claimPidFile(home);
+
+  const config = loadConfig(home.home);
+  const db: Db = await openSqlite(home.database);
+  const hostName = hostname();
+  const siteKey = loadOrCreateSiteKey(home.keysDir);
+  const audit = await AuditLog.open(db, siteKey, hostName, join(home.keysDir, "audit-head.json"));
+  const users = new UserStore(db);
+  const localUser = userInfo().username;
+  await users.ensureLocalUser(localUser);
+  const guard = new Guard(audit);
+  const accel = detectAccelerator();
+  const catalog = new ImageCatalog(options.cache ?? vigilCache());
+  const repo = new VmRepository(db);
+  const registry = new DataRegistry(db, hostName);
+  const locations = new LocationHistory(db);
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership }, log });
+  const deps: ApiDeps = {
+    vms,
+    users,
+    accounts: new AccountService(users, guard),
+    provenance: new ProvenanceService(db, repo, registry, locations, audit, guard, users),
+    audit,
+    auditService: new AuditService(audit, guard),
+    guard,
+    catalog,
+    host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
+    localUser,
+    log,
+  };
+
+  const recovered = await vms.recover();
+  await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
+  log.info({ home: home.home, accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
+
+  const app = createApp(deps);
+  const servers: ServerType[] = [];
+
+  rmSync(home.socket, { force: true });
+  const unixServer = createAdaptorServer({ fetch: (req: Request) => app.fetch(req, { transport: "unix" }) });
+  await listenOn(unixServer, home.socket, `the socket ${home.socket}`);
+  servers.push(unixServer);
+
+  let tcpAddress: Daemon["tcpAddress"];
+  const listen = options.listen ?? "127.0.0.1:7450";
+  if (listen !== "none") {
+    const m = /^(.+):(\d{1,5})$/.exec(listen);
+    if (!m) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid --listen ${q(listen)}: use ADDR:PORT (e.g. 127.0.0.1:7450) or "none"`, { field: "listen" });
+    const tcpServer = createAdaptorServer({ fetch: (req: Request) => app.fetch(req, { transport: "tcp" }) });
+    await listenOn(tcpServer, { host: m[1]!, port: Number(m[2]) }, listen);
+    const addr = tcpServer.address();
+    if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
+    servers.push(tcpServer);
+  }
+  for (const server of servers) {
+    const transport = server === unixServer ? "unix" : "tcp";
+    server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));
+  }
+
+  const stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms });
+
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    stopExpiry();
+    await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    await vms.close();
+    await audit.checkpoint();
+    await db.destroy();
+    rmSync(home.socket, { force: true });
+    rmSync(home.pidFile, { force: true });
+    log.info("vigil stopped; VMs keep running");
+  };
+  return { home, app, deps, repo, tcpAddress, close };
+}
+
+/**
+ * The interactive console: `GET /v1/vms/NAME/console` with `Upgrade: vigil-console` becomes a raw byte stream
+ * to the VM's serial port. Authentication and authorization are the same as for any route.
+ */
+async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp", req: IncomingMessage, socket: Socket): Promise<void> {
+  const refuse = (status: number, err: VigilError) => {
+    const body = JSON.stringify(errorBody(err));
+    socket.end(`HTTP/1.1 ${status} ${status === 401 ? "Unauthorized" : "Error"}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  };
+  socket.on("error", () => socket.destroy());
+  try {
+    const m = /^\/v1\/vms\/([a-z][a-z0-9-]{0,62})\/console$/.exec(new URL(req.url ?? "/", "http://x").pathname);
+    if (!m || req.headers.upgrade?.toLowerCase() !== "vigil-console") return refuse(404, new VigilError("VIGIL_NOT_FOUND", "Only /v1/vms/NAME/console can be upgraded (Upgrade: vigil-console)"));
+    let actor;
+    if (transport === "unix") {
+      const row = await d.users.findByName(d.localUser);
+      actor = row ? await d.users.actorFor(row, "unix") : undefined;
+    } else {
+      const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? "");
+      actor = bearer ? await d.users.authenticate(bearer[1]!) : undefined;
+    }
+    if (!actor) return refuse(401, new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required"));
+    const ctx: RequestContext = { actor, requestId: crypto.randomUUID() };
+    const serialPath = await d.vms.openConsole(ctx, m[1]!);
+    const serial = connect(serialPath);
+    serial.once("connect", () => {
+      socket.write("HTTP/1.1 101 Switching Protocols\r\nupgrade: vigil-console\r\nconnection: Upgrade\r\n\r\n");
+      socket.pipe(serial);
+      serial.pipe(socket);
+    });
+    serial.on("error", (err) => refuse(502, new VigilError("VIGIL_QEMU", `Cannot connect to the serial console: ${err.message}`)));
+    serial.on("close", () => socket.end());
+    socket.on("close", () => serial.destroy());
+  } catch (err) {
+    if (err instanceof VigilError) refuse(err.status, err);
+    else refuse(500, new VigilError("VIGIL_INTERNAL", "Internal error"));
+  }
+}
+
+/** Runs the daemon until SIGTERM/SIGINT. */
+export async function runDaemon(options: DaemonOptions): Promise<void> {
+  const daemon = await startDaemon(options);
+  const stop = () => {
+    void daemon.close().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}

@@ -1,0 +1,88 @@
+/**
+ * The image catalog: what a VM can be created from. The built-in image `tiny` is built by set-up from Debian
+ * packages into the shared cache (guest/build-tiny.sh); its manifest says what is in it and is checked before
+ * use. Templates and imported images join the catalog in later capabilities.
+ */
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { join } from "node:path";
+import { z } from "zod";
+import { VigilError, q } from "../errors.ts";
+import type { ResolvableImage } from "../vm/spec.ts";
+
+const fileEntry = z.object({ sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int().nonnegative() });
+
+export const tinyManifestSchema = z.looseObject({
+  format: z.literal(1),
+  name: z.literal("tiny"),
+  key: z.string(),
+  builtAt: z.string(),
+  kernel: z.looseObject({ package: z.string(), version: z.string(), release: z.string() }),
+  busybox: z.looseObject({ package: z.string(), version: z.string() }),
+  files: z.looseObject({ vmlinuz: fileEntry, "initrd.img": fileEntry, "disk.qcow2": fileEntry }),
+  cmdline: z.string(),
+});
+
+export type TinyManifest = z.output<typeof tinyManifestSchema>;
+
+export interface ImageView {
+  name: string;
+  kind: "builtin" | "template" | "imported";
+  description: string;
+  dir: string;
+  sizeBytes: number;
+  details: Record<string, unknown>;
+}
+
+export interface CatalogImage extends ResolvableImage {
+  view: ImageView;
+}
+
+export class ImageCatalog {
+  constructor(private readonly cacheDir: string) {}
+
+  /** The directory of the current tiny image, or undefined if set-up has not built it. */
+  tinyDir(): string | undefined {
+    const link = join(this.cacheDir, "images", "tiny", "current");
+    if (!existsSync(join(link, "manifest.json"))) return undefined;
+    return realpathSync(link);
+  }
+
+  private loadTiny(): CatalogImage | undefined {
+    const dir = this.tinyDir();
+    if (!dir) return undefined;
+    let manifest: TinyManifest;
+    try {
+      manifest = tinyManifestSchema.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
+    } catch (err) {
+      throw new VigilError("VIGIL_HOST", `The tiny image in ${q(dir)} has a bad manifest (rebuild it: npm start)`, { cause: err });
+    }
+    const f = manifest.files;
+    return {
+      name: "tiny",
+      boot: { kind: "kernel", kernel: join(dir, "vmlinuz"), initrd: join(dir, "initrd.img"), cmdline: manifest.cmdline },
+      disk: join(dir, "disk.qcow2"),
+      view: {
+        name: "tiny",
+        kind: "builtin",
+        description: `Debian ${manifest.kernel.release} kernel + busybox initramfs with the vigil agent`,
+        dir,
+        sizeBytes: f.vmlinuz.size + f["initrd.img"].size + f["disk.qcow2"].size,
+        details: { kernel: manifest.kernel, busybox: manifest.busybox, key: manifest.key, builtAt: manifest.builtAt },
+      },
+    };
+  }
+
+  list(): ImageView[] {
+    const tiny = this.loadTiny();
+    return tiny ? [tiny.view] : [];
+  }
+
+  get(name: string): CatalogImage {
+    const image = name === "tiny" ? this.loadTiny() : undefined;
+    if (!image) {
+      const hint = name === "tiny" ? " (set-up has not built it yet: run npm start or guest/build-tiny.sh)" : "";
+      throw new VigilError("VIGIL_IMAGE_NOT_FOUND", `Image ${q(name)} does not exist${hint}`, { field: "image" });
+    }
+    return image;
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * Versioned schema migrations, written with Kysely's schema builder so the same steps run on SQLite and
+ * PostgreSQL. Migrations are append-only: a released one is never edited, a change is a new entry.
+ */
+import { type Kysely, type Migration, type MigrationProvider, Migrator } from "kysely";
+import { VigilError } from "../errors.ts";
+
+const migrations: Record<string, Migration> = {
+  "0001-foundation": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("vms")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull().unique())
+        .addColumn("spec", "text", (c) => c.notNull())
+        .addColumn("state", "text", (c) => c.notNull())
+        .addColumn("host", "text", (c) => c.notNull())
+        .addColumn("accelerator", "text")
+        .addColumn("vmgenid", "text", (c) => c.notNull())
+        .addColumn("generation", "integer", (c) => c.notNull().defaultTo(1))
+        .addColumn("pid", "integer")
+        .addColumn("owner", "text", (c) => c.notNull())
+        .addColumn("approver", "text")
+        .addColumn("purpose", "text")
+        .addColumn("expires_at", "text")
+        .addColumn("labels", "text", (c) => c.notNull().defaultTo("{}"))
+        .addColumn("lineage", "text", (c) => c.notNull().defaultTo("{}"))
+        .addColumn("is_template", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .addColumn("state_changed_at", "text", (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable("audit_log")
+        .addColumn("seq", "integer", (c) => c.primaryKey())
+        .addColumn("id", "text", (c) => c.notNull().unique())
+        .addColumn("time", "text", (c) => c.notNull())
+        .addColumn("actor", "text", (c) => c.notNull())
+        .addColumn("action", "text", (c) => c.notNull())
+        .addColumn("target_kind", "text", (c) => c.notNull())
+        .addColumn("target_id", "text")
+        .addColumn("target_name", "text")
+        .addColumn("result", "text", (c) => c.notNull())
+        .addColumn("host", "text", (c) => c.notNull())
+        .addColumn("request_id", "text")
+        .addColumn("details", "text", (c) => c.notNull())
+        .addColumn("prev_hash", "text", (c) => c.notNull())
+        .addColumn("hash", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("audit_log_target").on("audit_log").columns(["target_id", "seq"]).execute();
+
+      await db.schema
+        .createTable("audit_checkpoints")
+        .addColumn("seq", "integer", (c) => c.primaryKey())
+        .addColumn("hash", "text", (c) => c.notNull())
+        .addColumn("time", "text", (c) => c.notNull())
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("signature", "text", (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable("users")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull().unique())
+        .addColumn("roles", "text", (c) => c.notNull())
+        .addColumn("introspect", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("disabled", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable("tokens")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("user_id", "text", (c) => c.notNull().references("users.id"))
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("hash", "text", (c) => c.notNull().unique())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addColumn("expires_at", "text")
+        .addColumn("last_used_at", "text")
+        .addColumn("revoked", "integer", (c) => c.notNull().defaultTo(0))
+        .execute();
+
+      await db.schema
+        .createTable("groups")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("group_members")
+        .addColumn("group_name", "text", (c) => c.notNull().references("groups.name"))
+        .addColumn("user_id", "text", (c) => c.notNull().references("users.id"))
+        .addPrimaryKeyConstraint("group_members_pk", ["group_name", "user_id"])
+        .execute();
+
+      await db.schema
+        .createTable("vm_locations")
+        .addColumn("id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("host", "text", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("since", "text", (c) => c.notNull())
+        .addColumn("until", "text")
+        .execute();
+
+      await db.schema
+        .createTable("data_files")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("host", "text", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("purpose", "text", (c) => c.notNull())
+        .addColumn("size", "integer")
+        .addColumn("sha256", "text")
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addColumn("removed_at", "text")
+        .addColumn("removed_how", "text")
+        .execute();
+      await db.schema.createIndex("data_files_vm").on("data_files").columns(["vm_id"]).execute();
+
+      await db.schema
+        .createTable("kv")
+        .addColumn("key", "text", (c) => c.primaryKey())
+        .addColumn("value", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
+};
+
+class InlineProvider implements MigrationProvider {
+  async getMigrations(): Promise<Record<string, Migration>> {
+    return migrations;
+  }
+}
+
+/** Brings the schema up to date; refuses a database written by a newer vigil. */
+export async function migrateToLatest(db: Kysely<unknown>): Promise<void> {
+  const migrator = new Migrator({ db, provider: new InlineProvider(), migrationTableName: "schema_migrations", migrationLockTableName: "schema_migrations_lock" });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === "Error")?.migrationName;
+    throw new VigilError("VIGIL_HOST", `Cannot migrate the inventory${failed ? ` (step ${failed})` : ""}: ${String((error as Error).message ?? error)}`, { cause: error });
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * The inventory's tables as TypeScript types (Kysely). Columns are portable between SQLite and PostgreSQL: text
+ * ids (UUIDs), ISO-8601 text timestamps, JSON stored as text, integers for counters and booleans (0/1).
+ */
+import type { Generated, Insertable, Selectable, Updateable } from "kysely";
+
+export interface VmsTable {
+  id: string;
+  name: string;
+  spec: string; // JSON VmSpec
+  state: string;
+  host: string;
+  accelerator: string | null;
+  vmgenid: string;
+  generation: number;
+  pid: number | null;
+  owner: string; // "user:NAME" or "group:NAME"
+  approver: string | null;
+  purpose: string | null;
+  expires_at: string | null;
+  labels: string; // JSON object
+  lineage: string; // JSON: where the VM came from
+  is_template: number;
+  created_by: string;
+  created_at: string;
+  updated_at: string;
+  state_changed_at: string;
+}
+
+export interface AuditLogTable {
+  seq: number; // 1, 2, 3 ... assigned by the appender, never by the database
+  id: string;
+  time: string;
+  actor: string;
+  action: string;
+  target_kind: string;
+  target_id: string | null;
+  target_name: string | null;
+  result: string; // ok | denied | error
+  host: string;
+  request_id: string | null;
+  details: string; // JSON object
+  prev_hash: string;
+  hash: string;
+}
+
+export interface AuditCheckpointsTable {
+  seq: number; // the audit record this checkpoint covers up to
+  hash: string;
+  time: string;
+  key_id: string;
+  signature: string; // base64 Ed25519 over the checkpoint statement
+}
+
+export interface UsersTable {
+  id: string;
+  name: string;
+  roles: string; // JSON array of role names
+  introspect: number; // the separate permission to read guest memory
+  disabled: number;
+  created_at: string;
+  created_by: string;
+}
+
+export interface TokensTable {
+  id: string;
+  user_id: string;
+  name: string;
+  hash: string; // sha256 of the token; the token itself is shown once and never stored
+  created_at: string;
+  expires_at: string | null;
+  last_used_at: string | null;
+  revoked: number;
+}
+
+export interface GroupsTable {
+  name: string;
+  created_at: string;
+}
+
+export interface GroupMembersTable {
+  group_name: string;
+  user_id: string;
+}
+
+export interface VmLocationsTable {
+  id: Generated<number>;
+  vm_id: string;
+  host: string;
+  path: string;
+  since: string;
+  until: string | null;
+}
+
+export interface DataFilesTable {
+  id: string;
+  vm_id: string;
+  host: string;
+  path: string;
+  purpose: string; // disk | overlay | ram | snapshot | bundle | log | ...
+  size: number | null;
+  sha256: string | null;
+  created_at: string;
+  removed_at: string | null;
+  removed_how: string | null; // purged | deleted | unreachable | ...
+}
+
+export interface KvTable {
+  key: string;
+  value: string;
+}
+
+export interface Database {
+  vms: VmsTable;
+  audit_log: AuditLogTable;
+  audit_checkpoints: AuditCheckpointsTable;
+  users: UsersTable;
+  tokens: TokensTable;
+  groups: GroupsTable;
+  group_members: GroupMembersTable;
+  vm_locations: VmLocationsTable;
+  data_files: DataFilesTable;
+  kv: KvTable;
+}
+
+export type VmRow = Selectable<VmsTable>;
+export type NewVmRow = Insertable<VmsTable>;
+export type VmRowUpdate = Updateable<VmsTable>;
+export type AuditRow = Selectable<AuditLogTable>;
+export type UserRow = Selectable<UsersTable>;
+export type DataFileRow = Selectable<DataFilesTable>;

@@ -1,0 +1,38 @@
+/**
+ * Golden-file tests of the spec → argv builder: each testdata/argv/NAME.json holds a launch plan, NAME.args the
+ * expected argv, one argument per line. `VIGIL_UPDATE_GOLDEN=1` rewrites the .args files (review the diff!).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buildArgv, optValue, type LaunchPlan } from "./argv.ts";
+import { vmSpecSchema } from "../vm/spec.ts";
+
+const dir = join(import.meta.dirname, "testdata", "argv");
+
+for (const file of readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {
+  test(`argv golden: ${file}`, () => {
+    const plan = JSON.parse(readFileSync(join(dir, file), "utf8")) as LaunchPlan;
+    vmSpecSchema.parse(plan.spec); // fixtures must be valid specs
+    const got = buildArgv(plan).join("\n") + "\n";
+    const goldenPath = join(dir, file.replace(/\.json$/, ".args"));
+    if (process.env.VIGIL_UPDATE_GOLDEN === "1") writeFileSync(goldenPath, got);
+    assert.equal(got, readFileSync(goldenPath, "utf8"));
+  });
+}
+
+test("every VM gets the hardened baseline", () => {
+  const plan = JSON.parse(readFileSync(join(dir, "tiny-tcg.json"), "utf8")) as LaunchPlan;
+  const argv = buildArgv(plan);
+  for (const flag of ["-S", "-nodefaults", "-no-user-config"]) assert.ok(argv.includes(flag), flag);
+  assert.equal(argv[argv.indexOf("-sandbox") + 1], "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  assert.match(argv[argv.indexOf("-machine") + 1]!, /^pc-i440fx-7\.2,.*dump-guest-core=off/);
+  assert.ok(argv.some((a) => a.startsWith("vmgenid,") && a.includes(`guid=${plan.vmgenid}`)));
+  assert.ok(argv.some((a) => a.startsWith("memory-backend-file,") && a.includes("share=on")));
+});
+
+test("commas in option values are escaped, control characters refused", () => {
+  assert.equal(optValue("/a,b"), "/a,,b");
+  assert.throws(() => optValue("a\nb"), /control character/);
+});

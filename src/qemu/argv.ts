@@ -1,0 +1,103 @@
+/**
+ * Spec in, QEMU argv out: a pure function, covered by golden files in testdata/argv (like Proxmox's cfg2cmd and
+ * libvirt's .args tests). Every VM gets the same hardened baseline; nothing here reads the environment.
+ *
+ * Why each baseline flag:
+ * - `-S`: the guest starts paused, so vigil attaches QMP (and anything else) before the first instruction runs.
+ * - `-nodefaults -no-user-config`: no device or config file vigil did not ask for.
+ * - `-sandbox on,...=deny`: seccomp: no obsolete syscalls, no setuid, no fork/exec, no resource-limit changes.
+ * - `dump-guest-core=off`: a QEMU crash does not write the guest's RAM (its secrets) into a core file.
+ * - a pinned machine type: the virtual hardware does not change under a VM when QEMU is upgraded.
+ * - RAM on a file in a private directory: introspection reads it, and it is nowhere else on disk.
+ * - `vmgenid`: the guest learns when it has been forked (clone, revert) and reseeds its RNG.
+ */
+import { BugError } from "../errors.ts";
+import type { VmSpec } from "../vm/spec.ts";
+import type { VmLayout } from "../paths.ts";
+
+export type Accelerator = "kvm" | "tcg";
+
+export interface LaunchPlan {
+  spec: VmSpec;
+  uuid: string;
+  vmgenid: string;
+  accel: Accelerator;
+  paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "pidFile" | "consoleLog" | "ramFile">;
+  /** Path of each disk's own (writable) image, by disk name. */
+  diskFiles: Record<string, string>;
+  /** Extra virtio-serial channels besides the agent (e.g. the vtime store); name → socket path. */
+  channels?: Array<{ id: string; name: string; socket: string }>;
+}
+
+/** Escapes a value for QEMU's comma-separated option syntax (a literal comma is written twice). */
+export function optValue(value: string): string {
+  if (/[\0\n\r]/.test(value)) throw new BugError(`QEMU option value contains a control character: ${JSON.stringify(value)}`);
+  return value.replaceAll(",", ",,");
+}
+
+/** Builds `key=value,key=value` with escaping. */
+function opts(head: string, pairs: Array<[string, string | number | undefined]>): string {
+  const parts = [head];
+  for (const [k, v] of pairs) if (v !== undefined) parts.push(`${k}=${optValue(String(v))}`);
+  return parts.join(",");
+}
+
+export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+export function buildArgv(plan: LaunchPlan): string[] {
+  const { spec, paths } = plan;
+  const argv: string[] = [
+    "-name", opts(`guest=${optValue(spec.name)}`, [["debug-threads", "on"]]),
+    "-uuid", plan.uuid,
+    "-S",
+    "-nodefaults",
+    "-no-user-config",
+    "-sandbox", SANDBOX,
+    "-machine", opts(spec.machine, [["accel", plan.accel], ["dump-guest-core", "off"], ["memory-backend", "ram0"]]),
+    "-cpu", spec.cpu,
+    "-smp", String(spec.vcpus),
+    "-m", `${spec.memoryMiB}M`,
+    "-object", opts("memory-backend-file", [["id", "ram0"], ["size", `${spec.memoryMiB}M`], ["mem-path", paths.ramFile], ["share", "on"]]),
+    "-display", "none",
+    "-msg", "timestamp=on",
+    "-pidfile", paths.pidFile,
+    "-chardev", opts("socket", [["id", "qmp"], ["path", paths.qmpSocket], ["server", "on"], ["wait", "off"]]),
+    "-mon", "chardev=qmp,mode=control",
+    "-chardev", opts("socket", [["id", "serial0"], ["path", paths.serialSocket], ["server", "on"], ["wait", "off"], ["logfile", paths.consoleLog], ["logappend", "on"]]),
+    "-serial", "chardev:serial0",
+    "-device", opts("vmgenid", [["id", "vmgenid0"], ["guid", plan.vmgenid]]),
+  ];
+
+  const channels = [...(spec.agent ? [{ id: "agent0", name: "org.vigil.agent.0", socket: paths.agentSocket }] : []), ...(plan.channels ?? [])];
+  if (channels.length > 0) {
+    argv.push("-device", "virtio-serial-pci,id=vser0");
+    for (const ch of channels) {
+      argv.push(
+        "-chardev", opts("socket", [["id", ch.id], ["path", ch.socket], ["server", "on"], ["wait", "off"]]),
+        "-device", opts("virtserialport", [["bus", "vser0.0"], ["chardev", ch.id], ["name", ch.name]]),
+      );
+    }
+  }
+
+  if (spec.boot.kind === "kernel") {
+    argv.push("-kernel", spec.boot.kernel, "-initrd", spec.boot.initrd, "-append", spec.boot.cmdline);
+  }
+
+  spec.disks.forEach((disk, i) => {
+    const file = plan.diskFiles[disk.name];
+    if (file === undefined) throw new BugError(`no image file for disk "${disk.name}"`);
+    argv.push(
+      "-blockdev", opts("driver=file", [["node-name", `${disk.name}-file`], ["filename", file], ["discard", "unmap"]]),
+      "-blockdev", opts("driver=qcow2", [["node-name", disk.name], ["file", `${disk.name}-file`]]),
+      "-device", opts("virtio-blk-pci", [["id", `${disk.name}-dev`], ["drive", disk.name], ["bootindex", spec.boot.kind === "disk" ? i : undefined]]),
+    );
+  });
+
+  for (const nic of spec.nics) {
+    argv.push(
+      "-netdev", opts("user", [["id", nic.name], ["restrict", nic.restrict ? "on" : "off"]]),
+      "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac]]),
+    );
+  }
+  return argv;
+}

@@ -1,0 +1,153 @@
+/**
+ * The VM spec: what a VM is, as vigil persists it and as the QEMU command line is built from it. Users never
+ * write host paths: a create request names an image, and `resolveSpec` turns it into a full spec with the
+ * image's files. That keeps "read /etc/shadow as a disk" out of reach of anyone who may create a VM.
+ */
+import { z } from "zod";
+import { randomBytes } from "node:crypto";
+import { VigilError, q } from "../errors.ts";
+
+/** VM names are DNS-label-like so they are safe in paths, hostnames and messages. */
+export const vmNameSchema = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,62}$/, "must be 1-63 characters: lower-case letters, digits and '-', starting with a letter");
+
+/** Device and disk names: short identifiers usable as QEMU ids. */
+const deviceNameSchema = z
+  .string()
+  .regex(/^[a-z][a-z0-9]{0,15}$/, "must be 1-16 lower-case letters and digits, starting with a letter");
+
+/** Absolute host path without characters that would need escaping anywhere (commas, controls). */
+const hostPathSchema = z
+  .string()
+  .max(1024)
+  .regex(/^\/[A-Za-z0-9._\/+@=:-]*$/, "must be an absolute path of letters, digits and ._/+@=:-");
+
+/** Kernel command-line words a user may add: no quotes, no controls, no shell or QEMU syntax. */
+export const cmdlineSchema = z
+  .string()
+  .max(1024)
+  .regex(/^[A-Za-z0-9._\/+@=:, -]*$/, "may contain only letters, digits, spaces and ._/+@=:,-");
+
+export const macSchema = z
+  .string()
+  .regex(/^52:54:00(:[0-9a-f]{2}){3}$/, "must be a locally administered QEMU MAC 52:54:00:xx:xx:xx in lower case");
+
+export const MACHINE_TYPE = "pc-i440fx-7.2";
+
+const bootSchema = z.discriminatedUnion("kind", [
+  z.strictObject({ kind: z.literal("kernel"), kernel: hostPathSchema, initrd: hostPathSchema, cmdline: cmdlineSchema }),
+  z.strictObject({ kind: z.literal("disk") }),
+]);
+
+const diskSchema = z.strictObject({
+  name: deviceNameSchema,
+  /** The image this disk is a copy-on-write overlay of; absent for a blank disk. */
+  backing: hostPathSchema.optional(),
+  /** Virtual size of a blank disk (or a grown overlay); absent = the backing image's size. */
+  sizeMiB: z.number().int().min(1).max(16 * 1024 * 1024).optional(),
+});
+
+const nicSchema = z.strictObject({
+  name: deviceNameSchema,
+  /** User-mode networking (slirp); the only mode until the virtual switch lands. */
+  mode: z.literal("user"),
+  /** `restrict=on`: the guest cannot reach the host or the outside world. */
+  restrict: z.boolean(),
+  mac: macSchema,
+});
+
+/** The persisted, fully resolved spec. */
+export const vmSpecSchema = z.strictObject({
+  version: z.literal(1),
+  name: vmNameSchema,
+  machine: z.string().regex(/^[a-z0-9.-]{1,40}$/, "must be a QEMU machine type such as pc-i440fx-7.2"),
+  cpu: z.enum(["max", "qemu64", "host"]),
+  vcpus: z.number().int().min(1).max(64),
+  memoryMiB: z.number().int().min(64).max(1024 * 1024),
+  /** Name of the image the VM was created from (null for a VM built from blank disks). */
+  image: z.string().nullable(),
+  boot: bootSchema,
+  disks: z.array(diskSchema).max(16),
+  nics: z.array(nicSchema).max(8),
+  /** The guest agent channel (virtio-serial port org.vigil.agent.0). */
+  agent: z.boolean(),
+});
+
+export type VmSpec = z.output<typeof vmSpecSchema>;
+export type DiskSpec = VmSpec["disks"][number];
+export type NicSpec = VmSpec["nics"][number];
+
+/** Ownership fields of a create request (issue: identity & audit); optional unless policy requires them. */
+export const ownershipInputSchema = {
+  owner: z.string().min(1).max(64).optional(),
+  approver: z.string().min(1).max(64).optional(),
+  purpose: z.string().min(1).max(500).optional(),
+  expiresAt: z.iso.date().or(z.iso.datetime()).optional(),
+  labels: z.record(z.string().regex(/^[a-z][a-z0-9_.-]{0,62}$/), z.string().max(200)).optional(),
+};
+
+/** What a user sends to create a VM. Everything but the name has a default. */
+export const createVmRequestSchema = z.strictObject({
+  name: vmNameSchema,
+  image: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, "must be an image name as shown by `vigil image list`").default("tiny"),
+  vcpus: z.number().int().min(1).max(64).default(1),
+  memoryMiB: z.number().int().min(64).max(1024 * 1024).default(256),
+  cpu: z.enum(["max", "qemu64", "host"]).optional(),
+  /** Extra kernel command-line words for kernel-booted images. */
+  cmdline: cmdlineSchema.optional(),
+  /** Blank data disks besides the image's own. */
+  disks: z.array(z.strictObject({ name: deviceNameSchema, sizeMiB: z.number().int().min(1).max(16 * 1024 * 1024) })).max(15).default([]),
+  /** Network cards; default one user-mode NIC with restrict=on (no way out: deny by default). */
+  nics: z
+    .array(z.strictObject({ restrict: z.boolean().default(true), mac: macSchema.optional() }))
+    .max(8)
+    .default([{ restrict: true }]),
+  agent: z.boolean().default(true),
+  ...ownershipInputSchema,
+});
+
+export type CreateVmRequest = z.output<typeof createVmRequestSchema>;
+
+/** An image as the spec resolver needs it. */
+export interface ResolvableImage {
+  name: string;
+  boot: { kind: "kernel"; kernel: string; initrd: string; cmdline: string } | { kind: "disk" };
+  /** The image's disk, used as the backing file of the VM's first disk. */
+  disk: string | undefined;
+}
+
+/** A random locally administered MAC in QEMU's 52:54:00 range. */
+export function randomMac(): string {
+  const b = randomBytes(3);
+  return `52:54:00:${[...b].map((x) => x.toString(16).padStart(2, "0")).join(":")}`;
+}
+
+/** Turns a validated create request and its image into the full spec. Pure except for fresh MACs. */
+export function resolveSpec(req: CreateVmRequest, image: ResolvableImage, defaults: { cpu: VmSpec["cpu"] }): VmSpec {
+  const boot: VmSpec["boot"] =
+    image.boot.kind === "kernel"
+      ? { ...image.boot, cmdline: [image.boot.cmdline, `vigil.hostname=${req.name}`, req.cmdline ?? ""].filter(Boolean).join(" ") }
+      : { kind: "disk" };
+  const disks: DiskSpec[] = [];
+  if (image.disk) disks.push({ name: "root", backing: image.disk });
+  req.disks.forEach((d, i) => {
+    if (disks.some((x) => x.name === d.name)) {
+      throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: "disks.${i}.name" ${q(d.name)} is already used${d.name === "root" ? " by the image's own disk" : ""}: disk names must be unique`, { field: `disks.${i}.name` });
+    }
+    disks.push({ name: d.name, sizeMiB: d.sizeMiB });
+  });
+  return {
+    version: 1,
+    name: req.name,
+    machine: MACHINE_TYPE,
+    cpu: req.cpu ?? defaults.cpu,
+    vcpus: req.vcpus,
+    memoryMiB: req.memoryMiB,
+    image: image.name,
+    boot,
+    disks,
+    nics: req.nics.map((n, i) => ({ name: `net${i}`, mode: "user" as const, restrict: n.restrict, mac: n.mac ?? randomMac() })),
+    agent: req.agent,
+  };
+}

@@ -1,0 +1,16 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ALLOWED_FROM, assertAllowed, VM_STATES } from "./state-machine.ts";
+
+test("every action's allowed states are real states", () => {
+  for (const [action, states] of Object.entries(ALLOWED_FROM)) for (const s of states) assert.ok(VM_STATES.includes(s), `${action}: ${s}`);
+});
+
+test("an illegal transition is a clear error naming the VM, state and what is allowed", () => {
+  assert.throws(() => assertAllowed("pause", "web1", "stopped"), {
+    code: "VIGIL_INVALID_STATE",
+    message: 'Cannot pause VM "web1": it is stopped (allowed when running)',
+  });
+  assert.throws(() => assertAllowed("start", "web1", "running"), /allowed when stopped or crashed/);
+  assert.doesNotThrow(() => assertAllowed("resume", "web1", "paused"));
+});

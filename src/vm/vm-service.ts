@@ -1,0 +1,587 @@
+/**
+ * VM lifecycle: the one service that executes VM operations. Every public method takes the request context,
+ * authorizes and audits through the Guard, takes the VM's operation lock (two operations on one VM never
+ * interleave), checks the state machine, and either completes or puts the VM back in the state it was in.
+ * QEMU processes are started detached and outlive vigil; `recover()` finds them again after a restart.
+ */
+import { randomUUID } from "node:crypto";
+import { existsSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { VigilError, errors, messageOf, q } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import type { HomeLayout } from "../paths.ts";
+import { vmLayout, type VmLayout } from "../paths.ts";
+import { buildArgv, type LaunchPlan } from "../qemu/argv.ts";
+import type { AccelChoice } from "../qemu/accel.ts";
+import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
+import { checkSocketPath, ensurePrivateDir } from "../host/private-dir.ts";
+import { isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
+import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
+import type { AuditLog } from "../audit/audit-log.ts";
+import type { Guard, RequestContext } from "../auth/guard.ts";
+import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
+import type { UserStore } from "../auth/users.ts";
+import type { ImageCatalog } from "../image/catalog.ts";
+import type { DataRegistry } from "../provenance/data-registry.ts";
+import type { LocationHistory } from "../provenance/locations.ts";
+import { overwriteAndUnlink } from "../provenance/erase.ts";
+import { KeyedMutex } from "../util/mutex.ts";
+import { parseOrThrow } from "../validation.ts";
+import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
+import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
+import type { VmRecord, VmRepository } from "./vm-repository.ts";
+import { diskFile, vmView, type VmView } from "./vm-view.ts";
+
+export interface VmPolicy {
+  /** Refuse VMs without approver, purpose and expiry. */
+  requireOwnership: boolean;
+}
+
+export interface VmServiceDeps {
+  repo: VmRepository;
+  catalog: ImageCatalog;
+  guard: Guard;
+  audit: AuditLog;
+  users: UserStore;
+  registry: DataRegistry;
+  locations: LocationHistory;
+  home: HomeLayout;
+  hostName: string;
+  accel: AccelChoice;
+  policy: VmPolicy;
+  log: Logger;
+}
+
+export interface StartOptions {
+  /** Wait until the guest agent answers a ping. */
+  wait?: boolean | undefined;
+  waitTimeoutMs?: number | undefined;
+  /** Leave the guest paused at its first instruction. */
+  paused?: boolean | undefined;
+}
+
+export interface RemovalReport {
+  id: string;
+  name: string;
+  destroyed: Array<{ path: string; purpose: string; bytes: number }>;
+  unreachable: Array<{ path: string; host: string; purpose: string; why: string }>;
+}
+
+/** Regular files below `dir` (not sockets or links), for purging. */
+function listFiles(dir: string): string[] {
+  const out: string[] = [];
+  if (!existsSync(dir)) return out;
+  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) out.push(join(entry.parentPath, entry.name));
+  }
+  return out;
+}
+
+export interface StopResult {
+  /** How the VM went down: the guest shut down on ACPI request, QEMU quit, or it was killed. */
+  how: "acpi" | "quit" | "killed";
+}
+
+const DEFAULT_STOP_TIMEOUT_MS = 60_000;
+
+export class VmService {
+  private readonly locks = new KeyedMutex();
+  private readonly runtimes = new Map<string, VmRuntime>();
+  private closing = false;
+
+  constructor(private readonly d: VmServiceDeps) {}
+
+  private layout(vm: { id: string }): VmLayout {
+    return vmLayout(this.d.home.vmsDir, vm.id);
+  }
+
+  private view(vm: VmRecord): VmView {
+    return vmView(vm, this.d.home.vmsDir);
+  }
+
+  private target(vm: VmRecord) {
+    return { kind: "vm", id: vm.id, name: vm.name };
+  }
+
+  /** The live runtime of a VM that must be running. */
+  private runtime(vm: VmRecord): VmRuntime {
+    const rt = this.runtimes.get(vm.id);
+    if (!rt) throw new VigilError("VIGIL_INVALID_STATE", `Cannot reach VM ${q(vm.name)}: vigil has no connection to its QEMU (state ${vm.state})`);
+    return rt;
+  }
+
+  /** Runs `fn` under the VM's operation lock with a freshly read record. */
+  private locked<T>(vm: VmRecord, fn: (fresh: VmRecord) => Promise<T>): Promise<T> {
+    return this.locks.run(vm.id, async () => fn(await this.d.repo.getById(vm.id)));
+  }
+
+  // ---- reads ---------------------------------------------------------------------------------------------
+
+  async list(ctx: RequestContext): Promise<VmView[]> {
+    // Anyone who could read some VM may list; the list then holds only the VMs they may read.
+    await this.d.guard.authorize(ctx, { action: "vm.list", permission: "vm.read", target: { kind: "vm" }, owner: `user:${ctx.actor.name}`, readOnly: true });
+    const all = await this.d.repo.list();
+    const visible = seesAllVms(ctx.actor) ? all : all.filter((vm) => can(ctx.actor, "vm.read", vm.owner));
+    return visible.map((vm) => this.view(vm));
+  }
+
+  async show(ctx: RequestContext, name: string): Promise<VmView> {
+    const vm = await this.d.repo.getByName(name);
+    await this.d.guard.authorize(ctx, { action: "vm.show", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
+    return this.view(vm);
+  }
+
+  /** Whether the actor may read the VM with this id (for filtering event streams); false for unknown ids. */
+  async mayRead(ctx: RequestContext, vmId: string | null): Promise<boolean> {
+    if (vmId === null) return false;
+    const vm = await this.d.repo.getById(vmId).catch(() => undefined);
+    return vm !== undefined && can(ctx.actor, "vm.read", vm.owner);
+  }
+
+  /** The captured serial console output (the last `maxBytes`). */
+  async consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
+    const vm = await this.d.repo.getByName(name);
+    await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
+    const path = this.layout(vm).consoleLog;
+    if (!existsSync(path)) return "";
+    const size = statSync(path).size;
+    const buf = readFileSync(path);
+    return buf.subarray(Math.max(0, size - maxBytes)).toString("utf8");
+  }
+
+  // ---- create / destroy ----------------------------------------------------------------------------------
+
+  async create(ctx: RequestContext, input: unknown): Promise<VmView> {
+    const rawName = typeof input === "object" && input !== null && typeof (input as { name?: unknown }).name === "string" ? (input as { name: string }).name.slice(0, 64) : null;
+    return this.d.guard.run(
+      ctx,
+      { action: "vm.create", permission: "vm.create", target: { kind: "vm", name: rawName } },
+      async () => {
+        const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
+        const owner = await this.resolveOwner(ctx, req.owner);
+        if (this.d.policy.requireOwnership) {
+          for (const field of ["approver", "purpose", "expiresAt"] as const) {
+            if (req[field] === undefined) throw new VigilError("VIGIL_POLICY_DENIED", `Invalid VM spec: ${q(field)} is required by this site's policy (owner, approver, purpose and expiry on every VM)`, { field });
+          }
+        }
+        return this.locks.run(`name:${req.name}`, async () => {
+          if (await this.d.repo.findByName(req.name)) throw errors.vmExists(req.name);
+          const image = this.d.catalog.get(req.image);
+          const spec = resolveSpec(req, image, { cpu: "max" });
+          const id = randomUUID();
+          const vm = await this.materialize(
+            { id, spec, vmgenid: randomUUID(), generation: 1 },
+            async () =>
+              this.d.repo.insert({
+                id,
+                name: spec.name,
+                spec,
+                state: "stopped",
+                host: this.d.hostName,
+                vmgenid: "",
+                generation: 1,
+                owner,
+                approver: req.approver ?? null,
+                purpose: req.purpose ?? null,
+                expiresAt: req.expiresAt ?? null,
+                labels: req.labels ?? {},
+                lineage: { kind: "image", image: image.name },
+                isTemplate: false,
+                createdBy: ctx.actor.name,
+                createdAt: new Date().toISOString(),
+              }),
+          );
+          return this.view(vm);
+        });
+      },
+      (v) => ({ id: v.id, image: v.spec.image, owner: v.owner, vmgenid: v.vmgenid }),
+    );
+  }
+
+  /**
+   * Creates a VM's directory and disks, then inserts its row. If anything fails, the directory is removed and
+   * no row exists: a half-created VM is never left behind.
+   */
+  private async materialize(
+    identity: { id: string; spec: VmSpec; vmgenid: string; generation: number },
+    insertRow: () => Promise<VmRecord>,
+  ): Promise<VmRecord> {
+    const l = this.layout(identity);
+    try {
+      ensurePrivateDir(this.d.home.vmsDir);
+      ensurePrivateDir(l.dir);
+      ensurePrivateDir(l.disksDir);
+      for (const p of [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket]) checkSocketPath(p);
+      for (const disk of identity.spec.disks) {
+        const file = diskFile(l.disksDir, disk.name);
+        if (disk.backing) await createOverlay(file, disk.backing, disk.sizeMiB);
+        else await createBlank(file, disk.sizeMiB ?? 1024);
+      }
+      const inserted = await insertRow();
+      const vm = await this.d.repo.update(inserted.id, { vmgenid: identity.vmgenid, generation: identity.generation });
+      for (const disk of identity.spec.disks) await this.d.registry.register(vm.id, diskFile(l.disksDir, disk.name), "disk");
+      await this.d.locations.moveTo(vm.id, this.d.hostName, l.dir);
+      return vm;
+    } catch (err) {
+      rmSync(l.dir, { recursive: true, force: true });
+      await this.d.repo.delete(identity.id).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Who will own a new VM: the creator, a group the creator is in, or (admins only) anyone. */
+  private async resolveOwner(ctx: RequestContext, requested: string | undefined): Promise<string> {
+    if (requested === undefined) return `user:${ctx.actor.name}`;
+    const m = /^(user|group):([a-z_][a-z0-9_.-]{0,63})$/.exec(requested);
+    if (!m) throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: "owner" must be user:NAME or group:NAME, got ${q(requested)}`, { field: "owner" });
+    const [, kind, who] = m;
+    if (kind === "user" ? !(await this.d.users.findByName(who!)) : !(await this.d.users.groupExists(who!))) {
+      throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: owner ${q(requested)} does not exist`, { field: "owner" });
+    }
+    if (!ownsVm(ctx.actor, requested) && !ctx.actor.roles.includes("admin")) {
+      throw new VigilError("VIGIL_FORBIDDEN", `Cannot create a VM owned by ${q(requested)}: you may only create VMs for yourself or your groups`, { field: "owner" });
+    }
+    return requested;
+  }
+
+  /**
+   * Deletes a VM. With `purge`, every registered file of the VM that vigil can reach (its disks, logs, and
+   * copies such as exported bundles on this host) is overwritten before unlinking, and the report says what
+   * was destroyed and what could not be reached.
+   */
+  async destroy(ctx: RequestContext, name: string, options: { force?: boolean | undefined; purge?: boolean | undefined } = {}): Promise<RemovalReport> {
+    const vm = await this.d.repo.getByName(name);
+    const action = options.purge ? "vm.purge" : "vm.destroy";
+    return this.d.guard.run(
+      ctx,
+      { action, permission: "vm.delete", target: this.target(vm), owner: vm.owner, details: { force: options.force ?? false } },
+      () =>
+        this.locked(vm, async (fresh) => {
+          if (isLive(fresh.state) && options.force) await this.killLocked(fresh, "destroy");
+          const current = await this.d.repo.getById(vm.id);
+          assertAllowed("destroy", current.name, current.state, options.purge ? "purge" : "destroy");
+          return this.removeVm(current, options.purge ? "purged" : "deleted", options.purge ?? false);
+        }),
+      (r) => ({ destroyed: r.destroyed.map((f) => f.path), unreachable: r.unreachable }),
+    );
+  }
+
+  /** Deletes a stopped VM's files and row; the audit log and the data registry keep its story. */
+  async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
+    const l = this.layout(vm);
+    const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [] };
+    for (const f of await this.d.registry.list(vm.id)) {
+      const inVmDir = f.path.startsWith(l.dir + "/");
+      if (f.host !== this.d.hostName) {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "on another host" });
+        continue;
+      }
+      if (!existsSync(f.path)) {
+        if (!inVmDir) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "no longer at its registered path (moved or copied away)" });
+        else await this.d.registry.markRemoved(vm.id, f.path, how);
+        continue;
+      }
+      if (!purge && !inVmDir) continue; // a plain destroy leaves copies outside the VM's directory alone
+      const bytes = purge ? overwriteAndUnlink(f.path).bytes : (rmSync(f.path, { force: true }), 0);
+      report.destroyed.push({ path: f.path, purpose: f.purpose, bytes });
+      await this.d.registry.markRemoved(vm.id, f.path, how);
+    }
+    if (purge) {
+      // Anything else in the VM's directory that was never registered (sockets, pid file) is erased too.
+      for (const path of listFiles(l.dir)) overwriteAndUnlink(path);
+    }
+    rmSync(l.dir, { recursive: true, force: true });
+    await this.d.locations.close(vm.id);
+    await this.d.repo.delete(vm.id);
+    return report;
+  }
+
+  // ---- lifecycle -----------------------------------------------------------------------------------------
+
+  async start(ctx: RequestContext, name: string, options: StartOptions = {}): Promise<VmView> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(
+      ctx,
+      { action: "vm.start", permission: "vm.control", target: this.target(vm), owner: vm.owner, details: { wait: options.wait ?? false, paused: options.paused ?? false } },
+      async () => {
+        const started = await this.locked(vm, async (fresh) => {
+          assertAllowed("start", fresh.name, fresh.state);
+          if (fresh.isTemplate) throw new VigilError("VIGIL_INVALID_STATE", `Cannot start VM ${q(fresh.name)}: it is a template (clone it instead)`);
+          return this.startLocked(fresh, options);
+        });
+        if (options.wait && started.spec.agent && !options.paused) await this.waitForAgent(started, options.waitTimeoutMs ?? 120_000);
+        return this.view(await this.d.repo.getById(vm.id));
+      },
+      (v) => ({ pid: v.pid, accelerator: v.accelerator, vmgenid: v.vmgenid }),
+    );
+  }
+
+  /** Starts QEMU for a VM whose lock is held. On failure the VM is back in its previous state. */
+  private async startLocked(vm: VmRecord, options: StartOptions): Promise<VmRecord> {
+    const previous = vm.state;
+    const l = this.layout(vm);
+    await this.d.repo.update(vm.id, { state: "starting" });
+    let pid: number | undefined;
+    try {
+      ensurePrivateDir(l.dir);
+      ensurePrivateDir(l.runDir);
+      ensurePrivateDir(l.memDir);
+      // The RAM file of a previous run is guest memory left on disk: never reuse it.
+      rmSync(l.ramFile, { force: true });
+      const plan: LaunchPlan = {
+        spec: vm.spec,
+        uuid: vm.id,
+        vmgenid: vm.vmgenid,
+        accel: this.d.accel.accel,
+        paths: l,
+        diskFiles: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
+      };
+      const started = await startQemu(buildArgv(plan), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket] });
+      pid = started.pid;
+      const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log, started.exited);
+      this.adopt(vm, rt);
+      if (!options.paused) await rt.qmp.execute("cont");
+      const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
+      for (const [path, purpose] of [[l.ramFile, "ram"], [l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
+        await this.d.registry.register(vm.id, path, purpose, { hash: false });
+      }
+      return updated;
+    } catch (err) {
+      const rt = this.runtimes.get(vm.id);
+      if (rt) await rt.kill("start failed");
+      else if (pid !== undefined) {
+        signal(pid, "SIGKILL");
+        await waitForExit(pid, 5000);
+      }
+      this.runtimes.delete(vm.id);
+      rmSync(l.ramFile, { force: true });
+      await this.d.repo.update(vm.id, { state: previous, pid: null });
+      throw err;
+    }
+  }
+
+  private async waitForAgent(vm: VmRecord, timeoutMs: number): Promise<void> {
+    const rt = this.runtime(vm);
+    const agent = await rt.agentClient();
+    await Promise.race([
+      agent.waitUntilAnswering(timeoutMs),
+      rt.exited.then((r) => {
+        throw new VigilError("VIGIL_QEMU", `VM ${q(vm.name)} exited while waiting for its agent (${r.kind === "crashed" ? r.detail : r.reason})`);
+      }),
+    ]);
+  }
+
+  /** Starts watching a runtime: when its QEMU exits, the VM's state follows. */
+  private adopt(vm: VmRecord, rt: VmRuntime): void {
+    this.runtimes.set(vm.id, rt);
+    void rt.exited.then((reason) => this.onExit(vm.id, rt, reason));
+  }
+
+  private async onExit(id: string, rt: VmRuntime, reason: ExitReason): Promise<void> {
+    if (this.runtimes.get(id) === rt) this.runtimes.delete(id);
+    const l = vmLayout(this.d.home.vmsDir, id);
+    rmSync(l.ramFile, { force: true });
+    if (this.closing) return;
+    try {
+      await this.locks.run(id, async () => {
+        const vm = await this.d.repo.getById(id).catch(() => undefined);
+        if (!vm || !isLive(vm.state) || this.runtimes.has(id)) return; // an operation already recorded the exit
+        const crashed = reason.kind === "crashed";
+        await this.d.repo.update(id, { state: crashed ? "crashed" : "stopped", pid: null });
+        await this.d.registry.markRemoved(id, l.ramFile, "vm-exited");
+        await this.d.audit.append({
+          actor: SYSTEM_ACTOR.name,
+          action: crashed ? "vm.crashed" : "vm.stopped",
+          target: { kind: "vm", id, name: vm.name },
+          result: "ok",
+          details: crashed ? { detail: reason.detail } : { reason: reason.reason },
+        });
+        this.d.log.info({ vm: vm.name, reason }, crashed ? "VM crashed" : "VM stopped");
+      });
+    } catch (err) {
+      this.d.log.error({ vm: id, err: messageOf(err) }, "Cannot record a VM's exit");
+    }
+  }
+
+  async stop(ctx: RequestContext, name: string, options: { timeoutMs?: number | undefined } = {}): Promise<StopResult & { vm: VmView }> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(
+      ctx,
+      { action: "vm.stop", permission: "vm.control", target: this.target(vm), owner: vm.owner },
+      () =>
+        this.locked(vm, async (fresh) => {
+          assertAllowed("stop", fresh.name, fresh.state);
+          const result = await this.stopLocked(fresh, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS);
+          return { ...result, vm: this.view(await this.d.repo.getById(vm.id)) };
+        }),
+      (r) => ({ how: r.how }),
+    );
+  }
+
+  /** ACPI power button, then QMP quit, then SIGKILL: each step only if the previous one did not work in time. */
+  private async stopLocked(vm: VmRecord, timeoutMs: number): Promise<StopResult> {
+    const rt = this.runtime(vm);
+    await this.d.repo.update(vm.id, { state: "stopping" });
+    rt.expectedExit = "stop";
+    let how: StopResult["how"] = "acpi";
+    const within = (ms: number) => Promise.race([rt.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref())]);
+    try {
+      if (vm.state === "paused") await rt.qmp.execute("cont"); // a paused guest cannot handle the power button
+      await rt.qmp.execute("system_powerdown");
+    } catch {
+      /* QEMU may already be going away */
+    }
+    if (!(await within(timeoutMs))) {
+      how = "quit";
+      await rt.qmp.execute("quit").catch(() => undefined);
+      if (!(await within(5000))) {
+        how = "killed";
+        await rt.kill("stop");
+      }
+    }
+    this.runtimes.delete(vm.id);
+    await this.d.repo.update(vm.id, { state: "stopped", pid: null });
+    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-stopped");
+    return { how };
+  }
+
+  async kill(ctx: RequestContext, name: string): Promise<VmView> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(ctx, { action: "vm.kill", permission: "vm.control", target: this.target(vm), owner: vm.owner }, () =>
+      this.locked(vm, async (fresh) => {
+        assertAllowed("kill", fresh.name, fresh.state);
+        await this.killLocked(fresh, "kill");
+        return this.view(await this.d.repo.getById(vm.id));
+      }),
+    );
+  }
+
+  private async killLocked(vm: VmRecord, reason: string): Promise<void> {
+    const rt = this.runtimes.get(vm.id);
+    if (rt) await rt.kill(reason);
+    else if (vm.pid !== null && isQemuOf(vm.pid, vm.id)) {
+      signal(vm.pid, "SIGKILL");
+      await waitForExit(vm.pid, 10_000);
+    }
+    this.runtimes.delete(vm.id);
+    rmSync(this.layout(vm).ramFile, { force: true });
+    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-killed");
+    await this.d.repo.update(vm.id, { state: "stopped", pid: null });
+  }
+
+  async pause(ctx: RequestContext, name: string): Promise<VmView> {
+    return this.qmpTransition(ctx, name, "pause", "stop", "paused");
+  }
+
+  async resume(ctx: RequestContext, name: string): Promise<VmView> {
+    return this.qmpTransition(ctx, name, "resume", "cont", "running");
+  }
+
+  private async qmpTransition(ctx: RequestContext, name: string, action: "pause" | "resume", command: string, to: VmState): Promise<VmView> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(ctx, { action: `vm.${action}`, permission: "vm.control", target: this.target(vm), owner: vm.owner }, () =>
+      this.locked(vm, async (fresh) => {
+        assertAllowed(action, fresh.name, fresh.state);
+        await this.runtime(fresh).qmp.execute(command);
+        return this.view(await this.d.repo.update(vm.id, { state: to }));
+      }),
+    );
+  }
+
+  /** A fresh QEMU process: stop (ACPI, with fallbacks) then start, under one lock. The vmgenid is unchanged. */
+  async restart(ctx: RequestContext, name: string, options: StartOptions & { timeoutMs?: number | undefined } = {}): Promise<VmView> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(ctx, { action: "vm.restart", permission: "vm.control", target: this.target(vm), owner: vm.owner }, async () => {
+      const started = await this.locked(vm, async (fresh) => {
+        assertAllowed("restart", fresh.name, fresh.state);
+        await this.stopLocked(fresh, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS);
+        return this.startLocked(await this.d.repo.getById(vm.id), options);
+      });
+      if (options.wait && started.spec.agent) await this.waitForAgent(started, options.waitTimeoutMs ?? 120_000);
+      return this.view(await this.d.repo.getById(vm.id));
+    });
+  }
+
+  // ---- guest agent ---------------------------------------------------------------------------------------
+
+  /** The guest agent of a running VM, for a read (`vm.read`) or an exec (`vm.exec`). */
+  async withAgent<T>(ctx: RequestContext, name: string, op: { action: string; permission: "vm.read" | "vm.exec"; details?: Record<string, unknown> }, fn: (agent: import("../guest-agent/agent-client.ts").AgentClient) => Promise<T>): Promise<T> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(ctx, { action: op.action, permission: op.permission, target: this.target(vm), owner: vm.owner, details: op.details, readOnly: op.permission === "vm.read" }, async () => {
+      assertAllowed("agent", vm.name, vm.state, "talk to the agent of");
+      if (!vm.spec.agent) throw new VigilError("VIGIL_INVALID_STATE", `Cannot talk to the agent of VM ${q(vm.name)}: it was created without one`);
+      return fn(await this.runtime(vm).agentClient());
+    });
+  }
+
+  /** For the console bridge: authorizes, audits and returns the serial socket of a live VM. */
+  async openConsole(ctx: RequestContext, name: string): Promise<string> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(ctx, { action: "vm.console", permission: "vm.console", target: this.target(vm), owner: vm.owner }, async () => {
+      assertAllowed("console", vm.name, vm.state, "attach to the console of");
+      return this.layout(vm).serialSocket;
+    });
+  }
+
+  /** The runtime of a running VM by id, for capabilities built on top (introspection, snapshots). */
+  runtimeOf(vm: VmRecord): VmRuntime {
+    return this.runtime(vm);
+  }
+
+  // ---- supervision ---------------------------------------------------------------------------------------
+
+  /**
+   * Finds every VM's QEMU again after vigil (re)starts. A QEMU is only trusted if pid file, process and uuid
+   * agree. Operations that were cut short are rolled back: an interrupted start is killed (the VM was stopped
+   * before), an interrupted stop is completed. A VM whose QEMU died while vigil was away is marked crashed.
+   */
+  async recover(): Promise<{ reattached: string[]; crashed: string[] }> {
+    const reattached: string[] = [];
+    const crashed: string[] = [];
+    for (const vm of await this.d.repo.list()) {
+      if (!isLive(vm.state)) continue;
+      await this.locks.run(vm.id, async () => {
+        const l = this.layout(vm);
+        const pid = readPidFile(l.pidFile) ?? vm.pid ?? undefined;
+        const alive = pid !== undefined && isQemuOf(pid, vm.id);
+        if (alive && (vm.state === "running" || vm.state === "paused")) {
+          try {
+            const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log);
+            const status = await rt.status();
+            this.adopt(vm, rt);
+            await this.d.repo.update(vm.id, { state: status === "paused" ? "paused" : "running", pid });
+            reattached.push(vm.name);
+            return;
+          } catch (err) {
+            this.d.log.error({ vm: vm.name, err: messageOf(err) }, "QEMU is alive but its QMP socket does not answer; leaving it alone");
+            return;
+          }
+        }
+        if (alive) {
+          // starting or stopping when vigil died: roll back the start / complete the stop.
+          signal(pid, "SIGKILL");
+          await waitForExit(pid, 10_000);
+        }
+        rmSync(l.ramFile, { force: true });
+        const wasRunning = vm.state === "running" || vm.state === "paused";
+        await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
+        await this.d.audit.append({
+          actor: SYSTEM_ACTOR.name,
+          action: wasRunning ? "vm.crashed" : "vm.recovered",
+          target: this.target(vm),
+          result: "ok",
+          details: wasRunning ? { detail: "QEMU exited while vigil was not running" } : { detail: `operation interrupted in state ${vm.state}; rolled back to stopped` },
+        });
+        if (wasRunning) crashed.push(vm.name);
+      });
+    }
+    return { reattached, crashed };
+  }
+
+  /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all([...this.runtimes.values()].map((rt) => rt.detach()));
+    this.runtimes.clear();
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * Integration-test harness: a real `vigil serve` in a subprocess with its own VIGIL_HOME (so tests never see each
+ * other), the real CLI, and cleanup that leaves no QEMU, socket or temp dir behind even when a test fails.
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { TestContext } from "node:test";
+import { call, type Target } from "../src/cli/client.ts";
+
+export const ROOT = join(import.meta.dirname, "..");
+export const BIN = join(ROOT, "bin", "vigil.js");
+
+export interface DaemonHandle {
+  home: string;
+  env: NodeJS.ProcessEnv;
+  target: Target;
+  process: ChildProcess;
+  /** API call over the daemon's unix socket (as the local admin). */
+  api<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
+  /** Runs the real CLI against this daemon. */
+  cli(...args: string[]): { status: number; stdout: string; stderr: string };
+  /** Kills the daemon with SIGKILL (QEMUs keep running). */
+  kill9(): Promise<void>;
+  /** Starts a new daemon process on the same home. */
+  restart(): Promise<void>;
+  log(): string;
+}
+
+function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + timeoutMs;
+    const tick = () => {
+      if (cond()) return resolve();
+      if (Date.now() > deadline) return reject(new Error(`timed out waiting for ${what}`));
+      setTimeout(tick, 25);
+    };
+    tick();
+  });
+}
+
+/** Every QEMU started for VMs under `home` (from their pid files), for cleanup. */
+function qemuPids(home: string): number[] {
+  const vms = join(home, "vms");
+  if (!existsSync(vms)) return [];
+  const pids: number[] = [];
+  for (const id of readdirSync(vms)) {
+    try {
+      pids.push(Number.parseInt(readFileSync(join(vms, id, "run", "qemu.pid"), "utf8"), 10));
+    } catch {
+      /* not running */
+    }
+  }
+  return pids.filter((p) => Number.isSafeInteger(p) && p > 1);
+}
+
+export async function startDaemon(t: TestContext, options: { config?: unknown } = {}): Promise<DaemonHandle> {
+  const home = mkdtempSync(join(tmpdir(), "vigil-it-"));
+  if (options.config) {
+    const { writeFileSync } = await import("node:fs");
+    writeFileSync(join(home, "config.json"), JSON.stringify(options.config));
+  }
+  const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "info" };
+  delete env.VIGIL_URL;
+  const socket = join(home, "run", "vigil.sock");
+  let logText = "";
+  const spawnDaemon = async () => {
+    const child = spawn(process.execPath, [BIN, "serve", "--listen", "none"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout!.on("data", (d: Buffer) => (logText += d.toString()));
+    child.stderr!.on("data", (d: Buffer) => (logText += d.toString()));
+    await waitFor(() => existsSync(socket) || child.exitCode !== null, 20_000, "the daemon's socket");
+    if (child.exitCode !== null) throw new Error(`vigil serve exited: ${logText}`);
+    return child;
+  };
+  const handle: DaemonHandle = {
+    home,
+    env,
+    target: { socketPath: socket },
+    process: await spawnDaemon(),
+    api: (method, path, body) => call(method, path, body, { socketPath: socket }),
+    cli: (...args) => {
+      const r = spawnSync(process.execPath, [BIN, ...args], { env, encoding: "utf8", timeout: 300_000 });
+      return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    },
+    kill9: async () => {
+      handle.process.kill("SIGKILL");
+      await waitFor(() => handle.process.exitCode !== null || handle.process.signalCode !== null, 10_000, "the daemon to die");
+      rmSync(socket, { force: true });
+    },
+    restart: async () => {
+      handle.process = await spawnDaemon();
+    },
+    log: () => logText,
+  };
+  t.after(async () => {
+    handle.process.kill("SIGTERM");
+    await waitFor(() => handle.process.exitCode !== null || handle.process.signalCode !== null, 10_000, "the daemon to stop").catch(() => handle.process.kill("SIGKILL"));
+    for (const pid of qemuPids(home)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+    rmSync(home, { recursive: true, force: true });
+  });
+  return handle;
+}
+
+/** Fails the test (not skips it) if set-up did not build the guest image. */
+export function requireTinyImage(): void {
+  const r = spawnSync("bash", [join(ROOT, "guest", "build-tiny.sh"), "--print-dir"], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error("The tiny guest image is not built: set-up (npm test) must build it with guest/build-tiny.sh");
+}
+
+export { waitFor };
