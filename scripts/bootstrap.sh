@@ -12,7 +12,7 @@ say() { printf 'vigil set-up: %s\n' "$*" >&2; }
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils      # the hypervisor and the disk tool
   busybox-static cpio xz-utils zstd e2fsprogs kmod  # building the tiny guest image
-  bpftool                          # cross-checking the introspection engine's BTF parser in tests
+  bpftool binutils                 # cross-checks of the introspection engine (bpftool btf dump, readelf)
 )
 
 missing=()

@@ -44,6 +44,7 @@ const MATRIX: Record<string, Actor[]> = {
   "POST /v1/vms/{name}/pause": ["admin", "operator", "ownerBob"],
   "POST /v1/vms/{name}/resume": ["admin", "operator", "ownerBob"],
   "POST /v1/vms/{name}/restart": ["admin", "operator", "ownerBob"],
+  "GET /v1/vms/{name}/qemu-command": ["admin", "operator", "ownerBob", "auditor"],
   "GET /v1/vms/{name}/console-log": ["admin", "operator", "ownerBob", "auditor"],
   "GET /v1/vms/{name}/console": ["admin", "operator", "ownerBob"],
   "GET /v1/vms/{name}/guest/ps": ["admin", "operator", "ownerBob", "auditor"],

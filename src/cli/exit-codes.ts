@@ -37,6 +37,7 @@ export function exitCodeFor(code: string): number {
     case "VIGIL_TIMEOUT":
       return EXIT.timeout;
     case "VIGIL_QEMU":
+    case "VIGIL_INTROSPECTION":
     case "VIGIL_GUEST_AGENT":
     case "VIGIL_HOST":
       return EXIT.backend;

@@ -300,6 +300,16 @@ export function buildProgram(): Command {
       process.stdout.write(`${"paths".padEnd(12)} ${JSON.stringify(v.paths, null, 2).replaceAll("\n", "\n" + " ".repeat(13))}\n`);
     });
 
+  vm.command("showcmd <name>")
+    .description("The exact QEMU command line vigil runs for a VM")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await call<{ binary: string; argv: string[] }>("GET", vmPath(name, "/qemu-command"));
+      if (o.json) return printJson(r);
+      const quote = (a: string) => (/^[A-Za-z0-9_\/.,:=@+-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`);
+      process.stdout.write([r.binary, ...r.argv].map(quote).join(" \\\n  ") + "\n");
+    });
+
   vm.command("console <name>")
     .description("Attach to the serial console (Ctrl-] leaves); --log prints the captured output instead")
     .option("--log", "print the captured console log")

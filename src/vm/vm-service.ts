@@ -15,7 +15,7 @@ import { buildArgv, type LaunchPlan } from "../qemu/argv.ts";
 import type { AccelChoice } from "../qemu/accel.ts";
 import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir } from "../host/private-dir.ts";
-import { isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
+import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
@@ -316,6 +316,25 @@ export class VmService {
     );
   }
 
+  private launchPlan(vm: VmRecord): LaunchPlan {
+    const l = this.layout(vm);
+    return {
+      spec: vm.spec,
+      uuid: vm.id,
+      vmgenid: vm.vmgenid,
+      accel: this.d.accel.accel,
+      paths: l,
+      diskFiles: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
+    };
+  }
+
+  /** The exact QEMU command line vigil runs for this VM (like Proxmox's `qm showcmd`). */
+  async qemuCommand(ctx: RequestContext, name: string): Promise<{ binary: string; argv: string[] }> {
+    const vm = await this.d.repo.getByName(name);
+    await this.d.guard.authorize(ctx, { action: "vm.showcmd", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
+    return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
+  }
+
   /** Starts QEMU for a VM whose lock is held. On failure the VM is back in its previous state. */
   private async startLocked(vm: VmRecord, options: StartOptions): Promise<VmRecord> {
     const previous = vm.state;
@@ -328,15 +347,7 @@ export class VmService {
       ensurePrivateDir(l.memDir);
       // The RAM file of a previous run is guest memory left on disk: never reuse it.
       rmSync(l.ramFile, { force: true });
-      const plan: LaunchPlan = {
-        spec: vm.spec,
-        uuid: vm.id,
-        vmgenid: vm.vmgenid,
-        accel: this.d.accel.accel,
-        paths: l,
-        diskFiles: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
-      };
-      const started = await startQemu(buildArgv(plan), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket] });
+      const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket] });
       pid = started.pid;
       const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log, started.exited);
       this.adopt(vm, rt);

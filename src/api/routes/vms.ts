@@ -124,6 +124,11 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
+    createRoute(withAccess("vm.read", { method: "get", path: vmPath("/qemu-command"), tags: ["vms"], summary: "The exact QEMU command line vigil runs for the VM", request: { params: VmNameParams }, responses: { 200: json(z.object({ binary: z.string(), argv: z.array(z.string()) }), "Command line") } })),
+    async (c) => reply(c, await d.vms.qemuCommand(ctx(c), c.req.valid("param").name)),
+  );
+
+  app.openapi(
     createRoute(withAccess("vm.read", { method: "get", path: vmPath("/console-log"), tags: ["vms"], summary: "The captured serial console output", request: { params: VmNameParams, query: ConsoleLogQuery }, responses: { 200: { content: { "text/plain": { schema: z.string() } }, description: "Console output" } } })),
     async (c) => c.text(await d.vms.consoleLog(ctx(c), c.req.valid("param").name, c.req.valid("query").bytes), 200),
   );

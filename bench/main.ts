@@ -1,0 +1,15 @@
+/**
+ * `npm run bench -- NAME [options]`: runs one benchmark. Each compares vigil against a baseline measured in the
+ * same run, alternating the two so drift on a noisy machine hits both alike.
+ */
+const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
+  boot: () => import("./boot.ts"),
+};
+
+const [name, ...args] = process.argv.slice(2);
+const load = name ? benchmarks[name] : undefined;
+if (!load) {
+  process.stderr.write(`usage: npm run bench -- <${Object.keys(benchmarks).join("|")}> [options]\n`);
+  process.exit(2);
+}
+await (await load()).run(args);
