@@ -6,7 +6,8 @@
  * Rounds alternate a/b. Goal: median(b)/median(a) ≤ 1.03.
  */
 import { spawn } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { dirname } from "node:path";
 import { connect } from "node:net";
 import { benchDaemon, machineLine, report } from "./lib.ts";
 
@@ -47,6 +48,7 @@ function lineMatching(s: import("node:net").Socket, pred: (line: string) => bool
 /** Raw QEMU until the agent's first pong. Returns milliseconds. */
 async function rawBoot(binary: string, argv: string[], sockets: { qmp: string; agent: string; ram: string }): Promise<number> {
   rmSync(sockets.ram, { force: true });
+  for (const p of [sockets.qmp, sockets.ram]) mkdirSync(dirname(p), { recursive: true, mode: 0o700 });
   const t0 = performance.now();
   const qemu = spawn(binary, argv, { stdio: "ignore" });
   const deadline = Date.now() + 120_000;

@@ -21,6 +21,8 @@ export interface OperationDescription {
   /** Owner of the VM acted on, for ownership-scoped grants. */
   owner?: OwnerRef | undefined;
   details?: Record<string, unknown> | undefined;
+  /** For operations that create their target: its id, known only from the result. */
+  targetIdOf?: (result: never) => string;
   /** Reads are audited only when denied. */
   readOnly?: boolean;
 }
@@ -57,7 +59,7 @@ export class Guard {
       await this.audit.append({
         actor: ctx.actor.name,
         action: op.action,
-        target: op.target,
+        target: op.targetIdOf ? { ...op.target, id: op.targetIdOf(result as never) } : op.target,
         result: "ok",
         requestId: ctx.requestId,
         details: { ...op.details, ...describe?.(result) },

@@ -155,7 +155,7 @@ export class VmService {
     const rawName = typeof input === "object" && input !== null && typeof (input as { name?: unknown }).name === "string" ? (input as { name: string }).name.slice(0, 64) : null;
     return this.d.guard.run(
       ctx,
-      { action: "vm.create", permission: "vm.create", target: { kind: "vm", name: rawName } },
+      { action: "vm.create", permission: "vm.create", target: { kind: "vm", name: rawName }, targetIdOf: (v: VmView) => v.id },
       async () => {
         const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
         const owner = await this.resolveOwner(ctx, req.owner);
