@@ -42,7 +42,7 @@ fi
 if [ ! -f dist/.build-stamp ] || [ -n "$(find src tsconfig.json tsconfig.build.json package.json -newer dist/.build-stamp -print -quit)" ]; then
   say "building"
   rm -rf dist
-  npx --no-install tsc -p tsconfig.build.json
+  npm run --silent build
   touch dist/.build-stamp
 fi
 

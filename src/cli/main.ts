@@ -77,7 +77,12 @@ async function interactiveConsole(name: string): Promise<void> {
   process.stderr.write("\r\nDisconnected.\r\n");
 }
 
-export function buildProgram(): Command {
+/** What the CLI needs from outside its bundle: the daemon is loaded only by `vigil serve`. */
+export interface CliHooks {
+  loadDaemon: () => Promise<{ runDaemon(options: { listen: string }): Promise<void> }>;
+}
+
+export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")
     .description("Virtual infrastructure with security built in: QEMU VMs with ownership, audit and rollback-safe time.")
     .showHelpAfterError()
@@ -88,7 +93,7 @@ export function buildProgram(): Command {
     .description("Run the daemon (manager + local host) in the foreground")
     .option("--listen <addr:port>", 'TCP address for the HTTP API, or "none"', "127.0.0.1:7450")
     .action(async (o: { listen: string }) => {
-      const { runDaemon } = await import("../daemon/daemon.ts");
+      const { runDaemon } = await hooks.loadDaemon();
       await runDaemon({ listen: o.listen });
     });
 
@@ -581,8 +586,8 @@ export function buildProgram(): Command {
 }
 
 /** Runs the CLI and maps every failure to one documented exit code. */
-export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram();
+export async function main(argv: string[], hooks: CliHooks): Promise<void> {
+  const program = buildProgram(hooks);
   try {
     await program.parseAsync(argv);
   } catch (err) {

@@ -32,6 +32,20 @@ test("struct sizes and member offsets, through anonymous structs and unions, wit
   assert.equal(btf.structMemberOffset("atomic_long_t", "counter"), 0, "a typedef of a struct");
 });
 
+test("arrayLength gives the element count of array members, through typedefs, and undefined otherwise", () => {
+  const btf = Btf.parse(kernelLikeBtf());
+  assert.equal(btf.arrayLength(btf.member("task_struct", "comm").type), 16);
+  assert.equal(btf.arrayLength(btf.member("module", "name").type), 56);
+  assert.equal(btf.arrayLength(btf.member("task_struct", "pid").type), undefined);
+  assert.equal(btf.arrayLength(0), undefined);
+  assert.equal(btf.arrayLength(1_000_000), undefined);
+  const b = new BtfBuilder();
+  const int = b.int("int", 4, true);
+  const arr = b.array(int, int, 7);
+  const td = b.typedef("seven_t", arr);
+  assert.equal(Btf.parse(b.build()).arrayLength(td), 7);
+});
+
 test("lookups of what is not there are typed not-found errors", () => {
   const btf = Btf.parse(kernelLikeBtf());
   const notFound = (f: () => unknown): void => assert.throws(f, (e: unknown) => e instanceof IntrospectionError && e.reason === "not-found");

@@ -221,6 +221,18 @@ export class Btf {
     return out;
   }
 
+  /**
+   * Number of elements of an array type (typedefs and qualifiers skipped), or undefined when `id` is not an
+   * array. Walkers use it for fixed-size arrays whose length the kernel build decides (`xa_node.slots`).
+   */
+  arrayLength(id: number): number | undefined {
+    const r = this.resolve(id);
+    const t = this.type(r);
+    if (!t || t.kind !== BtfKind.ARRAY) return undefined;
+    // ARRAY's 12 extra bytes: element type, index type, number of elements.
+    return this.types.readUInt32LE((this.offsets[r] as number) + 12 + 8);
+  }
+
   /** Ids of all types called `name`, optionally only of one kind. Scans the type records (≈1 ms), then caches. */
   findByName(name: string, kind?: number): number[] {
     let ids = this.byName.get(name);

@@ -111,6 +111,32 @@ test("VirtualMemory reads across page boundaries into scattered physical pages a
   assert.equal(vm.read(va, 1)?.[0], 0xbb);
 });
 
+test("large pages are cached per 2 MiB / 1 GiB frame and dropped by clearCache", () => {
+  const { pt, mem, root } = setup(4, 16 * MiB);
+  const va = 0xffff_ffff_8120_0000n;
+  pt.map(va, 0x40_0000n, 0x200000);
+  const vm = new VirtualMemory(mem, root);
+  for (const off of [0n, 0x1234n, 0x1f_f000n, 0x1f_ffffn]) {
+    const t = vm.translate(va + off);
+    assert.deepEqual(t, translate(mem, root, va + off), `offset ${off}`);
+    assert.ok(t.mapped && t.paddr === 0x40_0000n + off && t.pageSize === 0x200000);
+  }
+  // Remapped underneath: the cached frame answers until the sweep ends.
+  pt.map(va, 0x60_0000n, 0x200000);
+  const stale = vm.translate(va + 0x10n);
+  assert.ok(stale.mapped && stale.paddr === 0x40_0010n);
+  vm.clearCache();
+  const fresh = vm.translate(va + 0x10n);
+  assert.ok(fresh.mapped && fresh.paddr === 0x60_0010n);
+  // A 1 GiB page.
+  const g = 0xffff_8880_0000_0000n;
+  pt.map(g, 0n, 0x40000000, { writable: true });
+  const a = vm.translate(g + 0x12_3456n);
+  const b2 = vm.translate(g + 0x3fff_fff0n);
+  assert.ok(a.mapped && a.paddr === 0x12_3456n && a.pageSize === 0x40000000);
+  assert.ok(b2.mapped && b2.paddr === 0x3fff_fff0n);
+});
+
 test("property: translate agrees with a model of the mappings that were built", () => {
   fc.assert(
     fc.property(
@@ -185,7 +211,7 @@ test("fuzz: walks over random memory never throw, never loop, and only read with
   );
 });
 
-test("parseControlRegisters reads CR0/CR3/CR4/EFER from QEMU 7.2's info registers", () => {
+test("parseControlRegisters reads CR0/CR3/CR4/EFER/IDTR from QEMU 7.2's info registers", () => {
   const text = `
 CPU#0
 RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000020 RDX=0000000000000000
@@ -199,8 +225,8 @@ CR0=80050033 CR2=0000000000000000 CR3=0000000004c0a006 CR4=00751ef0
 `;
   const regs = parseControlRegisters(text);
   assert.deepEqual(regs, [
-    { cpu: 0, cr0: 0x80050033n, cr3: 0x2382000n, cr4: 0x751ef0n, efer: 0xd01n },
-    { cpu: 1, cr0: 0x80050033n, cr3: 0x4c0a006n, cr4: 0x751ef0n, efer: undefined },
+    { cpu: 0, cr0: 0x80050033n, cr3: 0x2382000n, cr4: 0x751ef0n, efer: 0xd01n, idtBase: 0xfffffe0000000000n, idtLimit: 0xfff },
+    { cpu: 1, cr0: 0x80050033n, cr3: 0x4c0a006n, cr4: 0x751ef0n, efer: undefined, idtBase: undefined, idtLimit: undefined },
   ]);
   assert.equal(parseControlRegisters("CR0=1 CR3=2 CR4=3").length, 1, "a single CPU without a CPU# header");
   assert.throws(() => parseControlRegisters("CPU#0\nRAX=0\n"), IntrospectionError);

@@ -119,6 +119,12 @@ const MAX_TLB_ENTRIES = 65536;
  */
 export class VirtualMemory implements AddressSpace {
   private readonly tlb = new Map<number, Mapped | NotMapped>();
+  /**
+   * Large pages by 2 MiB / 1 GiB frame number: kernel text and the direct map are mapped with them, and one walk
+   * then serves every 4 KiB page inside (a sweep touches hundreds of pages in a few large ones).
+   */
+  private readonly tlb2m = new Map<number, Mapped>();
+  private readonly tlb1g = new Map<number, Mapped>();
 
   constructor(
     readonly physical: PhysicalMemory,
@@ -134,7 +140,15 @@ export class VirtualMemory implements AddressSpace {
     const key = Number(vaddr >> 12n);
     let t = this.tlb.get(key);
     if (t === undefined) {
+      const big = this.tlb2m.get(Number(vaddr >> 21n)) ?? this.tlb1g.get(Number(vaddr >> 30n));
+      if (big !== undefined) return { ...big, paddr: big.pageBase + (vaddr & BigInt(big.pageSize - 1)) };
       t = translate(this.physical, this.root, vaddr & ~0xfffn);
+      if (t.mapped && t.pageSize > 4096) {
+        const map = t.pageSize === 0x20_0000 ? this.tlb2m : this.tlb1g;
+        if (map.size >= MAX_TLB_ENTRIES) map.clear();
+        map.set(Number(vaddr >> (t.pageSize === 0x20_0000 ? 21n : 30n)), t);
+        return { ...t, paddr: t.pageBase + (vaddr & BigInt(t.pageSize - 1)) };
+      }
       if (this.tlb.size >= MAX_TLB_ENTRIES) this.tlb.clear();
       this.tlb.set(key, t);
     }
@@ -182,6 +196,8 @@ export class VirtualMemory implements AddressSpace {
 
   clearCache(): void {
     this.tlb.clear();
+    this.tlb2m.clear();
+    this.tlb1g.clear();
   }
 }
 
@@ -198,10 +214,14 @@ export interface ControlRegisters {
   cr3: bigint;
   cr4: bigint;
   efer: bigint | undefined;
+  /** IDTR base (on Linux the fixed read-only alias 0xfffffe0000000000), when printed. */
+  idtBase: bigint | undefined;
+  /** IDTR limit (0xfff for 256 gates), when printed. */
+  idtLimit: number | undefined;
 }
 
 /**
- * Reads CR0/CR3/CR4 (and EFER) of every vCPU from HMP `info registers` (QMP `human-monitor-command`). QEMU 7.2
+ * Reads CR0/CR3/CR4 (and EFER and IDTR) of every vCPU from HMP `info registers` (QMP `human-monitor-command`). QEMU 7.2
  * prints "CPU#n" before each CPU's block when asked for all of them, and nothing when asked for one.
  */
 export function parseControlRegisters(text: string): ControlRegisters[] {
@@ -222,7 +242,9 @@ export function parseControlRegisters(text: string): ControlRegisters[] {
     if (cr0 === undefined || cr3 === undefined || cr4 === undefined) {
       throw new IntrospectionError("host-input", `Cannot parse "info registers" for CPU ${cpu}: CR0, CR3 or CR4 is missing`);
     }
-    out.push({ cpu, cr0, cr3, cr4, efer: reg("EFER") });
+    // "IDT=     fffffe0000000000 00000fff": base, then limit.
+    const idt = /\bIDT=\s*([0-9a-fA-F]{1,16}) ([0-9a-fA-F]{1,8})\b/.exec(block);
+    out.push({ cpu, cr0, cr3, cr4, efer: reg("EFER"), idtBase: idt ? BigInt("0x" + idt[1]) : undefined, idtLimit: idt ? Number.parseInt(idt[2] as string, 16) : undefined });
   }
   return out;
 }

@@ -309,7 +309,11 @@ export class VmService {
           if (fresh.isTemplate) throw new VigilError("VIGIL_INVALID_STATE", `Cannot start VM ${q(fresh.name)}: it is a template (clone it instead)`);
           return this.startLocked(fresh, options);
         });
-        if (options.wait && started.spec.agent && !options.paused) await this.waitForAgent(started, options.waitTimeoutMs ?? 120_000);
+        if (options.wait && started.spec.agent && !options.paused) {
+          const t0 = performance.now();
+          await this.waitForAgent(started, options.waitTimeoutMs ?? 120_000);
+          this.d.log.debug({ vm: vm.name, phase: "agent answered", ms: Math.round(performance.now() - t0) }, "start timing");
+        }
         return this.view(await this.d.repo.getById(vm.id));
       },
       (v) => ({ pid: v.pid, accelerator: v.accelerator, vmgenid: v.vmgenid }),
@@ -339,6 +343,8 @@ export class VmService {
   private async startLocked(vm: VmRecord, options: StartOptions): Promise<VmRecord> {
     const previous = vm.state;
     const l = this.layout(vm);
+    const t0 = performance.now();
+    const mark = (phase: string) => this.d.log.debug({ vm: vm.name, phase, ms: Math.round(performance.now() - t0) }, "start timing");
     await this.d.repo.update(vm.id, { state: "starting" });
     let pid: number | undefined;
     try {
@@ -349,9 +355,11 @@ export class VmService {
       rmSync(l.ramFile, { force: true });
       const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket] });
       pid = started.pid;
+      mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log, started.exited);
       this.adopt(vm, rt);
       if (!options.paused) await rt.qmp.execute("cont");
+      mark("guest running");
       const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
       for (const [path, purpose] of [[l.ramFile, "ram"], [l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await this.d.registry.register(vm.id, path, purpose, { hash: false });
