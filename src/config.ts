@@ -17,6 +17,16 @@ export const configSchema = z.strictObject({
       expiredVms: z.enum(["flag", "stop"]).default("flag"),
     })
     .default({ requireOwnership: false, expiredVms: "flag" }),
+  hooks: z
+    .strictObject({
+      /**
+       * Run after a revert forced below a VM's security floor, to bring it back up (re-install updates, rotate
+       * credentials). An absolute path to an executable the admin installed; it gets the VM and snapshot in its
+       * environment (VIGIL_VM, VIGIL_VM_ID, VIGIL_SNAPSHOT, VIGIL_REASON, VIGIL_FLOOR as JSON).
+       */
+      reapply: z.string().regex(/^\/[A-Za-z0-9._\/+-]+$/, "must be an absolute path").optional(),
+    })
+    .default({}),
 });
 
 export type VigilConfig = z.output<typeof configSchema>;

@@ -6,6 +6,7 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { generateKeyPairSync } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { z } from "zod";
@@ -54,6 +55,21 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/vms/{name}/history": ["admin", "operator", "ownerBob", "auditor"],
   "GET /v1/vms/{name}/where": ["admin", "operator", "ownerBob", "auditor"],
   "POST /v1/vms/{name}/purge": ["admin", "ownerBob"],
+  "POST /v1/vms/{name}/snapshots": ["admin", "operator", "ownerBob"],
+  "GET /v1/vms/{name}/snapshots": ["admin", "operator", "ownerBob", "auditor"],
+  "DELETE /v1/vms/{name}/snapshots/{snapshot}": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/snapshots/{snapshot}/revert": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/template": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/clone": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/export": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/import": ["admin", "operator", "ownerBob", "ownerCarol"],
+  "GET /v1/vms/{name}/generations": ["admin", "operator", "ownerBob", "auditor"],
+  "GET /v1/vms/{name}/vtime": ["admin", "operator", "ownerBob", "auditor"],
+  "PUT /v1/vms/{name}/floor": ["admin", "operator", "ownerBob"],
+  "POST /v1/vms/{name}/vtime/link": ["admin", "operator", "ownerBob"],
+  "GET /v1/trust": ["admin", "operator", "ownerBob", "ownerCarol", "auditor"],
+  "POST /v1/trust": ["admin"],
+  "DELETE /v1/trust/{keyId}": ["admin"],
   "GET /v1/users": ["admin", "auditor"],
   "POST /v1/users": ["admin"],
   "PATCH /v1/users/{name}": ["admin"],
@@ -82,6 +98,16 @@ function bodyFor(key: string): unknown {
       return { roles: ["owner"] };
     case "POST /v1/groups":
       return { name: `group${unique}` };
+    case "POST /v1/vms/{name}/snapshots":
+      return { name: `snap${unique}` }; // authorized, then refused: the VM is mid-start
+    case "POST /v1/vms/{name}/clone":
+      return { name: `clone${unique}` };
+    case "PUT /v1/vms/{name}/floor":
+      return { facts: { patchLevel: "1" } };
+    case "POST /v1/vms/{name}/vtime/link":
+      return { source: "target" };
+    case "POST /v1/trust":
+      return { name: `site${unique}`, publicKey: generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }).toString() };
     default:
       return key.startsWith("POST") || key.startsWith("PATCH") ? {} : undefined;
   }
@@ -157,7 +183,12 @@ test("authorization matrix: every route × every actor, deny by default", async 
 
   for (const key of routes) {
     const [method, template] = key.split(" ") as [string, string];
-    const path = template.replace("{name}", template.startsWith("/v1/users") ? "dave" : "target").replace("{group}", "devs").replace("{user}", "dave");
+    const path = template
+      .replace("{name}", template.startsWith("/v1/users") ? "dave" : "target")
+      .replace("{group}", "devs")
+      .replace("{user}", "dave")
+      .replace("{snapshot}", "no-such-snapshot")
+      .replace("{keyId}", "0000000000000000");
     for (const actor of ACTORS) {
       await f.repo.update(f.targetId, { state: "starting", owner: "user:bob", pid: null });
       const res = await request(f, actor, method, path, bodyFor(key));

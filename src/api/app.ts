@@ -13,6 +13,8 @@ import { errorBody, errorResponse } from "./error-response.ts";
 import { registerAccountRoutes } from "./routes/accounts.ts";
 import { registerSystemRoutes } from "./routes/system.ts";
 import { registerVmRoutes } from "./routes/vms.ts";
+import { registerStorageRoutes } from "./routes/storage.ts";
+import { registerVtimeRoutes } from "./routes/vtime.ts";
 
 export const PUBLIC_PATHS = new Set(["/v1/health", "/openapi.json"]);
 
@@ -66,6 +68,8 @@ export function createApp(d: ApiDeps): App {
   registerSystemRoutes(app, d);
   registerVmRoutes(app, d);
   registerAccountRoutes(app, d);
+  registerStorageRoutes(app, d);
+  registerVtimeRoutes(app, d);
 
   app.doc31("/openapi.json", OPENAPI_INFO);
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));

@@ -11,6 +11,12 @@ import type { Guard } from "../auth/guard.ts";
 import type { VmService } from "../vm/vm-service.ts";
 import type { ImageCatalog } from "../image/catalog.ts";
 import type { Logger } from "../log.ts";
+import type { SnapshotService } from "../storage/snapshots.ts";
+import type { CloneService } from "../storage/clones.ts";
+import type { BundleService } from "../storage/bundle/bundle-service.ts";
+import type { TrustStore } from "../storage/trust.ts";
+import type { ProgressBus } from "../util/progress.ts";
+import type { VtimeService } from "../vtime/vtime-service.ts";
 import type { AccountService } from "../auth/account-service.ts";
 import type { ProvenanceService } from "../provenance/provenance-service.ts";
 
@@ -23,6 +29,12 @@ export interface ApiDeps {
   auditService: AuditService;
   guard: Guard;
   catalog: ImageCatalog;
+  snapshots: SnapshotService;
+  clones: CloneService;
+  bundles: BundleService;
+  trust: TrustStore;
+  progress: ProgressBus;
+  vtime: VtimeService;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;

@@ -5,7 +5,7 @@
  */
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { existsSync, readFileSync } from "node:fs";
+import { createReadStream, createWriteStream, existsSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { homeLayout, vigilHome } from "../paths.ts";
@@ -80,10 +80,11 @@ function unreachable(target: Target, err: NodeJS.ErrnoException): ApiError {
 }
 
 /** One JSON request; resolves with the parsed body or rejects with the API's error. */
-export function call<T = unknown>(method: string, path: string, body?: unknown, target = resolveTarget()): Promise<T> {
+export function call<T = unknown>(method: string, path: string, body?: unknown, target = resolveTarget(), options: { requestId?: string } = {}): Promise<T> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const headers: Record<string, string> = { accept: "application/json" };
+    if (options.requestId) headers["x-request-id"] = options.requestId;
     if (payload !== undefined) headers["content-type"] = "application/json";
     send(
       target,
@@ -171,5 +172,81 @@ export function upgrade(path: string, target = resolveTarget()): Promise<import(
     });
     req.on("error", (err) => reject(unreachable(target, err as NodeJS.ErrnoException)));
     req.end();
+  });
+}
+
+function errorFrom(res: IncomingMessage): Promise<ApiError> {
+  return new Promise((resolve) => {
+    let text = "";
+    res.on("data", (c: Buffer) => (text += c.toString()));
+    res.on("end", () => {
+      try {
+        const e = (JSON.parse(text) as { error: { code: string; message: string; field?: string } }).error;
+        resolve(new ApiError(e.code, e.message, res.statusCode ?? 0, e.field));
+      } catch {
+        resolve(new ApiError("VIGIL_INTERNAL", `The daemon answered ${res.statusCode}: ${text.slice(0, 200)}`, res.statusCode ?? 0));
+      }
+    });
+  });
+}
+
+/**
+ * POSTs `body` as JSON and writes the binary answer to `out` (created 0600 next to it, renamed into place when
+ * complete, so a failed download never leaves a half file that looks whole).
+ */
+export function download(path: string, body: unknown, out: string, options: { requestId?: string; headers?: Record<string, string>; onBytes?: (done: number, total: number) => void } = {}, target = resolveTarget()): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { "content-type": "application/json", ...options.headers };
+    if (options.requestId) headers["x-request-id"] = options.requestId;
+    send(
+      target,
+      baseOptions(target, "POST", path, headers),
+      JSON.stringify(body),
+      (res) => {
+        if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);
+        const total = Number(res.headers["content-length"] ?? 0);
+        const tmp = `${out}.part`;
+        const file = createWriteStream(tmp, { mode: 0o600 });
+        let done = 0;
+        res.on("data", (c: Buffer) => {
+          done += c.length;
+          options.onBytes?.(done, total);
+        });
+        res.pipe(file);
+        res.on("aborted", () => reject(new ApiError("VIGIL_INTERNAL", "The download was cut off", 0)));
+        file.on("finish", () => {
+          if (total && done !== total) {
+            rmSync(tmp, { force: true });
+            return reject(new ApiError("VIGIL_INTERNAL", `The download was cut off after ${done} of ${total} bytes`, 0));
+          }
+          renameSync(tmp, out);
+          resolve(done);
+        });
+      },
+      (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
+    );
+  });
+}
+
+/** POSTs the file at `file` as the request body and resolves with the JSON answer. */
+export function upload<T = unknown>(path: string, file: string, options: { requestId?: string; onBytes?: (done: number, total: number) => void } = {}, target = resolveTarget()): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const total = statSync(file).size;
+    const headers: Record<string, string> = { "content-type": "application/x-vigil-bundle", "content-length": String(total), accept: "application/json" };
+    if (options.requestId) headers["x-request-id"] = options.requestId;
+    const req = (target.url?.protocol === "https:" ? httpsRequest : httpRequest)(baseOptions(target, "POST", path, headers), (res) => {
+      if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);
+      let text = "";
+      res.on("data", (c: Buffer) => (text += c.toString()));
+      res.on("end", () => resolve(JSON.parse(text) as T));
+    });
+    req.on("error", (err) => reject(unreachable(target, err as NodeJS.ErrnoException)));
+    let done = 0;
+    const input = createReadStream(file);
+    input.on("data", (c) => {
+      done += c.length;
+      options.onBytes?.(done, total);
+    });
+    input.pipe(req);
   });
 }

@@ -4,11 +4,13 @@
  * Kept free of heavy imports so a command starts fast (the boot benchmark measures `vm start --wait`).
  */
 import { Command, CommanderError, Option } from "commander";
-import { createWriteStream, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { ApiError, call, clientConfigPath, stream, upgrade } from "./client.ts";
+import { randomUUID } from "node:crypto";
+import { basename, resolve as resolvePath } from "node:path";
+import { ApiError, call, clientConfigPath, download, stream, upload, upgrade } from "./client.ts";
 import { EXIT, exitCodeFor } from "./exit-codes.ts";
-import { printJson, printTable, withSpinner } from "./output.ts";
+import { clearLine, printJson, printTable, progressLine, withSpinner } from "./output.ts";
 
 type Vm = Record<string, unknown> & { name: string; state: string; spec: { vcpus: number; memoryMiB: number; image: string | null } };
 
@@ -75,6 +77,33 @@ async function interactiveConsole(name: string): Promise<void> {
     socket.on("close", done);
   });
   process.stderr.write("\r\nDisconnected.\r\n");
+}
+
+/**
+ * Runs a long request under a fresh request id and, on a terminal, draws the progress the daemon reports for
+ * it on the events stream (snapshot jobs, copies, compression).
+ */
+async function withProgress<T>(label: string, work: (requestId: string) => Promise<T>): Promise<T> {
+  const requestId = randomUUID();
+  if (!process.stderr.isTTY) return work(requestId);
+  let buf = "";
+  const follow = stream(`/v1/events?progress=${requestId}`, (chunk) => {
+    buf += chunk;
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (!/^event: progress$/m.test(block)) continue;
+      const p = JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? "{}") as { what: string; current: number; total: number };
+      progressLine(`${label} (${p.what})`, p.current, p.total);
+    }
+  }).catch(() => undefined);
+  try {
+    return await withSpinner(label, work(requestId));
+  } finally {
+    clearLine();
+    void follow;
+  }
 }
 
 /** What the CLI needs from outside its bundle: the daemon is loaded only by `vigil serve`. */
@@ -427,6 +456,228 @@ export function buildProgram(hooks: CliHooks): Command {
       for (const f of r.destroyed) process.stdout.write(`destroyed    ${f.purpose.padEnd(12)} ${f.path}\n`);
       for (const f of r.unreachable) process.stdout.write(`UNREACHABLE  ${f.host}:${f.path} (${f.why})\n`);
       process.stdout.write(`VM ${name} purged: ${r.destroyed.length} file(s) destroyed, ${r.unreachable.length} out of reach\n`);
+    });
+
+  vm.command("template <name>")
+    .description("Freeze a stopped VM as a read-only template (--undo thaws one no clone depends on)")
+    .option("--undo", "thaw the template")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { undo?: boolean; json?: boolean }) => {
+      const v = await call<Vm>("POST", vmPath(name, "/template"), { undo: o.undo ?? false });
+      if (o.json) return printJson(v);
+      process.stdout.write(o.undo ? `VM ${name} is no longer a template\n` : `VM ${name} is now a template\n`);
+    });
+
+  vm.command("clone <source> <name>")
+    .description("Clone a VM with fresh identity: --linked (overlay on a template, the default for templates) or --full")
+    .option("--linked", "qcow2 overlay on the template's disks")
+    .option("--full", "an independent copy")
+    .option("--from-snapshot <snapshot>", "start from that snapshot's disk state")
+    .option("--json", "machine-readable output")
+    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; json?: boolean }) => {
+      if (o.linked && o.full) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --linked or --full", 0, "mode");
+      const body = { name, ...(o.linked ? { mode: "linked" } : o.full ? { mode: "full" } : {}), ...(o.fromSnapshot ? { fromSnapshot: o.fromSnapshot } : {}) };
+      const v = await withProgress(`Cloning ${source}`, (rid) => call<Vm>("POST", vmPath(source, "/clone"), body, undefined, { requestId: rid }));
+      if (o.json) return printJson(v);
+      process.stdout.write(`Cloned ${source} → ${v.name} (${(v.lineage as { linked?: boolean }).linked ? "linked" : "full"}, vmgenid ${v.vmgenid})\n`);
+    });
+
+  vm.command("export <name>")
+    .description("Write a VM as one signed .vigil bundle")
+    .requiredOption("-o, --output <file>", "the bundle file to write")
+    .option("--with-snapshots", "include the snapshot tree")
+    .option("--memory", "capture the running VM's memory too (it resumes where it was after import)")
+    .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean }) => {
+      const out = resolvePath(o.output);
+      const requestId = randomUUID();
+      const bytes = await withProgress(`Exporting ${name}`, () =>
+        download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
+      );
+      clearLine();
+      process.stdout.write(`Exported ${name} to ${out} (${(bytes / 1048576).toFixed(1)} MiB)\n`);
+    });
+
+  vm.command("import <file>")
+    .description("Create a VM from a .vigil bundle; verified completely (signer, sizes, hashes) before anything is created")
+    .option("--name <name>", "name of the new VM (default: the name in the bundle)")
+    .option("--json", "machine-readable output")
+    .action(async (file: string, o: { name?: string; json?: boolean }) => {
+      const abs = resolvePath(file);
+      const query = new URLSearchParams({ source: abs, ...(o.name ? { name: o.name } : {}) });
+      const v = await withProgress(`Importing ${basename(abs)}`, (rid) => upload<Vm>(`/v1/vms/import?${query.toString()}`, abs, { requestId: rid, onBytes: (d, t) => progressLine("Uploading", d, t) }));
+      clearLine();
+      if (o.json) return printJson(v);
+      process.stdout.write(`Imported ${basename(abs)} as VM ${v.name} (${v.id as string})\n`);
+    });
+
+  vm.command("generations <name>")
+    .description("The VM's generation tree: every fork (revert, restore, clone, import) with its vmgenid")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await call<{ current: number; generations: Array<Record<string, unknown>> }>("GET", vmPath(name, "/generations"));
+      if (o.json) return printJson(r);
+      printTable(
+        r.generations.map((g) => ({ ...g, mark: g.generation === r.current ? "*" : "" })),
+        [
+          ["mark", ""],
+          ["generation", "GEN"],
+          ["parentGeneration", "PARENT"],
+          ["reason", "REASON"],
+          ["snapshot", "SNAPSHOT"],
+          ["vmgenid", "VMGENID"],
+          ["reseed", "RESEED"],
+          ["createdBy", "BY"],
+          ["createdAt", "AT"],
+        ],
+      );
+    });
+
+  vm.command("floor <name>")
+    .description("Show or raise the VM's security floor: facts a revert may not go below (patchLevel, signatures, credentialEpoch, firewallPolicy, ...)")
+    .option("--set <fact=value>", "raise a fact (repeatable)", collect)
+    .option("--force", "allow lowering a fact (needs --reason)")
+    .option("--reason <text>", "why")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { set?: string[]; force?: boolean; reason?: string; json?: boolean }) => {
+      let floor: Record<string, string>;
+      if (o.set) {
+        const facts = Object.fromEntries(
+          o.set.map((kv) => {
+            const i = kv.indexOf("=");
+            if (i <= 0) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --set ${JSON.stringify(kv)}: use FACT=VALUE`, 0, "set");
+            return [kv.slice(0, i), kv.slice(i + 1)];
+          }),
+        );
+        floor = (await call<{ floor: Record<string, string> }>("PUT", vmPath(name, "/floor"), { facts, force: o.force ?? false, ...(o.reason ? { reason: o.reason } : {}) })).floor;
+      } else {
+        floor = (await call<{ floor: Record<string, string> }>("GET", vmPath(name, "/vtime"))).floor;
+      }
+      if (o.json) return printJson(floor);
+      if (Object.keys(floor).length === 0) process.stdout.write(`VM ${name} has no security floor\n`);
+      for (const [k, v] of Object.entries(floor)) process.stdout.write(`${k.padEnd(18)} ${v}\n`);
+    });
+
+  const vtime = program.command("vtime").description("The extra-VM monotonic store: state that never rolls back with the VM");
+  vtime
+    .command("show <vm>")
+    .description("Counters and record streams of a VM's store, its namespace and floor")
+    .option("--json", "machine-readable output")
+    .action(async (vmName: string, o: { json?: boolean }) => {
+      const r = await call<{ namespace: string; counters: Array<Record<string, unknown>>; streams: Array<Record<string, unknown>>; problems: string[] }>("GET", vmPath(vmName, "/vtime"));
+      if (o.json) return printJson(r);
+      process.stdout.write(`namespace ${r.namespace}\n`);
+      printTable(r.counters, [
+        ["name", "COUNTER"],
+        ["value", "VALUE"],
+        ["updatedAt", "UPDATED"],
+      ]);
+      if (r.streams.length) printTable(r.streams, [["stream", "STREAM"], ["records", "RECORDS"]]);
+      for (const p of r.problems) process.stdout.write(`problem: ${p}\n`);
+    });
+  vtime
+    .command("link <vm>")
+    .description("Let VM share another VM's store (a clone continuing its parent's counters)")
+    .requiredOption("--to <source>", "the VM whose store to share")
+    .action(async (vmName: string, o: { to: string }) => {
+      const r = await call<{ namespace: string }>("POST", vmPath(vmName, "/vtime/link"), { source: o.to });
+      process.stdout.write(`VM ${vmName} now shares the store of ${o.to} (namespace ${r.namespace})\n`);
+    });
+
+  // ---- snapshots ----
+  const snapshot = program.command("snapshot").description("Snapshots: a tree per VM");
+  snapshot
+    .command("create <vm> <name>")
+    .description("Take a snapshot: disk-only (guest filesystem frozen when its agent answers), or --memory")
+    .option("--memory", "include RAM and device state (running VM)")
+    .option("--single-use", "with --memory: may be resumed only once")
+    .option("-d, --description <text>", "what it is")
+    .option("--json", "machine-readable output")
+    .action(async (vmName: string, name: string, o: { memory?: boolean; singleUse?: boolean; description?: string; json?: boolean }) => {
+      const s = await withProgress(`Snapshot ${vmName}/${name}`, (rid) =>
+        call<Record<string, unknown>>("POST", vmPath(vmName, "/snapshots"), { name, memory: o.memory ?? false, singleUse: o.singleUse ?? false, ...(o.description ? { description: o.description } : {}) }, undefined, { requestId: rid }),
+      );
+      if (o.json) return printJson(s);
+      process.stdout.write(`Snapshot ${name} of ${vmName} taken (${s.kind as string}${s.singleUse ? ", single-use" : ""})\n`);
+    });
+  snapshot
+    .command("list <vm>")
+    .description("Draw the VM's snapshot tree")
+    .option("--json", "machine-readable output")
+    .action(async (vmName: string, o: { json?: boolean }) => {
+      type Node = { name: string; parent: string | null; kind: string; createdAt: string; createdBy: string; current: boolean; singleUse: boolean; resumedCount: number; vmStateSize: number };
+      const r = await call<{ snapshots: Node[] }>("GET", vmPath(vmName, "/snapshots"));
+      if (o.json) return printJson(r);
+      const childrenOf = (parent: string | null) => r.snapshots.filter((s) => s.parent === parent);
+      const draw = (nodes: Node[], prefix: string) => {
+        nodes.forEach((n, i) => {
+          const last = i === nodes.length - 1;
+          const flags = [n.kind, n.singleUse ? `single-use, resumed ${n.resumedCount}×` : "", n.vmStateSize ? `${(n.vmStateSize / 1048576).toFixed(1)} MiB state` : ""].filter(Boolean).join(", ");
+          process.stdout.write(`${prefix}${last ? "└─" : "├─"} ${n.name}${n.current ? "  ← you are here" : ""}  (${flags}; ${n.createdBy}, ${n.createdAt})\n`);
+          draw(childrenOf(n.name), prefix + (last ? "   " : "│  "));
+        });
+      };
+      if (r.snapshots.length === 0) process.stdout.write(`VM ${vmName} has no snapshots\n`);
+      draw(childrenOf(null), "");
+    });
+  snapshot
+    .command("delete <vm> <name>")
+    .description("Delete a snapshot; its children move up to its parent")
+    .action(async (vmName: string, name: string) => {
+      await withProgress(`Deleting ${vmName}/${name}`, (rid) => call("DELETE", vmPath(vmName, `/snapshots/${enc(name)}`), undefined, undefined, { requestId: rid }));
+      process.stdout.write(`Snapshot ${name} of ${vmName} deleted\n`);
+    });
+  snapshot
+    .command("revert <vm> <name>")
+    .description("Go back to a snapshot as a fork: new vmgenid, generation+1, fresh QEMU process")
+    .option("--force", "revert even below the VM's security floor (needs --reason; runs the re-apply hook)")
+    .option("--reason <text>", "why a forced revert is needed")
+    .option("--unsafe-keep-vmgenid", "admins only, for demonstrations: resume WITHOUT a new vmgenid, so the guest does not reseed")
+    .option("--json", "machine-readable output")
+    .action(async (vmName: string, name: string, o: { force?: boolean; reason?: string; unsafeKeepVmgenid?: boolean; json?: boolean }) => {
+      const r = await withProgress(`Reverting ${vmName} to ${name}`, (rid) =>
+        call<{ vm: Vm; generation: number; forced: boolean }>("POST", vmPath(vmName, `/snapshots/${enc(name)}/revert`), { force: o.force ?? false, unsafeKeepVmgenid: o.unsafeKeepVmgenid ?? false, ...(o.reason ? { reason: o.reason } : {}) }, undefined, { requestId: rid }),
+      );
+      if (o.json) return printJson(r);
+      process.stdout.write(`VM ${vmName} reverted to ${name}: generation ${r.generation}, vmgenid ${r.vm.vmgenid}, ${r.vm.state}${r.forced ? " (forced below the security floor)" : ""}\n`);
+    });
+
+  // ---- trust ----
+  const trust = program.command("trust").description("Keys whose signed bundles this site imports");
+  trust
+    .command("add <pem-file>")
+    .description("Trust another site's bundle-signing public key (PEM)")
+    .requiredOption("--name <name>", "whose key it is")
+    .action(async (file: string, o: { name: string }) => {
+      const k = await call<{ keyId: string }>("POST", "/v1/trust", { name: o.name, publicKey: readFileSync(file, "utf8") });
+      process.stdout.write(`Trusting key ${k.keyId} (${o.name})\n`);
+    });
+  trust
+    .command("list")
+    .description("List trusted keys (the site's own first)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const { keys } = await call<{ keys: Array<Record<string, unknown>> }>("GET", "/v1/trust");
+      if (o.json) return printJson(keys);
+      printTable(keys, [
+        ["keyId", "KEY ID"],
+        ["name", "NAME"],
+        ["addedBy", "ADDED BY"],
+        ["addedAt", "ADDED"],
+      ]);
+    });
+  trust
+    .command("show-site")
+    .description("Print this site's public key (give it to sites that import your bundles)")
+    .action(async () => {
+      const { keys } = await call<{ keys: Array<{ site: boolean; publicKey: string }> }>("GET", "/v1/trust");
+      process.stdout.write(keys.find((k) => k.site)?.publicKey ?? "");
+    });
+  trust
+    .command("remove <key-id>")
+    .description("Stop trusting a key")
+    .action(async (keyId: string) => {
+      await call("DELETE", `/v1/trust/${enc(keyId)}`);
+      process.stdout.write(`No longer trusting ${keyId}\n`);
     });
 
   // ---- users and groups ----

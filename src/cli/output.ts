@@ -33,3 +33,17 @@ export async function withSpinner<T>(label: string, work: Promise<T>): Promise<T
     process.stderr.write("\r\x1b[K");
   }
 }
+
+/** A one-line progress bar on stderr (terminal only). */
+export function progressLine(label: string, current: number, total: number): void {
+  if (!process.stderr.isTTY || total <= 0) return;
+  const width = 30;
+  const frac = Math.max(0, Math.min(1, current / total));
+  const bar = "█".repeat(Math.round(frac * width)).padEnd(width, "░");
+  const amount = total > 1024 * 1024 ? `${(current / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB` : `${Math.round(frac * 100)}%`;
+  process.stderr.write(`\r${label} ${bar} ${amount}\x1b[K`);
+}
+
+export function clearLine(): void {
+  if (process.stderr.isTTY) process.stderr.write("\r\x1b[K");
+}

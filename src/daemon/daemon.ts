@@ -30,6 +30,17 @@ import { ProvenanceService } from "../provenance/provenance-service.ts";
 import { detectAccelerator } from "../qemu/accel.ts";
 import { VmRepository } from "../vm/vm-repository.ts";
 import { VmService } from "../vm/vm-service.ts";
+import { GenerationLog } from "../vtime/generations.ts";
+import { checkRevert } from "../vtime/rollback-policy.ts";
+import { reapplyHook } from "../vtime/reapply-hook.ts";
+import { SnapshotRepository } from "../storage/snapshot-repository.ts";
+import { SnapshotService } from "../storage/snapshots.ts";
+import { CloneService } from "../storage/clones.ts";
+import { TrustStore } from "../storage/trust.ts";
+import { BundleService } from "../storage/bundle/bundle-service.ts";
+import { ProgressBus } from "../util/progress.ts";
+import { VtimeService } from "../vtime/vtime-service.ts";
+import { MonotonicStore } from "../vtime/store.ts";
 import { createApp } from "../api/app.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { errorBody } from "../api/error-response.ts";
@@ -111,7 +122,17 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const repo = new VmRepository(db);
   const registry = new DataRegistry(db, hostName);
   const locations = new LocationHistory(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership }, log });
+  const generations = new GenerationLog(db);
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership }, generations, log });
+  const progress = new ProgressBus();
+  const snapshotRepo = new SnapshotRepository(db);
+  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
+  vms.addBeforeContHook(snapshots.resumeOnStart);
+  const trust = new TrustStore(db, siteKey, guard);
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir);
+  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log });
+  const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
+  vms.addRuntimeHook(vtime.attach);
   const deps: ApiDeps = {
     vms,
     users,
@@ -121,6 +142,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     auditService: new AuditService(audit, guard),
     guard,
     catalog,
+    snapshots,
+    clones,
+    bundles,
+    trust,
+    progress,
+    vtime,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
@@ -162,6 +189,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     closed = true;
     stopExpiry();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    vtime.close();
     await vms.close();
     await audit.checkpoint();
     await db.destroy();

@@ -79,8 +79,9 @@ export class ImageCatalog {
 
   get(name: string): CatalogImage {
     const image = name === "tiny" ? this.loadTiny() : undefined;
+
     if (!image) {
-      const hint = name === "tiny" ? " (set-up has not built it yet: run npm start or guest/build-tiny.sh)" : "";
+      const hint = name === "tiny" ? " (set-up has not built it yet: run npm start or guest/build-tiny.sh)" : " (templates are cloned: vigil vm clone TEMPLATE NAME)";
       throw new VigilError("VIGIL_IMAGE_NOT_FOUND", `Image ${q(name)} does not exist${hint}`, { field: "image" });
     }
     return image;

@@ -1,7 +1,9 @@
 /**
  * The introspection core's public surface: guest-physical memory access, page walks, VMCOREINFO, kallsyms, BTF,
- * ELF sections, and the kernel model that ties them together. Checks (IDT, syscall table, task lists, modules)
- * build on these. `synthetic-guest.ts` is test support and deliberately not exported.
+ * ELF sections, and the kernel model that ties them together; and on top of them the sweep engine (sweep.ts),
+ * Livewire-style integrity and cross-view checks against a baseline, with the walkers it is made of.
+ * `synthetic-guest.ts` and `testing/` (synthetic kernel, the attacker's helpers) are test support and
+ * deliberately not exported.
  */
 export { IntrospectionError, type IntrospectionReason } from "./errors.ts";
 export {
@@ -65,3 +67,37 @@ export {
   type KernelModelOptions,
   type KernelModelTimings,
 } from "./kernel-model.ts";
+export {
+  DEFAULT_CRITICAL_SYMBOLS,
+  initialSweepState,
+  stateLetter,
+  sweep,
+  takeBaseline,
+  type Baseline,
+  type BaselineOptions,
+  type CheckId,
+  type Evidence,
+  type Finding,
+  type GuestProcess,
+  type ModuleSource,
+  type PendingHidden,
+  type ProcessSource,
+  type Severity,
+  type SweepCoverage,
+  type SweepInput,
+  type SweepOptions,
+  type SweepReport,
+  type SweepState,
+  type TextPatchSummary,
+  type VmiModule,
+  type VmiProcess,
+  type WalkName,
+} from "./sweep.ts";
+export { kernelLayout, describeAddress, namesAt, symbolExtent, type AddressRange, type KernelLayout } from "./kernel-layout.ts";
+export { IDT_ALIAS, decodeIdt, readIdt, type IdtGate } from "./idt.ts";
+export { readSyscallTable, syscallTableExtent } from "./syscall-table.ts";
+export { PATCH_KINDS, type PatchKind } from "./patch-sites.ts";
+export { checkPagePermissions, walkRange, type PermissionProblem, type PermissionRule } from "./page-permissions.ts";
+export { isAttached, readTask, walkPidTable, walkTaskList, type VmiTask } from "./tasks.ts";
+export { walkModuleKset, walkModuleList, type VmiModuleEntry } from "./modules.ts";
+export { carve, type CarveResult, type CarveTargets } from "./carve.ts";

@@ -132,6 +132,7 @@ test("fuzz: a tampered stored baseline is refused with an IntrospectionError or 
     (b, v) => ((b.idt as Record<string, unknown>).base = v),
     (b, v) => ((b.syscalls as Record<string, unknown>).entries = v),
     (b, v) => ((b.text as Record<string, unknown>).pageHashes = v),
+    (b, v) => ((b.text as Record<string, unknown>).blockCrcs = v),
     (b, v) => ((b.text as Record<string, unknown>).criticalPages = v),
     (b, v) => ((b.text as Record<string, unknown>).regions = v),
     (b, v) => ((b.text as Record<string, unknown>).keptPages = v),

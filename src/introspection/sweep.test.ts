@@ -302,6 +302,12 @@ test("a process reaped between two walks is not hidden; a task list that cannot 
   assert.equal(rep.coverage.taskListComplete, false);
   assert.ok(!alarms(rep).includes("hidden-process"));
   assert.ok(rep.coverage.skipped.some((s) => s.startsWith("hidden-process")));
+  assert.deepEqual(alarms(rep), [], "once could be a race with the guest");
+  // Broken a second time in a row: the structure is damaged, and the blindness is a finding.
+  const again = r.run();
+  const f = again.findings.find((x) => x.check === "structure-unreadable");
+  assert.equal(f?.evidence.structure, "task-list");
+  assert.equal(f?.severity, "high");
 });
 
 test("guest view: a process missing from the guest's ps alarms only when VMI saw it before and after the ps", () => {
@@ -350,6 +356,24 @@ test("a module unlinked from modules is hidden-module on the second sweep; /proc
   assert.equal(rep.modules.find((m) => m.name === "failover")?.inGuestView, false);
 });
 
+test("a module unlinked from both the list and the kset is found by the carve and confirmed without one", () => {
+  const r = rig();
+  const mod = locateModule(r.model, "failover");
+  assert.ok(mod);
+  unlinkModule(r.model, r.g.writer, mod);
+  // kobject.entry of its module_kobject, off the kset list too.
+  const entry = mod.address + BigInt(LAYOUT.module.mkobj + LAYOUT.mkobj.kobj + LAYOUT.kobject.entry);
+  const next = r.g.readVa(entry, 8).readBigUInt64LE(0);
+  const prev = r.g.readVa(entry + 8n, 8).readBigUInt64LE(0);
+  r.g.writeVa(prev, Buffer.from(new BigUint64Array([next]).buffer));
+  r.g.writeVa(next + 8n, Buffer.from(new BigUint64Array([prev]).buffer));
+  assert.deepEqual(alarms(r.run()), [], "invisible to both walks");
+  const carved = r.run({}, { carve: true });
+  assert.deepEqual(carved.modules.find((m) => m.name === "failover")?.sources, ["carve"]);
+  const f = r.run().findings.find((x) => x.check === "hidden-module");
+  assert.equal(f?.evidence.sources, "carve");
+});
+
 test("a baseline of another boot is a baseline-mismatch, and the comparisons are skipped", () => {
   const r = rig();
   const other = buildSyntheticKernel({ shift: 0x1e00_0000n });
@@ -372,6 +396,7 @@ test("findings are capped, and bad baselines or states are typed errors", () => 
   bad({ ...r.baseline, syscalls: { table: "nope", entries: [] } });
   bad({ ...r.baseline, text: { ...r.baseline.text, pageHashes: "AAAA" } });
   bad(r.baseline, { format: 1, sweeps: -1 });
+  bad(r.baseline, { ...initialSweepState(), brokenWalks: ["everything"] });
   assert.throws(() => sweep({ model: r.model, phys: r.g.mem, regs: [] }, r.baseline), IntrospectionError);
 });
 

@@ -15,18 +15,22 @@
  * and in the next sweep ("hidden-process" / "hidden-module" fire on the second sweep); a process missing from the
  * guest's `ps` alarms only if the VMI view had the very same task (address, pid, start time) both in the previous
  * sweep and in this one, so it existed during the whole `ps` — provided the caller ran `ps` between the two sweeps.
+ * A kernel list that cannot be walked twice in a row is itself a finding, so breaking a list cannot blind us.
+ *
+ * Legitimate self-patching (ftrace, jump labels, static calls, as patch-sites.ts recognises it) is not a finding:
+ * it is summarised in `report.textPatches` (pages explained, sites by kind, call targets outside kernel text).
+ * Every finding is an alarm except those of severity "info" (informational model notes, a truncation count).
  */
 import { z } from "zod";
 import { IntrospectionError, hex } from "./errors.ts";
 import { carve, type CarveResult } from "./carve.ts";
 import { EARLY_IDT_VECTORS, IDT_ALIAS, describeGate, deserializeGate, gateDifferences, readIdt, serializeGate, type IdtGate, type SerializedGate } from "./idt.ts";
-import { MAX_PATCH_SITES } from "./patch-sites.ts";
 import { describeAddress, inRange, kernelLayout, readU64, symbolExtent, type KernelLayout } from "./kernel-layout.ts";
 import { START_KERNEL_MAP, type KernelModel } from "./kernel-model.ts";
 import { walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
 import { checkPagePermissions, type PermissionRule } from "./page-permissions.ts";
 import { VirtualMemory, rootFromCr3, type ControlRegisters } from "./page-walk.ts";
-import type { PatchKind } from "./patch-sites.ts";
+import { MAX_PATCH_SITES, type PatchKind } from "./patch-sites.ts";
 import type { PhysicalMemory } from "./physical-memory.ts";
 import { readSyscallTable, resolveHandler, syscallTableExtent, trimPadding } from "./syscall-table.ts";
 import { isAttached, readTask, walkPidTable, walkTaskList, type VmiTask } from "./tasks.ts";
@@ -98,7 +102,7 @@ export interface BaselineOptions {
 }
 
 export interface SweepOptions {
-  /** Text/rodata pages hashed per sweep besides the critical and changed ones. Default 192. */
+  /** Text/rodata pages hashed per sweep besides the critical and changed ones. Default 128 (≈ 0.7 ms). */
   textPagesPerSweep?: number;
   /** Carve physical memory for tasks and modules in this sweep (≈ 0.3-0.6 s per 256 MiB). */
   carve?: boolean;
@@ -208,7 +212,12 @@ export interface SweepState {
   /** The previous sweep's VMI view, to bracket the guest's answers in time. */
   readonly previousView: { processes: { pid: number; address: string; startTime: string }[]; modules: { name: string; address: string }[] } | null;
   readonly lastCarveSweep: number | null;
+  /** Kernel structures whose walk did not complete in the previous sweep (a second time is a finding). */
+  readonly brokenWalks: WalkName[];
 }
+
+/** The kernel structures the sweep walks. */
+export type WalkName = "task-list" | "pid-table" | "module-list" | "module-kset";
 
 export interface PendingHidden {
   readonly kind: "process" | "module";
@@ -244,7 +253,7 @@ const CR0_WP = 1n << 16n;
 const CR4_SMEP = 1n << 20n;
 const CR4_SMAP = 1n << 21n;
 const U64 = (1n << 64n) - 1n;
-const DEFAULT_PAGES_PER_SWEEP = 192;
+const DEFAULT_PAGES_PER_SWEEP = 128;
 const DEFAULT_MAX_FINDINGS = 200;
 const MAX_PENDING = 256;
 const SCHED_CLASSES = ["stop_sched_class", "dl_sched_class", "rt_sched_class", "fair_sched_class", "ext_sched_class", "idle_sched_class"];
@@ -351,6 +360,7 @@ const baselineSchema = z.strictObject({
     .strictObject({
       regions: z.array(z.strictObject({ name: z.enum(["text", "rodata"]), start: hexAddr, end: hexAddr })).min(1).max(4),
       pageHashes: z.string().max(16 * 1024 * 1024),
+      blockCrcs: z.string().max(32 * 1024 * 1024),
       sites: z.strictObject({
         base: hexAddr,
         count: int(0, MAX_PATCH_SITES),
@@ -384,12 +394,10 @@ function decodeBaseline(b: Baseline): DecodedBaseline {
   };
   let idt: DecodedBaseline["idt"];
   if (b.idt) {
-    if (!Array.isArray(b.idt.gates) || b.idt.gates.length > 256 || !Number.isInteger(b.idt.limit)) throw bad("idt.gates");
     idt = { base: addr(b.idt.base, "idt.base"), limit: b.idt.limit, gates: b.idt.gates.map(deserializeGate), tablePhys: b.idt.tablePhys === null ? undefined : addr(b.idt.tablePhys, "idt.tablePhys") };
   }
   let syscalls: DecodedBaseline["syscalls"];
   if (b.syscalls) {
-    if (!Array.isArray(b.syscalls.entries) || b.syscalls.entries.length > 1024) throw bad("syscalls.entries");
     syscalls = { table: addr(b.syscalls.table, "syscalls.table"), entries: b.syscalls.entries.map((e, i) => addr(e, `syscalls.entries[${i}]`)) };
   }
   const d: DecodedBaseline = {
@@ -409,7 +417,7 @@ function decodeBaseline(b: Baseline): DecodedBaseline {
 
 /** The state before the first sweep. */
 export function initialSweepState(): SweepState {
-  return { format: 1, sweeps: 0, textCursor: 0, hotPages: [], explainedPages: [], pending: [], previousView: null, lastCarveSweep: null };
+  return { format: 1, sweeps: 0, textCursor: 0, hotPages: [], explainedPages: [], pending: [], previousView: null, lastCarveSweep: null, brokenWalks: [] };
 }
 
 /** Findings with a cap: beyond it, only counted. */
@@ -458,6 +466,7 @@ const stateSchema = z.strictObject({
     })
     .nullable(),
   lastCarveSweep: int(0, Number.MAX_SAFE_INTEGER).nullable(),
+  brokenWalks: z.array(z.enum(["task-list", "pid-table", "module-list", "module-kset"])).max(4),
 });
 
 /** States this module produced: not re-validated (a state from storage is). */
@@ -475,8 +484,9 @@ function checkState(s: SweepState | undefined): SweepState {
 }
 
 /**
- * Runs one sweep against `baseline`. `state` is the previous sweep's (undefined for the first). Returns the
- * report and the state for the next sweep. Throws only IntrospectionError (bad baseline/state, no registers).
+ * Runs one sweep against `baseline`. `state` is the previous sweep's (undefined for the first, and again after a
+ * new baseline). Returns the report and the state for the next sweep. Throws only IntrospectionError (a bad
+ * baseline or state, no registers); whatever guest memory holds becomes findings or coverage gaps, never errors.
  */
 export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepState, options: SweepOptions = {}): { report: SweepReport; state: SweepState } {
   const t0 = performance.now();
@@ -516,10 +526,8 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
 
   // 2. IDT.
   t = performance.now();
-  if (!sameKernel) {
-    /* skipped above */
-  } else if (!b.idt) skipped.push("idt (not baselined)");
-  else checkIdt(input, model, layout, b.idt, regs, f);
+  if (sameKernel && b.idt) checkIdt(input, model, layout, b.idt, regs, f);
+  else if (sameKernel) skipped.push("idt (not baselined)");
   timings.idt = ms(t);
 
   // 3. System call table.
@@ -578,6 +586,20 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   timings.modules = ms(t);
 
   const pending = [...procs.pending, ...mods.pending].slice(0, MAX_PENDING);
+  // A walk can break once when it races the guest changing a list; broken twice in a row, the structure itself
+  // is damaged — and a rootkit must not be able to switch off the cross-view checks by breaking a list.
+  const broken: WalkName[] = [];
+  const walks: [WalkName, boolean, boolean][] = [
+    ["task-list", procs.ran, procs.taskListComplete],
+    ["pid-table", procs.ran && procs.pidTableRan, procs.pidTableComplete],
+    ["module-list", mods.ran, mods.listComplete],
+    ["module-kset", mods.ran && mods.ksetRan, mods.ksetComplete],
+  ];
+  for (const [name, ran, complete] of walks) {
+    if (!ran || complete) continue;
+    broken.push(name);
+    if (state.brokenWalks.includes(name)) f.add("structure-unreadable", "high", `The kernel's ${name.replace("-", " ")} could not be walked completely in two consecutive sweeps: it is damaged or was tampered with, and the checks built on it are blind`, { structure: name });
+  }
   const previousView = {
     processes: procs.view.filter((p) => p.exitState === 0 && p.pid !== 0).map((p) => ({ pid: p.pid, address: p.taskAddr, startTime: p.startTime })),
     modules: mods.view.filter((m) => m.sources.includes("modules")).map((m) => ({ name: m.name, address: m.address })),
@@ -621,6 +643,7 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
     pending,
     previousView,
     lastCarveSweep: carved ? sweepNo : state.lastCarveSweep,
+    brokenWalks: broken,
   };
   ownStates.add(next);
   return { report, state: next };
@@ -737,13 +760,17 @@ function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly P
       if (rest && rest.length === 0) continue;
     }
     const first = rest?.[0];
-    const at = first?.address ?? v.illegitimate[0]?.site ?? va;
-    f.add(check, "critical", `Kernel ${region} page ${hex(va)} (${describePage(model, va)}) differs from the baseline outside any legitimate patch site${first ? ` at ${describeAddress(model.symbols, first.address)}` : ""}`, {
+    // Without kept bytes the change is located by its 256-byte blocks (or the illegitimate site).
+    const block = v.blocks[0];
+    const at = first?.address ?? v.illegitimate[0]?.site ?? block ?? va;
+    const where = first ? ` at ${describeAddress(model.symbols, first.address)}` : block !== undefined ? ` within ${describeAddress(model.symbols, block)} .. ${describeAddress(model.symbols, block + 255n)}` : "";
+    f.add(check, "critical", `Kernel ${region} page ${hex(va)} (${describePage(model, va)}) differs from the baseline outside any legitimate patch site${where}`, {
       address: hex(at),
       page: hex(va),
       symbol: describeAddress(model.symbols, at),
       ...(first ? { expected: first.expected, found: first.found } : {}),
       diffs: rest?.map((d) => ({ address: hex(d.address), expected: d.expected, found: d.found })),
+      changedBlocks: v.blocks.map((b) => ({ address: hex(b), symbol: describeAddress(model.symbols, b), bytes: 256 })),
       illegitimateSites: v.illegitimate.map((x) => ({ address: hex(x.site), kind: x.kind, found: x.found, why: x.why })),
       exactDiff: v.diffs !== undefined,
     });
@@ -794,6 +821,8 @@ function runCarve(input: SweepInput, model: KernelModel, layout: KernelLayout, b
 }
 
 interface ProcessOutcome {
+  ran: boolean;
+  pidTableRan: boolean;
   view: VmiProcess[];
   pending: PendingHidden[];
   taskListComplete: boolean;
@@ -809,12 +838,13 @@ function checkProcesses(input: SweepInput, model: KernelModel, layout: KernelLay
   const po = layout.pid;
   const initTask = model.symbols.address("init_task");
   const initPidNs = model.symbols.address("init_pid_ns");
-  const out: ProcessOutcome = { view: [], pending: [], taskListComplete: false, pidTableComplete: false, pidEntries: 0, guestViewDeferred: false };
+  const out: ProcessOutcome = { ran: false, pidTableRan: false, view: [], pending: [], taskListComplete: false, pidTableComplete: false, pidEntries: 0, guestViewDeferred: false };
   if (!to || initTask === undefined) {
     skipped.push("processes (no task_struct layout or no init_task)");
     return out;
   }
   const list = walkTaskList(k, to, initTask, levels);
+  out.ran = true;
   out.taskListComplete = list.complete;
   const byAddr = new Map<bigint, { t: VmiTask; sources: Set<ProcessSource> }>();
   const see = (t: VmiTask, src: ProcessSource): void => {
@@ -825,6 +855,7 @@ function checkProcesses(input: SweepInput, model: KernelModel, layout: KernelLay
   for (const t of list.tasks) see(t, "tasks");
   if (po && initPidNs !== undefined) {
     const table = walkPidTable(k, to, po, initPidNs, levels);
+    out.pidTableRan = true;
     out.pidTableComplete = table.complete;
     out.pidEntries = table.entries.length;
     for (const e of table.entries) {
@@ -922,6 +953,8 @@ function checkProcesses(input: SweepInput, model: KernelModel, layout: KernelLay
 }
 
 interface ModuleOutcome {
+  ran: boolean;
+  ksetRan: boolean;
   view: VmiModule[];
   pending: PendingHidden[];
   listComplete: boolean;
@@ -935,12 +968,13 @@ function checkModules(input: SweepInput, model: KernelModel, layout: KernelLayou
   const mo = layout.module;
   const head = model.symbols.address("modules");
   const ksetVar = model.symbols.address("module_kset");
-  const out: ModuleOutcome = { view: [], pending: [], listComplete: false, ksetComplete: false, guestViewDeferred: false };
+  const out: ModuleOutcome = { ran: false, ksetRan: false, view: [], pending: [], listComplete: false, ksetComplete: false, guestViewDeferred: false };
   if (!mo || head === undefined) {
     skipped.push("modules (no struct module layout or no modules list)");
     return out;
   }
   const list = walkModuleList(k, mo, head, levels);
+  out.ran = true;
   out.listComplete = list.complete;
   const byAddr = new Map<bigint, { m: VmiModuleEntry; sources: Set<ModuleSource> }>();
   const see = (m: VmiModuleEntry, src: ModuleSource): void => {
@@ -951,6 +985,7 @@ function checkModules(input: SweepInput, model: KernelModel, layout: KernelLayou
   for (const m of list.modules) see(m, "modules");
   if (ksetVar !== undefined) {
     const kset = walkModuleKset(k, mo, ksetVar, model.symbols.address("module_ktype"), levels);
+    out.ksetRan = true;
     out.ksetComplete = kset.complete;
     for (const m of kset.modules) see(m, "kset");
   } else skipped.push("module kset (no module_kset symbol)");

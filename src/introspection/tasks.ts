@@ -12,7 +12,7 @@
  * walk as incomplete, which the sweep treats as "cannot conclude", never as "hidden".
  */
 import { hex } from "./errors.ts";
-import { cString, isKernelPointer, readU64, walkList, type PidOffsets, type TaskOffsets } from "./kernel-layout.ts";
+import { cString, isKernelPointer, readU64, type PidOffsets, type TaskOffsets } from "./kernel-layout.ts";
 import type { PagingLevels } from "./page-walk.ts";
 import type { AddressSpace } from "./physical-memory.ts";
 
@@ -56,11 +56,16 @@ function span(o: TaskOffsets): { lo: number; len: number } {
 
 const spans = new WeakMap<TaskOffsets, { lo: number; len: number }>();
 
-/**
- * Reads the task_struct at `address`; undefined when it cannot be read or is implausible (pid or tgid out of
- * range). Reads ~3 KiB once, plus 4 bytes of the parent.
- */
-export function readTask(space: AddressSpace, o: TaskOffsets, address: bigint, levels: PagingLevels): VmiTask | undefined {
+/** A task as read, before its parent's tgid is known; also its own list links. */
+interface RawTask {
+  readonly task: Omit<VmiTask, "ppid">;
+  readonly realParent: bigint;
+  readonly next: bigint;
+  readonly prev: bigint;
+}
+
+/** One read of the task_struct's fields (~3 KiB); undefined when unreadable or implausible. */
+function readRaw(space: AddressSpace, o: TaskOffsets, address: bigint, levels: PagingLevels): RawTask | undefined {
   if (!isKernelPointer(address, levels)) return undefined;
   let s = spans.get(o);
   if (!s) {
@@ -74,33 +79,52 @@ export function readTask(space: AddressSpace, o: TaskOffsets, address: bigint, l
   const pid = b.readInt32LE(at(o.pid));
   const tgid = b.readInt32LE(at(o.tgid));
   if (pid < 0 || pid > PID_MAX || tgid < 0 || tgid > PID_MAX) return undefined;
-  const parent = b.readBigUInt64LE(at(o.realParent));
-  let ppid = 0;
-  if (parent !== address && isKernelPointer(parent, levels)) {
-    const p = space.read(parent + BigInt(o.tgid), 4)?.readInt32LE(0);
-    if (p !== undefined && p >= 0 && p <= PID_MAX) ppid = p;
-  }
   return {
-    address,
-    pid,
-    tgid,
-    ppid,
-    comm: cString(b, at(o.comm), o.commLen),
-    state: b.readUInt32LE(at(o.state)),
-    exitState: b.readInt32LE(at(o.exitState)),
-    startTime: b.readBigUInt64LE(at(o.startTime)),
-    kernelThread: (b.readUInt32LE(at(o.flags)) & PF_KTHREAD) !== 0,
-    groupLeader: b.readBigUInt64LE(at(o.groupLeader)),
-    threadPid: b.readBigUInt64LE(at(o.threadPid)),
+    task: {
+      address,
+      pid,
+      tgid,
+      comm: cString(b, at(o.comm), o.commLen),
+      state: b.readUInt32LE(at(o.state)),
+      exitState: b.readInt32LE(at(o.exitState)),
+      startTime: b.readBigUInt64LE(at(o.startTime)),
+      kernelThread: (b.readUInt32LE(at(o.flags)) & PF_KTHREAD) !== 0,
+      groupLeader: b.readBigUInt64LE(at(o.groupLeader)),
+      threadPid: b.readBigUInt64LE(at(o.threadPid)),
+    },
+    realParent: b.readBigUInt64LE(at(o.realParent)),
+    next: b.readBigUInt64LE(at(o.tasks)),
+    prev: b.readBigUInt64LE(at(o.tasks) + 8),
   };
+}
+
+/** The parent's tgid: from `known` when the parent was read already, else one 4-byte read (0 if unreadable). */
+function parentTgid(space: AddressSpace, o: TaskOffsets, raw: RawTask, levels: PagingLevels, known?: ReadonlyMap<bigint, number>): number {
+  const parent = raw.realParent;
+  if (parent === raw.task.address || !isKernelPointer(parent, levels)) return 0;
+  const k = known?.get(parent);
+  if (k !== undefined) return k;
+  const p = space.read(parent + BigInt(o.tgid), 4)?.readInt32LE(0);
+  return p !== undefined && p >= 0 && p <= PID_MAX ? p : 0;
+}
+
+/**
+ * Reads the task_struct at `address`; undefined when it cannot be read or is implausible (pid or tgid out of
+ * range). Reads ~3 KiB once, plus 4 bytes of the parent.
+ */
+export function readTask(space: AddressSpace, o: TaskOffsets, address: bigint, levels: PagingLevels): VmiTask | undefined {
+  const raw = readRaw(space, o, address, levels);
+  return raw ? { ...raw.task, ppid: parentTgid(space, o, raw, levels) } : undefined;
 }
 
 /** True when the task's struct pid points back at it and carries its number (a live, hashed task). */
 export function isAttached(space: AddressSpace, t: VmiTask, o: TaskOffsets, p: PidOffsets, levels: PagingLevels): boolean {
   if (!isKernelPointer(t.threadPid, levels)) return false;
-  const first = readU64(space, t.threadPid + BigInt(p.tasks));
-  const nr = space.read(t.threadPid + BigInt(p.nr), 4)?.readInt32LE(0);
-  return first === t.address + BigInt(o.pidLinks) && nr === t.pid;
+  // One read over both fields (struct pid is ~128 bytes).
+  const lo = Math.min(p.tasks, p.nr);
+  const b = space.read(t.threadPid + BigInt(lo), Math.max(p.tasks + 8, p.nr + 4) - lo);
+  if (!b) return false;
+  return b.readBigUInt64LE(p.tasks - lo) === t.address + BigInt(o.pidLinks) && b.readInt32LE(p.nr - lo) === t.pid;
 }
 
 export interface TaskListWalk {
@@ -110,17 +134,51 @@ export interface TaskListWalk {
   readonly badBackLinks: number;
 }
 
-/** Walks `init_task.tasks` (thread-group leaders; init_task itself, pid 0, is the head and not included). */
+/**
+ * Walks `init_task.tasks` (thread-group leaders; init_task itself, pid 0, is the head and not included). Each
+ * entry costs one read: the task's own fields carry its list links, and parents are mostly tasks of the list.
+ */
 export function walkTaskList(space: AddressSpace, o: TaskOffsets, initTask: bigint, levels: PagingLevels, limit = MAX_TASKS): TaskListWalk {
-  const w = walkList(space, initTask + BigInt(o.tasks), levels, limit);
-  const tasks: VmiTask[] = [];
-  let problem = w.problem;
-  for (const node of w.nodes) {
-    const t = readTask(space, o, node - BigInt(o.tasks), levels);
-    if (t) tasks.push(t);
-    else problem ??= `task at ${hex(node - BigInt(o.tasks))} cannot be read or is implausible`;
+  const head = initTask + BigInt(o.tasks);
+  const raws: RawTask[] = [];
+  const seen = new Set<bigint>();
+  let badBackLinks = 0;
+  let complete = false;
+  let problem: string | undefined;
+  let prev = head;
+  let node = readU64(space, head);
+  for (let steps = 0; ; steps++) {
+    if (node === undefined) {
+      problem = `${hex(prev)}: next pointer cannot be read`;
+      break;
+    }
+    if (node === head) {
+      complete = true;
+      break;
+    }
+    if (steps >= limit) {
+      problem = `more than ${limit} tasks`;
+      break;
+    }
+    if (!isKernelPointer(node, levels) || seen.has(node)) {
+      problem = seen.has(node) ? `${hex(node)} is reached twice (a cycle)` : `${hex(prev)}: next pointer ${hex(node)} is not a kernel address`;
+      break;
+    }
+    seen.add(node);
+    const raw = readRaw(space, o, node - BigInt(o.tasks), levels);
+    if (!raw) {
+      problem = `task at ${hex(node - BigInt(o.tasks))} cannot be read or is implausible`;
+      break;
+    }
+    if (raw.prev !== prev) badBackLinks++;
+    raws.push(raw);
+    prev = node;
+    node = raw.next;
   }
-  return { tasks, complete: w.complete && tasks.length === w.nodes.length, problem, badBackLinks: w.badBackLinks };
+  const known = new Map<bigint, number>([[initTask, 0]]);
+  for (const r of raws) known.set(r.task.address, r.task.tgid);
+  const tasks = raws.map((r) => ({ ...r.task, ppid: parentTgid(space, o, r, levels, known) }));
+  return { tasks, complete, problem, badBackLinks };
 }
 
 /** One entry of the PID table. */

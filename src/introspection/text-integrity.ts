@@ -7,12 +7,14 @@
  * hash differs is normalised — every legitimately patched site (ftrace, jump labels, static calls: see
  * patch-sites.ts) put back to its baseline bytes — and hashed again: equal means EXPLAINED, not alarmed.
  *
- * Memory: the baseline keeps a SHA-256 per page (32 B × ~6,800 pages ≈ 210 KiB), the patch sites (~60k × 10 B)
- * and the full bytes of the critical pages only (≈ 30 pages), so a changed critical page is diffed byte by byte
- * while any other changed page is located to its page and the symbols in it. `keepAllBytes` keeps every page
- * (≈ 27 MiB per VM) for byte-exact diffs everywhere.
+ * Memory: the baseline keeps a SHA-256 per page (32 B × ~6,800 pages ≈ 210 KiB), a CRC32 per 256-byte block
+ * (64 B per page ≈ 430 KiB), the patch sites (~60k × 10 B) and the full bytes of the critical pages only (≈ 15
+ * pages), so a changed critical page is diffed byte by byte and any other changed page is located to its
+ * 256-byte blocks. The CRCs only locate; the SHA-256 decides (a guest that forges CRCs misleads the location
+ * of a change, never hides it). `keepAllBytes` keeps every page (≈ 27 MiB per VM) for exact diffs everywhere.
  */
 import { hash } from "node:crypto";
+import { crc32 } from "node:zlib";
 import { IntrospectionError, hex } from "./errors.ts";
 import { describeAddress, inRange, type AddressRange, type KernelLayout } from "./kernel-layout.ts";
 import type { KernelModel } from "./kernel-model.ts";
@@ -20,6 +22,9 @@ import { PatchSiteTable, collectPatchSites, normalise, type PatchKind, type Seri
 
 const PAGE = 4096;
 const HASH_BYTES = 32;
+/** Granularity of the locating CRCs. */
+export const BLOCK = 256;
+const BLOCKS_PER_PAGE = PAGE / BLOCK;
 /** Bytes read on each side of a changed page so that patch sites straddling its edges can be judged whole. */
 const MARGIN = 8;
 /** A kernel with more text + rodata pages than this (1 GiB) is not one we baseline. */
@@ -51,6 +56,8 @@ export interface TextBaselineData {
   readonly regions: { name: TextRegionName; start: string; end: string }[];
   /** base64 of one SHA-256 per page, in page order */
   readonly pageHashes: string;
+  /** base64 of one CRC32 (u32 LE) per 256-byte block, in page order: locates a change inside a page */
+  readonly blockCrcs: string;
   readonly sites: SerializedPatchSites;
   readonly siteProblems: string[];
   /** Pages (global indexes) checked every sweep. */
@@ -92,6 +99,7 @@ export function takeTextBaseline(model: KernelModel, layout: KernelLayout, optio
   if (regions.length === 0 || !layout.text) throw new IntrospectionError("not-found", `Cannot baseline kernel text: ${layout.problems.join("; ") || "no text range"}`);
   if (total > MAX_PAGES) throw new IntrospectionError("malformed", `Cannot baseline kernel text: ${total} pages (at most ${MAX_PAGES})`);
   const hashes = Buffer.alloc(total * HASH_BYTES);
+  const crcs = Buffer.alloc(total * BLOCKS_PER_PAGE * 4);
   let textBytes: Buffer | undefined;
   const bytesOf = new Map<number, Buffer>();
   for (const r of regions) {
@@ -101,6 +109,7 @@ export function takeTextBaseline(model: KernelModel, layout: KernelLayout, optio
     for (let p = 0; p < r.pages; p++) {
       const page = data.data.subarray(p * PAGE, (p + 1) * PAGE);
       sha256(page).copy(hashes, (r.firstPage + p) * HASH_BYTES);
+      blockCrcsOf(page).copy(crcs, (r.firstPage + p) * BLOCKS_PER_PAGE * 4);
       if (options.keepAllBytes) bytesOf.set(r.firstPage + p, page);
     }
     if (!options.keepAllBytes) bytesOf.set(-1 - r.firstPage, data.data); // whole region, for the critical pages below
@@ -130,12 +139,20 @@ export function takeTextBaseline(model: KernelModel, layout: KernelLayout, optio
   return {
     regions: regions.map((r) => ({ name: r.name, start: hex(r.start), end: hex(r.end) })),
     pageHashes: hashes.toString("base64"),
+    blockCrcs: crcs.toString("base64"),
     sites: sites.table.serialize(),
     siteProblems: [...sites.problems, ...(sites.unrecognised > 0 ? [`${sites.unrecognised} jump-table sites held neither a NOP nor a jmp at baseline`] : [])],
     criticalPages: [...critical].sort((a, b) => a - b),
     functions: (options.criticalFunctions ?? []).map((f) => ({ name: f.name, start: hex(f.start), end: hex(f.end) })),
     keptPages: kept,
   };
+}
+
+/** The CRC32 of each 256-byte block of a page, as u32 LE. */
+function blockCrcsOf(page: Buffer): Buffer {
+  const out = Buffer.alloc(BLOCKS_PER_PAGE * 4);
+  for (let b = 0; b < BLOCKS_PER_PAGE; b++) out.writeUInt32LE(crc32(page.subarray(b * BLOCK, (b + 1) * BLOCK)), b * 4);
+  return out;
 }
 
 /** Global page index of `va`, or undefined outside the regions. */
@@ -161,6 +178,8 @@ export type PageVerdict =
       readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string }[];
       /** Exact changed byte runs (after normalisation), when the baseline kept this page's bytes. */
       readonly diffs: { address: bigint; expected: string; found: string }[] | undefined;
+      /** Start addresses of the 256-byte blocks whose CRC changed (after normalisation). */
+      readonly blocks: bigint[];
     }
   | { readonly page: number; readonly status: "unreadable"; readonly address: bigint };
 
@@ -172,6 +191,7 @@ export class TextBaseline {
   private constructor(
     readonly regions: readonly TextRegion[],
     private readonly hashes: Buffer,
+    private readonly crcs: Buffer,
     readonly sites: PatchSiteTable,
     readonly criticalPages: readonly number[],
     readonly functions: readonly CriticalFunction[],
@@ -199,6 +219,8 @@ export class TextBaseline {
     }
     const hashes = Buffer.from(d.pageHashes, "base64");
     if (hashes.length !== first * HASH_BYTES) throw bad(`${hashes.length} hash bytes for ${first} pages`);
+    const crcs = Buffer.from(d.blockCrcs, "base64");
+    if (crcs.length !== first * BLOCKS_PER_PAGE * 4) throw bad(`${crcs.length} CRC bytes for ${first} pages`);
     const inPages = (i: unknown): i is number => Number.isInteger(i) && (i as number) >= 0 && (i as number) < first;
     if (!Array.isArray(d.criticalPages) || !d.criticalPages.every(inPages)) throw bad("critical pages out of range");
     const functions = (d.functions ?? []).map((f) => {
@@ -210,7 +232,7 @@ export class TextBaseline {
       if (!inPages(k.page) || data.length !== PAGE) throw bad(`kept page ${String(k.page)}`);
       return { page: k.page, data };
     });
-    return new TextBaseline(regions, hashes, PatchSiteTable.deserialize(d.sites), [...d.criticalPages], functions, kept);
+    return new TextBaseline(regions, hashes, crcs, PatchSiteTable.deserialize(d.sites), [...d.criticalPages], functions, kept);
   }
 
   /** Kernel virtual address of page `i`. */
@@ -274,7 +296,11 @@ export class TextBaseline {
     const normalised = n?.normalised ?? page;
     if (n && sha256(normalised).equals(this.expectedHash(p))) return { page: p, status: "explained", patched: n.patched, foreign: n.foreign };
     const base = this.kept.get(p);
-    return { page: p, status: "changed", illegitimate: n?.illegitimate ?? [], diffs: base ? diffRuns(va, base, normalised) : undefined };
+    const now = blockCrcsOf(normalised);
+    const was = this.crcs.subarray(p * BLOCKS_PER_PAGE * 4, (p + 1) * BLOCKS_PER_PAGE * 4);
+    const blocks: bigint[] = [];
+    for (let b = 0; b < BLOCKS_PER_PAGE; b++) if (now.readUInt32LE(b * 4) !== was.readUInt32LE(b * 4)) blocks.push(va + BigInt(b * BLOCK));
+    return { page: p, status: "changed", illegitimate: n?.illegitimate ?? [], diffs: base ? diffRuns(va, base, normalised) : undefined, blocks };
   }
 
   /** Sorted global page indexes of the pages overlapping [start, end). */

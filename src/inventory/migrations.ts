@@ -127,6 +127,83 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0002-encapsulation-and-time": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("snapshots")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("parent_id", "text")
+        .addColumn("description", "text", (c) => c.notNull().defaultTo(""))
+        .addColumn("kind", "text", (c) => c.notNull()) // disk | memory
+        .addColumn("spec", "text", (c) => c.notNull())
+        .addColumn("generation", "integer", (c) => c.notNull())
+        .addColumn("vmgenid", "text", (c) => c.notNull())
+        .addColumn("vm_state_size", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("state_sha256", "text")
+        .addColumn("disk_bytes", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("floor", "text", (c) => c.notNull().defaultTo("{}"))
+        .addColumn("guest_facts", "text", (c) => c.notNull().defaultTo("{}"))
+        .addColumn("single_use", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("resumed_count", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addUniqueConstraint("snapshots_vm_name", ["vm_id", "name"])
+        .execute();
+
+      await db.schema.alterTable("vms").addColumn("current_snapshot_id", "text").execute();
+      await db.schema.alterTable("vms").addColumn("resume_snapshot_id", "text").execute();
+      await db.schema.alterTable("vms").addColumn("base_vm_id", "text").execute();
+      await db.schema.alterTable("vms").addColumn("vtime_ns", "text", (c) => c.notNull().defaultTo("")).execute();
+      await db.schema.alterTable("vms").addColumn("security_floor", "text", (c) => c.notNull().defaultTo("{}")).execute();
+
+      await db.schema
+        .createTable("trusted_keys")
+        .addColumn("key_id", "text", (c) => c.primaryKey())
+        .addColumn("public_key", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("added_by", "text", (c) => c.notNull())
+        .addColumn("added_at", "text", (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable("generations")
+        .addColumn("id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("generation", "integer", (c) => c.notNull())
+        .addColumn("parent_generation", "integer")
+        .addColumn("vmgenid", "text", (c) => c.notNull())
+        .addColumn("reason", "text", (c) => c.notNull()) // create | revert | clone | import
+        .addColumn("snapshot", "text")
+        .addColumn("source_vm_id", "text")
+        .addColumn("reseed", "text") // null until checked: seen | not-seen | unsupported
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("generations_vm").on("generations").columns(["vm_id", "generation"]).execute();
+
+      await db.schema
+        .createTable("vtime_counters")
+        .addColumn("ns", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("value", "integer", (c) => c.notNull())
+        .addColumn("last_rid", "text") // idempotency: a retried request returns the stored result
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("vtime_counters_pk", ["ns", "name"])
+        .execute();
+      await db.schema
+        .createTable("vtime_records")
+        .addColumn("ns", "text", (c) => c.notNull())
+        .addColumn("stream", "text", (c) => c.notNull())
+        .addColumn("seq", "integer", (c) => c.notNull())
+        .addColumn("data", "text", (c) => c.notNull())
+        .addColumn("rid", "text")
+        .addColumn("time", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("vtime_records_pk", ["ns", "stream", "seq"])
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

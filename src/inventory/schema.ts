@@ -25,6 +25,76 @@ export interface VmsTable {
   created_at: string;
   updated_at: string;
   state_changed_at: string;
+  /** The snapshot the VM's state descends from (parent of the next snapshot). */
+  current_snapshot_id: string | null;
+  /** A memory snapshot to load on the next start (an imported bundle with saved memory). */
+  resume_snapshot_id: string | null;
+  /** The template whose disks this VM's disks are overlays on (linked clones). */
+  base_vm_id: string | null;
+  /** Namespace of the VM's extra-VM monotonic store: shared along a lineage of reverts, new for clones. */
+  vtime_ns: string;
+  /** JSON: facts that must not go backwards (patch level, signature version, credential epoch, ...). */
+  security_floor: string;
+}
+
+export interface SnapshotsTable {
+  id: string;
+  vm_id: string;
+  name: string;
+  parent_id: string | null;
+  description: string;
+  kind: string;
+  spec: string;
+  generation: number;
+  vmgenid: string;
+  vm_state_size: number;
+  state_sha256: string | null;
+  disk_bytes: number;
+  floor: string;
+  guest_facts: string;
+  single_use: number;
+  resumed_count: number;
+  created_by: string;
+  created_at: string;
+}
+
+export interface TrustedKeysTable {
+  key_id: string;
+  public_key: string;
+  name: string;
+  added_by: string;
+  added_at: string;
+}
+
+export interface GenerationsTable {
+  id: Generated<number>;
+  vm_id: string;
+  generation: number;
+  parent_generation: number | null;
+  vmgenid: string;
+  reason: string;
+  snapshot: string | null;
+  source_vm_id: string | null;
+  reseed: string | null;
+  created_by: string;
+  created_at: string;
+}
+
+export interface VtimeCountersTable {
+  ns: string;
+  name: string;
+  value: number;
+  last_rid: string | null;
+  updated_at: string;
+}
+
+export interface VtimeRecordsTable {
+  ns: string;
+  stream: string;
+  seq: number;
+  data: string;
+  rid: string | null;
+  time: string;
 }
 
 export interface AuditLogTable {
@@ -121,7 +191,14 @@ export interface Database {
   vm_locations: VmLocationsTable;
   data_files: DataFilesTable;
   kv: KvTable;
+  snapshots: SnapshotsTable;
+  trusted_keys: TrustedKeysTable;
+  generations: GenerationsTable;
+  vtime_counters: VtimeCountersTable;
+  vtime_records: VtimeRecordsTable;
 }
+
+export type SnapshotRow = Selectable<SnapshotsTable>;
 
 export type VmRow = Selectable<VmsTable>;
 export type NewVmRow = Insertable<VmsTable>;

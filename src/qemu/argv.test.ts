@@ -13,8 +13,8 @@ const dir = join(import.meta.dirname, "testdata", "argv");
 
 for (const file of readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {
   test(`argv golden: ${file}`, () => {
-    const plan = JSON.parse(readFileSync(join(dir, file), "utf8")) as LaunchPlan;
-    vmSpecSchema.parse(plan.spec); // fixtures must be valid specs
+    const raw = JSON.parse(readFileSync(join(dir, file), "utf8")) as LaunchPlan;
+    const plan = { ...raw, spec: vmSpecSchema.parse(raw.spec) }; // fixtures must be valid specs; defaults apply
     const got = buildArgv(plan).join("\n") + "\n";
     const goldenPath = join(dir, file.replace(/\.json$/, ".args"));
     if (process.env.VIGIL_UPDATE_GOLDEN === "1") writeFileSync(goldenPath, got);

@@ -25,8 +25,6 @@ export interface LaunchPlan {
   paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "pidFile" | "consoleLog" | "ramFile">;
   /** Path of each disk's own (writable) image, by disk name. */
   diskFiles: Record<string, string>;
-  /** Extra virtio-serial channels besides the agent (e.g. the vtime store); name → socket path. */
-  channels?: Array<{ id: string; name: string; socket: string }>;
 }
 
 /** Escapes a value for QEMU's comma-separated option syntax (a literal comma is written twice). */
@@ -68,7 +66,10 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-device", opts("vmgenid", [["id", "vmgenid0"], ["guid", plan.vmgenid]]),
   ];
 
-  const channels = [...(spec.agent ? [{ id: "agent0", name: "org.vigil.agent.0", socket: paths.agentSocket }] : []), ...(plan.channels ?? [])];
+  const channels = [
+    ...(spec.agent ? [{ id: "agent0", name: "org.vigil.agent.0", socket: paths.agentSocket }] : []),
+    ...(spec.vtime ? [{ id: "vtime0", name: "org.vigil.vtime.0", socket: paths.vtimeSocket }] : []),
+  ];
   if (channels.length > 0) {
     argv.push("-device", "virtio-serial-pci,id=vser0");
     for (const ch of channels) {

@@ -72,6 +72,8 @@ export const vmSpecSchema = z.strictObject({
   nics: z.array(nicSchema).max(8),
   /** The guest agent channel (virtio-serial port org.vigil.agent.0). */
   agent: z.boolean(),
+  /** The extra-VM monotonic store channel (virtio-serial port org.vigil.vtime.0). */
+  vtime: z.boolean().default(true),
 });
 
 export type VmSpec = z.output<typeof vmSpecSchema>;
@@ -104,6 +106,8 @@ export const createVmRequestSchema = z.strictObject({
     .max(8)
     .default([{ restrict: true }]),
   agent: z.boolean().default(true),
+  /** The monotonic store channel (org.vigil.vtime.0): state that survives reverts. */
+  vtime: z.boolean().default(true),
   ...ownershipInputSchema,
 });
 
@@ -149,5 +153,6 @@ export function resolveSpec(req: CreateVmRequest, image: ResolvableImage, defaul
     disks,
     nics: req.nics.map((n, i) => ({ name: `net${i}`, mode: "user" as const, restrict: n.restrict, mac: n.mac ?? randomMac() })),
     agent: req.agent,
+    vtime: req.vtime,
   };
 }

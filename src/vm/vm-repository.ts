@@ -38,6 +38,11 @@ export interface VmRecord {
   createdAt: string;
   updatedAt: string;
   stateChangedAt: string;
+  currentSnapshotId: string | null;
+  resumeSnapshotId: string | null;
+  baseVmId: string | null;
+  vtimeNs: string;
+  securityFloor: Record<string, string>;
 }
 
 function toRecord(row: VmRow): VmRecord {
@@ -65,10 +70,18 @@ function toRecord(row: VmRow): VmRecord {
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     stateChangedAt: row.state_changed_at,
+    currentSnapshotId: row.current_snapshot_id,
+    resumeSnapshotId: row.resume_snapshot_id,
+    baseVmId: row.base_vm_id,
+    vtimeNs: row.vtime_ns,
+    securityFloor: JSON.parse(row.security_floor) as Record<string, string>,
   };
 }
 
-export type VmInsert = Omit<VmRecord, "updatedAt" | "stateChangedAt" | "pid" | "accelerator"> & { pid?: null; accelerator?: null };
+export type VmInsert = Omit<VmRecord, "updatedAt" | "stateChangedAt" | "pid" | "accelerator" | "currentSnapshotId" | "resumeSnapshotId" | "baseVmId" | "vtimeNs" | "securityFloor"> &
+  Partial<Pick<VmRecord, "resumeSnapshotId" | "baseVmId" | "vtimeNs" | "securityFloor">>;
+
+type Updatable = Pick<VmRecord, "state" | "accelerator" | "pid" | "vmgenid" | "generation" | "owner" | "approver" | "spec" | "isTemplate" | "host" | "currentSnapshotId" | "resumeSnapshotId" | "securityFloor" | "vtimeNs">;
 
 export class VmRepository {
   constructor(private readonly db: Db) {}
@@ -98,6 +111,11 @@ export class VmRepository {
         created_at: vm.createdAt,
         updated_at: now,
         state_changed_at: now,
+        current_snapshot_id: null,
+        resume_snapshot_id: vm.resumeSnapshotId ?? null,
+        base_vm_id: vm.baseVmId ?? null,
+        vtime_ns: vm.vtimeNs ?? vm.id,
+        security_floor: JSON.stringify(vm.securityFloor ?? {}),
       })
       .execute();
     return this.getById(vm.id);
@@ -125,7 +143,7 @@ export class VmRepository {
     return rows.map(toRecord);
   }
 
-  async update(id: string, change: Partial<Pick<VmRecord, "state" | "accelerator" | "pid" | "vmgenid" | "generation" | "owner" | "approver" | "spec" | "isTemplate" | "host">>): Promise<VmRecord> {
+  async update(id: string, change: Partial<Updatable>): Promise<VmRecord> {
     const now = new Date().toISOString();
     const values: VmRowUpdate = { updated_at: now };
     if (change.state !== undefined) {
@@ -141,8 +159,18 @@ export class VmRepository {
     if (change.spec !== undefined) values.spec = JSON.stringify(change.spec);
     if (change.isTemplate !== undefined) values.is_template = change.isTemplate ? 1 : 0;
     if (change.host !== undefined) values.host = change.host;
+    if (change.currentSnapshotId !== undefined) values.current_snapshot_id = change.currentSnapshotId;
+    if (change.resumeSnapshotId !== undefined) values.resume_snapshot_id = change.resumeSnapshotId;
+    if (change.securityFloor !== undefined) values.security_floor = JSON.stringify(change.securityFloor);
+    if (change.vtimeNs !== undefined) values.vtime_ns = change.vtimeNs;
     await this.db.updateTable("vms").set(values).where("id", "=", id).execute();
     return this.getById(id);
+  }
+
+  /** Linked clones whose disks are overlays on this template's disks. */
+  async dependentsOf(id: string): Promise<VmRecord[]> {
+    const rows = await this.db.selectFrom("vms").selectAll().where("base_vm_id", "=", id).orderBy("name").execute();
+    return rows.map(toRecord);
   }
 
   async delete(id: string): Promise<void> {

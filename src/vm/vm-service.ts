@@ -29,7 +29,9 @@ import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
-import type { VmRecord, VmRepository } from "./vm-repository.ts";
+import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
+import type { GenerationLog } from "../vtime/generations.ts";
+import type { Permission } from "../auth/permissions.ts";
 import { diskFile, vmView, type VmView } from "./vm-view.ts";
 
 export interface VmPolicy {
@@ -49,10 +51,30 @@ export interface VmServiceDeps {
   hostName: string;
   accel: AccelChoice;
   policy: VmPolicy;
+  generations: GenerationLog;
   log: Logger;
 }
 
+/** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
+export type BeforeContHook = (vm: VmRecord, rt: VmRuntime) => Promise<void>;
+
+/** What a capability may do with a VM while it holds the VM's operation lock (see `VmService.operate`). */
+export interface LockedVm {
+  /** The VM as stored now. */
+  vm: VmRecord;
+  layout: VmLayout;
+  reload(): Promise<VmRecord>;
+  update(change: Parameters<VmRepository["update"]>[1]): Promise<VmRecord>;
+  /** The runtime of a running or paused VM. */
+  runtime(): VmRuntime;
+  start(options?: StartOptions & { beforeCont?: (rt: VmRuntime) => Promise<void> }): Promise<VmRecord>;
+  stop(timeoutMs?: number): Promise<StopResult>;
+  kill(reason: string): Promise<void>;
+}
+
 export interface StartOptions {
+  /** Runs after QEMU is up and before the guest's first instruction. */
+  beforeCont?: ((rt: VmRuntime) => Promise<void>) | undefined;
   /** Wait until the guest agent answers a ping. */
   wait?: boolean | undefined;
   waitTimeoutMs?: number | undefined;
@@ -88,8 +110,130 @@ export class VmService {
   private readonly locks = new KeyedMutex();
   private readonly runtimes = new Map<string, VmRuntime>();
   private closing = false;
+  private readonly beforeContHooks: BeforeContHook[] = [];
+  private readonly runtimeHooks: Array<(vm: VmRecord, rt: VmRuntime) => void> = [];
 
   constructor(private readonly d: VmServiceDeps) {}
+
+  /** Capabilities register work that must happen on every start before the guest runs. */
+  addBeforeContHook(hook: BeforeContHook): void {
+    this.beforeContHooks.push(hook);
+  }
+
+  /** Capabilities that attach to every live QEMU (started or found again after a restart) register here. */
+  addRuntimeHook(hook: (vm: VmRecord, rt: VmRuntime) => void): void {
+    this.runtimeHooks.push(hook);
+  }
+
+  /**
+   * One guarded, locked operation on an existing VM for capabilities built on the lifecycle (snapshots, clones,
+   * export): authorizes `op.permission` on the VM, audits the outcome, holds the VM's lock while `fn` runs, and
+   * hands `fn` the lifecycle steps it may combine.
+   */
+  async operate<T>(
+    ctx: RequestContext,
+    name: string,
+    op: { action: string; permission: Permission; details?: Record<string, unknown> | undefined },
+    fn: (h: LockedVm) => Promise<T>,
+    describe?: (result: T) => Record<string, unknown>,
+  ): Promise<T> {
+    const vm = await this.d.repo.getByName(name);
+    return this.d.guard.run(
+      ctx,
+      { action: op.action, permission: op.permission, target: this.target(vm), owner: vm.owner, details: op.details },
+      () =>
+        this.locked(vm, async (fresh) => {
+          const h: LockedVm = {
+            vm: fresh,
+            layout: this.layout(fresh),
+            reload: () => this.d.repo.getById(vm.id),
+            update: (change) => this.d.repo.update(vm.id, change),
+            runtime: () => this.runtime(fresh),
+            start: async (options = {}) => this.startLocked(await this.d.repo.getById(vm.id), options),
+            stop: async (timeoutMs = DEFAULT_STOP_TIMEOUT_MS) => this.stopLocked(await this.d.repo.getById(vm.id), timeoutMs),
+            kill: async (reason) => this.killLocked(await this.d.repo.getById(vm.id), reason),
+          };
+          return fn(h);
+        }),
+      describe,
+    );
+  }
+
+  /**
+   * Creates a new VM (a clone or an import) under the creator's name: fresh identity, disks prepared by
+   * `prepareDisks` in the VM's private directory, the row inserted last, generation 1 recorded. Either all of
+   * it exists afterwards or none of it.
+   */
+  async createDerived(
+    ctx: RequestContext,
+    input: {
+      spec: VmSpec;
+      owner: string;
+      lineage: Lineage;
+      baseVmId?: string | undefined;
+      resumeSnapshotId?: string | undefined;
+      purpose?: string | null | undefined;
+      approver?: string | null | undefined;
+      expiresAt?: string | null | undefined;
+      labels?: Record<string, string> | undefined;
+      prepareDisks: (l: VmLayout) => Promise<void>;
+      reason: "clone" | "import";
+    },
+  ): Promise<VmRecord> {
+    return this.locks.run(`name:${input.spec.name}`, async () => {
+      if (await this.d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
+      const id = randomUUID();
+      const vmgenid = randomUUID();
+      const vm = await this.materialize({ id, spec: input.spec, vmgenid, generation: 1 }, input.prepareDisks, () =>
+        this.d.repo.insert({
+          id,
+          name: input.spec.name,
+          spec: input.spec,
+          state: "stopped",
+          host: this.d.hostName,
+          vmgenid,
+          generation: 1,
+          owner: input.owner,
+          approver: input.approver ?? null,
+          purpose: input.purpose ?? null,
+          expiresAt: input.expiresAt ?? null,
+          labels: input.labels ?? {},
+          lineage: input.lineage,
+          isTemplate: false,
+          createdBy: ctx.actor.name,
+          createdAt: new Date().toISOString(),
+          baseVmId: input.baseVmId ?? null,
+          resumeSnapshotId: input.resumeSnapshotId ?? null,
+        }),
+      );
+      await this.d.generations.record(vm.id, { generation: 1, parentGeneration: null, vmgenid, reason: input.reason, snapshot: input.lineage.snapshot ?? null, sourceVmId: input.lineage.sourceVm?.id ?? null, createdBy: ctx.actor.name });
+      // The new VM's own story starts with its creation, whatever the operation that made it is filed under.
+      await this.d.audit.append({
+        actor: ctx.actor.name,
+        action: "vm.create",
+        target: this.target(vm),
+        result: "ok",
+        requestId: ctx.requestId,
+        details: { via: input.reason, lineage: input.lineage, owner: vm.owner, vmgenid },
+      });
+      return vm;
+    });
+  }
+
+  /** A VM record by id, for capabilities that already passed authorization. */
+  recordById(id: string): Promise<VmRecord> {
+    return this.d.repo.getById(id);
+  }
+
+  /** Updates a VM record, for capabilities finishing a VM they just created (nobody else can see it yet). */
+  updateRecord(id: string, change: Parameters<VmRepository["update"]>[1]): Promise<VmRecord> {
+    return this.d.repo.update(id, change);
+  }
+
+  /** Public view of a record (for capabilities returning VMs). */
+  describeVm(vm: VmRecord): VmView {
+    return this.view(vm);
+  }
 
   private layout(vm: { id: string }): VmLayout {
     return vmLayout(this.d.home.vmsDir, vm.id);
@@ -169,8 +313,10 @@ export class VmService {
           const image = this.d.catalog.get(req.image);
           const spec = resolveSpec(req, image, { cpu: "max" });
           const id = randomUUID();
+          const vmgenid = randomUUID();
           const vm = await this.materialize(
-            { id, spec, vmgenid: randomUUID(), generation: 1 },
+            { id, spec, vmgenid, generation: 1 },
+            (l) => this.createDisks(spec, l),
             async () =>
               this.d.repo.insert({
                 id,
@@ -178,7 +324,7 @@ export class VmService {
                 spec,
                 state: "stopped",
                 host: this.d.hostName,
-                vmgenid: "",
+                vmgenid,
                 generation: 1,
                 owner,
                 approver: req.approver ?? null,
@@ -191,6 +337,7 @@ export class VmService {
                 createdAt: new Date().toISOString(),
               }),
           );
+          await this.d.generations.record(vm.id, { generation: 1, parentGeneration: null, vmgenid, reason: "create", snapshot: null, sourceVmId: null, createdBy: ctx.actor.name });
           return this.view(vm);
         });
       },
@@ -198,12 +345,22 @@ export class VmService {
     );
   }
 
+  /** The disks of a VM created from an image: overlays on the image's disk, or blank disks. */
+  private async createDisks(spec: VmSpec, l: VmLayout): Promise<void> {
+    for (const disk of spec.disks) {
+      const file = diskFile(l.disksDir, disk.name);
+      if (disk.backing) await createOverlay(file, disk.backing, disk.sizeMiB);
+      else await createBlank(file, disk.sizeMiB ?? 1024);
+    }
+  }
+
   /**
-   * Creates a VM's directory and disks, then inserts its row. If anything fails, the directory is removed and
-   * no row exists: a half-created VM is never left behind.
+   * Creates a VM's private directory, lets `prepareDisks` fill its disks directory, then inserts its row. If
+   * anything fails, the directory is removed and no row exists: a half-created VM is never left behind.
    */
   private async materialize(
     identity: { id: string; spec: VmSpec; vmgenid: string; generation: number },
+    prepareDisks: (l: VmLayout) => Promise<void>,
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {
     const l = this.layout(identity);
@@ -212,13 +369,8 @@ export class VmService {
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.disksDir);
       for (const p of [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket]) checkSocketPath(p);
-      for (const disk of identity.spec.disks) {
-        const file = diskFile(l.disksDir, disk.name);
-        if (disk.backing) await createOverlay(file, disk.backing, disk.sizeMiB);
-        else await createBlank(file, disk.sizeMiB ?? 1024);
-      }
-      const inserted = await insertRow();
-      const vm = await this.d.repo.update(inserted.id, { vmgenid: identity.vmgenid, generation: identity.generation });
+      await prepareDisks(l);
+      const vm = await insertRow();
       for (const disk of identity.spec.disks) await this.d.registry.register(vm.id, diskFile(l.disksDir, disk.name), "disk");
       await this.d.locations.moveTo(vm.id, this.d.hostName, l.dir);
       return vm;
@@ -260,6 +412,10 @@ export class VmService {
           if (isLive(fresh.state) && options.force) await this.killLocked(fresh, "destroy");
           const current = await this.d.repo.getById(vm.id);
           assertAllowed("destroy", current.name, current.state, options.purge ? "purge" : "destroy");
+          const dependents = await this.d.repo.dependentsOf(current.id);
+          if (dependents.length > 0) {
+            throw new VigilError("VIGIL_CONFLICT", `Cannot ${options.purge ? "purge" : "destroy"} template ${q(current.name)}: linked clones depend on it (${dependents.map((x) => x.name).join(", ")})`);
+          }
           return this.removeVm(current, options.purge ? "purged" : "deleted", options.purge ?? false);
         }),
       (r) => ({ destroyed: r.destroyed.map((f) => f.path), unreachable: r.unreachable }),
@@ -358,6 +514,8 @@ export class VmService {
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log, started.exited);
       this.adopt(vm, rt);
+      for (const hook of this.beforeContHooks) await hook(vm, rt);
+      await options.beforeCont?.(rt);
       if (!options.paused) await rt.qmp.execute("cont");
       mark("guest running");
       const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
@@ -393,6 +551,7 @@ export class VmService {
   /** Starts watching a runtime: when its QEMU exits, the VM's state follows. */
   private adopt(vm: VmRecord, rt: VmRuntime): void {
     this.runtimes.set(vm.id, rt);
+    for (const hook of this.runtimeHooks) hook(vm, rt);
     void rt.exited.then((reason) => this.onExit(vm.id, rt, reason));
   }
 

@@ -2,6 +2,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { streamSSE } from "hono/streaming";
 import type { HashedRecord } from "../../audit/chain.ts";
+import type { ProgressEvent } from "../../util/progress.ts";
 import { can } from "../../auth/permissions.ts";
 import type { ApiDeps, App } from "../context.ts";
 import { json, reply, withAccess } from "../route-kit.ts";
@@ -11,6 +12,10 @@ const AuditQuery = z.object({
   after: z.coerce.number().int().min(0).optional().openapi({ param: { name: "after", in: "query" } }),
   limit: z.coerce.number().int().min(1).max(10_000).default(100).openapi({ param: { name: "limit", in: "query" } }),
   tail: z.enum(["true", "false"]).default("false").openapi({ param: { name: "tail", in: "query" } }),
+});
+
+const EventsQuery = z.object({
+  progress: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/).optional().openapi({ param: { name: "progress", in: "query" } }),
 });
 
 const VerifySchema = z
@@ -35,7 +40,7 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
     createRoute(withAccess("image.read", { method: "get", path: "/v1/images", tags: ["images"], summary: "Images VMs can be created from", responses: { 200: json(z.object({ images: z.array(ImageSchema) }), "Images") } })),
     async (c) => {
       await d.guard.authorize(c.get("ctx"), { action: "image.list", permission: "image.read", target: { kind: "image" }, readOnly: true });
-      return reply(c, { images: d.catalog.list() });
+      return reply(c, { images: [...d.catalog.list(), ...(await d.clones.templateImages())] });
     },
   );
 
@@ -64,19 +69,31 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("authenticated", { method: "get", path: "/v1/events", tags: ["audit"], summary: "Server-sent events: every audit record you may read, as it happens", responses: { 200: { content: { "text/event-stream": { schema: z.string() } }, description: "Event stream" } } })),
+    createRoute(withAccess("authenticated", { method: "get", path: "/v1/events", tags: ["audit"], summary: "Server-sent events: every audit record you may read as it happens (event: audit), and the progress of one request (?progress=REQUEST_ID, event: progress)", request: { query: EventsQuery }, responses: { 200: { content: { "text/event-stream": { schema: z.string() } }, description: "Event stream" } } })),
     async (c) => {
       const ctx = c.get("ctx");
       const all = can(ctx.actor, "audit.read");
+      const progressOf = c.req.valid("query").progress;
       return streamSSE(c, async (stream) => {
-        const queue: HashedRecord[] = [];
+        const queue: Array<HashedRecord | ProgressEvent> = [];
         let wake: (() => void) | undefined;
         const off = d.audit.subscribe((r) => {
           if (queue.length < 10_000) queue.push(r);
           wake?.();
         });
+        const offProgress = progressOf
+          ? d.progress.subscribe((p) => {
+              if (p.requestId !== progressOf) return;
+              // Only the newest progress matters: replace a queued one instead of growing the queue.
+              const i = queue.findIndex((x) => "what" in x && x.what === p.what);
+              if (i >= 0) queue[i] = p;
+              else if (queue.length < 10_000) queue.push(p);
+              wake?.();
+            })
+          : () => undefined;
         stream.onAbort(() => {
           off();
+          offProgress();
           wake?.();
         });
         await stream.writeSSE({ event: "hello", data: JSON.stringify({ user: ctx.actor.name }) });
@@ -91,9 +108,11 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
             if (queue.length === 0 && !stream.aborted) await stream.write(": keep-alive\n\n");
             continue;
           }
-          if (all || (await d.vms.mayRead(ctx, r.target.id))) await stream.writeSSE({ event: "audit", id: String(r.seq), data: JSON.stringify(r) });
+          if ("what" in r) await stream.writeSSE({ event: "progress", data: JSON.stringify(r) });
+          else if (all || (await d.vms.mayRead(ctx, r.target.id))) await stream.writeSSE({ event: "audit", id: String(r.seq), data: JSON.stringify(r) });
         }
         off();
+        offProgress();
       });
     },
   );

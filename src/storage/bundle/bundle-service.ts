@@ -1,0 +1,408 @@
+/**
+ * Export and import: a VM as one signed, streamable file (format in format.ts, docs/bundles.md).
+ *
+ * Export stages a consistent copy of every disk's whole backing chain (the VM paused while its files are copied,
+ * if it runs), drops internal snapshots unless asked to keep them, compresses each layer with zstd while hashing
+ * it, signs the manifest with the site key, and streams the archive to the client — the daemon never writes a
+ * bundle to a path a request names. Import reads the client's stream: the manifest and its signature first
+ * (an unknown signer is refused before any disk byte is read), then each file, checked against the manifest's
+ * size as its header arrives and against its hashes as it streams, into a private staging directory. Only when
+ * everything verified is a VM created — with fresh identity, its kernel from this host's image of the same name,
+ * never a path from the bundle. On any failure the staging directory goes and nothing else was touched.
+ */
+import { createReadStream, mkdirSync, readdirSync, renameSync, rmSync, statSync, statfsSync, copyFileSync, chmodSync } from "node:fs";
+import { createHash, randomUUID } from "node:crypto";
+import { join } from "node:path";
+import { z } from "zod";
+import { VigilError, q } from "../../errors.ts";
+import type { Guard, RequestContext } from "../../auth/guard.ts";
+import { canonicalJson } from "../../audit/canonical-json.ts";
+import type { SiteKey } from "../../audit/site-key.ts";
+import type { ImageCatalog } from "../../image/catalog.ts";
+import type { Logger } from "../../log.ts";
+import { QEMU_IMG } from "../../qemu/qemu-img.ts";
+import { runCommand } from "../../util/run-command.ts";
+import type { ProgressBus } from "../../util/progress.ts";
+import type { DataRegistry } from "../../provenance/data-registry.ts";
+import { ensurePrivateDir } from "../../host/private-dir.ts";
+import type { VmService } from "../../vm/vm-service.ts";
+import { diskFile, type VmView } from "../../vm/vm-view.ts";
+import { vmNameSchema, type VmSpec } from "../../vm/spec.ts";
+import { parseOrThrow } from "../../validation.ts";
+import { cloneSpec } from "../clones.ts";
+import { Qcow2Image } from "../qcow2.ts";
+import type { Snapshot, SnapshotRepository } from "../snapshot-repository.ts";
+import type { SnapshotService } from "../snapshots.ts";
+import type { TrustStore } from "../trust.ts";
+import { BLOCK, END, fileHeader, padding, parseHeader } from "./tar.ts";
+import { MANIFEST_ENTRY, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_ENTRY, manifestSchema, signatureSchema, type BundleFile, type Manifest } from "./format.ts";
+import { StreamReader } from "./stream-reader.ts";
+import { boundedDecompressor, compressFile } from "./zstd.ts";
+
+export const exportRequestSchema = z.strictObject({
+  withSnapshots: z.boolean().default(false),
+  memory: z.boolean().default(false),
+});
+
+export interface BundleDeps {
+  vms: VmService;
+  snapshots: SnapshotRepository;
+  snapshotService: SnapshotService;
+  trust: TrustStore;
+  siteKey: SiteKey;
+  catalog: ImageCatalog;
+  registry: DataRegistry;
+  guard: Guard;
+  progress: ProgressBus;
+  vmsDir: string;
+  hostName: string;
+  log: Logger;
+}
+
+/** A prepared export: stream it with `chunks()`, then it cleans up after itself. */
+export interface PreparedExport {
+  manifest: Manifest;
+  totalBytes: number;
+  chunks(): AsyncGenerator<Buffer>;
+}
+
+interface ChainEntry {
+  filename: string;
+  "backing-filename"?: string;
+}
+
+export class BundleService {
+  constructor(private readonly d: BundleDeps) {}
+
+  /** Builds the bundle's parts in a private staging directory; the archive is produced while it is streamed. */
+  async prepareExport(ctx: RequestContext, vmName: string, input: unknown, clientPath: string | undefined): Promise<PreparedExport> {
+    const req = parseOrThrow(exportRequestSchema, input ?? {}, "export request");
+    const staging = join(this.d.vmsDir, `export-${randomUUID()}`);
+    const prepared = await this.d.vms.operate(
+      ctx,
+      vmName,
+      { action: "vm.export", permission: "vm.export", details: { withSnapshots: req.withSnapshots, memory: req.memory, clientPath } },
+      async (h) => {
+        const vm = h.vm;
+        const live = vm.state === "running" || vm.state === "paused";
+        if (req.memory && !live) throw new VigilError("VIGIL_INVALID_STATE", `Cannot export VM ${q(vm.name)} with memory: it is ${vm.state} (start it, or export without --memory)`, { field: "memory" });
+        if (!req.memory && !(vm.state === "stopped" || vm.state === "crashed")) {
+          throw new VigilError("VIGIL_INVALID_STATE", `Cannot export VM ${q(vm.name)}: it is ${vm.state} (stop it, or export --memory to capture it running)`);
+        }
+        ensurePrivateDir(staging);
+        let resume: Snapshot | undefined;
+        if (req.memory) {
+          resume = await this.d.snapshotService.createLocked(ctx, h, { name: `export-${new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}`, description: "taken for export --memory", memory: true });
+        }
+        const keep = (s: Snapshot) => req.withSnapshots || s.id === resume?.id;
+        const all = await this.d.snapshots.list(vm.id);
+        // A consistent copy of every layer: a running VM is paused while its files are read.
+        const rt = live ? h.runtime() : undefined;
+        const wasRunning = (await h.reload()).state === "running";
+        if (rt && wasRunning) await rt.qmp.execute("stop");
+        const layers: Array<{ disk: string; layer: number; staged: string }> = [];
+        try {
+          for (const disk of vm.spec.disks) {
+            const top = diskFile(h.layout.disksDir, disk.name);
+            const { stdout } = await runCommand(QEMU_IMG, ["info", "-U", "--backing-chain", "--output=json", top], { what: "Reading a disk's backing chain" });
+            const chain = (JSON.parse(stdout) as ChainEntry[]).map((c) => c.filename).reverse(); // bottom first
+            if (chain.length === 0 || chain.length > 16) throw new VigilError("VIGIL_HOST", `Disk ${q(disk.name)} has an unexpected backing chain of ${chain.length} files`);
+            chain.forEach((file, layer) => {
+              const staged = join(staging, `${disk.name}-${layer}.qcow2`);
+              copyFileSync(file, staged);
+              chmodSync(staged, 0o600);
+              layers.push({ disk: disk.name, layer, staged });
+            });
+          }
+        } finally {
+          if (rt && wasRunning) await rt.qmp.execute("cont");
+        }
+        // Snapshots not exported are deleted from the copy of the top layer (the VM itself keeps them).
+        for (const l of layers) {
+          const isTop = !layers.some((x) => x.disk === l.disk && x.layer > l.layer);
+          if (!isTop) continue;
+          const img = Qcow2Image.open(l.staged);
+          const inFile = img.snapshots().map((s) => s.name);
+          img.close();
+          for (const name of inFile) {
+            const s = all.find((x) => x.name === name);
+            if (!s || !keep(s)) await runCommand(QEMU_IMG, ["snapshot", "-d", name, l.staged], { what: "Dropping a snapshot from the export copy" });
+          }
+        }
+        const kept = all.filter(keep);
+        return { vm, layers, kept, resume };
+      },
+    ).catch((err: unknown) => {
+      rmSync(staging, { recursive: true, force: true });
+      throw err;
+    });
+
+    try {
+      const files: BundleFile[] = [];
+      const rawTotal = prepared.layers.reduce((n, l) => n + statSync(l.staged).size, 0);
+      let rawDone = 0;
+      for (const l of prepared.layers) {
+        const name = `${l.disk}-${l.layer}.qcow2.zst`;
+        const before = rawDone;
+        const r = await compressFile(l.staged, join(staging, name), (n) => this.d.progress.emit({ requestId: ctx.requestId, what: "compress", current: before + n, total: rawTotal }));
+        rawDone += r.rawSize;
+        rmSync(l.staged);
+        files.push({ name, disk: l.disk, layer: l.layer, compression: "zstd", ...r });
+      }
+      const vm = prepared.vm;
+      const byId = new Map(prepared.kept.map((s) => [s.id, s.name]));
+      const manifest: Manifest = {
+        format: "vigil-bundle",
+        version: 1,
+        createdAt: new Date().toISOString(),
+        site: { keyId: this.d.siteKey.keyId, host: this.d.hostName },
+        exportedBy: ctx.actor.name,
+        vm: { id: vm.id, name: vm.name, spec: vm.spec, owner: vm.owner, purpose: vm.purpose, labels: vm.labels, generation: vm.generation, lineage: { ...vm.lineage } },
+        snapshots: prepared.kept.map((s) => ({
+          name: s.name,
+          parent: s.parentId ? (byId.get(s.parentId) ?? null) : null,
+          kind: s.kind,
+          description: s.description,
+          createdBy: s.createdBy,
+          createdAt: s.createdAt,
+          generation: s.generation,
+          vmStateSize: s.vmStateSize,
+          stateSha256: s.stateSha256,
+          floor: s.floor,
+          singleUse: s.singleUse,
+        })),
+        resume: prepared.resume?.name ?? null,
+        files,
+      };
+      const manifestBytes = Buffer.from(canonicalJson(manifest));
+      const sigBytes = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: this.d.siteKey.keyId, signature: this.d.siteKey.sign(manifestBytes) }));
+      const totalBytes = 3 * BLOCK + manifestBytes.length + padding(BigInt(manifestBytes.length)).length + sigBytes.length + padding(BigInt(sigBytes.length)).length + files.reduce((n, f) => n + BLOCK + f.size + padding(BigInt(f.size)).length, 0) + END.length - BLOCK;
+      const registry = this.d.registry;
+      const progress = this.d.progress;
+      const requestId = ctx.requestId;
+      async function* chunks(): AsyncGenerator<Buffer> {
+        let sent = 0;
+        try {
+          for (const [name, bytes] of [[MANIFEST_ENTRY, manifestBytes], [SIGNATURE_ENTRY, sigBytes]] as const) {
+            yield fileHeader(name, BigInt(bytes.length));
+            yield bytes;
+            yield padding(BigInt(bytes.length));
+          }
+          for (const f of files) {
+            yield fileHeader(`files/${f.name}`, BigInt(f.size));
+            for await (const chunk of createReadStream(join(staging, f.name), { highWaterMark: 1024 * 1024 })) {
+              sent += (chunk as Buffer).length;
+              progress.emit({ requestId, what: "send", current: sent, total: totalBytes });
+              yield chunk as Buffer;
+            }
+            yield padding(BigInt(f.size));
+          }
+          yield END;
+          // The bundle now exists outside vigil's directories: register where the client said it put it.
+          await registry.register(vm.id, clientPath ?? `(downloaded by ${ctx.actor.name}, location unknown)`, "bundle", { hash: false });
+        } finally {
+          rmSync(staging, { recursive: true, force: true });
+        }
+      }
+      return { manifest, totalBytes, chunks };
+    } catch (err) {
+      rmSync(staging, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /**
+   * Imports a bundle from a byte stream. Nothing is created unless the signature, every size and every hash
+   * verified; the staging directory is removed whatever happens.
+   */
+  async import(ctx: RequestContext, body: AsyncIterable<Uint8Array>, options: { name?: string | undefined; source: string }): Promise<VmView> {
+    return this.d.guard.run(
+      ctx,
+      { action: "vm.import", permission: "vm.create", target: { kind: "vm", name: options.name ?? null }, details: { source: options.source }, targetIdOf: (v: VmView) => v.id },
+      async () => {
+        if (options.name !== undefined) parseOrThrow(vmNameSchema, options.name, "import name");
+        ensurePrivateDir(this.d.vmsDir);
+        const staging = join(this.d.vmsDir, `import-${randomUUID()}`);
+        ensurePrivateDir(staging);
+        try {
+          const { manifest, signer } = await this.receive(ctx, StreamReader.from(body), staging);
+          return await this.create(ctx, manifest, signer, staging, options);
+        } finally {
+          rmSync(staging, { recursive: true, force: true });
+        }
+      },
+      (v) => ({ id: v.id, name: v.name, vmgenid: v.vmgenid, lineage: v.lineage }),
+    );
+  }
+
+  /** Reads and verifies the whole archive into `staging`. */
+  private async receive(ctx: RequestContext, r: StreamReader, staging: string): Promise<{ manifest: Manifest; signer: { keyId: string; name: string } }> {
+    const smallEntry = async (expected: string, max: number): Promise<Buffer> => {
+      const at = r.offset;
+      const h = parseHeader(await r.readExactly(BLOCK, `the header of ${expected}`), at);
+      if (!h || h.name !== expected) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: expected entry ${q(expected)} at byte ${at}, found ${h ? q(h.name) : "the end of the archive"}`);
+      if (h.size > BigInt(max)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${expected} is ${h.size} bytes (at most ${max})`);
+      const data = await r.readExactly(Number(h.size), expected);
+      await r.readExactly(padding(h.size).length, `the padding of ${expected}`);
+      return data;
+    };
+    const manifestBytes = await smallEntry(MANIFEST_ENTRY, MAX_MANIFEST_BYTES);
+    const sigRaw = await smallEntry(SIGNATURE_ENTRY, MAX_SIGNATURE_BYTES);
+    let sigJson: unknown;
+    try {
+      sigJson = JSON.parse(sigRaw.toString("utf8"));
+    } catch {
+      throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle: the signature entry is not JSON");
+    }
+    const sig = parseOrThrow(signatureSchema, sigJson, "bundle signature");
+    // The signature is checked before the manifest is even parsed: an unknown signer gets nothing read.
+    const signer = await this.d.trust.verify(manifestBytes, sig.keyId, sig.signature);
+    let manifestJson: unknown;
+    try {
+      manifestJson = JSON.parse(manifestBytes.toString("utf8"));
+    } catch {
+      throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle: the manifest is not JSON");
+    }
+    const manifest = parseOrThrow(manifestSchema, manifestJson, "bundle manifest");
+    checkManifestShape(manifest);
+    const need = manifest.files.reduce((n, f) => n + f.size + f.rawSize, 0);
+    const free = Number(statfsSync(staging).bavail) * Number(statfsSync(staging).bsize);
+    if (need > free) throw new VigilError("VIGIL_HOST", `Cannot import: the bundle needs ${need} bytes of staging space, ${free} are free`);
+
+    const rawTotal = manifest.files.reduce((n, f) => n + f.size, 0);
+    let done = 0;
+    for (const f of manifest.files) {
+      const at = r.offset;
+      const h = parseHeader(await r.readExactly(BLOCK, `the header of files/${f.name}`), at);
+      if (!h || h.name !== `files/${f.name}`) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: expected entry ${q(`files/${f.name}`)} at byte ${at}, found ${h ? q(h.name) : "the end of the archive"}`);
+      if (h.size !== BigInt(f.size)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: entry ${q(h.name)} is ${h.size} bytes long but the manifest declares ${f.size}`);
+      const label = `files/${f.name}`;
+      const hash = createHash("sha256");
+      const out = boundedDecompressor(join(staging, f.name.replace(/\.zst$/, "")), f, label);
+      try {
+        await r.pipeExactly(f.size, label, async (chunk) => {
+          hash.update(chunk);
+          done += chunk.length;
+          this.d.progress.emit({ requestId: ctx.requestId, what: "receive", current: done, total: rawTotal });
+          await out.write(chunk);
+        });
+      } catch (err) {
+        out.abort();
+        throw err;
+      }
+      if (hash.digest("hex") !== f.sha256) {
+        out.abort();
+        throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${label} does not match its sha256 (the file was changed)`);
+      }
+      await out.finish();
+      const pad = await r.readExactly(padding(h.size).length, `the padding of ${label}`);
+      if (pad.some((b) => b !== 0)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: non-zero padding after ${label}`);
+    }
+    const at = r.offset;
+    if (!(await r.atEnd())) {
+      const next = parseHeader(await r.readExactly(BLOCK, "the end of the archive"), at);
+      if (next) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: unexpected entry ${q(next.name)} at byte ${at} (not in the manifest)`);
+    }
+    return { manifest, signer };
+  }
+
+  /** Creates the VM from verified, staged layers. */
+  private async create(ctx: RequestContext, manifest: Manifest, signer: { keyId: string; name: string }, staging: string, options: { name?: string | undefined; source: string }): Promise<VmView> {
+    const name = options.name ?? manifest.vm.name;
+    parseOrThrow(vmNameSchema, name, "VM name");
+    const src = manifest.vm.spec;
+    // Only the image name travels: a kernel-booted VM boots this host's kernel of that image, never a path
+    // that came in the bundle.
+    let base: VmSpec = src;
+    if (src.boot.kind === "kernel") {
+      const image = this.d.catalog.get(src.image ?? "");
+      if (image.boot.kind !== "kernel") throw new VigilError("VIGIL_BAD_REQUEST", `Cannot import: image ${q(src.image)} here does not boot a kernel`);
+      const imageWords = new Set(image.boot.cmdline.split(" "));
+      const extra = src.boot.cmdline.split(" ").filter((w) => w !== "" && !imageWords.has(w));
+      base = { ...src, boot: { kind: "kernel", kernel: image.boot.kernel, initrd: image.boot.initrd, cmdline: [image.boot.cmdline, ...extra].join(" ") } };
+    }
+    // Validate every staged layer before it becomes a disk: no external data files, sane headers.
+    for (const f of manifest.files) {
+      const img = Qcow2Image.open(join(staging, f.name.replace(/\.zst$/, "")));
+      try {
+        if (img.header.externalDataFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${f.name} refers to an external data file`);
+        if (f.layer === 0 && img.header.backingFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: the bottom layer ${f.name} has a backing file ${q(img.header.backingFile)}`);
+      } finally {
+        img.close();
+      }
+    }
+    const topOf = (disk: string) => Math.max(...manifest.files.filter((f) => f.disk === disk).map((f) => f.layer));
+    const spec = cloneSpec(base, name, () => undefined);
+    const created = await this.d.vms.createDerived(ctx, {
+      spec,
+      owner: `user:${ctx.actor.name}`,
+      lineage: { kind: "import", sourceVm: { id: manifest.vm.id, name: manifest.vm.name }, bundle: { file: options.source, signer: `${signer.name} (${signer.keyId})` } },
+      purpose: manifest.vm.purpose,
+      labels: manifest.vm.labels,
+      reason: "import",
+      prepareDisks: async (l) => {
+        for (const disk of spec.disks) {
+          const top = topOf(disk.name);
+          if (!Number.isFinite(top)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: no layers for disk ${q(disk.name)}`);
+          let lower: string | undefined;
+          for (let layer = 0; layer <= top; layer++) {
+            const staged = join(staging, `${disk.name}-${layer}.qcow2`);
+            const dest = layer === top ? diskFile(l.disksDir, disk.name) : join(l.disksDir, `${disk.name}.layer${layer}.qcow2`);
+            renameSync(staged, dest);
+            // Backing files are re-pointed at the imported layers; whatever path the bundle's header named is gone.
+            if (lower) await runCommand(QEMU_IMG, ["rebase", "-u", "-f", "qcow2", "-b", lower, "-F", "qcow2", dest], { what: "Linking imported disk layers" });
+            if (layer < top) chmodSync(dest, 0o400);
+            lower = dest;
+          }
+        }
+      },
+    });
+    const l = { disksDir: join(this.d.vmsDir, created.id, "disks") };
+    for (const f of readdirSync(l.disksDir).filter((x) => x.includes(".layer"))) await this.d.registry.register(created.id, join(l.disksDir, f), "disk");
+    // The snapshot tree comes along with the top layers that hold it.
+    const ids = new Map<string, string>();
+    for (const s of manifest.snapshots) {
+      const row = await this.d.snapshots.insert({
+        vmId: created.id,
+        name: s.name,
+        parentId: s.parent ? (ids.get(s.parent) ?? null) : null,
+        description: s.description,
+        kind: s.kind,
+        spec,
+        generation: 1,
+        vmgenid: created.vmgenid,
+        vmStateSize: s.vmStateSize,
+        stateSha256: s.stateSha256,
+        diskBytes: 0,
+        floor: s.floor,
+        guestFacts: {},
+        singleUse: s.singleUse,
+        createdBy: s.createdBy,
+      });
+      ids.set(s.name, row.id);
+    }
+    if (manifest.resume) {
+      const id = ids.get(manifest.resume);
+      if (!id) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: it resumes from snapshot ${q(manifest.resume)}, which it does not contain`);
+      return this.d.vms.describeVm(await this.d.vms.updateRecord(created.id, { resumeSnapshotId: id, currentSnapshotId: id }));
+    }
+    return this.d.vms.describeVm(created);
+  }
+}
+
+/** Structural checks the schema cannot express: unique names, contiguous layers, one chain per disk. */
+function checkManifestShape(m: Manifest): void {
+  const names = new Set<string>();
+  for (const f of m.files) {
+    if (names.has(f.name)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: file ${q(f.name)} is listed twice`);
+    names.add(f.name);
+    if (f.name !== `${f.disk}-${f.layer}.qcow2.zst`) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: file ${q(f.name)} should be named ${q(`${f.disk}-${f.layer}.qcow2.zst`)}`);
+  }
+  for (const disk of m.vm.spec.disks) {
+    const layers = m.files.filter((f) => f.disk === disk.name).map((f) => f.layer).sort((a, b) => a - b);
+    if (layers.length === 0 || layers.some((l, i) => l !== i)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: disk ${q(disk.name)} needs layers 0..n, has ${JSON.stringify(layers)}`);
+  }
+  if (m.files.some((f) => !m.vm.spec.disks.some((d) => d.name === f.disk))) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle manifest: a file belongs to no disk of the VM");
+  const snaps = new Set(m.snapshots.map((s) => s.name));
+  if (snaps.size !== m.snapshots.length) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle manifest: a snapshot name is listed twice");
+}

@@ -1,0 +1,157 @@
+/**
+ * The host end of one VM's vtime channel: connects to QEMU's socket for the virtio-serial port, answers the
+ * guest's requests from the monotonic store under the VM's namespace, and audits every change. A guest that
+ * sends junk or floods is cut off (and reconnected a little later) without touching any other VM; a request
+ * that arrives while the daemon is away simply waits in the channel, and the guest's client retries with the
+ * same rid if an answer was lost.
+ */
+import { connect, type Socket } from "node:net";
+import type { AuditLog } from "../audit/audit-log.ts";
+import { VigilError, messageOf } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { LineReader } from "../qemu/line-reader.ts";
+import { MAX_VTIME_LINE_BYTES, vtimeRequestSchema, type VtimeRequest } from "./protocol.ts";
+import type { MonotonicStore } from "./store.ts";
+
+/** Guest lines per second beyond which the channel is cut (junk and valid requests alike). */
+const FLOOD_PER_SECOND = 500;
+/** How long a flooding guest stays cut off. */
+const PENALTY_MS = 2000;
+/** Changes per second a guest may make: each is durable and audited, so the store is not a free log. */
+const CHANGES_PER_SECOND = 50;
+
+export interface ChannelTarget {
+  vmId: string;
+  vmName: string;
+  /** Resolved per request: a link or relink of the namespace takes effect at once. */
+  namespace: () => Promise<string>;
+}
+
+export class VtimeChannel {
+  private socket: Socket | undefined;
+  private closed = false;
+  private linesThisSecond = 0;
+  private windowStart = Date.now();
+  private queue: Promise<void> = Promise.resolve();
+  private changesThisSecond = 0;
+  private changeWindow = Date.now();
+  /** Problems seen (malformed lines, floods), newest last, bounded. */
+  readonly problems: string[] = [];
+
+  constructor(
+    private readonly path: string,
+    private readonly target: ChannelTarget,
+    private readonly store: MonotonicStore,
+    private readonly audit: AuditLog,
+    private readonly log: Logger,
+  ) {}
+
+  open(): void {
+    if (this.closed) return;
+    const s = connect(this.path);
+    this.socket = s;
+    const reader = new LineReader(MAX_VTIME_LINE_BYTES, (line) => this.onLine(line), (n) => this.problem(`over-long line (${n} bytes)`));
+    s.on("data", (d) => reader.push(d));
+    s.on("error", () => undefined);
+    s.on("close", () => {
+      if (this.socket === s) this.socket = undefined;
+    });
+  }
+
+  private problem(p: string): void {
+    if (this.problems.length >= 20) this.problems.shift();
+    this.problems.push(p);
+  }
+
+  private onLine(line: string): void {
+    const now = Date.now();
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now;
+      this.linesThisSecond = 0;
+    }
+    if (++this.linesThisSecond > FLOOD_PER_SECOND) {
+      this.problem("flood: channel cut off");
+      this.log.warn({ vm: this.target.vmName }, "vtime channel flooded by the guest; cutting it off");
+      this.socket?.destroy();
+      setTimeout(() => this.open(), PENALTY_MS).unref();
+      return;
+    }
+    // One request at a time, in order: answers go back in the order asked.
+    this.queue = this.queue.then(() => this.handle(line));
+  }
+
+  private async handle(line: string): Promise<void> {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(line);
+    } catch {
+      this.problem("a line that is not JSON");
+      return this.reply({ ok: false, error: "not JSON" });
+    }
+    const parsed = vtimeRequestSchema.safeParse(raw);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const rid = typeof (raw as { rid?: unknown })?.rid === "string" && /^[A-Za-z0-9-]{1,64}$/.test((raw as { rid: string }).rid) ? (raw as { rid: string }).rid : null;
+      this.problem("an invalid request");
+      return this.reply({ rid, ok: false, error: `invalid request: ${issue ? `${issue.path.join(".") || "request"} ${issue.message}` : "malformed"}` });
+    }
+    const req = parsed.data;
+    try {
+      const result = await this.execute(req);
+      this.reply({ rid: req.rid, ok: true, ...result });
+    } catch (err) {
+      this.reply({ rid: req.rid, ok: false, error: err instanceof VigilError ? err.message : "internal error" });
+      if (!(err instanceof VigilError)) this.log.error({ vm: this.target.vmName, err: messageOf(err) }, "vtime request failed");
+    }
+  }
+
+  private async execute(req: VtimeRequest): Promise<Record<string, unknown>> {
+    if (req.op === "incr" || req.op === "cas" || req.op === "append") {
+      const now = Date.now();
+      if (now - this.changeWindow >= 1000) {
+        this.changeWindow = now;
+        this.changesThisSecond = 0;
+      }
+      if (++this.changesThisSecond > CHANGES_PER_SECOND) throw new VigilError("VIGIL_BUSY", `rate limited: at most ${CHANGES_PER_SECOND} changes per second`);
+    }
+    const ns = await this.target.namespace();
+    switch (req.op) {
+      case "ping":
+        return {};
+      case "time":
+        return { unixMs: this.store.clock() };
+      case "read":
+        return { value: await this.store.read(ns, req.name) };
+      case "records":
+        return { records: await this.store.records(ns, req.stream, req.after, req.limit) };
+      case "incr": {
+        const value = await this.store.incr(ns, req.name, req.by, req.rid);
+        await this.record("vtime.incr", { name: req.name, value });
+        return { value };
+      }
+      case "cas": {
+        const r = await this.store.cas(ns, req.name, req.expect, req.value, req.rid);
+        if (r.ok) await this.record("vtime.cas", { name: req.name, value: r.value });
+        return r.ok ? { value: r.value } : { conflict: true, value: r.value };
+      }
+      case "append": {
+        const seq = await this.store.append(ns, req.stream, req.data, req.rid);
+        await this.record("vtime.append", { stream: req.stream, seq });
+        return { seq };
+      }
+    }
+  }
+
+  private record(action: string, details: Record<string, unknown>): Promise<unknown> {
+    return this.audit.append({ actor: `vm:${this.target.vmName}`, action, target: { kind: "vm", id: this.target.vmId, name: this.target.vmName }, result: "ok", details });
+  }
+
+  private reply(obj: Record<string, unknown>): void {
+    this.socket?.write(JSON.stringify(obj) + "\n");
+  }
+
+  close(): void {
+    this.closed = true;
+    this.socket?.destroy();
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * Rollback-safe time as operations: the generation tree, the security floor, the monotonic store's contents
+ * and namespace links, and the per-VM vtime channels that serve guests.
+ */
+import { z } from "zod";
+import type { AuditLog } from "../audit/audit-log.ts";
+import type { RequestContext } from "../auth/guard.ts";
+import { VigilError, q } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import type { VmRuntime } from "../host/vm-runtime.ts";
+import { parseOrThrow } from "../validation.ts";
+import type { VmRecord } from "../vm/vm-repository.ts";
+import type { VmService } from "../vm/vm-service.ts";
+import { VtimeChannel } from "./channel.ts";
+import { compareVersions } from "./debian-version.ts";
+import type { Generation, GenerationLog } from "./generations.ts";
+import { floorKeyPattern, floorValuePattern } from "./rollback-policy.ts";
+import type { MonotonicStore } from "./store.ts";
+
+export const setFloorSchema = z.strictObject({
+  facts: z.record(z.string().regex(floorKeyPattern, "fact names are 1-64 letters, digits and _.-, starting with a lower-case letter"), z.string().regex(floorValuePattern, "fact values are version-like: 1-128 letters, digits and .+~:_-")),
+  force: z.boolean().default(false),
+  reason: z.string().max(500).optional(),
+});
+
+export class VtimeService {
+  private readonly channels = new Map<string, VtimeChannel>();
+
+  constructor(
+    private readonly vms: VmService,
+    private readonly generationsLog: GenerationLog,
+    private readonly store: MonotonicStore,
+    private readonly audit: AuditLog,
+    private readonly log: Logger,
+  ) {}
+
+  /** Runtime hook: serve the VM's vtime channel for as long as its QEMU lives. */
+  readonly attach = (vm: VmRecord, rt: VmRuntime): void => {
+    if (!vm.spec.vtime) return;
+    this.channels.get(vm.id)?.close();
+    const ch = new VtimeChannel(rt.layout.vtimeSocket, { vmId: vm.id, vmName: vm.name, namespace: async () => (await this.vms.recordById(vm.id)).vtimeNs }, this.store, this.audit, this.log);
+    this.channels.set(vm.id, ch);
+    ch.open();
+    void rt.exited.then(() => {
+      ch.close();
+      if (this.channels.get(vm.id) === ch) this.channels.delete(vm.id);
+    });
+  };
+
+  close(): void {
+    for (const ch of this.channels.values()) ch.close();
+    this.channels.clear();
+  }
+
+  async generations(ctx: RequestContext, name: string): Promise<{ vm: string; current: number; vmgenid: string; generations: Generation[] }> {
+    const v = await this.vms.show(ctx, name);
+    return { vm: v.name, current: v.generation, vmgenid: v.vmgenid, generations: await this.generationsLog.list(v.id) };
+  }
+
+  async show(ctx: RequestContext, name: string) {
+    const v = await this.vms.show(ctx, name);
+    const rec = await this.vms.recordById(v.id);
+    return { vm: v.name, namespace: rec.vtimeNs, floor: rec.securityFloor, ...(await this.store.dump(rec.vtimeNs)), problems: this.channels.get(v.id)?.problems ?? [] };
+  }
+
+  /**
+   * Raises facts of the VM's security floor. Lowering one is refused unless forced with a reason (it is how a
+   * site records that it knowingly rolled something back).
+   */
+  async setFloor(ctx: RequestContext, name: string, input: unknown): Promise<{ vm: string; floor: Record<string, string> }> {
+    return this.vms.operate(ctx, name, { action: "vm.floor", permission: "vm.modify", details: typeof input === "object" && input !== null ? (input as Record<string, unknown>) : {} }, async (h) => {
+      const req = parseOrThrow(setFloorSchema, input, "security floor");
+      const floor = { ...h.vm.securityFloor };
+      for (const [fact, value] of Object.entries(req.facts)) {
+        const now = floor[fact];
+        if (now !== undefined && compareVersions(value, now) < 0) {
+          if (!req.force) throw new VigilError("VIGIL_POLICY_DENIED", `Cannot lower ${q(fact)} of VM ${q(h.vm.name)} from ${now} to ${value}: the floor only rises (use --force with --reason)`, { field: `facts.${fact}` });
+          if (!req.reason) throw new VigilError("VIGIL_BAD_REQUEST", "Lowering the security floor needs a reason", { field: "reason" });
+        }
+        floor[fact] = value;
+      }
+      const vm = await h.update({ securityFloor: floor });
+      return { vm: vm.name, floor: vm.securityFloor };
+    });
+  }
+
+  /** Lets `name` share the monotonic store of `source` (its owner must control both). */
+  async link(ctx: RequestContext, name: string, source: string): Promise<{ vm: string; namespace: string; sharedWith: string }> {
+    return this.vms.operate(ctx, name, { action: "vtime.link", permission: "vm.modify", details: { source } }, async (h) => {
+      if (name === source) throw new VigilError("VIGIL_BAD_REQUEST", "A VM shares its own store already", { field: "source" });
+      // Controlling the source too is part of the permission: reading its counters is what the link grants.
+      const ns = await this.vms.operate(ctx, source, { action: "vtime.link-source", permission: "vm.modify", details: { linkedVm: name } }, async (src) => src.vm.vtimeNs);
+      const vm = await h.update({ vtimeNs: ns });
+      return { vm: vm.name, namespace: vm.vtimeNs, sharedWith: source };
+    });
+  }
+}
