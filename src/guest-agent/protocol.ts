@@ -54,5 +54,5 @@ export const fsfreezeResultSchema = z.object({ frozen: z.boolean(), mounted: z.b
 /** Commands the host may run through `exec`; the guest agent enforces its own copy of this list. */
 export const EXEC_ALLOWED = [
   "uname", "cat", "dmesg", "ls", "ps", "sha256sum", "sync", "fsfreeze", "mount", "df", "free", "date", "head", "tail", "stat",
-  "counter", "rng-sample", "dmesg-grep", "reseed-count", "vtime", "otp-init", "otp-verify", "rng-pool",
+  "counter", "rng-sample", "dmesg-grep", "reseed-count", "vtime", "otp-init", "otp-verify", "rng-pool", "data-write",
 ] as const;

@@ -33,6 +33,9 @@ export class VtimeChannel {
   private linesThisSecond = 0;
   private windowStart = Date.now();
   private queue: Promise<void> = Promise.resolve();
+  /** Bumped when the channel is cut: requests queued before the cut are dropped, not answered. */
+  private epoch = 0;
+  private cutOff = false;
   private changesThisSecond = 0;
   private changeWindow = Date.now();
   /** Problems seen (malformed lines, floods), newest last, bounded. */
@@ -64,6 +67,7 @@ export class VtimeChannel {
   }
 
   private onLine(line: string): void {
+    if (this.cutOff) return;
     const now = Date.now();
     if (now - this.windowStart >= 1000) {
       this.windowStart = now;
@@ -72,12 +76,18 @@ export class VtimeChannel {
     if (++this.linesThisSecond > FLOOD_PER_SECOND) {
       this.problem("flood: channel cut off");
       this.log.warn({ vm: this.target.vmName }, "vtime channel flooded by the guest; cutting it off");
+      this.epoch++;
+      this.cutOff = true;
       this.socket?.destroy();
-      setTimeout(() => this.open(), PENALTY_MS).unref();
+      setTimeout(() => {
+        this.cutOff = false;
+        this.open();
+      }, PENALTY_MS).unref();
       return;
     }
     // One request at a time, in order: answers go back in the order asked.
-    this.queue = this.queue.then(() => this.handle(line));
+    const epoch = this.epoch;
+    this.queue = this.queue.then(() => (epoch === this.epoch ? this.handle(line) : undefined));
   }
 
   private async handle(line: string): Promise<void> {

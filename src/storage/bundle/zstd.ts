@@ -33,8 +33,13 @@ export function compressFile(src: string, dst: string, onBytes?: (rawBytes: numb
       onBytes?.(rawSize);
     });
     input.on("error", reject);
+    child.stdin.on("error", () => undefined); // zstd exiting early shows up as its exit code below
     input.pipe(child.stdin);
     const out = createWriteStream(dst, { mode: 0o600 });
+    out.on("error", (err) => {
+      child.kill("SIGKILL");
+      reject(new VigilError("VIGIL_HOST", `Cannot write ${q(dst)}: ${err.message}`));
+    });
     child.stdout.on("data", (d: Buffer) => {
       outHash.update(d);
       size += d.length;
@@ -70,6 +75,8 @@ export function boundedDecompressor(dst: string, expected: { rawSize: number; ra
   const hash = createHash("sha256");
   let written = 0;
   let failure: VigilError | undefined;
+  // The staging directory may vanish under an aborted import: a write error is a failure, never a crash.
+  out.on("error", (err) => fail(new VigilError("VIGIL_HOST", `Cannot write ${label}: ${err.message}`)));
   let stderr = "";
   const fail = (err: VigilError) => {
     if (failure) return;
@@ -95,7 +102,7 @@ export function boundedDecompressor(dst: string, expected: { rawSize: number; ra
     async finish(): Promise<void> {
       child.stdin.end();
       const code = await exited;
-      await new Promise<void>((resolve) => out.end(resolve));
+      if (!out.destroyed) await new Promise<void>((resolve) => out.end(resolve));
       if (failure) throw failure;
       if (code !== 0) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${label} is not valid zstd data (${stderr.trim().split("\n").pop() ?? ""})`);
       if (written !== expected.rawSize) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${label} decompresses to ${written} bytes, its manifest declares ${expected.rawSize}`);
