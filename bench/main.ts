@@ -4,6 +4,10 @@
  */
 const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
   boot: () => import("./boot.ts"),
+  clone: () => import("./clone.ts"),
+  snapshot: () => import("./snapshot.ts"),
+  bundle: () => import("./bundle.ts"),
+  vtime: () => import("./vtime.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -50,6 +50,7 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/vms/{name}/console": ["admin", "operator", "ownerBob"],
   "GET /v1/vms/{name}/guest/ps": ["admin", "operator", "ownerBob", "auditor"],
   "GET /v1/vms/{name}/guest/info": ["admin", "operator", "ownerBob", "auditor"],
+  "POST /v1/vms/{name}/guest/ping": ["admin", "operator", "ownerBob", "auditor"],
   "POST /v1/vms/{name}/guest/exec": ["admin", "operator", "ownerBob"],
   "POST /v1/vms/{name}/chown": ["admin", "ownerBob"],
   "GET /v1/vms/{name}/history": ["admin", "operator", "ownerBob", "auditor"],

@@ -379,6 +379,16 @@ export function buildProgram(hooks: CliHooks): Command {
       for (const [k, v] of Object.entries(r)) process.stdout.write(`${k.padEnd(10)} ${String(v)}\n`);
     });
 
+  vm.command("ping <name>")
+    .description("Ping the guest agent; prints each round trip")
+    .option("-c, --count <n>", "how many", positiveInt("--count"), 3)
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { count: number; json?: boolean }) => {
+      const r = await call<{ rttMs: number[] }>("POST", vmPath(name, "/guest/ping"), { count: o.count });
+      if (o.json) return printJson(r);
+      r.rttMs.forEach((ms, i) => process.stdout.write(`pong from ${name}: seq=${i + 1} time=${ms.toFixed(2)} ms\n`));
+    });
+
   vm.command("exec <name> <argv...>")
     .description("Run an allow-listed command in the guest (vigil vm exec NAME -- uname -a)")
     .option("--json", "machine-readable output")

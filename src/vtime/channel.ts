@@ -23,7 +23,7 @@ const CHANGES_PER_SECOND = 50;
 export interface ChannelTarget {
   vmId: string;
   vmName: string;
-  /** Resolved per request: a link or relink of the namespace takes effect at once. */
+  /** The VM's store namespace; asked once, and again after `relink()`. */
   namespace: () => Promise<string>;
 }
 
@@ -37,6 +37,7 @@ export class VtimeChannel {
   private epoch = 0;
   private cutOff = false;
   private changesThisSecond = 0;
+  private ns: string | undefined;
   private changeWindow = Date.now();
   /** Problems seen (malformed lines, floods), newest last, bounded. */
   readonly problems: string[] = [];
@@ -124,7 +125,8 @@ export class VtimeChannel {
       }
       if (++this.changesThisSecond > CHANGES_PER_SECOND) throw new VigilError("VIGIL_BUSY", `rate limited: at most ${CHANGES_PER_SECOND} changes per second`);
     }
-    const ns = await this.target.namespace();
+    this.ns ??= await this.target.namespace();
+    const ns = this.ns;
     switch (req.op) {
       case "ping":
         return {};
@@ -158,6 +160,11 @@ export class VtimeChannel {
 
   private reply(obj: Record<string, unknown>): void {
     this.socket?.write(JSON.stringify(obj) + "\n");
+  }
+
+  /** The VM's namespace changed (a link): look it up again for the next request. */
+  relink(): void {
+    this.ns = undefined;
   }
 
   close(): void {

@@ -15,12 +15,23 @@ export type CasResult = { ok: true; value: number } | { ok: false; value: number
 
 export class MonotonicStore {
   private lastClock = 0;
+  /**
+   * Counter values this daemon has read or written. The daemon is the store's only writer, so a committed value
+   * it remembers is the current one: reads are answered without touching the database (the guest's hot path).
+   */
+  private readonly cache = new Map<string, number>();
 
   constructor(private readonly db: Db) {}
 
   async read(ns: string, name: string): Promise<number> {
+    const key = `${ns}\0${name}`;
+    const cached = this.cache.get(key);
+    if (cached !== undefined) return cached;
     const row = await this.db.selectFrom("vtime_counters").select("value").where("ns", "=", ns).where("name", "=", name).executeTakeFirst();
-    return row?.value ?? 0;
+    const value = row?.value ?? 0;
+    if (this.cache.size > 100_000) this.cache.clear();
+    this.cache.set(key, value);
+    return value;
   }
 
   async incr(ns: string, name: string, by: number, rid: string): Promise<number> {
@@ -50,6 +61,8 @@ export class MonotonicStore {
 
   private async put(tx: Db, ns: string, name: string, value: number, rid: string, exists: boolean): Promise<void> {
     const now = new Date().toISOString();
+    // Forget the remembered value first: if the transaction fails, the next read goes to the database.
+    this.cache.delete(`${ns}\0${name}`);
     if (exists) await tx.updateTable("vtime_counters").set({ value, last_rid: rid, updated_at: now }).where("ns", "=", ns).where("name", "=", name).execute();
     else await tx.insertInto("vtime_counters").values({ ns, name, value, last_rid: rid, updated_at: now }).execute();
   }

@@ -91,6 +91,7 @@ export class VtimeService {
       // Controlling the source too is part of the permission: reading its counters is what the link grants.
       const ns = await this.vms.operate(ctx, source, { action: "vtime.link-source", permission: "vm.modify", details: { linkedVm: name } }, async (src) => src.vm.vtimeNs);
       const vm = await h.update({ vtimeNs: ns });
+      this.channels.get(vm.id)?.relink();
       return { vm: vm.name, namespace: vm.vtimeNs, sharedWith: source };
     });
   }

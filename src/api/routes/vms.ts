@@ -153,6 +153,25 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
+    createRoute(withAccess("vm.read", { method: "post", path: vmPath("/guest/ping"), tags: ["guest"], summary: "Ping the guest agent COUNT times; the round-trip times as the daemon measured them", request: { params: VmNameParams, ...optionalBody(z.strictObject({ count: z.number().int().min(1).max(1000).default(1) })) }, responses: { 200: json(z.object({ rttMs: z.array(z.number()) }), "Round-trip times") } })),
+    async (c) => {
+      const count = z.object({ count: z.number().default(1) }).parse(c.req.valid("json") ?? {}).count;
+      return reply(
+        c,
+        await d.vms.withAgent(ctx(c), c.req.valid("param").name, { action: "vm.guest-ping", permission: "vm.read" }, async (a) => {
+          const rttMs: number[] = [];
+          for (let i = 0; i < count; i++) {
+            const t0 = performance.now();
+            await a.ping(5000);
+            rttMs.push(performance.now() - t0);
+          }
+          return { rttMs };
+        }),
+      );
+    },
+  );
+
+  app.openapi(
     createRoute(withAccess("vm.exec", { method: "post", path: vmPath("/guest/exec"), tags: ["guest"], summary: "Run an allow-listed command in the guest", request: { params: VmNameParams, ...body(ExecBody) }, responses: { 200: json(z.object({ exitCode: z.number(), stdout: z.string(), stderr: z.string(), truncated: z.boolean() }), "Result (stdout/stderr base64)") } })),
     async (c) => {
       const { argv } = c.req.valid("json");

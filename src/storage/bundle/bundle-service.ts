@@ -96,41 +96,62 @@ export class BundleService {
         }
         const keep = (s: Snapshot) => req.withSnapshots || s.id === resume?.id;
         const all = await this.d.snapshots.list(vm.id);
-        // A consistent copy of every layer: a running VM is paused while its files are read.
+        const keepByName = (name: string) => {
+          const s = all.find((x) => x.name === name);
+          return s !== undefined && keep(s);
+        };
+        // Every layer of every disk's backing chain, bottom first. A stopped VM's files are read where they are;
+        // a running VM's are copied while it is paused (its files change as it runs), and so is a top layer
+        // that holds snapshots the bundle must not carry (they are dropped from the copy, not from the VM).
+        const layers: Array<{ disk: string; layer: number; source: string; staged: boolean }> = [];
+        for (const disk of vm.spec.disks) {
+          const top = diskFile(h.layout.disksDir, disk.name);
+          const { stdout } = await runCommand(QEMU_IMG, ["info", "-U", "--backing-chain", "--output=json", top], { what: "Reading a disk's backing chain" });
+          const chain = (JSON.parse(stdout) as ChainEntry[]).map((c) => c.filename).reverse();
+          if (chain.length === 0 || chain.length > 16) throw new VigilError("VIGIL_HOST", `Disk ${q(disk.name)} has an unexpected backing chain of ${chain.length} files`);
+          chain.forEach((file, layer) => {
+            const isTop = layer === chain.length - 1;
+            const img = isTop ? Qcow2Image.open(file) : undefined;
+            const dropSnapshots = img ? img.snapshots().some((x) => !keepByName(x.name)) : false;
+            img?.close();
+            layers.push({ disk: disk.name, layer, source: file, staged: live || dropSnapshots });
+          });
+        }
         const rt = live ? h.runtime() : undefined;
         const wasRunning = (await h.reload()).state === "running";
         if (rt && wasRunning) await rt.qmp.execute("stop");
-        const layers: Array<{ disk: string; layer: number; staged: string }> = [];
         try {
-          for (const disk of vm.spec.disks) {
-            const top = diskFile(h.layout.disksDir, disk.name);
-            const { stdout } = await runCommand(QEMU_IMG, ["info", "-U", "--backing-chain", "--output=json", top], { what: "Reading a disk's backing chain" });
-            const chain = (JSON.parse(stdout) as ChainEntry[]).map((c) => c.filename).reverse(); // bottom first
-            if (chain.length === 0 || chain.length > 16) throw new VigilError("VIGIL_HOST", `Disk ${q(disk.name)} has an unexpected backing chain of ${chain.length} files`);
-            chain.forEach((file, layer) => {
-              const staged = join(staging, `${disk.name}-${layer}.qcow2`);
-              copyFileSync(file, staged);
-              chmodSync(staged, 0o600);
-              layers.push({ disk: disk.name, layer, staged });
-            });
+          for (const l of layers.filter((x) => x.staged)) {
+            const staged = join(staging, `${l.disk}-${l.layer}.qcow2`);
+            copyFileSync(l.source, staged);
+            chmodSync(staged, 0o600);
+            l.source = staged;
           }
         } finally {
           if (rt && wasRunning) await rt.qmp.execute("cont");
         }
-        // Snapshots not exported are deleted from the copy of the top layer (the VM itself keeps them).
-        for (const l of layers) {
-          const isTop = !layers.some((x) => x.disk === l.disk && x.layer > l.layer);
-          if (!isTop) continue;
-          const img = Qcow2Image.open(l.staged);
-          const inFile = img.snapshots().map((s) => s.name);
+        for (const l of layers.filter((x) => x.staged && !layers.some((y) => y.disk === x.disk && y.layer > x.layer))) {
+          const img = Qcow2Image.open(l.source);
+          const names = img.snapshots().map((x) => x.name);
           img.close();
-          for (const name of inFile) {
-            const s = all.find((x) => x.name === name);
-            if (!s || !keep(s)) await runCommand(QEMU_IMG, ["snapshot", "-d", name, l.staged], { what: "Dropping a snapshot from the export copy" });
+          for (const name of names) {
+            if (!keepByName(name)) await runCommand(QEMU_IMG, ["snapshot", "-d", name, l.source], { what: "Dropping a snapshot from the export copy" });
           }
         }
+        // Compressed while the VM's lock is held: a stopped VM's files are read in place and must not change.
+        const files: BundleFile[] = [];
+        const rawTotal = layers.reduce((n, l) => n + statSync(l.source).size, 0);
+        let rawDone = 0;
+        for (const l of layers) {
+          const name = `${l.disk}-${l.layer}.qcow2.zst`;
+          const r = await compressFile(l.source, join(staging, name));
+          rawDone += r.rawSize;
+          this.d.progress.emit({ requestId: ctx.requestId, what: "compress", current: rawDone, total: rawTotal });
+          if (l.staged) rmSync(l.source);
+          files.push({ name, disk: l.disk, layer: l.layer, compression: "zstd", ...r });
+        }
         const kept = all.filter(keep);
-        return { vm, layers, kept, resume };
+        return { vm, files, kept, resume };
       },
     ).catch((err: unknown) => {
       rmSync(staging, { recursive: true, force: true });
@@ -138,18 +159,7 @@ export class BundleService {
     });
 
     try {
-      const files: BundleFile[] = [];
-      const rawTotal = prepared.layers.reduce((n, l) => n + statSync(l.staged).size, 0);
-      let rawDone = 0;
-      for (const l of prepared.layers) {
-        const name = `${l.disk}-${l.layer}.qcow2.zst`;
-        const before = rawDone;
-        const r = await compressFile(l.staged, join(staging, name), (n) => this.d.progress.emit({ requestId: ctx.requestId, what: "compress", current: before + n, total: rawTotal }));
-        rawDone += r.rawSize;
-        rmSync(l.staged);
-        files.push({ name, disk: l.disk, layer: l.layer, compression: "zstd", ...r });
-      }
-      const vm = prepared.vm;
+      const { vm, files } = prepared;
       const byId = new Map(prepared.kept.map((s) => [s.id, s.name]));
       const manifest: Manifest = {
         format: "vigil-bundle",
@@ -176,7 +186,7 @@ export class BundleService {
       };
       const manifestBytes = Buffer.from(canonicalJson(manifest));
       const sigBytes = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: this.d.siteKey.keyId, signature: this.d.siteKey.sign(manifestBytes) }));
-      const totalBytes = 3 * BLOCK + manifestBytes.length + padding(BigInt(manifestBytes.length)).length + sigBytes.length + padding(BigInt(sigBytes.length)).length + files.reduce((n, f) => n + BLOCK + f.size + padding(BigInt(f.size)).length, 0) + END.length - BLOCK;
+      const totalBytes = 2 * BLOCK + manifestBytes.length + padding(BigInt(manifestBytes.length)).length + sigBytes.length + padding(BigInt(sigBytes.length)).length + files.reduce((n, f) => n + BLOCK + f.size + padding(BigInt(f.size)).length, 0) + END.length;
       const registry = this.d.registry;
       const progress = this.d.progress;
       const requestId = ctx.requestId;

@@ -32,8 +32,9 @@ export const bundleFileSchema = z.strictObject({
   compression: z.literal("zstd"),
   size: z.number().int().min(0).max(MAX_FILE_BYTES),
   sha256,
+  /** The decompressed size; the decompressor stops at it. Content is covered by `sha256` (of the stored bytes,
+   * which determine the output) and by the checksum zstd keeps in every frame. */
   rawSize: z.number().int().min(0).max(MAX_FILE_BYTES),
-  rawSha256: sha256,
 });
 
 export const bundleSnapshotSchema = z.strictObject({

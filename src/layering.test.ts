@@ -1,0 +1,66 @@
+/**
+ * Layering, enforced (after VS Code's "Bad layering" check): dependencies point inward — cli/api/daemon →
+ * capabilities → vm/auth/audit → inventory/qemu/host. Every non-type import between top-level folders of src/
+ * must be allowed by the table below; a new folder or a new edge needs a decision written here.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join, relative, dirname, resolve } from "node:path";
+
+const SRC = import.meta.dirname;
+
+/** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
+const ALLOWED: Record<string, string[]> = {
+  cli: [], // a thin client: only its own folder and paths.ts, so it starts fast and knows nothing of the daemon
+  daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  api: ["auth", "guest-agent", "introspection", "provenance", "storage", "vm", "vtime"],
+  introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
+  storage: ["audit", "auth", "host", "qemu", "util", "vm"],
+  vtime: ["qemu"],
+  provenance: [],
+  vm: ["auth", "host", "provenance", "qemu", "util"],
+  auth: [],
+  audit: ["util"],
+  image: [],
+  host: ["guest-agent", "qemu"],
+  "guest-agent": ["qemu"],
+  qemu: ["util"],
+  inventory: [],
+  util: [],
+};
+/** Files at the top of src/ anyone may use. */
+const SHARED = new Set(["errors.ts", "validation.ts", "log.ts", "paths.ts", "config.ts"]);
+
+function* files(dir: string): Generator<string> {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) yield* files(p);
+    else if (e.name.endsWith(".ts") && !e.name.endsWith(".test.ts")) yield p;
+  }
+}
+
+test("imports between folders follow the layering", () => {
+  const bad: string[] = [];
+  for (const file of files(SRC)) {
+    const rel = relative(SRC, file);
+    const from = rel.split("/")[0]!;
+    if (!rel.includes("/")) continue;
+    if (rel.includes("/testing/")) continue; // test support may reach anywhere
+    const text = readFileSync(file, "utf8");
+    for (const m of text.matchAll(/^import\s+(type\s+)?[^;]*?from\s+"(\.[^"]+)"/gms)) {
+      if (m[1]) continue;
+      const target = relative(SRC, resolve(dirname(file), m[2]!));
+      const to = target.split("/")[0]!;
+      if (to === from || SHARED.has(target)) continue;
+      if (from === "cli" && target === "paths.ts") continue;
+      if (!(ALLOWED[from] ?? []).includes(to)) bad.push(`${rel} imports ${target} (${from} → ${to})`);
+    }
+  }
+  assert.deepEqual(bad, [], "Bad layering. You are not allowed to access these from here");
+});
+
+test("every folder of src/ has a layering decision", () => {
+  const folders = readdirSync(SRC, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+  assert.deepEqual(folders.filter((f) => !(f in ALLOWED)), []);
+});
