@@ -15,8 +15,10 @@ export const configSchema = z.strictObject({
       requireOwnership: z.boolean().default(false),
       /** What happens to a running VM past its expiry date: flagged only, or stopped. */
       expiredVms: z.enum(["flag", "stop"]).default("flag"),
+      /** How often expiry is checked. */
+      expiryCheckSeconds: z.number().int().min(1).max(86_400).default(60),
     })
-    .default({ requireOwnership: false, expiredVms: "flag" }),
+    .default({ requireOwnership: false, expiredVms: "flag", expiryCheckSeconds: 60 }),
   hooks: z
     .strictObject({
       /**

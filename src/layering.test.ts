@@ -22,7 +22,7 @@ const ALLOWED: Record<string, string[]> = {
   vm: ["auth", "host", "provenance", "qemu", "util"],
   auth: [],
   audit: ["util"],
-  image: [],
+  image: ["auth", "host", "qemu", "storage", "util"],
   host: ["guest-agent", "qemu"],
   "guest-agent": ["qemu"],
   qemu: ["util"],

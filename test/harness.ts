@@ -26,6 +26,8 @@ export interface DaemonHandle {
   /** Starts a new daemon process on the same home. */
   restart(): Promise<void>;
   log(): string;
+  /** "127.0.0.1:PORT" when started with a TCP listener. */
+  httpAddress(): string | undefined;
 }
 
 function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -55,7 +57,7 @@ function qemuPids(home: string): number[] {
   return pids.filter((p) => Number.isSafeInteger(p) && p > 1);
 }
 
-export async function startDaemon(t: TestContext, options: { config?: unknown } = {}): Promise<DaemonHandle> {
+export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string } = {}): Promise<DaemonHandle> {
   const home = mkdtempSync(join(tmpdir(), "vigil-it-"));
   if (options.config) {
     const { writeFileSync } = await import("node:fs");
@@ -66,7 +68,7 @@ export async function startDaemon(t: TestContext, options: { config?: unknown } 
   const socket = join(home, "run", "vigil.sock");
   let logText = "";
   const spawnDaemon = async () => {
-    const child = spawn(process.execPath, [BIN, "serve", "--listen", "none"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [BIN, "serve", "--listen", options.listen ?? "none"], { env, stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.on("data", (d: Buffer) => (logText += d.toString()));
     child.stderr!.on("data", (d: Buffer) => (logText += d.toString()));
     await waitFor(() => existsSync(socket) || child.exitCode !== null, 20_000, "the daemon's socket");
@@ -92,6 +94,7 @@ export async function startDaemon(t: TestContext, options: { config?: unknown } 
       handle.process = await spawnDaemon();
     },
     log: () => logText,
+    httpAddress: () => /"http":"([^"]+)"/.exec(logText)?.[1],
   };
   t.after(async () => {
     handle.process.kill("SIGTERM");

@@ -10,6 +10,7 @@ import type { AuditService } from "../audit/audit-service.ts";
 import type { Guard } from "../auth/guard.ts";
 import type { VmService } from "../vm/vm-service.ts";
 import type { ImageCatalog } from "../image/catalog.ts";
+import type { ImageService } from "../image/image-service.ts";
 import type { Logger } from "../log.ts";
 import type { SnapshotService } from "../storage/snapshots.ts";
 import type { CloneService } from "../storage/clones.ts";
@@ -29,6 +30,7 @@ export interface ApiDeps {
   auditService: AuditService;
   guard: Guard;
   catalog: ImageCatalog;
+  images: ImageService;
   snapshots: SnapshotService;
   clones: CloneService;
   bundles: BundleService;

@@ -229,10 +229,10 @@ export function download(path: string, body: unknown, out: string, options: { re
 }
 
 /** POSTs the file at `file` as the request body and resolves with the JSON answer. */
-export function upload<T = unknown>(path: string, file: string, options: { requestId?: string; onBytes?: (done: number, total: number) => void } = {}, target = resolveTarget()): Promise<T> {
+export function upload<T = unknown>(path: string, file: string, options: { requestId?: string; contentType?: string; onBytes?: (done: number, total: number) => void } = {}, target = resolveTarget()): Promise<T> {
   return new Promise((resolve, reject) => {
     const total = statSync(file).size;
-    const headers: Record<string, string> = { "content-type": "application/x-vigil-bundle", "content-length": String(total), accept: "application/json" };
+    const headers: Record<string, string> = { "content-type": options.contentType ?? "application/x-vigil-bundle", "content-length": String(total), accept: "application/json" };
     if (options.requestId) headers["x-request-id"] = options.requestId;
     const req = (target.url?.protocol === "https:" ? httpsRequest : httpRequest)(baseOptions(target, "POST", path, headers), (res) => {
       if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);

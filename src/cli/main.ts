@@ -187,6 +187,31 @@ export function buildProgram(hooks: CliHooks): Command {
       );
     });
 
+  image
+    .command("import <file>")
+    .description("Bring an existing disk in as an image (standalone qcow2 or raw; converted to qcow2)")
+    .requiredOption("--name <name>", "the image's name")
+    .addOption(new Option("--format <format>", "the file's format").choices(["qcow2", "raw"]))
+    .option("--description <text>", "what it is")
+    .option("--json", "machine-readable output")
+    .action(async (file: string, o: { name: string; format?: string; description?: string; json?: boolean }) => {
+      const abs = resolvePath(file);
+      const format = o.format ?? (abs.endsWith(".qcow2") ? "qcow2" : abs.endsWith(".raw") || abs.endsWith(".img") ? "raw" : undefined);
+      if (!format) throw new ApiError("VIGIL_BAD_REQUEST", "Cannot tell the disk's format from its name: use --format qcow2|raw", 0, "format");
+      const query = new URLSearchParams({ name: o.name, format, source: abs, ...(o.description ? { description: o.description } : {}) });
+      const img = await withProgress(`Importing ${basename(abs)}`, (rid) => upload<Record<string, unknown>>(`/v1/images?${query.toString()}`, abs, { requestId: rid, contentType: "application/octet-stream", onBytes: (d, t) => progressLine("Uploading", d, t) }));
+      clearLine();
+      if (o.json) return printJson(img);
+      process.stdout.write(`Imported ${basename(abs)} as image ${o.name}\n`);
+    });
+  image
+    .command("delete <name>")
+    .description("Delete an imported image that no VM is built on")
+    .action(async (name: string) => {
+      await call("DELETE", `/v1/images/${enc(name)}`);
+      process.stdout.write(`Image ${name} deleted\n`);
+    });
+
   // ---- vms ----
   const vm = program.command("vm").description("Virtual machines");
 
@@ -483,10 +508,20 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--linked", "qcow2 overlay on the template's disks")
     .option("--full", "an independent copy")
     .option("--from-snapshot <snapshot>", "start from that snapshot's disk state")
+    .option("--purpose <text>", "what the clone is for (default: the source's)")
+    .option("--approver <name>", "who approved it (default: the source's approver)")
+    .option("--expires <date>", "expiry (default: the source's)")
     .option("--json", "machine-readable output")
-    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; json?: boolean }) => {
+    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
       if (o.linked && o.full) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --linked or --full", 0, "mode");
-      const body = { name, ...(o.linked ? { mode: "linked" } : o.full ? { mode: "full" } : {}), ...(o.fromSnapshot ? { fromSnapshot: o.fromSnapshot } : {}) };
+      const body = {
+        name,
+        ...(o.linked ? { mode: "linked" } : o.full ? { mode: "full" } : {}),
+        ...(o.fromSnapshot ? { fromSnapshot: o.fromSnapshot } : {}),
+        ...(o.purpose ? { purpose: o.purpose } : {}),
+        ...(o.approver ? { approver: o.approver } : {}),
+        ...(o.expires ? { expiresAt: o.expires } : {}),
+      };
       const v = await withProgress(`Cloning ${source}`, (rid) => call<Vm>("POST", vmPath(source, "/clone"), body, undefined, { requestId: rid }));
       if (o.json) return printJson(v);
       process.stdout.write(`Cloned ${source} → ${v.name} (${(v.lineage as { linked?: boolean }).linked ? "linked" : "full"}, vmgenid ${v.vmgenid})\n`);

@@ -21,6 +21,7 @@ import { VigilError, messageOf, q } from "../errors.ts";
 import { ensurePrivateDir } from "../host/private-dir.ts";
 import { processAlive } from "../host/qemu-process.ts";
 import { ImageCatalog } from "../image/catalog.ts";
+import { ImageService } from "../image/image-service.ts";
 import { openSqlite, type Db } from "../inventory/db.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { homeLayout, vigilCache, vigilHome, type HomeLayout } from "../paths.ts";
@@ -133,6 +134,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
+  const images = new ImageService(db, catalog, guard, home.imagesDir, async (disk) =>
+    (await repo.list()).filter((vm) => vm.spec.disks.some((d) => d.backing === disk)).map((vm) => vm.name),
+  );
+  await images.load();
   const deps: ApiDeps = {
     vms,
     users,
@@ -142,6 +147,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     auditService: new AuditService(audit, guard),
     guard,
     catalog,
+    images,
     snapshots,
     clones,
     bundles,
@@ -155,7 +161,6 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   const recovered = await vms.recover();
   await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
-  log.info({ home: home.home, accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
 
   const app = createApp(deps);
   const servers: ServerType[] = [];
@@ -176,12 +181,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
     servers.push(tcpServer);
   }
+  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
   for (const server of servers) {
     const transport = server === unixServer ? "unix" : "tcp";
     server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));
   }
 
-  const stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms });
+  const stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);
 
   let closed = false;
   const close = async () => {

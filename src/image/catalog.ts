@@ -4,7 +4,8 @@
  * use. Templates and imported images join the catalog in later capabilities.
  */
 import { existsSync, readFileSync, realpathSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import type { ImageRow } from "../inventory/schema.ts";
 import { z } from "zod";
 import { VigilError, q } from "../errors.ts";
 import type { ResolvableImage } from "../vm/spec.ts";
@@ -38,7 +39,37 @@ export interface CatalogImage extends ResolvableImage {
 }
 
 export class ImageCatalog {
+  /** Images brought in with `vigil image import`, kept in the inventory and mirrored here for quick lookups. */
+  private readonly imported = new Map<string, ImageRow>();
+
   constructor(private readonly cacheDir: string) {}
+
+  /** Loads (or adds) imported images; called at start and after an import. */
+  setImported(rows: readonly ImageRow[]): void {
+    for (const r of rows) this.imported.set(r.name, r);
+  }
+
+  forgetImported(name: string): void {
+    this.imported.delete(name);
+  }
+
+  private importedImage(name: string): CatalogImage | undefined {
+    const r = this.imported.get(name);
+    if (!r) return undefined;
+    return {
+      name: r.name,
+      boot: { kind: "disk" },
+      disk: r.disk,
+      view: {
+        name: r.name,
+        kind: "imported",
+        description: r.description,
+        dir: dirname(r.disk),
+        sizeBytes: r.size,
+        details: { sourceFormat: r.source_format, virtualSize: r.virtual_size, sha256: r.sha256, source: r.source, importedBy: r.created_by, importedAt: r.created_at },
+      },
+    };
+  }
 
   /** The directory of the current tiny image, or undefined if set-up has not built it. */
   tinyDir(): string | undefined {
@@ -74,11 +105,12 @@ export class ImageCatalog {
 
   list(): ImageView[] {
     const tiny = this.loadTiny();
-    return tiny ? [tiny.view] : [];
+    const imported = [...this.imported.keys()].sort().map((n) => this.importedImage(n)!.view);
+    return [...(tiny ? [tiny.view] : []), ...imported];
   }
 
   get(name: string): CatalogImage {
-    const image = name === "tiny" ? this.loadTiny() : undefined;
+    const image = name === "tiny" ? this.loadTiny() : this.importedImage(name);
 
     if (!image) {
       const hint = name === "tiny" ? " (set-up has not built it yet: run npm start or guest/build-tiny.sh)" : " (templates are cloned: vigil vm clone TEMPLATE NAME)";

@@ -159,6 +159,20 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("vms").addColumn("security_floor", "text", (c) => c.notNull().defaultTo("{}")).execute();
 
       await db.schema
+        .createTable("images")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("disk", "text", (c) => c.notNull())
+        .addColumn("source_format", "text", (c) => c.notNull())
+        .addColumn("size", "integer", (c) => c.notNull())
+        .addColumn("virtual_size", "integer", (c) => c.notNull())
+        .addColumn("sha256", "text", (c) => c.notNull())
+        .addColumn("description", "text", (c) => c.notNull())
+        .addColumn("source", "text", (c) => c.notNull())
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+
+      await db.schema
         .createTable("trusted_keys")
         .addColumn("key_id", "text", (c) => c.primaryKey())
         .addColumn("public_key", "text", (c) => c.notNull())

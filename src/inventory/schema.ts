@@ -58,6 +58,19 @@ export interface SnapshotsTable {
   created_at: string;
 }
 
+export interface ImagesTable {
+  name: string;
+  disk: string;
+  source_format: string;
+  size: number;
+  virtual_size: number;
+  sha256: string;
+  description: string;
+  source: string;
+  created_by: string;
+  created_at: string;
+}
+
 export interface TrustedKeysTable {
   key_id: string;
   public_key: string;
@@ -193,12 +206,14 @@ export interface Database {
   kv: KvTable;
   snapshots: SnapshotsTable;
   trusted_keys: TrustedKeysTable;
+  images: ImagesTable;
   generations: GenerationsTable;
   vtime_counters: VtimeCountersTable;
   vtime_records: VtimeRecordsTable;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;
+export type ImageRow = Selectable<ImagesTable>;
 
 export type VmRow = Selectable<VmsTable>;
 export type NewVmRow = Insertable<VmsTable>;

@@ -54,6 +54,9 @@ export function cloneSpec(src: VmSpec, name: string, backing: (disk: string) => 
 export interface CloneOptions {
   mode?: "linked" | "full" | undefined;
   fromSnapshot?: string | undefined;
+  purpose?: string | undefined;
+  approver?: string | undefined;
+  expiresAt?: string | undefined;
 }
 
 export class CloneService {
@@ -153,7 +156,10 @@ export class CloneService {
           owner: `user:${ctx.actor.name}`,
           lineage: { kind: "clone", sourceVm: { id: src.id, name: src.name }, ...(snap ? { snapshot: snap.name } : {}), linked: mode === "linked" },
           baseVmId: mode === "linked" ? src.id : undefined,
-          purpose: src.purpose,
+          // The source's approval, purpose and expiry cover its copies unless the request says otherwise.
+          purpose: options.purpose ?? src.purpose,
+          approver: options.approver ?? src.approver,
+          expiresAt: options.expiresAt ?? src.expiresAt,
           labels: src.labels,
           reason: "clone",
           prepareDisks: async (l) => {

@@ -2,6 +2,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { Readable } from "node:stream";
 import { addTrustSchema } from "../../storage/trust.ts";
+import { ownershipInputSchema } from "../../vm/spec.ts";
 import { exportRequestSchema } from "../../storage/bundle/bundle-service.ts";
 import type { ApiDeps, App } from "../context.ts";
 import { body, json, optionalBody, reply, withAccess } from "../route-kit.ts";
@@ -65,6 +66,10 @@ const CloneBody = z.strictObject({
   name: z.string().max(64),
   mode: z.enum(["linked", "full"]).optional(),
   fromSnapshot: z.string().max(64).optional(),
+  /** Default: the source's. */
+  purpose: ownershipInputSchema.purpose,
+  approver: ownershipInputSchema.approver,
+  expiresAt: ownershipInputSchema.expiresAt,
 });
 const TemplateBody = z.strictObject({ undo: z.boolean().default(false) });
 const ImportQuery = z.object({
@@ -106,7 +111,7 @@ export function registerStorageRoutes(app: App, d: ApiDeps): void {
     createRoute(withAccess("vm.read", { method: "post", path: "/v1/vms/{name}/clone", tags: ["templates"], summary: "Clone a VM: linked (overlay on a template) or full (independent copy), with fresh identity", request: { params: VmNameParams, ...body(CloneBody) }, responses: { 201: json(VmSchema, "The clone") } })),
     async (c) => {
       const b = c.req.valid("json");
-      return reply(c, await d.clones.clone(c.get("ctx"), c.req.valid("param").name, b.name, { mode: b.mode, fromSnapshot: b.fromSnapshot }), 201);
+      return reply(c, await d.clones.clone(c.get("ctx"), c.req.valid("param").name, b.name, { mode: b.mode, fromSnapshot: b.fromSnapshot, purpose: b.purpose, approver: b.approver, expiresAt: b.expiresAt }), 201);
     },
   );
 

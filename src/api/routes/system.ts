@@ -14,6 +14,13 @@ const AuditQuery = z.object({
   tail: z.enum(["true", "false"]).default("false").openapi({ param: { name: "tail", in: "query" } }),
 });
 
+const ImportImageQuery = z.object({
+  name: z.string().max(64).openapi({ param: { name: "name", in: "query" } }),
+  format: z.enum(["qcow2", "raw"]).openapi({ param: { name: "format", in: "query" } }),
+  description: z.string().max(500).optional().openapi({ param: { name: "description", in: "query" } }),
+  source: z.string().max(1024).optional().openapi({ param: { name: "source", in: "query" } }),
+});
+
 const EventsQuery = z.object({
   progress: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/).optional().openapi({ param: { name: "progress", in: "query" } }),
 });
@@ -42,6 +49,19 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
       await d.guard.authorize(c.get("ctx"), { action: "image.list", permission: "image.read", target: { kind: "image" }, readOnly: true });
       return reply(c, { images: [...d.catalog.list(), ...(await d.clones.templateImages())] });
     },
+  );
+
+  app.openapi(
+    createRoute(withAccess("image.manage", { method: "post", path: "/v1/images", tags: ["images"], summary: "Import a disk (qcow2 or raw, the request body) as an image; standalone qcow2 only, no backing or external data files", request: { query: ImportImageQuery, body: { content: { "application/octet-stream": { schema: z.string() } }, required: true } }, responses: { 201: json(ImageSchema, "The image") } })),
+    async (c) => {
+      const empty = (async function* () {})();
+      return reply(c, await d.images.import(c.get("ctx"), c.req.raw.body ?? empty, c.req.valid("query")), 201);
+    },
+  );
+
+  app.openapi(
+    createRoute(withAccess("image.manage", { method: "delete", path: "/v1/images/{image}", tags: ["images"], summary: "Delete an imported image no VM is built on", request: { params: z.object({ image: z.string().max(64).openapi({ param: { name: "image", in: "path" } }) }) }, responses: { 200: json(z.object({ deleted: z.string() }), "Deleted") } })),
+    async (c) => reply(c, await d.images.delete(c.get("ctx"), c.req.valid("param").image)),
   );
 
   app.openapi(

@@ -1,0 +1,138 @@
+/**
+ * Identity, ownership and the audit trail through the real daemon: tokens over HTTP (401 without one, 403 for
+ * an auditor starting a VM, the denial in the audit log), ownership policy, chown, history in order with actors,
+ * purge leaving no registered file, and `audit verify` naming the record after a byte of vigil.db is changed.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { call } from "../../src/cli/client.ts";
+import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+
+async function http(d: DaemonHandle, method: string, path: string, token?: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`http://${d.httpAddress()}${path}`, {
+    method,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  return { status: res.status, json: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+}
+
+test("tokens over HTTP: 401 without, auditors read but cannot start (403, audited)", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t, { listen: "127.0.0.1:0" });
+  await waitFor(() => d.httpAddress() !== undefined, 10_000, "the HTTP listener");
+  await d.api("POST", "/v1/vms", { name: "web" });
+  for (const path of ["/v1/vms", "/v1/vms/web", "/v1/audit", "/v1/users", "/v1/host"]) {
+    assert.equal((await http(d, "GET", path)).status, 401, path);
+  }
+  assert.equal((await http(d, "POST", "/v1/vms/web/start")).status, 401);
+  assert.equal((await http(d, "GET", "/v1/health")).status, 200);
+  assert.equal((await http(d, "GET", "/openapi.json")).status, 200);
+
+  const added = d.cli("user", "add", "audrey", "--role", "auditor", "--json");
+  assert.equal(added.status, 0, added.stderr);
+  const token = (JSON.parse(added.stdout) as { token: string }).token;
+  const list = await http(d, "GET", "/v1/vms", token);
+  assert.equal(list.status, 200);
+  assert.deepEqual((list.json.vms as Array<{ name: string }>).map((v) => v.name), ["web"]);
+  const start = await http(d, "POST", "/v1/vms/web/start", token, {});
+  assert.equal(start.status, 403);
+  assert.equal((start.json.error as { code: string }).code, "VIGIL_FORBIDDEN");
+  const { records } = await d.api<{ records: Array<{ actor: string; action: string; result: string }> }>("GET", "/v1/audit?tail=true&limit=5");
+  assert.ok(records.some((r) => r.actor === "audrey" && r.action === "vm.start" && r.result === "denied"), "the denial is in the audit log");
+
+  // The token is stored hashed: the secret itself is nowhere in the database.
+  assert.equal(readFileSync(join(d.home, "vigil.db")).includes(Buffer.from(token)), false);
+  // Revoked tokens stop working.
+  assert.equal(d.cli("user", "token", "audrey", "--revoke").status, 0);
+  assert.equal((await http(d, "GET", "/v1/vms", token)).status, 401);
+});
+
+test("ownership: policy requires approver, purpose and expiry; chown records its approver; history is in order", { timeout: 300_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t, { config: { policy: { requireOwnership: true, expiryCheckSeconds: 1 } } });
+  const refused = d.cli("vm", "create", "app", "--purpose", "shop");
+  assert.equal(refused.status, 2);
+  assert.match(refused.stderr, /"approver" is required by this site's policy/);
+  const ok = d.cli("vm", "create", "app", "--purpose", "shop", "--approver", "cio", "--expires", "2020-01-01", "--label", "env=prod", "--json");
+  assert.equal(ok.status, 0, ok.stderr);
+  const vm = JSON.parse(ok.stdout) as { expired: boolean; approver: string; labels: Record<string, string> };
+  assert.deepEqual([vm.expired, vm.approver, vm.labels.env], [true, "cio", "prod"], "an expired VM is flagged");
+
+  assert.equal(d.cli("user", "add", "olga", "--role", "owner").status, 0);
+  assert.equal(d.cli("vm", "chown", "app", "user:olga", "--approver", "security-team").status, 0);
+  const afterChown = await d.api<{ owner: string; approver: string }>("GET", "/v1/vms/app");
+  assert.deepEqual([afterChown.owner, afterChown.approver], ["user:olga", "security-team"]);
+
+  await d.api("POST", "/v1/vms/app/start", { wait: true });
+  await d.api("POST", "/v1/vms/app/stop", {});
+  await d.api("POST", "/v1/vms/app/template", {});
+  const clone = d.cli("vm", "clone", "app", "app2", "--json");
+  assert.equal(clone.status, 0, clone.stderr);
+  const c = JSON.parse(clone.stdout) as { approver: string; purpose: string; owner: string };
+  assert.deepEqual([c.approver, c.purpose, c.owner], ["security-team", "shop", "user:root"], "a clone inherits the approval and purpose; the cloner owns it");
+  const h = await d.api<{ events: Array<{ action: string; actor: string; result: string }> }>("GET", "/v1/vms/app/history");
+  const story = h.events.filter((e) => e.result === "ok" && e.actor !== "system").map((e) => `${e.actor}:${e.action}`);
+  assert.deepEqual(story, ["root:vm.create", "root:vm.chown", "root:vm.start", "root:vm.stop", "root:vm.template", "root:vm.clone"]);
+  const ch = await d.api<{ events: Array<{ action: string }>; lineage: { sourceVm: { name: string } } }>("GET", "/v1/vms/app2/history");
+  assert.equal(ch.events[0]!.action, "vm.create");
+  assert.equal(ch.lineage.sourceVm.name, "app");
+  assert.ok(h.events.some((e) => e.action === "vm.expired" && e.actor === "system"), "the expiry is on record");
+});
+
+test("purge destroys every registered file and records what it did", { timeout: 300_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t);
+  await d.api("POST", "/v1/vms", { name: "secret", disks: [{ name: "data", sizeMiB: 16 }] });
+  await d.api("POST", "/v1/vms/secret/start", { wait: true });
+  await d.api("POST", "/v1/vms/secret/stop", {});
+  const bundle = join(d.home, "secret.vigil");
+  assert.equal(d.cli("vm", "export", "secret", "-o", bundle).status, 0);
+  const where = await d.api<{ live: Array<{ path: string; purpose: string }> }>("GET", "/v1/vms/secret/where");
+  assert.ok(where.live.length >= 4);
+  const purge = d.cli("vm", "purge", "secret", "--json");
+  assert.equal(purge.status, 0, purge.stderr);
+  const report = JSON.parse(purge.stdout) as { destroyed: Array<{ path: string }>; unreachable: unknown[] };
+  for (const f of where.live) {
+    if (f.path.startsWith("/")) assert.equal(existsSync(f.path), false, `${f.purpose} ${f.path} is gone`);
+  }
+  assert.ok(report.destroyed.some((f) => f.path === bundle));
+  const after = await d.api<{ live: unknown[]; removed: Array<{ removedHow: string }> }>("GET", "/v1/vms/secret/where");
+  assert.deepEqual(after.live, [], "nothing registered lives on");
+  assert.ok(after.removed.every((f) => f.removedHow === "purged" || f.removedHow.startsWith("vm-")));
+  const { records } = await d.api<{ records: Array<{ action: string; details: { destroyed?: string[] } }> }>("GET", "/v1/audit?tail=true&limit=3");
+  assert.ok(records.some((r) => r.action === "vm.purge" && (r.details.destroyed ?? []).includes(bundle)));
+});
+
+test("audit verify is OK on a clean log and names the record after a byte of vigil.db is changed by hand", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t);
+  for (const name of ["a1", "a2", "a3"]) await d.api("POST", "/v1/vms", { name, purpose: `marker-${name}-xyzzy` });
+  const clean = d.cli("audit", "verify");
+  assert.equal(clean.status, 0, clean.stdout + clean.stderr);
+  assert.match(clean.stdout, /^OK: /);
+  const exportFile = join(d.home, "audit.jsonl");
+  assert.equal(d.cli("audit", "export", "-o", exportFile).status, 0);
+  assert.match(readFileSync(exportFile, "utf8").split("\n")[0]!, /vigil-audit-export/);
+
+  // One more record, findable in the file by its request id; then stop the daemon and flip one byte of it.
+  await call("POST", "/v1/vms", { name: "a4" }, d.target, { requestId: "tamper-target-7f3a" });
+  d.process.kill("SIGTERM");
+  await waitFor(() => d.process.exitCode !== null || d.process.signalCode !== null, 10_000, "the daemon to stop");
+  const dbPath = join(d.home, "vigil.db");
+  const bytes = readFileSync(dbPath);
+  const at = bytes.indexOf(Buffer.from("tamper-target-7f3a"));
+  assert.ok(at >= 0, "the record is in vigil.db (the daemon checkpointed its WAL on shutdown)");
+  bytes[at + 7] = "X".charCodeAt(0);
+  writeFileSync(dbPath, bytes);
+  await d.restart();
+  const tampered = d.cli("audit", "verify", "--json");
+  assert.equal(tampered.status, 4);
+  const r = JSON.parse(tampered.stdout) as { ok: boolean; firstBad: { seq: number; reason: string } };
+  assert.equal(r.ok, false);
+  assert.match(r.firstBad.reason, /was modified/);
+  const { records } = await call<{ records: Array<{ seq: number; requestId: string | null }> }>("GET", "/v1/audit?limit=1000", undefined, d.target);
+  assert.equal(records.find((x) => x.requestId?.startsWith("tamper-"))?.seq, r.firstBad.seq, "verify names exactly the edited record");
+});

@@ -1,0 +1,59 @@
+/**
+ * Imported images and the interactive serial console, with real QEMU.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { upgrade } from "../../src/cli/client.ts";
+import { requireTinyImage, startDaemon, waitFor } from "../harness.ts";
+
+test("the serial console is an interactive shell in the guest", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t);
+  await d.api("POST", "/v1/vms", { name: "con", memoryMiB: 128 });
+  await d.api("POST", "/v1/vms/con/start", { wait: true });
+  const socket = await upgrade("/v1/vms/con/console", d.target);
+  t.after(() => socket.destroy());
+  let seen = "";
+  socket.on("data", (b: Buffer) => (seen += b.toString()));
+  const marker = `hello-${process.pid}`;
+  // The shell may not have printed a prompt yet: keep asking until the answer shows up.
+  await waitFor(() => {
+    socket.write(`echo ${marker}-$((6*7))\n`);
+    return seen.includes(`${marker}-42`);
+  }, 30_000, "the console to answer");
+  const denied = await upgrade("/v1/vms/nope/console", d.target).catch((e: Error) => e);
+  assert.match(String(denied), /does not exist/);
+});
+
+test("a disk is imported as an image: standalone qcow2 or raw only; VMs built on it keep it", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t);
+  const raw = join(d.home, "disk.raw");
+  writeFileSync(raw, Buffer.alloc(8 * 1024 * 1024, 0x5a));
+  const imp = d.cli("image", "import", raw, "--name", "appliance", "--description", "an appliance disk", "--json");
+  assert.equal(imp.status, 0, imp.stderr);
+  const img = JSON.parse(imp.stdout) as { kind: string; details: { virtualSize: number; sha256: string } };
+  assert.equal(img.kind, "imported");
+  assert.equal(img.details.virtualSize, 8 * 1024 * 1024);
+
+  // A qcow2 that names a backing file would make QEMU read a host file: refused.
+  const evil = join(d.home, "evil.qcow2");
+  spawnSync("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", evil, "8M"]);
+  const refused = d.cli("image", "import", evil, "--name", "evil");
+  assert.equal(refused.status, 2);
+  assert.match(refused.stderr, /names a backing file/);
+
+  const vm = await d.api<{ spec: { boot: { kind: string } } }>("POST", "/v1/vms", { name: "app1", image: "appliance", memoryMiB: 128, nics: [] });
+  assert.equal(vm.spec.boot.kind, "disk");
+  const started = await d.api<{ state: string }>("POST", "/v1/vms/app1/start", {});
+  assert.equal(started.state, "running", "QEMU boots the firmware from the imported disk");
+  await d.api("POST", "/v1/vms/app1/kill");
+  await assert.rejects(d.api("DELETE", "/v1/images/appliance"), /VMs are built on it \(app1\)/);
+  await d.api("DELETE", "/v1/vms/app1");
+  await d.api("DELETE", "/v1/images/appliance");
+  const { images } = await d.api<{ images: Array<{ name: string }> }>("GET", "/v1/images");
+  assert.deepEqual(images.map((i) => i.name), ["tiny"]);
+});
