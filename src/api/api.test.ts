@@ -277,3 +277,30 @@ test("the OpenAPI document is checked in at docs/openapi.json and current", asyn
   const served = await (await request(f, "anonymous", "GET", "/openapi.json")).json();
   assert.deepEqual(served, JSON.parse(current));
 });
+
+test("the events stream delivers audit records as they happen, only to those who may read them", async (t) => {
+  const f = await fixture(t);
+  const read = async (actor: Actor, trigger: () => Promise<unknown>): Promise<string> => {
+    const res = await request(f, actor, "GET", "/v1/events");
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    let text = "";
+    const deadline = Date.now() + 3000;
+    let triggered = false;
+    while (Date.now() < deadline && !/event: audit/.test(text)) {
+      if (!triggered && text.includes("event: hello")) {
+        triggered = true;
+        await trigger();
+      }
+      const next = await Promise.race([reader.read(), new Promise<{ done: true; value: undefined }>((r) => setTimeout(() => r({ done: true, value: undefined }), 500))]);
+      if (next.value) text += new TextDecoder().decode(next.value);
+    }
+    await reader.cancel();
+    return text;
+  };
+  const seen = await read("auditor", () => request(f, "ownerCarol", "POST", "/v1/vms/target/start", {}));
+  assert.match(seen, /event: audit\ndata: .*"actor":"carol".*"result":"denied".*\nid: \d+/);
+  // Carol may not read bob's VM, so she is not told about events on it.
+  const carol = await read("ownerCarol", () => request(f, "auditor", "POST", "/v1/vms/target/start", {}));
+  assert.doesNotMatch(carol, /event: audit/);
+});
