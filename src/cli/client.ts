@@ -105,12 +105,7 @@ export function call<T = unknown>(method: string, path: string, body?: unknown, 
               return reject(new ApiError("VIGIL_INTERNAL", "The daemon sent a malformed response", status));
             }
           }
-          try {
-            const e = (JSON.parse(text) as { error: { code: string; message: string; field?: string } }).error;
-            reject(new ApiError(e.code, e.message, status, e.field));
-          } catch {
-            reject(new ApiError("VIGIL_INTERNAL", `The daemon answered ${status}: ${text.slice(0, 200)}`, status));
-          }
+          reject(apiError(text, status));
         });
       },
       (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
@@ -126,19 +121,7 @@ export function stream(path: string, onData: (chunk: string) => void, target = r
       baseOptions(target, "GET", path, { accept: "*/*" }),
       undefined,
       (res) => {
-        if ((res.statusCode ?? 0) >= 300) {
-          let text = "";
-          res.on("data", (c: Buffer) => (text += c.toString()));
-          res.on("end", () => {
-            try {
-              const e = (JSON.parse(text) as { error: { code: string; message: string } }).error;
-              reject(new ApiError(e.code, e.message, res.statusCode ?? 0));
-            } catch {
-              reject(new ApiError("VIGIL_INTERNAL", `The daemon answered ${res.statusCode}`, res.statusCode ?? 0));
-            }
-          });
-          return;
-        }
+        if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);
         res.setEncoding("utf8");
         res.on("data", onData);
         res.on("end", resolve);
@@ -158,35 +141,27 @@ export function upgrade(path: string, target = resolveTarget()): Promise<import(
       if (head.length > 0) socket.unshift(head);
       resolve(socket);
     });
-    req.on("response", (res) => {
-      let text = "";
-      res.on("data", (c: Buffer) => (text += c.toString()));
-      res.on("end", () => {
-        try {
-          const e = (JSON.parse(text) as { error: { code: string; message: string } }).error;
-          reject(new ApiError(e.code, e.message, res.statusCode ?? 0));
-        } catch {
-          reject(new ApiError("VIGIL_INTERNAL", `The daemon answered ${res.statusCode}`, res.statusCode ?? 0));
-        }
-      });
-    });
+    req.on("response", (res) => void errorFrom(res).then(reject));
     req.on("error", (err) => reject(unreachable(target, err as NodeJS.ErrnoException)));
     req.end();
   });
+}
+
+/** The API's `{error: {code, message, field?}}` body as an ApiError (or a generic one if it is not that). */
+function apiError(text: string, status: number): ApiError {
+  try {
+    const e = (JSON.parse(text) as { error: { code: string; message: string; field?: string } }).error;
+    return new ApiError(e.code, e.message, status, e.field);
+  } catch {
+    return new ApiError("VIGIL_INTERNAL", `The daemon answered ${status}: ${text.slice(0, 200)}`, status);
+  }
 }
 
 function errorFrom(res: IncomingMessage): Promise<ApiError> {
   return new Promise((resolve) => {
     let text = "";
     res.on("data", (c: Buffer) => (text += c.toString()));
-    res.on("end", () => {
-      try {
-        const e = (JSON.parse(text) as { error: { code: string; message: string; field?: string } }).error;
-        resolve(new ApiError(e.code, e.message, res.statusCode ?? 0, e.field));
-      } catch {
-        resolve(new ApiError("VIGIL_INTERNAL", `The daemon answered ${res.statusCode}: ${text.slice(0, 200)}`, res.statusCode ?? 0));
-      }
-    });
+    res.on("end", () => resolve(apiError(text, res.statusCode ?? 0)));
   });
 }
 
