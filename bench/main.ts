@@ -8,6 +8,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   snapshot: () => import("./snapshot.ts"),
   bundle: () => import("./bundle.ts"),
   vtime: () => import("./vtime.ts"),
+  introspect: () => import("./introspect.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -70,6 +70,12 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/vms/{name}/vtime": ["admin", "operator", "ownerBob", "auditor"],
   "PUT /v1/vms/{name}/floor": ["admin", "operator", "ownerBob"],
   "POST /v1/vms/{name}/vtime/link": ["admin", "operator", "ownerBob"],
+  // Reading guest memory is never part of a role (a separate per-user grant): no actor here has it.
+  "POST /v1/vms/{name}/introspect": [],
+  "GET /v1/vms/{name}/findings": [],
+  "PUT /v1/vms/{name}/watch": [],
+  "DELETE /v1/vms/{name}/watch": [],
+  "GET /v1/watches": [],
   "GET /v1/trust": ["admin", "operator", "ownerBob", "ownerCarol", "auditor"],
   "POST /v1/trust": ["admin"],
   "DELETE /v1/trust/{keyId}": ["admin"],
@@ -112,6 +118,8 @@ function bodyFor(key: string): unknown {
       return { facts: { patchLevel: "1" } };
     case "POST /v1/vms/{name}/vtime/link":
       return { source: "target" };
+    case "PUT /v1/vms/{name}/watch":
+      return { intervalMs: 1000 };
     case "POST /v1/images":
       return undefined; // query-string only; an empty body is refused after authorization
     case "POST /v1/trust":

@@ -20,6 +20,7 @@ import type { ProgressBus } from "../util/progress.ts";
 import type { VtimeService } from "../vtime/vtime-service.ts";
 import type { AccountService } from "../auth/account-service.ts";
 import type { ProvenanceService } from "../provenance/provenance-service.ts";
+import type { IntrospectionService } from "../introspection/service.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -37,6 +38,7 @@ export interface ApiDeps {
   trust: TrustStore;
   progress: ProgressBus;
   vtime: VtimeService;
+  introspection: IntrospectionService;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;

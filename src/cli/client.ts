@@ -131,6 +131,29 @@ export function stream(path: string, onData: (chunk: string) => void, target = r
   });
 }
 
+/**
+ * Server-sent events from `path` (the daemon's `/v1/events`): calls `onEvent` with each event's name and its
+ * `data:` line, until the stream ends.
+ */
+export function events(path: string, onEvent: (event: string, data: string) => void, target = resolveTarget()): Promise<void> {
+  let buf = "";
+  return stream(
+    path,
+    (chunk) => {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event && data) onEvent(event, data);
+      }
+    },
+    target,
+  );
+}
+
 /** Opens the console upgrade and resolves with the raw duplex socket. */
 export function upgrade(path: string, target = resolveTarget()): Promise<import("node:net").Socket> {
   return new Promise((resolve, reject) => {

@@ -8,7 +8,7 @@ import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } fro
 import { dirname } from "node:path";
 import { randomUUID } from "node:crypto";
 import { basename, resolve as resolvePath } from "node:path";
-import { ApiError, call, clientConfigPath, download, stream, upload, upgrade } from "./client.ts";
+import { ApiError, call, clientConfigPath, download, events, stream, upload, upgrade } from "./client.ts";
 import { EXIT, exitCodeFor } from "./exit-codes.ts";
 import { clearLine, printJson, printTable, progressLine, withSpinner } from "./output.ts";
 
@@ -86,17 +86,10 @@ async function interactiveConsole(name: string): Promise<void> {
 async function withProgress<T>(label: string, work: (requestId: string) => Promise<T>): Promise<T> {
   const requestId = randomUUID();
   if (!process.stderr.isTTY) return work(requestId);
-  let buf = "";
-  const follow = stream(`/v1/events?progress=${requestId}`, (chunk) => {
-    buf += chunk;
-    let i;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (!/^event: progress$/m.test(block)) continue;
-      const p = JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? "{}") as { what: string; current: number; total: number };
-      progressLine(`${label} (${p.what})`, p.current, p.total);
-    }
+  const follow = events(`/v1/events?progress=${requestId}`, (event, data) => {
+    if (event !== "progress") return;
+    const p = JSON.parse(data) as { what: string; current: number; total: number };
+    progressLine(`${label} (${p.what})`, p.current, p.total);
   }).catch(() => undefined);
   try {
     return await withSpinner(label, work(requestId));
@@ -725,6 +718,141 @@ export function buildProgram(hooks: CliHooks): Command {
       process.stdout.write(`No longer trusting ${keyId}\n`);
     });
 
+  // ---- introspection ----
+  type Finding = { check: string; severity: string; message: string; evidence: Record<string, unknown> };
+  type Watch = { vm: string; intervalMs: number; policy: string; status: string; sweeps: number; lastSweepAt: string | null; lastSweepMs: number | null; activeFindings: number; baseline: { source: string; takenAt: string } | null; problem: string | null };
+  const evidenceLine = (e: Record<string, unknown>) =>
+    ["address", "symbol", "expected", "found", "pid", "comm", "module", "vector"]
+      .filter((k) => e[k] !== undefined)
+      .map((k) => `${k}=${typeof e[k] === "string" ? (e[k] as string) : JSON.stringify(e[k])}`)
+      .join(" ");
+  /** "1s", "500ms", "2m", "1h" or plain seconds → milliseconds. */
+  const duration = (v: string): number => {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
+    if (!m) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --interval ${JSON.stringify(v)}: use e.g. 1s, 500ms, 2m`, 0, "interval");
+    const n = Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const)[(m[2] ?? "s") as "ms" | "s" | "m" | "h"];
+    return Math.round(n);
+  };
+
+  program
+    .command("introspect <vm>")
+    .description("One sweep of the guest kernel from outside (needs the introspect grant): findings and the VMI view of processes and modules")
+    .option("--carve", "also carve all of guest RAM for task and module structures (slower)")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { carve?: boolean; json?: boolean }) => {
+      type Report = {
+        sweep: number;
+        findings: Finding[];
+        processes: Array<{ pid: number; tgid: number; comm: string; state: string; sources: string[]; inGuestView?: boolean }>;
+        modules: Array<{ name: string; sources: string[]; inGuestView?: boolean }>;
+        kernel: { release: string; buildId: string | null; kaslrShift: string };
+        durationMs: number;
+        totalMs: number;
+        baseline: { source: string; takenAt: string };
+        guestView: { processes: number; modules: number | null } | null;
+      };
+      const r = await call<Report>("POST", vmPath(name, "/introspect"), { carve: o.carve ?? false });
+      if (o.json) return printJson(r);
+      const alarms = r.findings.filter((f) => f.severity !== "info");
+      const leaders = r.processes.filter((p) => p.pid === p.tgid);
+      process.stdout.write(`VM ${name}: kernel ${r.kernel.release} (build ${r.kernel.buildId ?? "unknown"}, KASLR shift ${r.kernel.kaslrShift})\n`);
+      process.stdout.write(`sweep ${r.sweep} took ${r.durationMs.toFixed(1)} ms (${r.totalMs.toFixed(0)} ms with the guest's own view); baseline: ${r.baseline.source} at ${r.baseline.takenAt}\n`);
+      process.stdout.write(`processes: ${leaders.length} (${r.processes.length} tasks)${r.guestView ? `, guest ps lists ${r.guestView.processes}` : ", guest view not taken"}; modules: ${r.modules.map((m) => m.name).join(" ") || "none"}\n`);
+      if (alarms.length === 0) process.stdout.write("findings: none\n");
+      else {
+        process.stdout.write(`findings: ${alarms.length}\n`);
+        printTable(
+          alarms.map((f) => ({ ...f, where: evidenceLine(f.evidence) })),
+          [
+            ["severity", "SEVERITY"],
+            ["check", "CHECK"],
+            ["message", "MESSAGE"],
+            ["where", "EVIDENCE"],
+          ],
+        );
+      }
+    });
+
+  program
+    .command("watch [vm]")
+    .description("Watch a VM continuously (sweeps in the daemon, findings in the audit log) and follow its findings until Ctrl-C; the watch keeps running")
+    .option("--interval <duration>", "time between sweeps, e.g. 1s, 500ms, 2m (default 1s)")
+    .option("--policy <policy>", "on a new serious finding: alert, pause (contain), or snapshot-and-pause (keep evidence) (default alert)")
+    .option("--guest-view-every <n>", "ask the guest for its own ps every Nth sweep (the lie detector; costs guest CPU) (default 1)", positiveInt("--guest-view-every"))
+    .option("--stop", "stop the VM's watch")
+    .option("--list", "list the watches you may see")
+    .option("--no-follow", "start or change the watch, then return")
+    .option("--json", "machine-readable output (one JSON record per line when following)")
+    .action(async (name: string | undefined, o: { interval?: string; policy?: string; guestViewEvery?: number; stop?: boolean; list?: boolean; follow: boolean; json?: boolean }) => {
+      if (o.list) {
+        const { watches } = await call<{ watches: Watch[] }>("GET", "/v1/watches");
+        if (o.json) return printJson(watches);
+        printTable(
+          watches.map((w) => ({ ...w, interval: `${w.intervalMs / 1000}s`, last: w.lastSweepAt ? `${w.lastSweepAt} (${w.lastSweepMs?.toFixed(1)} ms)` : "-", note: w.problem ?? "" })),
+          [
+            ["vm", "VM"],
+            ["status", "STATUS"],
+            ["interval", "INTERVAL"],
+            ["policy", "POLICY"],
+            ["sweeps", "SWEEPS"],
+            ["last", "LAST SWEEP"],
+            ["activeFindings", "ACTIVE"],
+            ["note", "NOTE"],
+          ],
+        );
+        return;
+      }
+      if (!name) throw new ApiError("VIGIL_BAD_REQUEST", "Name the VM to watch (or use --list)", 0, "vm");
+      if (o.stop) {
+        const r = await call<{ stopped: boolean }>("DELETE", vmPath(name, "/watch"));
+        if (o.json) return printJson(r);
+        process.stdout.write(r.stopped ? `Stopped watching ${name}\n` : `${name} was not watched\n`);
+        return;
+      }
+      let watch: Watch | null = null;
+      if (o.interval === undefined && o.policy === undefined && o.guestViewEvery === undefined) watch = (await call<{ watch: Watch | null }>("GET", vmPath(name, "/findings?limit=1"))).watch;
+      watch ??= await call<Watch>("PUT", vmPath(name, "/watch"), { intervalMs: duration(o.interval ?? "1s"), policy: o.policy ?? "alert", guestViewEvery: o.guestViewEvery ?? 1 });
+      const vm = await call<{ id: string }>("GET", vmPath(name));
+      if (!o.follow) {
+        if (o.json) return printJson(watch);
+        process.stdout.write(`Watching ${name} every ${watch.intervalMs / 1000}s (policy ${watch.policy}, ${watch.status})\n`);
+        return;
+      }
+      process.stderr.write(`Watching ${name} every ${watch.intervalMs / 1000}s (policy ${watch.policy}, ${watch.status}). Findings follow; Ctrl-C stops following, the watch keeps running (vigil watch ${name} --stop ends it).\n`);
+      await events("/v1/events", (event, data) => {
+        if (event !== "audit") return;
+        const r = JSON.parse(data) as { time: string; action: string; result: string; target: { id: string | null }; details: Record<string, unknown> };
+        if (r.target.id !== vm.id || !r.action.startsWith("ids.")) return;
+        if (o.json) return void process.stdout.write(data + "\n");
+        const d = r.details;
+        if (r.action === "ids.finding") process.stdout.write(`${r.time}  ${String(d.severity).toUpperCase().padEnd(8)} ${String(d.check).padEnd(26)} ${String(d.message)}  ${evidenceLine((d.evidence ?? {}) as Record<string, unknown>)}\n`);
+        else if (r.action === "ids.policy") process.stdout.write(`${r.time}  POLICY   ${String(d.policy)}: ${r.result === "ok" ? `paused ${String(d.paused)}${d.snapshot ? `, snapshot ${String(d.snapshot)}` : ""}` : `failed: ${String(d.error)}`}\n`);
+        else process.stdout.write(`${r.time}  ${r.action}  ${JSON.stringify(d)}\n`);
+      });
+    });
+
+  program
+    .command("findings <vm>")
+    .description("The findings of a VM's watch: the alarms active now and the newest new-finding records")
+    .option("-n, --limit <n>", "how many records", positiveInt("--limit"), 20)
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { limit: number; json?: boolean }) => {
+      const r = await call<{ watch: Watch | null; active: Finding[]; recent: Array<Finding & { time: string; sweep: number | null }> }>("GET", vmPath(name, `/findings?limit=${o.limit}`));
+      if (o.json) return printJson(r);
+      process.stdout.write(r.watch ? `Watch: ${r.watch.status}, every ${r.watch.intervalMs / 1000}s, policy ${r.watch.policy}, ${r.watch.sweeps} sweeps, ${r.active.length} active\n` : `${name} is not watched\n`);
+      printTable(
+        r.recent.map((f) => ({ ...f, where: evidenceLine(f.evidence) })),
+        [
+          ["time", "TIME"],
+          ["sweep", "SWEEP"],
+          ["severity", "SEVERITY"],
+          ["check", "CHECK"],
+          ["message", "MESSAGE"],
+          ["where", "EVIDENCE"],
+        ],
+      );
+    });
+
   // ---- users and groups ----
   const user = program.command("user").description("Users, roles and tokens");
   user
@@ -864,17 +992,8 @@ export function buildProgram(hooks: CliHooks): Command {
       const { records } = await call<{ records: Array<Record<string, unknown> & { target: { kind: string; name: string | null } }> }>("GET", `/v1/audit?tail=true&limit=${o.lines}`);
       records.forEach(show);
       if (!o.follow) return;
-      let buf = "";
-      await stream("/v1/events", (chunk) => {
-        buf += chunk;
-        let i;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (!/^event: audit$/m.test(block)) continue;
-          const data = /^data: (.*)$/m.exec(block)?.[1];
-          if (data) show(JSON.parse(data) as never);
-        }
+      await events("/v1/events", (event, data) => {
+        if (event === "audit") show(JSON.parse(data) as never);
       });
     });
 

@@ -42,6 +42,7 @@ import { BundleService } from "../storage/bundle/bundle-service.ts";
 import { ProgressBus } from "../util/progress.ts";
 import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
+import { IntrospectionService } from "../introspection/service.ts";
 import { createApp } from "../api/app.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { errorBody } from "../api/error-response.ts";
@@ -134,6 +135,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
+  // Before recover(): reattached VMs get their watchers (and their watches) back.
+  const introspection = new IntrospectionService({ vms, repo, guard, audit, snapshots, db, log });
+  await introspection.load();
+  vms.addRuntimeHook(introspection.attach);
   const images = new ImageService(db, catalog, guard, home.imagesDir, async (disk) =>
     (await repo.list()).filter((vm) => vm.spec.disks.some((d) => d.backing === disk)).map((vm) => vm.name),
   );
@@ -154,6 +159,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     trust,
     progress,
     vtime,
+    introspection,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
@@ -196,6 +202,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     stopExpiry();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     vtime.close();
+    introspection.close();
     await vms.close();
     await audit.checkpoint();
     await db.destroy();

@@ -128,6 +128,32 @@ export function relinkListNode(model: KernelModel, w: GuestMemoryWriter, u: Unli
   return true;
 }
 
+/**
+ * Puts an unlinked node back: between its old neighbours if they are still adjacent, otherwise at the tail of
+ * the list headed at `head` (list_add_tail) — on a running guest the neighbours may have exited meanwhile.
+ */
+export function restoreListNode(model: KernelModel, w: GuestMemoryWriter, u: Unlinked, head: bigint): void {
+  if (relinkListNode(model, w, u)) return;
+  model.kernel.clearCache();
+  model.kernel.physical.clearCache();
+  const tail = need(readU64(model.kernel, head + 8n), `${hex(head + 8n)} cannot be read`);
+  writeVirtual(model, w, u.node, u64(head));
+  writeVirtual(model, w, u.node + 8n, u64(tail));
+  writeVirtual(model, w, tail, u64(u.node));
+  writeVirtual(model, w, head + 8n, u64(u.node));
+}
+
+/** The head of the kernel's task list (`init_task.tasks`). */
+export function taskListHead(model: KernelModel): bigint {
+  const to = need(kernelLayout(model).task, "no task_struct layout");
+  return need(model.symbols.address("init_task"), "no init_task") + BigInt(to.tasks);
+}
+
+/** The head of the kernel's module list (`modules`). */
+export function moduleListHead(model: KernelModel): bigint {
+  return need(model.symbols.address("modules"), "no modules list");
+}
+
 /** DKOM: unlinks a task from `init_task.tasks`. */
 export function unlinkTask(model: KernelModel, w: GuestMemoryWriter, task: VmiTask): Unlinked {
   const to = need(kernelLayout(model).task, "no task_struct layout");
