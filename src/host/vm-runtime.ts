@@ -18,6 +18,11 @@ export class VmRuntime {
   private detached = false;
   /** Set by vigil before it stops or kills QEMU on purpose. */
   expectedExit: string | undefined;
+  /**
+   * The saved memory state this QEMU resumed instead of booting (set by whoever ran `snapshot-load`), so a
+   * watcher does not mistake a restored, possibly compromised state for a fresh boot. Unknown after a reattach.
+   */
+  loadedState: string | undefined;
   /** Resolves when QEMU has exited (never when vigil merely detaches). */
   readonly exited: Promise<ExitReason>;
 

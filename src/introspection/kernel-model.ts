@@ -204,15 +204,30 @@ function checkPlacement(
   }
 }
 
+/**
+ * A digest of all of kallsyms — offsets, relative base, count, names, markers, token tables: the contiguous
+ * region from the lowest to the end of the token index — so a cached model is reused only for a guest whose
+ * symbol data is byte for byte the one decoded. (The cache is shared by all VMs of a host: a guest that
+ * altered its own kallsyms must not hand its symbols to another tenant's VM of the same build.)
+ */
 function digestTables(kernel: VirtualMemory, layout: KallsymsLayout): string | undefined {
-  const gap = layout.tokenIndex - layout.tokenTable;
-  if (gap <= 0n || gap > 65536n) return undefined;
-  const tt = kernel.read(layout.tokenTable, Number(gap));
-  const ti = kernel.read(layout.tokenIndex, 512);
-  const n = kernel.read(layout.numSyms, 4);
-  if (!tt || !ti || !n) return undefined;
-  return createHash("sha256").update(tt).update(ti).update(n).digest("hex");
+  const start = [layout.offsets, layout.relativeBase, layout.numSyms, layout.names, layout.tokenTable, layout.tokenIndex].reduce((a, b) => (b < a ? b : a));
+  const end = layout.tokenIndex + 512n;
+  if (end <= start || end - start > MAX_KALLSYMS_DIGEST) return undefined;
+  const h = createHash("sha256");
+  for (let at = start; at < end; at += DIGEST_CHUNK) {
+    const part = kernel.read(at, Number(end - at < DIGEST_CHUNK ? end - at : DIGEST_CHUNK));
+    if (!part) return undefined;
+    h.update(part);
+  }
+  return h.digest("hex");
 }
+
+/** kallsyms of the 6.12 cloud kernel spans ≈ 2.6 MiB; a region far larger is not a kernel's. */
+const MAX_KALLSYMS_DIGEST = 32n << 20n;
+const DIGEST_CHUNK = 1n << 20n;
+/** Builds kept in a model cache: a guest can make up build ids, so the cache must not grow with them. */
+export const MODEL_CACHE_BUILDS = 8;
 
 /** Loads BTF as the options say; failures become disagreements, not errors. */
 function loadBtf(kernel: VirtualMemory, symbols: SymbolTable, options: KernelModelOptions, note: (c: string, s: Disagreement["severity"], m: string) => void): Btf | undefined {
@@ -339,7 +354,11 @@ function fromVmcoreinfo(
     btfMs = ms(tb);
     if (info.buildId !== undefined && options.cache && !cached) {
       const d = digestTables(kernel, layout);
-      if (d !== undefined) options.cache.set(info.buildId, { release: info.osRelease, symbols, btf, kallsymsChecks: checks, tableDigest: d });
+      if (d !== undefined) {
+        options.cache.set(info.buildId, { release: info.osRelease, symbols, btf, kallsymsChecks: checks, tableDigest: d });
+        // A Map iterates in insertion order: the oldest builds go first.
+        for (const key of options.cache.keys()) if (options.cache.size > MODEL_CACHE_BUILDS) options.cache.delete(key);
+      }
     }
   }
 

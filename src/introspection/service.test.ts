@@ -34,8 +34,8 @@ async function fixture(t: TestContext): Promise<Fixture> {
   });
   const users = daemon.deps.users;
   // ivy owns the VM and holds the introspect grant; ian has the grant but not the VM; bob owns it without the
-  // grant; eve is an admin (roles never include introspection).
-  for (const [name, roles, introspect] of [["ivy", ["owner"], true], ["ian", ["owner"], true], ["bob", ["owner"], false], ["eve", ["admin"], false]] as const) {
+  // grant; eve is an admin (roles never include introspection); ada is an auditor (reads every VM) with the grant.
+  for (const [name, roles, introspect] of [["ivy", ["owner"], true], ["ian", ["owner"], true], ["bob", ["owner"], false], ["eve", ["admin"], false], ["ada", ["auditor"], true]] as const) {
     await users.create({ name, roles: [...roles], introspect }, "test");
     f.tokens[name] = (await users.issueToken(name, "t")).token;
   }
@@ -126,4 +126,25 @@ test("watches survive a daemon restart and go away with their VM", async (t) => 
   assert.deepEqual(after.watches.map((w) => [w.vm, w.intervalMs, w.policy, w.status]), [["target", 1500, "snapshot-and-pause", "armed"]]);
   await f.daemon.repo.delete(f.vmId);
   assert.deepEqual((await req(f, "ivy", "GET", "/v1/watches")).json, { watches: [] });
+});
+
+test("a containment policy needs the right to pause (and snapshot) by hand: a reader with the grant can only alert", async (t) => {
+  const f = await fixture(t);
+  const denied = async (body: unknown, method = "PUT"): Promise<string | undefined> => {
+    const r = await req(f, "ada", method, "/v1/vms/target/watch", body);
+    assert.equal(r.status, 403, JSON.stringify(body));
+    const [last] = await f.daemon.deps.audit.list({ tail: true, limit: 1 });
+    assert.equal(last?.result, "denied");
+    return (last?.details as { permission?: string }).permission;
+  };
+  assert.equal((await req(f, "ada", "PUT", "/v1/vms/target/watch", { policy: "alert" })).status, 200, "alert needs only the grant and read access");
+  assert.equal(await denied({ policy: "pause" }), "vm.control");
+  assert.equal(await denied({ policy: "snapshot-and-pause" }), "vm.control");
+  // The owner sets containment; the reader can neither weaken nor stop it.
+  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { policy: "snapshot-and-pause" })).status, 200);
+  assert.equal(await denied({ policy: "alert" }), "vm.control");
+  assert.equal(await denied(undefined, "DELETE"), "vm.control");
+  const w = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ policy: string; startedBy: string }> };
+  assert.deepEqual(w.watches.map((x) => [x.policy, x.startedBy]), [["snapshot-and-pause", "ivy"]]);
+  assert.equal((await req(f, "ivy", "DELETE", "/v1/vms/target/watch")).status, 200);
 });

@@ -33,7 +33,7 @@ import type { KernelModelCache } from "./kernel-model.ts";
 import { parseControlRegisters } from "./page-walk.ts";
 import { FilePhysicalMemory, parseMtreeFlat, ramRegionsFromMtree, type PhysicalMemory } from "./physical-memory.ts";
 import type { Baseline, Finding, SweepReport } from "./sweep.ts";
-import { VmWatcher, boundEvidence, isAlarm, parseProcModules, type BaselineInfo, type BaselineSource, type GuestAccess, type GuestView, type SweepOutcome } from "./watcher.ts";
+import { VmWatcher, boundEvidence, findingKey, isAlarm, parseProcModules, type BaselineInfo, type BaselineSource, type GuestAccess, type GuestView, type SweepOutcome } from "./watcher.ts";
 
 export const WATCH_POLICIES = ["alert", "pause", "snapshot-and-pause"] as const;
 export type WatchPolicy = (typeof WATCH_POLICIES)[number];
@@ -70,6 +70,8 @@ const storedBaselineSchema = z.object({
   takenAt: z.string().max(64),
   baseline: z.unknown(),
 });
+
+const archivedBaselineSchema = z.object({ format: z.literal(1), takenAt: z.string().max(64), baseline: z.unknown() });
 
 /** What a watcher of a live VM is doing. */
 export type LiveStatus = "waiting-for-agent" | "baselining" | "ready" | "no-baseline" | "error";
@@ -135,13 +137,19 @@ export interface IntrospectionDeps {
 const MAX_AUDITED_PER_SWEEP = 20;
 /** Guest view requests (agent ps, /proc/modules) time out after this. */
 const GUEST_VIEW_TIMEOUT_MS = 5000;
-/** A watcher without a baseline (no agent, or the model failed) retries at most this often. */
+/** A watcher without a baseline (no agent, or the model failed) retries after this, doubling up to the cap. */
 const RETRY_BASELINE_MS = 30_000;
+const RETRY_BASELINE_MAX_MS = 15 * 60_000;
+/** A watched guest whose agent has not answered after this much running time is reported (it has no baseline). */
+const AGENT_SILENT_MS = 180_000;
+/** Baselines of earlier boots kept per VM, for memory states saved during them (a revert resumes one). */
+const ARCHIVED_BASELINES = 4;
 /** Name of the RAM backend in vigil's QEMU command line (qemu/argv.ts: memory-backend-file,id=ram0). */
 const RAM_BACKEND = "ram0";
 
 const watchKey = (vmId: string): string => `introspection.watch.${vmId}`;
 const baselineKey = (vmId: string): string => `introspection.baseline.${vmId}`;
+const archivePrefix = (vmId: string): string => `introspection.archive.${vmId}.`;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
 const systemCtx = (): RequestContext => ({ actor: SYSTEM_ACTOR, requestId: randomUUID() });
 
@@ -196,6 +204,8 @@ interface LiveVm {
   status: LiveStatus;
   problem: string | null;
   paused: boolean;
+  /** Since when the guest has run without a pause (for a silent agent), undefined while paused. */
+  runningSince: number | undefined;
   /** Bumped on every guest reset: preparations of an older boot give up. */
   epoch: number;
   /** What the next baseline will be: of a new QEMU ("start") or of a reboot inside it ("reset"). */
@@ -205,9 +215,19 @@ interface LiveVm {
   lastSweepAt: string | null;
   lastSweepMs: number | null;
   lastAttempt: number;
-  /** A containment action was taken (or is running) for the alarms now active. */
-  contained: boolean;
+  /** Failed baseline attempts of this boot (the retry interval doubles with each). */
+  attempts: number;
+  /** This boot's failure to baseline (or a silent agent) was reported already. */
+  reportedUnbaselined: boolean;
+  /** Keys of the alarms a containment action was taken for: while they stay active it is not taken again. */
+  containedFor: Set<string>;
   off: () => void;
+}
+
+function setPaused(w: LiveVm, paused: boolean): void {
+  if (paused) w.runningSince = undefined;
+  else if (w.paused || w.runningSince === undefined) w.runningSince = Date.now();
+  w.paused = paused;
 }
 
 export class IntrospectionService {
@@ -230,10 +250,7 @@ export class IntrospectionService {
       } catch {
         cfg = undefined;
       }
-      const exists = await this.d.repo.getById(vmId).then(
-        () => true,
-        () => false,
-      );
+      const exists = await this.vmExists(vmId);
       if (cfg && exists) this.configs.set(vmId, cfg);
       else await this.kvDelete(row.key);
     }
@@ -256,6 +273,7 @@ export class IntrospectionService {
       status: "waiting-for-agent",
       problem: null,
       paused: true,
+      runningSince: undefined,
       epoch: 0,
       boot: "start",
       gone: false,
@@ -263,7 +281,9 @@ export class IntrospectionService {
       lastSweepAt: null,
       lastSweepMs: null,
       lastAttempt: 0,
-      contained: false,
+      attempts: 0,
+      reportedUnbaselined: false,
+      containedFor: new Set(),
       off: () => undefined,
     };
     this.live.set(vm.id, w);
@@ -271,16 +291,16 @@ export class IntrospectionService {
     w.off = rt.qmp.onEvent((e) => {
       if (e.event === "STOP") {
         runStateEvents++;
-        w.paused = true;
+        setPaused(w, true);
       } else if (e.event === "RESUME") {
         runStateEvents++;
-        w.paused = false;
+        setPaused(w, false);
       } else if (e.event === "RESET") this.onReset(w, typeof e.data.reason === "string" ? e.data.reason : "reset");
     });
     const asked = runStateEvents;
     void rt.status().then(
       (s) => {
-        if (runStateEvents === asked) w.paused = s !== "running";
+        if (runStateEvents === asked) setPaused(w, s !== "running");
       },
       () => undefined,
     );
@@ -313,7 +333,9 @@ export class IntrospectionService {
       if (!(await this.waitForAgent(w, current))) return;
       await sleep(this.d.settleMs ?? 1000);
       if (!current()) return;
-      await this.establish(w, source);
+      // A resumed memory state is not a boot: use the baseline of the boot it was saved from, if vigil keeps it.
+      if (source === "start" && w.rt.loadedState !== undefined) await this.establish(w, "restored-untrusted", undefined, await this.archived(w.vmId));
+      else await this.establish(w, source);
     } catch (err) {
       if (!current()) return;
       w.status = "error";
@@ -341,15 +363,16 @@ export class IntrospectionService {
   }
 
   /** Builds the model and takes the baseline (or adopts `stored`), persists it, and starts the watch. */
-  private async establish(w: LiveVm, source: BaselineSource, stored?: BaselineInfo): Promise<void> {
+  private async establish(w: LiveVm, source: BaselineSource, stored?: BaselineInfo, candidates: readonly BaselineInfo[] = []): Promise<void> {
     const epoch = w.epoch;
     w.status = "baselining";
     w.lastAttempt = Date.now();
     let r;
     try {
-      r = await w.watcher.establish(source, stored);
+      r = await w.watcher.establish(source, stored, candidates);
     } catch (err) {
       if (w.epoch !== epoch || w.gone) return; // superseded by a reset or the exit
+      w.attempts++;
       w.status = "error";
       w.problem = messageOf(err);
       throw err;
@@ -357,23 +380,37 @@ export class IntrospectionService {
     if (w.epoch !== epoch || w.gone) return;
     w.status = "ready";
     w.problem = null;
-    w.contained = false;
+    w.attempts = 0;
+    w.containedFor.clear();
+    // The watch starts before the bookkeeping below, so a failure to store or audit cannot leave it dead.
+    this.startLoop(w);
     this.d.log.info({ vm: w.vmName, source: r.source, kernel: r.baseline.kernel, modelMs: r.modelMs, baselineMs: r.baselineMs, modelFromCache: r.modelFromCache, notes: r.baseline.notes.length }, "introspection baseline");
     if (r.source !== "stored" && w.qemu !== undefined) {
       const value = JSON.stringify({ format: 1, qemu: w.qemu, source: r.source, takenAt: r.takenAt, baseline: r.baseline });
       await this.kvSet(baselineKey(w.vmId), value);
     }
+    // A baseline of a boot is kept for the memory states saved during that boot (not one taken from such a state).
+    if (r.source !== "stored" && r.source !== "restored" && r.source !== "restored-untrusted") await this.archive(w.vmId, r);
     if (r.mismatch) await this.auditFindings(w, 0, [r.mismatch]);
-    if (r.source === "reset" || r.source === "reattach") {
+    if (r.source === "restored-untrusted") {
+      await this.auditFindings(w, 0, [
+        {
+          check: "baseline-untrusted",
+          severity: "medium",
+          message: `The VM resumed the saved state ${q(w.rt.loadedState)} of a boot vigil has no baseline of (imported, or older than the ${ARCHIVED_BASELINES} boots kept): the baseline was taken from that state, so a change made to the kernel before the state was saved cannot be seen`,
+          evidence: { state: w.rt.loadedState ?? null },
+        },
+      ]);
+    }
+    if (r.source === "reset" || r.source === "reattach" || r.source === "restored") {
       await this.d.audit.append({
         actor: SYSTEM_ACTOR.name,
         action: "ids.baseline",
         target: { kind: "vm", id: w.vmId, name: w.vmName },
         result: "ok",
-        details: { source: r.source, takenAt: r.takenAt, kernel: r.baseline.kernel, notes: r.baseline.notes.slice(0, 10) },
+        details: { source: r.source, takenAt: r.takenAt, kernel: r.baseline.kernel, notes: r.baseline.notes.slice(0, 10), ...(r.source === "restored" ? { state: w.rt.loadedState ?? null } : {}) },
       });
     }
-    this.startLoop(w);
   }
 
   private onReset(w: LiveVm, reason: string): void {
@@ -382,9 +419,12 @@ export class IntrospectionService {
     w.epoch++;
     w.watcher.invalidate();
     w.status = "waiting-for-agent";
+    w.attempts = 0;
+    w.reportedUnbaselined = false;
     if (!hadBaseline) {
       // A reset before this boot's baseline (e.g. loading a snapshot before the guest's first instruction, or
-      // the second RESET of one reboot): the same boot still waits for its agent.
+      // the second RESET of one reboot): the same boot still waits for its agent. (The bumped epoch ends the
+      // preparation already running.)
       void this.prepare(w);
       return;
     }
@@ -392,7 +432,9 @@ export class IntrospectionService {
     void this.d.audit
       .append({ actor: SYSTEM_ACTOR.name, action: "ids.guest-reset", target: { kind: "vm", id: w.vmId, name: w.vmName }, result: "ok", details: { reason, note: "the guest rebooted inside QEMU: its baseline is retaken once its agent answers" } })
       .catch((err: unknown) => this.d.log.error({ err: messageOf(err) }, "Cannot audit a guest reset"));
-    void this.kvDelete(baselineKey(w.vmId)).then(() => this.prepare(w));
+    // The old boot's baseline must not be mistaken for this QEMU's after a daemon restart; prepare at once.
+    this.kvDelete(baselineKey(w.vmId)).catch((err: unknown) => this.d.log.error({ err: messageOf(err) }, "Cannot forget the baseline of a rebooted guest"));
+    void this.prepare(w);
   }
 
   /** QEMU exited: the boot is over, and so is its baseline. */
@@ -459,11 +501,14 @@ export class IntrospectionService {
     // pause then holds: the finding is new after the resume, whoever paused the VM before).
     if (w.paused) return;
     if (!w.watcher.ready) {
-      if ((w.status === "no-baseline" || w.status === "error") && Date.now() - w.lastAttempt >= RETRY_BASELINE_MS) {
-        await this.establish(w, w.agent ? "start" : "on-demand").catch((err: unknown) => {
+      if ((w.status === "no-baseline" || w.status === "error") && Date.now() - w.lastAttempt >= this.retryDelay(w)) {
+        await this.establish(w, w.agent ? (w.boot === "reset" ? "reset" : "start") : "on-demand").catch(async (err: unknown) => {
           w.status = "error";
           w.problem = messageOf(err);
+          await this.reportUnbaselined(w, config, "baseline-failed", "high", `The guest's kernel could not be baselined (attempt ${w.attempts}): ${w.problem}`);
         });
+      } else if (w.status === "waiting-for-agent" && w.runningSince !== undefined && Date.now() - w.runningSince >= AGENT_SILENT_MS) {
+        await this.reportUnbaselined(w, config, "agent-silent", "medium", `The guest agent has not answered in ${Math.round((Date.now() - w.runningSince) / 1000)} s of running time: no baseline, so nothing is checked`);
       }
       return;
     }
@@ -471,14 +516,39 @@ export class IntrospectionService {
     const out = await w.watcher.runSweep({ guestView: view, track: true });
     w.lastSweepAt = new Date().toISOString();
     w.lastSweepMs = out.report?.durationMs ?? out.durationMs;
-    if (out.active.length === 0) w.contained = false;
+    // Containment holds off only while the alarms it was taken for are still active.
+    const activeKeys = new Set(out.active.map(findingKey));
+    for (const k of w.containedFor) if (!activeKeys.has(k)) w.containedFor.delete(k);
     if (out.fresh.length === 0) return;
+    // The watch may have been stopped or changed while this sweep waited for the guest: act on what holds now.
+    if (w.gone || w.loop?.config !== config) return;
     await this.auditFindings(w, out.sweep, out.fresh, config);
-    const serious = out.fresh.filter((f) => f.severity === "critical" || f.severity === "high");
-    if (serious.length > 0 && config.policy !== "alert" && !w.contained) {
-      w.contained = true;
-      await this.contain(w, config, out.sweep, serious);
-    }
+    await this.applyPolicy(w, config, out.sweep, out.fresh);
+  }
+
+  /** Pause (and snapshot) for serious new findings the containment already taken does not cover. */
+  private async applyPolicy(w: LiveVm, config: WatchConfig, sweepNo: number, fresh: readonly Finding[]): Promise<void> {
+    const serious = fresh.filter((f) => (f.severity === "critical" || f.severity === "high") && !w.containedFor.has(findingKey(f)));
+    if (serious.length === 0 || config.policy === "alert") return;
+    for (const f of serious) w.containedFor.add(findingKey(f));
+    if (!(await this.contain(w, config, sweepNo, serious))) for (const f of serious) w.containedFor.delete(findingKey(f));
+  }
+
+  /** How long a watcher without a baseline waits before its next attempt: doubling, capped. */
+  private retryDelay(w: LiveVm): number {
+    return Math.min(RETRY_BASELINE_MAX_MS, RETRY_BASELINE_MS * 2 ** Math.max(0, w.attempts - 1));
+  }
+
+  /**
+   * A watched guest that cannot be checked is itself a finding (once per boot): otherwise a guest could keep its
+   * kernel unbaselined — a silent agent, a corrupted VMCOREINFO — and never be looked at.
+   */
+  private async reportUnbaselined(w: LiveVm, config: WatchConfig, check: Finding["check"], severity: Finding["severity"], message: string): Promise<void> {
+    if (w.reportedUnbaselined || w.gone || w.loop?.config !== config) return;
+    w.reportedUnbaselined = true;
+    const f: Finding = { check, severity, message, evidence: { status: w.status, attempts: w.attempts } };
+    await this.auditFindings(w, 0, [f], config);
+    await this.applyPolicy(w, config, 0, [f]);
   }
 
   private async auditFindings(w: LiveVm, sweepNo: number, fresh: readonly Finding[], config?: WatchConfig): Promise<void> {
@@ -505,12 +575,14 @@ export class IntrospectionService {
   }
 
   /** Containment: pause at once (within the interval of the detecting sweep), then keep evidence if asked. */
-  private async contain(w: LiveVm, config: WatchConfig, sweepNo: number, serious: readonly Finding[]): Promise<void> {
+  private async contain(w: LiveVm, config: WatchConfig, sweepNo: number, serious: readonly Finding[]): Promise<boolean> {
     const ctx = systemCtx();
     const details: Record<string, unknown> = { policy: config.policy, sweep: sweepNo, findings: serious.slice(0, 5).map((f) => ({ check: f.check, message: f.message.slice(0, 300) })) };
     const target = { kind: "vm", id: w.vmId, name: w.vmName };
     try {
       const vm = await this.d.vms.recordById(w.vmId);
+      // Still the QEMU this watcher watches (not a newer one started meanwhile)?
+      if (w.gone || this.live.get(w.vmId) !== w) return true;
       if (vm.state === "running") {
         await this.d.vms.pause(ctx, vm.name);
         details.paused = true;
@@ -521,9 +593,11 @@ export class IntrospectionService {
         details.snapshot = name;
       }
       await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "ids.policy", target, result: "ok", requestId: ctx.requestId, details });
+      return true;
     } catch (err) {
       await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "ids.policy", target, result: "error", requestId: ctx.requestId, details: { ...details, error: messageOf(err) } });
       this.d.log.error({ vm: w.vmName, err: messageOf(err) }, "Cannot apply the IDS policy");
+      return false;
     }
   }
 
@@ -591,10 +665,8 @@ export class IntrospectionService {
     const vm = await this.d.repo.getByName(name);
     await this.d.guard.authorize(ctx, { action: "ids.findings", permission: "vm.introspect", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner, readOnly: true });
     const n = Math.max(1, Math.min(1000, Math.floor(limit)));
-    const records = await this.d.audit.list({ targetId: vm.id, tail: true, limit: 10_000 });
+    const records = await this.d.audit.list({ targetId: vm.id, action: "ids.finding", tail: true, limit: n });
     const recent = records
-      .filter((r) => r.action === "ids.finding")
-      .slice(-n)
       .reverse()
       .map((r) => {
         const det = r.details as { sweep?: unknown; check?: unknown; severity?: unknown; message?: unknown; evidence?: unknown };
@@ -617,13 +689,18 @@ export class IntrospectionService {
   async setWatch(ctx: RequestContext, name: string, input: unknown): Promise<WatchStatus> {
     const req = parseOrThrow(watchRequestSchema, input ?? {}, "watch");
     const vm = await this.d.repo.getByName(name);
-    return this.d.guard.run(ctx, { action: "ids.watch", permission: "vm.introspect", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner, details: { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery } }, async () => {
+    const target = { kind: "vm", id: vm.id, name: vm.name };
+    await this.authorizePolicy(ctx, vm, "ids.watch", [req.policy, this.configs.get(vm.id)?.policy]);
+    if (req.policy === "snapshot-and-pause" && (vm.spec.disks.length === 0 || vm.isTemplate)) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `Invalid watch: "policy" snapshot-and-pause needs a VM that can be snapshotted, and ${q(vm.name)} ${vm.isTemplate ? "is a template" : "has no disk"} (allowed: alert, pause)`, { field: "policy" });
+    }
+    return this.d.guard.run(ctx, { action: "ids.watch", permission: "vm.introspect", target, owner: vm.owner, details: { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery } }, async () => {
       const config: WatchConfig = { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery, startedBy: ctx.actor.name, startedAt: new Date().toISOString() };
       await this.kvSet(watchKey(vm.id), JSON.stringify(config));
       this.configs.set(vm.id, config);
       const w = this.live.get(vm.id);
       if (w && !w.gone) {
-        w.contained = false;
+        w.containedFor.clear();
         if (!w.watcher.ready && w.status === "no-baseline") await this.establish(w, "on-demand").catch(() => undefined);
         this.startLoop(w);
       }
@@ -633,6 +710,7 @@ export class IntrospectionService {
 
   async stopWatch(ctx: RequestContext, name: string): Promise<{ vm: string; stopped: boolean }> {
     const vm = await this.d.repo.getByName(name);
+    await this.authorizePolicy(ctx, vm, "ids.unwatch", [this.configs.get(vm.id)?.policy]);
     return this.d.guard.run(ctx, { action: "ids.unwatch", permission: "vm.introspect", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner }, async () => {
       const had = this.configs.delete(vm.id);
       await this.kvDelete(watchKey(vm.id));
@@ -642,18 +720,30 @@ export class IntrospectionService {
     });
   }
 
+  /**
+   * A containment policy makes `system` pause (and snapshot) the VM: setting one — or changing or stopping a watch
+   * that has one — needs the right to do that by hand, besides `vm.introspect`: `vm.control` for a pause, and
+   * `vm.modify` too for a snapshot. Otherwise a reader with the introspect grant could pause someone else's VM,
+   * or switch its containment off.
+   */
+  private async authorizePolicy(ctx: RequestContext, vm: VmRecord, action: string, policies: ReadonlyArray<WatchPolicy | undefined>): Promise<void> {
+    const target = { kind: "vm", id: vm.id, name: vm.name };
+    if (policies.some((p) => p === "pause" || p === "snapshot-and-pause")) await this.d.guard.authorize(ctx, { action, permission: "vm.control", target, owner: vm.owner });
+    if (policies.includes("snapshot-and-pause")) await this.d.guard.authorize(ctx, { action, permission: "vm.modify", target, owner: vm.owner });
+  }
+
   /** Every watch on a VM the actor may introspect. */
   async listWatches(ctx: RequestContext): Promise<{ watches: WatchStatus[] }> {
     await this.d.guard.authorize(ctx, { action: "ids.watches", permission: "vm.introspect", target: { kind: "vm" }, readOnly: true });
     const out: WatchStatus[] = [];
     for (const vmId of [...this.configs.keys()]) {
-      const vm = await this.d.repo.getById(vmId).catch(() => undefined);
-      if (!vm) {
-        // The VM was destroyed: its watch goes with it.
+      if (!(await this.vmExists(vmId))) {
+        // The VM was destroyed: its watch and kept baselines go with it.
         this.configs.delete(vmId);
-        await this.kvDelete(watchKey(vmId));
+        await this.forgetVm(vmId);
         continue;
       }
+      const vm = await this.d.repo.getById(vmId);
       if (can(ctx.actor, "vm.introspect", vm.owner)) out.push(this.status(vm));
     }
     out.sort((a, b) => (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : 0));
@@ -706,6 +796,47 @@ export class IntrospectionService {
     } catch {
       return undefined;
     }
+  }
+
+  /** Keeps the baseline of a boot for the memory states saved during it; the newest ARCHIVED_BASELINES per VM. */
+  private async archive(vmId: string, info: BaselineInfo): Promise<void> {
+    const k = info.baseline.kernel;
+    await this.kvSet(`${archivePrefix(vmId)}${k.buildId ?? "unknown"}.${k.kaslrShift}`, JSON.stringify({ format: 1, takenAt: info.takenAt, baseline: info.baseline }));
+    const rows = await this.d.db.selectFrom("kv").select(["key", "value"]).where("key", "like", `${archivePrefix(vmId)}%`).execute();
+    const byAge = rows.map((r) => ({ key: r.key, takenAt: /"takenAt":"([^"]*)"/.exec(r.value)?.[1] ?? "" })).sort((a, b) => (a.takenAt < b.takenAt ? 1 : a.takenAt > b.takenAt ? -1 : 0));
+    for (const old of byAge.slice(ARCHIVED_BASELINES)) await this.kvDelete(old.key);
+  }
+
+  /** The kept baselines of the VM's earlier boots, newest first (each is checked by a dry sweep before use). */
+  private async archived(vmId: string): Promise<BaselineInfo[]> {
+    const rows = await this.d.db.selectFrom("kv").select("value").where("key", "like", `${archivePrefix(vmId)}%`).execute();
+    const out: BaselineInfo[] = [];
+    for (const row of rows) {
+      try {
+        const v = archivedBaselineSchema.safeParse(JSON.parse(row.value));
+        if (v.success) out.push({ baseline: v.data.baseline as Baseline, source: "restored", takenAt: v.data.takenAt });
+      } catch {
+        continue; // unreadable: not a candidate
+      }
+    }
+    return out.sort((a, b) => (a.takenAt < b.takenAt ? 1 : a.takenAt > b.takenAt ? -1 : 0));
+  }
+
+  /** Whether the VM exists; any other error (the database) is thrown, never taken for "destroyed". */
+  private async vmExists(vmId: string): Promise<boolean> {
+    try {
+      await this.d.repo.getById(vmId);
+      return true;
+    } catch (err) {
+      if (err instanceof VigilError && err.code === "VIGIL_VM_NOT_FOUND") return false;
+      throw err;
+    }
+  }
+
+  private async forgetVm(vmId: string): Promise<void> {
+    await this.kvDelete(watchKey(vmId));
+    await this.kvDelete(baselineKey(vmId));
+    await this.d.db.deleteFrom("kv").where("key", "like", `${archivePrefix(vmId)}%`).execute();
   }
 
   private async kvSet(key: string, value: string): Promise<void> {

@@ -56,6 +56,11 @@ export type CheckId =
   | "module-hidden-from-guest"
   | "model-disagreement"
   | "baseline-mismatch"
+  /** the service: a watched guest whose kernel could not be baselined, or whose agent never answered */
+  | "baseline-failed"
+  | "agent-silent"
+  /** the service: a resumed memory state of a boot never baselined here was baselined as it was */
+  | "baseline-untrusted"
   | "structure-unreadable"
   | "findings-truncated";
 

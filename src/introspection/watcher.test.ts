@@ -245,3 +245,30 @@ test("a reset during a sweep's guest view voids that sweep instead of comparing 
   assert.match(out.error ?? "", /reset/);
   assert.equal(slow.ready, false);
 });
+
+test("a resumed memory state is checked against the baseline of the boot it was saved in, not baselined as it is", async () => {
+  const g = buildSyntheticKernel();
+  const boot = await new VmWatcher(access(g), { cache: new Map() }).establish("start");
+  const kept = JSON.parse(JSON.stringify({ baseline: boot.baseline, source: "restored", takenAt: boot.takenAt }));
+  // The state was saved after a rootkit went in; then it is resumed in a fresh QEMU.
+  const compromised = buildSyntheticKernel();
+  const probe = new VmWatcher(access(compromised), { cache: new Map() });
+  await probe.establish("start");
+  overwriteSyscall(probe.kernel!, compromised.writer, 15, sym(compromised, "__x64_sys_getpid"));
+  const other = buildSyntheticKernel({ shift: 0x1e00_0000n });
+  const otherBoot = await new VmWatcher(access(other), { cache: new Map() }).establish("start");
+  const candidates = [JSON.parse(JSON.stringify({ baseline: otherBoot.baseline, source: "restored", takenAt: otherBoot.takenAt })), { ...kept, baseline: null }, kept];
+
+  const resumed = new VmWatcher(access(compromised), { cache: new Map() });
+  const r = await resumed.establish("restored-untrusted", undefined, candidates);
+  assert.equal(r.source, "restored");
+  assert.equal(r.takenAt, boot.takenAt);
+  assert.equal(r.mismatch, undefined);
+  assert.ok((await resumed.runSweep({ guestView: false, track: true })).fresh.some((x) => x.check === "syscall-table"), "the rootkit is still a change");
+
+  // No kept baseline of that boot: the state's own, marked as such.
+  const blind = new VmWatcher(access(compromised), { cache: new Map() });
+  const r2 = await blind.establish("restored-untrusted", undefined, [candidates[0]]);
+  assert.equal(r2.source, "restored-untrusted");
+  assert.deepEqual((await blind.runSweep({ guestView: false, track: true })).fresh, []);
+});

@@ -33,8 +33,12 @@ export interface GuestView {
 
 /** Where a watcher's baseline came from. */
 export type BaselineSource =
-  /** taken once the guest agent first answered after QEMU started (a start, a revert, a restore) */
+  /** taken once the guest agent first answered after QEMU booted the guest */
   | "start"
+  /** QEMU resumed a saved memory state of a boot baselined before: that boot's baseline, kept with the VM */
+  | "restored"
+  /** QEMU resumed a saved memory state of a boot never baselined here: taken from that state, trusted less */
+  | "restored-untrusted"
   /** taken after the guest rebooted inside the same QEMU (QMP RESET) */
   | "reset"
   /** taken when first asked for, on a VM without a guest agent */
@@ -256,7 +260,7 @@ export class VmWatcher {
    * adopts `stored` when it describes exactly the kernel that runs (same release, build id and KASLR shift).
    * Throws IntrospectionError when the guest's kernel cannot be modelled.
    */
-  establish(source: BaselineSource, stored?: BaselineInfo): Promise<EstablishResult> {
+  establish(source: BaselineSource, stored?: BaselineInfo, candidates: readonly BaselineInfo[] = []): Promise<EstablishResult> {
     const generation = this.generation;
     const superseded = (): IntrospectionError => new IntrospectionError("host-input", "Cannot take a baseline: the guest was reset (or the watcher closed) meanwhile");
     return this.lock.run(async () => {
@@ -276,18 +280,12 @@ export class VmWatcher {
       let info: BaselineInfo | undefined;
       if (stored) {
         const b: unknown = stored.baseline;
-        const k = typeof b === "object" && b !== null ? ((b as { kernel?: unknown }).kernel as Baseline["kernel"] | undefined) : undefined;
-        const sameKernel = typeof k === "object" && k !== null && k.release === model.release && (k.buildId ?? undefined) === model.buildId && k.kaslrShift === hex(model.kaslrShift);
+        const k = kernelOf(b);
+        const sameKernel = describesKernel(b, model);
         let unusable: string | undefined;
         if (sameKernel) {
-          // A stored baseline comes from outside this process: one dry sweep checks it strictly before it is trusted.
-          try {
-            sweep({ model, phys: mem, regs }, stored.baseline, undefined, this.options.sweep);
-            info = { baseline: stored.baseline, source: "stored", takenAt: stored.takenAt };
-          } catch (err) {
-            if (!(err instanceof IntrospectionError)) throw err;
-            unusable = err.message;
-          }
+          unusable = usable(() => sweep({ model, phys: mem, regs }, stored.baseline, undefined, this.options.sweep));
+          if (unusable === undefined) info = { baseline: stored.baseline, source: "stored", takenAt: stored.takenAt };
         }
         if (unusable !== undefined) {
           mismatch = { check: "baseline-mismatch", severity: "high", message: `The stored baseline of this boot (taken ${stored.takenAt}) is unusable (${unusable}): a new baseline was taken`, evidence: { reason: "stored-baseline-unusable" } };
@@ -300,9 +298,14 @@ export class VmWatcher {
           };
         }
       }
+      // A resumed memory state: the baseline of the boot it was saved from, when it is kept and still fits.
+      for (const c of stored ? [] : candidates) {
+        if (info || !describesKernel(c.baseline, model)) continue;
+        if (usable(() => sweep({ model, phys: mem, regs }, c.baseline, undefined, this.options.sweep)) === undefined) info = { baseline: c.baseline, source: "restored", takenAt: c.takenAt };
+      }
       t = performance.now();
       info ??= { baseline: takeBaseline({ model, phys: mem, regs }), source: stored ? "reattach" : source, takenAt: new Date().toISOString() };
-      const baselineMs = info.source === "stored" ? 0 : ms(t);
+      const baselineMs = info.source === "stored" || info.source === "restored" ? 0 : ms(t);
       if (this.closed || generation !== this.generation) throw superseded();
       this.model = model;
       this.info = info;
@@ -381,5 +384,26 @@ export class VmWatcher {
     this.invalidate();
     this.mem?.close();
     this.mem = undefined;
+  }
+}
+
+function kernelOf(b: unknown): Baseline["kernel"] | undefined {
+  return typeof b === "object" && b !== null ? ((b as { kernel?: unknown }).kernel as Baseline["kernel"] | undefined) : undefined;
+}
+
+/** Whether a baseline (read back from storage: unchecked) is of exactly this kernel: release, build id, KASLR shift. */
+export function describesKernel(b: unknown, model: KernelModel): boolean {
+  const k = kernelOf(b);
+  return typeof k === "object" && k !== null && k.release === model.release && (k.buildId ?? undefined) === model.buildId && k.kaslrShift === hex(model.kaslrShift);
+}
+
+/** Runs a dry sweep against a baseline from outside this process: undefined when it holds, else why not. */
+function usable(dry: () => unknown): string | undefined {
+  try {
+    dry();
+    return undefined;
+  } catch (err) {
+    if (!(err instanceof IntrospectionError)) throw err;
+    return err.message;
   }
 }

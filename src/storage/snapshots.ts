@@ -250,6 +250,7 @@ export class SnapshotService {
   /** Loads a memory snapshot into a QEMU that is up but has not run a guest instruction yet. */
   async load(ctx: RequestContext | undefined, rt: VmRuntime, vm: VmRecord, snap: Snapshot): Promise<void> {
     const nodes = vm.spec.disks.map((d) => d.name);
+    rt.loadedState = snap.name;
     await runJob(rt.qmp, "snapshot-load", { tag: snap.name, vmstate: nodes[0], devices: nodes }, ctx ? { onProgress: this.progress(ctx, "snapshot-load") } : {});
   }
 

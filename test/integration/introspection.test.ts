@@ -258,6 +258,17 @@ test("containment: the pause policy pauses within one interval; snapshot-and-pau
   writeVirtual(a.model, a.writer, a.sym("idt_table") + 0x80n * 16n, gate);
   await d.api("POST", `/v1/vms/${vm}/resume`);
   await waitClean(d, vm);
+
+  // Reverting to the evidence does not whitelist it: the resumed state is checked against the baseline of the
+  // boot it was saved in, and the redirected gate is reported again.
+  await d.api("PUT", `/v1/vms/${vm}/watch`, { intervalMs: 1000, policy: "alert" });
+  const after3 = await lastSeq(d);
+  await d.api("POST", `/v1/vms/${vm}/snapshots/${snap}/revert`, {});
+  const rebased = await until("the restored baseline", 90_000, async () => (await records(d, after3, "ids.baseline"))[0]);
+  assert.equal(rebased.details.source, "restored");
+  assert.equal(rebased.details.state, snap);
+  await waitFinding(d, vm, "idt-gate", after3, 30_000);
+  assert.deepEqual((await records(d, after3, "ids.finding")).filter((r) => r.details.check === "baseline-untrusted"), []);
 });
 
 test("a daemon restart resumes the watch against the same boot's baseline; a guest reboot is a new baseline", { timeout: 600_000 }, async (t) => {
