@@ -58,8 +58,14 @@ export class DataRegistry {
     private readonly host: string,
   ) {}
 
-  /** Registers (or refreshes) a file. Idempotent per (vm, path) while the file is live. */
-  async register(vmId: string, path: string, purpose: DataPurpose, options: { hash?: boolean } = {}): Promise<void> {
+  /**
+   * Registers (or refreshes) a file. Idempotent per (vm, path) while the file is live. A path names one file:
+   * if another VM's live registration on this host holds the same path, that file was overwritten by this one
+   * (an export written over an older bundle), so the older record is closed with `supersededBy` as its reason
+   * — purging the older VM must not destroy what now belongs to this one, and `where` must not list it as live.
+   * Placeholders that are not paths ("(downloaded by …)") name no file and supersede nothing.
+   */
+  async register(vmId: string, path: string, purpose: DataPurpose, options: { hash?: boolean; supersededBy?: string } = {}): Promise<void> {
     let size: number | null = null;
     let sha256: string | null = null;
     try {
@@ -67,6 +73,16 @@ export class DataRegistry {
       if (options.hash !== false && size <= HASH_LIMIT_BYTES) sha256 = await sha256File(path);
     } catch {
       /* not there yet (e.g. a socket or RAM file QEMU creates): register the path anyway */
+    }
+    if (path.startsWith("/")) {
+      await this.db
+        .updateTable("data_files")
+        .set({ removed_at: new Date().toISOString(), removed_how: `overwritten by ${options.supersededBy ?? `a file of VM ${vmId}`}` })
+        .where("host", "=", this.host)
+        .where("path", "=", path)
+        .where("vm_id", "!=", vmId)
+        .where("removed_at", "is", null)
+        .execute();
     }
     const existing = await this.db.selectFrom("data_files").select("id").where("vm_id", "=", vmId).where("path", "=", path).where("removed_at", "is", null).executeTakeFirst();
     if (existing) {

@@ -135,6 +135,10 @@ export class CloneService {
         if (!snap && mode === "full" && src.state !== "stopped" && src.state !== "crashed" && !src.isTemplate) {
           throw new VigilError("VIGIL_INVALID_STATE", `Cannot copy VM ${q(src.name)}: it is ${src.state} (stop it, or clone --from-snapshot)`);
         }
+        // The source's approval, purpose and expiry cover its copies unless the request says otherwise.
+        const ownership = { purpose: options.purpose ?? src.purpose, approver: options.approver ?? src.approver, expiresAt: options.expiresAt ?? src.expiresAt };
+        // Checked before a snapshot base is frozen: a refused clone leaves nothing behind.
+        this.vms.checkOwnershipPolicy(`Cannot create VM ${q(newName)} (clone)`, ownership);
         const files = templateFiles(h.layout.dir);
         const srcDisk = (d: string) => diskFile(h.layout.disksDir, d);
         if (mode === "linked" && snap) {
@@ -156,10 +160,7 @@ export class CloneService {
           owner: `user:${ctx.actor.name}`,
           lineage: { kind: "clone", sourceVm: { id: src.id, name: src.name }, ...(snap ? { snapshot: snap.name } : {}), linked: mode === "linked" },
           baseVmId: mode === "linked" ? src.id : undefined,
-          // The source's approval, purpose and expiry cover its copies unless the request says otherwise.
-          purpose: options.purpose ?? src.purpose,
-          approver: options.approver ?? src.approver,
-          expiresAt: options.expiresAt ?? src.expiresAt,
+          ...ownership,
           labels: src.labels,
           reason: "clone",
           prepareDisks: async (l) => {

@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { call } from "../../src/cli/client.ts";
 import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
@@ -55,7 +55,7 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   const d = await startDaemon(t, { config: { policy: { requireOwnership: true, expiryCheckSeconds: 1 } } });
   const refused = d.cli("vm", "create", "app", "--purpose", "shop");
   assert.equal(refused.status, 2);
-  assert.match(refused.stderr, /"approver" is required by this site's policy/);
+  assert.match(refused.stderr, /"approver" and "expiresAt" are required by this site's policy/, "every missing field is named");
   const ok = d.cli("vm", "create", "app", "--purpose", "shop", "--approver", "cio", "--expires", "2020-01-01", "--label", "env=prod", "--json");
   assert.equal(ok.status, 0, ok.stderr);
   const vm = JSON.parse(ok.stdout) as { expired: boolean; approver: string; labels: Record<string, string> };
@@ -80,6 +80,59 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   assert.equal(ch.events[0]!.action, "vm.create");
   assert.equal(ch.lineage.sourceVm.name, "app");
   assert.ok(h.events.some((e) => e.action === "vm.expired" && e.actor === "system"), "the expiry is on record");
+});
+
+test("policy: clone and import are refused without approver, purpose and expiry, and leave nothing behind", { timeout: 300_000 }, async (t) => {
+  requireTinyImage();
+  // A VM from before the site turned the policy on: no approver, purpose or expiry to inherit.
+  const d = await startDaemon(t);
+  await d.api("POST", "/v1/vms", { name: "legacy", memoryMiB: 128 });
+  const bundle = join(d.home, "legacy.vigil");
+  assert.equal(d.cli("vm", "export", "legacy", "-o", bundle).status, 0);
+  d.process.kill("SIGTERM");
+  await waitFor(() => d.process.exitCode !== null || d.process.signalCode !== null, 10_000, "the daemon to stop");
+  writeFileSync(join(d.home, "config.json"), JSON.stringify({ policy: { requireOwnership: true } }));
+  await d.restart();
+
+  const vmsDir = join(d.home, "vms");
+  const dirsBefore = readdirSync(vmsDir).sort();
+  const nothingLeft = async (what: string) => {
+    assert.deepEqual(readdirSync(vmsDir).sort(), dirsBefore, `${what}: no directory left under vms/`);
+    const { vms } = await d.api<{ vms: Array<{ name: string }> }>("GET", "/v1/vms");
+    assert.deepEqual(vms.map((v) => v.name), ["legacy"], `${what}: nothing in the inventory`);
+  };
+  const everyField = /"approver", "purpose" and "expiresAt" are required by this site's policy/;
+  for (const args of [["clone", "legacy", "c1", "--full"], ["import", bundle, "--name", "i1"]]) {
+    const r = d.cli("vm", ...args);
+    assert.equal(r.status, 2, `vm ${args[0]}: refused (${r.stderr})`);
+    assert.match(r.stderr, everyField, `vm ${args[0]}: every missing field is named`);
+    await nothingLeft(`vm ${args[0]}`);
+  }
+  // Some fields given: the error names exactly the ones still missing.
+  const partial = d.cli("vm", "clone", "legacy", "c1", "--full", "--purpose", "qa");
+  assert.equal(partial.status, 2);
+  assert.match(partial.stderr, /"approver" and "expiresAt" are required/);
+  await nothingLeft("a partial clone");
+  // Over the API the same: the field is named in the error body.
+  await assert.rejects(d.api("POST", "/v1/vms/legacy/clone", { name: "c1", mode: "full", approver: "cio", expiresAt: "2099-01-01" }), (err: { code?: string; field?: string; message: string }) => {
+    assert.equal(err.code, "VIGIL_POLICY_DENIED");
+    assert.equal(err.field, "purpose");
+    return true;
+  });
+  await nothingLeft("a clone over the API");
+
+  const owned = ["--approver", "cio", "--purpose", "qa", "--expires", "2099-01-01", "--json"];
+  for (const args of [["clone", "legacy", "c1", "--full", ...owned], ["import", bundle, "--name", "i1", ...owned]]) {
+    const r = d.cli("vm", ...args);
+    assert.equal(r.status, 0, `vm ${args[0]} with every field: ${r.stderr}`);
+    const v = JSON.parse(r.stdout) as { approver: string; purpose: string; expiresAt: string };
+    assert.deepEqual([v.approver, v.purpose, v.expiresAt], ["cio", "qa", "2099-01-01"], `vm ${args[0]}: the fields are recorded`);
+  }
+  // A clone of a compliant VM inherits its fields and needs none of its own; explicit ones override them.
+  const inherited = d.cli("vm", "clone", "c1", "c2", "--full", "--approver", "ciso", "--json");
+  assert.equal(inherited.status, 0, inherited.stderr);
+  const c2 = JSON.parse(inherited.stdout) as { approver: string; purpose: string; expiresAt: string };
+  assert.deepEqual([c2.approver, c2.purpose, c2.expiresAt], ["ciso", "qa", "2099-01-01"]);
 });
 
 test("purge destroys every registered file and records what it did", { timeout: 300_000 }, async (t) => {

@@ -75,6 +75,10 @@ const TemplateBody = z.strictObject({ undo: z.boolean().default(false) });
 const ImportQuery = z.object({
   name: z.string().max(64).optional().openapi({ param: { name: "name", in: "query" } }),
   source: z.string().max(1024).optional().openapi({ param: { name: "source", in: "query" } }),
+  /** Default: the purpose in the bundle. Approver and expiry are not taken from a bundle. */
+  purpose: ownershipInputSchema.purpose,
+  approver: ownershipInputSchema.approver,
+  expiresAt: ownershipInputSchema.expiresAt,
 });
 const TrustedKeySchema = z.object({ keyId: z.string(), name: z.string(), publicKey: z.string(), addedBy: z.string(), addedAt: z.string(), site: z.boolean() }).openapi("TrustedKey");
 
@@ -132,7 +136,7 @@ export function registerStorageRoutes(app: App, d: ApiDeps): void {
       const raw = c.req.raw.body;
       const source = q.source ?? "(uploaded)";
       const empty = (async function* () {})();
-      return reply(c, await d.bundles.import(c.get("ctx"), raw ?? empty, { name: q.name, source }), 201);
+      return reply(c, await d.bundles.import(c.get("ctx"), raw ?? empty, { name: q.name, source, purpose: q.purpose, approver: q.approver, expiresAt: q.expiresAt }), 201);
     },
   );
 

@@ -10,7 +10,7 @@
  * everything verified is a VM created — with fresh identity, its kernel from this host's image of the same name,
  * never a path from the bundle. On any failure the staging directory goes and nothing else was touched.
  */
-import { createReadStream, mkdirSync, readdirSync, renameSync, rmSync, statSync, statfsSync, copyFileSync, chmodSync } from "node:fs";
+import { createReadStream, readdirSync, renameSync, rmSync, statSync, statfsSync, copyFileSync, chmodSync } from "node:fs";
 import { createHash, randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { z } from "zod";
@@ -43,6 +43,17 @@ export const exportRequestSchema = z.strictObject({
   withSnapshots: z.boolean().default(false),
   memory: z.boolean().default(false),
 });
+
+/** What an import request says besides the bundle: the new VM's name and its ownership fields. */
+export interface ImportOptions {
+  name?: string | undefined;
+  /** Where the client read the bundle from (recorded in the lineage). */
+  source: string;
+  /** Default: the purpose in the bundle. */
+  purpose?: string | undefined;
+  approver?: string | undefined;
+  expiresAt?: string | undefined;
+}
 
 export interface BundleDeps {
   vms: VmService;
@@ -101,9 +112,20 @@ export class BundleService {
           return s !== undefined && keep(s);
         };
         // Every layer of every disk's backing chain, bottom first. A stopped VM's files are read where they are;
-        // a running VM's are copied while it is paused (its files change as it runs), and so is a top layer
-        // that holds snapshots the bundle must not carry (they are dropped from the copy, not from the VM).
-        const layers: Array<{ disk: string; layer: number; source: string; staged: boolean }> = [];
+        // a running VM's are copied while it is paused (its files change as it runs), and so is any layer that
+        // holds internal snapshots the bundle must not carry (they are dropped from the copy, not from the VM).
+        // The manifest lists only this VM's own snapshots, and those live in the top layer (snapshots are taken
+        // on the top node); a lower layer is another VM's disk — a template's, with the template's snapshots and
+        // their RAM — so every internal snapshot of a lower layer is dropped, whatever `withSnapshots` says.
+        const layers: Array<{ disk: string; layer: number; top: boolean; source: string; staged: boolean }> = [];
+        const unwanted = (file: string, top: boolean): string[] => {
+          const img = Qcow2Image.open(file);
+          try {
+            return img.snapshots().map((x) => x.name).filter((name) => !top || !keepByName(name));
+          } finally {
+            img.close();
+          }
+        };
         for (const disk of vm.spec.disks) {
           const top = diskFile(h.layout.disksDir, disk.name);
           const { stdout } = await runCommand(QEMU_IMG, ["info", "-U", "--backing-chain", "--output=json", top], { what: "Reading a disk's backing chain" });
@@ -111,10 +133,7 @@ export class BundleService {
           if (chain.length === 0 || chain.length > 16) throw new VigilError("VIGIL_HOST", `Disk ${q(disk.name)} has an unexpected backing chain of ${chain.length} files`);
           chain.forEach((file, layer) => {
             const isTop = layer === chain.length - 1;
-            const img = isTop ? Qcow2Image.open(file) : undefined;
-            const dropSnapshots = img ? img.snapshots().some((x) => !keepByName(x.name)) : false;
-            img?.close();
-            layers.push({ disk: disk.name, layer, source: file, staged: live || dropSnapshots });
+            layers.push({ disk: disk.name, layer, top: isTop, source: file, staged: live || unwanted(file, isTop).length > 0 });
           });
         }
         const rt = live ? h.runtime() : undefined;
@@ -130,13 +149,13 @@ export class BundleService {
         } finally {
           if (rt && wasRunning) await rt.qmp.execute("cont");
         }
-        for (const l of layers.filter((x) => x.staged && !layers.some((y) => y.disk === x.disk && y.layer > x.layer))) {
-          const img = Qcow2Image.open(l.source);
-          const names = img.snapshots().map((x) => x.name);
-          img.close();
-          for (const name of names) {
-            if (!keepByName(name)) await runCommand(QEMU_IMG, ["snapshot", "-d", name, l.source], { what: "Dropping a snapshot from the export copy" });
+        for (const l of layers.filter((x) => x.staged)) {
+          // Names are read again from the copy: a running VM's top layer may have changed since the first look.
+          for (const name of unwanted(l.source, l.top)) {
+            await runCommand(QEMU_IMG, ["snapshot", "-d", name, l.source], { what: "Dropping a snapshot from the export copy" });
           }
+          const left = unwanted(l.source, l.top);
+          if (left.length > 0) throw new VigilError("VIGIL_HOST", `Cannot export VM ${q(vm.name)}: snapshot ${q(left[0])} could not be dropped from layer ${l.layer} of disk ${q(l.disk)}`);
         }
         // Compressed while the VM's lock is held: a stopped VM's files are read in place and must not change.
         const files: BundleFile[] = [];
@@ -209,7 +228,7 @@ export class BundleService {
           }
           yield END;
           // The bundle now exists outside vigil's directories: register where the client said it put it.
-          await registry.register(vm.id, clientPath ?? `(downloaded by ${ctx.actor.name}, location unknown)`, "bundle", { hash: false });
+          await registry.register(vm.id, clientPath ?? `(downloaded by ${ctx.actor.name}, location unknown)`, "bundle", { hash: false, supersededBy: `the export of VM ${q(vm.name)}` });
         } finally {
           rmSync(staging, { recursive: true, force: true });
         }
@@ -225,7 +244,7 @@ export class BundleService {
    * Imports a bundle from a byte stream. Nothing is created unless the signature, every size and every hash
    * verified; the staging directory is removed whatever happens.
    */
-  async import(ctx: RequestContext, body: AsyncIterable<Uint8Array>, options: { name?: string | undefined; source: string }): Promise<VmView> {
+  async import(ctx: RequestContext, body: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<VmView> {
     return this.d.guard.run(
       ctx,
       { action: "vm.import", permission: "vm.create", target: { kind: "vm", name: options.name ?? null }, details: { source: options.source }, targetIdOf: (v: VmView) => v.id },
@@ -317,7 +336,7 @@ export class BundleService {
   }
 
   /** Creates the VM from verified, staged layers. */
-  private async create(ctx: RequestContext, manifest: Manifest, signer: { keyId: string; name: string }, staging: string, options: { name?: string | undefined; source: string }): Promise<VmView> {
+  private async create(ctx: RequestContext, manifest: Manifest, signer: { keyId: string; name: string }, staging: string, options: ImportOptions): Promise<VmView> {
     const name = options.name ?? manifest.vm.name;
     parseOrThrow(vmNameSchema, name, "VM name");
     const src = manifest.vm.spec;
@@ -331,23 +350,36 @@ export class BundleService {
       const extra = src.boot.cmdline.split(" ").filter((w) => w !== "" && !imageWords.has(w));
       base = { ...src, boot: { kind: "kernel", kernel: image.boot.kernel, initrd: image.boot.initrd, cmdline: [image.boot.cmdline, ...extra].join(" ") } };
     }
-    // Validate every staged layer before it becomes a disk: no external data files, sane headers.
+    const topOf = (disk: string) => Math.max(...manifest.files.filter((f) => f.disk === disk).map((f) => f.layer));
+    // Validate every staged layer before it becomes a disk: no external data files, sane headers, and no
+    // internal snapshot the manifest does not list. Snapshots (and the RAM a memory snapshot holds) may only
+    // travel in a top layer and only when listed; anything else is data nobody declared — another VM's RAM
+    // in a template's layer, or something smuggled — and the bundle is refused rather than quietly cleaned.
+    const listed = new Set(manifest.snapshots.map((s) => s.name));
     for (const f of manifest.files) {
       const img = Qcow2Image.open(join(staging, f.name.replace(/\.zst$/, "")));
       try {
         if (img.header.externalDataFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${f.name} refers to an external data file`);
         if (f.layer === 0 && img.header.backingFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: the bottom layer ${f.name} has a backing file ${q(img.header.backingFile)}`);
+        const isTop = f.layer === topOf(f.disk);
+        const stray = img.snapshots().find((s) => !isTop || !listed.has(s.name));
+        if (stray) {
+          throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${f.name} holds internal snapshot ${q(stray.name)} that the manifest does not list${isTop ? "" : " (a lower layer carries no snapshots)"}`);
+        }
       } finally {
         img.close();
       }
     }
-    const topOf = (disk: string) => Math.max(...manifest.files.filter((f) => f.disk === disk).map((f) => f.layer));
     const spec = cloneSpec(base, name, () => undefined);
     const created = await this.d.vms.createDerived(ctx, {
       spec,
       owner: `user:${ctx.actor.name}`,
       lineage: { kind: "import", sourceVm: { id: manifest.vm.id, name: manifest.vm.name }, bundle: { file: options.source, signer: `${signer.name} (${signer.keyId})` } },
-      purpose: manifest.vm.purpose,
+      // The bundle carries the purpose; an approval and an expiry are this site's to give, so only the request
+      // sets them (the site policy `requireOwnership` then insists on all three).
+      purpose: options.purpose ?? manifest.vm.purpose,
+      approver: options.approver,
+      expiresAt: options.expiresAt,
       labels: manifest.vm.labels,
       reason: "import",
       prepareDisks: async (l) => {
