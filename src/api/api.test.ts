@@ -11,9 +11,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { z } from "zod";
 import { startDaemon, type Daemon } from "../daemon/daemon.ts";
-import { silentLogger } from "../log.ts";
+import { pino } from "pino";
+import { Writable } from "node:stream";
+import { silentLogger, type Logger } from "../log.ts";
 import { resolveSpec, createVmRequestSchema } from "../vm/spec.ts";
 import type { VmRepository } from "../vm/vm-repository.ts";
+import type { HostFacts } from "../vm/host-limits.ts";
 import { openApiDocument } from "./app.ts";
 import { ErrorSchema } from "./schemas.ts";
 
@@ -136,9 +139,9 @@ interface Fixture {
   targetId: string;
 }
 
-async function fixture(t: TestContext): Promise<Fixture> {
+async function fixture(t: TestContext, log: Logger = silentLogger(), hostFacts?: () => HostFacts): Promise<Fixture> {
   const home = mkdtempSync(join(tmpdir(), "vigil-api-"));
-  const daemon = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+  const daemon = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log, ...(hostFacts ? { hostFacts } : {}) });
   t.after(async () => {
     await daemon.close();
     rmSync(home, { recursive: true, force: true });
@@ -274,6 +277,59 @@ test("bad input is a 400 naming the field, never a stack trace", async (t) => {
   const body = (await res.json()) as { error: { code: string; message: string; field: string } };
   assert.equal(body.error.field, "memoryMiB");
   assert.doesNotMatch(body.error.message, /at .*\.ts:\d+/);
+});
+
+test("a body that is not JSON is a 400 and a non-JSON Content-Type a 415, logged without a stack", async (t) => {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const l of chunk.toString().split("\n").filter(Boolean)) lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  });
+  const f = await fixture(t, pino({ level: "info" }, sink));
+  const send = (type: string, body: string) => f.daemon.app.request("/v1/vms", { method: "POST", headers: { authorization: `Bearer ${f.tokens.admin}`, "content-type": type }, body }, { transport: "tcp" });
+
+  const bad = await send("application/json", "{bad");
+  assert.equal(bad.status, 400);
+  const badBody = (await bad.json()) as { error: { code: string; message: string } };
+  assert.equal(badBody.error.code, "VIGIL_BAD_REQUEST");
+  assert.match(badBody.error.message, /the request body is not valid JSON/);
+
+  const plain = await send("text/plain", JSON.stringify({ name: "x" }));
+  assert.equal(plain.status, 415);
+  const plainBody = (await plain.json()) as { error: { code: string; message: string } };
+  assert.equal(plainBody.error.code, "VIGIL_UNSUPPORTED_MEDIA_TYPE");
+  assert.match(plainBody.error.message, /"text\/plain".*application\/json/);
+  assert.ok(ErrorSchema.safeParse(plainBody).success);
+
+  const refusals = lines.filter((l) => l.code === "VIGIL_BAD_REQUEST" || l.code === "VIGIL_UNSUPPORTED_MEDIA_TYPE");
+  assert.equal(refusals.length, 2);
+  for (const l of lines) {
+    assert.ok(Number(l.level) <= 40, `logged above warn: ${JSON.stringify(l)}`);
+    assert.equal(l.err, undefined, `logged with an error object: ${JSON.stringify(l)}`);
+  }
+});
+
+test("a VM may not have more memory than the host, at create and at start", async (t) => {
+  const f = await fixture(t, silentLogger(), () => ({ memTotalMiB: 1024 }));
+  const res = await request(f, "admin", "POST", "/v1/vms", { name: "big", memoryMiB: 1000000 });
+  assert.equal(res.status, 400);
+  const body = (await res.json()) as { error: { code: string; message: string; field: string } };
+  assert.equal(body.error.code, "VIGIL_INVALID_SPEC");
+  assert.equal(body.error.field, "memoryMiB");
+  assert.match(body.error.message, /"memoryMiB" 1000000 is more than this host's memory \(at most 1024 MiB\)/);
+
+  // A VM created on a bigger host: refused at start on this one, and left as it was.
+  const req = createVmRequestSchema.parse({ name: "moved", memoryMiB: 2048 });
+  const spec = resolveSpec(req, { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
+  await f.repo.insert({ id: crypto.randomUUID(), name: "moved", spec, state: "stopped", host: "h", vmgenid: crypto.randomUUID(), generation: 1, owner: "user:admin", approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "admin", createdAt: new Date().toISOString() });
+  const start = await request(f, "admin", "POST", "/v1/vms/moved/start", {});
+  assert.equal(start.status, 400);
+  const startBody = (await start.json()) as { error: { message: string; field: string } };
+  assert.equal(startBody.error.field, "memoryMiB");
+  assert.match(startBody.error.message, /Cannot start VM "moved": "memoryMiB" 2048 is more than this host's memory \(at most 1024 MiB\)/);
+  assert.equal((await f.repo.getByName("moved")).state, "stopped");
 });
 
 test("the OpenAPI document is checked in at docs/openapi.json and current", async (t) => {

@@ -46,13 +46,31 @@ export interface Target {
   token?: string;
 }
 
+/**
+ * The daemon's URL from `source` (VIGIL_URL, `--url`, the login config): http(s)://HOST:PORT, or a one-line
+ * usage error naming where it came from.
+ */
+export function daemonUrl(value: string, source: string): URL {
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || !url.hostname) {
+    throw new ApiError("VIGIL_BAD_REQUEST", `Invalid ${source} ${JSON.stringify(value)}: it must be http(s)://HOST:PORT, e.g. http://127.0.0.1:7450`, 0, source);
+  }
+  return url;
+}
+
 /** Where to send requests: VIGIL_URL / login config (remote, with token) or the local socket. */
 export function resolveTarget(env = process.env): Target {
   const cfg = loadClientConfig();
-  const url = env.VIGIL_URL ?? (env.VIGIL_HOME ? undefined : cfg.url);
+  const fromEnv = env.VIGIL_URL !== undefined && env.VIGIL_URL !== "";
+  const url = fromEnv ? env.VIGIL_URL : env.VIGIL_HOME ? undefined : cfg.url;
   if (url) {
     const token = env.VIGIL_TOKEN ?? cfg.token;
-    return { url: new URL(url), ...(token ? { token } : {}) };
+    return { url: daemonUrl(url, fromEnv ? "VIGIL_URL" : `url in ${clientConfigPath()}`), ...(token ? { token } : {}) };
   }
   return { socketPath: homeLayout(vigilHome(env)).socket };
 }
@@ -105,7 +123,7 @@ export function call<T = unknown>(method: string, path: string, body?: unknown, 
               return reject(new ApiError("VIGIL_INTERNAL", "The daemon sent a malformed response", status));
             }
           }
-          reject(apiError(text, status));
+          reject(apiError(text, status, target));
         });
       },
       (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
@@ -121,7 +139,7 @@ export function stream(path: string, onData: (chunk: string) => void, target = r
       baseOptions(target, "GET", path, { accept: "*/*" }),
       undefined,
       (res) => {
-        if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);
+        if ((res.statusCode ?? 0) >= 300) return void errorFrom(res, target).then(reject);
         res.setEncoding("utf8");
         res.on("data", onData);
         res.on("end", resolve);
@@ -164,27 +182,35 @@ export function upgrade(path: string, target = resolveTarget()): Promise<import(
       if (head.length > 0) socket.unshift(head);
       resolve(socket);
     });
-    req.on("response", (res) => void errorFrom(res).then(reject));
+    req.on("response", (res) => void errorFrom(res, target).then(reject));
     req.on("error", (err) => reject(unreachable(target, err as NodeJS.ErrnoException)));
     req.end();
   });
 }
 
-/** The API's `{error: {code, message, field?}}` body as an ApiError (or a generic one if it is not that). */
-function apiError(text: string, status: number): ApiError {
+/**
+ * The API's `{error: {code, message, field?}}` body as an ApiError. Anything else did not come from a vigil
+ * daemon (a web server or proxy at VIGIL_URL): one line saying so, never its body.
+ */
+export function apiError(text: string, status: number, target?: Target): ApiError {
+  let e: { code?: unknown; message?: unknown; field?: unknown } | undefined;
   try {
-    const e = (JSON.parse(text) as { error: { code: string; message: string; field?: string } }).error;
-    return new ApiError(e.code, e.message, status, e.field);
+    e = (JSON.parse(text) as { error?: typeof e }).error;
   } catch {
-    return new ApiError("VIGIL_INTERNAL", `The daemon answered ${status}: ${text.slice(0, 200)}`, status);
+    e = undefined;
   }
+  if (e && typeof e.code === "string" && typeof e.message === "string") return new ApiError(e.code, e.message, status, typeof e.field === "string" ? e.field : undefined);
+  const where = target?.socketPath ?? target?.url?.href ?? "the daemon's address";
+  return new ApiError("VIGIL_UNREACHABLE", `The server at ${where} is not a vigil daemon (HTTP ${status})`, status);
 }
 
-function errorFrom(res: IncomingMessage): Promise<ApiError> {
+function errorFrom(res: IncomingMessage, target?: Target): Promise<ApiError> {
   return new Promise((resolve) => {
     let text = "";
-    res.on("data", (c: Buffer) => (text += c.toString()));
-    res.on("end", () => resolve(apiError(text, res.statusCode ?? 0)));
+    res.on("data", (c: Buffer) => {
+      if (text.length < 65536) text += c.toString();
+    });
+    res.on("end", () => resolve(apiError(text, res.statusCode ?? 0, target)));
   });
 }
 
@@ -201,10 +227,15 @@ export function download(path: string, body: unknown, out: string, options: { re
       baseOptions(target, "POST", path, headers),
       JSON.stringify(body),
       (res) => {
-        if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);
+        if ((res.statusCode ?? 0) >= 300) return void errorFrom(res, target).then(reject);
         const total = Number(res.headers["content-length"] ?? 0);
         const tmp = `${out}.part`;
         const file = createWriteStream(tmp, { mode: 0o600 });
+        file.on("error", (err: NodeJS.ErrnoException) => {
+          res.destroy();
+          rmSync(tmp, { force: true });
+          reject(new ApiError("VIGIL_HOST", `Cannot write ${JSON.stringify(out)}: ${err.code ?? err.message}`, 0, "output"));
+        });
         let done = 0;
         res.on("data", (c: Buffer) => {
           done += c.length;
@@ -226,14 +257,35 @@ export function download(path: string, body: unknown, out: string, options: { re
   });
 }
 
+/**
+ * Checks that the file a command reads (given as `what`, e.g. `<file>`) exists and is a regular file; a
+ * one-line usage error otherwise.
+ */
+export function inputFile(path: string, what: string): import("node:fs").Stats {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "the file does not exist" : code === "EACCES" ? "permission denied" : `cannot read it (${code ?? messageOfUnknown(err)})`;
+    throw new ApiError("VIGIL_BAD_REQUEST", `Invalid ${what} ${JSON.stringify(path)}: ${why}`, 0, what);
+  }
+  if (!st.isFile()) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid ${what} ${JSON.stringify(path)}: not a regular file`, 0, what);
+  return st;
+}
+
+function messageOfUnknown(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 /** POSTs the file at `file` as the request body and resolves with the JSON answer. */
 export function upload<T = unknown>(path: string, file: string, options: { requestId?: string; contentType?: string; onBytes?: (done: number, total: number) => void } = {}, target = resolveTarget()): Promise<T> {
   return new Promise((resolve, reject) => {
-    const total = statSync(file).size;
+    const total = inputFile(file, "<file>").size;
     const headers: Record<string, string> = { "content-type": options.contentType ?? "application/x-vigil-bundle", "content-length": String(total), accept: "application/json" };
     if (options.requestId) headers["x-request-id"] = options.requestId;
     const req = (target.url?.protocol === "https:" ? httpsRequest : httpRequest)(baseOptions(target, "POST", path, headers), (res) => {
-      if ((res.statusCode ?? 0) >= 300) return void errorFrom(res).then(reject);
+      if ((res.statusCode ?? 0) >= 300) return void errorFrom(res, target).then(reject);
       let text = "";
       res.on("data", (c: Buffer) => (text += c.toString()));
       res.on("end", () => resolve(JSON.parse(text) as T));

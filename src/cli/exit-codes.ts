@@ -17,6 +17,7 @@ export function exitCodeFor(code: string): number {
   switch (code) {
     case "VIGIL_BAD_REQUEST":
     case "VIGIL_INVALID_SPEC":
+    case "VIGIL_UNSUPPORTED_MEDIA_TYPE":
     case "VIGIL_POLICY_DENIED":
       return EXIT.badInput;
     case "VIGIL_NOT_FOUND":

@@ -4,15 +4,16 @@
  * Kept free of heavy imports so a command starts fast (the boot benchmark measures `vm start --wait`).
  */
 import { Command, CommanderError, Option } from "commander";
-import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { accessSync, constants as fsConstants, createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { randomUUID } from "node:crypto";
 import { basename, resolve as resolvePath } from "node:path";
-import { ApiError, call, clientConfigPath, download, events, stream, upload, upgrade } from "./client.ts";
+import { ApiError, call, clientConfigPath, daemonUrl, download, events, inputFile, stream, upload, upgrade } from "./client.ts";
 import { EXIT, exitCodeFor } from "./exit-codes.ts";
-import { clearLine, printJson, printTable, progressLine, withSpinner } from "./output.ts";
+import { parseGuestViewEvery, parseInterval, parsePolicy, watchBody } from "./watch-args.ts";
+import { clearLine, printJson, printTable, progressLine, sortNumerically, startedMessage, visibleControls, withSpinner } from "./output.ts";
 
-type Vm = Record<string, unknown> & { name: string; state: string; spec: { vcpus: number; memoryMiB: number; image: string | null } };
+type Vm = Record<string, unknown> & { name: string; state: string; spec: { vcpus: number; memoryMiB: number; image: string | null; agent?: boolean } };
 
 const enc = encodeURIComponent;
 const vmPath = (name: string, suffix = "") => `/v1/vms/${enc(name)}${suffix}`;
@@ -26,6 +27,30 @@ function positiveInt(flag: string) {
     if (!/^\d+$/.test(v)) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid ${flag} ${JSON.stringify(v)}: must be a whole number`, 0, flag);
     return Number(v);
   };
+}
+
+/**
+ * Checks before any request is sent that `path` (given with `flag`) can be created: its directory exists and is
+ * writable, and the path itself is not a directory. Returns the absolute path.
+ */
+export function writableOutput(flag: string, path: string): string {
+  const abs = resolvePath(path);
+  const dir = dirname(abs);
+  const refuse = (why: string) => new ApiError("VIGIL_BAD_REQUEST", `Cannot write ${flag} ${JSON.stringify(path)}: ${why}`, 0, flag);
+  let st;
+  try {
+    st = statSync(dir);
+  } catch {
+    throw refuse(`the directory ${JSON.stringify(dir)} does not exist`);
+  }
+  if (!st.isDirectory()) throw refuse(`${JSON.stringify(dir)} is not a directory`);
+  try {
+    accessSync(dir, fsConstants.W_OK);
+  } catch {
+    throw refuse(`the directory ${JSON.stringify(dir)} is not writable`);
+  }
+  if (existsSync(abs) && statSync(abs).isDirectory()) throw refuse("it is a directory");
+  return abs;
 }
 
 function printVmTable(vms: Vm[]): void {
@@ -116,7 +141,12 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--listen <addr:port>", 'TCP address for the HTTP API, or "none"', "127.0.0.1:7450")
     .action(async (o: { listen: string }) => {
       const { runDaemon } = await hooks.loadDaemon();
-      await runDaemon({ listen: o.listen });
+      try {
+        await runDaemon({ listen: o.listen });
+      } catch (err) {
+        // The daemon has closed what it opened; exit now so nothing half-started keeps the process alive.
+        process.exit(report(err));
+      }
     });
 
   program
@@ -144,9 +174,10 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("Store the daemon URL and a token (read from stdin or VIGIL_TOKEN, never from the command line) in ~/.config/vigil/config.json (0600)")
     .requiredOption("--url <url>", "daemon URL, e.g. http://127.0.0.1:7450")
     .action(async (o: { url: string }) => {
+      const url = daemonUrl(o.url, "--url");
       const token = await readSecretFromStdin("Token: ");
       if (!token) throw new ApiError("VIGIL_BAD_REQUEST", "No token given: pipe it on stdin or set VIGIL_TOKEN", 0, "token");
-      const me = await call<{ name: string }>("GET", "/v1/whoami", undefined, { url: new URL(o.url), token });
+      const me = await call<{ name: string }>("GET", "/v1/whoami", undefined, { url, token });
       const path = clientConfigPath();
       mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
       writeFileSync(path, JSON.stringify({ url: o.url, token }, null, 2) + "\n", { mode: 0o600 });
@@ -208,14 +239,18 @@ export function buildProgram(hooks: CliHooks): Command {
   // ---- vms ----
   const vm = program.command("vm").description("Virtual machines");
 
+  // --nic and --no-nic set the same option; which of them was given is tracked here to refuse both together.
+  const nicFlags = { nic: false, noNic: false };
   vm.command("create <name>")
+    .on("option:nic", () => void (nicFlags.nic = true))
+    .on("option:no-nic", () => void (nicFlags.noNic = true))
     .description("Create a VM from an image")
     .option("--image <image>", "image to create it from", "tiny")
     .option("--memory <MiB>", "memory in MiB", positiveInt("--memory"))
     .option("--vcpus <n>", "virtual CPUs", positiveInt("--vcpus"))
     .addOption(new Option("--cpu <model>", "CPU model").choices(["max", "qemu64", "host"]))
     .option("--disk <name:MiB>", "add a blank data disk (repeatable)", collect)
-    .option("--nic <restrict|open>", "add a user-mode NIC; restrict (default) has no way out (repeatable)", collect)
+    .option("--nic <restrict|open>", "add a user-mode NIC; restrict (default) has no way out (repeatable)", (v: string, previous: unknown) => [...(Array.isArray(previous) ? (previous as string[]) : []), v])
     .option("--no-nic", "no network card at all")
     .option("--no-agent", "no guest agent channel")
     .option("--cmdline <words>", "extra kernel command-line words")
@@ -238,6 +273,7 @@ export function buildProgram(hooks: CliHooks): Command {
           return { name: m[1], sizeMiB: Number(m[2]) };
         });
       }
+      if (nicFlags.nic && nicFlags.noNic) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --nic or --no-nic, not both", 0, "nic");
       if (o.nic === false) req.nics = [];
       else if (Array.isArray(o.nic)) {
         req.nics = (o.nic as string[]).map((n) => {
@@ -273,7 +309,7 @@ export function buildProgram(hooks: CliHooks): Command {
       const work = call<Vm>("POST", vmPath(name, "/start"), { wait: o.wait ?? false, waitTimeoutSec: o.timeout, paused: o.paused ?? false });
       const v = o.wait ? await withSpinner(`Starting ${name} and waiting for its agent`, work) : await work;
       if (o.json) return printJson(v);
-      process.stdout.write(`VM ${v.name} is ${v.state}${o.wait ? " and its agent answers" : ""} (pid ${v.pid as number}, ${v.accelerator as string})\n`);
+      process.stdout.write(startedMessage(v, o.wait ?? false, o.paused ?? false));
     });
 
   vm.command("stop <name>")
@@ -366,9 +402,12 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("Attach to the serial console (Ctrl-] leaves); --log prints the captured output instead")
     .option("--log", "print the captured console log")
     .option("--bytes <n>", "with --log: how many of the last bytes", positiveInt("--bytes"), 65536)
-    .action(async (name: string, o: { log?: boolean; bytes: number }) => {
+    .option("--raw", "with --log: pass the guest's bytes through unchanged, control characters included (on a terminal they are shown as ^[ etc.)")
+    .action(async (name: string, o: { log?: boolean; bytes: number; raw?: boolean }) => {
       if (o.log) {
-        process.stdout.write(await call<string>("GET", vmPath(name, `/console-log?bytes=${o.bytes}`)));
+        const text = await call<string>("GET", vmPath(name, `/console-log?bytes=${o.bytes}`));
+        // A hostile guest must not drive the operator's terminal: escape sequences are shown, not obeyed.
+        process.stdout.write(process.stdout.isTTY && !o.raw ? visibleControls(text) : text);
         return;
       }
       await interactiveConsole(name);
@@ -380,7 +419,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .action(async (name: string, o: { json?: boolean }) => {
       const r = await call<{ processes: Array<Record<string, unknown>> }>("GET", vmPath(name, "/guest/ps"));
       if (o.json) return printJson(r);
-      printTable(r.processes, [
+      printTable(sortNumerically(r.processes, "pid"), [
         ["pid", "PID"],
         ["ppid", "PPID"],
         ["state", "S"],
@@ -526,7 +565,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--with-snapshots", "include the snapshot tree")
     .option("--memory", "capture the running VM's memory too (it resumes where it was after import)")
     .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean }) => {
-      const out = resolvePath(o.output);
+      const out = writableOutput("-o", o.output);
       const requestId = randomUUID();
       const bytes = await withProgress(`Exporting ${name}`, () =>
         download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
@@ -538,10 +577,19 @@ export function buildProgram(hooks: CliHooks): Command {
   vm.command("import <file>")
     .description("Create a VM from a .vigil bundle; verified completely (signer, sizes, hashes) before anything is created")
     .option("--name <name>", "name of the new VM (default: the name in the bundle)")
+    .option("--purpose <text>", "what the VM is for (default: the purpose in the bundle)")
+    .option("--approver <name>", "who approved it (never taken from the bundle)")
+    .option("--expires <date>", "expiry (never taken from the bundle)")
     .option("--json", "machine-readable output")
-    .action(async (file: string, o: { name?: string; json?: boolean }) => {
+    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
       const abs = resolvePath(file);
-      const query = new URLSearchParams({ source: abs, ...(o.name ? { name: o.name } : {}) });
+      const query = new URLSearchParams({
+        source: abs,
+        ...(o.name ? { name: o.name } : {}),
+        ...(o.purpose ? { purpose: o.purpose } : {}),
+        ...(o.approver ? { approver: o.approver } : {}),
+        ...(o.expires ? { expiresAt: o.expires } : {}),
+      });
       const v = await withProgress(`Importing ${basename(abs)}`, (rid) => upload<Vm>(`/v1/vms/import?${query.toString()}`, abs, { requestId: rid, onBytes: (d, t) => progressLine("Uploading", d, t) }));
       clearLine();
       if (o.json) return printJson(v);
@@ -686,6 +734,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("Trust another site's bundle-signing public key (PEM)")
     .requiredOption("--name <name>", "whose key it is")
     .action(async (file: string, o: { name: string }) => {
+      inputFile(file, "<pem-file>");
       const k = await call<{ keyId: string }>("POST", "/v1/trust", { name: o.name, publicKey: readFileSync(file, "utf8") });
       process.stdout.write(`Trusting key ${k.keyId} (${o.name})\n`);
     });
@@ -720,20 +769,12 @@ export function buildProgram(hooks: CliHooks): Command {
 
   // ---- introspection ----
   type Finding = { check: string; severity: string; message: string; evidence: Record<string, unknown> };
-  type Watch = { vm: string; intervalMs: number; policy: string; status: string; sweeps: number; lastSweepAt: string | null; lastSweepMs: number | null; activeFindings: number; baseline: { source: string; takenAt: string } | null; problem: string | null };
+  type Watch = { vm: string; intervalMs: number; policy: string; guestViewEvery: number; status: string; sweeps: number; lastSweepAt: string | null; lastSweepMs: number | null; activeFindings: number; baseline: { source: string; takenAt: string } | null; problem: string | null };
   const evidenceLine = (e: Record<string, unknown>) =>
     ["address", "symbol", "expected", "found", "pid", "comm", "module", "vector"]
       .filter((k) => e[k] !== undefined)
       .map((k) => `${k}=${typeof e[k] === "string" ? (e[k] as string) : JSON.stringify(e[k])}`)
       .join(" ");
-  /** "1s", "500ms", "2m", "1h" or plain seconds → milliseconds. */
-  const duration = (v: string): number => {
-    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
-    if (!m) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --interval ${JSON.stringify(v)}: use e.g. 1s, 500ms, 2m`, 0, "interval");
-    const n = Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const)[(m[2] ?? "s") as "ms" | "s" | "m" | "h"];
-    return Math.round(n);
-  };
-
   program
     .command("introspect <vm>")
     .description("One sweep of the guest kernel from outside (needs the introspect grant): findings and the VMI view of processes and modules")
@@ -776,14 +817,14 @@ export function buildProgram(hooks: CliHooks): Command {
   program
     .command("watch [vm]")
     .description("Watch a VM continuously (sweeps in the daemon, findings in the audit log) and follow its findings until Ctrl-C; the watch keeps running")
-    .option("--interval <duration>", "time between sweeps, e.g. 1s, 500ms, 2m (default 1s)")
-    .option("--policy <policy>", "on a new serious finding: alert, pause (contain), or snapshot-and-pause (keep evidence) (default alert)")
-    .option("--guest-view-every <n>", "ask the guest for its own ps every Nth sweep (the lie detector; costs guest CPU) (default 1)", positiveInt("--guest-view-every"))
+    .option("--interval <duration>", "time between sweeps, 250ms..1h, e.g. 1s, 500ms, 2m (a new watch: 1s; a running one keeps its own)", parseInterval)
+    .option("--policy <policy>", "on a new serious finding: alert, pause (contain), or snapshot-and-pause (keep evidence) (a new watch: alert; a running one keeps its own)", parsePolicy)
+    .option("--guest-view-every <n>", "ask the guest for its own ps every Nth sweep, 1..3600 (the lie detector; costs guest CPU) (a new watch: 1; a running one keeps its own)", parseGuestViewEvery)
     .option("--stop", "stop the VM's watch")
     .option("--list", "list the watches you may see")
     .option("--no-follow", "start or change the watch, then return")
     .option("--json", "machine-readable output (one JSON record per line when following)")
-    .action(async (name: string | undefined, o: { interval?: string; policy?: string; guestViewEvery?: number; stop?: boolean; list?: boolean; follow: boolean; json?: boolean }) => {
+    .action(async (name: string | undefined, o: { interval?: number; policy?: string; guestViewEvery?: number; stop?: boolean; list?: boolean; follow: boolean; json?: boolean }) => {
       if (o.list) {
         const { watches } = await call<{ watches: Watch[] }>("GET", "/v1/watches");
         if (o.json) return printJson(watches);
@@ -809,9 +850,10 @@ export function buildProgram(hooks: CliHooks): Command {
         process.stdout.write(r.stopped ? `Stopped watching ${name}\n` : `${name} was not watched\n`);
         return;
       }
-      let watch: Watch | null = null;
-      if (o.interval === undefined && o.policy === undefined && o.guestViewEvery === undefined) watch = (await call<{ watch: Watch | null }>("GET", vmPath(name, "/findings?limit=1"))).watch;
-      watch ??= await call<Watch>("PUT", vmPath(name, "/watch"), { intervalMs: duration(o.interval ?? "1s"), policy: o.policy ?? "alert", guestViewEvery: o.guestViewEvery ?? 1 });
+      // Merge into the current watch: an option not given keeps its value; only a new watch gets the defaults.
+      const existing = (await call<{ watch: Watch | null }>("GET", vmPath(name, "/findings?limit=1"))).watch;
+      const change = watchBody({ ...(o.interval !== undefined ? { intervalMs: o.interval } : {}), ...(o.policy !== undefined ? { policy: o.policy } : {}), ...(o.guestViewEvery !== undefined ? { guestViewEvery: o.guestViewEvery } : {}) }, existing);
+      const watch = change ? await call<Watch>("PUT", vmPath(name, "/watch"), change) : existing!;
       const vm = await call<{ id: string }>("GET", vmPath(name));
       if (!o.follow) {
         if (o.json) return printJson(watch);
@@ -974,9 +1016,14 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("Write the log as JSON lines that an outside tool can verify with the site's public key")
     .option("-o, --output <file>", "write to a file instead of stdout")
     .action(async (o: { output?: string }) => {
-      const out = o.output ? createWriteStream(o.output, { mode: 0o600 }) : process.stdout;
-      await stream("/v1/audit/export", (chunk) => out.write(chunk));
-      if (o.output) await new Promise((r) => (out as ReturnType<typeof createWriteStream>).end(r));
+      if (!o.output) return stream("/v1/audit/export", (chunk) => void process.stdout.write(chunk));
+      const path = writableOutput("-o", o.output);
+      const file = createWriteStream(path, { mode: 0o600 });
+      const failed = new Promise<never>((_, reject) =>
+        file.on("error", (err: NodeJS.ErrnoException) => reject(new ApiError("VIGIL_HOST", `Cannot write -o ${JSON.stringify(o.output)}: ${err.code ?? err.message}`, 0, "-o"))),
+      );
+      await Promise.race([stream("/v1/audit/export", (chunk) => void file.write(chunk)), failed]);
+      await Promise.race([new Promise<void>((r) => file.end(r)), failed]);
     });
   audit
     .command("tail")
@@ -1000,28 +1047,41 @@ export function buildProgram(hooks: CliHooks): Command {
   return program;
 }
 
+/** Prints one line for a failure and returns its documented exit code. */
+function report(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT.badInput;
+  if (err instanceof ApiError) {
+    process.stderr.write(`vigil: ${err.message}\n`);
+    return exitCodeFor(err.code);
+  }
+  const e = err as { code?: string; message?: string };
+  if (typeof e.code === "string" && e.code.startsWith("VIGIL_")) {
+    process.stderr.write(`vigil: ${e.message}\n`);
+    return exitCodeFor(e.code);
+  }
+  process.stderr.write(`vigil: internal error: ${e.message ?? String(err)}\n`);
+  return EXIT.internal;
+}
+
+let stdoutGuarded = false;
+/** A reader that stops early (`vigil audit tail | head -1`) is a normal end of the output, not a failure. */
+function endQuietlyOnEpipe(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE") process.exit(EXIT.ok);
+    process.stderr.write(`vigil: cannot write the output: ${err.code ?? err.message}\n`);
+    process.exit(EXIT.internal);
+  });
+}
+
 /** Runs the CLI and maps every failure to one documented exit code. */
 export async function main(argv: string[], hooks: CliHooks): Promise<void> {
+  endQuietlyOnEpipe();
   const program = buildProgram(hooks);
   try {
     await program.parseAsync(argv);
   } catch (err) {
-    if (err instanceof CommanderError) {
-      process.exitCode = err.exitCode === 0 ? 0 : EXIT.badInput;
-      return;
-    }
-    if (err instanceof ApiError) {
-      process.stderr.write(`vigil: ${err.message}\n`);
-      process.exitCode = exitCodeFor(err.code);
-      return;
-    }
-    const e = err as { code?: string; message?: string };
-    if (typeof e.code === "string" && e.code.startsWith("VIGIL_")) {
-      process.stderr.write(`vigil: ${e.message}\n`);
-      process.exitCode = exitCodeFor(e.code);
-      return;
-    }
-    process.stderr.write(`vigil: internal error: ${e.message ?? String(err)}\n`);
-    process.exitCode = EXIT.internal;
+    process.exitCode = report(err);
   }
 }

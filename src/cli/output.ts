@@ -47,3 +47,36 @@ export function progressLine(label: string, current: number, total: number): voi
 export function clearLine(): void {
   if (process.stderr.isTTY) process.stderr.write("\r\x1b[K");
 }
+
+/** What `vm start` says it did: `--wait` claims an answering agent only when there was one to wait for. */
+export function startedMessage(v: { name: string; state: string; pid?: unknown; accelerator?: unknown; spec: { agent?: boolean } }, wait: boolean, paused: boolean): string {
+  const where = `pid ${String(v.pid)}, ${String(v.accelerator)}`;
+  if (!wait) return `VM ${v.name} is ${v.state} (${where})\n`;
+  if (v.spec.agent === false) return `VM ${v.name} is ${v.state} (it has no guest agent to wait for), ${where}\n`;
+  if (paused) return `VM ${v.name} is ${v.state} (started paused, so its agent was not waited for), ${where}\n`;
+  return `VM ${v.name} is ${v.state} and its agent answers (${where})\n`;
+}
+
+/** Rows ordered by a numeric column (`pid`), numbers as numbers: 1, 2, 10, not 1, 10, 2. */
+export function sortNumerically<T extends Record<string, unknown>>(rows: T[], key: string): T[] {
+  const n = (r: T) => {
+    const v = Number(r[key]);
+    return Number.isFinite(v) ? v : Number.POSITIVE_INFINITY;
+  };
+  return [...rows].sort((a, b) => n(a) - n(b));
+}
+
+/**
+ * Makes a guest's console output safe for the operator's terminal: every control character other than \n, \r
+ * and \t becomes visible caret notation (ESC → `^[`, DEL → `^?`), so a hostile guest cannot send escape
+ * sequences (cursor reports such as ESC[6n, title changes, OSC 52 clipboard writes) to the terminal. C1
+ * controls (U+0080–U+009F, which some terminals obey like ESC [) are shown as `M-^X`.
+ */
+export function visibleControls(text: string): string {
+  return text.replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]/g, (ch) => {
+    const c = ch.charCodeAt(0);
+    if (c === 0x7f) return "^?";
+    if (c >= 0x80) return `M-^${String.fromCharCode(c - 0x80 + 0x40)}`;
+    return `^${String.fromCharCode(c + 0x40)}`;
+  });
+}

@@ -31,6 +31,7 @@ import { ProvenanceService } from "../provenance/provenance-service.ts";
 import { detectAccelerator } from "../qemu/accel.ts";
 import { VmRepository } from "../vm/vm-repository.ts";
 import { VmService } from "../vm/vm-service.ts";
+import type { HostFacts } from "../vm/host-limits.ts";
 import { GenerationLog } from "../vtime/generations.ts";
 import { checkRevert } from "../vtime/rollback-policy.ts";
 import { reapplyHook } from "../vtime/reapply-hook.ts";
@@ -62,6 +63,8 @@ export interface DaemonOptions {
   /** "ADDR:PORT" for the TCP listener, or "none". */
   listen?: string;
   log?: Logger;
+  /** Host facts for tests (the host's memory); read from /proc otherwise. */
+  hostFacts?: () => HostFacts;
 }
 
 export interface Daemon {
@@ -101,9 +104,20 @@ function claimPidFile(home: HomeLayout): void {
   writeFileSync(home.pidFile, `${process.pid}\n`, { mode: 0o600 });
 }
 
+/** `--listen` as host and port (undefined for "none"); a bad value is refused before anything is created. */
+export function parseListen(listen: string): { host: string; port: number } | undefined {
+  if (listen === "none") return undefined;
+  const m = /^(.+):(\d{1,5})$/.exec(listen);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid --listen ${q(listen)}: use ADDR:PORT (e.g. 127.0.0.1:7450, port 0-65535) or "none"`, { field: "listen" });
+  return { host: m[1]!.replace(/^\[(.*)\]$/, "$1"), port };
+}
+
 export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
   const home = homeLayout(options.home ?? vigilHome());
   const log = options.log ?? createLogger();
+  const listen = options.listen ?? "127.0.0.1:7450";
+  const tcpWhere = parseListen(listen);
   ensurePrivateDir(home.home);
   ensurePrivateDir(home.runDir);
   ensurePrivateDir(home.vmsDir);
@@ -125,7 +139,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const registry = new DataRegistry(db, hostName);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership }, generations, log });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership }, generations, log, hostFacts: options.hostFacts });
   const progress = new ProgressBus();
   const snapshotRepo = new SnapshotRepository(db);
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
@@ -165,35 +179,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     log,
   };
 
-  const recovered = await vms.recover();
-  await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
-
   const app = createApp(deps);
   const servers: ServerType[] = [];
-
-  rmSync(home.socket, { force: true });
-  const unixServer = createAdaptorServer({ fetch: (req: Request) => app.fetch(req, { transport: "unix" }) });
-  await listenOn(unixServer, home.socket, `the socket ${home.socket}`);
-  servers.push(unixServer);
-
-  let tcpAddress: Daemon["tcpAddress"];
-  const listen = options.listen ?? "127.0.0.1:7450";
-  if (listen !== "none") {
-    const m = /^(.+):(\d{1,5})$/.exec(listen);
-    if (!m) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid --listen ${q(listen)}: use ADDR:PORT (e.g. 127.0.0.1:7450) or "none"`, { field: "listen" });
-    const tcpServer = createAdaptorServer({ fetch: (req: Request) => app.fetch(req, { transport: "tcp" }) });
-    await listenOn(tcpServer, { host: m[1]!, port: Number(m[2]) }, listen);
-    const addr = tcpServer.address();
-    if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
-    servers.push(tcpServer);
-  }
-  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
-  for (const server of servers) {
-    const transport = server === unixServer ? "unix" : "tcp";
-    server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));
-  }
-
-  const stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);
+  let stopExpiry = () => {};
+  let recovered: Awaited<ReturnType<VmService["recover"]>> | undefined;
 
   let closed = false;
   const close = async () => {
@@ -210,6 +199,46 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     rmSync(home.pidFile, { force: true });
     log.info("vigil stopped; VMs keep running");
   };
+
+  // Requests wait until running VMs are found again, so nobody sees a VM as stopped that is running.
+  let markReady!: () => void;
+  const ready = new Promise<void>((resolve) => (markReady = resolve));
+  const serve = (transport: "unix" | "tcp") => async (req: Request) => {
+    await ready;
+    return app.fetch(req, { transport });
+  };
+  let tcpAddress: Daemon["tcpAddress"];
+  let unixServer: ServerType;
+  try {
+    // TCP first: when its address is taken, no client has seen the socket of a daemon that then goes away.
+    if (tcpWhere) {
+      const tcpServer = createAdaptorServer({ fetch: serve("tcp") });
+      await listenOn(tcpServer, tcpWhere, listen);
+      servers.push(tcpServer);
+      const addr = tcpServer.address();
+      if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
+    }
+    rmSync(home.socket, { force: true });
+    unixServer = createAdaptorServer({ fetch: serve("unix") });
+    await listenOn(unixServer, home.socket, `the socket ${home.socket}`);
+    servers.push(unixServer);
+
+    recovered = await vms.recover();
+    await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
+    markReady();
+  } catch (err) {
+    // Leave nothing behind: no socket, no pid file, no open database; the caller exits.
+    await close().catch(() => undefined);
+    throw err;
+  }
+  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
+  for (const server of servers) {
+    const transport = server === unixServer ? "unix" : "tcp";
+    server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));
+  }
+
+  stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);
+
   return { home, app, deps, repo, tcpAddress, close };
 }
 

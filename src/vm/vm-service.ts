@@ -28,6 +28,7 @@ import { overwriteAndUnlink } from "../provenance/erase.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
+import { checkHostLimits, readHostFacts, type HostFacts } from "./host-limits.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
 import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
@@ -53,6 +54,8 @@ export interface VmServiceDeps {
   policy: VmPolicy;
   generations: GenerationLog;
   log: Logger;
+  /** Facts about this host that bound a VM (memory); read from /proc when not given (tests inject them). */
+  hostFacts?: (() => HostFacts) | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
@@ -114,6 +117,10 @@ export class VmService {
   private readonly runtimeHooks: Array<(vm: VmRecord, rt: VmRuntime) => void> = [];
 
   constructor(private readonly d: VmServiceDeps) {}
+
+  private hostFacts(): HostFacts {
+    return (this.d.hostFacts ?? readHostFacts)();
+  }
 
   /** Capabilities register work that must happen on every start before the guest runs. */
   addBeforeContHook(hook: BeforeContHook): void {
@@ -180,6 +187,8 @@ export class VmService {
       reason: "clone" | "import";
     },
   ): Promise<VmRecord> {
+    // Before anything exists: a refused clone or import leaves no directory, row or registration behind.
+    this.checkOwnershipPolicy(`Cannot create VM ${q(input.spec.name)} (${input.reason})`, input);
     return this.locks.run(`name:${input.spec.name}`, async () => {
       if (await this.d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
       const id = randomUUID();
@@ -218,6 +227,21 @@ export class VmService {
       });
       return vm;
     });
+  }
+
+  /**
+   * The site policy `requireOwnership`: every new VM — created, cloned or imported — has an approver, a purpose
+   * and an expiry. The error names every missing field, so one retry can fix them all. `createDerived` checks
+   * it itself; a capability that does costly work first calls it before that work.
+   */
+  checkOwnershipPolicy(context: string, fields: { approver?: string | null | undefined; purpose?: string | null | undefined; expiresAt?: string | null | undefined }): void {
+    if (!this.d.policy.requireOwnership) return;
+    const missing = (["approver", "purpose", "expiresAt"] as const).filter((f) => fields[f] === undefined || fields[f] === null || fields[f] === "");
+    const [first] = missing;
+    if (first === undefined) return;
+    const names = missing.map((f) => q(f));
+    const list = names.length === 1 ? names[0]! : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]!}`;
+    throw new VigilError("VIGIL_POLICY_DENIED", `${context}: ${list} ${missing.length === 1 ? "is" : "are"} required by this site's policy (owner, approver, purpose and expiry on every VM)`, { field: first });
   }
 
   /** A VM record by id, for capabilities that already passed authorization. */
@@ -303,13 +327,10 @@ export class VmService {
       async () => {
         const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
         const owner = await this.resolveOwner(ctx, req.owner);
-        if (this.d.policy.requireOwnership) {
-          for (const field of ["approver", "purpose", "expiresAt"] as const) {
-            if (req[field] === undefined) throw new VigilError("VIGIL_POLICY_DENIED", `Invalid VM spec: ${q(field)} is required by this site's policy (owner, approver, purpose and expiry on every VM)`, { field });
-          }
-        }
+        this.checkOwnershipPolicy("Invalid VM spec", req);
         return this.locks.run(`name:${req.name}`, async () => {
           if (await this.d.repo.findByName(req.name)) throw errors.vmExists(req.name);
+          checkHostLimits(req, this.hostFacts());
           const image = this.d.catalog.get(req.image);
           const spec = resolveSpec(req, image, { cpu: "max" });
           const id = randomUUID();
@@ -497,6 +518,8 @@ export class VmService {
 
   /** Starts QEMU for a VM whose lock is held. On failure the VM is back in its previous state. */
   private async startLocked(vm: VmRecord, options: StartOptions): Promise<VmRecord> {
+    // The host that starts a VM may not be the one that created it: check its limits here too.
+    checkHostLimits(vm.spec, this.hostFacts(), `Cannot start VM ${q(vm.name)}`);
     const previous = vm.state;
     const l = this.layout(vm);
     const t0 = performance.now();

@@ -1,0 +1,167 @@
+/**
+ * The `vigil` command as a user meets it, without QEMU: the CLI runs from source in a subprocess against an
+ * in-process daemon (or a fake server), and we check its one-line messages and documented exit codes.
+ */
+import { test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startDaemon, type Daemon } from "../daemon/daemon.ts";
+import { silentLogger } from "../log.ts";
+
+const SRC = join(import.meta.dirname, "..");
+const ENTRY = `import { main } from ${JSON.stringify(join(SRC, "cli", "main.ts"))};
+await main([process.argv[0], "vigil", ...process.argv.slice(1)], { loadDaemon: () => import(${JSON.stringify(join(SRC, "daemon", "daemon.ts"))}) });`;
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI from source; `shell` pipes its stdout into a shell command (e.g. `head -1`). */
+function cli(env: NodeJS.ProcessEnv, args: string[], options: { timeoutMs?: number } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, ...args], { env: { ...process.env, VIGIL_LOG_LEVEL: "silent", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`vigil ${args.join(" ")} did not exit within ${options.timeoutMs ?? 20_000} ms; stderr: ${stderr}`));
+    }, options.timeoutMs ?? 20_000);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+function tempHome(t: TestContext): string {
+  const home = mkdtempSync(join(tmpdir(), "vigil-cli-"));
+  t.after(() => rmSync(home, { recursive: true, force: true }));
+  return home;
+}
+
+/** A daemon in this process on a fresh home; the CLI reaches it through VIGIL_HOME's socket. */
+async function daemon(t: TestContext): Promise<{ d: Daemon; env: NodeJS.ProcessEnv }> {
+  const home = tempHome(t);
+  const d = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+  t.after(() => d.close());
+  return { d, env: { VIGIL_HOME: home, VIGIL_URL: "" } };
+}
+
+function oneLine(r: Run): void {
+  assert.doesNotMatch(r.stderr, /\n\s+at /, `a stack trace: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /internal error/i, r.stderr);
+  assert.equal(r.stderr.trim().split("\n").length, 1, `more than one line: ${r.stderr}`);
+}
+
+test("serve: a bad --listen exits 2 before creating anything", async (t) => {
+  const home = tempHome(t);
+  const r = await cli({ VIGIL_HOME: join(home, "h") }, ["serve", "--listen", "garbage"]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /Invalid --listen "garbage"/);
+  oneLine(r);
+  assert.equal(existsSync(join(home, "h")), false, "nothing is created for a bad --listen");
+});
+
+test("serve: an address in use exits 8 and leaves no socket or pid file", async (t) => {
+  const home = tempHome(t);
+  const busy = createNetServer();
+  await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
+  t.after(() => busy.close());
+  const port = (busy.address() as AddressInfo).port;
+  const r = await cli({ VIGIL_HOME: home }, ["serve", "--listen", `127.0.0.1:${port}`]);
+  assert.equal(r.status, 8, r.stderr);
+  assert.match(r.stderr, /Cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
+  assert.equal(existsSync(join(home, "run", "vigil.sock")), false, "socket left behind");
+  assert.equal(existsSync(join(home, "run", "vigil.pid")), false, "pid file left behind");
+});
+
+test("-o to a directory that does not exist is refused before the request, naming -o and the path", async (t) => {
+  const { env } = await daemon(t);
+  for (const args of [
+    ["vm", "export", "vm1", "-o", "/nonexist/dir/x.vigil"],
+    ["audit", "export", "-o", "/nonexist/x.jsonl"],
+  ]) {
+    const r = await cli(env, args);
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, /Cannot write -o "\/nonexist\/.*": the directory "\/nonexist.*" does not exist/);
+    oneLine(r);
+  }
+});
+
+test("audit export -o writes the file", async (t) => {
+  const { env } = await daemon(t);
+  const out = join(tempHome(t), "audit.jsonl");
+  const r = await cli(env, ["audit", "export", "-o", out]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(existsSync(out));
+});
+
+test("a reader that stops early (| head -1) ends the output quietly with exit 0", async (t) => {
+  const { env } = await daemon(t);
+  for (const args of [["audit", "tail", "-n", "1000"], ["audit", "export"]]) {
+    const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, ...args], { env: { ...process.env, VIGIL_LOG_LEVEL: "silent", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+      child.stdout.destroy(); // the reader is gone before the first line
+      let stderr = "";
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      child.on("close", (status) => resolve({ status, stderr }));
+    });
+    assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr, "");
+  }
+});
+
+test("files that do not exist are usage errors naming the argument", async (t) => {
+  const { env } = await daemon(t);
+  const imp = await cli(env, ["vm", "import", "nonexist.vigil"]);
+  assert.equal(imp.status, 2, imp.stderr);
+  assert.match(imp.stderr, /Invalid <file> ".*nonexist\.vigil": the file does not exist/);
+  oneLine(imp);
+  const trust = await cli(env, ["trust", "add", "/nonexist.pem", "--name", "x"]);
+  assert.equal(trust.status, 2, trust.stderr);
+  assert.match(trust.stderr, /Invalid <pem-file> "\/nonexist\.pem": the file does not exist/);
+  oneLine(trust);
+});
+
+test("--nic and --no-nic together are a usage error, in either order", async (t) => {
+  const { env } = await daemon(t);
+  for (const args of [["--no-nic", "--nic", "open"], ["--nic", "open", "--no-nic"]]) {
+    const r = await cli(env, ["vm", "create", "x", ...args]);
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, /Use either --nic or --no-nic, not both/);
+    oneLine(r);
+  }
+});
+
+test("VIGIL_URL must be http(s)://HOST:PORT", async () => {
+  for (const url of ["foo", "127.0.0.1:7461", "ftp://x:1"]) {
+    const r = await cli({ VIGIL_URL: url }, ["vm", "list"]);
+    assert.equal(r.status, 2, `${url}: ${r.stderr}`);
+    assert.match(r.stderr, /Invalid VIGIL_URL ".*": it must be http\(s\):\/\/HOST:PORT/);
+    oneLine(r);
+  }
+});
+
+test("a server at VIGIL_URL that is not vigil gets one line, not its HTML (exit 6)", async (t) => {
+  const server = createServer((_req, res) => {
+    res.writeHead(404, { "content-type": "text/html" });
+    res.end("<!DOCTYPE html>\n<html><body><h1>Not Found</h1>\n<p>nginx</p></body></html>\n");
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const r = await cli({ VIGIL_URL: url }, ["vm", "list"]);
+  assert.equal(r.status, 6, r.stderr);
+  assert.match(r.stderr, /The server at http:\/\/127\.0\.0\.1:\d+\/ is not a vigil daemon \(HTTP 404\)/);
+  assert.doesNotMatch(r.stderr, /html/i);
+  oneLine(r);
+});
