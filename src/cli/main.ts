@@ -447,14 +447,15 @@ export function buildProgram(hooks: CliHooks): Command {
     });
 
   vm.command("exec <name> <argv...>")
-    .description("Run an allow-listed command in the guest (vigil vm exec NAME -- uname -a)")
-    .option("--json", "machine-readable output")
+    .description("Run an allow-listed command in the guest (vigil vm exec NAME -- uname -a); exits with the command's own status, as ssh does")
+    .option("--json", "machine-readable output: exitCode, and stdout/stderr base64-encoded (the guest's bytes as they are)")
     .action(async (name: string, argv: string[], o: { json?: boolean }) => {
       const r = await call<{ exitCode: number; stdout: string; stderr: string }>("POST", vmPath(name, "/guest/exec"), { argv });
       if (o.json) return printJson(r);
       process.stdout.write(Buffer.from(r.stdout, "base64"));
       process.stderr.write(Buffer.from(r.stderr, "base64"));
-      process.exitCode = r.exitCode === 0 ? 0 : EXIT.internal;
+      // The guest command's status, not one of vigil's: vigil's own failures print "vigil: …" on stderr.
+      process.exitCode = Number.isInteger(r.exitCode) && r.exitCode >= 0 && r.exitCode <= 255 ? r.exitCode : 1;
     });
 
   vm.command("chown <name> <owner>")
@@ -518,11 +519,12 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--force", "kill it first if it is running")
     .option("--json", "machine-readable output")
     .action(async (name: string, o: { force?: boolean; json?: boolean }) => {
-      const r = await call<{ destroyed: Array<{ path: string; purpose: string }>; unreachable: Array<{ path: string; host: string; why: string }> }>("POST", vmPath(name, "/purge"), { force: o.force ?? false });
+      const r = await call<{ destroyed: Array<{ path: string; purpose: string }>; unreachable: Array<{ path: string; host: string; why: string }>; derived: Array<{ name: string; kind: string; from: string }> }>("POST", vmPath(name, "/purge"), { force: o.force ?? false });
       if (o.json) return printJson(r);
       for (const f of r.destroyed) process.stdout.write(`destroyed    ${f.purpose.padEnd(12)} ${f.path}\n`);
       for (const f of r.unreachable) process.stdout.write(`UNREACHABLE  ${f.host}:${f.path} (${f.why})\n`);
-      process.stdout.write(`VM ${name} purged: ${r.destroyed.length} file(s) destroyed, ${r.unreachable.length} out of reach\n`);
+      for (const v of r.derived) process.stdout.write(`DERIVED      VM ${v.name} (${v.kind} of ${v.from}) holds a copy of this VM's data: purge it too if it must go\n`);
+      process.stdout.write(`VM ${name} purged: ${r.destroyed.length} file(s) destroyed, ${r.unreachable.length} out of reach${r.derived.length ? `, ${r.derived.length} derived VM(s) not touched` : ""}\n`);
     });
 
   vm.command("template <name>")

@@ -34,10 +34,13 @@ import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
 import type { Permission } from "../auth/permissions.ts";
 import { diskFile, vmView, type VmView } from "./vm-view.ts";
+import { expiryInstant, isExpired } from "./expiry.ts";
 
 export interface VmPolicy {
   /** Refuse VMs without approver, purpose and expiry. */
   requireOwnership: boolean;
+  /** "stop": expired VMs are stopped and may not be started again (default "flag": shown as expired only). */
+  expiredVms?: "flag" | "stop" | undefined;
 }
 
 export interface VmServiceDeps {
@@ -90,6 +93,11 @@ export interface RemovalReport {
   name: string;
   destroyed: Array<{ path: string; purpose: string; bytes: number }>;
   unreachable: Array<{ path: string; host: string; purpose: string; why: string }>;
+  /**
+   * VMs made from this one (clones, imports of its bundles, and theirs in turn): they hold copies of its data
+   * that are theirs now — a purge does not touch them, and says so.
+   */
+  derived: Array<{ name: string; kind: "clone" | "import"; from: string }>;
 }
 
 /** Regular files below `dir` (not sockets or links), for purging. */
@@ -230,11 +238,17 @@ export class VmService {
   }
 
   /**
-   * The site policy `requireOwnership`: every new VM — created, cloned or imported — has an approver, a purpose
-   * and an expiry. The error names every missing field, so one retry can fix them all. `createDerived` checks
-   * it itself; a capability that does costly work first calls it before that work.
+   * The ownership fields of every new VM — created, cloned or imported: an expiry, if any, lies in the future
+   * (a VM born expired is a mistake, and under `expiredVms: "stop"` one that could never run); under the site
+   * policy `requireOwnership` it also has an approver, a purpose and an expiry. The error names every missing
+   * field, so one retry can fix them all. `createDerived` checks it itself; a capability that does costly work
+   * first calls it before that work.
    */
-  checkOwnershipPolicy(context: string, fields: { approver?: string | null | undefined; purpose?: string | null | undefined; expiresAt?: string | null | undefined }): void {
+  checkOwnershipPolicy(context: string, fields: { approver?: string | null | undefined; purpose?: string | null | undefined; expiresAt?: string | null | undefined }, code: "VIGIL_INVALID_SPEC" | "VIGIL_BAD_REQUEST" = "VIGIL_BAD_REQUEST"): void {
+    const expiresAt = fields.expiresAt;
+    if (expiresAt !== undefined && expiresAt !== null && expiresAt !== "" && isExpired(expiresAt)) {
+      throw new VigilError(code, `${context}: "expiresAt" must be in the future, got ${q(expiresAt)} (${new Date(expiryInstant(expiresAt)).toISOString()}); give a later --expires`, { field: "expiresAt" });
+    }
     if (!this.d.policy.requireOwnership) return;
     const missing = (["approver", "purpose", "expiresAt"] as const).filter((f) => fields[f] === undefined || fields[f] === null || fields[f] === "");
     const [first] = missing;
@@ -242,6 +256,20 @@ export class VmService {
     const names = missing.map((f) => q(f));
     const list = names.length === 1 ? names[0]! : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]!}`;
     throw new VigilError("VIGIL_POLICY_DENIED", `${context}: ${list} ${missing.length === 1 ? "is" : "are"} required by this site's policy (owner, approver, purpose and expiry on every VM)`, { field: first });
+  }
+
+  /**
+   * Under the site policy `expiredVms: "stop"`, an expired VM may not run: `start`, `restart` and a revert that
+   * would start QEMU are refused before anything changes. The expiry watch stops one that is running; this
+   * keeps it stopped. No operation changes an expiry, so the way out is a new VM with a later one.
+   */
+  checkNotExpired(vm: VmRecord, context: string): void {
+    if (this.d.policy.expiredVms !== "stop" || !isExpired(vm.expiresAt)) return;
+    throw new VigilError(
+      "VIGIL_POLICY_DENIED",
+      `${context}: it expired at ${q(vm.expiresAt)} ("expiresAt") and this site's policy stops expired VMs; its expiry cannot be changed, so recreate it or clone it with a later --expires`,
+      { field: "expiresAt" },
+    );
   }
 
   /** A VM record by id, for capabilities that already passed authorization. */
@@ -327,7 +355,7 @@ export class VmService {
       async () => {
         const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
         const owner = await this.resolveOwner(ctx, req.owner);
-        this.checkOwnershipPolicy("Invalid VM spec", req);
+        this.checkOwnershipPolicy("Invalid VM spec", req, "VIGIL_INVALID_SPEC");
         return this.locks.run(`name:${req.name}`, async () => {
           if (await this.d.repo.findByName(req.name)) throw errors.vmExists(req.name);
           checkHostLimits(req, this.hostFacts());
@@ -439,14 +467,32 @@ export class VmService {
           }
           return this.removeVm(current, options.purge ? "purged" : "deleted", options.purge ?? false);
         }),
-      (r) => ({ destroyed: r.destroyed.map((f) => f.path), unreachable: r.unreachable }),
+      (r) => ({ destroyed: r.destroyed.map((f) => f.path), unreachable: r.unreachable, ...(r.derived.length > 0 ? { derived: r.derived.map((x) => x.name) } : {}) }),
     );
+  }
+
+  /** VMs descended from `vm` by clone or import, transitively (breadth first, bounded). */
+  private async derivedFrom(vm: VmRecord): Promise<RemovalReport["derived"]> {
+    const all = await this.d.repo.list();
+    const out: RemovalReport["derived"] = [];
+    const queue = [vm.id];
+    const seen = new Set(queue);
+    while (queue.length > 0 && out.length < 1000) {
+      const id = queue.shift()!;
+      for (const v of all) {
+        if (v.lineage.sourceVm?.id !== id || seen.has(v.id) || v.lineage.kind === "image") continue;
+        seen.add(v.id);
+        queue.push(v.id);
+        out.push({ name: v.name, kind: v.lineage.kind, from: v.lineage.sourceVm.name });
+      }
+    }
+    return out;
   }
 
   /** Deletes a stopped VM's files and row; the audit log and the data registry keep its story. */
   async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
     const l = this.layout(vm);
-    const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [] };
+    const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [], derived: purge ? await this.derivedFrom(vm) : [] };
     for (const f of await this.d.registry.list(vm.id)) {
       const inVmDir = f.path.startsWith(l.dir + "/");
       if (f.host !== this.d.hostName) {
@@ -484,6 +530,7 @@ export class VmService {
         const started = await this.locked(vm, async (fresh) => {
           assertAllowed("start", fresh.name, fresh.state);
           if (fresh.isTemplate) throw new VigilError("VIGIL_INVALID_STATE", `Cannot start VM ${q(fresh.name)}: it is a template (clone it instead)`);
+          this.checkNotExpired(fresh, `Cannot start VM ${q(fresh.name)}`);
           return this.startLocked(fresh, options);
         });
         if (options.wait && started.spec.agent && !options.paused) {
@@ -520,6 +567,8 @@ export class VmService {
   private async startLocked(vm: VmRecord, options: StartOptions): Promise<VmRecord> {
     // The host that starts a VM may not be the one that created it: check its limits here too.
     checkHostLimits(vm.spec, this.hostFacts(), `Cannot start VM ${q(vm.name)}`);
+    // Callers check this before they change anything; here it holds for every path that starts QEMU.
+    this.checkNotExpired(vm, `Cannot start VM ${q(vm.name)}`);
     const previous = vm.state;
     const l = this.layout(vm);
     const t0 = performance.now();
@@ -695,6 +744,7 @@ export class VmService {
     return this.d.guard.run(ctx, { action: "vm.restart", permission: "vm.control", target: this.target(vm), owner: vm.owner }, async () => {
       const started = await this.locked(vm, async (fresh) => {
         assertAllowed("restart", fresh.name, fresh.state);
+        this.checkNotExpired(fresh, `Cannot restart VM ${q(fresh.name)}`);
         await this.stopLocked(fresh, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS);
         return this.startLocked(await this.d.repo.getById(vm.id), options);
       });

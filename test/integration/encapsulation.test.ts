@@ -98,8 +98,10 @@ test("export → import under another name: boots; a --memory bundle resumes whe
 
   const where = await d.api<{ live: Array<{ purpose: string; path: string }> }>("GET", "/v1/vms/orig/where");
   assert.ok(where.live.some((f) => f.purpose === "bundle" && f.path === file), "the bundle is in the data registry");
-  const purge = await d.api<{ destroyed: Array<{ path: string }> }>("POST", "/v1/vms/orig/purge", {});
+  const purge = await d.api<{ destroyed: Array<{ path: string }>; derived: Array<{ name: string; kind: string; from: string }> }>("POST", "/v1/vms/orig/purge", {});
   assert.ok(purge.destroyed.some((f) => f.path === file), "purge reaches the exported bundle");
+  assert.deepEqual(purge.derived, [{ name: "copy", kind: "import", from: "orig" }], "the purge says which VM still holds a copy of the data");
+  assert.equal((await d.api<Vm>("GET", "/v1/vms/copy")).state, "running", "and leaves it alone");
 });
 
 test("a plain export of a stopped VM boots after import", { timeout: 300_000 }, async (t) => {

@@ -31,6 +31,7 @@ const RemovalSchema = z
     name: z.string(),
     destroyed: z.array(z.object({ path: z.string(), purpose: z.string(), bytes: z.number() })),
     unreachable: z.array(z.object({ path: z.string(), host: z.string(), purpose: z.string(), why: z.string() })),
+    derived: z.array(z.object({ name: z.string(), kind: z.enum(["clone", "import"]), from: z.string() })).openapi({ description: "With purge: VMs made from this one (clones, imports of its bundles, transitively); they hold copies of its data and are not touched" }),
   })
   .openapi("Removal");
 
