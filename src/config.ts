@@ -13,7 +13,10 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Every VM must name an approver, a purpose and an expiry date. */
       requireOwnership: z.boolean().default(false),
-      /** What happens to a running VM past its expiry date: flagged only, or stopped. */
+      /**
+       * What happens to a VM past its expiry (a bare date means the end of that day, UTC): flagged only, or
+       * stopped — and then refused start, restart and any revert that would start it.
+       */
       expiredVms: z.enum(["flag", "stop"]).default("flag"),
       /** How often expiry is checked. */
       expiryCheckSeconds: z.number().int().min(1).max(86_400).default(60),

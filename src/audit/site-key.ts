@@ -3,7 +3,7 @@
  * audit checkpoints and exported bundles; its public half is what outside verifiers and other sites trust.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 export interface SiteKey {
@@ -12,6 +12,8 @@ export interface SiteKey {
   /** First 16 hex digits of sha256 over the SPKI DER public key. */
   keyId: string;
   publicKeyPem: string;
+  /** When the key was made (ISO time): the private key file's mtime, as vigil writes that file only once. */
+  createdAt: string;
   sign(data: Buffer): string; // base64
 }
 
@@ -38,6 +40,7 @@ export function loadOrCreateSiteKey(keysDir: string): SiteKey {
     publicKey,
     keyId: keyIdOf(publicKey),
     publicKeyPem,
+    createdAt: statSync(privPath).mtime.toISOString(),
     sign: (data) => sign(null, data, privateKey).toString("base64"),
   };
 }

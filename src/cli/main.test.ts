@@ -5,13 +5,15 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { generateKeyPairSync } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDaemon, type Daemon } from "../daemon/daemon.ts";
 import { silentLogger } from "../log.ts";
+import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
 
 const SRC = join(import.meta.dirname, "..");
 const ENTRY = `import { main } from ${JSON.stringify(join(SRC, "cli", "main.ts"))};
@@ -164,4 +166,60 @@ test("a server at VIGIL_URL that is not vigil gets one line, not its HTML (exit 
   assert.match(r.stderr, /The server at http:\/\/127\.0\.0\.1:\d+\/ is not a vigil daemon \(HTTP 404\)/);
   assert.doesNotMatch(r.stderr, /html/i);
   oneLine(r);
+});
+
+test("vtime show prints the floor in its text output, one line per fact, or \"floor: none\"", async (t) => {
+  const { d, env } = await daemon(t);
+  const spec = resolveSpec(createVmRequestSchema.parse({ name: "v1", memoryMiB: 128 }), { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
+  const vm = await d.repo.insert({ id: crypto.randomUUID(), name: "v1", spec, state: "stopped", host: "h", vmgenid: crypto.randomUUID(), generation: 1, owner: "user:root", approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "root", createdAt: new Date().toISOString() });
+  const none = await cli(env, ["vtime", "show", "v1"]);
+  assert.equal(none.status, 0, none.stderr);
+  assert.match(none.stdout, /^floor: none$/m);
+  await d.repo.update(vm.id, { securityFloor: { kernel: "6.1.0-9", openssl: "3.0.11" } });
+  const r = await cli(env, ["vtime", "show", "v1"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^floor: kernel 6\.1\.0-9$/m);
+  assert.match(r.stdout, /^floor: openssl 3\.0\.11$/m);
+  assert.doesNotMatch(r.stdout, /floor: none/);
+});
+
+/** The site's own entry in `trust list --json`. */
+async function siteKey(env: NodeJS.ProcessEnv): Promise<{ keyId: string; site: boolean; addedAt: string }> {
+  const list = await cli(env, ["trust", "list", "--json"]);
+  assert.equal(list.status, 0, list.stderr);
+  const [site] = JSON.parse(list.stdout) as Array<{ keyId: string; site: boolean; addedAt: string }>;
+  assert.equal(site?.site, true);
+  return site;
+}
+
+test("trust list: the site's own key has a real addedAt (when it was created)", async (t) => {
+  const { env } = await daemon(t);
+  const site = await siteKey(env);
+  assert.ok(site.addedAt !== "" && !Number.isNaN(Date.parse(site.addedAt)) && Date.parse(site.addedAt) <= Date.now(), `the site key's addedAt is a time: ${JSON.stringify(site.addedAt)}`);
+});
+
+test("trust remove of the site's own key is a distinct error with exit 4; an unknown key stays exit 3", async (t) => {
+  const { env } = await daemon(t);
+  const site = await siteKey(env);
+  const removeSite = await cli(env, ["trust", "remove", site.keyId]);
+  assert.equal(removeSite.status, 4, removeSite.stderr);
+  assert.match(removeSite.stderr, new RegExp(`The site's own key "${site.keyId}" cannot be removed: it signs this site's bundles`));
+  assert.doesNotMatch(removeSite.stderr, /No trusted key/);
+  oneLine(removeSite);
+  const removeUnknown = await cli(env, ["trust", "remove", "0123456789abcdef"]);
+  assert.equal(removeUnknown.status, 3, removeUnknown.stderr);
+  assert.match(removeUnknown.stderr, /No trusted key with id "0123456789abcdef"/);
+});
+
+test("trust add of an already-trusted key is refused with exit 4 naming its name, and does not rename it", async (t) => {
+  const { env } = await daemon(t);
+  const pem = join(env.VIGIL_HOME!, "partner.pem");
+  writeFileSync(pem, generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }));
+  assert.equal((await cli(env, ["trust", "add", pem, "--name", "partner"])).status, 0);
+  const again = await cli(env, ["trust", "add", pem, "--name", "other"]);
+  assert.equal(again.status, 4, again.stderr);
+  assert.match(again.stderr, /is already trusted as "partner" \(added by .+\); to rename it, remove it and add it again/);
+  oneLine(again);
+  const after = JSON.parse((await cli(env, ["trust", "list", "--json"])).stdout) as Array<{ name: string; site: boolean }>;
+  assert.deepEqual(after.filter((k) => !k.site).map((k) => k.name), ["partner"], "the key keeps its name");
 });

@@ -257,7 +257,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--owner <user:NAME|group:NAME>", "owner (default: you)")
     .option("--approver <name>", "who approved this VM")
     .option("--purpose <text>", "what it is for")
-    .option("--expires <date>", "expiry date (YYYY-MM-DD or ISO time)")
+    .option("--expires <date>", "expiry: YYYY-MM-DD (the end of that day, UTC) or an ISO time; must be in the future")
     .option("--label <key=value>", "label (repeatable)", collect)
     .option("--json", "machine-readable output")
     .action(async (name: string, o: Record<string, unknown>) => {
@@ -544,7 +544,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--from-snapshot <snapshot>", "start from that snapshot's disk state")
     .option("--purpose <text>", "what the clone is for (default: the source's)")
     .option("--approver <name>", "who approved it (default: the source's approver)")
-    .option("--expires <date>", "expiry (default: the source's)")
+    .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (default: the source's)")
     .option("--json", "machine-readable output")
     .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
       if (o.linked && o.full) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --linked or --full", 0, "mode");
@@ -581,7 +581,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--name <name>", "name of the new VM (default: the name in the bundle)")
     .option("--purpose <text>", "what the VM is for (default: the purpose in the bundle)")
     .option("--approver <name>", "who approved it (never taken from the bundle)")
-    .option("--expires <date>", "expiry (never taken from the bundle)")
+    .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (never taken from the bundle)")
     .option("--json", "machine-readable output")
     .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
       const abs = resolvePath(file);
@@ -651,9 +651,12 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("Counters and record streams of a VM's store, its namespace and floor")
     .option("--json", "machine-readable output")
     .action(async (vmName: string, o: { json?: boolean }) => {
-      const r = await call<{ namespace: string; counters: Array<Record<string, unknown>>; streams: Array<Record<string, unknown>>; problems: string[] }>("GET", vmPath(vmName, "/vtime"));
+      const r = await call<{ namespace: string; floor: Record<string, string>; counters: Array<Record<string, unknown>>; streams: Array<Record<string, unknown>>; problems: string[] }>("GET", vmPath(vmName, "/vtime"));
       if (o.json) return printJson(r);
       process.stdout.write(`namespace ${r.namespace}\n`);
+      const floor = Object.entries(r.floor);
+      if (floor.length === 0) process.stdout.write("floor: none\n");
+      for (const [fact, value] of floor) process.stdout.write(`floor: ${fact} ${value}\n`);
       printTable(r.counters, [
         ["name", "COUNTER"],
         ["value", "VALUE"],

@@ -213,6 +213,8 @@ export class SnapshotService {
           throw new VigilError("VIGIL_FORBIDDEN", "Only an admin may revert without a new vmgenid (it exists to demonstrate what goes wrong without one)", { field: "unsafeKeepVmgenid" });
         }
         const wasLive = isLive(vm.state);
+        // A revert that starts QEMU (a memory snapshot, or a VM that was live) is a start.
+        if (snap.kind === "memory" || wasLive) this.d.vms.checkNotExpired(vm, `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}`);
         if (wasLive) await h.kill("revert");
         const generation = (await this.d.generations.list(vm.id)).reduce((m, g) => Math.max(m, g.generation), vm.generation) + 1;
         // The fork gets a new GUID so the guest reseeds; keeping the old one is the demonstrable unsafe case.

@@ -33,7 +33,7 @@ export class TrustStore {
   ) {}
 
   private siteEntry(): TrustedKey {
-    return { keyId: this.site.keyId, name: "this site", publicKey: this.site.publicKeyPem, addedBy: "system", addedAt: "", site: true };
+    return { keyId: this.site.keyId, name: "this site", publicKey: this.site.publicKeyPem, addedBy: "system", addedAt: this.site.createdAt, site: true };
   }
 
   async list(ctx: RequestContext): Promise<TrustedKey[]> {
@@ -56,15 +56,22 @@ export class TrustStore {
       if (keyId === this.site.keyId) throw new VigilError("VIGIL_CONFLICT", "That is this site's own key: it is trusted already", { field: "publicKey" });
       const pem = key.export({ type: "spki", format: "pem" }).toString();
       const entry = { key_id: keyId, public_key: pem, name: req.name, added_by: ctx.actor.name, added_at: new Date().toISOString() };
-      await this.db.insertInto("trusted_keys").values(entry).onConflict((oc) => oc.column("key_id").doUpdateSet({ name: req.name })).execute();
+      // Adding a key twice is refused, not a silent rename: a change to what this site trusts is always explicit.
+      const res = await this.db.insertInto("trusted_keys").values(entry).onConflict((oc) => oc.column("key_id").doNothing()).executeTakeFirst();
+      if (Number(res.numInsertedOrUpdatedRows ?? 0n) === 0) {
+        const existing = await this.db.selectFrom("trusted_keys").select(["name", "added_by", "added_at"]).where("key_id", "=", keyId).executeTakeFirst();
+        const how = existing ? `as ${q(existing.name)} (added by ${existing.added_by} at ${existing.added_at})` : "already";
+        throw new VigilError("VIGIL_CONFLICT", `Key ${q(keyId)} is already trusted ${how}; to rename it, remove it and add it again`, { field: "publicKey" });
+      }
       return { keyId, name: req.name, publicKey: pem, addedBy: entry.added_by, addedAt: entry.added_at, site: false };
     }, (k) => ({ keyId: k.keyId, name: k.name }));
   }
 
   async remove(ctx: RequestContext, keyId: string): Promise<{ removed: string }> {
     return this.guard.run(ctx, { action: "trust.remove", permission: "trust.manage", target: { kind: "trust", name: keyId } }, async () => {
+      if (keyId === this.site.keyId) throw new VigilError("VIGIL_INVALID_STATE", `The site's own key ${q(keyId)} cannot be removed: it signs this site's bundles`);
       const res = await this.db.deleteFrom("trusted_keys").where("key_id", "=", keyId).executeTakeFirst();
-      if (Number(res.numDeletedRows) === 0) throw new VigilError("VIGIL_NOT_FOUND", `No trusted key with id ${q(keyId)}${keyId === this.site.keyId ? " (the site's own key cannot be removed)" : ""}`);
+      if (Number(res.numDeletedRows) === 0) throw new VigilError("VIGIL_NOT_FOUND", `No trusted key with id ${q(keyId)}`);
       return { removed: keyId };
     });
   }

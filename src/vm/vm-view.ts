@@ -3,6 +3,7 @@
  * `vm show --json`, `vm list --json` and the events stream all describe a VM the same way.
  */
 import { vmLayout } from "../paths.ts";
+import { isExpired } from "./expiry.ts";
 import type { VmRecord } from "./vm-repository.ts";
 
 export function diskFile(disksDir: string, diskName: string): string {
@@ -24,7 +25,7 @@ export function vmView(vm: VmRecord, vmsDir: string, now = Date.now()) {
     approver: vm.approver,
     purpose: vm.purpose,
     expiresAt: vm.expiresAt,
-    expired: vm.expiresAt !== null && Date.parse(vm.expiresAt) < now,
+    expired: isExpired(vm.expiresAt, now),
     labels: vm.labels,
     lineage: vm.lineage,
     template: vm.isTemplate,

@@ -56,10 +56,17 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   const refused = d.cli("vm", "create", "app", "--purpose", "shop");
   assert.equal(refused.status, 2);
   assert.match(refused.stderr, /"approver" and "expiresAt" are required by this site's policy/, "every missing field is named");
-  const ok = d.cli("vm", "create", "app", "--purpose", "shop", "--approver", "cio", "--expires", "2020-01-01", "--label", "env=prod", "--json");
+  const past = d.cli("vm", "create", "app", "--purpose", "shop", "--approver", "cio", "--expires", "2020-01-01");
+  assert.equal(past.status, 2, "a VM is not created already expired");
+  assert.match(past.stderr, /"expiresAt" must be in the future, got "2020-01-01"/);
+  const soon = new Date(Date.now() + 3000).toISOString();
+  const ok = d.cli("vm", "create", "app", "--memory", "128", "--purpose", "shop", "--approver", "cio", "--expires", soon, "--label", "env=prod", "--json");
   assert.equal(ok.status, 0, ok.stderr);
-  const vm = JSON.parse(ok.stdout) as { expired: boolean; approver: string; labels: Record<string, string> };
-  assert.deepEqual([vm.expired, vm.approver, vm.labels.env], [true, "cio", "prod"], "an expired VM is flagged");
+  const created = JSON.parse(ok.stdout) as { expired: boolean; approver: string; labels: Record<string, string> };
+  assert.deepEqual([created.expired, created.approver, created.labels.env], [false, "cio", "prod"]);
+  await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(soon) - Date.now()) + 100));
+  const vm = await d.api<{ expired: boolean }>("GET", "/v1/vms/app");
+  assert.equal(vm.expired, true, "an expired VM is flagged");
 
   assert.equal(d.cli("user", "add", "olga", "--role", "owner").status, 0);
   assert.equal(d.cli("vm", "chown", "app", "user:olga", "--approver", "security-team").status, 0);
@@ -69,7 +76,8 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   await d.api("POST", "/v1/vms/app/start", { wait: true });
   await d.api("POST", "/v1/vms/app/stop", {});
   await d.api("POST", "/v1/vms/app/template", {});
-  const clone = d.cli("vm", "clone", "app", "app2", "--json");
+  // The source has expired: its copy needs an expiry of its own.
+  const clone = d.cli("vm", "clone", "app", "app2", "--expires", "2099-01-01", "--json");
   assert.equal(clone.status, 0, clone.stderr);
   const c = JSON.parse(clone.stdout) as { approver: string; purpose: string; owner: string };
   assert.deepEqual([c.approver, c.purpose, c.owner], ["security-team", "shop", "user:root"], "a clone inherits the approval and purpose; the cloner owns it");
