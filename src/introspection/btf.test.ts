@@ -10,7 +10,7 @@ import { vigilCache } from "../paths.ts";
 import { Btf, BtfKind } from "./btf.ts";
 import { readElfSectionFromFile } from "./elf.ts";
 import { IntrospectionError } from "./errors.ts";
-import { BTF_FACTS, BtfBuilder, kernelLikeBtf } from "./synthetic-guest.ts";
+import { BTF_FACTS, BtfBuilder, kernelLikeBtf } from "./testing/synthetic-guest.ts";
 
 test("struct sizes and member offsets, through anonymous structs and unions, with kind_flag bitfields", () => {
   const btf = Btf.parse(kernelLikeBtf());

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { SHT_NOBITS, elfSectionFromBuffer, readElfSectionFromFile, readElfSections } from "./elf.ts";
 import { IntrospectionError } from "./errors.ts";
-import { buildElf } from "./synthetic-guest.ts";
+import { buildElf } from "./testing/synthetic-guest.ts";
 
 const sections = [
   { name: ".text", data: Buffer.from("code"), addr: 0xffffffff81000000n },

@@ -2,8 +2,8 @@
  * The introspection core's public surface: guest-physical memory access, page walks, VMCOREINFO, kallsyms, BTF,
  * ELF sections, and the kernel model that ties them together; and on top of them the sweep engine (sweep.ts),
  * Livewire-style integrity and cross-view checks against a baseline, with the walkers it is made of.
- * `synthetic-guest.ts` and `testing/` (synthetic kernel, the attacker's helpers) are test support and
- * deliberately not exported.
+ * `testing/` (synthetic guest memory and kernel, the attacker's helpers, a live guest's console) is test
+ * support and deliberately not exported. The IDS as a capability — watchers, watches, policies — is service.ts.
  */
 export { IntrospectionError, type IntrospectionReason } from "./errors.ts";
 export {

@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { IntrospectionError } from "./errors.ts";
 import { carveKallsyms, checkKallsymsVersion, decodeKallsyms, kallsymsLayoutFromVmcoreinfo, type KallsymsLayout } from "./kallsyms.ts";
 import { BufferPhysicalMemory } from "./physical-memory.ts";
-import { buildKallsyms, type KallsymsImage, type SymbolSpec } from "./synthetic-guest.ts";
+import { buildKallsyms, type KallsymsImage, type SymbolSpec } from "./testing/synthetic-guest.ts";
 import { parseVmcoreinfo } from "./vmcoreinfo.ts";
 
 const TEXT = 0xffff_ffff_ad20_0000n;

@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { IntrospectionError } from "./errors.ts";
 import { buildKernelModel, summarizeModel, type KernelModel, type KernelModelCache } from "./kernel-model.ts";
 import { BufferPhysicalMemory } from "./physical-memory.ts";
-import { BTF_FACTS, buildSyntheticGuest, type SyntheticGuest } from "./synthetic-guest.ts";
+import { BTF_FACTS, buildSyntheticGuest, type SyntheticGuest } from "./testing/synthetic-guest.ts";
 
 const alerts = (m: KernelModel): string[] => m.disagreements.filter((d) => d.severity !== "info").map((d) => d.check);
 

@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { checkPagePermissions, walkRange, type RangePiece } from "./page-permissions.ts";
 import { translate, type PagingLevels } from "./page-walk.ts";
 import { BufferPhysicalMemory } from "./physical-memory.ts";
-import { PageTableBuilder } from "./synthetic-guest.ts";
+import { PageTableBuilder } from "./testing/synthetic-guest.ts";
 
 const MiB = 0x10_0000;
 const KTEXT = 0xffff_ffff_8100_0000n;

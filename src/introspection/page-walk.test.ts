@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { BufferPhysicalMemory } from "./physical-memory.ts";
 import { IntrospectionError } from "./errors.ts";
 import { VirtualMemory, describeNotMapped, isCanonical, la57FromCr4, parseControlRegisters, rootFromCr3, translate, type PagingLevels } from "./page-walk.ts";
-import { PageTableBuilder } from "./synthetic-guest.ts";
+import { PageTableBuilder } from "./testing/synthetic-guest.ts";
 
 const MiB = 1024 * 1024;
 

@@ -10,7 +10,7 @@
  */
 import { BufferPhysicalMemory } from "../physical-memory.ts";
 import type { ControlRegisters } from "../page-walk.ts";
-import { BtfBuilder, PageTableBuilder, buildKallsyms, type SymbolSpec } from "../synthetic-guest.ts";
+import { BtfBuilder, PageTableBuilder, buildKallsyms, kallsymsVmcoreinfo, type SymbolSpec } from "./synthetic-guest.ts";
 import { BufferWriter } from "./attacker.ts";
 
 const U64 = (1n << 64n) - 1n;
@@ -658,12 +658,7 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
     ["SYMBOL(_stext)", sym("_stext").toString(16)],
     ["OFFSET(list_head.next)", "0"],
     ["OFFSET(list_head.prev)", "8"],
-    ["SYMBOL(kallsyms_names)", sym("kallsyms_names").toString(16)],
-    ["SYMBOL(kallsyms_num_syms)", sym("kallsyms_num_syms").toString(16)],
-    ["SYMBOL(kallsyms_token_table)", sym("kallsyms_token_table").toString(16)],
-    ["SYMBOL(kallsyms_token_index)", sym("kallsyms_token_index").toString(16)],
-    ["SYMBOL(kallsyms_offsets)", sym("kallsyms_offsets").toString(16)],
-    ["SYMBOL(kallsyms_relative_base)", sym("kallsyms_relative_base").toString(16)],
+    ...kallsymsVmcoreinfo(sym),
     ["NUMBER(phys_base)", BigInt.asIntN(64, physBase).toString()],
     ["NUMBER(pgtable_l5_enabled)", levels === 5 ? "1" : "0"],
     ["KERNELOFFSET", shift.toString(16)],

@@ -4,11 +4,16 @@
  * tested, fuzzed and cross-checked without booting a VM. Used only by the *.test.ts files; nothing here reads
  * guest data.
  */
-import { BufferPhysicalMemory } from "./physical-memory.ts";
+import { BufferPhysicalMemory } from "../physical-memory.ts";
 
 const U64 = (1n << 64n) - 1n;
 export const START_KERNEL_MAP = 0xffff_ffff_8000_0000n;
 export const LINK_TEXT = 0xffff_ffff_8100_0000n;
+
+/** The VMCOREINFO lines (key, value) that locate kallsyms, as a 6.4+ kernel writes them. */
+export function kallsymsVmcoreinfo(sym: (name: string) => bigint): Array<[string, string]> {
+  return ["kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table", "kallsyms_token_index", "kallsyms_offsets", "kallsyms_relative_base"].map((n) => [`SYMBOL(${n})`, sym(n).toString(16)]);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Page tables
@@ -611,12 +616,7 @@ export function buildSyntheticGuest(o: SyntheticGuestOptions = {}): SyntheticGue
     ["OFFSET(list_head.prev)", "8"],
     ["OFFSET(atomic_long_t.counter)", "0"],
     ["NUMBER(VMALLOC_START)", "0xff51e4f640000000"],
-    ["SYMBOL(kallsyms_names)", sym("kallsyms_names").toString(16)],
-    ["SYMBOL(kallsyms_num_syms)", sym("kallsyms_num_syms").toString(16)],
-    ["SYMBOL(kallsyms_token_table)", sym("kallsyms_token_table").toString(16)],
-    ["SYMBOL(kallsyms_token_index)", sym("kallsyms_token_index").toString(16)],
-    ["SYMBOL(kallsyms_offsets)", sym("kallsyms_offsets").toString(16)],
-    ["SYMBOL(kallsyms_relative_base)", sym("kallsyms_relative_base").toString(16)],
+    ...kallsymsVmcoreinfo(sym),
     ["NUMBER(phys_base)", BigInt.asIntN(64, physBase).toString()],
     ["SYMBOL(init_top_pgt)", sym("init_top_pgt").toString(16)],
     ["NUMBER(pgtable_l5_enabled)", levels === 5 ? "1" : "0"],
