@@ -191,7 +191,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     stopExpiry();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     vtime.close();
-    introspection.close();
+    await introspection.close();
     await vms.close();
     await audit.checkpoint();
     await db.destroy();

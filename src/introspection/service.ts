@@ -142,6 +142,8 @@ const RETRY_BASELINE_MS = 30_000;
 const RETRY_BASELINE_MAX_MS = 15 * 60_000;
 /** A watched guest whose agent has not answered after this much running time is reported (it has no baseline). */
 const AGENT_SILENT_MS = 180_000;
+/** How long closing waits for watch steps in flight (a containment snapshot can take seconds). */
+const CLOSE_WAIT_MS = 15_000;
 /** Baselines of earlier boots kept per VM, for memory states saved during them (a revert resumes one). */
 const ARCHIVED_BASELINES = 4;
 /** Name of the RAM backend in vigil's QEMU command line (qemu/argv.ts: memory-backend-file,id=ram0). */
@@ -234,6 +236,8 @@ export class IntrospectionService {
   private readonly live = new Map<string, LiveVm>();
   private readonly configs = new Map<string, WatchConfig>();
   private readonly cache: KernelModelCache = new Map();
+  /** Watch loops now running: close() lets a step in flight (an audit append, a containment) finish. */
+  private readonly running = new Set<Promise<void>>();
   private closing = false;
 
   constructor(private readonly d: IntrospectionDeps) {}
@@ -469,7 +473,7 @@ export class IntrospectionService {
         wake?.();
       },
     };
-    void (async () => {
+    const loop = (async () => {
       while (!stopped && !w.gone && !this.closing) {
         const t0 = performance.now();
         try {
@@ -488,6 +492,8 @@ export class IntrospectionService {
         }
       }
     })();
+    this.running.add(loop);
+    void loop.finally(() => this.running.delete(loop));
   }
 
   private stopLoop(w: LiveVm): void {
@@ -772,11 +778,16 @@ export class IntrospectionService {
     };
   }
 
-  /** Stops every watch loop and releases every RAM file; watches and baselines stay stored for the next start. */
-  close(): void {
+  /**
+   * Stops every watch loop — waiting (at most CLOSE_WAIT_MS) for a step in flight, so a containment or an audit
+   * append does not race the database closing — and releases every RAM file. Watches and baselines stay stored
+   * for the next start.
+   */
+  async close(): Promise<void> {
     this.closing = true;
+    for (const w of this.live.values()) this.stopLoop(w);
+    await Promise.race([Promise.allSettled([...this.running]), sleep(CLOSE_WAIT_MS)]);
     for (const w of [...this.live.values()]) {
-      this.stopLoop(w);
       w.off();
       w.watcher.close();
     }
