@@ -65,6 +65,8 @@ export interface DaemonOptions {
   log?: Logger;
   /** Host facts for tests (the host's memory); read from /proc otherwise. */
   hostFacts?: () => HostFacts;
+  /** IDS timings for tests: the wait after the agent's first answer, and when a silent agent is reported. */
+  introspection?: { settleMs?: number; agentSilentMs?: number };
 }
 
 export interface Daemon {
@@ -150,7 +152,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.
-  const introspection = new IntrospectionService({ vms, repo, guard, audit, snapshots, db, log });
+  const introspection = new IntrospectionService({ vms, repo, guard, audit, snapshots, db, log, ...options.introspection });
   await introspection.load();
   vms.addRuntimeHook(introspection.attach);
   const images = new ImageService(db, catalog, guard, home.imagesDir, async (disk) =>

@@ -5,13 +5,14 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { z } from "zod";
 import { startDaemon, type Daemon } from "../daemon/daemon.ts";
 import { silentLogger } from "../log.ts";
 import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
+import type { VmRuntime } from "../host/vm-runtime.ts";
 
 interface Fixture {
   home: string;
@@ -20,13 +21,13 @@ interface Fixture {
   vmId: string;
 }
 
-async function open(home: string): Promise<Daemon> {
-  return startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+async function open(home: string, introspection?: { settleMs?: number; agentSilentMs?: number }): Promise<Daemon> {
+  return startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger(), ...(introspection ? { introspection } : {}) });
 }
 
-async function fixture(t: TestContext): Promise<Fixture> {
+async function fixture(t: TestContext, introspection?: { settleMs?: number; agentSilentMs?: number }): Promise<Fixture> {
   const home = mkdtempSync(join(tmpdir(), "vigil-ids-"));
-  const daemon = await open(home);
+  const daemon = await open(home, introspection);
   const f: Fixture = { home, daemon, tokens: {}, vmId: "" };
   t.after(async () => {
     await f.daemon.close();
@@ -147,4 +148,55 @@ test("a containment policy needs the right to pause (and snapshot) by hand: a re
   const w = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ policy: string; startedBy: string }> };
   assert.deepEqual(w.watches.map((x) => [x.policy, x.startedBy]), [["snapshot-and-pause", "ivy"]]);
   assert.equal((await req(f, "ivy", "DELETE", "/v1/vms/target/watch")).status, 200);
+});
+
+/**
+ * A QEMU as the service sees it, without QEMU: QMP answers with a RAM layout and registers, the RAM file holds
+ * nothing a kernel model can be built from (16 MiB of zeros), and the agent answers — or never does.
+ */
+function fakeRuntime(home: string, agentAnswers: boolean): VmRuntime {
+  const ramFile = join(home, "ram");
+  writeFileSync(ramFile, Buffer.alloc(16 << 20));
+  const mtree = `FlatView #0\n AS "memory", root: system\n Root memory region: system\n  0000000000000000-0000000000ffffff (prio 0, ram): ram0\n`;
+  const regs = `CPU#0\nIDT=     fffffe0000000000 00000fff\nCR0=80050033 CR2=0000000000000000 CR3=0000000000100000 CR4=00750ef0\nEFER=0000000000000d01\n`;
+  const agent = { ping: async () => (agentAnswers ? undefined : Promise.reject(new Error("no answer"))), ps: async () => ({ processes: [] }), exec: async () => ({ exitCode: 1, stdout: "", stderr: "", truncated: false }) };
+  return {
+    pid: process.pid,
+    layout: { ramFile },
+    qmp: { onEvent: () => () => undefined, hmp: async (cmd: string) => (cmd.startsWith("info mtree") ? mtree : regs) },
+    status: async () => "running",
+    exited: new Promise(() => undefined),
+    agentClient: async () => agent,
+  } as unknown as VmRuntime;
+}
+
+async function findingsOf(f: Fixture, check: string, timeoutMs: number): Promise<Array<{ check: string; severity: string }>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = (await req(f, "ivy", "GET", "/v1/vms/target/findings?limit=10")).json as { recent: Array<{ check: string; severity: string }> };
+    if (r.recent.some((x) => x.check === check) || Date.now() > deadline) return r.recent;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
+test("a watched guest whose kernel cannot be baselined is a finding, not silence", async (t) => {
+  const f = await fixture(t, { settleMs: 10 });
+  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 250 })).status, 200);
+  const svc = f.daemon.deps.introspection;
+  svc.attach(await f.daemon.repo.getById(f.vmId), fakeRuntime(f.home, true));
+  const recent = await findingsOf(f, "baseline-failed", 10_000);
+  assert.deepEqual(recent.map((x) => [x.check, x.severity]), [["baseline-failed", "high"]], "reported once");
+  const w = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ status: string; problem: string | null }> };
+  assert.equal(w.watches[0]?.status, "error");
+  assert.ok(w.watches[0]?.problem, "the watch says why");
+});
+
+test("a watched guest whose agent never answers is reported once it has run long enough", async (t) => {
+  const f = await fixture(t, { settleMs: 10, agentSilentMs: 300 });
+  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 250 })).status, 200);
+  f.daemon.deps.introspection.attach(await f.daemon.repo.getById(f.vmId), fakeRuntime(f.home, false));
+  const recent = await findingsOf(f, "agent-silent", 10_000);
+  assert.deepEqual(recent.map((x) => [x.check, x.severity]), [["agent-silent", "medium"]]);
+  await new Promise((r) => setTimeout(r, 800));
+  assert.equal(((await req(f, "ivy", "GET", "/v1/vms/target/findings?limit=10")).json as { recent: unknown[] }).recent.length, 1, "once per boot");
 });

@@ -131,6 +131,8 @@ export interface IntrospectionDeps {
   log: Logger;
   /** Wait this long after the agent's first answer before the baseline (lets `start --wait` answer first). */
   settleMs?: number;
+  /** Report a watched guest whose agent has not answered after this much running time (default 3 minutes). */
+  agentSilentMs?: number;
 }
 
 /** At most this many findings of one sweep become individual audit records; the rest are counted in one. */
@@ -309,6 +311,9 @@ export class IntrospectionService {
       () => undefined,
     );
     void rt.exited.then(() => this.gone(w));
+    // A watched VM's loop runs from the start: until the baseline exists its ticks only watch the preparation
+    // (a silent agent, a failed baseline and its retries), so no guest can stay unbaselined unnoticed.
+    this.startLoop(w);
     void this.prepare(w);
   };
 
@@ -345,6 +350,8 @@ export class IntrospectionService {
       w.status = "error";
       w.problem = messageOf(err);
       this.d.log.warn({ vm: w.vmName, err: w.problem }, "Cannot baseline the guest kernel");
+      const config = this.configs.get(w.vmId);
+      if (config) await this.reportUnbaselined(w, config, "baseline-failed", "high", `The guest's kernel could not be baselined: ${w.problem}`).catch((e: unknown) => this.d.log.error({ err: messageOf(e) }, "Cannot report a failed baseline"));
     }
   }
 
@@ -425,6 +432,7 @@ export class IntrospectionService {
     w.status = "waiting-for-agent";
     w.attempts = 0;
     w.reportedUnbaselined = false;
+    if (!w.paused) w.runningSince = Date.now(); // the new boot's agent gets its full time to answer
     if (!hadBaseline) {
       // A reset before this boot's baseline (e.g. loading a snapshot before the guest's first instruction, or
       // the second RESET of one reboot): the same boot still waits for its agent. (The bumped epoch ends the
@@ -513,7 +521,7 @@ export class IntrospectionService {
           w.problem = messageOf(err);
           await this.reportUnbaselined(w, config, "baseline-failed", "high", `The guest's kernel could not be baselined (attempt ${w.attempts}): ${w.problem}`);
         });
-      } else if (w.status === "waiting-for-agent" && w.runningSince !== undefined && Date.now() - w.runningSince >= AGENT_SILENT_MS) {
+      } else if (w.status === "waiting-for-agent" && w.runningSince !== undefined && Date.now() - w.runningSince >= (this.d.agentSilentMs ?? AGENT_SILENT_MS)) {
         await this.reportUnbaselined(w, config, "agent-silent", "medium", `The guest agent has not answered in ${Math.round((Date.now() - w.runningSince) / 1000)} s of running time: no baseline, so nothing is checked`);
       }
       return;
@@ -623,7 +631,11 @@ export class IntrospectionService {
       await this.establish(w, "on-demand");
       if (w.watcher.ready) return;
     }
-    if (w.status === "error") throw new VigilError("VIGIL_INTROSPECTION", `Cannot introspect VM ${q(w.vmName)}: ${w.problem ?? "its kernel could not be modelled"}`);
+    if (w.status === "error") {
+      // Without an agent vigil cannot tell a guest still booting from one it cannot model: say both.
+      const hint = w.agent ? "" : " (a guest without agent may still be booting: try again in a few seconds; otherwise its kernel is not one vigil can model)";
+      throw new VigilError("VIGIL_INTROSPECTION", `Cannot introspect VM ${q(w.vmName)}: its kernel could not be modelled${hint}: ${w.problem ?? "no detail"}`);
+    }
     throw new VigilError("VIGIL_BUSY", `Cannot introspect VM ${q(w.vmName)} yet: its baseline is taken once its guest agent first answers after the start (now ${w.status}); try again shortly`);
   }
 
