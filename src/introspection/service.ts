@@ -144,6 +144,8 @@ const RETRY_BASELINE_MS = 30_000;
 const RETRY_BASELINE_MAX_MS = 15 * 60_000;
 /** A watched guest whose agent has not answered after this much running time is reported (it has no baseline). */
 const AGENT_SILENT_MS = 180_000;
+/** A watched VM without agent is first baselined after this much running time (its boot is surely over). */
+const NO_AGENT_BOOT_MS = 60_000;
 /** How long closing waits for watch steps in flight (a containment snapshot can take seconds). */
 const CLOSE_WAIT_MS = 15_000;
 /** Baselines of earlier boots kept per VM, for memory states saved during them (a revert resumes one). */
@@ -515,7 +517,9 @@ export class IntrospectionService {
     // pause then holds: the finding is new after the resume, whoever paused the VM before).
     if (w.paused) return;
     if (!w.watcher.ready) {
-      if ((w.status === "no-baseline" || w.status === "error") && Date.now() - w.lastAttempt >= this.retryDelay(w)) {
+      // Without an agent nothing says when boot is over: the first attempt waits for some running time.
+      const booting = w.status === "no-baseline" && (w.runningSince === undefined || Date.now() - w.runningSince < NO_AGENT_BOOT_MS);
+      if (!booting && (w.status === "no-baseline" || w.status === "error") && Date.now() - w.lastAttempt >= this.retryDelay(w)) {
         await this.establish(w, w.agent ? (w.boot === "reset" ? "reset" : "start") : "on-demand").catch(async (err: unknown) => {
           w.status = "error";
           w.problem = messageOf(err);
