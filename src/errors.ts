@@ -60,6 +60,12 @@ export function q(value: unknown): string {
   return JSON.stringify(String(value));
 }
 
+/** Words as a sentence list: `a`, `a or b`, `a, b or c` (with `conjunction` "or" or "and"). */
+export function listWords(words: readonly string[], conjunction: "or" | "and"): string {
+  if (words.length <= 1) return words.join("");
+  return `${words.slice(0, -1).join(", ")} ${conjunction} ${words[words.length - 1]}`;
+}
+
 /** Short constructors for the errors raised in many places, so their wording stays one. */
 export const errors = {
   vmNotFound: (name: string) => new VigilError("VIGIL_VM_NOT_FOUND", `VM ${q(name)} does not exist`),
@@ -68,7 +74,7 @@ export const errors = {
   invalidState: (action: string, name: string, state: string, allowed: readonly string[]) =>
     new VigilError(
       "VIGIL_INVALID_STATE",
-      `Cannot ${action} VM ${q(name)}: it is ${state} (allowed when ${allowed.join(" or ")})`,
+      `Cannot ${action} VM ${q(name)}: it is ${state} (allowed when ${listWords(allowed, "or")})`,
     ),
   badRequest: (field: string, message: string) => new VigilError("VIGIL_BAD_REQUEST", message, { field }),
   timeout: (what: string, ms: number) => new VigilError("VIGIL_TIMEOUT", `Timed out after ${ms} ms waiting for ${what}`),

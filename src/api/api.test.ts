@@ -368,3 +368,50 @@ test("the events stream delivers audit records as they happen, only to those who
   const carol = await read("ownerCarol", () => request(f, "auditor", "POST", "/v1/vms/target/start", {}));
   assert.doesNotMatch(carol, /event: audit/);
 });
+
+test("a revert with a reason but without force is a 400 naming \"reason\"", async (t) => {
+  const f = await fixture(t);
+  await f.repo.update(f.targetId, { state: "stopped" });
+  const res = await request(f, "admin", "POST", "/v1/vms/target/snapshots/s1/revert", { reason: "because" });
+  assert.equal(res.status, 400);
+  const body = (await res.json()) as { error: { code: string; message: string; field: string } };
+  assert.equal(body.error.field, "reason");
+  assert.match(body.error.message, /"reason" is only accepted with "force"/);
+});
+
+test("vtime link: linking a VM to itself says whose store it really shares; linking elsewhere relinks", async (t) => {
+  const f = await fixture(t);
+  const spec = resolveSpec(createVmRequestSchema.parse({ name: "a" }), { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
+  const ids: Record<string, string> = {};
+  for (const name of ["a", "c"]) {
+    const vm = await f.repo.insert({ id: crypto.randomUUID(), name, spec: { ...spec, name }, state: "stopped", host: "h", vmgenid: crypto.randomUUID(), generation: 1, owner: "user:bob", approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "bob", createdAt: new Date().toISOString() });
+    ids[name] = vm.id;
+  }
+  const link = async (vm: string, source: string) => {
+    const res = await request(f, "admin", "POST", `/v1/vms/${vm}/vtime/link`, { source });
+    return { status: res.status, json: (await res.json()) as { namespace?: string; error?: { message: string; field: string } } };
+  };
+  const own = await link("a", "a");
+  assert.equal(own.status, 400);
+  assert.equal(own.json.error?.message, 'Cannot link VM "a" to itself: it uses its own store already');
+  assert.equal((await link("a", "c")).json.namespace, ids.c);
+  const self = await link("a", "a");
+  assert.equal(self.status, 400);
+  assert.equal(self.json.error?.field, "source");
+  assert.match(self.json.error!.message, /^Cannot link VM "a" to itself: it already shares the store of "c"/);
+  assert.doesNotMatch(self.json.error!.message, /its own store/);
+  // Linking a VM that shares one store to another VM moves it to that one's store.
+  const moved = await link("a", "target");
+  assert.equal(moved.status, 200);
+  assert.equal(moved.json.namespace, f.targetId);
+});
+
+test("removing a user from a group they are not in is a 409 that says so", async (t) => {
+  const f = await fixture(t);
+  const res = await request(f, "admin", "DELETE", "/v1/groups/devs/members/dave");
+  assert.equal(res.status, 409);
+  const body = (await res.json()) as { error: { message: string; field: string } };
+  assert.equal(body.error.message, 'Cannot remove user "dave" from group "devs": not a member');
+  assert.equal((await request(f, "admin", "PUT", "/v1/groups/devs/members/dave")).status, 200);
+  assert.equal((await request(f, "admin", "DELETE", "/v1/groups/devs/members/dave")).status, 200);
+});

@@ -164,7 +164,8 @@ export class UserStore {
     if (member) {
       await this.db.insertInto("group_members").values({ group_name: group, user_id: u.id }).onConflict((oc) => oc.doNothing()).execute();
     } else {
-      await this.db.deleteFrom("group_members").where("group_name", "=", group).where("user_id", "=", u.id).execute();
+      const r = await this.db.deleteFrom("group_members").where("group_name", "=", group).where("user_id", "=", u.id).executeTakeFirst();
+      if (r.numDeletedRows === 0n) throw new VigilError("VIGIL_CONFLICT", `Cannot remove user ${q(user)} from group ${q(group)}: not a member`, { field: "user" });
     }
   }
 

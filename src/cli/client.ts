@@ -42,6 +42,8 @@ function loadClientConfig(): ClientConfig {
 
 export interface Target {
   socketPath?: string;
+  /** VIGIL_HOME when the environment sets it (not the default home): the hint for starting its daemon names it. */
+  home?: string;
   url?: URL;
   token?: string;
 }
@@ -72,7 +74,12 @@ export function resolveTarget(env = process.env): Target {
     const token = env.VIGIL_TOKEN ?? cfg.token;
     return { url: daemonUrl(url, fromEnv ? "VIGIL_URL" : `url in ${clientConfigPath()}`), ...(token ? { token } : {}) };
   }
-  return { socketPath: homeLayout(vigilHome(env)).socket };
+  return { socketPath: homeLayout(vigilHome(env)).socket, ...(env.VIGIL_HOME ? { home: env.VIGIL_HOME } : {}) };
+}
+
+/** A word as the shell reads it: bare when it is only safe characters, else in single quotes. */
+function shellWord(s: string): string {
+  return /^[A-Za-z0-9_./:@%+=,-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
 }
 
 function baseOptions(target: Target, method: string, path: string, headers: Record<string, string>): RequestOptions {
@@ -93,7 +100,9 @@ function send(target: Target, options: RequestOptions, body: string | undefined,
 
 function unreachable(target: Target, err: NodeJS.ErrnoException): ApiError {
   const where = target.socketPath ?? target.url?.href ?? "?";
-  const hint = target.socketPath ? " (is `vigil serve` running for this VIGIL_HOME? start it with `npm start`)" : "";
+  // `npm start` serves the default home only; a custom VIGIL_HOME needs its own daemon.
+  const start = target.home !== undefined ? `VIGIL_HOME=${shellWord(target.home)} vigil serve` : "npm start";
+  const hint = target.socketPath ? ` (is \`vigil serve\` running for this VIGIL_HOME? start it with \`${start}\`)` : "";
   return new ApiError("VIGIL_UNREACHABLE", `Cannot reach the vigil daemon at ${where}: ${err.code ?? err.message}${hint}`, 0);
 }
 

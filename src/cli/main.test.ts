@@ -223,3 +223,77 @@ test("trust add of an already-trusted key is refused with exit 4 naming its name
   const after = JSON.parse((await cli(env, ["trust", "list", "--json"])).stdout) as Array<{ name: string; site: boolean }>;
   assert.deepEqual(after.filter((k) => !k.site).map((k) => k.name), ["partner"], "the key keeps its name");
 });
+
+test("group remove-member of a non-member exits 4 saying so; user set with nothing to change exits 2 naming the options", async (t) => {
+  const { env } = await daemon(t);
+  assert.equal((await cli(env, ["group", "add", "devs"])).status, 0);
+  assert.equal((await cli(env, ["user", "add", "carol"])).status, 0);
+  const remove = await cli(env, ["group", "remove-member", "devs", "carol"]);
+  assert.equal(remove.status, 4, remove.stderr);
+  assert.equal(remove.stderr, 'vigil: Cannot remove user "carol" from group "devs": not a member\n');
+  assert.equal(remove.stdout, "", "no claim that carol was removed");
+  const set = await cli(env, ["user", "set", "carol"]);
+  assert.equal(set.status, 2, set.stderr);
+  assert.match(set.stderr, /Nothing to change for user "carol": give --role, --introspect, --no-introspect, --disable or --enable/);
+  assert.doesNotMatch(set.stdout, /updated/);
+  oneLine(set);
+});
+
+test("snapshot revert --reason without --force is a usage error before any request", async (t) => {
+  const r = await cli({ VIGIL_HOME: tempHome(t), VIGIL_URL: "" }, ["snapshot", "revert", "vm1", "s1", "--reason", "foo"]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--reason is only meaningful with --force/);
+  oneLine(r);
+});
+
+test("whoami shows the introspect grant as its own field, not as a role; audit verify counts in good English", async (t) => {
+  const { env } = await daemon(t);
+  const me = await cli(env, ["whoami"]);
+  assert.equal(me.status, 0, me.stderr);
+  assert.match(me.stdout, /\(roles: admin; introspect: yes; groups: /);
+  const verify = await cli(env, ["audit", "verify"]);
+  assert.equal(verify.status, 0, verify.stderr);
+  assert.match(verify.stdout, /^OK: (1 record|\d+ records), (1 signed checkpoint|\d+ signed checkpoints), chain intact$/m);
+});
+
+test("the daemon-unreachable hint names a custom VIGIL_HOME instead of suggesting npm start", async (t) => {
+  const home = tempHome(t);
+  const r = await cli({ VIGIL_HOME: home, VIGIL_URL: "" }, ["vm", "list"]);
+  assert.equal(r.status, 6, r.stderr);
+  assert.ok(r.stderr.includes(`start it with \`VIGIL_HOME=${home} vigil serve\``), r.stderr);
+  assert.doesNotMatch(r.stderr, /npm start/);
+  oneLine(r);
+});
+
+test("an unknown command is one line and exit 2; vigil alone still prints the help", async (t) => {
+  const env = { VIGIL_HOME: tempHome(t), VIGIL_URL: "" };
+  const bogus = await cli(env, ["bogus"]);
+  assert.equal(bogus.status, 2);
+  assert.equal(bogus.stderr, 'vigil: unknown command "bogus" (see vigil --help)\n');
+  const sub = await cli(env, ["vm", "bogus"]);
+  assert.equal(sub.status, 2);
+  assert.equal(sub.stderr, 'vigil: unknown command "vm bogus" (see vigil vm --help)\n');
+  const bare = await cli(env, []);
+  assert.match(bare.stdout + bare.stderr, /^Usage: vigil \[options\] \[command\]/m);
+});
+
+test("vm list shows ACCEL only for a live VM; --json keeps the recorded accelerator", async (t) => {
+  const { d, env } = await daemon(t);
+  const image = { name: "tiny", boot: { kind: "kernel" as const, kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" };
+  for (const [name, state] of [["ran", "stopped"], ["live", "paused"]] as const) {
+    const spec = resolveSpec(createVmRequestSchema.parse({ name, memoryMiB: 128 }), image, { cpu: "max" });
+    const vm = await d.repo.insert({ id: crypto.randomUUID(), name, spec, state: "stopped", host: "h", vmgenid: crypto.randomUUID(), generation: 1, owner: "user:root", approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "root", createdAt: new Date().toISOString() });
+    await d.repo.update(vm.id, { state, accelerator: "tcg" });
+  }
+  const r = await cli(env, ["vm", "list"]);
+  assert.equal(r.status, 0, r.stderr);
+  const accel = (name: string) => {
+    const [header, ...rows] = r.stdout.trimEnd().split("\n");
+    const at = header!.indexOf("ACCEL");
+    return rows.find((l) => l.startsWith(`${name} `))!.slice(at).split(/\s+/)[0];
+  };
+  assert.equal(accel("ran"), "-", "a stopped VM has no accelerator now");
+  assert.equal(accel("live"), "tcg");
+  const json = JSON.parse((await cli(env, ["vm", "list", "--json"])).stdout) as Array<{ name: string; accelerator: string | null }>;
+  assert.equal(json.find((v) => v.name === "ran")?.accelerator, "tcg", "the JSON keeps the recorded field");
+});

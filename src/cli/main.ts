@@ -11,7 +11,7 @@ import { basename, resolve as resolvePath } from "node:path";
 import { ApiError, call, clientConfigPath, daemonUrl, download, events, inputFile, stream, upload, upgrade } from "./client.ts";
 import { EXIT, exitCodeFor } from "./exit-codes.ts";
 import { parseGuestViewEvery, parseInterval, parsePolicy, watchBody } from "./watch-args.ts";
-import { clearLine, printJson, printTable, progressLine, sortNumerically, startedMessage, visibleControls, withSpinner } from "./output.ts";
+import { accelCell, clearLine, plural, printJson, printTable, progressLine, sortNumerically, startedMessage, visibleControls, withSpinner } from "./output.ts";
 
 type Vm = Record<string, unknown> & { name: string; state: string; spec: { vcpus: number; memoryMiB: number; image: string | null; agent?: boolean } };
 
@@ -55,7 +55,7 @@ export function writableOutput(flag: string, path: string): string {
 
 function printVmTable(vms: Vm[]): void {
   printTable(
-    vms.map((v) => ({ ...v, vcpus: v.spec.vcpus, memory: `${v.spec.memoryMiB}M`, image: v.spec.image, flags: [v.template ? "template" : "", v.expired ? "EXPIRED" : ""].filter(Boolean).join(",") })),
+    vms.map((v) => ({ ...v, accelerator: accelCell(v), vcpus: v.spec.vcpus, memory: `${v.spec.memoryMiB}M`, image: v.spec.image, flags: [v.template ? "template" : "", v.expired ? "EXPIRED" : ""].filter(Boolean).join(",") })),
     [
       ["name", "NAME"],
       ["state", "STATE"],
@@ -166,7 +166,8 @@ export function buildProgram(hooks: CliHooks): Command {
     .action(async (o: { json?: boolean }) => {
       const me = await call<{ name: string; roles: string[]; introspect: boolean; groups: string[]; via: string }>("GET", "/v1/whoami");
       if (o.json) return printJson(me);
-      process.stdout.write(`${me.name} (roles: ${me.roles.join(", ") || "none"}${me.introspect ? ", introspect" : ""}; groups: ${me.groups.join(", ") || "none"}; via ${me.via})\n`);
+      // The introspect grant is not a role (no role implies it): its own field, yes or no.
+      process.stdout.write(`${me.name} (roles: ${me.roles.join(", ") || "none"}; introspect: ${me.introspect ? "yes" : "no"}; groups: ${me.groups.join(", ") || "none"}; via ${me.via})\n`);
     });
 
   program
@@ -725,6 +726,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--unsafe-keep-vmgenid", "admins only, for demonstrations: resume WITHOUT a new vmgenid, so the guest does not reseed")
     .option("--json", "machine-readable output")
     .action(async (vmName: string, name: string, o: { force?: boolean; reason?: string; unsafeKeepVmgenid?: boolean; json?: boolean }) => {
+      if (o.reason !== undefined && !o.force) throw new ApiError("VIGIL_BAD_REQUEST", "--reason is only meaningful with --force (a forced revert below the security floor)", 0, "reason");
       const r = await withProgress(`Reverting ${vmName} to ${name}`, (rid) =>
         call<{ vm: Vm; generation: number; forced: boolean }>("POST", vmPath(vmName, `/snapshots/${enc(name)}/revert`), { force: o.force ?? false, unsafeKeepVmgenid: o.unsafeKeepVmgenid ?? false, ...(o.reason ? { reason: o.reason } : {}) }, undefined, { requestId: rid }),
       );
@@ -965,6 +967,9 @@ export function buildProgram(hooks: CliHooks): Command {
       if (o.introspect !== undefined) change.introspect = o.introspect;
       if (o.disable) change.disabled = true;
       if (o.enable) change.disabled = false;
+      if (Object.keys(change).length === 0) {
+        throw new ApiError("VIGIL_BAD_REQUEST", `Nothing to change for user ${JSON.stringify(name)}: give --role, --introspect, --no-introspect, --disable or --enable`, 0, "user");
+      }
       const r = await call<Record<string, unknown>>("PATCH", `/v1/users/${enc(name)}`, change);
       if (o.json) return printJson(r);
       process.stdout.write(`User ${name} updated\n`);
@@ -1012,7 +1017,7 @@ export function buildProgram(hooks: CliHooks): Command {
     .action(async (o: { json?: boolean }) => {
       const r = await call<{ ok: boolean; records: number; checkpoints: number; firstBad?: { seq: number; reason: string } }>("GET", "/v1/audit/verify");
       if (o.json) printJson(r);
-      else if (r.ok) process.stdout.write(`OK: ${r.records} records, ${r.checkpoints} signed checkpoints, chain intact\n`);
+      else if (r.ok) process.stdout.write(`OK: ${plural(r.records, "record")}, ${plural(r.checkpoints, "signed checkpoint")}, chain intact\n`);
       else process.stdout.write(`TAMPERED: first bad record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
       if (!r.ok) process.exitCode = EXIT.conflict;
     });
@@ -1049,7 +1054,24 @@ export function buildProgram(hooks: CliHooks): Command {
       });
     });
 
+  rejectUnknownCommands(program);
   return program;
+}
+
+/**
+ * An unknown command is one line and exit 2 (`vigil: unknown command "bogus" (see vigil --help)`), not the whole
+ * help after commander's error; every command with subcommands answers so (`vigil vm bogus`). Listening for
+ * "command:*" replaces commander's own unknown-command error; other usage errors keep their help.
+ */
+function rejectUnknownCommands(cmd: Command): void {
+  if (cmd.commands.length === 0) return;
+  const path: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) path.unshift(c.name());
+  cmd.on("command:*", (operands: string[]) => {
+    const given = [...path.slice(1), operands[0] ?? ""].join(" ");
+    throw new ApiError("VIGIL_BAD_REQUEST", `unknown command ${JSON.stringify(given)} (see ${path.join(" ")} --help)`, 0);
+  });
+  for (const sub of cmd.commands) rejectUnknownCommands(sub);
 }
 
 /** Prints one line for a failure and returns its documented exit code. */

@@ -2,7 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { sortNumerically, startedMessage, visibleControls } from "./output.ts";
+import { isLive, VM_STATES } from "../vm/state-machine.ts";
+import { accelCell, plural, sortNumerically, startedMessage, visibleControls } from "./output.ts";
 
 test("vm start --wait on a VM without an agent does not claim the agent answers", () => {
   const vm = { name: "na", state: "running", pid: 42, accelerator: "tcg", spec: { agent: false } };
@@ -32,4 +33,16 @@ test("the console filter never lets a control character through but \\n, \\r and
       assert.ok(out.length >= s.length);
     }),
   );
+});
+
+test("counts read as English: 1 signed checkpoint, 2 signed checkpoints, 0 records", () => {
+  assert.equal(plural(1, "signed checkpoint"), "1 signed checkpoint");
+  assert.equal(plural(2, "signed checkpoint"), "2 signed checkpoints");
+  assert.equal(plural(0, "record"), "0 records");
+});
+
+test("vm list's ACCEL is shown for live VMs only, not the last run's of a stopped one", () => {
+  // The CLI keeps its own copy of the live states; it must agree with the state machine's.
+  for (const state of VM_STATES) assert.equal(accelCell({ state, accelerator: "tcg" }), isLive(state) ? "tcg" : undefined, state);
+  assert.equal(accelCell({ state: "running", accelerator: null }), undefined);
 });

@@ -13,6 +13,22 @@ export function table(rows: Array<Record<string, unknown>>, columns: Array<[key:
   return [line(columns.map(([, h]) => h)), ...rows.map((r) => line(columns.map(([k]) => cell(r[k]))))].join("\n") + "\n";
 }
 
+/** `1 record`, `2 records`: a count and its noun, singular or plural. */
+export function plural(n: number, noun: string, nouns = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : nouns}`;
+}
+
+/** States in which a VM has a QEMU process; mirrors LIVE_STATES in vm/state-machine.ts (the CLI imports only its own folder). */
+const LIVE_STATES: readonly string[] = ["starting", "running", "paused", "stopping"];
+
+/**
+ * The ACCEL cell of `vm list`: the accelerator of the QEMU that runs the VM now. A stopped VM keeps the one of
+ * its last run in its record (and in --json), but the next start may choose another, so the table shows "-".
+ */
+export function accelCell(v: { state: string; accelerator?: unknown }): string | undefined {
+  return LIVE_STATES.includes(v.state) && typeof v.accelerator === "string" ? v.accelerator : undefined;
+}
+
 export function printTable(rows: Array<Record<string, unknown>>, columns: Array<[string, string]>): void {
   process.stdout.write(table(rows, columns));
 }

@@ -2,22 +2,34 @@
  * qemu-img, the disk tool: overlays, blank disks, image inspection. Image files can come from outside (imports),
  * so `info` output is parsed as untrusted JSON and only the fields vigil uses are taken.
  */
+import { chmodSync } from "node:fs";
 import { z } from "zod";
 import { runCommand } from "../util/run-command.ts";
 import { parseOrThrow } from "../validation.ts";
 
 export const QEMU_IMG = process.env.VIGIL_QEMU_IMG ?? "qemu-img";
 
-/** A copy-on-write overlay on `backing` (which is only ever read). */
+/**
+ * Makes a file that holds guest data (a disk, which can carry memory snapshots, i.e. guest RAM) readable by
+ * vigil's user only. qemu-img creates files 0644 (less the umask); the VM directory is 0700 already, this is
+ * the second layer. Call it on every VM data file vigil has a tool create or copy.
+ */
+export function makePrivate(file: string): void {
+  chmodSync(file, 0o600);
+}
+
+/** A copy-on-write overlay on `backing` (which is only ever read); the new file is 0600. */
 export async function createOverlay(file: string, backing: string, sizeMiB?: number): Promise<void> {
   const args = ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, file];
   if (sizeMiB !== undefined) args.push(`${sizeMiB}M`);
   await runCommand(QEMU_IMG, args, { what: "Creating a disk overlay" });
+  makePrivate(file);
 }
 
-/** A blank qcow2 disk. */
+/** A blank qcow2 disk; the new file is 0600. */
 export async function createBlank(file: string, sizeMiB: number): Promise<void> {
   await runCommand(QEMU_IMG, ["create", "-q", "-f", "qcow2", file, `${sizeMiB}M`], { what: "Creating a blank disk" });
+  makePrivate(file);
 }
 
 const infoSchema = z.looseObject({

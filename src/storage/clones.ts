@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { VigilError, q } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import { can } from "../auth/permissions.ts";
-import { createOverlay, QEMU_IMG } from "../qemu/qemu-img.ts";
+import { createOverlay, makePrivate, QEMU_IMG } from "../qemu/qemu-img.ts";
 import { runCommand } from "../util/run-command.ts";
 import { spawnWithProgress } from "../util/progress-command.ts";
 import type { ProgressBus } from "../util/progress.ts";
@@ -148,6 +148,7 @@ export class CloneService {
             const base = files.snapBase(snap.name, d.name);
             if (!existsSync(base)) {
               await runCommand(QEMU_IMG, ["convert", "-O", "qcow2", "-l", `snapshot.name=${snap.name}`, srcDisk(d.name), `${base}.tmp`], { what: "Freezing a snapshot as a clone base" });
+              makePrivate(`${base}.tmp`);
               copyFileSync(`${base}.tmp`, base);
               rmSync(`${base}.tmp`);
               chmodSync(base, 0o400);
@@ -172,6 +173,9 @@ export class CloneService {
                 const args = ["convert", "-p", "-O", "qcow2", ...(snap ? ["-l", `snapshot.name=${snap.name}`] : []), srcDisk(d.name), dst];
                 await spawnWithProgress(QEMU_IMG, args, (pct) => this.progress.emit({ requestId: ctx.requestId, what: `copy ${d.name}`, current: pct, total: 100 }));
               }
+              // A copy of a template's prototype (0600 already, but copyFile takes the source's mode) or a fresh
+              // qemu-img file: either way the clone's disk is private.
+              makePrivate(dst);
             }
           },
         });

@@ -198,6 +198,10 @@ export class SnapshotService {
    * process; a disk snapshot rolls the disks back and, if the VM was running, boots it again.
    */
   async revert(ctx: RequestContext, vmName: string, name: string, options: { force?: boolean | undefined; reason?: string | undefined; unsafeKeepVmgenid?: boolean | undefined } = {}): Promise<{ vm: ReturnType<VmService["describeVm"]>; generation: number; forced: boolean; reapplied?: Record<string, unknown> }> {
+    // A reason justifies going below the security floor; without --force it would be recorded but mean nothing.
+    if (options.reason !== undefined && !options.force) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `Cannot revert VM ${q(vmName)}: a "reason" is only accepted with "force" (a forced revert below the security floor)`, { field: "reason" });
+    }
     return this.d.vms.operate(
       ctx,
       vmName,

@@ -14,3 +14,9 @@ test("an illegal transition is a clear error naming the VM, state and what is al
   assert.throws(() => assertAllowed("start", "web1", "running"), /allowed when stopped or crashed/);
   assert.doesNotThrow(() => assertAllowed("resume", "web1", "paused"));
 });
+
+test("a longer list of allowed states reads as a sentence: commas, then \"or\" before the last", () => {
+  assert.throws(() => assertAllowed("kill", "web1", "stopped"), {
+    message: 'Cannot kill VM "web1": it is stopped (allowed when running, paused, starting or stopping)',
+  });
+});

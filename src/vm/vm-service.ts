@@ -14,7 +14,7 @@ import { vmLayout, type VmLayout } from "../paths.ts";
 import { buildArgv, type LaunchPlan } from "../qemu/argv.ts";
 import type { AccelChoice } from "../qemu/accel.ts";
 import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
-import { checkSocketPath, ensurePrivateDir } from "../host/private-dir.ts";
+import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
@@ -581,6 +581,14 @@ export class VmService {
       ensurePrivateDir(l.memDir);
       // The RAM file of a previous run is guest memory left on disk: never reuse it.
       rmSync(l.ramFile, { force: true });
+      // Created here, empty and 0600, so that QEMU (which would create them 0644) fills files only vigil's user can read.
+      ensurePrivateFile(l.ramFile);
+      ensurePrivateFile(l.consoleLog);
+      // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
+      for (const d of vm.spec.disks) {
+        const file = diskFile(l.disksDir, d.name);
+        if (existsSync(file)) restrictToOwner(file);
+      }
       const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket] });
       pid = started.pid;
       mark("qmp socket open");

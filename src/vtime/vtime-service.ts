@@ -87,7 +87,13 @@ export class VtimeService {
   /** Lets `name` share the monotonic store of `source` (its owner must control both). */
   async link(ctx: RequestContext, name: string, source: string): Promise<{ vm: string; namespace: string; sharedWith: string }> {
     return this.vms.operate(ctx, name, { action: "vtime.link", permission: "vm.modify", details: { source } }, async (h) => {
-      if (name === source) throw new VigilError("VIGIL_BAD_REQUEST", "A VM shares its own store already", { field: "source" });
+      if (name === source) {
+        // Say what is true now: a VM linked before shares another VM's store, not its own.
+        const ns = h.vm.vtimeNs;
+        if (ns === h.vm.id) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot link VM ${q(name)} to itself: it uses its own store already`, { field: "source" });
+        const owner = await this.vms.recordById(ns).then((v) => q(v.name), () => `a VM that no longer exists (namespace ${ns})`);
+        throw new VigilError("VIGIL_BAD_REQUEST", `Cannot link VM ${q(name)} to itself: it already shares the store of ${owner}; link it to another VM to share that one's store instead`, { field: "source" });
+      }
       // Controlling the source too is part of the permission: reading its counters is what the link grants.
       const ns = await this.vms.operate(ctx, source, { action: "vtime.link-source", permission: "vm.modify", details: { linkedVm: name } }, async (src) => src.vm.vtimeNs);
       const vm = await h.update({ vtimeNs: ns });

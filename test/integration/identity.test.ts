@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { call } from "../../src/cli/client.ts";
 import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
@@ -62,8 +62,12 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   const soon = new Date(Date.now() + 3000).toISOString();
   const ok = d.cli("vm", "create", "app", "--memory", "128", "--purpose", "shop", "--approver", "cio", "--expires", soon, "--label", "env=prod", "--json");
   assert.equal(ok.status, 0, ok.stderr);
-  const created = JSON.parse(ok.stdout) as { expired: boolean; approver: string; labels: Record<string, string> };
+  const created = JSON.parse(ok.stdout) as { id: string; expired: boolean; approver: string; labels: Record<string, string> };
   assert.deepEqual([created.expired, created.approver, created.labels.env], [false, "cio", "prod"]);
+  // Files holding guest data are vigil's user's alone, not only their directories.
+  const modeOf = (...path: string[]) => (statSync(join(d.home, "vms", ...path)).mode & 0o777).toString(8);
+  const diskOf = (id: string) => readdirSync(join(d.home, "vms", id, "disks")).find((f) => f.endsWith(".qcow2"))!;
+  assert.equal(modeOf(created.id, "disks", diskOf(created.id)), "600", "a new VM's overlay is 0600");
   await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(soon) - Date.now()) + 100));
   const vm = await d.api<{ expired: boolean }>("GET", "/v1/vms/app");
   assert.equal(vm.expired, true, "an expired VM is flagged");
@@ -74,13 +78,18 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   assert.deepEqual([afterChown.owner, afterChown.approver], ["user:olga", "security-team"]);
 
   await d.api("POST", "/v1/vms/app/start", { wait: true });
+  assert.deepEqual([modeOf(created.id, "mem", "ram"), modeOf(created.id, "console.log")], ["600", "600"], "guest RAM and console output are 0600");
   await d.api("POST", "/v1/vms/app/stop", {});
   await d.api("POST", "/v1/vms/app/template", {});
+  const proto = readdirSync(join(d.home, "vms", created.id, "proto"));
+  assert.ok(proto.length > 0);
+  for (const f of proto) assert.equal(modeOf(created.id, "proto", f), "600", `prototype overlay ${f} is 0600`);
   // The source has expired: its copy needs an expiry of its own.
   const clone = d.cli("vm", "clone", "app", "app2", "--expires", "2099-01-01", "--json");
   assert.equal(clone.status, 0, clone.stderr);
-  const c = JSON.parse(clone.stdout) as { approver: string; purpose: string; owner: string };
+  const c = JSON.parse(clone.stdout) as { id: string; approver: string; purpose: string; owner: string };
   assert.deepEqual([c.approver, c.purpose, c.owner], ["security-team", "shop", "user:root"], "a clone inherits the approval and purpose; the cloner owns it");
+  assert.equal(modeOf(c.id, "disks", diskOf(c.id)), "600", "a linked clone's disk is 0600");
   const h = await d.api<{ events: Array<{ action: string; actor: string; result: string }> }>("GET", "/v1/vms/app/history");
   const story = h.events.filter((e) => e.result === "ok" && e.actor !== "system").map((e) => `${e.actor}:${e.action}`);
   assert.deepEqual(story, ["root:vm.create", "root:vm.chown", "root:vm.start", "root:vm.stop", "root:vm.template", "root:vm.clone"]);
@@ -133,8 +142,10 @@ test("policy: clone and import are refused without approver, purpose and expiry,
   for (const args of [["clone", "legacy", "c1", "--full", ...owned], ["import", bundle, "--name", "i1", ...owned]]) {
     const r = d.cli("vm", ...args);
     assert.equal(r.status, 0, `vm ${args[0]} with every field: ${r.stderr}`);
-    const v = JSON.parse(r.stdout) as { approver: string; purpose: string; expiresAt: string };
+    const v = JSON.parse(r.stdout) as { id: string; approver: string; purpose: string; expiresAt: string };
     assert.deepEqual([v.approver, v.purpose, v.expiresAt], ["cio", "qa", "2099-01-01"], `vm ${args[0]}: the fields are recorded`);
+    const disks = join(vmsDir, v.id, "disks");
+    for (const f of readdirSync(disks).filter((x) => !x.includes(".layer"))) assert.equal(statSync(join(disks, f)).mode & 0o777, 0o600, `vm ${args[0]}: the top disk ${f} is 0600`);
   }
   // A clone of a compliant VM inherits its fields and needs none of its own; explicit ones override them.
   const inherited = d.cli("vm", "clone", "c1", "c2", "--full", "--approver", "ciso", "--json");
