@@ -216,8 +216,15 @@ function digestTables(kernel: VirtualMemory, layout: KallsymsLayout): string | u
   if (end <= start || end - start > MAX_KALLSYMS_DIGEST) return undefined;
   const h = createHash("sha256");
   for (let at = start; at < end; at += DIGEST_CHUNK) {
-    const part = kernel.read(at, Number(end - at < DIGEST_CHUNK ? end - at : DIGEST_CHUNK));
-    if (!part) return undefined;
+    const read = kernel.read(at, Number(end - at < DIGEST_CHUNK ? end - at : DIGEST_CHUNK));
+    if (!read) return undefined;
+    // kallsyms_relative_base is relocated at boot (it moves with KASLR; the cached symbols are rebased on it):
+    // its 8 bytes count as zeros. (A copy: the read may share the page cache's memory.)
+    const part = Buffer.from(read);
+    for (let i = 0n; i < 8n; i++) {
+      const off = layout.relativeBase + i - at;
+      if (off >= 0n && off < BigInt(part.length)) part[Number(off)] = 0;
+    }
     h.update(part);
   }
   return h.digest("hex");
