@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { IntrospectionError } from "./errors.ts";
-import { buildKernelModel, summarizeModel, type KernelModel, type KernelModelCache } from "./kernel-model.ts";
+import { MODEL_CACHE_BUILDS, buildKernelModel, summarizeModel, type KernelModel, type KernelModelCache } from "./kernel-model.ts";
 import { BufferPhysicalMemory } from "./physical-memory.ts";
 import { BTF_FACTS, buildSyntheticGuest, type SyntheticGuest } from "./testing/synthetic-guest.ts";
 
@@ -174,4 +174,12 @@ test("fuzz: corrupting guest memory yields a model or an IntrospectionError, nev
     ),
     { numRuns: 60 },
   );
+});
+
+test("the model cache keeps at most MODEL_CACHE_BUILDS builds, the oldest going first: made-up build ids cannot grow it", () => {
+  const cache: KernelModelCache = new Map();
+  const ids = Array.from({ length: MODEL_CACHE_BUILDS + 3 }, (_, i) => i.toString(16).padStart(40, "0"));
+  for (const buildId of ids) buildKernelModel(buildSyntheticGuest({ buildId }).mem, { cache });
+  assert.equal(cache.size, MODEL_CACHE_BUILDS);
+  assert.deepEqual([...cache.keys()], ids.slice(3));
 });

@@ -230,6 +230,9 @@ interface LiveVm {
   off: () => void;
 }
 
+/** Orders kept baselines newest first (ISO timestamps compare as strings). */
+const newestFirst = (a: { takenAt: string }, b: { takenAt: string }): number => (a.takenAt < b.takenAt ? 1 : a.takenAt > b.takenAt ? -1 : 0);
+
 function setPaused(w: LiveVm, paused: boolean): void {
   if (paused) w.runningSince = undefined;
   else if (w.paused || w.runningSince === undefined) w.runningSince = Date.now();
@@ -830,7 +833,8 @@ export class IntrospectionService {
     const k = info.baseline.kernel;
     await this.kvSet(`${archivePrefix(vmId)}${k.buildId ?? "unknown"}.${k.kaslrShift}`, JSON.stringify({ format: 1, takenAt: info.takenAt, baseline: info.baseline }));
     const rows = await this.d.db.selectFrom("kv").select(["key", "value"]).where("key", "like", `${archivePrefix(vmId)}%`).execute();
-    const byAge = rows.map((r) => ({ key: r.key, takenAt: /"takenAt":"([^"]*)"/.exec(r.value)?.[1] ?? "" })).sort((a, b) => (a.takenAt < b.takenAt ? 1 : a.takenAt > b.takenAt ? -1 : 0));
+    // takenAt is the value's first field (written below): read without parsing ≈ 2 MB of JSON per kept boot.
+    const byAge = rows.map((r) => ({ key: r.key, takenAt: /^\{"format":1,"takenAt":"([^"]*)"/.exec(r.value)?.[1] ?? "" })).sort(newestFirst);
     for (const old of byAge.slice(ARCHIVED_BASELINES)) await this.kvDelete(old.key);
   }
 
@@ -846,7 +850,7 @@ export class IntrospectionService {
         continue; // unreadable: not a candidate
       }
     }
-    return out.sort((a, b) => (a.takenAt < b.takenAt ? 1 : a.takenAt > b.takenAt ? -1 : 0));
+    return out.sort(newestFirst);
   }
 
   /** Whether the VM exists; any other error (the database) is thrown, never taken for "destroyed". */
