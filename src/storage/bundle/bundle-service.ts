@@ -173,6 +173,10 @@ export class BundleService {
         if (!req.memory && !(vm.state === "stopped" || vm.state === "crashed")) {
           throw new VigilError("VIGIL_INVALID_STATE", `Cannot export VM ${q(vm.name)}: it is ${vm.state} (stop it, or export --memory to capture it running)`);
         }
+        // The chains first: a disk whose header names a file vigil did not put there refuses the export before
+        // anything is made (not even the memory snapshot).
+        const chains = new Map<string, string[]>();
+        for (const disk of vm.spec.disks) chains.set(disk.name, await this.recordedChain(vm, h.layout.disksDir, disk.name));
         ensurePrivateDir(staging);
         let resume: Snapshot | undefined;
         if (req.memory) {
@@ -202,7 +206,7 @@ export class BundleService {
           }
         };
         for (const disk of vm.spec.disks) {
-          const chain = await this.recordedChain(vm, h.layout.disksDir, disk.name);
+          const chain = chains.get(disk.name)!;
           chain.forEach((file, layer) => {
             const isTop = layer === chain.length - 1;
             layers.push({ disk: disk.name, layer, top: isTop, source: file, staged: live || unwanted(file, isTop).length > 0 });
