@@ -170,6 +170,10 @@ test("hostile bundles are refused and leave nothing behind", { timeout: 300_000 
     run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", 'json:{"file":{"driver":"file","filename":"/etc/shadow"}}', "-F", "qcow2", file]);
     return file;
   });
+  const rawBacked = await relayered(1, "raw", (file) => {
+    run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", file]);
+    return file;
+  });
   const dangling = clone(manifest) as unknown as { resume: string | null };
   dangling.resume = "nope";
 
@@ -188,6 +192,7 @@ test("hostile bundles are refused and leave nothing behind", { timeout: 300_000 
     ["a bottom layer backed by /etc/shadow", shadowBacked, /names an unexpected backing file "\/etc\/shadow"/],
     ["a layer with an external data file", externalData, /keeps its data in an external file/],
     ["a json: backing name", jsonBacked, /json: block graph/],
+    ["an upper layer whose backing format is raw", rawBacked, /its backing format is "raw", expected "qcow2"/],
     ["a resume point the bundle does not list", withManifest(dangling), /resumes from snapshot "nope", which it does not list/],
     ["a manifest naming another site than its signer", pack([...signed(manifest, trusted.privateKey, trusted.publicKey), ...files]), /but key "[0-9a-f]{16}" signed it/],
     ["a byte after the end-of-archive marker", Buffer.concat([goodBytes, Buffer.from("x")]), /after the end-of-archive marker/],
