@@ -546,8 +546,10 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--purpose <text>", "what the clone is for (default: the source's)")
     .option("--approver <name>", "who approved it (default: the source's approver)")
     .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (default: the source's)")
+    .option("--force", "clone from a snapshot below the source's security floor (needs --reason)")
+    .option("--reason <text>", "why the forced clone is needed (recorded)")
     .option("--json", "machine-readable output")
-    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
+    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; purpose?: string; approver?: string; expires?: string; force?: boolean; reason?: string; json?: boolean }) => {
       if (o.linked && o.full) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --linked or --full", 0, "mode");
       const body = {
         name,
@@ -556,6 +558,8 @@ export function buildProgram(hooks: CliHooks): Command {
         ...(o.purpose ? { purpose: o.purpose } : {}),
         ...(o.approver ? { approver: o.approver } : {}),
         ...(o.expires ? { expiresAt: o.expires } : {}),
+        ...(o.force ? { force: true } : {}),
+        ...(o.reason !== undefined ? { reason: o.reason } : {}),
       };
       const v = await withProgress(`Cloning ${source}`, (rid) => call<Vm>("POST", vmPath(source, "/clone"), body, undefined, { requestId: rid }));
       if (o.json) return printJson(v);
@@ -567,11 +571,12 @@ export function buildProgram(hooks: CliHooks): Command {
     .requiredOption("-o, --output <file>", "the bundle file to write")
     .option("--with-snapshots", "include the snapshot tree")
     .option("--memory", "capture the running VM's memory too (it resumes where it was after import)")
-    .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean }) => {
+    .option("--valid-until <time>", "ISO time after which every importer refuses the bundle")
+    .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean; validUntil?: string }) => {
       const out = writableOutput("-o", o.output);
       const requestId = randomUUID();
       const bytes = await withProgress(`Exporting ${name}`, () =>
-        download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
+        download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false, ...(o.validUntil !== undefined ? { expiresAt: o.validUntil } : {}) }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
       );
       clearLine();
       process.stdout.write(`Exported ${name} to ${out} (${(bytes / 1048576).toFixed(1)} MiB)\n`);
@@ -583,8 +588,9 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--purpose <text>", "what the VM is for (default: the purpose in the bundle)")
     .option("--approver <name>", "who approved it (never taken from the bundle)")
     .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (never taken from the bundle)")
+    .option("--allow-replay", "import a bundle this site imported before (recorded in the audit log)")
     .option("--json", "machine-readable output")
-    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
+    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; allowReplay?: boolean; json?: boolean }) => {
       const abs = resolvePath(file);
       const query = new URLSearchParams({
         source: abs,
@@ -592,6 +598,7 @@ export function buildProgram(hooks: CliHooks): Command {
         ...(o.purpose ? { purpose: o.purpose } : {}),
         ...(o.approver ? { approver: o.approver } : {}),
         ...(o.expires ? { expiresAt: o.expires } : {}),
+        ...(o.allowReplay ? { allowReplay: "true" } : {}),
       });
       const v = await withProgress(`Importing ${basename(abs)}`, (rid) => upload<Vm>(`/v1/vms/import?${query.toString()}`, abs, { requestId: rid, onBytes: (d, t) => progressLine("Uploading", d, t) }));
       clearLine();

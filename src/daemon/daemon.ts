@@ -33,13 +33,14 @@ import { VmRepository } from "../vm/vm-repository.ts";
 import { VmService } from "../vm/vm-service.ts";
 import type { HostFacts } from "../vm/host-limits.ts";
 import { GenerationLog } from "../vtime/generations.ts";
-import { checkRevert } from "../vtime/rollback-policy.ts";
+import { checkRevert, floorViolations } from "../vtime/rollback-policy.ts";
 import { reapplyHook } from "../vtime/reapply-hook.ts";
 import { SnapshotRepository } from "../storage/snapshot-repository.ts";
 import { SnapshotService } from "../storage/snapshots.ts";
 import { CloneService } from "../storage/clones.ts";
 import { TrustStore } from "../storage/trust.ts";
 import { BundleService } from "../storage/bundle/bundle-service.ts";
+import { ImportedBundles } from "../storage/bundle/imported-bundles.ts";
 import { ProgressBus } from "../util/progress.ts";
 import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
@@ -147,8 +148,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir);
-  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log });
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
+  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.

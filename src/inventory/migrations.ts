@@ -218,6 +218,23 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0003-bundles": {
+    async up(db: Kysely<unknown>) {
+      // Every bundle imported here, by the sha256 of its signed manifest: a second import is a replay.
+      await db.schema
+        .createTable("imported_bundles")
+        .addColumn("id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("manifest_sha256", "text", (c) => c.notNull())
+        .addColumn("signer_key_id", "text", (c) => c.notNull())
+        .addColumn("source_vm_id", "text", (c) => c.notNull())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("imported_by", "text", (c) => c.notNull())
+        .addColumn("imported_at", "text", (c) => c.notNull())
+        .addColumn("replay", "integer", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("imported_bundles_manifest").on("imported_bundles").column("manifest_sha256").execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

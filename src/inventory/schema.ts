@@ -193,6 +193,17 @@ export interface KvTable {
   value: string;
 }
 
+export interface ImportedBundlesTable {
+  id: Generated<number>;
+  manifest_sha256: string;
+  signer_key_id: string;
+  source_vm_id: string;
+  vm_id: string;
+  imported_by: string;
+  imported_at: string;
+  replay: number; // 1 when imported again on purpose (allowReplay)
+}
+
 export interface Database {
   vms: VmsTable;
   audit_log: AuditLogTable;
@@ -210,6 +221,7 @@ export interface Database {
   generations: GenerationsTable;
   vtime_counters: VtimeCountersTable;
   vtime_records: VtimeRecordsTable;
+  imported_bundles: ImportedBundlesTable;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;

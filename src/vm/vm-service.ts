@@ -191,6 +191,8 @@ export class VmService {
       approver?: string | null | undefined;
       expiresAt?: string | null | undefined;
       labels?: Record<string, string> | undefined;
+      /** The source's security floor: a copy keeps the constraints of what it copies (never `{}` by accident). */
+      securityFloor: Record<string, string>;
       prepareDisks: (l: VmLayout) => Promise<void>;
       reason: "clone" | "import";
     },
@@ -221,6 +223,7 @@ export class VmService {
           createdAt: new Date().toISOString(),
           baseVmId: input.baseVmId ?? null,
           resumeSnapshotId: input.resumeSnapshotId ?? null,
+          securityFloor: input.securityFloor,
         }),
       );
       await this.d.generations.record(vm.id, { generation: 1, parentGeneration: null, vmgenid, reason: input.reason, snapshot: input.lineage.snapshot ?? null, sourceVmId: input.lineage.sourceVm?.id ?? null, createdBy: ctx.actor.name });

@@ -47,7 +47,7 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
     createRoute(withAccess("image.read", { method: "get", path: "/v1/images", tags: ["images"], summary: "Images VMs can be created from", responses: { 200: json(z.object({ images: z.array(ImageSchema) }), "Images") } })),
     async (c) => {
       await d.guard.authorize(c.get("ctx"), { action: "image.list", permission: "image.read", target: { kind: "image" }, readOnly: true });
-      return reply(c, { images: [...d.catalog.list(), ...(await d.clones.templateImages())] });
+      return reply(c, { images: [...d.catalog.list(), ...(await d.clones.templateImages(c.get("ctx").actor))] });
     },
   );
 
