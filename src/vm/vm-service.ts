@@ -17,6 +17,7 @@ import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
+import { eraseOwnedFile } from "../host/erase.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -24,7 +25,6 @@ import type { UserStore } from "../auth/users.ts";
 import type { ImageCatalog } from "../image/catalog.ts";
 import type { DataRegistry } from "../provenance/data-registry.ts";
 import type { LocationHistory } from "../provenance/locations.ts";
-import { overwriteAndUnlink } from "../provenance/erase.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
@@ -493,25 +493,40 @@ export class VmService {
   async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
     const l = this.layout(vm);
     const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [], derived: purge ? await this.derivedFrom(vm) : [] };
-    for (const f of await this.d.registry.list(vm.id)) {
-      const inVmDir = f.path.startsWith(l.dir + "/");
+    for (const f of await this.d.registry.listForRemoval(vm.id)) {
       if (f.host !== this.d.hostName) {
         report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "on another host" });
         continue;
       }
-      if (!existsSync(f.path)) {
-        if (!inVmDir) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "no longer at its registered path (moved or copied away)" });
-        else await this.d.registry.markRemoved(vm.id, f.path, how);
+      if (f.origin !== "vigil") {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "reported by a client, not made by vigil: never touched" });
         continue;
       }
-      if (!purge && !inVmDir) continue; // a plain destroy leaves copies outside the VM's directory alone
-      const bytes = purge ? overwriteAndUnlink(f.path).bytes : (rmSync(f.path, { force: true }), 0);
-      report.destroyed.push({ path: f.path, purpose: f.purpose, bytes });
-      await this.d.registry.markRemoved(vm.id, f.path, how);
+      // vigil erases only what it made, below this VM's own directory, and only if it is still that file.
+      if (!f.path.startsWith(l.dir + "/")) {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: outside the VM's directory ${l.dir}` });
+        continue;
+      }
+      if (!purge) {
+        if (existsSync(f.path)) {
+          rmSync(f.path, { force: true });
+          report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: 0 });
+        }
+        await this.d.registry.markRemoved(vm.id, f.path, how);
+        continue;
+      }
+      const r = eraseOwnedFile(l.dir, f.path, f.identity);
+      if (r.erased) report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: r.bytes });
+      else if (!r.missing) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: ${r.why}` });
+      // A refused name goes with the directory below, unwritten: the registration says so.
+      await this.d.registry.markRemoved(vm.id, f.path, r.erased || r.missing ? how : `${how}; the name was removed, not erased: ${r.why}`);
     }
     if (purge) {
       // Anything else in the VM's directory that was never registered (sockets, pid file) is erased too.
-      for (const path of listFiles(l.dir)) overwriteAndUnlink(path);
+      for (const path of listFiles(l.dir)) {
+        const r = eraseOwnedFile(l.dir, path);
+        if (!r.erased && !r.missing) report.unreachable.push({ path, host: this.d.hostName, purpose: "unregistered", why: `refused: ${r.why}` });
+      }
     }
     rmSync(l.dir, { recursive: true, force: true });
     await this.d.locations.close(vm.id);
