@@ -10,7 +10,7 @@
  * and, when vigil recorded which file it made (device and inode at registration), must still be that file.
  * Anything else is refused and said why; nothing is written to a refused file.
  */
-import { closeSync, constants, fstatSync, fsyncSync, lstatSync, openSync, realpathSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, fsyncSync, lstatSync, openSync, readdirSync, realpathSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, normalize } from "node:path";
 
 const CHUNK = 1024 * 1024;
@@ -91,4 +91,45 @@ export function eraseOwnedFile(root: string, path: string, expected?: FileIdenti
   }
   unlinkSync(real);
   return { erased: true, bytes };
+}
+
+/**
+ * Erases a directory vigil made below `root` (a half-made VM, a staging directory): every regular file in it is
+ * overwritten and unlinked as above, then the tree is removed (links and sockets by name only, never followed).
+ * Returns what was erased and what was refused.
+ */
+export function eraseTree(root: string, dir: string): { files: number; bytes: number; refused: Array<{ path: string; why: string }> } {
+  const out = { files: 0, bytes: 0, refused: [] as Array<{ path: string; why: string }> };
+  const parent = dirname(dir);
+  if (!isAbsolute(dir) || normalize(dir) !== dir || dir.split("/").includes("..")) {
+    out.refused.push({ path: dir, why: "not a plain absolute path" });
+    return out;
+  }
+  let top;
+  try {
+    top = lstatSync(dir);
+  } catch {
+    return out; // nothing there
+  }
+  let realParent: string;
+  try {
+    realParent = realpathSync(parent);
+    if (!isBelow(realpathSync(root), realParent) || lstatSync(root).isSymbolicLink()) throw new Error("outside");
+  } catch {
+    out.refused.push({ path: dir, why: `outside vigil's directory ${root}` });
+    return out;
+  }
+  if (top.isDirectory()) {
+    for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+      if (!entry.isFile()) continue;
+      const path = join(entry.parentPath, entry.name);
+      const r = eraseOwnedFile(dir, path);
+      if (r.erased) {
+        out.files++;
+        out.bytes += r.bytes;
+      } else if (!r.missing) out.refused.push({ path, why: r.why });
+    }
+  }
+  rmSync(join(realParent, basename(dir)), { recursive: true, force: true });
+  return out;
 }

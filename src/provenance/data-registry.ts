@@ -57,6 +57,18 @@ export function sha256File(path: string): Promise<string> {
 /** Files larger than this are registered without a hash (hashing a 20 GiB disk is not cheap). */
 const HASH_LIMIT_BYTES = 64 * 1024 * 1024;
 
+export type IntentKind = "materialize" | "snapshot-create" | "snapshot-revert";
+
+/** Work begun and not yet finished or undone (see `DataRegistry.intend`). */
+export interface Intent {
+  id: string;
+  vmId: string;
+  kind: IntentKind;
+  path: string;
+  data: Record<string, unknown>;
+  createdAt: string;
+}
+
 /** A registration as purge sees it: whether vigil made the file, and which file it was. */
 export interface RegisteredFile extends DataFile {
   origin: "vigil" | "client";
@@ -126,6 +138,27 @@ export class DataRegistry {
       origin: r.origin === "vigil" ? "vigil" : "client",
       identity: r.dev !== null && r.ino !== null ? { dev: r.dev, ino: r.ino } : undefined,
     }));
+  }
+
+  /**
+   * Records, before it starts, work that leaves files behind if vigil dies half-way (a VM directory before its
+   * row exists, a step over several disks); `fulfil` closes it once the work is done or undone, and the daemon
+   * finishes or rolls back whatever is still open at its next start.
+   */
+  async intend(vmId: string, kind: IntentKind, path: string, data: Record<string, unknown> = {}): Promise<string> {
+    const id = randomUUID();
+    await this.db.insertInto("intents").values({ id, vm_id: vmId, kind, path, data: JSON.stringify(data), created_at: new Date().toISOString() }).execute();
+    return id;
+  }
+
+  async fulfil(intentId: string): Promise<void> {
+    await this.db.deleteFrom("intents").where("id", "=", intentId).execute();
+  }
+
+  async openIntents(kind?: IntentKind): Promise<Intent[]> {
+    let query = this.db.selectFrom("intents").selectAll();
+    if (kind) query = query.where("kind", "=", kind);
+    return (await query.orderBy("created_at").execute()).map((r) => ({ id: r.id, vmId: r.vm_id, kind: r.kind as IntentKind, path: r.path, data: JSON.parse(r.data) as Record<string, unknown>, createdAt: r.created_at }));
   }
 
   private async rows(vmId: string, options: { includeRemoved?: boolean }): Promise<DataFileRow[]> {

@@ -17,7 +17,7 @@ import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
-import { eraseOwnedFile } from "../host/erase.ts";
+import { eraseOwnedFile, eraseTree } from "../host/erase.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -413,6 +413,8 @@ export class VmService {
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {
     const l = this.layout(identity);
+    // Recorded before the directory exists: if vigil dies before the end, the next start erases it (sweepLeftovers).
+    const intent = await this.d.registry.intend(identity.id, "materialize", l.dir);
     try {
       ensurePrivateDir(this.d.home.vmsDir);
       ensurePrivateDir(l.dir);
@@ -422,10 +424,13 @@ export class VmService {
       const vm = await insertRow();
       for (const disk of identity.spec.disks) await this.d.registry.register(vm.id, diskFile(l.disksDir, disk.name), "disk");
       await this.d.locations.moveTo(vm.id, this.d.hostName, l.dir);
+      await this.d.registry.fulfil(intent);
       return vm;
     } catch (err) {
-      rmSync(l.dir, { recursive: true, force: true });
+      // A half-made VM may hold a full copy of another VM's disk: overwritten, not just unlinked.
+      eraseTree(this.d.home.vmsDir, l.dir);
       await this.d.repo.delete(identity.id).catch(() => undefined);
+      await this.d.registry.fulfil(intent);
       throw err;
     }
   }
@@ -812,6 +817,7 @@ export class VmService {
   async recover(): Promise<{ reattached: string[]; crashed: string[] }> {
     const reattached: string[] = [];
     const crashed: string[] = [];
+    await this.sweepLeftovers();
     for (const vm of await this.d.repo.list()) {
       if (!isLive(vm.state)) continue;
       await this.locks.run(vm.id, async () => {
@@ -850,6 +856,45 @@ export class VmService {
       });
     }
     return { reattached, crashed };
+  }
+
+  /**
+   * At start, before any request: what a crash left in `vms/` is erased like a purge (overwrite, then unlink),
+   * each as one audited recovery action — a VM directory whose creation never finished (its intent is still
+   * open: its row, if one was inserted, goes too), and import/export staging (`import-*`, `export-*`, `.tmp-*`),
+   * which holds decompressed disks and guest RAM that no registration covers.
+   */
+  async sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
+    const swept: Array<{ path: string; files: number; bytes: number }> = [];
+    const erase = async (path: string, reason: string, vm?: { id: string; name: string | null }) => {
+      const r = eraseTree(this.d.home.vmsDir, path);
+      swept.push({ path, files: r.files, bytes: r.bytes });
+      await this.d.audit.append({
+        actor: SYSTEM_ACTOR.name,
+        action: "vm.leftover-erased",
+        target: vm ? { kind: "vm", id: vm.id, name: vm.name } : { kind: "host", name: this.d.hostName },
+        result: "ok",
+        details: { path, reason, files: r.files, bytes: r.bytes, ...(r.refused.length > 0 ? { refused: r.refused } : {}) },
+      });
+    };
+    for (const intent of await this.d.registry.openIntents("materialize")) {
+      const row = await this.d.repo.getById(intent.vmId).catch(() => undefined);
+      if (intent.path === vmLayout(this.d.home.vmsDir, intent.vmId).dir) {
+        await erase(intent.path, "creation interrupted (no VM was created)", { id: intent.vmId, name: row?.name ?? null });
+      }
+      if (row) {
+        await this.d.locations.close(row.id);
+        await this.d.repo.delete(row.id);
+      }
+      for (const f of await this.d.registry.list(intent.vmId)) await this.d.registry.markRemoved(intent.vmId, f.path, "creation-rolled-back");
+      await this.d.registry.fulfil(intent.id);
+    }
+    if (existsSync(this.d.home.vmsDir)) {
+      for (const name of readdirSync(this.d.home.vmsDir)) {
+        if (/^(\.tmp-|import-|export-)/.test(name)) await erase(join(this.d.home.vmsDir, name), "staging left by an interrupted import or export");
+      }
+    }
+    return swept;
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
