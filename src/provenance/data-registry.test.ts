@@ -53,3 +53,13 @@ test("registering again refreshes size and identity; only plain absolute paths a
   await assert.rejects(registry.register("web", "relative/disk", "disk"), /not a plain absolute path/);
   await assert.rejects(registry.register("web", `${dir}/../etc/passwd`, "disk"), /not a plain absolute path/);
 });
+
+test("with vigil's vms/ directory given, nothing outside it can be registered", async (t) => {
+  const { dir, db } = await setUp(t);
+  const registry = new DataRegistry(db, "host-a", join(dir, "vms"));
+  writeFileSync(join(dir, "vigil.db"), "");
+  await assert.rejects(registry.register("web", join(dir, "vigil.db"), "disk"), /not below vigil's directory/);
+  await assert.rejects(registry.register("web", join(dir, "vms-evil", "x"), "disk"), /not below vigil's directory/);
+  await registry.register("web", join(dir, "vms", "web", "disks", "a.qcow2"), "disk");
+  assert.equal((await registry.list("web")).length, 1);
+});

@@ -79,6 +79,8 @@ export class DataRegistry {
   constructor(
     private readonly db: Db,
     private readonly host: string,
+    /** When given, only files below this directory (vigil's `vms/`) can be registered. */
+    private readonly vmsDir?: string,
   ) {}
 
   /**
@@ -88,6 +90,7 @@ export class DataRegistry {
    */
   async register(vmId: string, path: string, purpose: DataPurpose, options: { hash?: boolean } = {}): Promise<void> {
     if (!isAbsolute(path) || normalize(path) !== path) throw new VigilError("VIGIL_INTERNAL", `Cannot register ${q(path)}: not a plain absolute path`, { field: "path" });
+    if (this.vmsDir !== undefined && !path.startsWith(this.vmsDir + "/")) throw new VigilError("VIGIL_INTERNAL", `Cannot register ${q(path)}: not below vigil's directory ${q(this.vmsDir)}`, { field: "path" });
     let size: number | null = null;
     let sha256: string | null = null;
     let dev: string | null = null;
