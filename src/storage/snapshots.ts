@@ -139,7 +139,8 @@ export class SnapshotService {
     }
     const rootFile = diskFiles(h)[0]!;
     const { vmStateSize, stateSha256 } = input.memory ? savedStateOf(rootFile, input.name) : { vmStateSize: 0, stateSha256: null };
-    const snap = await this.d.snapshots.insert({
+    const snap = await this.d.snapshots
+      .insert({
       vmId: vm.id,
       name: input.name,
       parentId: vm.currentSnapshotId,
@@ -155,7 +156,15 @@ export class SnapshotService {
       guestFacts,
       singleUse: input.singleUse ?? false,
       createdBy: ctx.actor.name,
-    });
+    })
+      .catch(async (err: unknown) => {
+        // No row, so no snapshot: the offline one comes off the disks again.
+        if (intent) {
+          for (const f of diskFiles(h)) await qemuImgSnapshot("-d", input.name, f).catch((e: unknown) => this.d.log.error({ vm: vm.name, disk: f, err: messageOf(e) }, "Cannot delete a snapshot whose row was not written"));
+          await this.d.registry.fulfil(intent);
+        }
+        throw err;
+      });
     if (intent) await this.d.registry.fulfil(intent);
     await h.update({ currentSnapshotId: snap.id });
     return snap;
