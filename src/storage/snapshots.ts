@@ -314,9 +314,10 @@ export class SnapshotService {
       const data = intent.data as { snapshot?: unknown; undo?: unknown; disks?: unknown; generation?: unknown };
       const disks = Array.isArray(data.disks) ? data.disks.filter((d): d is string => typeof d === "string" && d.startsWith(intent.path + "/")) : [];
       const vm = await this.d.vms.recordById(intent.vmId).catch(() => undefined);
-      let outcome = "nothing to do";
+      if (vm && isLive(vm.state)) continue; // its disks are in use: left open, looked at again at the next start
+      let outcome = vm ? "nothing to do" : "the VM no longer exists";
       try {
-        if (vm && !isLive(vm.state) && typeof data.snapshot === "string") {
+        if (vm && typeof data.snapshot === "string") {
           if (intent.kind === "snapshot-create") {
             if (await this.d.snapshots.find(vm.id, data.snapshot)) outcome = "completed before the crash";
             else {
