@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { closeSync, existsSync, linkSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, linkSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eraseOwnedFile, identityOf } from "./erase.ts";
@@ -80,4 +80,22 @@ test("a file that is no longer the registered one, a hard link, a fifo or a dire
   assert.match(JSON.stringify(eraseOwnedFile(root, fifo)), /not a regular file/);
   assert.match(JSON.stringify(eraseOwnedFile(root, join(root, "vm1"))), /cannot be opened|not a regular file/);
   assert.deepEqual(eraseOwnedFile(root, join(root, "vm1", "gone")), { erased: false, missing: true, why: "no longer there" });
+});
+
+test("a read-only file owned by vigil's user (a template's disk, 0400) is erased, also when vigil is not root", (t) => {
+  const { root } = dirs(t);
+  const path = join(root, "vm1", "base.qcow2");
+  writeFileSync(path, Buffer.alloc(8192, 0xcd));
+  chmodSync(path, 0o400);
+  const script = `const { eraseOwnedFile } = await import(${JSON.stringify(join(import.meta.dirname, "erase.ts"))});
+process.stdout.write(JSON.stringify(eraseOwnedFile(${JSON.stringify(root)}, ${JSON.stringify(path)})));`;
+  const file = join(root, "..", "child.mjs");
+  writeFileSync(file, script);
+  // As root the permission bits are not checked: the child runs as an ordinary user who owns the files.
+  const asUser = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+  if (asUser.uid !== undefined) execFileSync("chown", ["-R", "65534:65534", join(root, "..")]);
+  chmodSync(join(root, ".."), 0o755);
+  const out = execFileSync(process.execPath, ["--import", "tsx", file], { cwd: join(import.meta.dirname, "..", ".."), encoding: "utf8", ...asUser });
+  assert.deepEqual(JSON.parse(out), { erased: true, bytes: 8192 });
+  assert.equal(existsSync(path), false);
 });

@@ -10,7 +10,7 @@
  * and, when vigil recorded which file it made (device and inode at registration), must still be that file.
  * Anything else is refused and said why; nothing is written to a refused file.
  */
-import { closeSync, constants, fstatSync, fsyncSync, lstatSync, openSync, readdirSync, realpathSync, rmSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, fchmodSync, fstatSync, fsyncSync, lstatSync, openSync, readdirSync, realpathSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, normalize } from "node:path";
 
 const CHUNK = 1024 * 1024;
@@ -41,6 +41,30 @@ function isBelow(dir: string, path: string): boolean {
   return path === dir || path.startsWith(dir.endsWith("/") ? dir : dir + "/");
 }
 
+const WRITE_FLAGS = constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+
+/**
+ * Opens for writing without following a link. A read-only file vigil made (a template's disk, a frozen snapshot
+ * base: 0400) is made writable first — through a descriptor of the file itself, never by name — when vigil's user
+ * owns it; the caller then checks that the descriptor opened for writing is that same file.
+ */
+function openForErase(path: string): number {
+  try {
+    return openSync(path, WRITE_FLAGS);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EACCES" || typeof process.getuid !== "function") throw err;
+    const ro = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
+    try {
+      const st = fstatSync(ro);
+      if (!st.isFile() || st.uid !== process.getuid()) throw err;
+      fchmodSync(ro, 0o600);
+    } finally {
+      closeSync(ro);
+    }
+    return openSync(path, WRITE_FLAGS);
+  }
+}
+
 /**
  * Overwrites and unlinks `path` if it is a regular file below `root` (and, given `expected`, still the file
  * vigil registered). Never throws for a refused or missing file: the result says what happened.
@@ -60,7 +84,7 @@ export function eraseOwnedFile(root: string, path: string, expected?: FileIdenti
   const real = join(parent, basename(path));
   let fd: number;
   try {
-    fd = openSync(real, constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
+    fd = openForErase(real);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") return refuse("no longer there", true);
