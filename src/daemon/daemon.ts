@@ -139,13 +139,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const accel = detectAccelerator();
   const catalog = new ImageCatalog(options.cache ?? vigilCache());
   const repo = new VmRepository(db);
-  const registry = new DataRegistry(db, hostName);
+  const registry = new DataRegistry(db, hostName, home.vmsDir);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
   const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts });
   const progress = new ProgressBus();
   const snapshotRepo = new SnapshotRepository(db);
-  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
+  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply), registry });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
   const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
@@ -227,6 +227,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     servers.push(unixServer);
 
     recovered = await vms.recover();
+    await snapshots.recoverInterrupted();
     await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
     markReady();
   } catch (err) {

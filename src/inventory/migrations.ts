@@ -2,7 +2,7 @@
  * Versioned schema migrations, written with Kysely's schema builder so the same steps run on SQLite and
  * PostgreSQL. Migrations are append-only: a released one is never edited, a change is a new entry.
  */
-import { type Kysely, type Migration, type MigrationProvider, Migrator } from "kysely";
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from "kysely";
 import { VigilError } from "../errors.ts";
 
 const migrations: Record<string, Migration> = {
@@ -233,6 +233,28 @@ const migrations: Record<string, Migration> = {
         .addColumn("replay", "integer", (c) => c.notNull())
         .execute();
       await db.schema.createIndex("imported_bundles_manifest").on("imported_bundles").column("manifest_sha256").execute();
+    },
+  },
+  "0003-provenance": {
+    async up(db: Kysely<unknown>) {
+      // Which file vigil made (device, inode at registration), and whether vigil made it at all: a location a
+      // client reported (where it says it saved a bundle) is information only and never purged.
+      await db.schema.alterTable("data_files").addColumn("dev", "text").execute();
+      await db.schema.alterTable("data_files").addColumn("ino", "text").execute();
+      await db.schema.alterTable("data_files").addColumn("origin", "text", (c) => c.notNull().defaultTo("vigil")).execute();
+      // Before 0003 a bundle row was the client's x-vigil-output path: reported, never vigil's.
+      await sql`UPDATE data_files SET origin = 'client' WHERE purpose = 'bundle'`.execute(db);
+      // Work that leaves files behind if vigil dies half-way (a VM directory before its row exists, a
+      // multi-disk snapshot step): finished or rolled back at the next start.
+      await db.schema
+        .createTable("intents")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("data", "text", (c) => c.notNull().defaultTo("{}"))
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
     },
   },
 };

@@ -186,6 +186,18 @@ export interface DataFilesTable {
   created_at: string;
   removed_at: string | null;
   removed_how: string | null; // purged | deleted | unreachable | ...
+  dev: string | null; // device and inode of the file vigil made (0003); null: not a file vigil made
+  ino: string | null;
+  origin: Generated<string>; // vigil (made by vigil, purgeable) | client (reported by a client, never purged)
+}
+
+export interface IntentsTable {
+  id: string;
+  vm_id: string;
+  kind: string; // materialize | snapshot-create | snapshot-revert
+  path: string;
+  data: Generated<string>;
+  created_at: string;
 }
 
 export interface KvTable {
@@ -214,6 +226,7 @@ export interface Database {
   group_members: GroupMembersTable;
   vm_locations: VmLocationsTable;
   data_files: DataFilesTable;
+  intents: IntentsTable;
   kv: KvTable;
   snapshots: SnapshotsTable;
   trusted_keys: TrustedKeysTable;

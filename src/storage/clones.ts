@@ -15,7 +15,6 @@ import { VigilError, q } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import { can, type Actor } from "../auth/permissions.ts";
 import { createOverlay, makePrivate, QEMU_IMG } from "../qemu/qemu-img.ts";
-import { runCommand } from "../util/run-command.ts";
 import { spawnWithProgress } from "../util/progress-command.ts";
 import type { ProgressBus } from "../util/progress.ts";
 import type { VmService } from "../vm/vm-service.ts";
@@ -25,6 +24,7 @@ import type { VmRecord, VmRepository } from "../vm/vm-repository.ts";
 import { parseOrThrow } from "../validation.ts";
 import type { SnapshotRepository } from "./snapshot-repository.ts";
 import type { ReapplyHook, RevertPolicy } from "./snapshots.ts";
+import { freezeSnapshotBase } from "./snapshots.ts";
 
 /** Where a template keeps the prototype overlay of each disk and the frozen bases of its snapshots. */
 export function templateFiles(vmDir: string) {
@@ -172,11 +172,7 @@ export class CloneService {
           for (const d of src.spec.disks) {
             const base = files.snapBase(snap.name, d.name);
             if (!existsSync(base)) {
-              await runCommand(QEMU_IMG, ["convert", "-O", "qcow2", "-l", `snapshot.name=${snap.name}`, srcDisk(d.name), `${base}.tmp`], { what: "Freezing a snapshot as a clone base" });
-              makePrivate(`${base}.tmp`);
-              copyFileSync(`${base}.tmp`, base);
-              rmSync(`${base}.tmp`);
-              chmodSync(base, 0o400);
+              await freezeSnapshotBase(srcDisk(d.name), snap.name, base, (pct) => this.progress.emit({ requestId: ctx.requestId, what: `freeze ${d.name}`, current: pct, total: 100 }));
             }
           }
         }

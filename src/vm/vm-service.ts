@@ -17,6 +17,7 @@ import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
+import { eraseOwnedFile, eraseTree } from "../host/erase.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -24,7 +25,6 @@ import type { UserStore } from "../auth/users.ts";
 import type { ImageCatalog } from "../image/catalog.ts";
 import type { DataRegistry } from "../provenance/data-registry.ts";
 import type { LocationHistory } from "../provenance/locations.ts";
-import { overwriteAndUnlink } from "../provenance/erase.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
@@ -416,6 +416,8 @@ export class VmService {
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {
     const l = this.layout(identity);
+    // Recorded before the directory exists: if vigil dies before the end, the next start erases it (sweepLeftovers).
+    const intent = await this.d.registry.intend(identity.id, "materialize", l.dir);
     try {
       ensurePrivateDir(this.d.home.vmsDir);
       ensurePrivateDir(l.dir);
@@ -425,10 +427,13 @@ export class VmService {
       const vm = await insertRow();
       for (const disk of identity.spec.disks) await this.d.registry.register(vm.id, diskFile(l.disksDir, disk.name), "disk");
       await this.d.locations.moveTo(vm.id, this.d.hostName, l.dir);
+      await this.d.registry.fulfil(intent);
       return vm;
     } catch (err) {
-      rmSync(l.dir, { recursive: true, force: true });
+      // A half-made VM may hold a full copy of another VM's disk: overwritten, not just unlinked.
+      eraseTree(this.d.home.vmsDir, l.dir);
       await this.d.repo.delete(identity.id).catch(() => undefined);
+      await this.d.registry.fulfil(intent);
       throw err;
     }
   }
@@ -496,25 +501,40 @@ export class VmService {
   async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
     const l = this.layout(vm);
     const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [], derived: purge ? await this.derivedFrom(vm) : [] };
-    for (const f of await this.d.registry.list(vm.id)) {
-      const inVmDir = f.path.startsWith(l.dir + "/");
+    for (const f of await this.d.registry.listForRemoval(vm.id)) {
       if (f.host !== this.d.hostName) {
         report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "on another host" });
         continue;
       }
-      if (!existsSync(f.path)) {
-        if (!inVmDir) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "no longer at its registered path (moved or copied away)" });
-        else await this.d.registry.markRemoved(vm.id, f.path, how);
+      if (f.origin !== "vigil") {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "reported by a client, not made by vigil: never touched" });
         continue;
       }
-      if (!purge && !inVmDir) continue; // a plain destroy leaves copies outside the VM's directory alone
-      const bytes = purge ? overwriteAndUnlink(f.path).bytes : (rmSync(f.path, { force: true }), 0);
-      report.destroyed.push({ path: f.path, purpose: f.purpose, bytes });
-      await this.d.registry.markRemoved(vm.id, f.path, how);
+      // vigil erases only what it made, below this VM's own directory, and only if it is still that file.
+      if (!f.path.startsWith(l.dir + "/")) {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: outside the VM's directory ${l.dir}` });
+        continue;
+      }
+      if (!purge) {
+        if (existsSync(f.path)) {
+          rmSync(f.path, { force: true });
+          report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: 0 });
+        }
+        await this.d.registry.markRemoved(vm.id, f.path, how);
+        continue;
+      }
+      const r = eraseOwnedFile(l.dir, f.path, f.identity);
+      if (r.erased) report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: r.bytes });
+      else if (!r.missing) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: ${r.why}` });
+      // A refused name goes with the directory below, unwritten: the registration says so.
+      await this.d.registry.markRemoved(vm.id, f.path, r.erased || r.missing ? how : `${how}; the name was removed, not erased: ${r.why}`);
     }
     if (purge) {
       // Anything else in the VM's directory that was never registered (sockets, pid file) is erased too.
-      for (const path of listFiles(l.dir)) overwriteAndUnlink(path);
+      for (const path of listFiles(l.dir)) {
+        const r = eraseOwnedFile(l.dir, path);
+        if (!r.erased && !r.missing) report.unreachable.push({ path, host: this.d.hostName, purpose: "unregistered", why: `refused: ${r.why}` });
+      }
     }
     rmSync(l.dir, { recursive: true, force: true });
     await this.d.locations.close(vm.id);
@@ -800,6 +820,7 @@ export class VmService {
   async recover(): Promise<{ reattached: string[]; crashed: string[] }> {
     const reattached: string[] = [];
     const crashed: string[] = [];
+    await this.sweepLeftovers();
     for (const vm of await this.d.repo.list()) {
       if (!isLive(vm.state)) continue;
       await this.locks.run(vm.id, async () => {
@@ -838,6 +859,45 @@ export class VmService {
       });
     }
     return { reattached, crashed };
+  }
+
+  /**
+   * At start, before any request: what a crash left in `vms/` is erased like a purge (overwrite, then unlink),
+   * each as one audited recovery action — a VM directory whose creation never finished (its intent is still
+   * open: its row, if one was inserted, goes too), and import/export staging (`import-*`, `export-*`, `.tmp-*`),
+   * which holds decompressed disks and guest RAM that no registration covers.
+   */
+  async sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
+    const swept: Array<{ path: string; files: number; bytes: number }> = [];
+    const erase = async (path: string, reason: string, vm?: { id: string; name: string | null }) => {
+      const r = eraseTree(this.d.home.vmsDir, path);
+      swept.push({ path, files: r.files, bytes: r.bytes });
+      await this.d.audit.append({
+        actor: SYSTEM_ACTOR.name,
+        action: "vm.leftover-erased",
+        target: vm ? { kind: "vm", id: vm.id, name: vm.name } : { kind: "host", name: this.d.hostName },
+        result: "ok",
+        details: { path, reason, files: r.files, bytes: r.bytes, ...(r.refused.length > 0 ? { refused: r.refused } : {}) },
+      });
+    };
+    for (const intent of await this.d.registry.openIntents("materialize")) {
+      const row = await this.d.repo.getById(intent.vmId).catch(() => undefined);
+      if (intent.path === vmLayout(this.d.home.vmsDir, intent.vmId).dir) {
+        await erase(intent.path, "creation interrupted (no VM was created)", { id: intent.vmId, name: row?.name ?? null });
+      }
+      if (row) {
+        await this.d.locations.close(row.id);
+        await this.d.repo.delete(row.id);
+      }
+      for (const f of await this.d.registry.list(intent.vmId)) await this.d.registry.markRemoved(intent.vmId, f.path, "creation-rolled-back");
+      await this.d.registry.fulfil(intent.id);
+    }
+    if (existsSync(this.d.home.vmsDir)) {
+      for (const name of readdirSync(this.d.home.vmsDir)) {
+        if (/^(\.tmp-|import-|export-)/.test(name)) await erase(join(this.d.home.vmsDir, name), "staging left by an interrupted import or export");
+      }
+    }
+    return swept;
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */

@@ -23,6 +23,7 @@ import type { Logger } from "../../log.ts";
 import { QEMU_IMG } from "../../qemu/qemu-img.ts";
 import { runCommand } from "../../util/run-command.ts";
 import type { ProgressBus } from "../../util/progress.ts";
+import { withCleanup } from "../../util/cleanup-iterator.ts";
 import type { DataRegistry } from "../../provenance/data-registry.ts";
 import { ensurePrivateDir } from "../../host/private-dir.ts";
 import type { VmService } from "../../vm/vm-service.ts";
@@ -308,13 +309,15 @@ export class BundleService {
             yield padding(BigInt(f.size));
           }
           yield END;
-          // The bundle now exists outside vigil's directories: register where the client said it put it.
-          await registry.register(vm.id, clientPath ?? `(downloaded by ${ctx.actor.name}, location unknown)`, "bundle", { hash: false, supersededBy: `the export of VM ${q(vm.name)}` });
+          // The bundle now exists outside vigil's directories: where the client says it put it is information
+          // only (never purged, never closing another registration): vigil did not make that file.
+          await registry.reportLocation(vm.id, clientPath, "bundle", ctx.actor.name);
         } finally {
           rmSync(staging, { recursive: true, force: true });
         }
       }
-      return { manifest, totalBytes, chunks };
+      // Staging goes also when the client hangs up before the first chunk (the generator then never starts).
+      return { manifest, totalBytes, chunks: () => withCleanup(chunks(), () => rmSync(staging, { recursive: true, force: true })) };
     } catch (err) {
       rmSync(staging, { recursive: true, force: true });
       throw err;
