@@ -578,11 +578,8 @@ export class VmService {
     try {
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.runDir);
-      ensurePrivateDir(l.memDir);
-      // The RAM file of a previous run is guest memory left on disk: never reuse it.
-      rmSync(l.ramFile, { force: true });
-      // Created here, empty and 0600, so that QEMU (which would create them 0644) fills files only vigil's user can read.
-      ensurePrivateFile(l.ramFile);
+      // Guest RAM is a memfd inside QEMU (qemu/argv.ts): no file to create, register or remove.
+      // Created here, empty and 0600, so that QEMU (which would create it 0644) fills a file only vigil's user can read.
       ensurePrivateFile(l.consoleLog);
       // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
       for (const d of vm.spec.disks) {
@@ -599,7 +596,7 @@ export class VmService {
       if (!options.paused) await rt.qmp.execute("cont");
       mark("guest running");
       const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
-      for (const [path, purpose] of [[l.ramFile, "ram"], [l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
+      for (const [path, purpose] of [[l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await this.d.registry.register(vm.id, path, purpose, { hash: false });
       }
       return updated;
@@ -611,7 +608,6 @@ export class VmService {
         await waitForExit(pid, 5000);
       }
       this.runtimes.delete(vm.id);
-      rmSync(l.ramFile, { force: true });
       await this.d.repo.update(vm.id, { state: previous, pid: null });
       throw err;
     }
@@ -637,8 +633,6 @@ export class VmService {
 
   private async onExit(id: string, rt: VmRuntime, reason: ExitReason): Promise<void> {
     if (this.runtimes.get(id) === rt) this.runtimes.delete(id);
-    const l = vmLayout(this.d.home.vmsDir, id);
-    rmSync(l.ramFile, { force: true });
     if (this.closing) return;
     try {
       await this.locks.run(id, async () => {
@@ -646,7 +640,6 @@ export class VmService {
         if (!vm || !isLive(vm.state) || this.runtimes.has(id)) return; // an operation already recorded the exit
         const crashed = reason.kind === "crashed";
         await this.d.repo.update(id, { state: crashed ? "crashed" : "stopped", pid: null });
-        await this.d.registry.markRemoved(id, l.ramFile, "vm-exited");
         await this.d.audit.append({
           actor: SYSTEM_ACTOR.name,
           action: crashed ? "vm.crashed" : "vm.stopped",
@@ -699,7 +692,6 @@ export class VmService {
     }
     this.runtimes.delete(vm.id);
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
-    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-stopped");
     return { how };
   }
 
@@ -722,8 +714,6 @@ export class VmService {
       await waitForExit(vm.pid, 10_000);
     }
     this.runtimes.delete(vm.id);
-    rmSync(this.layout(vm).ramFile, { force: true });
-    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-killed");
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
   }
 
@@ -821,7 +811,6 @@ export class VmService {
           signal(pid, "SIGKILL");
           await waitForExit(pid, 10_000);
         }
-        rmSync(l.ramFile, { force: true });
         const wasRunning = vm.state === "running" || vm.state === "paused";
         await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
         await this.d.audit.append({
