@@ -5,7 +5,7 @@
  * QEMU processes are started detached and outlive vigil; `recover()` finds them again after a restart.
  */
 import { randomUUID } from "node:crypto";
-import { existsSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { VigilError, errors, messageOf, q } from "../errors.ts";
 import type { Logger } from "../log.ts";
@@ -17,6 +17,7 @@ import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
+import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsoleTail } from "../host/console-log.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -59,6 +60,8 @@ export interface VmServiceDeps {
   log: Logger;
   /** Facts about this host that bound a VM (memory); read from /proc when not given (tests inject them). */
   hostFacts?: (() => HostFacts) | undefined;
+  /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
+  consoleLogMaxBytes?: number | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
@@ -120,6 +123,8 @@ const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 export class VmService {
   private readonly locks = new KeyedMutex();
   private readonly runtimes = new Map<string, VmRuntime>();
+  /** The console log cap of each adopted QEMU, stopped when it exits or vigil detaches. */
+  private readonly consoleCaps = new Map<string, ConsoleLogCap>();
   private closing = false;
   private readonly beforeContHooks: BeforeContHook[] = [];
   private readonly runtimeHooks: Array<(vm: VmRecord, rt: VmRuntime) => void> = [];
@@ -338,11 +343,8 @@ export class VmService {
   async consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
     const vm = await this.d.repo.getByName(name);
     await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
-    const path = this.layout(vm).consoleLog;
-    if (!existsSync(path)) return "";
-    const size = statSync(path).size;
-    const buf = readFileSync(path);
-    return buf.subarray(Math.max(0, size - maxBytes)).toString("utf8");
+    // Positioned reads of the last maxBytes of console.log.1 + console.log: never the whole file.
+    return readConsoleTail(this.layout(vm).consoleLog, maxBytes).toString("utf8");
   }
 
   // ---- create / destroy ----------------------------------------------------------------------------------
@@ -596,7 +598,7 @@ export class VmService {
       if (!options.paused) await rt.qmp.execute("cont");
       mark("guest running");
       const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
-      for (const [path, purpose] of [[l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
+      for (const [path, purpose] of [[l.consoleLog, "console-log"], [consoleBackup(l.consoleLog), "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await this.d.registry.register(vm.id, path, purpose, { hash: false });
       }
       return updated;
@@ -627,8 +629,15 @@ export class VmService {
   /** Starts watching a runtime: when its QEMU exits, the VM's state follows. */
   private adopt(vm: VmRecord, rt: VmRuntime): void {
     this.runtimes.set(vm.id, rt);
+    this.consoleCaps.get(vm.id)?.stop();
+    const cap = new ConsoleLogCap(rt.layout.consoleLog, this.d.consoleLogMaxBytes ?? DEFAULT_CONSOLE_LOG_MAX_BYTES, (err) => this.d.log.warn({ vm: vm.name, err: messageOf(err) }, "Cannot rotate the console log"));
+    this.consoleCaps.set(vm.id, cap.start());
     for (const hook of this.runtimeHooks) hook(vm, rt);
-    void rt.exited.then((reason) => this.onExit(vm.id, rt, reason));
+    void rt.exited.then((reason) => {
+      cap.stop();
+      if (this.consoleCaps.get(vm.id) === cap) this.consoleCaps.delete(vm.id);
+      return this.onExit(vm.id, rt, reason);
+    });
   }
 
   private async onExit(id: string, rt: VmRuntime, reason: ExitReason): Promise<void> {
@@ -829,6 +838,8 @@ export class VmService {
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
   async close(): Promise<void> {
     this.closing = true;
+    for (const cap of this.consoleCaps.values()) cap.stop();
+    this.consoleCaps.clear();
     await Promise.all([...this.runtimes.values()].map((rt) => rt.detach()));
     this.runtimes.clear();
   }
