@@ -18,6 +18,7 @@ import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner }
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
 import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsoleTail } from "../host/console-log.ts";
+import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -571,6 +572,14 @@ export class VmService {
     checkHostLimits(vm.spec, this.hostFacts(), `Cannot start VM ${q(vm.name)}`);
     // Callers check this before they change anything; here it holds for every path that starts QEMU.
     this.checkNotExpired(vm, `Cannot start VM ${q(vm.name)}`);
+    // An open NIC reaches the host's loopback through slirp unless the nftables guard is in place (re-installed
+    // here: idempotent, and someone may have flushed the ruleset since the daemon started).
+    const open = vm.spec.nics.filter((n) => !n.restrict).map((n) => n.name);
+    if (open.length > 0) {
+      await installLoopbackGuard().catch((err: unknown) => {
+        throw new VigilError("VIGIL_HOST", `Cannot start VM ${q(vm.name)}: its open NIC ${open.join(", ")} needs the host loopback guard (nftables), which cannot be installed: ${messageOf(err)}`, { field: "nics", cause: err });
+      });
+    }
     const previous = vm.state;
     const l = this.layout(vm);
     const t0 = performance.now();
