@@ -590,6 +590,7 @@ export class VmService {
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.runDir);
       // Guest RAM is a memfd inside QEMU (qemu/argv.ts): no file to create, register or remove.
+      await this.eraseLegacyRamFile(vm);
       // Created here, empty and 0600, so that QEMU (which would create it 0644) fills a file only vigil's user can read.
       ensurePrivateFile(l.consoleLog);
       // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
@@ -829,6 +830,7 @@ export class VmService {
           signal(pid, "SIGKILL");
           await waitForExit(pid, 10_000);
         }
+        await this.eraseLegacyRamFile(vm);
         const wasRunning = vm.state === "running" || vm.state === "paused";
         await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
         await this.d.audit.append({
@@ -842,6 +844,20 @@ export class VmService {
       });
     }
     return { reattached, crashed };
+  }
+
+  /**
+   * Older vigil kept guest RAM in `mem/ram` (a shared file mapping) and only unlinked it; a host crash left it
+   * on disk. If one is still there it is overwritten, unlinked and recorded, never reused.
+   */
+  private async eraseLegacyRamFile(vm: VmRecord): Promise<void> {
+    const dir = join(this.layout(vm).dir, "mem");
+    const file = join(dir, "ram");
+    if (existsSync(file)) {
+      overwriteAndUnlink(file);
+      await this.d.registry.markRemoved(vm.id, file, "overwritten");
+    }
+    rmSync(dir, { recursive: true, force: true });
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
