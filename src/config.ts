@@ -32,6 +32,12 @@ export const configSchema = z.strictObject({
       reapply: z.string().regex(/^\/[A-Za-z0-9._\/+-]+$/, "must be an absolute path").optional(),
     })
     .default({}),
+  consoleLog: z
+    .strictObject({
+      /** console.log is moved to console.log.1 past this size (host/console-log.ts): disk use ≈ 2× this at most. */
+      maxBytes: z.number().int().min(64 * 1024).max(1024 * 1024 * 1024).default(1024 * 1024),
+    })
+    .default({ maxBytes: 1024 * 1024 }),
 });
 
 export type VigilConfig = z.output<typeof configSchema>;

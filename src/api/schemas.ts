@@ -41,7 +41,6 @@ export const VmSchema = z
       agentSocket: z.string(),
       consoleLog: z.string(),
       qemuLog: z.string(),
-      ramFile: z.string(),
       pidFile: z.string(),
       disks: z.record(z.string(), z.string()),
     }),

@@ -49,6 +49,7 @@ import { createApp } from "../api/app.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { errorBody } from "../api/error-response.ts";
 import { startExpiryWatch } from "../vm/expiry.ts";
+import { installLoopbackGuard } from "../host/loopback-guard.ts";
 
 export const VERSION: string = (() => {
   try {
@@ -142,7 +143,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const registry = new DataRegistry(db, hostName, home.vmsDir);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes });
+  // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
+  await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
   const snapshotRepo = new SnapshotRepository(db);
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply), registry });

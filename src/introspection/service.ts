@@ -22,6 +22,7 @@ import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can } from "../auth/permissions.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
+import { openGuestRam } from "../host/guest-ram.ts";
 import type { VmRuntime } from "../host/vm-runtime.ts";
 import type { Db } from "../inventory/db.ts";
 import type { Logger } from "../log.ts";
@@ -150,7 +151,7 @@ const NO_AGENT_BOOT_MS = 60_000;
 const CLOSE_WAIT_MS = 15_000;
 /** Baselines of earlier boots kept per VM, for memory states saved during them (a revert resumes one). */
 const ARCHIVED_BASELINES = 4;
-/** Name of the RAM backend in vigil's QEMU command line (qemu/argv.ts: memory-backend-file,id=ram0). */
+/** Name of the RAM backend in vigil's QEMU command line (qemu/argv.ts: memory-backend-memfd,id=ram0). */
 const RAM_BACKEND = "ram0";
 
 const watchKey = (vmId: string): string => `introspection.watch.${vmId}`;
@@ -173,12 +174,17 @@ function qemuIdentity(pid: number): string | undefined {
 
 /** How the service reaches one VM: QMP (`info mtree -f`, `info registers -a`) and the guest agent. */
 class RuntimeAccess implements GuestAccess {
-  constructor(private readonly rt: VmRuntime) {}
+  constructor(
+    private readonly rt: VmRuntime,
+    private readonly ramBytes: number,
+  ) {}
 
+  /** Guest RAM through QEMU's memfd (`/proc/<pid>/fd/N`, read-only, its size checked against the spec). */
   async openMemory(): Promise<PhysicalMemory> {
     const ranges = parseMtreeFlat(await this.rt.qmp.hmp("info mtree -f"));
     const named = ranges.some((r) => r.name === RAM_BACKEND);
-    return FilePhysicalMemory.open(this.rt.layout.ramFile, ramRegionsFromMtree(ranges, named ? RAM_BACKEND : undefined), { maxCachedPages: 4096 });
+    const regions = ramRegionsFromMtree(ranges, named ? RAM_BACKEND : undefined);
+    return FilePhysicalMemory.fromFd(openGuestRam(this.rt.pid, this.ramBytes), regions, { maxCachedPages: 4096 }, `the RAM memfd of QEMU ${this.rt.pid}`);
   }
 
   async registers() {
@@ -280,7 +286,7 @@ export class IntrospectionService {
       rt,
       agent: vm.spec.agent,
       qemu: qemuIdentity(rt.pid),
-      watcher: new VmWatcher(new RuntimeAccess(rt), { cache: this.cache, onBug: (err) => log.error({ err: messageOf(err) }, "introspection engine error") }),
+      watcher: new VmWatcher(new RuntimeAccess(rt, vm.spec.memoryMiB * 1024 * 1024), { cache: this.cache, onBug: (err) => log.error({ err: messageOf(err) }, "introspection engine error") }),
       status: "waiting-for-agent",
       problem: null,
       paused: true,

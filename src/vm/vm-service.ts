@@ -5,7 +5,7 @@
  * QEMU processes are started detached and outlive vigil; `recover()` finds them again after a restart.
  */
 import { randomUUID } from "node:crypto";
-import { existsSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { VigilError, errors, messageOf, q } from "../errors.ts";
 import type { Logger } from "../log.ts";
@@ -18,6 +18,8 @@ import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner }
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
 import { eraseOwnedFile, eraseTree } from "../host/erase.ts";
+import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsoleTail } from "../host/console-log.ts";
+import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -59,6 +61,8 @@ export interface VmServiceDeps {
   log: Logger;
   /** Facts about this host that bound a VM (memory); read from /proc when not given (tests inject them). */
   hostFacts?: (() => HostFacts) | undefined;
+  /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
+  consoleLogMaxBytes?: number | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
@@ -120,6 +124,8 @@ const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 export class VmService {
   private readonly locks = new KeyedMutex();
   private readonly runtimes = new Map<string, VmRuntime>();
+  /** The console log cap of each adopted QEMU, stopped when it exits or vigil detaches. */
+  private readonly consoleCaps = new Map<string, ConsoleLogCap>();
   private closing = false;
   private readonly beforeContHooks: BeforeContHook[] = [];
   private readonly runtimeHooks: Array<(vm: VmRecord, rt: VmRuntime) => void> = [];
@@ -341,11 +347,8 @@ export class VmService {
   async consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
     const vm = await this.d.repo.getByName(name);
     await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
-    const path = this.layout(vm).consoleLog;
-    if (!existsSync(path)) return "";
-    const size = statSync(path).size;
-    const buf = readFileSync(path);
-    return buf.subarray(Math.max(0, size - maxBytes)).toString("utf8");
+    // Positioned reads of the last maxBytes of console.log.1 + console.log: never the whole file.
+    return readConsoleTail(this.layout(vm).consoleLog, maxBytes).toString("utf8");
   }
 
   // ---- create / destroy ----------------------------------------------------------------------------------
@@ -592,6 +595,14 @@ export class VmService {
     checkHostLimits(vm.spec, this.hostFacts(), `Cannot start VM ${q(vm.name)}`);
     // Callers check this before they change anything; here it holds for every path that starts QEMU.
     this.checkNotExpired(vm, `Cannot start VM ${q(vm.name)}`);
+    // An open NIC reaches the host's loopback through slirp unless the nftables guard is in place (re-installed
+    // here: idempotent, and someone may have flushed the ruleset since the daemon started).
+    const open = vm.spec.nics.filter((n) => !n.restrict).map((n) => n.name);
+    if (open.length > 0) {
+      await installLoopbackGuard().catch((err: unknown) => {
+        throw new VigilError("VIGIL_HOST", `Cannot start VM ${q(vm.name)}: its open NIC ${open.join(", ")} needs the host loopback guard (nftables), which cannot be installed: ${messageOf(err)}`, { field: "nics", cause: err });
+      });
+    }
     const previous = vm.state;
     const l = this.layout(vm);
     const t0 = performance.now();
@@ -601,11 +612,9 @@ export class VmService {
     try {
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.runDir);
-      ensurePrivateDir(l.memDir);
-      // The RAM file of a previous run is guest memory left on disk: never reuse it.
-      rmSync(l.ramFile, { force: true });
-      // Created here, empty and 0600, so that QEMU (which would create them 0644) fills files only vigil's user can read.
-      ensurePrivateFile(l.ramFile);
+      // Guest RAM is a memfd inside QEMU (qemu/argv.ts): no file to create, register or remove.
+      await this.eraseLegacyRamFile(vm);
+      // Created here, empty and 0600, so that QEMU (which would create it 0644) fills a file only vigil's user can read.
       ensurePrivateFile(l.consoleLog);
       // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
       for (const d of vm.spec.disks) {
@@ -622,7 +631,7 @@ export class VmService {
       if (!options.paused) await rt.qmp.execute("cont");
       mark("guest running");
       const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
-      for (const [path, purpose] of [[l.ramFile, "ram"], [l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
+      for (const [path, purpose] of [[l.consoleLog, "console-log"], [consoleBackup(l.consoleLog), "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await this.d.registry.register(vm.id, path, purpose, { hash: false });
       }
       return updated;
@@ -634,7 +643,6 @@ export class VmService {
         await waitForExit(pid, 5000);
       }
       this.runtimes.delete(vm.id);
-      rmSync(l.ramFile, { force: true });
       await this.d.repo.update(vm.id, { state: previous, pid: null });
       throw err;
     }
@@ -654,14 +662,19 @@ export class VmService {
   /** Starts watching a runtime: when its QEMU exits, the VM's state follows. */
   private adopt(vm: VmRecord, rt: VmRuntime): void {
     this.runtimes.set(vm.id, rt);
+    this.consoleCaps.get(vm.id)?.stop();
+    const cap = new ConsoleLogCap(rt.layout.consoleLog, this.d.consoleLogMaxBytes ?? DEFAULT_CONSOLE_LOG_MAX_BYTES, (err) => this.d.log.warn({ vm: vm.name, err: messageOf(err) }, "Cannot rotate the console log"));
+    this.consoleCaps.set(vm.id, cap.start());
     for (const hook of this.runtimeHooks) hook(vm, rt);
-    void rt.exited.then((reason) => this.onExit(vm.id, rt, reason));
+    void rt.exited.then((reason) => {
+      cap.stop();
+      if (this.consoleCaps.get(vm.id) === cap) this.consoleCaps.delete(vm.id);
+      return this.onExit(vm.id, rt, reason);
+    });
   }
 
   private async onExit(id: string, rt: VmRuntime, reason: ExitReason): Promise<void> {
     if (this.runtimes.get(id) === rt) this.runtimes.delete(id);
-    const l = vmLayout(this.d.home.vmsDir, id);
-    rmSync(l.ramFile, { force: true });
     if (this.closing) return;
     try {
       await this.locks.run(id, async () => {
@@ -669,7 +682,6 @@ export class VmService {
         if (!vm || !isLive(vm.state) || this.runtimes.has(id)) return; // an operation already recorded the exit
         const crashed = reason.kind === "crashed";
         await this.d.repo.update(id, { state: crashed ? "crashed" : "stopped", pid: null });
-        await this.d.registry.markRemoved(id, l.ramFile, "vm-exited");
         await this.d.audit.append({
           actor: SYSTEM_ACTOR.name,
           action: crashed ? "vm.crashed" : "vm.stopped",
@@ -722,7 +734,6 @@ export class VmService {
     }
     this.runtimes.delete(vm.id);
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
-    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-stopped");
     return { how };
   }
 
@@ -745,8 +756,6 @@ export class VmService {
       await waitForExit(vm.pid, 10_000);
     }
     this.runtimes.delete(vm.id);
-    rmSync(this.layout(vm).ramFile, { force: true });
-    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-killed");
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
   }
 
@@ -845,7 +854,7 @@ export class VmService {
           signal(pid, "SIGKILL");
           await waitForExit(pid, 10_000);
         }
-        rmSync(l.ramFile, { force: true });
+        await this.eraseLegacyRamFile(vm);
         const wasRunning = vm.state === "running" || vm.state === "paused";
         await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
         await this.d.audit.append({
@@ -900,9 +909,25 @@ export class VmService {
     return swept;
   }
 
+  /**
+   * Older vigil kept guest RAM in `mem/ram` (a shared file mapping) and only unlinked it; a host crash left it
+   * on disk. If one is still there it is overwritten, unlinked and recorded, never reused.
+   */
+  private async eraseLegacyRamFile(vm: VmRecord): Promise<void> {
+    const dir = join(this.layout(vm).dir, "mem");
+    const file = join(dir, "ram");
+    if (existsSync(file)) {
+      eraseOwnedFile(this.layout(vm).dir, file);
+      await this.d.registry.markRemoved(vm.id, file, "overwritten");
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
   async close(): Promise<void> {
     this.closing = true;
+    for (const cap of this.consoleCaps.values()) cap.stop();
+    this.consoleCaps.clear();
     await Promise.all([...this.runtimes.values()].map((rt) => rt.detach()));
     this.runtimes.clear();
   }
