@@ -188,6 +188,10 @@ export class Frontier {
     return undefined;
   }
 
+  static clone(f: Frontier): Frontier {
+    return new Frontier(f.size, [...f.edge]);
+  }
+
   /** The frontier of `size` leaves, read from stored nodes: one read per set bit of size. */
   static async load(src: NodeSource, size: number): Promise<Frontier> {
     const edge: Array<[number, Buffer]> = [];
