@@ -17,7 +17,8 @@ export interface AuditRecord {
   actor: string;
   action: string;
   target: { kind: string; id: string | null; name: string | null };
-  result: "ok" | "denied" | "error";
+  /** "intent": recorded before a destructive operation runs; its outcome follows as ok, denied or error. */
+  result: "ok" | "denied" | "error" | "intent";
   host: string;
   requestId: string | null;
   details: Record<string, unknown>;

@@ -4,8 +4,8 @@
  * the outcome — ok, denied or error. A refusal the operation itself raises (VIGIL_FORBIDDEN from inside `fn`) is
  * recorded `denied` too, not `error`. Reads are checked too, and recorded only when denied.
  *
- * Destructive operations (DESTRUCTIVE_ACTIONS) are audited before they run as well: an `<action>.intent` record
- * is appended first, and if that append fails (disk full, database gone) the operation does not run — fail
+ * Destructive operations (DESTRUCTIVE_ACTIONS) are audited before they run as well: a record with result
+ * `intent` is appended first, and if that append fails (disk full, database gone) the operation does not run — fail
  * closed, as auditd's disk_full_action=halt would. The outcome record names the intent's seq, so a crash between
  * the two leaves an intent without an outcome, never an action without a record.
  */
@@ -77,7 +77,7 @@ export class Guard {
     let intentSeq: number | undefined;
     if (DESTRUCTIVE_ACTIONS.has(op.action)) {
       // Throws if it cannot be recorded: then the action does not run.
-      intentSeq = (await this.audit.append({ ...base, action: `${op.action}.intent`, result: "ok", details: { ...op.details, phase: "intent" } })).seq;
+      intentSeq = (await this.audit.append({ ...base, result: "intent", details: op.details })).seq;
     }
     const linked = intentSeq === undefined ? {} : { intentSeq };
     let result: T;
