@@ -37,6 +37,7 @@ import {
 } from "./chain.ts";
 import { consistencyPath, Frontier, inclusionPath, leafHash, rangeHash, type NodeSource } from "./merkle.ts";
 import type { SiteKey } from "./site-key.ts";
+import { DenialAggregator } from "./denials.ts";
 import { WitnessPublisher, type Witness, type WitnessStatus } from "./witness.ts";
 
 export const CHECKPOINT_EVERY = 100;
@@ -121,6 +122,8 @@ export class AuditLog {
   private head: TreeHead | undefined;
   private findings: string[] = [];
   private publisher: WitnessPublisher | undefined;
+  /** Unauthenticated requests: one record per source per interval, with a count. */
+  readonly denials = new DenialAggregator((e) => this.append(e));
 
   private constructor(
     private readonly db: Db,
@@ -258,6 +261,14 @@ export class AuditLog {
     return this.key.publicKey;
   }
 
+  get publicKeyPem(): string {
+    return this.key.publicKeyPem;
+  }
+
+  get keyId(): string {
+    return this.key.keyId;
+  }
+
   /** Appends one record; resolves once it is durable (the record and tree in the database, the head file). */
   append(entry: AuditEntry): Promise<HashedRecord> {
     return this.mutex.run(async () => {
@@ -319,6 +330,7 @@ export class AuditLog {
 
   /** At shutdown: a checkpoint, and one last publication to the witnesses. */
   async close(): Promise<void> {
+    await this.denials.close();
     await this.checkpoint();
     await this.publisher?.close();
   }

@@ -195,7 +195,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     vtime.close();
     await introspection.close();
     await vms.close();
-    await audit.checkpoint();
+    await audit.close();
     await db.destroy();
     rmSync(home.socket, { force: true });
     rmSync(home.pidFile, { force: true });
@@ -205,9 +205,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   // Requests wait until running VMs are found again, so nobody sees a VM as stopped that is running.
   let markReady!: () => void;
   const ready = new Promise<void>((resolve) => (markReady = resolve));
-  const serve = (transport: "unix" | "tcp") => async (req: Request) => {
+  const serve = (transport: "unix" | "tcp") => async (req: Request, env?: { incoming?: { socket?: { remoteAddress?: string | undefined } } }) => {
     await ready;
-    return app.fetch(req, { transport });
+    return app.fetch(req, { transport, remoteAddress: env?.incoming?.socket?.remoteAddress });
   };
   let tcpAddress: Daemon["tcpAddress"];
   let unixServer: ServerType;
