@@ -154,7 +154,15 @@ export class WitnessPublisher {
 
   offer(head: TreeHead): void {
     this.pending = head;
-    if (!this.closed) this.schedule();
+    if (this.closed) return;
+    // Due already: publish now rather than wait for a timer, which a busy event loop may run late.
+    if (!this.inflight && Date.now() - this.lastAt >= this.intervalMs) {
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = undefined;
+      void this.flush();
+      return;
+    }
+    this.schedule();
   }
 
   private schedule(): void {
