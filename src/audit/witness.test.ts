@@ -82,3 +82,23 @@ test("the HTTP witness co-signs heads that extend its last one and refuses a tru
   await assert.rejects(new HttpWitness(url).publish(short.currentHead(), async () => []), /older than the last witnessed head \(45\): the log was truncated/);
   assert.equal((await http.latest())?.size, 45);
 });
+
+test("threat model, root on the host: local evidence all rewritten, the off-host HTTP witness still shows the cut at start", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "witness-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const key = loadOrCreateSiteKey(join(dir, "keys"));
+  const { server } = await serveWitness({ dir: join(dir, "elsewhere"), siteKeyPath: join(dir, "keys", "site-ed25519.pub.pem"), host: "127.0.0.1", port: 0 });
+  t.after(() => new Promise<void>((r) => server.close(() => r())));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const { log } = await openLog(t, dir, key, "site", [new HttpWitness(url)], 50);
+  for (let i = 0; i < 40; i++) await append(log, i);
+  await log.close();
+
+  // Root replaces the whole local state with a shorter history signed by the site key: a fresh database, its
+  // own head file, no tamper record anywhere on this host.
+  const { log: rebuilt } = await openLog(t, dir, key, "rebuilt", [], 50);
+  for (let i = 0; i < 25; i++) await append(rebuilt, i);
+  assert.deepEqual((await rebuilt.health()).findings, [], "nothing local can tell");
+  const { log: started } = await openLog(t, dir, key, "rebuilt", [new HttpWitness(url)], 50);
+  assert.match((await started.health()).findings.join(), /the head witnessed by http:.* covers 40 records but the log ends at record 25: the log was truncated/);
+});
