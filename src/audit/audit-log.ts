@@ -58,6 +58,8 @@ export interface AuditHealth {
   ok: boolean;
   /** What the check at this start found (empty when the stored head, checkpoints and witnesses agree). */
   findings: string[];
+  /** What could not be checked at this start (a witness that could not be read). */
+  warnings: string[];
   /** `audit.tamper` records in the log. */
   tamperRecords: Array<{ seq: number; time: string }>;
   head: TreeHead | null;
@@ -121,6 +123,7 @@ export class AuditLog {
   private readonly listeners = new Set<(r: HashedRecord) => void>();
   private head: TreeHead | undefined;
   private findings: string[] = [];
+  private warnings: string[] = [];
   private publisher: WitnessPublisher | undefined;
   /** Unauthenticated requests: one record per source per interval, with a count. */
   readonly denials = new DenialAggregator((e) => this.append(e));
@@ -151,6 +154,7 @@ export class AuditLog {
     const lastSeq = last?.seq ?? 0;
     const log = new AuditLog(db, key, host, headPath, lastSeq, last?.hash ?? GENESIS_HASH, new Frontier());
     const findings: string[] = [];
+    const warnings: string[] = [];
     await log.syncTree(findings);
     await log.checkHead(findings);
     await log.checkCheckpoints(findings);
@@ -159,10 +163,12 @@ export class AuditLog {
         const h = await w.latest();
         if (h) findings.push(...(await log.compareHead(h, `the head witnessed by ${w.name}`)));
       } catch (err) {
-        findings.push(`cannot read the latest head witnessed by ${w.name}: ${messageOf(err)}`);
+        // Unreachable is not evidence of tampering (a network or mount outage); it is shown, not recorded.
+        warnings.push(`cannot read the latest head witnessed by ${w.name}: ${messageOf(err)}`);
       }
     }
     log.findings = findings;
+    log.warnings = warnings;
     if (findings.length > 0) {
       // Keep the head that disagrees as evidence, then record the finding after the surviving records.
       if (existsSync(headPath)) renameSync(headPath, `${headPath}.tampered-${new Date().toISOString().replace(/[:.]/g, "-")}`);
@@ -380,7 +386,7 @@ export class AuditLog {
 
   async health(): Promise<AuditHealth> {
     const rows = await this.db.selectFrom("audit_log").select(["seq", "time"]).where("target_id", "=", AUDIT_TARGET.id).where("action", "=", "audit.tamper").orderBy("seq").limit(100).execute();
-    return { ok: this.findings.length === 0 && rows.length === 0, findings: this.findings, tamperRecords: rows, head: this.head ?? null, witnesses: this.publisher?.status() ?? [] };
+    return { ok: this.findings.length === 0 && rows.length === 0, findings: this.findings, warnings: this.warnings, tamperRecords: rows, head: this.head ?? null, witnesses: this.publisher?.status() ?? [] };
   }
 
   private checkSize(size: number, field: string): void {

@@ -102,3 +102,15 @@ test("threat model, root on the host: local evidence all rewritten, the off-host
   const { log: started } = await openLog(t, dir, key, "rebuilt", [new HttpWitness(url)], 50);
   assert.match((await started.health()).findings.join(), /the head witnessed by http:.* covers 40 records but the log ends at record 25: the log was truncated/);
 });
+
+test("a witness that cannot be reached at start is a warning, not a tamper finding", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "witness-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const key = loadOrCreateSiteKey(join(dir, "keys"));
+  const { log } = await openLog(t, dir, key, "a", [], 50);
+  for (let i = 0; i < 3; i++) await append(log, i);
+  const { log: again } = await openLog(t, dir, key, "a", [new HttpWitness("http://127.0.0.1:9", 500)], 50);
+  const h = await again.health();
+  assert.deepEqual([h.ok, h.findings], [true, []]);
+  assert.match(h.warnings.join(), /cannot read the latest head witnessed by http:http:\/\/127.0.0.1:9: fetch failed/);
+});

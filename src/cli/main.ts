@@ -161,6 +161,7 @@ export function buildProgram(hooks: CliHooks): Command {
       if (health) {
         process.stdout.write(`${"audit".padEnd(12)} ${health.ok ? "ok" : "TAMPERED"}${health.head ? ` (${plural(health.head.size, "record")}, root ${health.head.rootHash.slice(0, 16)}…)` : ""}\n`);
         for (const f of health.findings) process.stdout.write(`${"".padEnd(12)} finding: ${f}\n`);
+        for (const w of health.warnings ?? []) process.stdout.write(`${"".padEnd(12)} warning: ${w}\n`);
         for (const r of health.tamperRecords) process.stdout.write(`${"".padEnd(12)} audit.tamper record ${r.seq} at ${r.time}\n`);
         for (const w of health.witnesses) {
           process.stdout.write(`${"witness".padEnd(12)} ${w.name}: ${w.lastPublished ? `head ${w.lastPublished.size} at ${w.lastPublished.time}` : "nothing published yet"}${w.lastError ? `; last error: ${w.lastError}` : ""}\n`);
@@ -1122,6 +1123,7 @@ export function buildProgram(hooks: CliHooks): Command {
 interface AuditHealthView {
   ok: boolean;
   findings: string[];
+  warnings?: string[];
   tamperRecords: Array<{ seq: number; time: string }>;
   head: { size: number; rootHash: string } | null;
   witnesses: Array<{ name: string; lastPublished: { size: number; time: string } | null; lastError: string | null }>;

@@ -45,6 +45,7 @@ const AuditHealthSchema = z
   .object({
     ok: z.boolean(),
     findings: z.array(z.string()),
+    warnings: z.array(z.string()),
     tamperRecords: z.array(z.object({ seq: z.number(), time: z.string() })),
     head: TreeHeadSchema.nullable(),
     witnesses: z.array(z.object({ name: z.string(), publications: z.number(), lastPublished: z.object({ size: z.number(), time: z.string() }).nullable(), lastError: z.string().nullable() })),
