@@ -117,3 +117,30 @@ test("every size up to 40 agrees with the RFC's recursive definitions; altered p
     }
   }
 });
+
+test("proofs read O(log n) stored nodes; append stores at most log2(n)+1", async () => {
+  const n = 5000;
+  const leaves = Array.from({ length: n }, (_, i) => leafHash(`x${i}`));
+  const frontier = new Frontier();
+  const nodes = new Map<string, Buffer>();
+  let maxMade = 0;
+  for (const l of leaves) {
+    const made = frontier.push(l);
+    maxMade = Math.max(maxMade, made.length);
+    for (const m of made) nodes.set(`${m.level}/${m.index}`, m.hash);
+  }
+  assert.ok(maxMade <= Math.floor(Math.log2(n)) + 1);
+  let reads = 0;
+  const src: NodeSource = { node: async (l, i) => (reads++, nodes.get(`${l}/${i}`)!) };
+  const bound = 2 * Math.ceil(Math.log2(n)) + 2;
+  for (const m of [0, 1, 2047, 4095, 4999]) {
+    reads = 0;
+    await inclusionPath(src, m, 0, n);
+    assert.ok(reads <= bound, `inclusion ${m}: ${reads} reads > ${bound}`);
+  }
+  for (const m of [1, 1000, 4096, 4999]) {
+    reads = 0;
+    await consistencyPath(src, m, n);
+    assert.ok(reads <= bound, `consistency ${m}: ${reads} reads > ${bound}`);
+  }
+});
