@@ -40,6 +40,9 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/audit": ["admin", "auditor"],
   "GET /v1/audit/verify": ["admin", "auditor"],
   "GET /v1/audit/export": ["admin", "auditor"],
+  "GET /v1/audit/head": ["admin", "auditor"],
+  "GET /v1/audit/proof/{seq}": ["admin", "auditor"],
+  "GET /v1/audit/consistency": ["admin", "auditor"],
   "GET /v1/vms": ["admin", "operator", "ownerBob", "ownerCarol", "auditor"],
   "POST /v1/vms": ["admin", "operator", "ownerBob", "ownerCarol"],
   "GET /v1/vms/{name}": ["admin", "operator", "ownerBob", "auditor"],
@@ -94,7 +97,7 @@ const MATRIX: Record<string, Actor[]> = {
 };
 
 /** Query strings some routes require to get past input validation to the authorization check. */
-const QUERY: Record<string, string> = { "POST /v1/images": "?name=matrix&format=raw" };
+const QUERY: Record<string, string> = { "POST /v1/images": "?name=matrix&format=raw", "GET /v1/audit/consistency": "?from=0" };
 
 let unique = 0;
 /** A request body that is valid and harmless for each route (acts on objects that exist but cannot do damage). */
@@ -208,7 +211,8 @@ test("authorization matrix: every route × every actor, deny by default", async 
       .replace("{user}", "dave")
       .replace("{snapshot}", "no-such-snapshot")
       .replace("{keyId}", "0000000000000000")
-      .replace("{image}", "no-such-image") + (QUERY[key] ?? "");
+      .replace("{image}", "no-such-image")
+      .replace("{seq}", "1") + (QUERY[key] ?? "");
     for (const actor of ACTORS) {
       await f.repo.update(f.targetId, { state: "starting", owner: "user:bob", pid: null });
       const res = await request(f, actor, method, path, bodyFor(key));

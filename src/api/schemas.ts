@@ -74,7 +74,7 @@ export const AuditRecordSchema = z
     actor: z.string(),
     action: z.string(),
     target: z.object({ kind: z.string(), id: z.string().nullable(), name: z.string().nullable() }),
-    result: z.enum(["ok", "denied", "error"]),
+    result: z.enum(["ok", "denied", "error", "intent"]),
     host: z.string(),
     requestId: z.string().nullable(),
     details: z.record(z.string(), z.unknown()),

@@ -126,7 +126,7 @@ async function withProgress<T>(label: string, work: (requestId: string) => Promi
 
 /** What the CLI needs from outside its bundle: the daemon is loaded only by `vigil serve`. */
 export interface CliHooks {
-  loadDaemon: () => Promise<{ runDaemon(options: { listen: string }): Promise<void> }>;
+  loadDaemon: () => Promise<{ runDaemon(options: { listen: string }): Promise<void>; runWitnessServer(options: { dir: string; siteKeyPath: string; listen: string }): Promise<void> }>;
 }
 
 export function buildProgram(hooks: CliHooks): Command {
@@ -154,9 +154,20 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("This host: accelerator (and why), version, VIGIL_HOME")
     .option("--json", "machine-readable output")
     .action(async (o: { json?: boolean }) => {
-      const h = await call<Record<string, string>>("GET", "/v1/host");
+      const h = await call<Record<string, string> & { audit?: AuditHealthView }>("GET", "/v1/host");
       if (o.json) return printJson(h);
-      for (const [k, v] of Object.entries(h)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+      const { audit: health, ...facts } = h;
+      for (const [k, v] of Object.entries(facts)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+      if (health) {
+        process.stdout.write(`${"audit".padEnd(12)} ${health.ok ? "ok" : "TAMPERED"}${health.head ? ` (${plural(health.head.size, "record")}, root ${health.head.rootHash.slice(0, 16)}…)` : ""}\n`);
+        for (const f of health.findings) process.stdout.write(`${"".padEnd(12)} finding: ${f}\n`);
+        for (const w of health.warnings ?? []) process.stdout.write(`${"".padEnd(12)} warning: ${w}\n`);
+        for (const r of health.tamperRecords) process.stdout.write(`${"".padEnd(12)} audit.tamper record ${r.seq} at ${r.time}\n`);
+        for (const w of health.witnesses) {
+          process.stdout.write(`${"witness".padEnd(12)} ${w.name}: ${w.lastPublished ? `head ${w.lastPublished.size} at ${w.lastPublished.time}` : "nothing published yet"}${w.lastError ? `; last error: ${w.lastError}` : ""}\n`);
+        }
+        if (!health.ok) process.exitCode = EXIT.conflict;
+      }
     });
 
   program
@@ -1019,13 +1030,50 @@ export function buildProgram(hooks: CliHooks): Command {
   const audit = program.command("audit").description("The tamper-evident audit log");
   audit
     .command("verify")
-    .description("Verify the hash chain, signed checkpoints and signed head; names the first bad record")
+    .description("Verify the hash chain, Merkle tree, signed checkpoints and head; names the first bad record. --since proves (consistency proof, checked here) that the log extends an older head")
+    .option("--since <file>", "an older head file (audit-head.json, a witness line) or an older export")
+    .option("--key <pem>", "with --since: the site's public key from a trusted place (default: the one the daemon reports)")
     .option("--json", "machine-readable output")
-    .action(async (o: { json?: boolean }) => {
+    .action(async (o: { json?: boolean; since?: string; key?: string }) => {
       const r = await call<{ ok: boolean; records: number; checkpoints: number; firstBad?: { seq: number; reason: string } }>("GET", "/v1/audit/verify");
-      if (o.json) printJson(r);
-      else if (r.ok) process.stdout.write(`OK: ${plural(r.records, "record")}, ${plural(r.checkpoints, "signed checkpoint")}, chain intact\n`);
-      else process.stdout.write(`TAMPERED: first bad record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
+      let since: { ok: boolean; message: string } | undefined;
+      if (o.since) since = await checkSince(o.since, o.key);
+      if (o.json) printJson(since ? { ...r, since } : r);
+      else {
+        if (r.ok) process.stdout.write(`OK: ${plural(r.records, "record")}, ${plural(r.checkpoints, "signed checkpoint")}, chain intact\n`);
+        else process.stdout.write(`TAMPERED: first bad record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
+        if (since) process.stdout.write(`${since.ok ? "OK" : "TAMPERED"}: ${since.message}\n`);
+      }
+      if (!r.ok || (since && !since.ok)) process.exitCode = EXIT.conflict;
+    });
+  audit
+    .command("prove")
+    .description("An RFC 9162 inclusion proof that record SEQ is in the tree of the newest signed head; anyone checks it with the public key alone (vigil audit check-proof, scripts/verify-audit-export.mjs --proof)")
+    .argument("<seq>", "the record's seq", positiveInt("seq"))
+    .option("-o, --output <file>", "write the proof (JSON) to a file")
+    .option("--json", "print the proof as JSON")
+    .action(async (seq: number, o: { json?: boolean; output?: string }) => {
+      const p = await call<{ record: { seq: number; action: string; actor: string }; treeSize: number; path: string[]; head: { rootHash: string; time: string } }>("GET", `/v1/audit/proof/${seq}`);
+      if (o.output) writeFileSync(writableOutput("-o", o.output), JSON.stringify(p, null, 2) + "\n", { mode: 0o644 });
+      if (o.json) return printJson(p);
+      process.stdout.write(`record ${p.record.seq} (${p.record.action} by ${p.record.actor}) is leaf ${p.record.seq - 1} of ${p.treeSize}; audit path of ${plural(p.path.length, "hash", "hashes")}; root ${p.head.rootHash} signed at ${p.head.time}\n`);
+    });
+  audit
+    .command("check-proof")
+    .description("Check a proof from `vigil audit prove --json` with the site's public key alone (no daemon needed)")
+    .argument("<file>", "the proof (JSON)")
+    .requiredOption("--key <pem>", "the site's public key (site-ed25519.pub.pem) from a trusted place")
+    .action(async (file: string, o: { key: string }) => {
+      const { checkInclusionProof } = await import("../audit/proof-check.ts");
+      const { key, keyId } = await publicKeyFrom(readFileSync(o.key, "utf8"));
+      let doc: unknown;
+      try {
+        doc = JSON.parse(readFileSync(file, "utf8"));
+      } catch {
+        throw new ApiError("VIGIL_BAD_REQUEST", `${JSON.stringify(file)} is not a JSON proof`, 0);
+      }
+      const r = checkInclusionProof(doc, key, keyId);
+      process.stdout.write(`${r.ok ? "OK" : "BAD"}: ${r.message}\n`);
       if (!r.ok) process.exitCode = EXIT.conflict;
     });
   audit
@@ -1061,8 +1109,57 @@ export function buildProgram(hooks: CliHooks): Command {
       });
     });
 
+  // ---- witness ----
+  const witness = program.command("witness").description("An audit witness for another site's log");
+  witness
+    .command("serve")
+    .description("Keep a site's signed tree heads (DIR/heads.jsonl, append-only), accepting only heads that extend the last (consistency proof), and co-sign them")
+    .requiredOption("--dir <dir>", "where the witnessed heads and the witness key live")
+    .requiredOption("--site-key <pem>", "the site's public key (site-ed25519.pub.pem)")
+    .option("--listen <addr:port>", "address to listen on", "127.0.0.1:7451")
+    .action(async (o: { dir: string; siteKey: string; listen: string }) => {
+      mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+      const { runWitnessServer } = await hooks.loadDaemon();
+      await runWitnessServer({ dir: o.dir, siteKeyPath: o.siteKey, listen: o.listen });
+    });
+
   rejectUnknownCommands(program);
   return program;
+}
+
+interface AuditHealthView {
+  ok: boolean;
+  findings: string[];
+  warnings?: string[];
+  tamperRecords: Array<{ seq: number; time: string }>;
+  head: { size: number; rootHash: string } | null;
+  witnesses: Array<{ name: string; lastPublished: { size: number; time: string } | null; lastError: string | null }>;
+}
+
+async function publicKeyFrom(pem: string): Promise<{ key: import("node:crypto").KeyObject; keyId: string }> {
+  const { createHash, createPublicKey } = await import("node:crypto");
+  const key = createPublicKey(pem);
+  return { key, keyId: createHash("sha256").update(key.export({ type: "spki", format: "der" })).digest("hex").slice(0, 16) };
+}
+
+/** `audit verify --since`: the consistency proof (or, for a pre-Merkle head, the record) checked here, not by the daemon. */
+async function checkSince(file: string, keyFile: string | undefined): Promise<{ ok: boolean; message: string }> {
+  const { checkExtends, readOldHead } = await import("../audit/proof-check.ts");
+  let old;
+  try {
+    old = readOldHead(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new ApiError("VIGIL_BAD_REQUEST", `--since ${JSON.stringify(file)}: ${(err as Error).message}`, 0, "since");
+  }
+  const current = await call<{ head: import("../audit/chain.ts").TreeHead; publicKey: string }>("GET", "/v1/audit/head");
+  const { key, keyId } = await publicKeyFrom(keyFile ? readFileSync(keyFile, "utf8") : current.publicKey);
+  if (old.kind === "legacy") {
+    const { records } = await call<{ records: import("../audit/chain.ts").HashedRecord[] }>("GET", `/v1/audit?after=${old.head.seq - 1}&limit=1`);
+    return checkExtends(old, current.head, key, keyId, { record: records[0] });
+  }
+  if (old.head.size > current.head.size) return checkExtends(old, current.head, key, keyId, {});
+  const proof = await call<{ path: string[]; head: import("../audit/chain.ts").TreeHead }>("GET", `/v1/audit/consistency?from=${old.head.size}`);
+  return checkExtends(old, proof.head, key, keyId, { path: proof.path });
 }
 
 /**

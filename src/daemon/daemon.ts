@@ -12,6 +12,8 @@ import { join } from "node:path";
 import { AuditLog } from "../audit/audit-log.ts";
 import { AuditService } from "../audit/audit-service.ts";
 import { loadOrCreateSiteKey } from "../audit/site-key.ts";
+import { FileWitness, HttpWitness } from "../audit/witness.ts";
+export { runWitnessServer } from "../audit/witness-server.ts";
 import { AccountService } from "../auth/account-service.ts";
 import { Guard, type RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR } from "../auth/permissions.ts";
@@ -132,7 +134,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const db: Db = await openSqlite(home.database);
   const hostName = hostname();
   const siteKey = loadOrCreateSiteKey(home.keysDir);
-  const audit = await AuditLog.open(db, siteKey, hostName, join(home.keysDir, "audit-head.json"));
+  const witnesses = config.audit.witnesses.map((w) => (w.kind === "file" ? new FileWitness(w.path) : new HttpWitness(w.url)));
+  const audit = await AuditLog.open(db, siteKey, hostName, join(home.keysDir, "audit-head.json"), {
+    witnesses,
+    onPublishError: (witness, err) => log.warn({ witness, err: messageOf(err) }, "cannot publish the audit head to a witness"),
+  });
   const users = new UserStore(db);
   const localUser = userInfo().username;
   await users.ensureLocalUser(localUser);
@@ -199,7 +205,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     vtime.close();
     await introspection.close();
     await vms.close();
-    await audit.checkpoint();
+    await audit.close();
     await db.destroy();
     rmSync(home.socket, { force: true });
     rmSync(home.pidFile, { force: true });
@@ -209,9 +215,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   // Requests wait until running VMs are found again, so nobody sees a VM as stopped that is running.
   let markReady!: () => void;
   const ready = new Promise<void>((resolve) => (markReady = resolve));
-  const serve = (transport: "unix" | "tcp") => async (req: Request) => {
+  const serve = (transport: "unix" | "tcp") => async (req: Request, env?: { incoming?: { socket?: { remoteAddress?: string | undefined } } }) => {
     await ready;
-    return app.fetch(req, { transport });
+    return app.fetch(req, { transport, remoteAddress: env?.incoming?.socket?.remoteAddress });
   };
   let tcpAddress: Daemon["tcpAddress"];
   let unixServer: ServerType;

@@ -257,6 +257,21 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0003-audit-merkle": {
+    async up(db: Kysely<unknown>) {
+      // The audit log's Merkle tree: every perfect subtree, (level, idx) covering leaves [idx·2^level, (idx+1)·2^level).
+      // Existing logs get their tree when AuditLog.open finds it shorter than the log.
+      await db.schema
+        .createTable("audit_tree")
+        .addColumn("level", "integer", (c) => c.notNull())
+        .addColumn("idx", "integer", (c) => c.notNull())
+        .addColumn("hash", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("audit_tree_pk", ["level", "idx"])
+        .execute();
+      // Checkpoints written from now on are signed tree heads; older ones keep root_hash null.
+      await db.schema.alterTable("audit_checkpoints").addColumn("root_hash", "text").execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

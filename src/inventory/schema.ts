@@ -133,6 +133,13 @@ export interface AuditCheckpointsTable {
   time: string;
   key_id: string;
   signature: string; // base64 Ed25519 over the checkpoint statement
+  root_hash: string | null; // the Merkle root at seq (a signed tree head); null for pre-Merkle checkpoints
+}
+
+export interface AuditTreeTable {
+  level: number;
+  idx: number;
+  hash: string; // hex
 }
 
 export interface UsersTable {
@@ -220,6 +227,7 @@ export interface Database {
   vms: VmsTable;
   audit_log: AuditLogTable;
   audit_checkpoints: AuditCheckpointsTable;
+  audit_tree: AuditTreeTable;
   users: UsersTable;
   tokens: TokensTable;
   groups: GroupsTable;
