@@ -12,6 +12,10 @@
  *   trampolines in .static_call.text: `call`/`jmp` to a function, a NOP, `ret`, or the 5-byte `xor %eax,%eax`.
  * - the transient states of text_poke_bp(): an int3 in the first byte while the rest is the old or new tail.
  *
+ * An ftrace call site may only call what ftrace itself would write there (ftrace_get_addr_new(): ftrace_caller,
+ * ftrace_regs_caller, or the trampoline of a registered ftrace_ops, `ops->trampoline`); the policy supplies that
+ * set at each sweep (see text-integrity.ts targetPolicy). BPF direct-call trampolines are not accepted.
+ *
  * Sites are collected at the trusted baseline moment and never re-read from the guest afterwards: a rootkit that
  * forges an ftrace record later cannot make its own patch look legitimate. A call/jmp explained as legitimate
  * must still land on a function start in kernel text or in the module area (where ftrace and BPF trampolines
@@ -325,6 +329,12 @@ export interface TargetPolicy {
   isFunctionStart(address: bigint): boolean;
   /** ftrace/BPF trampolines and module code live here. */
   readonly moduleArea: AddressRange;
+  /**
+   * What an ftrace call site may call: ftrace_caller, ftrace_regs_caller, or a trampoline the kernel allocated
+   * for a registered ftrace_ops (read from ftrace_ops_list). Anything else — another kernel function, module
+   * code, unknown memory — is a hook disguised as tracing.
+   */
+  isFtraceTarget(address: bigint): boolean;
 }
 
 /** How one site's current bytes were judged. */
@@ -361,6 +371,11 @@ function formOf(kind: PatchKind, site: PatchSite, b: Uint8Array, policy: TargetP
     return { legit: false, why: "jump label holds neither a 5-byte NOP nor a jmp" };
   }
   if (startsWith(b, NOP5)) return kind === "ftrace-op" ? { legit: false, why: "ftrace_call holds a NOP" } : ok(undefined);
+  if (b[0] === 0xe8 && kind === "ftrace") {
+    const target = (at + 5n + rel32(b)) & 0xffff_ffff_ffff_ffffn;
+    if (!policy.isFtraceTarget(target)) return { legit: false, why: `ftrace site calls ${hex(target)}, which is neither ftrace_caller, ftrace_regs_caller nor a trampoline of a registered ftrace_ops` };
+    return { legit: true, same: false, target, foreign: inRange(policy.moduleArea, target) };
+  }
   if (b[0] === 0xe8) return ok(at + 5n + rel32(b));
   if (kind === "static-call" || kind === "static-call-tramp") {
     if (b[0] === 0xe9) return ok(at + 5n + rel32(b));

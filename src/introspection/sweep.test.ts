@@ -174,8 +174,9 @@ test("ftrace, jump labels and static calls patched legitimately are explained, n
   }
   assert.ok(explained > 3, `${explained} pages explained`);
   assert.deepEqual([...kinds].sort(), ["ftrace", "jump-label", "static-call", "static-call-tramp"]);
-  // A call into the module area (an ftrace trampoline) is explained but reported as a foreign target.
+  // A call into the trampoline of a registered ftrace_ops is explained but reported as a foreign target.
   const site = r.g.sites.find((s) => s.kind === "ftrace" && s.address > sym(r.g, "x64_sys_call") && s.address < sym(r.g, "do_syscall_64")) as (typeof r.g.sites)[number];
+  r.g.addFtraceOps(0xffff_ffff_c010_0000n);
   const b = Buffer.alloc(5);
   b[0] = 0xe8;
   b.writeInt32LE(Number(0xffff_ffff_c010_0000n - (site.address + 5n)), 1);
@@ -207,6 +208,44 @@ test("a patch site rewritten to something a kernel never writes there is a findi
   const passes = r2.run().coverage.fullPassEverySweeps;
   for (let i = 0; i <= passes; i++) found = found.concat(r2.run().findings.filter((x) => x.severity !== "info"));
   assert.ok(found.some((x) => (x.check === "kernel-text" || x.check === "syscall-text") && JSON.stringify(x.evidence).includes("jump label jmp goes to")), JSON.stringify(found));
+});
+
+test("an ftrace call site made to call another kernel function, module code or an unregistered trampoline is a finding", () => {
+  const callAt = (r: Rig, at: bigint, to: bigint): void => {
+    const b = Buffer.alloc(5);
+    b[0] = 0xe8;
+    b.writeInt32LE(Number(to - (at + 5n)), 1);
+    r.g.writeVa(at, b);
+  };
+  const kill = (r: Rig): bigint => sym(r.g, "__x64_sys_kill") + 4n; // a critical page: checked every sweep
+  // ftrace_caller and ftrace_regs_caller are what ftrace writes there: explained.
+  for (const ok of ["ftrace_caller", "ftrace_regs_caller"]) {
+    const r = rig();
+    callAt(r, kill(r), sym(r.g, ok));
+    assert.deepEqual(alarms(r.run()), [], ok);
+  }
+  const targets: [string, (r: Rig) => bigint][] = [
+    ["another kernel function", (r) => sym(r.g, "late_text_function")],
+    ["a module's code", (r) => (r.g.modules[0] as { address: bigint }).address + 0x1000n],
+    ["module-area memory no ftrace_ops owns", () => 0xffff_ffff_c020_0000n],
+  ];
+  for (const [what, to] of targets) {
+    const r = rig();
+    r.g.addFtraceOps(0xffff_ffff_c010_0000n);
+    callAt(r, kill(r), to(r));
+    const f = r.run().findings.filter((x) => x.check === "kernel-text");
+    assert.equal(f.length, 1, what);
+    assert.match(JSON.stringify(f[0]?.evidence), /neither ftrace_caller, ftrace_regs_caller nor a trampoline/, what);
+  }
+  // A trampoline stops being accepted once its ops is gone from ftrace_ops_list (or the list is broken).
+  const r = rig();
+  r.g.addFtraceOps(0xffff_ffff_c010_0000n);
+  callAt(r, kill(r), 0xffff_ffff_c010_0000n);
+  assert.deepEqual(alarms(r.run()), []);
+  r.g.writeVa(sym(r.g, "ftrace_ops_list"), Buffer.alloc(8));
+  const rep = r.run();
+  assert.deepEqual(alarms(rep), ["kernel-text"]);
+  assert.ok(rep.coverage.skipped.some((x) => x.startsWith("ftrace trampolines")), JSON.stringify(rep.coverage.skipped));
 });
 
 test("rodata and page permissions: a changed constant, a writable text page, text remapped", () => {

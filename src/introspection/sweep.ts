@@ -551,7 +551,9 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   if (sameKernel && b.text) {
     const tb = b.text;
     const plan = planPages(tb.totalPages, state.textCursor, options.textPagesPerSweep ?? DEFAULT_PAGES_PER_SWEEP, tb.criticalPages, state.hotPages);
-    const verdicts = tb.check(model, plan.pages, targetPolicy(model, layout));
+    const policy = targetPolicy(model, layout);
+    if (policy.ftraceProblem) skipped.push(`ftrace trampolines (${policy.ftraceProblem})`);
+    const verdicts = tb.check(model, plan.pages, policy);
     textFindings(model, tb, verdicts, f);
     const hotSet = new Set(state.hotPages.filter((p) => !plan.pages.includes(p)));
     for (const v of verdicts) {

@@ -18,6 +18,7 @@ import { crc32 } from "node:zlib";
 import { IntrospectionError, hex } from "./errors.ts";
 import { describeAddress, inRange, type AddressRange, type KernelLayout } from "./kernel-layout.ts";
 import type { KernelModel } from "./kernel-model.ts";
+import { walkFtraceOps } from "./ftrace-ops.ts";
 import { PatchSiteTable, collectPatchSites, normalise, type PatchKind, type SerializedPatchSites, type TargetPolicy } from "./patch-sites.ts";
 
 const PAGE = 4096;
@@ -350,10 +351,29 @@ export function planPages(total: number, cursor: number, perSweep: number, criti
   return { pages: [...set].sort((a, b) => a - b), next: (start + w) % total, window: w };
 }
 
-/** A TargetPolicy from the model: function starts in kernel text, plus the module area. */
-export function targetPolicy(model: KernelModel, layout: KernelLayout): TargetPolicy {
+/**
+ * A TargetPolicy from the model: function starts in kernel text, plus the module area; for ftrace call sites
+ * only ftrace_caller, ftrace_regs_caller and the trampolines of the ops now on ftrace_ops_list (read now).
+ */
+export function targetPolicy(model: KernelModel, layout: KernelLayout): TargetPolicy & { readonly ftraceProblem: string | undefined } {
+  const ftrace = new Set<bigint>();
+  for (const name of ["ftrace_caller", "ftrace_regs_caller"]) {
+    const a = model.symbols.address(name);
+    if (a !== undefined && inRange(layout.text, a)) ftrace.add(a);
+  }
+  let ftraceProblem: string | undefined;
+  const listVar = model.symbols.address("ftrace_ops_list");
+  const listEnd = model.symbols.address("ftrace_list_end");
+  if (!layout.ftraceOps || listVar === undefined || listEnd === undefined) ftraceProblem = "no struct ftrace_ops layout or no ftrace_ops_list/ftrace_list_end: ftrace trampolines are not accepted";
+  else {
+    const w = walkFtraceOps(model.kernel, layout.ftraceOps, listVar, listEnd, layout.moduleArea, model.pagingLevels);
+    if (!w.complete) ftraceProblem = `${w.problem ?? "ftrace_ops_list cannot be walked"}: ftrace trampolines are not accepted`;
+    for (const t of w.trampolines) ftrace.add(t.start);
+  }
   return {
     moduleArea: layout.moduleArea,
+    ftraceProblem,
+    isFtraceTarget: (address: bigint): boolean => ftrace.has(address),
     isFunctionStart(address: bigint): boolean {
       if (!inRange(layout.text, address)) return false;
       const n = model.symbols.nearest(address);

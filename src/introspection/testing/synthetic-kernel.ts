@@ -25,7 +25,9 @@ export const LAYOUT = {
   task: { size: 9792, state: 24, stack: 32, flags: 44, schedClass: 680, tasks: 2224, mm: 2304, exitState: 2328, pid: 2432, tgid: 2436, realParent: 2448, parent: 2456, groupLeader: 2496, threadPid: 2536, pidLinks: 2544, startTime: 2776, comm: 2976 },
   pid: { size: 128, count: 0, level: 4, tasks: 32, numbers: 112 },
   xaNode: { size: 576, shift: 0, offset: 1, count: 2, parent: 8, array: 16, slots: 40 },
-  module: { size: 1280, state: 0, list: 8, name: 24, mkobj: 80 },
+  module: { size: 1280, state: 0, list: 8, name: 24, mkobj: 80, mem: 256, taints: 600, sigOk: 608 },
+  moduleMemory: { size: 64, base: 0, size_: 8, count: 7 },
+  ftraceOps: { size: 256, func: 0, next: 8, flags: 16, trampoline: 144, trampolineSize: 152 },
   mkobj: { size: 96, kobj: 0, mod: 64 },
   kobject: { size: 64, name: 0, entry: 8, parent: 24, kset: 32, ktype: 40 },
   kset: { size: 96, list: 0, kobj: 24 },
@@ -125,6 +127,20 @@ export function sweepKernelBtf(): Buffer {
     { name: "list", type: lh, bitOffset: M.list * 8 },
     { name: "name", type: b.array(char, int, 56), bitOffset: M.name * 8 },
     { name: "mkobj", type: mk, bitOffset: M.mkobj * 8 },
+    { name: "mem", type: b.array(b.struct("module_memory", LAYOUT.moduleMemory.size, [
+      { name: "base", type: voidp, bitOffset: 0 },
+      { name: "size", type: uint, bitOffset: LAYOUT.moduleMemory.size_ * 8 },
+    ]), int, LAYOUT.moduleMemory.count), bitOffset: M.mem * 8 },
+    { name: "taints", type: ulong, bitOffset: M.taints * 8 },
+    { name: "sig_ok", type: u8, bitOffset: M.sigOk * 8 },
+  ]);
+  const FO = LAYOUT.ftraceOps;
+  b.struct("ftrace_ops", FO.size, [
+    { name: "func", type: voidp, bitOffset: FO.func * 8 },
+    { name: "next", type: voidp, bitOffset: FO.next * 8 },
+    { name: "flags", type: ulong, bitOffset: FO.flags * 8 },
+    { name: "trampoline", type: ulong, bitOffset: FO.trampoline * 8 },
+    { name: "trampoline_size", type: ulong, bitOffset: FO.trampolineSize * 8 },
   ]);
   b.struct("kset", LAYOUT.kset.size, [
     { name: "list", type: lh, bitOffset: LAYOUT.kset.list * 8 },
@@ -182,7 +198,7 @@ export interface SyntheticKernel {
   readonly rodata: { start: bigint; end: bigint };
   readonly directMapBase: bigint;
   readonly tasks: readonly SyntheticTask[];
-  readonly modules: readonly { name: string; address: bigint }[];
+  modules: readonly { name: string; address: bigint }[];
   readonly sites: readonly SyntheticSite[];
   /** Physical ranges worth mutating in fuzz tests, by what they hold. */
   readonly hotspots: readonly { what: string; start: number; length: number }[];
@@ -197,6 +213,12 @@ export interface SyntheticKernel {
   ftraceOn(site: SyntheticSite): void;
   jumpLabelOn(site: SyntheticSite): void;
   staticCallTo(site: SyntheticSite, target: bigint): void;
+  /** register_ftrace_function() of an ops with its own trampoline (in the module area): returns the ops. */
+  addFtraceOps(trampoline: bigint, size?: number): bigint;
+  /** A module loaded now (list, kset), with its taint flags and signature verdict. */
+  loadModule(name: string, flags?: { taints?: bigint; sigOk?: boolean }): { name: string; address: bigint };
+  /** add_taint(): sets bits in tainted_mask. */
+  taint(bits: bigint): void;
   /** A new process linked into the task list and the PID table (like fork). */
   spawn(pid: number, comm: string): SyntheticTask;
   /** Unhashes and unlinks a task (like exit + reap). */
@@ -435,12 +457,18 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   const modulesHead = dataStart + 0x3100n;
   const ksetVar = dataStart + 0x3200n;
   const ftraceVar = dataStart + 0x3300n;
+  const ftraceOpsList = dataStart + 0x3400n;
+  const ftraceListEnd = dataStart + 0x3500n;
+  const taintedMask = dataStart + 0x3700n;
   const idtTable = imgVa(5n * MiB);
   syms.push({ name: "init_task", type: "D", address: initTask });
   syms.push({ name: "init_pid_ns", type: "D", address: initPidNs });
   syms.push({ name: "modules", type: "D", address: modulesHead });
   syms.push({ name: "module_kset", type: "B", address: ksetVar });
   syms.push({ name: "ftrace_pages_start", type: "b", address: ftraceVar });
+  syms.push({ name: "ftrace_ops_list", type: "d", address: ftraceOpsList });
+  syms.push({ name: "ftrace_list_end", type: "d", address: ftraceListEnd });
+  syms.push({ name: "tainted_mask", type: "b", address: taintedMask });
   syms.push({ name: "idt_table", type: "b", address: idtTable });
   syms.push({ name: "init_top_pgt", type: "D", address: imgVa(7n * MiB) });
 
@@ -611,9 +639,14 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   };
   // A built-in module's kobject (mod == NULL), as for built-in parameters.
   addKobj(alloc(LAYOUT.mkobj.size));
-  (o.modules ?? ["virtio_blk", "failover", "net_failover", "button"]).forEach((name, i) => {
+  const addModule = (name: string, i: number, flags: { taints?: bigint; sigOk?: boolean } = {}): { name: string; address: bigint } => {
     const m = MODULE_BASE + BigInt(i) * 0x2000n;
     put32(m + BigInt(M.state), 0);
+    // mem[MOD_TEXT]: the module's code, in the upper half of its 8 KiB.
+    put64(m + BigInt(M.mem) + BigInt(LAYOUT.moduleMemory.base), m + 0x1000n);
+    put32(m + BigInt(M.mem) + BigInt(LAYOUT.moduleMemory.size_), 0x1000);
+    put64(m + BigInt(M.taints), flags.taints ?? 0n);
+    writeVa(m + BigInt(M.sigOk), [flags.sigOk === false ? 0 : 1]);
     const nb = Buffer.alloc(56);
     nb.write(name.slice(0, 55), "latin1");
     writeVa(m + BigInt(M.name), nb);
@@ -622,7 +655,12 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
     put64(m + BigInt(M.mkobj) + BigInt(LAYOUT.mkobj.mod), m);
     addKobj(kobj);
     modules.push({ name, address: m, phys: phys(m) });
-  });
+    return { name, address: m };
+  };
+  (o.modules ?? ["virtio_blk", "failover", "net_failover", "button"]).forEach((name, i) => addModule(name, i));
+  // ftrace_ops_list: empty (just &ftrace_list_end, whose next is itself).
+  put64(ftraceOpsList, ftraceListEnd);
+  put64(ftraceListEnd + BigInt(LAYOUT.ftraceOps.next), ftraceListEnd);
 
   // ftrace's records.
   const F = LAYOUT.ftracePage;
@@ -733,6 +771,22 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
     },
     staticCallTo(site, target) {
       writeVa(site.address, rel32At(site.address, site.kind === "static-call-tramp" ? 0xe9 : 0xe8, target));
+    },
+    addFtraceOps(trampoline, size = 0x140) {
+      const ops = alloc(LAYOUT.ftraceOps.size);
+      put64(ops + BigInt(LAYOUT.ftraceOps.trampoline), trampoline);
+      put64(ops + BigInt(LAYOUT.ftraceOps.trampolineSize), BigInt(size));
+      put64(ops + BigInt(LAYOUT.ftraceOps.next), readVa(ftraceOpsList, 8).readBigUInt64LE(0));
+      put64(ftraceOpsList, ops);
+      return ops;
+    },
+    loadModule(name, flags = {}) {
+      const m = addModule(name, modules.length, flags);
+      k.modules = modules.map((x) => ({ name: x.name, address: x.address }));
+      return m;
+    },
+    taint(bits) {
+      put64(taintedMask, readVa(taintedMask, 8).readBigUInt64LE(0) | bits);
     },
     spawn(pid, comm) {
       const t = makeTask(taskSlot(), pid, pid, comm, init.address);
