@@ -415,7 +415,8 @@ export interface Normalisation {
   readonly patched: Partial<Record<PatchKind, number>>;
   /** Legitimate call/jmp targets outside kernel text (module area): ftrace/BPF trampolines, or a hook. */
   readonly foreign: { site: bigint; kind: PatchKind; target: bigint }[];
-  readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string }[];
+  /** `target`: where the site's call/jmp now goes, when it holds one. */
+  readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string; target?: bigint }[];
 }
 
 const MAX_REPORTED_SITES = 16;
@@ -439,7 +440,8 @@ export function normalise(cur: Buffer, curStart: bigint, start: bigint, end: big
     const bytes = cur.subarray(Number(o), Number(o) + s.length);
     const st = judgeSite(s, bytes, policy);
     if (!st.legit) {
-      if (illegitimate.length < MAX_REPORTED_SITES) illegitimate.push({ site: s.address, kind: s.kind, found: Buffer.from(bytes).toString("hex"), why: st.why });
+      const branch = s.length === 5 && (bytes[0] === 0xe8 || bytes[0] === 0xe9) ? (s.address + 5n + rel32(bytes)) & 0xffff_ffff_ffff_ffffn : undefined;
+      if (illegitimate.length < MAX_REPORTED_SITES) illegitimate.push({ site: s.address, kind: s.kind, found: Buffer.from(bytes).toString("hex"), why: st.why, ...(branch !== undefined ? { target: branch } : {}) });
       continue;
     }
     if (st.same) continue;

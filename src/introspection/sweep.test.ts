@@ -94,6 +94,67 @@ test("a sys_call_table entry redirected is found in the first sweep and names bo
   assert.match(r.run().findings.find((x) => x.check === "syscall-table")?.message ?? "", /outside kernel text/);
 });
 
+test("a syscall redirect names the system call and attributes the new handler: kernel symbol, module, hidden module, unknown memory", () => {
+  const r = rig();
+  r.run();
+  const button = r.g.modules.find((m) => m.name === "button") as { address: bigint };
+  const failover = r.g.modules.find((m) => m.name === "failover") as { address: bigint };
+  const cases: [bigint, Record<string, unknown>][] = [
+    [sym(r.g, "late_text_function") + 0x10n, { kind: "kernel", symbol: "late_text_function+0x10", inText: true }],
+    [button.address + 0x1000n + 0x24n, { kind: "module", module: "button", hidden: false, offset: "0x24" }],
+    [0xffff_ffff_c030_0000n, { kind: "unknown", area: "module-area" }],
+  ];
+  for (const [to, want] of cases) {
+    overwriteSyscall(r.model, r.g.writer, 15, to);
+    const f = r.run().findings.find((x) => x.check === "syscall-table");
+    assert.ok(f);
+    assert.match(f.message, /^System call 15 \(kill\): /);
+    assert.deepEqual(f.evidence.syscall, { number: 15, name: "kill" });
+    const a = f.evidence.attribution as Record<string, unknown>;
+    for (const [k, v] of Object.entries(want)) assert.equal(a[k], v, `${k} for ${to.toString(16)}: ${JSON.stringify(a)}`);
+  }
+  // A module unlinked from the list (still in sysfs) owns the handler: "hidden".
+  unlinkModule(r.model, r.g.writer, locateModule(r.model, "failover") as NonNullable<ReturnType<typeof locateModule>>);
+  overwriteSyscall(r.model, r.g.writer, 0, failover.address + 0x1000n);
+  const f = r.run().findings.find((x) => x.check === "syscall-table" && x.evidence.index === 0);
+  assert.deepEqual(f?.evidence.attribution, { kind: "module", module: "failover", hidden: true, offset: "0x0", description: 'hidden module "failover" (not on the module list) +0x0' });
+  assert.match(f?.message ?? "", /^System call 0 \(read\): .*hidden module "failover"/);
+});
+
+test("x64_sys_call rewired: the finding names the system calls whose calls changed and where they go now", () => {
+  const r = rig();
+  r.run();
+  const xs = sym(r.g, "x64_sys_call");
+  // The case of syscall 15 (kill) is at +32 + 15*8: make it call a module's code instead of __x64_sys_kill.
+  const at = xs + 32n + 15n * 8n;
+  const to = (r.g.modules[0] as { address: bigint }).address + 0x1000n;
+  const b = Buffer.alloc(5);
+  b[0] = 0xe8;
+  b.writeInt32LE(Number(to - (at + 5n)), 1);
+  patchKernel(r.model, r.g.writer, at, b);
+  const f = r.run().findings.find((x) => x.check === "syscall-text");
+  assert.ok(f);
+  assert.match(f.message, /system call 15 \(kill\) now goes to module "virtio_blk" \+0x0/);
+  assert.deepEqual(f.evidence.syscalls, [{ number: 15, name: "kill" }]);
+  const rw = (f.evidence.rewired as { was: string; now: { kind: string; module: string } }[])[0];
+  assert.equal(rw?.was, "__x64_sys_kill");
+  assert.equal(rw?.now.kind, "module");
+});
+
+test("a rewritten ftrace site's target is attributed in the kernel-text finding", () => {
+  const r = rig();
+  const site = sym(r.g, "__x64_sys_kill") + 4n;
+  const to = 0xffff_ffff_c030_0000n;
+  const b = Buffer.alloc(5);
+  b[0] = 0xe8;
+  b.writeInt32LE(Number(to - (site + 5n)), 1);
+  r.g.writeVa(site, b);
+  const f = r.run().findings.find((x) => x.check === "kernel-text");
+  assert.match(f?.message ?? "", /the ftrace site at __x64_sys_kill\+0x4 now branches to unknown memory in the module area/);
+  const s0 = (f?.evidence.illegitimateSites as { target: string; attribution: { kind: string } }[])[0];
+  assert.deepEqual([s0?.target, s0?.attribution.kind], ["0xffffffffc0300000", "unknown"]);
+});
+
 test("a changed byte in x64_sys_call is a syscall-text finding with the exact bytes", () => {
   const r = rig();
   const at = sym(r.g, "x64_sys_call") + 0x40n;

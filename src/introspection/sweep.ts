@@ -23,6 +23,7 @@
  */
 import { z } from "zod";
 import { IntrospectionError, hex } from "./errors.ts";
+import { currentAttributor, type Attributor } from "./attribution.ts";
 import { carve, type CarveResult } from "./carve.ts";
 import { EARLY_IDT_VECTORS, IDT_ALIAS, describeGate, deserializeGate, gateDifferences, readIdt, serializeGate, type IdtGate, type SerializedGate } from "./idt.ts";
 import { describeAddress, inRange, kernelLayout, readU64, symbolExtent, type KernelLayout } from "./kernel-layout.ts";
@@ -507,6 +508,9 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   const timings: Record<string, number> = {};
   const skipped: string[] = [];
   const sweepNo = state.sweeps + 1;
+  // Who owns an address (kernel symbol, listed or hidden module, ftrace trampoline, unknown): built on first use.
+  let attributor: Attributor | undefined;
+  const attr = (): Attributor => (attributor ??= currentAttributor(model, layout));
 
   const sameKernel = (baseline.kernel.buildId ?? undefined) === model.buildId && b.kaslrShift === model.kaslrShift && baseline.kernel.release === model.release;
   if (!sameKernel) {
@@ -531,13 +535,13 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
 
   // 2. IDT.
   t = performance.now();
-  if (sameKernel && b.idt) checkIdt(input, model, layout, b.idt, regs, f);
+  if (sameKernel && b.idt) checkIdt(input, model, layout, b.idt, regs, f, attr);
   else if (sameKernel) skipped.push("idt (not baselined)");
   timings.idt = ms(t);
 
   // 3. System call table.
   t = performance.now();
-  if (sameKernel && b.syscalls) checkSyscalls(model, layout, b.syscalls, f);
+  if (sameKernel && b.syscalls) checkSyscalls(model, layout, b.syscalls, f, attr);
   else if (sameKernel) skipped.push("syscall-table (not baselined)");
   timings.syscalls = ms(t);
 
@@ -554,7 +558,7 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
     const policy = targetPolicy(model, layout);
     if (policy.ftraceProblem) skipped.push(`ftrace trampolines (${policy.ftraceProblem})`);
     const verdicts = tb.check(model, plan.pages, policy);
-    textFindings(model, tb, verdicts, f);
+    textFindings(model, tb, verdicts, f, attr, b.syscalls?.entries ?? []);
     const hotSet = new Set(state.hotPages.filter((p) => !plan.pages.includes(p)));
     for (const v of verdicts) {
       if (v.status === "changed" || v.status === "unreadable") hotSet.add(v.page);
@@ -656,7 +660,7 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   return { report, state: next };
 }
 
-function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, idt: NonNullable<DecodedBaseline["idt"]>, regs: readonly ControlRegisters[], f: Findings): void {
+function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, idt: NonNullable<DecodedBaseline["idt"]>, regs: readonly ControlRegisters[], f: Findings, attr: () => Attributor): void {
   const k = model.kernel;
   const s = model.symbols;
   const bases = new Set<bigint>();
@@ -701,7 +705,8 @@ function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, i
       const where = describeAddress(s, g.handler);
       const inText = inRange(layout.text, g.handler);
       const early = EARLY_IDT_VECTORS.has(g.vector) && inRange(earlyRange, g.handler);
-      f.add("idt-gate", "critical", `IDT vector ${g.vector} changed (${diff.join(", ")}): now ${describeGate(g, where)}; at baseline ${describeGate(want, describeAddress(s, want.handler))}${inText || early ? "" : " — the new handler is outside kernel text"}`, {
+      const owner = attr().attribute(g.handler);
+      f.add("idt-gate", "critical", `IDT vector ${g.vector} changed (${diff.join(", ")}): now ${describeGate(g, where)}; at baseline ${describeGate(want, describeAddress(s, want.handler))}${inText || early ? "" : ` — the new handler is outside kernel text, in ${owner.description}`}`, {
         vector: g.vector,
         address: hex(base + BigInt(g.vector * 16)),
         symbol: where,
@@ -709,12 +714,18 @@ function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, i
         found: hex(g.handler),
         changed: diff,
         handlerInKernelText: inText,
+        attribution: owner,
       });
     }
   }
 }
 
-function checkSyscalls(model: KernelModel, layout: KernelLayout, sc: NonNullable<DecodedBaseline["syscalls"]>, f: Findings): void {
+/** "kill" for a handler that is __x64_sys_kill (or an alias of it); undefined when it is none. */
+function syscallName(model: KernelModel, layout: KernelLayout, handler: bigint): string | undefined {
+  return resolveHandler(model.symbols, layout, handler).name?.slice("__x64_sys_".length);
+}
+
+function checkSyscalls(model: KernelModel, layout: KernelLayout, sc: NonNullable<DecodedBaseline["syscalls"]>, f: Findings, attr: () => Attributor): void {
   const now = readSyscallTable(model.kernel, sc.table, sc.entries.length);
   if (!now) {
     f.add("structure-unreadable", "high", `sys_call_table at ${hex(sc.table)} cannot be read`, { address: hex(sc.table), structure: "sys_call_table" });
@@ -725,18 +736,32 @@ function checkSyscalls(model: KernelModel, layout: KernelLayout, sc: NonNullable
     const want = sc.entries[i] as bigint;
     if (found === want) continue;
     const r = resolveHandler(model.symbols, layout, found);
-    f.add("syscall-table", "critical", `sys_call_table[${i}] points at ${describeAddress(model.symbols, found)} instead of ${describeAddress(model.symbols, want)}${r.name ? "" : r.inText ? " (not a __x64_sys_* handler)" : " (outside kernel text)"}`, {
+    const name = syscallName(model, layout, want);
+    const owner = attr().attribute(found);
+    f.add("syscall-table", "critical", `System call ${i}${name ? ` (${name})` : ""}: sys_call_table[${i}] points at ${describeAddress(model.symbols, found)} instead of ${describeAddress(model.symbols, want)}${r.name ? "" : r.inText ? " (not a __x64_sys_* handler)" : ` (outside kernel text: ${owner.description})`}`, {
       index: i,
+      syscall: { number: i, name: name ?? null },
       address: hex(sc.table + BigInt(i * 8)),
       symbol: describeAddress(model.symbols, want),
       expected: hex(want),
       found: hex(found),
       foundSymbol: describeAddress(model.symbols, found),
+      attribution: owner,
     });
   }
 }
 
-function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly PageVerdict[], f: Findings): void {
+function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly PageVerdict[], f: Findings, attr: () => Attributor, syscallEntries: readonly bigint[]): void {
+  const layout = kernelLayout(model);
+  /** The system calls (number, name) whose handler is `handler` in the baseline's table. */
+  const syscallsOf = (handler: bigint | undefined): { number: number; name: string | null }[] => {
+    const out: { number: number; name: string | null }[] = [];
+    if (handler === undefined) return out;
+    syscallEntries.forEach((e, i) => {
+      if (e === handler && out.length < 8) out.push({ number: i, name: syscallName(model, layout, e) ?? null });
+    });
+    return out;
+  };
   for (const v of verdicts) {
     if (v.status === "same" || v.status === "explained") continue;
     const va = tb.pageAddress(v.page);
@@ -754,13 +779,19 @@ function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly P
         const inside = v.diffs.filter((d) => d.address >= fn.start && d.address < fn.end);
         if (inside.length === 0) continue;
         const first = inside[0] as (typeof inside)[number];
-        f.add("syscall-text", "critical", `The code of ${fn.name} differs from the baseline at ${describeAddress(model.symbols, first.address)} (${inside.length} change${inside.length === 1 ? "" : "s"} on page ${hex(va)})`, {
+        // The dispatch code's rewired calls: which system calls' handlers they were, and where they go now.
+        const rewired = v.branches
+          .filter((x) => x.address >= fn.start && x.address < fn.end)
+          .map((x) => ({ address: hex(x.address), opcode: x.opcode, was: x.was !== undefined ? describeAddress(model.symbols, x.was) : null, syscalls: syscallsOf(x.was), now: x.now !== undefined ? attr().attribute(x.now) : null }));
+        const named = rewired.flatMap((x) => x.syscalls.map((c) => `${c.number} (${c.name ?? "?"}) now goes to ${x.now?.description ?? "no call"}`));
+        f.add("syscall-text", "critical", `The code of ${fn.name} differs from the baseline at ${describeAddress(model.symbols, first.address)} (${inside.length} change${inside.length === 1 ? "" : "s"} on page ${hex(va)})${named.length > 0 ? `: system call ${named.join("; ")}` : ""}`, {
           address: hex(first.address),
           symbol: describeAddress(model.symbols, first.address),
           expected: first.expected,
           found: first.found,
           diffs: inside.map((d) => ({ address: hex(d.address), expected: d.expected, found: d.found })),
           function: fn.name,
+          ...(rewired.length > 0 ? { rewired, syscalls: rewired.flatMap((x) => x.syscalls) } : {}),
         });
         rest = (rest ?? []).filter((d) => !(d.address >= fn.start && d.address < fn.end));
       }
@@ -771,14 +802,16 @@ function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly P
     const block = v.blocks[0];
     const at = first?.address ?? v.illegitimate[0]?.site ?? block ?? va;
     const where = first ? ` at ${describeAddress(model.symbols, first.address)}` : block !== undefined ? ` within ${describeAddress(model.symbols, block)} .. ${describeAddress(model.symbols, block + 255n)}` : "";
-    f.add(check, "critical", `Kernel ${region} page ${hex(va)} (${describePage(model, va)}) differs from the baseline outside any legitimate patch site${where}`, {
+    const hooked = v.illegitimate.find((x) => x.target !== undefined);
+    const branch = hooked?.target !== undefined ? `; the ${hooked.kind} site at ${describeAddress(model.symbols, hooked.site)} now branches to ${attr().describe(hooked.target)}` : "";
+    f.add(check, "critical", `Kernel ${region} page ${hex(va)} (${describePage(model, va)}) differs from the baseline outside any legitimate patch site${where}${branch}`, {
       address: hex(at),
       page: hex(va),
       symbol: describeAddress(model.symbols, at),
       ...(first ? { expected: first.expected, found: first.found } : {}),
       diffs: rest?.map((d) => ({ address: hex(d.address), expected: d.expected, found: d.found })),
       changedBlocks: v.blocks.map((b) => ({ address: hex(b), symbol: describeAddress(model.symbols, b), bytes: 256 })),
-      illegitimateSites: v.illegitimate.map((x) => ({ address: hex(x.site), kind: x.kind, found: x.found, why: x.why })),
+      illegitimateSites: v.illegitimate.map((x) => ({ address: hex(x.site), kind: x.kind, found: x.found, why: x.why, ...(x.target !== undefined ? { target: hex(x.target), owner: attr().describe(x.target), attribution: attr().attribute(x.target) } : {}) })),
       exactDiff: v.diffs !== undefined,
     });
   }

@@ -18,6 +18,7 @@ import { crc32 } from "node:zlib";
 import { IntrospectionError, hex } from "./errors.ts";
 import { describeAddress, inRange, type AddressRange, type KernelLayout } from "./kernel-layout.ts";
 import type { KernelModel } from "./kernel-model.ts";
+import { retargetedBranches, type RetargetedBranch } from "./attribution.ts";
 import { walkFtraceOps } from "./ftrace-ops.ts";
 import { PatchSiteTable, collectPatchSites, normalise, type PatchKind, type SerializedPatchSites, type TargetPolicy } from "./patch-sites.ts";
 
@@ -176,11 +177,13 @@ export type PageVerdict =
   | {
       readonly page: number;
       readonly status: "changed";
-      readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string }[];
+      readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string; target?: bigint }[];
       /** Exact changed byte runs (after normalisation), when the baseline kept this page's bytes. */
       readonly diffs: { address: bigint; expected: string; found: string }[] | undefined;
       /** Start addresses of the 256-byte blocks whose CRC changed (after normalisation). */
       readonly blocks: bigint[];
+      /** Direct calls/jmps the change rewired (only when the baseline kept this page's bytes). */
+      readonly branches: RetargetedBranch[];
     }
   | { readonly page: number; readonly status: "unreadable"; readonly address: bigint };
 
@@ -301,7 +304,7 @@ export class TextBaseline {
     const was = this.crcs.subarray(p * BLOCKS_PER_PAGE * 4, (p + 1) * BLOCKS_PER_PAGE * 4);
     const blocks: bigint[] = [];
     for (let b = 0; b < BLOCKS_PER_PAGE; b++) if (now.readUInt32LE(b * 4) !== was.readUInt32LE(b * 4)) blocks.push(va + BigInt(b * BLOCK));
-    return { page: p, status: "changed", illegitimate: n?.illegitimate ?? [], diffs: base ? diffRuns(va, base, normalised) : undefined, blocks };
+    return { page: p, status: "changed", illegitimate: n?.illegitimate ?? [], diffs: base ? diffRuns(va, base, normalised) : undefined, blocks, branches: base ? retargetedBranches(va, base, normalised) : [] };
   }
 
   /** Sorted global page indexes of the pages overlapping [start, end). */

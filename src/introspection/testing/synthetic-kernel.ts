@@ -378,7 +378,15 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   });
   const ni = fn("__x64_sys_ni_syscall", 32, { aliases: ["__do_sys_ni_syscall"] });
   for (let i = 0; i < 40; i++) fn(`filler_function_${i}`, 64 + ((i * 53) % 400), i % 3 === 0 ? { jumpLabel: 2 } : i % 3 === 1 ? { staticCall: tramps[i % 4] as bigint } : {});
-  fn("x64_sys_call", 1400);
+  // x64_sys_call: a switch whose cases call the handlers (`call __x64_sys_<name>`), one every 8 bytes from +32.
+  const x64SysCall = fn("x64_sys_call", 1400);
+  syscallNames.forEach((n, i) => {
+    const at = x64SysCall + 32n + BigInt(i * 8);
+    const b = Buffer.alloc(5);
+    b[0] = 0xe8;
+    b.writeInt32LE(Number((handlers.get(n) as bigint) - (at + 5n)), 1);
+    writeVa(at, b);
+  });
   fn("do_syscall_64", 300, { jumpLabel: 5 });
   // entry_SYSCALL_64 with its internal labels, as kallsyms lists them.
   cursor = (cursor + 0xfffn) & ~0xfffn;
