@@ -309,6 +309,36 @@ test("an ftrace call site made to call another kernel function, module code or a
   assert.ok(rep.coverage.skipped.some((x) => x.startsWith("ftrace trampolines")), JSON.stringify(rep.coverage.skipped));
 });
 
+test("new kernel taint flags and untrusted module loads are medium findings; any load under no-new-modules is high", () => {
+  const r = rig();
+  assert.deepEqual(alarms(r.run()), []);
+  // A signed in-tree module loaded after the baseline: nothing without the policy, high with it.
+  r.g.loadModule("nf_tables", { taints: 0n, sigOk: true });
+  assert.deepEqual(alarms(r.run()), []);
+  let rep = r.run({}, { noNewModules: true });
+  assert.deepEqual(alarms(rep), ["module-loaded"]);
+  const loaded = rep.findings.find((x) => x.check === "module-loaded");
+  assert.equal(loaded?.severity, "high");
+  assert.equal(loaded?.evidence.module, "nf_tables");
+  // An out-of-tree, unsigned module: TAINT_OOT_MODULE and TAINT_UNSIGNED_MODULE on the module and the kernel.
+  r.g.loadModule("rootkit", { taints: (1n << 12n) | (1n << 13n), sigOk: false });
+  r.g.taint((1n << 12n) | (1n << 13n));
+  rep = r.run();
+  const by = (c: CheckId): SweepReport["findings"] => rep.findings.filter((x) => x.check === c);
+  assert.deepEqual(by("module-untrusted").map((x) => [x.severity, x.evidence.module, x.evidence.outOfTree, x.evidence.unsigned]), [["medium", "rootkit", true, true]]);
+  assert.deepEqual(by("kernel-taint").map((x) => [x.severity, x.evidence.flag]), [["medium", "OOT_MODULE"], ["medium", "UNSIGNED_MODULE"]]);
+  assert.match(by("kernel-taint")[0]?.message ?? "", /TAINT_OOT_MODULE \('O'\)/);
+  assert.deepEqual(by("module-loaded"), [], "no policy: no module-loaded");
+  rep = r.run({}, { noNewModules: true });
+  assert.deepEqual(rep.findings.filter((x) => x.check === "module-loaded").map((x) => x.evidence.module).sort(), ["nf_tables", "rootkit"]);
+  // A baseline of an older version (no taint, no module list) is still usable, without these checks.
+  const old = { ...r.baseline } as Record<string, unknown>;
+  delete old.taintedMask;
+  delete old.modules;
+  const out = sweep({ model: r.model, phys: r.g.mem, regs: r.g.regs }, old as unknown as Baseline, undefined, { noNewModules: true });
+  assert.deepEqual(out.report.findings.filter((x) => ["kernel-taint", "module-loaded", "module-untrusted"].includes(x.check)), []);
+});
+
 test("rodata and page permissions: a changed constant, a writable text page, text remapped", () => {
   const r = rig();
   const passes = r.run().coverage.fullPassEverySweeps;

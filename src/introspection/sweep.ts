@@ -28,7 +28,7 @@ import { carve, type CarveResult } from "./carve.ts";
 import { EARLY_IDT_VECTORS, IDT_ALIAS, describeGate, deserializeGate, gateDifferences, readIdt, serializeGate, type IdtGate, type SerializedGate } from "./idt.ts";
 import { describeAddress, inRange, kernelLayout, readU64, symbolExtent, type KernelLayout } from "./kernel-layout.ts";
 import { START_KERNEL_MAP, type KernelModel } from "./kernel-model.ts";
-import { walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
+import { TAINT_FLAGS, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, readModuleTrust, taintNames, walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
 import { checkPagePermissions, type PermissionRule } from "./page-permissions.ts";
 import { VirtualMemory, rootFromCr3, type ControlRegisters } from "./page-walk.ts";
 import { MAX_PATCH_SITES, type PatchKind } from "./patch-sites.ts";
@@ -55,6 +55,12 @@ export type CheckId =
   | "process-hidden-from-guest"
   | "hidden-module"
   | "module-hidden-from-guest"
+  /** a module loaded after the baseline that is out-of-tree or unsigned (medium) */
+  | "module-untrusted"
+  /** a module loaded after the baseline while the VM is under a "no new modules" policy (high) */
+  | "module-loaded"
+  /** a kernel taint flag set after the baseline (tainted_mask) */
+  | "kernel-taint"
   | "model-disagreement"
   | "baseline-mismatch"
   /** the service: a watched guest whose kernel could not be baselined, or whose agent never answered */
@@ -116,6 +122,8 @@ export interface SweepOptions {
   carveEverySweeps?: number;
   /** At most this many findings per report; the rest are counted in a "findings-truncated" finding. Default 200. */
   maxFindings?: number;
+  /** "No new modules": every module on the list that was not there at the baseline is a high finding. */
+  noNewModules?: boolean;
 }
 
 /** A JSON-serialisable record of the guest at a trusted moment. */
@@ -130,6 +138,10 @@ export interface Baseline {
   readonly directMapBase: string | null;
   /** What could not be baselined, and so will not be checked. */
   readonly notes: string[];
+  /** tainted_mask at the baseline (absent in baselines of older versions: then taint is not compared). */
+  readonly taintedMask?: string | null;
+  /** The modules on the list at the baseline (absent in older baselines: then every module counts as there). */
+  readonly modules?: { name: string; address: string }[] | null;
 }
 
 export type ProcessSource = "tasks" | "pid-table" | "carve";
@@ -316,6 +328,14 @@ export function takeBaseline(input: SweepInput, options: BaselineOptions = {}): 
     if (!(err instanceof IntrospectionError)) throw err;
     notes.push(`kernel text cannot be baselined: ${err.message}`);
   }
+  const taintVar = s.address("tainted_mask");
+  const taint = taintVar !== undefined ? readU64(k, taintVar) : undefined;
+  if (taint === undefined) notes.push("tainted_mask cannot be read: new kernel taint is not checked");
+  const mo = layout.module;
+  const modHead = s.address("modules");
+  const walk = mo && modHead !== undefined ? walkModuleList(k, mo, modHead, model.pagingLevels) : undefined;
+  const baseModules = walk?.complete ? walk.modules.map((m) => ({ name: m.name, address: hex(m.address) })) : null;
+  if (!baseModules) notes.push("the module list cannot be walked: modules loaded later are not told from those loaded at boot");
   const pob = s.address("page_offset_base");
   const directMapBase = pob !== undefined ? readU64(k, pob) : undefined;
   if (directMapBase === undefined) notes.push("page_offset_base cannot be read: no carve, no direct-map alias checks");
@@ -330,6 +350,8 @@ export function takeBaseline(input: SweepInput, options: BaselineOptions = {}): 
     text,
     directMapBase: directMapBase !== undefined ? hex(directMapBase) : null,
     notes,
+    taintedMask: taint !== undefined ? hex(taint) : null,
+    modules: baseModules,
   };
 }
 
@@ -341,6 +363,9 @@ interface DecodedBaseline {
   readonly syscalls: { table: bigint; entries: bigint[] } | undefined;
   readonly text: TextBaseline | undefined;
   readonly directMapBase: bigint | undefined;
+  readonly taintedMask: bigint | undefined;
+  /** "address/name" of the baseline's modules; undefined: not known */
+  readonly modules: ReadonlySet<string> | undefined;
 }
 
 const decoded = new WeakMap<Baseline, DecodedBaseline>();
@@ -383,6 +408,8 @@ const baselineSchema = z.strictObject({
     .nullable(),
   directMapBase: hexAddr.nullable(),
   notes: z.array(z.string().max(4096)).max(10_000),
+  taintedMask: hexAddr.nullable().optional(),
+  modules: z.array(z.strictObject({ name: z.string().max(256), address: hexAddr })).max(4096).nullable().optional(),
 });
 
 function decodeBaseline(b: Baseline): DecodedBaseline {
@@ -413,6 +440,8 @@ function decodeBaseline(b: Baseline): DecodedBaseline {
     syscalls,
     text: b.text ? TextBaseline.decode(b.text) : undefined,
     directMapBase: b.directMapBase === null ? undefined : addr(b.directMapBase, "directMapBase"),
+    taintedMask: b.taintedMask ? addr(b.taintedMask, "taintedMask") : undefined,
+    modules: b.modules ? new Set(b.modules.map((m) => `${m.address}/${m.name}`)) : undefined,
   };
   decoded.set(b, d);
   return d;
@@ -594,6 +623,7 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   timings.processes = ms(t);
   t = performance.now();
   const mods = checkModules(input, model, layout, state, carved, f, skipped);
+  if (sameKernel) checkProvenance(model, layout, b, mods, options, f, skipped);
   timings.modules = ms(t);
 
   const pending = [...procs.pending, ...mods.pending].slice(0, MAX_PENDING);
@@ -1085,4 +1115,55 @@ function checkModules(input: SweepInput, model: KernelModel, layout: KernelLayou
   }
   out.view.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return out;
+}
+
+/**
+ * What was added to the kernel since the baseline: taint flags newly set in tainted_mask (medium), modules on the
+ * list that were not there at the baseline and are out-of-tree or unsigned (medium), and — under a "no new
+ * modules" policy — any such module at all (high). A module is "the same" by address and name: unloaded and
+ * loaded again is a new load.
+ */
+function checkProvenance(model: KernelModel, layout: KernelLayout, b: DecodedBaseline, mods: ModuleOutcome, options: SweepOptions, f: Findings, skipped: string[]): void {
+  const k = model.kernel;
+  const taintVar = model.symbols.address("tainted_mask");
+  if (b.taintedMask === undefined || taintVar === undefined) skipped.push("kernel-taint (no tainted_mask at the baseline)");
+  else {
+    const now = readU64(k, taintVar);
+    if (now === undefined) f.add("structure-unreadable", "high", `tainted_mask at ${hex(taintVar)} cannot be read`, { address: hex(taintVar), structure: "tainted_mask" });
+    else {
+      const added = now & ~b.taintedMask;
+      for (let bit = 0; bit < 64; bit++) {
+        if (((added >> BigInt(bit)) & 1n) === 0n) continue;
+        const flag = TAINT_FLAGS[bit];
+        const name = flag?.name ?? `bit ${bit}`;
+        f.add("kernel-taint", "medium", `The kernel became tainted after the baseline: TAINT_${name}${flag ? ` ('${flag.letter}')` : ""} is now set (tainted_mask ${hex(b.taintedMask)} → ${hex(now)})`, {
+          address: hex(taintVar),
+          flag: name,
+          bit,
+          expected: hex(b.taintedMask),
+          found: hex(now),
+        });
+      }
+    }
+  }
+  if (!mods.ran || !mods.listComplete) return;
+  if (!b.modules) {
+    skipped.push("new modules (the baseline does not list its modules)");
+    return;
+  }
+  for (const m of mods.view) {
+    if (!m.sources.includes("modules") || b.modules.has(`${m.address}/${m.name}`)) continue;
+    const trust = readModuleTrust(k, layout.moduleMemory, BigInt(m.address));
+    const flags = trust.taints !== undefined ? taintNames(trust.taints) : [];
+    const oot = trust.taints !== undefined && ((trust.taints >> BigInt(TAINT_OOT_MODULE)) & 1n) === 1n;
+    const unsigned = trust.sigOk === false || (trust.taints !== undefined && ((trust.taints >> BigInt(TAINT_UNSIGNED_MODULE)) & 1n) === 1n);
+    const evidence = { address: m.address, module: m.name, taints: flags, signatureOk: trust.sigOk ?? null, outOfTree: oot, unsigned };
+    if (oot || unsigned) {
+      const what = [oot ? "out-of-tree" : "", unsigned ? "unsigned (or its signature did not verify)" : ""].filter(Boolean).join(" and ");
+      f.add("module-untrusted", "medium", `Module ${JSON.stringify(m.name)} was loaded after the baseline and is ${what}`, evidence);
+    }
+    if (options.noNewModules) {
+      f.add("module-loaded", "high", `Module ${JSON.stringify(m.name)} was loaded after the baseline while the VM is under a "no new modules" policy`, { ...evidence, policy: "no-new-modules" });
+    }
+  }
 }
