@@ -79,7 +79,7 @@ export class Attributor {
       return { kind: "module", module: hit.module, hidden: hit.hidden, offset, description: `${hit.hidden ? "hidden " : ""}module ${JSON.stringify(hit.module)}${hit.hidden ? " (not on the module list)" : ""} +${offset}` };
     }
     for (const t of this.trampolines) {
-      if (a >= t.start && a < t.start + t.size) return { kind: "ftrace-trampoline", ops: hex(t.ops), description: `the ftrace trampoline of ftrace_ops ${hex(t.ops)}` };
+      if (a >= t.start && a < t.start + t.size) return { kind: "ftrace-trampoline", ops: hex(t.ops), description: `the ${t.direct ? "direct-call (BPF) " : "ftrace "}trampoline of ftrace_ops ${hex(t.ops)}` };
     }
     if (inRange(L.moduleArea, a)) return { kind: "unknown", area: "module-area", description: `unknown memory in the module area (${hex(a)}): no loaded module owns it` };
     if (a >= START_KERNEL_MAP && a < L.moduleArea.start) {

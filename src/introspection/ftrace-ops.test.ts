@@ -5,7 +5,7 @@ import { walkFtraceOps, MAX_FTRACE_OPS } from "./ftrace-ops.ts";
 import type { FtraceOpsOffsets } from "./kernel-layout.ts";
 import type { AddressSpace } from "./physical-memory.ts";
 
-const O: FtraceOpsOffsets = { next: 8, trampoline: 144, trampolineSize: 152 };
+const O: FtraceOpsOffsets = { next: 8, trampoline: 144, trampolineSize: 152, directCall: 160 };
 const MOD = { start: 0xffff_ffff_c000_0000n, end: 0xffff_ffff_ff00_0000n };
 const BASE = 0xffff_8880_0100_0000n;
 const VAR = BASE;
@@ -23,7 +23,7 @@ function space(bytes: Buffer): AddressSpace {
 }
 const put = (b: Buffer, va: bigint, v: bigint): void => void b.writeBigUInt64LE(v, Number(va - BASE));
 
-function heap(ops: { tramp: bigint; size: bigint }[]): Buffer {
+function heap(ops: { tramp: bigint; size: bigint; direct?: bigint }[]): Buffer {
   const b = Buffer.alloc(0x10000);
   put(b, END + 8n, END);
   let head = END;
@@ -31,6 +31,7 @@ function heap(ops: { tramp: bigint; size: bigint }[]): Buffer {
     const at = BASE + 0x1000n + BigInt(i) * 0x200n;
     put(b, at + 144n, o.tramp);
     put(b, at + 152n, o.size);
+    put(b, at + 160n, o.direct ?? 0n);
     put(b, at + 8n, head);
     head = at;
   });
@@ -44,11 +45,13 @@ test("ftrace_ops_list: trampolines in the module area are collected; others, and
     { tramp: 0n, size: 0n },
     { tramp: 0xffff_ffff_8100_0000n, size: 0x140n },
     { tramp: 0xffff_ffff_c020_0000n, size: 0n },
+    { tramp: 0n, size: 0n, direct: 0xffff_ffff_c030_0000n },
+    { tramp: 0n, size: 0n, direct: 0xffff_ffff_8100_1000n },
   ]);
   const w = walkFtraceOps(space(b), O, VAR, END, MOD, 4);
   assert.equal(w.complete, true);
-  assert.equal(w.ops, 4);
-  assert.deepEqual(w.trampolines.map((t) => t.start), [0xffff_ffff_c010_0000n]);
+  assert.equal(w.ops, 6);
+  assert.deepEqual(w.trampolines.map((t) => [t.start, t.direct]).sort(), [[0xffff_ffff_c010_0000n, false], [0xffff_ffff_c030_0000n, true]]);
   assert.deepEqual(walkFtraceOps(space(heap([])), O, VAR, END, MOD, 4), { trampolines: [], ops: 0, complete: true, problem: undefined });
 });
 

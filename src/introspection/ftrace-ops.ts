@@ -5,6 +5,10 @@
  * `ops->trampoline_size`, allocated in the module area), and ftrace then makes the call sites of that ops's
  * functions call the trampoline instead of ftrace_caller/ftrace_regs_caller.
  *
+ * With direct calls (BPF fentry/fexit programs: register_ftrace_direct()), the sites of an ops call the ops's
+ * `direct_call` — a BPF trampoline, also in the module area — without going through ftrace_caller; those
+ * targets are collected too (as trampolines of unknown size).
+ *
  * Read at every sweep (the set changes whenever tracing is switched on or off), bounded, and only trampolines in
  * the module area are accepted. A list that cannot be walked to its end yields no trampolines at all: calls to
  * them then alarm, so breaking the list cannot widen what is accepted.
@@ -23,7 +27,9 @@ export interface FtraceTrampoline {
   /** The struct ftrace_ops it belongs to. */
   readonly ops: bigint;
   readonly start: bigint;
+  /** 1 for a direct-call target (its size is not recorded in the ops) */
   readonly size: bigint;
+  readonly direct: boolean;
 }
 
 export interface FtraceOpsWalk {
@@ -52,8 +58,10 @@ export function walkFtraceOps(space: AddressSpace, o: FtraceOpsOffsets, listVar:
     const tramp = readU64(space, ops + BigInt(o.trampoline));
     const size = readU64(space, ops + BigInt(o.trampolineSize));
     const next = readU64(space, ops + BigInt(o.next));
-    if (tramp === undefined || size === undefined || next === undefined) return fail(`ftrace_ops at ${hex(ops)} cannot be read`, n);
-    if (tramp !== 0n && size > 0n && size <= MAX_TRAMPOLINE_SIZE && inRange(moduleArea, tramp)) out.push({ ops, start: tramp, size });
+    const direct = o.directCall !== undefined ? readU64(space, ops + BigInt(o.directCall)) : 0n;
+    if (tramp === undefined || size === undefined || next === undefined || direct === undefined) return fail(`ftrace_ops at ${hex(ops)} cannot be read`, n);
+    if (tramp !== 0n && size > 0n && size <= MAX_TRAMPOLINE_SIZE && inRange(moduleArea, tramp)) out.push({ ops, start: tramp, size, direct: false });
+    if (direct !== 0n && inRange(moduleArea, direct)) out.push({ ops, start: direct, size: 1n, direct: true });
     ops = next;
   }
 }

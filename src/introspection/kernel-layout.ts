@@ -88,6 +88,8 @@ export interface FtraceOpsOffsets {
   readonly next: number;
   readonly trampoline: number;
   readonly trampolineSize: number;
+  /** ops->direct_call (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS): a BPF trampoline the sites of the ops call directly */
+  readonly directCall: number | undefined;
 }
 
 /** struct module's memory regions (6.4+: `struct module_memory mem[MOD_MEM_NUM_TYPES]`) and its taint flags. */
@@ -234,13 +236,6 @@ function computeLayout(model: KernelModel): KernelLayout {
         recSize: btf.structSize("dyn_ftrace"),
       }))
     : undefined;
-  const ftraceOps = btf
-    ? group("struct ftrace_ops", problems, (): FtraceOpsOffsets => ({
-        next: off(btf, "ftrace_ops", "next"),
-        trampoline: off(btf, "ftrace_ops", "trampoline"),
-        trampolineSize: off(btf, "ftrace_ops", "trampoline_size"),
-      }))
-    : undefined;
   const optional = (b: Btf, st: string, m: string): number | undefined => {
     try {
       return b.structMemberOffset(st, m);
@@ -248,6 +243,14 @@ function computeLayout(model: KernelModel): KernelLayout {
       return undefined;
     }
   };
+  const ftraceOps = btf
+    ? group("struct ftrace_ops", problems, (): FtraceOpsOffsets => ({
+        next: off(btf, "ftrace_ops", "next"),
+        trampoline: off(btf, "ftrace_ops", "trampoline"),
+        trampolineSize: off(btf, "ftrace_ops", "trampoline_size"),
+        directCall: optional(btf, "ftrace_ops", "direct_call"),
+      }))
+    : undefined;
   const moduleMemory = btf
     ? group("struct module_memory", problems, (): ModuleMemoryOffsets => ({
         mem: off(btf, "module", "mem"),

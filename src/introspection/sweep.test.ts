@@ -298,6 +298,11 @@ test("an ftrace call site made to call another kernel function, module code or a
     assert.equal(f.length, 1, what);
     assert.match(JSON.stringify(f[0]?.evidence), /neither ftrace_caller, ftrace_regs_caller nor a trampoline/, what);
   }
+  // A BPF trampoline an ops calls directly (register_ftrace_direct): accepted.
+  const d = rig();
+  d.g.addFtraceOps(0n, 0, 0xffff_ffff_c018_0000n);
+  callAt(d, kill(d), 0xffff_ffff_c018_0000n);
+  assert.deepEqual(alarms(d.run()), []);
   // A trampoline stops being accepted once its ops is gone from ftrace_ops_list (or the list is broken).
   const r = rig();
   r.g.addFtraceOps(0xffff_ffff_c010_0000n);

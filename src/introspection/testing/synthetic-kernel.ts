@@ -27,7 +27,7 @@ export const LAYOUT = {
   xaNode: { size: 576, shift: 0, offset: 1, count: 2, parent: 8, array: 16, slots: 40 },
   module: { size: 1280, state: 0, list: 8, name: 24, mkobj: 80, mem: 256, taints: 600, sigOk: 608 },
   moduleMemory: { size: 64, base: 0, size_: 8, count: 7 },
-  ftraceOps: { size: 256, func: 0, next: 8, flags: 16, trampoline: 144, trampolineSize: 152 },
+  ftraceOps: { size: 256, func: 0, next: 8, flags: 16, trampoline: 144, trampolineSize: 152, directCall: 200 },
   mkobj: { size: 96, kobj: 0, mod: 64 },
   kobject: { size: 64, name: 0, entry: 8, parent: 24, kset: 32, ktype: 40 },
   kset: { size: 96, list: 0, kobj: 24 },
@@ -141,6 +141,7 @@ export function sweepKernelBtf(): Buffer {
     { name: "flags", type: ulong, bitOffset: FO.flags * 8 },
     { name: "trampoline", type: ulong, bitOffset: FO.trampoline * 8 },
     { name: "trampoline_size", type: ulong, bitOffset: FO.trampolineSize * 8 },
+    { name: "direct_call", type: ulong, bitOffset: FO.directCall * 8 },
   ]);
   b.struct("kset", LAYOUT.kset.size, [
     { name: "list", type: lh, bitOffset: LAYOUT.kset.list * 8 },
@@ -214,7 +215,7 @@ export interface SyntheticKernel {
   jumpLabelOn(site: SyntheticSite): void;
   staticCallTo(site: SyntheticSite, target: bigint): void;
   /** register_ftrace_function() of an ops with its own trampoline (in the module area): returns the ops. */
-  addFtraceOps(trampoline: bigint, size?: number): bigint;
+  addFtraceOps(trampoline: bigint, size?: number, directCall?: bigint): bigint;
   /** A module loaded now (list, kset), with its taint flags and signature verdict. */
   loadModule(name: string, flags?: { taints?: bigint; sigOk?: boolean }): { name: string; address: bigint };
   /** add_taint(): sets bits in tainted_mask. */
@@ -780,8 +781,9 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
     staticCallTo(site, target) {
       writeVa(site.address, rel32At(site.address, site.kind === "static-call-tramp" ? 0xe9 : 0xe8, target));
     },
-    addFtraceOps(trampoline, size = 0x140) {
+    addFtraceOps(trampoline, size = 0x140, directCall = 0n) {
       const ops = alloc(LAYOUT.ftraceOps.size);
+      put64(ops + BigInt(LAYOUT.ftraceOps.directCall), directCall);
       put64(ops + BigInt(LAYOUT.ftraceOps.trampoline), trampoline);
       put64(ops + BigInt(LAYOUT.ftraceOps.trampolineSize), BigInt(size));
       put64(ops + BigInt(LAYOUT.ftraceOps.next), readVa(ftraceOpsList, 8).readBigUInt64LE(0));
