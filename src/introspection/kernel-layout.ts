@@ -105,6 +105,11 @@ export interface ModuleMemoryOffsets {
   readonly taints: number | undefined;
   /** offsetof(struct module, sig_ok), bool (CONFIG_MODULE_SIG) */
   readonly sigOk: number | undefined;
+  /** offsetof(struct module, mkobj.kobj.sd) and offsetof(struct kernfs_node, id): /sys/module/NAME's inode id,
+   * new for every load (kernfs allocates ids cyclically), so a module unloaded and loaded again at the same
+   * address is still told apart */
+  readonly kobjSd: number | undefined;
+  readonly kernfsId: number | undefined;
 }
 
 export interface KernelLayout {
@@ -260,6 +265,8 @@ function computeLayout(model: KernelModel): KernelLayout {
         size: off(btf, "module_memory", "size"),
         taints: optional(btf, "module", "taints"),
         sigOk: optional(btf, "module", "sig_ok"),
+        kobjSd: ((sd) => (sd === undefined ? undefined : off(btf, "module", "mkobj") + off(btf, "module_kobject", "kobj") + sd))(optional(btf, "kobject", "sd")),
+        kernfsId: optional(btf, "kernfs_node", "id"),
       }))
     : undefined;
   return {

@@ -130,6 +130,14 @@ export interface ModuleTrust {
   readonly sigOk: boolean | undefined;
 }
 
+/** The load identity of a module: the kernfs id of its /sys/module directory (undefined when not readable). */
+export function readModuleLoadId(space: AddressSpace, mm: ModuleMemoryOffsets | undefined, address: bigint, levels: PagingLevels): bigint | undefined {
+  if (mm?.kobjSd === undefined || mm.kernfsId === undefined) return undefined;
+  const sd = readU64(space, address + BigInt(mm.kobjSd));
+  if (sd === undefined || !isKernelPointer(sd, levels)) return undefined;
+  return readU64(space, sd + BigInt(mm.kernfsId));
+}
+
 export function readModuleTrust(space: AddressSpace, mm: ModuleMemoryOffsets | undefined, address: bigint): ModuleTrust {
   const taints = mm?.taints !== undefined ? readU64(space, address + BigInt(mm.taints)) : undefined;
   const sig = mm?.sigOk !== undefined ? space.read(address + BigInt(mm.sigOk), 1) : undefined;

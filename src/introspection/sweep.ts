@@ -28,7 +28,7 @@ import { carve, type CarveResult } from "./carve.ts";
 import { EARLY_IDT_VECTORS, IDT_ALIAS, describeGate, deserializeGate, gateDifferences, readIdt, serializeGate, type IdtGate, type SerializedGate } from "./idt.ts";
 import { describeAddress, inRange, kernelLayout, readU64, symbolExtent, type KernelLayout } from "./kernel-layout.ts";
 import { START_KERNEL_MAP, type KernelModel } from "./kernel-model.ts";
-import { TAINT_FLAGS, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, readModuleTrust, taintNames, walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
+import { TAINT_FLAGS, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, readModuleLoadId, readModuleTrust, taintNames, walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
 import { checkPagePermissions, type PermissionRule } from "./page-permissions.ts";
 import { VirtualMemory, rootFromCr3, type ControlRegisters } from "./page-walk.ts";
 import { MAX_PATCH_SITES, type PatchKind } from "./patch-sites.ts";
@@ -141,7 +141,7 @@ export interface Baseline {
   /** tainted_mask at the baseline (absent in baselines of older versions: then taint is not compared). */
   readonly taintedMask?: string | null;
   /** The modules on the list at the baseline (absent in older baselines: then every module counts as there). */
-  readonly modules?: { name: string; address: string }[] | null;
+  readonly modules?: { name: string; address: string; loadId?: string }[] | null;
 }
 
 export type ProcessSource = "tasks" | "pid-table" | "carve";
@@ -232,6 +232,8 @@ export interface SweepState {
   readonly lastCarveSweep: number | null;
   /** Kernel structures whose walk did not complete in the previous sweep (a second time is a finding). */
   readonly brokenWalks: WalkName[];
+  /** ftrace trampolines seen on ftrace_ops_list, with the last sweep they were (accepted for a grace period). */
+  readonly ftraceTrampolines?: { address: string; sweep: number }[];
 }
 
 /** The kernel structures the sweep walks. */
@@ -274,6 +276,9 @@ const U64 = (1n << 64n) - 1n;
 const DEFAULT_PAGES_PER_SWEEP = 128;
 const DEFAULT_MAX_FINDINGS = 200;
 const MAX_PENDING = 256;
+/** A trampoline whose ops left ftrace_ops_list stays acceptable this many sweeps (the sites are being NOPed). */
+export const TRAMPOLINE_GRACE_SWEEPS = 30;
+const MAX_RECENT_TRAMPOLINES = 256;
 const SCHED_CLASSES = ["stop_sched_class", "dl_sched_class", "rt_sched_class", "fair_sched_class", "ext_sched_class", "idle_sched_class"];
 
 const cpus = (regs: SweepInput["regs"]): readonly ControlRegisters[] => (Array.isArray(regs) ? (regs as readonly ControlRegisters[]) : [regs as ControlRegisters]);
@@ -334,7 +339,12 @@ export function takeBaseline(input: SweepInput, options: BaselineOptions = {}): 
   const mo = layout.module;
   const modHead = s.address("modules");
   const walk = mo && modHead !== undefined ? walkModuleList(k, mo, modHead, model.pagingLevels) : undefined;
-  const baseModules = walk?.complete ? walk.modules.map((m) => ({ name: m.name, address: hex(m.address) })) : null;
+  const baseModules = walk?.complete
+    ? walk.modules.map((m) => {
+        const id = readModuleLoadId(k, layout.moduleMemory, m.address, model.pagingLevels);
+        return { name: m.name, address: hex(m.address), ...(id !== undefined ? { loadId: hex(id) } : {}) };
+      })
+    : null;
   if (!baseModules) notes.push("the module list cannot be walked: modules loaded later are not told from those loaded at boot");
   const pob = s.address("page_offset_base");
   const directMapBase = pob !== undefined ? readU64(k, pob) : undefined;
@@ -409,7 +419,7 @@ const baselineSchema = z.strictObject({
   directMapBase: hexAddr.nullable(),
   notes: z.array(z.string().max(4096)).max(10_000),
   taintedMask: hexAddr.nullable().optional(),
-  modules: z.array(z.strictObject({ name: z.string().max(256), address: hexAddr })).max(4096).nullable().optional(),
+  modules: z.array(z.strictObject({ name: z.string().max(256), address: hexAddr, loadId: hexAddr.optional() })).max(4096).nullable().optional(),
 });
 
 function decodeBaseline(b: Baseline): DecodedBaseline {
@@ -441,7 +451,7 @@ function decodeBaseline(b: Baseline): DecodedBaseline {
     text: b.text ? TextBaseline.decode(b.text) : undefined,
     directMapBase: b.directMapBase === null ? undefined : addr(b.directMapBase, "directMapBase"),
     taintedMask: b.taintedMask ? addr(b.taintedMask, "taintedMask") : undefined,
-    modules: b.modules ? new Set(b.modules.map((m) => `${m.address}/${m.name}`)) : undefined,
+    modules: b.modules ? new Set(b.modules.map((m) => `${m.address}/${m.name}/${m.loadId ?? ""}`)) : undefined,
   };
   decoded.set(b, d);
   return d;
@@ -502,6 +512,7 @@ const stateSchema = z.strictObject({
     .nullable(),
   lastCarveSweep: int(0, Number.MAX_SAFE_INTEGER).nullable(),
   brokenWalks: z.array(z.enum(["task-list", "pid-table", "module-list", "module-kset"])).max(4),
+  ftraceTrampolines: z.array(z.strictObject({ address: hexAddr, sweep: int(0, Number.MAX_SAFE_INTEGER) })).max(MAX_RECENT_TRAMPOLINES).optional(),
 });
 
 /** States this module produced: not re-validated (a state from storage is). */
@@ -581,10 +592,14 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   let explained = new Set(state.explainedPages);
   const patchedSites: Partial<Record<PatchKind, number>> = {};
   const foreign = new Set<string>();
+  let trampolines = state.ftraceTrampolines ?? [];
   if (sameKernel && b.text) {
     const tb = b.text;
     const plan = planPages(tb.totalPages, state.textCursor, options.textPagesPerSweep ?? DEFAULT_PAGES_PER_SWEEP, tb.criticalPages, state.hotPages);
-    const policy = targetPolicy(model, layout);
+    const recent = (state.ftraceTrampolines ?? []).filter((x) => sweepNo - x.sweep <= TRAMPOLINE_GRACE_SWEEPS);
+    const policy = targetPolicy(model, layout, recent.map((x) => BigInt(x.address)));
+    const seenNow = new Set(policy.trampolines.map(hex));
+    trampolines = [...policy.trampolines.map((a) => ({ address: hex(a), sweep: sweepNo })), ...recent.filter((x) => !seenNow.has(x.address))].slice(0, MAX_RECENT_TRAMPOLINES);
     if (policy.ftraceProblem) skipped.push(`ftrace trampolines (${policy.ftraceProblem})`);
     const verdicts = tb.check(model, plan.pages, policy);
     textFindings(model, tb, verdicts, f, attr, b.syscalls?.entries ?? []);
@@ -685,6 +700,7 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
     previousView,
     lastCarveSweep: carved ? sweepNo : state.lastCarveSweep,
     brokenWalks: broken,
+    ftraceTrampolines: trampolines,
   };
   ownStates.add(next);
   return { report, state: next };
@@ -1120,8 +1136,8 @@ function checkModules(input: SweepInput, model: KernelModel, layout: KernelLayou
 /**
  * What was added to the kernel since the baseline: taint flags newly set in tainted_mask (medium), modules on the
  * list that were not there at the baseline and are out-of-tree or unsigned (medium), and — under a "no new
- * modules" policy — any such module at all (high). A module is "the same" by address and name: unloaded and
- * loaded again is a new load.
+ * modules" policy — any such module at all (high). A module is "the same" by address, name and the kernfs id of
+ * its /sys/module directory: unloaded and loaded again (even at the same address) is a new load.
  */
 function checkProvenance(model: KernelModel, layout: KernelLayout, b: DecodedBaseline, mods: ModuleOutcome, options: SweepOptions, f: Findings, skipped: string[]): void {
   const k = model.kernel;
@@ -1152,7 +1168,9 @@ function checkProvenance(model: KernelModel, layout: KernelLayout, b: DecodedBas
     return;
   }
   for (const m of mods.view) {
-    if (!m.sources.includes("modules") || b.modules.has(`${m.address}/${m.name}`)) continue;
+    if (!m.sources.includes("modules")) continue;
+    const id = readModuleLoadId(k, layout.moduleMemory, BigInt(m.address), model.pagingLevels);
+    if (b.modules.has(`${m.address}/${m.name}/${id !== undefined ? hex(id) : ""}`)) continue;
     const trust = readModuleTrust(k, layout.moduleMemory, BigInt(m.address));
     const flags = trust.taints !== undefined ? taintNames(trust.taints) : [];
     const oot = trust.taints !== undefined && ((trust.taints >> BigInt(TAINT_OOT_MODULE)) & 1n) === 1n;

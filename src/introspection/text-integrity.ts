@@ -356,26 +356,31 @@ export function planPages(total: number, cursor: number, perSweep: number, criti
 
 /**
  * A TargetPolicy from the model: function starts in kernel text, plus the module area; for ftrace call sites
- * only ftrace_caller, ftrace_regs_caller and the trampolines of the ops now on ftrace_ops_list (read now).
+ * only ftrace_caller, ftrace_regs_caller and the trampolines of the ops now on ftrace_ops_list (read now), plus
+ * `recentTrampolines`: ones seen on the list in recent sweeps (ftrace_shutdown() unlinks an ops before it puts
+ * its sites back to NOPs, so for a moment the sites call a trampoline whose ops is no longer listed).
  */
-export function targetPolicy(model: KernelModel, layout: KernelLayout): TargetPolicy & { readonly ftraceProblem: string | undefined } {
+export function targetPolicy(model: KernelModel, layout: KernelLayout, recentTrampolines: readonly bigint[] = []): TargetPolicy & { readonly ftraceProblem: string | undefined; readonly trampolines: readonly bigint[] } {
   const ftrace = new Set<bigint>();
   for (const name of ["ftrace_caller", "ftrace_regs_caller"]) {
     const a = model.symbols.address(name);
     if (a !== undefined && inRange(layout.text, a)) ftrace.add(a);
   }
   let ftraceProblem: string | undefined;
+  const trampolines: bigint[] = [];
   const listVar = model.symbols.address("ftrace_ops_list");
   const listEnd = model.symbols.address("ftrace_list_end");
   if (!layout.ftraceOps || listVar === undefined || listEnd === undefined) ftraceProblem = "no struct ftrace_ops layout or no ftrace_ops_list/ftrace_list_end: ftrace trampolines are not accepted";
   else {
     const w = walkFtraceOps(model.kernel, layout.ftraceOps, listVar, listEnd, layout.moduleArea, model.pagingLevels);
     if (!w.complete) ftraceProblem = `${w.problem ?? "ftrace_ops_list cannot be walked"}: ftrace trampolines are not accepted`;
-    for (const t of w.trampolines) ftrace.add(t.start);
+    for (const t of w.trampolines) trampolines.push(t.start);
   }
+  for (const t of [...trampolines, ...recentTrampolines]) if (inRange(layout.moduleArea, t)) ftrace.add(t);
   return {
     moduleArea: layout.moduleArea,
     ftraceProblem,
+    trampolines,
     isFtraceTarget: (address: bigint): boolean => ftrace.has(address),
     isFunctionStart(address: bigint): boolean {
       if (!inRange(layout.text, address)) return false;

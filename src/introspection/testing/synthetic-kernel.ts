@@ -29,7 +29,8 @@ export const LAYOUT = {
   moduleMemory: { size: 64, base: 0, size_: 8, count: 7 },
   ftraceOps: { size: 256, func: 0, next: 8, flags: 16, trampoline: 144, trampolineSize: 152, directCall: 200 },
   mkobj: { size: 96, kobj: 0, mod: 64 },
-  kobject: { size: 64, name: 0, entry: 8, parent: 24, kset: 32, ktype: 40 },
+  kobject: { size: 64, name: 0, entry: 8, parent: 24, kset: 32, ktype: 40, sd: 48 },
+  kernfsNode: { size: 128, id: 96 },
   kset: { size: 96, list: 0, kobj: 24 },
   ftracePage: { size: 24, next: 0, records: 8, index: 16, order: 20 },
   dynFtrace: { size: 16, ip: 0, flags: 8 },
@@ -116,7 +117,9 @@ export function sweepKernelBtf(): Buffer {
     { name: "parent", type: voidp, bitOffset: K.parent * 8 },
     { name: "kset", type: voidp, bitOffset: K.kset * 8 },
     { name: "ktype", type: voidp, bitOffset: K.ktype * 8 },
+    { name: "sd", type: voidp, bitOffset: K.sd * 8 },
   ]);
+  b.struct("kernfs_node", LAYOUT.kernfsNode.size, [{ name: "id", type: ulong, bitOffset: LAYOUT.kernfsNode.id * 8 }]);
   const mk = b.struct("module_kobject", LAYOUT.mkobj.size, [
     { name: "kobj", type: kobject, bitOffset: LAYOUT.mkobj.kobj * 8 },
     { name: "mod", type: voidp, bitOffset: LAYOUT.mkobj.mod * 8 },
@@ -217,7 +220,7 @@ export interface SyntheticKernel {
   /** register_ftrace_function() of an ops with its own trampoline (in the module area): returns the ops. */
   addFtraceOps(trampoline: bigint, size?: number, directCall?: bigint): bigint;
   /** A module loaded now (list, kset), with its taint flags and signature verdict. */
-  loadModule(name: string, flags?: { taints?: bigint; sigOk?: boolean }): { name: string; address: bigint };
+  loadModule(name: string, flags?: { taints?: bigint; sigOk?: boolean }, at?: number): { name: string; address: bigint };
   /** add_taint(): sets bits in tainted_mask. */
   taint(bits: bigint): void;
   /** A new process linked into the task list and the PID table (like fork). */
@@ -648,6 +651,7 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   };
   // A built-in module's kobject (mod == NULL), as for built-in parameters.
   addKobj(alloc(LAYOUT.mkobj.size));
+  let kernfsIds = 0x1000;
   const addModule = (name: string, i: number, flags: { taints?: bigint; sigOk?: boolean } = {}): { name: string; address: bigint } => {
     const m = MODULE_BASE + BigInt(i) * 0x2000n;
     put32(m + BigInt(M.state), 0);
@@ -662,6 +666,10 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
     listAdd(modulesHead, m + BigInt(M.list));
     const kobj = m + BigInt(M.mkobj) + BigInt(LAYOUT.mkobj.kobj);
     put64(m + BigInt(M.mkobj) + BigInt(LAYOUT.mkobj.mod), m);
+    // /sys/module/NAME: a kernfs node with a new id per load.
+    const sd = alloc(LAYOUT.kernfsNode.size);
+    put64(sd + BigInt(LAYOUT.kernfsNode.id), BigInt(++kernfsIds));
+    put64(kobj + BigInt(K.sd), sd);
     addKobj(kobj);
     modules.push({ name, address: m, phys: phys(m) });
     return { name, address: m };
@@ -790,8 +798,8 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
       put64(ftraceOpsList, ops);
       return ops;
     },
-    loadModule(name, flags = {}) {
-      const m = addModule(name, modules.length, flags);
+    loadModule(name, flags = {}, at) {
+      const m = addModule(name, at ?? modules.length, flags);
       k.modules = modules.map((x) => ({ name: x.name, address: x.address }));
       return m;
     },
