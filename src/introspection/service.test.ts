@@ -121,11 +121,11 @@ test("watch input is strict: interval bounds, known policies, no unknown fields"
 
 test("watches survive a daemon restart and go away with their VM", async (t) => {
   const f = await fixture(t);
-  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 1500, policy: "snapshot-and-pause" })).status, 200);
+  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 1500, policy: "snapshot-and-pause", noNewModules: true })).status, 200);
   await f.daemon.close();
   f.daemon = await open(f.home);
-  const after = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ vm: string; intervalMs: number; policy: string; status: string }> };
-  assert.deepEqual(after.watches.map((w) => [w.vm, w.intervalMs, w.policy, w.status]), [["target", 1500, "snapshot-and-pause", "armed"]]);
+  const after = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ vm: string; intervalMs: number; policy: string; status: string; noNewModules: boolean }> };
+  assert.deepEqual(after.watches.map((w) => [w.vm, w.intervalMs, w.policy, w.status, w.noNewModules]), [["target", 1500, "snapshot-and-pause", "armed", true]], "the no-new-modules policy is kept with the watch");
   await f.daemon.repo.delete(f.vmId);
   assert.deepEqual((await req(f, "ivy", "GET", "/v1/watches")).json, { watches: [] });
 });
