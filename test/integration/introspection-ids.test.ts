@@ -59,13 +59,13 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
   const d = await startDaemon(t);
   const vm = "ids";
   await d.api("POST", "/v1/vms", { name: vm, memoryMiB: MEMORY_MIB, vcpus: 1 });
-  const info = await d.api<{ paths: { ramFile: string } }>("POST", `/v1/vms/${vm}/start`, { wait: true });
+  const info = await d.api<{ pid: number }>("POST", `/v1/vms/${vm}/start`, { wait: true });
   await d.api("PUT", `/v1/vms/${vm}/watch`, { intervalMs: 1000 });
   await until("the watch", 120_000, async () => {
     const w = await watchOf(d, vm);
     return w.status === "watching" && w.sweeps >= 2 ? w : undefined;
   });
-  const a = RamAttacker.open(info.paths.ramFile, MEMORY_MIB);
+  const a = RamAttacker.open(info.pid, MEMORY_MIB);
   t.after(() => a.close());
   const shell = await ConsoleShell.open(vm, d.target);
   t.after(() => shell.close());
