@@ -29,11 +29,11 @@ function insertVm(d: Daemon, name: string): Promise<VmRecord> {
 
 const TIMEOUT = Symbol("timeout");
 /** The call's status, or TIMEOUT when it has not answered within `ms`. */
-async function within(ms: number, call: Promise<Response>): Promise<number | typeof TIMEOUT> {
+async function within(ms: number, call: Response | Promise<Response>): Promise<number | typeof TIMEOUT> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<typeof TIMEOUT>((r) => (timer = setTimeout(() => r(TIMEOUT), ms)));
   try {
-    return await Promise.race([call.then((res) => res.status), late]);
+    return await Promise.race([Promise.resolve(call).then((res) => res.status), late]);
   } finally {
     clearTimeout(timer);
   }
