@@ -15,7 +15,6 @@ import { VtimeChannel } from "./channel.ts";
 import { compareVersions } from "./debian-version.ts";
 import type { Generation, GenerationLog } from "./generations.ts";
 import { floorKeyPattern, floorValuePattern } from "./rollback-policy.ts";
-import { Mutex } from "../util/mutex.ts";
 import type { MonotonicStore } from "./store.ts";
 
 export const setFloorSchema = z.strictObject({
@@ -26,8 +25,8 @@ export const setFloorSchema = z.strictObject({
 
 export class VtimeService {
   private readonly channels = new Map<string, VtimeChannel>();
-  /** Serializes `link` (see there); taken before any VM lock, never while holding one. */
-  private readonly linkLock = new Mutex();
+  /** Serializes `link` (see there): entered before any VM lock, never while holding one. */
+  private linkTail: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly vms: VmService,
@@ -93,11 +92,11 @@ export class VtimeService {
    * Never holds two VM locks at once (libvirt forbids nested domain jobs for the same reason): `link(a→b)` and
    * `link(b→a)` at the same time would otherwise each hold one lock and wait for the other forever. The source
    * is authorized (and audited) under its own lock first, released, then `name` is changed under its lock.
-   * Links run one at a time (`linkLock`, always taken before any VM lock and never inside one), and only links
+   * Links run one at a time (`linkTail`, always taken before any VM lock and never inside one), and only links
    * change a VM's namespace, so the source's namespace read afterwards is still the one just authorized.
    */
   async link(ctx: RequestContext, name: string, source: string): Promise<{ vm: string; namespace: string; sharedWith: string }> {
-    return this.linkLock.run(async () => {
+    const run = this.linkTail.then(async () => {
       // Controlling the source too is part of the permission: reading its counters is what the link grants.
       const sourceId = name === source ? undefined : await this.vms.operate(ctx, source, { action: "vtime.link-source", permission: "vm.modify", details: { linkedVm: name } }, async (src) => src.vm.id);
       return this.vms.operate(ctx, name, { action: "vtime.link", permission: "vm.modify", details: { source } }, async (h) => {
@@ -114,5 +113,7 @@ export class VtimeService {
         return { vm: vm.name, namespace: vm.vtimeNs, sharedWith: source };
       });
     });
+    this.linkTail = run.catch(() => undefined);
+    return run;
   }
 }
