@@ -39,19 +39,21 @@ export class VtimeService {
   /** Runtime hook: serve the VM's vtime channel for as long as its QEMU lives. */
   readonly attach = (vm: VmRecord, rt: VmRuntime): void => {
     if (!vm.spec.vtime) return;
-    this.channels.get(vm.id)?.close();
+    void this.channels.get(vm.id)?.close();
     const ch = new VtimeChannel(rt.layout.vtimeSocket, { vmId: vm.id, vmName: vm.name, namespace: async () => (await this.vms.recordById(vm.id)).vtimeNs }, this.store, this.audit, this.log);
     this.channels.set(vm.id, ch);
     ch.open();
     void rt.exited.then(() => {
-      ch.close();
+      void ch.close();
       if (this.channels.get(vm.id) === ch) this.channels.delete(vm.id);
     });
   };
 
-  close(): void {
-    for (const ch of this.channels.values()) ch.close();
+  /** Stops every channel; resolves once their open audit windows are written (call before the audit log closes). */
+  async close(): Promise<void> {
+    const closing = [...this.channels.values()].map((ch) => ch.close());
     this.channels.clear();
+    await Promise.all(closing);
   }
 
   async generations(ctx: RequestContext, name: string): Promise<{ vm: string; current: number; vmgenid: string; generations: Generation[] }> {
