@@ -22,6 +22,13 @@ const PENALTY_MS = 2000;
 /** Changes per second a guest may make: each is durable and audited, so the store is not a free log. */
 const CHANGES_PER_SECOND = 50;
 
+/**
+ * Test hook, for the integration test that kills the daemon between a change's commit and its answer: while
+ * this is set, requests about the counter of that name are executed (committed, audited) and logged, but not
+ * answered. Read once at start; never set in production.
+ */
+const HOLD_ANSWERS_OF = process.env.VIGIL_TEST_VTIME_HOLD_ANSWERS;
+
 export interface ChannelTarget {
   vmId: string;
   vmName: string;
@@ -115,6 +122,10 @@ export class VtimeChannel {
     const req = parsed.data;
     try {
       const result = await this.execute(req);
+      if (HOLD_ANSWERS_OF !== undefined && "name" in req && req.name === HOLD_ANSWERS_OF) {
+        this.log.warn({ vm: this.target.vmName, op: req.op, name: req.name, rid: req.rid, result }, "vtime answer held (test hook VIGIL_TEST_VTIME_HOLD_ANSWERS)");
+        return;
+      }
       this.reply({ rid: req.rid, ok: true, ...result });
     } catch (err) {
       this.reply({ rid: req.rid, ok: false, error: err instanceof VigilError ? err.message : "internal error" });
