@@ -111,3 +111,10 @@ test("?progress=<request id> shows progress only to the actor who sent that requ
   assert.doesNotMatch(b, /event: progress/, "another user does not see it");
   assert.match(b, /event: hello/);
 });
+
+test("the events query is strict: an unknown parameter is refused naming it", async (t) => {
+  const d = await daemon(t);
+  const res = await d.app.request("/v1/events?progres=abc", {}, { transport: "unix" });
+  assert.equal(res.status, 400);
+  assert.equal(((await res.json()) as { error: { field: string } }).error.field, "progres");
+});

@@ -19,7 +19,7 @@ const ImportImageQuery = z.object({
   source: z.string().max(1024).optional().openapi({ param: { name: "source", in: "query" } }),
 });
 
-const EventsQuery = z.object({
+const EventsQuery = z.strictObject({
   progress: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/).optional().openapi({ param: { name: "progress", in: "query" } }),
 });
 
