@@ -63,6 +63,7 @@ export function createApp(d: ApiDeps): App {
       return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required: send Authorization: Bearer <token> (see `vigil login`)")), 401);
     }
     const ctx: RequestContext = { actor, requestId };
+    d.progress.claim(requestId, actor.name); // only this actor may follow the request's progress
     c.set("ctx", ctx);
     return next();
   });

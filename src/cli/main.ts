@@ -1131,9 +1131,16 @@ export function buildProgram(hooks: CliHooks): Command {
       const { records } = await call<{ records: Array<Record<string, unknown> & { target: { kind: string; name: string | null } }> }>("GET", `/v1/audit?tail=true&limit=${o.lines}`);
       records.forEach(show);
       if (!o.follow) return;
+      let behind: { lastSeq: number | null } | undefined;
       await events("/v1/events", (event, data) => {
         if (event === "audit") show(JSON.parse(data) as never);
+        else if (event === "overflow") behind = JSON.parse(data) as { lastSeq: number | null };
       });
+      if (behind) {
+        // The daemon cut the stream because this terminal read too slowly: say so, never miss records silently.
+        process.stderr.write(`vigil: this terminal fell too far behind the audit stream; records after ${behind.lastSeq ?? "the last shown"} were not shown (GET /v1/audit?after=${behind.lastSeq ?? 0})\n`);
+        process.exitCode = 1;
+      }
     });
 
   // ---- witness ----

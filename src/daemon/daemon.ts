@@ -202,7 +202,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     closed = true;
     stopExpiry();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    vtime.close();
+    await vtime.close();
     await introspection.close();
     await vms.close();
     await audit.close();

@@ -128,3 +128,95 @@ test("property: arbitrary guest lines never throw out of the client", async (t) 
   // The channel may have been cut for flooding; either way the client must still answer calls cleanly.
   await assert.rejects(client.ping(100));
 });
+
+/**
+ * A guest that, as soon as the host connects, writes `line` up to `max` times (respecting backpressure) and
+ * stops when the host hangs up. Returns the client and how many lines the guest got written.
+ */
+async function streamingGuest(t: TestContext, line: string, max: number) {
+  const dir = mkdtempSync(join(tmpdir(), "agent-test-"));
+  const path = join(dir, "agent.sock");
+  let written = 0;
+  let cut: () => void = () => {};
+  const hungUp = new Promise<void>((r) => (cut = r));
+  const socks: Socket[] = [];
+  const server = createServer((sock) => {
+    socks.push(sock);
+    sock.on("error", () => {});
+    sock.on("close", () => cut());
+    const pump = () => {
+      while (written < max && !sock.destroyed) {
+        written++;
+        if (!sock.write(line)) return void sock.once("drain", pump);
+      }
+    };
+    pump();
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  const client = await AgentClient.connect(path);
+  t.after(() => {
+    client.close();
+    for (const s of socks) s.destroy();
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { client, hungUp, written: () => written };
+}
+
+test("a stream of padded 200 KiB ready lines is a flood: the guest is disconnected quickly (review F5)", async (t) => {
+  const ready = JSON.stringify({ event: "ready", agent: "x", protocol: 1, pad: "x".repeat(200 * 1024) }) + "\n";
+  const { client, hungUp, written } = await streamingGuest(t, ready, 600);
+  let readies = 0;
+  client.onReady(() => readies++);
+  const started = Date.now();
+  const outcome = await Promise.race([hungUp.then(() => "disconnected"), new Promise((r) => setTimeout(() => r("still connected"), 5000).unref())]);
+  assert.equal(outcome, "disconnected", `after ${written()} lines`);
+  assert.equal(client.isOpen, false);
+  assert.ok(Date.now() - started < 5000);
+  assert.ok(written() < 600, `the guest could write only part of its flood (${written()} lines)`);
+  assert.equal(readies, 0, "a ready event with a field the protocol does not define is not a ready event");
+  assert.ok(client.problems.some((p) => /guest sent more than \d+ (lines|bytes) in a second/.test(p)), client.problems.join("; "));
+});
+
+test("small valid ready lines count too: more than the per-second limit disconnects", async (t) => {
+  const ready = JSON.stringify({ event: "ready", agent: "vigil-agent", protocol: 1 }) + "\n";
+  const { client, hungUp } = await streamingGuest(t, ready, 5000);
+  let readies = 0;
+  client.onReady(() => readies++);
+  await Promise.race([hungUp, new Promise((r) => setTimeout(r, 5000).unref())]);
+  assert.equal(client.isOpen, false);
+  assert.ok(readies > 0 && readies <= 200, `ready events delivered before the cut: ${readies}`);
+});
+
+test("strict guest messages: an answer or result with an extra field is refused", async (t) => {
+  const { client } = await fakeGuest(t, (req, sock) => {
+    if (req.cmd === "ping") send(sock, { id: req.id, ok: true, result: { pong: true }, extra: 1 });
+    else send(sock, { id: req.id, ok: true, result: { frozen: false, mounted: true, also: "x" } });
+  });
+  await assert.rejects(client.ping(300), /did not answer "ping" within 300 ms/);
+  assert.ok(client.problems.some((p) => /unknown shape/.test(p)));
+  await assert.rejects(client.fsfreeze("thaw"), /answer to "fsfreeze" is malformed/);
+});
+
+test("waitUntilAnswering keeps at most one ping outstanding however many ready events arrive", async (t) => {
+  let pings = 0;
+  let answer = false;
+  const { client, socks } = await fakeGuest(t, (req, sock) => {
+    pings++;
+    if (answer) send(sock, { id: req.id, ok: true, result: { pong: true } });
+  });
+  const waiting = client.waitUntilAnswering(10_000, 60_000);
+  let maxPending = 0;
+  for (let i = 0; i < 100; i++) {
+    send(socks[0]!, { event: "ready", agent: "vigil-agent", protocol: 1 });
+    await new Promise((r) => setTimeout(r, 2));
+    maxPending = Math.max(maxPending, client.pendingCount);
+  }
+  assert.equal(maxPending, 1, "one ping outstanding at a time");
+  assert.ok(pings > 1, "ready events still trigger a fresh ping");
+  answer = true;
+  send(socks[0]!, { event: "ready", agent: "vigil-agent", protocol: 1 });
+  await waiting;
+  assert.equal(client.pendingCount, 0);
+  assert.equal(client.isOpen, true, "100 ready lines over ~0.2 s are under the limit");
+});

@@ -1,7 +1,10 @@
 /**
  * Host side of the guest agent channel. One connection per running VM to QEMU's chardev socket for the
  * virtio-serial port. Requests are correlated by id and time out; replies are schema-checked; a guest that
- * floods the channel with unsolicited lines is disconnected rather than allowed to burn host CPU.
+ * floods the channel is disconnected rather than allowed to burn host CPU. Every line the guest sends counts
+ * against the limit — valid `ready` events and answers included — because each one costs a `JSON.parse` on the
+ * daemon's only event loop; vigil's own traffic (one request at a time, at most one ping outstanding) stays
+ * far below it.
  */
 import { connect, type Socket } from "node:net";
 import type { z } from "zod";
@@ -19,8 +22,13 @@ import {
   replySchema,
 } from "./protocol.ts";
 
-/** At most this many unsolicited or malformed lines per second before the host hangs up on the guest. */
-const FLOOD_LIMIT_PER_SECOND = 200;
+/** At most this many lines (of any kind) per second before the host hangs up on the guest. */
+export const FLOOD_LIMIT_PER_SECOND = 200;
+/**
+ * And at most this many bytes of lines per second: 200 lines of 200 KiB would still be 40 MB/s of parsing. The
+ * largest honest answer (an exec with 2 × 64 KiB of output, base64) is under 256 KiB, one at a time.
+ */
+export const FLOOD_BYTES_PER_SECOND = 8 * 1024 * 1024;
 
 interface Pending {
   resolve: (result: unknown) => void;
@@ -34,8 +42,9 @@ export class AgentClient {
   private readonly pending = new Map<number, Pending>();
   private readyListeners = new Set<() => void>();
   private closedError: VigilError | undefined;
-  private junkCount = 0;
-  private junkWindowStart = Date.now();
+  private lineCount = 0;
+  private lineBytes = 0;
+  private lineWindowStart = Date.now();
   /** Problems seen on the channel (malformed lines, floods), for the VM's event log. */
   readonly problems: string[] = [];
 
@@ -65,24 +74,40 @@ export class AgentClient {
   private wire(): void {
     const reader = new LineReader(
       MAX_AGENT_LINE_BYTES,
-      (line) => this.handleLine(line),
-      (bytes) => this.junk(`guest sent an over-long line (${bytes} bytes)`),
+      (line) => {
+        if (this.countLine(line.length)) this.handleLine(line);
+      },
+      (bytes) => {
+        if (this.countLine(bytes)) this.junk(`guest sent an over-long line (${bytes} bytes)`);
+      },
     );
     this.socket.on("data", (d) => reader.push(d));
     this.socket.on("error", () => this.shutdown(new VigilError("VIGIL_GUEST_AGENT", "The guest agent channel failed")));
     this.socket.on("close", () => this.shutdown(new VigilError("VIGIL_GUEST_AGENT", "The guest agent channel closed (VM stopped?)")));
   }
 
-  private junk(problem: string): void {
+  /** Counts one line from the guest; false (and the channel is cut) once the guest exceeds a limit. */
+  private countLine(bytes: number): boolean {
+    if (this.closedError) return false;
     const now = Date.now();
-    if (now - this.junkWindowStart > 1000) {
-      this.junkWindowStart = now;
-      this.junkCount = 0;
+    if (now - this.lineWindowStart > 1000) {
+      this.lineWindowStart = now;
+      this.lineCount = 0;
+      this.lineBytes = 0;
     }
-    if (this.problems.length < 20) this.problems.push(problem);
-    if (++this.junkCount > FLOOD_LIMIT_PER_SECOND) {
+    this.lineBytes += bytes;
+    const over =
+      ++this.lineCount > FLOOD_LIMIT_PER_SECOND ? `more than ${FLOOD_LIMIT_PER_SECOND} lines` : this.lineBytes > FLOOD_BYTES_PER_SECOND ? `more than ${FLOOD_BYTES_PER_SECOND} bytes` : undefined;
+    if (over) {
+      this.problems.push(`guest sent ${over} in a second`); // once: the channel is cut now
       this.shutdown(new VigilError("VIGIL_GUEST_AGENT", "The guest flooded the agent channel; vigil disconnected it"));
+      return false;
     }
+    return true;
+  }
+
+  private junk(problem: string): void {
+    if (this.problems.length < 20) this.problems.push(problem);
   }
 
   private handleLine(line: string): void {
@@ -136,10 +161,18 @@ export class AgentClient {
         if (!ok.success) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid agent argument ${q(k)}: ${q(s)} may contain only letters, digits and ._/=:,+@-`, { field: k });
       }
     }
+    const raw = await this.send(cmd, args, timeoutMs).answer;
+    const parsed = schema.safeParse(raw);
+    if (!parsed.success) throw new VigilError("VIGIL_GUEST_AGENT", `The guest agent's answer to ${q(cmd)} is malformed: ${parsed.error.issues[0]?.message ?? "invalid"}`);
+    return parsed.data;
+  }
+
+  /** Writes one request; `answer` settles with the raw result, an error, or a timeout. */
+  private send(cmd: string, args: Record<string, string | readonly string[]>, timeoutMs: number): { id: number; answer: Promise<unknown> } {
     const id = this.nextId++;
     // Key order id, cmd, arguments: the shell agent relies on it.
     const message = JSON.stringify({ id, cmd, ...args });
-    const raw = await new Promise<unknown>((resolve, reject) => {
+    const answer = new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new VigilError("VIGIL_TIMEOUT", `The guest agent did not answer ${q(cmd)} within ${timeoutMs} ms`));
@@ -148,9 +181,21 @@ export class AgentClient {
       this.pending.set(id, { resolve, reject, timer, cmd });
       this.socket.write(message + "\n");
     });
-    const parsed = schema.safeParse(raw);
-    if (!parsed.success) throw new VigilError("VIGIL_GUEST_AGENT", `The guest agent's answer to ${q(cmd)} is malformed: ${parsed.error.issues[0]?.message ?? "invalid"}`);
-    return parsed.data;
+    return { id, answer };
+  }
+
+  /** Gives up on a pending request (its late answer, if any, is then a line about a request not pending). */
+  private abandon(id: number, err: VigilError): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    p.reject(err);
+  }
+
+  /** Number of requests written and not yet answered, failed or timed out (for tests and diagnostics). */
+  get pendingCount(): number {
+    return this.pending.size;
   }
 
   ping(timeoutMs = 2000) {
@@ -171,19 +216,30 @@ export class AgentClient {
 
   /**
    * Resolves once the agent answers a ping: one is sent now, on every "ready" announcement, and every
-   * `retryMs` (a ping written before the guest opened its port may be lost when the port opens).
+   * `retryMs` (a ping written before the guest opened its port may be lost when the port opens). At most one
+   * ping is outstanding: a new attempt abandons the previous ping first, so a guest repeating `ready` costs
+   * one timer, not one per line.
    */
   async waitUntilAnswering(timeoutMs: number, retryMs = 1000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let done = false;
+    let outstanding: number | undefined;
     return new Promise<void>((resolve, reject) => {
       const attempt = () => {
         if (done) return;
+        if (this.closedError) return finish(this.closedError);
         const left = deadline - Date.now();
         if (left <= 0) return finish(new VigilError("VIGIL_TIMEOUT", `The guest agent did not answer within ${timeoutMs} ms`));
-        this.ping(Math.min(left, retryMs * 30)).then(
-          () => finish(),
+        if (outstanding !== undefined) this.abandon(outstanding, new VigilError("VIGIL_TIMEOUT", "A newer ping replaced this one"));
+        const { id, answer } = this.send("ping", {}, Math.min(left, retryMs * 30));
+        outstanding = id;
+        answer.then(
+          (raw) => {
+            if (outstanding === id) outstanding = undefined;
+            if (pingResultSchema.safeParse(raw).success) finish();
+          },
           (err: unknown) => {
+            if (outstanding === id) outstanding = undefined;
             if (!this.isOpen) finish(err instanceof Error ? err : new Error(String(err)));
           },
         );
@@ -195,6 +251,7 @@ export class AgentClient {
         done = true;
         clearInterval(interval);
         off();
+        if (outstanding !== undefined) this.abandon(outstanding, new VigilError("VIGIL_TIMEOUT", "No longer waited for"));
         if (err) reject(err);
         else resolve();
       };

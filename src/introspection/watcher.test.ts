@@ -270,7 +270,20 @@ test("hostile guest memory or registers never make a sweep throw: a finding says
         }
         regs = cr3 === undefined ? g.regs : g.regs.map((r) => ({ ...r, cr3 }));
         const out = await w.runSweep({ guestView: false, track: true });
-        assert.ok(out.report || out.error);
+        // Either a report and no error, or no report and exactly one finding that says why (the error).
+        if (out.report) {
+          assert.equal(out.error, undefined);
+          assert.equal(out.findings, out.report.findings);
+          // Every hotspot is covered by some check: a changed byte there, or a foreign CR3, is noticed.
+          const changed = !g.ram.equals(saved) || (cr3 !== undefined && g.regs.some((r) => r.cr3 !== cr3));
+          if (changed) assert.ok(out.findings.length >= 1, "the hostile change was reported");
+        } else {
+          assert.equal(typeof out.error, "string");
+          assert.equal(out.findings.length, 1, "one finding says why there is no report");
+          assert.equal(out.findings[0]?.message, out.error);
+          assert.equal(out.findings[0]?.severity, "high");
+          assert.match(out.findings[0]?.check ?? "", /^(model-disagreement|structure-unreadable)$/);
+        }
         assert.ok(out.findings.length <= 201);
       },
     ),

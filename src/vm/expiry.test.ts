@@ -12,7 +12,7 @@ import { startDaemon, type Daemon } from "../daemon/daemon.ts";
 import { openSqlite } from "../inventory/db.ts";
 import { silentLogger } from "../log.ts";
 import { SnapshotRepository } from "../storage/snapshot-repository.ts";
-import { expiryInstant, isExpired } from "./expiry.ts";
+import { MAX_EXPIRY_STOP_ATTEMPTS, expiryInstant, isExpired, startExpiryWatch } from "./expiry.ts";
 import { createVmRequestSchema, resolveSpec } from "./spec.ts";
 import type { VmRecord } from "./vm-repository.ts";
 import type { VmState } from "./state-machine.ts";
@@ -107,4 +107,30 @@ test('under the default policy ("flag") an expired VM is only flagged, not refus
   daemon.deps.vms.checkNotExpired(vm, 'Cannot start VM "old"');
   const shown = (await (await daemon.app.request("/v1/vms/old", {}, { transport: "unix" })).json()) as { expired: boolean };
   assert.equal(shown.expired, true);
+});
+
+test('under "stop", a VM that was starting or whose stop failed is tried again on later checks, a bounded number of times, each attempt audited', async (t) => {
+  const daemon = await daemonWith(t, {});
+  // No QEMU behind either: stopping "stuck" fails every time; "booting" cannot be stopped while it is starting.
+  const stuck = await insertVm(daemon, "stuck", "running", "2020-01-01");
+  const booting = await insertVm(daemon, "booting", "starting", "2020-01-01");
+  const { repo, vms, audit, log } = { repo: daemon.repo, vms: daemon.deps.vms, audit: daemon.deps.audit, log: daemon.deps.log };
+  const stopWatch = startExpiryWatch({ repo, vms, audit, log, action: "stop" }, 20);
+  t.after(stopWatch);
+  const attemptsOn = async (id: string) => (await audit.list({ targetId: id })).filter((r) => r.action === "vm.stop");
+  // The first check finds "booting" starting: its stop is refused. Then its start "fails": nothing left to stop.
+  for (let i = 0; i < 200 && (await attemptsOn(booting.id)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  await repo.update(booting.id, { state: "stopped" });
+  for (let i = 0; i < 300 && (await audit.list({ targetId: stuck.id })).every((r) => r.action !== "vm.expiry-stop"); i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 200)); // more checks: no attempt beyond the bound
+  const stuckAttempts = await attemptsOn(stuck.id);
+  assert.equal(stuckAttempts.length, MAX_EXPIRY_STOP_ATTEMPTS, "retried on later checks, up to the bound");
+  assert.ok(stuckAttempts.every((r) => r.result === "error"));
+  assert.deepEqual(stuckAttempts.map((r) => r.requestId), Array.from({ length: MAX_EXPIRY_STOP_ATTEMPTS }, (_, i) => `expiry-${stuck.id}-${i + 1}`));
+  const gaveUp = (await audit.list({ targetId: stuck.id })).filter((r) => r.action === "vm.expiry-stop");
+  assert.equal(gaveUp.length, 1, "one record says vigil gave up");
+  assert.equal(gaveUp[0]?.result, "error");
+  const bootAttempts = await attemptsOn(booting.id);
+  assert.ok(bootAttempts.length >= 1 && bootAttempts.length < MAX_EXPIRY_STOP_ATTEMPTS, `a starting VM was tried (${bootAttempts.length} attempts), then left alone once stopped`);
+  assert.equal((await audit.list({ targetId: booting.id })).filter((r) => r.action === "vm.expired").length, 1, "the expiry itself is recorded once");
 });

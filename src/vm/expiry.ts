@@ -11,6 +11,7 @@ import type { AuditLog } from "../audit/audit-log.ts";
 import { SYSTEM_ACTOR } from "../auth/permissions.ts";
 import { messageOf } from "../errors.ts";
 import type { Logger } from "../log.ts";
+import { isLive } from "./state-machine.ts";
 import type { VmRepository } from "./vm-repository.ts";
 import type { VmService } from "./vm-service.ts";
 
@@ -26,19 +27,50 @@ export function isExpired(expiresAt: string | null, now = Date.now()): boolean {
   return expiresAt !== null && expiryInstant(expiresAt) <= now;
 }
 
+/** How many times one daemon run tries to stop one expired VM before it gives up (and says so in the audit log). */
+export const MAX_EXPIRY_STOP_ATTEMPTS = 5;
+
+/**
+ * Checks now and every `intervalMs`. Under the "stop" policy a live expired VM is stopped; a VM still
+ * `starting`, or whose stop failed, is tried again on the next check, at most `MAX_EXPIRY_STOP_ATTEMPTS` times
+ * per daemon run. Every attempt is audited (`vm.stop` by the system actor, request id `expiry-<id>-<n>`) and a
+ * failure logged; after the last failure one `vm.expiry-stop` record with result `error` says vigil gave up.
+ * Checks never overlap: a stop may take longer than the interval.
+ */
 export function startExpiryWatch(d: { repo: VmRepository; vms: VmService; audit: AuditLog; log: Logger; action: "flag" | "stop" }, intervalMs = 60_000): () => void {
   const reported = new Set<string>();
+  const stopAttempts = new Map<string, number>();
+  let checking = false;
   const check = async () => {
     for (const vm of await d.repo.list()) {
-      if (!isExpired(vm.expiresAt) || reported.has(vm.id)) continue;
-      reported.add(vm.id);
-      await d.audit.append({ actor: SYSTEM_ACTOR.name, action: "vm.expired", target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", details: { expiresAt: vm.expiresAt, policy: d.action } });
-      if (d.action === "stop" && (vm.state === "running" || vm.state === "paused")) {
-        await d.vms.stop({ actor: SYSTEM_ACTOR, requestId: `expiry-${vm.id}` }, vm.name).catch((err: unknown) => d.log.warn({ vm: vm.name, err: messageOf(err) }, "Cannot stop an expired VM"));
+      if (!isExpired(vm.expiresAt)) continue;
+      if (!reported.has(vm.id)) {
+        reported.add(vm.id);
+        await d.audit.append({ actor: SYSTEM_ACTOR.name, action: "vm.expired", target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", details: { expiresAt: vm.expiresAt, policy: d.action } });
+      }
+      if (d.action !== "stop" || !isLive(vm.state)) continue;
+      const attempt = (stopAttempts.get(vm.id) ?? 0) + 1;
+      if (attempt > MAX_EXPIRY_STOP_ATTEMPTS) continue;
+      stopAttempts.set(vm.id, attempt);
+      try {
+        await d.vms.stop({ actor: SYSTEM_ACTOR, requestId: `expiry-${vm.id}-${attempt}` }, vm.name);
+        stopAttempts.delete(vm.id); // stopped: a later start (refused by policy) would begin a fresh count
+      } catch (err) {
+        d.log.warn({ vm: vm.name, attempt, of: MAX_EXPIRY_STOP_ATTEMPTS, err: messageOf(err) }, "Cannot stop an expired VM");
+        if (attempt === MAX_EXPIRY_STOP_ATTEMPTS) {
+          await d.audit.append({ actor: SYSTEM_ACTOR.name, action: "vm.expiry-stop", target: { kind: "vm", id: vm.id, name: vm.name }, result: "error", details: { attempts: attempt, error: messageOf(err), expiresAt: vm.expiresAt } });
+          d.log.error({ vm: vm.name, attempts: attempt }, "Gave up stopping an expired VM for this daemon run");
+        }
       }
     }
   };
-  const run = () => void check().catch((err: unknown) => d.log.error({ err: messageOf(err) }, "expiry check failed"));
+  const run = () => {
+    if (checking) return;
+    checking = true;
+    void check()
+      .catch((err: unknown) => d.log.error({ err: messageOf(err) }, "expiry check failed"))
+      .finally(() => (checking = false));
+  };
   run();
   const timer = setInterval(run, intervalMs);
   timer.unref();

@@ -12,14 +12,14 @@ import { openSqlite } from "../inventory/db.ts";
 import { AuditLog } from "../audit/audit-log.ts";
 import { loadOrCreateSiteKey } from "../audit/site-key.ts";
 import { silentLogger } from "../log.ts";
-import { MonotonicStore } from "./store.ts";
+import { MonotonicStore, type StoreQuotas } from "./store.ts";
 import { VtimeChannel } from "./channel.ts";
 
-async function setup(t: TestContext) {
+async function setup(t: TestContext, options: { auditWindowMs?: number; quotas?: StoreQuotas } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "vtime-ch-"));
   const db = await openSqlite(join(dir, "v.db"));
   const audit = await AuditLog.open(db, loadOrCreateSiteKey(join(dir, "keys")), "h", join(dir, "head.json"));
-  const store = new MonotonicStore(db);
+  const store = new MonotonicStore(db, options.quotas);
   const path = join(dir, "vtime.sock");
   let guest!: Socket;
   const connected = new Promise<void>((resolve) => {
@@ -31,12 +31,12 @@ async function setup(t: TestContext) {
     server.listen(path);
     t.after(() => server.close());
   });
-  const channel = new VtimeChannel(path, { vmId: "vm1", vmName: "g", namespace: async () => "ns" }, store, audit, silentLogger());
+  const channel = new VtimeChannel(path, { vmId: "vm1", vmName: "g", namespace: async () => "ns" }, store, audit, silentLogger(), options.auditWindowMs !== undefined ? { auditWindowMs: options.auditWindowMs } : {});
   await new Promise((r) => setTimeout(r, 20));
   channel.open();
   await connected;
   t.after(async () => {
-    channel.close();
+    await channel.close();
     guest.destroy();
     await db.destroy();
     rmSync(dir, { recursive: true, force: true });
@@ -104,4 +104,48 @@ test("changes are rate limited per VM", async (t) => {
     if (r?.ok === false && String(r.error).includes("rate limited")) limited++;
   }
   assert.ok(limited > 0, "more than 50 changes in a second are refused");
+});
+
+const rid = (i: number) => `r-${String(i).padStart(8, "0")}`;
+const byVm = async (audit: AuditLog) => (await audit.list({ targetId: "vm1" })).filter((r) => r.actor === "vm:g");
+
+test("changes are audited in aggregate: the first of a window as itself, the rest as one summary with counts", async (t) => {
+  const { ask, audit, channel } = await setup(t);
+  for (let i = 0; i < 20; i++) assert.equal((await ask(`{"rid":"${rid(i)}","op":"incr","name":"c"}`))[0]?.ok, true);
+  for (let i = 20; i < 25; i++) assert.equal((await ask(`{"rid":"${rid(i)}","op":"append","stream":"log","data":"x${i}"}`))[0]?.ok, true);
+  assert.equal((await ask(`{"rid":"${rid(30)}","op":"cas","name":"d","expect":0,"value":3}`))[0]?.ok, true);
+  const during = await byVm(audit);
+  assert.deepEqual(during.map((r) => r.action), ["vtime.incr"], "26 changes, one record so far: the first");
+  assert.equal((during[0]?.details as { value?: number }).value, 1);
+  await channel.close(); // the VM stopped: the window is written
+  const after = await byVm(audit);
+  assert.deepEqual(after.map((r) => r.action), ["vtime.incr", "vtime.changes"]);
+  const summary = after[1]?.details as { counts: Record<string, number>; total: number; names: string[] };
+  assert.deepEqual(summary.counts, { incr: 19, cas: 1, append: 5 });
+  assert.equal(summary.total, 25);
+  assert.deepEqual(summary.names, ["c", "d", "log"]);
+});
+
+test("each window starts with its first change recorded; a quiet window writes nothing", async (t) => {
+  const { ask, audit } = await setup(t, { auditWindowMs: 150 });
+  await ask(`{"rid":"${rid(1)}","op":"incr","name":"a"}`);
+  await ask(`{"rid":"${rid(2)}","op":"incr","name":"b"}`);
+  await new Promise((r) => setTimeout(r, 400)); // the window ends on its own timer: one summary (b)
+  await ask(`{"rid":"${rid(3)}","op":"incr","name":"a"}`);
+  await new Promise((r) => setTimeout(r, 400)); // a window with only its first change: no summary
+  const actions = (await byVm(audit)).map((r) => `${r.action}:${JSON.stringify((r.details as { name?: string; names?: string[] }).name ?? (r.details as { names?: string[] }).names)}`);
+  assert.deepEqual(actions, ['vtime.incr:"a"', 'vtime.changes:["b"]', 'vtime.incr:"a"']);
+});
+
+test("a guest past its store quota gets an error answer naming the quota; nothing is stored", async (t) => {
+  const { ask, store } = await setup(t, { quotas: { counters: 1, records: 2, recordBytes: 4096 } });
+  assert.equal((await ask(`{"rid":"${rid(1)}","op":"append","stream":"s","data":"a"}`))[0]?.ok, true);
+  assert.equal((await ask(`{"rid":"${rid(2)}","op":"append","stream":"s","data":"b"}`))[0]?.ok, true);
+  const [refused] = await ask(`{"rid":"${rid(3)}","op":"append","stream":"s","data":"c"}`);
+  assert.equal(refused?.ok, false);
+  assert.match(String(refused?.error), /quota exceeded, the store already holds 2 records \(at most 2\)/);
+  assert.equal((await ask(`{"rid":"${rid(4)}","op":"incr","name":"x"}`))[0]?.ok, true);
+  const [noCounter] = await ask(`{"rid":"${rid(5)}","op":"incr","name":"y"}`);
+  assert.match(String(noCounter?.error), /Cannot create counter "y": quota exceeded/);
+  assert.deepEqual((await store.dump("ns")).streams, [{ stream: "s", records: 2 }]);
 });

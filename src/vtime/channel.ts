@@ -1,6 +1,7 @@
 /**
  * The host end of one VM's vtime channel: connects to QEMU's socket for the virtio-serial port, answers the
- * guest's requests from the monotonic store under the VM's namespace, and audits every change. A guest that
+ * guest's requests from the monotonic store under the VM's namespace, and audits its changes (in aggregate: see
+ * change-audit.ts). A guest that
  * sends junk or floods is cut off (and reconnected a little later) without touching any other VM; a request
  * that arrives while the daemon is away simply waits in the channel, and the guest's client retries with the
  * same rid if an answer was lost.
@@ -11,6 +12,7 @@ import { VigilError, messageOf } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { LineReader } from "../qemu/line-reader.ts";
 import { MAX_VTIME_LINE_BYTES, vtimeRequestSchema, type VtimeRequest } from "./protocol.ts";
+import { VtimeChangeAudit } from "./change-audit.ts";
 import type { MonotonicStore } from "./store.ts";
 
 /** Guest lines per second beyond which the channel is cut (junk and valid requests alike). */
@@ -19,6 +21,13 @@ const FLOOD_PER_SECOND = 500;
 const PENALTY_MS = 2000;
 /** Changes per second a guest may make: each is durable and audited, so the store is not a free log. */
 const CHANGES_PER_SECOND = 50;
+
+/**
+ * Test hook, for the integration test that kills the daemon between a change's commit and its answer: while
+ * this is set, requests about the counter of that name are executed (committed, audited) and logged, but not
+ * answered. Read once at start; never set in production.
+ */
+const HOLD_ANSWERS_OF = process.env.VIGIL_TEST_VTIME_HOLD_ANSWERS;
 
 export interface ChannelTarget {
   vmId: string;
@@ -41,14 +50,18 @@ export class VtimeChannel {
   private changeWindow = Date.now();
   /** Problems seen (malformed lines, floods), newest last, bounded. */
   readonly problems: string[] = [];
+  private readonly changes: VtimeChangeAudit;
 
   constructor(
     private readonly path: string,
     private readonly target: ChannelTarget,
     private readonly store: MonotonicStore,
-    private readonly audit: AuditLog,
+    audit: Pick<AuditLog, "append">,
     private readonly log: Logger,
-  ) {}
+    options: { auditWindowMs?: number } = {},
+  ) {
+    this.changes = new VtimeChangeAudit(audit, target, log, options.auditWindowMs);
+  }
 
   open(): void {
     if (this.closed) return;
@@ -109,6 +122,10 @@ export class VtimeChannel {
     const req = parsed.data;
     try {
       const result = await this.execute(req);
+      if (HOLD_ANSWERS_OF !== undefined && "name" in req && req.name === HOLD_ANSWERS_OF) {
+        this.log.warn({ vm: this.target.vmName, op: req.op, name: req.name, rid: req.rid, result }, "vtime answer held (test hook VIGIL_TEST_VTIME_HOLD_ANSWERS)");
+        return;
+      }
       this.reply({ rid: req.rid, ok: true, ...result });
     } catch (err) {
       this.reply({ rid: req.rid, ok: false, error: err instanceof VigilError ? err.message : "internal error" });
@@ -138,24 +155,20 @@ export class VtimeChannel {
         return { records: await this.store.records(ns, req.stream, req.after, req.limit) };
       case "incr": {
         const value = await this.store.incr(ns, req.name, req.by, req.rid);
-        await this.record("vtime.incr", { name: req.name, value });
+        await this.changes.note("incr", req.name, { name: req.name, value });
         return { value };
       }
       case "cas": {
         const r = await this.store.cas(ns, req.name, req.expect, req.value, req.rid);
-        if (r.ok) await this.record("vtime.cas", { name: req.name, value: r.value });
+        if (r.ok) await this.changes.note("cas", req.name, { name: req.name, value: r.value });
         return r.ok ? { value: r.value } : { conflict: true, value: r.value };
       }
       case "append": {
         const seq = await this.store.append(ns, req.stream, req.data, req.rid);
-        await this.record("vtime.append", { stream: req.stream, seq });
+        await this.changes.note("append", req.stream, { stream: req.stream, seq });
         return { seq };
       }
     }
-  }
-
-  private record(action: string, details: Record<string, unknown>): Promise<unknown> {
-    return this.audit.append({ actor: `vm:${this.target.vmName}`, action, target: { kind: "vm", id: this.target.vmId, name: this.target.vmName }, result: "ok", details });
   }
 
   private reply(obj: Record<string, unknown>): void {
@@ -167,8 +180,10 @@ export class VtimeChannel {
     this.ns = undefined;
   }
 
-  close(): void {
+  /** Stops serving; resolves once the open audit window (if any) is written. */
+  close(): Promise<void> {
     this.closed = true;
     this.socket?.destroy();
+    return this.changes.close();
   }
 }

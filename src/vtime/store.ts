@@ -5,11 +5,27 @@
  * record streams, and a clock. Every operation is one transaction committed before it is answered
  * (synchronous=FULL), and carries the client's request id so a retry after a lost answer is never applied twice:
  * after a crash the value is either the old one or the new one, never lost, never doubled.
+ *
+ * The guest decides what is written, so every namespace has quotas (checked inside the same transaction as the
+ * write): a number of counters, a number of stream records and a number of bytes of record data. A write past
+ * a quota is refused with an error naming the quota; a retry of a write already applied is still answered.
  */
 import type { Db } from "../inventory/db.ts";
 import { VigilError, q } from "../errors.ts";
 
 export const MAX_COUNTER = Number.MAX_SAFE_INTEGER;
+
+/** Per-namespace limits on what guests may store (a namespace is one VM lineage, or VMs linked to share it). */
+export interface StoreQuotas {
+  /** Distinct counter names. */
+  counters: number;
+  /** Stream records, all streams together. */
+  records: number;
+  /** Bytes of record data, all streams together (a record holds at most 1024). */
+  recordBytes: number;
+}
+
+export const DEFAULT_QUOTAS: StoreQuotas = { counters: 1000, records: 10_000, recordBytes: 4 * 1024 * 1024 };
 
 export type CasResult = { ok: true; value: number } | { ok: false; value: number };
 
@@ -21,7 +37,10 @@ export class MonotonicStore {
    */
   private readonly cache = new Map<string, number>();
 
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    readonly quotas: StoreQuotas = DEFAULT_QUOTAS,
+  ) {}
 
   async read(ns: string, name: string): Promise<number> {
     const key = `${ns}\0${name}`;
@@ -41,6 +60,7 @@ export class MonotonicStore {
       if (row && row.last_rid === rid) return row.value; // a retry of what was already applied
       const value = (row?.value ?? 0) + by;
       if (value > MAX_COUNTER) throw new VigilError("VIGIL_BAD_REQUEST", `Counter ${q(name)} would overflow`);
+      if (!row) await this.checkCounterQuota(tx, ns, name);
       await this.put(tx, ns, name, value, rid, row !== undefined);
       return value;
     });
@@ -54,9 +74,15 @@ export class MonotonicStore {
       const current = row?.value ?? 0;
       if (current !== expect) return { ok: false as const, value: current };
       if (!Number.isSafeInteger(value) || value <= current) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot set counter ${q(name)} from ${current} to ${value}: counters only move forward`);
+      if (!row) await this.checkCounterQuota(tx, ns, name);
       await this.put(tx, ns, name, value, rid, row !== undefined);
       return { ok: true as const, value };
     });
+  }
+
+  private async checkCounterQuota(tx: Db, ns: string, name: string): Promise<void> {
+    const { n } = await tx.selectFrom("vtime_counters").select((eb) => eb.fn.countAll<number>().as("n")).where("ns", "=", ns).executeTakeFirstOrThrow();
+    if (Number(n) >= this.quotas.counters) throw new VigilError("VIGIL_POLICY_DENIED", `Cannot create counter ${q(name)}: quota exceeded, the store already holds ${n} counters (at most ${this.quotas.counters})`);
   }
 
   private async put(tx: Db, ns: string, name: string, value: number, rid: string, exists: boolean): Promise<void> {
@@ -74,6 +100,13 @@ export class MonotonicStore {
       if (again) return again.seq;
       const last = await tx.selectFrom("vtime_records").select("seq").where("ns", "=", ns).where("stream", "=", stream).orderBy("seq", "desc").limit(1).executeTakeFirst();
       const seq = (last?.seq ?? 0) + 1;
+      const used = await tx
+        .selectFrom("vtime_records")
+        .select((eb) => [eb.fn.countAll<number>().as("n"), eb.fn.coalesce(eb.fn.sum<number>(eb.fn("length", ["data"])), eb.val(0)).as("bytes")])
+        .where("ns", "=", ns)
+        .executeTakeFirstOrThrow();
+      if (Number(used.n) >= this.quotas.records) throw new VigilError("VIGIL_POLICY_DENIED", `Cannot append to stream ${q(stream)}: quota exceeded, the store already holds ${used.n} records (at most ${this.quotas.records})`);
+      if (Number(used.bytes) + data.length > this.quotas.recordBytes) throw new VigilError("VIGIL_POLICY_DENIED", `Cannot append to stream ${q(stream)}: quota exceeded, the records would hold ${Number(used.bytes) + data.length} bytes (at most ${this.quotas.recordBytes})`);
       await tx.insertInto("vtime_records").values({ ns, stream, seq, data, rid, time: new Date().toISOString() }).execute();
       return seq;
     });

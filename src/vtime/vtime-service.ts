@@ -25,6 +25,8 @@ export const setFloorSchema = z.strictObject({
 
 export class VtimeService {
   private readonly channels = new Map<string, VtimeChannel>();
+  /** Serializes `link` (see there): entered before any VM lock, never while holding one. */
+  private linkTail: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly vms: VmService,
@@ -37,19 +39,21 @@ export class VtimeService {
   /** Runtime hook: serve the VM's vtime channel for as long as its QEMU lives. */
   readonly attach = (vm: VmRecord, rt: VmRuntime): void => {
     if (!vm.spec.vtime) return;
-    this.channels.get(vm.id)?.close();
+    void this.channels.get(vm.id)?.close();
     const ch = new VtimeChannel(rt.layout.vtimeSocket, { vmId: vm.id, vmName: vm.name, namespace: async () => (await this.vms.recordById(vm.id)).vtimeNs }, this.store, this.audit, this.log);
     this.channels.set(vm.id, ch);
     ch.open();
     void rt.exited.then(() => {
-      ch.close();
+      void ch.close();
       if (this.channels.get(vm.id) === ch) this.channels.delete(vm.id);
     });
   };
 
-  close(): void {
-    for (const ch of this.channels.values()) ch.close();
+  /** Stops every channel; resolves once their open audit windows are written (call before the audit log closes). */
+  async close(): Promise<void> {
+    const closing = [...this.channels.values()].map((ch) => ch.close());
     this.channels.clear();
+    await Promise.all(closing);
   }
 
   async generations(ctx: RequestContext, name: string): Promise<{ vm: string; current: number; vmgenid: string; generations: Generation[] }> {
@@ -84,21 +88,34 @@ export class VtimeService {
     });
   }
 
-  /** Lets `name` share the monotonic store of `source` (its owner must control both). */
+  /**
+   * Lets `name` share the monotonic store of `source` (its owner must control both).
+   *
+   * Never holds two VM locks at once (libvirt forbids nested domain jobs for the same reason): `link(a→b)` and
+   * `link(b→a)` at the same time would otherwise each hold one lock and wait for the other forever. The source
+   * is authorized (and audited) under its own lock first, released, then `name` is changed under its lock.
+   * Links run one at a time (`linkTail`, always taken before any VM lock and never inside one), and only links
+   * change a VM's namespace, so the source's namespace read afterwards is still the one just authorized.
+   */
   async link(ctx: RequestContext, name: string, source: string): Promise<{ vm: string; namespace: string; sharedWith: string }> {
-    return this.vms.operate(ctx, name, { action: "vtime.link", permission: "vm.modify", details: { source } }, async (h) => {
-      if (name === source) {
-        // Say what is true now: a VM linked before shares another VM's store, not its own.
-        const ns = h.vm.vtimeNs;
-        if (ns === h.vm.id) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot link VM ${q(name)} to itself: it uses its own store already`, { field: "source" });
-        const owner = await this.vms.recordById(ns).then((v) => q(v.name), () => `a VM that no longer exists (namespace ${ns})`);
-        throw new VigilError("VIGIL_BAD_REQUEST", `Cannot link VM ${q(name)} to itself: it already shares the store of ${owner}; link it to another VM to share that one's store instead`, { field: "source" });
-      }
+    const run = this.linkTail.then(async () => {
       // Controlling the source too is part of the permission: reading its counters is what the link grants.
-      const ns = await this.vms.operate(ctx, source, { action: "vtime.link-source", permission: "vm.modify", details: { linkedVm: name } }, async (src) => src.vm.vtimeNs);
-      const vm = await h.update({ vtimeNs: ns });
-      this.channels.get(vm.id)?.relink();
-      return { vm: vm.name, namespace: vm.vtimeNs, sharedWith: source };
+      const sourceId = name === source ? undefined : await this.vms.operate(ctx, source, { action: "vtime.link-source", permission: "vm.modify", details: { linkedVm: name } }, async (src) => src.vm.id);
+      return this.vms.operate(ctx, name, { action: "vtime.link", permission: "vm.modify", details: { source } }, async (h) => {
+        if (sourceId === undefined) {
+          // Say what is true now: a VM linked before shares another VM's store, not its own.
+          const ns = h.vm.vtimeNs;
+          if (ns === h.vm.id) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot link VM ${q(name)} to itself: it uses its own store already`, { field: "source" });
+          const owner = await this.vms.recordById(ns).then((v) => q(v.name), () => `a VM that no longer exists (namespace ${ns})`);
+          throw new VigilError("VIGIL_BAD_REQUEST", `Cannot link VM ${q(name)} to itself: it already shares the store of ${owner}; link it to another VM to share that one's store instead`, { field: "source" });
+        }
+        const ns = (await this.vms.recordById(sourceId)).vtimeNs;
+        const vm = await h.update({ vtimeNs: ns });
+        this.channels.get(vm.id)?.relink();
+        return { vm: vm.name, namespace: vm.vtimeNs, sharedWith: source };
+      });
     });
+    this.linkTail = run.catch(() => undefined);
+    return run;
   }
 }

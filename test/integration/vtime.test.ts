@@ -74,7 +74,11 @@ async function waitForReseed(d: DaemonHandle, vm: string, generation: number) {
 
 test("the monotonic store never rolls back: revert, restart, and a daemon killed mid-request", { timeout: 400_000 }, async (t) => {
   requireTinyImage();
+  // This daemon commits changes to counter "held" but never answers them (test hook): the kill below is then
+  // certain to land between the commit and the answer — the case a retry must not apply twice.
+  process.env.VIGIL_TEST_VTIME_HOLD_ANSWERS = "held";
   const d = await startDaemon(t);
+  delete process.env.VIGIL_TEST_VTIME_HOLD_ANSWERS;
   await d.api("POST", "/v1/vms", { name: "m", memoryMiB: 256 });
   await d.api("POST", "/v1/vms/m/start", { wait: true });
   assert.equal(await exec(d, "m", "vtime", "incr", "c"), "1");
@@ -89,20 +93,37 @@ test("the monotonic store never rolls back: revert, restart, and a daemon killed
   const t0 = Number(await exec(d, "m", "vtime", "time"));
   assert.ok(Math.abs(t0 - Date.now()) < 60_000, "the trusted clock is the host's");
 
-  // Kill the daemon while the guest's incr is in flight; the guest retries with the same request id.
-  const pending = d.api("POST", "/v1/vms/m/guest/exec", { argv: ["vtime", "incr", "c"] }).catch(() => undefined);
-  await new Promise((r) => setTimeout(r, 150));
+  // Kill the daemon while the guest's incr is in flight — committed inside the daemon, its answer not sent —
+  // and restart it (without the hook): the guest retries with the same request id.
+  let answered = false;
+  const pending = d.api("POST", "/v1/vms/m/guest/exec", { argv: ["vtime", "incr", "held"] }).then(
+    () => (answered = true),
+    () => undefined,
+  );
+  const heldLine = /"name":"held","rid":"([0-9a-f-]+)","result":\{"value":(\d+)\}[^\n]*vtime answer held/;
+  for (let i = 0; i < 600 && !heldLine.test(d.log()); i++) await new Promise((r) => setTimeout(r, 50));
+  const held = heldLine.exec(d.log());
+  assert.ok(held, "the daemon committed the increment and held its answer");
+  assert.equal(held[2], "1", "committed: 0 + 1");
+  assert.equal(answered, false, "the guest has no answer yet");
+  type Rec = { seq: number; action: string; actor: string; details: { name?: string; value?: number } };
+  const before = (await d.api<{ records: Rec[] }>("GET", "/v1/audit?tail=true&limit=1")).records[0]?.seq ?? 0;
   await d.kill9();
+  delete d.env.VIGIL_TEST_VTIME_HOLD_ANSWERS;
   await pending;
+  assert.equal(answered, false, "the request was still in flight when the daemon died");
   await d.restart();
-  let value = "";
-  for (let i = 0; i < 40; i++) {
-    value = await exec(d, "m", "vtime", "read", "c");
-    if (value === "3") break;
-    await new Promise((r) => setTimeout(r, 500));
+  // The guest's retry (same rid) reaches the new daemon and is answered from the store, not applied again: the
+  // new daemon's first vtime change of the VM (audited as itself) is that answer, value 1 — not 2.
+  let answer: Rec | undefined;
+  for (let i = 0; i < 80 && !answer; i++) {
+    const { records } = await d.api<{ records: Rec[] }>("GET", `/v1/audit?after=${before}&limit=1000`);
+    answer = records.find((r) => r.actor === "vm:m" && r.action === "vtime.incr" && r.details.name === "held");
+    if (!answer) await new Promise((r) => setTimeout(r, 500));
   }
-  assert.equal(value, "3", "the interrupted increment happened exactly once");
-  assert.equal(await exec(d, "m", "vtime", "incr", "c"), "4");
+  assert.equal(answer?.details.value, 1, "the retry reached the restarted daemon and got the stored answer");
+  assert.equal(await exec(d, "m", "vtime", "read", "held"), "1", "the interrupted increment happened exactly once");
+  assert.equal(await exec(d, "m", "vtime", "incr", "held"), "2");
 });
 
 test("a clone gets its own store; linking shares it on purpose", { timeout: 400_000 }, async (t) => {

@@ -1,10 +1,8 @@
 /** Health, host facts, images, the audit log and the live events stream. */
 import { createRoute, z } from "@hono/zod-openapi";
 import { streamSSE } from "hono/streaming";
-import type { HashedRecord } from "../../audit/chain.ts";
-import type { ProgressEvent } from "../../util/progress.ts";
-import { can } from "../../auth/permissions.ts";
 import type { ApiDeps, App } from "../context.ts";
+import { serveEvents } from "../event-stream.ts";
 import { json, reply, withAccess } from "../route-kit.ts";
 import { AuditRecordSchema, ImageSchema } from "../schemas.ts";
 
@@ -21,7 +19,7 @@ const ImportImageQuery = z.object({
   source: z.string().max(1024).optional().openapi({ param: { name: "source", in: "query" } }),
 });
 
-const EventsQuery = z.object({
+const EventsQuery = z.strictObject({
   progress: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/).optional().openapi({ param: { name: "progress", in: "query" } }),
 });
 
@@ -149,51 +147,20 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("authenticated", { method: "get", path: "/v1/events", tags: ["audit"], summary: "Server-sent events: every audit record you may read as it happens (event: audit), and the progress of one request (?progress=REQUEST_ID, event: progress)", request: { query: EventsQuery }, responses: { 200: { content: { "text/event-stream": { schema: z.string() } }, description: "Event stream" } } })),
+    createRoute(withAccess("authenticated", { method: "get", path: "/v1/events", tags: ["audit"], summary: "Server-sent events: every audit record you may read as it happens (event: audit), and the progress of one of your requests (?progress=REQUEST_ID, event: progress); a client too far behind gets event: overflow (with lastSeq) and the stream ends", request: { query: EventsQuery }, responses: { 200: { content: { "text/event-stream": { schema: z.string() } }, description: "Event stream" } } })),
     async (c) => {
       const ctx = c.get("ctx");
-      const all = can(ctx.actor, "audit.read");
       const progressOf = c.req.valid("query").progress;
-      return streamSSE(c, async (stream) => {
-        const queue: Array<HashedRecord | ProgressEvent> = [];
-        let wake: (() => void) | undefined;
-        const off = d.audit.subscribe((r) => {
-          if (queue.length < 10_000) queue.push(r);
-          wake?.();
-        });
-        const offProgress = progressOf
-          ? d.progress.subscribe((p) => {
-              if (p.requestId !== progressOf) return;
-              // Only the newest progress matters: replace a queued one instead of growing the queue.
-              const i = queue.findIndex((x) => "what" in x && x.what === p.what);
-              if (i >= 0) queue[i] = p;
-              else if (queue.length < 10_000) queue.push(p);
-              wake?.();
-            })
-          : () => undefined;
-        stream.onAbort(() => {
-          off();
-          offProgress();
-          wake?.();
-        });
-        await stream.writeSSE({ event: "hello", data: JSON.stringify({ user: ctx.actor.name }) });
-        while (!stream.aborted) {
-          const r = queue.shift();
-          if (!r) {
-            await new Promise<void>((res) => {
-              wake = res;
-              setTimeout(res, 15_000).unref(); // keep-alive comment below
-            });
-            wake = undefined;
-            if (queue.length === 0 && !stream.aborted) await stream.write(": keep-alive\n\n");
-            continue;
-          }
-          if ("what" in r) await stream.writeSSE({ event: "progress", data: JSON.stringify(r) });
-          else if (all || (await d.vms.mayRead(ctx, r.target.id))) await stream.writeSSE({ event: "audit", id: String(r.seq), data: JSON.stringify(r) });
-        }
-        off();
-        offProgress();
-      });
+      return streamSSE(c, (stream) =>
+        serveEvents(d, ctx, {
+          get aborted() {
+            return stream.aborted;
+          },
+          onAbort: (l) => stream.onAbort(l),
+          event: (e) => stream.writeSSE(e),
+          keepAlive: () => stream.write(": keep-alive\n\n").then(() => undefined),
+        }, { progressOf }),
+      );
     },
   );
 }

@@ -7,6 +7,7 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createWriteStream, statSync } from "node:fs";
+import type { Writable } from "node:stream";
 import { VigilError, q } from "../../errors.ts";
 
 export const ZSTD = process.env.VIGIL_ZSTD ?? "zstd";
@@ -58,11 +59,12 @@ export function compressFile(src: string, dst: string, onBytes?: (storedBytes: n
 
 /**
  * A decompressor for one file: write compressed chunks in, and it writes at most `rawSize` bytes to `dst`,
- * hashing them. `finish()` resolves once everything is out and checks size and hash.
+ * hashing them. `finish()` resolves once everything is out and checks size and hash. zstd's output is paused
+ * while the file is behind (until `drain`): a highly compressible layer decompresses far faster than a disk
+ * writes, and without backpressure Node would buffer the difference in memory. `out` replaces the file (tests).
  */
-export function boundedDecompressor(dst: string, expected: { rawSize: number }, label: string) {
+export function boundedDecompressor(dst: string, expected: { rawSize: number }, label: string, out: Writable = createWriteStream(dst, { mode: 0o600 })) {
   const child = spawn(ZSTD, ["-q", "-d", "-c"], { stdio: ["pipe", "pipe", "pipe"] });
-  const out = createWriteStream(dst, { mode: 0o600 });
   let written = 0;
   let failure: VigilError | undefined;
   // The staging directory may vanish under an aborted import: a write error is a failure, never a crash.
@@ -77,7 +79,10 @@ export function boundedDecompressor(dst: string, expected: { rawSize: number }, 
     if (failure) return;
     if (written + d.length > expected.rawSize) return fail(new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${label} decompresses to more than the ${expected.rawSize} bytes its manifest declares`));
     written += d.length;
-    out.write(d);
+    if (!out.write(d)) {
+      child.stdout.pause();
+      out.once("drain", () => child.stdout.resume());
+    }
   });
   child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-1000)));
   child.stdin.on("error", () => undefined); // the child may be killed while we still write
