@@ -210,6 +210,19 @@ export interface Database {
   generations: GenerationsTable;
   vtime_counters: VtimeCountersTable;
   vtime_records: VtimeRecordsTable;
+  jail_uids: JailUidsTable;
+  jail_uid_counter: JailUidCounterTable;
+}
+
+/** The uid (= gid) of each VM's jailed QEMU, and the next one to hand out (one row, id 1). */
+export interface JailUidsTable {
+  vm_id: string;
+  uid: number;
+}
+
+export interface JailUidCounterTable {
+  id: number;
+  next: number;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;
