@@ -135,3 +135,51 @@ export function checkJailAvailable(): void {
     throw new VigilError("VIGIL_HOST", `Cannot jail QEMU: the helper ${JSON.stringify(JAIL_HELPER)} is missing (run scripts/bootstrap.sh, or set VIGIL_JAIL=off for tests only)`);
   }
 }
+
+/** What the kernel says about a live QEMU's confinement (read from /proc on the host: not what was planned). */
+export interface ObservedConfinement {
+  uid: number;
+  gid: number;
+  noNewPrivs: boolean;
+  /** 2 = a seccomp filter (QEMU's -sandbox) is installed. */
+  seccompMode: number;
+  capEff: string;
+  capBnd: string;
+  /** Namespaces it does not share with the daemon. */
+  namespaces: string[];
+  cgroups: string[];
+  /** Its mount points, as it sees them. */
+  mounts: string[];
+}
+
+const NAMESPACES = ["mnt", "pid", "ipc", "uts", "net", "cgroup", "user"] as const;
+
+/** Reads the confinement of process `pid`; undefined when it is gone. */
+export function observeConfinement(pid: number): ObservedConfinement | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, "m").exec(status)?.[1]?.trim() ?? "";
+    const namespaces = NAMESPACES.filter((ns) => {
+      try {
+        return statSync(`/proc/${pid}/ns/${ns}`).ino !== statSync(`/proc/self/ns/${ns}`).ino;
+      } catch {
+        return false;
+      }
+    });
+    const cgroups = readFileSync(`/proc/${pid}/cgroup`, "utf8").trim().split("\n").filter((l) => l.includes("vigil-"));
+    const mounts = readFileSync(`/proc/${pid}/mountinfo`, "utf8").trim().split("\n").map((l) => l.split(" ")[4] ?? "").slice(0, 200);
+    return {
+      uid: Number(field("Uid").split(/\s+/)[0]),
+      gid: Number(field("Gid").split(/\s+/)[0]),
+      noNewPrivs: field("NoNewPrivs") === "1",
+      seccompMode: Number(field("Seccomp")),
+      capEff: field("CapEff"),
+      capBnd: field("CapBnd"),
+      namespaces,
+      cgroups,
+      mounts,
+    };
+  } catch {
+    return undefined;
+  }
+}

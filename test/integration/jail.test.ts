@@ -46,6 +46,18 @@ test("a compromised QEMU is confined to its own VM", { timeout: 400_000 }, async
   assert.equal(readFileSync(join(a.paths.dir, "jail.pid"), "utf8").trim(), String(a.pid), "the daemon's pid file holds QEMU's host pid");
   assert.equal(statSync(join(a.paths.dir, "jail.pid")).uid, 0);
 
+  // `vm show` reports it from /proc; `vm showcmd` prints the helper's command line, then QEMU's.
+  const shown = JSON.parse(d.cli("vm", "show", "ja", "--json").stdout) as { confinement: { mode: string; seccomp: string; process: { uid: number; noNewPrivs: boolean; seccompMode: number; namespaces: string[]; cgroups: string[]; mounts: string[] } } };
+  assert.equal(shown.confinement.mode, "jail");
+  assert.match(shown.confinement.seccomp, /elevateprivileges=deny/);
+  assert.equal(shown.confinement.process.uid, uid);
+  assert.equal(shown.confinement.process.noNewPrivs, true);
+  assert.equal(shown.confinement.process.seccompMode, 2);
+  for (const ns of ["mnt", "pid", "ipc", "uts", "net"]) assert.ok(shown.confinement.process.namespaces.includes(ns), `${ns} namespace (${shown.confinement.process.namespaces.join(",")})`);
+  assert.ok(!shown.confinement.process.mounts.includes(d.home), "VIGIL_HOME is not mounted in the jail");
+  const cmd = d.cli("vm", "showcmd", "ja");
+  assert.match(cmd.stdout, /vigil-jail \\\n {2}--uid \\\n {2}\d+[\s\S]*--netns[\s\S]* -- \\\n {2}\/usr\/bin\/qemu-system-x86_64 \\\n {2}-name/);
+
   // Its cgroups: pids.max set, devices restricted, in every hierarchy with the VM's own directory.
   const pidsLine = cgroupsOf(a.pid).find((l) => /:pids:/.test(l))!;
   const pidsDir = join("/sys/fs/cgroup/pids", pidsLine.split(":")[2]!);
