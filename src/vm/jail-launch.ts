@@ -83,6 +83,7 @@ export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" |
   const backing: JailLaunch["backing"] = {};
   const fds: JailPlan["fds"] = [];
   let maxDiskBytes = 0;
+  let largestFile = 0;
   for (const d of vm.spec.disks) {
     const chain = d.backing ? await backingChain(d.backing) : [];
     backing[d.name] = chain.map((c) => {
@@ -91,7 +92,10 @@ export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" |
       return { ...c, fd };
     });
     const top = diskFile(l.disksDir, d.name);
-    if (existsSync(top)) maxDiskBytes = Math.max(maxDiskBytes, (await imageInfo(top, { format: "qcow2" }))["virtual-size"]);
+    if (existsSync(top)) {
+      maxDiskBytes = Math.max(maxDiskBytes, (await imageInfo(top, { format: "qcow2" }))["virtual-size"]);
+      largestFile = Math.max(largestFile, statSync(top).size);
+    }
   }
   const qemuBinary = qemuBinaryPath();
   const netns = vm.spec.nics.every((n) => n.restrict);
@@ -101,8 +105,9 @@ export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" |
   if (!netns && existsSync("/etc/resolv.conf")) readOnly.push("/etc/resolv.conf");
   const readWrite = [l.runDir, l.memDir, l.consoleLog, ...vm.spec.disks.map((d) => diskFile(l.disksDir, d.name))];
   const pidsMax = jailPidsMax(vm.spec.vcpus);
-  // No file QEMU writes is larger than the guest's RAM or its largest disk (plus qcow2 metadata).
-  const fsizeBytes = Math.ceil(Math.max(vm.spec.memoryMiB * 2 ** 20, maxDiskBytes) * 1.25) + 256 * 2 ** 20;
+  // In one run a QEMU may grow a file by a full rewrite of its largest disk plus eight internal snapshots' RAM
+  // (snapshots store the vmstate in the top image), plus 1 GiB of qcow2 metadata: bounded, yet never in the way.
+  const fsizeBytes = largestFile + maxDiskBytes + 8 * vm.spec.memoryMiB * 2 ** 20 + 2 ** 30;
   const cgroups = hostCgroupSpecs(vm.id);
   const devices = jailDevices(accel);
   const plan: JailPlan = {
