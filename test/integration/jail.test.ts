@@ -115,3 +115,19 @@ test("a compromised QEMU is confined to its own VM", { timeout: 400_000 }, async
     assert.equal(existsSync(join(mount, path!)), false, `${mount}${path} is left`);
   }
 });
+
+test("without its helper a VM does not start unjailed", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  process.env.VIGIL_JAIL_HELPER = "/nonexistent/vigil-jail";
+  let d;
+  try {
+    d = await startDaemon(t);
+  } finally {
+    delete process.env.VIGIL_JAIL_HELPER;
+  }
+  assert.equal(d.cli("vm", "create", "nojail", "--memory", "128").status, 0);
+  const r = d.cli("vm", "start", "nojail");
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /Cannot jail QEMU: the helper "\/nonexistent\/vigil-jail" is missing/);
+  assert.equal(d.cli("vm", "status", "nojail").stdout.trim(), "stopped");
+});
