@@ -3,7 +3,8 @@
  *  (a) baseline: raw qemu-system-x86_64 with exactly the argv vigil generates (`vm showcmd`), spawned here and
  *      driven by the same QMP and agent client classes vigil uses (cont, then ping until the agent answers);
  *  (b) vigil: the CLI `vigil vm start NAME --wait`, end to end (process start, API, QEMU, agent).
- * Rounds alternate a/b. Goal: median(b)/median(a) ≤ 1.03.
+ * Rounds alternate a/b. Goal: median(b)/median(a) ≤ 1.03. The daemon runs with VIGIL_JAIL=off, so (a) and (b)
+ * run the same QEMU the same way; what the jail costs on top is `npm run bench -- jail`.
  */
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, rmSync } from "node:fs";
@@ -34,7 +35,7 @@ async function rawBoot(binary: string, argv: string[], paths: { qmp: string; age
 
 export async function run(args: string[]): Promise<void> {
   const rounds = Number(args[0] ?? 5);
-  const d = await benchDaemon();
+  const d = await benchDaemon({ VIGIL_JAIL: "off" });
   try {
     const host = await d.api<{ accelerator: string }>("GET", "/v1/host");
     process.stdout.write(`boot benchmark, ${rounds} rounds; ${machineLine(host.accelerator)}\n`);

@@ -30,9 +30,9 @@ export interface BenchDaemon {
   close(): Promise<void>;
 }
 
-export async function benchDaemon(): Promise<BenchDaemon> {
+export async function benchDaemon(extraEnv: NodeJS.ProcessEnv = {}): Promise<BenchDaemon> {
   const home = mkdtempSync(join(tmpdir(), "vigil-bench-"));
-  const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "warn" };
+  const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "warn", ...extraEnv };
   delete env.VIGIL_URL;
   const child: ChildProcess = spawn(process.execPath, [BIN, "serve", "--listen", "none"], { env, stdio: "inherit" });
   const socket = join(home, "run", "vigil.sock");
@@ -53,10 +53,14 @@ export async function benchDaemon(): Promise<BenchDaemon> {
       child.kill("SIGTERM");
       await new Promise((r) => child.once("exit", r));
       for (const id of existsSync(join(home, "vms")) ? readdirSync(join(home, "vms")) : []) {
-        try {
-          process.kill(Number(readFileSync(join(home, "vms", id, "run", "qemu.pid"), "utf8")), "SIGKILL");
-        } catch {
-          /* not running */
+        // jail.pid: a jailed QEMU's host pid; its own qemu.pid says 1 (its pid in its namespace): never signal that.
+        for (const file of [join("run", "qemu.pid"), "jail.pid"]) {
+          try {
+            const pid = Number(readFileSync(join(home, "vms", id, file), "utf8"));
+            if (Number.isSafeInteger(pid) && pid > 1) process.kill(pid, "SIGKILL");
+          } catch {
+            /* not running */
+          }
         }
       }
       rmSync(home, { recursive: true, force: true });

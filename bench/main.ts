@@ -10,6 +10,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   vtime: () => import("./vtime.ts"),
   introspect: () => import("./introspect.ts"),
   witness: () => import("./witness.ts"),
+  jail: () => import("./jail.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   busybox-static cpio xz-utils zstd e2fsprogs kmod  # building the tiny guest image
   bpftool binutils                 # cross-checks of the introspection engine (bpftool btf dump, readelf)
   nftables                         # the loopback guard for open NICs (src/host/loopback-guard.ts)
+  gcc libc6-dev                    # building the QEMU jail helper (native/vigil-jail.c)
 )
 
 missing=()
@@ -29,6 +30,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The QEMU jail helper: rebuilt when its source changes (docs/jail.md).
+jail_sum=$(sha256sum native/vigil-jail.c | cut -d' ' -f1)
+if [ ! -x native/build/vigil-jail ] || [ "$(cat native/build/vigil-jail.sha256 2>/dev/null)" != "$jail_sum" ]; then
+  say "building native/build/vigil-jail"
+  mkdir -p native/build
+  gcc -O2 -Wall -Werror -o native/build/vigil-jail.tmp native/vigil-jail.c
+  mv native/build/vigil-jail.tmp native/build/vigil-jail
+  echo "$jail_sum" > native/build/vigil-jail.sha256
 fi
 
 # npm packages: `npm ci` when node_modules is missing or does not match the lock file.

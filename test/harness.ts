@@ -53,6 +53,12 @@ function qemuPids(home: string): number[] {
     } catch {
       /* not running */
     }
+    try {
+      // a jailed QEMU's host pid (its own pid file says 1, its pid in its namespace)
+      pids.push(Number.parseInt(readFileSync(join(vms, id, "jail.pid"), "utf8"), 10));
+    } catch {
+      /* not jailed or not running */
+    }
   }
   return pids.filter((p) => Number.isSafeInteger(p) && p > 1);
 }

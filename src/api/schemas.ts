@@ -44,6 +44,23 @@ export const VmSchema = z
       pidFile: z.string(),
       disks: z.record(z.string(), z.string()),
     }),
+    confinement: z.object({
+      mode: z.enum(["jail", "off"]),
+      seccomp: z.string(),
+      process: z
+        .object({
+          uid: z.number().int(),
+          gid: z.number().int(),
+          noNewPrivs: z.boolean(),
+          seccompMode: z.number().int(),
+          capEff: z.string(),
+          capBnd: z.string(),
+          namespaces: z.array(z.string()),
+          cgroups: z.array(z.string()),
+          mounts: z.array(z.string()),
+        })
+        .nullable(),
+    }),
   })
   .openapi("Vm");
 

@@ -5,12 +5,22 @@
  * is never mistaken for a VM.
  */
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
 import { connect } from "node:net";
-import { basename } from "node:path";
+import { delimiter, isAbsolute, join } from "node:path";
 import { VigilError, messageOf } from "../errors.ts";
 
 export const QEMU_BINARY = process.env.VIGIL_QEMU ?? "qemu-system-x86_64";
+
+/** `name` found on PATH (as spawn would), or itself when it is a path. */
+export function resolveBinary(name: string): string {
+  if (isAbsolute(name) || name.includes("/")) return name;
+  for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(delimiter)) {
+    const p = join(dir, name);
+    if (existsSync(p)) return p;
+  }
+  return name;
+}
 
 export interface StartedQemu {
   pid: number;
@@ -24,6 +34,11 @@ export interface QemuFiles {
   qemuLog: string;
   /** Stale sockets from a previous run are removed before start. */
   sockets: string[];
+  /**
+   * Start QEMU through the jail helper: `binary argv` is run instead (with an empty environment), and QEMU's host
+   * pid is read from `pidFile`, which the helper (root) writes — never from the pid file QEMU writes itself.
+   */
+  jail?: { binary: string; argv: readonly string[]; pidFile: string } | undefined;
 }
 
 function tail(path: string, lines = 5): string {
@@ -51,11 +66,13 @@ function socketAccepts(path: string): Promise<boolean> {
  * carries the last lines it printed (a bad option, a missing file).
  */
 export async function startQemu(argv: readonly string[], files: QemuFiles, timeoutMs = 30_000): Promise<StartedQemu> {
-  for (const s of [...files.sockets, files.pidFile]) rmSync(s, { force: true });
+  for (const s of [...files.sockets, files.pidFile, ...(files.jail ? [files.jail.pidFile] : [])]) rmSync(s, { force: true });
   const logFd = openSync(files.qemuLog, "a", 0o600);
   let child;
   try {
-    child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ["ignore", logFd, logFd] });
+    child = files.jail
+      ? spawn(files.jail.binary, files.jail.argv, { detached: true, stdio: ["ignore", logFd, logFd], env: {} })
+      : spawn(QEMU_BINARY, argv, { detached: true, stdio: ["ignore", logFd, logFd] });
   } finally {
     closeSync(logFd);
   }
@@ -81,16 +98,20 @@ export async function startQemu(argv: readonly string[], files: QemuFiles, timeo
     }
     if (existsSync(files.qmpSocket) && (await socketAccepts(files.qmpSocket))) break;
     if (Date.now() > deadline) {
-      try {
-        process.kill(child.pid!, "SIGKILL");
-      } catch {
-        /* already gone */
-      }
+      const qemuPid = files.jail ? readPidFile(files.jail.pidFile) : undefined;
+      for (const p of [qemuPid, child.pid]) if (p !== undefined) signal(p, "SIGKILL");
       throw new VigilError("VIGIL_TIMEOUT", `QEMU did not open its QMP socket within ${timeoutMs} ms: ${tail(files.qemuLog)}`);
     }
     await new Promise((r) => setTimeout(r, 5));
   }
-  return { pid: child.pid!, exited };
+  if (!files.jail) return { pid: child.pid!, exited };
+  // The helper wrote the pid file before QEMU could open its socket.
+  const pid = readPidFile(files.jail.pidFile);
+  if (pid === undefined) {
+    signal(child.pid!, "SIGKILL");
+    throw new VigilError("VIGIL_HOST", `The jail helper did not write QEMU's pid to ${JSON.stringify(files.jail.pidFile)}`);
+  }
+  return { pid, exited };
 }
 
 export function readPidFile(path: string): number | undefined {
@@ -118,12 +139,16 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** Is `pid` a live QEMU started for the VM with this uuid? */
-export function isQemuOf(pid: number, uuid: string): boolean {
+/**
+ * Is `pid` a live QEMU started for the VM with this uuid? Its executable is compared by (device, inode) with the
+ * QEMU binary, not by name: a jailed QEMU's /proc/<pid>/exe names a path inside its own mount namespace.
+ */
+export function isQemuOf(pid: number, uuid: string, qemuBinary: string = QEMU_BINARY): boolean {
   if (!processAlive(pid)) return false;
   try {
-    const exe = basename(readlinkSync(`/proc/${pid}/exe`));
-    if (!exe.startsWith("qemu-system-")) return false;
+    const exe = statSync(`/proc/${pid}/exe`);
+    const qemu = statSync(resolveBinary(qemuBinary));
+    if (exe.dev !== qemu.dev || exe.ino !== qemu.ino) return false;
     const args = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
     const i = args.indexOf("-uuid");
     return i >= 0 && args[i + 1] === uuid;

@@ -272,6 +272,21 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("audit_checkpoints").addColumn("root_hash", "text").execute();
     },
   },
+  "0003-jail": {
+    async up(db: Kysely<unknown>) {
+      // The uid each VM's jailed QEMU runs as (gid = uid). `next` only grows: a uid is never handed out twice.
+      await db.schema
+        .createTable("jail_uids")
+        .addColumn("vm_id", "text", (c) => c.primaryKey())
+        .addColumn("uid", "integer", (c) => c.notNull().unique())
+        .execute();
+      await db.schema
+        .createTable("jail_uid_counter")
+        .addColumn("id", "integer", (c) => c.primaryKey())
+        .addColumn("next", "integer", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

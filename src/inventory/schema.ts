@@ -243,6 +243,19 @@ export interface Database {
   vtime_counters: VtimeCountersTable;
   vtime_records: VtimeRecordsTable;
   imported_bundles: ImportedBundlesTable;
+  jail_uids: JailUidsTable;
+  jail_uid_counter: JailUidCounterTable;
+}
+
+/** The uid (= gid) of each VM's jailed QEMU, and the next one to hand out (one row, id 1). */
+export interface JailUidsTable {
+  vm_id: string;
+  uid: number;
+}
+
+export interface JailUidCounterTable {
+  id: number;
+  next: number;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;

@@ -26,6 +26,13 @@ export interface LaunchPlan {
   paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "pidFile" | "consoleLog">;
   /** Path of each disk's own (writable) image, by disk name. */
   diskFiles: Record<string, string>;
+  /**
+   * Each disk's read-only backing chain, nearest layer first, as vigil knows it (never as the writable top image's
+   * header claims it: a compromised QEMU may rewrite that). When given, the chain is spelled out node by node
+   * (`backing=` on every qcow2 node, empty — none — at the bottom) and a layer with `fd` is read through `-add-fd`
+   * (`/dev/fdset/<fd>`), a descriptor the jail helper opened. Without it QEMU follows the headers (old behaviour).
+   */
+  backing?: Record<string, Array<{ file: string; format: string; fd?: number | undefined }>> | undefined;
 }
 
 /** Escapes a value for QEMU's comma-separated option syntax (a literal comma is written twice). */
@@ -88,9 +95,25 @@ export function buildArgv(plan: LaunchPlan): string[] {
   spec.disks.forEach((disk, i) => {
     const file = plan.diskFiles[disk.name];
     if (file === undefined) throw new BugError(`no image file for disk "${disk.name}"`);
+    const chain = plan.backing?.[disk.name];
+    // Bottom layer first, so each node exists before the one above names it as its backing.
+    if (chain) {
+      for (let k = chain.length - 1; k >= 0; k--) {
+        const layer = chain[k]!;
+        const node = `${disk.name}-b${k}`;
+        if (layer.fd !== undefined) argv.push("-add-fd", opts(`fd=${layer.fd}`, [["set", layer.fd], ["opaque", layer.file]]));
+        const filename = layer.fd !== undefined ? `/dev/fdset/${layer.fd}` : layer.file;
+        argv.push("-blockdev", opts("driver=file", [["node-name", `${node}-file`], ["filename", filename], ["read-only", "on"]]));
+        const fmt: Array<[string, string]> = [["node-name", node], ["file", `${node}-file`], ["read-only", "on"]];
+        if (layer.format === "qcow2") fmt.push(["backing", k + 1 < chain.length ? `${disk.name}-b${k + 1}` : ""]);
+        argv.push("-blockdev", opts(`driver=${optValue(layer.format)}`, fmt));
+      }
+    }
+    const top: Array<[string, string]> = [["node-name", disk.name], ["file", `${disk.name}-file`]];
+    if (chain) top.push(["backing", chain.length > 0 ? `${disk.name}-b0` : ""]);
     argv.push(
       "-blockdev", opts("driver=file", [["node-name", `${disk.name}-file`], ["filename", file], ["discard", "unmap"]]),
-      "-blockdev", opts("driver=qcow2", [["node-name", disk.name], ["file", `${disk.name}-file`]]),
+      "-blockdev", opts("driver=qcow2", top),
       "-device", opts("virtio-blk-pci", [["id", `${disk.name}-dev`], ["drive", disk.name], ["bootindex", spec.boot.kind === "disk" ? i : undefined]]),
     );
   });

@@ -84,7 +84,7 @@ export type VmInsert = Omit<VmRecord, "updatedAt" | "stateChangedAt" | "pid" | "
 type Updatable = Pick<VmRecord, "state" | "accelerator" | "pid" | "vmgenid" | "generation" | "owner" | "approver" | "spec" | "isTemplate" | "host" | "currentSnapshotId" | "resumeSnapshotId" | "securityFloor" | "vtimeNs">;
 
 export class VmRepository {
-  constructor(private readonly db: Db) {}
+  constructor(readonly db: Db) {}
 
   async insert(vm: VmInsert): Promise<VmRecord> {
     const now = new Date().toISOString();

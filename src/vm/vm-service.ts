@@ -20,6 +20,8 @@ import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
 import { eraseOwnedFile, eraseTree } from "../host/erase.ts";
 import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsoleTail } from "../host/console-log.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
+import { checkJailAvailable, hostCgroupSpecs, jailEnabled, removeCgroups } from "../host/jail.ts";
+import { handOverFiles, jailPidFile, planJail, reclaimJailDirs } from "./jail-launch.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -586,7 +588,9 @@ export class VmService {
   async qemuCommand(ctx: RequestContext, name: string): Promise<{ binary: string; argv: string[] }> {
     const vm = await this.d.repo.getByName(name);
     await this.d.guard.authorize(ctx, { action: "vm.showcmd", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
-    return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
+    if (!jailEnabled()) return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
+    const jail = await planJail(this.d.repo.db, vm, this.layout(vm), this.d.accel.accel, (backing) => buildArgv({ ...this.launchPlan(vm), backing }));
+    return { binary: jail.binary, argv: jail.argv };
   }
 
   /** Starts QEMU for a VM whose lock is held. On failure the VM is back in its previous state. */
@@ -609,7 +613,14 @@ export class VmService {
     const mark = (phase: string) => this.d.log.debug({ vm: vm.name, phase, ms: Math.round(performance.now() - t0) }, "start timing");
     await this.d.repo.update(vm.id, { state: "starting" });
     let pid: number | undefined;
+    // Never silently unjailed: VIGIL_JAIL=off is the one, logged, opt-out (docs/jail.md).
+    const jailed = jailEnabled();
+    if (!jailed) this.d.log.warn({ vm: vm.name }, "VIGIL_JAIL=off: starting QEMU without its jail");
     try {
+      if (jailed) {
+        checkJailAvailable();
+        reclaimJailDirs(l);
+      }
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.runDir);
       // Guest RAM is a memfd inside QEMU (qemu/argv.ts): no file to create, register or remove.
@@ -621,7 +632,9 @@ export class VmService {
         const file = diskFile(l.disksDir, d.name);
         if (existsSync(file)) restrictToOwner(file);
       }
-      const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket] });
+      const jail = jailed ? await planJail(this.d.repo.db, vm, l, this.d.accel.accel, (backing) => buildArgv({ ...this.launchPlan(vm), backing })) : undefined;
+      if (jail) handOverFiles(vm, l, jail.confinement.uid);
+      const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
       pid = started.pid;
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log, started.exited);
@@ -643,6 +656,7 @@ export class VmService {
         await waitForExit(pid, 5000);
       }
       this.runtimes.delete(vm.id);
+      if (jailed) removeCgroups(hostCgroupSpecs(vm.id));
       await this.d.repo.update(vm.id, { state: previous, pid: null });
       throw err;
     }
@@ -756,6 +770,7 @@ export class VmService {
       await waitForExit(vm.pid, 10_000);
     }
     this.runtimes.delete(vm.id);
+    removeCgroups(hostCgroupSpecs(vm.id));
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
   }
 
@@ -834,7 +849,8 @@ export class VmService {
       if (!isLive(vm.state)) continue;
       await this.locks.run(vm.id, async () => {
         const l = this.layout(vm);
-        const pid = readPidFile(l.pidFile) ?? vm.pid ?? undefined;
+        // A jailed QEMU's host pid is in the helper's root-owned file (QEMU's own -pidfile says 1, its ns pid).
+        const pid = readPidFile(jailPidFile(l)) ?? readPidFile(l.pidFile) ?? vm.pid ?? undefined;
         const alive = pid !== undefined && isQemuOf(pid, vm.id);
         if (alive && (vm.state === "running" || vm.state === "paused")) {
           try {
@@ -855,6 +871,7 @@ export class VmService {
           await waitForExit(pid, 10_000);
         }
         await this.eraseLegacyRamFile(vm);
+        removeCgroups(hostCgroupSpecs(vm.id));
         const wasRunning = vm.state === "running" || vm.state === "paused";
         await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
         await this.d.audit.append({

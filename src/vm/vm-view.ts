@@ -5,6 +5,8 @@
 import { vmLayout } from "../paths.ts";
 import { isExpired } from "./expiry.ts";
 import type { VmRecord } from "./vm-repository.ts";
+import { jailEnabled, observeConfinement } from "../host/jail.ts";
+import { SANDBOX } from "../qemu/argv.ts";
 
 export function diskFile(disksDir: string, diskName: string): string {
   return `${disksDir}/${diskName}.qcow2`;
@@ -42,6 +44,13 @@ export function vmView(vm: VmRecord, vmsDir: string, now = Date.now()) {
       qemuLog: l.qemuLog,
       pidFile: l.pidFile,
       disks: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
+    },
+    // How QEMU is confined (docs/jail.md): the mode this daemon starts VMs in, QEMU's seccomp options, and for a
+    // live VM what the kernel reports about its process.
+    confinement: {
+      mode: jailEnabled() ? ("jail" as const) : ("off" as const),
+      seccomp: SANDBOX,
+      process: vm.pid !== null && (vm.state === "running" || vm.state === "paused") ? (observeConfinement(vm.pid) ?? null) : null,
     },
   };
 }

@@ -1,0 +1,31 @@
+/**
+ * Per-VM uids for jailed QEMUs, recorded in the inventory. Allocation is monotonic over VM_UID_BASE ..
+ * VM_UID_BASE + VM_UID_COUNT - 1: a VM keeps its uid for life, and a uid is never given to a second VM (not even
+ * after the first is destroyed), so no file left by one VM's QEMU is ever owned by another's.
+ */
+import type { Db } from "../inventory/db.ts";
+import { VigilError } from "../errors.ts";
+import { VM_UID_BASE, VM_UID_COUNT } from "../host/vm-uid-range.ts";
+
+/** The VM's uid, allocated on first use. */
+export async function jailUidOf(db: Db, vmId: string): Promise<number> {
+  return db.transaction().execute(async (tx) => {
+    const have = await tx.selectFrom("jail_uids").select("uid").where("vm_id", "=", vmId).executeTakeFirst();
+    if (have) return have.uid;
+    const counter = await tx.selectFrom("jail_uid_counter").select("next").where("id", "=", 1).executeTakeFirst();
+    const uid = counter?.next ?? VM_UID_BASE;
+    if (uid < VM_UID_BASE || uid >= VM_UID_BASE + VM_UID_COUNT) {
+      throw new VigilError("VIGIL_HOST", `Cannot allocate a uid for the jail of VM ${vmId}: all ${VM_UID_COUNT} uids from ${VM_UID_BASE} have been used`);
+    }
+    if (counter) await tx.updateTable("jail_uid_counter").set({ next: uid + 1 }).where("id", "=", 1).execute();
+    else await tx.insertInto("jail_uid_counter").values({ id: 1, next: uid + 1 }).execute();
+    await tx.insertInto("jail_uids").values({ vm_id: vmId, uid }).execute();
+    return uid;
+  });
+}
+
+/** The VM's uid if it has one (for views), without allocating. */
+export async function existingJailUid(db: Db, vmId: string): Promise<number | undefined> {
+  const row = await db.selectFrom("jail_uids").select("uid").where("vm_id", "=", vmId).executeTakeFirst();
+  return row?.uid;
+}
