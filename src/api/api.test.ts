@@ -87,6 +87,8 @@ const MATRIX: Record<string, Actor[]> = {
   "PATCH /v1/users/{name}": ["admin"],
   "POST /v1/users/{name}/tokens": ["admin"],
   "DELETE /v1/users/{name}/tokens": ["admin"],
+  "GET /v1/users/{name}/tokens": ["admin", "auditor"],
+  "DELETE /v1/users/{name}/tokens/{id}": ["admin"],
   "GET /v1/groups": ["admin", "auditor"],
   "POST /v1/groups": ["admin"],
   "PUT /v1/groups/{group}/members/{user}": ["admin"],
@@ -208,6 +210,7 @@ test("authorization matrix: every route × every actor, deny by default", async 
       .replace("{user}", "dave")
       .replace("{snapshot}", "no-such-snapshot")
       .replace("{keyId}", "0000000000000000")
+      .replace("{id}", "no-such-token")
       .replace("{image}", "no-such-image") + (QUERY[key] ?? "");
     for (const actor of ACTORS) {
       await f.repo.update(f.targetId, { state: "starting", owner: "user:bob", pid: null });
@@ -414,4 +417,56 @@ test("removing a user from a group they are not in is a 409 that says so", async
   assert.equal(body.error.message, 'Cannot remove user "dave" from group "devs": not a member');
   assert.equal((await request(f, "admin", "PUT", "/v1/groups/devs/members/dave")).status, 200);
   assert.equal((await request(f, "admin", "DELETE", "/v1/groups/devs/members/dave")).status, 200);
+});
+
+test("a token minted with an expiring token expires no later; revoking a token revokes what was minted with it", async (t) => {
+  const f = await fixture(t);
+  const expires = new Date(Date.now() + 3600_000).toISOString();
+  const parent = await f.daemon.deps.users.issueToken("bob", "short", expires);
+  const asParent = (method: string, path: string, body?: unknown) =>
+    Promise.resolve(f.daemon.app.request(path, { method, headers: { authorization: `Bearer ${parent.token}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) }, { transport: "tcp" }));
+  const child = (await (await asParent("POST", "/v1/users/bob/tokens", {})).json()) as { id: string; token: string; expiresAt: string | null };
+  assert.equal(child.expiresAt, expires, "a token minted without an expiry inherits its parent's");
+  const later = await asParent("POST", "/v1/users/bob/tokens", { expiresAt: new Date(Date.now() + 7200_000).toISOString() });
+  assert.equal(later.status, 400);
+  const laterBody = (await later.json()) as { error: { field: string; message: string } };
+  assert.equal(laterBody.error.field, "expiresAt");
+  assert.match(laterBody.error.message, /a token may not outlive the one it was made with/);
+
+  const list = (await (await asParent("GET", "/v1/users/bob/tokens")).json()) as { tokens: Array<{ id: string; parentId: string | null; revoked: boolean }> };
+  assert.equal(list.tokens.find((x) => x.id === child.id)?.parentId, parent.id);
+  assert.ok(list.tokens.every((x) => !("token" in x) && !("hash" in x)), "no secret or hash in the list");
+
+  // Another owner may neither list nor revoke bob's tokens.
+  assert.equal((await request(f, "ownerCarol", "GET", "/v1/users/bob/tokens")).status, 403);
+  assert.equal((await request(f, "ownerCarol", "DELETE", `/v1/users/bob/tokens/${parent.id}`)).status, 403);
+
+  const revoked = await request(f, "ownerBob", "DELETE", `/v1/users/bob/tokens/${parent.id}`);
+  assert.equal(revoked.status, 200);
+  assert.deepEqual(await revoked.json(), { revoked: 2 });
+  const childCall = await f.daemon.app.request("/v1/whoami", { headers: { authorization: `Bearer ${child.token}` } }, { transport: "tcp" });
+  assert.equal(childCall.status, 401);
+  assert.equal((await request(f, "ownerBob", "GET", "/v1/whoami")).status, 200, "bob's other tokens still work");
+  assert.equal((await request(f, "ownerBob", "DELETE", "/v1/users/bob/tokens/no-such")).status, 404);
+});
+
+test("only a holder of the introspection grant may give it: an admin cannot grant it to itself or reach it through another account", async (t) => {
+  const f = await fixture(t);
+  const self = await request(f, "admin", "PATCH", "/v1/users/admin", { introspect: true });
+  assert.equal(self.status, 403);
+  assert.match(((await self.json()) as { error: { message: string } }).error.message, /needs vm.introspect/);
+  const [last] = await f.daemon.deps.audit.list({ tail: true, limit: 1 });
+  assert.deepEqual([last?.action, last?.result, last?.details?.permission], ["user.update", "denied", "vm.introspect"]);
+  assert.equal((await f.daemon.deps.users.get("admin")).introspect, false);
+
+  assert.equal((await request(f, "admin", "POST", "/v1/users", { name: "sock", introspect: true })).status, 403);
+  assert.equal((await f.daemon.deps.users.findByName("sock")), undefined);
+
+  // The host's own user (the unix socket) holds the grant and may give it to someone else.
+  const local = (method: string, path: string, body: unknown) => Promise.resolve(f.daemon.app.request(path, { method, headers: { "content-type": "application/json" }, body: JSON.stringify(body) }, { transport: "unix" }));
+  assert.equal((await local("PATCH", "/v1/users/dave", { introspect: true })).status, 200);
+  // An admin without it may not mint a token for an account that has it.
+  const token = await request(f, "admin", "POST", "/v1/users/dave/tokens", {});
+  assert.equal(token.status, 403);
+  assert.equal((await request(f, "admin", "PATCH", "/v1/users/operator", { introspect: false })).status, 200, "taking it away needs no grant");
 });

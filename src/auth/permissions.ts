@@ -47,6 +47,8 @@ export interface Actor {
   groups: string[];
   /** How the request arrived: the local unix socket or a bearer token. */
   via: "unix" | "token" | "system";
+  /** The bearer token the request came with: tokens minted with it may not outlive it. */
+  token?: { id: string; expiresAt: string | null } | undefined;
 }
 
 /** The actor vigil itself uses for what it observes (crashes, findings, policy actions). */

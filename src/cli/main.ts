@@ -966,6 +966,36 @@ export function buildProgram(hooks: CliHooks): Command {
       if (o.json) return printJson(r);
       process.stdout.write(`${r.token}\n`);
     });
+  const tokenCmd = program.command("token").description("Your API tokens (or another user's with --user)");
+  const tokenOwner = async (o: { user?: string }) => o.user ?? (await call<{ name: string }>("GET", "/v1/whoami")).name;
+  tokenCmd
+    .command("list")
+    .description("List tokens: id, label, expiry, last use, revoked, the token each was minted with (never the secret)")
+    .option("--user <name>", "another user's tokens (needs user.read)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { user?: string; json?: boolean }) => {
+      const { tokens } = await call<{ tokens: Array<Record<string, unknown>> }>("GET", `/v1/users/${enc(await tokenOwner(o))}/tokens`);
+      if (o.json) return printJson(tokens);
+      printTable(tokens.map((t) => ({ ...t, expiresAt: t.expiresAt ?? "never", lastUsedAt: t.lastUsedAt ?? "-", parentId: t.parentId ?? "-" })), [
+        ["id", "ID"],
+        ["name", "LABEL"],
+        ["createdAt", "CREATED"],
+        ["expiresAt", "EXPIRES"],
+        ["lastUsedAt", "LAST USED"],
+        ["revoked", "REVOKED"],
+        ["parentId", "MINTED WITH"],
+      ]);
+    });
+  tokenCmd
+    .command("revoke <id>")
+    .description("Revoke one token and every token minted with it")
+    .option("--user <name>", "another user's token (needs user.manage)")
+    .option("--json", "machine-readable output")
+    .action(async (id: string, o: { user?: string; json?: boolean }) => {
+      const r = await call<{ revoked: number }>("DELETE", `/v1/users/${enc(await tokenOwner(o))}/tokens/${enc(id)}`);
+      if (o.json) return printJson(r);
+      process.stdout.write(`Revoked ${r.revoked} token(s)\n`);
+    });
   user
     .command("set <name>")
     .description("Change a user's roles, introspection grant or disabled flag")
