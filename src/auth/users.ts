@@ -193,6 +193,17 @@ export class UserStore {
     return { ...(await this.actorFor(user, "token")), token: { id, expiresAt } };
   }
 
+  /**
+   * The approver named on a new VM or an ownership change must be an existing, enabled user other than the
+   * one asking: approving your own request is no approval. (vigil records the approver; it does not ask them.)
+   */
+  async checkApprover(approver: string | null | undefined, requester: string, context: string): Promise<void> {
+    if (approver === undefined || approver === null || approver === "") return;
+    const row = await this.findByName(approver);
+    if (!row || row.disabled === 1) throw new VigilError("VIGIL_BAD_REQUEST", `${context}: approver ${q(approver)} is not a user of this site${row ? " (disabled)" : ""}`, { field: "approver" });
+    if (approver === requester) throw new VigilError("VIGIL_BAD_REQUEST", `${context}: approver ${q(approver)} is the requester; someone else must approve`, { field: "approver" });
+  }
+
   async createGroup(name: string): Promise<void> {
     const exists = await this.db.selectFrom("groups").select("name").where("name", "=", name).executeTakeFirst();
     if (exists) throw new VigilError("VIGIL_CONFLICT", `Cannot add group ${q(name)}: it exists`, { field: "name" });

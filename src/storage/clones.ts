@@ -13,7 +13,6 @@ import type { ImageView } from "../image/catalog.ts";
 import { join } from "node:path";
 import { VigilError, q } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
-import { can } from "../auth/permissions.ts";
 import { createOverlay, makePrivate, QEMU_IMG } from "../qemu/qemu-img.ts";
 import { runCommand } from "../util/run-command.ts";
 import { spawnWithProgress } from "../util/progress-command.ts";
@@ -120,12 +119,13 @@ export class CloneService {
 
   async clone(ctx: RequestContext, source: string, newName: string, options: CloneOptions = {}): Promise<VmView> {
     parseOrThrow(vmNameSchema, newName, "clone name");
+    await this.vms.lookup(ctx, source, "vm.clone"); // a source the actor may not read is a 404 before anything else
+    await this.vms.authorizeAlso(ctx, "vm.clone", "vm.create", { kind: "vm", name: newName }, { source });
     return this.vms.operate(
       ctx,
       source,
       { action: "vm.clone", permission: "vm.read", details: { clone: newName, mode: options.mode ?? "auto", fromSnapshot: options.fromSnapshot } },
       async (h) => {
-        if (!can(ctx.actor, "vm.create")) throw new VigilError("VIGIL_FORBIDDEN", `Permission denied: user ${q(ctx.actor.name)} may not create VMs (needs vm.create)`);
         const src = h.vm;
         const mode = options.mode ?? (src.isTemplate ? "linked" : "full");
         if (mode === "linked" && !src.isTemplate) {

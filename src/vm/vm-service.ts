@@ -152,7 +152,7 @@ export class VmService {
     fn: (h: LockedVm) => Promise<T>,
     describe?: (result: T) => Record<string, unknown>,
   ): Promise<T> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, op.action);
     return this.d.guard.run(
       ctx,
       { action: op.action, permission: op.permission, target: this.target(vm), owner: vm.owner, details: op.details },
@@ -197,6 +197,7 @@ export class VmService {
   ): Promise<VmRecord> {
     // Before anything exists: a refused clone or import leaves no directory, row or registration behind.
     this.checkOwnershipPolicy(`Cannot create VM ${q(input.spec.name)} (${input.reason})`, input);
+    await this.d.users.checkApprover(input.approver, ctx.actor.name, `Cannot create VM ${q(input.spec.name)} (${input.reason})`);
     return this.locks.run(`name:${input.spec.name}`, async () => {
       if (await this.d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
       const id = randomUUID();
@@ -272,6 +273,15 @@ export class VmService {
     );
   }
 
+  /**
+   * For capabilities whose operation needs a permission beyond the one on the VM it acts on (a clone also
+   * creates a VM; a revert that keeps the vmgenid is unsafe): the Guard checks it on every object and audits a
+   * refusal as denied, naming the permission.
+   */
+  async authorizeAlso(ctx: RequestContext, action: string, permission: Permission, target: { kind: string; name: string }, details?: Record<string, unknown>): Promise<void> {
+    await this.d.guard.authorize(ctx, { action, permission, target, details, readOnly: true });
+  }
+
   /** A VM record by id, for capabilities that already passed authorization. */
   recordById(id: string): Promise<VmRecord> {
     return this.d.repo.getById(id);
@@ -293,6 +303,25 @@ export class VmService {
 
   private view(vm: VmRecord): VmView {
     return vmView(vm, this.d.home.vmsDir);
+  }
+
+  /**
+   * The VM named `name` for an operation by `ctx`. A VM the actor may not even read is answered exactly like a
+   * name that does not exist (404), so names are not disclosed across owners; both are audited as denied
+   * (`vm.read` missing). Actors who may read every VM just get the 404 for a missing name. Capabilities that
+   * act on a VM by name look it up here before their own authorization.
+   */
+  async lookup(ctx: RequestContext, name: string, action: string): Promise<VmRecord> {
+    const vm = await this.d.repo.findByName(name);
+    if (vm && can(ctx.actor, "vm.read", vm.owner)) return vm;
+    if (vm || !seesAllVms(ctx.actor)) {
+      try {
+        await this.d.guard.authorize(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: vm?.owner, details: { hiddenAs: "VIGIL_VM_NOT_FOUND" }, readOnly: true });
+      } catch (err) {
+        if (!(err instanceof VigilError) || err.code !== "VIGIL_FORBIDDEN") throw err;
+      }
+    }
+    throw errors.vmNotFound(name);
   }
 
   private target(vm: VmRecord) {
@@ -322,7 +351,7 @@ export class VmService {
   }
 
   async show(ctx: RequestContext, name: string): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.show");
     await this.d.guard.authorize(ctx, { action: "vm.show", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
     return this.view(vm);
   }
@@ -336,8 +365,9 @@ export class VmService {
 
   /** The captured serial console output (the last `maxBytes`). */
   async consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
-    const vm = await this.d.repo.getByName(name);
-    await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
+    const vm = await this.lookup(ctx, name, "vm.console-log");
+    // The transcript of the interactive console shows what was typed and seen there: it needs what the console needs.
+    await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.console", target: this.target(vm), owner: vm.owner, readOnly: true });
     const path = this.layout(vm).consoleLog;
     if (!existsSync(path)) return "";
     const size = statSync(path).size;
@@ -349,6 +379,11 @@ export class VmService {
 
   async create(ctx: RequestContext, input: unknown): Promise<VmView> {
     const rawName = typeof input === "object" && input !== null && typeof (input as { name?: unknown }).name === "string" ? (input as { name: string }).name.slice(0, 64) : null;
+    // A VM for yourself or your groups needs vm.create; for anyone else also vm.chown on every VM (admins).
+    const rawOwner = typeof input === "object" && input !== null ? (input as { owner?: unknown }).owner : undefined;
+    if (typeof rawOwner === "string" && !ownsVm(ctx.actor, rawOwner) && can(ctx.actor, "vm.create")) {
+      await this.d.guard.authorize(ctx, { action: "vm.create", permission: "vm.chown", target: { kind: "vm", name: rawName }, details: { owner: rawOwner.slice(0, 64) } });
+    }
     return this.d.guard.run(
       ctx,
       { action: "vm.create", permission: "vm.create", target: { kind: "vm", name: rawName }, targetIdOf: (v: VmView) => v.id },
@@ -356,6 +391,7 @@ export class VmService {
         const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
         const owner = await this.resolveOwner(ctx, req.owner);
         this.checkOwnershipPolicy("Invalid VM spec", req, "VIGIL_INVALID_SPEC");
+        await this.d.users.checkApprover(req.approver, ctx.actor.name, "Invalid VM spec");
         return this.locks.run(`name:${req.name}`, async () => {
           if (await this.d.repo.findByName(req.name)) throw errors.vmExists(req.name);
           checkHostLimits(req, this.hostFacts());
@@ -430,7 +466,7 @@ export class VmService {
     }
   }
 
-  /** Who will own a new VM: the creator, a group the creator is in, or (admins only) anyone. */
+  /** Who will own a new VM: the creator, a group the creator is in, or (with vm.chown everywhere, checked in `create`) anyone. */
   private async resolveOwner(ctx: RequestContext, requested: string | undefined): Promise<string> {
     if (requested === undefined) return `user:${ctx.actor.name}`;
     const m = /^(user|group):([a-z_][a-z0-9_.-]{0,63})$/.exec(requested);
@@ -438,9 +474,6 @@ export class VmService {
     const [, kind, who] = m;
     if (kind === "user" ? !(await this.d.users.findByName(who!)) : !(await this.d.users.groupExists(who!))) {
       throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: owner ${q(requested)} does not exist`, { field: "owner" });
-    }
-    if (!ownsVm(ctx.actor, requested) && !ctx.actor.roles.includes("admin")) {
-      throw new VigilError("VIGIL_FORBIDDEN", `Cannot create a VM owned by ${q(requested)}: you may only create VMs for yourself or your groups`, { field: "owner" });
     }
     return requested;
   }
@@ -451,7 +484,7 @@ export class VmService {
    * was destroyed and what could not be reached.
    */
   async destroy(ctx: RequestContext, name: string, options: { force?: boolean | undefined; purge?: boolean | undefined } = {}): Promise<RemovalReport> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, options.purge ? "vm.purge" : "vm.destroy");
     const action = options.purge ? "vm.purge" : "vm.destroy";
     return this.d.guard.run(
       ctx,
@@ -522,7 +555,7 @@ export class VmService {
   // ---- lifecycle -----------------------------------------------------------------------------------------
 
   async start(ctx: RequestContext, name: string, options: StartOptions = {}): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.start");
     return this.d.guard.run(
       ctx,
       { action: "vm.start", permission: "vm.control", target: this.target(vm), owner: vm.owner, details: { wait: options.wait ?? false, paused: options.paused ?? false } },
@@ -558,7 +591,7 @@ export class VmService {
 
   /** The exact QEMU command line vigil runs for this VM (like Proxmox's `qm showcmd`). */
   async qemuCommand(ctx: RequestContext, name: string): Promise<{ binary: string; argv: string[] }> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.showcmd");
     await this.d.guard.authorize(ctx, { action: "vm.showcmd", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
     return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
   }
@@ -662,7 +695,7 @@ export class VmService {
   }
 
   async stop(ctx: RequestContext, name: string, options: { timeoutMs?: number | undefined } = {}): Promise<StopResult & { vm: VmView }> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.stop");
     return this.d.guard.run(
       ctx,
       { action: "vm.stop", permission: "vm.control", target: this.target(vm), owner: vm.owner },
@@ -704,7 +737,7 @@ export class VmService {
   }
 
   async kill(ctx: RequestContext, name: string): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.kill");
     return this.d.guard.run(ctx, { action: "vm.kill", permission: "vm.control", target: this.target(vm), owner: vm.owner }, () =>
       this.locked(vm, async (fresh) => {
         assertAllowed("kill", fresh.name, fresh.state);
@@ -736,7 +769,7 @@ export class VmService {
   }
 
   private async qmpTransition(ctx: RequestContext, name: string, action: "pause" | "resume", command: string, to: VmState): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, `vm.${action}`);
     return this.d.guard.run(ctx, { action: `vm.${action}`, permission: "vm.control", target: this.target(vm), owner: vm.owner }, () =>
       this.locked(vm, async (fresh) => {
         assertAllowed(action, fresh.name, fresh.state);
@@ -748,7 +781,7 @@ export class VmService {
 
   /** A fresh QEMU process: stop (ACPI, with fallbacks) then start, under one lock. The vmgenid is unchanged. */
   async restart(ctx: RequestContext, name: string, options: StartOptions & { timeoutMs?: number | undefined } = {}): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.restart");
     return this.d.guard.run(ctx, { action: "vm.restart", permission: "vm.control", target: this.target(vm), owner: vm.owner }, async () => {
       const started = await this.locked(vm, async (fresh) => {
         assertAllowed("restart", fresh.name, fresh.state);
@@ -765,7 +798,7 @@ export class VmService {
 
   /** The guest agent of a running VM, for a read (`vm.read`) or an exec (`vm.exec`). */
   async withAgent<T>(ctx: RequestContext, name: string, op: { action: string; permission: "vm.read" | "vm.exec"; details?: Record<string, unknown> }, fn: (agent: import("../guest-agent/agent-client.ts").AgentClient) => Promise<T>): Promise<T> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, op.action);
     return this.d.guard.run(ctx, { action: op.action, permission: op.permission, target: this.target(vm), owner: vm.owner, details: op.details, readOnly: op.permission === "vm.read" }, async () => {
       assertAllowed("agent", vm.name, vm.state, "talk to the agent of");
       if (!vm.spec.agent) throw new VigilError("VIGIL_INVALID_STATE", `Cannot talk to the agent of VM ${q(vm.name)}: it was created without one`);
@@ -775,7 +808,7 @@ export class VmService {
 
   /** For the console bridge: authorizes, audits and returns the serial socket of a live VM. */
   async openConsole(ctx: RequestContext, name: string): Promise<string> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.console");
     return this.d.guard.run(ctx, { action: "vm.console", permission: "vm.console", target: this.target(vm), owner: vm.owner }, async () => {
       assertAllowed("console", vm.name, vm.state, "attach to the console of");
       return this.layout(vm).serialSocket;

@@ -130,7 +130,7 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("vm.read", { method: "get", path: vmPath("/console-log"), tags: ["vms"], summary: "The captured serial console output", request: { params: VmNameParams, query: ConsoleLogQuery }, responses: { 200: { content: { "text/plain": { schema: z.string() } }, description: "Console output" } } })),
+    createRoute(withAccess("vm.console", { method: "get", path: vmPath("/console-log"), tags: ["vms"], summary: "The captured serial console output", request: { params: VmNameParams, query: ConsoleLogQuery }, responses: { 200: { content: { "text/plain": { schema: z.string() } }, description: "Console output" } } })),
     async (c) => c.text(await d.vms.consoleLog(ctx(c), c.req.valid("param").name, c.req.valid("query").bytes), 200),
   );
 
