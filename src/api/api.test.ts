@@ -5,9 +5,9 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { generateKeyPairSync } from "node:crypto";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { z } from "zod";
 import { startDaemon, type Daemon } from "../daemon/daemon.ts";
@@ -626,4 +626,58 @@ test("an approver must be an existing user other than the requester; the console
   const log = await request(f, "auditor", "GET", "/v1/vms/target/console-log");
   assert.equal(log.status, 403);
   assert.match(((await log.json()) as { error: { message: string } }).error.message, /needs vm.console/);
+});
+
+test("quotas: per-owner VM count and disk at create, memory at start, per-user overrides, and the host's memory over every owner", async (t) => {
+  const home = mkdtempSync(join(tmpdir(), "vigil-api-"));
+  writeFileSync(join(home, "config.json"), JSON.stringify({ quotas: { vms: 2, diskMiB: 100, memoryMiB: 2000 } }));
+  const daemon = await startDaemon({ home, listen: "none", log: silentLogger(), hostFacts: () => ({ memTotalMiB: 2048 }) });
+  t.after(async () => {
+    await daemon.close();
+    rmSync(home, { recursive: true, force: true });
+  });
+  const users = daemon.deps.users;
+  const tok: Record<string, string> = {};
+  for (const [name, roles] of [["carol", ["owner"]], ["frank", ["owner"]], ["boss", ["admin"]]] as const) {
+    await users.create({ name, roles: [...roles], introspect: false }, "test");
+    tok[name] = (await users.issueToken(name, "t")).token;
+  }
+  const call = async (who: string, method: string, path: string, body?: unknown) => {
+    const res = await daemon.app.request(path, { method, headers: { authorization: `Bearer ${tok[who]}`, "content-type": "application/json" }, body: JSON.stringify(body ?? {}) }, { transport: "tcp" });
+    return { status: res.status, json: (await res.json()) as { error?: { code: string; field: string; message: string } } };
+  };
+  assert.equal((await call("carol", "POST", "/v1/vms", { name: "a", memoryMiB: 128, disks: [{ name: "d", sizeMiB: 64 }] })).status, 201);
+  const disk = await call("carol", "POST", "/v1/vms", { name: "b", disks: [{ name: "d", sizeMiB: 64 }] });
+  assert.deepEqual([disk.status, disk.json.error?.code, disk.json.error?.field], [422, "VIGIL_POLICY_DENIED", "quotas.diskMiB"]);
+  assert.match(disk.json.error!.message, /^Cannot create VM "b": owner "user:carol" would exceed its disk quota "quotas.diskMiB" \(64 MiB in use \+ 64 MiB > 100 MiB\)/);
+  assert.equal((await call("carol", "POST", "/v1/vms", { name: "b" })).status, 201);
+  const count = await call("carol", "POST", "/v1/vms", { name: "c" });
+  assert.deepEqual([count.status, count.json.error?.field], [422, "quotas.vms"]);
+  assert.equal(await daemon.repo.findByName("c"), undefined, "a refused VM leaves nothing");
+  assert.equal(existsSync(join(home, "vms")) ? readdirSync(join(home, "vms")).length : 0, 2);
+  // Frank has his own allowance.
+  assert.equal((await call("frank", "POST", "/v1/vms", { name: "f1" })).status, 201);
+
+  // An admin gives carol more VMs but less memory than the site default.
+  const set = await call("boss", "PATCH", "/v1/users/carol", { quotas: { vms: 3, memoryMiB: 1024 } });
+  assert.equal(set.status, 200);
+  assert.equal((await call("carol", "POST", "/v1/vms", { name: "c" })).status, 201);
+
+  const spec = (name: string, memoryMiB: number) => resolveSpec(createVmRequestSchema.parse({ name, memoryMiB }), { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
+  const put = (name: string, owner: string, state: "running" | "stopped", memoryMiB: number) =>
+    daemon.repo.insert({ id: crypto.randomUUID(), name, spec: spec(name, memoryMiB), state, host: hostname(), vmgenid: crypto.randomUUID(), generation: 1, owner, approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "test", createdAt: new Date().toISOString() });
+  await put("carol-live", "user:carol", "running", 900);
+  await put("carol-more", "user:carol", "stopped", 128);
+  const mem = await call("carol", "POST", "/v1/vms/carol-more/start");
+  assert.deepEqual([mem.status, mem.json.error?.field], [422, "quotas.memoryMiB"]);
+  assert.match(mem.json.error!.message, /owner "user:carol" would exceed its memory quota "quotas.memoryMiB" \(900 MiB in use \+ 128 MiB > 1024 MiB\)/);
+  assert.equal((await daemon.repo.getByName("carol-more")).state, "stopped");
+
+  // Within frank's own quota, but the host's memory is taken by everyone's running VMs.
+  await put("frank-live", "user:frank", "running", 1000);
+  await put("frank-more", "user:frank", "stopped", 256);
+  const host = await call("frank", "POST", "/v1/vms/frank-more/start");
+  assert.deepEqual([host.status, host.json.error?.field], [422, "memoryMiB"]);
+  assert.match(host.json.error!.message, /the host's memory is taken: running VMs use 1900 MiB, this one needs 256 MiB, the host has 2048 MiB/);
+  assert.equal((await daemon.repo.getByName("frank-more")).state, "stopped");
 });

@@ -3,6 +3,7 @@
  * change to who may do what is authorized and lands in the audit log like any VM operation.
  */
 import { z } from "zod";
+import { quotaLimitsSchema } from "../config.ts";
 import { VigilError } from "../errors.ts";
 import { parseOrThrow } from "../validation.ts";
 import type { Guard, RequestContext } from "./guard.ts";
@@ -21,6 +22,8 @@ export const updateUserSchema = z.strictObject({
   roles: z.array(z.enum(ROLES)).max(4).optional(),
   introspect: z.boolean().optional(),
   disabled: z.boolean().optional(),
+  /** Limits replacing the site defaults for VMs this user owns (each key given overrides that default); null: back to the defaults. */
+  quotas: quotaLimitsSchema.nullable().optional(),
 });
 
 export const issueTokenSchema = z.strictObject({

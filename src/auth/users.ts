@@ -8,6 +8,7 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { VigilError, q } from "../errors.ts";
 import type { Db } from "../inventory/db.ts";
 import type { UserRow } from "../inventory/schema.ts";
+import { quotaLimitsSchema, type QuotaLimits } from "../config.ts";
 import { ROLES, type Actor, type Role } from "./permissions.ts";
 
 export const TOKEN_PREFIX = "vgl_";
@@ -21,6 +22,8 @@ export interface UserView {
   groups: string[];
   createdAt: string;
   createdBy: string;
+  /** Per-user quota overrides (null: the site defaults). */
+  quotas: QuotaLimits | null;
 }
 
 /** A token as its owner may see it: never the secret. */
@@ -44,6 +47,12 @@ function parseRoles(json: string): Role[] {
   return Array.isArray(parsed) ? parsed.filter((r): r is Role => (ROLES as readonly string[]).includes(r as string)) : [];
 }
 
+function parseQuotas(json: string | null): QuotaLimits | null {
+  if (json === null) return null;
+  const parsed = quotaLimitsSchema.safeParse(JSON.parse(json));
+  return parsed.success ? parsed.data : null;
+}
+
 export class UserStore {
   constructor(private readonly db: Db) {}
 
@@ -62,6 +71,7 @@ export class UserStore {
       groups: await this.groupsOf(row.id),
       createdAt: row.created_at,
       createdBy: row.created_by,
+      quotas: parseQuotas(row.quotas),
     };
   }
 
@@ -101,15 +111,24 @@ export class UserStore {
     return this.view(row);
   }
 
-  async update(name: string, change: { roles?: Role[] | undefined; introspect?: boolean | undefined; disabled?: boolean | undefined }): Promise<UserView> {
+  async update(name: string, change: { roles?: Role[] | undefined; introspect?: boolean | undefined; disabled?: boolean | undefined; quotas?: QuotaLimits | null | undefined }): Promise<UserView> {
     const row = await this.findByName(name);
     if (!row) throw new VigilError("VIGIL_USER_NOT_FOUND", `User ${q(name)} does not exist`);
     const values: Partial<UserRow> = {};
     if (change.roles) values.roles = JSON.stringify([...new Set(change.roles)]);
     if (change.introspect !== undefined) values.introspect = change.introspect ? 1 : 0;
     if (change.disabled !== undefined) values.disabled = change.disabled ? 1 : 0;
+    if (change.quotas !== undefined) values.quotas = change.quotas === null ? null : JSON.stringify(change.quotas);
     if (Object.keys(values).length > 0) await this.db.updateTable("users").set(values).where("id", "=", row.id).execute();
     return this.get(name);
+  }
+
+  /** The limits for a VM owner: a user's own overrides over the site's defaults; a group has the defaults. */
+  async quotasFor(owner: string, site: QuotaLimits): Promise<QuotaLimits> {
+    const m = /^user:(.+)$/.exec(owner);
+    const row = m ? await this.findByName(m[1]!) : undefined;
+    const own = row ? parseQuotas(row.quotas) : null;
+    return own ? { ...site, ...own } : site;
   }
 
   /** The vigil user behind the local unix socket; created as an admin with introspection on first start. */

@@ -1004,10 +1004,22 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--no-introspect", "revoke introspection")
     .option("--disable", "disable the user")
     .option("--enable", "enable the user")
+    .option("--quota <key=value>", "quota for VMs the user owns, replacing the site default: vms=N, memoryMiB=N or diskMiB=N (repeatable; replaces every override)", collect)
+    .option("--default-quotas", "drop the user's quota overrides (the site defaults apply)")
     .option("--json", "machine-readable output")
-    .action(async (name: string, o: { role?: string[]; introspect?: boolean; disable?: boolean; enable?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { role?: string[]; introspect?: boolean; disable?: boolean; enable?: boolean; quota?: string[]; defaultQuotas?: boolean; json?: boolean }) => {
       const change: Record<string, unknown> = {};
       if (o.role) change.roles = o.role;
+      if (o.defaultQuotas) change.quotas = null;
+      if (o.quota) {
+        const quotas: Record<string, number> = {};
+        for (const kv of o.quota) {
+          const m = /^(vms|memoryMiB|diskMiB)=(\d{1,10})$/.exec(kv);
+          if (!m) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --quota ${JSON.stringify(kv)}: use vms=N, memoryMiB=N or diskMiB=N`, 0, "quota");
+          quotas[m[1]!] = Number(m[2]);
+        }
+        change.quotas = quotas;
+      }
       if (o.introspect !== undefined) change.introspect = o.introspect;
       if (o.disable) change.disabled = true;
       if (o.enable) change.disabled = false;

@@ -150,7 +150,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const registry = new DataRegistry(db, hostName);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, quotas: config.quotas });
   const progress = new ProgressBus();
   const snapshotRepo = new SnapshotRepository(db);
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
@@ -242,7 +242,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     await close().catch(() => undefined);
     throw err;
   }
-  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tls ? "https" : "http"}://${tcpAddress.host}:${tcpAddress.port}` : null, ...(tls ? { tlsFingerprint: tls.fingerprint } : {}), accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
+  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, ...(tls ? { tls: true, tlsFingerprint: tls.fingerprint } : {}), accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
   for (const server of servers) {
     const transport = server === unixServer ? "unix" : "tcp";
     server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));

@@ -28,7 +28,8 @@ import { overwriteAndUnlink } from "../provenance/erase.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
-import { checkHostLimits, readHostFacts, type HostFacts } from "./host-limits.ts";
+import { checkCreateQuota, checkHostLimits, checkStartQuota, readHostFacts, specDiskMiB, type HostFacts, type OwnerUsage } from "./host-limits.ts";
+import type { QuotaLimits } from "../config.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
 import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
@@ -59,6 +60,8 @@ export interface VmServiceDeps {
   log: Logger;
   /** Facts about this host that bound a VM (memory); read from /proc when not given (tests inject them). */
   hostFacts?: (() => HostFacts) | undefined;
+  /** The site's per-owner quota defaults (config `quotas`); users may have their own. */
+  quotas?: QuotaLimits | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
@@ -202,7 +205,7 @@ export class VmService {
       if (await this.d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
       const id = randomUUID();
       const vmgenid = randomUUID();
-      const vm = await this.materialize({ id, spec: input.spec, vmgenid, generation: 1 }, input.prepareDisks, () =>
+      const vm = await this.materialize({ id, spec: input.spec, vmgenid, generation: 1, owner: input.owner }, input.prepareDisks, () =>
         this.d.repo.insert({
           id,
           name: input.spec.name,
@@ -400,7 +403,7 @@ export class VmService {
           const id = randomUUID();
           const vmgenid = randomUUID();
           const vm = await this.materialize(
-            { id, spec, vmgenid, generation: 1 },
+            { id, spec, vmgenid, generation: 1, owner },
             (l) => this.createDisks(spec, l),
             async () =>
               this.d.repo.insert({
@@ -444,6 +447,27 @@ export class VmService {
    * anything fails, the directory is removed and no row exists: a half-created VM is never left behind.
    */
   private async materialize(
+    identity: { id: string; spec: VmSpec; vmgenid: string; generation: number; owner: string },
+    prepareDisks: (l: VmLayout) => Promise<void>,
+    insertRow: () => Promise<VmRecord>,
+  ): Promise<VmRecord> {
+    // The owner's quotas hold for every VM-creating path; its lock makes check and insert one step.
+    return this.locks.run(`owner:${identity.owner}`, async () => {
+      const usage = await this.usage(identity.owner);
+      checkCreateQuota(`Cannot create VM ${q(identity.spec.name)}`, identity.owner, usage.owner, await this.d.users.quotasFor(identity.owner, this.d.quotas ?? {}), identity.spec);
+      return this.materializeLocked(identity, prepareDisks, insertRow);
+    });
+  }
+
+  /** What `owner` holds now, and the memory of every live VM on this host (all owners). */
+  private async usage(owner: string): Promise<{ owner: OwnerUsage; hostLiveMiB: number }> {
+    const all = await this.d.repo.list();
+    const mine = all.filter((v) => v.owner === owner);
+    const live = (vms: VmRecord[]) => vms.filter((v) => isLive(v.state)).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
+    return { owner: { vms: mine.length, memoryMiB: live(mine), diskMiB: mine.reduce((sum, v) => sum + specDiskMiB(v.spec), 0) }, hostLiveMiB: live(all.filter((v) => v.host === this.d.hostName)) };
+  }
+
+  private async materializeLocked(
     identity: { id: string; spec: VmSpec; vmgenid: string; generation: number },
     prepareDisks: (l: VmLayout) => Promise<void>,
     insertRow: () => Promise<VmRecord>,
@@ -606,7 +630,12 @@ export class VmService {
     const l = this.layout(vm);
     const t0 = performance.now();
     const mark = (phase: string) => this.d.log.debug({ vm: vm.name, phase, ms: Math.round(performance.now() - t0) }, "start timing");
-    await this.d.repo.update(vm.id, { state: "starting" });
+    // One start at a time passes this point: the memory of live VMs (this one marked starting) is then exact.
+    await this.locks.run("quota:live-memory", async () => {
+      const usage = await this.usage(vm.owner);
+      checkStartQuota(`Cannot start VM ${q(vm.name)}`, vm.owner, usage.owner, await this.d.users.quotasFor(vm.owner, this.d.quotas ?? {}), vm.spec.memoryMiB, usage.hostLiveMiB, this.hostFacts());
+      await this.d.repo.update(vm.id, { state: "starting" });
+    });
     let pid: number | undefined;
     try {
       ensurePrivateDir(l.dir);

@@ -105,7 +105,7 @@ test("policy: clone and import are refused without approver, purpose and expiry,
   requireTinyImage();
   // A VM from before the site turned the policy on: no approver, purpose or expiry to inherit.
   const d = await startDaemon(t);
-  assert.equal(d.cli("user", "add", "cio").status, 0);
+  for (const u of ["cio", "ciso"]) assert.equal(d.cli("user", "add", u).status, 0);
   await d.api("POST", "/v1/vms", { name: "legacy", memoryMiB: 128 });
   const bundle = join(d.home, "legacy.vigil");
   assert.equal(d.cli("vm", "export", "legacy", "-o", bundle).status, 0);
