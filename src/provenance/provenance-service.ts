@@ -7,7 +7,6 @@ import { z } from "zod";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { HashedRecord } from "../audit/chain.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
-import { can, seesAllVms } from "../auth/permissions.ts";
 import type { UserStore } from "../auth/users.ts";
 import type { Db } from "../inventory/db.ts";
 import { VigilError, errors, q } from "../errors.ts";
@@ -70,13 +69,9 @@ export class ProvenanceService {
       if (err instanceof VigilError && err.code === "VIGIL_VM_NOT_FOUND") return undefined;
       throw err;
     });
-    if (r && can(ctx.actor, "vm.read", r.owner)) return r;
-    if (r || !seesAllVms(ctx.actor)) {
-      await this.guard.authorize(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: r?.owner, readOnly: true }).catch((err: unknown) => {
-        if (!(err instanceof VigilError) || err.code !== "VIGIL_FORBIDDEN") throw err;
-      });
-    }
-    throw errors.vmNotFound(name);
+    await this.guard.authorizeOrHide(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: r?.owner, readOnly: true }, errors.vmNotFound(name));
+    if (!r) throw errors.vmNotFound(name);
+    return r;
   }
 
   async history(ctx: RequestContext, name: string): Promise<VmHistory> {

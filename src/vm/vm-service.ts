@@ -316,15 +316,9 @@ export class VmService {
    */
   async lookup(ctx: RequestContext, name: string, action: string): Promise<VmRecord> {
     const vm = await this.d.repo.findByName(name);
-    if (vm && can(ctx.actor, "vm.read", vm.owner)) return vm;
-    if (vm || !seesAllVms(ctx.actor)) {
-      try {
-        await this.d.guard.authorize(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: vm?.owner, details: { hiddenAs: "VIGIL_VM_NOT_FOUND" }, readOnly: true });
-      } catch (err) {
-        if (!(err instanceof VigilError) || err.code !== "VIGIL_FORBIDDEN") throw err;
-      }
-    }
-    throw errors.vmNotFound(name);
+    await this.d.guard.authorizeOrHide(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: vm?.owner, readOnly: true }, errors.vmNotFound(name));
+    if (!vm) throw errors.vmNotFound(name);
+    return vm;
   }
 
   private target(vm: VmRecord) {
