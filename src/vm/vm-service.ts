@@ -819,6 +819,19 @@ export class VmService {
 
   // ---- guest agent ---------------------------------------------------------------------------------------
 
+  /** Pings the guest agent `count` times; the round-trip times as the daemon measured them. */
+  async pingAgent(ctx: RequestContext, name: string, count: number): Promise<{ rttMs: number[] }> {
+    return this.withAgent(ctx, name, { action: "vm.guest-ping", permission: "vm.read" }, async (a) => {
+      const rttMs: number[] = [];
+      for (let i = 0; i < Math.min(count, 1000); i++) {
+        const t0 = performance.now();
+        await a.ping(5000);
+        rttMs.push(performance.now() - t0);
+      }
+      return { rttMs };
+    });
+  }
+
   /** The guest agent of a running VM, for a read (`vm.read`) or an exec (`vm.exec`). */
   async withAgent<T>(ctx: RequestContext, name: string, op: { action: string; permission: "vm.read" | "vm.exec"; details?: Record<string, unknown> }, fn: (agent: import("../guest-agent/agent-client.ts").AgentClient) => Promise<T>): Promise<T> {
     const vm = await this.lookup(ctx, name, op.action);
