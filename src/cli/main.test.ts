@@ -353,3 +353,18 @@ test("login to an https daemon pins its certificate; later commands use the pin;
   assert.equal(me.status, 0, me.stderr);
   assert.match(me.stdout, /via token/);
 });
+
+test("token list shows your tokens without secrets; token revoke ID revokes that one and those minted with it", async (t) => {
+  const { d, env } = await daemon(t);
+  const parent = await d.deps.users.issueToken(d.deps.localUser, "laptop");
+  await d.deps.users.issueToken(d.deps.localUser, "child", undefined, { id: parent.id, expiresAt: null });
+  const list = await cli(env, ["token", "list", "--json"]);
+  assert.equal(list.status, 0, list.stderr);
+  const tokens = JSON.parse(list.stdout) as Array<{ id: string; name: string; parentId: string | null }>;
+  assert.deepEqual(tokens.map((x) => [x.name, x.parentId === parent.id]).sort(), [["child", true], ["laptop", false]]);
+  assert.ok(!list.stdout.includes(parent.token));
+  const revoke = await cli(env, ["token", "revoke", parent.id]);
+  assert.equal(revoke.status, 0, revoke.stderr);
+  assert.equal(revoke.stdout, "Revoked 2 token(s)\n");
+  assert.equal(await d.deps.users.authenticate(parent.token), undefined);
+});
