@@ -13,9 +13,9 @@ import { AgentClient } from "../src/guest-agent/agent-client.ts";
 import { benchDaemon, machineLine, report } from "./lib.ts";
 
 /** Raw QEMU until the agent's first pong, driven by the same QMP and agent clients vigil uses. Milliseconds. */
-async function rawBoot(binary: string, argv: string[], paths: { qmp: string; agent: string; ram: string; pidFile: string }): Promise<number> {
-  for (const p of [paths.qmp, paths.agent, paths.pidFile, paths.ram]) rmSync(p, { force: true });
-  for (const p of [paths.qmp, paths.ram]) mkdirSync(dirname(p), { recursive: true, mode: 0o700 });
+async function rawBoot(binary: string, argv: string[], paths: { qmp: string; agent: string; pidFile: string }): Promise<number> {
+  for (const p of [paths.qmp, paths.agent, paths.pidFile]) rmSync(p, { force: true });
+  for (const p of [paths.qmp]) mkdirSync(dirname(p), { recursive: true, mode: 0o700 });
   const t0 = performance.now();
   const qemu = spawn(binary, argv, { stdio: "ignore" });
   const exited = new Promise((r) => qemu.once("exit", r));
@@ -40,8 +40,8 @@ export async function run(args: string[]): Promise<void> {
     process.stdout.write(`boot benchmark, ${rounds} rounds; ${machineLine(host.accelerator)}\n`);
     await d.api("POST", "/v1/vms", { name: "bench", memoryMiB: 256, vcpus: 1 });
     const cmd = await d.api<{ binary: string; argv: string[] }>("GET", "/v1/vms/bench/qemu-command");
-    const vm = await d.api<{ paths: { qmpSocket: string; agentSocket: string; ramFile: string; pidFile: string } }>("GET", "/v1/vms/bench");
-    const paths = { qmp: vm.paths.qmpSocket, agent: vm.paths.agentSocket, ram: vm.paths.ramFile, pidFile: vm.paths.pidFile };
+    const vm = await d.api<{ paths: { qmpSocket: string; agentSocket: string; pidFile: string } }>("GET", "/v1/vms/bench");
+    const paths = { qmp: vm.paths.qmpSocket, agent: vm.paths.agentSocket, pidFile: vm.paths.pidFile };
     const raw: number[] = [];
     const vigil: number[] = [];
     for (let i = 0; i < rounds; i++) {

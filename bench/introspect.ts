@@ -4,7 +4,7 @@
  * (1) The engine on one VM (a raw QEMU with exactly vigil's argv, so this process owns its QMP socket): the
  *     kernel model cold and from the build-id cache, the baseline, the first sweep after it, and steady-state
  *     sweeps (wall and CPU time). Baselines, in the same run, for the same guest-memory reads: every page one
- *     sweep reads, fetched through QMP `xp` (HMP, what a tool without the RAM file would do), and a QMP
+ *     sweep reads, fetched through QMP `xp` (HMP, what a tool without the RAM memfd would do), and a QMP
  *     `pmemsave` of all RAM followed by the same sweep over the dump. Goals: first sweep ≤ 100 ms, steady ≤ 5 ms.
  * (2) Watching N VMs through the daemon: its CPU time per second with N running VMs unwatched, then watched every
  *     1 s with the guest's own view every sweep and every 10th sweep, and QEMU's CPU for the same windows (the
@@ -17,6 +17,7 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../src/guest-agent/agent-client.ts";
+import { openGuestRam } from "../src/host/guest-ram.ts";
 import { QmpClient } from "../src/qemu/qmp-client.ts";
 import { buildKernelModel, type KernelModelCache } from "../src/introspection/kernel-model.ts";
 import { parseControlRegisters } from "../src/introspection/page-walk.ts";
@@ -66,11 +67,11 @@ function procCpuMs(pid: number): number {
 async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: number): Promise<{ steadyCpuMs: number; regsCpuMs: number }> {
   await d.api("POST", "/v1/vms", { name: "engine", memoryMiB: 256 });
   const cmd = await d.api<{ binary: string; argv: string[] }>("GET", "/v1/vms/engine/qemu-command");
-  const vm = await d.api<{ paths: { qmpSocket: string; agentSocket: string; ramFile: string } }>("GET", "/v1/vms/engine");
+  const vm = await d.api<{ paths: { qmpSocket: string; agentSocket: string } }>("GET", "/v1/vms/engine");
   // The run directory is created by vigil on start: start and kill once, then run QEMU by hand.
   await d.api("POST", "/v1/vms/engine/start", {});
   await d.api("POST", "/v1/vms/engine/kill");
-  for (const p of [vm.paths.qmpSocket, vm.paths.agentSocket, vm.paths.ramFile]) rmSync(p, { force: true });
+  for (const p of [vm.paths.qmpSocket, vm.paths.agentSocket]) rmSync(p, { force: true });
   const qemu = spawn(cmd.binary, cmd.argv, { stdio: "ignore" });
   const exited = new Promise((r) => qemu.once("exit", r));
   try {
@@ -90,7 +91,7 @@ async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: numbe
     const warm: number[] = [];
     const cache: KernelModelCache = new Map();
     for (let i = 0; i < 3; i++) {
-      const mem = FilePhysicalMemory.open(vm.paths.ramFile, regions);
+      const mem = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, 256 * 1024 * 1024), regions);
       let t = performance.now();
       buildKernelModel(mem, { cr3: r0.cr3, cr4: r0.cr4 });
       cold.push(performance.now() - t);
@@ -105,7 +106,7 @@ async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: numbe
     const first: number[] = [];
     const firstWithModel: number[] = [];
     for (let i = 0; i < 5; i++) {
-      const mem = FilePhysicalMemory.open(vm.paths.ramFile, regions);
+      const mem = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, 256 * 1024 * 1024), regions);
       let t = performance.now();
       const model = buildKernelModel(mem, { cr3: r0.cr3, cr4: r0.cr4, cache });
       const modelMs = performance.now() - t;
@@ -123,7 +124,7 @@ async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: numbe
     }
 
     // Steady state: one baseline, sweeps carrying their state; wall and CPU time; the QMP register read too.
-    const file = FilePhysicalMemory.open(vm.paths.ramFile, regions, { maxCachedPages: 4096 });
+    const file = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, 256 * 1024 * 1024), regions, { maxCachedPages: 4096 });
     const rec = new RecordingMemory(file);
     const model = buildKernelModel(rec, { cr3: r0.cr3, cr4: r0.cr4, cache });
     const baseline = takeBaseline({ model, phys: rec, regs: await regs() });

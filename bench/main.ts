@@ -9,6 +9,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   bundle: () => import("./bundle.ts"),
   vtime: () => import("./vtime.ts"),
   introspect: () => import("./introspect.ts"),
+  witness: () => import("./witness.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

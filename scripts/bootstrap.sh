@@ -13,6 +13,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils      # the hypervisor and the disk tool
   busybox-static cpio xz-utils zstd e2fsprogs kmod  # building the tiny guest image
   bpftool binutils                 # cross-checks of the introspection engine (bpftool btf dump, readelf)
+  nftables                         # the loopback guard for open NICs (src/host/loopback-guard.ts)
   openssl                          # the site TLS certificate for a non-loopback API listener
 )
 

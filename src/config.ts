@@ -55,6 +55,31 @@ export const configSchema = z.strictObject({
       reapply: z.string().regex(/^\/[A-Za-z0-9._\/+-]+$/, "must be an absolute path").optional(),
     })
     .default({}),
+  consoleLog: z
+    .strictObject({
+      /** console.log is moved to console.log.1 past this size (host/console-log.ts): disk use ≈ 2× this at most. */
+      maxBytes: z.number().int().min(64 * 1024).max(1024 * 1024 * 1024).default(1024 * 1024),
+    })
+    .default({ maxBytes: 1024 * 1024 }),
+  audit: z
+    .strictObject({
+      /**
+       * Where the signed tree head is published (at most once a second while records are written, and at
+       * shutdown): an append-only file, best on another mount or host (`{"kind":"file","path":…}`), or an HTTP
+       * witness such as `vigil witness serve` (`{"kind":"http","url":…}`). At start the daemon compares each
+       * witness's latest head with the database; a disagreement is a tamper finding.
+       */
+      witnesses: z
+        .array(
+          z.discriminatedUnion("kind", [
+            z.strictObject({ kind: z.literal("file"), path: z.string().max(4096).regex(/^\//, "must be an absolute path") }),
+            z.strictObject({ kind: z.literal("http"), url: z.string().max(2048).regex(/^https?:\/\/[^\s]+$/, "must be an http(s) URL") }),
+          ]),
+        )
+        .max(8)
+        .default([]),
+    })
+    .default({ witnesses: [] }),
 });
 
 export type VigilConfig = z.output<typeof configSchema>;

@@ -51,8 +51,6 @@ export function vmLayout(vmsDir: string, uuid: string) {
     pidFile: join(run, "qemu.pid"),
     qemuLog: join(run, "qemu.log"),
     consoleLog: join(dir, "console.log"),
-    memDir: join(dir, "mem"),
-    ramFile: join(dir, "mem", "ram"),
     disksDir: join(dir, "disks"),
   };
 }

@@ -44,6 +44,9 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/audit": ["admin", "auditor"],
   "GET /v1/audit/verify": ["admin", "auditor"],
   "GET /v1/audit/export": ["admin", "auditor"],
+  "GET /v1/audit/head": ["admin", "auditor"],
+  "GET /v1/audit/proof/{seq}": ["admin", "auditor"],
+  "GET /v1/audit/consistency": ["admin", "auditor"],
   "GET /v1/vms": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/vms": ["admin", "operator", "vmOwner", "ownerCarol"],
   "GET /v1/vms/{name}": ["admin", "operator", "vmOwner", "auditor"],
@@ -100,14 +103,16 @@ const MATRIX: Record<string, Actor[]> = {
 };
 
 for (const allowed of Object.values(MATRIX)) if (allowed.includes("auditor") || allowed.includes("ownerCarol")) allowed.push("auditorOwner");
-// Clone needs vm.read on the source and vm.create: auditor + owner has both (finding 3 changes this to vm.export).
-MATRIX["POST /v1/vms/{name}/clone"]!.push("auditorOwner");
+// Not clone: it needs vm.export on the source (a full copy of its data), which auditor + owner lacks (finding 3).
 
 /**
  * What an allowed call gets on the fixture: status and, for refusals after authorization, the error code. The VM
  * "target" is pinned in state `starting`, so control routes reach the state machine and stop there.
  */
 const REACHED: Record<string, [number, string?]> = {
+  "GET /v1/audit/head": [200],
+  "GET /v1/audit/proof/{seq}": [200],
+  "GET /v1/audit/consistency": [200],
   "DELETE /v1/groups/{group}/members/{user}": [200],
   "DELETE /v1/images/{image}": [404, "VIGIL_IMAGE_NOT_FOUND"],
   "DELETE /v1/trust/{keyId}": [404, "VIGIL_NOT_FOUND"],
@@ -169,7 +174,7 @@ const REACHED: Record<string, [number, string?]> = {
 };
 
 /** Query strings some routes require to get past input validation to the authorization check. */
-const QUERY: Record<string, string> = { "POST /v1/images": "?name=matrix&format=raw" };
+const QUERY: Record<string, string> = { "POST /v1/images": "?name=matrix&format=raw", "GET /v1/audit/consistency": "?from=0" };
 
 let unique = 0;
 /** A request body that is valid and harmless for each route (acts on objects that exist but cannot do damage). */
@@ -295,7 +300,8 @@ test("authorization matrix: every route × every actor × user and group ownersh
         .replace("{snapshot}", "no-such-snapshot")
         .replace("{keyId}", "0000000000000000")
         .replace("{id}", "no-such-token")
-        .replace("{image}", "no-such-image") + (QUERY[key] ?? "");
+        .replace("{image}", "no-such-image")
+        .replace("{seq}", "1") + (QUERY[key] ?? "");
       for (const actor of ACTORS) {
         await f.repo.update(f.targetId, { state: "starting", owner: pass.owner, pid: null });
         const res = await request(f, actor === "vmOwner" ? pass.vmOwner : actor, method, path, bodyFor(key), { "x-vigil-output": victim });

@@ -50,7 +50,8 @@ export function createApp(d: ApiDeps): App {
     const actor = await authenticateRequest(d.users, d.localUser, c.env?.transport, c.req.header("authorization"));
     if (!actor) {
       if (c.req.method !== "GET" && c.req.method !== "HEAD") {
-        await d.audit.append({ actor: "anonymous", action: `http.${c.req.method.toLowerCase()}`, target: { kind: "route", name: c.req.path.slice(0, 200) }, result: "denied", requestId, details: { reason: "no valid token" } });
+        // Aggregated per source: the first per interval is recorded at once, the rest as one count.
+        await d.audit.denials.deny(c.env?.remoteAddress ?? "unknown", c.req.method, c.req.path.slice(0, 200), requestId);
       }
       return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required: send Authorization: Bearer <token> (see `vigil login`)")), 401);
     }

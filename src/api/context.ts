@@ -47,7 +47,7 @@ export interface ApiDeps {
 
 export type Env = {
   Variables: { ctx: RequestContext };
-  Bindings: { transport?: "unix" | "tcp" };
+  Bindings: { transport?: "unix" | "tcp"; remoteAddress?: string | undefined };
 };
 
 export type App = OpenAPIHono<Env>;

@@ -1,7 +1,13 @@
 /**
  * The one place an operation is authorized and audited. Every service method that changes state runs through
- * `Guard.run`: it checks the permission (deny by default), runs the operation, and appends exactly one audit
- * record with the outcome — ok, denied or error. Reads are checked too, and recorded only when denied.
+ * `Guard.run`: it checks the permission (deny by default), runs the operation, and appends one audit record with
+ * the outcome — ok, denied or error. A refusal the operation itself raises (VIGIL_FORBIDDEN from inside `fn`) is
+ * recorded `denied` too, not `error`. Reads are checked too, and recorded only when denied.
+ *
+ * Destructive operations (DESTRUCTIVE_ACTIONS) are audited before they run as well: a record with result
+ * `intent` is appended first, and if that append fails (disk full, database gone) the operation does not run — fail
+ * closed, as auditd's disk_full_action=halt would. The outcome record names the intent's seq, so a crash between
+ * the two leaves an intent without an outcome, never an action without a record.
  */
 import { VigilError, q } from "../errors.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
@@ -26,6 +32,12 @@ export interface OperationDescription {
   /** Reads are audited only when denied. */
   readOnly?: boolean;
 }
+
+/** Operations that destroy or hand away what cannot be restored: audited before they run (fail closed). */
+export const DESTRUCTIVE_ACTIONS: ReadonlySet<string> = new Set(["vm.destroy", "vm.purge", "vm.chown", "snapshot.revert"]);
+
+const errorDetails = (err: unknown) => (err instanceof VigilError ? { code: err.code, message: err.message } : { code: "VIGIL_INTERNAL", message: String(err) });
+const isRefusal = (err: unknown) => err instanceof VigilError && err.code === "VIGIL_FORBIDDEN";
 
 export class Guard {
   constructor(private readonly audit: AuditLog) {}
@@ -65,28 +77,34 @@ export class Guard {
    */
   async run<T>(ctx: RequestContext, op: OperationDescription, fn: () => Promise<T>, describe?: (result: T) => Record<string, unknown>): Promise<T> {
     await this.authorize(ctx, op);
-    if (op.readOnly) return fn();
+    const base = { actor: ctx.actor.name, action: op.action, target: op.target, requestId: ctx.requestId };
+    if (op.readOnly) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (isRefusal(err)) await this.audit.append({ ...base, result: "denied", details: { ...op.details, error: errorDetails(err) } });
+        throw err;
+      }
+    }
+    let intentSeq: number | undefined;
+    if (DESTRUCTIVE_ACTIONS.has(op.action)) {
+      // Throws if it cannot be recorded: then the action does not run.
+      intentSeq = (await this.audit.append({ ...base, result: "intent", details: op.details })).seq;
+    }
+    const linked = intentSeq === undefined ? {} : { intentSeq };
+    let result: T;
     try {
-      const result = await fn();
-      await this.audit.append({
-        actor: ctx.actor.name,
-        action: op.action,
-        target: op.targetIdOf ? { ...op.target, id: op.targetIdOf(result as never) } : op.target,
-        result: "ok",
-        requestId: ctx.requestId,
-        details: { ...op.details, ...describe?.(result) },
-      });
-      return result;
+      result = await fn();
     } catch (err) {
-      await this.audit.append({
-        actor: ctx.actor.name,
-        action: op.action,
-        target: op.target,
-        result: "error",
-        requestId: ctx.requestId,
-        details: { ...op.details, error: err instanceof VigilError ? { code: err.code, message: err.message } : { code: "VIGIL_INTERNAL", message: String(err) } },
-      });
+      await this.audit.append({ ...base, result: isRefusal(err) ? "denied" : "error", details: { ...op.details, ...linked, error: errorDetails(err) } });
       throw err;
     }
+    await this.audit.append({
+      ...base,
+      target: op.targetIdOf ? { ...op.target, id: op.targetIdOf(result as never) } : op.target,
+      result: "ok",
+      details: { ...op.details, ...describe?.(result), ...linked },
+    });
+    return result;
   }
 }

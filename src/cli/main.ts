@@ -126,7 +126,7 @@ async function withProgress<T>(label: string, work: (requestId: string) => Promi
 
 /** What the CLI needs from outside its bundle: the daemon is loaded only by `vigil serve`. */
 export interface CliHooks {
-  loadDaemon: () => Promise<{ runDaemon(options: { listen: string; tls?: "auto" | "off" | { cert: string; key: string } | undefined }): Promise<void> }>;
+  loadDaemon: () => Promise<{ runDaemon(options: { listen: string; tls?: "auto" | "off" | { cert: string; key: string } | undefined }): Promise<void>; runWitnessServer(options: { dir: string; siteKeyPath: string; listen: string }): Promise<void> }>;
 }
 
 export function buildProgram(hooks: CliHooks): Command {
@@ -161,9 +161,20 @@ export function buildProgram(hooks: CliHooks): Command {
     .description("This host: accelerator (and why), version, VIGIL_HOME")
     .option("--json", "machine-readable output")
     .action(async (o: { json?: boolean }) => {
-      const h = await call<Record<string, string>>("GET", "/v1/host");
+      const h = await call<Record<string, string> & { audit?: AuditHealthView }>("GET", "/v1/host");
       if (o.json) return printJson(h);
-      for (const [k, v] of Object.entries(h)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+      const { audit: health, ...facts } = h;
+      for (const [k, v] of Object.entries(facts)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+      if (health) {
+        process.stdout.write(`${"audit".padEnd(12)} ${health.ok ? "ok" : "TAMPERED"}${health.head ? ` (${plural(health.head.size, "record")}, root ${health.head.rootHash.slice(0, 16)}…)` : ""}\n`);
+        for (const f of health.findings) process.stdout.write(`${"".padEnd(12)} finding: ${f}\n`);
+        for (const w of health.warnings ?? []) process.stdout.write(`${"".padEnd(12)} warning: ${w}\n`);
+        for (const r of health.tamperRecords) process.stdout.write(`${"".padEnd(12)} audit.tamper record ${r.seq} at ${r.time}\n`);
+        for (const w of health.witnesses) {
+          process.stdout.write(`${"witness".padEnd(12)} ${w.name}: ${w.lastPublished ? `head ${w.lastPublished.size} at ${w.lastPublished.time}` : "nothing published yet"}${w.lastError ? `; last error: ${w.lastError}` : ""}\n`);
+        }
+        if (!health.ok) process.exitCode = EXIT.conflict;
+      }
     });
 
   program
@@ -560,8 +571,10 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--purpose <text>", "what the clone is for (default: the source's)")
     .option("--approver <name>", "who approved it (default: the source's approver)")
     .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (default: the source's)")
+    .option("--force", "clone from a snapshot below the source's security floor (needs --reason)")
+    .option("--reason <text>", "why the forced clone is needed (recorded)")
     .option("--json", "machine-readable output")
-    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
+    .action(async (source: string, name: string, o: { linked?: boolean; full?: boolean; fromSnapshot?: string; purpose?: string; approver?: string; expires?: string; force?: boolean; reason?: string; json?: boolean }) => {
       if (o.linked && o.full) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --linked or --full", 0, "mode");
       const body = {
         name,
@@ -570,6 +583,8 @@ export function buildProgram(hooks: CliHooks): Command {
         ...(o.purpose ? { purpose: o.purpose } : {}),
         ...(o.approver ? { approver: o.approver } : {}),
         ...(o.expires ? { expiresAt: o.expires } : {}),
+        ...(o.force ? { force: true } : {}),
+        ...(o.reason !== undefined ? { reason: o.reason } : {}),
       };
       const v = await withProgress(`Cloning ${source}`, (rid) => call<Vm>("POST", vmPath(source, "/clone"), body, undefined, { requestId: rid }));
       if (o.json) return printJson(v);
@@ -581,11 +596,12 @@ export function buildProgram(hooks: CliHooks): Command {
     .requiredOption("-o, --output <file>", "the bundle file to write")
     .option("--with-snapshots", "include the snapshot tree")
     .option("--memory", "capture the running VM's memory too (it resumes where it was after import)")
-    .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean }) => {
+    .option("--valid-until <time>", "ISO time after which every importer refuses the bundle")
+    .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean; validUntil?: string }) => {
       const out = writableOutput("-o", o.output);
       const requestId = randomUUID();
       const bytes = await withProgress(`Exporting ${name}`, () =>
-        download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
+        download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false, ...(o.validUntil !== undefined ? { expiresAt: o.validUntil } : {}) }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
       );
       clearLine();
       process.stdout.write(`Exported ${name} to ${out} (${(bytes / 1048576).toFixed(1)} MiB)\n`);
@@ -597,8 +613,9 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--purpose <text>", "what the VM is for (default: the purpose in the bundle)")
     .option("--approver <name>", "who approved it (never taken from the bundle)")
     .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (never taken from the bundle)")
+    .option("--allow-replay", "import a bundle this site imported before (recorded in the audit log)")
     .option("--json", "machine-readable output")
-    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; json?: boolean }) => {
+    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; allowReplay?: boolean; json?: boolean }) => {
       const abs = resolvePath(file);
       const query = new URLSearchParams({
         source: abs,
@@ -606,6 +623,7 @@ export function buildProgram(hooks: CliHooks): Command {
         ...(o.purpose ? { purpose: o.purpose } : {}),
         ...(o.approver ? { approver: o.approver } : {}),
         ...(o.expires ? { expiresAt: o.expires } : {}),
+        ...(o.allowReplay ? { allowReplay: "true" } : {}),
       });
       const v = await withProgress(`Importing ${basename(abs)}`, (rid) => upload<Vm>(`/v1/vms/import?${query.toString()}`, abs, { requestId: rid, onBytes: (d, t) => progressLine("Uploading", d, t) }));
       clearLine();
@@ -790,7 +808,7 @@ export function buildProgram(hooks: CliHooks): Command {
 
   // ---- introspection ----
   type Finding = { check: string; severity: string; message: string; evidence: Record<string, unknown> };
-  type Watch = { vm: string; intervalMs: number; policy: string; guestViewEvery: number; status: string; sweeps: number; lastSweepAt: string | null; lastSweepMs: number | null; activeFindings: number; baseline: { source: string; takenAt: string } | null; problem: string | null };
+  type Watch = { vm: string; intervalMs: number; policy: string; guestViewEvery: number; noNewModules?: boolean; status: string; sweeps: number; lastSweepAt: string | null; lastSweepMs: number | null; activeFindings: number; baseline: { source: string; takenAt: string } | null; problem: string | null };
   const evidenceLine = (e: Record<string, unknown>) =>
     ["address", "symbol", "expected", "found", "pid", "comm", "module", "vector"]
       .filter((k) => e[k] !== undefined)
@@ -841,11 +859,14 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--interval <duration>", "time between sweeps, 250ms..1h, e.g. 1s, 500ms, 2m (a new watch: 1s; a running one keeps its own)", parseInterval)
     .option("--policy <policy>", "on a new serious finding: alert, pause (contain), or snapshot-and-pause (keep evidence) (a new watch: alert; a running one keeps its own)", parsePolicy)
     .option("--guest-view-every <n>", "ask the guest for its own ps every Nth sweep, 1..3600 (the lie detector; costs guest CPU) (a new watch: 1; a running one keeps its own)", parseGuestViewEvery)
+    // --new-modules first: then --no-new-modules does not make the option default to true (unset keeps the watch's value).
+    .option("--new-modules", "lift the no-new-modules policy (a new watch: modules may be loaded)")
+    .option("--no-new-modules", 'a "no new modules" policy: any module loaded after the boot\'s baseline is a high finding (contained by --policy)')
     .option("--stop", "stop the VM's watch")
     .option("--list", "list the watches you may see")
     .option("--no-follow", "start or change the watch, then return")
     .option("--json", "machine-readable output (one JSON record per line when following)")
-    .action(async (name: string | undefined, o: { interval?: number; policy?: string; guestViewEvery?: number; stop?: boolean; list?: boolean; follow: boolean; json?: boolean }) => {
+    .action(async (name: string | undefined, o: { interval?: number; policy?: string; guestViewEvery?: number; newModules?: boolean; stop?: boolean; list?: boolean; follow: boolean; json?: boolean }) => {
       if (o.list) {
         const { watches } = await call<{ watches: Watch[] }>("GET", "/v1/watches");
         if (o.json) return printJson(watches);
@@ -873,12 +894,12 @@ export function buildProgram(hooks: CliHooks): Command {
       }
       // Merge into the current watch: an option not given keeps its value; only a new watch gets the defaults.
       const existing = (await call<{ watch: Watch | null }>("GET", vmPath(name, "/findings?limit=1"))).watch;
-      const change = watchBody({ ...(o.interval !== undefined ? { intervalMs: o.interval } : {}), ...(o.policy !== undefined ? { policy: o.policy } : {}), ...(o.guestViewEvery !== undefined ? { guestViewEvery: o.guestViewEvery } : {}) }, existing);
+      const change = watchBody({ ...(o.interval !== undefined ? { intervalMs: o.interval } : {}), ...(o.policy !== undefined ? { policy: o.policy } : {}), ...(o.guestViewEvery !== undefined ? { guestViewEvery: o.guestViewEvery } : {}), ...(o.newModules !== undefined ? { noNewModules: !o.newModules } : {}) }, existing);
       const watch = change ? await call<Watch>("PUT", vmPath(name, "/watch"), change) : existing!;
       const vm = await call<{ id: string }>("GET", vmPath(name));
       if (!o.follow) {
         if (o.json) return printJson(watch);
-        process.stdout.write(`Watching ${name} every ${watch.intervalMs / 1000}s (policy ${watch.policy}, ${watch.status})\n`);
+        process.stdout.write(`Watching ${name} every ${watch.intervalMs / 1000}s (policy ${watch.policy}${watch.noNewModules ? ", no new modules" : ""}, ${watch.status})\n`);
         return;
       }
       process.stderr.write(`Watching ${name} every ${watch.intervalMs / 1000}s (policy ${watch.policy}, ${watch.status}). Findings follow; Ctrl-C stops following, the watch keeps running (vigil watch ${name} --stop ends it).\n`);
@@ -889,6 +910,7 @@ export function buildProgram(hooks: CliHooks): Command {
         if (o.json) return void process.stdout.write(data + "\n");
         const d = r.details;
         if (r.action === "ids.finding") process.stdout.write(`${r.time}  ${String(d.severity).toUpperCase().padEnd(8)} ${String(d.check).padEnd(26)} ${String(d.message)}  ${evidenceLine((d.evidence ?? {}) as Record<string, unknown>)}\n`);
+        else if (r.action === "ids.finding-change") process.stdout.write(`${r.time}  ${(d.change === "cleared" ? "CLEARED" : "CHANGED").padEnd(8)} ${String(d.check).padEnd(26)} ${String(d.message)}  ${evidenceLine((d.evidence ?? {}) as Record<string, unknown>)}\n`);
         else if (r.action === "ids.policy") process.stdout.write(`${r.time}  POLICY   ${String(d.policy)}: ${r.result === "ok" ? `paused ${String(d.paused)}${d.snapshot ? `, snapshot ${String(d.snapshot)}` : ""}` : `failed: ${String(d.error)}`}\n`);
         else process.stdout.write(`${r.time}  ${r.action}  ${JSON.stringify(d)}\n`);
       });
@@ -896,13 +918,36 @@ export function buildProgram(hooks: CliHooks): Command {
 
   program
     .command("findings <vm>")
-    .description("The findings of a VM's watch: the alarms active now and the newest new-finding records")
+    .description("The alarms of a VM's watch: active ones, cleared ones (distinctly), each with every change, and the newest new-finding records")
     .option("-n, --limit <n>", "how many records", positiveInt("--limit"), 20)
-    .option("--json", "machine-readable output")
+    .option("--json", "machine-readable output (every alarm with its full history)")
     .action(async (name: string, o: { limit: number; json?: boolean }) => {
-      const r = await call<{ watch: Watch | null; active: Finding[]; recent: Array<Finding & { time: string; sweep: number | null }> }>("GET", vmPath(name, `/findings?limit=${o.limit}`));
+      type Change = { sweep: number; at: string; change: string; severity: string; message: string; what?: string[] };
+      type Alarm = { state: "active" | "cleared"; finding: Finding; firstSweep: number; lastSeenSweep: number; raisedAt: string; clearedAt: string | null; history: Change[]; omittedChanges: number };
+      const r = await call<{ watch: Watch | null; active: Finding[]; alarms?: Alarm[]; recent: Array<Finding & { time: string; sweep: number | null }> }>("GET", vmPath(name, `/findings?limit=${o.limit}`));
       if (o.json) return printJson(r);
-      process.stdout.write(r.watch ? `Watch: ${r.watch.status}, every ${r.watch.intervalMs / 1000}s, policy ${r.watch.policy}, ${r.watch.sweeps} sweeps, ${r.active.length} active\n` : `${name} is not watched\n`);
+      const alarms = r.alarms ?? [];
+      const active = alarms.filter((a) => a.state === "active");
+      const cleared = alarms.filter((a) => a.state === "cleared");
+      process.stdout.write(r.watch ? `Watch: ${r.watch.status}, every ${r.watch.intervalMs / 1000}s, policy ${r.watch.policy}${r.watch.noNewModules ? ", no new modules" : ""}, ${r.watch.sweeps} sweeps, ${r.active.length} active, ${cleared.length} cleared\n` : `${name} is not watched\n`);
+      const history = (a: Alarm) => [...(a.omittedChanges > 0 ? [`(${a.omittedChanges} earlier changes left out)`] : []), ...a.history.map((h) => `sweep ${h.sweep} ${h.change}${h.what ? ` (${h.what.join(", ")})` : ""}: ${h.severity}`)].join("; ");
+      for (const [title, list] of [["ACTIVE", active], ["CLEARED", cleared]] as const) {
+        if (list.length === 0) continue;
+        process.stdout.write(`\n${title} ALARMS (${list.length})\n`);
+        printTable(
+          list.map((a) => ({ ...a.finding, since: a.raisedAt, until: a.clearedAt ?? "", changes: history(a), where: evidenceLine(a.finding.evidence) })),
+          [
+            ["severity", "SEVERITY"],
+            ["check", "CHECK"],
+            ["message", "MESSAGE"],
+            ["where", "EVIDENCE"],
+            ["since", "RAISED"],
+            ...(title === "CLEARED" ? ([["until", "CLEARED"]] as [string, string][]) : []),
+            ["changes", "HISTORY"],
+          ],
+        );
+      }
+      process.stdout.write(`\nNEW-FINDING RECORDS (audit log, newest ${r.recent.length})\n`);
       printTable(
         r.recent.map((f) => ({ ...f, where: evidenceLine(f.evidence) })),
         [
@@ -1068,13 +1113,50 @@ export function buildProgram(hooks: CliHooks): Command {
   const audit = program.command("audit").description("The tamper-evident audit log");
   audit
     .command("verify")
-    .description("Verify the hash chain, signed checkpoints and signed head; names the first bad record")
+    .description("Verify the hash chain, Merkle tree, signed checkpoints and head; names the first bad record. --since proves (consistency proof, checked here) that the log extends an older head")
+    .option("--since <file>", "an older head file (audit-head.json, a witness line) or an older export")
+    .option("--key <pem>", "with --since: the site's public key from a trusted place (default: the one the daemon reports)")
     .option("--json", "machine-readable output")
-    .action(async (o: { json?: boolean }) => {
+    .action(async (o: { json?: boolean; since?: string; key?: string }) => {
       const r = await call<{ ok: boolean; records: number; checkpoints: number; firstBad?: { seq: number; reason: string } }>("GET", "/v1/audit/verify");
-      if (o.json) printJson(r);
-      else if (r.ok) process.stdout.write(`OK: ${plural(r.records, "record")}, ${plural(r.checkpoints, "signed checkpoint")}, chain intact\n`);
-      else process.stdout.write(`TAMPERED: first bad record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
+      let since: { ok: boolean; message: string } | undefined;
+      if (o.since) since = await checkSince(o.since, o.key);
+      if (o.json) printJson(since ? { ...r, since } : r);
+      else {
+        if (r.ok) process.stdout.write(`OK: ${plural(r.records, "record")}, ${plural(r.checkpoints, "signed checkpoint")}, chain intact\n`);
+        else process.stdout.write(`TAMPERED: first bad record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
+        if (since) process.stdout.write(`${since.ok ? "OK" : "TAMPERED"}: ${since.message}\n`);
+      }
+      if (!r.ok || (since && !since.ok)) process.exitCode = EXIT.conflict;
+    });
+  audit
+    .command("prove")
+    .description("An RFC 9162 inclusion proof that record SEQ is in the tree of the newest signed head; anyone checks it with the public key alone (vigil audit check-proof, scripts/verify-audit-export.mjs --proof)")
+    .argument("<seq>", "the record's seq", positiveInt("seq"))
+    .option("-o, --output <file>", "write the proof (JSON) to a file")
+    .option("--json", "print the proof as JSON")
+    .action(async (seq: number, o: { json?: boolean; output?: string }) => {
+      const p = await call<{ record: { seq: number; action: string; actor: string }; treeSize: number; path: string[]; head: { rootHash: string; time: string } }>("GET", `/v1/audit/proof/${seq}`);
+      if (o.output) writeFileSync(writableOutput("-o", o.output), JSON.stringify(p, null, 2) + "\n", { mode: 0o644 });
+      if (o.json) return printJson(p);
+      process.stdout.write(`record ${p.record.seq} (${p.record.action} by ${p.record.actor}) is leaf ${p.record.seq - 1} of ${p.treeSize}; audit path of ${plural(p.path.length, "hash", "hashes")}; root ${p.head.rootHash} signed at ${p.head.time}\n`);
+    });
+  audit
+    .command("check-proof")
+    .description("Check a proof from `vigil audit prove --json` with the site's public key alone (no daemon needed)")
+    .argument("<file>", "the proof (JSON)")
+    .requiredOption("--key <pem>", "the site's public key (site-ed25519.pub.pem) from a trusted place")
+    .action(async (file: string, o: { key: string }) => {
+      const { checkInclusionProof } = await import("../audit/proof-check.ts");
+      const { key, keyId } = await publicKeyFrom(readFileSync(o.key, "utf8"));
+      let doc: unknown;
+      try {
+        doc = JSON.parse(readFileSync(file, "utf8"));
+      } catch {
+        throw new ApiError("VIGIL_BAD_REQUEST", `${JSON.stringify(file)} is not a JSON proof`, 0);
+      }
+      const r = checkInclusionProof(doc, key, keyId);
+      process.stdout.write(`${r.ok ? "OK" : "BAD"}: ${r.message}\n`);
       if (!r.ok) process.exitCode = EXIT.conflict;
     });
   audit
@@ -1110,8 +1192,57 @@ export function buildProgram(hooks: CliHooks): Command {
       });
     });
 
+  // ---- witness ----
+  const witness = program.command("witness").description("An audit witness for another site's log");
+  witness
+    .command("serve")
+    .description("Keep a site's signed tree heads (DIR/heads.jsonl, append-only), accepting only heads that extend the last (consistency proof), and co-sign them")
+    .requiredOption("--dir <dir>", "where the witnessed heads and the witness key live")
+    .requiredOption("--site-key <pem>", "the site's public key (site-ed25519.pub.pem)")
+    .option("--listen <addr:port>", "address to listen on", "127.0.0.1:7451")
+    .action(async (o: { dir: string; siteKey: string; listen: string }) => {
+      mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+      const { runWitnessServer } = await hooks.loadDaemon();
+      await runWitnessServer({ dir: o.dir, siteKeyPath: o.siteKey, listen: o.listen });
+    });
+
   rejectUnknownCommands(program);
   return program;
+}
+
+interface AuditHealthView {
+  ok: boolean;
+  findings: string[];
+  warnings?: string[];
+  tamperRecords: Array<{ seq: number; time: string }>;
+  head: { size: number; rootHash: string } | null;
+  witnesses: Array<{ name: string; lastPublished: { size: number; time: string } | null; lastError: string | null }>;
+}
+
+async function publicKeyFrom(pem: string): Promise<{ key: import("node:crypto").KeyObject; keyId: string }> {
+  const { createHash, createPublicKey } = await import("node:crypto");
+  const key = createPublicKey(pem);
+  return { key, keyId: createHash("sha256").update(key.export({ type: "spki", format: "der" })).digest("hex").slice(0, 16) };
+}
+
+/** `audit verify --since`: the consistency proof (or, for a pre-Merkle head, the record) checked here, not by the daemon. */
+async function checkSince(file: string, keyFile: string | undefined): Promise<{ ok: boolean; message: string }> {
+  const { checkExtends, readOldHead } = await import("../audit/proof-check.ts");
+  let old;
+  try {
+    old = readOldHead(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new ApiError("VIGIL_BAD_REQUEST", `--since ${JSON.stringify(file)}: ${(err as Error).message}`, 0, "since");
+  }
+  const current = await call<{ head: import("../audit/chain.ts").TreeHead; publicKey: string }>("GET", "/v1/audit/head");
+  const { key, keyId } = await publicKeyFrom(keyFile ? readFileSync(keyFile, "utf8") : current.publicKey);
+  if (old.kind === "legacy") {
+    const { records } = await call<{ records: import("../audit/chain.ts").HashedRecord[] }>("GET", `/v1/audit?after=${old.head.seq - 1}&limit=1`);
+    return checkExtends(old, current.head, key, keyId, { record: records[0] });
+  }
+  if (old.head.size > current.head.size) return checkExtends(old, current.head, key, keyId, {});
+  const proof = await call<{ path: string[]; head: import("../audit/chain.ts").TreeHead }>("GET", `/v1/audit/consistency?from=${old.head.size}`);
+  return checkExtends(old, proof.head, key, keyId, { path: proof.path });
 }
 
 /**

@@ -22,13 +22,15 @@ test("--interval is checked in the CLI: 250ms..1h, named by its flag", () => {
 });
 
 test("options not given keep the existing watch's values", () => {
-  const existing = { intervalMs: 2000, policy: "snapshot-and-pause", guestViewEvery: 5 };
-  assert.deepEqual(watchBody({ intervalMs: 5000 }, existing), { intervalMs: 5000, policy: "snapshot-and-pause", guestViewEvery: 5 });
-  assert.deepEqual(watchBody({ policy: "pause" }, existing), { intervalMs: 2000, policy: "pause", guestViewEvery: 5 });
+  const existing = { intervalMs: 2000, policy: "snapshot-and-pause", guestViewEvery: 5, noNewModules: true };
+  assert.deepEqual(watchBody({ intervalMs: 5000 }, existing), { intervalMs: 5000, policy: "snapshot-and-pause", guestViewEvery: 5, noNewModules: true }, "changing the interval keeps no-new-modules");
+  assert.deepEqual(watchBody({ policy: "pause" }, existing), { intervalMs: 2000, policy: "pause", guestViewEvery: 5, noNewModules: true });
+  assert.deepEqual(watchBody({ noNewModules: false }, existing), { intervalMs: 2000, policy: "snapshot-and-pause", guestViewEvery: 5, noNewModules: false });
   assert.equal(watchBody({}, existing), undefined, "no option: nothing to change");
 });
 
 test("a VM that is not watched gets the defaults 1s/alert/1 for what is not given", () => {
-  assert.deepEqual(watchBody({}, null), { intervalMs: 1000, policy: "alert", guestViewEvery: 1 });
-  assert.deepEqual(watchBody({ policy: "pause" }, null), { intervalMs: 1000, policy: "pause", guestViewEvery: 1 });
+  assert.deepEqual(watchBody({}, null), { intervalMs: 1000, policy: "alert", guestViewEvery: 1, noNewModules: false });
+  assert.deepEqual(watchBody({ policy: "pause" }, null), { intervalMs: 1000, policy: "pause", guestViewEvery: 1, noNewModules: false });
+  assert.deepEqual(watchBody({ noNewModules: true }, null), { intervalMs: 1000, policy: "alert", guestViewEvery: 1, noNewModules: true });
 });

@@ -9,7 +9,7 @@ export const WATCH_POLICIES = ["alert", "pause", "snapshot-and-pause"] as const;
 export const MIN_INTERVAL_MS = 250;
 export const MAX_INTERVAL_MS = 3_600_000;
 export const MAX_GUEST_VIEW_EVERY = 3600;
-export const WATCH_DEFAULTS = { intervalMs: 1000, policy: "alert", guestViewEvery: 1 } as const;
+export const WATCH_DEFAULTS = { intervalMs: 1000, policy: "alert", guestViewEvery: 1, noNewModules: false } as const;
 
 const bad = (flag: string, message: string) => new ApiError("VIGIL_BAD_REQUEST", message, 0, flag);
 
@@ -41,6 +41,8 @@ export interface WatchSettings {
   intervalMs: number;
   policy: string;
   guestViewEvery: number;
+  /** --no-new-modules / --new-modules */
+  noNewModules: boolean;
 }
 
 /**
@@ -48,7 +50,7 @@ export interface WatchSettings {
  * `given` holds parsed options; `existing` is the current watch (null when the VM is not watched).
  */
 export function watchBody(given: Partial<WatchSettings>, existing: Partial<WatchSettings> | null): WatchSettings | undefined {
-  const none = given.intervalMs === undefined && given.policy === undefined && given.guestViewEvery === undefined;
+  const none = given.intervalMs === undefined && given.policy === undefined && given.guestViewEvery === undefined && given.noNewModules === undefined;
   if (existing && none) return undefined;
   const base = { ...WATCH_DEFAULTS, ...(existing ? pick(existing) : {}) };
   return { ...base, ...pick(given) };
@@ -59,5 +61,6 @@ function pick(s: Partial<WatchSettings>): Partial<WatchSettings> {
   if (s.intervalMs !== undefined) out.intervalMs = s.intervalMs;
   if (s.policy !== undefined) out.policy = s.policy;
   if (s.guestViewEvery !== undefined) out.guestViewEvery = s.guestViewEvery;
+  if (s.noNewModules !== undefined) out.noNewModules = s.noNewModules;
   return out;
 }

@@ -12,6 +12,8 @@ import { join } from "node:path";
 import { AuditLog } from "../audit/audit-log.ts";
 import { AuditService } from "../audit/audit-service.ts";
 import { loadOrCreateSiteKey } from "../audit/site-key.ts";
+import { FileWitness, HttpWitness } from "../audit/witness.ts";
+export { runWitnessServer } from "../audit/witness-server.ts";
 import { AccountService } from "../auth/account-service.ts";
 import { Guard, type RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR } from "../auth/permissions.ts";
@@ -33,13 +35,14 @@ import { VmRepository } from "../vm/vm-repository.ts";
 import { VmService } from "../vm/vm-service.ts";
 import type { HostFacts } from "../vm/host-limits.ts";
 import { GenerationLog } from "../vtime/generations.ts";
-import { checkRevert } from "../vtime/rollback-policy.ts";
+import { checkRevert, floorViolations } from "../vtime/rollback-policy.ts";
 import { reapplyHook } from "../vtime/reapply-hook.ts";
 import { SnapshotRepository } from "../storage/snapshot-repository.ts";
 import { SnapshotService } from "../storage/snapshots.ts";
 import { CloneService } from "../storage/clones.ts";
 import { TrustStore } from "../storage/trust.ts";
 import { BundleService } from "../storage/bundle/bundle-service.ts";
+import { ImportedBundles } from "../storage/bundle/imported-bundles.ts";
 import { ProgressBus } from "../util/progress.ts";
 import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
@@ -51,6 +54,7 @@ import { authenticateRequest } from "../auth/authenticate.ts";
 import { loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { createServer as createHttpsServer } from "node:https";
 import { startExpiryWatch } from "../vm/expiry.ts";
+import { installLoopbackGuard } from "../host/loopback-guard.ts";
 
 export const VERSION: string = (() => {
   try {
@@ -139,7 +143,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const db: Db = await openSqlite(home.database);
   const hostName = hostname();
   const siteKey = loadOrCreateSiteKey(home.keysDir);
-  const audit = await AuditLog.open(db, siteKey, hostName, join(home.keysDir, "audit-head.json"));
+  const witnesses = config.audit.witnesses.map((w) => (w.kind === "file" ? new FileWitness(w.path) : new HttpWitness(w.url)));
+  const audit = await AuditLog.open(db, siteKey, hostName, join(home.keysDir, "audit-head.json"), {
+    witnesses,
+    onPublishError: (witness, err) => log.warn({ witness, err: messageOf(err) }, "cannot publish the audit head to a witness"),
+  });
   const users = new UserStore(db);
   const localUser = userInfo().username;
   await users.ensureLocalUser(localUser);
@@ -147,17 +155,19 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const accel = detectAccelerator();
   const catalog = new ImageCatalog(options.cache ?? vigilCache());
   const repo = new VmRepository(db);
-  const registry = new DataRegistry(db, hostName);
+  const registry = new DataRegistry(db, hostName, home.vmsDir);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, quotas: config.quotas });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas });
+  // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
+  await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
   const snapshotRepo = new SnapshotRepository(db);
-  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
+  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply), registry });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir);
-  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log });
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
+  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.
@@ -204,7 +214,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     vtime.close();
     await introspection.close();
     await vms.close();
-    await audit.checkpoint();
+    await audit.close();
     await db.destroy();
     rmSync(home.socket, { force: true });
     rmSync(home.pidFile, { force: true });
@@ -214,9 +224,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   // Requests wait until running VMs are found again, so nobody sees a VM as stopped that is running.
   let markReady!: () => void;
   const ready = new Promise<void>((resolve) => (markReady = resolve));
-  const serve = (transport: "unix" | "tcp") => async (req: Request) => {
+  const serve = (transport: "unix" | "tcp") => async (req: Request, env?: { incoming?: { socket?: { remoteAddress?: string | undefined } } }) => {
     await ready;
-    return app.fetch(req, { transport });
+    return app.fetch(req, { transport, remoteAddress: env?.incoming?.socket?.remoteAddress });
   };
   let tcpAddress: Daemon["tcpAddress"];
   let unixServer: ServerType;
@@ -235,6 +245,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     servers.push(unixServer);
 
     recovered = await vms.recover();
+    await snapshots.recoverInterrupted();
     await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
     markReady();
   } catch (err) {

@@ -16,7 +16,7 @@ import { ensurePrivateDir } from "../host/private-dir.ts";
 import { imageInfo, QEMU_IMG } from "../qemu/qemu-img.ts";
 import { runCommand } from "../util/run-command.ts";
 import { parseOrThrow } from "../validation.ts";
-import { Qcow2Image } from "../storage/qcow2.ts";
+import { Qcow2Image, assertSelfContained } from "../storage/qcow2.ts";
 import type { ImageCatalog, ImageView } from "./catalog.ts";
 
 export const importImageSchema = z.strictObject({
@@ -60,8 +60,8 @@ export class ImageService {
         if (req.format === "qcow2") {
           const img = Qcow2Image.open(upload);
           try {
-            if (img.header.backingFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot import image ${q(req.name)}: it names a backing file (${q(img.header.backingFile)}); import a standalone image`, { field: "format" });
-            if (img.header.externalDataFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot import image ${q(req.name)}: it keeps its data in an external file`, { field: "format" });
+            // An image is standalone: no backing file, no external data file (the one check, qcow2.ts).
+            assertSelfContained(img.header, req.name);
           } finally {
             img.close();
           }

@@ -83,6 +83,35 @@ export interface FtraceOffsets {
   readonly recSize: number;
 }
 
+/** struct ftrace_ops: the registered tracers, for the trampolines the kernel allocated for them. */
+export interface FtraceOpsOffsets {
+  readonly next: number;
+  readonly trampoline: number;
+  readonly trampolineSize: number;
+  /** ops->direct_call (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS): a BPF trampoline the sites of the ops call directly */
+  readonly directCall: number | undefined;
+}
+
+/** struct module's memory regions (6.4+: `struct module_memory mem[MOD_MEM_NUM_TYPES]`) and its taint flags. */
+export interface ModuleMemoryOffsets {
+  /** offsetof(struct module, mem) */
+  readonly mem: number;
+  readonly memCount: number;
+  readonly memSize: number;
+  /** offsetof(struct module_memory, base / size) */
+  readonly base: number;
+  readonly size: number;
+  /** offsetof(struct module, taints), unsigned long */
+  readonly taints: number | undefined;
+  /** offsetof(struct module, sig_ok), bool (CONFIG_MODULE_SIG) */
+  readonly sigOk: number | undefined;
+  /** offsetof(struct module, mkobj.kobj.sd) and offsetof(struct kernfs_node, id): /sys/module/NAME's inode id,
+   * new for every load (kernfs allocates ids cyclically), so a module unloaded and loaded again at the same
+   * address is still told apart */
+  readonly kobjSd: number | undefined;
+  readonly kernfsId: number | undefined;
+}
+
 export interface KernelLayout {
   /** _stext.._etext, page-aligned outward. */
   readonly text: AddressRange | undefined;
@@ -94,6 +123,8 @@ export interface KernelLayout {
   readonly pid: PidOffsets | undefined;
   readonly module: ModuleOffsets | undefined;
   readonly ftrace: FtraceOffsets | undefined;
+  readonly ftraceOps: FtraceOpsOffsets | undefined;
+  readonly moduleMemory: ModuleMemoryOffsets | undefined;
   /** Why some of the above are missing: no BTF, a struct this build does not have, a symbol not found. */
   readonly problems: readonly string[];
 }
@@ -210,6 +241,34 @@ function computeLayout(model: KernelModel): KernelLayout {
         recSize: btf.structSize("dyn_ftrace"),
       }))
     : undefined;
+  const optional = (b: Btf, st: string, m: string): number | undefined => {
+    try {
+      return b.structMemberOffset(st, m);
+    } catch {
+      return undefined;
+    }
+  };
+  const ftraceOps = btf
+    ? group("struct ftrace_ops", problems, (): FtraceOpsOffsets => ({
+        next: off(btf, "ftrace_ops", "next"),
+        trampoline: off(btf, "ftrace_ops", "trampoline"),
+        trampolineSize: off(btf, "ftrace_ops", "trampoline_size"),
+        directCall: optional(btf, "ftrace_ops", "direct_call"),
+      }))
+    : undefined;
+  const moduleMemory = btf
+    ? group("struct module_memory", problems, (): ModuleMemoryOffsets => ({
+        mem: off(btf, "module", "mem"),
+        memCount: Math.min(16, btf.arrayLength(btf.member("module", "mem").type) ?? 0),
+        memSize: btf.structSize("module_memory"),
+        base: off(btf, "module_memory", "base"),
+        size: off(btf, "module_memory", "size"),
+        taints: optional(btf, "module", "taints"),
+        sigOk: optional(btf, "module", "sig_ok"),
+        kobjSd: ((sd) => (sd === undefined ? undefined : off(btf, "module", "mkobj") + off(btf, "module_kobject", "kobj") + sd))(optional(btf, "kobject", "sd")),
+        kernfsId: optional(btf, "kernfs_node", "id"),
+      }))
+    : undefined;
   return {
     text,
     rodata,
@@ -218,6 +277,8 @@ function computeLayout(model: KernelModel): KernelLayout {
     pid: pidOk ? pid : undefined,
     module,
     ftrace,
+    ftraceOps,
+    moduleMemory: moduleMemory && moduleMemory.memCount > 0 && moduleMemory.memSize > 0 ? moduleMemory : undefined,
     problems,
   };
 }

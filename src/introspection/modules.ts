@@ -6,7 +6,7 @@
  * with parameters also have a module_kobject (mod == NULL); they are counted, not listed.
  */
 import { hex } from "./errors.ts";
-import { cString, isKernelPointer, readU64, walkList, type ModuleOffsets } from "./kernel-layout.ts";
+import { cString, isKernelPointer, readU64, walkList, type ModuleMemoryOffsets, type ModuleOffsets } from "./kernel-layout.ts";
 import type { PagingLevels } from "./page-walk.ts";
 import type { AddressSpace } from "./physical-memory.ts";
 
@@ -88,4 +88,58 @@ export function walkModuleKset(space: AddressSpace, o: ModuleOffsets, ksetVar: b
     else rejected++;
   }
   return { modules, complete: w.complete, problem: w.problem, builtin, rejected };
+}
+
+/** Linux taint flags (include/linux/panic.h TAINT_*), by bit: the letters /proc/sys/kernel/tainted decodes to. */
+export const TAINT_FLAGS: readonly { readonly name: string; readonly letter: string }[] = [
+  { name: "PROPRIETARY_MODULE", letter: "P" },
+  { name: "FORCED_MODULE", letter: "F" },
+  { name: "CPU_OUT_OF_SPEC", letter: "S" },
+  { name: "FORCED_RMMOD", letter: "R" },
+  { name: "MACHINE_CHECK", letter: "M" },
+  { name: "BAD_PAGE", letter: "B" },
+  { name: "USER", letter: "U" },
+  { name: "DIE", letter: "D" },
+  { name: "OVERRIDDEN_ACPI_TABLE", letter: "A" },
+  { name: "WARN", letter: "W" },
+  { name: "CRAP", letter: "C" },
+  { name: "FIRMWARE_WORKAROUND", letter: "I" },
+  { name: "OOT_MODULE", letter: "O" },
+  { name: "UNSIGNED_MODULE", letter: "E" },
+  { name: "SOFTLOCKUP", letter: "L" },
+  { name: "LIVEPATCH", letter: "K" },
+  { name: "AUX", letter: "X" },
+  { name: "RANDSTRUCT", letter: "T" },
+  { name: "TEST", letter: "N" },
+];
+export const TAINT_OOT_MODULE = 12;
+export const TAINT_UNSIGNED_MODULE = 13;
+
+/** The names of the bits set in `mask` (unknown bits as "bit N"), at most 64. */
+export function taintNames(mask: bigint): string[] {
+  const out: string[] = [];
+  for (let b = 0; b < 64; b++) if ((mask >> BigInt(b)) & 1n) out.push(TAINT_FLAGS[b]?.name ?? `bit ${b}`);
+  return out;
+}
+
+/** What a module says about where it came from: its own taint flags and its signature verdict. */
+export interface ModuleTrust {
+  /** struct module.taints; undefined when this build has no such field or it cannot be read */
+  readonly taints: bigint | undefined;
+  /** struct module.sig_ok (CONFIG_MODULE_SIG); undefined when absent */
+  readonly sigOk: boolean | undefined;
+}
+
+/** The load identity of a module: the kernfs id of its /sys/module directory (undefined when not readable). */
+export function readModuleLoadId(space: AddressSpace, mm: ModuleMemoryOffsets | undefined, address: bigint, levels: PagingLevels): bigint | undefined {
+  if (mm?.kobjSd === undefined || mm.kernfsId === undefined) return undefined;
+  const sd = readU64(space, address + BigInt(mm.kobjSd));
+  if (sd === undefined || !isKernelPointer(sd, levels)) return undefined;
+  return readU64(space, sd + BigInt(mm.kernfsId));
+}
+
+export function readModuleTrust(space: AddressSpace, mm: ModuleMemoryOffsets | undefined, address: bigint): ModuleTrust {
+  const taints = mm?.taints !== undefined ? readU64(space, address + BigInt(mm.taints)) : undefined;
+  const sig = mm?.sigOk !== undefined ? space.read(address + BigInt(mm.sigOk), 1) : undefined;
+  return { taints, sigOk: sig ? sig[0] !== 0 : undefined };
 }

@@ -12,6 +12,8 @@ const TEXT = 0xffff_ffff_8100_0000n;
 const policy: TargetPolicy = {
   isFunctionStart: (a) => a >= TEXT && a < TEXT + 0x10_0000n && (a & 0xffn) === 0n,
   moduleArea: { start: 0xffff_ffff_c000_0000n, end: 0xffff_ffff_ff00_0000n },
+  // "ftrace_caller" at +0x200, "ftrace_regs_caller" at +0x300, one registered ops trampoline in the module area.
+  isFtraceTarget: (a) => a === TEXT + 0x200n || a === TEXT + 0x300n || a === 0xffff_ffff_c040_0000n,
 };
 const NOP5 = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 const rel = (op: number, at: bigint, to: bigint): Buffer => {
@@ -22,12 +24,18 @@ const rel = (op: number, at: bigint, to: bigint): Buffer => {
 };
 const site = (kind: PatchSite["kind"], address: bigint, original: number[], length: 2 | 5 = 5, target?: bigint): PatchSite => ({ kind, address, length, original: Buffer.from([...original, 0, 0, 0, 0, 0].slice(0, 5)), target });
 
-test("ftrace sites: NOP, call into text or a trampoline; never a call into the middle of a function", () => {
+test("ftrace sites: NOP, or a call to ftrace_caller / ftrace_regs_caller / a registered trampoline only", () => {
   const s = site("ftrace", TEXT + 0x104n, NOP5);
   assert.deepEqual(judgeSite(s, Buffer.from(NOP5), policy), { legit: true, same: true, target: undefined, foreign: false });
   assert.deepEqual(judgeSite(s, rel(0xe8, s.address, TEXT + 0x200n), policy), { legit: true, same: false, target: TEXT + 0x200n, foreign: false });
   assert.deepEqual(judgeSite(s, rel(0xe8, s.address, 0xffff_ffff_c040_0000n), policy), { legit: true, same: false, target: 0xffff_ffff_c040_0000n, foreign: true });
   assert.equal(judgeSite(s, rel(0xe8, s.address, TEXT + 0x208n), policy).legit, false);
+  // A call to another kernel function start, or into module memory that is no registered trampoline: a hook.
+  const other = judgeSite(s, rel(0xe8, s.address, TEXT + 0x400n), policy);
+  assert.equal(other.legit, false);
+  assert.match(other.legit ? "" : other.why, /neither ftrace_caller, ftrace_regs_caller nor a trampoline/);
+  assert.equal(judgeSite(s, rel(0xe8, s.address, 0xffff_ffff_c050_0000n), policy).legit, false);
+  assert.equal(judgeSite(s, rel(0xe8, s.address, TEXT - 0x4000_0000n), policy).legit, false);
   assert.equal(judgeSite(s, rel(0xe9, s.address, TEXT + 0x200n), policy).legit, false, "ftrace never writes a jmp");
   assert.equal(judgeSite(s, Buffer.from([0x90, 0x90, 0x90, 0x90, 0x90]), policy).legit, false);
   // text_poke_bp in progress: int3, then the old tail or the new one.
@@ -35,9 +43,11 @@ test("ftrace sites: NOP, call into text or a trampoline; never a call into the m
   const call = rel(0xe8, s.address, TEXT + 0x300n);
   call[0] = 0xcc;
   assert.equal(judgeSite(s, call, policy).legit, true);
-  const bogus = rel(0xe8, s.address, TEXT + 0x301n);
+  const bogus = rel(0xe8, s.address, TEXT + 0x400n);
   bogus[0] = 0xcc;
   assert.equal(judgeSite(s, bogus, policy).legit, false);
+  // Static calls and the ftrace_call op site still call any function start.
+  assert.equal(judgeSite(site("static-call", TEXT + 0x150n, NOP5), rel(0xe8, TEXT + 0x150n, TEXT + 0x400n), policy).legit, true);
 });
 
 test("jump labels: only a NOP or a jmp to exactly the entry's target, of the site's own size", () => {

@@ -12,6 +12,10 @@
  *   trampolines in .static_call.text: `call`/`jmp` to a function, a NOP, `ret`, or the 5-byte `xor %eax,%eax`.
  * - the transient states of text_poke_bp(): an int3 in the first byte while the rest is the old or new tail.
  *
+ * An ftrace call site may only call what ftrace itself would write there (ftrace_get_addr_new(): ftrace_caller,
+ * ftrace_regs_caller, or the trampoline of a registered ftrace_ops, `ops->trampoline`); the policy supplies that
+ * set at each sweep (see text-integrity.ts targetPolicy). BPF direct-call trampolines are not accepted.
+ *
  * Sites are collected at the trusted baseline moment and never re-read from the guest afterwards: a rootkit that
  * forges an ftrace record later cannot make its own patch look legitimate. A call/jmp explained as legitimate
  * must still land on a function start in kernel text or in the module area (where ftrace and BPF trampolines
@@ -325,6 +329,12 @@ export interface TargetPolicy {
   isFunctionStart(address: bigint): boolean;
   /** ftrace/BPF trampolines and module code live here. */
   readonly moduleArea: AddressRange;
+  /**
+   * What an ftrace call site may call: ftrace_caller, ftrace_regs_caller, or a trampoline the kernel allocated
+   * for a registered ftrace_ops (read from ftrace_ops_list). Anything else — another kernel function, module
+   * code, unknown memory — is a hook disguised as tracing.
+   */
+  isFtraceTarget(address: bigint): boolean;
 }
 
 /** How one site's current bytes were judged. */
@@ -361,6 +371,11 @@ function formOf(kind: PatchKind, site: PatchSite, b: Uint8Array, policy: TargetP
     return { legit: false, why: "jump label holds neither a 5-byte NOP nor a jmp" };
   }
   if (startsWith(b, NOP5)) return kind === "ftrace-op" ? { legit: false, why: "ftrace_call holds a NOP" } : ok(undefined);
+  if (b[0] === 0xe8 && kind === "ftrace") {
+    const target = (at + 5n + rel32(b)) & 0xffff_ffff_ffff_ffffn;
+    if (!policy.isFtraceTarget(target)) return { legit: false, why: `ftrace site calls ${hex(target)}, which is neither ftrace_caller, ftrace_regs_caller nor a trampoline of a registered ftrace_ops` };
+    return { legit: true, same: false, target, foreign: inRange(policy.moduleArea, target) };
+  }
   if (b[0] === 0xe8) return ok(at + 5n + rel32(b));
   if (kind === "static-call" || kind === "static-call-tramp") {
     if (b[0] === 0xe9) return ok(at + 5n + rel32(b));
@@ -400,7 +415,8 @@ export interface Normalisation {
   readonly patched: Partial<Record<PatchKind, number>>;
   /** Legitimate call/jmp targets outside kernel text (module area): ftrace/BPF trampolines, or a hook. */
   readonly foreign: { site: bigint; kind: PatchKind; target: bigint }[];
-  readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string }[];
+  /** `target`: where the site's call/jmp now goes, when it holds one. */
+  readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string; target?: bigint }[];
 }
 
 const MAX_REPORTED_SITES = 16;
@@ -424,7 +440,8 @@ export function normalise(cur: Buffer, curStart: bigint, start: bigint, end: big
     const bytes = cur.subarray(Number(o), Number(o) + s.length);
     const st = judgeSite(s, bytes, policy);
     if (!st.legit) {
-      if (illegitimate.length < MAX_REPORTED_SITES) illegitimate.push({ site: s.address, kind: s.kind, found: Buffer.from(bytes).toString("hex"), why: st.why });
+      const branch = s.length === 5 && (bytes[0] === 0xe8 || bytes[0] === 0xe9) ? (s.address + 5n + rel32(bytes)) & 0xffff_ffff_ffff_ffffn : undefined;
+      if (illegitimate.length < MAX_REPORTED_SITES) illegitimate.push({ site: s.address, kind: s.kind, found: Buffer.from(bytes).toString("hex"), why: st.why, ...(branch !== undefined ? { target: branch } : {}) });
       continue;
     }
     if (st.same) continue;

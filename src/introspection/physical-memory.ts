@@ -309,11 +309,26 @@ export class FilePhysicalMemory extends RegionMemory {
     } catch (err) {
       throw new IntrospectionError("host-input", `Cannot open RAM file ${JSON.stringify(path)}: ${(err as Error).message}`, { cause: err });
     }
-    const fileSize = BigInt(fstatSync(fd).size);
+    return FilePhysicalMemory.fromFd(fd, regions, options, JSON.stringify(path));
+  }
+
+  /**
+   * Takes ownership of `fd` (already open, read-only: e.g. QEMU's RAM memfd from host/guest-ram.ts) and closes
+   * it on `close()` — or at once, if the regions do not fit.
+   */
+  static fromFd(fd: number, regions: readonly RamRegion[], options: FileMemoryOptions = {}, label = "guest RAM"): FilePhysicalMemory {
+    let fileSize: bigint;
+    try {
+      validateRegions(regions);
+      fileSize = BigInt(fstatSync(fd).size);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     for (const r of regions) {
       if (r.fileOffset + (r.end - r.start) > fileSize) {
         closeSync(fd);
-        throw new IntrospectionError("host-input", `Cannot map RAM region ${JSON.stringify(r.name)} at ${hex(r.start)}: it ends past the end of ${JSON.stringify(path)} (${fileSize} bytes)`);
+        throw new IntrospectionError("host-input", `Cannot map RAM region ${JSON.stringify(r.name)} at ${hex(r.start)}: it ends past the end of ${label} (${fileSize} bytes)`);
       }
     }
     let open = true;

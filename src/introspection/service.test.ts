@@ -5,7 +5,7 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { z } from "zod";
@@ -13,6 +13,7 @@ import { startDaemon, type Daemon } from "../daemon/daemon.ts";
 import { silentLogger } from "../log.ts";
 import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
 import type { VmRuntime } from "../host/vm-runtime.ts";
+import { memfdQemu } from "../host/testing/memfd-qemu.ts";
 
 interface Fixture {
   home: string;
@@ -121,11 +122,11 @@ test("watch input is strict: interval bounds, known policies, no unknown fields"
 
 test("watches survive a daemon restart and go away with their VM", async (t) => {
   const f = await fixture(t);
-  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 1500, policy: "snapshot-and-pause" })).status, 200);
+  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 1500, policy: "snapshot-and-pause", noNewModules: true })).status, 200);
   await f.daemon.close();
   f.daemon = await open(f.home);
-  const after = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ vm: string; intervalMs: number; policy: string; status: string }> };
-  assert.deepEqual(after.watches.map((w) => [w.vm, w.intervalMs, w.policy, w.status]), [["target", 1500, "snapshot-and-pause", "armed"]]);
+  const after = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ vm: string; intervalMs: number; policy: string; status: string; noNewModules: boolean }> };
+  assert.deepEqual(after.watches.map((w) => [w.vm, w.intervalMs, w.policy, w.status, w.noNewModules]), [["target", 1500, "snapshot-and-pause", "armed", true]], "the no-new-modules policy is kept with the watch");
   await f.daemon.repo.delete(f.vmId);
   assert.deepEqual((await req(f, "ivy", "GET", "/v1/watches")).json, { watches: [] });
 });
@@ -152,18 +153,18 @@ test("a containment policy needs the right to pause (and snapshot) by hand: a re
 });
 
 /**
- * A QEMU as the service sees it, without QEMU: QMP answers with a RAM layout and registers, the RAM file holds
- * nothing a kernel model can be built from (16 MiB of zeros), and the agent answers — or never does.
+ * A QEMU as the service sees it: a real QEMU paused before its first instruction holds the RAM memfd (zeros:
+ * nothing a kernel model can be built from), QMP is faked and answers with a RAM layout and registers, and the
+ * agent answers — or never does.
  */
-function fakeRuntime(home: string, agentAnswers: boolean): VmRuntime {
-  const ramFile = join(home, "ram");
-  writeFileSync(ramFile, Buffer.alloc(16 << 20));
+async function fakeRuntime(t: TestContext, memoryMiB: number, agentAnswers: boolean): Promise<VmRuntime> {
+  const pid = await memfdQemu(t, memoryMiB);
   const mtree = `FlatView #0\n AS "memory", root: system\n Root memory region: system\n  0000000000000000-0000000000ffffff (prio 0, ram): ram0\n`;
   const regs = `CPU#0\nIDT=     fffffe0000000000 00000fff\nCR0=80050033 CR2=0000000000000000 CR3=0000000000100000 CR4=00750ef0\nEFER=0000000000000d01\n`;
   const agent = { ping: async () => (agentAnswers ? undefined : Promise.reject(new Error("no answer"))), ps: async () => ({ processes: [] }), exec: async () => ({ exitCode: 1, stdout: "", stderr: "", truncated: false }) };
   return {
-    pid: process.pid,
-    layout: { ramFile },
+    pid,
+    layout: {},
     qmp: { onEvent: () => () => undefined, hmp: async (cmd: string) => (cmd.startsWith("info mtree") ? mtree : regs) },
     status: async () => "running",
     exited: new Promise(() => undefined),
@@ -184,7 +185,8 @@ test("a watched guest whose kernel cannot be baselined is a finding, not silence
   const f = await fixture(t, { settleMs: 10 });
   assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 250 })).status, 200);
   const svc = f.daemon.deps.introspection;
-  svc.attach(await f.daemon.repo.getById(f.vmId), fakeRuntime(f.home, true));
+  const vm = await f.daemon.repo.getById(f.vmId);
+  svc.attach(vm, await fakeRuntime(t, vm.spec.memoryMiB, true));
   const recent = await findingsOf(f, "baseline-failed", 10_000);
   assert.deepEqual(recent.map((x) => [x.check, x.severity]), [["baseline-failed", "high"]], "reported once");
   const w = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ status: string; problem: string | null }> };
@@ -195,7 +197,8 @@ test("a watched guest whose kernel cannot be baselined is a finding, not silence
 test("a watched guest whose agent never answers is reported once it has run long enough", async (t) => {
   const f = await fixture(t, { settleMs: 10, agentSilentMs: 300 });
   assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 250 })).status, 200);
-  f.daemon.deps.introspection.attach(await f.daemon.repo.getById(f.vmId), fakeRuntime(f.home, false));
+  const vm = await f.daemon.repo.getById(f.vmId);
+  f.daemon.deps.introspection.attach(vm, await fakeRuntime(t, vm.spec.memoryMiB, false));
   const recent = await findingsOf(f, "agent-silent", 10_000);
   assert.deepEqual(recent.map((x) => [x.check, x.severity]), [["agent-silent", "medium"]]);
   await new Promise((r) => setTimeout(r, 800));

@@ -22,6 +22,7 @@ import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can } from "../auth/permissions.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
+import { openGuestRam } from "../host/guest-ram.ts";
 import type { VmRuntime } from "../host/vm-runtime.ts";
 import type { Db } from "../inventory/db.ts";
 import type { Logger } from "../log.ts";
@@ -33,7 +34,7 @@ import type { KernelModelCache } from "./kernel-model.ts";
 import { parseControlRegisters } from "./page-walk.ts";
 import { FilePhysicalMemory, parseMtreeFlat, ramRegionsFromMtree, type PhysicalMemory } from "./physical-memory.ts";
 import type { Baseline, Finding, SweepReport } from "./sweep.ts";
-import { VmWatcher, boundEvidence, findingKey, isAlarm, parseProcModules, type BaselineInfo, type BaselineSource, type GuestAccess, type GuestView, type SweepOutcome } from "./watcher.ts";
+import { VmWatcher, boundEvidence, type Alarm, findingKey, isAlarm, parseProcModules, type BaselineInfo, type BaselineSource, type GuestAccess, type GuestView, type SweepOutcome } from "./watcher.ts";
 
 export const WATCH_POLICIES = ["alert", "pause", "snapshot-and-pause"] as const;
 export type WatchPolicy = (typeof WATCH_POLICIES)[number];
@@ -46,6 +47,8 @@ export const watchRequestSchema = z.strictObject({
   policy: z.enum(WATCH_POLICIES).default("alert"),
   /** Ask the guest for its own view (agent ps, /proc/modules) every Nth sweep: it costs guest CPU (a fork of awk). */
   guestViewEvery: z.number().int().min(1).max(3600).default(1),
+  /** "No new modules": any module loaded after the boot's baseline is a high finding (and so contained by the policy). */
+  noNewModules: z.boolean().default(false),
 });
 
 export const introspectRequestSchema = z.strictObject({
@@ -57,6 +60,7 @@ const storedWatchSchema = z.strictObject({
   intervalMs: z.number().int().min(MIN_INTERVAL_MS).max(MAX_INTERVAL_MS),
   policy: z.enum(WATCH_POLICIES),
   guestViewEvery: z.number().int().min(1).max(3600).default(1),
+  noNewModules: z.boolean().default(false),
   startedBy: z.string().max(128),
   startedAt: z.string().max(64),
 });
@@ -81,6 +85,7 @@ export interface WatchStatus {
   intervalMs: number;
   policy: WatchPolicy;
   guestViewEvery: number;
+  noNewModules: boolean;
   startedBy: string;
   startedAt: string;
   /** "watching": sweeping; "armed": the VM is not running (the watch starts with it); otherwise the watcher's status. */
@@ -150,7 +155,7 @@ const NO_AGENT_BOOT_MS = 60_000;
 const CLOSE_WAIT_MS = 15_000;
 /** Baselines of earlier boots kept per VM, for memory states saved during them (a revert resumes one). */
 const ARCHIVED_BASELINES = 4;
-/** Name of the RAM backend in vigil's QEMU command line (qemu/argv.ts: memory-backend-file,id=ram0). */
+/** Name of the RAM backend in vigil's QEMU command line (qemu/argv.ts: memory-backend-memfd,id=ram0). */
 const RAM_BACKEND = "ram0";
 
 const watchKey = (vmId: string): string => `introspection.watch.${vmId}`;
@@ -173,12 +178,17 @@ function qemuIdentity(pid: number): string | undefined {
 
 /** How the service reaches one VM: QMP (`info mtree -f`, `info registers -a`) and the guest agent. */
 class RuntimeAccess implements GuestAccess {
-  constructor(private readonly rt: VmRuntime) {}
+  constructor(
+    private readonly rt: VmRuntime,
+    private readonly ramBytes: number,
+  ) {}
 
+  /** Guest RAM through QEMU's memfd (`/proc/<pid>/fd/N`, read-only, its size checked against the spec). */
   async openMemory(): Promise<PhysicalMemory> {
     const ranges = parseMtreeFlat(await this.rt.qmp.hmp("info mtree -f"));
     const named = ranges.some((r) => r.name === RAM_BACKEND);
-    return FilePhysicalMemory.open(this.rt.layout.ramFile, ramRegionsFromMtree(ranges, named ? RAM_BACKEND : undefined), { maxCachedPages: 4096 });
+    const regions = ramRegionsFromMtree(ranges, named ? RAM_BACKEND : undefined);
+    return FilePhysicalMemory.fromFd(openGuestRam(this.rt.pid, this.ramBytes), regions, { maxCachedPages: 4096 }, `the RAM memfd of QEMU ${this.rt.pid}`);
   }
 
   async registers() {
@@ -280,7 +290,7 @@ export class IntrospectionService {
       rt,
       agent: vm.spec.agent,
       qemu: qemuIdentity(rt.pid),
-      watcher: new VmWatcher(new RuntimeAccess(rt), { cache: this.cache, onBug: (err) => log.error({ err: messageOf(err) }, "introspection engine error") }),
+      watcher: new VmWatcher(new RuntimeAccess(rt, vm.spec.memoryMiB * 1024 * 1024), { cache: this.cache, onBug: (err) => log.error({ err: messageOf(err) }, "introspection engine error") }),
       status: "waiting-for-agent",
       problem: null,
       paused: true,
@@ -534,17 +544,19 @@ export class IntrospectionService {
       return;
     }
     const view = w.agent && (w.watcher.sweeps + 1) % config.guestViewEvery === 0;
-    const out = await w.watcher.runSweep({ guestView: view, track: true });
+    const out = await w.watcher.runSweep({ guestView: view, track: true, noNewModules: config.noNewModules });
     w.lastSweepAt = new Date().toISOString();
     w.lastSweepMs = out.report?.durationMs ?? out.durationMs;
     // Containment holds off only while the alarms it was taken for are still active.
     const activeKeys = new Set(out.active.map(findingKey));
     for (const k of w.containedFor) if (!activeKeys.has(k)) w.containedFor.delete(k);
-    if (out.fresh.length === 0) return;
+    if (out.fresh.length === 0 && out.changed.length === 0 && out.cleared.length === 0) return;
     // The watch may have been stopped or changed while this sweep waited for the guest: act on what holds now.
     if (w.gone || w.loop?.config !== config) return;
     await this.auditFindings(w, out.sweep, out.fresh, config);
-    await this.applyPolicy(w, config, out.sweep, out.fresh);
+    await this.auditChanges(w, out.sweep, out.changed, out.cleared);
+    // An active alarm that became serious is contained like a new one.
+    await this.applyPolicy(w, config, out.sweep, [...out.fresh, ...out.changed]);
   }
 
   /** Pause (and snapshot) for serious new findings the containment already taken does not cover. */
@@ -592,6 +604,24 @@ export class IntrospectionService {
         result: "ok",
         details: { sweep: sweepNo, check: "findings-truncated", severity: "high", message: `${rest.length} more new findings in sweep ${sweepNo}`, evidence: { omitted: rest.length, checks: [...new Set(rest.map((f) => f.check))] } },
       });
+    }
+  }
+
+  /** Every change of an active alarm, and every clearing, as an "ids.finding-change" record (bounded per sweep). */
+  private async auditChanges(w: LiveVm, sweepNo: number, changed: readonly Finding[], cleared: readonly Finding[]): Promise<void> {
+    const target = { kind: "vm", id: w.vmId, name: w.vmName };
+    const all = [...changed.map((f) => ["changed", f] as const), ...cleared.map((f) => ["cleared", f] as const)];
+    for (const [change, f] of all.slice(0, MAX_AUDITED_PER_SWEEP)) {
+      await this.d.audit.append({
+        actor: SYSTEM_ACTOR.name,
+        action: "ids.finding-change",
+        target,
+        result: "ok",
+        details: { sweep: sweepNo, change, key: findingKey(f).slice(0, 512), check: f.check, severity: f.severity, message: f.message.slice(0, 2000), evidence: boundEvidence(f.evidence) },
+      });
+    }
+    if (all.length > MAX_AUDITED_PER_SWEEP) {
+      await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "ids.finding-change", target, result: "ok", details: { sweep: sweepNo, change: "truncated", check: "findings-truncated", severity: "info", message: `${all.length - MAX_AUDITED_PER_SWEEP} more alarm changes in sweep ${sweepNo}`, evidence: { omitted: all.length - MAX_AUDITED_PER_SWEEP } } });
     }
   }
 
@@ -660,7 +690,7 @@ export class IntrospectionService {
         await this.ensureBaseline(w);
         const viewable = w.agent && !w.paused;
         if (w.watcher.sweeps === 0 && viewable) await w.watcher.runSweep({ guestView: false, track: false });
-        const out = await w.watcher.runSweep({ guestView: viewable, track: false, carve: req.carve });
+        const out = await w.watcher.runSweep({ guestView: viewable, track: false, carve: req.carve, noNewModules: this.configs.get(h.vm.id)?.noNewModules ?? false });
         const r = out.report;
         if (!r) throw new VigilError("VIGIL_INTROSPECTION", `Cannot introspect VM ${q(h.vm.name)}: ${out.error ?? "the sweep did not complete"}`);
         const info = w.watcher.baselineInfo;
@@ -686,7 +716,7 @@ export class IntrospectionService {
   }
 
   /** The watch's recent findings (from the audit log, newest first) and the alarms active now. */
-  async findings(ctx: RequestContext, name: string, limit = 100): Promise<{ vm: string; watch: WatchStatus | null; active: Finding[]; recent: FindingRecord[] }> {
+  async findings(ctx: RequestContext, name: string, limit = 100): Promise<{ vm: string; watch: WatchStatus | null; active: Finding[]; alarms: Alarm[]; recent: FindingRecord[] }> {
     const vm = await this.d.vms.lookup(ctx, name, "ids.findings");
     await this.d.guard.authorize(ctx, { action: "ids.findings", permission: "vm.introspect", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner, readOnly: true });
     const n = Math.max(1, Math.min(1000, Math.floor(limit)));
@@ -707,7 +737,9 @@ export class IntrospectionService {
       });
     const w = this.live.get(vm.id);
     const active = w?.loop ? w.watcher.tracker.active() : (w?.watcher.lastReport?.findings.filter(isAlarm) ?? []);
-    return { vm: vm.name, watch: this.configs.has(vm.id) ? this.status(vm) : null, active, recent };
+    // Active and cleared alarms with their histories (this daemon's run of the watch; the audit log keeps all).
+    const alarms = w?.loop ? w.watcher.tracker.list() : [];
+    return { vm: vm.name, watch: this.configs.has(vm.id) ? this.status(vm) : null, active, alarms, recent };
   }
 
   /** Starts or changes the VM's watch (persisted: it survives daemon restarts and follows the VM's starts). */
@@ -719,8 +751,8 @@ export class IntrospectionService {
     if (req.policy === "snapshot-and-pause" && (vm.spec.disks.length === 0 || vm.isTemplate)) {
       throw new VigilError("VIGIL_BAD_REQUEST", `Invalid watch: "policy" snapshot-and-pause needs a VM that can be snapshotted, and ${q(vm.name)} ${vm.isTemplate ? "is a template" : "has no disk"} (allowed: alert, pause)`, { field: "policy" });
     }
-    return this.d.guard.run(ctx, { action: "ids.watch", permission: "vm.introspect", target, owner: vm.owner, details: { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery } }, async () => {
-      const config: WatchConfig = { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery, startedBy: ctx.actor.name, startedAt: new Date().toISOString() };
+    return this.d.guard.run(ctx, { action: "ids.watch", permission: "vm.introspect", target, owner: vm.owner, details: { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery, noNewModules: req.noNewModules } }, async () => {
+      const config: WatchConfig = { intervalMs: req.intervalMs, policy: req.policy, guestViewEvery: req.guestViewEvery, noNewModules: req.noNewModules, startedBy: ctx.actor.name, startedAt: new Date().toISOString() };
       await this.kvSet(watchKey(vm.id), JSON.stringify(config));
       this.configs.set(vm.id, config);
       const w = this.live.get(vm.id);
@@ -785,6 +817,7 @@ export class IntrospectionService {
       intervalMs: config?.intervalMs ?? 0,
       policy: config?.policy ?? "alert",
       guestViewEvery: config?.guestViewEvery ?? 1,
+      noNewModules: config?.noNewModules ?? false,
       startedBy: config?.startedBy ?? "",
       startedAt: config?.startedAt ?? "",
       status,

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { IntrospectionError } from "./errors.ts";
 import { buildKernelModel, type KernelModel } from "./kernel-model.ts";
-import { initialSweepState, stateLetter, sweep, takeBaseline, type Baseline, type CheckId, type SweepInput, type SweepOptions, type SweepReport, type SweepState } from "./sweep.ts";
+import { TRAMPOLINE_GRACE_SWEEPS, initialSweepState, stateLetter, sweep, takeBaseline, type Baseline, type CheckId, type SweepInput, type SweepOptions, type SweepReport, type SweepState } from "./sweep.ts";
 import { locateModule, locateTask, overwriteSyscall, patchKernel, redirectIdtGate, relinkListNode, unlinkModule, unlinkTask } from "./testing/attacker.ts";
 import { LAYOUT, buildSyntheticKernel, type SyntheticKernel } from "./testing/synthetic-kernel.ts";
 
@@ -94,6 +94,67 @@ test("a sys_call_table entry redirected is found in the first sweep and names bo
   assert.match(r.run().findings.find((x) => x.check === "syscall-table")?.message ?? "", /outside kernel text/);
 });
 
+test("a syscall redirect names the system call and attributes the new handler: kernel symbol, module, hidden module, unknown memory", () => {
+  const r = rig();
+  r.run();
+  const button = r.g.modules.find((m) => m.name === "button") as { address: bigint };
+  const failover = r.g.modules.find((m) => m.name === "failover") as { address: bigint };
+  const cases: [bigint, Record<string, unknown>][] = [
+    [sym(r.g, "late_text_function") + 0x10n, { kind: "kernel", symbol: "late_text_function+0x10", inText: true }],
+    [button.address + 0x1000n + 0x24n, { kind: "module", module: "button", hidden: false, offset: "0x24" }],
+    [0xffff_ffff_c030_0000n, { kind: "unknown", area: "module-area" }],
+  ];
+  for (const [to, want] of cases) {
+    overwriteSyscall(r.model, r.g.writer, 15, to);
+    const f = r.run().findings.find((x) => x.check === "syscall-table");
+    assert.ok(f);
+    assert.match(f.message, /^System call 15 \(kill\): /);
+    assert.deepEqual(f.evidence.syscall, { number: 15, name: "kill" });
+    const a = f.evidence.attribution as Record<string, unknown>;
+    for (const [k, v] of Object.entries(want)) assert.equal(a[k], v, `${k} for ${to.toString(16)}: ${JSON.stringify(a)}`);
+  }
+  // A module unlinked from the list (still in sysfs) owns the handler: "hidden".
+  unlinkModule(r.model, r.g.writer, locateModule(r.model, "failover") as NonNullable<ReturnType<typeof locateModule>>);
+  overwriteSyscall(r.model, r.g.writer, 0, failover.address + 0x1000n);
+  const f = r.run().findings.find((x) => x.check === "syscall-table" && x.evidence.index === 0);
+  assert.deepEqual(f?.evidence.attribution, { kind: "module", module: "failover", hidden: true, offset: "0x0", description: 'hidden module "failover" (not on the module list) +0x0' });
+  assert.match(f?.message ?? "", /^System call 0 \(read\): .*hidden module "failover"/);
+});
+
+test("x64_sys_call rewired: the finding names the system calls whose calls changed and where they go now", () => {
+  const r = rig();
+  r.run();
+  const xs = sym(r.g, "x64_sys_call");
+  // The case of syscall 15 (kill) is at +32 + 15*8: make it call a module's code instead of __x64_sys_kill.
+  const at = xs + 32n + 15n * 8n;
+  const to = (r.g.modules[0] as { address: bigint }).address + 0x1000n;
+  const b = Buffer.alloc(5);
+  b[0] = 0xe8;
+  b.writeInt32LE(Number(to - (at + 5n)), 1);
+  patchKernel(r.model, r.g.writer, at, b);
+  const f = r.run().findings.find((x) => x.check === "syscall-text");
+  assert.ok(f);
+  assert.match(f.message, /system call 15 \(kill\) now goes to module "virtio_blk" \+0x0/);
+  assert.deepEqual(f.evidence.syscalls, [{ number: 15, name: "kill" }]);
+  const rw = (f.evidence.rewired as { was: string; now: { kind: string; module: string } }[])[0];
+  assert.equal(rw?.was, "__x64_sys_kill");
+  assert.equal(rw?.now.kind, "module");
+});
+
+test("a rewritten ftrace site's target is attributed in the kernel-text finding", () => {
+  const r = rig();
+  const site = sym(r.g, "__x64_sys_kill") + 4n;
+  const to = 0xffff_ffff_c030_0000n;
+  const b = Buffer.alloc(5);
+  b[0] = 0xe8;
+  b.writeInt32LE(Number(to - (site + 5n)), 1);
+  r.g.writeVa(site, b);
+  const f = r.run().findings.find((x) => x.check === "kernel-text");
+  assert.match(f?.message ?? "", /the ftrace site at __x64_sys_kill\+0x4 now branches to unknown memory in the module area/);
+  const s0 = (f?.evidence.illegitimateSites as { target: string; attribution: { kind: string } }[])[0];
+  assert.deepEqual([s0?.target, s0?.attribution.kind], ["0xffffffffc0300000", "unknown"]);
+});
+
 test("a changed byte in x64_sys_call is a syscall-text finding with the exact bytes", () => {
   const r = rig();
   const at = sym(r.g, "x64_sys_call") + 0x40n;
@@ -174,8 +235,9 @@ test("ftrace, jump labels and static calls patched legitimately are explained, n
   }
   assert.ok(explained > 3, `${explained} pages explained`);
   assert.deepEqual([...kinds].sort(), ["ftrace", "jump-label", "static-call", "static-call-tramp"]);
-  // A call into the module area (an ftrace trampoline) is explained but reported as a foreign target.
+  // A call into the trampoline of a registered ftrace_ops is explained but reported as a foreign target.
   const site = r.g.sites.find((s) => s.kind === "ftrace" && s.address > sym(r.g, "x64_sys_call") && s.address < sym(r.g, "do_syscall_64")) as (typeof r.g.sites)[number];
+  r.g.addFtraceOps(0xffff_ffff_c010_0000n);
   const b = Buffer.alloc(5);
   b[0] = 0xe8;
   b.writeInt32LE(Number(0xffff_ffff_c010_0000n - (site.address + 5n)), 1);
@@ -207,6 +269,93 @@ test("a patch site rewritten to something a kernel never writes there is a findi
   const passes = r2.run().coverage.fullPassEverySweeps;
   for (let i = 0; i <= passes; i++) found = found.concat(r2.run().findings.filter((x) => x.severity !== "info"));
   assert.ok(found.some((x) => (x.check === "kernel-text" || x.check === "syscall-text") && JSON.stringify(x.evidence).includes("jump label jmp goes to")), JSON.stringify(found));
+});
+
+test("an ftrace call site made to call another kernel function, module code or an unregistered trampoline is a finding", () => {
+  const callAt = (r: Rig, at: bigint, to: bigint): void => {
+    const b = Buffer.alloc(5);
+    b[0] = 0xe8;
+    b.writeInt32LE(Number(to - (at + 5n)), 1);
+    r.g.writeVa(at, b);
+  };
+  const kill = (r: Rig): bigint => sym(r.g, "__x64_sys_kill") + 4n; // a critical page: checked every sweep
+  // ftrace_caller and ftrace_regs_caller are what ftrace writes there: explained.
+  for (const ok of ["ftrace_caller", "ftrace_regs_caller"]) {
+    const r = rig();
+    callAt(r, kill(r), sym(r.g, ok));
+    assert.deepEqual(alarms(r.run()), [], ok);
+  }
+  const targets: [string, (r: Rig) => bigint][] = [
+    ["another kernel function", (r) => sym(r.g, "late_text_function")],
+    ["a module's code", (r) => (r.g.modules[0] as { address: bigint }).address + 0x1000n],
+    ["module-area memory no ftrace_ops owns", () => 0xffff_ffff_c020_0000n],
+  ];
+  for (const [what, to] of targets) {
+    const r = rig();
+    r.g.addFtraceOps(0xffff_ffff_c010_0000n);
+    callAt(r, kill(r), to(r));
+    const f = r.run().findings.filter((x) => x.check === "kernel-text");
+    assert.equal(f.length, 1, what);
+    assert.match(JSON.stringify(f[0]?.evidence), /neither ftrace_caller, ftrace_regs_caller nor a trampoline/, what);
+  }
+  // A BPF trampoline an ops calls directly (register_ftrace_direct): accepted.
+  const d = rig();
+  d.g.addFtraceOps(0n, 0, 0xffff_ffff_c018_0000n);
+  callAt(d, kill(d), 0xffff_ffff_c018_0000n);
+  assert.deepEqual(alarms(d.run()), []);
+  // A trampoline stops being accepted once its ops is gone from ftrace_ops_list (or the list is broken).
+  const r = rig();
+  r.g.addFtraceOps(0xffff_ffff_c010_0000n);
+  callAt(r, kill(r), 0xffff_ffff_c010_0000n);
+  assert.deepEqual(alarms(r.run()), []);
+  r.g.writeVa(sym(r.g, "ftrace_ops_list"), Buffer.alloc(8));
+  // ftrace_shutdown() unlinks the ops before it NOPs the sites: a trampoline seen on the list stays acceptable
+  // for TRAMPOLINE_GRACE_SWEEPS sweeps, then the call is a finding.
+  for (let i = 0; i < TRAMPOLINE_GRACE_SWEEPS; i++) assert.deepEqual(alarms(r.run()), [], `grace sweep ${i + 1}`);
+  const rep = r.run();
+  assert.deepEqual(alarms(rep), ["kernel-text"]);
+  assert.ok(rep.coverage.skipped.some((x) => x.startsWith("ftrace trampolines")), JSON.stringify(rep.coverage.skipped));
+});
+
+test("new kernel taint flags and untrusted module loads are medium findings; any load under no-new-modules is high", () => {
+  const r = rig();
+  assert.deepEqual(alarms(r.run()), []);
+  // A signed in-tree module loaded after the baseline: nothing without the policy, high with it.
+  r.g.loadModule("nf_tables", { taints: 0n, sigOk: true });
+  assert.deepEqual(alarms(r.run()), []);
+  let rep = r.run({}, { noNewModules: true });
+  assert.deepEqual(alarms(rep), ["module-loaded"]);
+  const loaded = rep.findings.find((x) => x.check === "module-loaded");
+  assert.equal(loaded?.severity, "high");
+  assert.equal(loaded?.evidence.module, "nf_tables");
+  // An out-of-tree, unsigned module: TAINT_OOT_MODULE and TAINT_UNSIGNED_MODULE on the module and the kernel.
+  r.g.loadModule("rootkit", { taints: (1n << 12n) | (1n << 13n), sigOk: false });
+  r.g.taint((1n << 12n) | (1n << 13n));
+  rep = r.run();
+  const by = (c: CheckId): SweepReport["findings"] => rep.findings.filter((x) => x.check === c);
+  assert.deepEqual(by("module-untrusted").map((x) => [x.severity, x.evidence.module, x.evidence.outOfTree, x.evidence.unsigned]), [["medium", "rootkit", true, true]]);
+  assert.deepEqual(by("kernel-taint").map((x) => [x.severity, x.evidence.flag]), [["medium", "OOT_MODULE"], ["medium", "UNSIGNED_MODULE"]]);
+  assert.match(by("kernel-taint")[0]?.message ?? "", /TAINT_OOT_MODULE \('O'\)/);
+  assert.deepEqual(by("module-loaded"), [], "no policy: no module-loaded");
+  rep = r.run({}, { noNewModules: true });
+  assert.deepEqual(rep.findings.filter((x) => x.check === "module-loaded").map((x) => x.evidence.module).sort(), ["nf_tables", "rootkit"]);
+  // A module unloaded and loaded again at the very same address (what the allocator does) is still a new load:
+  // its /sys/module directory is a new kernfs node with a new id.
+  const r2 = rig();
+  const button = r2.g.modules.find((m) => m.name === "button") as { address: bigint };
+  assert.deepEqual(alarms(r2.run({}, { noNewModules: true })), []);
+  const kobj = button.address + BigInt(LAYOUT.module.mkobj + LAYOUT.mkobj.kobj);
+  const sd = r2.g.readVa(kobj + BigInt(LAYOUT.kobject.sd), 8).readBigUInt64LE(0);
+  const id = Buffer.alloc(8);
+  id.writeBigUInt64LE(0x9999n);
+  r2.g.writeVa(sd + BigInt(LAYOUT.kernfsNode.id), id);
+  assert.deepEqual(r2.run({}, { noNewModules: true }).findings.filter((x) => x.check === "module-loaded").map((x) => x.evidence.module), ["button"]);
+  // A baseline of an older version (no taint, no module list) is still usable, without these checks.
+  const old = { ...r.baseline } as Record<string, unknown>;
+  delete old.taintedMask;
+  delete old.modules;
+  const out = sweep({ model: r.model, phys: r.g.mem, regs: r.g.regs }, old as unknown as Baseline, undefined, { noNewModules: true });
+  assert.deepEqual(out.report.findings.filter((x) => ["kernel-taint", "module-loaded", "module-untrusted"].includes(x.check)), []);
 });
 
 test("rodata and page permissions: a changed constant, a writable text page, text remapped", () => {

@@ -23,11 +23,12 @@
  */
 import { z } from "zod";
 import { IntrospectionError, hex } from "./errors.ts";
+import { currentAttributor, type Attributor } from "./attribution.ts";
 import { carve, type CarveResult } from "./carve.ts";
 import { EARLY_IDT_VECTORS, IDT_ALIAS, describeGate, deserializeGate, gateDifferences, readIdt, serializeGate, type IdtGate, type SerializedGate } from "./idt.ts";
 import { describeAddress, inRange, kernelLayout, readU64, symbolExtent, type KernelLayout } from "./kernel-layout.ts";
 import { START_KERNEL_MAP, type KernelModel } from "./kernel-model.ts";
-import { walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
+import { TAINT_FLAGS, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, readModuleLoadId, readModuleTrust, taintNames, walkModuleKset, walkModuleList, readModule, type VmiModuleEntry } from "./modules.ts";
 import { checkPagePermissions, type PermissionRule } from "./page-permissions.ts";
 import { VirtualMemory, rootFromCr3, type ControlRegisters } from "./page-walk.ts";
 import { MAX_PATCH_SITES, type PatchKind } from "./patch-sites.ts";
@@ -54,6 +55,12 @@ export type CheckId =
   | "process-hidden-from-guest"
   | "hidden-module"
   | "module-hidden-from-guest"
+  /** a module loaded after the baseline that is out-of-tree or unsigned (medium) */
+  | "module-untrusted"
+  /** a module loaded after the baseline while the VM is under a "no new modules" policy (high) */
+  | "module-loaded"
+  /** a kernel taint flag set after the baseline (tainted_mask) */
+  | "kernel-taint"
   | "model-disagreement"
   | "baseline-mismatch"
   /** the service: a watched guest whose kernel could not be baselined, or whose agent never answered */
@@ -115,6 +122,8 @@ export interface SweepOptions {
   carveEverySweeps?: number;
   /** At most this many findings per report; the rest are counted in a "findings-truncated" finding. Default 200. */
   maxFindings?: number;
+  /** "No new modules": every module on the list that was not there at the baseline is a high finding. */
+  noNewModules?: boolean;
 }
 
 /** A JSON-serialisable record of the guest at a trusted moment. */
@@ -129,6 +138,10 @@ export interface Baseline {
   readonly directMapBase: string | null;
   /** What could not be baselined, and so will not be checked. */
   readonly notes: string[];
+  /** tainted_mask at the baseline (absent in baselines of older versions: then taint is not compared). */
+  readonly taintedMask?: string | null;
+  /** The modules on the list at the baseline (absent in older baselines: then every module counts as there). */
+  readonly modules?: { name: string; address: string; loadId?: string }[] | null;
 }
 
 export type ProcessSource = "tasks" | "pid-table" | "carve";
@@ -219,6 +232,8 @@ export interface SweepState {
   readonly lastCarveSweep: number | null;
   /** Kernel structures whose walk did not complete in the previous sweep (a second time is a finding). */
   readonly brokenWalks: WalkName[];
+  /** ftrace trampolines seen on ftrace_ops_list, with the last sweep they were (accepted for a grace period). */
+  readonly ftraceTrampolines?: { address: string; sweep: number }[];
 }
 
 /** The kernel structures the sweep walks. */
@@ -261,6 +276,9 @@ const U64 = (1n << 64n) - 1n;
 const DEFAULT_PAGES_PER_SWEEP = 128;
 const DEFAULT_MAX_FINDINGS = 200;
 const MAX_PENDING = 256;
+/** A trampoline whose ops left ftrace_ops_list stays acceptable this many sweeps (the sites are being NOPed). */
+export const TRAMPOLINE_GRACE_SWEEPS = 30;
+const MAX_RECENT_TRAMPOLINES = 256;
 const SCHED_CLASSES = ["stop_sched_class", "dl_sched_class", "rt_sched_class", "fair_sched_class", "ext_sched_class", "idle_sched_class"];
 
 const cpus = (regs: SweepInput["regs"]): readonly ControlRegisters[] => (Array.isArray(regs) ? (regs as readonly ControlRegisters[]) : [regs as ControlRegisters]);
@@ -315,6 +333,19 @@ export function takeBaseline(input: SweepInput, options: BaselineOptions = {}): 
     if (!(err instanceof IntrospectionError)) throw err;
     notes.push(`kernel text cannot be baselined: ${err.message}`);
   }
+  const taintVar = s.address("tainted_mask");
+  const taint = taintVar !== undefined ? readU64(k, taintVar) : undefined;
+  if (taint === undefined) notes.push("tainted_mask cannot be read: new kernel taint is not checked");
+  const mo = layout.module;
+  const modHead = s.address("modules");
+  const walk = mo && modHead !== undefined ? walkModuleList(k, mo, modHead, model.pagingLevels) : undefined;
+  const baseModules = walk?.complete
+    ? walk.modules.map((m) => {
+        const id = readModuleLoadId(k, layout.moduleMemory, m.address, model.pagingLevels);
+        return { name: m.name, address: hex(m.address), ...(id !== undefined ? { loadId: hex(id) } : {}) };
+      })
+    : null;
+  if (!baseModules) notes.push("the module list cannot be walked: modules loaded later are not told from those loaded at boot");
   const pob = s.address("page_offset_base");
   const directMapBase = pob !== undefined ? readU64(k, pob) : undefined;
   if (directMapBase === undefined) notes.push("page_offset_base cannot be read: no carve, no direct-map alias checks");
@@ -329,6 +360,8 @@ export function takeBaseline(input: SweepInput, options: BaselineOptions = {}): 
     text,
     directMapBase: directMapBase !== undefined ? hex(directMapBase) : null,
     notes,
+    taintedMask: taint !== undefined ? hex(taint) : null,
+    modules: baseModules,
   };
 }
 
@@ -340,6 +373,9 @@ interface DecodedBaseline {
   readonly syscalls: { table: bigint; entries: bigint[] } | undefined;
   readonly text: TextBaseline | undefined;
   readonly directMapBase: bigint | undefined;
+  readonly taintedMask: bigint | undefined;
+  /** "address/name" of the baseline's modules; undefined: not known */
+  readonly modules: ReadonlySet<string> | undefined;
 }
 
 const decoded = new WeakMap<Baseline, DecodedBaseline>();
@@ -382,6 +418,8 @@ const baselineSchema = z.strictObject({
     .nullable(),
   directMapBase: hexAddr.nullable(),
   notes: z.array(z.string().max(4096)).max(10_000),
+  taintedMask: hexAddr.nullable().optional(),
+  modules: z.array(z.strictObject({ name: z.string().max(256), address: hexAddr, loadId: hexAddr.optional() })).max(4096).nullable().optional(),
 });
 
 function decodeBaseline(b: Baseline): DecodedBaseline {
@@ -412,6 +450,8 @@ function decodeBaseline(b: Baseline): DecodedBaseline {
     syscalls,
     text: b.text ? TextBaseline.decode(b.text) : undefined,
     directMapBase: b.directMapBase === null ? undefined : addr(b.directMapBase, "directMapBase"),
+    taintedMask: b.taintedMask ? addr(b.taintedMask, "taintedMask") : undefined,
+    modules: b.modules ? new Set(b.modules.map((m) => `${m.address}/${m.name}/${m.loadId ?? ""}`)) : undefined,
   };
   decoded.set(b, d);
   return d;
@@ -472,6 +512,7 @@ const stateSchema = z.strictObject({
     .nullable(),
   lastCarveSweep: int(0, Number.MAX_SAFE_INTEGER).nullable(),
   brokenWalks: z.array(z.enum(["task-list", "pid-table", "module-list", "module-kset"])).max(4),
+  ftraceTrampolines: z.array(z.strictObject({ address: hexAddr, sweep: int(0, Number.MAX_SAFE_INTEGER) })).max(MAX_RECENT_TRAMPOLINES).optional(),
 });
 
 /** States this module produced: not re-validated (a state from storage is). */
@@ -507,6 +548,9 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   const timings: Record<string, number> = {};
   const skipped: string[] = [];
   const sweepNo = state.sweeps + 1;
+  // Who owns an address (kernel symbol, listed or hidden module, ftrace trampoline, unknown): built on first use.
+  let attributor: Attributor | undefined;
+  const attr = (): Attributor => (attributor ??= currentAttributor(model, layout));
 
   const sameKernel = (baseline.kernel.buildId ?? undefined) === model.buildId && b.kaslrShift === model.kaslrShift && baseline.kernel.release === model.release;
   if (!sameKernel) {
@@ -531,13 +575,13 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
 
   // 2. IDT.
   t = performance.now();
-  if (sameKernel && b.idt) checkIdt(input, model, layout, b.idt, regs, f);
+  if (sameKernel && b.idt) checkIdt(input, model, layout, b.idt, regs, f, attr);
   else if (sameKernel) skipped.push("idt (not baselined)");
   timings.idt = ms(t);
 
   // 3. System call table.
   t = performance.now();
-  if (sameKernel && b.syscalls) checkSyscalls(model, layout, b.syscalls, f);
+  if (sameKernel && b.syscalls) checkSyscalls(model, layout, b.syscalls, f, attr);
   else if (sameKernel) skipped.push("syscall-table (not baselined)");
   timings.syscalls = ms(t);
 
@@ -548,11 +592,17 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   let explained = new Set(state.explainedPages);
   const patchedSites: Partial<Record<PatchKind, number>> = {};
   const foreign = new Set<string>();
+  let trampolines = state.ftraceTrampolines ?? [];
   if (sameKernel && b.text) {
     const tb = b.text;
     const plan = planPages(tb.totalPages, state.textCursor, options.textPagesPerSweep ?? DEFAULT_PAGES_PER_SWEEP, tb.criticalPages, state.hotPages);
-    const verdicts = tb.check(model, plan.pages, targetPolicy(model, layout));
-    textFindings(model, tb, verdicts, f);
+    const recent = (state.ftraceTrampolines ?? []).filter((x) => sweepNo - x.sweep <= TRAMPOLINE_GRACE_SWEEPS);
+    const policy = targetPolicy(model, layout, recent.map((x) => BigInt(x.address)));
+    const seenNow = new Set(policy.trampolines.map(hex));
+    trampolines = [...policy.trampolines.map((a) => ({ address: hex(a), sweep: sweepNo })), ...recent.filter((x) => !seenNow.has(x.address))].slice(0, MAX_RECENT_TRAMPOLINES);
+    if (policy.ftraceProblem) skipped.push(`ftrace trampolines (${policy.ftraceProblem})`);
+    const verdicts = tb.check(model, plan.pages, policy);
+    textFindings(model, tb, verdicts, f, attr, b.syscalls?.entries ?? []);
     const hotSet = new Set(state.hotPages.filter((p) => !plan.pages.includes(p)));
     for (const v of verdicts) {
       if (v.status === "changed" || v.status === "unreadable") hotSet.add(v.page);
@@ -588,6 +638,7 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
   timings.processes = ms(t);
   t = performance.now();
   const mods = checkModules(input, model, layout, state, carved, f, skipped);
+  if (sameKernel) checkProvenance(model, layout, b, mods, options, f, skipped);
   timings.modules = ms(t);
 
   const pending = [...procs.pending, ...mods.pending].slice(0, MAX_PENDING);
@@ -649,12 +700,13 @@ export function sweep(input: SweepInput, baseline: Baseline, stateIn?: SweepStat
     previousView,
     lastCarveSweep: carved ? sweepNo : state.lastCarveSweep,
     brokenWalks: broken,
+    ftraceTrampolines: trampolines,
   };
   ownStates.add(next);
   return { report, state: next };
 }
 
-function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, idt: NonNullable<DecodedBaseline["idt"]>, regs: readonly ControlRegisters[], f: Findings): void {
+function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, idt: NonNullable<DecodedBaseline["idt"]>, regs: readonly ControlRegisters[], f: Findings, attr: () => Attributor): void {
   const k = model.kernel;
   const s = model.symbols;
   const bases = new Set<bigint>();
@@ -699,7 +751,8 @@ function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, i
       const where = describeAddress(s, g.handler);
       const inText = inRange(layout.text, g.handler);
       const early = EARLY_IDT_VECTORS.has(g.vector) && inRange(earlyRange, g.handler);
-      f.add("idt-gate", "critical", `IDT vector ${g.vector} changed (${diff.join(", ")}): now ${describeGate(g, where)}; at baseline ${describeGate(want, describeAddress(s, want.handler))}${inText || early ? "" : " — the new handler is outside kernel text"}`, {
+      const owner = attr().attribute(g.handler);
+      f.add("idt-gate", "critical", `IDT vector ${g.vector} changed (${diff.join(", ")}): now ${describeGate(g, where)}; at baseline ${describeGate(want, describeAddress(s, want.handler))}${inText || early ? "" : ` — the new handler is outside kernel text, in ${owner.description}`}`, {
         vector: g.vector,
         address: hex(base + BigInt(g.vector * 16)),
         symbol: where,
@@ -707,12 +760,18 @@ function checkIdt(input: SweepInput, model: KernelModel, layout: KernelLayout, i
         found: hex(g.handler),
         changed: diff,
         handlerInKernelText: inText,
+        attribution: owner,
       });
     }
   }
 }
 
-function checkSyscalls(model: KernelModel, layout: KernelLayout, sc: NonNullable<DecodedBaseline["syscalls"]>, f: Findings): void {
+/** "kill" for a handler that is __x64_sys_kill (or an alias of it); undefined when it is none. */
+function syscallName(model: KernelModel, layout: KernelLayout, handler: bigint): string | undefined {
+  return resolveHandler(model.symbols, layout, handler).name?.slice("__x64_sys_".length);
+}
+
+function checkSyscalls(model: KernelModel, layout: KernelLayout, sc: NonNullable<DecodedBaseline["syscalls"]>, f: Findings, attr: () => Attributor): void {
   const now = readSyscallTable(model.kernel, sc.table, sc.entries.length);
   if (!now) {
     f.add("structure-unreadable", "high", `sys_call_table at ${hex(sc.table)} cannot be read`, { address: hex(sc.table), structure: "sys_call_table" });
@@ -723,18 +782,32 @@ function checkSyscalls(model: KernelModel, layout: KernelLayout, sc: NonNullable
     const want = sc.entries[i] as bigint;
     if (found === want) continue;
     const r = resolveHandler(model.symbols, layout, found);
-    f.add("syscall-table", "critical", `sys_call_table[${i}] points at ${describeAddress(model.symbols, found)} instead of ${describeAddress(model.symbols, want)}${r.name ? "" : r.inText ? " (not a __x64_sys_* handler)" : " (outside kernel text)"}`, {
+    const name = syscallName(model, layout, want);
+    const owner = attr().attribute(found);
+    f.add("syscall-table", "critical", `System call ${i}${name ? ` (${name})` : ""}: sys_call_table[${i}] points at ${describeAddress(model.symbols, found)} instead of ${describeAddress(model.symbols, want)}${r.name ? "" : r.inText ? " (not a __x64_sys_* handler)" : ` (outside kernel text: ${owner.description})`}`, {
       index: i,
+      syscall: { number: i, name: name ?? null },
       address: hex(sc.table + BigInt(i * 8)),
       symbol: describeAddress(model.symbols, want),
       expected: hex(want),
       found: hex(found),
       foundSymbol: describeAddress(model.symbols, found),
+      attribution: owner,
     });
   }
 }
 
-function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly PageVerdict[], f: Findings): void {
+function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly PageVerdict[], f: Findings, attr: () => Attributor, syscallEntries: readonly bigint[]): void {
+  const layout = kernelLayout(model);
+  /** The system calls (number, name) whose handler is `handler` in the baseline's table. */
+  const syscallsOf = (handler: bigint | undefined): { number: number; name: string | null }[] => {
+    const out: { number: number; name: string | null }[] = [];
+    if (handler === undefined) return out;
+    syscallEntries.forEach((e, i) => {
+      if (e === handler && out.length < 8) out.push({ number: i, name: syscallName(model, layout, e) ?? null });
+    });
+    return out;
+  };
   for (const v of verdicts) {
     if (v.status === "same" || v.status === "explained") continue;
     const va = tb.pageAddress(v.page);
@@ -752,13 +825,19 @@ function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly P
         const inside = v.diffs.filter((d) => d.address >= fn.start && d.address < fn.end);
         if (inside.length === 0) continue;
         const first = inside[0] as (typeof inside)[number];
-        f.add("syscall-text", "critical", `The code of ${fn.name} differs from the baseline at ${describeAddress(model.symbols, first.address)} (${inside.length} change${inside.length === 1 ? "" : "s"} on page ${hex(va)})`, {
+        // The dispatch code's rewired calls: which system calls' handlers they were, and where they go now.
+        const rewired = v.branches
+          .filter((x) => x.address >= fn.start && x.address < fn.end)
+          .map((x) => ({ address: hex(x.address), opcode: x.opcode, was: x.was !== undefined ? describeAddress(model.symbols, x.was) : null, syscalls: syscallsOf(x.was), now: x.now !== undefined ? attr().attribute(x.now) : null }));
+        const named = rewired.flatMap((x) => x.syscalls.map((c) => `${c.number} (${c.name ?? "?"}) now goes to ${x.now?.description ?? "no call"}`));
+        f.add("syscall-text", "critical", `The code of ${fn.name} differs from the baseline at ${describeAddress(model.symbols, first.address)} (${inside.length} change${inside.length === 1 ? "" : "s"} on page ${hex(va)})${named.length > 0 ? `: system call ${named.join("; ")}` : ""}`, {
           address: hex(first.address),
           symbol: describeAddress(model.symbols, first.address),
           expected: first.expected,
           found: first.found,
           diffs: inside.map((d) => ({ address: hex(d.address), expected: d.expected, found: d.found })),
           function: fn.name,
+          ...(rewired.length > 0 ? { rewired, syscalls: rewired.flatMap((x) => x.syscalls) } : {}),
         });
         rest = (rest ?? []).filter((d) => !(d.address >= fn.start && d.address < fn.end));
       }
@@ -769,14 +848,16 @@ function textFindings(model: KernelModel, tb: TextBaseline, verdicts: readonly P
     const block = v.blocks[0];
     const at = first?.address ?? v.illegitimate[0]?.site ?? block ?? va;
     const where = first ? ` at ${describeAddress(model.symbols, first.address)}` : block !== undefined ? ` within ${describeAddress(model.symbols, block)} .. ${describeAddress(model.symbols, block + 255n)}` : "";
-    f.add(check, "critical", `Kernel ${region} page ${hex(va)} (${describePage(model, va)}) differs from the baseline outside any legitimate patch site${where}`, {
+    const hooked = v.illegitimate.find((x) => x.target !== undefined);
+    const branch = hooked?.target !== undefined ? `; the ${hooked.kind} site at ${describeAddress(model.symbols, hooked.site)} now branches to ${attr().describe(hooked.target)}` : "";
+    f.add(check, "critical", `Kernel ${region} page ${hex(va)} (${describePage(model, va)}) differs from the baseline outside any legitimate patch site${where}${branch}`, {
       address: hex(at),
       page: hex(va),
       symbol: describeAddress(model.symbols, at),
       ...(first ? { expected: first.expected, found: first.found } : {}),
       diffs: rest?.map((d) => ({ address: hex(d.address), expected: d.expected, found: d.found })),
       changedBlocks: v.blocks.map((b) => ({ address: hex(b), symbol: describeAddress(model.symbols, b), bytes: 256 })),
-      illegitimateSites: v.illegitimate.map((x) => ({ address: hex(x.site), kind: x.kind, found: x.found, why: x.why })),
+      illegitimateSites: v.illegitimate.map((x) => ({ address: hex(x.site), kind: x.kind, found: x.found, why: x.why, ...(x.target !== undefined ? { target: hex(x.target), owner: attr().describe(x.target), attribution: attr().attribute(x.target) } : {}) })),
       exactDiff: v.diffs !== undefined,
     });
   }
@@ -1050,4 +1131,57 @@ function checkModules(input: SweepInput, model: KernelModel, layout: KernelLayou
   }
   out.view.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return out;
+}
+
+/**
+ * What was added to the kernel since the baseline: taint flags newly set in tainted_mask (medium), modules on the
+ * list that were not there at the baseline and are out-of-tree or unsigned (medium), and — under a "no new
+ * modules" policy — any such module at all (high). A module is "the same" by address, name and the kernfs id of
+ * its /sys/module directory: unloaded and loaded again (even at the same address) is a new load.
+ */
+function checkProvenance(model: KernelModel, layout: KernelLayout, b: DecodedBaseline, mods: ModuleOutcome, options: SweepOptions, f: Findings, skipped: string[]): void {
+  const k = model.kernel;
+  const taintVar = model.symbols.address("tainted_mask");
+  if (b.taintedMask === undefined || taintVar === undefined) skipped.push("kernel-taint (no tainted_mask at the baseline)");
+  else {
+    const now = readU64(k, taintVar);
+    if (now === undefined) f.add("structure-unreadable", "high", `tainted_mask at ${hex(taintVar)} cannot be read`, { address: hex(taintVar), structure: "tainted_mask" });
+    else {
+      const added = now & ~b.taintedMask;
+      for (let bit = 0; bit < 64; bit++) {
+        if (((added >> BigInt(bit)) & 1n) === 0n) continue;
+        const flag = TAINT_FLAGS[bit];
+        const name = flag?.name ?? `bit ${bit}`;
+        f.add("kernel-taint", "medium", `The kernel became tainted after the baseline: TAINT_${name}${flag ? ` ('${flag.letter}')` : ""} is now set (tainted_mask ${hex(b.taintedMask)} → ${hex(now)})`, {
+          address: hex(taintVar),
+          flag: name,
+          bit,
+          expected: hex(b.taintedMask),
+          found: hex(now),
+        });
+      }
+    }
+  }
+  if (!mods.ran || !mods.listComplete) return;
+  if (!b.modules) {
+    skipped.push("new modules (the baseline does not list its modules)");
+    return;
+  }
+  for (const m of mods.view) {
+    if (!m.sources.includes("modules")) continue;
+    const id = readModuleLoadId(k, layout.moduleMemory, BigInt(m.address), model.pagingLevels);
+    if (b.modules.has(`${m.address}/${m.name}/${id !== undefined ? hex(id) : ""}`)) continue;
+    const trust = readModuleTrust(k, layout.moduleMemory, BigInt(m.address));
+    const flags = trust.taints !== undefined ? taintNames(trust.taints) : [];
+    const oot = trust.taints !== undefined && ((trust.taints >> BigInt(TAINT_OOT_MODULE)) & 1n) === 1n;
+    const unsigned = trust.sigOk === false || (trust.taints !== undefined && ((trust.taints >> BigInt(TAINT_UNSIGNED_MODULE)) & 1n) === 1n);
+    const evidence = { address: m.address, module: m.name, taints: flags, signatureOk: trust.sigOk ?? null, outOfTree: oot, unsigned };
+    if (oot || unsigned) {
+      const what = [oot ? "out-of-tree" : "", unsigned ? "unsigned (or its signature did not verify)" : ""].filter(Boolean).join(" and ");
+      f.add("module-untrusted", "medium", `Module ${JSON.stringify(m.name)} was loaded after the baseline and is ${what}`, evidence);
+    }
+    if (options.noNewModules) {
+      f.add("module-loaded", "high", `Module ${JSON.stringify(m.name)} was loaded after the baseline while the VM is under a "no new modules" policy`, { ...evidence, policy: "no-new-modules" });
+    }
+  }
 }

@@ -18,6 +18,8 @@ import { crc32 } from "node:zlib";
 import { IntrospectionError, hex } from "./errors.ts";
 import { describeAddress, inRange, type AddressRange, type KernelLayout } from "./kernel-layout.ts";
 import type { KernelModel } from "./kernel-model.ts";
+import { retargetedBranches, type RetargetedBranch } from "./attribution.ts";
+import { walkFtraceOps } from "./ftrace-ops.ts";
 import { PatchSiteTable, collectPatchSites, normalise, type PatchKind, type SerializedPatchSites, type TargetPolicy } from "./patch-sites.ts";
 
 const PAGE = 4096;
@@ -175,11 +177,13 @@ export type PageVerdict =
   | {
       readonly page: number;
       readonly status: "changed";
-      readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string }[];
+      readonly illegitimate: { site: bigint; kind: PatchKind; found: string; why: string; target?: bigint }[];
       /** Exact changed byte runs (after normalisation), when the baseline kept this page's bytes. */
       readonly diffs: { address: bigint; expected: string; found: string }[] | undefined;
       /** Start addresses of the 256-byte blocks whose CRC changed (after normalisation). */
       readonly blocks: bigint[];
+      /** Direct calls/jmps the change rewired (only when the baseline kept this page's bytes). */
+      readonly branches: RetargetedBranch[];
     }
   | { readonly page: number; readonly status: "unreadable"; readonly address: bigint };
 
@@ -300,7 +304,7 @@ export class TextBaseline {
     const was = this.crcs.subarray(p * BLOCKS_PER_PAGE * 4, (p + 1) * BLOCKS_PER_PAGE * 4);
     const blocks: bigint[] = [];
     for (let b = 0; b < BLOCKS_PER_PAGE; b++) if (now.readUInt32LE(b * 4) !== was.readUInt32LE(b * 4)) blocks.push(va + BigInt(b * BLOCK));
-    return { page: p, status: "changed", illegitimate: n?.illegitimate ?? [], diffs: base ? diffRuns(va, base, normalised) : undefined, blocks };
+    return { page: p, status: "changed", illegitimate: n?.illegitimate ?? [], diffs: base ? diffRuns(va, base, normalised) : undefined, blocks, branches: base ? retargetedBranches(va, base, normalised) : [] };
   }
 
   /** Sorted global page indexes of the pages overlapping [start, end). */
@@ -350,10 +354,34 @@ export function planPages(total: number, cursor: number, perSweep: number, criti
   return { pages: [...set].sort((a, b) => a - b), next: (start + w) % total, window: w };
 }
 
-/** A TargetPolicy from the model: function starts in kernel text, plus the module area. */
-export function targetPolicy(model: KernelModel, layout: KernelLayout): TargetPolicy {
+/**
+ * A TargetPolicy from the model: function starts in kernel text, plus the module area; for ftrace call sites
+ * only ftrace_caller, ftrace_regs_caller and the trampolines of the ops now on ftrace_ops_list (read now), plus
+ * `recentTrampolines`: ones seen on the list in recent sweeps (ftrace_shutdown() unlinks an ops before it puts
+ * its sites back to NOPs, so for a moment the sites call a trampoline whose ops is no longer listed).
+ */
+export function targetPolicy(model: KernelModel, layout: KernelLayout, recentTrampolines: readonly bigint[] = []): TargetPolicy & { readonly ftraceProblem: string | undefined; readonly trampolines: readonly bigint[] } {
+  const ftrace = new Set<bigint>();
+  for (const name of ["ftrace_caller", "ftrace_regs_caller"]) {
+    const a = model.symbols.address(name);
+    if (a !== undefined && inRange(layout.text, a)) ftrace.add(a);
+  }
+  let ftraceProblem: string | undefined;
+  const trampolines: bigint[] = [];
+  const listVar = model.symbols.address("ftrace_ops_list");
+  const listEnd = model.symbols.address("ftrace_list_end");
+  if (!layout.ftraceOps || listVar === undefined || listEnd === undefined) ftraceProblem = "no struct ftrace_ops layout or no ftrace_ops_list/ftrace_list_end: ftrace trampolines are not accepted";
+  else {
+    const w = walkFtraceOps(model.kernel, layout.ftraceOps, listVar, listEnd, layout.moduleArea, model.pagingLevels);
+    if (!w.complete) ftraceProblem = `${w.problem ?? "ftrace_ops_list cannot be walked"}: ftrace trampolines are not accepted`;
+    for (const t of w.trampolines) trampolines.push(t.start);
+  }
+  for (const t of [...trampolines, ...recentTrampolines]) if (inRange(layout.moduleArea, t)) ftrace.add(t);
   return {
     moduleArea: layout.moduleArea,
+    ftraceProblem,
+    trampolines,
+    isFtraceTarget: (address: bigint): boolean => ftrace.has(address),
     isFunctionStart(address: bigint): boolean {
       if (!inRange(layout.text, address)) return false;
       const n = model.symbols.nearest(address);

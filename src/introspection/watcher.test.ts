@@ -43,6 +43,74 @@ test("the tracker reports a finding once while it stays, and again only after it
   assert.equal(capped.update([f("idt-gate", "1"), f("idt-gate", "2"), f("idt-gate", "3")]).fresh.length, 2, "memory is bounded");
 });
 
+test("the tracker keeps active and cleared alarms apart, with every change of an active alarm in its history", () => {
+  const t = new FindingTracker(2);
+  const a = f("syscall-table", "0x1", "medium");
+  let u = t.update([a], 1);
+  assert.deepEqual([u.fresh, u.changed, u.cleared], [[a], [], []]);
+  // Same alarm, same detail: nothing new. New detail: a change. Higher severity: a change naming it.
+  assert.deepEqual(t.update([a], 2).changed, []);
+  const detail = { ...a, evidence: { ...a.evidence, found: "0xffffffffc0000010" } };
+  u = t.update([detail], 3);
+  assert.deepEqual([u.fresh, u.changed], [[], [detail]]);
+  const worse = { ...detail, severity: "critical" as const, message: "now worse" };
+  assert.deepEqual(t.update([worse], 4).changed, [worse]);
+  let [alarm] = t.list();
+  assert.equal(alarm?.state, "active");
+  assert.deepEqual(alarm?.history.map((h) => [h.sweep, h.change, h.severity, h.what ?? []]), [
+    [1, "raised", "medium", []],
+    [3, "changed", "medium", ["evidence"]],
+    [4, "changed", "critical", ["severity medium → critical", "message"]],
+  ]);
+  // Gone for clearAfter sweeps: cleared, and shown as such (not forgotten).
+  t.update([], 5);
+  u = t.update([], 6);
+  assert.deepEqual(u.cleared, [worse]);
+  assert.deepEqual(u.active, []);
+  [alarm] = t.list();
+  assert.deepEqual([alarm?.state, alarm?.clearedAt !== null, alarm?.history.at(-1)?.change], ["cleared", true, "cleared"]);
+  // Back again: raised again on the same alarm.
+  u = t.update([a], 7);
+  assert.deepEqual(u.fresh, [a]);
+  [alarm] = t.list();
+  assert.deepEqual([alarm?.state, alarm?.firstSweep, alarm?.history.map((h) => h.change)], ["active", 1, ["raised", "changed", "changed", "cleared", "raised"]]);
+  // A guest that changes a finding every sweep cannot grow the history without bound.
+  for (let i = 0; i < 100; i++) t.update([{ ...a, evidence: { address: "0x1", found: String(i) } }], 8 + i);
+  [alarm] = t.list();
+  assert.equal(alarm?.history.length, 32);
+  assert.equal(alarm?.history[0]?.change, "raised");
+  assert.ok((alarm?.omittedChanges ?? 0) > 0);
+});
+
+test("a watch under no-new-modules raises a module load, records its change of severity, and clears it once gone", async () => {
+  const g = buildSyntheticKernel();
+  const w = new VmWatcher(access(g), { cache: new Map() });
+  await w.establish("start");
+  assert.deepEqual((await w.runSweep({ guestView: false, track: true, noNewModules: true })).fresh, []);
+  const m = g.loadModule("evil", { taints: 1n << 12n, sigOk: true });
+  let out = await w.runSweep({ guestView: false, track: true });
+  assert.deepEqual(out.fresh.map((x) => [x.check, x.severity]), [["module-untrusted", "medium"]]);
+  out = await w.runSweep({ guestView: false, track: true, noNewModules: true });
+  assert.deepEqual(out.fresh.map((x) => [x.check, x.severity]), [["module-loaded", "high"]]);
+  // Unloaded: both alarms clear after the hysteresis, and stay listed as cleared.
+  const ptr = Buffer.alloc(8);
+  ptr.writeBigUInt64LE(g.symbols.get("modules") as bigint);
+  const prev = g.readVa(m.address + 16n, 8).readBigUInt64LE(0);
+  const head = g.symbols.get("modules") as bigint;
+  g.writeVa(prev, ptr); // prev->next = head
+  const p = Buffer.alloc(8);
+  p.writeBigUInt64LE(prev);
+  g.writeVa(head + 8n, p); // head->prev = prev
+  const ksetOnly = await w.runSweep({ guestView: false, track: true, noNewModules: true });
+  assert.deepEqual(ksetOnly.fresh, [], "not on the list any more: no module-loaded (the kset copy is the hidden-module check's)");
+  for (let i = 0; i < 3; i++) out = await w.runSweep({ guestView: false, track: true, noNewModules: true });
+  const alarms = w.tracker.list().filter((a) => a.finding.check === "module-loaded" || a.finding.check === "module-untrusted");
+  assert.deepEqual(alarms.map((a) => [a.finding.check, a.state, a.history.map((h) => h.change)]), [
+    ["module-loaded", "cleared", ["raised", "cleared"]],
+    ["module-untrusted", "cleared", ["raised", "cleared"]],
+  ]);
+});
+
 test("finding keys locate the finding, not its wording", () => {
   assert.equal(findingKey({ ...f("idt-gate", "0x10"), message: "one" }), findingKey({ ...f("idt-gate", "0x10"), message: "two" }));
   assert.notEqual(findingKey(f("idt-gate", "0x10")), findingKey(f("idt-gate", "0x20")));

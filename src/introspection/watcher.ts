@@ -12,7 +12,7 @@ import { IntrospectionError, hex } from "./errors.ts";
 import { buildKernelModel, type KernelModel, type KernelModelCache } from "./kernel-model.ts";
 import type { ControlRegisters } from "./page-walk.ts";
 import type { PhysicalMemory } from "./physical-memory.ts";
-import { sweep, takeBaseline, type Baseline, type Evidence, type Finding, type GuestProcess, type SweepOptions, type SweepReport, type SweepState } from "./sweep.ts";
+import { sweep, takeBaseline, type Baseline, type Evidence, type Finding, type GuestProcess, type Severity, type SweepOptions, type SweepReport, type SweepState } from "./sweep.ts";
 import { Mutex } from "../util/mutex.ts";
 
 /** What a watch needs from a live VM. */
@@ -71,6 +71,10 @@ export interface SweepOutcome {
   readonly findings: Finding[];
   /** Alarms not reported by the previous sweeps (only when the sweep is tracked). */
   readonly fresh: Finding[];
+  /** Active alarms whose detail or severity changed in this sweep (only when tracked). */
+  readonly changed: Finding[];
+  /** Alarms this sweep cleared (only when tracked). */
+  readonly cleared: Finding[];
   /** Alarms present now, after the tracker's hysteresis. */
   readonly active: Finding[];
   readonly guestView: { processes: number; modules: number | null } | null;
@@ -91,7 +95,7 @@ export interface WatcherOptions {
 /** Findings that are alarms: all but severity "info". */
 export const isAlarm = (f: Finding): boolean => f.severity !== "info";
 
-const KEY_FIELDS = ["address", "vector", "pid", "module", "cpu", "structure", "disagreement", "page", "function", "region", "problem", "reason"] as const;
+const KEY_FIELDS = ["address", "vector", "pid", "module", "cpu", "structure", "disagreement", "page", "function", "region", "problem", "reason", "flag"] as const;
 
 /** What identifies "the same finding" from one sweep to the next: the check and where it points. */
 export function findingKey(f: Finding): string {
@@ -105,50 +109,163 @@ export function findingKey(f: Finding): string {
   return parts.join("|");
 }
 
+/** One change in an alarm's life. */
+export interface AlarmChange {
+  readonly sweep: number;
+  readonly at: string;
+  /** raised: first seen (or seen again after it was cleared); changed: its detail or severity changed; cleared: absent for clearAfter sweeps */
+  readonly change: "raised" | "changed" | "cleared";
+  readonly severity: Severity;
+  readonly message: string;
+  /** What changed ("severity high → critical", "message", "evidence"); changes only. */
+  readonly what?: string[];
+}
+
+/** An alarm and its history, as `vigil findings` shows it. */
+export interface Alarm {
+  readonly key: string;
+  state: "active" | "cleared";
+  /** The latest version of the finding (for a cleared alarm: the last one seen). */
+  finding: Finding;
+  firstSweep: number;
+  lastSeenSweep: number;
+  raisedAt: string;
+  clearedAt: string | null;
+  /** Oldest first; the first entry is always the first raise, then at most MAX_HISTORY - 1 of the newest. */
+  history: AlarmChange[];
+  /** Changes left out of `history` (between the first and the kept newest ones). */
+  omittedChanges: number;
+}
+
+/** What one tracked sweep changed. */
+export interface TrackerUpdate {
+  /** Alarms raised now: never seen, or seen again after they were cleared. */
+  fresh: Finding[];
+  /** Active alarms whose severity, message or evidence changed. */
+  changed: Finding[];
+  /** Alarms that were cleared by this sweep (their last version). */
+  cleared: Finding[];
+  /** Alarms present now, after the hysteresis. */
+  active: Finding[];
+}
+
+const MAX_HISTORY = 32;
+const MAX_CLEARED = 200;
+const SEVERITY_ORDER: Record<Severity, number> = { info: 0, medium: 1, high: 2, critical: 3 };
+
+/** Whether `b` is `a` escalated (a higher severity). */
+export const escalated = (a: Finding, b: Finding): boolean => SEVERITY_ORDER[b.severity] > SEVERITY_ORDER[a.severity];
+
+function stableJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (typeof x === "bigint" ? x.toString(16) : x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([p], [q]) => (p < q ? -1 : 1))) : x));
+}
+
+/** What differs between two versions of one alarm. */
+function differences(a: Finding, b: Finding): string[] {
+  const out: string[] = [];
+  if (a.severity !== b.severity) out.push(`severity ${a.severity} → ${b.severity}`);
+  if (a.message !== b.message) out.push("message");
+  if (stableJson(boundEvidence(a.evidence)) !== stableJson(boundEvidence(b.evidence))) out.push("evidence");
+  return out;
+}
+
 /**
- * Remembers which alarms were already reported, so a rootkit that stays in place is reported once, not every
- * second. A finding that disappears for `clearAfter` consecutive sweeps is forgotten: if it comes back, it is
- * new again. Bounded: at most `max` findings are remembered.
+ * Remembers the alarms of a watch: each is reported when raised, every change while it stays active (a new
+ * detail, another severity) is recorded, and an alarm absent for `clearAfter` consecutive sweeps is CLEARED —
+ * kept (with its history) among the cleared ones, raised again if it comes back. Bounded: at most `max` active
+ * alarms, MAX_CLEARED cleared ones, MAX_HISTORY changes each.
  */
 export class FindingTracker {
-  private readonly seen = new Map<string, { finding: Finding; missing: number }>();
-
+  private readonly alarms = new Map<string, Alarm & { missing: number }>();
+  private sweepNo = 0;
   constructor(
     private readonly clearAfter = 3,
     private readonly max = 1000,
   ) {}
 
-  update(findings: readonly Finding[]): { fresh: Finding[]; active: Finding[] } {
-    const fresh: Finding[] = [];
+  update(findings: readonly Finding[], sweep?: number): TrackerUpdate {
+    this.sweepNo = sweep ?? this.sweepNo + 1;
+    const at = new Date().toISOString();
+    const out: TrackerUpdate = { fresh: [], changed: [], cleared: [], active: [] };
     const now = new Set<string>();
+    const push = (a: Alarm, c: AlarmChange): void => {
+      a.history.push(c);
+      if (a.history.length > MAX_HISTORY) {
+        a.history.splice(1, 1);
+        a.omittedChanges++;
+      }
+    };
     for (const f of findings) {
       if (!isAlarm(f)) continue;
       const key = findingKey(f);
       if (now.has(key)) continue;
       now.add(key);
-      const had = this.seen.get(key);
-      if (had) {
+      const had = this.alarms.get(key);
+      if (had && had.state === "active") {
+        const what = differences(had.finding, f);
         had.finding = f;
         had.missing = 0;
-      } else if (this.seen.size < this.max) {
-        this.seen.set(key, { finding: f, missing: 0 });
-        fresh.push(f);
+        had.lastSeenSweep = this.sweepNo;
+        if (what.length > 0) {
+          push(had, { sweep: this.sweepNo, at, change: "changed", severity: f.severity, message: f.message, what });
+          out.changed.push(f);
+        }
+      } else if (had) {
+        // Cleared before, back now: raised again, on the same alarm (its history shows both).
+        had.state = "active";
+        had.finding = f;
+        had.missing = 0;
+        had.lastSeenSweep = this.sweepNo;
+        had.clearedAt = null;
+        push(had, { sweep: this.sweepNo, at, change: "raised", severity: f.severity, message: f.message });
+        out.fresh.push(f);
+      } else if (this.activeCount() < this.max) {
+        this.alarms.set(key, { key, state: "active", finding: f, firstSweep: this.sweepNo, lastSeenSweep: this.sweepNo, raisedAt: at, clearedAt: null, history: [{ sweep: this.sweepNo, at, change: "raised", severity: f.severity, message: f.message }], omittedChanges: 0, missing: 0 });
+        out.fresh.push(f);
       }
     }
-    for (const [key, e] of this.seen) {
-      if (now.has(key)) continue;
-      if (++e.missing >= this.clearAfter) this.seen.delete(key);
+    for (const [key, a] of this.alarms) {
+      if (now.has(key) || a.state !== "active") continue;
+      if (++a.missing >= this.clearAfter) {
+        a.state = "cleared";
+        a.clearedAt = at;
+        push(a, { sweep: this.sweepNo, at, change: "cleared", severity: a.finding.severity, message: a.finding.message });
+        out.cleared.push(a.finding);
+      }
     }
-    return { fresh, active: this.active() };
+    // Forget the oldest cleared alarms beyond the cap (Map order: insertion, so the oldest first).
+    let cleared = [...this.alarms.values()].filter((a) => a.state === "cleared").length;
+    for (const [key, a] of this.alarms) {
+      if (cleared <= MAX_CLEARED) break;
+      if (a.state === "cleared") {
+        this.alarms.delete(key);
+        cleared--;
+      }
+    }
+    out.active = this.active();
+    return out;
+  }
+
+  private activeCount(): number {
+    let n = 0;
+    for (const a of this.alarms.values()) if (a.state === "active") n++;
+    return n;
   }
 
   /** Alarms still considered present (seen in the latest sweep or missing for fewer than clearAfter sweeps). */
   active(): Finding[] {
-    return [...this.seen.values()].map((e) => e.finding);
+    return [...this.alarms.values()].filter((a) => a.state === "active").map((a) => a.finding);
+  }
+
+  /** Every alarm remembered, active first, each with its history (copies). */
+  list(): Alarm[] {
+    const all = [...this.alarms.values()].map(({ missing: _missing, ...a }) => ({ ...a, history: [...a.history] }));
+    return [...all.filter((a) => a.state === "active"), ...all.filter((a) => a.state === "cleared").reverse()];
   }
 
   reset(): void {
-    this.seen.clear();
+    this.alarms.clear();
+    this.sweepNo = 0;
   }
 }
 
@@ -323,7 +440,7 @@ export class VmWatcher {
    * sweeps leave the tracker alone so the watch still reports what they saw). Guest-caused failures become a
    * finding; an error escapes only when the VM cannot be reached (QMP gone) or there is no baseline.
    */
-  runSweep(opts: { guestView: boolean; track: boolean; carve?: boolean }): Promise<SweepOutcome> {
+  runSweep(opts: { guestView: boolean; track: boolean; carve?: boolean; noNewModules?: boolean }): Promise<SweepOutcome> {
     const generation = this.generation;
     return this.lock.run(async () => {
       const model = this.model;
@@ -343,7 +460,7 @@ export class VmWatcher {
       if (generation !== this.generation || this.closed) {
         // The guest was reset while its view or registers were being read: this boot's baseline no longer
         // describes the kernel in memory, and comparing them would only produce noise.
-        return { sweep: this.count, report: undefined, findings: [], fresh: [], active: this.tracker.active(), guestView: null, error: "the guest was reset during the sweep", durationMs: ms(t0) };
+        return { sweep: this.count, report: undefined, findings: [], fresh: [], changed: [], cleared: [], active: this.tracker.active(), guestView: null, error: "the guest was reset during the sweep", durationMs: ms(t0) };
       }
       const n = ++this.count;
       let report: SweepReport | undefined;
@@ -351,7 +468,7 @@ export class VmWatcher {
       let error: string | undefined;
       try {
         const input = { model, phys: mem, regs, ...(view ? { guestProcesses: view.processes } : {}), ...(view?.modules ? { guestModules: view.modules } : {}) };
-        const r = sweep(input, info.baseline, this.state, { ...this.options.sweep, ...(opts.carve ? { carve: true } : {}) });
+        const r = sweep(input, info.baseline, this.state, { ...this.options.sweep, ...(opts.carve ? { carve: true } : {}), ...(opts.noNewModules ? { noNewModules: true } : {}) });
         this.state = r.state;
         report = r.report;
         findings = r.report.findings;
@@ -364,12 +481,14 @@ export class VmWatcher {
         findings = [f];
         error = f.message;
       }
-      const tracked = opts.track ? this.tracker.update(findings) : { fresh: [], active: this.tracker.active() };
+      const tracked = opts.track ? this.tracker.update(findings, n) : { fresh: [], changed: [], cleared: [], active: this.tracker.active() };
       return {
         sweep: n,
         report,
         findings,
         fresh: tracked.fresh,
+        changed: tracked.changed,
+        cleared: tracked.cleared,
         active: tracked.active,
         guestView: view ? { processes: view.processes.length, modules: view.modules?.length ?? null } : null,
         error,

@@ -2,7 +2,7 @@
  * Versioned schema migrations, written with Kysely's schema builder so the same steps run on SQLite and
  * PostgreSQL. Migrations are append-only: a released one is never edited, a change is a new entry.
  */
-import { type Kysely, type Migration, type MigrationProvider, Migrator } from "kysely";
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from "kysely";
 import { VigilError } from "../errors.ts";
 
 const migrations: Record<string, Migration> = {
@@ -216,6 +216,60 @@ const migrations: Record<string, Migration> = {
         .addColumn("time", "text", (c) => c.notNull())
         .addPrimaryKeyConstraint("vtime_records_pk", ["ns", "stream", "seq"])
         .execute();
+    },
+  },
+  "0003-bundles": {
+    async up(db: Kysely<unknown>) {
+      // Every bundle imported here, by the sha256 of its signed manifest: a second import is a replay.
+      await db.schema
+        .createTable("imported_bundles")
+        .addColumn("id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("manifest_sha256", "text", (c) => c.notNull())
+        .addColumn("signer_key_id", "text", (c) => c.notNull())
+        .addColumn("source_vm_id", "text", (c) => c.notNull())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("imported_by", "text", (c) => c.notNull())
+        .addColumn("imported_at", "text", (c) => c.notNull())
+        .addColumn("replay", "integer", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("imported_bundles_manifest").on("imported_bundles").column("manifest_sha256").execute();
+    },
+  },
+  "0003-provenance": {
+    async up(db: Kysely<unknown>) {
+      // Which file vigil made (device, inode at registration), and whether vigil made it at all: a location a
+      // client reported (where it says it saved a bundle) is information only and never purged.
+      await db.schema.alterTable("data_files").addColumn("dev", "text").execute();
+      await db.schema.alterTable("data_files").addColumn("ino", "text").execute();
+      await db.schema.alterTable("data_files").addColumn("origin", "text", (c) => c.notNull().defaultTo("vigil")).execute();
+      // Before 0003 a bundle row was the client's x-vigil-output path: reported, never vigil's.
+      await sql`UPDATE data_files SET origin = 'client' WHERE purpose = 'bundle'`.execute(db);
+      // Work that leaves files behind if vigil dies half-way (a VM directory before its row exists, a
+      // multi-disk snapshot step): finished or rolled back at the next start.
+      await db.schema
+        .createTable("intents")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("data", "text", (c) => c.notNull().defaultTo("{}"))
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
+  "0003-audit-merkle": {
+    async up(db: Kysely<unknown>) {
+      // The audit log's Merkle tree: every perfect subtree, (level, idx) covering leaves [idx·2^level, (idx+1)·2^level).
+      // Existing logs get their tree when AuditLog.open finds it shorter than the log.
+      await db.schema
+        .createTable("audit_tree")
+        .addColumn("level", "integer", (c) => c.notNull())
+        .addColumn("idx", "integer", (c) => c.notNull())
+        .addColumn("hash", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("audit_tree_pk", ["level", "idx"])
+        .execute();
+      // Checkpoints written from now on are signed tree heads; older ones keep root_hash null.
+      await db.schema.alterTable("audit_checkpoints").addColumn("root_hash", "text").execute();
     },
   },
   "0003-auth": {

@@ -133,6 +133,13 @@ export interface AuditCheckpointsTable {
   time: string;
   key_id: string;
   signature: string; // base64 Ed25519 over the checkpoint statement
+  root_hash: string | null; // the Merkle root at seq (a signed tree head); null for pre-Merkle checkpoints
+}
+
+export interface AuditTreeTable {
+  level: number;
+  idx: number;
+  hash: string; // hex
 }
 
 export interface UsersTable {
@@ -189,6 +196,18 @@ export interface DataFilesTable {
   created_at: string;
   removed_at: string | null;
   removed_how: string | null; // purged | deleted | unreachable | ...
+  dev: string | null; // device and inode of the file vigil made (0003); null: not a file vigil made
+  ino: string | null;
+  origin: Generated<string>; // vigil (made by vigil, purgeable) | client (reported by a client, never purged)
+}
+
+export interface IntentsTable {
+  id: string;
+  vm_id: string;
+  kind: string; // materialize | snapshot-create | snapshot-revert
+  path: string;
+  data: Generated<string>;
+  created_at: string;
 }
 
 export interface KvTable {
@@ -196,16 +215,29 @@ export interface KvTable {
   value: string;
 }
 
+export interface ImportedBundlesTable {
+  id: Generated<number>;
+  manifest_sha256: string;
+  signer_key_id: string;
+  source_vm_id: string;
+  vm_id: string;
+  imported_by: string;
+  imported_at: string;
+  replay: number; // 1 when imported again on purpose (allowReplay)
+}
+
 export interface Database {
   vms: VmsTable;
   audit_log: AuditLogTable;
   audit_checkpoints: AuditCheckpointsTable;
+  audit_tree: AuditTreeTable;
   users: UsersTable;
   tokens: TokensTable;
   groups: GroupsTable;
   group_members: GroupMembersTable;
   vm_locations: VmLocationsTable;
   data_files: DataFilesTable;
+  intents: IntentsTable;
   kv: KvTable;
   snapshots: SnapshotsTable;
   trusted_keys: TrustedKeysTable;
@@ -213,6 +245,7 @@ export interface Database {
   generations: GenerationsTable;
   vtime_counters: VtimeCountersTable;
   vtime_records: VtimeRecordsTable;
+  imported_bundles: ImportedBundlesTable;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openSqlite } from "../inventory/db.ts";
@@ -16,40 +16,50 @@ async function setUp(t: { after(fn: () => unknown): void }) {
   return { dir, db, registry: new DataRegistry(db, "host-a") };
 }
 
-test("a path registered again by another VM closes the older registration with the reason", async (t) => {
+test("a location a client reports is information only: it closes no registration and is not vigil's", async (t) => {
   const { dir, registry } = await setUp(t);
-  const bundle = join(dir, "a.vigil");
-  writeFileSync(bundle, "web's export");
-  await registry.register("web", bundle, "bundle", { hash: false, supersededBy: 'the export of VM "web"' });
-  writeFileSync(bundle, "web3's export, written over it");
-  await registry.register("web3", bundle, "bundle", { hash: false, supersededBy: 'the export of VM "web3"' });
+  // VM web's disk, made by vigil; then the owner of VM eve reports an export "saved" at that very path.
+  const disk = join(dir, "web-disk.qcow2");
+  writeFileSync(disk, "web's disk");
+  await registry.register("web", disk, "disk");
+  await registry.reportLocation("eve", disk, "bundle", "eve");
+  await registry.reportLocation("eve", undefined, "bundle", "eve");
 
-  // Purge walks only live registrations: web no longer has one for the file, web3 does.
-  assert.deepEqual(await registry.list("web"), []);
-  const [old] = await registry.list("web", { includeRemoved: true });
-  assert.equal(old?.path, bundle);
-  assert.notEqual(old?.removedAt, null);
-  assert.equal(old?.removedHow, 'overwritten by the export of VM "web3"');
-  assert.deepEqual((await registry.list("web3")).map((f) => [f.path, f.removedAt]), [[bundle, null]]);
+  assert.deepEqual((await registry.list("web")).map((f) => [f.path, f.removedAt]), [[disk, null]], "web's registration stays live");
+  const eves = await registry.listForRemoval("eve");
+  assert.deepEqual(
+    eves.map((f) => [f.path, f.origin, f.identity]),
+    [
+      [`(reported by eve, not verified) ${disk}`, "client", undefined],
+      ["(downloaded by eve, location unknown)", "client", undefined],
+    ],
+  );
+  const [webDisk] = await registry.listForRemoval("web");
+  const st = statSync(disk, { bigint: true });
+  assert.deepEqual([webDisk?.origin, webDisk?.identity, webDisk?.size], ["vigil", { dev: st.dev.toString(), ino: st.ino.toString() }, 10]);
 });
 
-test("registering again for the same VM refreshes, and placeholders or other hosts supersede nothing", async (t) => {
-  const { dir, db, registry } = await setUp(t);
-  const bundle = join(dir, "b.vigil");
-  writeFileSync(bundle, "x");
-  await registry.register("web", bundle, "bundle", { hash: false });
-  writeFileSync(bundle, "xyz");
-  await registry.register("web", bundle, "bundle", { hash: false });
-  assert.deepEqual((await registry.list("web", { includeRemoved: true })).map((f) => [f.size, f.removedAt]), [[3, null]], "one live record, refreshed");
+test("registering again refreshes size and identity; only plain absolute paths are registered", async (t) => {
+  const { dir, registry } = await setUp(t);
+  const file = join(dir, "console.log");
+  writeFileSync(file, "x");
+  await registry.register("web", file, "console-log", { hash: false });
+  rmSync(file);
+  writeFileSync(file, "xyz");
+  await registry.register("web", file, "console-log", { hash: false });
+  const all = await registry.listForRemoval("web");
+  assert.deepEqual(all.map((f) => [f.size, f.removedAt, f.identity?.ino]), [[3, null, statSync(file, { bigint: true }).ino.toString()]], "one live record, refreshed");
 
-  // "(downloaded by …)" is not a file: two VMs downloaded by the same user both keep theirs.
-  const placeholder = "(downloaded by alice, location unknown)";
-  await registry.register("web", placeholder, "bundle", { hash: false });
-  await registry.register("db", placeholder, "bundle", { hash: false });
-  assert.ok((await registry.list("web")).some((f) => f.path === placeholder));
+  await assert.rejects(registry.register("web", "relative/disk", "disk"), /not a plain absolute path/);
+  await assert.rejects(registry.register("web", `${dir}/../etc/passwd`, "disk"), /not a plain absolute path/);
+});
 
-  // The same path on another host is another file.
-  const other = new DataRegistry(db, "host-b");
-  await other.register("db", bundle, "bundle", { hash: false });
-  assert.ok((await registry.list("web")).some((f) => f.path === bundle), "host-b's file does not close host-a's");
+test("with vigil's vms/ directory given, nothing outside it can be registered", async (t) => {
+  const { dir, db } = await setUp(t);
+  const registry = new DataRegistry(db, "host-a", join(dir, "vms"));
+  writeFileSync(join(dir, "vigil.db"), "");
+  await assert.rejects(registry.register("web", join(dir, "vigil.db"), "disk"), /not below vigil's directory/);
+  await assert.rejects(registry.register("web", join(dir, "vms-evil", "x"), "disk"), /not below vigil's directory/);
+  await registry.register("web", join(dir, "vms", "web", "disks", "a.qcow2"), "disk");
+  assert.equal((await registry.list("web")).length, 1);
 });

@@ -29,7 +29,11 @@ test("every VM gets the hardened baseline", () => {
   assert.equal(argv[argv.indexOf("-sandbox") + 1], "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
   assert.match(argv[argv.indexOf("-machine") + 1]!, /^pc-i440fx-7\.2,.*dump-guest-core=off/);
   assert.ok(argv.some((a) => a.startsWith("vmgenid,") && a.includes(`guid=${plan.vmgenid}`)));
-  assert.ok(argv.some((a) => a.startsWith("memory-backend-file,") && a.includes("share=on")));
+  // Guest RAM is a sealed, shared memfd: no mem-path, so never a file on persistent storage (review finding 5).
+  const ram = argv[argv.indexOf("-object") + 1]!;
+  assert.match(ram, /^memory-backend-memfd,id=ram0,/);
+  assert.ok(ram.includes("share=on") && ram.includes("seal=on"), ram);
+  assert.equal(argv.some((a) => a.includes("mem-path") || a.includes("memory-backend-file")), false, "no RAM file");
 });
 
 test("commas in option values are escaped, control characters refused", () => {

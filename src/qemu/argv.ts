@@ -8,7 +8,8 @@
  * - `-sandbox on,...=deny`: seccomp: no obsolete syscalls, no setuid, no fork/exec, no resource-limit changes.
  * - `dump-guest-core=off`: a QEMU crash does not write the guest's RAM (its secrets) into a core file.
  * - a pinned machine type: the virtual hardware does not change under a VM when QEMU is upgraded.
- * - RAM on a file in a private directory: introspection reads it, and it is nowhere else on disk.
+ * - RAM in a sealed memfd (`memory-backend-memfd`): never a file on any filesystem, gone with the process;
+ *   introspection reads it through QEMU's descriptor (host/guest-ram.ts). Memory snapshots still go to qcow2.
  * - `vmgenid`: the guest learns when it has been forked (clone, revert) and reseeds its RNG.
  */
 import { BugError } from "../errors.ts";
@@ -22,7 +23,7 @@ export interface LaunchPlan {
   uuid: string;
   vmgenid: string;
   accel: Accelerator;
-  paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "pidFile" | "consoleLog" | "ramFile">;
+  paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "pidFile" | "consoleLog">;
   /** Path of each disk's own (writable) image, by disk name. */
   diskFiles: Record<string, string>;
 }
@@ -55,7 +56,7 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-cpu", spec.cpu,
     "-smp", String(spec.vcpus),
     "-m", `${spec.memoryMiB}M`,
-    "-object", opts("memory-backend-file", [["id", "ram0"], ["size", `${spec.memoryMiB}M`], ["mem-path", paths.ramFile], ["share", "on"]]),
+    "-object", opts("memory-backend-memfd", [["id", "ram0"], ["size", `${spec.memoryMiB}M`], ["share", "on"], ["seal", "on"]]),
     "-display", "none",
     "-msg", "timestamp=on",
     "-pidfile", paths.pidFile,

@@ -13,8 +13,8 @@ import type { ImageView } from "../image/catalog.ts";
 import { join } from "node:path";
 import { VigilError, q } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
+import { can, type Actor } from "../auth/permissions.ts";
 import { createOverlay, makePrivate, QEMU_IMG } from "../qemu/qemu-img.ts";
-import { runCommand } from "../util/run-command.ts";
 import { spawnWithProgress } from "../util/progress-command.ts";
 import type { ProgressBus } from "../util/progress.ts";
 import type { VmService } from "../vm/vm-service.ts";
@@ -23,6 +23,8 @@ import { diskFile, type VmView } from "../vm/vm-view.ts";
 import type { VmRecord, VmRepository } from "../vm/vm-repository.ts";
 import { parseOrThrow } from "../validation.ts";
 import type { SnapshotRepository } from "./snapshot-repository.ts";
+import type { ReapplyHook, RevertPolicy } from "./snapshots.ts";
+import { freezeSnapshotBase } from "./snapshots.ts";
 
 /** Where a template keeps the prototype overlay of each disk and the frozen bases of its snapshots. */
 export function templateFiles(vmDir: string) {
@@ -56,6 +58,9 @@ export interface CloneOptions {
   purpose?: string | undefined;
   approver?: string | undefined;
   expiresAt?: string | undefined;
+  /** A clone from a snapshot below the source's security floor needs both, exactly like a revert to it. */
+  force?: boolean | undefined;
+  reason?: string | undefined;
 }
 
 export class CloneService {
@@ -65,6 +70,8 @@ export class CloneService {
     private readonly snapshots: SnapshotRepository,
     private readonly progress: ProgressBus,
     private readonly vmsDir: string,
+    /** The rollback policy of reverts (vtime's), applied to a clone's snapshot, and the hook a forced one runs. */
+    private readonly rollback: { policy: RevertPolicy; reapply: ReapplyHook },
   ) {}
 
   /** Freezes a stopped VM as a read-only template (or, with `undo`, thaws one that no clone depends on). */
@@ -98,11 +105,15 @@ export class CloneService {
     }
   }
 
-  /** Templates as images ("libraries of pre-configured test machines"): description, size, lineage. */
-  async templateImages(): Promise<ImageView[]> {
+  /**
+   * Templates as images ("libraries of pre-configured test machines"): description, size, lineage. Only the
+   * templates `actor` may read (as a VM: owner, group, or a role that reads every VM), and of their linked
+   * clones only those it may read too — another tenant's template or clone names are nobody else's business.
+   */
+  async templateImages(actor: Actor): Promise<ImageView[]> {
     const all = await this.repo.list();
     const out: ImageView[] = [];
-    for (const vm of all.filter((v) => v.isTemplate)) {
+    for (const vm of all.filter((v) => v.isTemplate && can(actor, "vm.read", v.owner))) {
       const dir = join(this.vmsDir, vm.id);
       const sizeBytes = vm.spec.disks.reduce((n, d) => n + (existsSync(diskFile(join(dir, "disks"), d.name)) ? statSync(diskFile(join(dir, "disks"), d.name)).size : 0), 0);
       out.push({
@@ -111,7 +122,7 @@ export class CloneService {
         description: vm.purpose ?? `template of ${vm.spec.vcpus} vCPU, ${vm.spec.memoryMiB} MiB${vm.spec.image ? ` from ${vm.spec.image}` : ""}`,
         dir,
         sizeBytes,
-        details: { lineage: vm.lineage, owner: vm.owner, linkedClones: (await this.repo.dependentsOf(vm.id)).map((d) => d.name), clone: `vigil vm clone ${vm.name} NAME` },
+        details: { lineage: vm.lineage, owner: vm.owner, linkedClones: (await this.repo.dependentsOf(vm.id)).filter((d) => can(actor, "vm.read", d.owner)).map((d) => d.name), clone: `vigil vm clone ${vm.name} NAME` },
       });
     }
     return out;
@@ -119,12 +130,16 @@ export class CloneService {
 
   async clone(ctx: RequestContext, source: string, newName: string, options: CloneOptions = {}): Promise<VmView> {
     parseOrThrow(vmNameSchema, newName, "clone name");
+    if (options.reason !== undefined && !options.force) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `Cannot clone VM ${q(source)}: a "reason" is only accepted with "force" (a clone from a snapshot below the security floor)`, { field: "reason" });
+    }
     await this.vms.lookup(ctx, source, "vm.clone"); // a source the actor may not read is a 404 before anything else
     await this.vms.authorizeAlso(ctx, "vm.clone", "vm.create", { kind: "vm", name: newName }, { source });
+    // A clone is a full copy of the source's data, owned by the caller: the same right as an export, not a read.
     return this.vms.operate(
       ctx,
       source,
-      { action: "vm.clone", permission: "vm.read", details: { clone: newName, mode: options.mode ?? "auto", fromSnapshot: options.fromSnapshot } },
+      { action: "vm.clone", permission: "vm.export", details: { clone: newName, mode: options.mode ?? "auto", fromSnapshot: options.fromSnapshot, force: options.force ?? false, reason: options.reason } },
       async (h) => {
         const src = h.vm;
         const mode = options.mode ?? (src.isTemplate ? "linked" : "full");
@@ -132,6 +147,17 @@ export class CloneService {
           throw new VigilError("VIGIL_INVALID_STATE", `Cannot make a linked clone of VM ${q(src.name)}: it is not a template (run: vigil vm template ${src.name}), or use --full`, { field: "mode" });
         }
         const snap = options.fromSnapshot ? await this.snapshots.get(src.id, src.name, options.fromSnapshot) : undefined;
+        // A clone from a snapshot is a way back to that state: the revert policy decides, before anything is made.
+        // Only the disk state is copied (never saved RAM), so single use does not apply; the floor does.
+        let forced = false;
+        if (snap) {
+          try {
+            forced = (await this.rollback.policy(src, { ...snap, kind: "disk" }, { force: options.force ?? false, reason: options.reason })).forced;
+          } catch (err) {
+            if (err instanceof VigilError) throw new VigilError(err.code, err.message.replace(/^Cannot revert VM (\S+) to snapshot/, "Cannot clone VM $1 from snapshot").replace(/^A forced revert/, "A forced clone"), { field: err.field === "snapshot" ? "fromSnapshot" : err.field });
+            throw err;
+          }
+        }
         if (!snap && mode === "full" && src.state !== "stopped" && src.state !== "crashed" && !src.isTemplate) {
           throw new VigilError("VIGIL_INVALID_STATE", `Cannot copy VM ${q(src.name)}: it is ${src.state} (stop it, or clone --from-snapshot)`);
         }
@@ -147,11 +173,7 @@ export class CloneService {
           for (const d of src.spec.disks) {
             const base = files.snapBase(snap.name, d.name);
             if (!existsSync(base)) {
-              await runCommand(QEMU_IMG, ["convert", "-O", "qcow2", "-l", `snapshot.name=${snap.name}`, srcDisk(d.name), `${base}.tmp`], { what: "Freezing a snapshot as a clone base" });
-              makePrivate(`${base}.tmp`);
-              copyFileSync(`${base}.tmp`, base);
-              rmSync(`${base}.tmp`);
-              chmodSync(base, 0o400);
+              await freezeSnapshotBase(srcDisk(d.name), snap.name, base, (pct) => this.progress.emit({ requestId: ctx.requestId, what: `freeze ${d.name}`, current: pct, total: 100 }));
             }
           }
         }
@@ -163,6 +185,8 @@ export class CloneService {
           baseVmId: mode === "linked" ? src.id : undefined,
           ...ownership,
           labels: src.labels,
+          // The copy keeps the source's floor, whatever state it was taken from: it may never go below it either.
+          securityFloor: src.securityFloor,
           reason: "clone",
           prepareDisks: async (l) => {
             for (const d of spec.disks) {
@@ -179,6 +203,7 @@ export class CloneService {
             }
           },
         });
+        if (forced && snap) await this.rollback.reapply(created, snap, options.reason ?? "");
         return this.vms.describeVm(created);
       },
       (v) => ({ cloneId: v.id, clone: v.name, vmgenid: v.vmgenid, linked: v.lineage.linked }),

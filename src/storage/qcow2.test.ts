@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VigilError } from "../errors.ts";
@@ -211,12 +211,14 @@ test("snapshots() agrees with qemu-img info, and disk-size changes are tracked p
 test("external data files and encryption are reported, and reading such images is refused", (t) => {
   const dir = tempDir(t);
   const ext = join(dir, "ext.qcow2");
-  tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "data_file=ext.raw,data_file_raw=on", ext, "1M"]);
+  // An absolute data file name: a relative one is created in the working directory, not beside the image.
+  tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `data_file=${join(dir, "ext.raw")},data_file_raw=on`, ext, "1M"]);
+  assert.ok(existsSync(join(dir, "ext.raw")), "the data file is in the test's temp dir");
   const e = openImage(t, ext);
-  assert.equal(e.header.externalDataFile, "ext.raw");
+  assert.equal(e.header.externalDataFile, join(dir, "ext.raw"));
   assert.equal(e.header.externalDataRaw, true);
-  assert.throws(() => e.read(0n, 512), (err: unknown) => err instanceof Qcow2Error && err.reason === "unsupported" && /external data file \("ext.raw"\)/.test(err.message));
-  assert.throws(() => assertSelfContained(e.header, "ext.qcow2"), /keeps its data in an external file "ext.raw"/);
+  assert.throws(() => e.read(0n, 512), (err: unknown) => err instanceof Qcow2Error && err.reason === "unsupported" && err.message.includes(`external data file ("${join(dir, "ext.raw")}")`));
+  assert.throws(() => assertSelfContained(e.header, "ext.qcow2"), (err: unknown) => err instanceof Error && err.message.includes(`keeps its data in an external file "${join(dir, "ext.raw")}"`));
 
   // The data-file bit without the name extension still counts as an external data file.
   const bytes = readFileSync(ext);
@@ -233,7 +235,7 @@ test("external data files and encryption are reported, and reading such images i
   assert.throws(() => assertSelfContained(unnamed.header, "unnamed"), /external file \(unnamed\)/);
 
   const enc = join(dir, "enc.qcow2");
-  tool("qemu-img", ["create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", enc, "1M"]);
+  tool("qemu-img", ["create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=200", enc, "1M"]);
   const en = openImage(t, enc);
   assert.equal(en.header.encryption, "luks");
   assert.ok(en.header.cryptoHeader && en.header.cryptoHeader.length > 0n);

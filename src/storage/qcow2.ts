@@ -1005,20 +1005,25 @@ function mergeable(a: Qcow2Extent, b: Qcow2Extent): boolean {
 /**
  * Refuses an image that would make QEMU open a file vigil did not choose: any external data file, or a backing
  * file (and format) other than `expected.backing`. Call it on every imported or guest-written image before it
- * is handed to QEMU.
+ * is handed to QEMU. `expected.backing.file` undefined: a backing file must be named, but any plain name will do
+ * (the caller re-points it, e.g. `qemu-img rebase -u`) — never a `json:` pseudo-file, which is a whole block
+ * graph (other drivers, other files), not a name.
  */
-export function assertSelfContained(header: Qcow2Header, label: string, expected: { backing?: { file: string; format?: string } } = {}): void {
+export function assertSelfContained(header: Qcow2Header, label: string, expected: { backing?: { file?: string; format?: string } } = {}): void {
   const file = header.externalDataFile;
   if (file !== undefined) {
     throw new VigilError("VIGIL_BAD_REQUEST", `Cannot use qcow2 image ${q(label)}: it keeps its data in an external file${file === "" ? " (unnamed)" : ` ${q(file)}`}`);
   }
   const want = expected.backing;
   if (header.backingFile === undefined) {
-    if (want) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot use qcow2 image ${q(label)}: it has no backing file, expected ${q(want.file)}`);
+    if (want) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot use qcow2 image ${q(label)}: it has no backing file, expected ${want.file === undefined ? "one" : q(want.file)}`);
     return;
   }
   if (!want) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot use qcow2 image ${q(label)}: it names an unexpected backing file ${q(header.backingFile)}`);
-  if (header.backingFile !== want.file) {
+  if (want.file === undefined && header.backingFile.startsWith("json:")) {
+    throw new VigilError("VIGIL_BAD_REQUEST", `Cannot use qcow2 image ${q(label)}: its backing file is a json: block graph, not a file name`);
+  }
+  if (want.file !== undefined && header.backingFile !== want.file) {
     throw new VigilError("VIGIL_BAD_REQUEST", `Cannot use qcow2 image ${q(label)}: it names backing file ${q(header.backingFile)}, expected ${q(want.file)}`);
   }
   if (want.format !== undefined && header.backingFormat !== want.format) {

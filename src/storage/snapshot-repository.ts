@@ -56,7 +56,8 @@ function toSnapshot(r: SnapshotRow): Snapshot {
 export class SnapshotRepository {
   constructor(private readonly db: Db) {}
 
-  async insert(s: Omit<Snapshot, "id" | "resumedCount" | "createdAt">): Promise<Snapshot> {
+  /** `resumedCount` is 0 for a new snapshot; a copy (an import) keeps the count its source had. */
+  async insert(s: Omit<Snapshot, "id" | "resumedCount" | "createdAt"> & { resumedCount?: number | undefined }): Promise<Snapshot> {
     const id = randomUUID();
     await this.db
       .insertInto("snapshots")
@@ -76,7 +77,7 @@ export class SnapshotRepository {
         floor: JSON.stringify(s.floor),
         guest_facts: JSON.stringify(s.guestFacts),
         single_use: s.singleUse ? 1 : 0,
-        resumed_count: 0,
+        resumed_count: s.resumedCount ?? 0,
         created_by: s.createdBy,
         created_at: new Date().toISOString(),
       })

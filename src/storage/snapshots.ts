@@ -11,7 +11,7 @@
  * guest kernel reseeds its RNG; the VM's generation goes up and the generation tree records from where. Internal
  * snapshots share clusters by refcount, so deleting one never breaks another: its children are re-parented.
  */
-import { statSync } from "node:fs";
+import { chmodSync, renameSync, rmSync, statSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 import { VigilError, messageOf, q } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
@@ -28,6 +28,8 @@ import { diskFile } from "../vm/vm-view.ts";
 import { isLive } from "../vm/state-machine.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
 import type { ProgressBus } from "../util/progress.ts";
+import type { DataRegistry } from "../provenance/data-registry.ts";
+import { spawnWithProgress } from "../util/progress-command.ts";
 import { Qcow2Image } from "./qcow2.ts";
 import type { Snapshot, SnapshotRepository } from "./snapshot-repository.ts";
 
@@ -71,6 +73,8 @@ export interface SnapshotDeps {
   log: Logger;
   policy: RevertPolicy;
   reapply: ReapplyHook;
+  /** Intents of multi-disk steps, so a crash half-way is finished or rolled back at the next start. */
+  registry: DataRegistry;
 }
 
 function diskFiles(h: { vm: VmRecord; layout: { disksDir: string } }): string[] {
@@ -120,12 +124,23 @@ export class SnapshotService {
       guestFacts.quiesced = await withFrozenGuest(rt, vm, this.d.log, () =>
         rt.qmp.execute("transaction", { actions: nodes.map((n) => ({ type: "blockdev-snapshot-internal-sync", data: { device: n, name: input.name } })) }),
       );
-    } else {
-      for (const file of diskFiles(h)) await runCommand(QEMU_IMG, ["snapshot", "-c", input.name, file], { what: "Creating a disk snapshot" });
+    }
+    let intent: string | undefined;
+    if (!live) {
+      // On every disk or on none: a failure on disk k takes the snapshot off the disks before it, and an intent
+      // lets the next start do the same after a crash (until the snapshot's row exists).
+      intent = await this.d.registry.intend(vm.id, "snapshot-create", h.layout.disksDir, { snapshot: input.name, disks: diskFiles(h) });
+      try {
+        await allOrNone(diskFiles(h), (f) => qemuImgSnapshot("-c", input.name, f), (f) => qemuImgSnapshot("-d", input.name, f), this.d.log);
+      } catch (err) {
+        await this.d.registry.fulfil(intent);
+        throw err;
+      }
     }
     const rootFile = diskFiles(h)[0]!;
     const { vmStateSize, stateSha256 } = input.memory ? savedStateOf(rootFile, input.name) : { vmStateSize: 0, stateSha256: null };
-    const snap = await this.d.snapshots.insert({
+    const snap = await this.d.snapshots
+      .insert({
       vmId: vm.id,
       name: input.name,
       parentId: vm.currentSnapshotId,
@@ -141,7 +156,16 @@ export class SnapshotService {
       guestFacts,
       singleUse: input.singleUse ?? false,
       createdBy: ctx.actor.name,
-    });
+    })
+      .catch(async (err: unknown) => {
+        // No row, so no snapshot: the offline one comes off the disks again.
+        if (intent) {
+          for (const f of diskFiles(h)) await qemuImgSnapshot("-d", input.name, f).catch((e: unknown) => this.d.log.error({ vm: vm.name, disk: f, err: messageOf(e) }, "Cannot delete a snapshot whose row was not written"));
+          await this.d.registry.fulfil(intent);
+        }
+        throw err;
+      });
+    if (intent) await this.d.registry.fulfil(intent);
     await h.update({ currentSnapshotId: snap.id });
     return snap;
   }
@@ -217,18 +241,32 @@ export class SnapshotService {
         const wasLive = isLive(vm.state);
         // A revert that starts QEMU (a memory snapshot, or a VM that was live) is a start.
         if (snap.kind === "memory" || wasLive) this.d.vms.checkNotExpired(vm, `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}`);
-        if (wasLive) await h.kill("revert");
+        // What can be checked is checked before QEMU is killed or a disk is touched: every disk has the snapshot
+        // (and the first one its saved state).
+        checkRevertable(vm, diskFiles(h), snap);
         const generation = (await this.d.generations.list(vm.id)).reduce((m, g) => Math.max(m, g.generation), vm.generation) + 1;
         // The fork gets a new GUID so the guest reseeds; keeping the old one is the demonstrable unsafe case.
         const vmgenid = options.unsafeKeepVmgenid ? snap.vmgenid : randomUUID();
-        await h.update({ vmgenid, generation, currentSnapshotId: snap.id });
-        await this.d.generations.record(vm.id, { generation, parentGeneration: snap.generation, vmgenid, reason: "revert", snapshot: snap.name, sourceVmId: null, createdBy: ctx.actor.name });
+        const commit = async () => {
+          await h.update({ vmgenid, generation, currentSnapshotId: snap.id });
+          await this.d.generations.record(vm.id, { generation, parentGeneration: snap.generation, vmgenid, reason: "revert", snapshot: snap.name, sourceVmId: null, createdBy: ctx.actor.name });
+        };
+        if (wasLive) await h.kill("revert");
         if (snap.kind === "memory") {
-          await h.start({ beforeCont: (rt) => this.load(ctx, rt, vm, snap) });
+          // QEMU gets the new identity on its command line; if the state cannot be loaded, the VM keeps its old
+          // identity and generation (it is stopped: the process it ran in is gone).
+          await h.update({ vmgenid, generation, currentSnapshotId: snap.id });
+          try {
+            await h.start({ beforeCont: (rt) => this.load(ctx, rt, vm, snap) });
+          } catch (err) {
+            await h.update({ vmgenid: vm.vmgenid, generation: vm.generation, currentSnapshotId: vm.currentSnapshotId });
+            throw err;
+          }
+          await commit();
           await this.d.snapshots.markResumed(snap.id);
           void this.verifyReseed(vm.id, vm.name, generation, snap);
         } else {
-          for (const file of diskFiles(h)) await runCommand(QEMU_IMG, ["snapshot", "-a", snap.name, file], { what: "Reverting a disk snapshot" });
+          await this.revertDisks(vm, h.layout.disksDir, diskFiles(h), snap.name, generation, commit);
           if (wasLive) await h.start();
         }
         const reapplied = forced ? await this.d.reapply(await h.reload(), snap, options.reason ?? "") : undefined;
@@ -236,6 +274,73 @@ export class SnapshotService {
       },
       (r) => ({ generation: r.generation, vmgenid: r.vm.vmgenid, forced: r.forced }),
     );
+  }
+
+  /**
+   * Rolls every disk back to `tag`, or none: an undo snapshot is taken on every disk first; a failure on one disk
+   * (or in `commit`, the inventory's side) puts the disks already reverted back to it. An intent records the step:
+   * after a crash, `recoverInterrupted` rolls back (if the inventory was not updated) or finishes.
+   */
+  private async revertDisks(vm: VmRecord, disksDir: string, files: string[], tag: string, generation: number, commit: () => Promise<void>): Promise<void> {
+    const undo = `vigil-undo-${randomUUID()}`;
+    const intent = await this.d.registry.intend(vm.id, "snapshot-revert", disksDir, { snapshot: tag, undo, disks: files, generation });
+    try {
+      await allOrNone(files, (f) => qemuImgSnapshot("-c", undo, f), (f) => qemuImgSnapshot("-d", undo, f), this.d.log);
+      try {
+        await allOrNone(files, (f) => qemuImgSnapshot("-a", tag, f), (f) => qemuImgSnapshot("-a", undo, f), this.d.log);
+        await commit().catch(async (err: unknown) => {
+          for (const f of files) await qemuImgSnapshot("-a", undo, f).catch((e: unknown) => this.d.log.error({ vm: vm.name, disk: f, err: messageOf(e) }, "Cannot roll a disk back after a failed revert"));
+          throw err;
+        });
+      } finally {
+        for (const f of files) await qemuImgSnapshot("-d", undo, f).catch((e: unknown) => this.d.log.warn({ vm: vm.name, disk: f, err: messageOf(e) }, "Cannot delete a revert's undo snapshot"));
+      }
+    } finally {
+      await this.d.registry.fulfil(intent);
+    }
+  }
+
+  /**
+   * At start, before any request: multi-disk steps a crash cut short. A snapshot without its row is taken off
+   * every disk; a disk revert is rolled back to its undo snapshot unless the inventory already records it (then
+   * only the undo snapshots go). Each is audited as `snapshot.recovered`.
+   */
+  async recoverInterrupted(): Promise<number> {
+    let n = 0;
+    for (const intent of await this.d.registry.openIntents()) {
+      if (intent.kind !== "snapshot-create" && intent.kind !== "snapshot-revert") continue;
+      const data = intent.data as { snapshot?: unknown; undo?: unknown; disks?: unknown; generation?: unknown };
+      const disks = Array.isArray(data.disks) ? data.disks.filter((d): d is string => typeof d === "string" && d.startsWith(intent.path + "/")) : [];
+      const vm = await this.d.vms.recordById(intent.vmId).catch(() => undefined);
+      if (vm && isLive(vm.state)) continue; // its disks are in use: left open, looked at again at the next start
+      let outcome = vm ? "nothing to do" : "the VM no longer exists";
+      try {
+        if (vm && typeof data.snapshot === "string") {
+          if (intent.kind === "snapshot-create") {
+            if (await this.d.snapshots.find(vm.id, data.snapshot)) outcome = "completed before the crash";
+            else {
+              for (const f of disks) if (hasTag(f, data.snapshot)) await qemuImgSnapshot("-d", data.snapshot, f);
+              outcome = "rolled back: the snapshot was taken off every disk";
+            }
+          } else if (typeof data.undo === "string") {
+            const committed = vm.generation === data.generation && vm.currentSnapshotId !== null;
+            for (const f of disks) {
+              if (!hasTag(f, data.undo)) continue;
+              if (!committed) await qemuImgSnapshot("-a", data.undo, f);
+              await qemuImgSnapshot("-d", data.undo, f);
+            }
+            outcome = committed ? "finished: the revert was recorded, its undo snapshots deleted" : "rolled back: every disk is as before the revert";
+          }
+        }
+      } catch (err) {
+        this.d.log.error({ vm: intent.vmId, intent: intent.kind, err: messageOf(err) }, "Cannot recover an interrupted snapshot step; it is retried at the next start");
+        continue;
+      }
+      await this.d.registry.fulfil(intent.id);
+      await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "snapshot.recovered", target: { kind: "vm", id: intent.vmId, name: vm?.name ?? null }, result: "ok", details: { step: intent.kind, snapshot: data.snapshot, outcome } });
+      n++;
+    }
+    return n;
   }
 
   /**
@@ -328,6 +433,76 @@ function savedStateOf(file: string, tag: string): { vmStateSize: number; stateSh
     return { vmStateSize: Number(s.vmStateSize), stateSha256: img.sha256VmState(tag) };
   } finally {
     img.close();
+  }
+}
+
+function qemuImgSnapshot(op: "-c" | "-d" | "-a", tag: string, file: string): Promise<unknown> {
+  const what = { "-c": "Creating a disk snapshot", "-d": "Deleting a disk snapshot", "-a": "Reverting a disk snapshot" }[op];
+  return runCommand(QEMU_IMG, ["snapshot", op, tag, file], { what });
+}
+
+/**
+ * Runs `step` on every file in order; if one fails, `undo` runs on those already done (last first) and the
+ * failure is rethrown. An undo that fails too is logged: the intent recorded by the caller is then the record.
+ */
+export async function allOrNone(files: readonly string[], step: (f: string) => Promise<unknown>, undo: (f: string) => Promise<unknown>, log: Logger): Promise<void> {
+  const done: string[] = [];
+  try {
+    for (const f of files) {
+      await step(f);
+      done.push(f);
+    }
+  } catch (err) {
+    for (const f of done.reverse()) await undo(f).catch((e: unknown) => log.error({ file: f, err: messageOf(e) }, "Cannot undo a step on a disk"));
+    throw err;
+  }
+}
+
+function hasTag(file: string, tag: string): boolean {
+  const img = Qcow2Image.open(file);
+  try {
+    return img.snapshots().some((s) => s.name === tag);
+  } finally {
+    img.close();
+  }
+}
+
+/** Refuses a revert that would fail half-way: every disk must hold the snapshot, the first its saved state. */
+function checkRevertable(vm: VmRecord, files: readonly string[], snap: Snapshot): void {
+  for (const [i, f] of files.entries()) {
+    let found;
+    try {
+      const img = Qcow2Image.open(f);
+      try {
+        found = img.snapshots().find((s) => s.name === snap.name);
+      } finally {
+        img.close();
+      }
+    } catch (err) {
+      throw new VigilError("VIGIL_HOST", `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}: disk ${q(vm.spec.disks[i]?.name ?? f)} cannot be read (${messageOf(err)}); nothing was changed`, { cause: err });
+    }
+    if (!found) throw new VigilError("VIGIL_CONFLICT", `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}: disk ${q(vm.spec.disks[i]?.name ?? f)} does not hold it; nothing was changed`);
+    if (i === 0 && snap.kind === "memory" && found.vmStateSize === 0n) {
+      throw new VigilError("VIGIL_CONFLICT", `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}: its saved memory state is missing from disk ${q(vm.spec.disks[0]?.name ?? f)}; nothing was changed`);
+    }
+  }
+}
+
+/**
+ * Freezes `snapshot` of `source` as a flat, read-only qcow2 at `base` (a linked clone's base). No time limit (a
+ * big disk takes as long as it takes) but progress; written to `base.tmp` and renamed into place, so `base`
+ * exists whole or not at all, and the .tmp copy is removed when the copy fails.
+ */
+export async function freezeSnapshotBase(source: string, snapshot: string, base: string, onPercent: (pct: number) => void): Promise<void> {
+  const tmp = `${base}.tmp`;
+  try {
+    rmSync(tmp, { force: true }); // a copy a crash left half-written
+    await spawnWithProgress(QEMU_IMG, ["convert", "-p", "-O", "qcow2", "-l", `snapshot.name=${snapshot}`, source, tmp], onPercent);
+    chmodSync(tmp, 0o400);
+    renameSync(tmp, base);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
   }
 }
 

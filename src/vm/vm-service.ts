@@ -5,7 +5,7 @@
  * QEMU processes are started detached and outlive vigil; `recover()` finds them again after a restart.
  */
 import { randomUUID } from "node:crypto";
-import { existsSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { VigilError, errors, messageOf, q } from "../errors.ts";
 import type { Logger } from "../log.ts";
@@ -17,6 +17,9 @@ import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
+import { eraseOwnedFile, eraseTree } from "../host/erase.ts";
+import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsoleTail } from "../host/console-log.ts";
+import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
@@ -24,7 +27,6 @@ import type { UserStore } from "../auth/users.ts";
 import type { ImageCatalog } from "../image/catalog.ts";
 import type { DataRegistry } from "../provenance/data-registry.ts";
 import type { LocationHistory } from "../provenance/locations.ts";
-import { overwriteAndUnlink } from "../provenance/erase.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
@@ -62,6 +64,8 @@ export interface VmServiceDeps {
   hostFacts?: (() => HostFacts) | undefined;
   /** The site's per-owner quota defaults (config `quotas`); users may have their own. */
   quotas?: QuotaLimits | undefined;
+  /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
+  consoleLogMaxBytes?: number | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
@@ -123,6 +127,8 @@ const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 export class VmService {
   private readonly locks = new KeyedMutex();
   private readonly runtimes = new Map<string, VmRuntime>();
+  /** The console log cap of each adopted QEMU, stopped when it exits or vigil detaches. */
+  private readonly consoleCaps = new Map<string, ConsoleLogCap>();
   private closing = false;
   private readonly beforeContHooks: BeforeContHook[] = [];
   private readonly runtimeHooks: Array<(vm: VmRecord, rt: VmRuntime) => void> = [];
@@ -194,6 +200,8 @@ export class VmService {
       approver?: string | null | undefined;
       expiresAt?: string | null | undefined;
       labels?: Record<string, string> | undefined;
+      /** The source's security floor: a copy keeps the constraints of what it copies (never `{}` by accident). */
+      securityFloor: Record<string, string>;
       prepareDisks: (l: VmLayout) => Promise<void>;
       reason: "clone" | "import";
     },
@@ -225,6 +233,7 @@ export class VmService {
           createdAt: new Date().toISOString(),
           baseVmId: input.baseVmId ?? null,
           resumeSnapshotId: input.resumeSnapshotId ?? null,
+          securityFloor: input.securityFloor,
         }),
       );
       await this.d.generations.record(vm.id, { generation: 1, parentGeneration: null, vmgenid, reason: input.reason, snapshot: input.lineage.snapshot ?? null, sourceVmId: input.lineage.sourceVm?.id ?? null, createdBy: ctx.actor.name });
@@ -365,11 +374,8 @@ export class VmService {
     const vm = await this.lookup(ctx, name, "vm.console-log");
     // The transcript of the interactive console shows what was typed and seen there: it needs what the console needs.
     await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.console", target: this.target(vm), owner: vm.owner, readOnly: true });
-    const path = this.layout(vm).consoleLog;
-    if (!existsSync(path)) return "";
-    const size = statSync(path).size;
-    const buf = readFileSync(path);
-    return buf.subarray(Math.max(0, size - maxBytes)).toString("utf8");
+    // Positioned reads of the last maxBytes of console.log.1 + console.log: never the whole file.
+    return readConsoleTail(this.layout(vm).consoleLog, maxBytes).toString("utf8");
   }
 
   // ---- create / destroy ----------------------------------------------------------------------------------
@@ -467,6 +473,8 @@ export class VmService {
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {
     const l = this.layout(identity);
+    // Recorded before the directory exists: if vigil dies before the end, the next start erases it (sweepLeftovers).
+    const intent = await this.d.registry.intend(identity.id, "materialize", l.dir);
     try {
       ensurePrivateDir(this.d.home.vmsDir);
       ensurePrivateDir(l.dir);
@@ -476,10 +484,13 @@ export class VmService {
       const vm = await insertRow();
       for (const disk of identity.spec.disks) await this.d.registry.register(vm.id, diskFile(l.disksDir, disk.name), "disk");
       await this.d.locations.moveTo(vm.id, this.d.hostName, l.dir);
+      await this.d.registry.fulfil(intent);
       return vm;
     } catch (err) {
-      rmSync(l.dir, { recursive: true, force: true });
+      // A half-made VM may hold a full copy of another VM's disk: overwritten, not just unlinked.
+      eraseTree(this.d.home.vmsDir, l.dir);
       await this.d.repo.delete(identity.id).catch(() => undefined);
+      await this.d.registry.fulfil(intent);
       throw err;
     }
   }
@@ -544,25 +555,40 @@ export class VmService {
   async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
     const l = this.layout(vm);
     const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [], derived: purge ? await this.derivedFrom(vm) : [] };
-    for (const f of await this.d.registry.list(vm.id)) {
-      const inVmDir = f.path.startsWith(l.dir + "/");
+    for (const f of await this.d.registry.listForRemoval(vm.id)) {
       if (f.host !== this.d.hostName) {
         report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "on another host" });
         continue;
       }
-      if (!existsSync(f.path)) {
-        if (!inVmDir) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "no longer at its registered path (moved or copied away)" });
-        else await this.d.registry.markRemoved(vm.id, f.path, how);
+      if (f.origin !== "vigil") {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "reported by a client, not made by vigil: never touched" });
         continue;
       }
-      if (!purge && !inVmDir) continue; // a plain destroy leaves copies outside the VM's directory alone
-      const bytes = purge ? overwriteAndUnlink(f.path).bytes : (rmSync(f.path, { force: true }), 0);
-      report.destroyed.push({ path: f.path, purpose: f.purpose, bytes });
-      await this.d.registry.markRemoved(vm.id, f.path, how);
+      // vigil erases only what it made, below this VM's own directory, and only if it is still that file.
+      if (!f.path.startsWith(l.dir + "/")) {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: outside the VM's directory ${l.dir}` });
+        continue;
+      }
+      if (!purge) {
+        if (existsSync(f.path)) {
+          rmSync(f.path, { force: true });
+          report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: 0 });
+        }
+        await this.d.registry.markRemoved(vm.id, f.path, how);
+        continue;
+      }
+      const r = eraseOwnedFile(l.dir, f.path, f.identity);
+      if (r.erased) report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: r.bytes });
+      else if (!r.missing) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: ${r.why}` });
+      // A refused name goes with the directory below, unwritten: the registration says so.
+      await this.d.registry.markRemoved(vm.id, f.path, r.erased || r.missing ? how : `${how}; the name was removed, not erased: ${r.why}`);
     }
     if (purge) {
       // Anything else in the VM's directory that was never registered (sockets, pid file) is erased too.
-      for (const path of listFiles(l.dir)) overwriteAndUnlink(path);
+      for (const path of listFiles(l.dir)) {
+        const r = eraseOwnedFile(l.dir, path);
+        if (!r.erased && !r.missing) report.unreachable.push({ path, host: this.d.hostName, purpose: "unregistered", why: `refused: ${r.why}` });
+      }
     }
     rmSync(l.dir, { recursive: true, force: true });
     await this.d.locations.close(vm.id);
@@ -620,6 +646,14 @@ export class VmService {
     checkHostLimits(vm.spec, this.hostFacts(), `Cannot start VM ${q(vm.name)}`);
     // Callers check this before they change anything; here it holds for every path that starts QEMU.
     this.checkNotExpired(vm, `Cannot start VM ${q(vm.name)}`);
+    // An open NIC reaches the host's loopback through slirp unless the nftables guard is in place (re-installed
+    // here: idempotent, and someone may have flushed the ruleset since the daemon started).
+    const open = vm.spec.nics.filter((n) => !n.restrict).map((n) => n.name);
+    if (open.length > 0) {
+      await installLoopbackGuard().catch((err: unknown) => {
+        throw new VigilError("VIGIL_HOST", `Cannot start VM ${q(vm.name)}: its open NIC ${open.join(", ")} needs the host loopback guard (nftables), which cannot be installed: ${messageOf(err)}`, { field: "nics", cause: err });
+      });
+    }
     const previous = vm.state;
     const l = this.layout(vm);
     const t0 = performance.now();
@@ -634,11 +668,9 @@ export class VmService {
     try {
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.runDir);
-      ensurePrivateDir(l.memDir);
-      // The RAM file of a previous run is guest memory left on disk: never reuse it.
-      rmSync(l.ramFile, { force: true });
-      // Created here, empty and 0600, so that QEMU (which would create them 0644) fills files only vigil's user can read.
-      ensurePrivateFile(l.ramFile);
+      // Guest RAM is a memfd inside QEMU (qemu/argv.ts): no file to create, register or remove.
+      await this.eraseLegacyRamFile(vm);
+      // Created here, empty and 0600, so that QEMU (which would create it 0644) fills a file only vigil's user can read.
       ensurePrivateFile(l.consoleLog);
       // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
       for (const d of vm.spec.disks) {
@@ -655,7 +687,7 @@ export class VmService {
       if (!options.paused) await rt.qmp.execute("cont");
       mark("guest running");
       const updated = await this.d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: this.d.accel.accel });
-      for (const [path, purpose] of [[l.ramFile, "ram"], [l.consoleLog, "console-log"], [l.qemuLog, "qemu-log"]] as const) {
+      for (const [path, purpose] of [[l.consoleLog, "console-log"], [consoleBackup(l.consoleLog), "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await this.d.registry.register(vm.id, path, purpose, { hash: false });
       }
       return updated;
@@ -667,7 +699,6 @@ export class VmService {
         await waitForExit(pid, 5000);
       }
       this.runtimes.delete(vm.id);
-      rmSync(l.ramFile, { force: true });
       await this.d.repo.update(vm.id, { state: previous, pid: null });
       throw err;
     }
@@ -687,14 +718,19 @@ export class VmService {
   /** Starts watching a runtime: when its QEMU exits, the VM's state follows. */
   private adopt(vm: VmRecord, rt: VmRuntime): void {
     this.runtimes.set(vm.id, rt);
+    this.consoleCaps.get(vm.id)?.stop();
+    const cap = new ConsoleLogCap(rt.layout.consoleLog, this.d.consoleLogMaxBytes ?? DEFAULT_CONSOLE_LOG_MAX_BYTES, (err) => this.d.log.warn({ vm: vm.name, err: messageOf(err) }, "Cannot rotate the console log"));
+    this.consoleCaps.set(vm.id, cap.start());
     for (const hook of this.runtimeHooks) hook(vm, rt);
-    void rt.exited.then((reason) => this.onExit(vm.id, rt, reason));
+    void rt.exited.then((reason) => {
+      cap.stop();
+      if (this.consoleCaps.get(vm.id) === cap) this.consoleCaps.delete(vm.id);
+      return this.onExit(vm.id, rt, reason);
+    });
   }
 
   private async onExit(id: string, rt: VmRuntime, reason: ExitReason): Promise<void> {
     if (this.runtimes.get(id) === rt) this.runtimes.delete(id);
-    const l = vmLayout(this.d.home.vmsDir, id);
-    rmSync(l.ramFile, { force: true });
     if (this.closing) return;
     try {
       await this.locks.run(id, async () => {
@@ -702,7 +738,6 @@ export class VmService {
         if (!vm || !isLive(vm.state) || this.runtimes.has(id)) return; // an operation already recorded the exit
         const crashed = reason.kind === "crashed";
         await this.d.repo.update(id, { state: crashed ? "crashed" : "stopped", pid: null });
-        await this.d.registry.markRemoved(id, l.ramFile, "vm-exited");
         await this.d.audit.append({
           actor: SYSTEM_ACTOR.name,
           action: crashed ? "vm.crashed" : "vm.stopped",
@@ -755,7 +790,6 @@ export class VmService {
     }
     this.runtimes.delete(vm.id);
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
-    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-stopped");
     return { how };
   }
 
@@ -778,8 +812,6 @@ export class VmService {
       await waitForExit(vm.pid, 10_000);
     }
     this.runtimes.delete(vm.id);
-    rmSync(this.layout(vm).ramFile, { force: true });
-    await this.d.registry.markRemoved(vm.id, this.layout(vm).ramFile, "vm-killed");
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
   }
 
@@ -866,6 +898,7 @@ export class VmService {
   async recover(): Promise<{ reattached: string[]; crashed: string[] }> {
     const reattached: string[] = [];
     const crashed: string[] = [];
+    await this.sweepLeftovers();
     for (const vm of await this.d.repo.list()) {
       if (!isLive(vm.state)) continue;
       await this.locks.run(vm.id, async () => {
@@ -890,7 +923,7 @@ export class VmService {
           signal(pid, "SIGKILL");
           await waitForExit(pid, 10_000);
         }
-        rmSync(l.ramFile, { force: true });
+        await this.eraseLegacyRamFile(vm);
         const wasRunning = vm.state === "running" || vm.state === "paused";
         await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
         await this.d.audit.append({
@@ -906,9 +939,64 @@ export class VmService {
     return { reattached, crashed };
   }
 
+  /**
+   * At start, before any request: what a crash left in `vms/` is erased like a purge (overwrite, then unlink),
+   * each as one audited recovery action — a VM directory whose creation never finished (its intent is still
+   * open: its row, if one was inserted, goes too), and import/export staging (`import-*`, `export-*`, `.tmp-*`),
+   * which holds decompressed disks and guest RAM that no registration covers.
+   */
+  async sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
+    const swept: Array<{ path: string; files: number; bytes: number }> = [];
+    const erase = async (path: string, reason: string, vm?: { id: string; name: string | null }) => {
+      const r = eraseTree(this.d.home.vmsDir, path);
+      swept.push({ path, files: r.files, bytes: r.bytes });
+      await this.d.audit.append({
+        actor: SYSTEM_ACTOR.name,
+        action: "vm.leftover-erased",
+        target: vm ? { kind: "vm", id: vm.id, name: vm.name } : { kind: "host", name: this.d.hostName },
+        result: "ok",
+        details: { path, reason, files: r.files, bytes: r.bytes, ...(r.refused.length > 0 ? { refused: r.refused } : {}) },
+      });
+    };
+    for (const intent of await this.d.registry.openIntents("materialize")) {
+      const row = await this.d.repo.getById(intent.vmId).catch(() => undefined);
+      if (intent.path === vmLayout(this.d.home.vmsDir, intent.vmId).dir) {
+        await erase(intent.path, "creation interrupted (no VM was created)", { id: intent.vmId, name: row?.name ?? null });
+      }
+      if (row) {
+        await this.d.locations.close(row.id);
+        await this.d.repo.delete(row.id);
+      }
+      for (const f of await this.d.registry.list(intent.vmId)) await this.d.registry.markRemoved(intent.vmId, f.path, "creation-rolled-back");
+      await this.d.registry.fulfil(intent.id);
+    }
+    if (existsSync(this.d.home.vmsDir)) {
+      for (const name of readdirSync(this.d.home.vmsDir)) {
+        if (/^(\.tmp-|import-|export-)/.test(name)) await erase(join(this.d.home.vmsDir, name), "staging left by an interrupted import or export");
+      }
+    }
+    return swept;
+  }
+
+  /**
+   * Older vigil kept guest RAM in `mem/ram` (a shared file mapping) and only unlinked it; a host crash left it
+   * on disk. If one is still there it is overwritten, unlinked and recorded, never reused.
+   */
+  private async eraseLegacyRamFile(vm: VmRecord): Promise<void> {
+    const dir = join(this.layout(vm).dir, "mem");
+    const file = join(dir, "ram");
+    if (existsSync(file)) {
+      eraseOwnedFile(this.layout(vm).dir, file);
+      await this.d.registry.markRemoved(vm.id, file, "overwritten");
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
   async close(): Promise<void> {
     this.closing = true;
+    for (const cap of this.consoleCaps.values()) cap.stop();
+    this.consoleCaps.clear();
     await Promise.all([...this.runtimes.values()].map((rt) => rt.detach()));
     this.runtimes.clear();
   }

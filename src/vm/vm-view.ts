@@ -40,7 +40,6 @@ export function vmView(vm: VmRecord, vmsDir: string, now = Date.now()) {
       agentSocket: l.agentSocket,
       consoleLog: l.consoleLog,
       qemuLog: l.qemuLog,
-      ramFile: l.ramFile,
       pidFile: l.pidFile,
       disks: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
     },

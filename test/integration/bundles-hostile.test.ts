@@ -118,7 +118,10 @@ test("hostile bundles are refused and leave nothing behind", { timeout: 300_000 
   const trusted = generateKeyPairSync("ed25519");
   await d.api("POST", "/v1/trust", { name: "partner", publicKey: trusted.publicKey.export({ type: "spki", format: "pem" }).toString() });
   const stranger = generateKeyPairSync("ed25519");
-  const withManifest = (m: unknown, rest: Entry[] = files, keys = trusted) => pack([...signed(m, keys.privateKey, keys.publicKey), ...rest]);
+  // The attacker's manifests name the attacker's site, as they must (a manifest naming another site than its
+  // signer is refused on its own).
+  const asSigner = (m: unknown, keys: { publicKey: KeyObject }) => ({ ...(m as Record<string, unknown>), site: { ...(m as { site: object }).site, keyId: keyIdOf(keys.publicKey) } });
+  const withManifest = (m: unknown, rest: Entry[] = files, keys = trusted) => pack([...signed(asSigner(m, keys), keys.privateKey, keys.publicKey), ...rest]);
   const clone = <T>(x: T): T => JSON.parse(JSON.stringify(x)) as T;
 
   const biggest = files.reduce((a, b) => (b.data.length > a.data.length ? b : a));
@@ -141,6 +144,39 @@ test("hostile bundles are refused and leave nothing behind", { timeout: 300_000 
   Object.assign(smuggling.files[0]!, { size: recompressed.size, sha256: recompressed.sha256, rawSize: recompressed.rawSize });
   const smuggled = withManifest(smuggling, files.map((f, i) => (i === 0 ? { ...f, data: readFileSync(join(work, "smuggled.zst")) } : f)));
 
+  // The headline attacks of a trusted but hostile signer (review T3): layers whose headers would make this host's
+  // QEMU open a file of the signer's choosing, with correct hashes and a valid signature.
+  const relayered = async (index: number, tag: string, change: (file: string) => string) => {
+    const sub = join(work, tag);
+    mkdirSync(sub);
+    const file = change(extractLayer(sub, files[index]!));
+    const zst = join(sub, `${tag}.zst`);
+    const r = await compressFile(file, zst);
+    const m = clone(manifest);
+    Object.assign(m.files[index]!, { size: r.size, sha256: r.sha256, rawSize: r.rawSize });
+    return withManifest(m, files.map((f, i) => (i === index ? { ...f, data: readFileSync(zst) } : f)));
+  };
+  assert.ok(files.length >= 2, "the source VM's disk has its image's layer and its own");
+  const shadowBacked = await relayered(0, "shadow", (file) => {
+    run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", file]);
+    return file;
+  });
+  const externalData = await relayered(0, "extdata", (_file) => {
+    const ext = join(work, "extdata", "ext.qcow2");
+    run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `data_file=${join(work, "extdata", "ext.raw")}`, ext, "16M"]);
+    return ext;
+  });
+  const jsonBacked = await relayered(1, "json", (file) => {
+    run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", 'json:{"file":{"driver":"file","filename":"/etc/shadow"}}', "-F", "qcow2", file]);
+    return file;
+  });
+  const rawBacked = await relayered(1, "raw", (file) => {
+    run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", file]);
+    return file;
+  });
+  const dangling = clone(manifest) as unknown as { resume: string | null };
+  dangling.resume = "nope";
+
   const cases: Array<[string, Buffer, RegExp]> = [
     ["flipped byte in a disk", pack([...entries.slice(0, 2), ...flipped]), /does not match its sha256/],
     ["truncated archive", goodBytes.subarray(0, goodBytes.length - BLOCK * 3 - Math.floor(biggest.data.length / 2)), /truncated|Invalid bundle/],
@@ -151,8 +187,15 @@ test("hostile bundles are refused and leave nothing behind", { timeout: 300_000 
     ["../ in a manifest file name", withManifest(traversal), /Invalid bundle manifest|must be a plain file name/],
     ["../ as a tar entry name", withManifest(manifest, files.map((f, i) => (i === 0 ? { ...f, name: "files/../../x" } : f))), /expected entry/],
     ["entry declared 1 KiB but 10 GiB long", withManifest(manifest, files.map((f, i) => (i === 0 ? { ...f, headerSize: 10n * 1024n ** 3n } : f))), /is 10737418240 bytes long but the manifest declares/],
-    ["an extra entry after the listed files", pack([...signed(manifest, trusted.privateKey, trusted.publicKey), ...files, { name: "files/extra", data: Buffer.from("x") }]), /unexpected entry/],
+    ["an extra entry after the listed files", pack([...signed(asSigner(manifest, trusted), trusted.privateKey, trusted.publicKey), ...files, { name: "files/extra", data: Buffer.from("x") }]), /unexpected entry/],
     ["an internal snapshot the manifest does not list", smuggled, /holds internal snapshot "smuggled" that the manifest does not list/],
+    ["a bottom layer backed by /etc/shadow", shadowBacked, /names an unexpected backing file "\/etc\/shadow"/],
+    ["a layer with an external data file", externalData, /keeps its data in an external file/],
+    ["a json: backing name", jsonBacked, /json: block graph/],
+    ["an upper layer whose backing format is raw", rawBacked, /its backing format is "raw", expected "qcow2"/],
+    ["a resume point the bundle does not list", withManifest(dangling), /resumes from snapshot "nope", which it does not list/],
+    ["a manifest naming another site than its signer", pack([...signed(manifest, trusted.privateKey, trusted.publicKey), ...files]), /but key "[0-9a-f]{16}" signed it/],
+    ["a byte after the end-of-archive marker", Buffer.concat([goodBytes, Buffer.from("x")]), /after the end-of-archive marker/],
     ["not a bundle at all", Buffer.from("GIF89a this is not a tar file at all".padEnd(2048, "\0")), /Invalid bundle/],
   ];
 
@@ -196,7 +239,17 @@ test("exporting a linked clone carries no snapshot of its template's layer, with
   const resume = first.manifest.snapshots.map((s) => s.name);
   assert.equal(resume.length, 1);
   assert.match(resume[0]!, /^export-/);
+  // Its saved RAM is resumed once in the whole lineage: by the import, so on web it counts as used already,
+  // and a second import of the same bundle is refused — even when replays are allowed.
+  const onWeb = (await d.api<{ snapshots: Array<{ name: string; singleUse: boolean; resumedCount: number }> }>("GET", "/v1/vms/web/snapshots")).snapshots;
+  assert.deepEqual(onWeb.map((s) => [s.name, s.singleUse, s.resumedCount]), [[resume[0]!, true, 1]]);
   ok(d.cli("vm", "import", withMemory, "--name", "web2"), "import");
+  const replay = d.cli("vm", "import", withMemory, "--name", "web2b");
+  assert.notEqual(replay.status, 0);
+  assert.match(replay.stderr, /imported already/);
+  const allowed = d.cli("vm", "import", withMemory, "--name", "web2b", "--allow-replay");
+  assert.notEqual(allowed.status, 0);
+  assert.match(allowed.stderr, /single-use snapshot .* which its first import resumes/);
   ok(d.cli("vm", "template", "web2"), "template");
   ok(d.cli("vm", "clone", "web2", "web3"), "linked clone");
 

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { requireTinyImage, startDaemon, type DaemonHandle } from "../harness.ts";
 
@@ -97,9 +97,9 @@ test("export → import under another name: boots; a --memory bundle resumes whe
   assert.equal(await exec(d, "copy", "counter", "get"), "1234", "the imported VM resumed the exported memory");
 
   const where = await d.api<{ live: Array<{ purpose: string; path: string }> }>("GET", "/v1/vms/orig/where");
-  assert.ok(where.live.some((f) => f.purpose === "bundle" && f.path === file), "the bundle is in the data registry");
-  const purge = await d.api<{ destroyed: Array<{ path: string }>; derived: Array<{ name: string; kind: string; from: string }> }>("POST", "/v1/vms/orig/purge", {});
-  assert.ok(purge.destroyed.some((f) => f.path === file), "purge reaches the exported bundle");
+  assert.ok(where.live.some((f) => f.purpose === "bundle" && f.path.startsWith("(reported by ") && f.path.endsWith(` ${file}`)), "where the client saved the bundle is listed, as reported");
+  const purge = await d.api<{ destroyed: Array<{ path: string }>; unreachable: Array<{ path: string; why: string }>; derived: Array<{ name: string; kind: string; from: string }> }>("POST", "/v1/vms/orig/purge", {});
+  assert.ok(existsSync(file) && purge.unreachable.some((f) => f.path.endsWith(` ${file}`) && /reported by a client/.test(f.why)), "purge never touches a path a client reported");
   assert.deepEqual(purge.derived, [{ name: "copy", kind: "import", from: "orig" }], "the purge says which VM still holds a copy of the data");
   assert.equal((await d.api<Vm>("GET", "/v1/vms/copy")).state, "running", "and leaves it alone");
 });

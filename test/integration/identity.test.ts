@@ -5,10 +5,11 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, readdirSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { call } from "../../src/cli/client.ts";
 import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { openGuestRam } from "../../src/host/guest-ram.ts";
 
 async function http(d: DaemonHandle, method: string, path: string, token?: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(`http://${d.httpAddress()}${path}`, {
@@ -80,7 +81,7 @@ test("ownership: policy requires approver, purpose and expiry; chown records its
   assert.deepEqual([afterChown.owner, afterChown.approver], ["user:olga", "security-team"]);
 
   await d.api("POST", "/v1/vms/app/start", { wait: true });
-  assert.deepEqual([modeOf(created.id, "mem", "ram"), modeOf(created.id, "console.log")], ["600", "600"], "guest RAM and console output are 0600");
+  assert.equal(modeOf(created.id, "console.log"), "600", "console output is 0600 (guest RAM is no file at all)");
   await d.api("POST", "/v1/vms/app/stop", {});
   await d.api("POST", "/v1/vms/app/template", {});
   const proto = readdirSync(join(d.home, "vms", created.id, "proto"));
@@ -157,12 +158,38 @@ test("policy: clone and import are refused without approver, purpose and expiry,
   assert.deepEqual([c2.approver, c2.purpose, c2.expiresAt], ["ciso", "qa", "2099-01-01"]);
 });
 
-test("purge destroys every registered file and records what it did", { timeout: 300_000 }, async (t) => {
+/** Every regular file below `dir` that contains `needle` (sockets and other non-files skipped). */
+function filesContaining(dir: string, needle: Buffer): string[] {
+  const found: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    const path = join(e.parentPath, e.name);
+    if (e.isFile() && readFileSync(path).includes(needle)) found.push(path);
+  }
+  return found;
+}
+
+test("purge destroys every registered file and records what it did; guest RAM is never under VIGIL_HOME", { timeout: 300_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t);
-  await d.api("POST", "/v1/vms", { name: "secret", disks: [{ name: "data", sizeMiB: 16 }] });
-  await d.api("POST", "/v1/vms/secret/start", { wait: true });
+  await d.api("POST", "/v1/vms", { name: "secret", disks: [{ name: "data", sizeMiB: 16 }], memoryMiB: 128 });
+  const running = await d.api<{ pid: number }>("POST", "/v1/vms/secret/start", { wait: true });
+  // A marker made in the guest (random bytes, never in any request, so not in the audit log): it is in guest RAM...
+  const sample = await d.api<{ exitCode: number; stdout: string }>("POST", "/v1/vms/secret/guest/exec", { argv: ["rng-sample"] });
+  assert.equal(sample.exitCode, 0);
+  const marker = Buffer.from(Buffer.from(sample.stdout, "base64").toString("latin1").trim(), "latin1");
+  assert.match(marker.toString(), /^[0-9a-f]{32}$/);
+  const ramFd = openGuestRam(running.pid, 128 * 1024 * 1024);
+  try {
+    const ram = Buffer.alloc(128 * 1024 * 1024);
+    readSync(ramFd, ram, 0, ram.length, 0);
+    assert.ok(ram.includes(marker), "the marker is in guest RAM");
+  } finally {
+    closeSync(ramFd);
+  }
+  // ...and in no file below VIGIL_HOME: not while the VM runs, not after stop, not after purge.
+  assert.deepEqual(filesContaining(d.home, marker), [], "guest RAM is not a file under VIGIL_HOME while the VM runs");
   await d.api("POST", "/v1/vms/secret/stop", {});
+  assert.deepEqual(filesContaining(d.home, marker), [], "nor after stop");
   const bundle = join(d.home, "secret.vigil");
   assert.equal(d.cli("vm", "export", "secret", "-o", bundle).status, 0);
   const where = await d.api<{ live: Array<{ path: string; purpose: string }> }>("GET", "/v1/vms/secret/where");
@@ -173,12 +200,14 @@ test("purge destroys every registered file and records what it did", { timeout: 
   for (const f of where.live) {
     if (f.path.startsWith("/")) assert.equal(existsSync(f.path), false, `${f.purpose} ${f.path} is gone`);
   }
-  assert.ok(report.destroyed.some((f) => f.path === bundle));
-  const after = await d.api<{ live: unknown[]; removed: Array<{ removedHow: string }> }>("GET", "/v1/vms/secret/where");
-  assert.deepEqual(after.live, [], "nothing registered lives on");
-  assert.ok(after.removed.every((f) => f.removedHow === "purged" || f.removedHow.startsWith("vm-")));
+  // The bundle is the client's (its path only reported): never purged, listed as reported.
+  assert.ok(existsSync(bundle) && !report.destroyed.some((f) => f.path === bundle));
+  const after = await d.api<{ live: Array<{ path: string }>; removed: Array<{ removedHow: string }> }>("GET", "/v1/vms/secret/where");
+  assert.ok(after.live.length === 1 && /^\(reported by [^,]+, not verified\) /.test(after.live[0]!.path) && after.live[0]!.path.endsWith(` ${bundle}`), "nothing vigil made lives on");
+  assert.deepEqual(after.removed.filter((f) => f.removedHow !== "purged"), [], "every file holding guest data was purged, none merely unlinked");
+  assert.deepEqual(filesContaining(d.home, marker), [], "nor after purge");
   const { records } = await d.api<{ records: Array<{ action: string; details: { destroyed?: string[] } }> }>("GET", "/v1/audit?tail=true&limit=3");
-  assert.ok(records.some((r) => r.action === "vm.purge" && (r.details.destroyed ?? []).includes(bundle)));
+  assert.ok(records.some((r) => r.action === "vm.purge" && (r.details.destroyed ?? []).length > 0 && !(r.details.destroyed ?? []).includes(bundle)));
 });
 
 test("audit verify is OK on a clean log and names the record after a byte of vigil.db is changed by hand", { timeout: 120_000 }, async (t) => {

@@ -4,10 +4,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { upgrade } from "../../src/cli/client.ts";
 import { requireTinyImage, startDaemon, waitFor } from "../harness.ts";
+import { ConsoleShell } from "../../src/introspection/testing/live-guest.ts";
 
 test("the serial console is an interactive shell in the guest", { timeout: 120_000 }, async (t) => {
   requireTinyImage();
@@ -28,6 +29,33 @@ test("the serial console is an interactive shell in the guest", { timeout: 120_0
   assert.match(String(denied), /does not exist/);
 });
 
+test("a guest flooding its serial console cannot grow console.log past the cap; the log's tail is the newest output", { timeout: 180_000 }, async (t) => {
+  requireTinyImage();
+  const cap = 64 * 1024;
+  const d = await startDaemon(t, { config: { consoleLog: { maxBytes: cap } } });
+  const vm = await d.api<{ paths: { consoleLog: string } }>("POST", "/v1/vms", { name: "loud", memoryMiB: 128 });
+  await d.api("POST", "/v1/vms/loud/start", { wait: true });
+  const shell = await ConsoleShell.open("loud", d.target);
+  t.after(() => shell.close());
+  const log = vm.paths.consoleLog;
+  const size = (p: string) => (existsSync(p) ? statSync(p).size : 0);
+  let peak = 0;
+  const sampler = setInterval(() => (peak = Math.max(peak, size(log))), 20);
+  t.after(() => clearInterval(sampler));
+  // 640 KiB of output through the emulated UART (10 times the cap; below ConsoleShell's 1 MB buffer), then a line.
+  await shell.run("head -c 655360 /dev/zero | tr '\\0' x; echo; echo flood-$((40+2))-done", 150_000);
+  clearInterval(sampler);
+  const tail = d.cli("vm", "console", "loud", "--log", "--bytes", "4096");
+  assert.equal(tail.status, 0, tail.stderr);
+  assert.match(tail.stdout, /x{100}\s*flood-42-done/, "the tail is the newest output");
+  t.diagnostic(`console.log peaked at ${peak} bytes; now ${size(log)} + ${size(`${log}.1`)} in console.log.1`);
+  assert.equal(size(`${log}.1`), cap, "console.log.1 holds exactly the cap");
+  assert.ok(peak <= 2 * cap, `console.log peaked at ${peak} bytes (cap ${cap})`);
+  assert.ok(size(log) + size(`${log}.1`) <= 3 * cap);
+  const where = await d.api<{ live: Array<{ path: string; purpose: string }> }>("GET", "/v1/vms/loud/where");
+  assert.ok(where.live.some((f) => f.path === `${log}.1` && f.purpose === "console-log"), "the backup is registered guest data");
+});
+
 test("a disk is imported as an image: standalone qcow2 or raw only; VMs built on it keep it", { timeout: 120_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t);
@@ -44,7 +72,7 @@ test("a disk is imported as an image: standalone qcow2 or raw only; VMs built on
   spawnSync("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", evil, "8M"]);
   const refused = d.cli("image", "import", evil, "--name", "evil");
   assert.equal(refused.status, 2);
-  assert.match(refused.stderr, /names a backing file/);
+  assert.match(refused.stderr, /names an unexpected backing file "\/etc\/shadow"/);
 
   const vm = await d.api<{ spec: { boot: { kind: string } } }>("POST", "/v1/vms", { name: "app1", image: "appliance", memoryMiB: 128, nics: [] });
   assert.equal(vm.spec.boot.kind, "disk");

@@ -20,7 +20,7 @@ const MEMORY_MIB = 256;
 type Watch = { vm: string; status: string; sweeps: number; activeFindings: number; policy: string; intervalMs: number; baseline: { source: string; takenAt: string } | null; problem: string | null };
 type FindingRecord = { seq: number; time: string; sweep: number | null; check: string; severity: string; message: string; evidence: Record<string, unknown> };
 type AuditRecord = { seq: number; time: string; actor: string; action: string; result: string; target: { name: string | null }; details: Record<string, unknown> };
-type Vm = { id: string; state: string; paths: { ramFile: string } };
+type Vm = { id: string; state: string; pid: number };
 
 async function watchOf(d: DaemonHandle, vm: string): Promise<Watch> {
   const { watches } = await d.api<{ watches: Watch[] }>("GET", "/v1/watches");
@@ -63,7 +63,7 @@ async function bootWatched(t: TestContext, d: DaemonHandle, vm: string, policy =
     const x = await watchOf(d, vm);
     return x.status === "watching" && x.sweeps >= 2 ? x : undefined;
   });
-  const attacker = RamAttacker.open(info.paths.ramFile, MEMORY_MIB);
+  const attacker = RamAttacker.open(info.pid, MEMORY_MIB);
   t.after(() => attacker.close());
   const shell = await ConsoleShell.open(vm, d.target);
   t.after(() => shell.close());

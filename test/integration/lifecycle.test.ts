@@ -5,11 +5,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { requireTinyImage, startDaemon, waitFor } from "../harness.ts";
+import { openGuestRam } from "../../src/host/guest-ram.ts";
 
-type Vm = { id: string; name: string; state: string; pid: number | null; accelerator: string; vmgenid: string; paths: { dir: string; ramFile: string } };
+type Vm = { id: string; name: string; state: string; pid: number | null; accelerator: string; vmgenid: string; paths: { dir: string } };
 
 test("a VM's whole life through the CLI", { timeout: 300_000 }, async (t) => {
   requireTinyImage();
@@ -26,7 +27,11 @@ test("a VM's whole life through the CLI", { timeout: 300_000 }, async (t) => {
   assert.equal(running.state, "running");
   assert.equal(running.accelerator, "tcg");
   assert.ok(running.pid && running.pid > 1);
-  assert.ok(existsSync(running.paths.ramFile), "guest RAM lives on its backing file");
+  // Guest RAM is QEMU's memfd, reachable only through its descriptor; nothing of it is in the VM's directory.
+  const ramFd = openGuestRam(running.pid, 256 * 1024 * 1024);
+  assert.equal(fstatSync(ramFd).size, 256 * 1024 * 1024);
+  closeSync(ramFd);
+  assert.equal(existsSync(join(running.paths.dir, "mem")), false, "no RAM file next to the disks");
 
   const ps = JSON.parse(d.cli("vm", "ps", "demo", "--json").stdout) as { processes: Array<{ pid: number; comm: string }> };
   const init = ps.processes.find((p) => p.pid === 1);
@@ -51,7 +56,7 @@ test("a VM's whole life through the CLI", { timeout: 300_000 }, async (t) => {
   assert.equal(stopped.status, 0, stopped.stderr);
   assert.equal((JSON.parse(stopped.stdout) as { how: string }).how, "acpi", "the guest powers off on the ACPI button");
   assert.equal(d.cli("vm", "status", "demo").stdout.trim(), "stopped");
-  assert.equal(existsSync(running.paths.ramFile), false, "guest RAM does not outlive the VM on disk");
+  assert.throws(() => openGuestRam(running.pid!, 256 * 1024 * 1024), /Cannot open guest RAM/, "guest RAM went with the process");
 
   const console = d.cli("vm", "console", "demo", "--log");
   assert.match(console.stdout, /vigil-init: ready/);

@@ -55,6 +55,7 @@ const WatchStatusSchema = z
     intervalMs: z.number(),
     policy: z.enum(WATCH_POLICIES),
     guestViewEvery: z.number().openapi({ description: "The guest's own view (for the lie detector) is taken every Nth sweep" }),
+    noNewModules: z.boolean().openapi({ description: "Any module loaded after this boot's baseline is a high finding (module-loaded)" }),
     startedBy: z.string(),
     startedAt: z.string(),
     status: z.enum(["watching", "armed", "waiting-for-agent", "baselining", "ready", "no-baseline", "error"]),
@@ -69,6 +70,29 @@ const WatchStatusSchema = z
 
 const FindingRecordSchema = z.object({ seq: z.number(), time: z.string(), sweep: z.number().nullable(), check: z.string(), severity: z.string(), message: z.string(), evidence: z.record(z.string(), z.unknown()) });
 
+const AlarmChangeSchema = z.object({
+  sweep: z.number(),
+  at: z.string(),
+  change: z.enum(["raised", "changed", "cleared"]),
+  severity: z.string(),
+  message: z.string(),
+  what: z.array(z.string()).optional().openapi({ description: "For a change: what changed (severity, message, evidence)" }),
+});
+
+const AlarmSchema = z
+  .object({
+    key: z.string().openapi({ description: "What identifies the alarm from sweep to sweep: the check and where it points" }),
+    state: z.enum(["active", "cleared"]),
+    finding: FindingSchema.openapi({ description: "The latest version (for a cleared alarm: the last one seen)" }),
+    firstSweep: z.number(),
+    lastSeenSweep: z.number(),
+    raisedAt: z.string(),
+    clearedAt: z.string().nullable(),
+    history: z.array(AlarmChangeSchema).openapi({ description: "Oldest first: the first raise, then up to 31 of the newest changes" }),
+    omittedChanges: z.number(),
+  })
+  .openapi("Alarm");
+
 const FindingsQuery = z.object({ limit: z.coerce.number().int().min(1).max(1000).default(100).openapi({ param: { name: "limit", in: "query" } }) });
 
 export function registerIntrospectionRoutes(app: App, d: ApiDeps): void {
@@ -78,7 +102,7 @@ export function registerIntrospectionRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("vm.introspect", { method: "get", path: "/v1/vms/{name}/findings", tags: ["introspection"], summary: "The watch's findings: the alarms active now and the newest new-finding records (from the audit log)", request: { params: VmNameParams, query: FindingsQuery }, responses: { 200: json(z.object({ vm: z.string(), watch: WatchStatusSchema.nullable(), active: z.array(FindingSchema), recent: z.array(FindingRecordSchema) }), "Findings") } })),
+    createRoute(withAccess("vm.introspect", { method: "get", path: "/v1/vms/{name}/findings", tags: ["introspection"], summary: "The watch's findings: the alarms active now, every alarm (active or cleared) with its history, and the newest new-finding records (from the audit log)", request: { params: VmNameParams, query: FindingsQuery }, responses: { 200: json(z.object({ vm: z.string(), watch: WatchStatusSchema.nullable(), active: z.array(FindingSchema), alarms: z.array(AlarmSchema).openapi({ description: "Active and cleared alarms of the running watch, each with its history of changes" }), recent: z.array(FindingRecordSchema) }), "Findings") } })),
     async (c) => reply(c, await d.introspection.findings(c.get("ctx"), c.req.valid("param").name, c.req.valid("query").limit)),
   );
 

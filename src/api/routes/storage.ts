@@ -70,6 +70,9 @@ const CloneBody = z.strictObject({
   purpose: ownershipInputSchema.purpose,
   approver: ownershipInputSchema.approver,
   expiresAt: ownershipInputSchema.expiresAt,
+  /** A clone from a snapshot below the source's security floor, like a revert to it, needs force and a reason. */
+  force: z.boolean().default(false),
+  reason: z.string().max(500).optional(),
 });
 const TemplateBody = z.strictObject({ undo: z.boolean().default(false) });
 const ImportQuery = z.object({
@@ -79,6 +82,8 @@ const ImportQuery = z.object({
   purpose: ownershipInputSchema.purpose,
   approver: ownershipInputSchema.approver,
   expiresAt: ownershipInputSchema.expiresAt,
+  /** Import a bundle this site imported before (a replay, audited); refused without it. */
+  allowReplay: z.enum(["true", "false"]).default("false").openapi({ param: { name: "allowReplay", in: "query" } }),
 });
 const TrustedKeySchema = z.object({ keyId: z.string(), name: z.string(), publicKey: z.string(), addedBy: z.string(), addedAt: z.string(), site: z.boolean() }).openapi("TrustedKey");
 
@@ -112,10 +117,10 @@ export function registerStorageRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("vm.read", { method: "post", path: "/v1/vms/{name}/clone", tags: ["templates"], summary: "Clone a VM: linked (overlay on a template) or full (independent copy), with fresh identity", request: { params: VmNameParams, ...body(CloneBody) }, responses: { 201: json(VmSchema, "The clone") } })),
+    createRoute(withAccess("vm.export", { method: "post", path: "/v1/vms/{name}/clone", tags: ["templates"], summary: "Clone a VM: linked (overlay on a template) or full (independent copy), with fresh identity", request: { params: VmNameParams, ...body(CloneBody) }, responses: { 201: json(VmSchema, "The clone") } })),
     async (c) => {
       const b = c.req.valid("json");
-      return reply(c, await d.clones.clone(c.get("ctx"), c.req.valid("param").name, b.name, { mode: b.mode, fromSnapshot: b.fromSnapshot, purpose: b.purpose, approver: b.approver, expiresAt: b.expiresAt }), 201);
+      return reply(c, await d.clones.clone(c.get("ctx"), c.req.valid("param").name, b.name, { mode: b.mode, fromSnapshot: b.fromSnapshot, purpose: b.purpose, approver: b.approver, expiresAt: b.expiresAt, force: b.force, reason: b.reason }), 201);
     },
   );
 
@@ -136,7 +141,7 @@ export function registerStorageRoutes(app: App, d: ApiDeps): void {
       const raw = c.req.raw.body;
       const source = q.source ?? "(uploaded)";
       const empty = (async function* () {})();
-      return reply(c, await d.bundles.import(c.get("ctx"), raw ?? empty, { name: q.name, source, purpose: q.purpose, approver: q.approver, expiresAt: q.expiresAt }), 201);
+      return reply(c, await d.bundles.import(c.get("ctx"), raw ?? empty, { name: q.name, source, purpose: q.purpose, approver: q.approver, expiresAt: q.expiresAt, allowReplay: q.allowReplay === "true" }), 201);
     },
   );
 

@@ -26,8 +26,42 @@ const EventsQuery = z.object({
 });
 
 const VerifySchema = z
-  .object({ ok: z.boolean(), records: z.number(), checkpoints: z.number(), lastSeq: z.number(), firstBad: z.object({ seq: z.number(), reason: z.string() }).optional() })
+  .object({
+    ok: z.boolean(),
+    records: z.number(),
+    checkpoints: z.number(),
+    lastSeq: z.number(),
+    rootHash: z.string().optional(),
+    firstBad: z.object({ seq: z.number(), reason: z.string() }).optional(),
+    tamper: z.array(z.object({ seq: z.number(), time: z.string(), findings: z.array(z.string()) })).optional(),
+  })
   .openapi("AuditVerification");
+
+const TreeHeadSchema = z
+  .object({ size: z.number().int(), rootHash: z.string(), lastHash: z.string(), time: z.string(), keyId: z.string(), signature: z.string() })
+  .openapi("AuditTreeHead");
+
+const AuditHealthSchema = z
+  .object({
+    ok: z.boolean(),
+    findings: z.array(z.string()),
+    warnings: z.array(z.string()),
+    tamperRecords: z.array(z.object({ seq: z.number(), time: z.string() })),
+    head: TreeHeadSchema.nullable(),
+    witnesses: z.array(z.object({ name: z.string(), publications: z.number(), lastPublished: z.object({ size: z.number(), time: z.string() }).nullable(), lastError: z.string().nullable() })),
+  })
+  .openapi("AuditHealth");
+
+const InclusionProofSchema = z
+  .object({ type: z.literal("vigil-audit-inclusion-proof"), record: AuditRecordSchema, leafIndex: z.number().int(), treeSize: z.number().int(), path: z.array(z.string()), head: TreeHeadSchema })
+  .openapi("AuditInclusionProof");
+
+const ConsistencyProofSchema = z
+  .object({ type: z.literal("vigil-audit-consistency-proof"), fromSize: z.number().int(), toSize: z.number().int(), path: z.array(z.string()), head: TreeHeadSchema })
+  .openapi("AuditConsistencyProof");
+
+const SeqParams = z.object({ seq: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER).openapi({ param: { name: "seq", in: "path" } }) });
+const ConsistencyQuery = z.object({ from: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).openapi({ param: { name: "from", in: "query" } }) });
 
 export function registerSystemRoutes(app: App, d: ApiDeps): void {
   app.openapi(
@@ -36,10 +70,10 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("host.read", { method: "get", path: "/v1/host", tags: ["system"], summary: "This host: name, accelerator and why, vigil home", responses: { 200: json(z.object({ name: z.string(), accelerator: z.string(), accelReason: z.string(), version: z.string(), home: z.string() }), "Host") } })),
+    createRoute(withAccess("host.read", { method: "get", path: "/v1/host", tags: ["system"], summary: "This host: name, accelerator and why, vigil home, and the audit log's health (tamper findings, witnesses)", responses: { 200: json(z.object({ name: z.string(), accelerator: z.string(), accelReason: z.string(), version: z.string(), home: z.string(), audit: AuditHealthSchema }), "Host") } })),
     async (c) => {
       await d.guard.authorize(c.get("ctx"), { action: "host.show", permission: "host.read", target: { kind: "host", name: d.host.name }, readOnly: true });
-      return reply(c, d.host);
+      return reply(c, { ...d.host, audit: await d.audit.health() });
     },
   );
 
@@ -47,7 +81,7 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
     createRoute(withAccess("image.read", { method: "get", path: "/v1/images", tags: ["images"], summary: "Images VMs can be created from", responses: { 200: json(z.object({ images: z.array(ImageSchema) }), "Images") } })),
     async (c) => {
       await d.guard.authorize(c.get("ctx"), { action: "image.list", permission: "image.read", target: { kind: "image" }, readOnly: true });
-      return reply(c, { images: [...d.catalog.list(), ...(await d.clones.templateImages())] });
+      return reply(c, { images: [...d.catalog.list(), ...(await d.clones.templateImages(c.get("ctx").actor))] });
     },
   );
 
@@ -80,11 +114,37 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
+    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit/head", tags: ["audit"], summary: "The newest signed tree head, the site's public key, and the log's health", responses: { 200: json(z.object({ head: TreeHeadSchema, keyId: z.string(), publicKey: z.string(), health: AuditHealthSchema }), "Head") } })),
+    async (c) => reply(c, await d.auditService.head(c.get("ctx"))),
+  );
+
+  app.openapi(
+    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit/proof/{seq}", tags: ["audit"], summary: "RFC 9162 inclusion proof of one record in the tree of the newest signed head", request: { params: SeqParams }, responses: { 200: json(InclusionProofSchema, "Inclusion proof") } })),
+    async (c) => reply(c, await d.auditService.prove(c.get("ctx"), c.req.valid("param").seq)),
+  );
+
+  app.openapi(
+    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit/consistency", tags: ["audit"], summary: "RFC 9162 consistency proof from an earlier tree size to the newest signed head", request: { query: ConsistencyQuery }, responses: { 200: json(ConsistencyProofSchema, "Consistency proof") } })),
+    async (c) => reply(c, await d.auditService.consistency(c.get("ctx"), c.req.valid("query").from)),
+  );
+
+  app.openapi(
     createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit/export", tags: ["audit"], summary: "The whole log as JSON lines, verifiable with the site's public key alone", responses: { 200: { content: { "application/x-ndjson": { schema: z.string() } }, description: "JSON lines" } } })),
     async (c) => {
-      const lines: string[] = [];
-      for await (const line of await d.auditService.export(c.get("ctx"))) lines.push(line);
-      return c.body(lines.join("\n") + "\n", 200, { "content-type": "application/x-ndjson" }) as never;
+      // Streamed a line at a time: the log is never held in memory whole.
+      const lines = await d.auditService.export(c.get("ctx"));
+      const encoder = new TextEncoder();
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          const next = await lines.next();
+          if (next.done) controller.close();
+          else controller.enqueue(encoder.encode(next.value + "\n"));
+        },
+        async cancel() {
+          await lines.return(undefined);
+        },
+      });
+      return c.body(body, 200, { "content-type": "application/x-ndjson" }) as never;
     },
   );
 

@@ -1,12 +1,14 @@
 /**
- * Test support for real guests run by a vigil daemon: the ATTACKER's handle on a VM's RAM file (opened
+ * Test support for real guests run by a vigil daemon: the ATTACKER's handle on a VM's RAM memfd (opened
  * read-write from the host, as a root-level intruder on the host or a DMA-capable device could), with its own
  * read-only kernel model to find what to overwrite; and the guest's serial console as a shell (what
  * `vigil vm console` gives a person), to run workloads the guest agent's allow-list does not cover. Nothing in
  * vigil imports this file.
  */
+import { closeSync } from "node:fs";
 import type { Socket } from "node:net";
 import { upgrade, type Target } from "../../cli/client.ts";
+import { openGuestRam } from "../../host/guest-ram.ts";
 import { buildKernelModel, type KernelModel } from "../kernel-model.ts";
 import { FilePhysicalMemory, pcRamRegions } from "../physical-memory.ts";
 import { RamFileWriter } from "./attacker.ts";
@@ -19,12 +21,24 @@ export class RamAttacker {
     private readonly mem: FilePhysicalMemory,
   ) {}
 
-  /** `ramFile` of a VM with `memoryMiB` of RAM on the `pc` machine (below the 3 GiB PCI hole: one region). */
-  static open(ramFile: string, memoryMiB: number): RamAttacker {
-    const regions = pcRamRegions(BigInt(memoryMiB) * 1024n * 1024n);
-    const mem = FilePhysicalMemory.open(ramFile, regions);
+  /**
+   * The RAM of the VM whose QEMU has host pid `qemuPid`, with `memoryMiB` of RAM on the `pc` machine (below the
+   * 3 GiB PCI hole: one region): QEMU's memfd, opened read-write through `/proc/<pid>/fd/N` (needs root or
+   * QEMU's uid, as a host intruder would have).
+   */
+  static open(qemuPid: number, memoryMiB: number): RamAttacker {
+    const bytes = memoryMiB * 1024 * 1024;
+    const regions = pcRamRegions(BigInt(bytes));
+    const mem = FilePhysicalMemory.fromFd(openGuestRam(qemuPid, bytes), regions);
     try {
-      return new RamAttacker(buildKernelModel(mem), RamFileWriter.open(ramFile, regions), mem);
+      const rw = openGuestRam(qemuPid, bytes, "r+");
+      let writer: RamFileWriter;
+      try {
+        writer = RamFileWriter.open(`/proc/self/fd/${rw}`, regions);
+      } finally {
+        closeSync(rw);
+      }
+      return new RamAttacker(buildKernelModel(mem), writer, mem);
     } catch (err) {
       mem.close();
       throw err;

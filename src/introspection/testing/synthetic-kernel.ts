@@ -25,9 +25,12 @@ export const LAYOUT = {
   task: { size: 9792, state: 24, stack: 32, flags: 44, schedClass: 680, tasks: 2224, mm: 2304, exitState: 2328, pid: 2432, tgid: 2436, realParent: 2448, parent: 2456, groupLeader: 2496, threadPid: 2536, pidLinks: 2544, startTime: 2776, comm: 2976 },
   pid: { size: 128, count: 0, level: 4, tasks: 32, numbers: 112 },
   xaNode: { size: 576, shift: 0, offset: 1, count: 2, parent: 8, array: 16, slots: 40 },
-  module: { size: 1280, state: 0, list: 8, name: 24, mkobj: 80 },
+  module: { size: 1280, state: 0, list: 8, name: 24, mkobj: 80, mem: 256, taints: 600, sigOk: 608 },
+  moduleMemory: { size: 64, base: 0, size_: 8, count: 7 },
+  ftraceOps: { size: 256, func: 0, next: 8, flags: 16, trampoline: 144, trampolineSize: 152, directCall: 200 },
   mkobj: { size: 96, kobj: 0, mod: 64 },
-  kobject: { size: 64, name: 0, entry: 8, parent: 24, kset: 32, ktype: 40 },
+  kobject: { size: 64, name: 0, entry: 8, parent: 24, kset: 32, ktype: 40, sd: 48 },
+  kernfsNode: { size: 128, id: 96 },
   kset: { size: 96, list: 0, kobj: 24 },
   ftracePage: { size: 24, next: 0, records: 8, index: 16, order: 20 },
   dynFtrace: { size: 16, ip: 0, flags: 8 },
@@ -114,7 +117,9 @@ export function sweepKernelBtf(): Buffer {
     { name: "parent", type: voidp, bitOffset: K.parent * 8 },
     { name: "kset", type: voidp, bitOffset: K.kset * 8 },
     { name: "ktype", type: voidp, bitOffset: K.ktype * 8 },
+    { name: "sd", type: voidp, bitOffset: K.sd * 8 },
   ]);
+  b.struct("kernfs_node", LAYOUT.kernfsNode.size, [{ name: "id", type: ulong, bitOffset: LAYOUT.kernfsNode.id * 8 }]);
   const mk = b.struct("module_kobject", LAYOUT.mkobj.size, [
     { name: "kobj", type: kobject, bitOffset: LAYOUT.mkobj.kobj * 8 },
     { name: "mod", type: voidp, bitOffset: LAYOUT.mkobj.mod * 8 },
@@ -125,6 +130,21 @@ export function sweepKernelBtf(): Buffer {
     { name: "list", type: lh, bitOffset: M.list * 8 },
     { name: "name", type: b.array(char, int, 56), bitOffset: M.name * 8 },
     { name: "mkobj", type: mk, bitOffset: M.mkobj * 8 },
+    { name: "mem", type: b.array(b.struct("module_memory", LAYOUT.moduleMemory.size, [
+      { name: "base", type: voidp, bitOffset: 0 },
+      { name: "size", type: uint, bitOffset: LAYOUT.moduleMemory.size_ * 8 },
+    ]), int, LAYOUT.moduleMemory.count), bitOffset: M.mem * 8 },
+    { name: "taints", type: ulong, bitOffset: M.taints * 8 },
+    { name: "sig_ok", type: u8, bitOffset: M.sigOk * 8 },
+  ]);
+  const FO = LAYOUT.ftraceOps;
+  b.struct("ftrace_ops", FO.size, [
+    { name: "func", type: voidp, bitOffset: FO.func * 8 },
+    { name: "next", type: voidp, bitOffset: FO.next * 8 },
+    { name: "flags", type: ulong, bitOffset: FO.flags * 8 },
+    { name: "trampoline", type: ulong, bitOffset: FO.trampoline * 8 },
+    { name: "trampoline_size", type: ulong, bitOffset: FO.trampolineSize * 8 },
+    { name: "direct_call", type: ulong, bitOffset: FO.directCall * 8 },
   ]);
   b.struct("kset", LAYOUT.kset.size, [
     { name: "list", type: lh, bitOffset: LAYOUT.kset.list * 8 },
@@ -182,7 +202,7 @@ export interface SyntheticKernel {
   readonly rodata: { start: bigint; end: bigint };
   readonly directMapBase: bigint;
   readonly tasks: readonly SyntheticTask[];
-  readonly modules: readonly { name: string; address: bigint }[];
+  modules: readonly { name: string; address: bigint }[];
   readonly sites: readonly SyntheticSite[];
   /** Physical ranges worth mutating in fuzz tests, by what they hold. */
   readonly hotspots: readonly { what: string; start: number; length: number }[];
@@ -197,6 +217,12 @@ export interface SyntheticKernel {
   ftraceOn(site: SyntheticSite): void;
   jumpLabelOn(site: SyntheticSite): void;
   staticCallTo(site: SyntheticSite, target: bigint): void;
+  /** register_ftrace_function() of an ops with its own trampoline (in the module area): returns the ops. */
+  addFtraceOps(trampoline: bigint, size?: number, directCall?: bigint): bigint;
+  /** A module loaded now (list, kset), with its taint flags and signature verdict. */
+  loadModule(name: string, flags?: { taints?: bigint; sigOk?: boolean }, at?: number): { name: string; address: bigint };
+  /** add_taint(): sets bits in tainted_mask. */
+  taint(bits: bigint): void;
   /** A new process linked into the task list and the PID table (like fork). */
   spawn(pid: number, comm: string): SyntheticTask;
   /** Unhashes and unlinks a task (like exit + reap). */
@@ -356,7 +382,15 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   });
   const ni = fn("__x64_sys_ni_syscall", 32, { aliases: ["__do_sys_ni_syscall"] });
   for (let i = 0; i < 40; i++) fn(`filler_function_${i}`, 64 + ((i * 53) % 400), i % 3 === 0 ? { jumpLabel: 2 } : i % 3 === 1 ? { staticCall: tramps[i % 4] as bigint } : {});
-  fn("x64_sys_call", 1400);
+  // x64_sys_call: a switch whose cases call the handlers (`call __x64_sys_<name>`), one every 8 bytes from +32.
+  const x64SysCall = fn("x64_sys_call", 1400);
+  syscallNames.forEach((n, i) => {
+    const at = x64SysCall + 32n + BigInt(i * 8);
+    const b = Buffer.alloc(5);
+    b[0] = 0xe8;
+    b.writeInt32LE(Number((handlers.get(n) as bigint) - (at + 5n)), 1);
+    writeVa(at, b);
+  });
   fn("do_syscall_64", 300, { jumpLabel: 5 });
   // entry_SYSCALL_64 with its internal labels, as kallsyms lists them.
   cursor = (cursor + 0xfffn) & ~0xfffn;
@@ -435,12 +469,18 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   const modulesHead = dataStart + 0x3100n;
   const ksetVar = dataStart + 0x3200n;
   const ftraceVar = dataStart + 0x3300n;
+  const ftraceOpsList = dataStart + 0x3400n;
+  const ftraceListEnd = dataStart + 0x3500n;
+  const taintedMask = dataStart + 0x3700n;
   const idtTable = imgVa(5n * MiB);
   syms.push({ name: "init_task", type: "D", address: initTask });
   syms.push({ name: "init_pid_ns", type: "D", address: initPidNs });
   syms.push({ name: "modules", type: "D", address: modulesHead });
   syms.push({ name: "module_kset", type: "B", address: ksetVar });
   syms.push({ name: "ftrace_pages_start", type: "b", address: ftraceVar });
+  syms.push({ name: "ftrace_ops_list", type: "d", address: ftraceOpsList });
+  syms.push({ name: "ftrace_list_end", type: "d", address: ftraceListEnd });
+  syms.push({ name: "tainted_mask", type: "b", address: taintedMask });
   syms.push({ name: "idt_table", type: "b", address: idtTable });
   syms.push({ name: "init_top_pgt", type: "D", address: imgVa(7n * MiB) });
 
@@ -611,18 +651,33 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
   };
   // A built-in module's kobject (mod == NULL), as for built-in parameters.
   addKobj(alloc(LAYOUT.mkobj.size));
-  (o.modules ?? ["virtio_blk", "failover", "net_failover", "button"]).forEach((name, i) => {
+  let kernfsIds = 0x1000;
+  const addModule = (name: string, i: number, flags: { taints?: bigint; sigOk?: boolean } = {}): { name: string; address: bigint } => {
     const m = MODULE_BASE + BigInt(i) * 0x2000n;
     put32(m + BigInt(M.state), 0);
+    // mem[MOD_TEXT]: the module's code, in the upper half of its 8 KiB.
+    put64(m + BigInt(M.mem) + BigInt(LAYOUT.moduleMemory.base), m + 0x1000n);
+    put32(m + BigInt(M.mem) + BigInt(LAYOUT.moduleMemory.size_), 0x1000);
+    put64(m + BigInt(M.taints), flags.taints ?? 0n);
+    writeVa(m + BigInt(M.sigOk), [flags.sigOk === false ? 0 : 1]);
     const nb = Buffer.alloc(56);
     nb.write(name.slice(0, 55), "latin1");
     writeVa(m + BigInt(M.name), nb);
     listAdd(modulesHead, m + BigInt(M.list));
     const kobj = m + BigInt(M.mkobj) + BigInt(LAYOUT.mkobj.kobj);
     put64(m + BigInt(M.mkobj) + BigInt(LAYOUT.mkobj.mod), m);
+    // /sys/module/NAME: a kernfs node with a new id per load.
+    const sd = alloc(LAYOUT.kernfsNode.size);
+    put64(sd + BigInt(LAYOUT.kernfsNode.id), BigInt(++kernfsIds));
+    put64(kobj + BigInt(K.sd), sd);
     addKobj(kobj);
     modules.push({ name, address: m, phys: phys(m) });
-  });
+    return { name, address: m };
+  };
+  (o.modules ?? ["virtio_blk", "failover", "net_failover", "button"]).forEach((name, i) => addModule(name, i));
+  // ftrace_ops_list: empty (just &ftrace_list_end, whose next is itself).
+  put64(ftraceOpsList, ftraceListEnd);
+  put64(ftraceListEnd + BigInt(LAYOUT.ftraceOps.next), ftraceListEnd);
 
   // ftrace's records.
   const F = LAYOUT.ftracePage;
@@ -733,6 +788,23 @@ export function buildSyntheticKernel(o: SyntheticKernelOptions = {}): SyntheticK
     },
     staticCallTo(site, target) {
       writeVa(site.address, rel32At(site.address, site.kind === "static-call-tramp" ? 0xe9 : 0xe8, target));
+    },
+    addFtraceOps(trampoline, size = 0x140, directCall = 0n) {
+      const ops = alloc(LAYOUT.ftraceOps.size);
+      put64(ops + BigInt(LAYOUT.ftraceOps.directCall), directCall);
+      put64(ops + BigInt(LAYOUT.ftraceOps.trampoline), trampoline);
+      put64(ops + BigInt(LAYOUT.ftraceOps.trampolineSize), BigInt(size));
+      put64(ops + BigInt(LAYOUT.ftraceOps.next), readVa(ftraceOpsList, 8).readBigUInt64LE(0));
+      put64(ftraceOpsList, ops);
+      return ops;
+    },
+    loadModule(name, flags = {}, at) {
+      const m = addModule(name, at ?? modules.length, flags);
+      k.modules = modules.map((x) => ({ name: x.name, address: x.address }));
+      return m;
+    },
+    taint(bits) {
+      put64(taintedMask, readVa(taintedMask, 8).readBigUInt64LE(0) | bits);
     },
     spawn(pid, comm) {
       const t = makeTask(taskSlot(), pid, pid, comm, init.address);

@@ -10,9 +10,9 @@
  * everything verified is a VM created — with fresh identity, its kernel from this host's image of the same name,
  * never a path from the bundle. On any failure the staging directory goes and nothing else was touched.
  */
-import { createReadStream, readdirSync, renameSync, rmSync, statSync, statfsSync, copyFileSync, chmodSync } from "node:fs";
+import { createReadStream, lstatSync, readdirSync, realpathSync, renameSync, rmSync, statSync, statfsSync, copyFileSync, chmodSync } from "node:fs";
 import { createHash, randomUUID } from "node:crypto";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { VigilError, q } from "../../errors.ts";
 import type { Guard, RequestContext } from "../../auth/guard.ts";
@@ -23,18 +23,21 @@ import type { Logger } from "../../log.ts";
 import { QEMU_IMG } from "../../qemu/qemu-img.ts";
 import { runCommand } from "../../util/run-command.ts";
 import type { ProgressBus } from "../../util/progress.ts";
+import { withCleanup } from "../../util/cleanup-iterator.ts";
 import type { DataRegistry } from "../../provenance/data-registry.ts";
 import { ensurePrivateDir } from "../../host/private-dir.ts";
 import type { VmService } from "../../vm/vm-service.ts";
+import type { VmRecord } from "../../vm/vm-repository.ts";
 import { diskFile, type VmView } from "../../vm/vm-view.ts";
 import { vmNameSchema, type VmSpec } from "../../vm/spec.ts";
 import { parseOrThrow } from "../../validation.ts";
 import { cloneSpec } from "../clones.ts";
-import { Qcow2Image } from "../qcow2.ts";
+import { Qcow2Image, assertSelfContained, type Qcow2Header } from "../qcow2.ts";
 import type { Snapshot, SnapshotRepository } from "../snapshot-repository.ts";
 import type { SnapshotService } from "../snapshots.ts";
 import type { TrustStore } from "../trust.ts";
 import { BLOCK, END, fileHeader, padding, parseHeader } from "./tar.ts";
+import type { ImportedBundles } from "./imported-bundles.ts";
 import { MANIFEST_ENTRY, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_ENTRY, manifestSchema, signatureSchema, type BundleFile, type Manifest } from "./format.ts";
 import { StreamReader } from "./stream-reader.ts";
 import { boundedDecompressor, compressFile } from "./zstd.ts";
@@ -42,7 +45,12 @@ import { boundedDecompressor, compressFile } from "./zstd.ts";
 export const exportRequestSchema = z.strictObject({
   withSnapshots: z.boolean().default(false),
   memory: z.boolean().default(false),
+  /** The bundle is refused by every importer after this instant (ISO 8601, in the future). Default: no expiry. */
+  expiresAt: z.iso.datetime({ offset: true }).optional(),
 });
+
+/** The most layers a disk's backing chain may have (export and import alike). */
+const MAX_CHAIN = 16;
 
 /** What an import request says besides the bundle: the new VM's name and its ownership fields. */
 export interface ImportOptions {
@@ -53,6 +61,8 @@ export interface ImportOptions {
   purpose?: string | undefined;
   approver?: string | undefined;
   expiresAt?: string | undefined;
+  /** Import a bundle this site imported before (a replay): refused unless set; audited either way. */
+  allowReplay?: boolean | undefined;
 }
 
 export interface BundleDeps {
@@ -68,6 +78,9 @@ export interface BundleDeps {
   vmsDir: string;
   hostName: string;
   log: Logger;
+  imported: ImportedBundles;
+  /** The facts of `floor` that `state` is below (vtime's rollback policy), for an import's resume point. */
+  floorViolations: (floor: Record<string, string>, state: Record<string, string>) => Array<{ fact: string; floor: string; snapshot: string | null }>;
 }
 
 /** A prepared export: stream it with `chunks()`, then it cleans up after itself. */
@@ -77,17 +90,78 @@ export interface PreparedExport {
   chunks(): AsyncGenerator<Buffer>;
 }
 
-interface ChainEntry {
-  filename: string;
-  "backing-filename"?: string;
-}
-
 export class BundleService {
+  /** Manifest digests being imported right now: two concurrent imports of one bundle are one replay. */
+  private readonly importing = new Set<string>();
+
   constructor(private readonly d: BundleDeps) {}
+
+  /**
+   * A disk's backing chain, bottom first, built from what vigil recorded — never from where a header says to go.
+   * The headers are written by QEMU (which a guest may have compromised), so each layer's backing file must be
+   * one vigil put there: a file in this VM's disk directory, a disk or snapshot base of a VM it was cloned from
+   * (`baseVmId`, transitively), or a backing file vigil recorded in one of their specs (the image). A `json:`
+   * name, an external data file, a backing format other than qcow2, a symlink, a loop or a longer chain is refused.
+   */
+  private async recordedChain(vm: VmRecord, disksDir: string, disk: string): Promise<string[]> {
+    const real = (p: string): string | undefined => {
+      try {
+        return realpathSync(p);
+      } catch {
+        return undefined;
+      }
+    };
+    const dirs = new Set<string>();
+    const files = new Set<string>();
+    const addDir = (p: string) => void (real(p) !== undefined && dirs.add(real(p)!));
+    addDir(disksDir);
+    let cur: VmRecord | undefined = vm;
+    for (let depth = 0; cur !== undefined; depth++) {
+      if (depth >= MAX_CHAIN) throw new VigilError("VIGIL_HOST", `VM ${q(vm.name)} descends from more than ${MAX_CHAIN} templates`);
+      for (const d of cur.spec.disks) {
+        const f = d.backing !== undefined ? real(d.backing) : undefined;
+        if (f !== undefined) files.add(f);
+      }
+      if (cur !== vm) {
+        addDir(join(this.d.vmsDir, cur.id, "disks"));
+        addDir(join(this.d.vmsDir, cur.id, "snapbases"));
+      }
+      cur = cur.baseVmId ? await this.d.vms.recordById(cur.baseVmId) : undefined;
+    }
+    const refuse = (why: string) => new VigilError("VIGIL_POLICY_DENIED", `Cannot export VM ${q(vm.name)}: disk ${q(disk)} ${why}; vigil did not put it there, so the disk's header was changed (by its QEMU?) and the bundle is not made`, { field: "disk" });
+    const chain: string[] = [];
+    let file = diskFile(disksDir, disk);
+    for (;;) {
+      if (chain.length >= MAX_CHAIN) throw refuse(`has a backing chain of more than ${MAX_CHAIN} files`);
+      const st = lstatSync(file, { throwIfNoEntry: false });
+      if (!st?.isFile()) throw refuse(`layer ${chain.length} ${q(file)} is not a regular file`);
+      let header: Qcow2Header;
+      const img = Qcow2Image.open(file);
+      try {
+        header = img.header;
+      } finally {
+        img.close();
+      }
+      chain.push(file);
+      if (header.externalDataFile !== undefined) throw refuse(`layer ${q(file)} keeps its data in an external file${header.externalDataFile ? ` ${q(header.externalDataFile)}` : ""}`);
+      const backing = header.backingFile;
+      if (backing === undefined) break;
+      if (backing.startsWith("json:")) throw refuse(`layer ${q(file)} names a json: block graph as its backing file`);
+      if (header.backingFormat !== "qcow2") throw refuse(`layer ${q(file)} has backing format ${header.backingFormat === undefined ? "(not recorded)" : q(header.backingFormat)}, not qcow2`);
+      const next = real(resolve(dirname(file), backing));
+      if (next === undefined || !(files.has(next) || dirs.has(dirname(next)))) throw refuse(`layer ${q(file)} names backing file ${q(backing)}, which is not one of this VM's recorded disks, its templates' or its image`);
+      if (chain.includes(next)) throw refuse(`has a backing loop at ${q(next)}`);
+      file = next;
+    }
+    return chain.reverse();
+  }
 
   /** Builds the bundle's parts in a private staging directory; the archive is produced while it is streamed. */
   async prepareExport(ctx: RequestContext, vmName: string, input: unknown, clientPath: string | undefined): Promise<PreparedExport> {
     const req = parseOrThrow(exportRequestSchema, input ?? {}, "export request");
+    if (req.expiresAt !== undefined && Date.parse(req.expiresAt) <= Date.now()) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `Cannot export VM ${q(vmName)}: "expiresAt" must be in the future, got ${q(req.expiresAt)}`, { field: "expiresAt" });
+    }
     const staging = join(this.d.vmsDir, `export-${randomUUID()}`);
     const prepared = await this.d.vms.operate(
       ctx,
@@ -100,10 +174,16 @@ export class BundleService {
         if (!req.memory && !(vm.state === "stopped" || vm.state === "crashed")) {
           throw new VigilError("VIGIL_INVALID_STATE", `Cannot export VM ${q(vm.name)}: it is ${vm.state} (stop it, or export --memory to capture it running)`);
         }
+        // The chains first: a disk whose header names a file vigil did not put there refuses the export before
+        // anything is made (not even the memory snapshot).
+        const chains = new Map<string, string[]>();
+        for (const disk of vm.spec.disks) chains.set(disk.name, await this.recordedChain(vm, h.layout.disksDir, disk.name));
         ensurePrivateDir(staging);
         let resume: Snapshot | undefined;
         if (req.memory) {
-          resume = await this.d.snapshotService.createLocked(ctx, h, { name: `export-${new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}`, description: "taken for export --memory", memory: true });
+          // Single use: its one resume travels in the bundle (the import's first start); on this VM it counts as
+          // resumed once the bundle is made (below), so the same RAM is never resumed both here and there.
+          resume = await this.d.snapshotService.createLocked(ctx, h, { name: `export-${new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}`, description: "taken for export --memory", memory: true, singleUse: true });
         }
         const keep = (s: Snapshot) => req.withSnapshots || s.id === resume?.id;
         const all = await this.d.snapshots.list(vm.id);
@@ -127,10 +207,7 @@ export class BundleService {
           }
         };
         for (const disk of vm.spec.disks) {
-          const top = diskFile(h.layout.disksDir, disk.name);
-          const { stdout } = await runCommand(QEMU_IMG, ["info", "-U", "--backing-chain", "--output=json", top], { what: "Reading a disk's backing chain" });
-          const chain = (JSON.parse(stdout) as ChainEntry[]).map((c) => c.filename).reverse();
-          if (chain.length === 0 || chain.length > 16) throw new VigilError("VIGIL_HOST", `Disk ${q(disk.name)} has an unexpected backing chain of ${chain.length} files`);
+          const chain = chains.get(disk.name)!;
           chain.forEach((file, layer) => {
             const isTop = layer === chain.length - 1;
             layers.push({ disk: disk.name, layer, top: isTop, source: file, staged: live || unwanted(file, isTop).length > 0 });
@@ -170,6 +247,7 @@ export class BundleService {
           files.push({ name, disk: l.disk, layer: l.layer, compression: "zstd", ...r });
         }
         const kept = all.filter(keep);
+        if (resume) await this.d.snapshots.markResumed(resume.id);
         return { vm, files, kept, resume };
       },
     ).catch((err: unknown) => {
@@ -186,7 +264,8 @@ export class BundleService {
         createdAt: new Date().toISOString(),
         site: { keyId: this.d.siteKey.keyId, host: this.d.hostName },
         exportedBy: ctx.actor.name,
-        vm: { id: vm.id, name: vm.name, spec: vm.spec, owner: vm.owner, purpose: vm.purpose, labels: vm.labels, generation: vm.generation, lineage: { ...vm.lineage } },
+        ...(req.expiresAt !== undefined ? { expiresAt: req.expiresAt } : {}),
+        vm: { id: vm.id, name: vm.name, spec: vm.spec, owner: vm.owner, purpose: vm.purpose, labels: vm.labels, generation: vm.generation, lineage: { ...vm.lineage }, securityFloor: vm.securityFloor },
         snapshots: prepared.kept.map((s) => ({
           name: s.name,
           parent: s.parentId ? (byId.get(s.parentId) ?? null) : null,
@@ -199,6 +278,9 @@ export class BundleService {
           stateSha256: s.stateSha256,
           floor: s.floor,
           singleUse: s.singleUse,
+          // A single-use state resumes once in its whole lineage: its copy arrives used up, unless it is the
+          // resume point made for this bundle, whose one resume is the import's (the source's counts as used).
+          resumedCount: s.id === prepared.resume?.id ? 0 : s.singleUse && s.kind === "memory" ? Math.max(1, s.resumedCount) : s.resumedCount,
         })),
         resume: prepared.resume?.name ?? null,
         files,
@@ -227,13 +309,15 @@ export class BundleService {
             yield padding(BigInt(f.size));
           }
           yield END;
-          // The bundle now exists outside vigil's directories: register where the client said it put it.
-          await registry.register(vm.id, clientPath ?? `(downloaded by ${ctx.actor.name}, location unknown)`, "bundle", { hash: false, supersededBy: `the export of VM ${q(vm.name)}` });
+          // The bundle now exists outside vigil's directories: where the client says it put it is information
+          // only (never purged, never closing another registration): vigil did not make that file.
+          await registry.reportLocation(vm.id, clientPath, "bundle", ctx.actor.name);
         } finally {
           rmSync(staging, { recursive: true, force: true });
         }
       }
-      return { manifest, totalBytes, chunks };
+      // Staging goes also when the client hangs up before the first chunk (the generator then never starts).
+      return { manifest, totalBytes, chunks: () => withCleanup(chunks(), () => rmSync(staging, { recursive: true, force: true })) };
     } catch (err) {
       rmSync(staging, { recursive: true, force: true });
       throw err;
@@ -247,16 +331,18 @@ export class BundleService {
   async import(ctx: RequestContext, body: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<VmView> {
     return this.d.guard.run(
       ctx,
-      { action: "vm.import", permission: "vm.create", target: { kind: "vm", name: options.name ?? null }, details: { source: options.source }, targetIdOf: (v: VmView) => v.id },
+      { action: "vm.import", permission: "vm.create", target: { kind: "vm", name: options.name ?? null }, details: { source: options.source, allowReplay: options.allowReplay ?? false }, targetIdOf: (v: VmView) => v.id },
       async () => {
         if (options.name !== undefined) parseOrThrow(vmNameSchema, options.name, "import name");
         ensurePrivateDir(this.d.vmsDir);
         const staging = join(this.d.vmsDir, `import-${randomUUID()}`);
         ensurePrivateDir(staging);
+        const claim: { digest?: string } = {};
         try {
-          const { manifest, signer } = await this.receive(ctx, StreamReader.from(body), staging);
-          return await this.create(ctx, manifest, signer, staging, options);
+          const received = await this.receive(ctx, StreamReader.from(body), staging, options, claim);
+          return await this.create(ctx, received, staging, options);
         } finally {
+          if (claim.digest !== undefined) this.importing.delete(claim.digest);
           rmSync(staging, { recursive: true, force: true });
         }
       },
@@ -265,7 +351,7 @@ export class BundleService {
   }
 
   /** Reads and verifies the whole archive into `staging`. */
-  private async receive(ctx: RequestContext, r: StreamReader, staging: string): Promise<{ manifest: Manifest; signer: { keyId: string; name: string } }> {
+  private async receive(ctx: RequestContext, r: StreamReader, staging: string, options: ImportOptions, claim: { digest?: string }): Promise<Received> {
     const smallEntry = async (expected: string, max: number): Promise<Buffer> => {
       const at = r.offset;
       const h = parseHeader(await r.readExactly(BLOCK, `the header of ${expected}`), at);
@@ -293,7 +379,31 @@ export class BundleService {
       throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle: the manifest is not JSON");
     }
     const manifest = parseOrThrow(manifestSchema, manifestJson, "bundle manifest");
+    // The site the manifest names is the one that signed it: a key trusted for its own bundles does not vouch
+    // for a manifest that claims to come from another site.
+    if (manifest.site.keyId !== sig.keyId) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: the manifest says it comes from the site with key ${q(manifest.site.keyId)}, but key ${q(sig.keyId)} signed it`, { field: "site.keyId" });
+    }
+    if (manifest.expiresAt !== undefined && Date.parse(manifest.expiresAt) <= Date.now()) {
+      throw new VigilError("VIGIL_POLICY_DENIED", `Cannot import: the bundle expired at ${manifest.expiresAt}`, { field: "expiresAt" });
+    }
     checkManifestShape(manifest);
+    // Replays: the bundle is its signed manifest (which binds every byte through the hashes it lists).
+    const digest = createHash("sha256").update(manifestBytes).digest("hex");
+    if (this.importing.has(digest)) throw new VigilError("VIGIL_CONFLICT", `Cannot import: the same bundle (manifest sha256 ${digest.slice(0, 16)}…) is being imported right now`);
+    this.importing.add(digest);
+    claim.digest = digest;
+    const prior = await this.d.imported.of(digest);
+    if (prior.length > 0) {
+      const first = prior[0]!;
+      if (!options.allowReplay) {
+        throw new VigilError("VIGIL_CONFLICT", `Cannot import: this bundle was imported already (by ${first.importedBy} at ${first.importedAt}${prior.length > 1 ? `, ${prior.length} times in all` : ""}); importing it again brings back the same state — pass allowReplay (vigil vm import --allow-replay) if that is intended`, { field: "allowReplay" });
+      }
+      const resume = manifest.snapshots.find((x) => x.name === manifest.resume);
+      if (resume?.singleUse) {
+        throw new VigilError("VIGIL_POLICY_DENIED", `Cannot import again: the bundle resumes single-use snapshot ${q(resume.name)}, which its first import resumes (a saved state is resumed once in its whole lineage)`, { field: "resume" });
+      }
+    }
     const need = manifest.files.reduce((n, f) => n + f.size + f.rawSize, 0);
     const free = Number(statfsSync(staging).bavail) * Number(statfsSync(staging).bsize);
     if (need > free) throw new VigilError("VIGIL_HOST", `Cannot import: the bundle needs ${need} bytes of staging space, ${free} are free`);
@@ -327,16 +437,21 @@ export class BundleService {
       const pad = await r.readExactly(padding(h.size).length, `the padding of ${label}`);
       if (pad.some((b) => b !== 0)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: non-zero padding after ${label}`);
     }
+    // Then exactly the end-of-archive marker, and nothing after it: bytes nobody signed have no place here.
     const at = r.offset;
-    if (!(await r.atEnd())) {
-      const next = parseHeader(await r.readExactly(BLOCK, "the end of the archive"), at);
+    const end = await r.readExactly(END.length, "the end-of-archive marker");
+    if (end.some((b) => b !== 0)) {
+      const next = parseHeader(end.subarray(0, BLOCK), at);
       if (next) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: unexpected entry ${q(next.name)} at byte ${at} (not in the manifest)`);
+      throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: the end-of-archive marker at byte ${at} is not two zero blocks`);
     }
-    return { manifest, signer };
+    if (!(await r.atEnd())) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: data after the end-of-archive marker (at byte ${r.offset})`);
+    return { manifest, signer, digest, priorImports: prior.length };
   }
 
   /** Creates the VM from verified, staged layers. */
-  private async create(ctx: RequestContext, manifest: Manifest, signer: { keyId: string; name: string }, staging: string, options: ImportOptions): Promise<VmView> {
+  private async create(ctx: RequestContext, received: Received, staging: string, options: ImportOptions): Promise<VmView> {
+    const { manifest, signer } = received;
     const name = options.name ?? manifest.vm.name;
     parseOrThrow(vmNameSchema, name, "VM name");
     const src = manifest.vm.spec;
@@ -359,8 +474,14 @@ export class BundleService {
     for (const f of manifest.files) {
       const img = Qcow2Image.open(join(staging, f.name.replace(/\.zst$/, "")));
       try {
-        if (img.header.externalDataFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${f.name} refers to an external data file`);
-        if (f.layer === 0 && img.header.backingFile !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: the bottom layer ${f.name} has a backing file ${q(img.header.backingFile)}`);
+        // The bottom layer stands alone; every other layer names a qcow2 backing file (re-pointed below, so any
+        // plain name will do — but never a json: block graph) and no layer keeps data in an external file.
+        try {
+          assertSelfContained(img.header, f.name, f.layer === 0 ? {} : { backing: { format: "qcow2" } });
+        } catch (err) {
+          if (err instanceof VigilError) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: ${err.message}`, { field: "files" });
+          throw err;
+        }
         const isTop = f.layer === topOf(f.disk);
         const stray = img.snapshots().find((s) => !isTop || !listed.has(s.name));
         if (stray) {
@@ -369,6 +490,13 @@ export class BundleService {
       } finally {
         img.close();
       }
+    }
+    // Importing a resume point below the VM's own floor is a revert below it, with no one to force it: refused.
+    const resumeSnap = manifest.snapshots.find((x) => x.name === manifest.resume);
+    const floor = manifest.vm.securityFloor ?? {};
+    const below = resumeSnap ? this.d.floorViolations(floor, resumeSnap.floor) : [];
+    if (below.length > 0) {
+      throw new VigilError("VIGIL_POLICY_DENIED", `Cannot import: the bundle resumes snapshot ${q(resumeSnap!.name)}, which is below the VM's security floor (${below.map((v) => `${v.fact} ${v.snapshot ?? "(unset)"} < ${v.floor}`).join(", ")})`, { field: "resume" });
     }
     const spec = cloneSpec(base, name, () => undefined);
     const created = await this.d.vms.createDerived(ctx, {
@@ -381,6 +509,7 @@ export class BundleService {
       approver: options.approver,
       expiresAt: options.expiresAt,
       labels: manifest.vm.labels,
+      securityFloor: floor,
       reason: "import",
       prepareDisks: async (l) => {
         for (const disk of spec.disks) {
@@ -401,13 +530,18 @@ export class BundleService {
     });
     const l = { disksDir: join(this.d.vmsDir, created.id, "disks") };
     for (const f of readdirSync(l.disksDir).filter((x) => x.includes(".layer"))) await this.d.registry.register(created.id, join(l.disksDir, f), "disk");
-    // The snapshot tree comes along with the top layers that hold it.
+    // The snapshot tree comes along with the top layers that hold it, parents first whatever the listed order
+    // (checkManifestShape proved every parent is listed and there is no cycle). Each earlier import of this same
+    // bundle is another copy of its saved states: it counts as a resume of each memory snapshot.
     const ids = new Map<string, string>();
-    for (const s of manifest.snapshots) {
+    const pending = [...manifest.snapshots];
+    while (pending.length > 0) {
+      const i = pending.findIndex((x) => x.parent === null || ids.has(x.parent));
+      const s = pending.splice(i, 1)[0]!;
       const row = await this.d.snapshots.insert({
         vmId: created.id,
         name: s.name,
-        parentId: s.parent ? (ids.get(s.parent) ?? null) : null,
+        parentId: s.parent ? ids.get(s.parent)! : null,
         description: s.description,
         kind: s.kind,
         spec,
@@ -419,17 +553,27 @@ export class BundleService {
         floor: s.floor,
         guestFacts: {},
         singleUse: s.singleUse,
+        resumedCount: (s.resumedCount ?? 0) + (s.kind === "memory" ? received.priorImports : 0),
         createdBy: s.createdBy,
       });
       ids.set(s.name, row.id);
     }
+    await this.d.imported.record({ manifestSha256: received.digest, signerKeyId: signer.keyId, sourceVmId: manifest.vm.id, vmId: created.id, importedBy: ctx.actor.name, replay: received.priorImports > 0 });
     if (manifest.resume) {
-      const id = ids.get(manifest.resume);
-      if (!id) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: it resumes from snapshot ${q(manifest.resume)}, which it does not contain`);
+      const id = ids.get(manifest.resume)!;
       return this.d.vms.describeVm(await this.d.vms.updateRecord(created.id, { resumeSnapshotId: id, currentSnapshotId: id }));
     }
     return this.d.vms.describeVm(created);
   }
+}
+
+interface Received {
+  manifest: Manifest;
+  signer: { keyId: string; name: string };
+  /** sha256 of the signed manifest bytes: the bundle's identity. */
+  digest: string;
+  /** How often this site imported the same bundle before. */
+  priorImports: number;
 }
 
 /** Structural checks the schema cannot express: unique names, contiguous layers, one chain per disk. */
@@ -445,6 +589,25 @@ function checkManifestShape(m: Manifest): void {
     if (layers.length === 0 || layers.some((l, i) => l !== i)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: disk ${q(disk.name)} needs layers 0..n, has ${JSON.stringify(layers)}`);
   }
   if (m.files.some((f) => !m.vm.spec.disks.some((d) => d.name === f.disk))) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle manifest: a file belongs to no disk of the VM");
-  const snaps = new Set(m.snapshots.map((s) => s.name));
-  if (snaps.size !== m.snapshots.length) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle manifest: a snapshot name is listed twice");
+  const byName = new Map(m.snapshots.map((s) => [s.name, s]));
+  if (byName.size !== m.snapshots.length) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle manifest: a snapshot name is listed twice");
+  // The tree: every parent is a listed snapshot, and following parents ends (no cycle), in at most n steps.
+  m.snapshots.forEach((s, i) => {
+    if (s.parent !== null && !byName.has(s.parent)) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: snapshot ${q(s.name)} names parent ${q(s.parent)}, which the bundle does not list`, { field: `snapshots.${i}.parent` });
+    }
+    let cur = s;
+    for (let steps = 0; cur.parent !== null; steps++) {
+      if (steps >= m.snapshots.length) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: the parents of snapshot ${q(s.name)} form a cycle`, { field: `snapshots.${i}.parent` });
+      cur = byName.get(cur.parent)!;
+    }
+  });
+  if (m.resume !== null) {
+    const r = byName.get(m.resume);
+    if (!r) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: it resumes from snapshot ${q(m.resume)}, which it does not list`, { field: "resume" });
+    if (r.kind !== "memory") throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle manifest: it resumes from snapshot ${q(m.resume)}, which is a disk snapshot (no saved memory)`, { field: "resume" });
+    if (r.singleUse && (r.resumedCount ?? 0) > 0) {
+      throw new VigilError("VIGIL_POLICY_DENIED", `Cannot import: the bundle resumes single-use snapshot ${q(m.resume)}, which was resumed already`, { field: "resume" });
+    }
+  }
 }

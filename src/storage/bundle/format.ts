@@ -49,6 +49,8 @@ export const bundleSnapshotSchema = z.strictObject({
   stateSha256: sha256.nullable(),
   floor: z.record(z.string().max(64), z.string().max(128)),
   singleUse: z.boolean(),
+  /** How often this saved state was resumed where it came from (absent in older bundles: 0). */
+  resumedCount: z.number().int().min(0).max(2 ** 31).optional(),
 });
 
 export const manifestSchema = z.strictObject({
@@ -57,6 +59,8 @@ export const manifestSchema = z.strictObject({
   createdAt: z.string().max(40),
   site: z.strictObject({ keyId: z.string().regex(/^[0-9a-f]{16}$/), host: z.string().max(255) }),
   exportedBy: z.string().max(64),
+  /** After this instant (ISO 8601) the bundle is refused. Optional; enforced when present. */
+  expiresAt: z.iso.datetime({ offset: true }).optional(),
   vm: z.strictObject({
     id: z.string().max(64),
     name: z.string().max(64),
@@ -66,6 +70,8 @@ export const manifestSchema = z.strictObject({
     labels: z.record(z.string().max(64), z.string().max(200)),
     generation: z.number().int().min(1).max(2 ** 31),
     lineage: z.record(z.string().max(64), z.unknown()),
+    /** The VM's security floor: the import keeps it (absent in older bundles: none). */
+    securityFloor: z.record(z.string().max(64), z.string().max(128)).optional(),
   }),
   snapshots: z.array(bundleSnapshotSchema).max(1000),
   /** A memory snapshot to resume from on the imported VM's first start (export --memory). */

@@ -1,0 +1,271 @@
+/**
+ * Copies of a VM — clones and export/import — keep what constrains the original: who may make them (the right
+ * to export, not to read), the security floor, and the single use of saved memory; and a bundle is checked whole
+ * before anything exists. No QEMU is started: the VMs are stopped, with one blank qcow2 disk each.
+ */
+import { test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, sign, type KeyObject } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { startDaemon, type Daemon } from "../daemon/daemon.ts";
+import { silentLogger } from "../log.ts";
+import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
+import { canonicalJson } from "../audit/canonical-json.ts";
+import { keyIdOf } from "../audit/site-key.ts";
+import { BLOCK, END, fileHeader, padding } from "./bundle/tar.ts";
+
+interface F {
+  daemon: Daemon;
+  home: string;
+  call: (who: string, method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<Response>;
+  /** A stopped VM owned by `owner` with one blank 16 MiB qcow2 disk "data". */
+  vm: (name: string, owner: string) => Promise<string>;
+  sql: (statement: string, ...params: unknown[]) => void;
+  vmNames: () => Promise<string[]>;
+}
+
+async function fixture(t: TestContext): Promise<F> {
+  const home = mkdtempSync(join(tmpdir(), "vigil-copies-"));
+  const daemon = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+  t.after(async () => {
+    await daemon.close();
+    rmSync(home, { recursive: true, force: true });
+  });
+  const tokens: Record<string, string> = {};
+  for (const [name, roles] of [["admin", ["admin"]], ["bob", ["owner"]], ["carol", ["owner"]], ["eve", ["auditor", "owner"]], ["audrey", ["auditor"]]] as const) {
+    await daemon.deps.users.create({ name, roles: [...roles], introspect: false }, "test");
+    tokens[name] = (await daemon.deps.users.issueToken(name, "t")).token;
+  }
+  const call = (who: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+    Promise.resolve(
+      daemon.app.request(
+        path,
+        {
+          method,
+          headers: { authorization: `Bearer ${tokens[who]!}`, ...(body instanceof Uint8Array ? { "content-type": "application/x-vigil-bundle" } : body !== undefined ? { "content-type": "application/json" } : {}), ...headers },
+          ...(body instanceof Uint8Array ? { body } : body !== undefined ? { body: JSON.stringify(body) } : {}),
+        },
+        { transport: "tcp" },
+      ),
+    );
+  const vm = async (name: string, owner: string) => {
+    const spec = resolveSpec(createVmRequestSchema.parse({ name, disks: [{ name: "data", sizeMiB: 16 }] }), { name: "blank", boot: { kind: "disk" }, disk: undefined }, { cpu: "max" });
+    const id = randomUUID();
+    await daemon.repo.insert({ id, name, spec, state: "stopped", host: hostname(), vmgenid: randomUUID(), generation: 1, owner: `user:${owner}`, approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "blank" }, isTemplate: false, createdBy: owner, createdAt: new Date().toISOString() });
+    mkdirSync(join(home, "vms", id, "disks"), { recursive: true });
+    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", join(home, "vms", id, "disks", "data.qcow2"), "16M"]);
+    return id;
+  };
+  const sql = (statement: string, ...params: unknown[]) => {
+    const db = new Database(join(home, "vigil.db"));
+    try {
+      db.prepare(statement).run(...params);
+    } finally {
+      db.close();
+    }
+  };
+  const vmNames = async () => (await daemon.repo.list()).map((v) => v.name).sort();
+  return { daemon, home, call, vm, sql, vmNames };
+}
+
+async function ok<T>(r: Response | Promise<Response>, status = 200): Promise<T> {
+  const res = await r;
+  const text = await res.text();
+  assert.equal(res.status, status, text);
+  return JSON.parse(text) as T;
+}
+
+async function refused(r: Response | Promise<Response>, status: number, message: RegExp): Promise<void> {
+  const res = await r;
+  const body = (await res.json()) as { error: { message: string } };
+  assert.equal(res.status, status, JSON.stringify(body));
+  assert.match(body.error.message, message);
+}
+
+async function exportBundle(f: F, who: string, vm: string, body: unknown = {}): Promise<Buffer> {
+  const res = await f.call(who, "POST", `/v1/vms/${vm}/export`, body);
+  assert.equal(res.status, 200, res.status === 200 ? "" : await res.text());
+  return Buffer.from(await res.arrayBuffer());
+}
+
+const floorOf = async (f: F, vm: string) => (await ok<{ floor: Record<string, string> }>(f.call("admin", "GET", `/v1/vms/${vm}/vtime`))).floor;
+
+/** The entries of a bundle: [manifest, signature, ...files]. */
+function entries(bundle: Buffer): Array<{ name: string; data: Buffer }> {
+  const out: Array<{ name: string; data: Buffer }> = [];
+  for (let at = 0; at + BLOCK <= bundle.length; ) {
+    const h = bundle.subarray(at, at + BLOCK);
+    if (h.every((b) => b === 0)) break;
+    const size = Number.parseInt(h.toString("ascii", 124, 136).replace(/\0.*$/s, ""), 8);
+    out.push({ name: h.toString("latin1", 0, 100).replace(/\0.*$/s, ""), data: bundle.subarray(at + BLOCK, at + BLOCK + size) });
+    at += BLOCK + Math.ceil(size / BLOCK) * BLOCK;
+  }
+  return out;
+}
+
+/** The same bundle with its manifest changed by `edit` and signed again by `key`. */
+function resigned(bundle: Buffer, key: KeyObject, edit: (m: Record<string, unknown>) => void): Buffer {
+  const [manifest, , ...files] = entries(bundle);
+  const m = JSON.parse(manifest!.data.toString()) as Record<string, unknown>;
+  edit(m);
+  const bytes = Buffer.from(canonicalJson(m));
+  const sig = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: keyIdOf(createPublicKey(key)), signature: sign(null, bytes, key).toString("base64") }));
+  const parts: Buffer[] = [];
+  for (const e of [{ name: "vigil-bundle.json", data: bytes }, { name: "vigil-bundle.sig", data: sig }, ...files]) parts.push(fileHeader(e.name, BigInt(e.data.length)), e.data, padding(BigInt(e.data.length)));
+  parts.push(END);
+  return Buffer.concat(parts);
+}
+
+const siteKey = (f: F) => createPrivateKey(readFileSync(join(f.home, "keys", "site-ed25519.pem")));
+
+test("clone needs the right to export the source: an auditor who is also an owner cannot copy another tenant's VM", async (t) => {
+  const f = await fixture(t);
+  await f.vm("bobs", "bob");
+  // Review F2: eve may read every VM (auditor) and create VMs (owner); export of bob's VM is refused, and so is
+  // the same data out through a clone.
+  await refused(f.call("eve", "POST", "/v1/vms/bobs/export", {}), 403, /vm\.export/);
+  await refused(f.call("eve", "POST", "/v1/vms/bobs/clone", { name: "evescopy", mode: "full" }), 403, /vm\.export/);
+  assert.deepEqual(await f.vmNames(), ["bobs"], "no copy was made");
+  // bob clones his own VM, and the copy is his.
+  const c = await ok<{ owner: string }>(f.call("bob", "POST", "/v1/vms/bobs/clone", { name: "bobscopy", mode: "full" }), 201);
+  assert.equal(c.owner, "user:bob");
+});
+
+test("a clone keeps its source's security floor, and a clone from a snapshot below it is a revert: force and a reason", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  await ok(f.call("bob", "POST", "/v1/vms/web/snapshots", { name: "old" }), 201);
+  await ok(f.call("bob", "PUT", "/v1/vms/web/floor", { facts: { patchLevel: "5" } }));
+  await refused(f.call("bob", "POST", "/v1/vms/web/snapshots/old/revert", {}), 422, /below the security floor/);
+
+  await ok(f.call("bob", "POST", "/v1/vms/web/clone", { name: "copy", mode: "full" }), 201);
+  assert.deepEqual(await floorOf(f, "copy"), { patchLevel: "5" }, "the clone has the source's floor");
+
+  await refused(f.call("bob", "POST", "/v1/vms/web/clone", { name: "fromold", mode: "full", fromSnapshot: "old" }), 422, /Cannot clone VM "web" from snapshot "old": it is below the security floor/);
+  await refused(f.call("bob", "POST", "/v1/vms/web/clone", { name: "fromold", mode: "full", fromSnapshot: "old", force: true }), 400, /needs a reason/);
+  assert.deepEqual(await f.vmNames(), ["copy", "web"], "refused clones leave nothing");
+  await ok(f.call("bob", "POST", "/v1/vms/web/clone", { name: "fromold", mode: "full", fromSnapshot: "old", force: true, reason: "forensics on the old state" }), 201);
+  assert.deepEqual(await floorOf(f, "fromold"), { patchLevel: "5" }, "a forced clone still keeps the floor");
+});
+
+test("image list shows a template only to those who may read it, and only the linked clones they may read", async (t) => {
+  const f = await fixture(t);
+  await f.vm("base", "bob");
+  await ok(f.call("bob", "POST", "/v1/vms/base/template", {}));
+  await ok(f.call("admin", "POST", "/v1/vms/base/clone", { name: "adminsclone" }), 201);
+  await ok(f.call("bob", "POST", "/v1/vms/base/clone", { name: "bobsclone" }), 201);
+  const templates = async (who: string) =>
+    (await ok<{ images: Array<{ name: string; kind: string; details: { linkedClones?: string[] } }> }>(f.call(who, "GET", "/v1/images"))).images
+      .filter((i) => i.kind === "template")
+      .map((i) => [i.name, i.details.linkedClones]);
+  assert.deepEqual(await templates("carol"), [], "carol sees no template of bob's");
+  assert.deepEqual(await templates("bob"), [["base", ["bobsclone"]]], "bob sees his template, not admin's clone of it");
+  assert.deepEqual(await templates("audrey"), [["base", ["adminsclone", "bobsclone"]]], "an auditor reads every VM");
+});
+
+test("export/import carries the floor and each snapshot's resumes; a replay is refused unless allowed", async (t) => {
+  const f = await fixture(t);
+  const webId = await f.vm("web", "bob");
+  await ok(f.call("bob", "POST", "/v1/vms/web/snapshots", { name: "old" }), 201);
+  await ok(f.call("bob", "POST", "/v1/vms/web/snapshots", { name: "once" }), 201);
+  // "once" stands for a single-use memory snapshot that was resumed once already (booting QEMU is not needed
+  // for what export and import do with it).
+  f.sql("UPDATE snapshots SET kind = 'memory', single_use = 1, resumed_count = 1 WHERE vm_id = ? AND name = 'once'", webId);
+  await ok(f.call("bob", "PUT", "/v1/vms/web/floor", { facts: { patchLevel: "5" } }));
+  const bundle = await exportBundle(f, "bob", "web", { withSnapshots: true });
+
+  await ok(f.call("bob", "POST", "/v1/vms/import?name=copy", bundle), 201);
+  assert.deepEqual(await floorOf(f, "copy"), { patchLevel: "5" }, "the import has the exported VM's floor");
+  await refused(f.call("bob", "POST", "/v1/vms/copy/snapshots/old/revert", {}), 422, /below the security floor/);
+  const snaps = (await ok<{ snapshots: Array<{ name: string; kind: string; singleUse: boolean; resumedCount: number }> }>(f.call("bob", "GET", "/v1/vms/copy/snapshots"))).snapshots;
+  const once = snaps.find((s) => s.name === "once")!;
+  assert.deepEqual([once.kind, once.singleUse, once.resumedCount], ["memory", true, 1], "the copy of a resumed single-use snapshot is resumed too");
+  await refused(f.call("bob", "POST", "/v1/vms/copy/snapshots/once/revert", { force: true, reason: "try it anyway" }), 422, /single-use and was resumed already/);
+
+  // The same bundle again: a replay.
+  await refused(f.call("bob", "POST", "/v1/vms/import?name=copy2", bundle), 409, /imported already/);
+  assert.deepEqual(await f.vmNames(), ["copy", "web"]);
+  const again = await ok<{ id: string }>(f.call("bob", "POST", "/v1/vms/import?name=copy2&allowReplay=true", bundle), 201);
+  const { records } = await ok<{ records: Array<{ action: string; targetId?: string; target?: { id?: string }; details: { allowReplay?: boolean } }> }>(f.call("admin", "GET", "/v1/audit?tail=true&limit=20"));
+  assert.ok(records.some((r) => r.action === "vm.import" && r.details.allowReplay === true), "the replay is audited as such");
+  assert.ok(again.id);
+});
+
+test("a bundle is checked whole before anything exists: dangling resume, unlisted parent, foreign site, expiry", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  await ok(f.call("bob", "POST", "/v1/vms/web/snapshots", { name: "s1" }), 201);
+  const bundle = await exportBundle(f, "bob", "web", { withSnapshots: true });
+  const key = siteKey(f);
+  const partner = generateKeyPairSync("ed25519");
+  await ok(f.call("admin", "POST", "/v1/trust", { name: "partner", publicKey: partner.publicKey.export({ type: "spki", format: "pem" }).toString() }), 201);
+
+  const cases: Array<[string, Buffer, number, RegExp]> = [
+    // (Before, this one was refused only after the VM had been made, and the VM stayed.)
+    ["a resume point the bundle does not list", resigned(bundle, key, (m) => (m.resume = "nope")), 400, /resumes from snapshot "nope", which it does not (list|contain)/],
+    ["a resume point that is a disk snapshot", resigned(bundle, key, (m) => (m.resume = "s1")), 400, /is a disk snapshot/],
+    ["a parent the bundle does not list", resigned(bundle, key, (m) => ((m.snapshots as Array<{ parent: string | null }>)[0]!.parent = "ghost")), 400, /names parent "ghost"/],
+    ["a manifest naming another site than its signer", resigned(bundle, partner.privateKey, () => undefined), 400, /but key "[0-9a-f]{16}" signed it/],
+    ["an expired bundle", resigned(bundle, key, (m) => (m.expiresAt = "2020-01-01T00:00:00.000Z")), 422, /expired at 2020-01-01/],
+  ];
+  await refusedLeavingNothing(f, cases);
+  // Parents listed after their children still make a tree (order-independent).
+  await ok(f.call("bob", "POST", "/v1/vms/web/snapshots", { name: "s2" }), 201);
+  const two = await exportBundle(f, "bob", "web", { withSnapshots: true });
+  const reversed = resigned(two, key, (m) => (m.snapshots as unknown[]).reverse());
+  await ok(f.call("bob", "POST", "/v1/vms/import?name=tree", reversed), 201);
+  const tree = (await ok<{ snapshots: Array<{ name: string; parent: string | null }> }>(f.call("bob", "GET", "/v1/vms/tree/snapshots"))).snapshots;
+  assert.deepEqual(tree.map((s) => [s.name, s.parent]).sort(), [["s1", null], ["s2", "s1"]]);
+});
+
+async function refusedLeavingNothing(f: F, cases: Array<[string, Buffer, number, RegExp]>): Promise<void> {
+  const vmsDir = join(f.home, "vms");
+  const dirsBefore = readdirSync(vmsDir).sort();
+  const namesBefore = await f.vmNames();
+  for (const [what, bytes, status, message] of cases) {
+    await refused(f.call("bob", "POST", "/v1/vms/import?name=hostile", bytes), status, message);
+    assert.deepEqual(await f.vmNames(), namesBefore, `${what}: nothing in the inventory`);
+    assert.deepEqual(readdirSync(vmsDir).sort(), dirsBefore, `${what}: nothing on disk`);
+  }
+}
+
+test("nothing may follow a bundle's end-of-archive marker, and the marker must be whole", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  const bundle = await exportBundle(f, "bob", "web");
+  await refusedLeavingNothing(f, [
+    ["one byte after the end-of-archive marker", Buffer.concat([bundle, Buffer.from("x")]), 400, /after the end-of-archive marker/],
+    ["a zero block after the end-of-archive marker", Buffer.concat([bundle, Buffer.alloc(BLOCK)]), 400, /after the end-of-archive marker/],
+    ["a zero block short of the end-of-archive marker", bundle.subarray(0, bundle.length - BLOCK), 400, /truncated in the end-of-archive marker/],
+  ]);
+  await ok(f.call("bob", "POST", "/v1/vms/import?name=fine", bundle), 201);
+});
+
+test("export follows the backing chain vigil recorded, not the one a disk header claims", async (t) => {
+  const f = await fixture(t);
+  const id = await f.vm("web", "bob");
+  const outside = mkdtempSync(join(tmpdir(), "vigil-outside-"));
+  t.after(() => rmSync(outside, { recursive: true, force: true }));
+  const secret = join(outside, "secret.qcow2");
+  execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", secret, "16M"]);
+  const top = join(f.home, "vms", id, "disks", "data.qcow2");
+  // What a compromised QEMU can do to the overlay it writes: point its backing file anywhere.
+  for (const [backing, format, message] of [
+    [secret, "qcow2", /names backing file ".*secret\.qcow2", which is not one of this VM's recorded disks/],
+    ["/etc/shadow", "raw", /has backing format "raw", not qcow2/],
+    [`json:{"file":{"driver":"file","filename":"${secret}"}}`, "qcow2", /json: block graph/],
+  ] as const) {
+    execFileSync("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", backing, "-F", format, top]);
+    await refused(f.call("bob", "POST", "/v1/vms/web/export", {}), 422, message);
+    assert.deepEqual(readdirSync(join(f.home, "vms")).filter((d) => d.startsWith("export-")), [], "no staging left");
+  }
+  execFileSync("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", "", top]);
+  const good = await exportBundle(f, "bob", "web");
+  assert.equal(entries(good).length, 3, "the plain disk exports: manifest, signature, one layer");
+  assert.equal(createHash("sha256").update(good).digest("hex").length, 64);
+  assert.ok(existsSync(top));
+});
