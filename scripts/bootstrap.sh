@@ -15,6 +15,7 @@ APT_PACKAGES=(
   bpftool binutils                 # cross-checks of the introspection engine (bpftool btf dump, readelf)
   nftables                         # the loopback guard for open NICs (src/host/loopback-guard.ts)
   gcc libc6-dev                    # building the QEMU jail helper (native/vigil-jail.c)
+  openssl                          # the site TLS certificate for a non-loopback API listener
 )
 
 missing=()

@@ -8,6 +8,22 @@ import { z } from "zod";
 import { VigilError, messageOf, q } from "./errors.ts";
 import { parseOrThrow } from "./validation.ts";
 
+const quotaLimit = z.number().int().min(0).max(1_000_000_000);
+
+/** Per-owner limits; an absent one is unlimited. */
+export const quotaLimitsSchema = z.strictObject({
+  /** How many VMs the owner may have. */
+  vms: quotaLimit.optional(),
+  /** Total memory of the owner's live (starting, running, paused) VMs, MiB. */
+  memoryMiB: quotaLimit.optional(),
+  /** Total size of the owner's VMs' disks, MiB. */
+  diskMiB: quotaLimit.optional(),
+});
+export type QuotaLimits = z.output<typeof quotaLimitsSchema>;
+
+/** 100 VMs and 4 TiB of disk per owner; memory is bounded by the host's (the sum over every owner). */
+export const DEFAULT_QUOTAS: QuotaLimits = { vms: 100, diskMiB: 4 * 1024 * 1024 };
+
 export const configSchema = z.strictObject({
   policy: z
     .strictObject({
@@ -22,6 +38,13 @@ export const configSchema = z.strictObject({
       expiryCheckSeconds: z.number().int().min(1).max(86_400).default(60),
     })
     .default({ requireOwnership: false, expiredVms: "flag", expiryCheckSeconds: 60 }),
+  /**
+   * Site defaults for what one owner (a user or a group) may hold: VMs, total memory of its live VMs, total
+   * disk size (blank and grown disks; an overlay on an image counts its requested size only). An admin may set
+   * other limits per user (`vigil user set NAME --quota-…`). The host's memory bounds the sum over all owners
+   * whatever the quotas say.
+   */
+  quotas: quotaLimitsSchema.default(DEFAULT_QUOTAS),
   hooks: z
     .strictObject({
       /**

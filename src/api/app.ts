@@ -7,6 +7,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import { randomUUID } from "node:crypto";
 import { VigilError } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
+import { authenticateRequest } from "../auth/authenticate.ts";
 import { zodIssueToError } from "../validation.ts";
 import type { ApiDeps, App, Env } from "./context.ts";
 import { errorBody, errorResponse } from "./error-response.ts";
@@ -46,15 +47,7 @@ export function createApp(d: ApiDeps): App {
     c.header("x-request-id", requestId);
     if (PUBLIC_PATHS.has(c.req.path)) return next();
 
-    let actor;
-    if (c.env?.transport === "unix") {
-      const row = await d.users.findByName(d.localUser);
-      actor = row ? await d.users.actorFor(row, "unix") : undefined;
-    } else {
-      const auth = c.req.header("authorization") ?? "";
-      const m = /^Bearer (\S+)$/.exec(auth);
-      actor = m ? await d.users.authenticate(m[1]!) : undefined;
-    }
+    const actor = await authenticateRequest(d.users, d.localUser, c.env?.transport, c.req.header("authorization"));
     if (!actor) {
       if (c.req.method !== "GET" && c.req.method !== "HEAD") {
         // Aggregated per source: the first per interval is recorded at once, the rest as one count.

@@ -39,3 +39,13 @@ export function errorResponse(c: Context, err: unknown, log: Logger): Response {
   log.error({ err, path: c.req.path }, "unexpected error");
   return c.json({ error: { code: "VIGIL_INTERNAL", message: `Internal error (request ${c.res.headers.get("x-request-id") ?? "?"}): ${messageOf(err).slice(0, 200)}` } }, 500);
 }
+
+/**
+ * The same error as a complete raw HTTP/1.1 response, for the console upgrade, which answers on the socket
+ * before (or instead of) switching protocols.
+ */
+export function rawErrorResponse(err: VigilError): string {
+  const body = JSON.stringify(errorBody(err));
+  const reason = err.status === 401 ? "Unauthorized" : err.status === 403 ? "Forbidden" : err.status === 404 ? "Not Found" : "Error";
+  return `HTTP/1.1 ${err.status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
+}

@@ -80,6 +80,7 @@ export const UserSchema = z
     groups: z.array(z.string()),
     createdAt: z.string(),
     createdBy: z.string(),
+    quotas: z.object({ vms: z.number().optional(), memoryMiB: z.number().optional(), diskMiB: z.number().optional() }).nullable(),
   })
   .openapi("User");
 

@@ -60,6 +60,18 @@ export class Guard {
   }
 
   /**
+   * Like `authorize` (a denial is audited as denied), but the caller is refused with `hidden` — the error for
+   * an object that does not exist — so the refusal does not tell them the object exists.
+   */
+  async authorizeOrHide(ctx: RequestContext, op: OperationDescription, hidden: VigilError): Promise<void> {
+    try {
+      await this.authorize(ctx, op);
+    } catch (err) {
+      throw err instanceof VigilError && err.code === "VIGIL_FORBIDDEN" ? hidden : err;
+    }
+  }
+
+  /**
    * Authorizes, runs `fn`, and records the outcome. `describe` adds details from the result (e.g. the new VM's
    * id) to the audit record.
    */

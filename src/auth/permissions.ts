@@ -9,10 +9,10 @@ export const ROLES = ["admin", "operator", "owner", "auditor"] as const;
 export type Role = (typeof ROLES)[number];
 
 export const PERMISSIONS = [
-  "vm.read", // list, show, status, history, where, console log, events of a VM
+  "vm.read", // list, show, status, history, where, events of a VM
   "vm.create",
   "vm.control", // start, stop, kill, pause, resume, restart
-  "vm.console", // interactive serial console: as good as a root shell in the guest
+  "vm.console", // interactive serial console and its captured log: as good as a root shell in the guest
   "vm.exec", // run an allow-listed command through the guest agent
   "vm.modify", // snapshots, templates, clones, settings
   "vm.delete", // destroy and purge
@@ -26,6 +26,7 @@ export const PERMISSIONS = [
   "audit.read",
   "trust.manage",
   "host.read",
+  "vm.unsafe", // operations that exist to show what goes wrong (a revert keeping the vmgenid): admins only
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
 
@@ -47,6 +48,8 @@ export interface Actor {
   groups: string[];
   /** How the request arrived: the local unix socket or a bearer token. */
   via: "unix" | "token" | "system";
+  /** The bearer token the request came with: tokens minted with it may not outlive it. */
+  token?: { id: string; expiresAt: string | null } | undefined;
 }
 
 /** The actor vigil itself uses for what it observes (crashes, findings, policy actions). */

@@ -8,6 +8,7 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { VigilError, q } from "../errors.ts";
 import type { Db } from "../inventory/db.ts";
 import type { UserRow } from "../inventory/schema.ts";
+import { quotaLimitsSchema, type QuotaLimits } from "../config.ts";
 import { ROLES, type Actor, type Role } from "./permissions.ts";
 
 export const TOKEN_PREFIX = "vgl_";
@@ -21,6 +22,20 @@ export interface UserView {
   groups: string[];
   createdAt: string;
   createdBy: string;
+  /** Per-user quota overrides (null: the site defaults). */
+  quotas: QuotaLimits | null;
+}
+
+/** A token as its owner may see it: never the secret. */
+export interface TokenView {
+  id: string;
+  name: string;
+  createdAt: string;
+  expiresAt: string | null;
+  lastUsedAt: string | null;
+  revoked: boolean;
+  /** The token it was minted with, if any. */
+  parentId: string | null;
 }
 
 export function hashToken(token: string): string {
@@ -30,6 +45,12 @@ export function hashToken(token: string): string {
 function parseRoles(json: string): Role[] {
   const parsed = JSON.parse(json) as unknown;
   return Array.isArray(parsed) ? parsed.filter((r): r is Role => (ROLES as readonly string[]).includes(r as string)) : [];
+}
+
+function parseQuotas(json: string | null): QuotaLimits | null {
+  if (json === null) return null;
+  const parsed = quotaLimitsSchema.safeParse(JSON.parse(json));
+  return parsed.success ? parsed.data : null;
 }
 
 export class UserStore {
@@ -50,6 +71,7 @@ export class UserStore {
       groups: await this.groupsOf(row.id),
       createdAt: row.created_at,
       createdBy: row.created_by,
+      quotas: parseQuotas(row.quotas),
     };
   }
 
@@ -83,20 +105,30 @@ export class UserStore {
       disabled: 0,
       created_at: new Date().toISOString(),
       created_by: createdBy,
+      quotas: null,
     };
     await this.db.insertInto("users").values(row).execute();
     return this.view(row);
   }
 
-  async update(name: string, change: { roles?: Role[] | undefined; introspect?: boolean | undefined; disabled?: boolean | undefined }): Promise<UserView> {
+  async update(name: string, change: { roles?: Role[] | undefined; introspect?: boolean | undefined; disabled?: boolean | undefined; quotas?: QuotaLimits | null | undefined }): Promise<UserView> {
     const row = await this.findByName(name);
     if (!row) throw new VigilError("VIGIL_USER_NOT_FOUND", `User ${q(name)} does not exist`);
     const values: Partial<UserRow> = {};
     if (change.roles) values.roles = JSON.stringify([...new Set(change.roles)]);
     if (change.introspect !== undefined) values.introspect = change.introspect ? 1 : 0;
     if (change.disabled !== undefined) values.disabled = change.disabled ? 1 : 0;
+    if (change.quotas !== undefined) values.quotas = change.quotas === null ? null : JSON.stringify(change.quotas);
     if (Object.keys(values).length > 0) await this.db.updateTable("users").set(values).where("id", "=", row.id).execute();
     return this.get(name);
+  }
+
+  /** The limits for a VM owner: a user's own overrides over the site's defaults; a group has the defaults. */
+  async quotasFor(owner: string, site: QuotaLimits): Promise<QuotaLimits> {
+    const m = /^user:(.+)$/.exec(owner);
+    const row = m ? await this.findByName(m[1]!) : undefined;
+    const own = row ? parseQuotas(row.quotas) : null;
+    return own ? { ...site, ...own } : site;
   }
 
   /** The vigil user behind the local unix socket; created as an admin with introspection on first start. */
@@ -107,23 +139,59 @@ export class UserStore {
     return (await this.findByName(osUser))!;
   }
 
-  /** Issues a new token for `name`; the returned secret is never stored or shown again. */
-  async issueToken(name: string, tokenName: string, expiresAt?: string): Promise<{ id: string; token: string; expiresAt: string | null }> {
+  /**
+   * Issues a new token for `name`; the returned secret is never stored or shown again. A token minted with
+   * another token (`parent`) never outlives it: its expiry is the parent's when none is asked for, and asking
+   * for a later one is refused.
+   */
+  async issueToken(name: string, tokenName: string, expiresAt?: string, parent?: { id: string; expiresAt: string | null }): Promise<{ id: string; token: string; expiresAt: string | null }> {
     const row = await this.findByName(name);
     if (!row) throw new VigilError("VIGIL_USER_NOT_FOUND", `User ${q(name)} does not exist`);
+    let expires = expiresAt ?? null;
+    if (parent?.expiresAt) {
+      if (expires === null) expires = parent.expiresAt;
+      else if (Date.parse(expires) > Date.parse(parent.expiresAt)) {
+        throw new VigilError("VIGIL_BAD_REQUEST", `Cannot issue a token expiring at ${q(expires)}: the token you are using expires at ${q(parent.expiresAt)}, and a token may not outlive the one it was made with`, { field: "expiresAt" });
+      }
+    }
     const token = TOKEN_PREFIX + randomBytes(32).toString("base64url");
     const id = randomUUID();
     await this.db
       .insertInto("tokens")
-      .values({ id, user_id: row.id, name: tokenName, hash: hashToken(token), created_at: new Date().toISOString(), expires_at: expiresAt ?? null, last_used_at: null, revoked: 0 })
+      .values({ id, user_id: row.id, name: tokenName, hash: hashToken(token), created_at: new Date().toISOString(), expires_at: expires, last_used_at: null, revoked: 0, parent_id: parent?.id ?? null })
       .execute();
-    return { id, token, expiresAt: expiresAt ?? null };
+    return { id, token, expiresAt: expires };
+  }
+
+  async listTokens(name: string): Promise<TokenView[]> {
+    const row = await this.findByName(name);
+    if (!row) throw new VigilError("VIGIL_USER_NOT_FOUND", `User ${q(name)} does not exist`);
+    const rows = await this.db.selectFrom("tokens").selectAll().where("user_id", "=", row.id).orderBy("created_at").orderBy("id").execute();
+    return rows.map((t) => ({ id: t.id, name: t.name, createdAt: t.created_at, expiresAt: t.expires_at, lastUsedAt: t.last_used_at, revoked: t.revoked === 1, parentId: t.parent_id }));
   }
 
   async revokeTokens(name: string): Promise<number> {
     const row = await this.findByName(name);
     if (!row) throw new VigilError("VIGIL_USER_NOT_FOUND", `User ${q(name)} does not exist`);
     const res = await this.db.updateTable("tokens").set({ revoked: 1 }).where("user_id", "=", row.id).where("revoked", "=", 0).executeTakeFirst();
+    return Number(res.numUpdatedRows);
+  }
+
+  /**
+   * Revokes one of `name`'s tokens and every token minted from it, transitively (they may belong to other
+   * users: an admin's token used to mint someone else's). Returns how many were revoked.
+   */
+  async revokeToken(name: string, tokenId: string): Promise<number> {
+    const row = await this.findByName(name);
+    if (!row) throw new VigilError("VIGIL_USER_NOT_FOUND", `User ${q(name)} does not exist`);
+    const own = await this.db.selectFrom("tokens").select("id").where("id", "=", tokenId).where("user_id", "=", row.id).executeTakeFirst();
+    if (!own) throw new VigilError("VIGIL_NOT_FOUND", `User ${q(name)} has no token ${q(tokenId)}`, { field: "id" });
+    const ids = [tokenId];
+    for (let i = 0; i < ids.length && ids.length < 100_000; i++) {
+      const children = await this.db.selectFrom("tokens").select("id").where("parent_id", "=", ids[i]!).execute();
+      for (const c of children) if (!ids.includes(c.id)) ids.push(c.id);
+    }
+    const res = await this.db.updateTable("tokens").set({ revoked: 1 }).where("id", "in", ids).where("revoked", "=", 0).executeTakeFirst();
     return Number(res.numUpdatedRows);
   }
 
@@ -140,8 +208,19 @@ export class UserStore {
     if (!found || found.token_revoked === 1 || found.disabled === 1) return undefined;
     if (found.token_expires && Date.parse(found.token_expires) < Date.now()) return undefined;
     await this.db.updateTable("tokens").set({ last_used_at: new Date().toISOString() }).where("id", "=", found.token_id).execute();
-    const { token_id: _id, token_expires: _e, token_revoked: _r, ...user } = found;
-    return this.actorFor(user, "token");
+    const { token_id: id, token_expires: expiresAt, token_revoked: _r, ...user } = found;
+    return { ...(await this.actorFor(user, "token")), token: { id, expiresAt } };
+  }
+
+  /**
+   * The approver named on a new VM or an ownership change must be an existing, enabled user other than the
+   * one asking: approving your own request is no approval. (vigil records the approver; it does not ask them.)
+   */
+  async checkApprover(approver: string | null | undefined, requester: string, context: string): Promise<void> {
+    if (approver === undefined || approver === null || approver === "") return;
+    const row = await this.findByName(approver);
+    if (!row || row.disabled === 1) throw new VigilError("VIGIL_BAD_REQUEST", `${context}: approver ${q(approver)} is not a user of this site${row ? " (disabled)" : ""}`, { field: "approver" });
+    if (approver === requester) throw new VigilError("VIGIL_BAD_REQUEST", `${context}: approver ${q(approver)} is the requester; someone else must approve`, { field: "approver" });
   }
 
   async createGroup(name: string): Promise<void> {

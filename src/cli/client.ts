@@ -1,10 +1,16 @@
 /**
  * The CLI's connection to the daemon. Locally it speaks HTTP over the unix socket in VIGIL_HOME (no token: the
  * socket's 0700 directory is the authentication). Remotely (`VIGIL_URL`, or `vigil login`) it sends a bearer
- * token, read from VIGIL_TOKEN or the 0600 config file — never from the command line.
+ * token, read from VIGIL_TOKEN or the 0600 config file — never from the command line. A token stored by
+ * `vigil login` is bound to the URL it was stored for: it is sent to that daemon only, never to whatever
+ * VIGIL_URL names (git's credential helpers key credentials by host the same way). For an https URL the login
+ * also pins the daemon's certificate (trust on first use, or checked against `--fingerprint`): later requests
+ * accept that certificate and no other.
  */
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
 import { request as httpsRequest } from "node:https";
+import { isIP } from "node:net";
+import { connect as tlsConnect, type PeerCertificate } from "node:tls";
 import { createReadStream, createWriteStream, existsSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -24,14 +30,23 @@ export class ApiError extends Error {
 export interface ClientConfig {
   url?: string;
   token?: string;
+  /** For an https URL: the daemon's certificate (PEM) and its SHA-256 fingerprint, pinned at login. */
+  cert?: string;
+  fingerprint?: string;
 }
 
-export function clientConfigPath(): string {
-  return join(process.env.XDG_CONFIG_HOME ?? join(homedir(), ".config"), "vigil", "config.json");
+/** The certificate a remote target must present (the pin stored at login). */
+export interface CertPin {
+  cert: string;
+  fingerprint: string;
 }
 
-function loadClientConfig(): ClientConfig {
-  const path = clientConfigPath();
+export function clientConfigPath(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.XDG_CONFIG_HOME ?? join(homedir(), ".config"), "vigil", "config.json");
+}
+
+function loadClientConfig(env: NodeJS.ProcessEnv): ClientConfig {
+  const path = clientConfigPath(env);
   if (!existsSync(path)) return {};
   try {
     return JSON.parse(readFileSync(path, "utf8")) as ClientConfig;
@@ -40,12 +55,22 @@ function loadClientConfig(): ClientConfig {
   }
 }
 
+/**
+ * Whether two URLs name the same daemon: same scheme, host and port (the default port filled in) and the same
+ * path up to a trailing slash. Anything else — another port, http instead of https — is another daemon.
+ */
+export function sameDaemon(a: URL, b: URL): boolean {
+  const key = (u: URL) => `${u.protocol}//${u.hostname.toLowerCase()}:${u.port || (u.protocol === "https:" ? "443" : "80")}${u.pathname.replace(/\/+$/, "")}`;
+  return key(a) === key(b);
+}
+
 export interface Target {
   socketPath?: string;
   /** VIGIL_HOME when the environment sets it (not the default home): the hint for starting its daemon names it. */
   home?: string;
   url?: URL;
   token?: string;
+  pin?: CertPin;
 }
 
 /**
@@ -67,12 +92,17 @@ export function daemonUrl(value: string, source: string): URL {
 
 /** Where to send requests: VIGIL_URL / login config (remote, with token) or the local socket. */
 export function resolveTarget(env = process.env): Target {
-  const cfg = loadClientConfig();
+  const cfg = loadClientConfig(env);
   const fromEnv = env.VIGIL_URL !== undefined && env.VIGIL_URL !== "";
   const url = fromEnv ? env.VIGIL_URL : env.VIGIL_HOME ? undefined : cfg.url;
   if (url) {
-    const token = env.VIGIL_TOKEN ?? cfg.token;
-    return { url: daemonUrl(url, fromEnv ? "VIGIL_URL" : `url in ${clientConfigPath()}`), ...(token ? { token } : {}) };
+    const target = daemonUrl(url, fromEnv ? "VIGIL_URL" : `url in ${clientConfigPath(env)}`);
+    // The stored token and pin belong to the URL they were stored for; another URL gets only VIGIL_TOKEN.
+    const stored = cfg.url === undefined ? undefined : URL.canParse(cfg.url) ? new URL(cfg.url) : undefined;
+    const forStored = stored !== undefined && sameDaemon(stored, target);
+    const token = env.VIGIL_TOKEN ?? (forStored ? cfg.token : undefined);
+    const pin = forStored && cfg.cert && cfg.fingerprint ? { cert: cfg.cert, fingerprint: cfg.fingerprint } : undefined;
+    return { url: target, ...(token ? { token } : {}), ...(pin ? { pin } : {}) };
   }
   return { socketPath: homeLayout(vigilHome(env)).socket, ...(env.VIGIL_HOME ? { home: env.VIGIL_HOME } : {}) };
 }
@@ -87,7 +117,34 @@ function baseOptions(target: Target, method: string, path: string, headers: Reco
   if (target.token) h.authorization = `Bearer ${target.token}`;
   if (target.socketPath) return { socketPath: target.socketPath, path, method, headers: h };
   const u = target.url!;
-  return { hostname: u.hostname, port: u.port, path: u.pathname.replace(/\/$/, "") + path, method, headers: h };
+  const options: RequestOptions & { ca?: string; checkServerIdentity?: (host: string, cert: PeerCertificate) => Error | undefined } = { hostname: u.hostname, port: u.port, path: u.pathname.replace(/\/$/, "") + path, method, headers: h };
+  const pin = target.pin;
+  if (pin && u.protocol === "https:") {
+    // The pinned (usually self-signed) certificate is the only CA, and it must be exactly that certificate:
+    // the token is written only after this check passed.
+    options.ca = pin.cert;
+    // A fresh connection each time: a pooled or resumed TLS session would skip the fingerprint check.
+    options.agent = false;
+    options.checkServerIdentity = (_host, cert) =>
+      cert.fingerprint256 === pin.fingerprint ? undefined : new Error(`the daemon's certificate ${cert.fingerprint256} is not the one pinned at login (${pin.fingerprint}); run \`vigil login\` again if it was replaced`);
+  }
+  return options;
+}
+
+/** The certificate a TLS server presents (not verified: for pinning on first use, or against a given fingerprint). */
+export function fetchServerCert(url: URL): Promise<CertPin> {
+  return new Promise((resolve, reject) => {
+    const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    const socket = tlsConnect({ host, port: Number(url.port || 443), rejectUnauthorized: false, ...(isIP(host) ? {} : { servername: host }) }, () => {
+      const cert = socket.getPeerCertificate();
+      socket.end();
+      if (!cert.raw) return reject(new ApiError("VIGIL_UNREACHABLE", `The server at ${url.href} presented no certificate`, 0));
+      const b64 = cert.raw.toString("base64").replace(/(.{64})/g, "$1\n");
+      resolve({ cert: `-----BEGIN CERTIFICATE-----\n${b64.replace(/\n$/, "")}\n-----END CERTIFICATE-----\n`, fingerprint: cert.fingerprint256 });
+    });
+    socket.setTimeout(10_000, () => socket.destroy(new Error("timed out")));
+    socket.on("error", (err: NodeJS.ErrnoException) => reject(new ApiError("VIGIL_UNREACHABLE", `Cannot reach the vigil daemon at ${url.href}: ${err.code ?? err.message}`, 0)));
+  });
 }
 
 function send(target: Target, options: RequestOptions, body: string | undefined, onResponse: (res: IncomingMessage) => void, onError: (err: Error) => void) {

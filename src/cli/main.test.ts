@@ -6,7 +6,7 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -296,4 +296,75 @@ test("vm list shows ACCEL only for a live VM; --json keeps the recorded accelera
   assert.equal(accel("live"), "tcg");
   const json = JSON.parse((await cli(env, ["vm", "list", "--json"])).stdout) as Array<{ name: string; accelerator: string | null }>;
   assert.equal(json.find((v) => v.name === "ran")?.accelerator, "tcg", "the JSON keeps the recorded field");
+});
+
+test("the stored login token goes only to the URL it was stored for, never to another VIGIL_URL", async (t) => {
+  const seen: Array<string | undefined> = [];
+  const server = createServer((req, res) => {
+    seen.push(req.headers.authorization);
+    res.writeHead(401, { "content-type": "application/json" });
+    res.end(JSON.stringify({ error: { code: "VIGIL_UNAUTHENTICATED", message: "A valid token is required" } }));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  t.after(() => server.close());
+  const xdg = tempHome(t);
+  mkdirSync(join(xdg, "vigil"));
+  const port = (server.address() as AddressInfo).port;
+  writeFileSync(join(xdg, "vigil", "config.json"), JSON.stringify({ url: "http://127.0.0.2:7450", token: "vgl_stored-secret" }));
+  const r = await cli({ XDG_CONFIG_HOME: xdg, VIGIL_URL: `http://127.0.0.1:${port}`, VIGIL_TOKEN: undefined, VIGIL_HOME: undefined }, ["whoami"]);
+  assert.equal(r.status, 5, r.stderr);
+  assert.deepEqual(seen, [undefined], "the token stored for another URL must not be sent");
+  // The same URL as stored (spelled with a trailing slash) gets it.
+  writeFileSync(join(xdg, "vigil", "config.json"), JSON.stringify({ url: `http://127.0.0.1:${port}/`, token: "vgl_stored-secret" }));
+  await cli({ XDG_CONFIG_HOME: xdg, VIGIL_URL: `http://127.0.0.1:${port}`, VIGIL_TOKEN: undefined, VIGIL_HOME: undefined }, ["whoami"]);
+  assert.deepEqual(seen, [undefined, "Bearer vgl_stored-secret"]);
+});
+
+test("login makes an existing config file 0600 again", async (t) => {
+  const home = tempHome(t);
+  const tcp = await startDaemon({ home, cache: join(home, "no-cache"), listen: "127.0.0.1:0", log: silentLogger() });
+  t.after(() => tcp.close());
+  const token = (await tcp.deps.users.issueToken(tcp.deps.localUser, "t")).token;
+  const xdg = tempHome(t);
+  mkdirSync(join(xdg, "vigil"));
+  const path = join(xdg, "vigil", "config.json");
+  writeFileSync(path, "{}", { mode: 0o644 });
+  chmodSync(path, 0o644);
+  const r = await cli({ XDG_CONFIG_HOME: xdg, VIGIL_TOKEN: token, VIGIL_URL: undefined, VIGIL_HOME: undefined }, ["login", "--url", `http://127.0.0.1:${tcp.tcpAddress!.port}`]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(statSync(path).mode & 0o777, 0o600);
+});
+
+test("login to an https daemon pins its certificate; later commands use the pin; a wrong --fingerprint is refused", async (t) => {
+  const home = tempHome(t);
+  const d = await startDaemon({ home, cache: join(home, "no-cache"), listen: "127.0.0.1:0", tls: "auto", log: silentLogger() });
+  t.after(() => d.close());
+  const token = (await d.deps.users.issueToken(d.deps.localUser, "t")).token;
+  const xdg = tempHome(t);
+  const url = `https://127.0.0.1:${d.tcpAddress!.port}`;
+  const env = { XDG_CONFIG_HOME: xdg, VIGIL_URL: undefined, VIGIL_HOME: undefined };
+  const wrong = await cli({ ...env, VIGIL_TOKEN: token }, ["login", "--url", url, "--fingerprint", "AA:BB"]);
+  assert.equal(wrong.status, 5, wrong.stderr);
+  assert.match(wrong.stderr, /presented certificate .* not AA:BB: not logging in/);
+  const r = await cli({ ...env, VIGIL_TOKEN: token }, ["login", "--url", url, "--fingerprint", d.tlsFingerprint!]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`certificate ${d.tlsFingerprint!} pinned`));
+  const me = await cli({ ...env, VIGIL_TOKEN: undefined }, ["whoami"]);
+  assert.equal(me.status, 0, me.stderr);
+  assert.match(me.stdout, /via token/);
+});
+
+test("token list shows your tokens without secrets; token revoke ID revokes that one and those minted with it", async (t) => {
+  const { d, env } = await daemon(t);
+  const parent = await d.deps.users.issueToken(d.deps.localUser, "laptop");
+  await d.deps.users.issueToken(d.deps.localUser, "child", undefined, { id: parent.id, expiresAt: null });
+  const list = await cli(env, ["token", "list", "--json"]);
+  assert.equal(list.status, 0, list.stderr);
+  const tokens = JSON.parse(list.stdout) as Array<{ id: string; name: string; parentId: string | null }>;
+  assert.deepEqual(tokens.map((x) => [x.name, x.parentId === parent.id]).sort(), [["child", true], ["laptop", false]]);
+  assert.ok(!list.stdout.includes(parent.token));
+  const revoke = await cli(env, ["token", "revoke", parent.id]);
+  assert.equal(revoke.status, 0, revoke.stderr);
+  assert.equal(revoke.stdout, "Revoked 2 token(s)\n");
+  assert.equal(await d.deps.users.authenticate(parent.token), undefined);
 });

@@ -4,11 +4,11 @@
  * Kept free of heavy imports so a command starts fast (the boot benchmark measures `vm start --wait`).
  */
 import { Command, CommanderError, Option } from "commander";
-import { accessSync, constants as fsConstants, createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { accessSync, chmodSync, constants as fsConstants, createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { randomUUID } from "node:crypto";
 import { basename, resolve as resolvePath } from "node:path";
-import { ApiError, call, clientConfigPath, daemonUrl, download, events, inputFile, stream, upload, upgrade } from "./client.ts";
+import { ApiError, call, clientConfigPath, daemonUrl, download, events, fetchServerCert, inputFile, stream, upload, upgrade } from "./client.ts";
 import { EXIT, exitCodeFor } from "./exit-codes.ts";
 import { parseGuestViewEvery, parseInterval, parsePolicy, watchBody } from "./watch-args.ts";
 import { accelCell, clearLine, plural, printJson, printTable, progressLine, sortNumerically, startedMessage, visibleControls, withSpinner } from "./output.ts";
@@ -126,7 +126,7 @@ async function withProgress<T>(label: string, work: (requestId: string) => Promi
 
 /** What the CLI needs from outside its bundle: the daemon is loaded only by `vigil serve`. */
 export interface CliHooks {
-  loadDaemon: () => Promise<{ runDaemon(options: { listen: string }): Promise<void>; runWitnessServer(options: { dir: string; siteKeyPath: string; listen: string }): Promise<void> }>;
+  loadDaemon: () => Promise<{ runDaemon(options: { listen: string; tls?: "auto" | "off" | { cert: string; key: string } | undefined }): Promise<void>; runWitnessServer(options: { dir: string; siteKeyPath: string; listen: string }): Promise<void> }>;
 }
 
 export function buildProgram(hooks: CliHooks): Command {
@@ -139,10 +139,17 @@ export function buildProgram(hooks: CliHooks): Command {
     .command("serve")
     .description("Run the daemon (manager + local host) in the foreground")
     .option("--listen <addr:port>", 'TCP address for the HTTP API, or "none"', "127.0.0.1:7450")
-    .action(async (o: { listen: string }) => {
+    .option("--tls", "serve HTTPS even on a loopback address (always on elsewhere)")
+    .option("--no-tls", "plain HTTP (refused on a non-loopback address)")
+    .option("--tls-cert <file>", "PEM certificate for HTTPS (default: a self-signed one in VIGIL_HOME/keys)")
+    .option("--tls-key <file>", "PEM private key for --tls-cert")
+    .action(async (o: { listen: string; tls?: boolean; tlsCert?: string; tlsKey?: string }) => {
+      if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new ApiError("VIGIL_BAD_REQUEST", "Give --tls-cert and --tls-key together", 0, o.tlsCert ? "tls-key" : "tls-cert");
+      if (o.tls === false && o.tlsCert) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --no-tls or --tls-cert/--tls-key, not both", 0, "tls");
+      const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : o.tls === true ? ("auto" as const) : o.tls === false ? ("off" as const) : undefined;
       const { runDaemon } = await hooks.loadDaemon();
       try {
-        await runDaemon({ listen: o.listen });
+        await runDaemon({ listen: o.listen, tls });
       } catch (err) {
         // The daemon has closed what it opened; exit now so nothing half-started keeps the process alive.
         process.exit(report(err));
@@ -184,16 +191,23 @@ export function buildProgram(hooks: CliHooks): Command {
   program
     .command("login")
     .description("Store the daemon URL and a token (read from stdin or VIGIL_TOKEN, never from the command line) in ~/.config/vigil/config.json (0600)")
-    .requiredOption("--url <url>", "daemon URL, e.g. http://127.0.0.1:7450")
-    .action(async (o: { url: string }) => {
+    .requiredOption("--url <url>", "daemon URL, e.g. https://vigil.example:7450 (http only for loopback)")
+    .option("--fingerprint <sha256>", "for https: the certificate fingerprint `vigil serve` logged (otherwise trusted on first use)")
+    .action(async (o: { url: string; fingerprint?: string }) => {
       const url = daemonUrl(o.url, "--url");
       const token = await readSecretFromStdin("Token: ");
       if (!token) throw new ApiError("VIGIL_BAD_REQUEST", "No token given: pipe it on stdin or set VIGIL_TOKEN", 0, "token");
-      const me = await call<{ name: string }>("GET", "/v1/whoami", undefined, { url, token });
+      // https: pin the certificate before the token is sent anywhere; the token then goes only to this URL.
+      const pin = url.protocol === "https:" ? await fetchServerCert(url) : undefined;
+      if (pin && o.fingerprint && pin.fingerprint.toUpperCase() !== o.fingerprint.toUpperCase()) {
+        throw new ApiError("VIGIL_FORBIDDEN", `The daemon at ${url.href} presented certificate ${pin.fingerprint}, not ${o.fingerprint}: not logging in`, 0, "fingerprint");
+      }
+      const me = await call<{ name: string }>("GET", "/v1/whoami", undefined, { url, token, ...(pin ? { pin } : {}) });
       const path = clientConfigPath();
       mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-      writeFileSync(path, JSON.stringify({ url: o.url, token }, null, 2) + "\n", { mode: 0o600 });
-      process.stdout.write(`Logged in to ${o.url} as ${me.name}\n`);
+      writeFileSync(path, JSON.stringify({ url: url.href, token, ...(pin ?? {}) }, null, 2) + "\n", { mode: 0o600 });
+      chmodSync(path, 0o600); // the mode option applies only to a file that did not exist
+      process.stdout.write(`Logged in to ${url.href} as ${me.name}${pin ? ` (certificate ${pin.fingerprint} pinned)` : ""}\n`);
     });
 
   program
@@ -997,6 +1011,36 @@ export function buildProgram(hooks: CliHooks): Command {
       if (o.json) return printJson(r);
       process.stdout.write(`${r.token}\n`);
     });
+  const tokenCmd = program.command("token").description("Your API tokens (or another user's with --user)");
+  const tokenOwner = async (o: { user?: string }) => o.user ?? (await call<{ name: string }>("GET", "/v1/whoami")).name;
+  tokenCmd
+    .command("list")
+    .description("List tokens: id, label, expiry, last use, revoked, the token each was minted with (never the secret)")
+    .option("--user <name>", "another user's tokens (needs user.read)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { user?: string; json?: boolean }) => {
+      const { tokens } = await call<{ tokens: Array<Record<string, unknown>> }>("GET", `/v1/users/${enc(await tokenOwner(o))}/tokens`);
+      if (o.json) return printJson(tokens);
+      printTable(tokens.map((t) => ({ ...t, expiresAt: t.expiresAt ?? "never", lastUsedAt: t.lastUsedAt ?? "-", parentId: t.parentId ?? "-" })), [
+        ["id", "ID"],
+        ["name", "LABEL"],
+        ["createdAt", "CREATED"],
+        ["expiresAt", "EXPIRES"],
+        ["lastUsedAt", "LAST USED"],
+        ["revoked", "REVOKED"],
+        ["parentId", "MINTED WITH"],
+      ]);
+    });
+  tokenCmd
+    .command("revoke <id>")
+    .description("Revoke one token and every token minted with it")
+    .option("--user <name>", "another user's token (needs user.manage)")
+    .option("--json", "machine-readable output")
+    .action(async (id: string, o: { user?: string; json?: boolean }) => {
+      const r = await call<{ revoked: number }>("DELETE", `/v1/users/${enc(await tokenOwner(o))}/tokens/${enc(id)}`);
+      if (o.json) return printJson(r);
+      process.stdout.write(`Revoked ${r.revoked} token(s)\n`);
+    });
   user
     .command("set <name>")
     .description("Change a user's roles, introspection grant or disabled flag")
@@ -1005,10 +1049,22 @@ export function buildProgram(hooks: CliHooks): Command {
     .option("--no-introspect", "revoke introspection")
     .option("--disable", "disable the user")
     .option("--enable", "enable the user")
+    .option("--quota <key=value>", "quota for VMs the user owns, replacing the site default: vms=N, memoryMiB=N or diskMiB=N (repeatable; replaces every override)", collect)
+    .option("--default-quotas", "drop the user's quota overrides (the site defaults apply)")
     .option("--json", "machine-readable output")
-    .action(async (name: string, o: { role?: string[]; introspect?: boolean; disable?: boolean; enable?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { role?: string[]; introspect?: boolean; disable?: boolean; enable?: boolean; quota?: string[]; defaultQuotas?: boolean; json?: boolean }) => {
       const change: Record<string, unknown> = {};
       if (o.role) change.roles = o.role;
+      if (o.defaultQuotas) change.quotas = null;
+      if (o.quota) {
+        const quotas: Record<string, number> = {};
+        for (const kv of o.quota) {
+          const m = /^(vms|memoryMiB|diskMiB)=(\d{1,10})$/.exec(kv);
+          if (!m) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --quota ${JSON.stringify(kv)}: use vms=N, memoryMiB=N or diskMiB=N`, 0, "quota");
+          quotas[m[1]!] = Number(m[2]);
+        }
+        change.quotas = quotas;
+      }
       if (o.introspect !== undefined) change.introspect = o.introspect;
       if (o.disable) change.disabled = true;
       if (o.enable) change.disabled = false;

@@ -49,7 +49,10 @@ import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
 import { createApp } from "../api/app.ts";
 import type { ApiDeps, App } from "../api/context.ts";
-import { errorBody } from "../api/error-response.ts";
+import { rawErrorResponse } from "../api/error-response.ts";
+import { authenticateRequest } from "../auth/authenticate.ts";
+import { loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
+import { createServer as createHttpsServer } from "node:https";
 import { startExpiryWatch } from "../vm/expiry.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
 
@@ -66,6 +69,8 @@ export interface DaemonOptions {
   cache?: string;
   /** "ADDR:PORT" for the TCP listener, or "none". */
   listen?: string;
+  /** TLS on the TCP listener: default "auto" (the site certificate) off loopback, "off" (plain HTTP) on it. */
+  tls?: TlsSetting | undefined;
   log?: Logger;
   /** Host facts for tests (the host's memory); read from /proc otherwise. */
   hostFacts?: () => HostFacts;
@@ -81,6 +86,8 @@ export interface Daemon {
   repo: VmRepository;
   /** The TCP address actually bound (port 0 → a free port), if any. */
   tcpAddress: { host: string; port: number } | undefined;
+  /** The TCP listener's certificate fingerprint when it serves HTTPS. */
+  tlsFingerprint: string | undefined;
   close(): Promise<void>;
 }
 
@@ -124,10 +131,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const log = options.log ?? createLogger();
   const listen = options.listen ?? "127.0.0.1:7450";
   const tcpWhere = parseListen(listen);
+  const tlsSetting = tcpWhere ? tlsSettingFor(tcpWhere.host, options.tls) : "off";
   ensurePrivateDir(home.home);
   ensurePrivateDir(home.runDir);
   ensurePrivateDir(home.vmsDir);
   ensurePrivateDir(home.keysDir);
+  const tls = loadTls(tlsSetting, home.keysDir);
   claimPidFile(home);
 
   const config = loadConfig(home.home);
@@ -149,7 +158,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const registry = new DataRegistry(db, hostName, home.vmsDir);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas });
   // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
@@ -224,7 +233,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     // TCP first: when its address is taken, no client has seen the socket of a daemon that then goes away.
     if (tcpWhere) {
-      const tcpServer = createAdaptorServer({ fetch: serve("tcp") });
+      const tcpServer = tls ? createAdaptorServer({ fetch: serve("tcp"), createServer: createHttpsServer, serverOptions: { cert: tls.cert, key: tls.key } }) : createAdaptorServer({ fetch: serve("tcp") });
       await listenOn(tcpServer, tcpWhere, listen);
       servers.push(tcpServer);
       const addr = tcpServer.address();
@@ -244,7 +253,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     await close().catch(() => undefined);
     throw err;
   }
-  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
+  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, ...(tls ? { tls: true, tlsFingerprint: tls.fingerprint } : {}), accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
   for (const server of servers) {
     const transport = server === unixServer ? "unix" : "tcp";
     server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));
@@ -252,7 +261,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);
 
-  return { home, app, deps, repo, tcpAddress, close };
+  return { home, app, deps, repo, tcpAddress, tlsFingerprint: tls?.fingerprint, close };
 }
 
 /**
@@ -260,23 +269,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
  * to the VM's serial port. Authentication and authorization are the same as for any route.
  */
 async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp", req: IncomingMessage, socket: Socket): Promise<void> {
-  const refuse = (status: number, err: VigilError) => {
-    const body = JSON.stringify(errorBody(err));
-    socket.end(`HTTP/1.1 ${status} ${status === 401 ? "Unauthorized" : "Error"}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-  };
+  const refuse = (err: VigilError): void => void socket.end(rawErrorResponse(err));
   socket.on("error", () => socket.destroy());
   try {
     const m = /^\/v1\/vms\/([a-z][a-z0-9-]{0,62})\/console$/.exec(new URL(req.url ?? "/", "http://x").pathname);
-    if (!m || req.headers.upgrade?.toLowerCase() !== "vigil-console") return refuse(404, new VigilError("VIGIL_NOT_FOUND", "Only /v1/vms/NAME/console can be upgraded (Upgrade: vigil-console)"));
-    let actor;
-    if (transport === "unix") {
-      const row = await d.users.findByName(d.localUser);
-      actor = row ? await d.users.actorFor(row, "unix") : undefined;
-    } else {
-      const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? "");
-      actor = bearer ? await d.users.authenticate(bearer[1]!) : undefined;
-    }
-    if (!actor) return refuse(401, new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required"));
+    if (!m || req.headers.upgrade?.toLowerCase() !== "vigil-console") return refuse(new VigilError("VIGIL_NOT_FOUND", "Only /v1/vms/NAME/console can be upgraded (Upgrade: vigil-console)"));
+    const actor = await authenticateRequest(d.users, d.localUser, transport, req.headers.authorization);
+    if (!actor) return refuse(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required"));
     const ctx: RequestContext = { actor, requestId: crypto.randomUUID() };
     const serialPath = await d.vms.openConsole(ctx, m[1]!);
     const serial = connect(serialPath);
@@ -285,12 +284,11 @@ async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp", req: Incomi
       socket.pipe(serial);
       serial.pipe(socket);
     });
-    serial.on("error", (err) => refuse(502, new VigilError("VIGIL_QEMU", `Cannot connect to the serial console: ${err.message}`)));
+    serial.on("error", (err) => refuse(new VigilError("VIGIL_QEMU", `Cannot connect to the serial console: ${err.message}`)));
     serial.on("close", () => socket.end());
     socket.on("close", () => serial.destroy());
   } catch (err) {
-    if (err instanceof VigilError) refuse(err.status, err);
-    else refuse(500, new VigilError("VIGIL_INTERNAL", "Internal error"));
+    refuse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", "Internal error"));
   }
 }
 

@@ -717,7 +717,7 @@ export class IntrospectionService {
 
   /** The watch's recent findings (from the audit log, newest first) and the alarms active now. */
   async findings(ctx: RequestContext, name: string, limit = 100): Promise<{ vm: string; watch: WatchStatus | null; active: Finding[]; alarms: Alarm[]; recent: FindingRecord[] }> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.d.vms.lookup(ctx, name, "ids.findings");
     await this.d.guard.authorize(ctx, { action: "ids.findings", permission: "vm.introspect", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner, readOnly: true });
     const n = Math.max(1, Math.min(1000, Math.floor(limit)));
     const records = await this.d.audit.list({ targetId: vm.id, action: "ids.finding", tail: true, limit: n });
@@ -745,7 +745,7 @@ export class IntrospectionService {
   /** Starts or changes the VM's watch (persisted: it survives daemon restarts and follows the VM's starts). */
   async setWatch(ctx: RequestContext, name: string, input: unknown): Promise<WatchStatus> {
     const req = parseOrThrow(watchRequestSchema, input ?? {}, "watch");
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.d.vms.lookup(ctx, name, "ids.watch");
     const target = { kind: "vm", id: vm.id, name: vm.name };
     await this.authorizePolicy(ctx, vm, "ids.watch", [req.policy, this.configs.get(vm.id)?.policy]);
     if (req.policy === "snapshot-and-pause" && (vm.spec.disks.length === 0 || vm.isTemplate)) {
@@ -766,7 +766,7 @@ export class IntrospectionService {
   }
 
   async stopWatch(ctx: RequestContext, name: string): Promise<{ vm: string; stopped: boolean }> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.d.vms.lookup(ctx, name, "ids.unwatch");
     await this.authorizePolicy(ctx, vm, "ids.unwatch", [this.configs.get(vm.id)?.policy]);
     return this.d.guard.run(ctx, { action: "ids.unwatch", permission: "vm.introspect", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner }, async () => {
       const had = this.configs.delete(vm.id);

@@ -287,6 +287,14 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0003-auth": {
+    async up(db: Kysely<unknown>) {
+      // The token a token was minted with (null: minted over the unix socket or by an admin's account operation).
+      await db.schema.alterTable("tokens").addColumn("parent_id", "text").execute();
+      // Per-user quota overrides as JSON ({vms?, memoryMiB?, diskMiB?}); null: the site defaults.
+      await db.schema.alterTable("users").addColumn("quotas", "text").execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -150,6 +150,7 @@ export interface UsersTable {
   disabled: number;
   created_at: string;
   created_by: string;
+  quotas: string | null; // JSON per-user quota overrides; null: the site defaults
 }
 
 export interface TokensTable {
@@ -161,6 +162,8 @@ export interface TokensTable {
   expires_at: string | null;
   last_used_at: string | null;
   revoked: number;
+  /** The token used to mint this one (it may not outlive it; revoking it revokes this one). */
+  parent_id: string | null;
 }
 
 export interface GroupsTable {

@@ -63,8 +63,19 @@ export class ProvenanceService {
     return { id: created.target_id, name, owner: details.owner ?? "user:?", vm: undefined };
   }
 
+  /** A VM (or destroyed VM) the actor may not read is answered like one that never existed, audited as denied. */
+  private async resolveFor(ctx: RequestContext, name: string, action: string): Promise<Awaited<ReturnType<ProvenanceService["resolve"]>>> {
+    const r = await this.resolve(name).catch((err: unknown) => {
+      if (err instanceof VigilError && err.code === "VIGIL_VM_NOT_FOUND") return undefined;
+      throw err;
+    });
+    await this.guard.authorizeOrHide(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: r?.owner, readOnly: true }, errors.vmNotFound(name));
+    if (!r) throw errors.vmNotFound(name);
+    return r;
+  }
+
   async history(ctx: RequestContext, name: string): Promise<VmHistory> {
-    const r = await this.resolve(name);
+    const r = await this.resolveFor(ctx, name, "vm.history");
     await this.guard.authorize(ctx, { action: "vm.history", permission: "vm.read", target: { kind: "vm", id: r.id, name }, owner: r.owner, readOnly: true });
     const events = await this.audit.list({ targetId: r.id, limit: 10_000 });
     return {
@@ -81,7 +92,7 @@ export class ProvenanceService {
   }
 
   async where(ctx: RequestContext, name: string): Promise<{ id: string; name: string; live: DataFile[]; removed: DataFile[] }> {
-    const r = await this.resolve(name);
+    const r = await this.resolveFor(ctx, name, "vm.where");
     await this.guard.authorize(ctx, { action: "vm.where", permission: "vm.read", target: { kind: "vm", id: r.id, name }, owner: r.owner, readOnly: true });
     const all = await this.registry.list(r.id, { includeRemoved: true });
     return { id: r.id, name: r.name, live: all.filter((f) => f.removedAt === null), removed: all.filter((f) => f.removedAt !== null) };
@@ -89,12 +100,13 @@ export class ProvenanceService {
 
   /** Transfers ownership; the approver is required and recorded with the previous owner. */
   async chown(ctx: RequestContext, name: string, input: unknown): Promise<{ id: string; name: string; owner: string; previousOwner: string; approver: string }> {
-    const vm = await this.repo.getByName(name);
+    const vm = (await this.resolveFor(ctx, name, "vm.chown")).vm ?? (await this.repo.getByName(name));
     return this.guard.run(
       ctx,
       { action: "vm.chown", permission: "vm.chown", target: { kind: "vm", id: vm.id, name: vm.name }, owner: vm.owner },
       async () => {
         const req = parseOrThrow(chownSchema, input, "ownership change");
+        await this.users.checkApprover(req.approver, ctx.actor.name, `Cannot transfer VM ${q(name)}`);
         const [kind, who] = req.owner.split(":") as [string, string];
         const exists = kind === "user" ? (await this.users.findByName(who)) !== undefined : await this.users.groupExists(who);
         if (!exists) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot transfer VM ${q(name)}: owner ${q(req.owner)} does not exist`, { field: "owner" });

@@ -133,13 +133,14 @@ export class CloneService {
     if (options.reason !== undefined && !options.force) {
       throw new VigilError("VIGIL_BAD_REQUEST", `Cannot clone VM ${q(source)}: a "reason" is only accepted with "force" (a clone from a snapshot below the security floor)`, { field: "reason" });
     }
+    await this.vms.lookup(ctx, source, "vm.clone"); // a source the actor may not read is a 404 before anything else
+    await this.vms.authorizeAlso(ctx, "vm.clone", "vm.create", { kind: "vm", name: newName }, { source });
     // A clone is a full copy of the source's data, owned by the caller: the same right as an export, not a read.
     return this.vms.operate(
       ctx,
       source,
       { action: "vm.clone", permission: "vm.export", details: { clone: newName, mode: options.mode ?? "auto", fromSnapshot: options.fromSnapshot, force: options.force ?? false, reason: options.reason } },
       async (h) => {
-        if (!can(ctx.actor, "vm.create")) throw new VigilError("VIGIL_FORBIDDEN", `Permission denied: user ${q(ctx.actor.name)} may not create VMs (needs vm.create)`);
         const src = h.vm;
         const mode = options.mode ?? (src.isTemplate ? "linked" : "full");
         if (mode === "linked" && !src.isTemplate) {

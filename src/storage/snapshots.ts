@@ -226,6 +226,7 @@ export class SnapshotService {
     if (options.reason !== undefined && !options.force) {
       throw new VigilError("VIGIL_BAD_REQUEST", `Cannot revert VM ${q(vmName)}: a "reason" is only accepted with "force" (a forced revert below the security floor)`, { field: "reason" });
     }
+    if (options.unsafeKeepVmgenid) await this.d.vms.authorizeAlso(ctx, "snapshot.revert", "vm.unsafe", { kind: "vm", name: vmName }, { snapshot: name, unsafeKeepVmgenid: true });
     return this.d.vms.operate(
       ctx,
       vmName,
@@ -237,9 +238,6 @@ export class SnapshotService {
         if (!["stopped", "crashed", "running", "paused"].includes(vm.state)) throw new VigilError("VIGIL_INVALID_STATE", `Cannot revert VM ${q(vm.name)}: it is ${vm.state}`);
         // Every check before anything is destroyed: a refused revert leaves the VM exactly as it was.
         const { forced } = await this.d.policy(vm, snap, { force: options.force ?? false, reason: options.reason });
-        if (options.unsafeKeepVmgenid && !ctx.actor.roles.includes("admin")) {
-          throw new VigilError("VIGIL_FORBIDDEN", "Only an admin may revert without a new vmgenid (it exists to demonstrate what goes wrong without one)", { field: "unsafeKeepVmgenid" });
-        }
         const wasLive = isLive(vm.state);
         // A revert that starts QEMU (a memory snapshot, or a VM that was live) is a start.
         if (snap.kind === "memory" || wasLive) this.d.vms.checkNotExpired(vm, `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}`);

@@ -4,6 +4,7 @@
  * the host that will run it, which may not be the host it was created on.
  */
 import { readFileSync } from "node:fs";
+import type { QuotaLimits } from "../config.ts";
 import { VigilError, q } from "../errors.ts";
 
 /** What the checks need to know about the host. */
@@ -38,5 +39,40 @@ export function checkHostLimits(spec: { memoryMiB: number }, host: HostFacts, co
       `${context}: ${q("memoryMiB")} ${spec.memoryMiB} is more than this host's memory (at most ${host.memTotalMiB} MiB)`,
       { field: "memoryMiB" },
     );
+  }
+}
+
+/** What an owner holds now (without the VM being created or started). */
+export interface OwnerUsage {
+  vms: number;
+  /** Memory of its live VMs, MiB. */
+  memoryMiB: number;
+  diskMiB: number;
+}
+
+/** Disk size a spec counts for against a quota: blank and grown disks by their size. */
+export function specDiskMiB(spec: { disks: ReadonlyArray<{ sizeMiB?: number | undefined }> }): number {
+  return spec.disks.reduce((sum, d) => sum + (d.sizeMiB ?? 0), 0);
+}
+
+function refuse(context: string, owner: string, what: string, field: string, used: number, adding: number, limit: number, unit: string): never {
+  throw new VigilError("VIGIL_POLICY_DENIED", `${context}: owner ${q(owner)} would exceed its ${what} quota ${q(field)} (${used}${unit} in use + ${adding}${unit} > ${limit}${unit})`, { field });
+}
+
+/** Refuses a new VM that would take `owner` past its VM-count or disk quota. */
+export function checkCreateQuota(context: string, owner: string, usage: OwnerUsage, limits: QuotaLimits, spec: { disks: ReadonlyArray<{ sizeMiB?: number | undefined }> }): void {
+  if (limits.vms !== undefined && usage.vms + 1 > limits.vms) refuse(context, owner, "VM count", "quotas.vms", usage.vms, 1, limits.vms, "");
+  const disk = specDiskMiB(spec);
+  if (limits.diskMiB !== undefined && usage.diskMiB + disk > limits.diskMiB) refuse(context, owner, "disk", "quotas.diskMiB", usage.diskMiB, disk, limits.diskMiB, " MiB");
+}
+
+/**
+ * Refuses a start that would take `owner` past its memory quota, or the host past its memory: the sum of every
+ * live VM's memory (`hostLiveMiB`, all owners) plus this one must fit in MemTotal.
+ */
+export function checkStartQuota(context: string, owner: string, usage: OwnerUsage, limits: QuotaLimits, memoryMiB: number, hostLiveMiB: number, host: HostFacts): void {
+  if (limits.memoryMiB !== undefined && usage.memoryMiB + memoryMiB > limits.memoryMiB) refuse(context, owner, "memory", "quotas.memoryMiB", usage.memoryMiB, memoryMiB, limits.memoryMiB, " MiB");
+  if (host.memTotalMiB !== undefined && hostLiveMiB + memoryMiB > host.memTotalMiB) {
+    throw new VigilError("VIGIL_POLICY_DENIED", `${context}: the host's memory is taken: running VMs use ${hostLiveMiB} MiB, this one needs ${memoryMiB} MiB, the host has ${host.memTotalMiB} MiB`, { field: "memoryMiB" });
   }
 }

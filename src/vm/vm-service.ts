@@ -32,7 +32,8 @@ import type { LocationHistory } from "../provenance/locations.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
-import { checkHostLimits, readHostFacts, type HostFacts } from "./host-limits.ts";
+import { checkCreateQuota, checkHostLimits, checkStartQuota, readHostFacts, specDiskMiB, type HostFacts, type OwnerUsage } from "./host-limits.ts";
+import type { QuotaLimits } from "../config.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
 import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
@@ -63,6 +64,8 @@ export interface VmServiceDeps {
   log: Logger;
   /** Facts about this host that bound a VM (memory); read from /proc when not given (tests inject them). */
   hostFacts?: (() => HostFacts) | undefined;
+  /** The site's per-owner quota defaults (config `quotas`); users may have their own. */
+  quotas?: QuotaLimits | undefined;
   /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
   consoleLogMaxBytes?: number | undefined;
 }
@@ -160,7 +163,7 @@ export class VmService {
     fn: (h: LockedVm) => Promise<T>,
     describe?: (result: T) => Record<string, unknown>,
   ): Promise<T> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, op.action);
     return this.d.guard.run(
       ctx,
       { action: op.action, permission: op.permission, target: this.target(vm), owner: vm.owner, details: op.details },
@@ -207,11 +210,12 @@ export class VmService {
   ): Promise<VmRecord> {
     // Before anything exists: a refused clone or import leaves no directory, row or registration behind.
     this.checkOwnershipPolicy(`Cannot create VM ${q(input.spec.name)} (${input.reason})`, input);
+    await this.d.users.checkApprover(input.approver, ctx.actor.name, `Cannot create VM ${q(input.spec.name)} (${input.reason})`);
     return this.locks.run(`name:${input.spec.name}`, async () => {
       if (await this.d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
       const id = randomUUID();
       const vmgenid = randomUUID();
-      const vm = await this.materialize({ id, spec: input.spec, vmgenid, generation: 1 }, input.prepareDisks, () =>
+      const vm = await this.materialize({ id, spec: input.spec, vmgenid, generation: 1, owner: input.owner }, input.prepareDisks, () =>
         this.d.repo.insert({
           id,
           name: input.spec.name,
@@ -283,6 +287,15 @@ export class VmService {
     );
   }
 
+  /**
+   * For capabilities whose operation needs a permission beyond the one on the VM it acts on (a clone also
+   * creates a VM; a revert that keeps the vmgenid is unsafe): the Guard checks it on every object and audits a
+   * refusal as denied, naming the permission.
+   */
+  async authorizeAlso(ctx: RequestContext, action: string, permission: Permission, target: { kind: string; name: string }, details?: Record<string, unknown>): Promise<void> {
+    await this.d.guard.authorize(ctx, { action, permission, target, details, readOnly: true });
+  }
+
   /** A VM record by id, for capabilities that already passed authorization. */
   recordById(id: string): Promise<VmRecord> {
     return this.d.repo.getById(id);
@@ -304,6 +317,19 @@ export class VmService {
 
   private view(vm: VmRecord): VmView {
     return vmView(vm, this.d.home.vmsDir);
+  }
+
+  /**
+   * The VM named `name` for an operation by `ctx`. A VM the actor may not even read is answered exactly like a
+   * name that does not exist (404), so names are not disclosed across owners; both are audited as denied
+   * (`vm.read` missing). Actors who may read every VM just get the 404 for a missing name. Capabilities that
+   * act on a VM by name look it up here before their own authorization.
+   */
+  async lookup(ctx: RequestContext, name: string, action: string): Promise<VmRecord> {
+    const vm = await this.d.repo.findByName(name);
+    await this.d.guard.authorizeOrHide(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: vm?.owner, readOnly: true }, errors.vmNotFound(name));
+    if (!vm) throw errors.vmNotFound(name);
+    return vm;
   }
 
   private target(vm: VmRecord) {
@@ -333,7 +359,7 @@ export class VmService {
   }
 
   async show(ctx: RequestContext, name: string): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.show");
     await this.d.guard.authorize(ctx, { action: "vm.show", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
     return this.view(vm);
   }
@@ -347,8 +373,9 @@ export class VmService {
 
   /** The captured serial console output (the last `maxBytes`). */
   async consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
-    const vm = await this.d.repo.getByName(name);
-    await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
+    const vm = await this.lookup(ctx, name, "vm.console-log");
+    // The transcript of the interactive console shows what was typed and seen there: it needs what the console needs.
+    await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.console", target: this.target(vm), owner: vm.owner, readOnly: true });
     // Positioned reads of the last maxBytes of console.log.1 + console.log: never the whole file.
     return readConsoleTail(this.layout(vm).consoleLog, maxBytes).toString("utf8");
   }
@@ -357,6 +384,11 @@ export class VmService {
 
   async create(ctx: RequestContext, input: unknown): Promise<VmView> {
     const rawName = typeof input === "object" && input !== null && typeof (input as { name?: unknown }).name === "string" ? (input as { name: string }).name.slice(0, 64) : null;
+    // A VM for yourself or your groups needs vm.create; for anyone else also vm.chown on every VM (admins).
+    const rawOwner = typeof input === "object" && input !== null ? (input as { owner?: unknown }).owner : undefined;
+    if (typeof rawOwner === "string" && !ownsVm(ctx.actor, rawOwner) && can(ctx.actor, "vm.create")) {
+      await this.d.guard.authorize(ctx, { action: "vm.create", permission: "vm.chown", target: { kind: "vm", name: rawName }, details: { owner: rawOwner.slice(0, 64) } });
+    }
     return this.d.guard.run(
       ctx,
       { action: "vm.create", permission: "vm.create", target: { kind: "vm", name: rawName }, targetIdOf: (v: VmView) => v.id },
@@ -364,6 +396,7 @@ export class VmService {
         const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
         const owner = await this.resolveOwner(ctx, req.owner);
         this.checkOwnershipPolicy("Invalid VM spec", req, "VIGIL_INVALID_SPEC");
+        await this.d.users.checkApprover(req.approver, ctx.actor.name, "Invalid VM spec");
         return this.locks.run(`name:${req.name}`, async () => {
           if (await this.d.repo.findByName(req.name)) throw errors.vmExists(req.name);
           checkHostLimits(req, this.hostFacts());
@@ -372,7 +405,7 @@ export class VmService {
           const id = randomUUID();
           const vmgenid = randomUUID();
           const vm = await this.materialize(
-            { id, spec, vmgenid, generation: 1 },
+            { id, spec, vmgenid, generation: 1, owner },
             (l) => this.createDisks(spec, l),
             async () =>
               this.d.repo.insert({
@@ -416,6 +449,27 @@ export class VmService {
    * anything fails, the directory is removed and no row exists: a half-created VM is never left behind.
    */
   private async materialize(
+    identity: { id: string; spec: VmSpec; vmgenid: string; generation: number; owner: string },
+    prepareDisks: (l: VmLayout) => Promise<void>,
+    insertRow: () => Promise<VmRecord>,
+  ): Promise<VmRecord> {
+    // The owner's quotas hold for every VM-creating path; its lock makes check and insert one step.
+    return this.locks.run(`owner:${identity.owner}`, async () => {
+      const usage = await this.usage(identity.owner);
+      checkCreateQuota(`Cannot create VM ${q(identity.spec.name)}`, identity.owner, usage.owner, await this.d.users.quotasFor(identity.owner, this.d.quotas ?? {}), identity.spec);
+      return this.materializeLocked(identity, prepareDisks, insertRow);
+    });
+  }
+
+  /** What `owner` holds now, and the memory of every live VM on this host (all owners). */
+  private async usage(owner: string): Promise<{ owner: OwnerUsage; hostLiveMiB: number }> {
+    const all = await this.d.repo.list();
+    const mine = all.filter((v) => v.owner === owner);
+    const live = (vms: VmRecord[]) => vms.filter((v) => isLive(v.state)).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
+    return { owner: { vms: mine.length, memoryMiB: live(mine), diskMiB: mine.reduce((sum, v) => sum + specDiskMiB(v.spec), 0) }, hostLiveMiB: live(all.filter((v) => v.host === this.d.hostName)) };
+  }
+
+  private async materializeLocked(
     identity: { id: string; spec: VmSpec; vmgenid: string; generation: number },
     prepareDisks: (l: VmLayout) => Promise<void>,
     insertRow: () => Promise<VmRecord>,
@@ -443,7 +497,7 @@ export class VmService {
     }
   }
 
-  /** Who will own a new VM: the creator, a group the creator is in, or (admins only) anyone. */
+  /** Who will own a new VM: the creator, a group the creator is in, or (with vm.chown everywhere, checked in `create`) anyone. */
   private async resolveOwner(ctx: RequestContext, requested: string | undefined): Promise<string> {
     if (requested === undefined) return `user:${ctx.actor.name}`;
     const m = /^(user|group):([a-z_][a-z0-9_.-]{0,63})$/.exec(requested);
@@ -451,9 +505,6 @@ export class VmService {
     const [, kind, who] = m;
     if (kind === "user" ? !(await this.d.users.findByName(who!)) : !(await this.d.users.groupExists(who!))) {
       throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: owner ${q(requested)} does not exist`, { field: "owner" });
-    }
-    if (!ownsVm(ctx.actor, requested) && !ctx.actor.roles.includes("admin")) {
-      throw new VigilError("VIGIL_FORBIDDEN", `Cannot create a VM owned by ${q(requested)}: you may only create VMs for yourself or your groups`, { field: "owner" });
     }
     return requested;
   }
@@ -464,7 +515,7 @@ export class VmService {
    * was destroyed and what could not be reached.
    */
   async destroy(ctx: RequestContext, name: string, options: { force?: boolean | undefined; purge?: boolean | undefined } = {}): Promise<RemovalReport> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, options.purge ? "vm.purge" : "vm.destroy");
     const action = options.purge ? "vm.purge" : "vm.destroy";
     return this.d.guard.run(
       ctx,
@@ -550,7 +601,7 @@ export class VmService {
   // ---- lifecycle -----------------------------------------------------------------------------------------
 
   async start(ctx: RequestContext, name: string, options: StartOptions = {}): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.start");
     return this.d.guard.run(
       ctx,
       { action: "vm.start", permission: "vm.control", target: this.target(vm), owner: vm.owner, details: { wait: options.wait ?? false, paused: options.paused ?? false } },
@@ -586,7 +637,7 @@ export class VmService {
 
   /** The exact QEMU command line vigil runs for this VM (like Proxmox's `qm showcmd`). */
   async qemuCommand(ctx: RequestContext, name: string): Promise<{ binary: string; argv: string[] }> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.showcmd");
     await this.d.guard.authorize(ctx, { action: "vm.showcmd", permission: "vm.read", target: this.target(vm), owner: vm.owner, readOnly: true });
     if (!jailEnabled()) return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
     const jail = await planJail(this.d.repo.db, vm, this.layout(vm), this.d.accel.accel, (backing) => buildArgv({ ...this.launchPlan(vm), backing }));
@@ -611,7 +662,12 @@ export class VmService {
     const l = this.layout(vm);
     const t0 = performance.now();
     const mark = (phase: string) => this.d.log.debug({ vm: vm.name, phase, ms: Math.round(performance.now() - t0) }, "start timing");
-    await this.d.repo.update(vm.id, { state: "starting" });
+    // One start at a time passes this point: the memory of live VMs (this one marked starting) is then exact.
+    await this.locks.run("quota:live-memory", async () => {
+      const usage = await this.usage(vm.owner);
+      checkStartQuota(`Cannot start VM ${q(vm.name)}`, vm.owner, usage.owner, await this.d.users.quotasFor(vm.owner, this.d.quotas ?? {}), vm.spec.memoryMiB, usage.hostLiveMiB, this.hostFacts());
+      await this.d.repo.update(vm.id, { state: "starting" });
+    });
     let pid: number | undefined;
     // Never silently unjailed: VIGIL_JAIL=off is the one, logged, opt-out (docs/jail.md).
     const jailed = jailEnabled();
@@ -711,7 +767,7 @@ export class VmService {
   }
 
   async stop(ctx: RequestContext, name: string, options: { timeoutMs?: number | undefined } = {}): Promise<StopResult & { vm: VmView }> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.stop");
     return this.d.guard.run(
       ctx,
       { action: "vm.stop", permission: "vm.control", target: this.target(vm), owner: vm.owner },
@@ -752,7 +808,7 @@ export class VmService {
   }
 
   async kill(ctx: RequestContext, name: string): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.kill");
     return this.d.guard.run(ctx, { action: "vm.kill", permission: "vm.control", target: this.target(vm), owner: vm.owner }, () =>
       this.locked(vm, async (fresh) => {
         assertAllowed("kill", fresh.name, fresh.state);
@@ -783,7 +839,7 @@ export class VmService {
   }
 
   private async qmpTransition(ctx: RequestContext, name: string, action: "pause" | "resume", command: string, to: VmState): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, `vm.${action}`);
     return this.d.guard.run(ctx, { action: `vm.${action}`, permission: "vm.control", target: this.target(vm), owner: vm.owner }, () =>
       this.locked(vm, async (fresh) => {
         assertAllowed(action, fresh.name, fresh.state);
@@ -795,7 +851,7 @@ export class VmService {
 
   /** A fresh QEMU process: stop (ACPI, with fallbacks) then start, under one lock. The vmgenid is unchanged. */
   async restart(ctx: RequestContext, name: string, options: StartOptions & { timeoutMs?: number | undefined } = {}): Promise<VmView> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.restart");
     return this.d.guard.run(ctx, { action: "vm.restart", permission: "vm.control", target: this.target(vm), owner: vm.owner }, async () => {
       const started = await this.locked(vm, async (fresh) => {
         assertAllowed("restart", fresh.name, fresh.state);
@@ -810,9 +866,22 @@ export class VmService {
 
   // ---- guest agent ---------------------------------------------------------------------------------------
 
+  /** Pings the guest agent `count` times; the round-trip times as the daemon measured them. */
+  async pingAgent(ctx: RequestContext, name: string, count: number): Promise<{ rttMs: number[] }> {
+    return this.withAgent(ctx, name, { action: "vm.guest-ping", permission: "vm.read" }, async (a) => {
+      const rttMs: number[] = [];
+      for (let i = 0; i < Math.min(count, 1000); i++) {
+        const t0 = performance.now();
+        await a.ping(5000);
+        rttMs.push(performance.now() - t0);
+      }
+      return { rttMs };
+    });
+  }
+
   /** The guest agent of a running VM, for a read (`vm.read`) or an exec (`vm.exec`). */
   async withAgent<T>(ctx: RequestContext, name: string, op: { action: string; permission: "vm.read" | "vm.exec"; details?: Record<string, unknown> }, fn: (agent: import("../guest-agent/agent-client.ts").AgentClient) => Promise<T>): Promise<T> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, op.action);
     return this.d.guard.run(ctx, { action: op.action, permission: op.permission, target: this.target(vm), owner: vm.owner, details: op.details, readOnly: op.permission === "vm.read" }, async () => {
       assertAllowed("agent", vm.name, vm.state, "talk to the agent of");
       if (!vm.spec.agent) throw new VigilError("VIGIL_INVALID_STATE", `Cannot talk to the agent of VM ${q(vm.name)}: it was created without one`);
@@ -822,7 +891,7 @@ export class VmService {
 
   /** For the console bridge: authorizes, audits and returns the serial socket of a live VM. */
   async openConsole(ctx: RequestContext, name: string): Promise<string> {
-    const vm = await this.d.repo.getByName(name);
+    const vm = await this.lookup(ctx, name, "vm.console");
     return this.d.guard.run(ctx, { action: "vm.console", permission: "vm.console", target: this.target(vm), owner: vm.owner }, async () => {
       assertAllowed("console", vm.name, vm.state, "attach to the console of");
       return this.layout(vm).serialSocket;

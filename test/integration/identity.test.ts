@@ -54,6 +54,8 @@ test("tokens over HTTP: 401 without, auditors read but cannot start (403, audite
 test("ownership: policy requires approver, purpose and expiry; chown records its approver; history is in order", { timeout: 300_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t, { config: { policy: { requireOwnership: true, expiryCheckSeconds: 1 } } });
+  // An approver is a user of the site other than the requester.
+  for (const u of ["cio", "security-team"]) assert.equal(d.cli("user", "add", u).status, 0);
   const refused = d.cli("vm", "create", "app", "--purpose", "shop");
   assert.equal(refused.status, 2);
   assert.match(refused.stderr, /"approver" and "expiresAt" are required by this site's policy/, "every missing field is named");
@@ -104,6 +106,7 @@ test("policy: clone and import are refused without approver, purpose and expiry,
   requireTinyImage();
   // A VM from before the site turned the policy on: no approver, purpose or expiry to inherit.
   const d = await startDaemon(t);
+  for (const u of ["cio", "ciso"]) assert.equal(d.cli("user", "add", u).status, 0);
   await d.api("POST", "/v1/vms", { name: "legacy", memoryMiB: 128 });
   const bundle = join(d.home, "legacy.vigil");
   assert.equal(d.cli("vm", "export", "legacy", "-o", bundle).status, 0);

@@ -12,6 +12,11 @@ const MemberParams = z.object({
   user: z.string().max(64).openapi({ param: { name: "user", in: "path" } }),
 });
 const TokenSchema = z.object({ id: z.string(), token: z.string(), expiresAt: z.string().nullable() }).openapi("Token");
+const TokenInfoSchema = z.object({ id: z.string(), name: z.string(), createdAt: z.string(), expiresAt: z.string().nullable(), lastUsedAt: z.string().nullable(), revoked: z.boolean(), parentId: z.string().nullable() }).openapi("TokenInfo");
+const TokenParams = z.object({
+  name: z.string().max(64).openapi({ param: { name: "name", in: "path" } }),
+  id: z.string().max(64).openapi({ param: { name: "id", in: "path" } }),
+});
 const MembershipSchema = z.object({ group: z.string(), user: z.string(), member: z.boolean() });
 
 export function registerAccountRoutes(app: App, d: ApiDeps): void {
@@ -41,6 +46,16 @@ export function registerAccountRoutes(app: App, d: ApiDeps): void {
   app.openapi(
     createRoute(withAccess("self", { method: "post", path: "/v1/users/{name}/tokens", tags: ["users"], summary: "Issue a token (your own, or anyone's with user.manage); shown once", request: { params: UserParams, ...optionalBody(issueTokenSchema) }, responses: { 201: json(TokenSchema, "The token") } })),
     async (c) => reply(c, await d.accounts.issueToken(c.get("ctx"), c.req.valid("param").name, c.req.valid("json") ?? {}), 201),
+  );
+
+  app.openapi(
+    createRoute(withAccess("self", { method: "get", path: "/v1/users/{name}/tokens", tags: ["users"], summary: "List a user's tokens, never their secrets (your own, or anyone's with user.read)", request: { params: UserParams }, responses: { 200: json(z.object({ tokens: z.array(TokenInfoSchema) }), "Tokens") } })),
+    async (c) => reply(c, { tokens: await d.accounts.listTokens(c.get("ctx"), c.req.valid("param").name) }),
+  );
+
+  app.openapi(
+    createRoute(withAccess("self", { method: "delete", path: "/v1/users/{name}/tokens/{id}", tags: ["users"], summary: "Revoke one token and every token minted with it (your own, or anyone's with user.manage)", request: { params: TokenParams }, responses: { 200: json(z.object({ revoked: z.number() }), "How many were revoked") } })),
+    async (c) => reply(c, await d.accounts.revokeToken(c.get("ctx"), c.req.valid("param").name, c.req.valid("param").id)),
   );
 
   app.openapi(

@@ -16,6 +16,17 @@ const StartBody = z.strictObject({
   paused: z.boolean().default(false),
 });
 const StopBody = z.strictObject({ timeoutSec: z.number().int().min(0).max(3600).default(60) });
+const RestartBody = StartBody.omit({ paused: true });
+const PingBody = z.strictObject({ count: z.number().int().min(1).max(1000).default(1) });
+// Without a body the framework hands an optional-body route `{}` unvalidated (no defaults filled in); a sent
+// body, even `{}`, comes back with its defaults. So an empty object means "no body": use the defaults.
+const START_DEFAULTS = StartBody.parse({});
+const STOP_DEFAULTS = StopBody.parse({});
+const RESTART_DEFAULTS = RestartBody.parse({});
+const PING_DEFAULTS = PingBody.parse({});
+function orDefaults<T extends object>(valid: T | undefined, defaults: T): T {
+  return valid === undefined || Object.keys(valid).length === 0 ? defaults : valid;
+}
 const DestroyQuery = z.object({
   force: z.enum(["true", "false"]).default("false").openapi({ param: { name: "force", in: "query" } }),
 });
@@ -92,7 +103,7 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   app.openapi(
     createRoute(withAccess("vm.control", { method: "post", path: vmPath("/start"), tags: ["vms"], summary: "Start a VM (optionally wait until its agent answers)", request: { params: VmNameParams, ...optionalBody(StartBody) }, responses: { 200: json(VmSchema, "The VM") } })),
     async (c) => {
-      const b = StartBody.parse(c.req.valid("json") ?? {});
+      const b = orDefaults(c.req.valid("json"), START_DEFAULTS);
       return reply(c, await d.vms.start(ctx(c), c.req.valid("param").name, { wait: b.wait, waitTimeoutMs: b.waitTimeoutSec * 1000, paused: b.paused }), 200);
     },
   );
@@ -100,7 +111,7 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   app.openapi(
     createRoute(withAccess("vm.control", { method: "post", path: vmPath("/stop"), tags: ["vms"], summary: "Stop a VM: ACPI power-off, then quit, then kill", request: { params: VmNameParams, ...optionalBody(StopBody) }, responses: { 200: json(z.object({ how: z.enum(["acpi", "quit", "killed"]), vm: VmSchema }), "How it stopped") } })),
     async (c) => {
-      const b = StopBody.parse(c.req.valid("json") ?? {});
+      const b = orDefaults(c.req.valid("json"), STOP_DEFAULTS);
       return reply(c, await d.vms.stop(ctx(c), c.req.valid("param").name, { timeoutMs: b.timeoutSec * 1000 }), 200);
     },
   );
@@ -117,9 +128,9 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   }
 
   app.openapi(
-    createRoute(withAccess("vm.control", { method: "post", path: vmPath("/restart"), tags: ["vms"], summary: "Restart a VM in a fresh QEMU process", request: { params: VmNameParams, ...optionalBody(StartBody.omit({ paused: true })) }, responses: { 200: json(VmSchema, "The VM") } })),
+    createRoute(withAccess("vm.control", { method: "post", path: vmPath("/restart"), tags: ["vms"], summary: "Restart a VM in a fresh QEMU process", request: { params: VmNameParams, ...optionalBody(RestartBody) }, responses: { 200: json(VmSchema, "The VM") } })),
     async (c) => {
-      const b = StartBody.omit({ paused: true }).parse(c.req.valid("json") ?? {});
+      const b = orDefaults(c.req.valid("json"), RESTART_DEFAULTS);
       return reply(c, await d.vms.restart(ctx(c), c.req.valid("param").name, { wait: b.wait, waitTimeoutMs: b.waitTimeoutSec * 1000 }), 200);
     },
   );
@@ -130,7 +141,7 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("vm.read", { method: "get", path: vmPath("/console-log"), tags: ["vms"], summary: "The captured serial console output", request: { params: VmNameParams, query: ConsoleLogQuery }, responses: { 200: { content: { "text/plain": { schema: z.string() } }, description: "Console output" } } })),
+    createRoute(withAccess("vm.console", { method: "get", path: vmPath("/console-log"), tags: ["vms"], summary: "The captured serial console output", request: { params: VmNameParams, query: ConsoleLogQuery }, responses: { 200: { content: { "text/plain": { schema: z.string() } }, description: "Console output" } } })),
     async (c) => c.text(await d.vms.consoleLog(ctx(c), c.req.valid("param").name, c.req.valid("query").bytes), 200),
   );
 
@@ -154,22 +165,8 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("vm.read", { method: "post", path: vmPath("/guest/ping"), tags: ["guest"], summary: "Ping the guest agent COUNT times; the round-trip times as the daemon measured them", request: { params: VmNameParams, ...optionalBody(z.strictObject({ count: z.number().int().min(1).max(1000).default(1) })) }, responses: { 200: json(z.object({ rttMs: z.array(z.number()) }), "Round-trip times") } })),
-    async (c) => {
-      const count = z.object({ count: z.number().default(1) }).parse(c.req.valid("json") ?? {}).count;
-      return reply(
-        c,
-        await d.vms.withAgent(ctx(c), c.req.valid("param").name, { action: "vm.guest-ping", permission: "vm.read" }, async (a) => {
-          const rttMs: number[] = [];
-          for (let i = 0; i < count; i++) {
-            const t0 = performance.now();
-            await a.ping(5000);
-            rttMs.push(performance.now() - t0);
-          }
-          return { rttMs };
-        }),
-      );
-    },
+    createRoute(withAccess("vm.read", { method: "post", path: vmPath("/guest/ping"), tags: ["guest"], summary: "Ping the guest agent COUNT times; the round-trip times as the daemon measured them", request: { params: VmNameParams, ...optionalBody(PingBody) }, responses: { 200: json(z.object({ rttMs: z.array(z.number()) }), "Round-trip times") } })),
+    async (c) => reply(c, await d.vms.pingAgent(ctx(c), c.req.valid("param").name, orDefaults(c.req.valid("json"), PING_DEFAULTS).count), 200),
   );
 
   app.openapi(
