@@ -140,7 +140,9 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/vms/{name}/guest/info": [409, "VIGIL_INVALID_STATE"],
   "GET /v1/vms/{name}/guest/ps": [409, "VIGIL_INVALID_STATE"],
   "GET /v1/vms/{name}/history": [200],
-  "GET /v1/vms/{name}/qemu-command": [200],
+  // The fixture's image disk (/d) does not exist, so the jail cannot read its backing chain: the handler was
+  // reached and says so, naming the file.
+  "GET /v1/vms/{name}/qemu-command": [500, "VIGIL_HOST"],
   "GET /v1/vms/{name}/snapshots": [200],
   "GET /v1/vms/{name}/vtime": [200],
   "GET /v1/vms/{name}/where": [200],

@@ -43,7 +43,7 @@ export async function backingChain(backing: string): Promise<Array<{ file: strin
   let file: string | undefined = backing;
   while (file !== undefined) {
     if (chain.length >= MAX_CHAIN) throw new VigilError("VIGIL_HOST", `Cannot start: the backing chain of ${q(backing)} is deeper than ${MAX_CHAIN} layers`);
-    if (!isAbsolute(file) || !statSync(file).isFile()) throw new VigilError("VIGIL_HOST", `Cannot start: backing layer ${q(file)} is not a regular file with an absolute path`);
+    if (!isAbsolute(file) || !statSync(file, { throwIfNoEntry: false })?.isFile()) throw new VigilError("VIGIL_HOST", `Cannot start: backing layer ${q(file)} is not a regular file with an absolute path`);
     if (chain.some((c) => c.file === file)) throw new VigilError("VIGIL_HOST", `Cannot start: the backing chain of ${q(backing)} loops at ${q(file)}`);
     const info = await imageInfo(file);
     if (info.format !== "qcow2" && info.format !== "raw") throw new VigilError("VIGIL_HOST", `Cannot start: backing layer ${q(file)} has format ${q(info.format)} (only qcow2 and raw)`);
