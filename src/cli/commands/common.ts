@@ -1,6 +1,6 @@
 /**
  * What every command module shares, one way each: the VM shape the commands print, API paths, option parsers
- * (whole numbers, repeatable options), the output-file check, progress for long requests, and the
+ * (whole numbers, repeatable and KEY=VALUE options), the output-file check, progress for long requests, and the
  * context a registrar gets. The HTTP client is `../client.ts`, printing is `../output.ts`.
  */
 import type { Command } from "commander";
@@ -26,6 +26,20 @@ export function positiveInt(flag: string) {
     if (!/^\d+$/.test(v)) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid ${flag} ${JSON.stringify(v)}: must be a whole number`, 0, flag);
     return Number(v);
   };
+}
+
+/**
+ * The values of a repeatable KEY=VALUE option (`--label`, `--set`) as an object; a value without a key before its
+ * `=` is a usage error naming `--flag` and the form (`placeholder`, e.g. "KEY=VALUE").
+ */
+export function keyValues(flag: string, values: string[], placeholder: string): Record<string, string> {
+  return Object.fromEntries(
+    values.map((kv) => {
+      const i = kv.indexOf("=");
+      if (i <= 0) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --${flag} ${JSON.stringify(kv)}: use ${placeholder}`, 0, flag);
+      return [kv.slice(0, i), kv.slice(i + 1)];
+    }),
+  );
 }
 
 /**

@@ -7,7 +7,7 @@ import { basename, resolve as resolvePath } from "node:path";
 import { randomUUID } from "node:crypto";
 import { ApiError, call, download, upload } from "../client.ts";
 import { clearLine, printJson, printTable, progressLine } from "../output.ts";
-import { collect, vmPath, withProgress, writableOutput, type Vm } from "./common.ts";
+import { collect, keyValues, vmPath, withProgress, writableOutput, type Vm } from "./common.ts";
 
 /** Adds template, clone, export, import, generations and floor to the `vm` group. */
 export function registerVmLineage(vm: Command): void {
@@ -120,13 +120,7 @@ export function registerVmLineage(vm: Command): void {
     .action(async (name: string, o: { set?: string[]; force?: boolean; reason?: string; json?: boolean }) => {
       let floor: Record<string, string>;
       if (o.set) {
-        const facts = Object.fromEntries(
-          o.set.map((kv) => {
-            const i = kv.indexOf("=");
-            if (i <= 0) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --set ${JSON.stringify(kv)}: use FACT=VALUE`, 0, "set");
-            return [kv.slice(0, i), kv.slice(i + 1)];
-          }),
-        );
+        const facts = keyValues("set", o.set, "FACT=VALUE");
         floor = (await call<{ floor: Record<string, string> }>("PUT", vmPath(name, "/floor"), { facts, force: o.force ?? false, ...(o.reason ? { reason: o.reason } : {}) })).floor;
       } else {
         floor = (await call<{ floor: Record<string, string> }>("GET", vmPath(name, "/vtime"))).floor;

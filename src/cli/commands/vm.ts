@@ -5,7 +5,7 @@
 import { type Command, Option } from "commander";
 import { ApiError, call } from "../client.ts";
 import { accelCell, printJson, printTable, startedMessage, withSpinner } from "../output.ts";
-import { collect, positiveInt, vmPath, type Vm } from "./common.ts";
+import { collect, keyValues, positiveInt, vmPath, type Vm } from "./common.ts";
 import { registerVmGuest } from "./vm-guest.ts";
 import { registerVmProvenance } from "./vm-provenance.ts";
 import { registerVmLineage } from "./vm-lineage.ts";
@@ -60,15 +60,7 @@ export function registerVm(program: Command): void {
       for (const [flag, field] of [["owner", "owner"], ["approver", "approver"], ["purpose", "purpose"], ["expires", "expiresAt"]] as const) {
         if (o[flag] !== undefined) req[field] = o[flag];
       }
-      if (o.label) {
-        req.labels = Object.fromEntries(
-          (o.label as string[]).map((l) => {
-            const i = l.indexOf("=");
-            if (i <= 0) throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --label ${JSON.stringify(l)}: use KEY=VALUE`, 0, "label");
-            return [l.slice(0, i), l.slice(i + 1)];
-          }),
-        );
-      }
+      if (o.label) req.labels = keyValues("label", o.label as string[], "KEY=VALUE");
       const created = await call<Vm>("POST", "/v1/vms", req);
       if (o.json) return printJson(created);
       process.stdout.write(`Created VM ${created.name} (${created.id as string})\n`);
