@@ -115,6 +115,7 @@ export function registerAudit(program: Command, ctx: CliContext): void {
     });
 }
 
+/** A PEM public key and its key id (the first 16 hex digits of the SHA-256 of its SPKI DER), as signed heads name it. */
 async function publicKeyFrom(pem: string): Promise<{ key: import("node:crypto").KeyObject; keyId: string }> {
   const { createHash, createPublicKey } = await import("node:crypto");
   const key = createPublicKey(pem);

@@ -202,6 +202,7 @@ export function registerUsers(program: Command): void {
   }
 }
 
+/** The token for `login`: VIGIL_TOKEN, else the first line on stdin (prompted on a terminal), never an argument. */
 async function readSecretFromStdin(prompt: string): Promise<string> {
   if (process.env.VIGIL_TOKEN) return process.env.VIGIL_TOKEN;
   if (process.stdin.isTTY) process.stderr.write(prompt);
