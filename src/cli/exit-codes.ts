@@ -1,6 +1,9 @@
 /**
  * The one place errors become CLI exit codes. Documented in the README; scripts may rely on them.
  */
+import { CommanderError } from "commander";
+import { ApiError } from "./client.ts";
+
 export const EXIT = {
   ok: 0,
   internal: 1,
@@ -45,4 +48,20 @@ export function exitCodeFor(code: string): number {
     default:
       return EXIT.internal;
   }
+}
+
+/** Prints one line for a failure and returns its documented exit code. */
+export function report(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT.badInput;
+  if (err instanceof ApiError) {
+    process.stderr.write(`vigil: ${err.message}\n`);
+    return exitCodeFor(err.code);
+  }
+  const e = err as { code?: string; message?: string };
+  if (typeof e.code === "string" && e.code.startsWith("VIGIL_")) {
+    process.stderr.write(`vigil: ${e.message}\n`);
+    return exitCodeFor(e.code);
+  }
+  process.stderr.write(`vigil: internal error: ${e.message ?? String(err)}\n`);
+  return EXIT.internal;
 }

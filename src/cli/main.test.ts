@@ -144,6 +144,19 @@ test("--nic and --no-nic together are a usage error, in either order", async (t)
   }
 });
 
+test("--label and vm floor --set refuse a pair without a key, naming the flag and the form, before any request", async (t) => {
+  const { env } = await daemon(t);
+  for (const [args, message] of [
+    [["vm", "create", "x", "--label", "a=1", "--label", "=v"], 'Invalid --label "=v": use KEY=VALUE'],
+    [["vm", "create", "x", "--label", "novalue"], 'Invalid --label "novalue": use KEY=VALUE'],
+    [["vm", "floor", "nonexist", "--set", "patchLevel"], 'Invalid --set "patchLevel": use FACT=VALUE'],
+  ] as const) {
+    const r = await cli(env, [...args]);
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr, `vigil: ${message}\n`);
+  }
+});
+
 test("VIGIL_URL must be http(s)://HOST:PORT", async () => {
   for (const url of ["foo", "127.0.0.1:7461", "ftp://x:1"]) {
     const r = await cli({ VIGIL_URL: url }, ["vm", "list"]);
