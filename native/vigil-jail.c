@@ -112,14 +112,6 @@ static void parse(int argc, char **argv) {
   o.qemu_argv = &argv[i];
 }
 
-static void write_file(const char *path, const char *text) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) die("open %s", path);
-  ssize_t n = write(fd, text, strlen(text));
-  if (n != (ssize_t)strlen(text)) die("write \"%s\" to %s", text, path);
-  if (close(fd) < 0) die("close %s", path);
-}
-
 /* mkdir -p with mode; existing directories are fine. */
 static void mkdirs(const char *path, mode_t mode) {
   char buf[PATH_MAX];
@@ -142,33 +134,62 @@ static void split_cgroup(const char *spec, char *mount, char *dir) {
   if (snprintf(dir, PATH_MAX, "%s/%s", mount, colon + 1) >= PATH_MAX) usage("--cgroup too long");
 }
 
-/* Creates each per-VM cgroup, sets its limits and moves this process into it (children inherit it). */
+/* Like write_file, but reports the errno instead of dying: a cgroup directory can vanish under us (below). */
+static int try_write(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  ssize_t n = write(fd, text, strlen(text));
+  int e = n == (ssize_t)strlen(text) ? 0 : (n < 0 ? errno : EIO);
+  close(fd);
+  return e;
+}
+
+/* One cgroup: create it, set its limits, join it. 0, or the errno of the step that failed. */
+static int setup_cgroup(const char *dir, const char **failed, char *f, size_t fsize) {
+  char line[64];
+  int e;
+  mkdirs(dir, 0755);
+  snprintf(f, fsize, "%s/pids.max", dir);
+  if (o.pids_max > 0 && access(f, F_OK) == 0) {
+    snprintf(line, sizeof line, "%ld", o.pids_max);
+    if ((e = try_write(f, line))) return *failed = "pids.max", e;
+  }
+  snprintf(f, fsize, "%s/devices.deny", dir);
+  if (access(f, F_OK) == 0) {
+    /* cgroup v1 devices: deny everything, then allow exactly the nodes the jail's /dev gets. */
+    if ((e = try_write(f, "a"))) return *failed = "devices.deny", e;
+    snprintf(f, fsize, "%s/devices.allow", dir);
+    for (int d = 0; d < o.devs.n; d++) {
+      struct stat st;
+      if (stat(o.devs.v[d], &st) < 0) die("stat %s", o.devs.v[d]);
+      if (!S_ISCHR(st.st_mode)) { errno = 0; die("%s is not a character device", o.devs.v[d]); }
+      snprintf(line, sizeof line, "c %u:%u rwm", major(st.st_rdev), minor(st.st_rdev));
+      if ((e = try_write(f, line))) return *failed = "devices.allow", e;
+    }
+  }
+  snprintf(f, fsize, "%s/cgroup.procs", dir);
+  snprintf(line, sizeof line, "%d", getpid());
+  if ((e = try_write(f, line))) return *failed = "cgroup.procs", e;
+  return 0;
+}
+
+/*
+ * Creates each per-VM cgroup, sets its limits and moves this process into it (children inherit it).
+ * The jail of the VM's previous run removes the same directories when it exits, and a quick restart can start
+ * this one before that one is done: its rmdir can land between our mkdir and our writes (ENODEV/ENOENT). Once
+ * we are in the group its rmdir fails (EBUSY), so setting the group up again from scratch is enough.
+ */
 static void join_cgroups(void) {
-  char mount[PATH_MAX], dir[PATH_MAX], f[PATH_MAX + 32], line[64];
+  char mount[PATH_MAX], dir[PATH_MAX], f[PATH_MAX + 32];
   for (int i = 0; i < o.cgroups.n; i++) {
     split_cgroup(o.cgroups.v[i], mount, dir);
-    mkdirs(dir, 0755);
-    snprintf(f, sizeof f, "%s/pids.max", dir);
-    if (o.pids_max > 0 && access(f, F_OK) == 0) {
-      snprintf(line, sizeof line, "%ld", o.pids_max);
-      write_file(f, line);
+    for (int attempt = 1; ; attempt++) {
+      const char *failed = "";
+      int e = setup_cgroup(dir, &failed, f, sizeof f);
+      if (e == 0) break;
+      if ((e != ENODEV && e != ENOENT) || attempt >= 20) { errno = e; die("set up cgroup %s (%s)", dir, failed); }
+      usleep(10000);
     }
-    snprintf(f, sizeof f, "%s/devices.deny", dir);
-    if (access(f, F_OK) == 0) {
-      /* cgroup v1 devices: deny everything, then allow exactly the nodes the jail's /dev gets. */
-      write_file(f, "a");
-      snprintf(f, sizeof f, "%s/devices.allow", dir);
-      for (int d = 0; d < o.devs.n; d++) {
-        struct stat st;
-        if (stat(o.devs.v[d], &st) < 0) die("stat %s", o.devs.v[d]);
-        if (!S_ISCHR(st.st_mode)) { errno = 0; die("%s is not a character device", o.devs.v[d]); }
-        snprintf(line, sizeof line, "c %u:%u rwm", major(st.st_rdev), minor(st.st_rdev));
-        write_file(f, line);
-      }
-    }
-    snprintf(f, sizeof f, "%s/cgroup.procs", dir);
-    snprintf(line, sizeof line, "%d", getpid());
-    write_file(f, line);
   }
 }
 

@@ -32,7 +32,7 @@ test("a backing chain is spelled out bottom-up, read-only, through descriptors, 
     "-blockdev driver=qcow2,node-name=root,file=root-file,backing=root-b0",
     "-blockdev driver=file,node-name=data-file,filename=/srv/v/vms/0d9a/disks/data.qcow2,discard=unmap",
     // a disk without backing says so: a backing file written into its header later is not followed
-    "-blockdev driver=qcow2,node-name=data,file=data-file,backing=",
+    '-blockdev {"driver":"qcow2","node-name":"data","file":"data-file","backing":null}',
   ]);
 });
 

@@ -50,6 +50,15 @@ function opts(head: string, pairs: Array<[string, string | number | undefined]>)
 
 export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/**
+ * A qcow2 node whose backing vigil names: another node, or none (`null`). "None" needs QEMU's JSON syntax: the
+ * key=value form can only say `backing=` (an empty string), which QEMU 7.2 accepts but has deprecated.
+ */
+function qcow2Node(node: string, file: string, readOnly: boolean, backing: string | null): string {
+  if (backing !== null) return opts("driver=qcow2", [["node-name", node], ["file", file], ...(readOnly ? [["read-only", "on"] as [string, string]] : []), ["backing", backing]]);
+  return JSON.stringify({ driver: "qcow2", "node-name": node, file, ...(readOnly ? { "read-only": true } : {}), backing: null });
+}
+
 export function buildArgv(plan: LaunchPlan): string[] {
   const { spec, paths } = plan;
   const argv: string[] = [
@@ -104,16 +113,16 @@ export function buildArgv(plan: LaunchPlan): string[] {
         if (layer.fd !== undefined) argv.push("-add-fd", opts(`fd=${layer.fd}`, [["set", layer.fd], ["opaque", layer.file]]));
         const filename = layer.fd !== undefined ? `/dev/fdset/${layer.fd}` : layer.file;
         argv.push("-blockdev", opts("driver=file", [["node-name", `${node}-file`], ["filename", filename], ["read-only", "on"]]));
-        const fmt: Array<[string, string]> = [["node-name", node], ["file", `${node}-file`], ["read-only", "on"]];
-        if (layer.format === "qcow2") fmt.push(["backing", k + 1 < chain.length ? `${disk.name}-b${k + 1}` : ""]);
-        argv.push("-blockdev", opts(`driver=${optValue(layer.format)}`, fmt));
+        if (layer.format === "qcow2") argv.push("-blockdev", qcow2Node(node, `${node}-file`, true, k + 1 < chain.length ? `${disk.name}-b${k + 1}` : null));
+        else argv.push("-blockdev", opts(`driver=${optValue(layer.format)}`, [["node-name", node], ["file", `${node}-file`], ["read-only", "on"]]));
       }
     }
-    const top: Array<[string, string]> = [["node-name", disk.name], ["file", `${disk.name}-file`]];
-    if (chain) top.push(["backing", chain.length > 0 ? `${disk.name}-b0` : ""]);
+    const top = chain
+      ? qcow2Node(disk.name, `${disk.name}-file`, false, chain.length > 0 ? `${disk.name}-b0` : null)
+      : opts("driver=qcow2", [["node-name", disk.name], ["file", `${disk.name}-file`]]);
     argv.push(
       "-blockdev", opts("driver=file", [["node-name", `${disk.name}-file`], ["filename", file], ["discard", "unmap"]]),
-      "-blockdev", opts("driver=qcow2", top),
+      "-blockdev", top,
       "-device", opts("virtio-blk-pci", [["id", `${disk.name}-dev`], ["drive", disk.name], ["bootindex", spec.boot.kind === "disk" ? i : undefined]]),
     );
   });
