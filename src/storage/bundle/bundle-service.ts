@@ -49,6 +49,18 @@ export const exportRequestSchema = z.strictObject({
   expiresAt: z.iso.datetime({ offset: true }).optional(),
 });
 
+/**
+ * The export request's headers: `x-vigil-output` is where the client says it writes the bundle — an absolute
+ * path of at most 1024 characters, recorded as information only (never opened, never purged). Anything else is
+ * refused naming the header, rather than silently dropped.
+ */
+export const exportHeadersSchema = z.object({
+  "x-vigil-output": z
+    .string()
+    .regex(/^\/[^\0\n]{0,1023}$/, "must be an absolute path (starting with /) of at most 1024 characters")
+    .optional(),
+});
+
 /** The most layers a disk's backing chain may have (export and import alike). */
 const MAX_CHAIN = 16;
 
