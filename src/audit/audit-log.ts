@@ -428,7 +428,8 @@ export class AuditLog {
     let query = this.db.selectFrom("audit_log").selectAll();
     if (options.afterSeq !== undefined) query = query.where("seq", ">", options.afterSeq);
     if (options.targetId !== undefined) query = query.where("target_id", "=", options.targetId);
-    if (options.targetIds !== undefined) query = query.where("target_id", "in", options.targetIds);
+    // One JSON parameter, not one per id: an operator's list of readable VMs may exceed SQLite's variable limit.
+    if (options.targetIds !== undefined) query = query.where("target_id", "in", sql<string>`(SELECT value FROM json_each(${JSON.stringify(options.targetIds)}))`);
     if (options.action !== undefined) query = query.where("action", "=", options.action);
     query = query.orderBy("seq", options.tail ? "desc" : "asc").limit(options.limit ?? 1000);
     const rows = await query.execute();
