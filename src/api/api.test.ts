@@ -41,7 +41,7 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/images": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/images": ["admin"],
   "DELETE /v1/images/{image}": ["admin"],
-  "GET /v1/audit": ["admin", "auditor"],
+  "GET /v1/audit": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"], // each sees the records it may read (mayReadRecord)
   "GET /v1/audit/verify": ["admin", "auditor"],
   "GET /v1/audit/export": ["admin", "auditor"],
   "GET /v1/audit/head": ["admin", "auditor"],

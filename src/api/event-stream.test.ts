@@ -5,10 +5,11 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDaemon, type Daemon } from "../daemon/daemon.ts";
 import { silentLogger } from "../log.ts";
+import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
 import { serveEvents, type EventSink } from "./event-stream.ts";
 
 async function daemon(t: TestContext): Promise<Daemon> {
@@ -117,4 +118,69 @@ test("the events query is strict: an unknown parameter is refused naming it", as
   const res = await d.app.request("/v1/events?progres=abc", {}, { transport: "unix" });
   assert.equal(res.status, 400);
   assert.equal(((await res.json()) as { error: { field: string } }).error.field, "progres");
+});
+
+test("an owner following /v1/events sees exactly the records GET /v1/audit shows it (one rule: mayReadRecord)", async (t) => {
+  const d = await daemon(t);
+  const tokens: Record<string, string> = {};
+  for (const name of ["bob", "carol"]) {
+    await d.deps.users.create({ name, roles: ["owner"], introspect: false }, "test");
+    tokens[name] = (await d.deps.users.issueToken(name, "t")).token;
+  }
+  const as = (who: string, path: string) => d.app.request(path, { headers: { authorization: `Bearer ${tokens[who]}` } }, { transport: "tcp" });
+  const vm = async (name: string, owner: string) => {
+    const spec = resolveSpec(createVmRequestSchema.parse({ name }), { name: "blank", boot: { kind: "disk" }, disk: undefined }, { cpu: "max" });
+    const id = crypto.randomUUID();
+    await d.repo.insert({ id, name, spec, state: "stopped", host: hostname(), vmgenid: crypto.randomUUID(), generation: 1, owner, approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "blank" }, isTemplate: false, createdBy: "test", createdAt: new Date().toISOString() });
+    return id;
+  };
+  const mine = await vm("mine", "user:bob");
+  const theirs = await vm("theirs", "user:carol");
+  const start = (await d.deps.audit.list({ tail: true, limit: 1 }))[0]?.seq ?? 0;
+  const stream = await as("bob", "/v1/events");
+  assert.equal(stream.status, 200);
+  // Records about bob's VM, carol's VM, a VM that no longer exists, a user, and the host.
+  for (const target of [
+    { kind: "vm", id: mine, name: "mine" },
+    { kind: "vm", id: theirs, name: "theirs" },
+    { kind: "vm", id: "gone-vm-id", name: "gone" },
+    { kind: "user", id: "u-carol", name: "carol" },
+    { kind: "host", name: "h" },
+    { kind: "snapshot", id: mine, name: "s1" },
+  ]) {
+    await d.deps.audit.append({ actor: "test", action: "test.visibility", target, result: "ok" });
+  }
+  await d.deps.audit.append({ actor: "test", action: "test.last", target: { kind: "vm", id: mine, name: "mine" }, result: "ok" });
+  const text = await readSse(stream, /"action":"test\.last"/, 3000);
+  const streamed = [...text.matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1])).filter((s) => s > start);
+  const listed = (await (await as("bob", `/v1/audit?after=${start}`)).json()) as { records: Array<{ seq: number; target: { id: string | null } }> };
+  assert.deepEqual(streamed, listed.records.map((r) => r.seq), "the stream and the list show the same records");
+  assert.deepEqual(listed.records.map((r) => r.target.id), [mine, mine, mine], "only records about bob's VM");
+  // An auditor lists everything; a user with no role may read no record and is refused (audited denied).
+  await d.deps.users.create({ name: "nobody", roles: [], introspect: false }, "test");
+  const nobody = (await d.deps.users.issueToken("nobody", "t")).token;
+  const refused = await d.app.request("/v1/audit", { headers: { authorization: `Bearer ${nobody}` } }, { transport: "tcp" });
+  assert.equal(refused.status, 403);
+  const all = (await (await d.app.request(`/v1/audit?after=${start}`, {}, { transport: "unix" })).json()) as { records: unknown[] };
+  assert.ok(all.records.length >= 7);
+});
+
+test("following a request another user sent is refused and the refusal is audited denied", async (t) => {
+  const d = await daemon(t);
+  const tokens: Record<string, string> = {};
+  for (const name of ["bob", "carol"]) {
+    await d.deps.users.create({ name, roles: ["owner"], introspect: false }, "test");
+    tokens[name] = (await d.deps.users.issueToken(name, "t")).token;
+  }
+  const rid = "carols-request-2";
+  const sent = await d.app.request("/v1/whoami", { headers: { authorization: `Bearer ${tokens.carol}`, "x-request-id": rid } }, { transport: "tcp" });
+  assert.equal(sent.status, 200);
+  const bob = await d.app.request(`/v1/events?progress=${rid}`, { headers: { authorization: `Bearer ${tokens.bob}` } }, { transport: "tcp" });
+  assert.equal(bob.status, 200);
+  d.deps.progress.emit({ requestId: rid, what: "copy", current: 1, total: 2 });
+  const text = await readSse(bob, /event: hello/, 2000);
+  assert.doesNotMatch(text, /event: progress/);
+  const denied = (await d.deps.audit.list({ limit: 1000 })).filter((r) => r.action === "events.progress");
+  assert.equal(denied.length, 1, "one denied record for the refused subscription");
+  assert.deepEqual([denied[0]!.actor, denied[0]!.result, denied[0]!.target.name], ["bob", "denied", rid]);
 });

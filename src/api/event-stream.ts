@@ -1,14 +1,15 @@
 /**
- * The live events stream behind `GET /v1/events`, apart from HTTP: which audit records and progress events one
- * subscriber may see, and a bounded queue between the daemon (which never waits for a client) and a client
- * that may read slowly. A client that falls `maxQueue` events behind is told so — one `overflow` event naming
+ * The live events stream behind `GET /v1/events`, apart from HTTP: a bounded queue between the daemon (which
+ * never waits for a client) and a client that may read slowly. Which audit records a subscriber sees is
+ * `mayReadRecord` (auth/permissions.ts, the rule `GET /v1/audit` lists with too); whether it may follow a
+ * request's progress is the Guard's `followProgress` (a refusal is audited `denied`). A client that falls `maxQueue` events behind is told so — one `overflow` event naming
  * the last audit record it was sent, then the stream ends — rather than silently missing records: `audit tail
  * --follow` can then resume from `GET /v1/audit?after=<lastSeq>`.
  */
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { HashedRecord } from "../audit/chain.ts";
-import type { RequestContext } from "../auth/guard.ts";
-import { can } from "../auth/permissions.ts";
+import type { Guard, RequestContext } from "../auth/guard.ts";
+import { mayReadRecord } from "../auth/permissions.ts";
 import type { ProgressBus, ProgressEvent } from "../util/progress.ts";
 import type { VmService } from "../vm/vm-service.ts";
 
@@ -27,16 +28,8 @@ export interface EventSink {
 export interface EventStreamDeps {
   audit: Pick<AuditLog, "subscribe">;
   progress: Pick<ProgressBus, "subscribe" | "actorOf">;
-  vms: Pick<VmService, "mayRead">;
-}
-
-/**
- * Whether this actor may follow the progress of that request: its own (the actor who sent it, recorded by the
- * API when it arrived), or any with the admin role. A request not (yet) known is nobody's: nothing is sent.
- */
-export function mayFollowProgress(ctx: RequestContext, progress: Pick<ProgressBus, "actorOf">, requestId: string): boolean {
-  if (ctx.actor.roles.includes("admin")) return true;
-  return progress.actorOf(requestId) === ctx.actor.name;
+  vms: Pick<VmService, "ownerOf">;
+  guard: Pick<Guard, "followProgress">;
 }
 
 /**
@@ -45,7 +38,6 @@ export function mayFollowProgress(ctx: RequestContext, progress: Pick<ProgressBu
  */
 export async function serveEvents(d: EventStreamDeps, ctx: RequestContext, sink: EventSink, options: { progressOf?: string | undefined; maxQueue?: number } = {}): Promise<void> {
   const maxQueue = options.maxQueue ?? MAX_QUEUED_EVENTS;
-  const all = can(ctx.actor, "audit.read");
   const queue: Array<HashedRecord | ProgressEvent> = [];
   let overflowed = false;
   let lastSeq: number | null = null;
@@ -58,13 +50,31 @@ export async function serveEvents(d: EventStreamDeps, ctx: RequestContext, sink:
   };
   const off = d.audit.subscribe(enqueue);
   const progressOf = options.progressOf;
+  // Whether this subscriber may follow `progressOf` is the Guard's decision, asked until it is known: "denied"
+  // (audited once) ends the following, "unknown" (nobody sent that request yet) waits for its first event.
+  let following: "allowed" | "denied" | "unknown" = "unknown";
+  let deciding: Promise<void> | undefined;
+  const decide = (requestId: string) =>
+    (deciding ??= d.guard.followProgress(ctx, requestId, d.progress.actorOf(requestId)).then((r) => {
+      following = r;
+      deciding = undefined;
+      if (r === "denied") offProgress();
+    }));
+  const pushProgress = (p: ProgressEvent) => {
+    // Only the newest progress matters: replace a queued one instead of growing the queue.
+    const i = queue.findIndex((x) => "what" in x && x.what === p.what);
+    if (i >= 0) queue[i] = p;
+    else enqueue(p);
+  };
   const offProgress = progressOf
     ? d.progress.subscribe((p) => {
-        if (p.requestId !== progressOf || !mayFollowProgress(ctx, d.progress, p.requestId)) return;
-        // Only the newest progress matters: replace a queued one instead of growing the queue.
-        const i = queue.findIndex((x) => "what" in x && x.what === p.what);
-        if (i >= 0) queue[i] = p;
-        else enqueue(p);
+        if (p.requestId !== progressOf || following === "denied") return;
+        if (following === "allowed") return pushProgress(p);
+        // Queued once allowed, in arrival order (every waiting event hangs on the same decision).
+        decide(progressOf).then(
+          () => following === "allowed" && pushProgress(p),
+          () => undefined,
+        );
       })
     : () => undefined;
   sink.onAbort(() => {
@@ -73,6 +83,8 @@ export async function serveEvents(d: EventStreamDeps, ctx: RequestContext, sink:
     wake?.();
   });
   try {
+    // A request someone else sent already is refused (and audited) at once, not at its next progress event.
+    if (progressOf && d.progress.actorOf(progressOf) !== undefined) await decide(progressOf);
     await sink.event({ event: "hello", data: JSON.stringify({ user: ctx.actor.name }) });
     while (!sink.aborted) {
       if (overflowed) {
@@ -91,7 +103,7 @@ export async function serveEvents(d: EventStreamDeps, ctx: RequestContext, sink:
         continue;
       }
       if ("what" in r) await sink.event({ event: "progress", data: JSON.stringify(r) });
-      else if (all || (await d.vms.mayRead(ctx, r.target.id))) {
+      else if (mayReadRecord(ctx.actor, r, r.target.id === null ? undefined : await d.vms.ownerOf(r.target.id))) {
         await sink.event({ event: "audit", id: String(r.seq), data: JSON.stringify(r) });
         lastSeq = r.seq;
       }

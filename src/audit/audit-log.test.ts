@@ -124,3 +124,12 @@ test("the export verifies with the public key alone; tampered exports do not", a
   assert.equal(foreign.status, 1);
   assert.match(foreign.stdout, /exported by key .* but the key given is/);
 });
+
+test("listing by many target ids (more than SQLite's variable limit) pages through exactly those targets", async (t) => {
+  const { log } = await fixture(t);
+  const ids = [...Array.from({ length: 40_000 }, (_, i) => `none-${i}`), "id-3", "id-8"];
+  const got = await log.list({ targetIds: ids, limit: 10 });
+  assert.deepEqual(got.map((r) => r.target.id), ["id-3", "id-8"]);
+  assert.deepEqual((await log.list({ targetIds: ids, afterSeq: got[0]!.seq })).map((r) => r.target.id), ["id-8"]);
+  assert.deepEqual((await log.list({ targetIds: ids, tail: true, limit: 1 })).map((r) => r.target.id), ["id-8"]);
+});

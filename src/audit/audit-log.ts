@@ -423,11 +423,13 @@ export class AuditLog {
     return () => this.listeners.delete(listener);
   }
 
-  /** Records in seq order, optionally after a seq, for one target, of one action, newest N (`tail`). */
-  async list(options: { afterSeq?: number; targetId?: string; action?: string; limit?: number; tail?: boolean } = {}): Promise<HashedRecord[]> {
+  /** Records in seq order, optionally after a seq, for one target (or any of `targetIds`), of one action, newest N (`tail`). */
+  async list(options: { afterSeq?: number; targetId?: string; targetIds?: string[]; action?: string; limit?: number; tail?: boolean } = {}): Promise<HashedRecord[]> {
     let query = this.db.selectFrom("audit_log").selectAll();
     if (options.afterSeq !== undefined) query = query.where("seq", ">", options.afterSeq);
     if (options.targetId !== undefined) query = query.where("target_id", "=", options.targetId);
+    // One JSON parameter, not one per id: an operator's list of readable VMs may exceed SQLite's variable limit.
+    if (options.targetIds !== undefined) query = query.where("target_id", "in", sql<string>`(SELECT value FROM json_each(${JSON.stringify(options.targetIds)}))`);
     if (options.action !== undefined) query = query.where("action", "=", options.action);
     query = query.orderBy("seq", options.tail ? "desc" : "asc").limit(options.limit ?? 1000);
     const rows = await query.execute();

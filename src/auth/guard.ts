@@ -11,7 +11,7 @@
  */
 import { VigilError, q } from "../errors.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
-import { can, type Actor, type OwnerRef, type Permission } from "./permissions.ts";
+import { can, mayFollowProgress, mayReadRecord, readsAuditRecords, type Actor, type OwnerRef, type Permission, type RecordTarget } from "./permissions.ts";
 
 export interface RequestContext {
   actor: Actor;
@@ -57,6 +57,35 @@ export class Guard {
       details: { ...op.details, permission: op.permission },
     });
     throw new VigilError("VIGIL_FORBIDDEN", `Permission denied: user ${q(ctx.actor.name)} may not ${op.action} on ${what} (needs ${op.permission})`);
+  }
+
+  /**
+   * Authorizes reading audit records (`action`, e.g. "audit.list"): `all` with `audit.read`; otherwise the caller
+   * keeps only the records `mayRead` (= `mayReadRecord` for this actor) allows — those about VMs it may read. An
+   * actor who can read no record at all is refused like `authorize` would (audited denied, needs audit.read).
+   */
+  async authorizeRecords(ctx: RequestContext, action: string): Promise<{ all: boolean; mayRead: (record: RecordTarget, vmOwner: OwnerRef | undefined) => boolean }> {
+    if (!readsAuditRecords(ctx.actor)) await this.authorize(ctx, { action, permission: "audit.read", target: { kind: "audit" }, readOnly: true });
+    return { all: can(ctx.actor, "audit.read"), mayRead: (record, vmOwner) => mayReadRecord(ctx.actor, record, vmOwner) };
+  }
+
+  /**
+   * Whether the actor may follow the progress of request `requestId`, sent by `sentBy` (see `mayFollowProgress`).
+   * "unknown" while nobody has sent it yet (nothing is shown, nothing refused); a refusal is audited `denied`
+   * (action `events.progress`) before "denied" is returned — the stream goes on without that progress.
+   */
+  async followProgress(ctx: RequestContext, requestId: string, sentBy: string | undefined): Promise<"allowed" | "denied" | "unknown"> {
+    if (mayFollowProgress(ctx.actor, sentBy)) return "allowed";
+    if (sentBy === undefined) return "unknown";
+    await this.audit.append({
+      actor: ctx.actor.name,
+      action: "events.progress",
+      target: { kind: "request", name: requestId },
+      result: "denied",
+      requestId: ctx.requestId,
+      details: { permission: "own request (or admin)" },
+    });
+    return "denied";
   }
 
   /**

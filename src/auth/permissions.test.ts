@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { can, PERMISSIONS, ROLES, type Actor, type Role } from "./permissions.ts";
+import { can, mayFollowProgress, mayReadRecord, PERMISSIONS, readsAuditRecords, ROLES, type Actor, type Role } from "./permissions.ts";
 
 const actor = (roles: Role[], extra: Partial<Actor> = {}): Actor => ({ userId: "u1", name: "alice", roles, introspect: false, groups: ["dev"], via: "token", ...extra });
 
@@ -36,4 +36,30 @@ test("operators run any VM but delete only their own", () => {
   assert.equal(can(a, "vm.control", "user:bob"), true);
   assert.equal(can(a, "vm.delete", "user:bob"), false);
   assert.equal(can(a, "vm.delete", "user:alice"), true);
+});
+
+test("mayReadRecord: audit.read reads every record, others only records about a VM they may read", () => {
+  const vm = { target: { id: "vm-1" } };
+  const host = { target: { id: null } };
+  for (const r of [["admin"], ["auditor"]] as Role[][]) {
+    assert.equal(mayReadRecord(actor(r), host, undefined), true, r.join());
+    assert.equal(mayReadRecord(actor(r), vm, "user:bob"), true, r.join());
+  }
+  const owner = actor(["owner"]);
+  assert.equal(mayReadRecord(owner, vm, "user:alice"), true);
+  assert.equal(mayReadRecord(owner, vm, "group:dev"), true);
+  assert.equal(mayReadRecord(owner, vm, "user:bob"), false);
+  assert.equal(mayReadRecord(owner, vm, undefined), false, "a VM that no longer exists");
+  assert.equal(mayReadRecord(owner, host, "user:alice"), false, "no target id: not about a VM");
+  assert.equal(mayReadRecord(actor(["operator"]), vm, "user:bob"), true);
+  assert.equal(mayReadRecord(actor([]), vm, "user:alice"), false);
+  assert.deepEqual([readsAuditRecords(actor([])), readsAuditRecords(owner), readsAuditRecords(actor(["auditor"]))], [false, true, true]);
+});
+
+test("mayFollowProgress: one's own request, or any as admin; a request nobody sent is nobody's", () => {
+  assert.equal(mayFollowProgress(actor(["owner"]), "alice"), true);
+  assert.equal(mayFollowProgress(actor(["owner"]), "bob"), false);
+  assert.equal(mayFollowProgress(actor(["owner"]), undefined), false);
+  assert.equal(mayFollowProgress(actor(["auditor"]), "bob"), false);
+  assert.equal(mayFollowProgress(actor(["admin"]), "bob"), true);
 });

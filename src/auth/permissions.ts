@@ -83,3 +83,32 @@ export function can(actor: Actor, permission: Permission, vmOwner?: OwnerRef): b
 export function seesAllVms(actor: Actor): boolean {
   return actor.roles.some((r) => GRANTS[r].any.includes("vm.read"));
 }
+
+/** What deciding an audit record's visibility looks at: the object it names. */
+export interface RecordTarget {
+  target: { id?: string | null | undefined };
+}
+
+/**
+ * May `actor` read this audit record? With `audit.read`, every record; otherwise only records about a VM it may
+ * read, `vmOwner` being the owner of the VM whose id the record's target names (undefined when it names no
+ * existing VM: nobody without `audit.read` reads those). The one rule for `GET /v1/audit` and `GET /v1/events`.
+ */
+export function mayReadRecord(actor: Actor, record: RecordTarget, vmOwner: OwnerRef | undefined): boolean {
+  if (can(actor, "audit.read")) return true;
+  return record.target.id !== null && record.target.id !== undefined && vmOwner !== undefined && can(actor, "vm.read", vmOwner);
+}
+
+/** Whether some audit record may be readable by `actor` (all, or those about VMs it may read). */
+export function readsAuditRecords(actor: Actor): boolean {
+  return can(actor, "audit.read") || actor.roles.some((r) => GRANTS[r].any.includes("vm.read") || GRANTS[r].owned.includes("vm.read"));
+}
+
+/**
+ * May `actor` follow the progress of a request sent by `sentBy` (recorded when it arrived)? Its own, or any with
+ * the admin role. A request not (yet) known (`sentBy` undefined) is nobody's.
+ */
+export function mayFollowProgress(actor: Actor, sentBy: string | undefined): boolean {
+  if (actor.roles.includes("admin")) return true;
+  return sentBy !== undefined && sentBy === actor.name;
+}

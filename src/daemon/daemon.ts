@@ -184,7 +184,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     accounts: new AccountService(users, guard),
     provenance: new ProvenanceService(db, repo, registry, locations, audit, guard, users),
     audit,
-    auditService: new AuditService(audit, guard),
+    auditService: new AuditService(audit, guard, () => vms.owners()),
     guard,
     catalog,
     images,

@@ -118,3 +118,20 @@ test("a symbolic link swapped in place of a registered disk is not followed by p
   assert.match(r.unreachable.find((u) => u.path === disk)?.why ?? "", /refused: a symbolic link/);
   assert.equal(existsSync(join(f.home, "vms", c.id)), false, "the VM's directory is gone");
 });
+
+test("an x-vigil-output that is not an absolute path is refused naming the header (review Q1), not silently dropped", async (t) => {
+  const f = await fixture(t);
+  for (const bad of ["relative/out.vigil", "/" + "a".repeat(1024)]) {
+    const res = await f.call("POST", "/v1/vms/mine/export", { "x-vigil-output": bad });
+    assert.equal(res.status, 400, bad.slice(0, 40));
+    const err = ((await res.json()) as { error: { code: string; field: string; message: string } }).error;
+    assert.equal(err.code, "VIGIL_BAD_REQUEST");
+    assert.equal(err.field, "x-vigil-output");
+    assert.match(err.message, /absolute path/);
+  }
+  const exported = await f.daemon().deps.audit.list({ limit: 1000 });
+  assert.equal(exported.some((r) => r.action === "vm.export"), false, "a refused request exports nothing");
+  const ok = await f.call("POST", "/v1/vms/mine/export", { "x-vigil-output": "/tmp/out.vigil" });
+  assert.equal(ok.status, 200);
+  await ok.arrayBuffer();
+});

@@ -5,7 +5,7 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, sign, type KeyObject } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, sign, verify, type KeyObject } from "node:crypto";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
@@ -16,7 +16,9 @@ import { silentLogger } from "../log.ts";
 import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
 import { canonicalJson } from "../audit/canonical-json.ts";
 import { keyIdOf } from "../audit/site-key.ts";
+import { TREE_HEAD_CONTEXT, treeHeadBytes, verifyTreeHead } from "../audit/chain.ts";
 import { BLOCK, END, fileHeader, padding } from "./bundle/tar.ts";
+import { bundleSignedBytes, signatureEntry } from "./bundle/format.ts";
 
 interface F {
   daemon: Daemon;
@@ -107,17 +109,21 @@ function entries(bundle: Buffer): Array<{ name: string; data: Buffer }> {
   return out;
 }
 
+/** A bundle archive of these manifest and signature entries, then `files`. */
+function packed(manifest: Buffer, sig: Buffer, files: Array<{ name: string; data: Buffer }>): Buffer {
+  const parts: Buffer[] = [];
+  for (const e of [{ name: "vigil-bundle.json", data: manifest }, { name: "vigil-bundle.sig", data: sig }, ...files]) parts.push(fileHeader(e.name, BigInt(e.data.length)), e.data, padding(BigInt(e.data.length)));
+  parts.push(END);
+  return Buffer.concat(parts);
+}
+
 /** The same bundle with its manifest changed by `edit` and signed again by `key`. */
 function resigned(bundle: Buffer, key: KeyObject, edit: (m: Record<string, unknown>) => void): Buffer {
   const [manifest, , ...files] = entries(bundle);
   const m = JSON.parse(manifest!.data.toString()) as Record<string, unknown>;
   edit(m);
   const bytes = Buffer.from(canonicalJson(m));
-  const sig = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: keyIdOf(createPublicKey(key)), signature: sign(null, bytes, key).toString("base64") }));
-  const parts: Buffer[] = [];
-  for (const e of [{ name: "vigil-bundle.json", data: bytes }, { name: "vigil-bundle.sig", data: sig }, ...files]) parts.push(fileHeader(e.name, BigInt(e.data.length)), e.data, padding(BigInt(e.data.length)));
-  parts.push(END);
-  return Buffer.concat(parts);
+  return packed(bytes, signatureEntry(keyIdOf(createPublicKey(key)), sign(null, bundleSignedBytes(bytes), key).toString("base64")), files);
 }
 
 const siteKey = (f: F) => createPrivateKey(readFileSync(join(f.home, "keys", "site-ed25519.pem")));
@@ -268,4 +274,42 @@ test("export follows the backing chain vigil recorded, not the one a disk header
   assert.equal(entries(good).length, 3, "the plain disk exports: manifest, signature, one layer");
   assert.equal(createHash("sha256").update(good).digest("hex").length, 64);
   assert.ok(existsSync(top));
+});
+
+test("one site key, two protocols: an audit tree-head signature is no bundle signature, and a bundle signature covers no audit statement", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  const bundle = await exportBundle(f, "bob", "web");
+  const [manifest, sigEntry, ...files] = entries(bundle);
+  const pub = createPublicKey(siteKey(f));
+  await f.daemon.deps.audit.append({ actor: "test", action: "test.head", target: { kind: "host" }, result: "ok" });
+  const { head } = await ok<{ head: { keyId: string; signature: string } & Parameters<typeof treeHeadBytes>[0] }>(f.call("admin", "GET", "/v1/audit/head"));
+
+  // The site's own signed tree head, presented as the manifest and its signature: refused at the signature check.
+  const forged = packed(treeHeadBytes(head), signatureEntry(head.keyId, head.signature), files);
+  await refusedLeavingNothing(f, [["a tree head as a manifest", forged, 400, /signature does not verify/]]);
+
+  // The bundle's signature verifies only over the bundle context + manifest: not over the bare JSON (what the
+  // pre-Merkle audit statements were signed over) nor as anything prefixed with the audit context.
+  const sig = Buffer.from((JSON.parse(sigEntry!.data.toString()) as { signature: string }).signature, "base64");
+  assert.equal(verify(null, bundleSignedBytes(manifest!.data), pub, sig), true, "the control: it is a good signature");
+  assert.equal(verify(null, manifest!.data, pub, sig), false, "a bundle signature is not a signature of bare JSON");
+  assert.equal(verify(null, Buffer.concat([Buffer.from(`${TREE_HEAD_CONTEXT}\0`), manifest!.data]), pub, sig), false);
+  assert.equal(verifyTreeHead({ ...head, signature: sig.toString("base64") }, pub), false, "nor does it verify as a tree head");
+});
+
+test("a bundle signed the version-1 way (the bare manifest, no context) is refused with an error naming the version", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  const bundle = await exportBundle(f, "bob", "web");
+  const [manifest, , ...files] = entries(bundle);
+  const key = siteKey(f);
+  const v1 = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: keyIdOf(createPublicKey(key)), signature: sign(null, manifest!.data, key).toString("base64") }));
+  const res = await f.call("bob", "POST", "/v1/vms/import?name=old", packed(manifest!.data, v1, files));
+  const body = (await res.json()) as { error: { code: string; field?: string; message: string } };
+  assert.equal(res.status, 400, JSON.stringify(body));
+  assert.equal(body.error.field, "version");
+  assert.match(body.error.message, /signature is version 1 .*export the VM again/);
+  assert.deepEqual(await f.vmNames(), ["web"]);
+  await ok(f.call("bob", "POST", "/v1/vms/import?name=new", bundle), 201);
 });

@@ -37,7 +37,7 @@ import type { QuotaLimits } from "../config.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
 import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
-import type { Permission } from "../auth/permissions.ts";
+import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import { diskFile, vmView, type VmView } from "./vm-view.ts";
 import { expiryInstant, isExpired } from "./expiry.ts";
 
@@ -364,11 +364,14 @@ export class VmService {
     return this.view(vm);
   }
 
-  /** Whether the actor may read the VM with this id (for filtering event streams); false for unknown ids. */
-  async mayRead(ctx: RequestContext, vmId: string | null): Promise<boolean> {
-    if (vmId === null) return false;
-    const vm = await this.d.repo.getById(vmId).catch(() => undefined);
-    return vm !== undefined && can(ctx.actor, "vm.read", vm.owner);
+  /** The owner of the VM with this id, undefined for unknown ids (what `mayReadRecord` decides on). */
+  async ownerOf(vmId: string): Promise<OwnerRef | undefined> {
+    return (await this.d.repo.getById(vmId).catch(() => undefined))?.owner;
+  }
+
+  /** Every VM's owner by id (the audit list filters records with `mayReadRecord`). */
+  async owners(): Promise<Map<string, OwnerRef>> {
+    return new Map((await this.d.repo.list()).map((vm) => [vm.id, vm.owner]));
   }
 
   /** The captured serial console output (the last `maxBytes`). */

@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { canonicalJson } from "../../src/audit/canonical-json.ts";
 import { keyIdOf } from "../../src/audit/site-key.ts";
 import { BLOCK, END, fileHeader, padding } from "../../src/storage/bundle/tar.ts";
+import { bundleSignedBytes, signatureEntry } from "../../src/storage/bundle/format.ts";
 import { compressFile } from "../../src/storage/bundle/zstd.ts";
 import { requireTinyImage, startDaemon } from "../harness.ts";
 
@@ -93,7 +94,7 @@ function layersOf(bundle: string, dir: string): { manifest: BundleManifest; laye
 
 function signed(manifest: unknown, key: KeyObject, pub: KeyObject): Entry[] {
   const bytes = Buffer.from(canonicalJson(manifest));
-  const sig = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: keyIdOf(pub), signature: sign(null, bytes, key).toString("base64") }));
+  const sig = signatureEntry(keyIdOf(pub), sign(null, bundleSignedBytes(bytes), key).toString("base64"));
   return [
     { name: "vigil-bundle.json", data: bytes },
     { name: "vigil-bundle.sig", data: sig },

@@ -3,7 +3,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { Readable } from "node:stream";
 import { addTrustSchema } from "../../storage/trust.ts";
 import { ownershipInputSchema } from "../../vm/spec.ts";
-import { exportRequestSchema } from "../../storage/bundle/bundle-service.ts";
+import { exportHeadersSchema, exportRequestSchema } from "../../storage/bundle/bundle-service.ts";
 import type { ApiDeps, App } from "../context.ts";
 import { body, json, optionalBody, reply, withAccess } from "../route-kit.ts";
 import { VmNameParams, VmSchema } from "../schemas.ts";
@@ -125,10 +125,9 @@ export function registerStorageRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("vm.export", { method: "post", path: "/v1/vms/{name}/export", tags: ["bundles"], summary: "Export the VM as one signed .vigil bundle (streamed back)", request: { params: VmNameParams, ...optionalBody(exportRequestSchema) }, responses: { 200: { content: { "application/x-vigil-bundle": { schema: z.string() } }, description: "The bundle" } } })),
+    createRoute(withAccess("vm.export", { method: "post", path: "/v1/vms/{name}/export", tags: ["bundles"], summary: "Export the VM as one signed .vigil bundle (streamed back)", request: { params: VmNameParams, headers: exportHeadersSchema, ...optionalBody(exportRequestSchema) }, responses: { 200: { content: { "application/x-vigil-bundle": { schema: z.string() } }, description: "The bundle" } } })),
     async (c) => {
-      const clientPath = c.req.header("x-vigil-output");
-      const prepared = await d.bundles.prepareExport(c.get("ctx"), c.req.valid("param").name, c.req.valid("json") ?? {}, clientPath && /^\/[^\0\n]{0,1023}$/.test(clientPath) ? clientPath : undefined);
+      const prepared = await d.bundles.prepareExport(c.get("ctx"), c.req.valid("param").name, c.req.valid("json") ?? {}, c.req.valid("header")["x-vigil-output"]);
       const stream = Readable.toWeb(Readable.from(prepared.chunks())) as ReadableStream<Uint8Array>;
       return c.body(stream, 200, { "content-type": "application/x-vigil-bundle", "content-length": String(prepared.totalBytes) }) as never;
     },

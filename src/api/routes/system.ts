@@ -97,7 +97,7 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("audit.read", { method: "get", path: "/v1/audit", tags: ["audit"], summary: "Audit records (oldest first, or the newest with tail=true)", request: { query: AuditQuery }, responses: { 200: json(z.object({ records: z.array(AuditRecordSchema) }), "Records") } })),
+    createRoute(withAccess("authenticated", { method: "get", path: "/v1/audit", tags: ["audit"], summary: "Audit records you may read (oldest first, or the newest with tail=true): all with audit.read, else those about VMs you may read (as on /v1/events)", request: { query: AuditQuery }, responses: { 200: json(z.object({ records: z.array(AuditRecordSchema) }), "Records") } })),
     async (c) => {
       const q = c.req.valid("query");
       return reply(c, { records: await d.auditService.list(c.get("ctx"), { ...(q.after !== undefined ? { afterSeq: q.after } : {}), limit: q.limit, tail: q.tail === "true" }) });

@@ -38,7 +38,7 @@ import type { SnapshotService } from "../snapshots.ts";
 import type { TrustStore } from "../trust.ts";
 import { BLOCK, END, fileHeader, padding, parseHeader } from "./tar.ts";
 import type { ImportedBundles } from "./imported-bundles.ts";
-import { MANIFEST_ENTRY, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_ENTRY, manifestSchema, signatureSchema, type BundleFile, type Manifest } from "./format.ts";
+import { BUNDLE_SIGNATURE_CONTEXT, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_ENTRY, bundleSignedBytes, manifestSchema, signatureEntry, signatureSchema, type BundleFile, type Manifest } from "./format.ts";
 import { StreamReader } from "./stream-reader.ts";
 import { boundedDecompressor, compressFile } from "./zstd.ts";
 
@@ -47,6 +47,18 @@ export const exportRequestSchema = z.strictObject({
   memory: z.boolean().default(false),
   /** The bundle is refused by every importer after this instant (ISO 8601, in the future). Default: no expiry. */
   expiresAt: z.iso.datetime({ offset: true }).optional(),
+});
+
+/**
+ * The export request's headers: `x-vigil-output` is where the client says it writes the bundle — an absolute
+ * path of at most 1024 characters, recorded as information only (never opened, never purged). Anything else is
+ * refused naming the header, rather than silently dropped.
+ */
+export const exportHeadersSchema = z.object({
+  "x-vigil-output": z
+    .string()
+    .regex(/^\/[^\0\n]{0,1023}$/, "must be an absolute path (starting with /) of at most 1024 characters")
+    .optional(),
 });
 
 /** The most layers a disk's backing chain may have (export and import alike). */
@@ -286,7 +298,7 @@ export class BundleService {
         files,
       };
       const manifestBytes = Buffer.from(canonicalJson(manifest));
-      const sigBytes = Buffer.from(JSON.stringify({ algorithm: "ed25519", keyId: this.d.siteKey.keyId, signature: this.d.siteKey.sign(manifestBytes) }));
+      const sigBytes = signatureEntry(this.d.siteKey.keyId, this.d.siteKey.sign(bundleSignedBytes(manifestBytes)));
       const totalBytes = 2 * BLOCK + manifestBytes.length + padding(BigInt(manifestBytes.length)).length + sigBytes.length + padding(BigInt(sigBytes.length)).length + files.reduce((n, f) => n + BLOCK + f.size + padding(BigInt(f.size)).length, 0) + END.length;
       const registry = this.d.registry;
       const progress = this.d.progress;
@@ -369,9 +381,13 @@ export class BundleService {
     } catch {
       throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bundle: the signature entry is not JSON");
     }
+    if (typeof sigJson === "object" && sigJson !== null && !("version" in sigJson)) {
+      // Version 1 signed the bare manifest bytes, which a signature of another protocol could also cover.
+      throw new VigilError("VIGIL_BAD_REQUEST", `Invalid bundle: its signature is version 1 (no "${BUNDLE_SIGNATURE_CONTEXT}" context), made by an older vigil, and is refused: export the VM again with this version`, { field: "version" });
+    }
     const sig = parseOrThrow(signatureSchema, sigJson, "bundle signature");
     // The signature is checked before the manifest is even parsed: an unknown signer gets nothing read.
-    const signer = await this.d.trust.verify(manifestBytes, sig.keyId, sig.signature);
+    const signer = await this.d.trust.verify(bundleSignedBytes(manifestBytes), sig.keyId, sig.signature);
     let manifestJson: unknown;
     try {
       manifestJson = JSON.parse(manifestBytes.toString("utf8"));

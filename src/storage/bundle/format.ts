@@ -3,7 +3,8 @@
  *
  *   vigil-bundle.json   the manifest: format version, VM spec, snapshot tree, lineage, and for every file its
  *                       stored size and sha256 and its decompressed size and sha256
- *   vigil-bundle.sig    a detached Ed25519 signature over the exact manifest bytes, and the signer's key id
+ *   vigil-bundle.sig    a detached Ed25519 signature over BUNDLE_SIGNATURE_CONTEXT, a NUL byte and the exact
+ *                       manifest bytes, the signer's key id and the signature's version (2)
  *   files/NAME          each file the manifest lists, in its order: zstd-compressed qcow2 layers
  *
  * Everything in a bundle is hostile until proven otherwise: the manifest is parsed with a strict schema whose
@@ -82,7 +83,28 @@ export const manifestSchema = z.strictObject({
 export type Manifest = z.output<typeof manifestSchema>;
 export type BundleFile = z.output<typeof bundleFileSchema>;
 
+/**
+ * Domain separation: the site key also signs the audit log's tree heads (prefixed "vigil/audit/tree-head/v1\0"),
+ * so what it signs for a bundle starts with this context and a NUL byte. Neither protocol's signature verifies as
+ * the other's, whatever the signed JSON says, and neither verifies as a bare-JSON signature (what older vigils
+ * signed, for bundles and for the pre-Merkle audit statements).
+ */
+export const BUNDLE_SIGNATURE_CONTEXT = "vigil/bundle/manifest/v1";
+/** Version 1 (no `version` field) signed the bare manifest bytes: refused, see docs/bundles.md. */
+export const BUNDLE_SIGNATURE_VERSION = 2;
+
+/** The bytes a bundle signature covers: the context, NUL, then the manifest exactly as stored. */
+export function bundleSignedBytes(manifestBytes: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${BUNDLE_SIGNATURE_CONTEXT}\0`), manifestBytes]);
+}
+
+/** The signature entry's content (vigil-bundle.sig) for a signature made over `bundleSignedBytes`. */
+export function signatureEntry(keyId: string, signature: string): Buffer {
+  return Buffer.from(JSON.stringify({ version: BUNDLE_SIGNATURE_VERSION, algorithm: "ed25519", keyId, signature }));
+}
+
 export const signatureSchema = z.strictObject({
+  version: z.literal(BUNDLE_SIGNATURE_VERSION),
   algorithm: z.literal("ed25519"),
   keyId: z.string().regex(/^[0-9a-f]{16}$/),
   signature: z.string().regex(/^[A-Za-z0-9+/]{86}==$/, "must be a base64 Ed25519 signature"),
