@@ -8,11 +8,8 @@ import { randomUUID } from "node:crypto";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { VigilError, errors, messageOf, q } from "../errors.ts";
-import type { Logger } from "../log.ts";
-import type { HomeLayout } from "../paths.ts";
 import { vmLayout, type VmLayout } from "../paths.ts";
 import { buildArgv, type LaunchPlan } from "../qemu/argv.ts";
-import type { AccelChoice } from "../qemu/accel.ts";
 import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
@@ -22,92 +19,20 @@ import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsol
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import { checkJailAvailable, hostCgroupSpecs, jailEnabled, removeCgroups } from "../host/jail.ts";
 import { handOverFiles, jailPidFile, planJail, reclaimJailDirs } from "./jail-launch.ts";
-import type { AuditLog } from "../audit/audit-log.ts";
-import type { Guard, RequestContext } from "../auth/guard.ts";
+import type { RequestContext } from "../auth/guard.ts";
 import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
-import type { UserStore } from "../auth/users.ts";
-import type { ImageCatalog } from "../image/catalog.ts";
-import type { DataRegistry } from "../provenance/data-registry.ts";
-import type { LocationHistory } from "../provenance/locations.ts";
 import { KeyedMutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
 import { checkCreateQuota, checkHostLimits, checkStartQuota, readHostFacts, specDiskMiB, type HostFacts, type OwnerUsage } from "./host-limits.ts";
-import type { QuotaLimits } from "../config.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
 import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
-import type { GenerationLog } from "../vtime/generations.ts";
 import type { Permission } from "../auth/permissions.ts";
 import { diskFile, vmView, type VmView } from "./vm-view.ts";
-import { expiryInstant, isExpired } from "./expiry.ts";
+import { checkNotExpired, checkOwnershipPolicy, resolveOwner } from "./vm-ownership.ts";
+import type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 
-export interface VmPolicy {
-  /** Refuse VMs without approver, purpose and expiry. */
-  requireOwnership: boolean;
-  /** "stop": expired VMs are stopped and may not be started again (default "flag": shown as expired only). */
-  expiredVms?: "flag" | "stop" | undefined;
-}
-
-export interface VmServiceDeps {
-  repo: VmRepository;
-  catalog: ImageCatalog;
-  guard: Guard;
-  audit: AuditLog;
-  users: UserStore;
-  registry: DataRegistry;
-  locations: LocationHistory;
-  home: HomeLayout;
-  hostName: string;
-  accel: AccelChoice;
-  policy: VmPolicy;
-  generations: GenerationLog;
-  log: Logger;
-  /** Facts about this host that bound a VM (memory); read from /proc when not given (tests inject them). */
-  hostFacts?: (() => HostFacts) | undefined;
-  /** The site's per-owner quota defaults (config `quotas`); users may have their own. */
-  quotas?: QuotaLimits | undefined;
-  /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
-  consoleLogMaxBytes?: number | undefined;
-}
-
-/** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
-export type BeforeContHook = (vm: VmRecord, rt: VmRuntime) => Promise<void>;
-
-/** What a capability may do with a VM while it holds the VM's operation lock (see `VmService.operate`). */
-export interface LockedVm {
-  /** The VM as stored now. */
-  vm: VmRecord;
-  layout: VmLayout;
-  reload(): Promise<VmRecord>;
-  update(change: Parameters<VmRepository["update"]>[1]): Promise<VmRecord>;
-  /** The runtime of a running or paused VM. */
-  runtime(): VmRuntime;
-  start(options?: StartOptions & { beforeCont?: (rt: VmRuntime) => Promise<void> }): Promise<VmRecord>;
-  stop(timeoutMs?: number): Promise<StopResult>;
-  kill(reason: string): Promise<void>;
-}
-
-export interface StartOptions {
-  /** Runs after QEMU is up and before the guest's first instruction. */
-  beforeCont?: ((rt: VmRuntime) => Promise<void>) | undefined;
-  /** Wait until the guest agent answers a ping. */
-  wait?: boolean | undefined;
-  waitTimeoutMs?: number | undefined;
-  /** Leave the guest paused at its first instruction. */
-  paused?: boolean | undefined;
-}
-
-export interface RemovalReport {
-  id: string;
-  name: string;
-  destroyed: Array<{ path: string; purpose: string; bytes: number }>;
-  unreachable: Array<{ path: string; host: string; purpose: string; why: string }>;
-  /**
-   * VMs made from this one (clones, imports of its bundles, and theirs in turn): they hold copies of its data
-   * that are theirs now — a purge does not touch them, and says so.
-   */
-  derived: Array<{ name: string; kind: "clone" | "import"; from: string }>;
-}
+export type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmPolicy, VmServiceDeps } from "./vm-types.ts";
 
 /** Regular files below `dir` (not sockets or links), for purging. */
 function listFiles(dir: string): string[] {
@@ -117,11 +42,6 @@ function listFiles(dir: string): string[] {
     if (entry.isFile()) out.push(join(entry.parentPath, entry.name));
   }
   return out;
-}
-
-export interface StopResult {
-  /** How the VM went down: the guest shut down on ACPI request, QEMU quit, or it was killed. */
-  how: "acpi" | "quit" | "killed";
 }
 
 const DEFAULT_STOP_TIMEOUT_MS = 60_000;
@@ -253,38 +173,19 @@ export class VmService {
   }
 
   /**
-   * The ownership fields of every new VM — created, cloned or imported: an expiry, if any, lies in the future
-   * (a VM born expired is a mistake, and under `expiredVms: "stop"` one that could never run); under the site
-   * policy `requireOwnership` it also has an approver, a purpose and an expiry. The error names every missing
-   * field, so one retry can fix them all. `createDerived` checks it itself; a capability that does costly work
-   * first calls it before that work.
+   * The ownership fields of every new VM (vm-ownership.ts): `createDerived` checks them itself; a capability that
+   * does costly work first calls this before that work.
    */
   checkOwnershipPolicy(context: string, fields: { approver?: string | null | undefined; purpose?: string | null | undefined; expiresAt?: string | null | undefined }, code: "VIGIL_INVALID_SPEC" | "VIGIL_BAD_REQUEST" = "VIGIL_BAD_REQUEST"): void {
-    const expiresAt = fields.expiresAt;
-    if (expiresAt !== undefined && expiresAt !== null && expiresAt !== "" && isExpired(expiresAt)) {
-      throw new VigilError(code, `${context}: "expiresAt" must be in the future, got ${q(expiresAt)} (${new Date(expiryInstant(expiresAt)).toISOString()}); give a later --expires`, { field: "expiresAt" });
-    }
-    if (!this.d.policy.requireOwnership) return;
-    const missing = (["approver", "purpose", "expiresAt"] as const).filter((f) => fields[f] === undefined || fields[f] === null || fields[f] === "");
-    const [first] = missing;
-    if (first === undefined) return;
-    const names = missing.map((f) => q(f));
-    const list = names.length === 1 ? names[0]! : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]!}`;
-    throw new VigilError("VIGIL_POLICY_DENIED", `${context}: ${list} ${missing.length === 1 ? "is" : "are"} required by this site's policy (owner, approver, purpose and expiry on every VM)`, { field: first });
+    checkOwnershipPolicy(this.d.policy, context, fields, code);
   }
 
   /**
-   * Under the site policy `expiredVms: "stop"`, an expired VM may not run: `start`, `restart` and a revert that
-   * would start QEMU are refused before anything changes. The expiry watch stops one that is running; this
-   * keeps it stopped. No operation changes an expiry, so the way out is a new VM with a later one.
+   * Under the site policy `expiredVms: "stop"`, an expired VM may not run (vm-ownership.ts): for capabilities
+   * whose operation would start QEMU (a revert), before they change anything.
    */
   checkNotExpired(vm: VmRecord, context: string): void {
-    if (this.d.policy.expiredVms !== "stop" || !isExpired(vm.expiresAt)) return;
-    throw new VigilError(
-      "VIGIL_POLICY_DENIED",
-      `${context}: it expired at ${q(vm.expiresAt)} ("expiresAt") and this site's policy stops expired VMs; its expiry cannot be changed, so recreate it or clone it with a later --expires`,
-      { field: "expiresAt" },
-    );
+    checkNotExpired(this.d.policy, vm, context);
   }
 
   /**
@@ -394,7 +295,7 @@ export class VmService {
       { action: "vm.create", permission: "vm.create", target: { kind: "vm", name: rawName }, targetIdOf: (v: VmView) => v.id },
       async () => {
         const req = parseOrThrow(createVmRequestSchema, input, "VM spec", "VIGIL_INVALID_SPEC");
-        const owner = await this.resolveOwner(ctx, req.owner);
+        const owner = await resolveOwner(this.d.users, ctx, req.owner);
         this.checkOwnershipPolicy("Invalid VM spec", req, "VIGIL_INVALID_SPEC");
         await this.d.users.checkApprover(req.approver, ctx.actor.name, "Invalid VM spec");
         return this.locks.run(`name:${req.name}`, async () => {
@@ -495,18 +396,6 @@ export class VmService {
       await this.d.registry.fulfil(intent);
       throw err;
     }
-  }
-
-  /** Who will own a new VM: the creator, a group the creator is in, or (with vm.chown everywhere, checked in `create`) anyone. */
-  private async resolveOwner(ctx: RequestContext, requested: string | undefined): Promise<string> {
-    if (requested === undefined) return `user:${ctx.actor.name}`;
-    const m = /^(user|group):([a-z_][a-z0-9_.-]{0,63})$/.exec(requested);
-    if (!m) throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: "owner" must be user:NAME or group:NAME, got ${q(requested)}`, { field: "owner" });
-    const [, kind, who] = m;
-    if (kind === "user" ? !(await this.d.users.findByName(who!)) : !(await this.d.users.groupExists(who!))) {
-      throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: owner ${q(requested)} does not exist`, { field: "owner" });
-    }
-    return requested;
   }
 
   /**
