@@ -8,27 +8,30 @@ import { randomUUID } from "node:crypto";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { VigilError, errors, messageOf, q } from "../errors.ts";
-import { vmLayout, type VmLayout } from "../paths.ts";
+import type { VmLayout } from "../paths.ts";
 import { buildArgv, type LaunchPlan } from "../qemu/argv.ts";
 import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
-import { QEMU_BINARY, isQemuOf, readPidFile, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
-import { VmRuntime, type ExitReason } from "../host/vm-runtime.ts";
+import { QEMU_BINARY, isQemuOf, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
+import { VmRuntime } from "../host/vm-runtime.ts";
 import { eraseOwnedFile, eraseTree } from "../host/erase.ts";
-import { ConsoleLogCap, DEFAULT_CONSOLE_LOG_MAX_BYTES, consoleBackup, readConsoleTail } from "../host/console-log.ts";
+import { consoleBackup } from "../host/console-log.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import { checkJailAvailable, hostCgroupSpecs, jailEnabled, removeCgroups } from "../host/jail.ts";
-import { handOverFiles, jailPidFile, planJail, reclaimJailDirs } from "./jail-launch.ts";
+import { handOverFiles, planJail, reclaimJailDirs } from "./jail-launch.ts";
 import type { RequestContext } from "../auth/guard.ts";
-import { SYSTEM_ACTOR, can, seesAllVms, ownsVm } from "../auth/permissions.ts";
-import { KeyedMutex } from "../util/mutex.ts";
+import { can, seesAllVms, ownsVm } from "../auth/permissions.ts";
 import { parseOrThrow } from "../validation.ts";
 import { createVmRequestSchema, resolveSpec, type VmSpec } from "./spec.ts";
-import { checkCreateQuota, checkHostLimits, checkStartQuota, readHostFacts, specDiskMiB, type HostFacts, type OwnerUsage } from "./host-limits.ts";
+import { checkCreateQuota, checkHostLimits, checkStartQuota, type HostFacts } from "./host-limits.ts";
 import { assertAllowed, isLive, type VmState } from "./state-machine.ts";
 import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
 import type { Permission } from "../auth/permissions.ts";
-import { diskFile, vmView, type VmView } from "./vm-view.ts";
+import { diskFile, type VmView } from "./vm-view.ts";
+import { VmCore } from "./vm-core.ts";
+import { VmSupervisor } from "./vm-supervision.ts";
+import { eraseLegacyRamFile, recover, sweepLeftovers } from "./vm-recovery.ts";
+import { consoleLog, openConsole } from "./vm-console.ts";
 import { checkNotExpired, checkOwnershipPolicy, resolveOwner } from "./vm-ownership.ts";
 import type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 
@@ -47,18 +50,18 @@ function listFiles(dir: string): string[] {
 const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 
 export class VmService {
-  private readonly locks = new KeyedMutex();
-  private readonly runtimes = new Map<string, VmRuntime>();
-  /** The console log cap of each adopted QEMU, stopped when it exits or vigil detaches. */
-  private readonly consoleCaps = new Map<string, ConsoleLogCap>();
-  private closing = false;
+  /** The locks and the runtimes map, shared with the parts below (vm-core.ts). */
+  private readonly core: VmCore;
+  private readonly supervisor: VmSupervisor;
   private readonly beforeContHooks: BeforeContHook[] = [];
-  private readonly runtimeHooks: Array<(vm: VmRecord, rt: VmRuntime) => void> = [];
 
-  constructor(private readonly d: VmServiceDeps) {}
+  constructor(private readonly d: VmServiceDeps) {
+    this.core = new VmCore(d);
+    this.supervisor = new VmSupervisor(this.core);
+  }
 
   private hostFacts(): HostFacts {
-    return (this.d.hostFacts ?? readHostFacts)();
+    return this.core.hostFacts();
   }
 
   /** Capabilities register work that must happen on every start before the guest runs. */
@@ -68,7 +71,7 @@ export class VmService {
 
   /** Capabilities that attach to every live QEMU (started or found again after a restart) register here. */
   addRuntimeHook(hook: (vm: VmRecord, rt: VmRuntime) => void): void {
-    this.runtimeHooks.push(hook);
+    this.supervisor.addRuntimeHook(hook);
   }
 
   /**
@@ -131,7 +134,7 @@ export class VmService {
     // Before anything exists: a refused clone or import leaves no directory, row or registration behind.
     this.checkOwnershipPolicy(`Cannot create VM ${q(input.spec.name)} (${input.reason})`, input);
     await this.d.users.checkApprover(input.approver, ctx.actor.name, `Cannot create VM ${q(input.spec.name)} (${input.reason})`);
-    return this.locks.run(`name:${input.spec.name}`, async () => {
+    return this.core.locks.run(`name:${input.spec.name}`, async () => {
       if (await this.d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
       const id = randomUUID();
       const vmgenid = randomUUID();
@@ -213,11 +216,11 @@ export class VmService {
   }
 
   private layout(vm: { id: string }): VmLayout {
-    return vmLayout(this.d.home.vmsDir, vm.id);
+    return this.core.layout(vm);
   }
 
   private view(vm: VmRecord): VmView {
-    return vmView(vm, this.d.home.vmsDir);
+    return this.core.view(vm);
   }
 
   /**
@@ -226,27 +229,22 @@ export class VmService {
    * (`vm.read` missing). Actors who may read every VM just get the 404 for a missing name. Capabilities that
    * act on a VM by name look it up here before their own authorization.
    */
-  async lookup(ctx: RequestContext, name: string, action: string): Promise<VmRecord> {
-    const vm = await this.d.repo.findByName(name);
-    await this.d.guard.authorizeOrHide(ctx, { action, permission: "vm.read", target: { kind: "vm", name }, owner: vm?.owner, readOnly: true }, errors.vmNotFound(name));
-    if (!vm) throw errors.vmNotFound(name);
-    return vm;
+  lookup(ctx: RequestContext, name: string, action: string): Promise<VmRecord> {
+    return this.core.lookup(ctx, name, action);
   }
 
   private target(vm: VmRecord) {
-    return { kind: "vm", id: vm.id, name: vm.name };
+    return this.core.target(vm);
   }
 
   /** The live runtime of a VM that must be running. */
   private runtime(vm: VmRecord): VmRuntime {
-    const rt = this.runtimes.get(vm.id);
-    if (!rt) throw new VigilError("VIGIL_INVALID_STATE", `Cannot reach VM ${q(vm.name)}: vigil has no connection to its QEMU (state ${vm.state})`);
-    return rt;
+    return this.core.runtime(vm);
   }
 
   /** Runs `fn` under the VM's operation lock with a freshly read record. */
   private locked<T>(vm: VmRecord, fn: (fresh: VmRecord) => Promise<T>): Promise<T> {
-    return this.locks.run(vm.id, async () => fn(await this.d.repo.getById(vm.id)));
+    return this.core.locked(vm, fn);
   }
 
   // ---- reads ---------------------------------------------------------------------------------------------
@@ -273,12 +271,8 @@ export class VmService {
   }
 
   /** The captured serial console output (the last `maxBytes`). */
-  async consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
-    const vm = await this.lookup(ctx, name, "vm.console-log");
-    // The transcript of the interactive console shows what was typed and seen there: it needs what the console needs.
-    await this.d.guard.authorize(ctx, { action: "vm.console-log", permission: "vm.console", target: this.target(vm), owner: vm.owner, readOnly: true });
-    // Positioned reads of the last maxBytes of console.log.1 + console.log: never the whole file.
-    return readConsoleTail(this.layout(vm).consoleLog, maxBytes).toString("utf8");
+  consoleLog(ctx: RequestContext, name: string, maxBytes = 256 * 1024): Promise<string> {
+    return consoleLog(this.core, ctx, name, maxBytes);
   }
 
   // ---- create / destroy ----------------------------------------------------------------------------------
@@ -298,7 +292,7 @@ export class VmService {
         const owner = await resolveOwner(this.d.users, ctx, req.owner);
         this.checkOwnershipPolicy("Invalid VM spec", req, "VIGIL_INVALID_SPEC");
         await this.d.users.checkApprover(req.approver, ctx.actor.name, "Invalid VM spec");
-        return this.locks.run(`name:${req.name}`, async () => {
+        return this.core.locks.run(`name:${req.name}`, async () => {
           if (await this.d.repo.findByName(req.name)) throw errors.vmExists(req.name);
           checkHostLimits(req, this.hostFacts());
           const image = this.d.catalog.get(req.image);
@@ -355,19 +349,11 @@ export class VmService {
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {
     // The owner's quotas hold for every VM-creating path; its lock makes check and insert one step.
-    return this.locks.run(`owner:${identity.owner}`, async () => {
-      const usage = await this.usage(identity.owner);
+    return this.core.locks.run(`owner:${identity.owner}`, async () => {
+      const usage = await this.core.usage(identity.owner);
       checkCreateQuota(`Cannot create VM ${q(identity.spec.name)}`, identity.owner, usage.owner, await this.d.users.quotasFor(identity.owner, this.d.quotas ?? {}), identity.spec);
       return this.materializeLocked(identity, prepareDisks, insertRow);
     });
-  }
-
-  /** What `owner` holds now, and the memory of every live VM on this host (all owners). */
-  private async usage(owner: string): Promise<{ owner: OwnerUsage; hostLiveMiB: number }> {
-    const all = await this.d.repo.list();
-    const mine = all.filter((v) => v.owner === owner);
-    const live = (vms: VmRecord[]) => vms.filter((v) => isLive(v.state)).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
-    return { owner: { vms: mine.length, memoryMiB: live(mine), diskMiB: mine.reduce((sum, v) => sum + specDiskMiB(v.spec), 0) }, hostLiveMiB: live(all.filter((v) => v.host === this.d.hostName)) };
   }
 
   private async materializeLocked(
@@ -552,8 +538,8 @@ export class VmService {
     const t0 = performance.now();
     const mark = (phase: string) => this.d.log.debug({ vm: vm.name, phase, ms: Math.round(performance.now() - t0) }, "start timing");
     // One start at a time passes this point: the memory of live VMs (this one marked starting) is then exact.
-    await this.locks.run("quota:live-memory", async () => {
-      const usage = await this.usage(vm.owner);
+    await this.core.locks.run("quota:live-memory", async () => {
+      const usage = await this.core.usage(vm.owner);
       checkStartQuota(`Cannot start VM ${q(vm.name)}`, vm.owner, usage.owner, await this.d.users.quotasFor(vm.owner, this.d.quotas ?? {}), vm.spec.memoryMiB, usage.hostLiveMiB, this.hostFacts());
       await this.d.repo.update(vm.id, { state: "starting" });
     });
@@ -569,7 +555,7 @@ export class VmService {
       ensurePrivateDir(l.dir);
       ensurePrivateDir(l.runDir);
       // Guest RAM is a memfd inside QEMU (qemu/argv.ts): no file to create, register or remove.
-      await this.eraseLegacyRamFile(vm);
+      await eraseLegacyRamFile(this.core, vm);
       // Created here, empty and 0600, so that QEMU (which would create it 0644) fills a file only vigil's user can read.
       ensurePrivateFile(l.consoleLog);
       // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
@@ -583,7 +569,7 @@ export class VmService {
       pid = started.pid;
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log, started.exited);
-      this.adopt(vm, rt);
+      this.supervisor.adopt(vm, rt);
       for (const hook of this.beforeContHooks) await hook(vm, rt);
       await options.beforeCont?.(rt);
       if (!options.paused) await rt.qmp.execute("cont");
@@ -594,13 +580,13 @@ export class VmService {
       }
       return updated;
     } catch (err) {
-      const rt = this.runtimes.get(vm.id);
+      const rt = this.core.runtimes.get(vm.id);
       if (rt) await rt.kill("start failed");
       else if (pid !== undefined) {
         signal(pid, "SIGKILL");
         await waitForExit(pid, 5000);
       }
-      this.runtimes.delete(vm.id);
+      this.core.runtimes.delete(vm.id);
       if (jailed) removeCgroups(hostCgroupSpecs(vm.id));
       await this.d.repo.update(vm.id, { state: previous, pid: null });
       throw err;
@@ -616,43 +602,6 @@ export class VmService {
         throw new VigilError("VIGIL_QEMU", `VM ${q(vm.name)} exited while waiting for its agent (${r.kind === "crashed" ? r.detail : r.reason})`);
       }),
     ]);
-  }
-
-  /** Starts watching a runtime: when its QEMU exits, the VM's state follows. */
-  private adopt(vm: VmRecord, rt: VmRuntime): void {
-    this.runtimes.set(vm.id, rt);
-    this.consoleCaps.get(vm.id)?.stop();
-    const cap = new ConsoleLogCap(rt.layout.consoleLog, this.d.consoleLogMaxBytes ?? DEFAULT_CONSOLE_LOG_MAX_BYTES, (err) => this.d.log.warn({ vm: vm.name, err: messageOf(err) }, "Cannot rotate the console log"));
-    this.consoleCaps.set(vm.id, cap.start());
-    for (const hook of this.runtimeHooks) hook(vm, rt);
-    void rt.exited.then((reason) => {
-      cap.stop();
-      if (this.consoleCaps.get(vm.id) === cap) this.consoleCaps.delete(vm.id);
-      return this.onExit(vm.id, rt, reason);
-    });
-  }
-
-  private async onExit(id: string, rt: VmRuntime, reason: ExitReason): Promise<void> {
-    if (this.runtimes.get(id) === rt) this.runtimes.delete(id);
-    if (this.closing) return;
-    try {
-      await this.locks.run(id, async () => {
-        const vm = await this.d.repo.getById(id).catch(() => undefined);
-        if (!vm || !isLive(vm.state) || this.runtimes.has(id)) return; // an operation already recorded the exit
-        const crashed = reason.kind === "crashed";
-        await this.d.repo.update(id, { state: crashed ? "crashed" : "stopped", pid: null });
-        await this.d.audit.append({
-          actor: SYSTEM_ACTOR.name,
-          action: crashed ? "vm.crashed" : "vm.stopped",
-          target: { kind: "vm", id, name: vm.name },
-          result: "ok",
-          details: crashed ? { detail: reason.detail } : { reason: reason.reason },
-        });
-        this.d.log.info({ vm: vm.name, reason }, crashed ? "VM crashed" : "VM stopped");
-      });
-    } catch (err) {
-      this.d.log.error({ vm: id, err: messageOf(err) }, "Cannot record a VM's exit");
-    }
   }
 
   async stop(ctx: RequestContext, name: string, options: { timeoutMs?: number | undefined } = {}): Promise<StopResult & { vm: VmView }> {
@@ -691,7 +640,7 @@ export class VmService {
         await rt.kill("stop");
       }
     }
-    this.runtimes.delete(vm.id);
+    this.core.runtimes.delete(vm.id);
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
     return { how };
   }
@@ -708,13 +657,13 @@ export class VmService {
   }
 
   private async killLocked(vm: VmRecord, reason: string): Promise<void> {
-    const rt = this.runtimes.get(vm.id);
+    const rt = this.core.runtimes.get(vm.id);
     if (rt) await rt.kill(reason);
     else if (vm.pid !== null && isQemuOf(vm.pid, vm.id)) {
       signal(vm.pid, "SIGKILL");
       await waitForExit(vm.pid, 10_000);
     }
-    this.runtimes.delete(vm.id);
+    this.core.runtimes.delete(vm.id);
     removeCgroups(hostCgroupSpecs(vm.id));
     await this.d.repo.update(vm.id, { state: "stopped", pid: null });
   }
@@ -779,12 +728,8 @@ export class VmService {
   }
 
   /** For the console bridge: authorizes, audits and returns the serial socket of a live VM. */
-  async openConsole(ctx: RequestContext, name: string): Promise<string> {
-    const vm = await this.lookup(ctx, name, "vm.console");
-    return this.d.guard.run(ctx, { action: "vm.console", permission: "vm.console", target: this.target(vm), owner: vm.owner }, async () => {
-      assertAllowed("console", vm.name, vm.state, "attach to the console of");
-      return this.layout(vm).serialSocket;
-    });
+  openConsole(ctx: RequestContext, name: string): Promise<string> {
+    return openConsole(this.core, ctx, name);
   }
 
   /** The runtime of a running VM by id, for capabilities built on top (introspection, snapshots). */
@@ -795,115 +740,20 @@ export class VmService {
   // ---- supervision ---------------------------------------------------------------------------------------
 
   /**
-   * Finds every VM's QEMU again after vigil (re)starts. A QEMU is only trusted if pid file, process and uuid
-   * agree. Operations that were cut short are rolled back: an interrupted start is killed (the VM was stopped
-   * before), an interrupted stop is completed. A VM whose QEMU died while vigil was away is marked crashed.
+   * Finds every VM's QEMU again after vigil (re)starts (vm-recovery.ts): a QEMU is only trusted if pid file,
+   * process and uuid agree; interrupted operations are rolled back; a VM whose QEMU died meanwhile is crashed.
    */
-  async recover(): Promise<{ reattached: string[]; crashed: string[] }> {
-    const reattached: string[] = [];
-    const crashed: string[] = [];
-    await this.sweepLeftovers();
-    for (const vm of await this.d.repo.list()) {
-      if (!isLive(vm.state)) continue;
-      await this.locks.run(vm.id, async () => {
-        const l = this.layout(vm);
-        // A jailed QEMU's host pid is in the helper's root-owned file (QEMU's own -pidfile says 1, its ns pid).
-        const pid = readPidFile(jailPidFile(l)) ?? readPidFile(l.pidFile) ?? vm.pid ?? undefined;
-        const alive = pid !== undefined && isQemuOf(pid, vm.id);
-        if (alive && (vm.state === "running" || vm.state === "paused")) {
-          try {
-            const rt = await VmRuntime.attach(vm.id, pid, l, this.d.log);
-            const status = await rt.status();
-            this.adopt(vm, rt);
-            await this.d.repo.update(vm.id, { state: status === "paused" ? "paused" : "running", pid });
-            reattached.push(vm.name);
-            return;
-          } catch (err) {
-            this.d.log.error({ vm: vm.name, err: messageOf(err) }, "QEMU is alive but its QMP socket does not answer; leaving it alone");
-            return;
-          }
-        }
-        if (alive) {
-          // starting or stopping when vigil died: roll back the start / complete the stop.
-          signal(pid, "SIGKILL");
-          await waitForExit(pid, 10_000);
-        }
-        await this.eraseLegacyRamFile(vm);
-        removeCgroups(hostCgroupSpecs(vm.id));
-        const wasRunning = vm.state === "running" || vm.state === "paused";
-        await this.d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
-        await this.d.audit.append({
-          actor: SYSTEM_ACTOR.name,
-          action: wasRunning ? "vm.crashed" : "vm.recovered",
-          target: this.target(vm),
-          result: "ok",
-          details: wasRunning ? { detail: "QEMU exited while vigil was not running" } : { detail: `operation interrupted in state ${vm.state}; rolled back to stopped` },
-        });
-        if (wasRunning) crashed.push(vm.name);
-      });
-    }
-    return { reattached, crashed };
+  recover(): Promise<{ reattached: string[]; crashed: string[] }> {
+    return recover(this.core, this.supervisor);
   }
 
-  /**
-   * At start, before any request: what a crash left in `vms/` is erased like a purge (overwrite, then unlink),
-   * each as one audited recovery action — a VM directory whose creation never finished (its intent is still
-   * open: its row, if one was inserted, goes too), and import/export staging (`import-*`, `export-*`, `.tmp-*`),
-   * which holds decompressed disks and guest RAM that no registration covers.
-   */
-  async sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
-    const swept: Array<{ path: string; files: number; bytes: number }> = [];
-    const erase = async (path: string, reason: string, vm?: { id: string; name: string | null }) => {
-      const r = eraseTree(this.d.home.vmsDir, path);
-      swept.push({ path, files: r.files, bytes: r.bytes });
-      await this.d.audit.append({
-        actor: SYSTEM_ACTOR.name,
-        action: "vm.leftover-erased",
-        target: vm ? { kind: "vm", id: vm.id, name: vm.name } : { kind: "host", name: this.d.hostName },
-        result: "ok",
-        details: { path, reason, files: r.files, bytes: r.bytes, ...(r.refused.length > 0 ? { refused: r.refused } : {}) },
-      });
-    };
-    for (const intent of await this.d.registry.openIntents("materialize")) {
-      const row = await this.d.repo.getById(intent.vmId).catch(() => undefined);
-      if (intent.path === vmLayout(this.d.home.vmsDir, intent.vmId).dir) {
-        await erase(intent.path, "creation interrupted (no VM was created)", { id: intent.vmId, name: row?.name ?? null });
-      }
-      if (row) {
-        await this.d.locations.close(row.id);
-        await this.d.repo.delete(row.id);
-      }
-      for (const f of await this.d.registry.list(intent.vmId)) await this.d.registry.markRemoved(intent.vmId, f.path, "creation-rolled-back");
-      await this.d.registry.fulfil(intent.id);
-    }
-    if (existsSync(this.d.home.vmsDir)) {
-      for (const name of readdirSync(this.d.home.vmsDir)) {
-        if (/^(\.tmp-|import-|export-)/.test(name)) await erase(join(this.d.home.vmsDir, name), "staging left by an interrupted import or export");
-      }
-    }
-    return swept;
-  }
-
-  /**
-   * Older vigil kept guest RAM in `mem/ram` (a shared file mapping) and only unlinked it; a host crash left it
-   * on disk. If one is still there it is overwritten, unlinked and recorded, never reused.
-   */
-  private async eraseLegacyRamFile(vm: VmRecord): Promise<void> {
-    const dir = join(this.layout(vm).dir, "mem");
-    const file = join(dir, "ram");
-    if (existsSync(file)) {
-      eraseOwnedFile(this.layout(vm).dir, file);
-      await this.d.registry.markRemoved(vm.id, file, "overwritten");
-    }
-    rmSync(dir, { recursive: true, force: true });
+  /** At start, before any request: erases what a crash left in `vms/` (vm-recovery.ts). */
+  sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
+    return sweepLeftovers(this.core);
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
-  async close(): Promise<void> {
-    this.closing = true;
-    for (const cap of this.consoleCaps.values()) cap.stop();
-    this.consoleCaps.clear();
-    await Promise.all([...this.runtimes.values()].map((rt) => rt.detach()));
-    this.runtimes.clear();
+  close(): Promise<void> {
+    return this.supervisor.close();
   }
 }
