@@ -362,7 +362,8 @@ int main(int argc, char **argv) {
     if (errno != EINTR) die("waitpid");
   }
   leave_cgroups();
-  unlink(o.pid_file);
+  /* The pid file stays: the VM's next jail may already have written its own there (a quick restart), and a
+   * stale one is harmless — the daemon trusts it only while the process is QEMU with this VM's -uuid. */
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return WEXITSTATUS(status);
 }
