@@ -2,59 +2,13 @@
  * The audit commands a third party relies on: `audit prove` / `check-proof` (the public key alone), `audit
  * verify --since` (a consistency proof checked by the CLI, not the daemon), and `vigil host` showing audit health.
  */
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { createPrivateKey, sign } from "node:crypto";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startDaemon, type Daemon } from "../daemon/daemon.ts";
 import { treeHeadBytes } from "../audit/chain.ts";
-import { silentLogger } from "../log.ts";
-
-const SRC = join(import.meta.dirname, "..");
-const ENTRY = `import { main } from ${JSON.stringify(join(SRC, "cli", "main.ts"))};
-await main([process.argv[0], "vigil", ...process.argv.slice(1)], { loadDaemon: () => import(${JSON.stringify(join(SRC, "daemon", "daemon.ts"))}) });`;
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI from source; `shell` pipes its stdout into a shell command (e.g. `head -1`). */
-function cli(env: NodeJS.ProcessEnv, args: string[], options: { timeoutMs?: number } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, ...args], { env: { ...process.env, VIGIL_LOG_LEVEL: "silent", ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`vigil ${args.join(" ")} did not exit within ${options.timeoutMs ?? 20_000} ms; stderr: ${stderr}`));
-    }, options.timeoutMs ?? 20_000);
-    child.on("close", (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
-}
-
-function tempHome(t: TestContext): string {
-  const home = mkdtempSync(join(tmpdir(), "vigil-cli-"));
-  t.after(() => rmSync(home, { recursive: true, force: true }));
-  return home;
-}
-
-/** A daemon in this process on a fresh home; the CLI reaches it through VIGIL_HOME's socket. */
-async function daemon(t: TestContext): Promise<{ d: Daemon; env: NodeJS.ProcessEnv }> {
-  const home = tempHome(t);
-  const d = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
-  t.after(() => d.close());
-  return { d, env: { VIGIL_HOME: home, VIGIL_URL: "" } };
-}
+import { cli, daemon } from "./testing/cli-run.ts";
 
 test("audit prove → check-proof with the public key; verify --since an old head passes, a forged one exits 4; host shows audit ok", async (t) => {
   const { d, env } = await daemon(t);

@@ -2,61 +2,19 @@
  * The `vigil` command as a user meets it, without QEMU: the CLI runs from source in a subprocess against an
  * in-process daemon (or a fake server), and we check its one-line messages and documented exit codes.
  */
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startDaemon, type Daemon } from "../daemon/daemon.ts";
+import { startDaemon } from "../daemon/daemon.ts";
 import { silentLogger } from "../log.ts";
 import { createVmRequestSchema, resolveSpec } from "../vm/spec.ts";
 
-const SRC = join(import.meta.dirname, "..");
-const ENTRY = `import { main } from ${JSON.stringify(join(SRC, "cli", "main.ts"))};
-await main([process.argv[0], "vigil", ...process.argv.slice(1)], { loadDaemon: () => import(${JSON.stringify(join(SRC, "daemon", "daemon.ts"))}) });`;
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI from source; `shell` pipes its stdout into a shell command (e.g. `head -1`). */
-function cli(env: NodeJS.ProcessEnv, args: string[], options: { timeoutMs?: number } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, ...args], { env: { ...process.env, VIGIL_LOG_LEVEL: "silent", ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`vigil ${args.join(" ")} did not exit within ${options.timeoutMs ?? 20_000} ms; stderr: ${stderr}`));
-    }, options.timeoutMs ?? 20_000);
-    child.on("close", (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
-}
-
-function tempHome(t: TestContext): string {
-  const home = mkdtempSync(join(tmpdir(), "vigil-cli-"));
-  t.after(() => rmSync(home, { recursive: true, force: true }));
-  return home;
-}
-
-/** A daemon in this process on a fresh home; the CLI reaches it through VIGIL_HOME's socket. */
-async function daemon(t: TestContext): Promise<{ d: Daemon; env: NodeJS.ProcessEnv }> {
-  const home = tempHome(t);
-  const d = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
-  t.after(() => d.close());
-  return { d, env: { VIGIL_HOME: home, VIGIL_URL: "" } };
-}
+import { ENTRY, cli, daemon, tempHome, type Run } from "./testing/cli-run.ts";
 
 function oneLine(r: Run): void {
   assert.doesNotMatch(r.stderr, /\n\s+at /, `a stack trace: ${r.stderr}`);

@@ -15,20 +15,18 @@
  *   vm-ownership   the site ownership policy (required fields, expired VMs, who may own a VM)
  * This file only wires them and keeps the public method names and signatures.
  */
-import type { VmLayout } from "../paths.ts";
 import type { VmRuntime } from "../host/vm-runtime.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import { can, seesAllVms } from "../auth/permissions.ts";
 import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import type { AgentClient } from "../guest-agent/agent-client.ts";
-import type { VmSpec } from "./spec.ts";
-import type { Lineage, VmRecord, VmRepository } from "./vm-repository.ts";
+import type { VmRecord, VmRepository } from "./vm-repository.ts";
 import type { VmView } from "./vm-view.ts";
 import type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 import { VmCore } from "./vm-core.ts";
 import { VmSupervisor } from "./vm-supervision.ts";
 import { VmLifecycle } from "./vm-lifecycle.ts";
-import { VmCreation } from "./vm-creation.ts";
+import { VmCreation, type DerivedVmInput } from "./vm-creation.ts";
 import { VmRemoval } from "./vm-removal.ts";
 import { recover, sweepLeftovers } from "./vm-recovery.ts";
 import { pingAgent, withAgent } from "./vm-agent.ts";
@@ -84,21 +82,7 @@ export class VmService {
    */
   createDerived(
     ctx: RequestContext,
-    input: {
-      spec: VmSpec;
-      owner: string;
-      lineage: Lineage;
-      baseVmId?: string | undefined;
-      resumeSnapshotId?: string | undefined;
-      purpose?: string | null | undefined;
-      approver?: string | null | undefined;
-      expiresAt?: string | null | undefined;
-      labels?: Record<string, string> | undefined;
-      /** The source's security floor: a copy keeps the constraints of what it copies (never `{}` by accident). */
-      securityFloor: Record<string, string>;
-      prepareDisks: (l: VmLayout) => Promise<void>;
-      reason: "clone" | "import";
-    },
+    input: DerivedVmInput,
   ): Promise<VmRecord> {
     return this.creation.createDerived(ctx, input);
   }
