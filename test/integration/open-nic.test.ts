@@ -10,6 +10,8 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { execFileSync } from "node:child_process";
+import { GUARD_TABLE, installLoopbackGuard } from "../../src/host/loopback-guard.ts";
 import { isVmUid } from "../../src/host/vm-uid-range.ts";
 import { ConsoleShell } from "../../src/introspection/testing/live-guest.ts";
 import { requireTinyImage, startDaemon } from "../harness.ts";
@@ -34,4 +36,11 @@ test("a guest with an open NIC cannot reach the host's loopback (10.0.2.2) when 
   const out = await probe();
   assert.doesNotMatch(out, /host-loopback-reached/, "the guest must not reach a service on the host's 127.0.0.1");
   assert.match(out, /nc-exit=[1-9]/);
+
+  // The control: without the guard's table the same probe does reach the host, so it was the guard that stopped it.
+  t.after(() => installLoopbackGuard());
+  execFileSync("nft", ["delete", "table", "inet", GUARD_TABLE]);
+  assert.match(await probe(), /host-loopback-reached/, "without the guard the probe reaches the host's loopback (finding 10)");
+  await installLoopbackGuard();
+  assert.doesNotMatch(await probe(), /host-loopback-reached/, "with the guard back the guest is cut off again");
 });
