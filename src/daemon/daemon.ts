@@ -177,7 +177,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const images = new ImageService(db, catalog, guard, home.imagesDir, async (disk) =>
     (await repo.list()).filter((vm) => vm.spec.disks.some((d) => d.backing === disk)).map((vm) => vm.name),
   );
-  await images.load();
+  const imageLeftovers = await images.load();
   const deps: ApiDeps = {
     vms,
     users,
@@ -246,6 +246,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
     recovered = await vms.recover();
     await snapshots.recoverInterrupted();
+    for (const l of imageLeftovers) {
+      await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });
+    }
     await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
     markReady();
   } catch (err) {

@@ -5,7 +5,7 @@
  * read host files), and it is then converted into a fresh, standalone qcow2 that VMs use as a read-only base.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { chmodSync, createWriteStream, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { chmodSync, createWriteStream, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import type { Guard, RequestContext } from "../auth/guard.ts";
@@ -13,6 +13,7 @@ import type { Db } from "../inventory/db.ts";
 import type { ImageRow } from "../inventory/schema.ts";
 import { VigilError, q } from "../errors.ts";
 import { ensurePrivateDir } from "../host/private-dir.ts";
+import { eraseTree } from "../host/erase.ts";
 import { imageInfo, QEMU_IMG } from "../qemu/qemu-img.ts";
 import { runCommand } from "../util/run-command.ts";
 import { parseOrThrow } from "../validation.ts";
@@ -39,8 +40,22 @@ export class ImageService {
     private readonly usersOf: (disk: string) => Promise<string[]>,
   ) {}
 
-  async load(): Promise<void> {
+  /**
+   * At start: loads the imported images, and erases what an import cut short by a crash left in `images/import-*`
+   * (an uploaded disk: someone's data, no registration covers it) — overwritten, then unlinked, like a purge. The
+   * daemon audits what this returns.
+   */
+  async load(): Promise<Array<{ path: string; files: number; bytes: number; refused: number }>> {
     this.catalog.setImported(await this.db.selectFrom("images").selectAll().execute());
+    const swept: Array<{ path: string; files: number; bytes: number; refused: number }> = [];
+    if (!existsSync(this.imagesDir)) return swept;
+    for (const name of readdirSync(this.imagesDir)) {
+      if (!/^import-/.test(name)) continue;
+      const path = join(this.imagesDir, name);
+      const r = eraseTree(this.imagesDir, path);
+      swept.push({ path, files: r.files, bytes: r.bytes, refused: r.refused.length });
+    }
+    return swept;
   }
 
   async import(ctx: RequestContext, body: AsyncIterable<Uint8Array>, input: unknown): Promise<ImageView> {

@@ -86,3 +86,24 @@ test("an export whose client hangs up before the first chunk removes its staging
   for (let i = 0; i < 50 && staging().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
   assert.deepEqual(staging(), []);
 });
+
+test("an image import cut short leaves its staging in images/: overwritten, removed and audited at the next start", async (t) => {
+  const h = home(t);
+  await (await start(h)).close();
+  const upload = join(h, "images", `import-${crypto.randomUUID()}`, "upload.raw");
+  mkdirSync(join(upload, ".."), { recursive: true });
+  const secret = Buffer.alloc(128 * 1024, 0x6b);
+  writeFileSync(upload, secret);
+  const fd = openSync(upload, "r");
+
+  const d = await start(h);
+  t.after(() => d.close());
+  assert.deepEqual(readdirSync(join(h, "images")).filter((n) => n.startsWith("import-")), [], "no import staging left");
+  const buf = Buffer.alloc(secret.length);
+  readSync(fd, buf, 0, buf.length, 0);
+  closeSync(fd);
+  assert.equal(buf.indexOf(0x6b), -1, "overwritten before it was unlinked");
+  const erased = await d.deps.audit.list({ action: "image.leftover-erased" });
+  assert.equal(erased.length, 1, "audited once");
+  assert.equal((erased[0]!.details as { files: number }).files, 1);
+});
