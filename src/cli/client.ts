@@ -198,9 +198,10 @@ export function call<T = unknown>(method: string, path: string, body?: unknown, 
 }
 
 /** A streaming GET (server-sent events, exports): calls `onData` per chunk until the stream ends. */
-export function stream(path: string, onData: (chunk: string) => void, target = resolveTarget()): Promise<void> {
+export function stream(path: string, onData: (chunk: string) => void, target = resolveTarget(), signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    send(
+    if (signal?.aborted) return resolve();
+    const req = send(
       target,
       baseOptions(target, "GET", path, { accept: "*/*" }),
       undefined,
@@ -210,8 +211,13 @@ export function stream(path: string, onData: (chunk: string) => void, target = r
         res.on("data", onData);
         res.on("end", resolve);
       },
-      (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
+      (err) => (signal?.aborted ? resolve() : reject(unreachable(target, err as NodeJS.ErrnoException))),
     );
+    // Aborting ends the stream on our side (the connection goes, so nothing keeps the process alive).
+    signal?.addEventListener("abort", () => {
+      req.destroy();
+      resolve();
+    }, { once: true });
   });
 }
 
@@ -219,7 +225,7 @@ export function stream(path: string, onData: (chunk: string) => void, target = r
  * Server-sent events from `path` (the daemon's `/v1/events`): calls `onEvent` with each event's name and its
  * `data:` line, until the stream ends.
  */
-export function events(path: string, onEvent: (event: string, data: string) => void, target = resolveTarget()): Promise<void> {
+export function events(path: string, onEvent: (event: string, data: string) => void, target = resolveTarget(), signal?: AbortSignal): Promise<void> {
   let buf = "";
   return stream(
     path,
@@ -235,6 +241,7 @@ export function events(path: string, onEvent: (event: string, data: string) => v
       }
     },
     target,
+    signal,
   );
 }
 

@@ -4,7 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -338,4 +338,30 @@ test("token list shows your tokens without secrets; token revoke ID revokes that
   assert.equal(revoke.status, 0, revoke.stderr);
   assert.equal(revoke.stdout, "Revoked 2 token(s)\n");
   assert.equal(await d.deps.users.authenticate(parent.token), undefined);
+});
+
+test("on a terminal, a command that follows its progress exits as soon as its work is done", async (t) => {
+  const { env } = await daemon(t);
+  const disk = join(env.VIGIL_HOME!, "small.raw");
+  execFileSync("qemu-img", ["create", "-q", "-f", "raw", disk, "1M"]);
+  // `script` gives the CLI a pseudo-terminal, so it follows /v1/events?progress=… while it works. Left open, that
+  // stream kept the process alive after "Imported" was printed.
+  const command = [process.execPath, "--import", "tsx", "--input-type=module", "-e", ENTRY, "image", "import", disk, "--name", "small", "--format", "raw"].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+  // Asynchronously: the daemon answering the CLI runs in this very process.
+  const r = await new Promise<{ status: number | null; stdout: string; timedOut: boolean }>((resolve) => {
+    const child = spawn("script", ["-qec", command, "/dev/null"], { env: { ...process.env, VIGIL_LOG_LEVEL: "silent", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      resolve({ status: null, stdout, timedOut: true });
+    }, 30_000);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, timedOut: false });
+    });
+  });
+  assert.equal(r.timedOut, false, `the command did not exit within 30 s after: ${JSON.stringify(r.stdout.slice(-200))}`);
+  assert.equal(r.status, 0, r.stdout);
+  assert.match(r.stdout, /Imported small\.raw as image small/);
 });

@@ -73,16 +73,19 @@ export function writableOutput(flag: string, path: string): string {
 export async function withProgress<T>(label: string, work: (requestId: string) => Promise<T>): Promise<T> {
   const requestId = randomUUID();
   if (!process.stderr.isTTY) return work(requestId);
+  const done = new AbortController();
   const follow = events(`/v1/events?progress=${requestId}`, (event, data) => {
-    if (event !== "progress") return;
+    if (event !== "progress" || done.signal.aborted) return;
     const p = JSON.parse(data) as { what: string; current: number; total: number };
     progressLine(`${label} (${p.what})`, p.current, p.total);
-  }).catch(() => undefined);
+  }, undefined, done.signal).catch(() => undefined);
   try {
     return await withSpinner(label, work(requestId));
   } finally {
+    // Close the progress stream: left open it would keep the command running after its work is done.
+    done.abort();
+    await follow;
     clearLine();
-    void follow;
   }
 }
 

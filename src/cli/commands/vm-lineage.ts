@@ -4,7 +4,6 @@
  */
 import type { Command } from "commander";
 import { basename, resolve as resolvePath } from "node:path";
-import { randomUUID } from "node:crypto";
 import { ApiError, call, download, upload } from "../client.ts";
 import { clearLine, printJson, printTable, progressLine } from "../output.ts";
 import { collect, keyValues, vmPath, withProgress, writableOutput, type Vm } from "./common.ts";
@@ -57,8 +56,8 @@ export function registerVmLineage(vm: Command): void {
     .option("--valid-until <time>", "ISO time after which every importer refuses the bundle")
     .action(async (name: string, o: { output: string; withSnapshots?: boolean; memory?: boolean; validUntil?: string }) => {
       const out = writableOutput("-o", o.output);
-      const requestId = randomUUID();
-      const bytes = await withProgress(`Exporting ${name}`, () =>
+      // The request id withProgress follows: the daemon's compress/send progress arrives under it.
+      const bytes = await withProgress(`Exporting ${name}`, (requestId) =>
         download(vmPath(name, "/export"), { withSnapshots: o.withSnapshots ?? false, memory: o.memory ?? false, ...(o.validUntil !== undefined ? { expiresAt: o.validUntil } : {}) }, out, { requestId, headers: { "x-vigil-output": out }, onBytes: (d, t) => progressLine(`Writing ${basename(out)}`, d, t) }),
       );
       clearLine();
