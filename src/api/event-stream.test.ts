@@ -184,3 +184,20 @@ test("following a request another user sent is refused and the refusal is audite
   assert.equal(denied.length, 1, "one denied record for the refused subscription");
   assert.deepEqual([denied[0]!.actor, denied[0]!.result, denied[0]!.target.name], ["bob", "denied", rid]);
 });
+
+test("a subscriber with audit.read gets every record without an owner lookup per record", async (t) => {
+  const d = await daemon(t);
+  const { sink, events, release, abort } = slowSink();
+  release();
+  let lookups = 0;
+  const vms = { ownerOf: (id: string) => ((lookups += 1), d.deps.vms.ownerOf(id)) };
+  const served = serveEvents({ ...d.deps, vms }, admin, sink);
+  for (let i = 0; i < 3; i++) {
+    await d.deps.audit.append({ actor: "root", action: `test.vm.${i}`, target: { kind: "vm", id: `vm-${i}`, name: `v${i}` }, result: "ok" });
+    await new Promise((r) => setImmediate(r));
+  }
+  abort();
+  await served;
+  assert.equal(events.filter((e) => e.event === "audit").length, 3);
+  assert.equal(lookups, 0);
+});

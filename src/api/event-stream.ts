@@ -9,7 +9,7 @@
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { HashedRecord } from "../audit/chain.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
-import { mayReadRecord } from "../auth/permissions.ts";
+import { can, mayReadRecord } from "../auth/permissions.ts";
 import type { ProgressBus, ProgressEvent } from "../util/progress.ts";
 import type { VmService } from "../vm/vm-service.ts";
 
@@ -49,6 +49,8 @@ export async function serveEvents(d: EventStreamDeps, ctx: RequestContext, sink:
     wake?.();
   };
   const off = d.audit.subscribe(enqueue);
+  // With audit.read every record is readable (mayReadRecord): no owner is looked up per record.
+  const readsAll = can(ctx.actor, "audit.read");
   const progressOf = options.progressOf;
   // Whether this subscriber may follow `progressOf` is the Guard's decision, asked until it is known: "denied"
   // (audited once) ends the following, "unknown" (nobody sent that request yet) waits for its first event.
@@ -103,7 +105,7 @@ export async function serveEvents(d: EventStreamDeps, ctx: RequestContext, sink:
         continue;
       }
       if ("what" in r) await sink.event({ event: "progress", data: JSON.stringify(r) });
-      else if (mayReadRecord(ctx.actor, r, r.target.id === null ? undefined : await d.vms.ownerOf(r.target.id))) {
+      else if (mayReadRecord(ctx.actor, r, readsAll || r.target.id === null ? undefined : await d.vms.ownerOf(r.target.id))) {
         await sink.event({ event: "audit", id: String(r.seq), data: JSON.stringify(r) });
         lastSeq = r.seq;
       }

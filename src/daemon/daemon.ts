@@ -163,10 +163,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
   const snapshotRepo = new SnapshotRepository(db);
-  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply: reapplyHook(config.hooks.reapply), registry });
+  const reapply = reapplyHook(config.hooks.reapply);
+  const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply, registry });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply: reapplyHook(config.hooks.reapply) });
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply });
   const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
