@@ -17,6 +17,8 @@ import type { Logger } from "../log.ts";
 export const CHANGE_WINDOW_MS = 60_000;
 /** Names (counters, streams) listed in one summary; beyond that only their number. */
 export const MAX_NAMES = 32;
+/** Names past MAX_NAMES are only counted, each once, up to this many (then the count says "at least"). */
+const MAX_COUNTED_NAMES = 4096;
 
 export type ChangeOp = "incr" | "cas" | "append";
 
@@ -25,7 +27,8 @@ interface Window {
   last: string;
   counts: Record<ChangeOp, number>;
   names: Set<string>;
-  moreNames: number;
+  /** The names touched beyond the listed ones: counted, not listed. */
+  otherNames: Set<string>;
   timer: NodeJS.Timeout;
 }
 
@@ -52,16 +55,15 @@ export class VtimeChangeAudit {
         last: now,
         counts: { incr: 0, cas: 0, append: 0 },
         names: new Set(),
-        moreNames: 0,
+        otherNames: new Set(),
         timer: setTimeout(() => void this.flush(), this.windowMs).unref(),
       };
       return this.write(`vtime.${op}`, { ...details, window: { first: true, ms: this.windowMs } });
     }
     w.last = now;
     w.counts[op]++;
-    if (w.names.has(name)) return this.tail.then(() => undefined);
-    if (w.names.size < MAX_NAMES) w.names.add(name);
-    else w.moreNames++;
+    if (w.names.size < MAX_NAMES || w.names.has(name)) w.names.add(name);
+    else if (w.otherNames.size < MAX_COUNTED_NAMES) w.otherNames.add(name);
     return this.tail.then(() => undefined);
   }
 
@@ -73,7 +75,7 @@ export class VtimeChangeAudit {
     clearTimeout(w.timer);
     const total = w.counts.incr + w.counts.cas + w.counts.append;
     if (total === 0) return this.tail.then(() => undefined);
-    return this.write("vtime.changes", { from: w.from, to: w.last, counts: w.counts, total, names: [...w.names].sort(), ...(w.moreNames ? { moreNames: w.moreNames } : {}) });
+    return this.write("vtime.changes", { from: w.from, to: w.last, counts: w.counts, total, names: [...w.names].sort(), ...(w.otherNames.size > 0 ? { moreNames: w.otherNames.size } : {}) });
   }
 
   close(): Promise<void> {
