@@ -116,4 +116,11 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
   }
   const human = d.cli("findings", vm).stdout;
   assert.match(human, /CLEARED ALARMS/);
+  // The audit log has each clearing too, as an ids.finding-change record by system.
+  type Change = { actor: string; action: string; details: { change: string; check: string } };
+  const clearings = await until("the clearings in the audit log", 10_000, async () => {
+    const r = (await d.api<{ records: Change[] }>("GET", "/v1/audit?after=0&limit=1000")).records.filter((x) => x.action === "ids.finding-change" && x.actor === "system" && x.details.change === "cleared");
+    return ["kernel-text", "syscall-table", "module-loaded"].every((c) => r.some((x) => x.details.check === c)) ? r : undefined;
+  });
+  assert.ok(clearings.length >= 3);
 });
