@@ -15,7 +15,7 @@
 import { hex } from "./errors.ts";
 import { describeAddress, inRange, readU32, readU64, type KernelLayout } from "./kernel-layout.ts";
 import { START_KERNEL_MAP, type KernelModel } from "./kernel-model.ts";
-import { walkFtraceOps, type FtraceTrampoline } from "./ftrace-ops.ts";
+import { readFtraceOps, type FtraceTrampoline } from "./ftrace-ops.ts";
 import { walkModuleKset, walkModuleList, type VmiModuleEntry } from "./modules.ts";
 
 export type Attribution =
@@ -113,9 +113,7 @@ export function currentAttributor(model: KernelModel, layout: KernelLayout): Att
       unlisted = walkModuleKset(model.kernel, mo, ksetVar, model.symbols.address("module_ktype"), model.pagingLevels).modules.filter((m) => !onList.has(m.address));
     }
   }
-  const listVar = model.symbols.address("ftrace_ops_list");
-  const listEnd = model.symbols.address("ftrace_list_end");
-  const trampolines = layout.ftraceOps && listVar !== undefined && listEnd !== undefined ? walkFtraceOps(model.kernel, layout.ftraceOps, listVar, listEnd, layout.moduleArea, model.pagingLevels).trampolines : [];
+  const trampolines = readFtraceOps(model, layout)?.trampolines ?? [];
   return new Attributor(model, layout, moduleRegions(model, layout, listed, unlisted), trampolines);
 }
 

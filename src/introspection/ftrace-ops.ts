@@ -14,7 +14,8 @@
  * them then alarm, so breaking the list cannot widen what is accepted.
  */
 import { hex } from "./errors.ts";
-import { inRange, isKernelPointer, readU64, type AddressRange, type FtraceOpsOffsets } from "./kernel-layout.ts";
+import { inRange, isKernelPointer, readU64, type AddressRange, type FtraceOpsOffsets, type KernelLayout } from "./kernel-layout.ts";
+import type { KernelModel } from "./kernel-model.ts";
 import type { PagingLevels } from "./page-walk.ts";
 import type { AddressSpace } from "./physical-memory.ts";
 
@@ -64,4 +65,12 @@ export function walkFtraceOps(space: AddressSpace, o: FtraceOpsOffsets, listVar:
     if (direct !== 0n && inRange(moduleArea, direct)) out.push({ ops, start: direct, size: 1n, direct: true });
     ops = next;
   }
+}
+
+/** walkFtraceOps on `model`'s kernel from its ftrace_ops_list and ftrace_list_end; undefined when this kernel has no struct ftrace_ops layout or either symbol. */
+export function readFtraceOps(model: KernelModel, layout: KernelLayout): FtraceOpsWalk | undefined {
+  const listVar = model.symbols.address("ftrace_ops_list");
+  const listEnd = model.symbols.address("ftrace_list_end");
+  if (!layout.ftraceOps || listVar === undefined || listEnd === undefined) return undefined;
+  return walkFtraceOps(model.kernel, layout.ftraceOps, listVar, listEnd, layout.moduleArea, model.pagingLevels);
 }

@@ -19,7 +19,7 @@ import { IntrospectionError, hex } from "./errors.ts";
 import { describeAddress, inRange, type AddressRange, type KernelLayout } from "./kernel-layout.ts";
 import type { KernelModel } from "./kernel-model.ts";
 import { retargetedBranches, type RetargetedBranch } from "./attribution.ts";
-import { walkFtraceOps } from "./ftrace-ops.ts";
+import { readFtraceOps } from "./ftrace-ops.ts";
 import { PatchSiteTable, collectPatchSites, normalise, type PatchKind, type SerializedPatchSites, type TargetPolicy } from "./patch-sites.ts";
 
 const PAGE = 4096;
@@ -368,11 +368,9 @@ export function targetPolicy(model: KernelModel, layout: KernelLayout, recentTra
   }
   let ftraceProblem: string | undefined;
   const trampolines: bigint[] = [];
-  const listVar = model.symbols.address("ftrace_ops_list");
-  const listEnd = model.symbols.address("ftrace_list_end");
-  if (!layout.ftraceOps || listVar === undefined || listEnd === undefined) ftraceProblem = "no struct ftrace_ops layout or no ftrace_ops_list/ftrace_list_end: ftrace trampolines are not accepted";
+  const w = readFtraceOps(model, layout);
+  if (!w) ftraceProblem = "no struct ftrace_ops layout or no ftrace_ops_list/ftrace_list_end: ftrace trampolines are not accepted";
   else {
-    const w = walkFtraceOps(model.kernel, layout.ftraceOps, listVar, listEnd, layout.moduleArea, model.pagingLevels);
     if (!w.complete) ftraceProblem = `${w.problem ?? "ftrace_ops_list cannot be walked"}: ftrace trampolines are not accepted`;
     for (const t of w.trampolines) trampolines.push(t.start);
   }

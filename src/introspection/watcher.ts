@@ -151,10 +151,6 @@ export interface TrackerUpdate {
 
 const MAX_HISTORY = 32;
 const MAX_CLEARED = 200;
-const SEVERITY_ORDER: Record<Severity, number> = { info: 0, medium: 1, high: 2, critical: 3 };
-
-/** Whether `b` is `a` escalated (a higher severity). */
-export const escalated = (a: Finding, b: Finding): boolean => SEVERITY_ORDER[b.severity] > SEVERITY_ORDER[a.severity];
 
 function stableJson(v: unknown): string {
   return JSON.stringify(v, (_k, x: unknown) => (typeof x === "bigint" ? x.toString(16) : x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([p], [q]) => (p < q ? -1 : 1))) : x));

@@ -8,45 +8,19 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { requireTinyImage, startDaemon, type DaemonHandle } from "../harness.ts";
+import { requireTinyImage, startDaemon } from "../harness.ts";
 import { ConsoleShell, RamAttacker } from "../../src/introspection/testing/live-guest.ts";
 import { locateModule, overwriteSyscall, patchKernel } from "../../src/introspection/testing/attacker.ts";
 import { moduleRegions } from "../../src/introspection/attribution.ts";
 import { kernelLayout } from "../../src/introspection/kernel-layout.ts";
 import { readModuleLoadId } from "../../src/introspection/modules.ts";
+import { lastSeq, until, waitClean, waitFinding, watchOf, whilePaused } from "../../src/introspection/testing/watch-api.ts";
 
 const MEMORY_MIB = 256;
-type Watch = { vm: string; status: string; sweeps: number; activeFindings: number; noNewModules: boolean };
 type Finding = { check: string; severity: string; message: string; evidence: Record<string, unknown> };
 type FindingRecord = Finding & { seq: number; sweep: number | null };
 type Alarm = { state: string; finding: Finding; history: Array<{ change: string; severity: string }> };
 
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
-const watchOf = async (d: DaemonHandle, vm: string): Promise<Watch> => {
-  const w = (await d.api<{ watches: Watch[] }>("GET", "/v1/watches")).watches.find((x) => x.vm === vm);
-  if (!w) throw new Error(`${vm} is not watched`);
-  return w;
-};
-const lastSeq = async (d: DaemonHandle): Promise<number> => (await d.api<{ records: Array<{ seq: number }> }>("GET", "/v1/audit?tail=true&limit=1")).records[0]?.seq ?? 0;
-const waitFinding = (d: DaemonHandle, vm: string, check: string, after: number): Promise<FindingRecord> =>
-  until(`a ${check} finding`, 30_000, async () => (await d.api<{ recent: FindingRecord[] }>("GET", `/v1/vms/${vm}/findings?limit=100`)).recent.find((f) => f.check === check && f.seq > after));
-const waitClean = (d: DaemonHandle, vm: string): Promise<boolean> => until(`${vm} clean`, 30_000, async () => ((await watchOf(d, vm)).activeFindings === 0 ? true : undefined));
-async function whilePaused<T>(d: DaemonHandle, vm: string, fn: () => T): Promise<T> {
-  await d.api("POST", `/v1/vms/${vm}/pause`);
-  try {
-    return fn();
-  } finally {
-    await d.api("POST", `/v1/vms/${vm}/resume`);
-  }
-}
 const call = (at: bigint, to: bigint): Buffer => {
   const b = Buffer.alloc(5);
   b[0] = 0xe8;
@@ -88,10 +62,10 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
   const old = whilePaused(d, vm, () => patchKernel(a.model, a.writer, site, call(site, a.sym("__x64_sys_getpid"))));
   const orig = await old;
   assert.equal(orig.toString("hex"), "0f1f440000", "the ftrace site of __x64_sys_kill holds the 5-byte NOP");
-  const ft = await waitFinding(d, vm, "kernel-text", after);
+  const ft = await waitFinding(d, vm, "kernel-text", after, 30_000);
   assert.match(ft.message, /the ftrace site at __x64_sys_kill\+0x4 now branches to kernel text __(x64|do)_sys_getpid/);
   await whilePaused(d, vm, () => patchKernel(a.model, a.writer, site, orig));
-  await waitClean(d, vm);
+  await waitClean(d, vm, 30_000);
 
   // 3. sys_call_table[62] (kill) pointed into module button's code: the system call and the module are named.
   const button = locateModule(a.model, "button");
@@ -100,12 +74,12 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
   assert.ok(text, "button's memory regions");
   after = await lastSeq(d);
   const was = await whilePaused(d, vm, () => overwriteSyscall(a.model, a.writer, 62, text.start + 0x10n));
-  const sc = await waitFinding(d, vm, "syscall-table", after);
+  const sc = await waitFinding(d, vm, "syscall-table", after, 30_000);
   assert.match(sc.message, /^System call 62 \(kill\): .*module "button"/);
   assert.deepEqual(sc.evidence.syscall, { number: 62, name: "kill" });
   assert.equal((sc.evidence.attribution as { module: string }).module, "button");
   await whilePaused(d, vm, () => overwriteSyscall(a.model, a.writer, 62, was));
-  await waitClean(d, vm);
+  await waitClean(d, vm, 30_000);
 
   // 4. No new modules: button unloaded and loaded again is a high module-loaded finding (a signed module: no
   // module-untrusted); the CLI keeps the policy when the interval changes.
@@ -124,13 +98,13 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
   assert.ok(id0 !== undefined, "button's kernfs id is readable");
   await shell.run(`rmmod button; insmod /lib/modules/${release}/button.ko`);
   assert.notEqual(loadId(), id0, "a new load has a new kernfs id");
-  const ml = await waitFinding(d, vm, "module-loaded", after);
+  const ml = await waitFinding(d, vm, "module-loaded", after, 30_000);
   assert.equal(ml.severity, "high");
   assert.equal(ml.evidence.module, "button");
   const recent = (await d.api<{ recent: FindingRecord[] }>("GET", `/v1/vms/${vm}/findings?limit=100`)).recent.filter((f) => f.seq > after);
   assert.deepEqual(recent.filter((f) => f.check === "module-untrusted"), [], "a signed in-tree module is not untrusted");
   d.cli("watch", vm, "--new-modules", "--no-follow");
-  await waitClean(d, vm);
+  await waitClean(d, vm, 30_000);
 
   // 5. vigil findings: the alarms are listed as cleared, with their history.
   const out = JSON.parse(d.cli("findings", vm, "--json").stdout) as { alarms: Alarm[]; active: unknown[] };
@@ -142,4 +116,11 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
   }
   const human = d.cli("findings", vm).stdout;
   assert.match(human, /CLEARED ALARMS/);
+  // The audit log has each clearing too, as an ids.finding-change record by system.
+  type Change = { actor: string; action: string; details: { change: string; check: string } };
+  const clearings = await until("the clearings in the audit log", 10_000, async () => {
+    const r = (await d.api<{ records: Change[] }>("GET", "/v1/audit?after=0&limit=1000")).records.filter((x) => x.action === "ids.finding-change" && x.actor === "system" && x.details.change === "cleared");
+    return ["kernel-text", "syscall-table", "module-loaded"].every((c) => r.some((x) => x.details.check === c)) ? r : undefined;
+  });
+  assert.ok(clearings.length >= 3);
 });

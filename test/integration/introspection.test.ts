@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { BIN, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
 import { ConsoleShell, RamAttacker } from "../../src/introspection/testing/live-guest.ts";
+import { lastSeq, until, waitClean, waitFinding, watchOf, whilePaused } from "../../src/introspection/testing/watch-api.ts";
 import { locateModule, locateTask, moduleListHead, overwriteSyscall, patchKernel, redirectIdtGate, restoreListNode, taskListHead, unlinkModule, unlinkTask, writeVirtual } from "../../src/introspection/testing/attacker.ts";
 
 const MEMORY_MIB = 256;
@@ -22,35 +23,9 @@ type FindingRecord = { seq: number; time: string; sweep: number | null; check: s
 type AuditRecord = { seq: number; time: string; actor: string; action: string; result: string; target: { name: string | null }; details: Record<string, unknown> };
 type Vm = { id: string; state: string; pid: number };
 
-async function watchOf(d: DaemonHandle, vm: string): Promise<Watch> {
-  const { watches } = await d.api<{ watches: Watch[] }>("GET", "/v1/watches");
-  const w = watches.find((x) => x.vm === vm);
-  if (!w) throw new Error(`${vm} is not watched`);
-  return w;
-}
-
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
-
-const lastSeq = async (d: DaemonHandle): Promise<number> => (await d.api<{ records: AuditRecord[] }>("GET", "/v1/audit?tail=true&limit=1")).records[0]?.seq ?? 0;
-
 async function records(d: DaemonHandle, after: number, action?: string): Promise<AuditRecord[]> {
   const { records: r } = await d.api<{ records: AuditRecord[] }>("GET", `/v1/audit?after=${after}&limit=1000`);
   return action ? r.filter((x) => x.action === action) : r;
-}
-
-async function waitFinding(d: DaemonHandle, vm: string, check: string, after: number, timeoutMs = 20_000): Promise<FindingRecord> {
-  return until(`a ${check} finding on ${vm}`, timeoutMs, async () => {
-    const { recent } = await d.api<{ recent: FindingRecord[] }>("GET", `/v1/vms/${vm}/findings?limit=100`);
-    return recent.find((f) => f.check === check && f.seq > after);
-  });
 }
 
 /** Boots `vm`, watches it every second (policy `policy`), and waits for its first sweeps. */
@@ -68,20 +43,6 @@ async function bootWatched(t: TestContext, d: DaemonHandle, vm: string, policy =
   const shell = await ConsoleShell.open(vm, d.target);
   t.after(() => shell.close());
   return { info, attacker, shell };
-}
-
-/** Runs `fn` with the VM paused through the API (as the attacker: memory is written while no vCPU runs). */
-async function whilePaused<T>(d: DaemonHandle, vm: string, fn: () => T | Promise<T>): Promise<T> {
-  await d.api("POST", `/v1/vms/${vm}/pause`);
-  try {
-    return await fn();
-  } finally {
-    await d.api("POST", `/v1/vms/${vm}/resume`);
-  }
-}
-
-async function waitClean(d: DaemonHandle, vm: string): Promise<void> {
-  await until(`${vm} clean again`, 20_000, async () => ((await watchOf(d, vm)).activeFindings === 0 ? true : undefined));
 }
 
 interface Detection {

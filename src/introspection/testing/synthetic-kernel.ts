@@ -131,7 +131,7 @@ export function sweepKernelBtf(): Buffer {
     { name: "name", type: b.array(char, int, 56), bitOffset: M.name * 8 },
     { name: "mkobj", type: mk, bitOffset: M.mkobj * 8 },
     { name: "mem", type: b.array(b.struct("module_memory", LAYOUT.moduleMemory.size, [
-      { name: "base", type: voidp, bitOffset: 0 },
+      { name: "base", type: voidp, bitOffset: LAYOUT.moduleMemory.base * 8 },
       { name: "size", type: uint, bitOffset: LAYOUT.moduleMemory.size_ * 8 },
     ]), int, LAYOUT.moduleMemory.count), bitOffset: M.mem * 8 },
     { name: "taints", type: ulong, bitOffset: M.taints * 8 },
