@@ -22,7 +22,7 @@ import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import type { AgentClient } from "../guest-agent/agent-client.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
 import type { VmView } from "./vm-view.ts";
-import type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
+import type { BeforeContHook, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 import { VmCore } from "./vm-core.ts";
 import { VmSupervisor } from "./vm-supervision.ts";
 import { VmLifecycle } from "./vm-lifecycle.ts";
@@ -46,6 +46,7 @@ export class VmService {
     this.core = new VmCore(d);
     this.supervisor = new VmSupervisor(this.core);
     this.lifecycle = new VmLifecycle(this.core, this.supervisor);
+    this.operate = this.lifecycle.operate.bind(this.lifecycle);
     this.creation = new VmCreation(this.core);
     this.removal = new VmRemoval(this.core, this.lifecycle);
   }
@@ -62,18 +63,9 @@ export class VmService {
 
   /**
    * One guarded, locked operation on an existing VM for capabilities built on the lifecycle (snapshots, clones,
-   * export): authorizes `op.permission` on the VM, audits the outcome, holds the VM's lock while `fn` runs, and
-   * hands `fn` the lifecycle steps it may combine.
+   * export); its signature and contract are `VmLifecycle.operate`'s (vm-lifecycle.ts).
    */
-  operate<T>(
-    ctx: RequestContext,
-    name: string,
-    op: { action: string; permission: Permission; details?: Record<string, unknown> | undefined },
-    fn: (h: LockedVm) => Promise<T>,
-    describe?: (result: T) => Record<string, unknown>,
-  ): Promise<T> {
-    return this.lifecycle.operate(ctx, name, op, fn, describe);
-  }
+  readonly operate: VmLifecycle["operate"];
 
   /**
    * Creates a new VM (a clone or an import) under the creator's name: fresh identity, disks prepared by
