@@ -28,7 +28,7 @@ import { VmSupervisor } from "./vm-supervision.ts";
 import { VmLifecycle } from "./vm-lifecycle.ts";
 import { VmCreation, type DerivedVmInput } from "./vm-creation.ts";
 import { VmRemoval } from "./vm-removal.ts";
-import { recover, sweepLeftovers } from "./vm-recovery.ts";
+import { recover } from "./vm-recovery.ts";
 import { pingAgent, withAgent } from "./vm-agent.ts";
 import { consoleLog, openConsole } from "./vm-console.ts";
 import { checkNotExpired, checkOwnershipPolicy } from "./vm-ownership.ts";
@@ -235,16 +235,11 @@ export class VmService {
   // ---- supervision ---------------------------------------------------------------------------------------
 
   /**
-   * Finds every VM's QEMU again after vigil (re)starts (vm-recovery.ts): a QEMU is only trusted if pid file,
-   * process and uuid agree; interrupted operations are rolled back; a VM whose QEMU died meanwhile is crashed.
+   * Finds every VM's QEMU again after vigil (re)starts (vm-recovery.ts), first erasing what a crash left in
+   * `vms/` (`sweepLeftovers`): a QEMU is only trusted if pid file, process and uuid agree; interrupted operations are rolled back; a VM whose QEMU died meanwhile is crashed.
    */
   recover(): Promise<{ reattached: string[]; crashed: string[] }> {
     return recover(this.core, this.supervisor);
-  }
-
-  /** At start, before any request: erases what a crash left in `vms/` (vm-recovery.ts). */
-  sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
-    return sweepLeftovers(this.core);
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */
