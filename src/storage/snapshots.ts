@@ -445,7 +445,7 @@ function qemuImgSnapshot(op: "-c" | "-d" | "-a", tag: string, file: string): Pro
  * Runs `step` on every file in order; if one fails, `undo` runs on those already done (last first) and the
  * failure is rethrown. An undo that fails too is logged: the intent recorded by the caller is then the record.
  */
-export async function allOrNone(files: readonly string[], step: (f: string) => Promise<unknown>, undo: (f: string) => Promise<unknown>, log: Logger): Promise<void> {
+async function allOrNone(files: readonly string[], step: (f: string) => Promise<unknown>, undo: (f: string) => Promise<unknown>, log: Logger): Promise<void> {
   const done: string[] = [];
   try {
     for (const f of files) {
