@@ -31,7 +31,7 @@ import { VmRemoval } from "./vm-removal.ts";
 import { recover } from "./vm-recovery.ts";
 import { pingAgent, withAgent } from "./vm-agent.ts";
 import { consoleLog, openConsole } from "./vm-console.ts";
-import { checkNotExpired, checkOwnershipPolicy } from "./vm-ownership.ts";
+import { checkNotExpired, checkOwnershipPolicy, type OwnershipFields } from "./vm-ownership.ts";
 
 export type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmPolicy, VmServiceDeps } from "./vm-types.ts";
 
@@ -83,7 +83,7 @@ export class VmService {
    * The ownership fields of every new VM (vm-ownership.ts): `createDerived` checks them itself; a capability that
    * does costly work first calls this before that work.
    */
-  checkOwnershipPolicy(context: string, fields: { approver?: string | null | undefined; purpose?: string | null | undefined; expiresAt?: string | null | undefined }, code: "VIGIL_INVALID_SPEC" | "VIGIL_BAD_REQUEST" = "VIGIL_BAD_REQUEST"): void {
+  checkOwnershipPolicy(context: string, fields: OwnershipFields, code: "VIGIL_INVALID_SPEC" | "VIGIL_BAD_REQUEST" = "VIGIL_BAD_REQUEST"): void {
     checkOwnershipPolicy(this.d.policy, context, fields, code);
   }
 
