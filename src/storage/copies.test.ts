@@ -201,6 +201,37 @@ test("export/import carries the floor and each snapshot's resumes; a replay is r
   assert.ok(again.id);
 });
 
+test("two imports of one bundle at the same time are one import and one refused replay", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  const bundle = await exportBundle(f, "bob", "web");
+  const token = (await f.daemon.deps.users.issueToken("bob", "concurrent")).token;
+  // Each body delivers the manifest and signature, then waits: both imports pass the replay check before either
+  // has finished (and recorded itself); only the claim taken at that check tells them apart.
+  const [manifest, sig] = entries(bundle);
+  const head = [manifest!, sig!].reduce((n, e) => n + BLOCK + Math.ceil(e.data.length / BLOCK) * BLOCK, 0);
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const body = () =>
+    new ReadableStream<Uint8Array>({
+      async start(c) {
+        c.enqueue(bundle.subarray(0, head));
+        await released;
+        c.enqueue(bundle.subarray(head));
+        c.close();
+      },
+    });
+  const importAs = (name: string) =>
+    Promise.resolve(f.daemon.app.request(`/v1/vms/import?name=${name}`, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/x-vigil-bundle" }, body: body(), duplex: "half" } as RequestInit, { transport: "tcp" }));
+  const first = importAs("one");
+  const second = importAs("two");
+  await new Promise((r) => setTimeout(r, 500));
+  release();
+  const statuses = await Promise.all([first, second].map(async (r) => (await r).status));
+  assert.deepEqual(statuses.sort(), [201, 409], "one import, one refused");
+  assert.equal((await f.vmNames()).filter((n) => n === "one" || n === "two").length, 1);
+});
+
 test("a bundle is checked whole before anything exists: dangling resume, unlisted parent, foreign site, expiry", async (t) => {
   const f = await fixture(t);
   await f.vm("web", "bob");

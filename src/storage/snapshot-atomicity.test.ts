@@ -93,6 +93,15 @@ async function fixture(t: TestContext) {
   return { home, id, a, b, call, restart, daemon: () => d };
 }
 
+/** Both disks hold 0x11 in snapshot "s1" and 0x22 now. */
+async function snapshotThenOverwrite(f: Awaited<ReturnType<typeof fixture>>): Promise<void> {
+  write(f.a, 0x11);
+  write(f.b, 0x11);
+  assert.equal((await f.call("/v1/vms/two/snapshots", { name: "s1" })).status, 201);
+  write(f.a, 0x22);
+  write(f.b, 0x22);
+}
+
 test("an offline snapshot that fails on the second disk is taken off the first", async (t) => {
   const f = await fixture(t);
   failNext("snapshot -c", f.b);
@@ -106,11 +115,7 @@ test("an offline snapshot that fails on the second disk is taken off the first",
 
 test("an offline disk revert that fails on the second disk puts the first back", async (t) => {
   const f = await fixture(t);
-  write(f.a, 0x11);
-  write(f.b, 0x11);
-  assert.equal((await f.call("/v1/vms/two/snapshots", { name: "s1" })).status, 201);
-  write(f.a, 0x22);
-  write(f.b, 0x22);
+  await snapshotThenOverwrite(f);
   const before = await f.daemon().repo.getByName("two");
   failNext("snapshot -a", f.b);
   const r = await f.call("/v1/vms/two/snapshots/s1/revert");
@@ -141,11 +146,7 @@ test("a revert to a snapshot one disk lacks is refused before any disk or the ge
 
 test("after a crash half-way, the next start rolls back an offline snapshot and a disk revert", async (t) => {
   const f = await fixture(t);
-  write(f.a, 0x11);
-  write(f.b, 0x11);
-  assert.equal((await f.call("/v1/vms/two/snapshots", { name: "s1" })).status, 201);
-  write(f.a, 0x22);
-  write(f.b, 0x22);
+  await snapshotThenOverwrite(f);
   const vm = await f.daemon().repo.getByName("two");
   await f.daemon().close();
   // As a kill -9 leaves them: snapshot "s2" on disk a only, no row; a revert to s1 done on disk a only.

@@ -319,13 +319,13 @@ export class SnapshotService {
           if (intent.kind === "snapshot-create") {
             if (await this.d.snapshots.find(vm.id, data.snapshot)) outcome = "completed before the crash";
             else {
-              for (const f of disks) if (hasTag(f, data.snapshot)) await qemuImgSnapshot("-d", data.snapshot, f);
+              for (const f of disks) if (snapshotOn(f, data.snapshot)) await qemuImgSnapshot("-d", data.snapshot, f);
               outcome = "rolled back: the snapshot was taken off every disk";
             }
           } else if (typeof data.undo === "string") {
             const committed = vm.generation === data.generation && vm.currentSnapshotId !== null;
             for (const f of disks) {
-              if (!hasTag(f, data.undo)) continue;
+              if (!snapshotOn(f, data.undo)) continue;
               if (!committed) await qemuImgSnapshot("-a", data.undo, f);
               await qemuImgSnapshot("-d", data.undo, f);
             }
@@ -445,7 +445,7 @@ function qemuImgSnapshot(op: "-c" | "-d" | "-a", tag: string, file: string): Pro
  * Runs `step` on every file in order; if one fails, `undo` runs on those already done (last first) and the
  * failure is rethrown. An undo that fails too is logged: the intent recorded by the caller is then the record.
  */
-export async function allOrNone(files: readonly string[], step: (f: string) => Promise<unknown>, undo: (f: string) => Promise<unknown>, log: Logger): Promise<void> {
+async function allOrNone(files: readonly string[], step: (f: string) => Promise<unknown>, undo: (f: string) => Promise<unknown>, log: Logger): Promise<void> {
   const done: string[] = [];
   try {
     for (const f of files) {
@@ -458,10 +458,11 @@ export async function allOrNone(files: readonly string[], step: (f: string) => P
   }
 }
 
-function hasTag(file: string, tag: string): boolean {
+/** The internal snapshot `tag` of a qcow2 file, as its snapshot table lists it (undefined: not there). */
+function snapshotOn(file: string, tag: string) {
   const img = Qcow2Image.open(file);
   try {
-    return img.snapshots().some((s) => s.name === tag);
+    return img.snapshots().find((s) => s.name === tag);
   } finally {
     img.close();
   }
@@ -472,12 +473,7 @@ function checkRevertable(vm: VmRecord, files: readonly string[], snap: Snapshot)
   for (const [i, f] of files.entries()) {
     let found;
     try {
-      const img = Qcow2Image.open(f);
-      try {
-        found = img.snapshots().find((s) => s.name === snap.name);
-      } finally {
-        img.close();
-      }
+      found = snapshotOn(f, snap.name);
     } catch (err) {
       throw new VigilError("VIGIL_HOST", `Cannot revert VM ${q(vm.name)} to snapshot ${q(snap.name)}: disk ${q(vm.spec.disks[i]?.name ?? f)} cannot be read (${messageOf(err)}); nothing was changed`, { cause: err });
     }

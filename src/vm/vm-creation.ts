@@ -64,7 +64,7 @@ export class VmCreation {
           const id = randomUUID();
           const vmgenid = randomUUID();
           const vm = await this.materialize(
-            { id, spec, vmgenid, generation: 1, owner },
+            { id, spec, owner },
             (l) => createDisks(spec, l),
             async () =>
               d.repo.insert({
@@ -109,7 +109,7 @@ export class VmCreation {
       if (await d.repo.findByName(input.spec.name)) throw errors.vmExists(input.spec.name);
       const id = randomUUID();
       const vmgenid = randomUUID();
-      const vm = await this.materialize({ id, spec: input.spec, vmgenid, generation: 1, owner: input.owner }, input.prepareDisks, () =>
+      const vm = await this.materialize({ id, spec: input.spec, owner: input.owner }, input.prepareDisks, () =>
         d.repo.insert({
           id,
           name: input.spec.name,
@@ -151,7 +151,7 @@ export class VmCreation {
    * anything fails, the directory is removed and no row exists: a half-created VM is never left behind.
    */
   private async materialize(
-    identity: { id: string; spec: VmSpec; vmgenid: string; generation: number; owner: string },
+    identity: { id: string; spec: VmSpec; owner: string },
     prepareDisks: (l: VmLayout) => Promise<void>,
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {
@@ -166,7 +166,7 @@ export class VmCreation {
   }
 
   private async materializeLocked(
-    identity: { id: string; spec: VmSpec; vmgenid: string; generation: number },
+    identity: { id: string; spec: VmSpec },
     prepareDisks: (l: VmLayout) => Promise<void>,
     insertRow: () => Promise<VmRecord>,
   ): Promise<VmRecord> {

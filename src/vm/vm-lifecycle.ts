@@ -128,7 +128,8 @@ export class VmLifecycle {
     const { core } = this;
     const { d } = core;
     // The host that starts a VM may not be the one that created it: check its limits here too.
-    checkHostLimits(vm.spec, core.hostFacts(), `Cannot start VM ${q(vm.name)}`);
+    const host = core.hostFacts();
+    checkHostLimits(vm.spec, host, `Cannot start VM ${q(vm.name)}`);
     // Callers check this before they change anything; here it holds for every path that starts QEMU.
     checkNotExpired(d.policy, vm, `Cannot start VM ${q(vm.name)}`);
     // An open NIC reaches the host's loopback through slirp unless the nftables guard is in place (re-installed
@@ -146,7 +147,7 @@ export class VmLifecycle {
     // One start at a time passes this point: the memory of live VMs (this one marked starting) is then exact.
     await core.locks.run("quota:live-memory", async () => {
       const usage = await core.usage(vm.owner);
-      checkStartQuota(`Cannot start VM ${q(vm.name)}`, vm.owner, usage.owner, await d.users.quotasFor(vm.owner, d.quotas ?? {}), vm.spec.memoryMiB, usage.hostLiveMiB, core.hostFacts());
+      checkStartQuota(`Cannot start VM ${q(vm.name)}`, vm.owner, usage.owner, await d.users.quotasFor(vm.owner, d.quotas ?? {}), vm.spec.memoryMiB, usage.hostLiveMiB, host);
       await d.repo.update(vm.id, { state: "starting" });
     });
     let pid: number | undefined;

@@ -76,12 +76,10 @@ export async function recover(core: VmCore, supervisor: VmSupervisor): Promise<{
  * open: its row, if one was inserted, goes too), and import/export staging (`import-*`, `export-*`, `.tmp-*`),
  * which holds decompressed disks and guest RAM that no registration covers.
  */
-export async function sweepLeftovers(core: VmCore): Promise<Array<{ path: string; files: number; bytes: number }>> {
+async function sweepLeftovers(core: VmCore): Promise<void> {
   const { d } = core;
-  const swept: Array<{ path: string; files: number; bytes: number }> = [];
   const erase = async (path: string, reason: string, vm?: { id: string; name: string | null }) => {
     const r = eraseTree(d.home.vmsDir, path);
-    swept.push({ path, files: r.files, bytes: r.bytes });
     await d.audit.append({
       actor: SYSTEM_ACTOR.name,
       action: "vm.leftover-erased",
@@ -107,7 +105,6 @@ export async function sweepLeftovers(core: VmCore): Promise<Array<{ path: string
       if (/^(\.tmp-|import-|export-)/.test(name)) await erase(join(d.home.vmsDir, name), "staging left by an interrupted import or export");
     }
   }
-  return swept;
 }
 
 /**

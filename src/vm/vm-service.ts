@@ -22,16 +22,16 @@ import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import type { AgentClient } from "../guest-agent/agent-client.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
 import type { VmView } from "./vm-view.ts";
-import type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
+import type { BeforeContHook, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 import { VmCore } from "./vm-core.ts";
 import { VmSupervisor } from "./vm-supervision.ts";
 import { VmLifecycle } from "./vm-lifecycle.ts";
 import { VmCreation, type DerivedVmInput } from "./vm-creation.ts";
 import { VmRemoval } from "./vm-removal.ts";
-import { recover, sweepLeftovers } from "./vm-recovery.ts";
+import { recover } from "./vm-recovery.ts";
 import { pingAgent, withAgent } from "./vm-agent.ts";
 import { consoleLog, openConsole } from "./vm-console.ts";
-import { checkNotExpired, checkOwnershipPolicy } from "./vm-ownership.ts";
+import { checkNotExpired, checkOwnershipPolicy, type OwnershipFields } from "./vm-ownership.ts";
 
 export type { BeforeContHook, LockedVm, RemovalReport, StartOptions, StopResult, VmPolicy, VmServiceDeps } from "./vm-types.ts";
 
@@ -46,6 +46,7 @@ export class VmService {
     this.core = new VmCore(d);
     this.supervisor = new VmSupervisor(this.core);
     this.lifecycle = new VmLifecycle(this.core, this.supervisor);
+    this.operate = this.lifecycle.operate.bind(this.lifecycle);
     this.creation = new VmCreation(this.core);
     this.removal = new VmRemoval(this.core, this.lifecycle);
   }
@@ -62,18 +63,9 @@ export class VmService {
 
   /**
    * One guarded, locked operation on an existing VM for capabilities built on the lifecycle (snapshots, clones,
-   * export): authorizes `op.permission` on the VM, audits the outcome, holds the VM's lock while `fn` runs, and
-   * hands `fn` the lifecycle steps it may combine.
+   * export); its signature and contract are `VmLifecycle.operate`'s (vm-lifecycle.ts).
    */
-  operate<T>(
-    ctx: RequestContext,
-    name: string,
-    op: { action: string; permission: Permission; details?: Record<string, unknown> | undefined },
-    fn: (h: LockedVm) => Promise<T>,
-    describe?: (result: T) => Record<string, unknown>,
-  ): Promise<T> {
-    return this.lifecycle.operate(ctx, name, op, fn, describe);
-  }
+  readonly operate: VmLifecycle["operate"];
 
   /**
    * Creates a new VM (a clone or an import) under the creator's name: fresh identity, disks prepared by
@@ -91,7 +83,7 @@ export class VmService {
    * The ownership fields of every new VM (vm-ownership.ts): `createDerived` checks them itself; a capability that
    * does costly work first calls this before that work.
    */
-  checkOwnershipPolicy(context: string, fields: { approver?: string | null | undefined; purpose?: string | null | undefined; expiresAt?: string | null | undefined }, code: "VIGIL_INVALID_SPEC" | "VIGIL_BAD_REQUEST" = "VIGIL_BAD_REQUEST"): void {
+  checkOwnershipPolicy(context: string, fields: OwnershipFields, code: "VIGIL_INVALID_SPEC" | "VIGIL_BAD_REQUEST" = "VIGIL_BAD_REQUEST"): void {
     checkOwnershipPolicy(this.d.policy, context, fields, code);
   }
 
@@ -243,16 +235,11 @@ export class VmService {
   // ---- supervision ---------------------------------------------------------------------------------------
 
   /**
-   * Finds every VM's QEMU again after vigil (re)starts (vm-recovery.ts): a QEMU is only trusted if pid file,
-   * process and uuid agree; interrupted operations are rolled back; a VM whose QEMU died meanwhile is crashed.
+   * Finds every VM's QEMU again after vigil (re)starts (vm-recovery.ts), first erasing what a crash left in
+   * `vms/` (`sweepLeftovers`): a QEMU is only trusted if pid file, process and uuid agree; interrupted operations are rolled back; a VM whose QEMU died meanwhile is crashed.
    */
   recover(): Promise<{ reattached: string[]; crashed: string[] }> {
     return recover(this.core, this.supervisor);
-  }
-
-  /** At start, before any request: erases what a crash left in `vms/` (vm-recovery.ts). */
-  sweepLeftovers(): Promise<Array<{ path: string; files: number; bytes: number }>> {
-    return sweepLeftovers(this.core);
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */

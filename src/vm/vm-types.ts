@@ -59,7 +59,7 @@ export interface LockedVm {
   update(change: Parameters<VmRepository["update"]>[1]): Promise<VmRecord>;
   /** The runtime of a running or paused VM. */
   runtime(): VmRuntime;
-  start(options?: StartOptions & { beforeCont?: (rt: VmRuntime) => Promise<void> }): Promise<VmRecord>;
+  start(options?: StartOptions): Promise<VmRecord>;
   stop(timeoutMs?: number): Promise<StopResult>;
   kill(reason: string): Promise<void>;
 }
