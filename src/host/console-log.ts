@@ -16,7 +16,7 @@ import { closeSync, constants, existsSync, fstatSync, ftruncateSync, openSync, r
 
 export const DEFAULT_CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
 /** How often the size is checked even if no change notification came (inotify may miss or coalesce). */
-export const CONSOLE_LOG_CHECK_MS = 1000;
+const CONSOLE_LOG_CHECK_MS = 1000;
 
 /** The one backup `console.log` is rotated into. */
 export const consoleBackup = (path: string): string => `${path}.1`;

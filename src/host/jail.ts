@@ -17,7 +17,7 @@ export function jailEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
 }
 
 /** Controllers whose per-VM directory the helper creates and joins (pids and devices are also configured). */
-export const JAIL_CONTROLLERS = ["pids", "devices", "memory", "cpu"] as const;
+const JAIL_CONTROLLERS = ["pids", "devices", "memory", "cpu"] as const;
 
 export interface JailPlan {
   uid: number;
