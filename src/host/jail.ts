@@ -12,8 +12,8 @@ import { VigilError } from "../errors.ts";
 export const JAIL_HELPER = process.env.VIGIL_JAIL_HELPER ?? resolve(dirname(fileURLToPath(import.meta.url)), "../../native/build/vigil-jail");
 
 /** The only opt-out: VIGIL_JAIL=off, for the benchmark's and tests' unjailed baseline. Logged and shown. */
-export function jailEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.VIGIL_JAIL !== "off";
+export function jailEnabled(): boolean {
+  return process.env.VIGIL_JAIL !== "off";
 }
 
 /** Controllers whose per-VM directory the helper creates and joins (pids and devices are also configured). */
