@@ -48,6 +48,17 @@ test("a compromised QEMU is confined to its own VM", { timeout: 400_000 }, async
   assert.equal(field("CapEff"), "0000000000000000");
   assert.equal(field("CapBnd"), "0000000000000000");
   assert.equal(field("Seccomp"), "2");
+  // No supplementary groups, an empty environment, and its resource limits (soft = hard, so it cannot raise them).
+  assert.match(status, /^Groups:[ \t]*$/m);
+  assert.equal(readFileSync(`/proc/${a.pid}/environ`, "utf8"), "");
+  const limits = readFileSync(`/proc/${a.pid}/limits`, "utf8");
+  const limit = (name: string) => new RegExp(`^${name}\\s+(\\S+)\\s+(\\S+)`, "m").exec(limits)?.slice(1, 3);
+  assert.deepEqual(limit("Max open files"), ["4096", "4096"]);
+  assert.deepEqual(limit("Max core file size"), ["0", "0"]);
+  const nproc = limit("Max processes");
+  assert.ok(nproc && nproc[0] === nproc[1] && Number(nproc[0]) < 1000, `nproc bounded: ${nproc?.join(" ")}`);
+  const fsize = limit("Max file size");
+  assert.ok(fsize && fsize[0] === fsize[1] && /^\d+$/.test(fsize[0]!), `fsize bounded: ${fsize?.join(" ")}`);
   const uidB = Number(/^Uid:\s*(\d+)/m.exec(readFileSync(`/proc/${b.pid}/status`, "utf8"))![1]);
   assert.notEqual(uidB, uid, "each VM has its own uid");
   assert.equal(readFileSync(join(a.paths.dir, "jail.pid"), "utf8").trim(), String(a.pid), "the daemon's pid file holds QEMU's host pid");
