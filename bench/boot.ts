@@ -16,7 +16,7 @@ import { benchDaemon, machineLine, report } from "./lib.ts";
 /** Raw QEMU until the agent's first pong, driven by the same QMP and agent clients vigil uses. Milliseconds. */
 async function rawBoot(binary: string, argv: string[], paths: { qmp: string; agent: string; pidFile: string }): Promise<number> {
   for (const p of [paths.qmp, paths.agent, paths.pidFile]) rmSync(p, { force: true });
-  for (const p of [paths.qmp]) mkdirSync(dirname(p), { recursive: true, mode: 0o700 });
+  mkdirSync(dirname(paths.qmp), { recursive: true, mode: 0o700 });
   const t0 = performance.now();
   const qemu = spawn(binary, argv, { stdio: "ignore" });
   const exited = new Promise((r) => qemu.once("exit", r));

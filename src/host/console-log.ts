@@ -12,11 +12,12 @@
  * Reading is bounded too: `readConsoleTail` does positioned reads of at most `maxBytes` from the end of
  * `console.log.1` + `console.log`, never the whole file.
  */
-import { closeSync, constants, existsSync, fstatSync, ftruncateSync, openSync, readSync, watch, writeSync, type FSWatcher } from "node:fs";
+import { closeSync, constants, existsSync, fstatSync, ftruncateSync, openSync, watch, writeSync, type FSWatcher } from "node:fs";
+import { readFully } from "../storage/block-reader.ts";
 
 export const DEFAULT_CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
 /** How often the size is checked even if no change notification came (inotify may miss or coalesce). */
-export const CONSOLE_LOG_CHECK_MS = 1000;
+const CONSOLE_LOG_CHECK_MS = 1000;
 
 /** The one backup `console.log` is rotated into. */
 export const consoleBackup = (path: string): string => `${path}.1`;
@@ -24,13 +25,7 @@ export const consoleBackup = (path: string): string => `${path}.1`;
 /** Reads exactly `length` bytes at `position` of `fd` (fewer only at end of file). */
 function readAt(fd: number, length: number, position: number): Buffer {
   const buf = Buffer.alloc(length);
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, buf, done, length - done, position + done);
-    if (n <= 0) break;
-    done += n;
-  }
-  return buf.subarray(0, done);
+  return buf.subarray(0, readFully(fd, buf, BigInt(position)));
 }
 
 /**

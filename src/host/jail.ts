@@ -12,12 +12,12 @@ import { VigilError } from "../errors.ts";
 export const JAIL_HELPER = process.env.VIGIL_JAIL_HELPER ?? resolve(dirname(fileURLToPath(import.meta.url)), "../../native/build/vigil-jail");
 
 /** The only opt-out: VIGIL_JAIL=off, for the benchmark's and tests' unjailed baseline. Logged and shown. */
-export function jailEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.VIGIL_JAIL !== "off";
+export function jailEnabled(): boolean {
+  return process.env.VIGIL_JAIL !== "off";
 }
 
 /** Controllers whose per-VM directory the helper creates and joins (pids and devices are also configured). */
-export const JAIL_CONTROLLERS = ["pids", "devices", "memory", "cpu"] as const;
+const JAIL_CONTROLLERS = ["pids", "devices", "memory", "cpu"] as const;
 
 export interface JailPlan {
   uid: number;
@@ -115,7 +115,14 @@ export function cgroupDir(spec: string): string {
   return join(spec.slice(0, i), spec.slice(i + 1));
 }
 
-/** Removes a VM's cgroup directories left behind (the helper removes them itself when it can). */
+/**
+ * Removes a VM's cgroup directories left behind. Both removals are needed, neither is enough alone: the helper's
+ * (leave_cgroups in native/vigil-jail.c) is the normal one — only it knows the moment the group is empty, and it
+ * runs whenever QEMU exits (stop, guest poweroff, crash), also while the daemon is down. This one, after a failed
+ * start, a kill and in recover(), is the fallback for a helper that never got there: SIGKILLed (its QEMU, pid 1 of
+ * its own namespace, lives on and exits unwatched), or died (exit 125) after joining the groups. While the helper
+ * is still inside, the rmdir fails with EBUSY and the helper removes the directory as it leaves.
+ */
 export function removeCgroups(specs: readonly string[]): void {
   for (const s of specs) {
     try {

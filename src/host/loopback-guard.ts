@@ -22,7 +22,7 @@ const NFT_TIMEOUT_MS = 10_000;
 const MAX_OUTPUT = 64 * 1024;
 
 /** The nftables script: creates the table if missing, deletes it, and creates it anew, in one transaction. */
-export function guardRuleset(): string {
+function guardRuleset(): string {
   const uids = `${VM_UID_BASE}-${VM_UID_BASE + VM_UID_COUNT - 1}`;
   return [
     `table inet ${GUARD_TABLE}`,

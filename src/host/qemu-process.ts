@@ -143,11 +143,11 @@ export function processAlive(pid: number): boolean {
  * Is `pid` a live QEMU started for the VM with this uuid? Its executable is compared by (device, inode) with the
  * QEMU binary, not by name: a jailed QEMU's /proc/<pid>/exe names a path inside its own mount namespace.
  */
-export function isQemuOf(pid: number, uuid: string, qemuBinary: string = QEMU_BINARY): boolean {
+export function isQemuOf(pid: number, uuid: string): boolean {
   if (!processAlive(pid)) return false;
   try {
     const exe = statSync(`/proc/${pid}/exe`);
-    const qemu = statSync(resolveBinary(qemuBinary));
+    const qemu = statSync(resolveBinary(QEMU_BINARY));
     if (exe.dev !== qemu.dev || exe.ino !== qemu.ino) return false;
     const args = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
     const i = args.indexOf("-uuid");

@@ -75,6 +75,9 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-object", opts("memory-backend-memfd", [["id", "ram0"], ["size", `${spec.memoryMiB}M`], ["share", "on"], ["seal", "on"]]),
     "-display", "none",
     "-msg", "timestamp=on",
+    // Kept when jailed, though there QEMU writes its namespace pid (1, which readPidFile ignores) and the daemon
+    // reads the helper's jail.pid instead: one argv for both modes, and VIGIL_JAIL=off needs it (recover() finds
+    // a QEMU whose start was cut short before its pid was recorded).
     "-pidfile", paths.pidFile,
     "-chardev", opts("socket", [["id", "qmp"], ["path", paths.qmpSocket], ["server", "on"], ["wait", "off"]]),
     "-mon", "chardev=qmp,mode=control",

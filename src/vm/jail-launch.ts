@@ -25,10 +25,10 @@ const FIRST_FD = 3;
 /** The daemon's own pid file for a jailed QEMU (root-owned, in the VM's directory, which QEMU never sees). */
 export const jailPidFile = (l: VmLayout) => join(l.dir, "jail.pid");
 /** The empty directory the helper mounts the jail's root on. */
-export const jailRootDir = (l: VmLayout) => join(l.dir, "jail-root");
+const jailRootDir = (l: VmLayout) => join(l.dir, "jail-root");
 
 /** The absolute path of the QEMU binary (the jail has no PATH). */
-export function qemuBinaryPath(): string {
+function qemuBinaryPath(): string {
   const p = resolveBinary(QEMU_BINARY);
   if (isAbsolute(p) && existsSync(p)) return p;
   throw new VigilError("VIGIL_HOST", `Cannot find QEMU (${q(QEMU_BINARY)}) on PATH`);

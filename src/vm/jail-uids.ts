@@ -23,9 +23,3 @@ export async function jailUidOf(db: Db, vmId: string): Promise<number> {
     return uid;
   });
 }
-
-/** The VM's uid if it has one (for views), without allocating. */
-export async function existingJailUid(db: Db, vmId: string): Promise<number | undefined> {
-  const row = await db.selectFrom("jail_uids").select("uid").where("vm_id", "=", vmId).executeTakeFirst();
-  return row?.uid;
-}

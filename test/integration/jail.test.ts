@@ -48,6 +48,17 @@ test("a compromised QEMU is confined to its own VM", { timeout: 400_000 }, async
   assert.equal(field("CapEff"), "0000000000000000");
   assert.equal(field("CapBnd"), "0000000000000000");
   assert.equal(field("Seccomp"), "2");
+  // No supplementary groups, an empty environment, and its resource limits (soft = hard, so it cannot raise them).
+  assert.match(status, /^Groups:[ \t]*$/m);
+  assert.equal(readFileSync(`/proc/${a.pid}/environ`, "utf8"), "");
+  const limits = readFileSync(`/proc/${a.pid}/limits`, "utf8");
+  const limit = (name: string) => new RegExp(`^${name}\\s+(\\S+)\\s+(\\S+)`, "m").exec(limits)?.slice(1, 3);
+  assert.deepEqual(limit("Max open files"), ["4096", "4096"]);
+  assert.deepEqual(limit("Max core file size"), ["0", "0"]);
+  const nproc = limit("Max processes");
+  assert.ok(nproc && nproc[0] === nproc[1] && Number(nproc[0]) < 1000, `nproc bounded: ${nproc?.join(" ")}`);
+  const fsize = limit("Max file size");
+  assert.ok(fsize && fsize[0] === fsize[1] && /^\d+$/.test(fsize[0]!), `fsize bounded: ${fsize?.join(" ")}`);
   const uidB = Number(/^Uid:\s*(\d+)/m.exec(readFileSync(`/proc/${b.pid}/status`, "utf8"))![1]);
   assert.notEqual(uidB, uid, "each VM has its own uid");
   assert.equal(readFileSync(join(a.paths.dir, "jail.pid"), "utf8").trim(), String(a.pid), "the daemon's pid file holds QEMU's host pid");
@@ -109,14 +120,23 @@ test("a compromised QEMU is confined to its own VM", { timeout: 400_000 }, async
   assert.equal(again.pid, a.pid, "the same QEMU");
   assert.ok((await d.api<{ processes: unknown[] }>("GET", "/v1/vms/ja/guest/ps")).processes.length > 0);
 
-  // Stop and kill leave no process and no cgroup directory behind.
+  // Stop and kill leave no process and no cgroup directory behind: kill even when B's helper was SIGKILLed first
+  // (then it never removes B's directories; the daemon's removeCgroups does).
   const dirs = cgroupsOf(a.pid).filter((l) => l.includes(`vigil-${a.id}`));
   assert.ok(dirs.length >= 3, dirs.join(" "));
+  const dirsB = cgroupsOf(b.pid).filter((l) => l.includes(`vigil-${b.id}`));
+  assert.ok(dirsB.length >= 3, dirsB.join(" "));
+  const ppidOf = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")[1]);
+  const qemuB = b.pid;
+  const helperB = ppidOf(qemuB);
+  assert.equal(readFileSync(`/proc/${helperB}/comm`, "utf8").trim(), "vigil-jail");
+  process.kill(helperB, "SIGKILL");
+  await waitFor(() => ppidOf(qemuB) !== helperB, 10_000, "B's helper gone");
   assert.equal(d.cli("vm", "stop", "ja").status, 0);
   assert.equal(d.cli("vm", "kill", "jb").status, 0);
   await waitFor(() => !existsSync(`/proc/${a.pid}`) && !existsSync(`/proc/${b.pid}`), 15_000, "QEMUs gone");
   await waitFor(() => !existsSync(pidsDir), 10_000, "the pids cgroup removed");
-  for (const line of dirs) {
+  for (const line of [...dirs, ...dirsB]) {
     const [, ctrls, path] = line.split(":");
     const mount = ctrls === "" ? "/sys/fs/cgroup/unified" : join("/sys/fs/cgroup", ctrls!.split(",")[0]!.replace(/^name=/, ""));
     assert.equal(existsSync(join(mount, path!)), false, `${mount}${path} is left`);
