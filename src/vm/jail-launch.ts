@@ -4,6 +4,7 @@
  * (handed to the VM's uid, 0600/0700), and the helper's command line. What is confined is also returned as the
  * `confinement` the API shows.
  */
+import { MAX_CHAIN, type RecordedPlaces } from "./recorded-layers.ts";
 import { chownSync, existsSync, lchownSync, mkdirSync, chmodSync, statSync } from "node:fs";
 import { isAbsolute, join } from "node:path";
 import { VigilError, q } from "../errors.ts";
@@ -19,7 +20,6 @@ import { diskFile } from "./vm-view.ts";
 import type { VmRecord } from "./vm-repository.ts";
 
 /** Longest backing chain vigil follows (its own templates and clones are a few layers deep). */
-export const MAX_CHAIN = 16;
 const FIRST_FD = 3;
 
 /** The daemon's own pid file for a jailed QEMU (root-owned, in the VM's directory, which QEMU never sees). */
@@ -35,20 +35,32 @@ function qemuBinaryPath(): string {
 }
 
 /**
- * The read-only layers below `backing` (nearest first), read from those layers' own headers — never from the
- * VM's writable top image. Bounded, and each layer must be a regular qcow2 or raw file.
+ * The read-only layers from `backing` down (nearest first). `backing` itself is vigil's record; every layer below
+ * it is named by a header that a QEMU once wrote (a template's disk was a running VM's), so it is followed only
+ * under the same rule as export (`recorded-layers.ts`): a place vigil recorded for this VM, named with backing
+ * format qcow2 (never probed), no `json:` name, no external data file. Bounded, no loops.
  */
-export async function backingChain(backing: string): Promise<Array<{ file: string; format: string }>> {
+export async function backingChain(backing: string, places: RecordedPlaces): Promise<Array<{ file: string; format: string }>> {
+  const refuse = (why: string) => new VigilError("VIGIL_HOST", `Cannot start: ${why}; vigil did not put it there, so a disk header was changed (by a QEMU?)`);
   const chain: Array<{ file: string; format: string }> = [];
   let file: string | undefined = backing;
+  let format: string | undefined;
   while (file !== undefined) {
     if (chain.length >= MAX_CHAIN) throw new VigilError("VIGIL_HOST", `Cannot start: the backing chain of ${q(backing)} is deeper than ${MAX_CHAIN} layers`);
     if (!isAbsolute(file) || !statSync(file, { throwIfNoEntry: false })?.isFile()) throw new VigilError("VIGIL_HOST", `Cannot start: backing layer ${q(file)} is not a regular file with an absolute path`);
     if (chain.some((c) => c.file === file)) throw new VigilError("VIGIL_HOST", `Cannot start: the backing chain of ${q(backing)} loops at ${q(file)}`);
-    const info = await imageInfo(file);
+    const info = await imageInfo(file, format ? { format } : {});
     if (info.format !== "qcow2" && info.format !== "raw") throw new VigilError("VIGIL_HOST", `Cannot start: backing layer ${q(file)} has format ${q(info.format)} (only qcow2 and raw)`);
+    const dataFile = (info["format-specific"] as { data?: { "data-file"?: unknown } } | undefined)?.data?.["data-file"];
+    if (dataFile !== undefined) throw refuse(`backing layer ${q(file)} keeps its data in an external file`);
     chain.push({ file, format: info.format });
-    file = info["full-backing-filename"] ?? info["backing-filename"];
+    const name = info["backing-filename"];
+    if (name === undefined) break;
+    if (name.startsWith("json:")) throw refuse(`backing layer ${q(file)} names a json: block graph as its backing file`);
+    if (info["backing-filename-format"] !== "qcow2") throw refuse(`backing layer ${q(file)} names its backing file with format ${q(info["backing-filename-format"] ?? "(not recorded)")}, not qcow2`);
+    file = info["full-backing-filename"] ?? name;
+    if (!places.has(file)) throw refuse(`backing layer ${q(chain.at(-1)!.file)} names ${q(name)}, which is not one of this VM's recorded disks, its templates' or its image`);
+    format = "qcow2";
   }
   return chain;
 }
@@ -78,14 +90,14 @@ export interface Confinement {
 }
 
 /** Plans the jail for `vm` (allocating its uid on first use); `buildQemuArgv` gets the backing chains. */
-export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" | "tcg", buildQemuArgv: (backing: JailLaunch["backing"]) => string[]): Promise<JailLaunch> {
+export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" | "tcg", places: RecordedPlaces, buildQemuArgv: (backing: JailLaunch["backing"]) => string[]): Promise<JailLaunch> {
   const uid = await jailUidOf(db, vm.id);
   const backing: JailLaunch["backing"] = {};
   const fds: JailPlan["fds"] = [];
   let maxDiskBytes = 0;
   let largestFile = 0;
   for (const d of vm.spec.disks) {
-    const chain = d.backing ? await backingChain(d.backing) : [];
+    const chain = d.backing ? await backingChain(d.backing, places) : [];
     backing[d.name] = chain.map((c) => {
       const fd = FIRST_FD + fds.length;
       fds.push({ fd, path: c.file });

@@ -14,6 +14,7 @@ import { consoleBackup } from "../host/console-log.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import { checkJailAvailable, hostCgroupSpecs, jailEnabled, removeCgroups } from "../host/jail.ts";
 import { handOverFiles, planJail, reclaimJailDirs } from "./jail-launch.ts";
+import { recordedPlaces, type RecordedPlaces } from "./recorded-layers.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import type { Permission } from "../auth/permissions.ts";
 import { checkHostLimits, checkStartQuota } from "./host-limits.ts";
@@ -101,6 +102,11 @@ export class VmLifecycle {
     );
   }
 
+  /** Where this VM's disk layers may be, from the records (the jail follows no other backing file). */
+  private places(vm: VmRecord): Promise<RecordedPlaces> {
+    return recordedPlaces(vm, this.core.d.home.vmsDir, (id) => this.core.d.repo.getById(id));
+  }
+
   private launchPlan(vm: VmRecord): LaunchPlan {
     const l = this.core.layout(vm);
     return {
@@ -119,7 +125,7 @@ export class VmLifecycle {
     const vm = await core.lookup(ctx, name, "vm.showcmd");
     await core.d.guard.authorize(ctx, { action: "vm.showcmd", permission: "vm.read", target: core.target(vm), owner: vm.owner, readOnly: true });
     if (!jailEnabled()) return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
-    const jail = await planJail(core.d.repo.db, vm, core.layout(vm), core.d.accel.accel, (backing) => buildArgv({ ...this.launchPlan(vm), backing }));
+    const jail = await planJail(core.d.repo.db, vm, core.layout(vm), core.d.accel.accel, await this.places(vm), (backing) => buildArgv({ ...this.launchPlan(vm), backing }));
     return { binary: jail.binary, argv: jail.argv };
   }
 
@@ -170,7 +176,7 @@ export class VmLifecycle {
         const file = diskFile(l.disksDir, disk.name);
         if (existsSync(file)) restrictToOwner(file);
       }
-      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, (backing) => buildArgv({ ...this.launchPlan(vm), backing })) : undefined;
+      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, await this.places(vm), (backing) => buildArgv({ ...this.launchPlan(vm), backing })) : undefined;
       if (jail) handOverFiles(vm, l, jail.confinement.uid);
       const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
       pid = started.pid;

@@ -28,6 +28,7 @@ import type { DataRegistry } from "../../provenance/data-registry.ts";
 import { ensurePrivateDir } from "../../host/private-dir.ts";
 import type { VmService } from "../../vm/vm-service.ts";
 import type { VmRecord } from "../../vm/vm-repository.ts";
+import { MAX_CHAIN, recordedPlaces } from "../../vm/recorded-layers.ts";
 import { diskFile, type VmView } from "../../vm/vm-view.ts";
 import { vmNameSchema, type VmSpec } from "../../vm/spec.ts";
 import { parseOrThrow } from "../../validation.ts";
@@ -62,7 +63,6 @@ export const exportHeadersSchema = z.object({
 });
 
 /** The most layers a disk's backing chain may have (export and import alike). */
-const MAX_CHAIN = 16;
 
 /** What an import request says besides the bundle: the new VM's name and its ownership fields. */
 export interface ImportOptions {
@@ -123,23 +123,7 @@ export class BundleService {
         return undefined;
       }
     };
-    const dirs = new Set<string>();
-    const files = new Set<string>();
-    const addDir = (p: string) => void (real(p) !== undefined && dirs.add(real(p)!));
-    addDir(disksDir);
-    let cur: VmRecord | undefined = vm;
-    for (let depth = 0; cur !== undefined; depth++) {
-      if (depth >= MAX_CHAIN) throw new VigilError("VIGIL_HOST", `VM ${q(vm.name)} descends from more than ${MAX_CHAIN} templates`);
-      for (const d of cur.spec.disks) {
-        const f = d.backing !== undefined ? real(d.backing) : undefined;
-        if (f !== undefined) files.add(f);
-      }
-      if (cur !== vm) {
-        addDir(join(this.d.vmsDir, cur.id, "disks"));
-        addDir(join(this.d.vmsDir, cur.id, "snapbases"));
-      }
-      cur = cur.baseVmId ? await this.d.vms.recordById(cur.baseVmId) : undefined;
-    }
+    const places = await recordedPlaces(vm, this.d.vmsDir, (id) => this.d.vms.recordById(id));
     const refuse = (why: string) => new VigilError("VIGIL_POLICY_DENIED", `Cannot export VM ${q(vm.name)}: disk ${q(disk)} ${why}; vigil did not put it there, so the disk's header was changed (by its QEMU?) and the bundle is not made`, { field: "disk" });
     const chain: string[] = [];
     let file = diskFile(disksDir, disk);
@@ -161,7 +145,7 @@ export class BundleService {
       if (backing.startsWith("json:")) throw refuse(`layer ${q(file)} names a json: block graph as its backing file`);
       if (header.backingFormat !== "qcow2") throw refuse(`layer ${q(file)} has backing format ${header.backingFormat === undefined ? "(not recorded)" : q(header.backingFormat)}, not qcow2`);
       const next = real(resolve(dirname(file), backing));
-      if (next === undefined || !(files.has(next) || dirs.has(dirname(next)))) throw refuse(`layer ${q(file)} names backing file ${q(backing)}, which is not one of this VM's recorded disks, its templates' or its image`);
+      if (next === undefined || !places.has(next)) throw refuse(`layer ${q(file)} names backing file ${q(backing)}, which is not one of this VM's recorded disks, its templates' or its image`);
       if (chain.includes(next)) throw refuse(`has a backing loop at ${q(next)}`);
       file = next;
     }
