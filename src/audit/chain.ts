@@ -231,10 +231,3 @@ export class ChainVerifier {
     return ok;
   }
 }
-
-/** Verifies records, checkpoints and optionally a signed head in one call (see ChainVerifier). */
-export function verifyChain(records: Iterable<HashedRecord>, checkpoints: readonly Checkpoint[], publicKey: KeyObject, head?: HeadFile): VerifyResult {
-  const v = new ChainVerifier(checkpoints, publicKey, head);
-  for (const r of records) v.add(r);
-  return v.finish();
-}
