@@ -1,15 +1,22 @@
 /**
  * Checking audit proofs with the public key alone: what `vigil audit check-proof` and `vigil audit verify
  * --since` run on the client, so the answer does not depend on trusting the daemon. Pure (node:crypto, the
- * chain and Merkle hashing), so the thin CLI can use it.
+ * chain and Merkle hashing, the site key id), so the thin CLI can use it.
  */
-import type { KeyObject } from "node:crypto";
+import { createPublicKey, type KeyObject } from "node:crypto";
 import { leafData, parseHeadFile, recordHash, verifyStatement, verifyTreeHead, type HashedRecord, type HeadFile, type TreeHead } from "./chain.ts";
 import { leafHash, verifyConsistency, verifyInclusion } from "./merkle.ts";
+import { keyIdOf } from "./site-key.ts";
 
 export interface CheckResult {
   ok: boolean;
   message: string;
+}
+
+/** A PEM public key and its key id, as signed heads name it. */
+export function publicKeyFrom(pem: string): { key: KeyObject; keyId: string } {
+  const key = createPublicKey(pem);
+  return { key, keyId: keyIdOf(key) };
 }
 
 const hashes = (a: unknown): Buffer[] | undefined =>
