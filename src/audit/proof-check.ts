@@ -4,7 +4,7 @@
  * chain and Merkle hashing, the site key id), so the thin CLI can use it.
  */
 import { createPublicKey, type KeyObject } from "node:crypto";
-import { leafData, parseHeadFile, recordHash, verifyStatement, verifyTreeHead, type HashedRecord, type HeadFile, type TreeHead } from "./chain.ts";
+import { leafData, parseHeadFile, recordHash, treeHeadOf, verifyStatement, verifyTreeHead, type HashedRecord, type HeadFile, type TreeHead } from "./chain.ts";
 import { leafHash, parsePath, verifyConsistency, verifyInclusion } from "./merkle.ts";
 import { keyIdOf } from "./site-key.ts";
 
@@ -21,8 +21,7 @@ export function publicKeyFrom(pem: string): { key: KeyObject; keyId: string } {
 
 function headOf(value: unknown): TreeHead | undefined {
   try {
-    const parsed = parseHeadFile(JSON.stringify({ type: "tree-head", ...(value as object) }));
-    return parsed.kind === "tree" ? parsed.head : undefined;
+    return treeHeadOf(value);
   } catch {
     return undefined;
   }

@@ -12,7 +12,7 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { canonicalJson } from "./canonical-json.ts";
-import { parseHeadFile, verifyTreeHead, type TreeHead } from "./chain.ts";
+import { treeHeadOf, verifyTreeHead, type TreeHead } from "./chain.ts";
 import { parsePath, verifyConsistency } from "./merkle.ts";
 import { keyIdOf, loadOrCreateSiteKey, type SiteKey } from "./site-key.ts";
 import { appendLineDurably, lastLine } from "./witness.ts";
@@ -57,9 +57,7 @@ export class WitnessServer {
     const b = body as { head?: unknown; fromSize?: unknown; proof?: unknown };
     let head: TreeHead;
     try {
-      const parsed = parseHeadFile(JSON.stringify({ ...(b?.head as object), type: "tree-head" }));
-      if (parsed.kind !== "tree") throw new Error("not a tree head");
-      head = parsed.head;
+      head = treeHeadOf(b?.head);
     } catch (err) {
       return refuse(400, `head: ${(err as Error).message}`);
     }
