@@ -100,10 +100,13 @@ export interface Checkpoint extends SignedStatement {
   rootHash: string | null;
 }
 
+/** A Merkle-era checkpoint (one with a root) as the tree head it is. */
+export function checkpointHead(cp: SignedStatement, rootHash: string): TreeHead {
+  return { size: cp.seq, rootHash, lastHash: cp.hash, time: cp.time, keyId: cp.keyId, signature: cp.signature };
+}
+
 export function checkpointValid(cp: Checkpoint, publicKey: KeyObject): boolean {
-  return cp.rootHash === null
-    ? verifyStatement("checkpoint", cp, publicKey)
-    : verifyTreeHead({ size: cp.seq, rootHash: cp.rootHash, lastHash: cp.hash, time: cp.time, keyId: cp.keyId, signature: cp.signature }, publicKey);
+  return cp.rootHash === null ? verifyStatement("checkpoint", cp, publicKey) : verifyTreeHead(checkpointHead(cp, cp.rootHash), publicKey);
 }
 
 /** The head file: a tree head, or a pre-Merkle signed head {seq, hash} written by an older vigil. */
