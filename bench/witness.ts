@@ -22,8 +22,7 @@ export async function run(args: string[]): Promise<void> {
   const rounds = Number(args[1] ?? 6);
   const dir = mkdtempSync(join(tmpdir(), "vigil-bench-witness-"));
   const key = loadOrCreateSiteKey(join(dir, "keys"));
-  const { server } = await serveWitness({ dir: join(dir, "witness"), siteKeyPath: join(dir, "keys", "site-ed25519.pub.pem"), host: "127.0.0.1", port: 0 });
-  const port = (server.address() as { port: number }).port;
+  const { server, port } = await serveWitness({ dir: join(dir, "witness"), siteKeyPath: join(dir, "keys", "site-ed25519.pub.pem"), host: "127.0.0.1", port: 0 });
   const dbs: Db[] = [];
   const open = async (name: string, witnesses: Witness[]) => {
     const db = await openSqlite(join(dir, `${name}.db`));

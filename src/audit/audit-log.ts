@@ -14,13 +14,14 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, w
 import { dirname } from "node:path";
 import { sql } from "kysely";
 import type { Db } from "../inventory/db.ts";
-import type { AuditRow } from "../inventory/schema.ts";
+import type { AuditCheckpointsTable, AuditRow } from "../inventory/schema.ts";
 import { VigilError, messageOf } from "../errors.ts";
 import { Mutex } from "../util/mutex.ts";
 import { canonicalJson } from "./canonical-json.ts";
 import {
   ChainVerifier,
   GENESIS_HASH,
+  checkpointHead,
   checkpointValid,
   leafData,
   parseHeadFile,
@@ -99,6 +100,8 @@ export function rowToRecord(row: AuditRow): HashedRecord {
     hash: row.hash,
   };
 }
+
+const toCheckpoint = (r: AuditCheckpointsTable): Checkpoint => ({ seq: r.seq, hash: r.hash, time: r.time, keyId: r.key_id, signature: r.signature, rootHash: r.root_hash });
 
 const hex = (b: Buffer) => b.toString("hex");
 
@@ -212,11 +215,15 @@ export class AuditLog {
     if (h.keyId !== this.key.keyId || !verifyTreeHead(h, this.key.publicKey)) return [`${what} is not validly signed by this site's key`];
     if (h.size > this.lastSeq) return [`${what} covers ${h.size} records but the log ends at record ${this.lastSeq}: the log was truncated`];
     if (h.size === 0) return [];
-    const row = await this.db.selectFrom("audit_log").select("hash").where("seq", "=", h.size).executeTakeFirst();
-    if (row?.hash !== h.lastHash) return [`record ${h.size} does not match ${what}: the log was rewritten`];
+    if ((await this.hashAt(h.size)) !== h.lastHash) return [`record ${h.size} does not match ${what}: the log was rewritten`];
     const root = hex(await rangeHash(this.nodes, 0, h.size));
     if (root !== h.rootHash) return [`the Merkle root at ${h.size} does not match ${what}: the log was rewritten`];
     return [];
+  }
+
+  /** The stored chain hash of record `seq`, if there is one. */
+  private async hashAt(seq: number): Promise<string | undefined> {
+    return (await this.db.selectFrom("audit_log").select("hash").where("seq", "=", seq).executeTakeFirst())?.hash;
   }
 
   private async checkHead(findings: string[]): Promise<void> {
@@ -240,10 +247,7 @@ export class AuditLog {
     const h = file.head;
     if (!verifyStatement("head", h, this.key.publicKey)) findings.push("the signed head file has an invalid signature");
     else if (h.seq > this.lastSeq) findings.push(`the signed head file covers ${h.seq} records but the log ends at record ${this.lastSeq}: the log was truncated`);
-    else {
-      const row = await this.db.selectFrom("audit_log").select("hash").where("seq", "=", h.seq).executeTakeFirst();
-      if (row?.hash !== h.hash) findings.push(`record ${h.seq} does not match the signed head file: the log was rewritten`);
-    }
+    else if ((await this.hashAt(h.seq)) !== h.hash) findings.push(`record ${h.seq} does not match the signed head file: the log was rewritten`);
   }
 
   private async checkCheckpoints(findings: string[]): Promise<void> {
@@ -254,13 +258,10 @@ export class AuditLog {
     if (Number(c) < expected) findings.push(`${expected - Number(c)} of the ${expected} signed checkpoints are missing (deleted)`);
     const newest = await this.db.selectFrom("audit_checkpoints").selectAll().where("seq", "<=", this.lastSeq).orderBy("seq", "desc").limit(1).executeTakeFirst();
     if (!newest) return;
-    const cp: Checkpoint = { seq: newest.seq, hash: newest.hash, time: newest.time, keyId: newest.key_id, signature: newest.signature, rootHash: newest.root_hash };
+    const cp = toCheckpoint(newest);
     if (!checkpointValid(cp, this.key.publicKey)) findings.push(`the checkpoint at record ${cp.seq} has an invalid signature`);
-    else if (cp.rootHash) findings.push(...(await this.compareHead({ size: cp.seq, rootHash: cp.rootHash, lastHash: cp.hash, time: cp.time, keyId: cp.keyId, signature: cp.signature }, `the checkpoint at record ${cp.seq}`)));
-    else {
-      const row = await this.db.selectFrom("audit_log").select("hash").where("seq", "=", cp.seq).executeTakeFirst();
-      if (row?.hash !== cp.hash) findings.push(`record ${cp.seq} does not match the signed checkpoint there: the log was rewritten`);
-    }
+    else if (cp.rootHash) findings.push(...(await this.compareHead(checkpointHead(cp, cp.rootHash), `the checkpoint at record ${cp.seq}`)));
+    else if ((await this.hashAt(cp.seq)) !== cp.hash) findings.push(`record ${cp.seq} does not match the signed checkpoint there: the log was rewritten`);
   }
 
   get publicKey() {
@@ -454,7 +455,7 @@ export class AuditLog {
 
   async checkpoints(): Promise<Checkpoint[]> {
     const rows = await this.db.selectFrom("audit_checkpoints").selectAll().orderBy("seq").execute();
-    return rows.map((r) => ({ seq: r.seq, hash: r.hash, time: r.time, keyId: r.key_id, signature: r.signature, rootHash: r.root_hash }));
+    return rows.map(toCheckpoint);
   }
 
   /** Verifies the whole stored chain, its tree, checkpoints (none may be missing) and the signed head, streaming. */

@@ -100,26 +100,34 @@ export interface Checkpoint extends SignedStatement {
   rootHash: string | null;
 }
 
+/** A Merkle-era checkpoint (one with a root) as the tree head it is. */
+export function checkpointHead(cp: SignedStatement, rootHash: string): TreeHead {
+  return { size: cp.seq, rootHash, lastHash: cp.hash, time: cp.time, keyId: cp.keyId, signature: cp.signature };
+}
+
 export function checkpointValid(cp: Checkpoint, publicKey: KeyObject): boolean {
-  return cp.rootHash === null
-    ? verifyStatement("checkpoint", cp, publicKey)
-    : verifyTreeHead({ size: cp.seq, rootHash: cp.rootHash, lastHash: cp.hash, time: cp.time, keyId: cp.keyId, signature: cp.signature }, publicKey);
+  return cp.rootHash === null ? verifyStatement("checkpoint", cp, publicKey) : verifyTreeHead(checkpointHead(cp, cp.rootHash), publicKey);
 }
 
 /** The head file: a tree head, or a pre-Merkle signed head {seq, hash} written by an older vigil. */
 export type HeadFile = { kind: "tree"; head: TreeHead } | { kind: "legacy"; head: SignedStatement };
 
+const str = (o: Record<string, unknown>, k: string) => (typeof o[k] === "string" ? (o[k] as string) : undefined);
+const num = (o: Record<string, unknown>, k: string) => (Number.isSafeInteger(o[k]) && (o[k] as number) >= 0 ? (o[k] as number) : undefined);
+
+/** A tree head from parsed JSON (a head file, a witness's answer, a proof): its six fields checked, nothing else kept. */
+export function treeHeadOf(value: unknown): TreeHead {
+  const o = (typeof value === "object" && value !== null ? value : {}) as Record<string, unknown>;
+  const head = { size: num(o, "size"), rootHash: str(o, "rootHash"), lastHash: str(o, "lastHash"), time: str(o, "time"), keyId: str(o, "keyId"), signature: str(o, "signature") };
+  const missing = Object.entries(head).find(([, v]) => v === undefined);
+  if (missing) throw new Error(`the tree head has no valid ${missing[0]}`);
+  return head as TreeHead;
+}
+
 export function parseHeadFile(text: string): HeadFile {
   const o = JSON.parse(text) as Record<string, unknown>;
-  const str = (k: string) => (typeof o[k] === "string" ? (o[k] as string) : undefined);
-  const num = (k: string) => (Number.isSafeInteger(o[k]) && (o[k] as number) >= 0 ? (o[k] as number) : undefined);
-  if (o.type === "vigil-audit-tree-head" || o.type === "tree-head") {
-    const head = { size: num("size"), rootHash: str("rootHash"), lastHash: str("lastHash"), time: str("time"), keyId: str("keyId"), signature: str("signature") };
-    const missing = Object.entries(head).find(([, v]) => v === undefined);
-    if (missing) throw new Error(`the tree head has no valid ${missing[0]}`);
-    return { kind: "tree", head: head as TreeHead };
-  }
-  const head = { seq: num("seq"), hash: str("hash"), time: str("time"), keyId: str("keyId"), signature: str("signature") };
+  if (o.type === "vigil-audit-tree-head" || o.type === "tree-head") return { kind: "tree", head: treeHeadOf(o) };
+  const head = { seq: num(o, "seq"), hash: str(o, "hash"), time: str(o, "time"), keyId: str(o, "keyId"), signature: str(o, "signature") };
   const missing = Object.entries(head).find(([, v]) => v === undefined);
   if (missing) throw new Error(`the signed head has no valid ${missing[0]}`);
   return { kind: "legacy", head: head as SignedStatement };
@@ -230,11 +238,4 @@ export class ChainVerifier {
     }
     return ok;
   }
-}
-
-/** Verifies records, checkpoints and optionally a signed head in one call (see ChainVerifier). */
-export function verifyChain(records: Iterable<HashedRecord>, checkpoints: readonly Checkpoint[], publicKey: KeyObject, head?: HeadFile): VerifyResult {
-  const v = new ChainVerifier(checkpoints, publicKey, head);
-  for (const r of records) v.add(r);
-  return v.finish();
 }

@@ -74,6 +74,11 @@ export async function consistencyPath(src: NodeSource, m: number, n: number): Pr
   return sub(m, 0, n, true);
 }
 
+/** A proof's path as sent in JSON: at most 64 hex SHA-256 hashes (sizes stay below 2^53: real paths are shorter), else undefined. */
+export function parsePath(a: unknown): Buffer[] | undefined {
+  return Array.isArray(a) && a.length <= 64 && a.every((x) => typeof x === "string" && /^[0-9a-f]{64}$/.test(x)) ? a.map((x: string) => Buffer.from(x, "hex")) : undefined;
+}
+
 const odd = (x: number) => x % 2 === 1;
 const half = (x: number) => Math.floor(x / 2);
 const is32 = (b: unknown): b is Buffer => Buffer.isBuffer(b) && b.length === 32;

@@ -1,24 +1,27 @@
 /**
  * Checking audit proofs with the public key alone: what `vigil audit check-proof` and `vigil audit verify
  * --since` run on the client, so the answer does not depend on trusting the daemon. Pure (node:crypto, the
- * chain and Merkle hashing), so the thin CLI can use it.
+ * chain and Merkle hashing, the site key id), so the thin CLI can use it.
  */
-import type { KeyObject } from "node:crypto";
-import { leafData, parseHeadFile, recordHash, verifyStatement, verifyTreeHead, type HashedRecord, type HeadFile, type TreeHead } from "./chain.ts";
-import { leafHash, verifyConsistency, verifyInclusion } from "./merkle.ts";
+import { createPublicKey, type KeyObject } from "node:crypto";
+import { leafData, parseHeadFile, recordHash, treeHeadOf, verifyStatement, verifyTreeHead, type HashedRecord, type HeadFile, type TreeHead } from "./chain.ts";
+import { leafHash, parsePath, verifyConsistency, verifyInclusion } from "./merkle.ts";
+import { keyIdOf } from "./site-key.ts";
 
 export interface CheckResult {
   ok: boolean;
   message: string;
 }
 
-const hashes = (a: unknown): Buffer[] | undefined =>
-  Array.isArray(a) && a.length <= 64 && a.every((x) => typeof x === "string" && /^[0-9a-f]{64}$/.test(x)) ? a.map((x: string) => Buffer.from(x, "hex")) : undefined;
+/** A PEM public key and its key id, as signed heads name it. */
+export function publicKeyFrom(pem: string): { key: KeyObject; keyId: string } {
+  const key = createPublicKey(pem);
+  return { key, keyId: keyIdOf(key) };
+}
 
 function headOf(value: unknown): TreeHead | undefined {
   try {
-    const parsed = parseHeadFile(JSON.stringify({ type: "tree-head", ...(value as object) }));
-    return parsed.kind === "tree" ? parsed.head : undefined;
+    return treeHeadOf(value);
   } catch {
     return undefined;
   }
@@ -30,7 +33,7 @@ export function checkInclusionProof(doc: unknown, publicKey: KeyObject, keyId: s
   if (d?.type !== "vigil-audit-inclusion-proof") return { ok: false, message: "not a vigil audit inclusion proof" };
   const head = headOf(d.head);
   if (!head || head.keyId !== keyId || !verifyTreeHead(head, publicKey)) return { ok: false, message: `the proof's tree head is not signed by key ${keyId}` };
-  const path = hashes(d.path);
+  const path = parsePath(d.path);
   if (!path) return { ok: false, message: "the proof's path is not a list of at most 64 SHA-256 hashes" };
   if (typeof d.record !== "object" || d.record === null) return { ok: false, message: "the proof carries no record" };
   const { hash, ...body } = d.record;
@@ -85,7 +88,7 @@ export function checkExtends(
   const h = old.head;
   if (!verifyTreeHead(h, publicKey)) return { ok: false, message: "the old head's signature is invalid" };
   if (h.size > current.size) return { ok: false, message: `the old head covers ${h.size} records, the log now only ${current.size}: the log was truncated` };
-  const path = hashes(evidence.path);
+  const path = parsePath(evidence.path);
   if (!path) return { ok: false, message: "no consistency proof" };
   if (!verifyConsistency(h.size, current.size, Buffer.from(h.rootHash, "hex"), Buffer.from(current.rootHash, "hex"), path)) {
     return { ok: false, message: `the tree of ${current.size} records does NOT extend the old head of ${h.size} records (consistency proof fails): the log was truncated or rewritten` };

@@ -41,7 +41,7 @@ async function fixture(t: TestContext): Promise<Fixture> {
     dir,
     key,
     headPath,
-    open: (witnessPath) => AuditLog.open(db, key, "host1", headPath, witnessPath ? { witnesses: [new FileWitness(witnessPath)], publishIntervalMs: 50 } : {}),
+    open: (witnessPath) => AuditLog.open(db, key, "host1", headPath, witnessPath ? { witnesses: [new FileWitness(witnessPath)], publishIntervalMs: 1000 } : {}),
     fill: async (log, n) => {
       for (let i = 0; i < n; i++) await log.append({ actor: "alice", action: "vm.start", target: { kind: "vm", id: `id-${i}`, name: `vm${i}` }, result: "ok", details: { i } });
     },

@@ -12,8 +12,8 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { canonicalJson } from "./canonical-json.ts";
-import { parseHeadFile, verifyTreeHead, type TreeHead } from "./chain.ts";
-import { verifyConsistency } from "./merkle.ts";
+import { treeHeadOf, verifyTreeHead, type TreeHead } from "./chain.ts";
+import { parsePath, verifyConsistency } from "./merkle.ts";
 import { keyIdOf, loadOrCreateSiteKey, type SiteKey } from "./site-key.ts";
 import { appendLineDurably, lastLine } from "./witness.ts";
 
@@ -57,9 +57,7 @@ export class WitnessServer {
     const b = body as { head?: unknown; fromSize?: unknown; proof?: unknown };
     let head: TreeHead;
     try {
-      const parsed = parseHeadFile(JSON.stringify({ ...(b?.head as object), type: "tree-head" }));
-      if (parsed.kind !== "tree") throw new Error("not a tree head");
-      head = parsed.head;
+      head = treeHeadOf(b?.head);
     } catch (err) {
       return refuse(400, `head: ${(err as Error).message}`);
     }
@@ -71,7 +69,7 @@ export class WitnessServer {
         if (head.rootHash !== last.rootHash) return refuse(409, `head: a different tree of the same size ${head.size} (a fork): the log was rewritten`);
         return { status: 200, body: { witnessKeyId: this.key.keyId, cosignature: this.latest!.cosignature, size: head.size } };
       }
-      const proof = Array.isArray(b.proof) && b.proof.length <= 64 && b.proof.every((x) => typeof x === "string" && /^[0-9a-f]{64}$/.test(x)) ? (b.proof as string[]).map((x) => Buffer.from(x, "hex")) : undefined;
+      const proof = parsePath(b.proof);
       if (b.fromSize !== last.size || !proof) return refuse(409, `proof: a consistency proof from the last witnessed size ${last.size} is required`);
       if (!verifyConsistency(last.size, head.size, Buffer.from(last.rootHash, "hex"), Buffer.from(head.rootHash, "hex"), proof)) {
         return refuse(409, `proof: the tree of size ${head.size} does not extend the witnessed tree of size ${last.size}: the log was truncated or rewritten`);

@@ -4,7 +4,7 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { verify } from "node:crypto";
+import { createPublicKey, verify } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,7 +12,7 @@ import { openSqlite, type Db } from "../inventory/db.ts";
 import { AuditLog } from "./audit-log.ts";
 import { loadOrCreateSiteKey, type SiteKey } from "./site-key.ts";
 import { FileWitness, HttpWitness, type Witness } from "./witness.ts";
-import { cosignBytes, serveWitness } from "./witness-server.ts";
+import { cosignBytes, serveWitness, WitnessServer } from "./witness-server.ts";
 
 async function openLog(t: TestContext, dir: string, key: SiteKey, name: string, witnesses: Witness[], publishIntervalMs: number): Promise<{ db: Db; log: AuditLog }> {
   const db = await openSqlite(join(dir, `${name}.db`));
@@ -113,4 +113,17 @@ test("a witness that cannot be reached at start is a warning, not a tamper findi
   const h = await again.health();
   assert.deepEqual([h.ok, h.findings], [true, []]);
   assert.match(h.warnings.join(), /cannot read the latest head witnessed by http:http:\/\/127.0.0.1:9: fetch failed/);
+});
+
+test("the witness server refuses a malformed head, naming the field, before anything is kept", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "witness-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  loadOrCreateSiteKey(join(dir, "keys"));
+  const w = new WitnessServer(join(dir, "w"), createPublicKey(readFileSync(join(dir, "keys", "site-ed25519.pub.pem"))));
+  const refused = (body: unknown) => w.submit(body) as { status: number; body: { error: { message: string } } };
+  assert.deepEqual([refused(null).status, refused(null).body.error.message], [400, "head: the tree head has no valid size"]);
+  assert.equal(refused({ head: "not a head" }).body.error.message, "head: the tree head has no valid size");
+  assert.equal(refused({ head: { size: 3, rootHash: "ab".repeat(32) } }).body.error.message, "head: the tree head has no valid lastHash");
+  assert.equal(refused({ head: { size: -1 } }).body.error.message, "head: the tree head has no valid size");
+  assert.equal(w.current().status, 404, "nothing was witnessed");
 });

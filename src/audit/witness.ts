@@ -7,7 +7,7 @@
  */
 import { closeSync, fsyncSync, openSync, readSync, fstatSync, writeSync, constants } from "node:fs";
 import { messageOf } from "../errors.ts";
-import { parseHeadFile, type TreeHead } from "./chain.ts";
+import { parseHeadFile, treeHeadOf, type TreeHead } from "./chain.ts";
 
 export interface Witness {
   readonly name: string;
@@ -101,10 +101,9 @@ export class HttpWitness implements Witness {
     }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const body = (await res.json()) as { head: unknown };
-    const parsed = parseHeadFile(JSON.stringify({ type: "tree-head", ...(body.head as object) }));
-    if (parsed.kind !== "tree") throw new Error("not a tree head");
-    this.knownSize = parsed.head.size;
-    return parsed.head;
+    const head = treeHeadOf(body.head);
+    this.knownSize = head.size;
+    return head;
   }
 
   async publish(head: TreeHead, proof: (from: number, to: number) => Promise<string[]>): Promise<void> {

@@ -69,3 +69,14 @@ test("when the intent cannot be recorded, the destructive operation does not run
     assert.equal(ran, false, `${action} ran although nothing could be audited`);
   }
 });
+
+test("a read is recorded only when refused, also when the refusal comes from inside the operation", async (t) => {
+  const { audit, guard } = await fixture(t);
+  const read = { action: "vm.show", permission: "vm.read" as const, target: { kind: "vm", name: "web" }, readOnly: true };
+  assert.equal(await guard.run(admin, read, async () => 7), 7);
+  assert.equal((await audit.list()).length, 0, "an allowed read leaves no record");
+  await assert.rejects(guard.run(admin, read, () => Promise.reject(new VigilError("VIGIL_FORBIDDEN", "not yours"))), /not yours/);
+  await assert.rejects(guard.run(admin, read, () => Promise.reject(new VigilError("VIGIL_NOT_FOUND", "gone"))), /gone/);
+  const records = await audit.list();
+  assert.deepEqual(records.map((r) => [r.action, r.result, (r.details.error as { code: string }).code]), [["vm.show", "denied", "VIGIL_FORBIDDEN"]]);
+});

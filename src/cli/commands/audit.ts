@@ -49,8 +49,8 @@ export function registerAudit(program: Command, ctx: CliContext): void {
     .argument("<file>", "the proof (JSON)")
     .requiredOption("--key <pem>", "the site's public key (site-ed25519.pub.pem) from a trusted place")
     .action(async (file: string, o: { key: string }) => {
-      const { checkInclusionProof } = await import("../../audit/proof-check.ts");
-      const { key, keyId } = await publicKeyFrom(readFileSync(o.key, "utf8"));
+      const { checkInclusionProof, publicKeyFrom } = await import("../../audit/proof-check.ts");
+      const { key, keyId } = publicKeyFrom(readFileSync(o.key, "utf8"));
       let doc: unknown;
       try {
         doc = JSON.parse(readFileSync(file, "utf8"));
@@ -115,16 +115,9 @@ export function registerAudit(program: Command, ctx: CliContext): void {
     });
 }
 
-/** A PEM public key and its key id (the first 16 hex digits of the SHA-256 of its SPKI DER), as signed heads name it. */
-async function publicKeyFrom(pem: string): Promise<{ key: import("node:crypto").KeyObject; keyId: string }> {
-  const { createHash, createPublicKey } = await import("node:crypto");
-  const key = createPublicKey(pem);
-  return { key, keyId: createHash("sha256").update(key.export({ type: "spki", format: "der" })).digest("hex").slice(0, 16) };
-}
-
 /** `audit verify --since`: the consistency proof (or, for a pre-Merkle head, the record) checked here, not by the daemon. */
 async function checkSince(file: string, keyFile: string | undefined): Promise<{ ok: boolean; message: string }> {
-  const { checkExtends, readOldHead } = await import("../../audit/proof-check.ts");
+  const { checkExtends, publicKeyFrom, readOldHead } = await import("../../audit/proof-check.ts");
   let old;
   try {
     old = readOldHead(readFileSync(file, "utf8"));
@@ -132,7 +125,7 @@ async function checkSince(file: string, keyFile: string | undefined): Promise<{ 
     throw new ApiError("VIGIL_BAD_REQUEST", `--since ${JSON.stringify(file)}: ${(err as Error).message}`, 0, "since");
   }
   const current = await call<{ head: import("../../audit/chain.ts").TreeHead; publicKey: string }>("GET", "/v1/audit/head");
-  const { key, keyId } = await publicKeyFrom(keyFile ? readFileSync(keyFile, "utf8") : current.publicKey);
+  const { key, keyId } = publicKeyFrom(keyFile ? readFileSync(keyFile, "utf8") : current.publicKey);
   if (old.kind === "legacy") {
     const { records } = await call<{ records: import("../../audit/chain.ts").HashedRecord[] }>("GET", `/v1/audit?after=${old.head.seq - 1}&limit=1`);
     return checkExtends(old, current.head, key, keyId, { record: records[0] });
