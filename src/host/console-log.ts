@@ -13,7 +13,7 @@
  * `console.log.1` + `console.log`, never the whole file.
  */
 import { closeSync, constants, existsSync, fstatSync, ftruncateSync, openSync, watch, writeSync, type FSWatcher } from "node:fs";
-import { readFully } from "../storage/block-reader.ts";
+import { readFully } from "./read-fully.ts";
 
 export const DEFAULT_CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
 /** How often the size is checked even if no change notification came (inotify may miss or coalesce). */

@@ -3,8 +3,9 @@
  * through to its backing file, a scanner, an exporter), and its simplest implementation: a raw image file.
  * Reads are synchronous and bounded so that a layer above can promise bounded memory per call.
  */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync } from "node:fs";
 import { BugError, VigilError, messageOf, q } from "../errors.ts";
+import { readFully } from "../host/read-fully.ts";
 
 /** A read-only virtual disk of `virtualSize` bytes. */
 export interface BlockReader {
@@ -17,17 +18,7 @@ export interface BlockReader {
 /** Largest single read a `RawImage` serves; callers chunk larger transfers. */
 export const MAX_RAW_READ_BYTES = 64 * 1024 * 1024;
 
-/** Reads exactly `length` bytes at `position` from `fd`, or returns how many bytes it managed before EOF. */
-export function readFully(fd: number, buf: Buffer, position: bigint): number {
-  let done = 0;
-  // Each iteration either makes progress or stops: a regular file returns 0 only at EOF.
-  while (done < buf.length) {
-    const n = readSync(fd, buf, done, buf.length - done, position + BigInt(done));
-    if (n <= 0) break;
-    done += n;
-  }
-  return done;
-}
+export { readFully };
 
 /** Opens `path` read-only, turning a missing file into `VIGIL_NOT_FOUND` and other failures into `VIGIL_HOST`. */
 export function openReadOnly(path: string, what: string): { fd: number; size: bigint } {
