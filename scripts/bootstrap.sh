@@ -16,6 +16,7 @@ APT_PACKAGES=(
   nftables                         # the loopback guard for open NICs (src/host/loopback-guard.ts)
   gcc libc6-dev                    # building the QEMU jail helper (native/vigil-jail.c)
   openssl                          # the site TLS certificate for a non-loopback API listener
+  dnsmasq-base tcpdump conntrack   # the virtual switch: DHCP per network, pcap mirrors, conntrack hand-over (docs/network.md)
 )
 
 missing=()

@@ -1,0 +1,43 @@
+/**
+ * The shapes the parts of vigil's virtual network share (docs/network.md): the switch (netns, bridges, taps,
+ * addresses, DHCP) produces them, the firewall compiler and the visibility tools consume them. Kept here so no
+ * part imports another's internals.
+ */
+
+/** The network namespace vigil owns on this host: every bridge, tap, dnsmasq and nft table lives inside it. */
+export interface HostNetns {
+  /** `ip netns` name, e.g. "vigil-3fa2c1d0". */
+  name: string;
+  /** /run/netns/<name>: what setns(2) (the jail's --tap) and `nsenter --net=` open. */
+  path: string;
+}
+
+/** A vigil network: one bridge (one L2 segment) with one IPv4 range. */
+export interface NetworkInfo {
+  name: string;
+  /** e.g. "10.77.0.0/24". */
+  cidr: string;
+  /** The bridge's own address inside the netns (first host address): DHCP server and quarantine services' home. */
+  gateway: string;
+  /** Bridge device name inside the netns ("vb-<name>"). */
+  bridge: string;
+  dhcp: boolean;
+  createdAt: string;
+}
+
+/** One vNIC plugged into a vigil switch on this host, with everything the firewall keys on. */
+export interface AttachedNic {
+  vmId: string;
+  vmName: string;
+  /** The NIC's name in the VM spec ("net0"). */
+  nic: string;
+  network: string;
+  bridge: string;
+  /** The tap device inside the netns ("vt-" + 10 hex). */
+  tap: string;
+  mac: string;
+  /** The IPv4 address vigil allocated for this NIC (static DHCP lease). */
+  ip: string;
+  /** The VM's labels (peer-label rules match them). */
+  labels: Record<string, string>;
+}
