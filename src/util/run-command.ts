@@ -13,11 +13,11 @@ export interface RunResult {
 export function runCommand(
   file: string,
   args: readonly string[],
-  options: { timeoutMs?: number; maxOutputBytes?: number; what?: string } = {},
+  options: { timeoutMs?: number; maxOutputBytes?: number; what?: string; input?: string | undefined } = {},
 ): Promise<RunResult> {
   const what = options.what ?? file;
   return new Promise((resolve, reject) => {
-    execFile(
+    const child = execFile(
       file,
       args,
       { timeout: options.timeoutMs ?? 120_000, maxBuffer: options.maxOutputBytes ?? 16 * 1024 * 1024, encoding: "utf8" },
@@ -31,5 +31,7 @@ export function runCommand(
         reject(new VigilError("VIGIL_HOST", `${what} failed${e.killed ? " (timed out)" : ""}: ${detail}`, { cause: err }));
       },
     );
+    // A tool that reads its stdin (nft -f -) gets `input`; every other tool sees an empty, closed stdin.
+    child.stdin?.end(options.input ?? "");
   });
 }
