@@ -26,18 +26,22 @@ export const PERMISSIONS = [
   "audit.read",
   "trust.manage",
   "host.read",
+  "network.read", // list and show networks, a VM's firewall policy and counters
+  "network.manage", // create/delete networks and quarantine services, port forwards, traffic mirrors (they expose traffic)
+  "vm.firewall", // change a VM's firewall policy
+  "vm.quarantine", // move a VM into or out of the quarantine zone: a security decision, never the owner's alone
   "vm.unsafe", // operations that exist to show what goes wrong (a revert keeping the vmgenid): admins only
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
 
-const VM_OWNER_PERMISSIONS: Permission[] = ["vm.read", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.delete", "vm.chown", "vm.export"];
+const VM_OWNER_PERMISSIONS: Permission[] = ["vm.read", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.delete", "vm.chown", "vm.export", "vm.firewall"];
 
 /** What each role grants everywhere (`any`) and on VMs the actor owns (`owned`). */
 const GRANTS: Record<Role, { any: Permission[]; owned: Permission[] }> = {
   admin: { any: PERMISSIONS.filter((p) => p !== "vm.introspect"), owned: [] },
-  operator: { any: ["vm.read", "vm.create", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.export", "image.read", "host.read"], owned: VM_OWNER_PERMISSIONS },
-  owner: { any: ["vm.create", "image.read"], owned: VM_OWNER_PERMISSIONS },
-  auditor: { any: ["vm.read", "image.read", "user.read", "audit.read", "host.read"], owned: [] },
+  operator: { any: ["vm.read", "vm.create", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.export", "image.read", "host.read", "network.read"], owned: VM_OWNER_PERMISSIONS },
+  owner: { any: ["vm.create", "image.read", "network.read"], owned: VM_OWNER_PERMISSIONS },
+  auditor: { any: ["vm.read", "image.read", "user.read", "audit.read", "host.read", "network.read"], owned: [] },
 };
 
 export interface Actor {

@@ -41,3 +41,36 @@ export interface AttachedNic {
   /** The VM's labels (peer-label rules match them). */
   labels: Record<string, string>;
 }
+
+/** What the firewall and the visibility tools read from the switch. */
+export interface SwitchView {
+  netns(): HostNetns;
+  networks(): Promise<NetworkInfo[]>;
+  /** Every vNIC whose tap exists on this host now. */
+  attached(): Promise<AttachedNic[]>;
+}
+
+/** The VM whose NIC is plugged in, as the switch needs it. */
+export interface PlugVm {
+  id: string;
+  name: string;
+  labels: Record<string, string>;
+  /** The VM's jail uid/gid: the tap is created owned by them. */
+  uid: number;
+  gid: number;
+}
+
+/** What the VM lifecycle needs from the switch (src/network/network-service.ts implements it). */
+export interface NicPlumber {
+  /**
+   * Allocates (first time) the NIC's address, creates its tap in vigil's netns, enslaves it to the network's
+   * bridge, adds the static DHCP lease, and runs every change listener (the firewall installs the NIC's rules)
+   * before it resolves: when it returns, QEMU may start. Idempotent for a tap that already exists.
+   */
+  attach(vm: PlugVm, nic: { name: string; network: string; mac: string }): Promise<AttachedNic & { netnsPath: string }>;
+  /** Removes the NIC's tap (and, through the listeners, its rules). Idempotent. */
+  detach(vmId: string, nic: string): Promise<void>;
+}
+
+/** Runs after every attach/detach (and network create/delete); the firewall registers one to recompile. */
+export type SwitchListener = () => Promise<void>;
