@@ -14,7 +14,7 @@ const SRC = import.meta.dirname;
 const ALLOWED: Record<string, string[]> = {
   cli: ["audit"], // a thin client: its own folder, paths.ts, and (loaded lazily) the pure audit proof checkers
   daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
-  api: ["auth", "guest-agent", "introspection", "provenance", "storage", "vm", "vtime"],
+  api: ["auth", "guest-agent", "introspection", "network", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
   vtime: ["qemu"],
