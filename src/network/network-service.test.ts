@@ -151,6 +151,8 @@ test("a network's bridge, a NIC's tap and its DHCP lease, for real; detach and d
   assert.equal(tap.linkinfo?.info_kind, "tun");
   assert.equal(tap.linkinfo?.info_data?.user, 64101);
   assert.equal(tap.linkinfo?.info_data?.group, 64101);
+  const v6 = (dev: string) => sh("nsenter", [`--net=/run/netns/${f.ns}`, "--", "sysctl", "-n", `net.ipv6.conf.${dev}.disable_ipv6`]).trim();
+  assert.deepEqual([v6(a1.tap), v6("vb-t1")], ["1", "1"], "no IPv6 on taps and bridges");
   const again = await f.net.attach(plug(id1, "web1", 64101), { name: "net0", network: "t1", mac: "52:54:00:aa:00:01" });
   assert.equal(again.ip, "10.201.0.2", "attach is idempotent and keeps the address");
   assert.deepEqual((await f.net.attached()).map((n) => [n.vmName, n.ip, n.tap, n.labels.app]).sort(), [["web1", "10.201.0.2", a1.tap, "web1"], ["web2", "10.201.0.3", a2.tap, "web2"]]);
@@ -303,4 +305,26 @@ test("daemon start brings the switch back: netns, bridge and dnsmasq of every ne
   } finally {
     await second.close();
   }
+});
+
+test("a failing change listener (the firewall) fails the attach and leaves no tap and no lease", async (t) => {
+  const f = await fixture(t);
+  await f.net.create(admin, { name: "l1", cidr: "10.209.0.0/24" });
+  const id = await f.vm("web1");
+  let fail = true;
+  const off = f.net.onChange(async () => {
+    if (fail) throw new VigilError("VIGIL_HOST", "nft refused the ruleset");
+  });
+  const plug = { id, name: "web1", labels: {}, uid: 64500, gid: 64500 };
+  await assert.rejects(f.net.attach(plug, { name: "net0", network: "l1", mac: "52:54:00:ee:00:01" }), /nft refused/);
+  assert.ok(!links(f.ns).some((l) => l.ifname === tapName(id, "net0")), "no tap without its rules");
+  assert.deepEqual(await f.net.attached(), []);
+  const client = f.client("vb-l1");
+  assert.equal(f.dhcp(client, "52:54:00:ee:00:01"), undefined, "and no lease");
+  fail = false;
+  const nic = await f.net.attach(plug, { name: "net0", network: "l1", mac: "52:54:00:ee:00:01" });
+  assert.equal(nic.ip, "10.209.0.2", "the address was kept for the retry");
+  off();
+  await f.net.detach(id, "net0");
+  await f.net.delete(admin, "l1");
 });
