@@ -328,3 +328,16 @@ test("a failing change listener (the firewall) fails the attach and leaves no ta
   await f.net.detach(id, "net0");
   await f.net.delete(admin, "l1");
 });
+
+test("a tap owned by a uid with a name (ip prints \"nobody\") is recognised: re-attach keeps it", async (t) => {
+  const f = await fixture(t);
+  await f.net.create(admin, { name: "o1", cidr: "10.210.0.0/24", dhcp: false });
+  const id = await f.vm("web1");
+  const plug = { id, name: "web1", labels: {}, uid: 65534, gid: 65534 };
+  const nic = await f.net.attach(plug, { name: "net0", network: "o1", mac: "52:54:00:ff:00:01" });
+  const again = await f.net.attach(plug, { name: "net0", network: "o1", mac: "52:54:00:ff:00:01" });
+  assert.equal(again.tap, nic.tap);
+  await assert.rejects(f.net.attach({ ...plug, uid: 64600, gid: 64600 }, { name: "net0", network: "o1", mac: "52:54:00:ff:00:01" }), /not a tap owned by uid 64600/, "a tap of another owner is not taken over");
+  await f.net.detach(id, "net0");
+  await f.net.delete(admin, "o1");
+});
