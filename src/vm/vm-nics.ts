@@ -42,6 +42,21 @@ export async function plugNics(core: VmCore, vm: VmRecord): Promise<JailTap[]> {
   return taps;
 }
 
+/**
+ * After a daemon restart, for a VM found running: what its NICs are plugged into, read back from the switch (for
+ * the view). Nothing is attached or detached: the taps are still there, held by its QEMU.
+ */
+export async function rememberAttachedNics(core: VmCore, vm: VmRecord): Promise<void> {
+  const network = core.d.network;
+  if (bridgedNics(vm.spec).length === 0 || !network?.attached) return;
+  try {
+    const mine = (await network.attached()).filter((a) => a.vmId === vm.id);
+    if (mine.length > 0) core.attachedNics.set(vm.id, mine);
+  } catch (err) {
+    core.d.log.warn({ vm: vm.name, err: messageOf(err) }, "Cannot read back a reattached VM's NICs from the switch");
+  }
+}
+
 /** Detaches every bridged NIC after QEMU is gone; failures are logged (each NIC is tried), never thrown. */
 export async function unplugNics(core: VmCore, vm: VmRecord): Promise<void> {
   const bridged = bridgedNics(vm.spec);

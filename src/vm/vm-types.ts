@@ -17,7 +17,7 @@ import type { HostFacts } from "./host-limits.ts";
 import type { QuotaLimits } from "../config.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
-import type { NicPlumber } from "../network/types.ts";
+import type { NicPlumber, SwitchView } from "../network/types.ts";
 
 export interface VmPolicy {
   /** Refuse VMs without approver, purpose and expiry. */
@@ -47,7 +47,7 @@ export interface VmServiceDeps {
   /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
   consoleLogMaxBytes?: number | undefined;
   /** vigil's switch: plugs bridged NICs in before QEMU starts and out after it exits (absent: none may start). */
-  network?: NicPlumber | undefined;
+  network?: (NicPlumber & Partial<Pick<SwitchView, "attached">>) | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */
