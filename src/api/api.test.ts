@@ -86,6 +86,10 @@ const MATRIX: Record<string, Actor[]> = {
   "PUT /v1/vms/{name}/watch": [],
   "DELETE /v1/vms/{name}/watch": [],
   "GET /v1/watches": [],
+  "GET /v1/networks": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "GET /v1/networks/{name}": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "POST /v1/networks": ["admin"],
+  "DELETE /v1/networks/{name}": ["admin"],
   "GET /v1/trust": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/trust": ["admin"],
   "DELETE /v1/trust/{keyId}": ["admin"],
@@ -115,6 +119,10 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/audit/consistency": [200],
   "DELETE /v1/groups/{group}/members/{user}": [200],
   "DELETE /v1/images/{image}": [404, "VIGIL_IMAGE_NOT_FOUND"],
+  "DELETE /v1/networks/{name}": [404, "VIGIL_NOT_FOUND"],
+  "GET /v1/networks": [200],
+  "GET /v1/networks/{name}": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/networks": [400, "VIGIL_BAD_REQUEST"],
   "DELETE /v1/trust/{keyId}": [404, "VIGIL_NOT_FOUND"],
   "DELETE /v1/users/{name}/tokens": [200],
   "DELETE /v1/users/{name}/tokens/{id}": [404, "VIGIL_NOT_FOUND"],
@@ -205,6 +213,8 @@ function bodyFor(key: string): unknown {
       return { source: "target" };
     case "PUT /v1/vms/{name}/watch":
       return { intervalMs: 1000 };
+    case "POST /v1/networks":
+      return { name: "Not_A_Name", cidr: "10.250.0.0/24" }; // authorized, then refused by name: no netns is made
     case "POST /v1/images":
       return undefined; // query-string only; an empty body is refused after authorization
     case "POST /v1/trust":

@@ -55,6 +55,8 @@ import { loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { createServer as createHttpsServer } from "node:https";
 import { startExpiryWatch } from "../vm/expiry.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
+import { NetworkService } from "../network/network-service.ts";
+import { hostNetns, netnsName } from "../network/netns.ts";
 
 export const VERSION: string = (() => {
   try {
@@ -158,7 +160,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const registry = new DataRegistry(db, hostName, home.vmsDir);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas });
+  // The switch: vigil's netns, bridges, taps, addresses and dnsmasq (network/). VMs plug bridged NICs in through it.
+  const network = new NetworkService({ db, guard, audit, netns: hostNetns(netnsName(home.home)), runDir: home.runDir, log: log.child({ part: "switch" }), hostName });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas, network });
   // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
@@ -196,6 +200,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     progress,
     vtime,
     introspection,
+    network,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
@@ -246,11 +251,16 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     servers.push(unixServer);
 
     recovered = await vms.recover();
+    // After recover(): the VM states say which taps stay. A switch that cannot be rebuilt is logged, not fatal.
+    const switchState = await network.reconcile().catch((err: unknown) => {
+      log.error({ err: messageOf(err) }, "Cannot rebuild vigil's network namespace: bridged NICs will not attach");
+      return undefined;
+    });
     await snapshots.recoverInterrupted();
     for (const l of imageLeftovers) {
       await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });
     }
-    await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered } });
+    await audit.append({ actor: SYSTEM_ACTOR.name, action: "daemon.start", target: { kind: "host", name: hostName }, result: "ok", details: { version: VERSION, pid: process.pid, accelerator: accel.accel, accelReason: accel.reason, ...recovered, ...(switchState && switchState.networks > 0 ? { networks: switchState.networks } : {}) } });
     markReady();
   } catch (err) {
     // Leave nothing behind: no socket, no pid file, no open database; the caller exits.

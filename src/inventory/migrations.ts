@@ -295,6 +295,32 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("users").addColumn("quotas", "text").execute();
     },
   },
+  "0004-network": {
+    async up(db: Kysely<unknown>) {
+      // vigil networks (src/network): one bridge and one IPv4 range each.
+      await db.schema
+        .createTable("networks")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull().unique())
+        .addColumn("cidr", "text", (c) => c.notNull())
+        .addColumn("gateway", "text", (c) => c.notNull())
+        .addColumn("bridge", "text", (c) => c.notNull())
+        .addColumn("dhcp", "integer", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+      // The address of each bridged NIC, kept for the VM's life: freed with the VM's row (vms are deleted, not marked).
+      await db.schema
+        .createTable("nic_addresses")
+        .addColumn("vm_id", "text", (c) => c.notNull().references("vms.id").onDelete("cascade"))
+        .addColumn("nic", "text", (c) => c.notNull())
+        .addColumn("network_id", "text", (c) => c.notNull().references("networks.id"))
+        .addColumn("ip", "text", (c) => c.notNull())
+        .addColumn("mac", "text", (c) => c.notNull())
+        .addUniqueConstraint("nic_addresses_ip", ["network_id", "ip"])
+        .addUniqueConstraint("nic_addresses_nic", ["vm_id", "nic"])
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -248,6 +248,28 @@ export interface Database {
   imported_bundles: ImportedBundlesTable;
   jail_uids: JailUidsTable;
   jail_uid_counter: JailUidCounterTable;
+  networks: NetworksTable;
+  nic_addresses: NicAddressesTable;
+}
+
+/** vigil networks (src/network): one bridge, one IPv4 range. */
+export interface NetworksTable {
+  id: string;
+  name: string;
+  cidr: string;
+  gateway: string;
+  bridge: string;
+  dhcp: number; // 0/1
+  created_at: string;
+}
+
+/** The address allocated to one bridged NIC of a VM (deleted with the VM's row). */
+export interface NicAddressesTable {
+  vm_id: string;
+  nic: string;
+  network_id: string;
+  ip: string;
+  mac: string;
 }
 
 /** The uid (= gid) of each VM's jailed QEMU, and the next one to hand out (one row, id 1). */

@@ -46,7 +46,10 @@ export interface VmServiceDeps {
   quotas?: QuotaLimits | undefined;
   /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
   consoleLogMaxBytes?: number | undefined;
-  /** vigil's switch: plugs bridged NICs in before QEMU starts and out after it exits (absent: none may start). */
+  /**
+   * The switch (network/network-service.ts): plugs a bridged NIC's tap in before QEMU starts, unplugs it after
+   * (absent: no VM with a bridged NIC may start); `attached` lets a VM reattached after a restart show its NICs.
+   */
   network?: (NicPlumber & Partial<Pick<SwitchView, "attached">>) | undefined;
 }
 
