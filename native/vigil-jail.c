@@ -7,8 +7,8 @@
  *              [--tap N:/run/netns/NAME:IFNAME]...
  *              [--nofile N] [--nproc N] [--fsize BYTES] --chdir DIR -- /abs/qemu-system-x86_64 ARGS...
  *
- * The process (still root, outside) joins the per-VM cgroups, opens each --tap (setns into the named network
- * namespace, attach to the existing tap IFNAME there, setns back; the descriptor lands at N), unshares pid/ipc/uts (and net with --netns) and
+ * The process (still root, outside) opens each --tap (setns into the named network namespace, attach to the
+ * existing tap IFNAME there, setns back; the descriptor lands at N), joins the per-VM cgroups, unshares pid/ipc/uts (and net with --netns) and
  * forks. The child, pid 1 of the new pid namespace, unshares the mount namespace, builds a tmpfs root holding
  * only what QEMU needs, pivots into it, drops every privilege and execs QEMU with an empty environment. The
  * parent writes the child's host pid to FILE (root-owned 0600: the daemon's pid file, which QEMU cannot touch),
@@ -438,8 +438,9 @@ static void child(void) {
 int main(int argc, char **argv) {
   parse(argc, argv);
   if (geteuid() != 0) { errno = EPERM; die("must run as root"); }
-  join_cgroups();
+  /* Taps first: once in the per-VM devices cgroup (v1: only the jail's /dev nodes) /dev/net/tun cannot be opened. */
   open_taps();
+  join_cgroups();
   int flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (o.netns ? CLONE_NEWNET : 0);
   if (unshare(flags) < 0) die("unshare(pid, ipc, uts%s)", o.netns ? ", net" : "");
   pid_t pid = fork();

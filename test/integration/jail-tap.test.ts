@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { JAIL_HELPER } from "../../src/host/jail.ts";
+import { JAIL_HELPER, hostCgroupSpecs, removeCgroups } from "../../src/host/jail.ts";
 
 const ip = (...args: string[]) => spawnSync("ip", args, { encoding: "utf8" });
 
@@ -27,10 +27,13 @@ function setup(t: { after: (fn: () => void) => void }) {
   assert.equal(ip("netns", "add", ns).status, 0);
   assert.equal(ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "user", String(uid), "group", String(uid)).status, 0);
   assert.equal(ip("-n", ns, "link", "add", "vb-jt", "type", "bridge").status, 0);
+  // The jail's own cgroups, as for a VM (v1 devices: only the --dev nodes): the taps must be open before them.
+  const cgroups = hostCgroupSpecs(randomBytes(8).toString("hex"));
+  t.after(() => removeCgroups(cgroups));
   const run = (taps: string[], script: string, extra: string[] = []) => {
     const root = join(dir, `root-${randomBytes(3).toString("hex")}`);
     mkdirSync(root, { mode: 0o700 });
-    const argv = ["--uid", String(uid), "--gid", String(uid), "--pid-file", join(dir, "jail.pid"), "--root", root, "--netns", ...extra, ...taps.flatMap((a) => ["--tap", a]), "--chdir", "/", "--", "/bin/sh", "-c", script];
+    const argv = ["--uid", String(uid), "--gid", String(uid), "--pid-file", join(dir, "jail.pid"), "--root", root, ...cgroups.flatMap((c) => ["--cgroup", c]), "--dev", "/dev/null", "--netns", ...extra, ...taps.flatMap((a) => ["--tap", a]), "--chdir", "/", "--", "/bin/sh", "-c", script];
     const r = spawnSync(JAIL_HELPER, argv, { encoding: "utf8", timeout: 20_000, env: {} });
     return { status: r.status, out: `${r.stdout}${r.stderr}` };
   };
