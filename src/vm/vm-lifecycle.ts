@@ -129,7 +129,8 @@ export class VmLifecycle {
     if (!jailEnabled()) return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
     // A bridged NIC's tap exists only while the VM runs: named as the switch attached it, else a placeholder.
     const attached = core.attachedNics.get(vm.id) ?? [];
-    const taps = bridgedNics(vm.spec).map((n) => ({ nic: n.name, netnsPath: "/run/netns/(vigil's netns)", tap: attached.find((a) => a.nic === n.name)?.tap ?? `(tap of ${n.name}, made at start)` }));
+    const netnsPath = core.d.network?.netns?.().path ?? "/run/netns/(vigil's netns)";
+    const taps = bridgedNics(vm.spec).map((n) => ({ nic: n.name, netnsPath, tap: attached.find((a) => a.nic === n.name)?.tap ?? `(tap of ${n.name}, made at start)` }));
     const jail = await planJail(core.d.repo.db, vm, core.layout(vm), core.d.accel.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...this.launchPlan(vm), backing, tapFds }));
     return { binary: jail.binary, argv: jail.argv };
   }

@@ -48,9 +48,10 @@ export interface VmServiceDeps {
   consoleLogMaxBytes?: number | undefined;
   /**
    * The switch (network/network-service.ts): plugs a bridged NIC's tap in before QEMU starts, unplugs it after
-   * (absent: no VM with a bridged NIC may start); `attached` lets a VM reattached after a restart show its NICs.
+   * (absent: no VM with a bridged NIC may start); `attached` lets a VM reattached after a restart show its NICs,
+   * `netns` names the namespace in `showcmd`.
    */
-  network?: (NicPlumber & Partial<Pick<SwitchView, "attached">>) | undefined;
+  network?: (NicPlumber & Partial<Pick<SwitchView, "attached" | "netns">>) | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */

@@ -115,8 +115,12 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
   const b = await d.api<{ pid: number }>("GET", "/v1/vms/b");
   process.kill(b.pid, "SIGKILL");
   await waitFor(() => !linkExists(ns, nics.b!.tap), 30_000, "the crashed VM's tap to go");
+  const shownCmd = JSON.parse(d.cli("vm", "showcmd", "a", "--json").stdout) as { argv: string[] };
+  assert.ok(shownCmd.argv.some((a) => a.endsWith(`:/run/netns/${ns}:${nics.a!.tap}`)), "showcmd names the tap the jail opens");
+  assert.ok(shownCmd.argv.some((a) => /^tap,id=net0,fd=\d+,vhost=off$/.test(a)), shownCmd.argv.join(" "));
   await d.api("POST", "/v1/vms/a/stop", { timeoutSec: 30 });
   assert.equal(linkExists(ns, nics.a!.tap), false, "the tap of a is gone once it stopped");
+  assert.deepEqual((JSON.parse(d.cli("vm", "show", "a", "--json").stdout) as { nics: unknown[] }).nics, [], "a stopped VM shows no plugged NIC");
   assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/b")).state, "crashed");
   for (const vm of ["a", "b"]) assert.equal(d.cli("vm", "destroy", vm).status, 0);
   await d.api("DELETE", "/v1/networks/lab");
