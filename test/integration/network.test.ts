@@ -98,6 +98,9 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
   assert.match(sent.out, /^vigil-net-/);
   const closed = await exec(d, "a", ["net-send", nics.b!.ip, "7001"]);
   assert.equal(closed.exitCode, 1, "nothing listens on B:7001");
+  const ping = await exec(d, "a", ["net-ping", nics.b!.ip]);
+  assert.equal(ping.exitCode, 0, `A pings B: ${ping.out} ${ping.err}`);
+  assert.notEqual((await exec(d, "a", ["net-ping", "10.77.0.250"])).exitCode, 0, "nobody at .250");
 
   // A daemon restart with both VMs running re-plumbs nothing and unplugs nothing: same taps, still connected.
   await d.kill9();
@@ -110,6 +113,11 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
   }
   const again = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
   assert.equal(again.exitCode, 0, `after the restart A still reaches B: ${again.out} ${again.err}`);
+
+  // net-spoof (the firewall tests' spoofing guest) really moves A's address: nothing filters it yet.
+  const spoof = await exec(d, "a", ["net-spoof", "10.77.0.200"]);
+  assert.equal(spoof.exitCode, 0, spoof.err);
+  assert.equal((await exec(d, "a", ["net-addr"])).out, "10.77.0.200");
 
   // B's QEMU dies on its own (a crash): the supervisor unplugs it. A is stopped: the stop unplugs it.
   const b = await d.api<{ pid: number }>("GET", "/v1/vms/b");
@@ -125,4 +133,17 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
   for (const vm of ["a", "b"]) assert.equal(d.cli("vm", "destroy", vm).status, 0);
   await d.api("DELETE", "/v1/networks/lab");
   assert.doesNotMatch(ip("netns", "list").stdout, new RegExp(`^${ns}\\b`, "m"), "no netns left (and so no bridge)");
+});
+
+test("a start that cannot plug every bridged NIC in fails, leaves the VM stopped and unplugs the NICs it had plugged", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  const ns = testNetns(t);
+  const d = await startDaemon(t);
+  await d.api("POST", "/v1/networks", { name: "lab", cidr: "10.78.0.0/24" });
+  await d.api("POST", "/v1/vms", { name: "half", memoryMiB: 128, nics: [{ network: "lab" }, { network: "nowhere" }] });
+  await assert.rejects(d.api("POST", "/v1/vms/half/start", {}), /network "nowhere" does not exist/);
+  assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/half")).state, "stopped");
+  const links = ip("-n", ns, "-o", "link", "show").stdout;
+  assert.doesNotMatch(links, /: vt-/, `no tap left behind: ${links}`);
+  assert.deepEqual((await d.api<{ attached: unknown[] }>("GET", "/v1/networks/lab")).attached, []);
 });
