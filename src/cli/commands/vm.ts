@@ -158,6 +158,10 @@ export function registerVm(program: Command): void {
       const fields = ["id", "name", "state", "owner", "approver", "purpose", "expiresAt", "accelerator", "vmgenid", "generation", "pid", "host", "createdBy", "createdAt"];
       for (const f of fields) process.stdout.write(`${f.padEnd(12)} ${v[f] === null || v[f] === undefined ? "-" : String(v[f])}\n`);
       process.stdout.write(`${"spec".padEnd(12)} ${v.spec.vcpus} vCPU, ${v.spec.memoryMiB} MiB, image ${v.spec.image}\n`);
+      // Bridged NICs plugged into a vigil network now (docs/network.md, "VM NICs").
+      for (const n of (v.nics as Array<{ name: string; network: string; ip: string; mac: string; tap: string }> | undefined) ?? []) {
+        process.stdout.write(`${"nic".padEnd(12)} ${n.name}: network ${n.network}, ip ${n.ip}, mac ${n.mac}, tap ${n.tap}\n`);
+      }
       process.stdout.write(`${"paths".padEnd(12)} ${JSON.stringify(v.paths, null, 2).replaceAll("\n", "\n" + " ".repeat(13))}\n`);
     });
 
