@@ -44,3 +44,15 @@ test("VIGIL_JAIL=off: a VM with a bridged NIC is refused at start and in showcmd
   const cmd = await request(daemon, "GET", "/v1/vms/b1/qemu-command");
   assert.match(cmd.body.error?.message ?? "", /NIC "net1" is on network "lab", and bridged NICs need the jail \(it opens the tap\)/);
 });
+
+test("a daemon without a switch refuses a bridged NIC's start, naming it; user NICs need none", async () => {
+  const { checkNicsStartable } = await import("./vm-nics.ts");
+  const { VmCore } = await import("./vm-core.ts");
+  const spec = resolveSpec(createVmRequestSchema.parse({ name: "b2", nics: [{ network: "lab" }] }), { name: "tiny", boot: { kind: "disk" }, disk: undefined }, { cpu: "max" });
+  const vm = { id: "id-b2", name: "b2", spec } as Parameters<typeof checkNicsStartable>[1];
+  const noSwitch = new VmCore({} as ConstructorParameters<typeof VmCore>[0]);
+  assert.throws(() => checkNicsStartable(noSwitch, vm, true), (err: unknown) => err instanceof Error && /Cannot start VM "b2": its NICs net0 \(network "lab"\) are bridged, and this daemon has no virtual switch/.test(err.message));
+  const userOnly = { ...vm, spec: { ...spec, nics: [{ name: "net0", mode: "user" as const, restrict: true, mac: "52:54:00:00:00:01" }] } };
+  assert.doesNotThrow(() => checkNicsStartable(noSwitch, userOnly, true));
+  assert.doesNotThrow(() => checkNicsStartable(noSwitch, userOnly, false));
+});
