@@ -3,6 +3,7 @@
  * device), deleting them, and reading back which taps exist with their owner and bridge (`ip -d -j link`).
  */
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { VigilError, q } from "../errors.ts";
 import { inNetns } from "./netns-exec.ts";
 import type { HostNetns } from "./types.ts";
@@ -39,7 +40,18 @@ interface IpLinkJson {
   linkinfo?: { info_kind?: string; info_data?: { type?: string; user?: number | string; group?: number | string } };
 }
 
-const idOf = (v: number | string | undefined) => (v === undefined ? undefined : Number(v));
+/** `ip` prints a tap's owner as a name when the id has one in /etc/passwd (group: /etc/group). */
+function idOf(v: number | string | undefined, db: "/etc/passwd" | "/etc/group"): number | undefined {
+  if (v === undefined || typeof v === "number") return v;
+  if (/^\d+$/.test(v)) return Number(v);
+  try {
+    const line = readFileSync(db, "utf8").split("\n").find((l) => l.split(":")[0] === v);
+    const id = line?.split(":")[2];
+    return id !== undefined && /^\d+$/.test(id) ? Number(id) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Every device in the netns. */
 export async function listLinks(ns: HostNetns): Promise<LinkInfo[]> {
@@ -50,8 +62,8 @@ export async function listLinks(ns: HostNetns): Promise<LinkInfo[]> {
     master: r.master,
     kind: r.linkinfo?.info_kind,
     up: r.flags?.includes("UP") ?? false,
-    owner: idOf(r.linkinfo?.info_data?.user),
-    group: idOf(r.linkinfo?.info_data?.group),
+    owner: idOf(r.linkinfo?.info_data?.user, "/etc/passwd"),
+    group: idOf(r.linkinfo?.info_data?.group, "/etc/group"),
   }));
 }
 

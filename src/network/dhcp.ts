@@ -30,12 +30,13 @@ export interface DhcpNetwork {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Whether the process exists and is not a zombie (an exited dnsmasq nobody reaped yet no longer serves). */
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return !/^\d+ \(.*\) Z/s.test(stat);
+  } catch {
+    return false;
   }
 }
 

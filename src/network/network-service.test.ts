@@ -19,6 +19,7 @@ import { silentLogger } from "../log.ts";
 import { hostNetns } from "./netns.ts";
 import { NetworkService } from "./network-service.ts";
 import { tapName } from "./bridge.ts";
+import { startDaemon } from "../daemon/daemon.ts";
 
 const admin: RequestContext = { actor: { userId: "u1", name: "root", roles: ["admin"], introspect: false, groups: [], via: "unix" }, requestId: "r1" };
 const auditor: RequestContext = { actor: { userId: "u2", name: "aud", roles: ["auditor"], introspect: false, groups: [], via: "token" }, requestId: "r2" };
@@ -150,6 +151,8 @@ test("a network's bridge, a NIC's tap and its DHCP lease, for real; detach and d
   assert.equal(tap.linkinfo?.info_kind, "tun");
   assert.equal(tap.linkinfo?.info_data?.user, 64101);
   assert.equal(tap.linkinfo?.info_data?.group, 64101);
+  const v6 = (dev: string) => sh("nsenter", [`--net=/run/netns/${f.ns}`, "--", "sysctl", "-n", `net.ipv6.conf.${dev}.disable_ipv6`]).trim();
+  assert.deepEqual([v6(a1.tap), v6("vb-t1")], ["1", "1"], "no IPv6 on taps and bridges");
   const again = await f.net.attach(plug(id1, "web1", 64101), { name: "net0", network: "t1", mac: "52:54:00:aa:00:01" });
   assert.equal(again.ip, "10.201.0.2", "attach is idempotent and keeps the address");
   assert.deepEqual((await f.net.attached()).map((n) => [n.vmName, n.ip, n.tap, n.labels.app]).sort(), [["web1", "10.201.0.2", a1.tap, "web1"], ["web2", "10.201.0.3", a2.tap, "web2"]]);
@@ -253,4 +256,88 @@ test("addresses live as long as the VM row; reconcile removes taps of VMs that a
   await f.net.detach(next, "net0");
   await f.net.delete(admin, "r1");
   assert.doesNotMatch(netnsList(), new RegExp(`^${f.ns}\\b`, "m"));
+});
+
+test("attach rebuilds a netns deleted behind vigil's back, and is audited; detach too", async (t) => {
+  const f = await fixture(t);
+  await f.net.create(admin, { name: "a1", cidr: "10.207.0.0/24" });
+  for (const pid of dnsmasqPids(f.dir)) process.kill(pid, "SIGKILL");
+  sh("ip", ["netns", "delete", f.ns]);
+  const id = await f.vm("web1");
+  const nic = await f.net.attach({ id, name: "web1", labels: {}, uid: 64400, gid: 64400 }, { name: "net0", network: "a1", mac: "52:54:00:dd:00:01" });
+  assert.equal(links(f.ns).find((l) => l.ifname === nic.tap)?.master, "vb-a1", "netns, bridge and tap are back");
+  assert.equal(dnsmasqPids(f.dir).length, 1, "and the network's dnsmasq");
+  const client = f.client("vb-a1");
+  assert.equal(f.dhcp(client, "52:54:00:dd:00:01"), "10.207.0.2");
+  await f.net.detach(id, "net0");
+  const actions = (await f.db.selectFrom("audit_log").select(["action", "details"]).execute()).map((r) => r.action);
+  assert.deepEqual(actions.filter((a) => a.startsWith("net.")), ["net.create", "net.attach", "net.detach"]);
+  await f.net.delete(admin, "a1");
+});
+
+test("daemon start brings the switch back: netns, bridge and dnsmasq of every network", async (t) => {
+  const home = mkdtempSync(join(tmpdir(), "vigil-switchd-"));
+  const ns = `vt-swd-${randomBytes(4).toString("hex")}`;
+  process.env.VIGIL_NETNS = ns;
+  t.after(() => {
+    delete process.env.VIGIL_NETNS;
+    for (const pid of dnsmasqPids(home)) process.kill(pid, "SIGKILL");
+    try {
+      sh("ip", ["netns", "delete", ns]);
+    } catch {
+      // gone
+    }
+    rmSync(home, { recursive: true, force: true });
+  });
+  const first = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+  await first.deps.network.create(admin, { name: "d1", cidr: "10.208.0.0/24" });
+  await first.close();
+  // A host reboot: the netns and dnsmasq are gone, the inventory says the network exists.
+  for (const pid of dnsmasqPids(home)) process.kill(pid, "SIGKILL");
+  sh("ip", ["netns", "delete", ns]);
+  const second = await startDaemon({ home, cache: join(home, "no-cache"), listen: "none", log: silentLogger() });
+  try {
+    assert.ok(links(ns).some((l) => l.ifname === "vb-d1" && l.flags.includes("UP")), "the bridge is back and up");
+    assert.equal(dnsmasqPids(home).length, 1, "dnsmasq is back");
+    assert.equal((await second.deps.network.get(admin, "d1")).dhcpRunning, true);
+    await second.deps.network.delete(admin, "d1");
+    assert.doesNotMatch(netnsList(), new RegExp(`^${ns}\\b`, "m"));
+  } finally {
+    await second.close();
+  }
+});
+
+test("a failing change listener (the firewall) fails the attach and leaves no tap and no lease", async (t) => {
+  const f = await fixture(t);
+  await f.net.create(admin, { name: "l1", cidr: "10.209.0.0/24" });
+  const id = await f.vm("web1");
+  let fail = true;
+  const off = f.net.onChange(async () => {
+    if (fail) throw new VigilError("VIGIL_HOST", "nft refused the ruleset");
+  });
+  const plug = { id, name: "web1", labels: {}, uid: 64500, gid: 64500 };
+  await assert.rejects(f.net.attach(plug, { name: "net0", network: "l1", mac: "52:54:00:ee:00:01" }), /nft refused/);
+  assert.ok(!links(f.ns).some((l) => l.ifname === tapName(id, "net0")), "no tap without its rules");
+  assert.deepEqual(await f.net.attached(), []);
+  const client = f.client("vb-l1");
+  assert.equal(f.dhcp(client, "52:54:00:ee:00:01"), undefined, "and no lease");
+  fail = false;
+  const nic = await f.net.attach(plug, { name: "net0", network: "l1", mac: "52:54:00:ee:00:01" });
+  assert.equal(nic.ip, "10.209.0.2", "the address was kept for the retry");
+  off();
+  await f.net.detach(id, "net0");
+  await f.net.delete(admin, "l1");
+});
+
+test("a tap owned by a uid with a name (ip prints \"nobody\") is recognised: re-attach keeps it", async (t) => {
+  const f = await fixture(t);
+  await f.net.create(admin, { name: "o1", cidr: "10.210.0.0/24", dhcp: false });
+  const id = await f.vm("web1");
+  const plug = { id, name: "web1", labels: {}, uid: 65534, gid: 65534 };
+  const nic = await f.net.attach(plug, { name: "net0", network: "o1", mac: "52:54:00:ff:00:01" });
+  const again = await f.net.attach(plug, { name: "net0", network: "o1", mac: "52:54:00:ff:00:01" });
+  assert.equal(again.tap, nic.tap);
+  await assert.rejects(f.net.attach({ ...plug, uid: 64600, gid: 64600 }, { name: "net0", network: "o1", mac: "52:54:00:ff:00:01" }), /not a tap owned by uid 64600/, "a tap of another owner is not taken over");
+  await f.net.detach(id, "net0");
+  await f.net.delete(admin, "o1");
 });

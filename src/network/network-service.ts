@@ -120,6 +120,14 @@ export class NetworkService implements NicPlumber, SwitchView {
     return net;
   }
 
+  /** The netns and the network's bridge exist (rebuilt if someone deleted them since the daemon started). */
+  private async ensureBridge(net: NetworkRecord): Promise<void> {
+    const gw = `${net.gateway}/${parseCidr(net.cidr).prefix}`;
+    if (!netnsExists(this.d.netns)) await ensureNetns(this.d.netns);
+    if ((await listLinks(this.d.netns)).some((l) => l.name === net.bridge)) await repairBridge(this.d.netns, net.bridge, gw);
+    else await createBridge(this.d.netns, net.bridge, gw);
+  }
+
   // ---- NicPlumber -------------------------------------------------------------------------------------------
 
   attach(vm: PlugVm, nic: { name: string; network: string; mac: string }): Promise<AttachedNic & { netnsPath: string }> {
@@ -130,6 +138,7 @@ export class NetworkService implements NicPlumber, SwitchView {
       if (!net) throw new VigilError("VIGIL_NOT_FOUND", `Cannot attach NIC ${q(nic.name)} of VM ${q(vm.name)}: network ${q(nic.network)} does not exist`, { field: "network" });
       const ip = await this.repo.allocate(net, vm.id, nic.name, mac);
       const tap = tapName(vm.id, nic.name);
+      await this.ensureBridge(net);
       const existing = (await this.links()).find((l) => l.name === tap);
       await createTap(this.d.netns, tap, net.bridge, vm.uid, vm.gid, existing);
       try {
@@ -143,6 +152,7 @@ export class NetworkService implements NicPlumber, SwitchView {
         throw err;
       }
       this.d.log.info({ vm: vm.name, nic: nic.name, network: net.name, tap, ip }, "NIC attached");
+      if (!existing) await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "net.attach", target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", details: { nic: nic.name, network: net.name, tap, mac, ip } });
       return { vmId: vm.id, vmName: vm.name, nic: nic.name, network: net.name, bridge: net.bridge, tap, mac, ip, labels: vm.labels, netnsPath: this.d.netns.path };
     });
   }
@@ -156,6 +166,7 @@ export class NetworkService implements NicPlumber, SwitchView {
       const net = (await this.repo.list()).find((n) => n.bridge === link.master);
       if (net) await this.refreshDhcp(net);
       await this.notify();
+      await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "net.detach", target: { kind: "vm", id: vmId }, result: "ok", details: { nic, tap, ...(net ? { network: net.name } : {}) } });
     });
   }
 
@@ -236,17 +247,11 @@ export class NetworkService implements NicPlumber, SwitchView {
         return { networks: 0, tapsRemoved: [], dhcpRestarted: [] };
       }
       await ensureNetns(this.d.netns);
-      let links = await listLinks(this.d.netns);
-      for (const n of nets) {
-        const prefix = parseCidr(n.cidr).prefix;
-        if (links.some((l) => l.name === n.bridge)) await repairBridge(this.d.netns, n.bridge, `${n.gateway}/${prefix}`);
-        else await createBridge(this.d.netns, n.bridge, `${n.gateway}/${prefix}`);
-      }
+      for (const n of nets) await this.ensureBridge(n);
       const states = await this.repo.vmStates();
       const live = new Set((await this.repo.addresses()).filter((a) => states.has(a.vmId) && isLive(a.vmState as VmState)).map((a) => tapName(a.vmId, a.nic)));
       const tapsRemoved: string[] = [];
-      links = await listLinks(this.d.netns);
-      for (const l of links) {
+      for (const l of await listLinks(this.d.netns)) {
         if (l.name.startsWith("vt-") && l.kind === "tun" && !live.has(l.name)) {
           await deleteLink(this.d.netns, l.name);
           tapsRemoved.push(l.name);
