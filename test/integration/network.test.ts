@@ -74,7 +74,8 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
   requireTinyImage();
   const ns = testNetns(t);
   const d = await startDaemon(t);
-  await d.api("POST", "/v1/networks", { name: "lab", cidr: "10.77.0.0/24" });
+  const created = d.cli("net", "create", "lab", "--cidr", "10.77.0.0/24");
+  assert.equal(created.status, 0, created.stderr);
   for (const vm of ["a", "b"]) {
     const r = d.cli("vm", "create", vm, "--memory", "128", "--vcpus", "1", "--net", "lab");
     assert.equal(r.status, 0, r.stderr);
@@ -131,7 +132,8 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
   assert.deepEqual((JSON.parse(d.cli("vm", "show", "a", "--json").stdout) as { nics: unknown[] }).nics, [], "a stopped VM shows no plugged NIC");
   assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/b")).state, "crashed");
   for (const vm of ["a", "b"]) assert.equal(d.cli("vm", "destroy", vm).status, 0);
-  await d.api("DELETE", "/v1/networks/lab");
+  const deleted = d.cli("net", "delete", "lab");
+  assert.equal(deleted.status, 0, deleted.stderr);
   assert.doesNotMatch(ip("netns", "list").stdout, new RegExp(`^${ns}\\b`, "m"), "no netns left (and so no bridge)");
 });
 
