@@ -4,9 +4,11 @@
  *
  *   vigil-jail --uid U --gid G --pid-file FILE --root DIR [--cgroup MOUNT:REL]... [--pids-max N]
  *              [--dev PATH]... [--bind-rw PATH]... [--bind-ro PATH]... [--open-ro N:PATH]... [--netns]
+ *              [--tap N:/run/netns/NAME:IFNAME]...
  *              [--nofile N] [--nproc N] [--fsize BYTES] --chdir DIR -- /abs/qemu-system-x86_64 ARGS...
  *
- * The process (still root, outside) joins the per-VM cgroups, unshares pid/ipc/uts (and net with --netns) and
+ * The process (still root, outside) opens each --tap (setns into the named network namespace, attach to the
+ * existing tap IFNAME there, setns back; the descriptor lands at N), joins the per-VM cgroups, unshares pid/ipc/uts (and net with --netns) and
  * forks. The child, pid 1 of the new pid namespace, unshares the mount namespace, builds a tmpfs root holding
  * only what QEMU needs, pivots into it, drops every privilege and execs QEMU with an empty environment. The
  * parent writes the child's host pid to FILE (root-owned 0600: the daemon's pid file, which QEMU cannot touch),
@@ -20,12 +22,15 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -46,7 +51,7 @@ static struct {
   long long fsize;
   const char *pid_file, *root, *chdir_to;
   int netns;
-  struct item_list cgroups, devs, rw, ro, open_ro;
+  struct item_list cgroups, devs, rw, ro, open_ro, taps;
   char **qemu_argv;
 } o = { .uid = -1, .gid = -1, .pids_max = -1, .nofile = 4096, .nproc = -1, .fsize = -1 };
 
@@ -77,7 +82,7 @@ static long num(const char *s, const char *opt) {
 
 static void push(struct item_list *l, const char *v, const char *opt) {
   if (l->n >= MAX_ITEMS) usage(opt);
-  if (v[0] != '/' && l != &o.cgroups && l != &o.open_ro) usage(opt); /* paths must be absolute */
+  if (v[0] != '/' && l != &o.cgroups && l != &o.open_ro && l != &o.taps) usage(opt); /* paths must be absolute */
   l->v[l->n++] = v;
 }
 
@@ -103,6 +108,7 @@ static void parse(int argc, char **argv) {
     else if (strcmp(a, "--bind-rw") == 0) push(&o.rw, v, a);
     else if (strcmp(a, "--bind-ro") == 0) push(&o.ro, v, a);
     else if (strcmp(a, "--open-ro") == 0) push(&o.open_ro, v, a);
+    else if (strcmp(a, "--tap") == 0) push(&o.taps, v, a);
     else usage(a);
   }
   /* uid/gid 0 would be no jail at all: refuse it. */
@@ -223,7 +229,7 @@ static void make_target(const char *target, int is_dir) {
 }
 
 /* Bind-mounts host `path` at the same absolute path in the new root; read-only unless rw. */
-static void bind(const char *path, int rw, int allow_dev) {
+static void bind_path(const char *path, int rw, int allow_dev) {
   char target[PATH_MAX];
   struct stat st;
   if (snprintf(target, sizeof target, "%s%s", o.root, path) >= (int)sizeof target) { errno = ENAMETOOLONG; die("bind %s", path); }
@@ -263,6 +269,102 @@ static void open_fds(void) {
   }
 }
 
+/* The descriptor number of an --open-ro N:PATH or --tap N:... argument (its leading digits). */
+static long fd_of(const char *arg) { return strtol(arg, NULL, 10); }
+
+/* One --tap N:NETNS-PATH:IFNAME, checked strictly: N in 3..1000, NETNS-PATH = /run/netns/NAME (one component
+ * of letters, digits and ._-, at most 64), IFNAME 1..IFNAMSIZ-1 characters of the same set. */
+struct tap_arg { long fd; char netns[96]; char ifname[IFNAMSIZ]; };
+
+static int name_chars(const char *s, size_t n) {
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-')) return 0;
+  }
+  return !(n == 1 && s[0] == '.') && !(n == 2 && s[0] == '.' && s[1] == '.');
+}
+
+static void parse_tap(const char *arg, struct tap_arg *t) {
+  static const char prefix[] = "/run/netns/";
+  const char *c1 = strchr(arg, ':');
+  const char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+  if (!c1 || !c2 || strchr(c2 + 1, ':')) usage("--tap N:/run/netns/NAME:IFNAME");
+  size_t nlen = (size_t)(c1 - arg);
+  if (nlen == 0 || nlen > 4) usage("--tap descriptor 3..1000");
+  for (size_t i = 0; i < nlen; i++) if (arg[i] < '0' || arg[i] > '9') usage("--tap descriptor 3..1000");
+  t->fd = fd_of(arg);
+  if (t->fd < 3 || t->fd > 1000) usage("--tap descriptor 3..1000");
+  size_t plen = (size_t)(c2 - (c1 + 1));
+  if (plen <= sizeof prefix - 1 || strncmp(c1 + 1, prefix, sizeof prefix - 1) != 0) usage("--tap namespace path must be /run/netns/NAME");
+  const char *ns = c1 + 1 + sizeof prefix - 1;
+  size_t nslen = plen - (sizeof prefix - 1);
+  if (nslen > 64 || !name_chars(ns, nslen)) usage("--tap namespace NAME: 1-64 letters, digits and ._- (one path component)");
+  memcpy(t->netns, c1 + 1, plen);
+  t->netns[plen] = 0;
+  size_t ilen = strlen(c2 + 1);
+  if (ilen >= IFNAMSIZ || !name_chars(c2 + 1, ilen)) usage("--tap IFNAME: 1-15 letters, digits and ._-");
+  memcpy(t->ifname, c2 + 1, ilen + 1);
+}
+
+/* A temporary descriptor moved above every number a --tap or --open-ro may ask for (3..1000), close-on-exec. */
+static int high_fd(int fd, const char *what) {
+  if (fd < 0) die("open %s", what);
+  int h = fcntl(fd, F_DUPFD_CLOEXEC, 1024);
+  if (h < 0) die("move descriptor of %s", what);
+  close(fd);
+  return h;
+}
+
+/*
+ * Opens each --tap while still root, in the host's namespaces (before any unshare): enter the named network
+ * namespace, attach to the tap that already exists there (the daemon created it persistent and bridged; we never
+ * create one), come back, and leave the descriptor at N (inherited by QEMU, no close-on-exec).
+ */
+static void open_taps(void) {
+  struct tap_arg t[MAX_ITEMS];
+  for (int i = 0; i < o.taps.n; i++) {
+    parse_tap(o.taps.v[i], &t[i]);
+    for (int j = 0; j < i; j++) if (t[j].fd == t[i].fd) usage("--tap descriptors must differ");
+    for (int j = 0; j < o.open_ro.n; j++) if (fd_of(o.open_ro.v[j]) == t[i].fd) usage("--tap descriptor already used by --open-ro");
+    if (fcntl((int)t[i].fd, F_GETFD) >= 0) { errno = EBUSY; die("--tap descriptor %ld is already open", t[i].fd); }
+  }
+  if (o.taps.n == 0) return;
+  int home = high_fd(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), "/proc/self/ns/net");
+  for (int i = 0; i < o.taps.n; i++) {
+    int nsfd = open(t[i].netns, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (nsfd < 0) die("open network namespace %s", t[i].netns);
+    int ns = high_fd(nsfd, t[i].netns);
+    if (setns(ns, CLONE_NEWNET) < 0) die("enter network namespace %s", t[i].netns);
+    int tun = -1, err = 0;
+    const char *step = "";
+    if (if_nametoindex(t[i].ifname) == 0) { err = errno ? errno : ENODEV; step = "find tap"; }
+    else if ((tun = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0) { err = errno; step = "open /dev/net/tun for"; }
+    else {
+      tun = high_fd(tun, "/dev/net/tun");
+      struct ifreq ifr;
+      memset(&ifr, 0, sizeof ifr);
+      memcpy(ifr.ifr_name, t[i].ifname, strlen(t[i].ifname));
+      ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+      if (ioctl(tun, TUNSETIFF, &ifr) < 0) { err = errno; step = "attach to tap (TUNSETIFF)"; }
+    }
+    /* Back home before anything else, also on failure (the messages and the rest of the jail are in the host's). */
+    if (setns(home, CLONE_NEWNET) < 0) die("return to the host network namespace");
+    if (err) { errno = err; die("%s %s in %s", step, t[i].ifname, t[i].netns); }
+    close(ns);
+    if (dup2(tun, (int)t[i].fd) < 0) die("dup2 tap %s", t[i].ifname);
+    close(tun);
+  }
+  close(home);
+}
+
+/* Whether descriptor n is one QEMU gets (--open-ro or --tap). */
+static int passed_fd(int n) {
+  for (int i = 0; i < o.open_ro.n; i++) if (fd_of(o.open_ro.v[i]) == n) return 1;
+  for (int i = 0; i < o.taps.n; i++) if (fd_of(o.taps.v[i]) == n) return 1;
+  return 0;
+}
+
 static void set_limit(int res, rlim_t v, const char *name) {
   struct rlimit r = { v, v };
   if (setrlimit(res, &r) < 0) die("setrlimit %s", name);
@@ -279,16 +381,16 @@ static void child(void) {
   static const char *system_paths[] = { "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache" };
   for (size_t i = 0; i < sizeof system_paths / sizeof *system_paths; i++) {
     struct stat st;
-    if (lstat(system_paths[i], &st) == 0) bind(system_paths[i], 0, 0);
+    if (lstat(system_paths[i], &st) == 0) bind_path(system_paths[i], 0, 0);
   }
-  for (int i = 0; i < o.ro.n; i++) bind(o.ro.v[i], 0, 0);
-  for (int i = 0; i < o.rw.n; i++) bind(o.rw.v[i], 1, 0);
+  for (int i = 0; i < o.ro.n; i++) bind_path(o.ro.v[i], 0, 0);
+  for (int i = 0; i < o.rw.n; i++) bind_path(o.rw.v[i], 1, 0);
 
   char path[PATH_MAX];
   snprintf(path, sizeof path, "%s/dev", o.root);
   if (mkdir(path, 0755) < 0 && errno != EEXIST) die("mkdir %s", path);
   if (mount("vigil-dev", path, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0) die("mount /dev");
-  for (int i = 0; i < o.devs.n; i++) bind(o.devs.v[i], 1, 1);
+  for (int i = 0; i < o.devs.n; i++) bind_path(o.devs.v[i], 1, 1);
   snprintf(path, sizeof path, "%s/proc", o.root);
   if (mkdir(path, 0555) < 0 && errno != EEXIST) die("mkdir %s", path);
   /* A fresh /proc of the new pid namespace: QEMU sees only itself. */
@@ -318,16 +420,12 @@ static void child(void) {
   memset(d, 0, sizeof d);
   if (syscall(SYS_capset, &h, d) < 0) die("capset (clear)");
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("PR_SET_NO_NEW_PRIVS");
-  /* Only 0-2 and the descriptors opened for QEMU survive. */
+  /* Only 0-2 and the descriptors opened for QEMU (--open-ro, --tap) survive. */
   int keep = 2;
-  for (int i = 0; i < o.open_ro.n; i++) {
-    int n = atoi(o.open_ro.v[i]);
-    if (n > keep) keep = n;
-  }
+  for (int i = 0; i < o.open_ro.n; i++) if ((int)fd_of(o.open_ro.v[i]) > keep) keep = (int)fd_of(o.open_ro.v[i]);
+  for (int i = 0; i < o.taps.n; i++) if ((int)fd_of(o.taps.v[i]) > keep) keep = (int)fd_of(o.taps.v[i]);
   for (int fd = 3; fd <= keep; fd++) {
-    int wanted = 0;
-    for (int i = 0; i < o.open_ro.n; i++) if (atoi(o.open_ro.v[i]) == fd) wanted = 1;
-    if (!wanted) close(fd);
+    if (!passed_fd(fd)) close(fd);
   }
   if (syscall(SYS_close_range, keep + 1, ~0U, 0) < 0) die("close_range");
   umask(077);
@@ -340,6 +438,8 @@ static void child(void) {
 int main(int argc, char **argv) {
   parse(argc, argv);
   if (geteuid() != 0) { errno = EPERM; die("must run as root"); }
+  /* Taps first: once in the per-VM devices cgroup (v1: only the jail's /dev nodes) /dev/net/tun cannot be opened. */
+  open_taps();
   join_cgroups();
   int flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (o.netns ? CLONE_NEWNET : 0);
   if (unshare(flags) < 0) die("unshare(pid, ipc, uts%s)", o.netns ? ", net" : "");

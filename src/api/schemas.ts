@@ -34,6 +34,7 @@ export const VmSchema = z
     createdAt: z.string(),
     stateChangedAt: z.string(),
     spec: vmSpecSchema,
+    nics: z.array(z.object({ name: z.string(), network: z.string(), mac: z.string(), ip: z.string(), tap: z.string() })),
     paths: z.object({
       dir: z.string(),
       qmpSocket: z.string(),

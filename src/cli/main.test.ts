@@ -365,3 +365,37 @@ test("on a terminal, a command that follows its progress exits as soon as its wo
   assert.equal(r.status, 0, r.stdout);
   assert.match(r.stdout, /Imported small\.raw as image small/);
 });
+
+test("vm create --net NAME adds bridged NICs after any --nic ones; vm show prints plugged NICs; --net with --no-nic is a usage error", async (t) => {
+  const bodies: unknown[] = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c: Buffer) => (body += c.toString()));
+    req.on("end", () => {
+      if (req.method === "GET") {
+        res.writeHead(200, { "content-type": "application/json" });
+        const nics = [{ name: "net1", network: "lab", ip: "10.77.0.5", mac: "52:54:00:00:00:01", tap: "vt-0123456789" }];
+        res.end(JSON.stringify({ id: "id-1", name: "x", state: "running", spec: { vcpus: 1, memoryMiB: 128, image: "tiny" }, paths: {}, nics }));
+        return;
+      }
+      bodies.push(JSON.parse(body || "null"));
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify({ id: "id-1", name: "x" }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  t.after(() => server.close());
+  const env = { VIGIL_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, VIGIL_TOKEN: "t" };
+  const r = await cli(env, ["vm", "create", "x", "--nic", "open", "--net", "lab", "--net", "dmz"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual((bodies[0] as { nics: unknown }).nics, [{ restrict: false }, { network: "lab" }, { network: "dmz" }]);
+  const plain = await cli(env, ["vm", "create", "y"]);
+  assert.equal(plain.status, 0, plain.stderr);
+  assert.equal((bodies[1] as { nics?: unknown }).nics, undefined, "no flag: the server's default (one restricted user NIC)");
+  const shown = await cli(env, ["vm", "show", "x"]);
+  assert.match(shown.stdout, /^nic {10}net1: network lab, ip 10\.77\.0\.5, mac 52:54:00:00:00:01, tap vt-0123456789$/m);
+  const both = await cli(env, ["vm", "create", "z", "--no-nic", "--net", "lab"]);
+  assert.equal(both.status, 2, both.stderr);
+  assert.match(both.stderr, /Use either --net or --no-nic, not both/);
+  assert.equal(bodies.length, 2, "refused before any request");
+});

@@ -13,6 +13,7 @@ const plan: JailPlan = {
   readWrite: ["/v/vms/u1/run"],
   readOnly: ["/cache/tiny/vmlinuz"],
   fds: [{ fd: 3, path: "/cache/tiny/disk.qcow2" }],
+  taps: [{ fd: 4, netnsPath: "/run/netns/vigil-3fa2c1d0", ifname: "vt-0123456789" }],
   netns: true,
   nofile: 4096,
   nproc: 98,
@@ -29,6 +30,7 @@ test("the helper's argv: every option, then -- and QEMU's argv untouched", () =>
     "--pids-max", "98",
     "--dev", "/dev/null", "--dev", "/dev/zero", "--dev", "/dev/random", "--dev", "/dev/urandom",
     "--bind-ro", "/cache/tiny/vmlinuz", "--bind-rw", "/v/vms/u1/run", "--open-ro", "3:/cache/tiny/disk.qcow2",
+    "--tap", "4:/run/netns/vigil-3fa2c1d0:vt-0123456789",
     "--netns", "--nofile", "4096", "--nproc", "98", "--fsize", "1073741824", "--chdir", "/v/vms/u1/run",
     "--", "/usr/bin/qemu-system-x86_64", "-uuid", "u1", "-S",
   ]);

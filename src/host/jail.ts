@@ -37,6 +37,11 @@ export interface JailPlan {
   readOnly: string[];
   /** Files the helper opens read-only as root at these descriptors, for QEMU's `-add-fd` (backing layers). */
   fds: Array<{ fd: number; path: string }>;
+  /**
+   * Taps the helper opens as root before unsharing the network namespace: `IFNAME` inside the namespace at
+   * `netnsPath` (vigil's, /run/netns/...), handed to QEMU at descriptor `fd` for `-netdev tap,fd=`.
+   */
+  taps: Array<{ fd: number; netnsPath: string; ifname: string }>;
   /** A private network namespace (no NIC can reach the host network). */
   netns: boolean;
   nofile: number;
@@ -56,6 +61,7 @@ export function buildJailArgv(plan: JailPlan): string[] {
   for (const p of plan.readOnly) argv.push("--bind-ro", p);
   for (const p of plan.readWrite) argv.push("--bind-rw", p);
   for (const f of plan.fds) argv.push("--open-ro", `${f.fd}:${f.path}`);
+  for (const t of plan.taps) argv.push("--tap", `${t.fd}:${t.netnsPath}:${t.ifname}`);
   if (plan.netns) argv.push("--netns");
   argv.push("--nofile", String(plan.nofile), "--nproc", String(plan.nproc), "--fsize", String(plan.fsizeBytes), "--chdir", plan.chdir);
   argv.push("--", plan.qemuBinary, ...plan.qemuArgv);

@@ -8,6 +8,7 @@ import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildArgv, optValue, type LaunchPlan } from "./argv.ts";
 import { vmSpecSchema } from "../vm/spec.ts";
+import { VigilError } from "../errors.ts";
 
 const dir = join(import.meta.dirname, "testdata", "argv");
 
@@ -39,4 +40,11 @@ test("every VM gets the hardened baseline", () => {
 test("commas in option values are escaped, control characters refused", () => {
   assert.equal(optValue("/a,b"), "/a,,b");
   assert.throws(() => optValue("a\nb"), /control character/);
+});
+
+test("a bridged NIC without a tap descriptor from the jail is refused, naming why", () => {
+  const plan = JSON.parse(readFileSync(join(dir, "bridged-nics.json"), "utf8")) as LaunchPlan;
+  for (const tapFds of [undefined, { net0: 4 }]) {
+    assert.throws(() => buildArgv({ ...plan, spec: vmSpecSchema.parse(plan.spec), tapFds }), (err: unknown) => err instanceof VigilError && err.field === "nics" && /bridged NICs need the jail \(it opens the tap\)/.test(err.message));
+  }
 });

@@ -12,7 +12,7 @@
  *   introspection reads it through QEMU's descriptor (host/guest-ram.ts). Memory snapshots still go to qcow2.
  * - `vmgenid`: the guest learns when it has been forked (clone, revert) and reseeds its RNG.
  */
-import { BugError } from "../errors.ts";
+import { BugError, VigilError } from "../errors.ts";
 import type { VmSpec } from "../vm/spec.ts";
 import type { VmLayout } from "../paths.ts";
 
@@ -33,7 +33,12 @@ export interface LaunchPlan {
    * (`/dev/fdset/<fd>`), a descriptor the jail helper opened. Without it QEMU follows the headers (old behaviour).
    */
   backing?: Record<string, Array<{ file: string; format: string; fd?: number | undefined }>> | undefined;
+  /** The tap descriptor of each bridged NIC, by NIC name: the jail helper opened it (`--tap`), QEMU never does. */
+  tapFds?: Record<string, number> | undefined;
 }
+
+/** Why a bridged NIC cannot run without the jail: QEMU (unprivileged, netns-less) gets the tap only as a descriptor. */
+export const BRIDGED_NEEDS_JAIL = "bridged NICs need the jail (it opens the tap)";
 
 /** Escapes a value for QEMU's comma-separated option syntax (a literal comma is written twice). */
 export function optValue(value: string): string {
@@ -131,10 +136,15 @@ export function buildArgv(plan: LaunchPlan): string[] {
   });
 
   for (const nic of spec.nics) {
-    argv.push(
-      "-netdev", opts("user", [["id", nic.name], ["restrict", nic.restrict ? "on" : "off"]]),
-      "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac]]),
-    );
+    let netdev: string;
+    if (nic.mode === "user") netdev = opts("user", [["id", nic.name], ["restrict", nic.restrict ? "on" : "off"]]);
+    else {
+      const fd = plan.tapFds?.[nic.name];
+      if (fd === undefined) throw new VigilError("VIGIL_INVALID_STATE", `Cannot run VM ${JSON.stringify(spec.name)}: NIC ${JSON.stringify(nic.name)} is on network ${JSON.stringify(nic.network)}, and ${BRIDGED_NEEDS_JAIL}`, { field: "nics" });
+      // vhost=off: /dev/vhost-net is not in the jail, and QEMU may not open anything itself.
+      netdev = opts("tap", [["id", nic.name], ["fd", fd], ["vhost", "off"]]);
+    }
+    argv.push("-netdev", netdev, "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac]]));
   }
   return argv;
 }

@@ -89,8 +89,26 @@ export interface Confinement {
   limits: { nofile: number; nproc: number; fsizeBytes: number; core: 0 };
 }
 
-/** Plans the jail for `vm` (allocating its uid on first use); `buildQemuArgv` gets the backing chains. */
-export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" | "tcg", places: RecordedPlaces, buildQemuArgv: (backing: JailLaunch["backing"]) => string[]): Promise<JailLaunch> {
+/** A bridged NIC's tap, as the switch attached it: the helper opens `tap` inside the namespace at `netnsPath`. */
+export interface JailTap {
+  nic: string;
+  netnsPath: string;
+  tap: string;
+}
+
+/**
+ * Plans the jail for `vm` (allocating its uid on first use); `buildQemuArgv` gets the backing chains and the tap
+ * descriptor of each bridged NIC in `taps` (numbered after the backing layers').
+ */
+export async function planJail(
+  db: Db,
+  vm: VmRecord,
+  l: VmLayout,
+  accel: "kvm" | "tcg",
+  places: RecordedPlaces,
+  taps: readonly JailTap[],
+  buildQemuArgv: (backing: JailLaunch["backing"], tapFds: Record<string, number>) => string[],
+): Promise<JailLaunch> {
   const uid = await jailUidOf(db, vm.id);
   const backing: JailLaunch["backing"] = {};
   const fds: JailPlan["fds"] = [];
@@ -109,8 +127,12 @@ export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" |
       largestFile = Math.max(largestFile, statSync(top).size);
     }
   }
+  const jailTaps: JailPlan["taps"] = taps.map((t, i) => ({ fd: FIRST_FD + fds.length + i, netnsPath: t.netnsPath, ifname: t.tap }));
+  const tapFds = Object.fromEntries(taps.map((t, i) => [t.nic, jailTaps[i]!.fd]));
   const qemuBinary = qemuBinaryPath();
-  const netns = vm.spec.nics.every((n) => n.restrict);
+  // Its own network namespace unless a NIC is open user-mode (slirp needs host sockets): a bridged NIC's tap is
+  // a descriptor opened before the unshare, so QEMU needs no interface at all.
+  const netns = vm.spec.nics.every((n) => n.mode === "bridge" || n.restrict);
   const readOnly: string[] = [];
   if (vm.spec.boot.kind === "kernel") readOnly.push(vm.spec.boot.kernel, vm.spec.boot.initrd);
   if (!qemuBinary.startsWith("/usr/")) readOnly.push(qemuBinary);
@@ -123,8 +145,8 @@ export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" |
   const cgroups = hostCgroupSpecs(vm.id);
   const devices = jailDevices(accel);
   const plan: JailPlan = {
-    uid, gid: uid, pidFile: jailPidFile(l), rootDir: jailRootDir(l), cgroups, pidsMax, devices, readWrite, readOnly, fds, netns,
-    nofile: 4096, nproc: pidsMax, fsizeBytes, chdir: l.runDir, qemuBinary, qemuArgv: buildQemuArgv(backing),
+    uid, gid: uid, pidFile: jailPidFile(l), rootDir: jailRootDir(l), cgroups, pidsMax, devices, readWrite, readOnly, fds, taps: jailTaps, netns,
+    nofile: 4096, nproc: pidsMax, fsizeBytes, chdir: l.runDir, qemuBinary, qemuArgv: buildQemuArgv(backing, tapFds),
   };
   return {
     binary: JAIL_HELPER,
@@ -136,7 +158,7 @@ export async function planJail(db: Db, vm: VmRecord, l: VmLayout, accel: "kvm" |
       jailed: true, uid, gid: uid,
       namespaces: ["mnt", "pid", "ipc", "uts", ...(netns ? ["net"] : [])],
       cgroups: cgroups.map(cgroupDir), pidsMax, seccomp: SANDBOX, noNewPrivs: true, capabilities: "none",
-      mounts: { readOnly: ["/usr (and the /bin, /lib* links)", "/etc/ld.so.cache", ...readOnly], readWrite, devices, descriptors: fds.map((f) => `${f.fd}: ${f.path}`) },
+      mounts: { readOnly: ["/usr (and the /bin, /lib* links)", "/etc/ld.so.cache", ...readOnly], readWrite, devices, descriptors: [...fds.map((f) => `${f.fd}: ${f.path}`), ...jailTaps.map((t) => `${t.fd}: tap ${t.ifname} in ${t.netnsPath}`)] },
       limits: { nofile: plan.nofile, nproc: plan.nproc, fsizeBytes, core: 0 },
     },
   };

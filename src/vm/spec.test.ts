@@ -14,7 +14,7 @@ test("a minimal request gets secure defaults and resolves to a valid spec", () =
   assert.equal(spec.memoryMiB, 256);
   assert.equal(spec.vcpus, 1);
   assert.equal(spec.nics.length, 1);
-  assert.equal(spec.nics[0]!.restrict, true, "no way out unless asked");
+  assert.deepEqual({ ...spec.nics[0]!, mac: "" }, { name: "net0", mode: "user", restrict: true, mac: "" }, "no way out unless asked");
   assert.match(spec.nics[0]!.mac, /^52:54:00:/);
   assert.deepEqual(spec.disks, [{ name: "root", backing: "/c/disk.qcow2" }]);
   assert.match(spec.boot.kind === "kernel" ? spec.boot.cmdline : "", /vigil.hostname=web1/);
@@ -60,4 +60,26 @@ test("property: any input either parses to a valid spec or fails with a field-na
     }),
     { numRuns: 300 },
   );
+});
+
+test("a NIC naming a network is bridged; restrict with network is refused; the default is unchanged", () => {
+  const spec = resolveSpec(parse({ name: "w", nics: [{ network: "lab" }, { restrict: false }, {}] }), tiny, { cpu: "max" });
+  assert.equal(vmSpecSchema.safeParse(spec).success, true);
+  assert.deepEqual(spec.nics.map(({ mac: _mac, ...n }) => n), [
+    { name: "net0", mode: "bridge", network: "lab" },
+    { name: "net1", mode: "user", restrict: false },
+    { name: "net2", mode: "user", restrict: true },
+  ]);
+  assert.throws(() => parse({ name: "w", nics: [{ network: "lab", restrict: true }] }), (err: unknown) => err instanceof VigilError && err.field === "nics.0.restrict" && /network/.test(err.message));
+  assert.throws(() => parse({ name: "w", nics: [{ network: "Lab_1" }] }), (err: unknown) => err instanceof VigilError && err.field === "nics.0.network" && /network name/.test(err.message));
+  assert.throws(() => parse({ name: "w", nics: [{ network: "a-very-long-name" }] }), { field: "nics.0.network" });
+});
+
+test("spec version 1 stays: an old user-NIC spec parses unchanged, a bridged one round-trips", () => {
+  const old = resolveSpec(parse({ name: "w" }), tiny, { cpu: "max" });
+  assert.deepEqual(vmSpecSchema.parse(JSON.parse(JSON.stringify(old))), old);
+  const bridged = { ...old, nics: [{ name: "net0", mode: "bridge", network: "lab", mac: "52:54:00:01:02:03" }] };
+  assert.deepEqual(vmSpecSchema.parse(bridged), bridged);
+  assert.equal(vmSpecSchema.safeParse({ ...old, nics: [{ name: "net0", mode: "bridge", network: "lab", restrict: true, mac: "52:54:00:01:02:03" }] }).success, false);
+  assert.equal(vmSpecSchema.safeParse({ ...old, nics: [{ name: "net0", mode: "bridge", mac: "52:54:00:01:02:03" }] }).success, false);
 });

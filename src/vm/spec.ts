@@ -48,14 +48,28 @@ const diskSchema = z.strictObject({
   sizeMiB: z.number().int().min(1).max(16 * 1024 * 1024).optional(),
 });
 
-const nicSchema = z.strictObject({
-  name: deviceNameSchema,
-  /** User-mode networking (slirp); the only mode until the virtual switch lands. */
-  mode: z.literal("user"),
-  /** `restrict=on`: the guest cannot reach the host or the outside world. */
-  restrict: z.boolean(),
-  mac: macSchema,
-});
+/** A vigil network's name (docs/network.md): the bridge `vb-<name>` must fit IFNAMSIZ. */
+export const networkNameSchema = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,11}$/, "must be a network name: 1-12 lower-case letters, digits and '-', starting with a letter");
+
+const nicSchema = z.discriminatedUnion("mode", [
+  z.strictObject({
+    name: deviceNameSchema,
+    /** User-mode networking (slirp). */
+    mode: z.literal("user"),
+    /** `restrict=on`: the guest cannot reach the host or the outside world. */
+    restrict: z.boolean(),
+    mac: macSchema,
+  }),
+  z.strictObject({
+    name: deviceNameSchema,
+    /** A tap on a vigil network's bridge, in vigil's network namespace (docs/network.md). */
+    mode: z.literal("bridge"),
+    network: networkNameSchema,
+    mac: macSchema,
+  }),
+]);
 
 /** The persisted, fully resolved spec. */
 export const vmSpecSchema = z.strictObject({
@@ -79,6 +93,17 @@ export const vmSpecSchema = z.strictObject({
 export type VmSpec = z.output<typeof vmSpecSchema>;
 export type DiskSpec = VmSpec["disks"][number];
 export type NicSpec = VmSpec["nics"][number];
+export type BridgeNicSpec = Extract<NicSpec, { mode: "bridge" }>;
+
+/** The NICs plugged into a vigil network (each needs a tap, hence the jail). */
+export function bridgedNics(spec: Pick<VmSpec, "nics">): BridgeNicSpec[] {
+  return spec.nics.filter((n): n is BridgeNicSpec => n.mode === "bridge");
+}
+
+/** User-mode NICs with restrict=off: slirp opens host sockets for them (the loopback guard, the host netns). */
+export function openUserNics(spec: Pick<VmSpec, "nics">): NicSpec[] {
+  return spec.nics.filter((n) => n.mode === "user" && !n.restrict);
+}
 
 /** Ownership fields of a create request (issue: identity & audit); optional unless policy requires them. */
 export const ownershipInputSchema = {
@@ -100,9 +125,16 @@ export const createVmRequestSchema = z.strictObject({
   cmdline: cmdlineSchema.optional(),
   /** Blank data disks besides the image's own. */
   disks: z.array(z.strictObject({ name: deviceNameSchema, sizeMiB: z.number().int().min(1).max(16 * 1024 * 1024) })).max(15).default([]),
-  /** Network cards; default one user-mode NIC with restrict=on (no way out: deny by default). */
+  /**
+   * Network cards; default one user-mode NIC with restrict=on (no way out: deny by default). A card naming a
+   * `network` is bridged onto that vigil network (then `restrict` means nothing and is refused).
+   */
   nics: z
-    .array(z.strictObject({ restrict: z.boolean().default(true), mac: macSchema.optional() }))
+    .array(
+      z
+        .strictObject({ restrict: z.boolean().optional(), network: networkNameSchema.optional(), mac: macSchema.optional() })
+        .refine((n) => n.network === undefined || n.restrict === undefined, { path: ["restrict"], message: "Cannot be given with \"network\": restrict applies to user-mode NICs only" }),
+    )
     .max(8)
     .default([{ restrict: true }]),
   agent: z.boolean().default(true),
@@ -151,7 +183,14 @@ export function resolveSpec(req: CreateVmRequest, image: ResolvableImage, defaul
     image: image.name,
     boot,
     disks,
-    nics: req.nics.map((n, i) => ({ name: `net${i}`, mode: "user" as const, restrict: n.restrict, mac: n.mac ?? randomMac() })),
+    nics: req.nics.map((n, i): NicSpec => {
+      const mac = n.mac ?? randomMac();
+      if (n.network === undefined) return { name: `net${i}`, mode: "user", restrict: n.restrict ?? true, mac };
+      if (n.restrict !== undefined) {
+        throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: "nics.${i}.restrict" cannot be given with "nics.${i}.network": restrict applies to user-mode NICs only (a bridged NIC's traffic is the firewall's business)`, { field: `nics.${i}.restrict` });
+      }
+      return { name: `net${i}`, mode: "bridge", network: n.network, mac };
+    }),
     agent: req.agent,
     vtime: req.vtime,
   };

@@ -14,12 +14,15 @@ import { isLive } from "./state-machine.ts";
 import type { VmRecord } from "./vm-repository.ts";
 import { vmView, type VmView } from "./vm-view.ts";
 import type { VmServiceDeps } from "./vm-types.ts";
+import type { AttachedNic } from "../network/types.ts";
 
 export class VmCore {
   /** Keys: a VM id (its operation lock), `name:<name>`, `owner:<owner>` and `quota:live-memory`. */
   readonly locks = new KeyedMutex();
   /** The QEMU vigil is connected to, by VM id; set by `VmSupervisor.adopt`, removed when it exits or is stopped. */
   readonly runtimes = new Map<string, VmRuntime>();
+  /** Bridged NICs this daemon plugged in, by VM id (vm-nics.ts), shown in the view while attached. */
+  readonly attachedNics = new Map<string, AttachedNic[]>();
 
   constructor(readonly d: VmServiceDeps) {}
 
@@ -32,7 +35,7 @@ export class VmCore {
   }
 
   view(vm: VmRecord): VmView {
-    return vmView(vm, this.d.home.vmsDir);
+    return vmView(vm, this.d.home.vmsDir, Date.now(), this.attachedNics.get(vm.id));
   }
 
   target(vm: VmRecord) {

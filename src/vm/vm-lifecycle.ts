@@ -25,6 +25,8 @@ import type { VmCore } from "./vm-core.ts";
 import type { VmSupervisor } from "./vm-supervision.ts";
 import { eraseLegacyRamFile } from "./vm-recovery.ts";
 import { checkNotExpired } from "./vm-ownership.ts";
+import { checkNicsStartable, plugNics, unplugNics } from "./vm-nics.ts";
+import { bridgedNics, openUserNics } from "./spec.ts";
 import type { BeforeContHook, LockedVm, StartOptions, StopResult } from "./vm-types.ts";
 
 /** How long a stop waits for the guest to power off after the ACPI button before it asks QEMU to quit. */
@@ -125,7 +127,11 @@ export class VmLifecycle {
     const vm = await core.lookup(ctx, name, "vm.showcmd");
     await core.d.guard.authorize(ctx, { action: "vm.showcmd", permission: "vm.read", target: core.target(vm), owner: vm.owner, readOnly: true });
     if (!jailEnabled()) return { binary: QEMU_BINARY, argv: buildArgv(this.launchPlan(vm)) };
-    const jail = await planJail(core.d.repo.db, vm, core.layout(vm), core.d.accel.accel, await this.places(vm), (backing) => buildArgv({ ...this.launchPlan(vm), backing }));
+    // A bridged NIC's tap exists only while the VM runs: named as the switch attached it, else a placeholder.
+    const attached = core.attachedNics.get(vm.id) ?? [];
+    const netnsPath = core.d.network?.netns?.().path ?? "/run/netns/(vigil's netns)";
+    const taps = bridgedNics(vm.spec).map((n) => ({ nic: n.name, netnsPath, tap: attached.find((a) => a.nic === n.name)?.tap ?? `(tap of ${n.name}, made at start)` }));
+    const jail = await planJail(core.d.repo.db, vm, core.layout(vm), core.d.accel.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...this.launchPlan(vm), backing, tapFds }));
     return { binary: jail.binary, argv: jail.argv };
   }
 
@@ -140,12 +146,15 @@ export class VmLifecycle {
     checkNotExpired(d.policy, vm, `Cannot start VM ${q(vm.name)}`);
     // An open NIC reaches the host's loopback through slirp unless the nftables guard is in place (re-installed
     // here: idempotent, and someone may have flushed the ruleset since the daemon started).
-    const open = vm.spec.nics.filter((n) => !n.restrict).map((n) => n.name);
+    const open = openUserNics(vm.spec).map((n) => n.name);
     if (open.length > 0) {
       await installLoopbackGuard().catch((err: unknown) => {
         throw new VigilError("VIGIL_HOST", `Cannot start VM ${q(vm.name)}: its open NIC ${open.join(", ")} needs the host loopback guard (nftables), which cannot be installed: ${messageOf(err)}`, { field: "nics", cause: err });
       });
     }
+    // Never silently unjailed: VIGIL_JAIL=off is the one, logged, opt-out (docs/jail.md).
+    const jailed = jailEnabled();
+    checkNicsStartable(core, vm, jailed);
     const previous = vm.state;
     const l = core.layout(vm);
     const t0 = performance.now();
@@ -157,8 +166,6 @@ export class VmLifecycle {
       await d.repo.update(vm.id, { state: "starting" });
     });
     let pid: number | undefined;
-    // Never silently unjailed: VIGIL_JAIL=off is the one, logged, opt-out (docs/jail.md).
-    const jailed = jailEnabled();
     if (!jailed) d.log.warn({ vm: vm.name }, "VIGIL_JAIL=off: starting QEMU without its jail");
     try {
       if (jailed) {
@@ -176,9 +183,11 @@ export class VmLifecycle {
         const file = diskFile(l.disksDir, disk.name);
         if (existsSync(file)) restrictToOwner(file);
       }
-      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, await this.places(vm), (backing) => buildArgv({ ...this.launchPlan(vm), backing })) : undefined;
+      // Bridged NICs: tap, bridge port, address, firewall rules in place before QEMU exists (vm-nics.ts).
+      const taps = jailed ? await plugNics(core, vm) : [];
+      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...this.launchPlan(vm), backing, tapFds })) : undefined;
       if (jail) handOverFiles(vm, l, jail.confinement.uid);
-      const started = await startQemu(buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
+      const started = await startQemu(jail ? [] : buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
       pid = started.pid;
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, d.log, started.exited);
@@ -201,6 +210,7 @@ export class VmLifecycle {
       }
       core.runtimes.delete(vm.id);
       if (jailed) removeCgroups(hostCgroupSpecs(vm.id));
+      await unplugNics(core, vm);
       await d.repo.update(vm.id, { state: previous, pid: null });
       throw err;
     }
@@ -256,6 +266,7 @@ export class VmLifecycle {
       }
     }
     core.runtimes.delete(vm.id);
+    await unplugNics(core, vm);
     await core.d.repo.update(vm.id, { state: "stopped", pid: null });
     return { how };
   }
@@ -283,6 +294,7 @@ export class VmLifecycle {
     }
     core.runtimes.delete(vm.id);
     removeCgroups(hostCgroupSpecs(vm.id));
+    await unplugNics(core, vm);
     await core.d.repo.update(vm.id, { state: "stopped", pid: null });
   }
 

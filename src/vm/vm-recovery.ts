@@ -17,6 +17,7 @@ import { isLive } from "./state-machine.ts";
 import type { VmRecord } from "./vm-repository.ts";
 import type { VmCore } from "./vm-core.ts";
 import type { VmSupervisor } from "./vm-supervision.ts";
+import { rememberAttachedNics, unplugNics } from "./vm-nics.ts";
 
 /**
  * Finds every VM's QEMU again after vigil (re)starts. A QEMU is only trusted if pid file, process and uuid
@@ -40,6 +41,7 @@ export async function recover(core: VmCore, supervisor: VmSupervisor): Promise<{
           const rt = await VmRuntime.attach(vm.id, pid, l, d.log);
           const status = await rt.status();
           supervisor.adopt(vm, rt);
+          await rememberAttachedNics(core, vm);
           await d.repo.update(vm.id, { state: status === "paused" ? "paused" : "running", pid });
           reattached.push(vm.name);
           return;
@@ -55,6 +57,8 @@ export async function recover(core: VmCore, supervisor: VmSupervisor): Promise<{
       }
       await eraseLegacyRamFile(core, vm);
       removeCgroups(hostCgroupSpecs(vm.id));
+      // Its QEMU is gone: its taps (persistent, in vigil's netns) go too. A reattached VM (above) keeps them.
+      await unplugNics(core, vm);
       const wasRunning = vm.state === "running" || vm.state === "paused";
       await d.repo.update(vm.id, { state: wasRunning ? "crashed" : "stopped", pid: null });
       await d.audit.append({

@@ -11,6 +11,7 @@ import { isLive } from "./state-machine.ts";
 import type { VmRecord } from "./vm-repository.ts";
 import type { VmCore } from "./vm-core.ts";
 import { ConsoleCaps } from "./vm-console.ts";
+import { unplugNics } from "./vm-nics.ts";
 
 export class VmSupervisor {
   private readonly consoleCaps: ConsoleCaps;
@@ -47,6 +48,8 @@ export class VmSupervisor {
         const vm = await d.repo.getById(id).catch(() => undefined);
         if (!vm || !isLive(vm.state) || runtimes.has(id)) return; // an operation already recorded the exit
         const crashed = reason.kind === "crashed";
+        // Under the VM's lock and only when no operation recorded the exit: a restart's new taps are never touched.
+        await unplugNics(this.core, vm);
         await d.repo.update(id, { state: crashed ? "crashed" : "stopped", pid: null });
         await d.audit.append({
           actor: SYSTEM_ACTOR.name,

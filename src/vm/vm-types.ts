@@ -17,7 +17,7 @@ import type { HostFacts } from "./host-limits.ts";
 import type { QuotaLimits } from "../config.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
 import type { GenerationLog } from "../vtime/generations.ts";
-import type { NicPlumber } from "../network/types.ts";
+import type { NicPlumber, SwitchView } from "../network/types.ts";
 
 export interface VmPolicy {
   /** Refuse VMs without approver, purpose and expiry. */
@@ -46,8 +46,12 @@ export interface VmServiceDeps {
   quotas?: QuotaLimits | undefined;
   /** The console log cap: console.log is rotated into console.log.1 past this size (host/console-log.ts). */
   consoleLogMaxBytes?: number | undefined;
-  /** The switch (network/network-service.ts): plugs a bridged NIC's tap in before QEMU starts, unplugs it after. */
-  network?: NicPlumber | undefined;
+  /**
+   * The switch (network/network-service.ts): plugs a bridged NIC's tap in before QEMU starts, unplugs it after
+   * (absent: no VM with a bridged NIC may start); `attached` lets a VM reattached after a restart show its NICs,
+   * `netns` names the namespace in `showcmd`.
+   */
+  network?: (NicPlumber & Partial<Pick<SwitchView, "attached" | "netns">>) | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */

@@ -7,12 +7,13 @@ import { isExpired } from "./expiry.ts";
 import type { VmRecord } from "./vm-repository.ts";
 import { jailEnabled, observeConfinement } from "../host/jail.ts";
 import { SANDBOX } from "../qemu/argv.ts";
+import type { AttachedNic } from "../network/types.ts";
 
 export function diskFile(disksDir: string, diskName: string): string {
   return `${disksDir}/${diskName}.qcow2`;
 }
 
-export function vmView(vm: VmRecord, vmsDir: string, now = Date.now()) {
+export function vmView(vm: VmRecord, vmsDir: string, now = Date.now(), attached: readonly AttachedNic[] = []) {
   const l = vmLayout(vmsDir, vm.id);
   return {
     id: vm.id,
@@ -35,6 +36,8 @@ export function vmView(vm: VmRecord, vmsDir: string, now = Date.now()) {
     createdAt: vm.createdAt,
     stateChangedAt: vm.stateChangedAt,
     spec: vm.spec,
+    /** Bridged NICs plugged into the switch now: their network, address and tap (docs/network.md). */
+    nics: attached.map((a) => ({ name: a.nic, network: a.network, mac: a.mac, ip: a.ip, tap: a.tap })),
     paths: {
       dir: l.dir,
       qmpSocket: l.qmpSocket,

@@ -30,7 +30,8 @@ test("a guest with an open NIC cannot reach the host's loopback (10.0.2.2) when 
   const shell = await ConsoleShell.open("out", d.target);
   t.after(() => shell.close());
   // slirp's fixed addressing: the guest is 10.0.2.15, the gateway (the host) 10.0.2.2.
-  await shell.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2", 20_000);
+  // (replace: the guest's udhcpc may already have set exactly this from slirp's DHCP server)
+  await shell.run("ip link set eth0 up && ip addr replace 10.0.2.15/24 dev eth0 && ip route replace default via 10.0.2.2", 20_000);
   const probe = () => shell.run(`printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 10.0.2.2 ${port} 2>&1; echo "nc-exit=$?"`, 30_000);
   assert.ok(isVmUid(uidOf(vm.pid)), `QEMU runs as a VM uid, not ${uidOf(vm.pid)}`);
   const out = await probe();

@@ -27,6 +27,7 @@ export function registerVm(program: Command): void {
     .option("--disk <name:MiB>", "add a blank data disk (repeatable)", collect)
     .option("--nic <restrict|open>", "add a user-mode NIC; restrict (default) has no way out (repeatable)", (v: string, previous: unknown) => [...(Array.isArray(previous) ? (previous as string[]) : []), v])
     .option("--no-nic", "no network card at all")
+    .option("--net <network>", "add a NIC bridged onto a vigil network (`vigil net create`; repeatable)", collect)
     .option("--no-agent", "no guest agent channel")
     .option("--cmdline <words>", "extra kernel command-line words")
     .option("--owner <user:NAME|group:NAME>", "owner (default: you)")
@@ -49,13 +50,18 @@ export function registerVm(program: Command): void {
         });
       }
       if (nicFlags.nic && nicFlags.noNic) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --nic or --no-nic, not both", 0, "nic");
-      if (o.nic === false) req.nics = [];
-      else if (Array.isArray(o.nic)) {
-        req.nics = (o.nic as string[]).map((n) => {
+      if (o.nic === false && o.net) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --net or --no-nic, not both", 0, "net");
+      const nics: Array<Record<string, unknown>> = [];
+      if (Array.isArray(o.nic)) {
+        for (const n of o.nic as string[]) {
           if (n !== "restrict" && n !== "open") throw new ApiError("VIGIL_BAD_REQUEST", `Invalid --nic ${JSON.stringify(n)}: use "restrict" or "open"`, 0, "nic");
-          return { restrict: n === "restrict" };
-        });
+          nics.push({ restrict: n === "restrict" });
+        }
       }
+      // --net NAME: a NIC bridged onto that network, after any --nic cards (the server checks the name).
+      for (const network of (o.net as string[] | undefined) ?? []) nics.push({ network });
+      if (o.nic === false) req.nics = [];
+      else if (nics.length > 0) req.nics = nics;
       if (o.agent === false) req.agent = false;
       for (const [flag, field] of [["owner", "owner"], ["approver", "approver"], ["purpose", "purpose"], ["expires", "expiresAt"]] as const) {
         if (o[flag] !== undefined) req[field] = o[flag];
@@ -152,6 +158,10 @@ export function registerVm(program: Command): void {
       const fields = ["id", "name", "state", "owner", "approver", "purpose", "expiresAt", "accelerator", "vmgenid", "generation", "pid", "host", "createdBy", "createdAt"];
       for (const f of fields) process.stdout.write(`${f.padEnd(12)} ${v[f] === null || v[f] === undefined ? "-" : String(v[f])}\n`);
       process.stdout.write(`${"spec".padEnd(12)} ${v.spec.vcpus} vCPU, ${v.spec.memoryMiB} MiB, image ${v.spec.image}\n`);
+      // Bridged NICs plugged into a vigil network now (docs/network.md, "VM NICs").
+      for (const n of (v.nics as Array<{ name: string; network: string; ip: string; mac: string; tap: string }> | undefined) ?? []) {
+        process.stdout.write(`${"nic".padEnd(12)} ${n.name}: network ${n.network}, ip ${n.ip}, mac ${n.mac}, tap ${n.tap}\n`);
+      }
       process.stdout.write(`${"paths".padEnd(12)} ${JSON.stringify(v.paths, null, 2).replaceAll("\n", "\n" + " ".repeat(13))}\n`);
     });
 

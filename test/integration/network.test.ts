@@ -1,0 +1,151 @@
+/**
+ * VMs on vigil's switch (docs/network.md, "VM NICs"), with real QEMU under TCG, real taps and bridges — all inside
+ * the network namespace the test's daemon owns (a unique `vt-` VIGIL_NETNS per test, removed in `after`).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+
+type Exec = { exitCode: number; stdout: string; stderr: string };
+
+async function exec(d: DaemonHandle, vm: string, argv: string[]): Promise<{ exitCode: number; out: string; err: string }> {
+  const r = await d.api<Exec>("POST", `/v1/vms/${vm}/guest/exec`, { argv });
+  return { exitCode: r.exitCode, out: Buffer.from(r.stdout, "base64").toString().trim(), err: Buffer.from(r.stderr, "base64").toString().trim() };
+}
+
+/** Polls `net-addr` until the guest's DHCP client has set an address. */
+async function guestAddr(d: DaemonHandle, vm: string, timeoutMs = 60_000): Promise<string> {
+  let last = "";
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await exec(d, vm, ["net-addr"]);
+    if (r.exitCode === 0 && /^\d+\.\d+\.\d+\.\d+$/.test(r.out)) return r.out;
+    last = `${r.exitCode} ${r.out} ${r.err}`;
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+  throw new Error(`no DHCP address in ${vm} after ${timeoutMs} ms (${last})`);
+}
+
+test("a user-mode NIC: the guest's DHCP client (udhcpc at boot, in the background) sets slirp's address", { timeout: 180_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t);
+  await d.api("POST", "/v1/vms", { name: "u1", memoryMiB: 128, vcpus: 1 });
+  await d.api("POST", "/v1/vms/u1/start", { wait: true });
+  assert.equal(await guestAddr(d, "u1"), "10.0.2.15");
+  const listen = await exec(d, "u1", ["net-listen", "7000"]);
+  assert.equal(listen.exitCode, 0, listen.err);
+  assert.equal((await exec(d, "u1", ["net-listen", "7000"])).exitCode, 0, "idempotent");
+  const send = await exec(d, "u1", ["net-send", "127.0.0.1", "7000"]);
+  assert.equal(send.exitCode, 0, `${send.out} ${send.err}`);
+  assert.match(send.out, /^vigil-net-/);
+  const closed = await exec(d, "u1", ["net-send", "127.0.0.1", "7001"]);
+  assert.equal(closed.exitCode, 1, "nothing listens on 7001: not reached");
+});
+
+const ip = (...args: string[]) => spawnSync("ip", args, { encoding: "utf8" });
+const linkExists = (ns: string, dev: string) => ip("-n", ns, "link", "show", "dev", dev).status === 0;
+
+/** A unique netns for this test's daemon (VIGIL_NETNS), removed afterwards whatever happened. */
+function testNetns(t: { after: (fn: () => void) => void }): string {
+  const ns = `vt-nic-${randomBytes(4).toString("hex")}`;
+  const old = process.env.VIGIL_NETNS;
+  process.env.VIGIL_NETNS = ns;
+  t.after(() => {
+    if (old === undefined) delete process.env.VIGIL_NETNS;
+    else process.env.VIGIL_NETNS = old;
+    // dnsmasq (or anything else) left inside: killed by pid, then the namespace goes.
+    for (const pid of ip("netns", "pids", ns).stdout.split("\n").filter((p) => /^\d+$/.test(p))) {
+      try {
+        process.kill(Number(pid), "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+    ip("netns", "del", ns);
+  });
+  return ns;
+}
+
+type NicView = { name: string; network: string; mac: string; ip: string; tap: string };
+
+test("two guests on one vigil network: DHCP gives each its allocated address, A reaches B's port, the taps live exactly as long as QEMU", { timeout: 400_000 }, async (t) => {
+  requireTinyImage();
+  const ns = testNetns(t);
+  const d = await startDaemon(t);
+  const created = d.cli("net", "create", "lab", "--cidr", "10.77.0.0/24");
+  assert.equal(created.status, 0, created.stderr);
+  for (const vm of ["a", "b"]) {
+    const r = d.cli("vm", "create", vm, "--memory", "128", "--vcpus", "1", "--net", "lab");
+    assert.equal(r.status, 0, r.stderr);
+  }
+  for (const vm of ["a", "b"]) await d.api("POST", `/v1/vms/${vm}/start`, { wait: true });
+  const nics: Record<string, NicView> = {};
+  for (const vm of ["a", "b"]) {
+    const shown = JSON.parse(d.cli("vm", "show", vm, "--json").stdout) as { nics: NicView[]; spec: { nics: Array<{ mode: string; network?: string }> } };
+    assert.deepEqual(shown.spec.nics.map((n) => [n.mode, n.network]), [["bridge", "lab"]]);
+    assert.equal(shown.nics.length, 1, JSON.stringify(shown.nics));
+    nics[vm] = shown.nics[0]!;
+    assert.equal(nics[vm].network, "lab");
+    assert.match(nics[vm].ip, /^10\.77\.0\.\d+$/);
+    assert.ok(linkExists(ns, nics[vm].tap), `tap ${nics[vm].tap} of ${vm} in ${ns}`);
+    assert.equal(await guestAddr(d, vm), nics[vm].ip, `${vm}'s DHCP address is the one vigil allocated`);
+  }
+  assert.notEqual(nics.a!.ip, nics.b!.ip);
+  assert.equal((await exec(d, "b", ["net-listen", "7000"])).exitCode, 0);
+  const sent = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
+  assert.equal(sent.exitCode, 0, `A reaches B:7000: ${sent.out} ${sent.err}`);
+  assert.match(sent.out, /^vigil-net-/);
+  const closed = await exec(d, "a", ["net-send", nics.b!.ip, "7001"]);
+  assert.equal(closed.exitCode, 1, "nothing listens on B:7001");
+  const ping = await exec(d, "a", ["net-ping", nics.b!.ip]);
+  assert.equal(ping.exitCode, 0, `A pings B: ${ping.out} ${ping.err}`);
+  assert.notEqual((await exec(d, "a", ["net-ping", "10.77.0.250"])).exitCode, 0, "nobody at .250");
+
+  // A daemon restart with both VMs running re-plumbs nothing and unplugs nothing: same taps, still connected.
+  await d.kill9();
+  await d.restart();
+  await new Promise((r) => setTimeout(r, 1500));
+  for (const vm of ["a", "b"]) {
+    assert.ok(linkExists(ns, nics[vm]!.tap), `tap of ${vm} survives the daemon restart`);
+    const shown = JSON.parse(d.cli("vm", "show", vm, "--json").stdout) as { nics: NicView[] };
+    assert.deepEqual(shown.nics, [nics[vm]], `vm show of ${vm} after the restart: read back from the switch`);
+  }
+  const again = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
+  assert.equal(again.exitCode, 0, `after the restart A still reaches B: ${again.out} ${again.err}`);
+
+  // net-spoof (the firewall tests' spoofing guest) really moves A's address: nothing filters it yet.
+  const spoof = await exec(d, "a", ["net-spoof", "10.77.0.200"]);
+  assert.equal(spoof.exitCode, 0, spoof.err);
+  assert.equal((await exec(d, "a", ["net-addr"])).out, "10.77.0.200");
+
+  // B's QEMU dies on its own (a crash): the supervisor unplugs it. A is stopped: the stop unplugs it.
+  const b = await d.api<{ pid: number }>("GET", "/v1/vms/b");
+  process.kill(b.pid, "SIGKILL");
+  await waitFor(() => !linkExists(ns, nics.b!.tap), 30_000, "the crashed VM's tap to go");
+  const shownCmd = JSON.parse(d.cli("vm", "showcmd", "a", "--json").stdout) as { argv: string[] };
+  assert.ok(shownCmd.argv.some((a) => a.endsWith(`:/run/netns/${ns}:${nics.a!.tap}`)), "showcmd names the tap the jail opens");
+  assert.ok(shownCmd.argv.some((a) => /^tap,id=net0,fd=\d+,vhost=off$/.test(a)), shownCmd.argv.join(" "));
+  await d.api("POST", "/v1/vms/a/stop", { timeoutSec: 30 });
+  assert.equal(linkExists(ns, nics.a!.tap), false, "the tap of a is gone once it stopped");
+  assert.deepEqual((JSON.parse(d.cli("vm", "show", "a", "--json").stdout) as { nics: unknown[] }).nics, [], "a stopped VM shows no plugged NIC");
+  assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/b")).state, "crashed");
+  for (const vm of ["a", "b"]) assert.equal(d.cli("vm", "destroy", vm).status, 0);
+  const deleted = d.cli("net", "delete", "lab");
+  assert.equal(deleted.status, 0, deleted.stderr);
+  assert.doesNotMatch(ip("netns", "list").stdout, new RegExp(`^${ns}\\b`, "m"), "no netns left (and so no bridge)");
+});
+
+test("a start that cannot plug every bridged NIC in fails, leaves the VM stopped and unplugs the NICs it had plugged", { timeout: 120_000 }, async (t) => {
+  requireTinyImage();
+  const ns = testNetns(t);
+  const d = await startDaemon(t);
+  await d.api("POST", "/v1/networks", { name: "lab", cidr: "10.78.0.0/24" });
+  await d.api("POST", "/v1/vms", { name: "half", memoryMiB: 128, nics: [{ network: "lab" }, { network: "nowhere" }] });
+  await assert.rejects(d.api("POST", "/v1/vms/half/start", {}), /network "nowhere" does not exist/);
+  assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/half")).state, "stopped");
+  const links = ip("-n", ns, "-o", "link", "show").stdout;
+  assert.doesNotMatch(links, /: vt-/, `no tap left behind: ${links}`);
+  assert.deepEqual((await d.api<{ attached: unknown[] }>("GET", "/v1/networks/lab")).attached, []);
+});
