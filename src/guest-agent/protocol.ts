@@ -58,5 +58,5 @@ export const EXEC_ALLOWED = [
   "uname", "cat", "dmesg", "ls", "ps", "sha256sum", "sync", "fsfreeze", "mount", "df", "free", "date", "head", "tail", "stat",
   "counter", "rng-sample", "dmesg-grep", "reseed-count", "vtime", "otp-init", "otp-verify", "rng-pool", "data-write",
   // The network tests' helpers (docs/network.md, "VM NICs"): address, echo listener, connect, ping, spoof.
-  "net-addr", "net-listen", "net-send", "net-ping", "net-spoof",
+  "net-addr", "net-listen", "net-send", "net-ping", "net-spoof", "net-sink", "net-bulk", "net-rtt",
 ] as const;
