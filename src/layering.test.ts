@@ -13,11 +13,12 @@ const SRC = import.meta.dirname;
 /** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
 const ALLOWED: Record<string, string[]> = {
   cli: ["audit"], // a thin client: its own folder, paths.ts, and (loaded lazily) the pure audit proof checkers
-  daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "provenance", "qemu", "storage", "util", "vm", "vtime"],
-  api: ["auth", "guest-agent", "introspection", "provenance", "storage", "vm", "vtime"],
+  daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  api: ["auth", "guest-agent", "introspection", "network", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
   vtime: ["qemu"],
+  network: ["util"], // the switch, the firewall, visibility: host tools through util/run-command and util/mutex
   provenance: ["host"],
   vm: ["auth", "host", "qemu", "util"],
   auth: [],

@@ -21,6 +21,7 @@ import type { VtimeService } from "../vtime/vtime-service.ts";
 import type { AccountService } from "../auth/account-service.ts";
 import type { ProvenanceService } from "../provenance/provenance-service.ts";
 import type { IntrospectionService } from "../introspection/service.ts";
+import type { FirewallService } from "../network/firewall/firewall-service.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -39,6 +40,7 @@ export interface ApiDeps {
   progress: ProgressBus;
   vtime: VtimeService;
   introspection: IntrospectionService;
+  firewall: FirewallService;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;

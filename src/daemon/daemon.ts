@@ -48,6 +48,8 @@ import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
 import { createApp } from "../api/app.ts";
+import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
+import { FirewallService } from "../network/firewall/firewall-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
@@ -196,6 +198,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     progress,
     vtime,
     introspection,
+    // The switch connects at wiring: firewall.connect(switchView) and register firewall.engine.listener with it.
+    firewall: new FirewallService({ repo: new FirewallRepository(db), vms, guard, audit, log }),
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
