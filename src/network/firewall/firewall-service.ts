@@ -77,7 +77,8 @@ export class FirewallService {
   }
 
   async show(ctx: RequestContext, name: string): Promise<FwShow> {
-    const v = await this.d.vms.show(ctx, name); // authorizes vm.read
+    const v = await this.d.vms.show(ctx, name); // authorizes vm.read (a VM one may not read stays hidden)
+    await this.d.guard.authorize(ctx, { action: "fw.show", permission: "network.read", target: { kind: "vm", id: v.id, name: v.name }, readOnly: true });
     const [cur, q0, nics] = await Promise.all([this.d.repo.current(v.id), this.d.repo.quarantined(), this.nicsOf(v.id)]);
     const policy = cur?.policy ?? defaultPolicy();
     const last = this.engine.lastReport();
@@ -102,6 +103,7 @@ export class FirewallService {
 
   async history(ctx: RequestContext, name: string): Promise<{ vm: string; versions: PolicyVersion[] }> {
     const v = await this.d.vms.show(ctx, name);
+    await this.d.guard.authorize(ctx, { action: "fw.history", permission: "network.read", target: { kind: "vm", id: v.id, name: v.name }, readOnly: true });
     return { vm: v.name, versions: await this.d.repo.history(v.id) };
   }
 
@@ -176,31 +178,34 @@ export class FirewallService {
     return this.change(ctx, name, { rules: policy.rules.length, defaults: policy.defaults }, () => ({ policy, summary: `replace policy (${policy.rules.length} rules)` }));
   }
 
-  async quarantine(ctx: RequestContext, name: string, input: unknown): Promise<{ vm: string; quarantined: true; since: string; installed: boolean; reason?: string }> {
+  /** Idempotent: quarantining a VM already in quarantine changes nothing and says so (`changed: false`). */
+  async quarantine(ctx: RequestContext, name: string, input: unknown): Promise<{ vm: string; quarantined: true; changed: boolean; since: string; installed: boolean; reason?: string }> {
     const { reason } = parseOrThrow(quarantineSchema, input, "quarantine request");
     return this.d.vms.operate(ctx, name, { action: "vm.quarantine", permission: "vm.quarantine", details: { reason } }, async (h) =>
       this.engine.exclusive(async ({ check, apply }) => {
         const current = await this.d.repo.quarantined();
-        if (current.has(h.vm.id)) throw new VigilError("VIGIL_CONFLICT", `Cannot quarantine VM ${q(h.vm.name)}: it is in quarantine since ${current.get(h.vm.id)?.since}`);
+        const already = current.get(h.vm.id);
+        if (already) return { vm: h.vm.name, quarantined: true as const, changed: false, since: already.since, installed: this.engine.lastReport()?.installed ?? false };
         await check({ quarantined: new Set([...current.keys(), h.vm.id]) });
         const since = new Date().toISOString();
         await this.d.repo.quarantine({ vmId: h.vm.id, since, reason, actor: ctx.actor.name });
         const report = await apply();
         if (report.installed) await this.engine.forgetConnections((await this.nicsOf(h.vm.id)).map((n) => n.ip));
-        return { vm: h.vm.name, quarantined: true as const, since, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
+        return { vm: h.vm.name, quarantined: true as const, changed: true, since, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
       }),
-      (r) => ({ installed: r.installed }),
+      (r) => ({ changed: r.changed, installed: r.installed }),
     );
   }
 
-  async release(ctx: RequestContext, name: string): Promise<{ vm: string; quarantined: false; installed: boolean; reason?: string }> {
+  /** Idempotent: releasing a VM not in quarantine changes nothing (`changed: false`). */
+  async release(ctx: RequestContext, name: string): Promise<{ vm: string; quarantined: false; changed: boolean; installed: boolean; reason?: string }> {
     return this.d.vms.operate(ctx, name, { action: "vm.release", permission: "vm.quarantine" }, async (h) =>
       this.engine.exclusive(async ({ apply }) => {
-        if (!(await this.d.repo.release(h.vm.id))) throw new VigilError("VIGIL_CONFLICT", `Cannot release VM ${q(h.vm.name)}: it is not in quarantine`);
+        if (!(await this.d.repo.release(h.vm.id))) return { vm: h.vm.name, quarantined: false as const, changed: false, installed: this.engine.lastReport()?.installed ?? false };
         const report = await apply();
-        return { vm: h.vm.name, quarantined: false as const, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
+        return { vm: h.vm.name, quarantined: false as const, changed: true, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
       }),
-      (r) => ({ installed: r.installed }),
+      (r) => ({ changed: r.changed, installed: r.installed }),
     );
   }
 
