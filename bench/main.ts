@@ -11,6 +11,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   introspect: () => import("./introspect.ts"),
   witness: () => import("./witness.ts"),
   jail: () => import("./jail.ts"),
+  "fw-update": () => import("./fw-update.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);
