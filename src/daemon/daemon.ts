@@ -169,8 +169,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply, registry });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply });
-  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations });
+  const firewall = new FirewallService({ repo: new FirewallRepository(db), vms, guard, audit, log });
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
+  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations, policies: firewall });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.
@@ -199,7 +200,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     vtime,
     introspection,
     // The switch connects at wiring: firewall.connect(switchView) and register firewall.engine.listener with it.
-    firewall: new FirewallService({ repo: new FirewallRepository(db), vms, guard, audit, log }),
+    firewall,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,

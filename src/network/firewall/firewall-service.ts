@@ -239,18 +239,23 @@ export class FirewallService {
   }
 
   /**
-   * A new VM (clone, import) starts with `policy` as its version 1, audited as fw.change by `actor`. Called by
-   * the capability that created the VM, after its own authorization; installs nothing (the VM is not attached).
+   * A new VM (clone, import) starts with `policy` as its version 1, audited as fw.change (PolicyCarrier, for
+   * storage). Called by the capability that created the VM, after its own authorization; installs nothing (the
+   * new VM is not attached yet: its first attach compiles it).
    */
-  async adopt(actor: { name: string; requestId: string }, vmId: string, vmName: string, policy: Policy, from: string): Promise<void> {
+  async adopt(ctx: RequestContext, vm: { id: string; name: string }, policy: unknown, from: string): Promise<void> {
     const checked = parsePolicy(policy);
-    if ((await this.d.repo.current(vmId)) !== undefined) return;
-    await this.d.repo.append(vmId, 1, checked, actor.name);
-    await this.d.audit.append({ actor: actor.name, action: "fw.change", target: { kind: "vm", id: vmId, name: vmName }, result: "ok", requestId: actor.requestId, details: { version: 1, summary: `policy copied from ${from} (${checked.rules.length} rules)` } });
+    if ((await this.d.repo.current(vm.id)) !== undefined) return;
+    await this.d.repo.append(vm.id, 1, checked, ctx.actor.name);
+    await this.d.audit.append({ actor: ctx.actor.name, action: "fw.change", target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", requestId: ctx.requestId, details: { version: 1, summary: `policy copied from ${from} (${checked.rules.length} rules)` } });
   }
 
-  /** The VM's current policy (default when it never changed), for clone and export. */
-  async policyOf(vmId: string): Promise<Policy> {
+  checkPolicy(policy: unknown): void {
+    parsePolicy(policy);
+  }
+
+  /** The VM's current policy (the default when it never changed), for a clone and a bundle. */
+  async exportPolicy(vmId: string): Promise<Policy> {
     return (await this.d.repo.current(vmId))?.policy ?? defaultPolicy();
   }
 }
