@@ -85,3 +85,12 @@ test("policy validation names the field and what is allowed", () => {
   assert.deepEqual(parsePeerText("10.0.0.0/8"), { cidr: "10.0.0.0/8" });
   assert.throws(() => parsePeerText("somewhere"), /Invalid peer "somewhere"/);
 });
+
+test("fw show keeps only the VM's own elements of a dispatch map", async () => {
+  const { onlyElementsOf } = await import("./nft.ts");
+  assert.equal(
+    onlyElementsOf('iifname . ip saddr vmap { "vb-t" . 10.0.0.2 : jump out-vt-00000000a1, "vb-t" . 10.0.0.3 : jump out-vt-00000000b2 }', ["vt-00000000b2"]),
+    'iifname . ip saddr vmap { "vb-t" . 10.0.0.3 : jump out-vt-00000000b2 }',
+  );
+  assert.equal(onlyElementsOf("ct state established,related accept", ["vt-00000000b2"]), "ct state established,related accept");
+});

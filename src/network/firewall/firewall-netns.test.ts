@@ -216,3 +216,12 @@ test("teardown: when nothing is attached the tables are gone", async (t) => {
   await applied(fw);
   assert.deepEqual(await tables(), []);
 });
+
+test("the switch's listener fails (so the attach fails closed) when the rules cannot be installed", async (t) => {
+  const { lab: l, fw } = await lab(t, [["web"]]);
+  await fw.listener(); // installs
+  const gone = { netns: () => ({ name: "vt-fw-missing", path: "/run/netns/vt-fw-missing-nonexistent" }), networks: () => l.networks(), attached: () => l.attached() };
+  fw.connect(gone);
+  await assert.rejects(fw.listener(), /Cannot install the firewall: network namespace vt-fw-missing does not exist/);
+  assert.equal(fw.lastReport()?.installed, false);
+});

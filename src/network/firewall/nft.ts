@@ -57,6 +57,14 @@ export function chainsOfListing(text: string): Map<string, string[]> {
   return out;
 }
 
+/** A vmap/set line cut down to the elements naming one of `taps` (the others are other VMs' business). */
+export function onlyElementsOf(rule: string, taps: readonly string[]): string {
+  const m = /^(.*?\{ )(.*)( \}.*)$/.exec(rule);
+  if (!m) return rule;
+  const kept = m[2]!.split(", ").filter((e) => taps.some((t) => e.includes(t)));
+  return `${m[1]}${kept.join(", ")}${m[3]}`;
+}
+
 /** The installed chains of these taps (and the dispatch rules naming them), read back from the kernel. */
 export async function installedFor(ns: HostNetns, taps: readonly string[]): Promise<InstalledChain[]> {
   if (!netnsExists(ns)) return [];
@@ -78,7 +86,7 @@ export async function installedFor(ns: HostNetns, taps: readonly string[]): Prom
     const dispatch: string[] = [];
     for (const [name, rules] of chains) {
       if (wanted.has(name)) continue;
-      for (const r of rules) if (taps.some((t) => r.includes(t))) dispatch.push(`${name}: ${r}`);
+      for (const r of rules) if (taps.some((t) => r.includes(t))) dispatch.push(`${name}: ${onlyElementsOf(r, taps)}`);
     }
     if (dispatch.length > 0) out.push({ family, chain: "(dispatch)", rules: dispatch, json: [] });
   }
