@@ -225,3 +225,21 @@ test("the switch's listener fails (so the attach fails closed) when the rules ca
   await assert.rejects(fw.listener(), /Cannot install the firewall: network namespace vt-fw-missing does not exist/);
   assert.equal(fw.lastReport()?.installed, false);
 });
+
+test("the gateway: only DHCP and the named services are open to VMs; a service is reached whatever the service VM's in rules say", async (t) => {
+  const { lab: l, state, fw } = await lab(t, [["patient"], ["updates"], ["other"]]);
+  const [patient, updates, other] = l.vms as [typeof l.vms[0], typeof l.vms[0], typeof l.vms[0]];
+  await l.serve(l.sw.name, 8443); // a service vigil would run on the gateway
+  await l.serve(l.sw.name, 9000); // something else listening there
+  await l.serve(updates, 8080);
+  assert.equal(await l.reach(other, l.gateway, 9000), true, "without the firewall the gateway answers");
+  state.services_ = [{ name: "gw", ip: l.gateway, proto: "tcp", port: 8443 }, { name: "updates", ip: updates.nic.ip, proto: "tcp", port: 8080 }];
+  state.quarantined_.add(patient.nic.vmId);
+  await applied(fw); // "updates" keeps the default policy: in drop
+  assert.deepEqual(
+    [await l.reach(other, l.gateway, 8443), await l.reach(other, l.gateway, 9000), await l.reach(patient, l.gateway, 8443), await l.reach(patient, l.gateway, 9000)],
+    [true, false, true, false],
+  );
+  assert.equal(await l.reach(other, updates.nic.ip, 8080), false, "updates' own in policy (default drop) holds for others");
+  assert.equal(await l.reach(patient, updates.nic.ip, 8080), true, "the zone's list is the rule for a quarantined VM");
+});
