@@ -128,3 +128,16 @@ test("a ruleset the kernel rejects is refused at the check and the installed one
   assert.deepEqual(await installedFor(lab.sw, [web.nic.tap]), before);
   assert.equal(await lab.reach(client, web.nic.ip, 80), true);
 });
+
+test("a change whose install fails keeps its version and says it is not installed", async (t) => {
+  const { d, web, lab, vigil } = await setup(t);
+  d.deps.firewall.connect({ netns: () => ({ name: "vt-fw-gone", path: "/run/netns/vt-fw-gone-nonexistent" }), networks: () => lab.networks(), attached: () => lab.attached() });
+  const r = await vigil("fw", "add", "web", "--dir", "in", "--proto", "tcp", "--port", "80");
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /policy version 1 .*, NOT installed: network namespace vt-fw-gone does not exist/);
+  const h = JSON.parse((await vigil("fw", "history", "web", "--json")).stdout) as { versions: unknown[] };
+  assert.equal(h.versions.length, 1);
+  const rec = (await d.deps.audit.list({})).find((e) => e.action === "fw.change" && e.target.id === web.nic.vmId);
+  assert.equal(rec?.details?.installed, false);
+  assert.match((await vigil("fw", "show", "web")).stdout, /last install FAILED .*vt-fw-gone does not exist/);
+});
