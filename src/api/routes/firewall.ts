@@ -1,11 +1,13 @@
 /** A VM's firewall policy, the quarantine zone and its services (docs/network.md). */
 import { createRoute, z } from "@hono/zod-openapi";
 import { addRuleSchema, defaultsSchema, quarantineSchema, serviceSchema } from "../../network/firewall/firewall-service.ts";
-import { policySchema, ruleSchema } from "../../network/firewall/policy.ts";
+import { policySchema as policyInput, ruleSchema as ruleInput } from "../../network/firewall/policy.ts";
 import type { ApiDeps, App } from "../context.ts";
 import { body, json, reply, withAccess } from "../route-kit.ts";
 import { VmNameParams } from "../schemas.ts";
 
+const ruleSchema = ruleInput.openapi("FirewallRule");
+const policySchema = policyInput.openapi("FirewallPolicy");
 const FwChangeSchema = z
   .object({ vm: z.string(), version: z.number(), summary: z.string(), installed: z.boolean(), reason: z.string().optional(), notes: z.array(z.string()) })
   .openapi("FirewallChange");
