@@ -48,6 +48,8 @@ import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
 import { createApp } from "../api/app.ts";
+import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
+import { FirewallService } from "../network/firewall/firewall-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
@@ -171,8 +173,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply, registry });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply });
-  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations });
+  const firewall = new FirewallService({ repo: new FirewallRepository(db), vms, guard, audit, log });
+  // Every attach/detach (and network change) recompiles the host's ruleset before the switch returns: no tap
+  // carries traffic without its rules, and a ruleset that cannot be installed fails the attach (closed).
+  firewall.connect(network);
+  network.onChange(firewall.engine.listener);
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
+  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations, policies: firewall });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.
@@ -201,6 +208,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     vtime,
     introspection,
     network,
+    firewall,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
@@ -256,6 +264,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       log.error({ err: messageOf(err) }, "Cannot rebuild vigil's network namespace: bridged NICs will not attach");
       return undefined;
     });
+    // The taps that stayed (VMs still running) get their rules back even if the ruleset was flushed meanwhile.
+    if (switchState) {
+      const fw = await firewall.engine.apply();
+      if (!fw.installed && fw.reason) log.error({ reason: fw.reason }, "Cannot install the firewall at start");
+    }
     await snapshots.recoverInterrupted();
     for (const l of imageLeftovers) {
       await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });
