@@ -32,6 +32,8 @@ export function runCommand(
       },
     );
     // A tool that reads its stdin (nft -f -) gets `input`; every other tool sees an empty, closed stdin.
+    // A tool that exits before reading its stdin closes the pipe: that EPIPE is the tool's failure (reported above), not ours.
+    child.stdin?.on("error", () => undefined);
     child.stdin?.end(options.input ?? "");
   });
 }
