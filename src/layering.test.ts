@@ -13,7 +13,7 @@ const SRC = import.meta.dirname;
 /** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
 const ALLOWED: Record<string, string[]> = {
   cli: ["audit"], // a thin client: its own folder, paths.ts, and (loaded lazily) the pure audit proof checkers
-  daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   api: ["auth", "guest-agent", "introspection", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
@@ -27,6 +27,7 @@ const ALLOWED: Record<string, string[]> = {
   "guest-agent": ["qemu"],
   qemu: ["util"],
   inventory: [],
+  network: ["util"], // the switch, firewall, visibility: host tools through util; vm/auth/audit by type only
   util: [],
 };
 /** Files at the top of src/ anyone may use. */

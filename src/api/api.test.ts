@@ -100,6 +100,15 @@ const MATRIX: Record<string, Actor[]> = {
   "POST /v1/groups": ["admin"],
   "PUT /v1/groups/{group}/members/{user}": ["admin"],
   "DELETE /v1/groups/{group}/members/{user}": ["admin"],
+  // Visibility (docs/network.md): counters need vm.read on the VM and network.read; mirrors, captures' contents
+  // and forwards expose traffic: network.manage (admin only).
+  "GET /v1/vms/{name}/net/counters": ["admin", "operator", "vmOwner", "auditor"],
+  "POST /v1/vms/{name}/net/mirror": ["admin"],
+  "GET /v1/captures": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "GET /v1/captures/{id}": ["admin"],
+  "POST /v1/vms/{name}/net/forwards": ["admin"],
+  "GET /v1/net/forwards": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "DELETE /v1/net/forwards/{id}": ["admin"],
 };
 
 for (const allowed of Object.values(MATRIX)) if (allowed.includes("auditor") || allowed.includes("ownerCarol")) allowed.push("auditorOwner");
@@ -173,6 +182,14 @@ const REACHED: Record<string, [number, string?]> = {
   "POST /v1/vms/{name}/vtime/link": [400, "VIGIL_BAD_REQUEST"],
   "PUT /v1/groups/{group}/members/{user}": [200],
   "PUT /v1/vms/{name}/floor": [200],
+  // The fixture has no virtual switch: authorized, then "no plugged-in NIC".
+  "GET /v1/vms/{name}/net/counters": [409, "VIGIL_INVALID_STATE"],
+  "POST /v1/vms/{name}/net/mirror": [409, "VIGIL_INVALID_STATE"],
+  "GET /v1/captures": [200],
+  "GET /v1/captures/{id}": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/vms/{name}/net/forwards": [409, "VIGIL_INVALID_STATE"],
+  "GET /v1/net/forwards": [200],
+  "DELETE /v1/net/forwards/{id}": [404, "VIGIL_NOT_FOUND"],
 };
 
 /** Query strings some routes require to get past input validation to the authorization check. */
@@ -205,6 +222,10 @@ function bodyFor(key: string): unknown {
       return { source: "target" };
     case "PUT /v1/vms/{name}/watch":
       return { intervalMs: 1000 };
+    case "POST /v1/vms/{name}/net/mirror":
+      return { durationMs: 1000 };
+    case "POST /v1/vms/{name}/net/forwards":
+      return { guestPort: 80, listen: "127.0.0.1:1" };
     case "POST /v1/images":
       return undefined; // query-string only; an empty body is refused after authorization
     case "POST /v1/trust":

@@ -17,6 +17,7 @@ import { registerVmRoutes } from "./routes/vms.ts";
 import { registerStorageRoutes } from "./routes/storage.ts";
 import { registerVtimeRoutes } from "./routes/vtime.ts";
 import { registerIntrospectionRoutes } from "./routes/introspection.ts";
+import { registerNetworkVisRoutes } from "./routes/network-vis.ts";
 
 export const PUBLIC_PATHS = new Set(["/v1/health", "/openapi.json"]);
 
@@ -67,6 +68,7 @@ export function createApp(d: ApiDeps): App {
   registerStorageRoutes(app, d);
   registerVtimeRoutes(app, d);
   registerIntrospectionRoutes(app, d);
+  registerNetworkVisRoutes(app, d);
 
   app.doc31("/openapi.json", OPENAPI_INFO);
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));

@@ -21,6 +21,7 @@ import type { VtimeService } from "../vtime/vtime-service.ts";
 import type { AccountService } from "../auth/account-service.ts";
 import type { ProvenanceService } from "../provenance/provenance-service.ts";
 import type { IntrospectionService } from "../introspection/service.ts";
+import type { VisService } from "../network/vis-service.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -39,6 +40,8 @@ export interface ApiDeps {
   progress: ProgressBus;
   vtime: VtimeService;
   introspection: IntrospectionService;
+  /** Counters, mirrors, port forwards (absent: the virtual network is not set up; its routes answer 500). */
+  vis?: VisService | undefined;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;

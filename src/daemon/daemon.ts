@@ -47,6 +47,7 @@ import { ProgressBus } from "../util/progress.ts";
 import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
+import { NO_SWITCH, VisService } from "../network/vis-service.ts";
 import { createApp } from "../api/app.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse } from "../api/error-response.ts";
@@ -179,6 +180,19 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     (await repo.list()).filter((vm) => vm.spec.disks.some((d) => d.backing === disk)).map((vm) => vm.name),
   );
   const imageLeftovers = await images.load();
+  // Counters, mirrors, port forwards (docs/network.md). NO_SWITCH until the switch (NetworkService) is wired in.
+  const vis = new VisService({
+    switch: NO_SWITCH,
+    guard,
+    audit,
+    registry,
+    db,
+    captureDir: (vmId) => join(home.vmsDir, vmId, "captures"),
+    runDir: home.runDir,
+    lookupVm: (ctx, name, action) => vms.lookup(ctx, name, action),
+    vmById: (id) => repo.getById(id).catch(() => undefined),
+    log,
+  });
   const deps: ApiDeps = {
     vms,
     users,
@@ -196,6 +210,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     progress,
     vtime,
     introspection,
+    vis,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
@@ -214,6 +229,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
     await introspection.close();
+    await vis.close();
     await vms.close();
     await audit.close();
     await db.destroy();

@@ -271,3 +271,16 @@ export class VisService {
     await this.forwards.closeAll();
   }
 }
+
+/**
+ * The switch view of a daemon without a virtual switch yet: no networks, no plugged-in NICs. The daemon replaces
+ * it with the NetworkService (h/switch) at merge; until then every visibility operation is authorized and
+ * audited, then answers that the VM has no plugged-in NIC.
+ */
+export const NO_SWITCH: SwitchView = {
+  netns: () => {
+    throw new VigilError("VIGIL_INVALID_STATE", "No virtual network exists on this host");
+  },
+  networks: async () => [],
+  attached: async () => [],
+};
