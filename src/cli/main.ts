@@ -11,6 +11,7 @@ import type { CliContext, CliHooks, Registrar } from "./commands/common.ts";
 import { registerAudit } from "./commands/audit.ts";
 import { registerImages } from "./commands/image.ts";
 import { registerIntrospection } from "./commands/introspection.ts";
+import { registerNetworkVis } from "./commands/network-vis.ts";
 import { registerSnapshots } from "./commands/snapshot.ts";
 import { registerSystem } from "./commands/system.ts";
 import { registerTrust } from "./commands/trust.ts";
@@ -22,7 +23,7 @@ export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerNetworkVis, registerUsers, registerAudit];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")
