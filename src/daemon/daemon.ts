@@ -263,6 +263,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
     recovered = await vms.recover();
     await snapshots.recoverInterrupted();
+    // Port forwards persisted for VMs whose NIC is plugged in here; a deleted VM's forwards go with it.
+    await vis.restoreForwards();
+    vis.followVmRemovals();
     for (const l of imageLeftovers) {
       await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });
     }

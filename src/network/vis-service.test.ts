@@ -108,9 +108,21 @@ test("counters, mirror and forwards through the service: permissions, audit reco
   const acts = (await audit.list({ tail: true, limit: 50 })).map((r) => `${r.action}:${r.result}`);
   for (const want of ["net.forward.add:ok", "net.forward.add:denied", "net.forward.remove:ok", "net.forward.remove:error"]) assert.ok(acts.includes(want), want);
 
-  // A VM's deletion removes its forwards and its capture rows.
+  // A VM's deletion (its vm.destroy record) removes its forwards and its capture rows; other records do not.
+  const unfollow = svc.followVmRemovals();
+  t.after(unfollow);
   await svc.addForward(admin, "vm1", { guestPort: 5007, listen: `127.0.0.1:${port}` });
-  await svc.removeVm(b.nic.vmId);
-  assert.equal(svc.forwards.list().length, 0);
+  await svc.addForward(admin, "vm0", { guestPort: 5007, listen: `127.0.0.1:${port + 1}` });
+  const destroyed = (id: string, result: "ok" | "error") => audit.append({ actor: "root", action: "vm.destroy", target: { kind: "vm", id, name: "x" }, result, requestId: "r" });
+  await destroyed(b.nic.vmId, "error");
+  await svc.settled();
+  assert.equal(svc.forwards.list().length, 2, "a failed destroy removes nothing");
+  await destroyed(b.nic.vmId, "ok");
+  await svc.settled();
+  assert.deepEqual(svc.forwards.list().map((x) => x.vmName), ["vm0"]);
+  assert.deepEqual((await svc.listForwards(admin)).map((x) => x.vm), ["vm0"]);
+  await destroyed(a.nic.vmId, "ok");
+  await svc.settled();
   assert.deepEqual(await svc.listForwards(admin), []);
+  assert.deepEqual(await db.selectFrom("net_captures").selectAll().execute(), [], "vm0's capture rows went with it");
 });

@@ -267,7 +267,29 @@ export class VisService {
     await this.d.db.deleteFrom("net_captures").where("vm_id", "=", vmId).execute();
   }
 
+  /**
+   * Removes a VM's forwards and capture rows once its deletion is on the record (vm.destroy / vm.purge, ok):
+   * the audit log is the one place every deletion passes, so the VM code needs no hook for it. Returns the
+   * unsubscribe function.
+   */
+  followVmRemovals(): () => void {
+    return this.d.audit.subscribe((r) => {
+      if ((r.action === "vm.destroy" || r.action === "vm.purge") && r.result === "ok" && r.target.kind === "vm" && r.target.id) {
+        const id = r.target.id;
+        this.pendingRemovals = this.pendingRemovals.then(() => this.removeVm(id)).catch((err: unknown) => this.d.log?.warn({ vm: id, err: String(err) }, "cannot remove a deleted VM's forwards"));
+      }
+    });
+  }
+
+  private pendingRemovals: Promise<void> = Promise.resolve();
+
+  /** Settles when the removals triggered so far are done (tests, close). */
+  settled(): Promise<void> {
+    return this.pendingRemovals;
+  }
+
   async close(): Promise<void> {
+    await this.pendingRemovals;
     await this.forwards.closeAll();
   }
 }
