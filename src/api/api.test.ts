@@ -104,6 +104,7 @@ const MATRIX: Record<string, Actor[]> = {
   // and forwards expose traffic: network.manage (admin only).
   "GET /v1/vms/{name}/net/counters": ["admin", "operator", "vmOwner", "auditor"],
   "POST /v1/vms/{name}/net/mirror": ["admin"],
+  "POST /v1/vms/{name}/net/mirror-ids": ["admin"],
   "GET /v1/captures": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "GET /v1/captures/{id}": ["admin"],
   "POST /v1/vms/{name}/net/forwards": ["admin"],
@@ -185,6 +186,7 @@ const REACHED: Record<string, [number, string?]> = {
   // The fixture has no virtual switch: authorized, then "no plugged-in NIC".
   "GET /v1/vms/{name}/net/counters": [409, "VIGIL_INVALID_STATE"],
   "POST /v1/vms/{name}/net/mirror": [409, "VIGIL_INVALID_STATE"],
+  "POST /v1/vms/{name}/net/mirror-ids": [409, "VIGIL_INVALID_STATE"],
   "GET /v1/captures": [200],
   "GET /v1/captures/{id}": [404, "VIGIL_NOT_FOUND"],
   "POST /v1/vms/{name}/net/forwards": [409, "VIGIL_INVALID_STATE"],
@@ -224,6 +226,8 @@ function bodyFor(key: string): unknown {
       return { intervalMs: 1000 };
     case "POST /v1/vms/{name}/net/mirror":
       return { durationMs: 1000 };
+    case "POST /v1/vms/{name}/net/mirror-ids":
+      return { durationMs: 1000, toIds: "ids0" };
     case "POST /v1/vms/{name}/net/forwards":
       return { guestPort: 80, listen: "127.0.0.1:1" };
     case "POST /v1/images":

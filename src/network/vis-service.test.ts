@@ -78,6 +78,15 @@ test("counters, mirror and forwards through the service: permissions, audit reco
   assert.ok(records.some((r) => r.action === "net.mirror.start" && r.result === "ok"));
   assert.deepEqual([stop?.details?.bytes, stop?.details?.packets], [cap.bytes, cap.packets]);
 
+  // The IDS variant: network.manage, refused into a vigil tap, audited start/stop with the target.
+  await f.ip(f.sw, "link", "add", "ids0", "type", "veth", "peer", "name", "ids1");
+  await assert.rejects(svc.mirrorIds(operator, "vm0", { durationMs: 200, toIds: "ids0" }), /needs network.manage/);
+  await assert.rejects(svc.mirrorIds(admin, "vm0", { durationMs: 200, toIds: b.nic.tap }), /vigil tap or bridge/);
+  const ids = await svc.mirrorIds(admin, "vm0", { durationMs: 200, toIds: "ids0" });
+  assert.deepEqual([ids.nic, ids.target, ids.tap], ["net0", "ids0", a.nic.tap]);
+  const idsStops = (await audit.list({ tail: true, limit: 5 })).filter((r) => r.action === "net.mirror.stop").map((r) => [r.result, r.details?.toIds]);
+  assert.deepEqual(idsStops.slice(-2), [["error", b.nic.tap], ["ok", "ids0"]]);
+
   // Forwards: loopback only (field named), network.manage, persisted, re-opened by a new service instance.
   await assert.rejects(svc.addForward(admin, "vm1", { guestPort: 5007, listen: "0.0.0.0:9999" }), (e: { field?: string }) => e.field === "listen");
   await assert.rejects(svc.addForward(operator, "vm1", { guestPort: 5007, listen: "127.0.0.1:0" }), (e: { field?: string }) => e.field === "listen");

@@ -16,6 +16,7 @@ import type { Logger } from "../log.ts";
 import type { DataRegistry } from "../provenance/data-registry.ts";
 import { readCounters, type NicCounters } from "./counters.ts";
 import { ForwardManager, checkGuestPort, parseListen, type ForwardSpec } from "./forward.ts";
+import { mirrorToIds, type IdsTapResult } from "./ids-tap.ts";
 import { startCapture } from "./mirror.ts";
 import type { AttachedNic, SwitchView } from "./types.ts";
 
@@ -150,6 +151,28 @@ export class VisService {
       details: { captureId: started.id, nic: started.nic, bytes: result.bytes, packets: result.packets, stoppedBy: result.stoppedBy },
     });
     return { id: started.id, vm: vm.name, nic: started.nic, bytes: result.bytes, packets: result.packets, stoppedBy: result.stoppedBy, startedAt: started.startedAt, stoppedAt };
+  }
+
+  /**
+   * Copies one NIC's traffic to an IDS interface in vigil's netns for the window; resolves when it is over.
+   * network.manage; audited net.mirror.start (target) and net.mirror.stop.
+   */
+  async mirrorIds(ctx: RequestContext, name: string, req: { nic?: string | undefined; durationMs: number; toIds: string }): Promise<IdsTapResult & { vm: string; nic: string }> {
+    const vm = await this.d.lookupVm(ctx, name, "net.mirror.start");
+    const started = await this.d.guard.run(ctx, { action: "net.mirror.start", permission: "network.manage", target: target(vm), owner: vm.owner, details: { nic: req.nic ?? null, toIds: req.toIds, durationMs: req.durationMs } }, async () => {
+      const nics = await this.nicsOf(vm, req.nic);
+      if (req.nic === undefined && nics.length > 1) throw new VigilError("VIGIL_BAD_REQUEST", `VM ${q(vm.name)} has ${nics.length} NICs: name one (--nic)`, { field: "nic" });
+      return nics[0]!;
+    });
+    const base = { actor: ctx.actor.name, action: "net.mirror.stop", target: target(vm), requestId: ctx.requestId };
+    try {
+      const r = await mirrorToIds(this.d.switch.netns(), started.tap, req.toIds, req.durationMs);
+      await this.d.audit.append({ ...base, result: "ok", details: { nic: started.nic, toIds: req.toIds, durationMs: req.durationMs } });
+      return { ...r, vm: vm.name, nic: started.nic };
+    } catch (err) {
+      await this.d.audit.append({ ...base, result: "error", details: { nic: started.nic, toIds: req.toIds, error: String(err) } });
+      throw err;
+    }
   }
 
   /** Every capture (network.read: the list shows no traffic). */

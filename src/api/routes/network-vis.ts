@@ -24,6 +24,11 @@ const MirrorBody = z.strictObject({
   maxBytes: z.number().int().min(1024).max(1024 * 1024 * 1024).optional(),
   maxPackets: z.number().int().min(1).max(10_000_000).optional(),
 });
+const MirrorIdsBody = z.strictObject({
+  nic: z.string().regex(/^[a-z][a-z0-9]{0,15}$/).optional(),
+  durationMs: z.number().int().min(100).max(3_600_000),
+  toIds: z.string().max(15).openapi({ description: "An interface inside vigil's netns (not a vigil tap or bridge)" }),
+});
 const ForwardBody = z.strictObject({
   guestPort: z.number().int().min(1).max(65_535),
   listen: z.string().max(32).openapi({ description: "127.0.0.0/8 address and port, e.g. 127.0.0.1:8080" }),
@@ -44,6 +49,10 @@ export function registerNetworkVisRoutes(app: App, d: ApiDeps): void {
   app.openapi(
     createRoute(withAccess("network.manage", { method: "post", path: "/v1/vms/{name}/net/mirror", tags: ["network"], summary: "Mirror one NIC's traffic to a pcap capture for a time window (answers when it is over); audited net.mirror.start/stop", request: { params: VmNameParams, ...body(MirrorBody) }, responses: { 201: json(CaptureSchema, "The finished capture") } })),
     async (c) => reply(c, await vis(d).mirror(c.get("ctx"), c.req.valid("param").name, c.req.valid("json")), 201),
+  );
+  app.openapi(
+    createRoute(withAccess("network.manage", { method: "post", path: "/v1/vms/{name}/net/mirror-ids", tags: ["network"], summary: "Copy one NIC's traffic to an IDS interface in vigil's netns for a time window (answers when it is over); audited net.mirror.start/stop", request: { params: VmNameParams, ...body(MirrorIdsBody) }, responses: { 200: json(z.object({ vm: z.string(), nic: z.string(), tap: z.string(), target: z.string(), durationMs: z.number() }), "The window is over") } })),
+    async (c) => reply(c, await vis(d).mirrorIds(c.get("ctx"), c.req.valid("param").name, c.req.valid("json"))),
   );
   app.openapi(
     createRoute(withAccess("network.read", { method: "get", path: "/v1/captures", tags: ["network"], summary: "The mirror captures", responses: { 200: json(z.array(CaptureSchema), "Captures") } })),

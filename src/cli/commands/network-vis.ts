@@ -74,8 +74,15 @@ export function registerNetworkVis(program: Command): void {
     .option("--max-bytes <n>", "stop when the capture reaches N bytes (default 64 MiB)", positiveInt("--max-bytes"))
     .option("--max-packets <n>", "stop after N packets (default 1,000,000)", positiveInt("--max-packets"))
     .option("--out <file>", "write the capture here when it is over")
+    .option("--to-ids <ifname>", "instead of a capture file: copy the traffic to this interface in vigil's netns (an IDS tap)")
     .option("--json", "machine-readable output")
-    .action(async (vm: string, o: { nic?: string; duration: number; maxBytes?: number; maxPackets?: number; out?: string; json?: boolean }) => {
+    .action(async (vm: string, o: { nic?: string; duration: number; maxBytes?: number; maxPackets?: number; out?: string; toIds?: string; json?: boolean }) => {
+      if (o.toIds !== undefined) {
+        if (o.out !== undefined) throw new ApiError("VIGIL_BAD_REQUEST", "--to-ids and --out exclude each other", 0, "--to-ids");
+        const r = await call<{ nic: string; target: string; durationMs: number }>("POST", vmPath(vm, "/net/mirror-ids"), { nic: o.nic, durationMs: o.duration, toIds: o.toIds });
+        if (o.json) return printJson(r);
+        return void process.stdout.write(`mirrored ${vm}/${r.nic} to ${r.target} for ${r.durationMs} ms\n`);
+      }
       const out = o.out === undefined ? undefined : writableOutput("--out", o.out);
       const cap = await call<Capture>("POST", vmPath(vm, "/net/mirror"), { nic: o.nic, durationMs: o.duration, maxBytes: o.maxBytes, maxPackets: o.maxPackets });
       if (out !== undefined) await download(`/v1/captures/${encodeURIComponent(cap.id)}`, undefined, out, { method: "GET" });
