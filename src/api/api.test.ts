@@ -116,6 +116,16 @@ const MATRIX: Record<string, Actor[]> = {
   "POST /v1/groups": ["admin"],
   "PUT /v1/groups/{group}/members/{user}": ["admin"],
   "DELETE /v1/groups/{group}/members/{user}": ["admin"],
+  // Visibility (docs/network.md): counters need vm.read on the VM and network.read; mirrors, captures' contents
+  // and forwards expose traffic: network.manage (admin only).
+  "GET /v1/vms/{name}/net/counters": ["admin", "operator", "vmOwner", "auditor"],
+  "POST /v1/vms/{name}/net/mirror": ["admin"],
+  "POST /v1/vms/{name}/net/mirror-ids": ["admin"],
+  "GET /v1/captures": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "GET /v1/captures/{id}": ["admin"],
+  "POST /v1/vms/{name}/net/forwards": ["admin"],
+  "GET /v1/net/forwards": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "DELETE /v1/net/forwards/{id}": ["admin"],
 };
 
 for (const allowed of Object.values(MATRIX)) if (allowed.includes("auditor") || allowed.includes("ownerCarol")) allowed.push("auditorOwner");
@@ -204,6 +214,15 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/quarantine/services": [200],
   "POST /v1/quarantine/services": [200],
   "DELETE /v1/quarantine/services/{service}": [404, "VIGIL_NOT_FOUND"],
+  // The fixture has no virtual switch: authorized, then "no plugged-in NIC".
+  "GET /v1/vms/{name}/net/counters": [409, "VIGIL_INVALID_STATE"],
+  "POST /v1/vms/{name}/net/mirror": [409, "VIGIL_INVALID_STATE"],
+  "POST /v1/vms/{name}/net/mirror-ids": [409, "VIGIL_INVALID_STATE"],
+  "GET /v1/captures": [200],
+  "GET /v1/captures/{id}": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/vms/{name}/net/forwards": [409, "VIGIL_INVALID_STATE"],
+  "GET /v1/net/forwards": [200],
+  "DELETE /v1/net/forwards/{id}": [404, "VIGIL_NOT_FOUND"],
 };
 
 /** Query strings some routes require to get past input validation to the authorization check. */
@@ -248,6 +267,12 @@ function bodyFor(key: string): unknown {
       return { intervalMs: 1000 };
     case "POST /v1/networks":
       return { name: "Not_A_Name", cidr: "10.250.0.0/24" }; // authorized, then refused by name: no netns is made
+    case "POST /v1/vms/{name}/net/mirror":
+      return { durationMs: 1000 };
+    case "POST /v1/vms/{name}/net/mirror-ids":
+      return { durationMs: 1000, toIds: "ids0" };
+    case "POST /v1/vms/{name}/net/forwards":
+      return { guestPort: 80, listen: "127.0.0.1:1" };
     case "POST /v1/images":
       return undefined; // query-string only; an empty body is refused after authorization
     case "POST /v1/trust":

@@ -23,6 +23,7 @@ import type { ProvenanceService } from "../provenance/provenance-service.ts";
 import type { IntrospectionService } from "../introspection/service.ts";
 import type { NetworkService } from "../network/network-service.ts";
 import type { FirewallService } from "../network/firewall/firewall-service.ts";
+import type { VisService } from "../network/vis-service.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -43,6 +44,8 @@ export interface ApiDeps {
   introspection: IntrospectionService;
   network: NetworkService;
   firewall: FirewallService;
+  /** Counters, mirrors, port forwards (absent: the virtual network is not set up; its routes answer 500). */
+  vis?: VisService | undefined;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;

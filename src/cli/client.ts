@@ -291,14 +291,14 @@ function errorFrom(res: IncomingMessage, target?: Target): Promise<ApiError> {
  * POSTs `body` as JSON and writes the binary answer to `out` (created 0600 next to it, renamed into place when
  * complete, so a failed download never leaves a half file that looks whole).
  */
-export function download(path: string, body: unknown, out: string, options: { requestId?: string; headers?: Record<string, string>; onBytes?: (done: number, total: number) => void } = {}, target = resolveTarget()): Promise<number> {
+export function download(path: string, body: unknown, out: string, options: { requestId?: string; headers?: Record<string, string>; onBytes?: (done: number, total: number) => void; method?: "GET" | "POST" } = {}, target = resolveTarget()): Promise<number> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { "content-type": "application/json", ...options.headers };
     if (options.requestId) headers["x-request-id"] = options.requestId;
     send(
       target,
-      baseOptions(target, "POST", path, headers),
-      JSON.stringify(body),
+      baseOptions(target, options.method ?? "POST", path, headers),
+      options.method === "GET" ? undefined : JSON.stringify(body),
       (res) => {
         if ((res.statusCode ?? 0) >= 300) return void errorFrom(res, target).then(reject);
         const total = Number(res.headers["content-length"] ?? 0);

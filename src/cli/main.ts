@@ -12,6 +12,7 @@ import { registerAudit } from "./commands/audit.ts";
 import { registerImages } from "./commands/image.ts";
 import { registerNet } from "./commands/net.ts";
 import { registerIntrospection } from "./commands/introspection.ts";
+import { registerNetworkVis } from "./commands/network-vis.ts";
 import { registerSnapshots } from "./commands/snapshot.ts";
 import { registerSystem } from "./commands/system.ts";
 import { registerTrust } from "./commands/trust.ts";
@@ -24,7 +25,7 @@ export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")

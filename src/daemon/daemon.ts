@@ -47,6 +47,7 @@ import { ProgressBus } from "../util/progress.ts";
 import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
+import { VisService } from "../network/vis-service.ts";
 import { createApp } from "../api/app.ts";
 import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { FirewallService } from "../network/firewall/firewall-service.ts";
@@ -190,6 +191,20 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     (await repo.list()).filter((vm) => vm.spec.disks.some((d) => d.backing === disk)).map((vm) => vm.name),
   );
   const imageLeftovers = await images.load();
+  // Counters, mirrors, port forwards (docs/network.md), over the switch; a forward opens once its NIC is plugged in.
+  const vis = new VisService({
+    switch: network,
+    guard,
+    audit,
+    registry,
+    db,
+    captureDir: (vmId) => join(home.vmsDir, vmId, "captures"),
+    runDir: home.runDir,
+    lookupVm: (ctx, name, action) => vms.lookup(ctx, name, action),
+    vmById: (id) => repo.getById(id).catch(() => undefined),
+    log,
+  });
+  network.onChange(async () => void (await vis.restoreForwards()));
   const deps: ApiDeps = {
     vms,
     users,
@@ -209,6 +224,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     introspection,
     network,
     firewall,
+    vis,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,
@@ -227,6 +243,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
     await introspection.close();
+    await vis.close();
     await vms.close();
     await audit.close();
     await db.destroy();
@@ -270,6 +287,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       if (!fw.installed && fw.reason) log.error({ reason: fw.reason }, "Cannot install the firewall at start");
     }
     await snapshots.recoverInterrupted();
+    // Port forwards persisted for VMs whose NIC is plugged in here; a deleted VM's forwards go with it.
+    await vis.restoreForwards();
+    vis.followVmRemovals();
     for (const l of imageLeftovers) {
       await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });
     }

@@ -349,6 +349,35 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0004-network-vis": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("net_forwards")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("nic", "text", (c) => c.notNull())
+        .addColumn("guest_port", "integer", (c) => c.notNull())
+        .addColumn("listen_host", "text", (c) => c.notNull())
+        .addColumn("listen_port", "integer", (c) => c.notNull())
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addUniqueConstraint("net_forwards_listen", ["listen_host", "listen_port"])
+        .execute();
+      await db.schema
+        .createTable("net_captures")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("nic", "text", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("bytes", "integer", (c) => c.notNull())
+        .addColumn("packets", "integer", (c) => c.notNull())
+        .addColumn("stopped_by", "text", (c) => c.notNull())
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("started_at", "text", (c) => c.notNull())
+        .addColumn("stopped_at", "text")
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

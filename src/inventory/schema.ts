@@ -253,6 +253,8 @@ export interface Database {
   fw_policies: FwPoliciesTable;
   quarantine: QuarantineTable;
   quarantine_services: QuarantineServicesTable;
+  net_forwards: NetForwardsTable;
+  net_captures: NetCapturesTable;
 }
 
 /** vigil networks (src/network): one bridge, one IPv4 range. */
@@ -298,6 +300,32 @@ export interface QuarantineServicesTable {
   ip: string;
   proto: string; // tcp | udp
   port: number;
+}
+
+/** Host-loopback port forwards to a guest port (docs/network.md "Port forwards"); re-opened at daemon start. */
+export interface NetForwardsTable {
+  id: string;
+  vm_id: string;
+  nic: string;
+  guest_port: number;
+  listen_host: string;
+  listen_port: number;
+  created_by: string;
+  created_at: string;
+}
+
+/** Mirror captures (pcap files under the data dir's captures/). */
+export interface NetCapturesTable {
+  id: string;
+  vm_id: string;
+  nic: string;
+  path: string;
+  bytes: number;
+  packets: number;
+  stopped_by: string;
+  created_by: string;
+  started_at: string;
+  stopped_at: string | null;
 }
 
 /** The uid (= gid) of each VM's jailed QEMU, and the next one to hand out (one row, id 1). */
