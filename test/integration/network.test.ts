@@ -5,6 +5,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { parsePcap } from "../../src/network/pcap.ts";
 import { randomBytes } from "node:crypto";
 import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
 
@@ -130,6 +134,45 @@ test("two guests on one vigil network: DHCP gives each its allocated address; de
   cli("vm", "release", "a");
   assert.equal(await reach(7001), true, "released: B:7001 reachable again");
   assert.equal(await bootId(), boot0, "quarantine and release did not restart A");
+
+  // Visibility: a time-boxed mirror of A's NIC holds the test's own traffic (read with vigil's pcap reader and
+  // cross-checked with tcpdump -r), it is one of A's data files, and the counters moved.
+  const mirror = d.api<{ id: string; packets: number; bytes: number }>("POST", "/v1/vms/a/net/mirror", { durationMs: 8000 });
+  await new Promise((r) => setTimeout(r, 2500));
+  const mirrored = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
+  assert.equal(mirrored.exitCode, 0, mirrored.err);
+  const capture = await mirror;
+  assert.ok(capture.packets > 0, JSON.stringify(capture));
+  const vmDir = join(d.home, "vms", (await d.api<{ id: string }>("GET", "/v1/vms/a")).id, "captures");
+  const files = readdirSync(vmDir).map((f) => join(vmDir, f));
+  assert.equal(files.length, 1, files.join(" "));
+  const pcap = parsePcap(readFileSync(files[0]!));
+  const token = Buffer.from(mirrored.out);
+  assert.ok(pcap.packets.some((p) => Buffer.from(p.data).includes(token)), `the capture holds the token ${mirrored.out}`);
+  const dump = spawnSync("tcpdump", ["-r", files[0]!, "-nn", "-A"], { encoding: "utf8" });
+  assert.equal(dump.status, 0, dump.stderr);
+  assert.ok(dump.stdout.includes(mirrored.out) && dump.stdout.includes(`${nics.b!.ip}.7000`), "tcpdump -r sees the same traffic");
+  assert.ok(d.cli("vm", "where", "a", "--json").stdout.includes(files[0]!), "the capture is registered as A's data");
+  const counters = await d.api<Array<{ nic: string; rx: { packets: number }; tx: { packets: number } }>>("GET", "/v1/vms/a/net/counters");
+  assert.ok(counters[0]!.rx.packets > 0 && counters[0]!.tx.packets > 0, JSON.stringify(counters));
+
+  // A user on the host reaches B's service through a loopback port forward.
+  const port = 20_000 + Math.floor(Math.random() * 20_000);
+  await d.api("POST", "/v1/vms/b/net/forwards", { guestPort: 7000, listen: `127.0.0.1:${port}` });
+  const echoed = await new Promise<string>((resolve, reject) => {
+    const sock = connect(port, "127.0.0.1", () => sock.write("through-the-forward\n"));
+    let got = "";
+    sock.on("data", (b: Buffer) => {
+      got += b.toString();
+      if (got.includes("\n")) {
+        sock.destroy();
+        resolve(got.trim());
+      }
+    });
+    sock.on("error", reject);
+    setTimeout(() => reject(new Error(`no echo through the forward (got ${JSON.stringify(got)})`)), 10_000).unref();
+  });
+  assert.equal(echoed, "through-the-forward");
 
   // A daemon restart with both VMs running re-plumbs nothing and unplugs nothing: same taps, same rules.
   await d.kill9();
