@@ -71,7 +71,8 @@ test("a linked clone of a template boots with new identity and never writes the 
   assert.deepEqual(images.images.find((i) => i.name === "tpl")?.details.linkedClones, ["cl1"]);
   await assert.rejects(d.api("DELETE", "/v1/vms/tpl"), /linked clones depend on it \(cl1\)/);
   const history = await d.api<{ events: Array<{ action: string }> }>("GET", "/v1/vms/cl1/history");
-  assert.deepEqual(history.events.slice(0, 2).map((e) => e.action), ["vm.create", "vm.start"]);
+  // The clone starts under a copy of its source's firewall policy (docs/network.md), recorded as its own fw.change.
+  assert.deepEqual(history.events.slice(0, 3).map((e) => e.action), ["vm.create", "fw.change", "vm.start"]);
 });
 
 test("export → import under another name: boots; a --memory bundle resumes where it was", { timeout: 300_000 }, async (t) => {
