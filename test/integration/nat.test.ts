@@ -68,13 +68,13 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
     assert.equal(forward(), realForward, `${when}: the real host's ip_forward is as it was`);
   };
 
-  let echo: ChildProcess | undefined;
+  const procs: ChildProcess[] = [];
   const oldNetns = process.env.VIGIL_NETNS;
   process.env.VIGIL_NETNS = vigilNs;
   t.after(() => {
     if (oldNetns === undefined) delete process.env.VIGIL_NETNS;
     else process.env.VIGIL_NETNS = oldNetns;
-    echo?.kill("SIGKILL");
+    for (const p of procs) p.kill("SIGKILL");
     for (const ns of [vigilNs, hostNs, worldNs]) {
       for (const pid of spawnSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).stdout.split("\n").filter((p) => /^\d+$/.test(p))) {
         try {
@@ -108,7 +108,7 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
     "\t}",
     "}",
   ].join("\n") + "\n");
-  echo = spawn("ip", ["netns", "exec", worldNs, "busybox", "nc", "-ll", "-p", String(port), "-e", "/bin/cat"], { stdio: "ignore" });
+  procs.push(spawn("ip", ["netns", "exec", worldNs, "busybox", "nc", "-ll", "-p", String(port), "-e", "/bin/cat"], { stdio: "ignore" }));
 
   const d = await startDaemon(t, { wrap: ["nsenter", `--net=/run/netns/${hostNs}`, "--"] });
   const hostTablesBefore = tables(hostNs);
