@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { BugError, VigilError } from "../errors.ts";
+import { BugError, VigilError, q } from "../errors.ts";
 import { ensurePrivateDir } from "../host/private-dir.ts";
 import { runCommand } from "../util/run-command.ts";
 import { formatIpv4, parseIpv4 } from "./ipam.ts";
@@ -166,12 +166,17 @@ export class NatUplink {
     await this.ensure(nat);
   }
 
-  private async hostLinks(): Promise<string[]> {
-    const { stdout } = await runCommand("ip", ["-j", "link", "show"], { what: "ip link show" });
-    return (JSON.parse(stdout || "[]") as Array<{ ifname: string }>).map((l) => l.ifname);
+  /** Device names of the daemon's netns → their kind ("veth", "bridge", … or "" when plain). */
+  private async hostLinks(): Promise<Map<string, string>> {
+    const { stdout } = await runCommand("ip", ["-d", "-j", "link", "show"], { what: "ip link show" });
+    return new Map((JSON.parse(stdout || "[]") as Array<{ ifname: string; linkinfo?: { info_kind?: string } }>).map((l) => [l.ifname, l.linkinfo?.info_kind ?? ""]));
   }
 
   private async ensure(nat: readonly NetworkInfo[]): Promise<void> {
+    const kind = (await this.hostLinks()).get(this.names.host);
+    if (kind !== undefined && kind !== "veth") {
+      throw new VigilError("VIGIL_HOST", `Cannot create the NAT uplink: a device named ${q(this.names.host)} exists in the daemon's network namespace and is not vigil's (a ${kind || "plain"} device)`);
+    }
     let state = this.readState();
     if (!state) {
       const { stdout } = await runCommand("ip", ["-j", "-4", "addr", "show"], { what: "ip addr show" });
@@ -182,7 +187,7 @@ export class NatUplink {
     }
     const { linkNet } = state;
     const prefix = "/30";
-    if (!(await this.hostLinks()).includes(this.names.host)) {
+    if (kind === undefined) {
       // A vigil end left alone (its pair cannot be half-deleted, but a failed move can leave it here) goes first.
       await inNetns(this.ns, "ip", ["link", "delete", this.names.vigil]).catch(() => undefined);
       await host(["link", "add", this.names.host, "type", "veth", "peer", "name", this.names.vigil]);
@@ -217,7 +222,8 @@ export class NatUplink {
       await inNetns(this.ns, "nft", ["-f", "-"], { input: natRuleset(this.names.vigil, []), what: `nft (table ip ${NAT_TABLE} in ${this.ns.name})` });
       await inNetns(this.ns, "ip", ["link", "delete", this.names.vigil]).catch(() => undefined);
     }
-    if ((await this.hostLinks()).includes(this.names.host)) await host(["link", "delete", this.names.host]);
+    // Only vigil's own veth goes: a device of another kind that squats the name is not ours to delete.
+    if ((await this.hostLinks()).get(this.names.host) === "veth") await host(["link", "delete", this.names.host]);
     const tables = (await runCommand("nft", ["list", "tables", "ip"], { what: "nft list tables" })).stdout;
     if (new RegExp(`^table ip ${UPLINK_TABLE}$`, "m").test(tables)) {
       await runCommand("nft", ["delete", "table", "ip", UPLINK_TABLE], { what: `nft delete table ip ${UPLINK_TABLE}` });
@@ -225,7 +231,7 @@ export class NatUplink {
     const state = this.readState();
     if (state) {
       // Another vigil on this host (its own netns, its own uplink) may still need forwarding: leave it on then.
-      const others = (await this.hostLinks()).some((l) => l.startsWith("vigil-up-"));
+      const others = [...(await this.hostLinks()).keys()].some((l) => l.startsWith("vigil-up-"));
       if (/^[01]$/.test(state.forwardBefore) && !others) writeFileSync(FORWARD, `${state.forwardBefore}\n`);
       rmSync(this.stateFile, { force: true });
     }

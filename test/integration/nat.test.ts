@@ -117,6 +117,20 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
   assert.equal(plain.status, 0, plain.stderr);
   assert.ok(!linkNames(hostNs).includes(up.host), "a network without NAT creates no uplink");
   assert.equal(forward(hostNs), "0");
+  // A NAT create that fails (a device that is not vigil's squats the uplink's name in the daemon's netns) leaves
+  // nothing: no network, no bridge, no table, ip_forward as it was — and the squatter is not vigil's to delete.
+  run("ip", ["-n", hostNs, "link", "add", up.host, "type", "bridge"]);
+  const failed = d.cli("net", "create", "out", "--cidr", "10.93.0.0/24", "--nat");
+  assert.notEqual(failed.status, 0, "the create fails");
+  assert.match(failed.stderr, new RegExp(`a device named "${up.host}" exists in the daemon's network namespace and is not vigil's`));
+  assert.ok(linkNames(hostNs).includes(up.host), "the squatter is left alone");
+  run("ip", ["-n", hostNs, "link", "del", up.host]);
+  assert.ok(!linkNames(vigilNs).includes("vb-out"), "no bridge left");
+  assert.deepEqual((JSON.parse(d.cli("net", "list", "--json").stdout) as Array<{ name: string }>).map((n) => n.name), ["inside"], "no row left");
+  assert.equal(tables(hostNs), hostTablesBefore, "no table left in the daemon's netns");
+  assert.doesNotMatch(tables(vigilNs), /vigil_nat/);
+  assert.equal(forward(hostNs), "0", "ip_forward of the daemon's netns as it was");
+
   const created = d.cli("net", "create", "out", "--cidr", "10.93.0.0/24", "--nat");
   assert.equal(created.status, 0, created.stderr);
   assert.match(created.stdout, /NAT to the outside/);
@@ -148,9 +162,19 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
 
   const sent = await exec(d, "g-out", ["net-send", "192.0.2.1", String(port)]);
   assert.equal(sent.exitCode, 0, `the NAT guest reaches 192.0.2.1:${port}: ${sent.out} ${sent.err}`);
+  const first = worldCounts(worldNs);
+  assert.ok(first.fromHost >= 1, `the world saw the connection from the host end 198.51.100.1: ${JSON.stringify(first)}`);
+  assert.equal(first.fromElsewhere, 0, "and from no other address (the guest's and the link net's are masqueraded)");
+
+  // A daemon restart keeps the way out (reconcile re-applies it; nothing is torn down).
+  await d.kill9();
+  await d.restart();
+  assert.ok(linkNames(hostNs).includes(up.host) && linkNames(vigilNs).includes(up.vigil), "the uplink survives a daemon restart");
+  assert.equal(forward(vigilNs), "1");
+  const again = await exec(d, "g-out", ["net-send", "192.0.2.1", String(port)]);
+  assert.equal(again.exitCode, 0, `after the restart the NAT guest still gets out: ${again.out} ${again.err}`);
   const seen = worldCounts(worldNs);
-  assert.ok(seen.fromHost >= 1, `the world saw the connection from the host end 198.51.100.1: ${JSON.stringify(seen)}`);
-  assert.equal(seen.fromElsewhere, 0, "and from no other address (the guest's and the link net's are masqueraded)");
+  assert.equal(seen.fromElsewhere, 0);
 
   const blocked = await exec(d, "g-in", ["net-send", "192.0.2.1", String(port)]);
   assert.notEqual(blocked.exitCode, 0, `the guest of a network without NAT does not get out: ${blocked.out}`);
