@@ -12,6 +12,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   witness: () => import("./witness.ts"),
   jail: () => import("./jail.ts"),
   network: () => import("./network.ts"),
+  "fw-update": () => import("./fw-update.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

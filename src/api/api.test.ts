@@ -90,6 +90,18 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/networks/{name}": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/networks": ["admin"],
   "DELETE /v1/networks/{name}": ["admin"],
+  "GET /v1/vms/{name}/firewall": ["admin", "operator", "vmOwner", "auditor"],
+  "GET /v1/vms/{name}/firewall/history": ["admin", "operator", "vmOwner", "auditor"],
+  "PUT /v1/vms/{name}/firewall": ["admin", "vmOwner"],
+  "POST /v1/vms/{name}/firewall/rules": ["admin", "vmOwner"],
+  "DELETE /v1/vms/{name}/firewall/rules/{index}": ["admin", "vmOwner"],
+  "PATCH /v1/vms/{name}/firewall/defaults": ["admin", "vmOwner"],
+  // Quarantine is a security decision, never the owner's alone; quarantine services expose the zone.
+  "POST /v1/vms/{name}/quarantine": ["admin"],
+  "POST /v1/vms/{name}/release": ["admin"],
+  "GET /v1/quarantine/services": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "POST /v1/quarantine/services": ["admin"],
+  "DELETE /v1/quarantine/services/{service}": ["admin"],
   "GET /v1/trust": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/trust": ["admin"],
   "DELETE /v1/trust/{keyId}": ["admin"],
@@ -181,6 +193,17 @@ const REACHED: Record<string, [number, string?]> = {
   "POST /v1/vms/{name}/vtime/link": [400, "VIGIL_BAD_REQUEST"],
   "PUT /v1/groups/{group}/members/{user}": [200],
   "PUT /v1/vms/{name}/floor": [200],
+  "GET /v1/vms/{name}/firewall": [200],
+  "GET /v1/vms/{name}/firewall/history": [200],
+  "PUT /v1/vms/{name}/firewall": [200],
+  "POST /v1/vms/{name}/firewall/rules": [200],
+  "DELETE /v1/vms/{name}/firewall/rules/{index}": [400, "VIGIL_BAD_REQUEST"],
+  "PATCH /v1/vms/{name}/firewall/defaults": [200],
+  "POST /v1/vms/{name}/quarantine": [200],
+  "POST /v1/vms/{name}/release": [200],
+  "GET /v1/quarantine/services": [200],
+  "POST /v1/quarantine/services": [200],
+  "DELETE /v1/quarantine/services/{service}": [404, "VIGIL_NOT_FOUND"],
 };
 
 /** Query strings some routes require to get past input validation to the authorization check. */
@@ -211,6 +234,16 @@ function bodyFor(key: string): unknown {
       return { facts: { patchLevel: "1" } };
     case "POST /v1/vms/{name}/vtime/link":
       return { source: "target" };
+    case "PUT /v1/vms/{name}/firewall":
+      return { rules: [], defaults: { in: "drop", out: "accept" } };
+    case "POST /v1/vms/{name}/firewall/rules":
+      return { rule: { direction: "in", action: "accept", proto: "tcp", ports: "22" } };
+    case "PATCH /v1/vms/{name}/firewall/defaults":
+      return { in: "drop" };
+    case "POST /v1/vms/{name}/quarantine":
+      return { reason: "matrix" };
+    case "POST /v1/quarantine/services":
+      return { name: `svc${unique}`, ip: "10.77.0.1", port: 8443 };
     case "PUT /v1/vms/{name}/watch":
       return { intervalMs: 1000 };
     case "POST /v1/networks":
@@ -313,7 +346,9 @@ test("authorization matrix: every route × every actor × user and group ownersh
         .replace("{keyId}", "0000000000000000")
         .replace("{id}", "no-such-token")
         .replace("{image}", "no-such-image")
-        .replace("{seq}", "1") + (QUERY[key] ?? "");
+        .replace("{seq}", "1")
+        .replace("{index}", "999")
+        .replace("{service}", "no-such-service") + (QUERY[key] ?? "");
       for (const actor of ACTORS) {
         await f.repo.update(f.targetId, { state: "starting", owner: pass.owner, pid: null });
         const res = await request(f, actor === "vmOwner" ? pass.vmOwner : actor, method, path, bodyFor(key), { "x-vigil-output": victim });

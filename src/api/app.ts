@@ -18,6 +18,7 @@ import { registerStorageRoutes } from "./routes/storage.ts";
 import { registerVtimeRoutes } from "./routes/vtime.ts";
 import { registerIntrospectionRoutes } from "./routes/introspection.ts";
 import { registerNetworkRoutes } from "./routes/networks.ts";
+import { registerFirewallRoutes } from "./routes/firewall.ts";
 
 export const PUBLIC_PATHS = new Set(["/v1/health", "/openapi.json"]);
 
@@ -69,6 +70,7 @@ export function createApp(d: ApiDeps): App {
   registerVtimeRoutes(app, d);
   registerIntrospectionRoutes(app, d);
   registerNetworkRoutes(app, d);
+  registerFirewallRoutes(app, d);
 
   app.doc31("/openapi.json", OPENAPI_INFO);
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));

@@ -22,6 +22,7 @@ import type { AccountService } from "../auth/account-service.ts";
 import type { ProvenanceService } from "../provenance/provenance-service.ts";
 import type { IntrospectionService } from "../introspection/service.ts";
 import type { NetworkService } from "../network/network-service.ts";
+import type { FirewallService } from "../network/firewall/firewall-service.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -41,6 +42,7 @@ export interface ApiDeps {
   vtime: VtimeService;
   introspection: IntrospectionService;
   network: NetworkService;
+  firewall: FirewallService;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;

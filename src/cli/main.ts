@@ -18,12 +18,13 @@ import { registerTrust } from "./commands/trust.ts";
 import { registerSession, registerUsers } from "./commands/users.ts";
 import { registerVm } from "./commands/vm.ts";
 import { registerVtime } from "./commands/vtime.ts";
+import { registerFirewall } from "./commands/fw.ts";
 
 export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")

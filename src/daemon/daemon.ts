@@ -48,6 +48,8 @@ import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
 import { createApp } from "../api/app.ts";
+import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
+import { FirewallService } from "../network/firewall/firewall-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
@@ -171,8 +173,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply, registry });
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply });
-  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations });
+  const firewall = new FirewallService({ repo: new FirewallRepository(db), vms, guard, audit, log });
+  // The firewall compiles what the switch has plugged in, after every switch change (fail closed: attach waits).
+  firewall.connect(network);
+  network.onChange(firewall.engine.listener);
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
+  const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations, policies: firewall });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.
@@ -201,6 +207,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     vtime,
     introspection,
     network,
+    firewall,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     localUser,
     log,

@@ -321,6 +321,34 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0004-network-fw": {
+    async up(db: Kysely<unknown>) {
+      // Firewall policies: append-only versions per VM (a change writes version n+1; the highest is current).
+      await db.schema
+        .createTable("fw_policies")
+        .addColumn("vm_id", "text", (c) => c.notNull().references("vms.id").onDelete("cascade"))
+        .addColumn("version", "integer", (c) => c.notNull())
+        .addColumn("policy", "text", (c) => c.notNull())
+        .addColumn("actor", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("fw_policies_pk", ["vm_id", "version"])
+        .execute();
+      await db.schema
+        .createTable("quarantine")
+        .addColumn("vm_id", "text", (c) => c.primaryKey().references("vms.id").onDelete("cascade"))
+        .addColumn("since", "text", (c) => c.notNull())
+        .addColumn("reason", "text", (c) => c.notNull())
+        .addColumn("actor", "text", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("quarantine_services")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("ip", "text", (c) => c.notNull())
+        .addColumn("proto", "text", (c) => c.notNull())
+        .addColumn("port", "integer", (c) => c.notNull())
+        .execute();
+    },
+  },
   "0004-network-nat": {
     async up(db: Kysely<unknown>) {
       // Whether a network's traffic leaves through vigil's NAT uplink (docs/network.md, "## NAT"); off by default.

@@ -250,6 +250,9 @@ export interface Database {
   jail_uid_counter: JailUidCounterTable;
   networks: NetworksTable;
   nic_addresses: NicAddressesTable;
+  fw_policies: FwPoliciesTable;
+  quarantine: QuarantineTable;
+  quarantine_services: QuarantineServicesTable;
 }
 
 /** vigil networks (src/network): one bridge, one IPv4 range. */
@@ -271,6 +274,31 @@ export interface NicAddressesTable {
   network_id: string;
   ip: string;
   mac: string;
+}
+
+/** A VM's firewall policy versions (append-only; the highest version is the current policy). */
+export interface FwPoliciesTable {
+  vm_id: string;
+  version: number;
+  policy: string; // JSON Policy (src/network/firewall/policy.ts)
+  actor: string;
+  created_at: string;
+}
+
+/** VMs in the quarantine zone (one row per quarantined VM). */
+export interface QuarantineTable {
+  vm_id: string;
+  since: string;
+  reason: string;
+  actor: string;
+}
+
+/** The quarantine zone's named services: the only destinations a quarantined VM may open connections to. */
+export interface QuarantineServicesTable {
+  name: string;
+  ip: string;
+  proto: string; // tcp | udp
+  port: number;
 }
 
 /** The uid (= gid) of each VM's jailed QEMU, and the next one to hand out (one row, id 1). */

@@ -10,6 +10,7 @@ import type { NetworkInfo } from "./types.ts";
 
 export interface NetworkRecord extends NetworkInfo {
   id: string;
+  nat: boolean;
 }
 
 /** An allocated address, with what the switch shows about its VM. */

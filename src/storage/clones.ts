@@ -24,6 +24,7 @@ import type { VmRecord, VmRepository } from "../vm/vm-repository.ts";
 import { parseOrThrow } from "../validation.ts";
 import type { SnapshotRepository } from "./snapshot-repository.ts";
 import type { ReapplyHook, RevertPolicy } from "./snapshots.ts";
+import type { PolicyCarrier } from "./policy-carrier.ts";
 import { freezeSnapshotBase } from "./snapshots.ts";
 
 /** Where a template keeps the prototype overlay of each disk and the frozen bases of its snapshots. */
@@ -72,6 +73,8 @@ export class CloneService {
     private readonly vmsDir: string,
     /** The rollback policy of reverts (vtime's), applied to a clone's snapshot, and the hook a forced one runs. */
     private readonly rollback: { policy: RevertPolicy; reapply: ReapplyHook },
+    /** The source's firewall policy follows the clone (storage/policy-carrier.ts). */
+    private readonly policies?: PolicyCarrier,
   ) {}
 
   /** Freezes a stopped VM as a read-only template (or, with `undo`, thaws one that no clone depends on). */
@@ -203,6 +206,7 @@ export class CloneService {
             }
           },
         });
+        if (this.policies) await this.policies.adopt(ctx, created, await this.policies.exportPolicy(src.id), `clone source VM ${src.name} (${src.id})`);
         if (forced && snap) await this.rollback.reapply(created, snap, options.reason ?? "");
         return this.vms.describeVm(created);
       },

@@ -344,3 +344,35 @@ test("a bundle signed the version-1 way (the bare manifest, no context) is refus
   assert.deepEqual(await f.vmNames(), ["web"]);
   await ok(f.call("bob", "POST", "/v1/vms/import?name=new", bundle), 201);
 });
+
+test("the firewall policy follows the VM: a clone starts with its source's, a bundle carries it, an older bundle imports with the default", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  const policy = { rules: [{ direction: "in", action: "accept", proto: "tcp", ports: "443", peer: { label: "tier=front" } }], defaults: { in: "drop", out: "drop" } };
+  await ok(f.call("bob", "PUT", "/v1/vms/web/firewall", policy));
+  await ok(f.call("bob", "POST", "/v1/vms/web/firewall/rules", { rule: { direction: "out", action: "accept", proto: "udp", ports: "53" } }));
+  const current = (await ok<{ policy: unknown; version: number }>(f.call("bob", "GET", "/v1/vms/web/firewall"))).policy;
+  type History = { versions: Array<{ version: number; policy: unknown; actor: string }> };
+
+  const clone = await ok<{ id: string }>(f.call("bob", "POST", "/v1/vms/web/clone", { name: "copy", mode: "full" }), 201);
+  const h = await ok<History>(f.call("bob", "GET", "/v1/vms/copy/firewall/history"));
+  assert.deepEqual(h.versions.map((v) => [v.version, v.policy, v.actor]), [[1, current, "bob"]], "version 1 of the clone is the source's current policy");
+  const { records } = await ok<{ records: Array<{ action: string; target: { id?: string }; details: { version?: number; summary?: string } }> }>(f.call("admin", "GET", "/v1/audit?tail=true&limit=50"));
+  assert.ok(records.some((r) => r.action === "fw.change" && r.target.id === clone.id && r.details.version === 1 && /clone source VM web/.test(r.details.summary ?? "")), "audited");
+
+  const bundle = await exportBundle(f, "bob", "web");
+  const [manifest] = entries(bundle);
+  assert.deepEqual((JSON.parse(manifest!.data.toString()) as { vm: { firewall: unknown } }).vm.firewall, current, "in the signed manifest");
+  await ok(f.call("bob", "POST", "/v1/vms/import?name=imported", bundle), 201);
+  assert.deepEqual((await ok<History>(f.call("bob", "GET", "/v1/vms/imported/firewall/history"))).versions.map((v) => [v.version, v.policy]), [[1, current]]);
+
+  // An older bundle (no firewall in its manifest) imports with the default policy; a bad policy refuses the import.
+  const key = siteKey(f);
+  const older = resigned(bundle, key, (m) => delete (m.vm as Record<string, unknown>).firewall);
+  await ok(f.call("bob", "POST", "/v1/vms/import?name=older&allowReplay=true", older), 201);
+  const shown = await ok<{ version: number; policy: unknown }>(f.call("bob", "GET", "/v1/vms/older/firewall"));
+  assert.deepEqual([shown.version, shown.policy], [0, { rules: [], defaults: { in: "drop", out: "accept" } }]);
+  const bad = resigned(bundle, key, (m) => ((m.vm as Record<string, unknown>).firewall = { rules: [{ direction: "sideways" }], defaults: { in: "drop", out: "accept" } }));
+  await refused(f.call("bob", "POST", "/v1/vms/import?name=badfw&allowReplay=true", bad), 400, /Invalid firewall policy: "rules.0.direction"/);
+  assert.deepEqual(await f.vmNames(), ["copy", "imported", "older", "web"], "a refused import leaves nothing");
+});

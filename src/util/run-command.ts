@@ -32,7 +32,8 @@ export function runCommand(
       },
     );
     // A tool that reads its stdin (nft -f -) gets `input`; every other tool sees an empty, closed stdin.
-    // A tool that exits without reading its stdin makes that write fail with EPIPE: its exit status is the outcome.
+    // A tool that exits without reading it (or fails early) closes the pipe: EPIPE here is not the failure to
+    // report — the exit status is, in the callback above. Unhandled, it would crash the process.
     child.stdin?.on("error", () => undefined);
     child.stdin?.end(options.input ?? "");
   });

@@ -40,6 +40,7 @@ import type { TrustStore } from "../trust.ts";
 import { BLOCK, END, fileHeader, padding, parseHeader } from "./tar.ts";
 import type { ImportedBundles } from "./imported-bundles.ts";
 import { BUNDLE_SIGNATURE_CONTEXT, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_ENTRY, bundleSignedBytes, manifestSchema, signatureEntry, signatureSchema, type BundleFile, type Manifest } from "./format.ts";
+import type { PolicyCarrier } from "../policy-carrier.ts";
 import { StreamReader } from "./stream-reader.ts";
 import { boundedDecompressor, compressFile } from "./zstd.ts";
 
@@ -93,6 +94,8 @@ export interface BundleDeps {
   imported: ImportedBundles;
   /** The facts of `floor` that `state` is below (vtime's rollback policy), for an import's resume point. */
   floorViolations: (floor: Record<string, string>, state: Record<string, string>) => Array<{ fact: string; floor: string; snapshot: string | null }>;
+  /** The firewall policy travels in the manifest (storage/policy-carrier.ts); without it, none does. */
+  policies?: PolicyCarrier | undefined;
 }
 
 /** A prepared export: stream it with `chunks()`, then it cleans up after itself. */
@@ -261,7 +264,7 @@ export class BundleService {
         site: { keyId: this.d.siteKey.keyId, host: this.d.hostName },
         exportedBy: ctx.actor.name,
         ...(req.expiresAt !== undefined ? { expiresAt: req.expiresAt } : {}),
-        vm: { id: vm.id, name: vm.name, spec: vm.spec, owner: vm.owner, purpose: vm.purpose, labels: vm.labels, generation: vm.generation, lineage: { ...vm.lineage }, securityFloor: vm.securityFloor },
+        vm: { id: vm.id, name: vm.name, spec: vm.spec, owner: vm.owner, purpose: vm.purpose, labels: vm.labels, generation: vm.generation, lineage: { ...vm.lineage }, securityFloor: vm.securityFloor, ...(this.d.policies ? { firewall: await this.d.policies.exportPolicy(vm.id) } : {}) },
         snapshots: prepared.kept.map((s) => ({
           name: s.name,
           parent: s.parentId ? (byId.get(s.parentId) ?? null) : null,
@@ -499,6 +502,8 @@ export class BundleService {
       throw new VigilError("VIGIL_POLICY_DENIED", `Cannot import: the bundle resumes snapshot ${q(resumeSnap!.name)}, which is below the VM's security floor (${below.map((v) => `${v.fact} ${v.snapshot ?? "(unset)"} < ${v.floor}`).join(", ")})`, { field: "resume" });
     }
     const spec = cloneSpec(base, name, () => undefined);
+    // A bad policy in a bundle refuses the import before anything exists.
+    if (manifest.vm.firewall !== undefined) this.d.policies?.checkPolicy(manifest.vm.firewall);
     const created = await this.d.vms.createDerived(ctx, {
       spec,
       owner: `user:${ctx.actor.name}`,
@@ -558,6 +563,7 @@ export class BundleService {
       });
       ids.set(s.name, row.id);
     }
+    if (manifest.vm.firewall !== undefined) await this.d.policies?.adopt(ctx, created, manifest.vm.firewall, `bundle of VM ${manifest.vm.name} (${manifest.vm.id})`);
     await this.d.imported.record({ manifestSha256: received.digest, signerKeyId: signer.keyId, sourceVmId: manifest.vm.id, vmId: created.id, importedBy: ctx.actor.name, replay: received.priorImports > 0 });
     if (manifest.resume) {
       const id = ids.get(manifest.resume)!;

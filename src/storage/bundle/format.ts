@@ -73,6 +73,8 @@ export const manifestSchema = z.strictObject({
     lineage: z.record(z.string().max(64), z.unknown()),
     /** The VM's security floor: the import keeps it (absent in older bundles: none). */
     securityFloor: z.record(z.string().max(64), z.string().max(128)).optional(),
+    /** The VM's firewall policy (checked by the firewall's own schema at import; absent in older bundles: the default). */
+    firewall: z.unknown().optional(),
   }),
   snapshots: z.array(bundleSnapshotSchema).max(1000),
   /** A memory snapshot to resume from on the imported VM's first start (export --memory). */
