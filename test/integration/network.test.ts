@@ -80,6 +80,8 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
     const r = d.cli("vm", "create", vm, "--memory", "128", "--vcpus", "1", "--net", "lab");
     assert.equal(r.status, 0, r.stderr);
   }
+  // The firewall is connected to the switch (default: inbound denied): B lets in its echo port and ping.
+  for (const rule of [{ direction: "in", action: "accept", proto: "tcp", ports: "7000" }, { direction: "in", action: "accept", proto: "icmp" }]) await d.api("POST", "/v1/vms/b/firewall/rules", { rule });
   for (const vm of ["a", "b"]) await d.api("POST", `/v1/vms/${vm}/start`, { wait: true });
   const nics: Record<string, NicView> = {};
   for (const vm of ["a", "b"]) {
