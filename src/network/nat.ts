@@ -136,6 +136,16 @@ interface UplinkState {
 const FORWARD = "/proc/sys/net/ipv4/ip_forward";
 const host = (args: string[]) => runCommand("ip", args, { what: `ip ${args.slice(0, 3).join(" ")}` });
 
+/** What a sync changed in the daemon's netns (audited by the switch as `net.uplink`). */
+export interface UplinkChange {
+  change: "created" | "removed";
+  hostDevice: string;
+  vigilDevice: string;
+  linkNet: string | undefined;
+  /** The daemon's netns' ip_forward before the change and after it. */
+  forward: { before: string; after: string };
+}
+
 /** The uplink of one vigil netns: `sync` makes it exist exactly while some network has NAT. */
 export class NatUplink {
   readonly names: { vigil: string; host: string };
@@ -159,11 +169,14 @@ export class NatUplink {
     return this.readState()?.linkNet;
   }
 
-  /** Makes the uplink match `networks`: present with their NAT CIDRs when any has NAT, gone otherwise. */
-  async sync(networks: readonly NetworkInfo[]): Promise<void> {
+  /**
+   * Makes the uplink match `networks`: present with their NAT CIDRs when any has NAT, gone otherwise. Returns
+   * what it changed in the daemon's netns (undefined: nothing there was created or removed).
+   */
+  async sync(networks: readonly NetworkInfo[]): Promise<UplinkChange | undefined> {
     const nat = networks.filter((n) => n.nat);
     if (nat.length === 0) return this.remove();
-    await this.ensure(nat);
+    return this.ensure(nat);
   }
 
   /** Device names of the daemon's netns → their kind ("veth", "bridge", … or "" when plain). */
@@ -172,7 +185,7 @@ export class NatUplink {
     return new Map((JSON.parse(stdout || "[]") as Array<{ ifname: string; linkinfo?: { info_kind?: string } }>).map((l) => [l.ifname, l.linkinfo?.info_kind ?? ""]));
   }
 
-  private async ensure(nat: readonly NetworkInfo[]): Promise<void> {
+  private async ensure(nat: readonly NetworkInfo[]): Promise<UplinkChange | undefined> {
     const kind = (await this.hostLinks()).get(this.names.host);
     if (kind !== undefined && kind !== "veth") {
       throw new VigilError("VIGIL_HOST", `Cannot create the NAT uplink: a device named ${q(this.names.host)} exists in the daemon's network namespace and is not vigil's (a ${kind || "plain"} device)`);
@@ -210,20 +223,23 @@ export class NatUplink {
     await inNetns(this.ns, "ip", ["route", "replace", "default", "via", linkNet.hostAddr, "dev", this.names.vigil]);
     await inNetns(this.ns, "nft", ["-f", "-"], { input: natRuleset(this.names.vigil, nat), what: `nft (table ip ${NAT_TABLE} in ${this.ns.name})` });
     await inNetns(this.ns, "sysctl", ["-q", "-w", "net.ipv4.ip_forward=1"]);
+    return kind === undefined ? { change: "created", hostDevice: this.names.host, vigilDevice: this.names.vigil, linkNet: linkNet.cidr, forward: { before: state.forwardBefore, after: "1" } } : undefined;
   }
 
   /**
    * Removes the uplink, both tables, and puts the daemon's netns' ip_forward back. Idempotent; with nothing of
    * NAT present it only reads (the daemon's netns is never written to when no network ever had NAT).
    */
-  async remove(): Promise<void> {
+  async remove(): Promise<UplinkChange | undefined> {
     if (netnsExists(this.ns)) {
       await inNetns(this.ns, "sysctl", ["-q", "-w", "net.ipv4.ip_forward=0"]);
       await inNetns(this.ns, "nft", ["-f", "-"], { input: natRuleset(this.names.vigil, []), what: `nft (table ip ${NAT_TABLE} in ${this.ns.name})` });
       await inNetns(this.ns, "ip", ["link", "delete", this.names.vigil]).catch(() => undefined);
     }
     // Only vigil's own veth goes: a device of another kind that squats the name is not ours to delete.
-    if ((await this.hostLinks()).get(this.names.host) === "veth") await host(["link", "delete", this.names.host]);
+    const hadVeth = (await this.hostLinks()).get(this.names.host) === "veth";
+    if (hadVeth) await host(["link", "delete", this.names.host]);
+    const forwardNow = readFileSync(FORWARD, "utf8").trim();
     const tables = (await runCommand("nft", ["list", "tables", "ip"], { what: "nft list tables" })).stdout;
     if (new RegExp(`^table ip ${UPLINK_TABLE}$`, "m").test(tables)) {
       await runCommand("nft", ["delete", "table", "ip", UPLINK_TABLE], { what: `nft delete table ip ${UPLINK_TABLE}` });
@@ -235,5 +251,7 @@ export class NatUplink {
       if (/^[01]$/.test(state.forwardBefore) && !others) writeFileSync(FORWARD, `${state.forwardBefore}\n`);
       rmSync(this.stateFile, { force: true });
     }
+    if (!hadVeth && !state) return undefined;
+    return { change: "removed", hostDevice: this.names.host, vigilDevice: this.names.vigil, linkNet: state?.linkNet.cidr, forward: { before: forwardNow, after: readFileSync(FORWARD, "utf8").trim() } };
   }
 }

@@ -88,6 +88,14 @@ export class NetworkService implements NicPlumber, SwitchView {
     return () => this.listeners.delete(listener);
   }
 
+  /** Syncs the NAT uplink with `networks`; a change to the daemon's netns (the host's) is audited `net.uplink`. */
+  private async syncNat(networks: readonly NetworkInfo[]): Promise<void> {
+    const change = await this.nat.sync(networks);
+    if (!change) return;
+    this.d.log.info({ ...change }, `NAT uplink ${change.change}`);
+    await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "net.uplink", target: { kind: "host", name: this.d.hostName }, result: "ok", details: { ...change } });
+  }
+
   private async notify(): Promise<void> {
     for (const l of this.listeners) await l();
   }
@@ -132,7 +140,7 @@ export class NetworkService implements NicPlumber, SwitchView {
     const gw = `${net.gateway}/${parseCidr(net.cidr).prefix}`;
     if (!netnsExists(this.d.netns)) {
       await ensureNetns(this.d.netns);
-      await this.nat.sync(await this.networks());
+      await this.syncNat(await this.networks());
     }
     if ((await listLinks(this.d.netns)).some((l) => l.name === net.bridge)) await repairBridge(this.d.netns, net.bridge, gw);
     else await createBridge(this.d.netns, net.bridge, gw);
@@ -202,10 +210,10 @@ export class NetworkService implements NicPlumber, SwitchView {
           await createBridge(this.d.netns, net.bridge, `${net.gateway}/${cidr.prefix}`);
           bridgeMade = true;
           if (net.dhcp) await this.dhcp.start({ name: net.name, bridge: net.bridge, cidr, router: net.nat ? net.gateway : undefined }, []);
-          if (net.nat) await this.nat.sync([...all.map(info), info(net)]);
+          if (net.nat) await this.syncNat([...all.map(info), info(net)]);
           await this.repo.insert(net);
         } catch (err) {
-          if (net.nat) await this.nat.sync(all.map(info)).catch((e: unknown) => this.d.log.warn({ err: messageOf(e) }, "NAT uplink not restored after a failed create"));
+          if (net.nat) await this.syncNat(all.map(info)).catch((e: unknown) => this.d.log.warn({ err: messageOf(e) }, "NAT uplink not restored after a failed create"));
           await this.dhcp.stop(net.name).catch(() => undefined);
           if (bridgeMade) await deleteLink(this.d.netns, net.bridge).catch(() => undefined);
           if (!hadNetns && all.length === 0) await deleteNetns(this.d.netns).catch(() => undefined);
@@ -237,7 +245,7 @@ export class NetworkService implements NicPlumber, SwitchView {
         const users = await this.repo.vmsNaming(name);
         if (users.length > 0) throw new VigilError("VIGIL_CONFLICT", `Cannot delete network ${q(name)}: VMs have a NIC on it (${users.join(", ")})`);
         // The NAT uplink first (the last NAT network takes it along): a failure here leaves the network as it was.
-        if (net.nat) await this.nat.sync((await this.repo.list()).filter((n) => n.id !== net.id).map(info));
+        if (net.nat) await this.syncNat((await this.repo.list()).filter((n) => n.id !== net.id).map(info));
         await this.dhcp.stop(net.name);
         if (netnsExists(this.d.netns)) {
           for (const l of await listLinks(this.d.netns)) if (l.master === net.bridge) await deleteLink(this.d.netns, l.name);
@@ -258,13 +266,13 @@ export class NetworkService implements NicPlumber, SwitchView {
     return this.lock.run(async () => {
       const nets = await this.repo.list();
       if (nets.length === 0) {
-        await this.nat.remove();
+        await this.syncNat([]);
         await deleteNetns(this.d.netns);
         return { networks: 0, tapsRemoved: [], dhcpRestarted: [] };
       }
       await ensureNetns(this.d.netns);
       for (const n of nets) await this.ensureBridge(n);
-      await this.nat.sync(nets.map(info));
+      await this.syncNat(nets.map(info));
       const states = await this.repo.vmStates();
       const live = new Set((await this.repo.addresses()).filter((a) => states.has(a.vmId) && isLive(a.vmState as VmState)).map((a) => tapName(a.vmId, a.nic)));
       const tapsRemoved: string[] = [];

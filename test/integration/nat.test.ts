@@ -190,6 +190,9 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
   assert.doesNotMatch(tables(vigilNs), /vigil_nat/);
   assert.equal(forward(hostNs), "0", "ip_forward of the daemon's netns is back to what it was");
   assert.equal(forward(vigilNs), "0");
+  const { records } = await d.api<{ records: Array<{ action: string; details: { change?: string; hostDevice?: string; forward?: { before: string; after: string } } }> }>("GET", "/v1/audit?tail=true&limit=50");
+  const uplinkChanges = records.filter((r) => r.action === "net.uplink").map((r) => [r.details.change, r.details.hostDevice, r.details.forward?.before, r.details.forward?.after]);
+  assert.deepEqual(uplinkChanges, [["created", up.host, "0", "1"], ["removed", up.host, "1", "0"]], "each change to the daemon's netns is audited (net.uplink)");
   assert.equal(d.cli("net", "delete", "inside").status, 0);
   assertRealHostUntouched("after delete");
 });
