@@ -174,7 +174,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   vms.addBeforeContHook(snapshots.resumeOnStart);
   const trust = new TrustStore(db, siteKey, guard);
   const firewall = new FirewallService({ repo: new FirewallRepository(db), vms, guard, audit, log });
-  // The firewall compiles what the switch has plugged in, after every switch change (fail closed: attach waits).
+  // Every attach/detach (and network change) recompiles the host's ruleset before the switch returns: no tap
+  // carries traffic without its rules, and a ruleset that cannot be installed fails the attach (closed).
   firewall.connect(network);
   network.onChange(firewall.engine.listener);
   const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
@@ -263,6 +264,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       log.error({ err: messageOf(err) }, "Cannot rebuild vigil's network namespace: bridged NICs will not attach");
       return undefined;
     });
+    // The taps that stayed (VMs still running) get their rules back even if the ruleset was flushed meanwhile.
+    if (switchState) {
+      const fw = await firewall.engine.apply();
+      if (!fw.installed && fw.reason) log.error({ reason: fw.reason }, "Cannot install the firewall at start");
+    }
     await snapshots.recoverInterrupted();
     for (const l of imageLeftovers) {
       await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });

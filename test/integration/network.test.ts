@@ -70,7 +70,7 @@ function testNetns(t: { after: (fn: () => void) => void }): string {
 
 type NicView = { name: string; network: string; mac: string; ip: string; tap: string };
 
-test("two guests on one vigil network: DHCP gives each its allocated address, A reaches B's port, the taps live exactly as long as QEMU", { timeout: 400_000 }, async (t) => {
+test("two guests on one vigil network: DHCP gives each its allocated address; deny-by-default inbound, an allowed port, anti-spoofing and quarantine with real guests; the taps live exactly as long as QEMU", { timeout: 400_000 }, async (t) => {
   requireTinyImage();
   const ns = testNetns(t);
   const d = await startDaemon(t);
@@ -80,8 +80,6 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
     const r = d.cli("vm", "create", vm, "--memory", "128", "--vcpus", "1", "--net", "lab");
     assert.equal(r.status, 0, r.stderr);
   }
-  // The firewall is connected to the switch (default: inbound denied): B lets in its echo port and ping.
-  for (const rule of [{ direction: "in", action: "accept", proto: "tcp", ports: "7000" }, { direction: "in", action: "accept", proto: "icmp" }]) await d.api("POST", "/v1/vms/b/firewall/rules", { rule });
   for (const vm of ["a", "b"]) await d.api("POST", `/v1/vms/${vm}/start`, { wait: true });
   const nics: Record<string, NicView> = {};
   for (const vm of ["a", "b"]) {
@@ -95,17 +93,45 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
     assert.equal(await guestAddr(d, vm), nics[vm].ip, `${vm}'s DHCP address is the one vigil allocated`);
   }
   assert.notEqual(nics.a!.ip, nics.b!.ip);
-  assert.equal((await exec(d, "b", ["net-listen", "7000"])).exitCode, 0);
+  const cli = (...args: string[]) => {
+    const r = d.cli(...args);
+    assert.equal(r.status, 0, `vigil ${args.join(" ")}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const reach = async (port: number) => (await exec(d, "a", ["net-send", nics.b!.ip, String(port)])).exitCode === 0;
+  for (const port of ["7000", "7001"]) assert.equal((await exec(d, "b", ["net-listen", port])).exitCode, 0);
+
+  // Deny inbound by default: both of B's ports listen, neither is reachable, not even ping.
+  assert.equal(await reach(7000), false, "default policy: inbound denied");
+  assert.notEqual((await exec(d, "a", ["net-ping", nics.b!.ip])).exitCode, 0, "default policy: no ping either");
+  // B's owner opens 7000 and ICMP: allowed port reachable, denied port (listening) not.
+  cli("fw", "add", "b", "--dir", "in", "--proto", "tcp", "--port", "7000");
+  cli("fw", "add", "b", "--dir", "in", "--proto", "icmp");
   const sent = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
-  assert.equal(sent.exitCode, 0, `A reaches B:7000: ${sent.out} ${sent.err}`);
+  assert.equal(sent.exitCode, 0, `A reaches B:7000 once allowed: ${sent.out} ${sent.err}`);
   assert.match(sent.out, /^vigil-net-/);
-  const closed = await exec(d, "a", ["net-send", nics.b!.ip, "7001"]);
-  assert.equal(closed.exitCode, 1, "nothing listens on B:7001");
+  assert.equal(await reach(7001), false, "B:7001 listens but is not allowed");
   const ping = await exec(d, "a", ["net-ping", nics.b!.ip]);
   assert.equal(ping.exitCode, 0, `A pings B: ${ping.out} ${ping.err}`);
   assert.notEqual((await exec(d, "a", ["net-ping", "10.77.0.250"])).exitCode, 0, "nobody at .250");
+  const shownFw = JSON.parse(cli("fw", "show", "b", "--json")) as Record<string, unknown>;
+  assert.match(JSON.stringify(shownFw), /7000/, "fw show prints the policy and the installed rules");
 
-  // A daemon restart with both VMs running re-plumbs nothing and unplugs nothing: same taps, still connected.
+  // Quarantine: A may then reach only the zone's named service (B:7000), not B:7001 which B now allows;
+  // release gives 7001 back. Neither step restarts A (same boot id).
+  cli("fw", "add", "b", "--dir", "in", "--proto", "tcp", "--port", "7001");
+  assert.equal(await reach(7001), true, "B allows 7001 now");
+  const bootId = async () => (await d.api<{ bootId: string }>("GET", "/v1/vms/a/guest/info")).bootId;
+  const boot0 = await bootId();
+  cli("net", "service", "add", "scan", "--addr", nics.b!.ip, "--port", "7000");
+  cli("vm", "quarantine", "a", "--reason", "integration test");
+  assert.equal(await reach(7001), false, "quarantined: B:7001 is not a named service");
+  assert.equal(await reach(7000), true, "quarantined: the named service B:7000 is reachable");
+  cli("vm", "release", "a");
+  assert.equal(await reach(7001), true, "released: B:7001 reachable again");
+  assert.equal(await bootId(), boot0, "quarantine and release did not restart A");
+
+  // A daemon restart with both VMs running re-plumbs nothing and unplugs nothing: same taps, same rules.
   await d.kill9();
   await d.restart();
   await new Promise((r) => setTimeout(r, 1500));
@@ -114,13 +140,16 @@ test("two guests on one vigil network: DHCP gives each its allocated address, A 
     const shown = JSON.parse(d.cli("vm", "show", vm, "--json").stdout) as { nics: NicView[] };
     assert.deepEqual(shown.nics, [nics[vm]], `vm show of ${vm} after the restart: read back from the switch`);
   }
-  const again = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
-  assert.equal(again.exitCode, 0, `after the restart A still reaches B: ${again.out} ${again.err}`);
+  assert.equal(await reach(7000), true, "after the restart A still reaches B:7000");
+  assert.equal(await reach(7002), false, "and B's default deny still holds");
 
-  // net-spoof (the firewall tests' spoofing guest) really moves A's address: nothing filters it yet.
+  // Anti-spoofing: A taking another address (10.77.0.200) is dropped at its port; its own address works again.
   const spoof = await exec(d, "a", ["net-spoof", "10.77.0.200"]);
   assert.equal(spoof.exitCode, 0, spoof.err);
   assert.equal((await exec(d, "a", ["net-addr"])).out, "10.77.0.200");
+  assert.equal(await reach(7000), false, "a guest sending from another IP is dropped");
+  assert.equal((await exec(d, "a", ["net-spoof", nics.a!.ip])).exitCode, 0);
+  assert.equal(await reach(7000), true, "back on its own address, A reaches B again");
 
   // B's QEMU dies on its own (a crash): the supervisor unplugs it. A is stopped: the stop unplugs it.
   const b = await d.api<{ pid: number }>("GET", "/v1/vms/b");
