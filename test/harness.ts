@@ -63,7 +63,11 @@ function qemuPids(home: string): number[] {
   return pids.filter((p) => Number.isSafeInteger(p) && p > 1);
 }
 
-export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string } = {}): Promise<DaemonHandle> {
+/**
+ * `wrap`: a command the daemon is started under, e.g. `["nsenter", "--net=/run/netns/vt-x", "--"]` (the NAT test
+ * runs the daemon in a netns of its own that plays the host). It must exec, not fork: the handle's pid is the daemon.
+ */
+export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string; wrap?: readonly string[] } = {}): Promise<DaemonHandle> {
   const home = mkdtempSync(join(tmpdir(), "vigil-it-"));
   if (options.config) {
     const { writeFileSync } = await import("node:fs");
@@ -74,7 +78,9 @@ export async function startDaemon(t: TestContext, options: { config?: unknown; l
   const socket = join(home, "run", "vigil.sock");
   let logText = "";
   const spawnDaemon = async () => {
-    const child = spawn(process.execPath, [BIN, "serve", "--listen", options.listen ?? "none"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const argv = [process.execPath, BIN, "serve", "--listen", options.listen ?? "none"];
+    const [file, ...args] = options.wrap && options.wrap.length > 0 ? [...options.wrap, ...argv] : argv;
+    const child = spawn(file!, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.on("data", (d: Buffer) => (logText += d.toString()));
     child.stderr!.on("data", (d: Buffer) => (logText += d.toString()));
     await waitFor(() => existsSync(socket) || child.exitCode !== null, 20_000, "the daemon's socket");

@@ -44,15 +44,15 @@ test("net create, list, show (with a plugged NIC), delete; bad input names the f
   const list = await cli(env, ["net", "list", "--json"]);
   assert.deepEqual((JSON.parse(list.stdout) as Array<{ name: string }>).map((n) => n.name), ["iso", "lab"]);
   const table = await cli(env, ["net", "list"]);
-  assert.match(table.stdout, /^NAME\s+CIDR\s+GATEWAY\s+BRIDGE\s+DHCP\n/);
-  assert.match(table.stdout, /\nlab\s+10\.204\.0\.0\/24\s+10\.204\.0\.1\s+vb-lab\s+yes\n/);
+  assert.match(table.stdout, /^NAME\s+CIDR\s+GATEWAY\s+BRIDGE\s+DHCP\s+NAT\n/);
+  assert.match(table.stdout, /\nlab\s+10\.204\.0\.0\/24\s+10\.204\.0\.1\s+vb-lab\s+yes\s+no\n/);
 
   const spec = resolveSpec(createVmRequestSchema.parse({ name: "web1", memoryMiB: 128 }), { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
   const vm = await d.repo.insert({ id: randomUUID(), name: "web1", spec, state: "running", host: "h", vmgenid: randomUUID(), generation: 1, owner: "user:root", approver: null, purpose: null, expiresAt: null, labels: {}, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "root", createdAt: new Date().toISOString() });
   const nic = await d.deps.network.attach({ id: vm.id, name: "web1", labels: {}, uid: 64300, gid: 64300 }, { name: "net0", network: "lab", mac: "52:54:00:cc:00:01" });
   const show = await cli(env, ["net", "show", "lab"]);
   assert.equal(show.status, 0, show.stderr);
-  assert.match(show.stdout, /^Network lab: 10\.204\.0\.0\/24, gateway 10\.204\.0\.1, bridge vb-lab, DHCP running\n/);
+  assert.match(show.stdout, /^Network lab: 10\.204\.0\.0\/24, gateway 10\.204\.0\.1, bridge vb-lab, DHCP running, NAT off\n/);
   assert.match(show.stdout, new RegExp(`\\nweb1\\s+net0\\s+10\\.204\\.0\\.2\\s+52:54:00:cc:00:01\\s+${nic.tap}\\n`));
   const shown = JSON.parse((await cli(env, ["net", "show", "lab", "--json"])).stdout) as { attached: Array<{ vmName: string; ip: string }> };
   assert.deepEqual(shown.attached.map((a) => [a.vmName, a.ip]), [["web1", "10.204.0.2"]]);

@@ -378,6 +378,12 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0005-network-nat": {
+    async up(db: Kysely<unknown>) {
+      // Whether a network's traffic leaves through vigil's NAT uplink (docs/network.md, "## NAT"); off by default.
+      await db.schema.alterTable("networks").addColumn("nat", "integer", (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -265,6 +265,7 @@ export interface NetworksTable {
   gateway: string;
   bridge: string;
   dhcp: number; // 0/1
+  nat: number; // 0/1 (migration 0005-network-nat)
   created_at: string;
 }
 

@@ -26,6 +26,8 @@ export interface DhcpNetwork {
   name: string;
   bridge: string;
   cidr: Cidr;
+  /** The router clients are told about: the gateway of a NAT network (docs/network.md, "## NAT"); none otherwise. */
+  router?: string | undefined;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -64,8 +66,8 @@ export class DhcpServers {
       `--interface=${net.bridge}`,
       "--except-interface=lo",
       `--dhcp-range=${formatIpv4(net.cidr.network)},static,${netmask(net.cidr.prefix)}`,
-      // A network has no way out: tell clients there is no router (and DNS is off).
-      "--dhcp-option=option:router",
+      // A network without NAT has no way out: tell its clients there is no router (and DNS is off).
+      net.router !== undefined && /^\d{1,3}(\.\d{1,3}){3}$/.test(net.router) ? `--dhcp-option=option:router,${net.router}` : "--dhcp-option=option:router",
       "--dhcp-authoritative",
       `--pid-file=${f.pidFile}`,
       `--dhcp-leasefile=${f.leaseFile}`,

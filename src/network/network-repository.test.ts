@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { openSqlite, type Db } from "../inventory/db.ts";
 import { NetworkRepository, type NetworkRecord } from "./network-repository.ts";
 
-async function fixture(t: TestContext): Promise<{ db: Db; repo: NetworkRepository; vm: (name: string, spec?: unknown) => Promise<string>; net: (name: string, cidr: string) => Promise<NetworkRecord> }> {
+async function fixture(t: TestContext): Promise<{ db: Db; repo: NetworkRepository; vm: (name: string, spec?: unknown) => Promise<string>; net: (name: string, cidr: string, nat?: boolean) => Promise<NetworkRecord> }> {
   const dir = mkdtempSync(join(tmpdir(), "vigil-netrepo-"));
   const db = await openSqlite(join(dir, "vigil.db"));
   t.after(async () => {
@@ -32,8 +32,8 @@ async function fixture(t: TestContext): Promise<{ db: Db; repo: NetworkRepositor
         .execute();
       return id;
     },
-    async net(name, cidr) {
-      const n: NetworkRecord = { id: randomUUID(), name, cidr, gateway: cidr.replace(/\.0\/\d+$/, ".1"), bridge: `vb-${name}`, dhcp: true, createdAt: new Date().toISOString() };
+    async net(name, cidr, nat = false) {
+      const n: NetworkRecord = { id: randomUUID(), name, cidr, gateway: cidr.replace(/\.0\/\d+$/, ".1"), bridge: `vb-${name}`, dhcp: true, nat, createdAt: new Date().toISOString() };
       await repo.insert(n);
       return n;
     },
@@ -77,4 +77,12 @@ test("vmsNaming finds the VMs whose spec has a NIC on the network", async (t) =>
   await f.vm("four", {});
   assert.deepEqual(await f.repo.vmsNaming("lab"), ["one", "three"]);
   assert.deepEqual(await f.repo.vmsNaming("none"), []);
+});
+
+test("a network's nat flag is stored and read back (migration 0005-network-nat; default off)", async (t) => {
+  const f = await fixture(t);
+  await f.net("out", "10.53.0.0/24", true);
+  await f.net("in", "10.54.0.0/24");
+  assert.deepEqual((await f.repo.list()).map((n) => [n.name, n.nat]), [["in", false], ["out", true]]);
+  assert.equal((await f.repo.find("out"))?.nat, true);
 });

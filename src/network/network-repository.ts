@@ -10,6 +10,7 @@ import type { NetworkInfo } from "./types.ts";
 
 export interface NetworkRecord extends NetworkInfo {
   id: string;
+  nat: boolean;
 }
 
 /** An allocated address, with what the switch shows about its VM. */
@@ -26,7 +27,7 @@ export interface NicAddress {
 }
 
 function toRecord(r: NetworksTable): NetworkRecord {
-  return { id: r.id, name: r.name, cidr: r.cidr, gateway: r.gateway, bridge: r.bridge, dhcp: r.dhcp === 1, createdAt: r.created_at };
+  return { id: r.id, name: r.name, cidr: r.cidr, gateway: r.gateway, bridge: r.bridge, dhcp: r.dhcp === 1, nat: r.nat === 1, createdAt: r.created_at };
 }
 
 function parseLabels(text: string): Record<string, string> {
@@ -51,7 +52,7 @@ export class NetworkRepository {
   }
 
   async insert(n: NetworkRecord): Promise<void> {
-    await this.db.insertInto("networks").values({ id: n.id, name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp ? 1 : 0, created_at: n.createdAt }).execute();
+    await this.db.insertInto("networks").values({ id: n.id, name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp ? 1 : 0, nat: n.nat ? 1 : 0, created_at: n.createdAt }).execute();
   }
 
   /** Deletes the network and every address on it. */

@@ -126,7 +126,7 @@ async function fixture(t: TestContext): Promise<Fixture> {
 test("a network's bridge, a NIC's tap and its DHCP lease, for real; detach and delete leave nothing", async (t) => {
   const f = await fixture(t);
   const created = await f.net.create(admin, { name: "t1", cidr: "10.201.0.0/24" });
-  assert.deepEqual({ ...created, createdAt: "" }, { name: "t1", cidr: "10.201.0.0/24", gateway: "10.201.0.1", bridge: "vb-t1", dhcp: true, createdAt: "" });
+  assert.deepEqual({ ...created, createdAt: "" }, { name: "t1", cidr: "10.201.0.0/24", gateway: "10.201.0.1", bridge: "vb-t1", dhcp: true, nat: false, createdAt: "" });
   assert.match(netnsList(), new RegExp(`^${f.ns}\\b`, "m"));
   const addr = JSON.parse(sh("ip", ["-n", f.ns, "-j", "addr", "show", "dev", "vb-t1"])) as Array<{ addr_info: Array<{ family: string; local: string; prefixlen: number }> }>;
   assert.deepEqual(addr[0]!.addr_info.map((a) => `${a.family} ${a.local}/${a.prefixlen}`), ["inet 10.201.0.1/24"], "the gateway address, and no IPv6 on the bridge");

@@ -24,6 +24,7 @@ import { isLive, type VmState } from "../vm/state-machine.ts";
 import { bridgeName, checkNetworkName, createBridge, createTap, deleteLink, listLinks, repairBridge, tapName, type LinkInfo } from "./bridge.ts";
 import { DhcpServers, type DhcpLease } from "./dhcp.ts";
 import { formatIpv4, gateway, overlaps, parseCidr } from "./ipam.ts";
+import { NatUplink } from "./nat.ts";
 import { deleteNetns, ensureNetns, netnsExists } from "./netns.ts";
 import { NetworkRepository, type NetworkRecord, type NicAddress } from "./network-repository.ts";
 import type { AttachedNic, HostNetns, NetworkInfo, NicPlumber, PlugVm, SwitchListener, SwitchView } from "./types.ts";
@@ -32,6 +33,7 @@ export const createNetworkSchema = z.strictObject({
   name: z.string(),
   cidr: z.string(),
   dhcp: z.boolean().default(true),
+  nat: z.boolean().default(false),
 });
 export type CreateNetworkInput = z.input<typeof createNetworkSchema>;
 
@@ -40,6 +42,8 @@ export interface NetworkDetail extends NetworkInfo {
   attached: AttachedNic[];
   /** Whether this network's dnsmasq runs now (always false without DHCP). */
   dhcpRunning: boolean;
+  /** A NAT network's way out (docs/network.md, "## NAT"); null for a network without NAT. */
+  uplink: { vigilDevice: string; hostDevice: string; linkNet: string | null } | null;
 }
 
 export interface NetworkServiceDeps {
@@ -54,17 +58,20 @@ export interface NetworkServiceDeps {
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-const info = (n: NetworkRecord): NetworkInfo => ({ name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp, createdAt: n.createdAt });
+const info = (n: NetworkRecord): NetworkInfo => ({ name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp, nat: n.nat, createdAt: n.createdAt });
 
 export class NetworkService implements NicPlumber, SwitchView {
   readonly repo: NetworkRepository;
   private readonly dhcp: DhcpServers;
+  /** The NAT uplink: exists exactly while a network has `nat` (synced under the lock after every change). */
+  readonly nat: NatUplink;
   private readonly lock = new Mutex();
   private readonly listeners = new Set<SwitchListener>();
 
   constructor(private readonly d: NetworkServiceDeps) {
     this.repo = new NetworkRepository(d.db);
     this.dhcp = new DhcpServers(d.netns, join(d.runDir, "dhcp"));
+    this.nat = new NatUplink(d.netns, join(d.runDir, "nat", "uplink.json"));
   }
 
   netns(): HostNetns {
@@ -79,6 +86,14 @@ export class NetworkService implements NicPlumber, SwitchView {
   onChange(listener: SwitchListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /** Syncs the NAT uplink with `networks`; a change to the daemon's netns (the host's) is audited `net.uplink`. */
+  private async syncNat(networks: readonly NetworkInfo[]): Promise<void> {
+    const change = await this.nat.sync(networks);
+    if (!change) return;
+    this.d.log.info({ ...change }, `NAT uplink ${change.change}`);
+    await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "net.uplink", target: { kind: "host", name: this.d.hostName }, result: "ok", details: { ...change } });
   }
 
   private async notify(): Promise<void> {
@@ -111,7 +126,7 @@ export class NetworkService implements NicPlumber, SwitchView {
   private async refreshDhcp(net: NetworkRecord): Promise<void> {
     if (!net.dhcp) return;
     const leases: DhcpLease[] = (await this.attachedNow(net.id)).map((n) => ({ mac: n.mac, ip: n.ip }));
-    await this.dhcp.start({ name: net.name, bridge: net.bridge, cidr: parseCidr(net.cidr) }, leases);
+    await this.dhcp.start({ name: net.name, bridge: net.bridge, cidr: parseCidr(net.cidr), router: net.nat ? net.gateway : undefined }, leases);
   }
 
   private async network(name: string): Promise<NetworkRecord> {
@@ -123,7 +138,10 @@ export class NetworkService implements NicPlumber, SwitchView {
   /** The netns and the network's bridge exist (rebuilt if someone deleted them since the daemon started). */
   private async ensureBridge(net: NetworkRecord): Promise<void> {
     const gw = `${net.gateway}/${parseCidr(net.cidr).prefix}`;
-    if (!netnsExists(this.d.netns)) await ensureNetns(this.d.netns);
+    if (!netnsExists(this.d.netns)) {
+      await ensureNetns(this.d.netns);
+      await this.syncNat(await this.networks());
+    }
     if ((await listLinks(this.d.netns)).some((l) => l.name === net.bridge)) await repairBridge(this.d.netns, net.bridge, gw);
     else await createBridge(this.d.netns, net.bridge, gw);
   }
@@ -184,16 +202,18 @@ export class NetworkService implements NicPlumber, SwitchView {
         if (all.some((n) => n.name === req.name)) throw new VigilError("VIGIL_CONFLICT", `Cannot create network ${q(req.name)}: a network with that name exists`, { field: "name" });
         const clash = all.find((n) => overlaps(parseCidr(n.cidr), cidr));
         if (clash) throw new VigilError("VIGIL_CONFLICT", `Cannot create network ${q(req.name)}: cidr ${cidr.text} overlaps network ${q(clash.name)} (${clash.cidr})`, { field: "cidr" });
-        const net: NetworkRecord = { id: randomUUID(), name: req.name, cidr: cidr.text, gateway: formatIpv4(gateway(cidr)), bridge: bridgeName(req.name), dhcp: req.dhcp, createdAt: new Date().toISOString() };
+        const net: NetworkRecord = { id: randomUUID(), name: req.name, cidr: cidr.text, gateway: formatIpv4(gateway(cidr)), bridge: bridgeName(req.name), dhcp: req.dhcp, nat: req.nat, createdAt: new Date().toISOString() };
         const hadNetns = netnsExists(this.d.netns);
         let bridgeMade = false;
         try {
           await ensureNetns(this.d.netns);
           await createBridge(this.d.netns, net.bridge, `${net.gateway}/${cidr.prefix}`);
           bridgeMade = true;
-          if (net.dhcp) await this.dhcp.start({ name: net.name, bridge: net.bridge, cidr }, []);
+          if (net.dhcp) await this.dhcp.start({ name: net.name, bridge: net.bridge, cidr, router: net.nat ? net.gateway : undefined }, []);
+          if (net.nat) await this.syncNat([...all.map(info), info(net)]);
           await this.repo.insert(net);
         } catch (err) {
+          if (net.nat) await this.syncNat(all.map(info)).catch((e: unknown) => this.d.log.warn({ err: messageOf(e) }, "NAT uplink not restored after a failed create"));
           await this.dhcp.stop(net.name).catch(() => undefined);
           if (bridgeMade) await deleteLink(this.d.netns, net.bridge).catch(() => undefined);
           if (!hadNetns && all.length === 0) await deleteNetns(this.d.netns).catch(() => undefined);
@@ -213,7 +233,8 @@ export class NetworkService implements NicPlumber, SwitchView {
   async get(ctx: RequestContext, name: string): Promise<NetworkDetail> {
     await this.d.guard.authorize(ctx, { action: "net.show", permission: "network.read", target: { kind: "network", name }, readOnly: true });
     const net = await this.network(name);
-    return { ...info(net), attached: await this.attachedNow(net.id), dhcpRunning: this.dhcp.pid(net.name) !== undefined };
+    const uplink = net.nat ? { vigilDevice: this.nat.names.vigil, hostDevice: this.nat.names.host, linkNet: this.nat.linkNet()?.cidr ?? null } : null;
+    return { ...info(net), attached: await this.attachedNow(net.id), dhcpRunning: this.dhcp.pid(net.name) !== undefined, uplink };
   }
 
   /** `vigil net delete`: refused while any VM's spec names the network; the last network takes the netns along. */
@@ -223,6 +244,8 @@ export class NetworkService implements NicPlumber, SwitchView {
         const net = await this.network(name);
         const users = await this.repo.vmsNaming(name);
         if (users.length > 0) throw new VigilError("VIGIL_CONFLICT", `Cannot delete network ${q(name)}: VMs have a NIC on it (${users.join(", ")})`);
+        // The NAT uplink first (the last NAT network takes it along): a failure here leaves the network as it was.
+        if (net.nat) await this.syncNat((await this.repo.list()).filter((n) => n.id !== net.id).map(info));
         await this.dhcp.stop(net.name);
         if (netnsExists(this.d.netns)) {
           for (const l of await listLinks(this.d.netns)) if (l.master === net.bridge) await deleteLink(this.d.netns, l.name);
@@ -243,11 +266,13 @@ export class NetworkService implements NicPlumber, SwitchView {
     return this.lock.run(async () => {
       const nets = await this.repo.list();
       if (nets.length === 0) {
+        await this.syncNat([]);
         await deleteNetns(this.d.netns);
         return { networks: 0, tapsRemoved: [], dhcpRestarted: [] };
       }
       await ensureNetns(this.d.netns);
       for (const n of nets) await this.ensureBridge(n);
+      await this.syncNat(nets.map(info));
       const states = await this.repo.vmStates();
       const live = new Set((await this.repo.addresses()).filter((a) => states.has(a.vmId) && isLive(a.vmState as VmState)).map((a) => tapName(a.vmId, a.nic)));
       const tapsRemoved: string[] = [];

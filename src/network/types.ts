@@ -22,6 +22,8 @@ export interface NetworkInfo {
   /** Bridge device name inside the netns ("vb-<name>"). */
   bridge: string;
   dhcp: boolean;
+  /** Whether the network's traffic may leave through vigil's NAT uplink (docs/network.md, "## NAT"); absent: no. */
+  nat?: boolean;
   createdAt: string;
 }
 

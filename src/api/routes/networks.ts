@@ -5,7 +5,7 @@ import type { ApiDeps, App } from "../context.ts";
 import { body, json, reply, withAccess } from "../route-kit.ts";
 
 const NetworkSchema = z
-  .object({ name: z.string(), cidr: z.string(), gateway: z.string(), bridge: z.string(), dhcp: z.boolean(), createdAt: z.string() })
+  .object({ name: z.string(), cidr: z.string(), gateway: z.string(), bridge: z.string(), dhcp: z.boolean(), nat: z.boolean(), createdAt: z.string() })
   .openapi("Network");
 
 const AttachedNicSchema = z
@@ -21,12 +21,12 @@ export function registerNetworkRoutes(app: App, d: ApiDeps): void {
   );
 
   app.openapi(
-    createRoute(withAccess("network.manage", { method: "post", path: "/v1/networks", tags: ["network"], summary: "Create a network: a bridge in vigil's netns with an IPv4 range (/16-/29) and, unless dhcp is false, a DHCP server for its NICs", request: body(createNetworkSchema), responses: { 201: json(NetworkSchema, "Created") } })),
+    createRoute(withAccess("network.manage", { method: "post", path: "/v1/networks", tags: ["network"], summary: "Create a network: a bridge in vigil's netns with an IPv4 range (/16-/29) and, unless dhcp is false, a DHCP server for its NICs; nat: true lets its traffic out through vigil's NAT uplink", request: body(createNetworkSchema), responses: { 201: json(NetworkSchema, "Created") } })),
     async (c) => reply(c, await d.network.create(c.get("ctx"), c.req.valid("json")), 201),
   );
 
   app.openapi(
-    createRoute(withAccess("network.read", { method: "get", path: "/v1/networks/{name}", tags: ["network"], summary: "A network and the NICs plugged into it now (VM, IP, MAC, tap)", request: { params: NetworkNameParams }, responses: { 200: json(NetworkSchema.extend({ attached: z.array(AttachedNicSchema), dhcpRunning: z.boolean() }), "Network") } })),
+    createRoute(withAccess("network.read", { method: "get", path: "/v1/networks/{name}", tags: ["network"], summary: "A network and the NICs plugged into it now (VM, IP, MAC, tap)", request: { params: NetworkNameParams }, responses: { 200: json(NetworkSchema.extend({ attached: z.array(AttachedNicSchema), dhcpRunning: z.boolean(), uplink: z.object({ vigilDevice: z.string(), hostDevice: z.string(), linkNet: z.string().nullable() }).nullable() }), "Network") } })),
     async (c) => reply(c, await d.network.get(c.get("ctx"), c.req.valid("param").name)),
   );
 

@@ -10,11 +10,13 @@ interface Network {
   gateway: string;
   bridge: string;
   dhcp: boolean;
+  nat: boolean;
   createdAt: string;
 }
 
 interface NetworkDetail extends Network {
   dhcpRunning: boolean;
+  uplink: { vigilDevice: string; hostDevice: string; linkNet: string | null } | null;
   attached: Array<{ vmName: string; nic: string; ip: string; mac: string; tap: string }>;
 }
 
@@ -24,6 +26,7 @@ const NETWORK_COLUMNS: Array<[string, string]> = [
   ["gateway", "GATEWAY"],
   ["bridge", "BRIDGE"],
   ["dhcpText", "DHCP"],
+  ["natText", "NAT"],
 ];
 
 /** Adds `net` and its subcommands. */
@@ -34,11 +37,12 @@ export function registerNet(program: Command): void {
     .description("Create a network (a bridge holding the range's first address; DHCP serves each NIC its address)")
     .requiredOption("--cidr <cidr>", "the IPv4 range, /16 to /29, e.g. 10.77.0.0/24")
     .option("--no-dhcp", "no DHCP server: guests configure their address themselves")
+    .option("--nat", "let the network's traffic out through vigil's NAT uplink (changes the host: docs/network.md, NAT)")
     .option("--json", "machine-readable output")
-    .action(async (name: string, o: { cidr: string; dhcp: boolean; json?: boolean }) => {
-      const n = await call<Network>("POST", "/v1/networks", { name, cidr: o.cidr, dhcp: o.dhcp });
+    .action(async (name: string, o: { cidr: string; dhcp: boolean; nat?: boolean; json?: boolean }) => {
+      const n = await call<Network>("POST", "/v1/networks", { name, cidr: o.cidr, dhcp: o.dhcp, nat: o.nat === true });
       if (o.json) return printJson(n);
-      process.stdout.write(`Network ${n.name} created: ${n.cidr}, gateway ${n.gateway}, bridge ${n.bridge}${n.dhcp ? ", DHCP on" : ", no DHCP"}\n`);
+      process.stdout.write(`Network ${n.name} created: ${n.cidr}, gateway ${n.gateway}, bridge ${n.bridge}${n.dhcp ? ", DHCP on" : ", no DHCP"}${n.nat ? ", NAT to the outside" : ""}\n`);
     });
   net
     .command("list")
@@ -47,7 +51,7 @@ export function registerNet(program: Command): void {
     .action(async (o: { json?: boolean }) => {
       const { networks } = await call<{ networks: Network[] }>("GET", "/v1/networks");
       if (o.json) return printJson(networks);
-      printTable(networks.map((n) => ({ ...n, dhcpText: n.dhcp ? "yes" : "no" })), NETWORK_COLUMNS);
+      printTable(networks.map((n) => ({ ...n, dhcpText: n.dhcp ? "yes" : "no", natText: n.nat ? "yes" : "no" })), NETWORK_COLUMNS);
     });
   net
     .command("show <name>")
@@ -56,7 +60,7 @@ export function registerNet(program: Command): void {
     .action(async (name: string, o: { json?: boolean }) => {
       const n = await call<NetworkDetail>("GET", `/v1/networks/${enc(name)}`);
       if (o.json) return printJson(n);
-      process.stdout.write(`Network ${n.name}: ${n.cidr}, gateway ${n.gateway}, bridge ${n.bridge}, DHCP ${n.dhcp ? (n.dhcpRunning ? "running" : "NOT RUNNING") : "off"}\n`);
+      process.stdout.write(`Network ${n.name}: ${n.cidr}, gateway ${n.gateway}, bridge ${n.bridge}, DHCP ${n.dhcp ? (n.dhcpRunning ? "running" : "NOT RUNNING") : "off"}, NAT ${n.uplink ? `via ${n.uplink.vigilDevice} <-> ${n.uplink.hostDevice} (${n.uplink.linkNet ?? "link net not set up"})` : "off"}\n`);
       if (n.attached.length === 0) return void process.stdout.write("No NIC is plugged in.\n");
       printTable(n.attached, [
         ["vmName", "VM"],

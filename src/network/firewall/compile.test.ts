@@ -94,3 +94,22 @@ test("fw show keeps only the VM's own elements of a dispatch map", async () => {
   );
   assert.equal(onlyElementsOf("ct state established,related accept", ["vt-00000000b2"]), "ct state established,related accept");
 });
+
+test("NAT (docs/network.md, ## NAT): a NAT network's NICs that their out policy allows may reach the uplink; others and the uplink may not", () => {
+  const nat: CompileInput = {
+    ...input,
+    nics: [...input.nics, { ...nic("out1", "vt-00000000d4", "10.78.0.2"), network: "dmz", bridge: "vb-dmz" }],
+    networks: input.networks.map((n) => (n.name === "dmz" ? { ...n, nat: true } : n)),
+    uplink: "vu-0123abcd",
+  };
+  const text = compileRuleset(nat).text;
+  assert.match(text, /iifname "vb-dmz" oifname != \{ "vb-dmz", "vu-0123abcd" \} drop comment "between networks"/);
+  assert.match(text, /iifname "vb-lan" oifname != "vb-lan" drop comment "between networks"/, "a network without NAT still reaches nothing else");
+  assert.match(text, /iifname "vu-0123abcd" drop comment "nothing opens a connection from the NAT uplink"/);
+  // After both vmaps: the source's out chain has returned (allowed) by then.
+  assert.match(text, /oifname \. ip daddr vmap \{[^\n]*\}\n\t\toifname "vu-0123abcd" iifname \. ip saddr \{ "vb-dmz" \. 10\.78\.0\.2 \} accept/);
+  assert.doesNotMatch(text, /"vb-lan" \. 10\.77\.0\.\d+ \} accept/);
+  assert.equal(compileRuleset({ ...input, uplink: undefined }).text, compileRuleset(input).text, "without NAT: the golden ruleset, unchanged");
+  assert.doesNotMatch(compileRuleset({ ...nat, uplink: undefined }).text, /vu-/, "no uplink: no NAT rule at all");
+  assert.throws(() => compileRuleset({ ...nat, uplink: "vu-x\" accept" }), /uplink device/);
+});

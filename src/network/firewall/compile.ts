@@ -37,6 +37,11 @@ export interface CompileInput {
   policies: ReadonlyMap<string, Policy>;
   quarantined: ReadonlySet<string>;
   services: readonly QuarantineService[];
+  /**
+   * The NAT uplink's device in vigil's netns (docs/network.md, "## NAT"), when NAT networks exist: their VMs'
+   * traffic that their out policy allows may leave through it; nothing else may, and nothing may open from it.
+   */
+  uplink?: string | undefined;
 }
 
 /** Something `fw show` should tell the user about a rule that was compiled differently from how it reads. */
@@ -63,6 +68,7 @@ export function chainNames(tap: string): { l2: string; in: string; out: string; 
 const TAP_RE = /^vt-[0-9a-f]{10}$/;
 const MAC_RE = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/;
 const BRIDGE_RE = /^vb-[a-z][a-z0-9-]{0,11}$/;
+const UPLINK_RE = /^vu-[0-9a-f]{8}$/;
 const IP_RE = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
 
 function must(re: RegExp, value: string, what: string): string {
@@ -182,8 +188,14 @@ export function compileRuleset(input: CompileInput): CompiledRuleset {
   const bridges = [...new Set([...input.networks.map((n) => n.bridge), ...nics.map((n) => n.bridge)])].map((b) => must(BRIDGE_RE, b, "bridge name")).sort();
   fw.push(`table inet ${FW_TABLE} {`);
   fw.push(`${T}chain forward {`, `${T}${T}type filter hook forward priority filter; policy drop;`);
-  for (const b of bridges) fw.push(`${T}${T}iifname "${b}" oifname != "${b}" drop comment "between networks"`);
+  // NAT (docs/network.md, "## NAT"): a NAT network's bridge may also send to the uplink; nothing opens from it.
+  const uplink = input.uplink === undefined ? undefined : must(UPLINK_RE, input.uplink, "uplink device");
+  const natBridges = new Set(uplink === undefined ? [] : input.networks.filter((n) => n.nat === true).map((n) => n.bridge));
+  for (const b of bridges) {
+    fw.push(natBridges.has(b) ? `${T}${T}iifname "${b}" oifname != { "${b}", "${uplink}" } drop comment "between networks"` : `${T}${T}iifname "${b}" oifname != "${b}" drop comment "between networks"`);
+  }
   fw.push(`${T}${T}ct state established,related accept`, `${T}${T}ct state invalid drop`);
+  if (uplink !== undefined) fw.push(`${T}${T}iifname "${uplink}" drop comment "nothing opens a connection from the NAT uplink"`);
   const outMap = nics.map((n) => {
     const c = chainNames(n.tap);
     return `"${n.bridge}" . ${n.ip} : jump ${input.quarantined.has(n.vmId) ? c.quarantine : c.out}`;
@@ -191,6 +203,9 @@ export function compileRuleset(input: CompileInput): CompiledRuleset {
   const inMap = nics.map((n) => `"${n.bridge}" . ${n.ip} : ${input.quarantined.has(n.vmId) ? "drop" : `jump ${chainNames(n.tap).in}`}`);
   fw.push(`${T}${T}iifname . ip saddr vmap { ${outMap.join(", ")} }`);
   fw.push(`${T}${T}oifname . ip daddr vmap { ${inMap.join(", ")} }`);
+  // Reached only when the source NIC's out chain returned (allowed): the NICs of NAT networks may go out.
+  const natSources = nics.filter((n) => natBridges.has(n.bridge) && !input.quarantined.has(n.vmId)).map((n) => `"${n.bridge}" . ${n.ip}`);
+  if (uplink !== undefined && natSources.length > 0) fw.push(`${T}${T}oifname "${uplink}" iifname . ip saddr { ${natSources.join(", ")} } accept comment "NAT: allowed by the out policy"`);
   fw.push(`${T}}`);
 
   fw.push(`${T}chain input {`, `${T}${T}type filter hook input priority filter; policy accept;`);

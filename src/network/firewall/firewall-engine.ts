@@ -9,6 +9,7 @@ import type { Logger } from "../../log.ts";
 import { Mutex } from "../../util/mutex.ts";
 import { inNetns } from "../netns-exec.ts";
 import type { AttachedNic, SwitchListener, SwitchView } from "../types.ts";
+import { uplinkNames } from "../nat.ts";
 import { compileRuleset, type CompileInput, type CompileNote, type QuarantineService } from "./compile.ts";
 import { checkRuleset, loadRuleset, netnsExists } from "./nft.ts";
 import type { Policy } from "./policy.ts";
@@ -87,7 +88,9 @@ export class FirewallEngine {
       o.services ? Promise.resolve(o.services) : this.state.services(),
     ]);
     if (o.policy) policies.set(o.policy.vmId, o.policy.policy);
-    return { nics, networks, policies, quarantined, services };
+    // The NAT uplink's name follows from the netns (nat.ts); only NAT networks' bridges ever reach it.
+    const uplink = view && networks.some((n) => n.nat === true) ? uplinkNames(view.netns().name).vigil : undefined;
+    return { nics, networks, policies, quarantined, services, uplink };
   }
 
   /** Compiles the candidate state and has the kernel check it (nothing committed); throws a VigilError if rejected. */
