@@ -129,14 +129,19 @@ export function cgroupDir(spec: string): string {
  * its own namespace, lives on and exits unwatched), or died (exit 125) after joining the groups. While the helper
  * is still inside, the rmdir fails with EBUSY and the helper removes the directory as it leaves.
  */
-export function removeCgroups(specs: readonly string[]): void {
+export function removeCgroups(specs: readonly string[], retries = 50): void {
+  const busy: string[] = [];
   for (const s of specs) {
     try {
       rmdirSync(cgroupDir(s));
-    } catch {
-      /* gone already, or still busy (then the helper is still there and removes it) */
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EBUSY") busy.push(s);
+      /* otherwise gone already */
     }
   }
+  // Busy: a task is still leaving it (a killed QEMU not yet fully exited). Its helper removes it when it is there;
+  // when the helper itself was killed nobody else would, so try again every 100 ms for a few seconds.
+  if (busy.length > 0 && retries > 0) setTimeout(() => removeCgroups(busy, retries - 1), 100).unref();
 }
 
 /** Refuses to start a VM unjailed: the daemon must be root and the helper built. */

@@ -136,11 +136,17 @@ test("a compromised QEMU is confined to its own VM", { timeout: 400_000 }, async
   assert.equal(d.cli("vm", "kill", "jb").status, 0);
   await waitFor(() => !existsSync(`/proc/${a.pid}`) && !existsSync(`/proc/${b.pid}`), 15_000, "QEMUs gone");
   await waitFor(() => !existsSync(pidsDir), 10_000, "the pids cgroup removed");
-  for (const line of [...dirs, ...dirsB]) {
-    const [, ctrls, path] = line.split(":");
-    const mount = ctrls === "" ? "/sys/fs/cgroup/unified" : join("/sys/fs/cgroup", ctrls!.split(",")[0]!.replace(/^name=/, ""));
-    assert.equal(existsSync(join(mount, path!)), false, `${mount}${path} is left`);
-  }
+  // Removal follows the last task's exit (retried while the kernel still counts it): wait for it, then none is left.
+  const leftover = () =>
+    [...dirs, ...dirsB]
+      .map((line) => {
+        const [, ctrls, path] = line.split(":");
+        const mount = ctrls === "" ? "/sys/fs/cgroup/unified" : join("/sys/fs/cgroup", ctrls!.split(",")[0]!.replace(/^name=/, ""));
+        return join(mount, path!);
+      })
+      .filter((dir) => existsSync(dir));
+  await waitFor(() => leftover().length === 0, 10_000, "every cgroup of both VMs removed").catch(() => undefined);
+  assert.deepEqual(leftover(), [], "no cgroup is left");
 });
 
 test("without its helper a VM does not start unjailed", { timeout: 120_000 }, async (t) => {
