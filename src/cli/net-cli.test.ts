@@ -18,7 +18,9 @@ test("net create, list, show (with a plugged NIC), delete; bad input names the f
   process.env.VIGIL_NETNS = ns;
   t.after(() => {
     delete process.env.VIGIL_NETNS;
+    // A failed assertion skips the test's own `net delete`: end what still runs inside (dnsmasq outlives a daemon).
     try {
+      for (const pid of execFileSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).split("\n").filter((p) => /^\d+$/.test(p))) process.kill(Number(pid), "SIGKILL");
       execFileSync("ip", ["netns", "delete", ns], { stdio: "ignore" });
     } catch {
       // already gone
