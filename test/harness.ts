@@ -130,3 +130,22 @@ export function requireTinyImage(): void {
 }
 
 export { waitFor };
+
+/** Runs an allow-listed command through the guest agent; stdout/stderr decoded and trimmed. */
+export async function guestExec(d: DaemonHandle, vm: string, argv: string[]): Promise<{ exitCode: number; out: string; err: string }> {
+  const r = await d.api<{ exitCode: number; stdout: string; stderr: string }>("POST", `/v1/vms/${vm}/guest/exec`, { argv });
+  return { exitCode: r.exitCode, out: Buffer.from(r.stdout, "base64").toString().trim(), err: Buffer.from(r.stderr, "base64").toString().trim() };
+}
+
+/** Polls the guest's `net-addr` until its DHCP client has set an IPv4 address on eth0. */
+export async function guestAddr(d: DaemonHandle, vm: string, timeoutMs = 60_000): Promise<string> {
+  let last = "";
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await guestExec(d, vm, ["net-addr"]);
+    if (r.exitCode === 0 && /^\d+\.\d+\.\d+\.\d+$/.test(r.out)) return r.out;
+    last = `${r.exitCode} ${r.out} ${r.err}`;
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+  throw new Error(`no DHCP address in ${vm} after ${timeoutMs} ms (${last})`);
+}

@@ -11,27 +11,9 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { requireTinyImage, startDaemon, type DaemonHandle } from "../harness.ts";
+import { guestAddr, guestExec, requireTinyImage, startDaemon } from "../harness.ts";
 import { uplinkNames } from "../../src/network/nat.ts";
 
-type Exec = { exitCode: number; stdout: string; stderr: string };
-
-async function exec(d: DaemonHandle, vm: string, argv: string[]): Promise<{ exitCode: number; out: string; err: string }> {
-  const r = await d.api<Exec>("POST", `/v1/vms/${vm}/guest/exec`, { argv });
-  return { exitCode: r.exitCode, out: Buffer.from(r.stdout, "base64").toString().trim(), err: Buffer.from(r.stderr, "base64").toString().trim() };
-}
-
-async function guestAddr(d: DaemonHandle, vm: string, timeoutMs = 90_000): Promise<string> {
-  let last = "";
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const r = await exec(d, vm, ["net-addr"]);
-    if (r.exitCode === 0 && /^\d+\.\d+\.\d+\.\d+$/.test(r.out)) return r.out;
-    last = `${r.exitCode} ${r.out} ${r.err}`;
-    await new Promise((res) => setTimeout(res, 1000));
-  }
-  throw new Error(`no DHCP address in ${vm} after ${timeoutMs} ms (${last})`);
-}
 
 function run(cmd: string, args: string[], input?: string): string {
   const r = spawnSync(cmd, args, { encoding: "utf8", input });
@@ -157,10 +139,10 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
     assert.equal(r.status, 0, r.stderr);
     await d.api("POST", `/v1/vms/${vm}/start`, { wait: true });
   }
-  assert.match(await guestAddr(d, "g-out"), /^10\.93\.0\.\d+$/);
-  assert.match(await guestAddr(d, "g-in"), /^10\.94\.0\.\d+$/);
+  assert.match(await guestAddr(d, "g-out", 90_000), /^10\.93\.0\.\d+$/);
+  assert.match(await guestAddr(d, "g-in", 90_000), /^10\.94\.0\.\d+$/);
 
-  const sent = await exec(d, "g-out", ["net-send", "192.0.2.1", String(port)]);
+  const sent = await guestExec(d, "g-out", ["net-send", "192.0.2.1", String(port)]);
   assert.equal(sent.exitCode, 0, `the NAT guest reaches 192.0.2.1:${port}: ${sent.out} ${sent.err}`);
   const first = worldCounts(worldNs);
   assert.ok(first.fromHost >= 1, `the world saw the connection from the host end 198.51.100.1: ${JSON.stringify(first)}`);
@@ -171,12 +153,12 @@ test("a --nat network's guest reaches the outside, masqueraded; a guest of a net
   await d.restart();
   assert.ok(linkNames(hostNs).includes(up.host) && linkNames(vigilNs).includes(up.vigil), "the uplink survives a daemon restart");
   assert.equal(forward(vigilNs), "1");
-  const again = await exec(d, "g-out", ["net-send", "192.0.2.1", String(port)]);
+  const again = await guestExec(d, "g-out", ["net-send", "192.0.2.1", String(port)]);
   assert.equal(again.exitCode, 0, `after the restart the NAT guest still gets out: ${again.out} ${again.err}`);
   const seen = worldCounts(worldNs);
   assert.equal(seen.fromElsewhere, 0);
 
-  const blocked = await exec(d, "g-in", ["net-send", "192.0.2.1", String(port)]);
+  const blocked = await guestExec(d, "g-in", ["net-send", "192.0.2.1", String(port)]);
   assert.notEqual(blocked.exitCode, 0, `the guest of a network without NAT does not get out: ${blocked.out}`);
   assert.deepEqual(worldCounts(worldNs), seen, "nothing of it reached the world");
   assertRealHostUntouched("after traffic");

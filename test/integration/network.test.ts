@@ -10,27 +10,8 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { parsePcap } from "../../src/network/pcap.ts";
 import { randomBytes } from "node:crypto";
-import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { guestAddr, guestExec, requireTinyImage, startDaemon, waitFor } from "../harness.ts";
 
-type Exec = { exitCode: number; stdout: string; stderr: string };
-
-async function exec(d: DaemonHandle, vm: string, argv: string[]): Promise<{ exitCode: number; out: string; err: string }> {
-  const r = await d.api<Exec>("POST", `/v1/vms/${vm}/guest/exec`, { argv });
-  return { exitCode: r.exitCode, out: Buffer.from(r.stdout, "base64").toString().trim(), err: Buffer.from(r.stderr, "base64").toString().trim() };
-}
-
-/** Polls `net-addr` until the guest's DHCP client has set an address. */
-async function guestAddr(d: DaemonHandle, vm: string, timeoutMs = 60_000): Promise<string> {
-  let last = "";
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const r = await exec(d, vm, ["net-addr"]);
-    if (r.exitCode === 0 && /^\d+\.\d+\.\d+\.\d+$/.test(r.out)) return r.out;
-    last = `${r.exitCode} ${r.out} ${r.err}`;
-    await new Promise((res) => setTimeout(res, 1000));
-  }
-  throw new Error(`no DHCP address in ${vm} after ${timeoutMs} ms (${last})`);
-}
 
 test("a user-mode NIC: the guest's DHCP client (udhcpc at boot, in the background) sets slirp's address", { timeout: 180_000 }, async (t) => {
   requireTinyImage();
@@ -38,13 +19,13 @@ test("a user-mode NIC: the guest's DHCP client (udhcpc at boot, in the backgroun
   await d.api("POST", "/v1/vms", { name: "u1", memoryMiB: 128, vcpus: 1 });
   await d.api("POST", "/v1/vms/u1/start", { wait: true });
   assert.equal(await guestAddr(d, "u1"), "10.0.2.15");
-  const listen = await exec(d, "u1", ["net-listen", "7000"]);
+  const listen = await guestExec(d, "u1", ["net-listen", "7000"]);
   assert.equal(listen.exitCode, 0, listen.err);
-  assert.equal((await exec(d, "u1", ["net-listen", "7000"])).exitCode, 0, "idempotent");
-  const send = await exec(d, "u1", ["net-send", "127.0.0.1", "7000"]);
+  assert.equal((await guestExec(d, "u1", ["net-listen", "7000"])).exitCode, 0, "idempotent");
+  const send = await guestExec(d, "u1", ["net-send", "127.0.0.1", "7000"]);
   assert.equal(send.exitCode, 0, `${send.out} ${send.err}`);
   assert.match(send.out, /^vigil-net-/);
-  const closed = await exec(d, "u1", ["net-send", "127.0.0.1", "7001"]);
+  const closed = await guestExec(d, "u1", ["net-send", "127.0.0.1", "7001"]);
   assert.equal(closed.exitCode, 1, "nothing listens on 7001: not reached");
 });
 
@@ -102,22 +83,22 @@ test("two guests on one vigil network: DHCP gives each its allocated address; de
     assert.equal(r.status, 0, `vigil ${args.join(" ")}: ${r.stderr}`);
     return r.stdout;
   };
-  const reach = async (port: number) => (await exec(d, "a", ["net-send", nics.b!.ip, String(port)])).exitCode === 0;
-  for (const port of ["7000", "7001"]) assert.equal((await exec(d, "b", ["net-listen", port])).exitCode, 0);
+  const reach = async (port: number) => (await guestExec(d, "a", ["net-send", nics.b!.ip, String(port)])).exitCode === 0;
+  for (const port of ["7000", "7001"]) assert.equal((await guestExec(d, "b", ["net-listen", port])).exitCode, 0);
 
   // Deny inbound by default: both of B's ports listen, neither is reachable, not even ping.
   assert.equal(await reach(7000), false, "default policy: inbound denied");
-  assert.notEqual((await exec(d, "a", ["net-ping", nics.b!.ip])).exitCode, 0, "default policy: no ping either");
+  assert.notEqual((await guestExec(d, "a", ["net-ping", nics.b!.ip])).exitCode, 0, "default policy: no ping either");
   // B's owner opens 7000 and ICMP: allowed port reachable, denied port (listening) not.
   cli("fw", "add", "b", "--dir", "in", "--proto", "tcp", "--port", "7000");
   cli("fw", "add", "b", "--dir", "in", "--proto", "icmp");
-  const sent = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
+  const sent = await guestExec(d, "a", ["net-send", nics.b!.ip, "7000"]);
   assert.equal(sent.exitCode, 0, `A reaches B:7000 once allowed: ${sent.out} ${sent.err}`);
   assert.match(sent.out, /^vigil-net-/);
   assert.equal(await reach(7001), false, "B:7001 listens but is not allowed");
-  const ping = await exec(d, "a", ["net-ping", nics.b!.ip]);
+  const ping = await guestExec(d, "a", ["net-ping", nics.b!.ip]);
   assert.equal(ping.exitCode, 0, `A pings B: ${ping.out} ${ping.err}`);
-  assert.notEqual((await exec(d, "a", ["net-ping", "10.77.0.250"])).exitCode, 0, "nobody at .250");
+  assert.notEqual((await guestExec(d, "a", ["net-ping", "10.77.0.250"])).exitCode, 0, "nobody at .250");
   const shownFw = JSON.parse(cli("fw", "show", "b", "--json")) as Record<string, unknown>;
   assert.match(JSON.stringify(shownFw), /7000/, "fw show prints the policy and the installed rules");
 
@@ -139,7 +120,7 @@ test("two guests on one vigil network: DHCP gives each its allocated address; de
   // cross-checked with tcpdump -r), it is one of A's data files, and the counters moved.
   const mirror = d.api<{ id: string; packets: number; bytes: number }>("POST", "/v1/vms/a/net/mirror", { durationMs: 8000 });
   await new Promise((r) => setTimeout(r, 2500));
-  const mirrored = await exec(d, "a", ["net-send", nics.b!.ip, "7000"]);
+  const mirrored = await guestExec(d, "a", ["net-send", nics.b!.ip, "7000"]);
   assert.equal(mirrored.exitCode, 0, mirrored.err);
   const capture = await mirror;
   assert.ok(capture.packets > 0, JSON.stringify(capture));
@@ -187,11 +168,11 @@ test("two guests on one vigil network: DHCP gives each its allocated address; de
   assert.equal(await reach(7002), false, "and B's default deny still holds");
 
   // Anti-spoofing: A taking another address (10.77.0.200) is dropped at its port; its own address works again.
-  const spoof = await exec(d, "a", ["net-spoof", "10.77.0.200"]);
+  const spoof = await guestExec(d, "a", ["net-spoof", "10.77.0.200"]);
   assert.equal(spoof.exitCode, 0, spoof.err);
-  assert.equal((await exec(d, "a", ["net-addr"])).out, "10.77.0.200");
+  assert.equal((await guestExec(d, "a", ["net-addr"])).out, "10.77.0.200");
   assert.equal(await reach(7000), false, "a guest sending from another IP is dropped");
-  assert.equal((await exec(d, "a", ["net-spoof", nics.a!.ip])).exitCode, 0);
+  assert.equal((await guestExec(d, "a", ["net-spoof", nics.a!.ip])).exitCode, 0);
   assert.equal(await reach(7000), true, "back on its own address, A reaches B again");
 
   // B's QEMU dies on its own (a crash): the supervisor unplugs it. A is stopped: the stop unplugs it.
