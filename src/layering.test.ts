@@ -24,7 +24,7 @@ const ALLOWED: Record<string, string[]> = {
   auth: [],
   audit: ["util"],
   image: ["auth", "host", "qemu", "storage", "util"],
-  host: ["guest-agent", "qemu"],
+  host: ["guest-agent", "qemu", "util"],
   "guest-agent": ["qemu"],
   qemu: ["util"],
   inventory: [],

@@ -13,8 +13,8 @@
  * daemon starts and before every start of a VM with an open NIC; if that fails (no nft, no CAP_NET_ADMIN) the VM
  * is refused with the reason. Restricted NICs (restrict=on: slirp lets nothing out) do not need it.
  */
-import { spawn } from "node:child_process";
 import { VigilError } from "../errors.ts";
+import { runCommand } from "../util/run-command.ts";
 import { VM_UID_BASE, VM_UID_COUNT } from "./vm-uid-range.ts";
 
 export const GUARD_TABLE = "vigil_guard";
@@ -39,33 +39,16 @@ function guardRuleset(): string {
   ].join("\n");
 }
 
-/** Runs nft with `args`, `input` on stdin; resolves with stdout, rejects with a VigilError naming what failed. */
-function nft(args: string[], input?: string): Promise<string> {
+/** Runs nft with `args`, `input` on stdin (util/run-command: no shell, timeout, bounded output); resolves with stdout. */
+async function nft(args: string[], input?: string): Promise<string> {
   const binary = process.env.VIGIL_NFT ?? "nft";
-  return new Promise((resolve, reject) => {
-    // A fixed PATH and nothing else of the daemon's environment.
-    const child = spawn(binary, args, { stdio: ["pipe", "pipe", "pipe"], env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => {
-      if (out.length < MAX_OUTPUT) out += d.toString("utf8");
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      if (err.length < MAX_OUTPUT) err += d.toString("utf8");
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), NFT_TIMEOUT_MS);
-    child.once("error", (e: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      reject(new VigilError("VIGIL_HOST", e.code === "ENOENT" ? `${binary} is not installed (Debian package nftables)` : `cannot run ${binary}: ${e.message}`, { cause: e }));
-    });
-    child.once("close", (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) resolve(out);
-      else reject(new VigilError("VIGIL_HOST", `${binary} ${args.join(" ")} failed (${signal ?? `exit ${code}`}): ${err.trim().split("\n").slice(-3).join(" | ") || "no output"}`));
-    });
-    child.stdin.on("error", () => undefined); // nft gone early: reported by close
-    child.stdin.end(input ?? "");
-  });
+  try {
+    return (await runCommand(binary, args, { input, timeoutMs: NFT_TIMEOUT_MS, maxOutputBytes: MAX_OUTPUT, what: `${binary} ${args.join(" ")}` })).stdout;
+  } catch (err) {
+    // The one failure worth its own words: which package brings nft.
+    if (((err as Error).cause as NodeJS.ErrnoException | undefined)?.code === "ENOENT") throw new VigilError("VIGIL_HOST", `${binary} is not installed (Debian package nftables)`, { cause: err });
+    throw err;
+  }
 }
 
 /** Installs (or atomically replaces) the guard table. Throws a VigilError with nft's reason on failure. */
