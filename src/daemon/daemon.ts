@@ -276,19 +276,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     servers.push(unixServer);
 
     recovered = await vms.recover();
-    // After recover(): the VM states say which taps stay. A switch that cannot be rebuilt is logged, not fatal.
+    // After recover(): the VM states say which taps stay; its listeners re-install the firewall and re-open the
+    // forwards. A switch that cannot be rebuilt (or firewalled) is logged, not fatal.
     const switchState = await network.reconcile().catch((err: unknown) => {
       log.error({ err: messageOf(err) }, "Cannot rebuild vigil's network namespace: bridged NICs will not attach");
       return undefined;
     });
-    // The taps that stayed (VMs still running) get their rules back even if the ruleset was flushed meanwhile.
-    if (switchState) {
-      const fw = await firewall.engine.apply();
-      if (!fw.installed && fw.reason) log.error({ reason: fw.reason }, "Cannot install the firewall at start");
-    }
     await snapshots.recoverInterrupted();
-    // Port forwards persisted for VMs whose NIC is plugged in here; a deleted VM's forwards go with it.
-    await vis.restoreForwards();
+    // A deleted VM's forwards go with it. (Forwards of plugged-in NICs re-open, and the taps that stayed get their
+    // rules back, through the switch's change listeners, which reconcile() runs.)
     vis.followVmRemovals();
     for (const l of imageLeftovers) {
       await audit.append({ actor: SYSTEM_ACTOR.name, action: "image.leftover-erased", target: { kind: "host", name: hostName }, result: "ok", details: { ...l, reason: "staging left by an interrupted image import" } });
