@@ -67,18 +67,19 @@ function qemuPids(home: string): number[] {
  * `wrap`: a command the daemon is started under, e.g. `["nsenter", "--net=/run/netns/vt-x", "--"]` (the NAT test
  * runs the daemon in a netns of its own that plays the host). It must exec, not fork: the handle's pid is the daemon.
  */
-export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string; wrap?: readonly string[] } = {}): Promise<DaemonHandle> {
+export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string; wrap?: readonly string[]; command?: readonly string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonHandle> {
   const home = mkdtempSync(join(tmpdir(), "vigil-it-"));
   if (options.config) {
     const { writeFileSync } = await import("node:fs");
     writeFileSync(join(home, "config.json"), JSON.stringify(options.config));
   }
-  const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "info" };
+  const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "info", ...options.env };
   delete env.VIGIL_URL;
   const socket = join(home, "run", "vigil.sock");
   let logText = "";
   const spawnDaemon = async () => {
-    const argv = [process.execPath, BIN, "serve", "--listen", options.listen ?? "none"];
+    // `command`: what runs instead of `serve` (e.g. `agent …` or `serve --cluster …`).
+    const argv = [process.execPath, BIN, ...(options.command ?? ["serve", "--listen", options.listen ?? "none"])];
     const [file, ...args] = options.wrap && options.wrap.length > 0 ? [...options.wrap, ...argv] : argv;
     const child = spawn(file!, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.on("data", (d: Buffer) => (logText += d.toString()));

@@ -8,6 +8,7 @@ import { randomUUID } from "node:crypto";
 import { VigilError } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
+import { ACTOR_HEADER } from "../cluster/types.ts";
 import { zodIssueToError } from "../validation.ts";
 import type { ApiDeps, App, Env } from "./context.ts";
 import { errorBody, errorResponse } from "./error-response.ts";
@@ -50,7 +51,7 @@ export function createApp(d: ApiDeps): App {
     c.header("x-request-id", requestId);
     if (PUBLIC_PATHS.has(c.req.path)) return next();
 
-    const actor = await authenticateRequest(d.users, d.localUser, c.env?.transport, c.req.header("authorization"));
+    const actor = await authenticateRequest(d.users, d.localUser, c.env?.transport, c.req.header("authorization"), c.req.header(ACTOR_HEADER));
     if (!actor) {
       if (c.req.method !== "GET" && c.req.method !== "HEAD") {
         // Aggregated per source: the first per interval is recorded at once, the rest as one count.

@@ -5,6 +5,7 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { RequestContext } from "../auth/guard.ts";
 import type { UserStore } from "../auth/users.ts";
+import type { Transport } from "../auth/authenticate.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { AuditService } from "../audit/audit-service.ts";
 import type { Guard } from "../auth/guard.ts";
@@ -54,7 +55,7 @@ export interface ApiDeps {
 
 export type Env = {
   Variables: { ctx: RequestContext };
-  Bindings: { transport?: "unix" | "tcp"; remoteAddress?: string | undefined };
+  Bindings: { transport?: Transport; remoteAddress?: string | undefined };
 };
 
 export type App = OpenAPIHono<Env>;

@@ -50,8 +50,8 @@ export interface Actor {
   roles: Role[];
   introspect: boolean;
   groups: string[];
-  /** How the request arrived: the local unix socket or a bearer token. */
-  via: "unix" | "token" | "system";
+  /** How the request arrived: the local unix socket, a bearer token, or the cluster manager acting for a user. */
+  via: "unix" | "token" | "system" | "cluster";
   /** The bearer token the request came with: tokens minted with it may not outlive it. */
   token?: { id: string; expiresAt: string | null } | undefined;
 }

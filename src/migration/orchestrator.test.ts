@@ -1,0 +1,136 @@
+import { strict as assert } from "node:assert";
+import { test } from "node:test";
+import { VigilError } from "../errors.ts";
+import type { DelegatedActor } from "../cluster/types.ts";
+import { DEFAULT_LIMITS, MigrationOrchestrator, type AgentCaller, type MigrationRow, type MigrationStore, type OutgoingStatus } from "./orchestrator.ts";
+
+const ADMIN: DelegatedActor = { name: "root", roles: ["admin"], groups: [], introspect: true };
+const bundle = { caPem: "ca", certPem: "cert", keyPem: "key" };
+
+function memoryStore(): MigrationStore & { rows: Map<string, MigrationRow>; placements: Map<string, { vmId: string; host: string }> } {
+  const rows = new Map<string, MigrationRow>();
+  const placements = new Map([["web", { vmId: "vm-1", host: "a" }]]);
+  return {
+    rows,
+    placements,
+    create: async (r) => void rows.set(r.id, { ...r }),
+    update: async (id, c) => void rows.set(id, { ...rows.get(id)!, ...c }),
+    get: async (id) => rows.get(id),
+    listActive: async () => [...rows.values()].filter((r) => r.state === "running"),
+    placementOf: async (n) => placements.get(n),
+    setPlacement: async (vmId, n, host) => void placements.set(n, { vmId, host }),
+  };
+}
+
+/** A scripted pair of agents: `phases` are what the source reports, one per poll. */
+function fakeAgents(phases: OutgoingStatus["phase"][], opts: { failIncoming?: boolean; targetRunning?: boolean } = {}) {
+  const calls: string[] = [];
+  let poll = 0;
+  const caller: AgentCaller = {
+    async call<T>(host: string, method: string, path: string): Promise<T> {
+      calls.push(`${host} ${method} ${path}`);
+      if (path.endsWith("/dossier")) return { vm: "web" } as T;
+      if (path === "/v1/agent/migrations/incoming") {
+        if (opts.failIncoming) throw new VigilError("VIGIL_HOST", "no room");
+        return { ramPort: 4001, nbdPort: 4002, disks: [{ node: "disk0", exportName: "disk0", sync: "top" }] } as T;
+      }
+      if (path === "/v1/agent/migrations/outgoing") return {} as T;
+      if (method === "GET" && path.startsWith("/v1/agent/migrations/")) {
+        const phase = phases[Math.min(poll++, phases.length - 1)]!;
+        if ((phase as string) === "gone") throw new VigilError("VIGIL_NOT_FOUND", "no such migration");
+        const result = phase === "completed" ? { downtimeMs: 12, totalMs: 900, ramTransferred: 1, diskTransferred: 2, iterations: 3, finalDowntimeLimitMs: 10, throttlePercent: 0 } : null;
+        return { id: "x", phase, progress: { phase, ramTransferred: poll, ramRemaining: 10, ramTotal: 100, dirtyRate: 0, expectedDowntimeMs: 1, downtimeLimitMs: 10, iterations: poll, diskDone: 0, diskTotal: 0 }, result, error: phase === "failed" ? "stream broke" : null } as T;
+      }
+      if (method === "GET" && path === "/v1/vms/web") {
+        if (host === "b" && (opts.targetRunning ?? true)) return { state: "running", owner: "user:root" } as T;
+        throw new VigilError("VIGIL_VM_NOT_FOUND", "no");
+      }
+      return {} as T;
+    },
+  };
+  return { caller, calls };
+}
+
+function orchestrator(store: MigrationStore, agents: AgentCaller, records: string[]) {
+  return new MigrationOrchestrator({
+    agents,
+    store,
+    hostAddress: (n) => ({ a: "10.0.0.1", b: "10.0.0.2" })[n],
+    isReady: (n) => n === "a" || n === "b",
+    issuePair: async () => ({ src: bundle, dst: bundle, srcSubject: "CN=x" }),
+    record: async (action, vm, result, _actor, details) => void records.push(`${action} ${vm} ${result} ${String(details.state)}`),
+    event: async () => undefined,
+    log: { warn: () => undefined, info: () => undefined },
+    pollMs: 1,
+  });
+}
+
+test("a migration that completes moves the placement to the target and records the result", async () => {
+  const store = memoryStore();
+  const { caller, calls } = fakeAgents(["disks", "ram", "switchover", "completed"]);
+  const records: string[] = [];
+  const o = orchestrator(store, caller, records);
+  const row = await o.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+  const final = await o.wait(row.id);
+  assert.equal(final.state, "completed");
+  assert.equal(final.result?.downtimeMs, 12);
+  assert.equal(store.placements.get("web")?.host, "b");
+  assert.deepEqual(records, ["vm.migrate web ok completed"]);
+  // Order: dossier from the source, incoming on the target, then outgoing on the source.
+  assert.deepEqual(calls.slice(0, 3), ["a GET /v1/agent/vms/web/dossier", "b POST /v1/agent/migrations/incoming", "a POST /v1/agent/migrations/outgoing"]);
+  assert.ok(!calls.some((c) => c.endsWith("/abort")), "nothing to undo on success");
+});
+
+test("a source that reports failure: the target is told to abort, the VM stays placed on the source", async () => {
+  const store = memoryStore();
+  const { caller, calls } = fakeAgents(["disks", "failed"]);
+  const records: string[] = [];
+  const o = orchestrator(store, caller, records);
+  const final = await o.wait((await o.start(ADMIN, "web", "b", DEFAULT_LIMITS)).id);
+  assert.equal(final.state, "failed");
+  assert.equal(final.error, "stream broke");
+  assert.equal(store.placements.get("web")?.host, "a");
+  assert.ok(calls.some((c) => c.startsWith("b POST /v1/agent/migrations/") && c.endsWith("/abort")));
+  assert.deepEqual(records, ["vm.migrate web error failed"]);
+});
+
+test("an incoming step that fails never starts the outgoing side", async () => {
+  const store = memoryStore();
+  const { caller, calls } = fakeAgents(["completed"], { failIncoming: true });
+  const o = orchestrator(store, caller, []);
+  const final = await o.wait((await o.start(ADMIN, "web", "b", DEFAULT_LIMITS)).id);
+  assert.equal(final.state, "failed");
+  assert.match(final.error ?? "", /no room/);
+  assert.ok(!calls.some((c) => c.includes("outgoing")));
+});
+
+test("refusals: same host, unknown host, unknown VM, a second migration of the same VM", async () => {
+  const store = memoryStore();
+  const { caller } = fakeAgents(["disks", "disks", "disks", "disks", "disks", "completed"]);
+  const o = orchestrator(store, caller, []);
+  await assert.rejects(o.start(ADMIN, "web", "a", DEFAULT_LIMITS), /already on host/);
+  await assert.rejects(o.start(ADMIN, "web", "c", DEFAULT_LIMITS), /cannot take VMs now/);
+  await assert.rejects(o.start(ADMIN, "db", "b", DEFAULT_LIMITS), /does not exist/);
+  const first = await o.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+  await assert.rejects(o.start(ADMIN, "web", "b", DEFAULT_LIMITS), /already migrating/);
+  await o.wait(first.id);
+});
+
+test("a manager restarted mid-migration follows it again; a source that forgot it is settled by where the VM runs", async () => {
+  const store = memoryStore();
+  const records: string[] = [];
+  // The first manager starts it and "dies" (we just stop looking); the row stays running.
+  const first = fakeAgents(["disks"]);
+  const o1 = orchestrator(store, first.caller, []);
+  const row = await o1.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+  await new Promise((r) => setTimeout(r, 20));
+  o1.close();
+  assert.equal((await o1.wait(row.id)).state, "running", "a closed manager leaves the row running");
+  // The second manager: the source restarted and no longer knows the migration; the target runs the VM.
+  const second = fakeAgents(["gone" as OutgoingStatus["phase"]]);
+  const o2 = orchestrator(store, second.caller, records);
+  assert.equal(await o2.reconcile(ADMIN), 1);
+  const final = await o2.wait(row.id);
+  assert.equal(final.state, "completed");
+  assert.equal(store.placements.get("web")?.host, "b");
+});

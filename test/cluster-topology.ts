@@ -1,0 +1,57 @@
+/**
+ * The test topology of docs/cluster.md: every "host" is a network namespace of its own (its agent, its QEMUs' jails
+ * are created from it), joined by a veth to an "underlay" bridge in another namespace; the manager has one too.
+ * Everything is created by the test and deleted in `after`, even on failure: no traffic ever touches the machine's
+ * own interfaces.
+ */
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import type { TestContext } from "node:test";
+
+export interface TopologyHost {
+  /** The namespace's name (under /run/netns). */
+  netns: string;
+  /** Its address on the underlay. */
+  addr: string;
+  /** The wrap that runs a command inside it (for test/harness.ts startDaemon). */
+  wrap: readonly string[];
+}
+
+export interface Topology {
+  underlay: string;
+  hosts: TopologyHost[];
+  manager: TopologyHost;
+}
+
+function ip(...args: string[]): void {
+  const r = spawnSync("ip", args, { encoding: "utf8", timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`ip ${args.join(" ")}: ${r.stderr.trim()}`);
+}
+
+/** `hosts` host namespaces and one for the manager on 10.251.0.0/24 (hosts .1…, manager .100). */
+export function clusterTopology(t: TestContext, hosts: number): Topology {
+  const id = randomBytes(3).toString("hex");
+  const underlay = `vt-ul-${id}`;
+  const made: string[] = [];
+  t.after(() => {
+    // Deleting a namespace deletes its veth end, and with it the peer in the underlay.
+    for (const ns of made.reverse()) spawnSync("ip", ["netns", "delete", ns]);
+  });
+  ip("netns", "add", underlay);
+  made.push(underlay);
+  ip("-n", underlay, "link", "add", "br0", "type", "bridge");
+  ip("-n", underlay, "link", "set", "br0", "up");
+  const join = (name: string, index: number, addr: string): TopologyHost => {
+    const netns = `vt-${name}-${id}`;
+    ip("netns", "add", netns);
+    made.push(netns);
+    ip("-n", underlay, "link", "add", `p${index}`, "type", "veth", "peer", "name", "eth0", "netns", netns);
+    ip("-n", underlay, "link", "set", `p${index}`, "master", "br0", "up");
+    ip("-n", netns, "link", "set", "lo", "up");
+    ip("-n", netns, "addr", "add", `${addr}/24`, "dev", "eth0");
+    ip("-n", netns, "link", "set", "eth0", "up");
+    return { netns, addr, wrap: ["nsenter", `--net=/run/netns/${netns}`, "--"] };
+  };
+  const list = Array.from({ length: hosts }, (_, i) => join(`h${i + 1}`, i + 1, `10.251.0.${i + 1}`));
+  return { underlay, hosts: list, manager: join("m", 100, "10.251.0.100") };
+}
