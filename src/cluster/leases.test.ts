@@ -329,7 +329,7 @@ test("HA: restarts planned together never overcommit a host; what does not fit i
       lostEpoch: 1,
       reasons: [
         'host "a" lost its lease (epoch 1 expired at 2026-12-07T00:00:03.000Z)',
-        'No host fits 1536 MiB and 1 vCPUs. "b": memory: needs 1536 MiB, 512 MiB free of 2048 MiB allowed',
+        'No host fits 1536 MiB and 1 vCPU. "b": memory: needs 1536 MiB, 512 MiB free of 2048 MiB allowed',
         'not considered: "a" (lease expired), "c" (not ready)',
       ],
     },

@@ -164,7 +164,7 @@ test("consolidate: the exact plan, with a reason for every host kept", () => {
     { host: "b", moves: [{ vm: "b1", to: "d", memoryMiB: 1024, vcpus: 1 }], reason: 'its VM (1024 MiB) fits on "d" (memory → 46.9%)' },
   ]);
   assert.deepEqual(plan.kept, [
-    { host: "c", reason: 'kept: "c1" (3072 MiB, 1 vCPUs) fits on no other host ("d": memory: needs 3072 MiB, 2176 MiB free of 4096 MiB allowed)' },
+    { host: "c", reason: 'kept: "c1" (3072 MiB, 1 vCPU) fits on no other host ("d": memory: needs 3072 MiB, 2176 MiB free of 4096 MiB allowed)' },
     { host: "d", reason: 'kept: "pin" is pinned here' },
   ]);
   assert.deepEqual(plan.notes, ['"f" is not ready: neither emptied nor given VMs']);
@@ -177,7 +177,7 @@ test("consolidate: a host that receives VMs stays, and so do the last minHosts",
   assert.deepEqual(plan.emptied, [{ host: "x", moves: [{ vm: "x1", to: "y", memoryMiB: 512, vcpus: 1 }], reason: 'its VM (512 MiB) fits on "y" (memory → 37.5%)' }]);
   assert.deepEqual(plan.kept, [
     { host: "y", reason: 'kept: receives VMs from "x"' },
-    { host: "z", reason: 'kept: "z1" (3500 MiB, 1 vCPUs) fits on no other host ("y": memory: needs 3500 MiB, 2560 MiB free of 4096 MiB allowed)' },
+    { host: "z", reason: 'kept: "z1" (3500 MiB, 1 vCPU) fits on no other host ("y": memory: needs 3500 MiB, 2560 MiB free of 4096 MiB allowed)' },
   ]);
   const two = recommendConsolidate([host("p", 4096), host("q", 4096), host("r", 4096)], { minHosts: 2 });
   assert.deepEqual(two.emptied.map((e) => e.host), ["p"]);

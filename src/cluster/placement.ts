@@ -182,6 +182,8 @@ function summary(h: SimHost, l: Limits): HostSummary {
   };
 }
 
+const vcpuWord = (n: number) => `${n} ${n === 1 ? "vCPU" : "vCPUs"}`;
+
 /** A load ratio as a percentage for people: 0.625 → "62.5%". */
 export function pct(ratio: number): string {
   return `${Math.round(ratio * 1000) / 10}%`;
@@ -219,7 +221,7 @@ function choose(sims: SimHost[], vm: VmDemand, l: Limits): Placement {
   const best = fitting[0];
   if (!best) {
     const detail = refusals.map((r) => `${q(r.host)}: ${r.reasons.join("; ")}`).join(". ");
-    return { ok: false, refusals, message: sims.length === 0 ? "No host is known" : `No host fits ${vm.memoryMiB} MiB and ${vm.vcpus} vCPUs. ${detail}` };
+    return { ok: false, refusals, message: sims.length === 0 ? "No host is known" : `No host fits ${vm.memoryMiB} MiB and ${vcpuWord(vm.vcpus)}. ${detail}` };
   }
   const reasons = [
     `${q(best.name)} has the most free memory of the ${fitting.length === 1 ? "1 host" : `${fitting.length} hosts`} that fit: ${freeMem(best, l)} MiB free of ${memLimit(best, l)} MiB allowed, ${freeMem(best, l) - vm.memoryMiB} MiB after`,
@@ -427,7 +429,7 @@ export function recommendConsolidate(hosts: readonly HostLoad[], opts: Consolida
     for (const vm of [...c.vms].sort((a, b) => b.memoryMiB - a.memoryMiB || (a.name < b.name ? -1 : 1))) {
       const p = choose(receivers, vm, l);
       if (!p.ok) {
-        failure = `kept: ${q(vm.name)} (${vm.memoryMiB} MiB, ${vm.vcpus} vCPUs) fits on no other host (${p.refusals.map((r) => `${q(r.host)}: ${r.reasons.join("; ")}`).join(". ")})`;
+        failure = `kept: ${q(vm.name)} (${vm.memoryMiB} MiB, ${vcpuWord(vm.vcpus)}) fits on no other host (${p.refusals.map((r) => `${q(r.host)}: ${r.reasons.join("; ")}`).join(". ")})`;
         break;
       }
       const to = receivers.find((h) => h.name === p.host)!;
