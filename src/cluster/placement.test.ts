@@ -187,6 +187,19 @@ test("consolidate: a host that receives VMs stays, and so do the last minHosts",
   ]);
 });
 
+test("consolidate: a host that cannot be emptied leaves no trace of its half-planned moves", () => {
+  // p1 would go to q, but p2 (16 vCPUs) fits nowhere: p stays, and q is then judged on its own VMs only.
+  const hosts = [
+    host("p", 4096, [vm("p1", 1500), vm("p2", 100, 16)], { cpus: 8 }),
+    host("q", 4096, [vm("q1", 2000)]),
+    host("r", 4096, [vm("r1", 2096)]),
+  ];
+  const plan = recommendConsolidate(hosts);
+  assert.deepEqual(plan.emptied, [{ host: "q", moves: [{ vm: "q1", to: "p", memoryMiB: 2000, vcpus: 1 }], reason: 'its VM (2000 MiB) fits on "p" (memory → 87.9%)' }]);
+  assert.deepEqual(plan.after.map((h) => [h.host, h.memUsedMiB, h.vcpusUsed]), [["p", 3600, 18], ["q", 0, 0], ["r", 2096, 1]]);
+  assert.match(plan.kept.find((k) => k.host === "p")!.reason, /^kept: "p2" \(100 MiB, 16 vCPUs\) fits on no other host/);
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // Properties.
 
