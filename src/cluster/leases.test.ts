@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { setImmediate as tick } from "node:timers/promises";
+import fc from "fast-check";
 import { openSqlite } from "../inventory/db.ts";
 import type { Db } from "../inventory/db.ts";
 import { VigilError } from "../errors.ts";
@@ -339,4 +340,41 @@ test("HA: restarts planned together never overcommit a host; what does not fit i
   assert.deepEqual(waiting.waiting, [{ vm: "w", host: "c", reason: 'host "c" is not ready and has no lease: it cannot be known to be fenced, not restarted' }]);
   assert.throws(() => planHaRestarts({ hosts: [], leases: [], vms: [vms[0]!, vms[0]!], restarts: [], now: time.now }), badField("vms.1.name"));
   assert.throws(() => planHaRestarts({ hosts: [], leases: [], vms: [{ ...vms[0]!, memoryMiB: 0 }], restarts: [], now: time.now }), badField("vms.0.memoryMiB"));
+});
+
+test("property: HA restarts only VMs of expired leases, never a (VM, epoch) twice, never onto a host it overcommits", () => {
+  const now = T0 + 10_000;
+  fc.assert(
+    fc.property(
+      fc.array(fc.record({ mem: fc.integer({ min: 1024, max: 8192 }), ready: fc.boolean(), lease: fc.constantFrom("live", "expired", "none"), epoch: fc.integer({ min: 1, max: 5 }) }), { minLength: 1, maxLength: 5 }),
+      fc.array(fc.record({ host: fc.nat(), ha: fc.boolean(), memoryMiB: fc.integer({ min: 64, max: 4096 }), vcpus: fc.integer({ min: 1, max: 8 }), done: fc.boolean() }), { maxLength: 10 }),
+      (hs, vs) => {
+        const hosts = hs.map((h, i) => load(`h${i}`, h.mem, [], h.ready));
+        const leases: Lease[] = hs.flatMap((h, i) =>
+          h.lease === "none" ? [] : [{ host: `h${i}`, epoch: h.epoch, holder: "x", expiresAt: new Date(h.lease === "live" ? now + 1 : now).toISOString(), renewedAt: new Date(T0).toISOString() }],
+        );
+        const vms = vs.map((v, j) => ({ name: `v${j}`, host: `h${v.host % hs.length}`, ha: v.ha, memoryMiB: v.memoryMiB, vcpus: v.vcpus }));
+        const restarts = vs.flatMap((v, j) => (v.done ? [{ vm: `v${j}`, epoch: hs[v.host % hs.length]!.epoch }] : []));
+        const plan = planHaRestarts({ hosts, leases, vms, restarts, now });
+        const lease = (h: string) => leases.find((l) => l.host === h);
+        const used = new Map<string, { mem: number; vcpus: number }>();
+        for (const r of plan.restarts) {
+          const v = vms.find((x) => x.name === r.vm)!;
+          assert.ok(v.ha);
+          assert.ok(lease(r.from) && isExpired(lease(r.from)!, now), "only after the lease expired");
+          assert.equal(r.lostEpoch, lease(r.from)!.epoch);
+          assert.ok(!restarts.some((d) => d.vm === r.vm && d.epoch === r.lostEpoch), "never twice for one lost epoch");
+          const to = hosts.find((h) => h.name === r.to)!;
+          assert.ok(to.ready && lease(r.to) && !isExpired(lease(r.to)!, now), "onto a ready host with a live lease");
+          const u = used.get(r.to) ?? { mem: 0, vcpus: 0 };
+          u.mem += v.memoryMiB;
+          u.vcpus += v.vcpus;
+          used.set(r.to, u);
+          assert.ok(u.mem <= to.memTotalMiB && u.vcpus <= to.cpus * 4, `${r.to} overcommitted`);
+        }
+        assert.equal(new Set(plan.restarts.map((r) => r.vm)).size, plan.restarts.length);
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
