@@ -27,6 +27,7 @@ const ALLOWED: Record<string, string[]> = {
   host: ["guest-agent", "qemu", "util"],
   "guest-agent": ["qemu"],
   qemu: ["util"],
+  cluster: [], // pure plans (placement, leases over the inventory Db type), shared types
   inventory: [],
   util: [],
 };

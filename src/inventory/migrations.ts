@@ -384,6 +384,19 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("networks").addColumn("nat", "integer", (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  "0006-cluster-leases": {
+    async up(db: Kysely<unknown>) {
+      // One lease per host (docs/cluster.md "Leases, fencing, HA"): the epoch is the fencing token, it only grows.
+      await db.schema
+        .createTable("host_leases")
+        .addColumn("host", "text", (c) => c.primaryKey())
+        .addColumn("epoch", "integer", (c) => c.notNull())
+        .addColumn("holder", "text", (c) => c.notNull())
+        .addColumn("expires_at", "text", (c) => c.notNull())
+        .addColumn("renewed_at", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

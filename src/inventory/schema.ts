@@ -255,6 +255,7 @@ export interface Database {
   quarantine_services: QuarantineServicesTable;
   net_forwards: NetForwardsTable;
   net_captures: NetCapturesTable;
+  host_leases: HostLeasesTable;
 }
 
 /** vigil networks (src/network): one bridge, one IPv4 range. */
@@ -338,6 +339,15 @@ export interface JailUidsTable {
 export interface JailUidCounterTable {
   id: number;
   next: number;
+}
+
+/** A host's lease (src/cluster/leases.ts): epoch = fencing token, ISO-8601 times. */
+export interface HostLeasesTable {
+  host: string;
+  epoch: number;
+  holder: string;
+  expires_at: string;
+  renewed_at: string;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;
