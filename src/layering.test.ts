@@ -12,9 +12,9 @@ const SRC = import.meta.dirname;
 
 /** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
 const ALLOWED: Record<string, string[]> = {
-  cli: ["audit"], // a thin client: its own folder, paths.ts, and (loaded lazily) the pure audit proof checkers
-  daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
-  api: ["auth", "guest-agent", "introspection", "network", "provenance", "storage", "vm", "vtime"],
+  cli: ["audit", "cluster"], // a thin client: its own folder, paths.ts, (loaded lazily) the pure audit proof checkers, the CA files and placement reports
+  daemon: ["api", "audit", "auth", "cluster", "host", "image", "introspection", "inventory", "migration", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  api: ["auth", "cluster", "guest-agent", "introspection", "migration", "network", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
   vtime: ["qemu"],
@@ -27,7 +27,8 @@ const ALLOWED: Record<string, string[]> = {
   host: ["guest-agent", "qemu", "util"],
   "guest-agent": ["qemu"],
   qemu: ["util"],
-  cluster: [], // pure plans (placement, leases over the inventory Db type), shared types
+  migration: ["auth", "cluster", "host", "network", "qemu", "storage", "util", "vm", "vtime"], // moving a VM: its identity (dossier), QMP pre-copy, relays, the manager's orchestrator
+  cluster: ["audit", "auth", "inventory", "util"], // the manager (hosts, CA, agents, PostgreSQL inventory) and pure plans (placement, leases over the inventory Db type), shared types
   inventory: [],
   util: [],
 };
