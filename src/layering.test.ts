@@ -12,12 +12,13 @@ const SRC = import.meta.dirname;
 
 /** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
 const ALLOWED: Record<string, string[]> = {
-  cli: ["audit"], // a thin client: its own folder, paths.ts, and (loaded lazily) the pure audit proof checkers
+  cli: ["audit", "cluster"], // a thin client: its own folder, paths.ts, (lazily) the pure audit proof checkers and the local `vigil ca`
   daemon: ["api", "audit", "auth", "host", "image", "introspection", "inventory", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   api: ["auth", "guest-agent", "introspection", "network", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
   vtime: ["qemu"],
+  cluster: ["util"], // the CA (openssl through util/run-command), mutual TLS, the manager's agent client
   network: ["auth", "host", "util", "vm"], // the switch: vm for the state rule of which taps stay, host for private dirs
   provenance: ["host"],
   vm: ["auth", "host", "qemu", "util"],
