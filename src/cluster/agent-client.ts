@@ -208,7 +208,9 @@ export class AgentClient {
         if (failure) return;
         failure = err;
         clearTimeout(timer);
-        req.destroy(err);
+        // Without the error: a socket whose answer was already read may have no error listener left, and the
+        // waiters get `err` from here anyway.
+        req.destroy();
         if (!answered) reject(err);
         onFailure?.(err);
       };
@@ -284,14 +286,15 @@ export class AgentClient {
     if (err instanceof WrongAgent) {
       return new VigilError("VIGIL_HOST", `Cannot trust agent ${this.agentName} at ${this.address}: ${err.message}`, { cause: err });
     }
-    if (/CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ERR_TLS_CERT/.test(code) && !code.startsWith("ERR_SSL_")) {
+    // OpenSSL's verification codes as node names them (CERT_HAS_EXPIRED, INVALID_PURPOSE, …).
+    if (/CERT|SELF_SIGNED|UNABLE_TO_|INVALID_(CA|PURPOSE)|PATH_LENGTH|HOSTNAME/.test(code) && !code.startsWith("ERR_SSL_")) {
       return new VigilError("VIGIL_HOST", `Cannot trust agent ${this.agentName} at ${this.address}: its certificate does not verify against the vigil CA (${code}: ${err.message})`, { cause: err });
     }
     if (code.startsWith("ERR_SSL_") && /ALERT/.test(code)) {
       return new VigilError("VIGIL_HOST", `agent ${this.agentName} at ${this.address} refused the manager's certificate (${code})`, { cause: err });
     }
-    if (UNREACHABLE.has(code)) return this.notAnswering(`${code} (${err.message})`);
-    return this.notAnswering(err.message);
+    if (UNREACHABLE.has(code)) return new VigilError("VIGIL_HOST", `agent ${this.agentName} at ${this.address} is not answering: ${code} (${err.message})`, { cause: err });
+    return new VigilError("VIGIL_HOST", `agent ${this.agentName} at ${this.address} is not answering: ${err.message}`, { cause: err });
   }
 }
 
