@@ -115,22 +115,18 @@ test("an agent certificate: OU=agent, its IP as SAN, server and client auth, ran
   assert.equal(a.caPem, ca.certPem);
 });
 
-test("issueCertificate leaves no temporary files, even when openssl fails", async () => {
-  const tmp = mkdtempSync(join(root, "tmp-"));
-  const saved = { TMPDIR: process.env.TMPDIR, PATH: process.env.PATH };
-  process.env.TMPDIR = tmp;
+test("issueCertificate works in the CA's own directory and leaves nothing there, even when openssl fails", async () => {
+  const path = process.env.PATH;
+  const files = Object.values(CA_FILES).sort();
+  await issueCertificate(ca, { role: "agent", name: "x" });
+  assert.deepEqual(readdirSync(ca.dir).sort(), files);
+  process.env.PATH = "/nonexistent";
   try {
-    await issueCertificate(ca, { role: "agent", name: "x" });
-    assert.deepEqual(readdirSync(tmp), []);
-    process.env.PATH = "/nonexistent";
-    await assert.rejects(issueCertificate(ca, { role: "agent", name: "x" }), VigilError);
-    assert.deepEqual(readdirSync(tmp), []);
+    await assert.rejects(issueCertificate(ca, { role: "agent", name: "x" }), (err: unknown) => err instanceof VigilError && err.code === "VIGIL_HOST");
   } finally {
-    for (const [k, v] of Object.entries(saved)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
+    process.env.PATH = path;
   }
+  assert.deepEqual(readdirSync(ca.dir).sort(), files);
 });
 
 test("an explicit validity window makes an already expired certificate (openssl says so)", async () => {

@@ -5,13 +5,12 @@
  * allowed to do, so names are checked strictly before anything reaches openssl.
  *
  * openssl does the cryptography, as `daemon/tls.ts` already has it do: every key, request and configuration is a
- * file in a private (0700) temporary directory that is removed on every path, and no key or passphrase is ever
- * on a command line. The CA key stays in its 0700 directory on the manager; nothing here sends it anywhere.
+ * file in a private (0700) scratch directory inside the CA's own directory, removed on every path, and no key or
+ * passphrase is ever on a command line. The CA key stays in its 0700 directory on the manager; nothing here sends it anywhere.
  */
 import { X509Certificate } from "node:crypto";
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { isIP } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VigilError, messageOf, q } from "../errors.ts";
 import { runCommand } from "../util/run-command.ts";
@@ -24,6 +23,11 @@ export const CA_FILES = {
   managerCert: "manager-cert.pem",
   managerKey: "manager-key.pem",
 } as const;
+
+/** Where a home's CA lives: `keys/ca` below its keys directory (`homeLayout(home).keysDir`). */
+export function caDir(keysDir: string): string {
+  return join(keysDir, "ca");
+}
 
 /** A loaded CA: its certificate and key, and the manager's client certificate it issued. */
 export interface Ca {
@@ -87,11 +91,11 @@ export async function initCa(dir: string, options: { force?: boolean } = {}): Pr
     // The staging directory is inside `dir` so the final renames never cross a file system.
     staging = mkdtempSync(join(dir, ".staging-"));
     const now = Date.now();
-    const caKeyPem = await withTemp(async (tmp) => {
+    const caKeyPem = await withTemp(staging, async (tmp) => {
       await genKey(tmp, "ca-key.pem");
       return readFileSync(join(tmp, "ca-key.pem"), "utf8");
     });
-    const caCertPem = await withTemp(async (tmp) => {
+    const caCertPem = await withTemp(staging, async (tmp) => {
       writeFileSync(join(tmp, "ca-key.pem"), caKeyPem, { mode: 0o600 });
       const ext = ["basicConstraints = critical,CA:TRUE,pathlen:0", "keyUsage = critical,keyCertSign,cRLSign", "subjectKeyIdentifier = hash"];
       return sign(tmp, { subject: "/O=vigil/OU=ca/CN=vigil CA", keyFile: "ca-key.pem", ext, notBefore: new Date(now - BACKDATE_MS), notAfter: new Date(now + MAX_DAYS * 86_400_000), selfSign: true });
@@ -177,7 +181,9 @@ export async function issueCertificate(ca: Ca, req: IssueRequest): Promise<CertB
     "authorityKeyIdentifier = keyid",
     ...(san.length > 0 ? [`subjectAltName = ${san.join(",")}`] : []),
   ];
-  return withTemp(async (tmp) => {
+  // The scratch directory is inside the CA's own 0700 directory: the copy of the CA key openssl reads never
+  // lands anywhere the key itself is not (not even after a crash between writing and removing it).
+  return withTemp(ca.dir, async (tmp) => {
     writeFileSync(join(tmp, "ca-key.pem"), ca.keyPem, { mode: 0o600 });
     writeFileSync(join(tmp, "ca-cert.pem"), ca.certPem);
     await genKey(tmp, "key.pem");
@@ -280,9 +286,14 @@ function validity(req: IssueRequest): { notBefore: Date; notAfter: Date } {
   return { notBefore: new Date(now - BACKDATE_MS), notAfter: new Date(now + days * 86_400_000) };
 }
 
-/** Runs `work` in a fresh 0700 temporary directory that is removed afterwards, whatever happens. */
-async function withTemp<T>(work: (dir: string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), "vigil-ca-"));
+/** Runs `work` in a fresh 0700 scratch directory below `parent` that is removed afterwards, whatever happens. */
+async function withTemp<T>(parent: string, work: (dir: string) => Promise<T>): Promise<T> {
+  let dir: string;
+  try {
+    dir = mkdtempSync(join(parent, ".scratch-"));
+  } catch (err) {
+    throw new VigilError("VIGIL_HOST", `Cannot use the CA directory ${q(parent)}: ${messageOf(err)}`, { cause: err });
+  }
   try {
     return await work(dir);
   } finally {

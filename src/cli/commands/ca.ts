@@ -5,14 +5,10 @@
  */
 import type { Command } from "commander";
 import { X509Certificate } from "node:crypto";
-import { join } from "node:path";
 import { homeLayout, vigilHome } from "../../paths.ts";
 import { printJson } from "../output.ts";
 
-/** $VIGIL_HOME/keys/ca: where the manager keeps its CA. */
-export function caDirectory(env: NodeJS.ProcessEnv = process.env): string {
-  return join(homeLayout(vigilHome(env)).keysDir, "ca");
-}
+const keysDir = () => homeLayout(vigilHome()).keysDir;
 
 /** What `ca show` prints about one certificate. */
 function describe(pem: string) {
@@ -29,8 +25,8 @@ export function registerCa(program: Command): void {
     .option("--force", "replace an existing CA (every certificate it issued stops being trusted)")
     .option("--json", "machine-readable output")
     .action(async (o: { force?: boolean; json?: boolean }) => {
-      const { initCa } = await import("../../cluster/ca.ts");
-      const dir = caDirectory();
+      const { caDir, initCa } = await import("../../cluster/ca.ts");
+      const dir = caDir(keysDir());
       const made = await initCa(dir, { force: o.force === true });
       const view = { dir, ca: describe(made.certPem), manager: describe(made.manager.certPem) };
       if (o.json) return printJson(view);
@@ -41,8 +37,8 @@ export function registerCa(program: Command): void {
     .description("The CA's subject, fingerprint and expiry, and the manager's certificate")
     .option("--json", "machine-readable output")
     .action(async (o: { json?: boolean }) => {
-      const { loadCa } = await import("../../cluster/ca.ts");
-      const dir = caDirectory();
+      const { caDir, loadCa } = await import("../../cluster/ca.ts");
+      const dir = caDir(keysDir());
       const loaded = loadCa(dir);
       const view = { dir, ca: describe(loaded.certPem), manager: describe(loaded.manager.certPem) };
       if (o.json) return printJson(view);
