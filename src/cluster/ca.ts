@@ -98,7 +98,7 @@ export async function initCa(dir: string, options: { force?: boolean } = {}): Pr
     const caCertPem = await withTemp(staging, async (tmp) => {
       writeFileSync(join(tmp, "ca-key.pem"), caKeyPem, { mode: 0o600 });
       const ext = ["basicConstraints = critical,CA:TRUE,pathlen:0", "keyUsage = critical,keyCertSign,cRLSign", "subjectKeyIdentifier = hash"];
-      return sign(tmp, { subject: "/O=vigil/OU=ca/CN=vigil CA", keyFile: "ca-key.pem", ext, notBefore: new Date(now - BACKDATE_MS), notAfter: new Date(now + MAX_DAYS * 86_400_000), selfSign: true });
+      return sign(tmp, { subject: "/O=vigil/OU=ca/CN=vigil CA", keyFile: "ca-key.pem", ext, notBefore: new Date(now - BACKDATE_MS), notAfter: yearsAfter(now, 10), selfSign: true });
     });
     const ca: Ca = { dir, certPem: caCertPem, keyPem: caKeyPem, fingerprint: fingerprintOf(caCertPem), manager: { caPem: caCertPem, certPem: "", keyPem: "" } };
     ca.manager = await issueCertificate(ca, { role: "manager", name: "manager", days: 825 });
@@ -268,6 +268,12 @@ export function subjectOf(pem: string | X509Certificate): { role: CertRole; name
 /** SHA-256 fingerprint of a PEM certificate, as node prints it (AA:BB:…). */
 export function fingerprintOf(pem: string): string {
   return new X509Certificate(pem).fingerprint256;
+}
+
+function yearsAfter(ms: number, years: number): Date {
+  const d = new Date(ms);
+  d.setUTCFullYear(d.getUTCFullYear() + years);
+  return d;
 }
 
 function validity(req: IssueRequest): { notBefore: Date; notAfter: Date } {
