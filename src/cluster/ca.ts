@@ -265,6 +265,15 @@ export function subjectOf(pem: string | X509Certificate): { role: CertRole; name
   return { role, name };
 }
 
+/**
+ * The identity QEMU checks against an `authz-simple` object for a TLS peer: the subject's distinguished name as
+ * GnuTLS prints it, in the certificate's order (`O=vigil,OU=migration,CN=<id>-src`), not RFC 4514's reversed one.
+ */
+export function qemuTlsIdentity(pem: string): string {
+  const { role, name } = subjectOf(pem);
+  return `O=vigil,OU=${role},CN=${name}`;
+}
+
 /** SHA-256 fingerprint of a PEM certificate, as node prints it (AA:BB:…). */
 export function fingerprintOf(pem: string): string {
   return new X509Certificate(pem).fingerprint256;
