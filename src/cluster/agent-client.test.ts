@@ -136,6 +136,36 @@ test("stream delivers lines in order across chunk boundaries, and refuses a line
   await assert.rejects(client(s.address).stream("/long", () => undefined, { maxLineBytes: 1000 }), hostError(/line longer than 1000 bytes/));
 });
 
+test("stream can POST a body and carry the actor and epoch (a command answering with its progress)", async () => {
+  const s = await serve(pki.agentA, (req, res) => {
+    let body = "";
+    req.on("data", (d: Buffer) => (body += d.toString()));
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "application/x-ndjson" });
+      res.end(`${JSON.stringify({ method: req.method, body: JSON.parse(body), actor: JSON.parse(String(req.headers[ACTOR_HEADER])).name, epoch: req.headers[EPOCH_HEADER] })}\n`);
+    });
+  });
+  const lines: string[] = [];
+  await client(s.address).stream("/v1/vms/web1/migrate", (l) => lines.push(l), { method: "POST", body: { to: "b" }, actor: { name: "alice", roles: [], groups: [], introspect: false }, epoch: 3 });
+  assert.deepEqual(lines.map((l) => JSON.parse(l) as unknown), [{ method: "POST", body: { to: "b" }, actor: "alice", epoch: "3" }]);
+});
+
+test("an error thrown by onLine ends the stream with that error", async () => {
+  const s = await serve(pki.agentA, (_req, res) => {
+    res.writeHead(200, { "content-type": "application/x-ndjson" });
+    res.write("one\ntwo\n"); // and stays open
+  });
+  const seen: string[] = [];
+  await assert.rejects(
+    client(s.address).stream("/p", (l) => {
+      seen.push(l);
+      if (l === "one") throw new Error("stop here");
+    }),
+    /stop here/,
+  );
+  assert.deepEqual(seen, ["one"]);
+});
+
 test("a stream with an error status gives the agent's error; a silent stream times out", async () => {
   const s = await serve(pki.agentA, (req, res) => {
     if (req.url === "/missing") return json(res, 404, { error: { code: "VIGIL_NOT_FOUND", message: 'Migration "m1" does not exist' } });

@@ -41,6 +41,10 @@ export interface AgentRequestOptions {
 }
 
 export interface AgentStreamOptions {
+  /** GET unless given (a command that answers with its progress, e.g. a migration, is a POST). */
+  method?: string;
+  /** JSON request body. */
+  body?: unknown;
   actor?: DelegatedActor;
   epoch?: number;
   signal?: AbortSignal;
@@ -135,7 +139,8 @@ export class AgentClient {
    */
   async stream(path: string, onLine: (line: string) => void, options: AgentStreamOptions = {}): Promise<void> {
     const maxLine = options.maxLineBytes ?? MAX_LINE_BYTES;
-    const res = await this.open("GET", path, { ...options, accept: "application/x-ndjson, text/event-stream", timeoutMs: options.idleTimeoutMs ?? this.timeoutMs, whole: false });
+    const payload = options.body === undefined ? undefined : JSON.stringify(options.body);
+    const res = await this.open(options.method ?? "GET", path, { ...options, payload, accept: "application/x-ndjson, text/event-stream", timeoutMs: options.idleTimeoutMs ?? this.timeoutMs, whole: false });
     try {
       const status = res.message.statusCode ?? 0;
       if (status >= 400) throw this.agentError(status, await this.readBody(res));
