@@ -5,6 +5,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { VigilError } from "../errors.ts";
 import { AgentClient, parseAddress } from "./agent-client.ts";
+import { fingerprintOf, issueCertificate } from "./ca.ts";
 import { peerIdentity, requirePeerRole } from "./mtls.ts";
 import { makePki, mtlsServer, type Pki, type TestServer } from "./testing/pki.ts";
 import { ACTOR_HEADER, EPOCH_HEADER, type CertBundle, type DelegatedActor } from "./types.ts";
@@ -60,6 +61,18 @@ test("a server with another agent's valid certificate is refused: nothing is sen
   assert.equal(s.requests, 0);
   // The same server is fine for the client that expects b.
   assert.deepEqual(await client(s.address, "b").request("GET", "/v1/host"), { ok: true });
+});
+
+test("with the host's recorded fingerprint, only that certificate answers: one issued again under its name is refused", async () => {
+  const s = await serve(pki.agentA, (_req, res) => json(res, 200, { ok: true }));
+  const other = await issueCertificate(pki.ca, { role: "agent", name: "a", ips: ["127.0.0.1"] });
+  const pinned = (fp: string) => {
+    const c = new AgentClient({ address: s.address, agentName: "a", bundle: pki.manager, certFingerprint: fp });
+    clients.push(c);
+    return c;
+  };
+  assert.deepEqual(await pinned(fingerprintOf(pki.agentA.certPem)).request("GET", "/"), { ok: true });
+  await assert.rejects(pinned(fingerprintOf(other.certPem)).request("GET", "/"), hostError(/Cannot trust agent a .*is not the one issued to it/));
 });
 
 test("a server whose certificate says agent a but comes from a foreign CA is refused", async () => {

@@ -23,6 +23,12 @@ export interface AgentClientOptions {
   agentName: string;
   /** The manager's client certificate (`OU=manager`), with the vigil CA. */
   bundle: CertBundle;
+  /**
+   * The SHA-256 fingerprint of the certificate issued to this host (HostRecord.certFingerprint): when given, only
+   * that very certificate is accepted, so one issued again under the same name (or a host removed and re-added)
+   * does not answer for it.
+   */
+  certFingerprint?: string;
   /** Default per-request timeout (ms); 30 s. */
   timeoutMs?: number;
   /** Largest answer accepted (bytes); 16 MiB. */
@@ -93,6 +99,7 @@ export class AgentClient {
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.maxBodyBytes = options.maxBodyBytes ?? MAX_BODY_BYTES;
     const expected = options.agentName;
+    const pinned = options.certFingerprint?.toUpperCase();
     this.agent = new Agent({
       keepAlive: true,
       ca: [options.bundle.caPem],
@@ -104,9 +111,13 @@ export class AgentClient {
       // agent (it may move, or be reached through a relay): its name in the certificate is.
       checkServerIdentity: (_host: string, peer: PeerCertificate) => {
         try {
-          const { role, name } = subjectOf(new X509Certificate(peer.raw));
-          if (role === "agent" && name === expected) return undefined;
-          return new WrongAgent(`its certificate is OU=${role}, CN=${name}, not OU=agent, CN=${expected}`);
+          const cert = new X509Certificate(peer.raw);
+          const { role, name } = subjectOf(cert);
+          if (role !== "agent" || name !== expected) return new WrongAgent(`its certificate is OU=${role}, CN=${name}, not OU=agent, CN=${expected}`);
+          if (pinned !== undefined && cert.fingerprint256 !== pinned) {
+            return new WrongAgent(`its certificate (${cert.fingerprint256}) is not the one issued to it (${pinned})`);
+          }
+          return undefined;
         } catch (err) {
           return new WrongAgent(messageOf(err));
         }
