@@ -28,7 +28,7 @@ const ALLOWED: Record<string, string[]> = {
   "guest-agent": ["qemu"],
   qemu: ["util"],
   migration: ["auth", "cluster", "host", "network", "qemu", "storage", "util", "vm", "vtime"], // moving a VM: its identity (dossier), QMP pre-copy, relays, the manager's orchestrator
-  cluster: ["audit", "auth", "inventory", "util"], // the manager (hosts, CA, agents, PostgreSQL inventory) and pure plans (placement, leases over the inventory Db type), shared types
+  cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
   inventory: [],
   util: [],
 };

@@ -20,12 +20,13 @@ import { registerSession, registerUsers } from "./commands/users.ts";
 import { registerVm } from "./commands/vm.ts";
 import { registerVtime } from "./commands/vtime.ts";
 import { registerFirewall } from "./commands/fw.ts";
+import { registerCa } from "./commands/ca.ts";
 
 export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis, registerCa];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")
