@@ -40,6 +40,11 @@ export function errorResponse(c: Context, err: unknown, log: Logger): Response {
   return c.json({ error: { code: "VIGIL_INTERNAL", message: `Internal error (request ${c.res.headers.get("x-request-id") ?? "?"}): ${messageOf(err).slice(0, 200)}` } }, 500);
 }
 
+/** The same error as a fetch Response, for listeners that refuse before the app runs (the agent's cluster door). */
+export function vigilErrorResponse(err: VigilError): Response {
+  return new Response(JSON.stringify(errorBody(err)), { status: err.status, headers: { "content-type": "application/json" } });
+}
+
 /**
  * The same error as a complete raw HTTP/1.1 response, for the console upgrade, which answers on the socket
  * before (or instead of) switching protocols.

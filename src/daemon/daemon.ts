@@ -52,13 +52,16 @@ import { createApp } from "../api/app.ts";
 import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { FirewallService } from "../network/firewall/firewall-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
-import { rawErrorResponse } from "../api/error-response.ts";
+import { rawErrorResponse, vigilErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
 import { loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { createServer as createHttpsServer } from "node:https";
 import { startExpiryWatch } from "../vm/expiry.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import { NetworkService } from "../network/network-service.ts";
+import type { TLSSocket } from "node:tls";
+import { loadAgentCredentials } from "../cluster/agent-credentials.ts";
+import { mtlsServerOptions, peerIdentity, requirePeerRole } from "../cluster/mtls.ts";
 import { hostNetns, netnsName } from "../network/netns.ts";
 
 export const VERSION: string = (() => {
@@ -81,6 +84,11 @@ export interface DaemonOptions {
   hostFacts?: () => HostFacts;
   /** IDS timings for tests: the wait after the agent's first answer, and when a silent agent is reported. */
   introspection?: { settleMs?: number; agentSilentMs?: number };
+  /**
+   * Agent mode (`vigil agent`, docs/cluster.md): the cluster listener on `listen` (HTTPS, mutual TLS: only the
+   * manager's certificate from the vigil CA), with the credentials `vigil host add` wrote to `credentialsDir`.
+   */
+  cluster?: { listen: string; credentialsDir: string } | undefined;
 }
 
 export interface Daemon {
@@ -142,11 +150,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   ensurePrivateDir(home.vmsDir);
   ensurePrivateDir(home.keysDir);
   const tls = loadTls(tlsSetting, home.keysDir);
+  const clusterWhere = options.cluster ? parseListen(options.cluster.listen) : undefined;
+  if (options.cluster && !clusterWhere) throw new VigilError("VIGIL_BAD_REQUEST", "An agent needs a cluster listener: --listen ADDR:PORT", { field: "listen" });
+  const agentCreds = options.cluster ? loadAgentCredentials(options.cluster.credentialsDir) : undefined;
   claimPidFile(home);
 
   const config = loadConfig(home.home);
   const db: Db = await openSqlite(home.database);
-  const hostName = hostname();
+  // An agent is the host its certificate names: audit records, locations and the cluster all use that name.
+  const hostName = agentCreds?.name ?? hostname();
   const siteKey = loadOrCreateSiteKey(home.keysDir);
   const witnesses = config.audit.witnesses.map((w) => (w.kind === "file" ? new FileWitness(w.path) : new HttpWitness(w.url)));
   const audit = await AuditLog.open(db, siteKey, hostName, join(home.keysDir, "audit-head.json"), {
@@ -269,6 +281,23 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       servers.push(tcpServer);
       const addr = tcpServer.address();
       if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
+    }
+    if (clusterWhere && agentCreds) {
+      // The manager's door: a certificate that does not chain to the vigil CA fails the handshake; one of
+      // another role gets 403 here; the user it acts for is in its x-vigil-actor header (auth/authenticate.ts).
+      const serveCluster = async (req: Request, env?: { incoming?: { socket?: unknown } }) => {
+        await ready;
+        const socket = env?.incoming?.socket as (TLSSocket & { remoteAddress?: string }) | undefined;
+        try {
+          requirePeerRole(peerIdentity(socket), "manager");
+        } catch (err) {
+          return vigilErrorResponse(err as VigilError);
+        }
+        return app.fetch(req, { transport: "cluster", remoteAddress: socket?.remoteAddress });
+      };
+      const clusterServer = createAdaptorServer({ fetch: serveCluster, createServer: createHttpsServer, serverOptions: mtlsServerOptions(agentCreds.bundle) });
+      await listenOn(clusterServer, clusterWhere, options.cluster!.listen);
+      servers.push(clusterServer);
     }
     rmSync(home.socket, { force: true });
     unixServer = createAdaptorServer({ fetch: serve("unix") });
