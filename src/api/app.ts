@@ -21,6 +21,7 @@ import { registerIntrospectionRoutes } from "./routes/introspection.ts";
 import { registerNetworkRoutes } from "./routes/networks.ts";
 import { registerFirewallRoutes } from "./routes/firewall.ts";
 import { registerNetworkVisRoutes } from "./routes/network-vis.ts";
+import { registerAgentRoutes } from "./routes/agent.ts";
 
 export const PUBLIC_PATHS = new Set(["/v1/health", "/openapi.json"]);
 
@@ -74,6 +75,7 @@ export function createApp(d: ApiDeps): App {
   registerNetworkRoutes(app, d);
   registerFirewallRoutes(app, d);
   registerNetworkVisRoutes(app, d);
+  registerAgentRoutes(app, d);
 
   app.doc31("/openapi.json", OPENAPI_INFO);
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));

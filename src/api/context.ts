@@ -25,6 +25,7 @@ import type { IntrospectionService } from "../introspection/service.ts";
 import type { NetworkService } from "../network/network-service.ts";
 import type { FirewallService } from "../network/firewall/firewall-service.ts";
 import type { VisService } from "../network/vis-service.ts";
+import type { AgentMigrations } from "../migration/agent-migrations.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -47,6 +48,8 @@ export interface ApiDeps {
   firewall: FirewallService;
   /** Counters, mirrors, port forwards (absent: the virtual network is not set up; its routes answer 500). */
   vis?: VisService | undefined;
+  /** The agent's side of live migrations (only on `vigil agent`). */
+  migrations?: AgentMigrations | undefined;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** The vigil user the local unix socket maps to. */
   localUser: string;
