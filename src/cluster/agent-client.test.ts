@@ -1,6 +1,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { createServer as createNetServer, isIP, type AddressInfo } from "node:net";
+import fc from "fast-check";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { VigilError } from "../errors.ts";
@@ -197,4 +198,19 @@ test("a bad address is refused naming the field", () => {
   }
   assert.deepEqual(parseAddress("[fd00::2]:7451"), { host: "fd00::2", port: 7451 });
   assert.deepEqual(parseAddress("10.0.0.2:7451"), { host: "10.0.0.2", port: 7451 });
+});
+
+test("parseAddress, on any input: a valid IP and port back, or VIGIL_BAD_REQUEST naming address", () => {
+  fc.assert(
+    fc.property(fc.oneof(fc.string(), fc.tuple(fc.ipV4(), fc.integer({ min: -5, max: 70_000 })).map(([ip, p]) => `${ip}:${p}`), fc.tuple(fc.ipV6(), fc.integer({ min: 0, max: 65_535 })).map(([ip, p]) => `[${ip}]:${p}`)), (input) => {
+      try {
+        const { host, port } = parseAddress(input);
+        assert.ok(isIP(host) !== 0 && Number.isInteger(port) && port >= 1 && port <= 65_535, input);
+        assert.equal(input, isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`);
+      } catch (err) {
+        assert.ok(err instanceof VigilError && err.field === "address", `${input}: ${String(err)}`);
+      }
+    }),
+    { numRuns: 2000 },
+  );
 });

@@ -97,6 +97,25 @@ test("loadCa reads back what initCa made, and says when there is none or it is n
   assert.throws(() => loadCa(fake), (err: unknown) => err instanceof VigilError && err.code === "VIGIL_HOST" && /not a vigil CA/.test(err.message));
 });
 
+test("loadCa refuses a CA whose files do not belong together (a torn init --force, a copied file)", async () => {
+  const other = await initCa(join(root, "other-ca"));
+  const torn = (name: string, from: string) => {
+    const dir = mkdtempSync(join(root, "torn-"));
+    execFileSync("cp", ["-r", join(root, "ca"), join(dir, "ca")]);
+    writeFileSync(join(dir, "ca", name), readFileSync(join(other.dir, from)));
+    return join(dir, "ca");
+  };
+  const damaged = (pattern: RegExp) => (err: unknown) => err instanceof VigilError && err.code === "VIGIL_HOST" && /is damaged/.test(err.message) && pattern.test(err.message);
+  assert.throws(() => loadCa(torn(CA_FILES.caKey, CA_FILES.caKey)), damaged(/ca-key.pem is not the key of ca-cert.pem/));
+  assert.throws(() => loadCa(torn(CA_FILES.managerKey, CA_FILES.managerKey)), damaged(/manager-key.pem is not the key/));
+  const foreignManager = torn(CA_FILES.managerCert, CA_FILES.managerCert);
+  writeFileSync(join(foreignManager, CA_FILES.managerKey), readFileSync(join(other.dir, CA_FILES.managerKey)));
+  assert.throws(() => loadCa(foreignManager), damaged(/manager-cert.pem was not issued by this CA/));
+  const dir = torn(CA_FILES.managerKey, CA_FILES.managerKey);
+  writeFileSync(join(dir, CA_FILES.managerKey), "garbage");
+  assert.throws(() => loadCa(dir), damaged(/./));
+});
+
 test("an agent certificate: OU=agent, its IP as SAN, server and client auth, random serial, 1 year", async () => {
   const a = await issueCertificate(ca, { role: "agent", name: "host-a", ips: ["10.0.0.2"] });
   const b = await issueCertificate(ca, { role: "agent", name: "host-a", ips: ["10.0.0.2"] });

@@ -8,7 +8,7 @@
  * file in a private (0700) scratch directory inside the CA's own directory, removed on every path, and no key or
  * passphrase is ever on a command line. The CA key stays in its 0700 directory on the manager; nothing here sends it anywhere.
  */
-import { X509Certificate } from "node:crypto";
+import { X509Certificate, createPrivateKey } from "node:crypto";
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { join } from "node:path";
@@ -112,8 +112,9 @@ export async function initCa(dir: string, options: { force?: boolean } = {}): Pr
       writeFileSync(join(staging, name), text, { mode });
       chmodSync(join(staging, name), mode);
     }
-    // Keys last: until the CA key is replaced, the old CA (if any) still matches its certificate on disk.
-    for (const [name] of [...files].reverse()) renameSync(join(staging, name), join(dir, name));
+    // One rename per file (four files cannot be replaced at once): a crash in between leaves a mix that loadCa
+    // refuses as damaged, never one it uses.
+    for (const [name] of files) renameSync(join(staging, name), join(dir, name));
     return ca;
   } catch (err) {
     if (created) rmSync(dir, { recursive: true, force: true });
@@ -147,6 +148,18 @@ export function loadCa(dir: string): Ca {
   if (!cert.ca || cert.subject !== "O=vigil\nOU=ca\nCN=vigil CA") {
     throw new VigilError("VIGIL_HOST", `${q(join(dir, CA_FILES.caCert))} is not a vigil CA certificate (its subject is ${q(cert.subject.replace(/\n/g, ", "))})`);
   }
+  // The four files belong together: a key that is not the certificate's (a torn `init --force`, a file copied
+  // from elsewhere) would sign certificates nobody trusts, so it is refused here rather than found out later.
+  const damaged = (what: string, err?: unknown) => new VigilError("VIGIL_HOST", `The vigil CA in ${q(dir)} is damaged: ${what} (make a new one with \`vigil ca init --force\`)`, { cause: err });
+  let managerCert: X509Certificate;
+  try {
+    if (!cert.checkPrivateKey(createPrivateKey(keyPem))) throw damaged(`${CA_FILES.caKey} is not the key of ${CA_FILES.caCert}`);
+    managerCert = new X509Certificate(manager.certPem);
+    if (!managerCert.checkPrivateKey(createPrivateKey(manager.keyPem))) throw damaged(`${CA_FILES.managerKey} is not the key of ${CA_FILES.managerCert}`);
+  } catch (err) {
+    throw err instanceof VigilError ? err : damaged(messageOf(err), err);
+  }
+  if (!managerCert.checkIssued(cert) || !managerCert.verify(cert.publicKey)) throw damaged(`${CA_FILES.managerCert} was not issued by this CA`);
   return { dir, certPem, keyPem, fingerprint: cert.fingerprint256, manager };
 }
 
