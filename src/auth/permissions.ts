@@ -30,6 +30,7 @@ export const PERMISSIONS = [
   "network.manage", // create/delete networks and quarantine services, port forwards, traffic mirrors (they expose traffic)
   "vm.firewall", // change a VM's firewall policy
   "vm.quarantine", // move a VM into or out of the quarantine zone: a security decision, never the owner's alone
+  "cluster.manage", // add and remove hosts of a cluster (issues their certificates), balance it: admins only
   "vm.unsafe", // operations that exist to show what goes wrong (a revert keeping the vmgenid): admins only
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];

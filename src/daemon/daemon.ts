@@ -113,7 +113,7 @@ function listenOn(server: ServerType, where: string | { host: string; port: numb
 }
 
 /** Refuses to start a second daemon on the same VIGIL_HOME. */
-function claimPidFile(home: HomeLayout): void {
+export function claimPidFile(home: HomeLayout): void {
   if (existsSync(home.pidFile)) {
     const pid = Number.parseInt(readFileSync(home.pidFile, "utf8"), 10);
     if (Number.isSafeInteger(pid) && pid !== process.pid && processAlive(pid)) {
@@ -362,6 +362,12 @@ async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp", req: Incomi
   } catch (err) {
     refuse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", "Internal error"));
   }
+}
+
+/** `vigil serve --cluster`: the manager (loaded only then; it shares this module's helpers). */
+export async function runClusterManager(o: import("./manager.ts").ManagerOptions): Promise<void> {
+  const { runManager } = await import("./manager.ts");
+  return runManager(o);
 }
 
 /** Runs the daemon until SIGTERM/SIGINT. */

@@ -1,0 +1,236 @@
+/**
+ * `vigil serve --cluster`: the cluster manager (docs/cluster.md). It runs no VMs. It authenticates users (tokens in
+ * its inventory, PostgreSQL for a real cluster), keeps the hosts, which host holds which VM, the migrations and
+ * durable events, forwards every VM request to the agent that holds the VM (over mutual TLS, acting for the user),
+ * places new VMs, and orchestrates live migrations. Its own audit log records the cluster's actions; each agent's
+ * records what it did.
+ */
+import { createAdaptorServer, type ServerType } from "@hono/node-server";
+import { Hono, type Context } from "hono";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { userInfo } from "node:os";
+import { AuditLog } from "../audit/audit-log.ts";
+import { loadOrCreateSiteKey } from "../audit/site-key.ts";
+import { authenticateRequest } from "../auth/authenticate.ts";
+import { Guard, type RequestContext } from "../auth/guard.ts";
+import { UserStore } from "../auth/users.ts";
+import { caDir, issueMigrationPair, loadCa, qemuTlsIdentity } from "../cluster/ca.ts";
+import { ClusterRepository } from "../cluster/cluster-repository.ts";
+import { HostRegistry, MANAGER_ACTOR } from "../cluster/host-registry.ts";
+import { placeVm, recommendBalance, recommendConsolidate } from "../cluster/placement.ts";
+import type { DelegatedActor, HostLoad, MigrationLimits } from "../cluster/types.ts";
+import { VigilError, messageOf, q } from "../errors.ts";
+import { ensurePrivateDir } from "../host/private-dir.ts";
+import { openInventory } from "../inventory/db.ts";
+import { createLogger, type Logger } from "../log.ts";
+import { DEFAULT_LIMITS, MigrationOrchestrator, type MigrationStore } from "../migration/orchestrator.ts";
+import { homeLayout, vigilHome } from "../paths.ts";
+import { errorBody } from "../api/error-response.ts";
+import { claimPidFile, parseListen, VERSION } from "./daemon.ts";
+
+export interface ManagerOptions {
+  home?: string;
+  /** The inventory: a `postgres://` URL (a cluster), or a SQLite path (a one-machine trial). */
+  db: string;
+  listen?: string;
+  log?: Logger;
+  heartbeatMs?: number;
+}
+
+export interface Manager {
+  close(): Promise<void>;
+}
+
+const toDelegated = (ctx: RequestContext): DelegatedActor => ({ name: ctx.actor.name, roles: ctx.actor.roles, groups: ctx.actor.groups, introspect: ctx.actor.introspect });
+
+function fail(c: Context, err: unknown, log: Logger): Response {
+  if (err instanceof VigilError) return c.json(errorBody(err), err.status as 400);
+  log.error({ err }, "unexpected error");
+  return c.json({ error: { code: "VIGIL_INTERNAL", message: `Internal error: ${messageOf(err).slice(0, 200)}` } }, 500);
+}
+
+export async function startManager(o: ManagerOptions): Promise<Manager> {
+  const home = homeLayout(o.home ?? vigilHome());
+  const log = o.log ?? createLogger();
+  ensurePrivateDir(home.home);
+  ensurePrivateDir(home.runDir);
+  ensurePrivateDir(home.keysDir);
+  const ca = loadCa(caDir(home.keysDir));
+  const tcp = parseListen(o.listen ?? "none");
+  if (tcp) throw new VigilError("VIGIL_BAD_REQUEST", "The cluster manager serves its unix socket only for now (give --listen none)", { field: "listen" });
+  claimPidFile(home);
+  const db = await openInventory(o.db);
+  const siteKey = loadOrCreateSiteKey(home.keysDir);
+  const audit = await AuditLog.open(db, siteKey, "manager", join(home.keysDir, "audit-head.json"), {});
+  const users = new UserStore(db);
+  const localUser = userInfo().username;
+  await users.ensureLocalUser(localUser);
+  const guard = new Guard(audit);
+  const repo = new ClusterRepository(db);
+  const event = async (kind: string, subject: string, payload: unknown) => void (await repo.appendEvent({ kind, subject, payload: payload as Record<string, unknown> }));
+  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs, log, event });
+  const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) =>
+    (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
+  const addresses = new Map<string, string>();
+  const store: MigrationStore = {
+    create: async (r) => void (await repo.createMigration({ id: r.id, vmId: r.vmId, vmName: r.vmName, source: r.source, target: r.target, requestedBy: r.requestedBy, options: r.options })),
+    update: async (id, c) => void (await repo.updateMigration(id, { state: c.state, phase: c.phase, progress: c.progress ?? undefined, result: c.result ?? undefined, error: c.error })),
+    get: (id) => repo.findMigration(id),
+    listActive: () => repo.listActiveMigrations(),
+    placementOf: async (name) => {
+      const p = await repo.findPlacementByName(name);
+      return p ? { vmId: p.vmId, host: p.host } : undefined;
+    },
+    setPlacement: async (vmId, vmName, host, owner) => void (await repo.setPlacement({ vmId, vmName, host, owner })),
+  };
+  const orchestrator = new MigrationOrchestrator({
+    agents: { call },
+    store,
+    hostAddress: (name) => addresses.get(name),
+    isReady: (name) => hosts.isReady(name),
+    issuePair: async (id) => {
+      const pair = await issueMigrationPair(ca, id);
+      return { ...pair, srcSubject: qemuTlsIdentity(pair.src.certPem) };
+    },
+    record: async (action, vmName, result, actor, details) => void (await audit.append({ actor, action, target: { kind: "vm", name: vmName }, result, details })),
+    event,
+    log,
+  });
+  await hosts.start();
+  for (const h of await hosts.list()) {
+    const a = await hosts.addressOf(h.name);
+    if (a) addresses.set(h.name, a);
+  }
+
+  /** Which host holds a VM: the placement table, kept current by create, migrate and the heartbeats' VM lists. */
+  const holder = async (name: string): Promise<string> => {
+    const p = await repo.findPlacementByName(name);
+    if (!p) throw new VigilError("VIGIL_VM_NOT_FOUND", `VM ${q(name)} does not exist in this cluster`);
+    return p.host;
+  };
+  const loads = (): HostLoad[] =>
+    hosts.readyHosts().map((name) => {
+      const s = hosts.status(name)!;
+      return { name, memTotalMiB: s.memTotalMiB, memReservedMiB: Math.min(1024, Math.floor(s.memTotalMiB / 8)), cpus: s.cpus, ready: true, vms: s.vms.filter((v) => v.state !== "stopped").map((v) => ({ name: v.name, memoryMiB: v.memoryMiB, vcpus: v.vcpus })) };
+    });
+
+  const app = new Hono<{ Variables: { ctx: RequestContext }; Bindings: { transport?: "unix" | "tcp" } }>();
+  app.onError((err, c) => fail(c, err, log));
+  app.get("/v1/health", (c) => c.json({ ok: true, version: VERSION, role: "manager" }));
+  app.use("*", async (c, next) => {
+    const actor = await authenticateRequest(users, localUser, c.env?.transport, c.req.header("authorization"));
+    if (!actor) return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required")), 401);
+    c.set("ctx", { actor, requestId: crypto.randomUUID() });
+    return next();
+  });
+  const admin = async (c: Context<{ Variables: { ctx: RequestContext } }>, action: string, target: string, details: Record<string, unknown>, fn: () => Promise<unknown>) =>
+    c.json(await guard.run(c.get("ctx"), { action, permission: "cluster.manage", target: { kind: "host", name: target }, details }, fn));
+
+  app.get("/v1/whoami", (c) => c.json({ ...c.get("ctx").actor, via: c.get("ctx").actor.via }));
+  app.get("/v1/host", (c) => c.json({ role: "manager", version: VERSION, home: home.home, hosts: hosts.readyHosts().length }));
+  app.get("/v1/hosts", async (c) => c.json((await hosts.list()).map((h) => ({ ...h, state: hosts.isReady(h.name) ? "ready" : h.state }))));
+  app.post("/v1/hosts", async (c) => {
+    const body = (await c.req.json()) as { name?: unknown; address?: unknown };
+    const name = String(body.name ?? "");
+    const address = String(body.address ?? "");
+    return admin(c, "host.add", name, { address }, async () => {
+      const r = await hosts.add(name, address);
+      addresses.set(name, (await hosts.addressOf(name))!);
+      return r;
+    });
+  });
+  app.delete("/v1/hosts/:name", async (c) => admin(c, "host.remove", c.req.param("name"), {}, async () => {
+    const name = c.req.param("name");
+    if ((await repo.listPlacements({ host: name })).length > 0) throw new VigilError("VIGIL_CONFLICT", `Host ${q(name)} still holds VMs: migrate them away first`);
+    await hosts.remove(name);
+    return { removed: name };
+  }));
+
+  app.get("/v1/vms", async (c) => {
+    const actor = toDelegated(c.get("ctx"));
+    const all = await Promise.all((await hosts.list()).map(async (h) => {
+      if (!hosts.isReady(h.name)) {
+        // An unreachable host's VMs are unknown: shown from the placements, never guessed.
+        return (await repo.listPlacements({ host: h.name })).map((p) => ({ id: p.vmId, name: p.vmName, state: "unknown", host: h.name, owner: p.owner }));
+      }
+      const vms = await call<{ id: string; name: string; owner: string }[]>(h.name, "GET", "/v1/vms", undefined, actor).catch(() => []);
+      for (const v of vms) if (!(await repo.findPlacementByName(v.name))) await repo.setPlacement({ vmId: v.id, vmName: v.name, host: h.name, owner: v.owner });
+      return vms.map((v) => ({ ...v, host: h.name }));
+    }));
+    return c.json(all.flat());
+  });
+  app.post("/v1/vms", async (c) => {
+    const ctx = c.get("ctx");
+    const body = (await c.req.json()) as Record<string, unknown>;
+    const { host: pinned, ...spec } = body;
+    let host: string;
+    if (typeof pinned === "string") {
+      if (!hosts.isReady(pinned)) throw new VigilError("VIGIL_CONFLICT", `Host ${q(pinned)} cannot take VMs now`, { field: "host" });
+      host = pinned;
+    } else {
+      const placed = placeVm(loads(), { memoryMiB: typeof spec.memoryMiB === "number" ? spec.memoryMiB : 256, vcpus: typeof spec.vcpus === "number" ? spec.vcpus : 1 });
+      if (!placed.ok) throw new VigilError("VIGIL_CONFLICT", placed.message);
+      host = placed.host;
+    }
+    const vm = await call<{ id: string; name: string; owner: string }>(host, "POST", "/v1/vms", spec, toDelegated(ctx));
+    await repo.setPlacement({ vmId: vm.id, vmName: vm.name, host, owner: vm.owner });
+    return c.json({ ...vm, host }, 201);
+  });
+  app.post("/v1/vms/:name/migrate", async (c) => {
+    const ctx = c.get("ctx");
+    const body = (await c.req.json()) as { to?: string; maxDowntimeMs?: number; timeoutMs?: number; cancel?: boolean };
+    const name = c.req.param("name");
+    if (body.cancel) return c.json(await orchestrator.cancel(toDelegated(ctx), name));
+    if (typeof body.to !== "string") throw new VigilError("VIGIL_BAD_REQUEST", "Give the target host: --to HOST", { field: "to" });
+    const limits: MigrationLimits = { ...DEFAULT_LIMITS, ...(body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}), ...(body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {}) };
+    if (!Number.isInteger(limits.maxDowntimeMs) || limits.maxDowntimeMs < 10 || limits.maxDowntimeMs > 60_000) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid max downtime: 10-60000 ms", { field: "maxDowntimeMs" });
+    if (!Number.isInteger(limits.timeoutMs) || limits.timeoutMs < 1000 || limits.timeoutMs > 24 * 3600_000) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid timeout: 1 s to 24 h", { field: "timeoutMs" });
+    return c.json(await orchestrator.start(toDelegated(ctx), name, body.to, limits), 202);
+  });
+  app.get("/v1/migrations", async (c) => c.json(await repo.listActiveMigrations()));
+  app.get("/v1/migrations/:id", async (c) => c.json(await orchestrator.get(c.req.param("id"))));
+  app.get("/v1/cluster/balance", (c) => c.json(recommendBalance(loads(), { maxMoves: 5, minGain: 0.01 })));
+  app.get("/v1/cluster/consolidate", (c) => c.json(recommendConsolidate(loads())));
+  app.get("/v1/events", async (c) => c.json(await repo.listEventsAfter(Number(c.req.query("after") ?? 0), 500)));
+  // Everything else about one VM goes to the agent that holds it, for the user who asked.
+  app.all("/v1/vms/:name/*", async (c) => forward(c));
+  app.all("/v1/vms/:name", async (c) => forward(c));
+  async function forward(c: Context<{ Variables: { ctx: RequestContext } }>): Promise<Response> {
+    const host = await holder(c.req.param("name") ?? "");
+    const url = new URL(c.req.url);
+    const body = c.req.method === "GET" || c.req.method === "HEAD" ? undefined : await c.req.json().catch(() => undefined);
+    const answer = await call<unknown>(host, c.req.method, url.pathname + url.search, body, toDelegated(c.get("ctx")), { timeoutMs: 300_000 });
+    if (c.req.method === "DELETE" && url.pathname.split("/").length === 4) await repo.deletePlacement((await repo.findPlacementByName(c.req.param("name") ?? ""))!.vmId);
+    return c.json(answer ?? {});
+  }
+
+  const socketServer: ServerType = createAdaptorServer({ fetch: (req: Request) => app.fetch(req, { transport: "unix" }) });
+  rmSync(home.socket, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    socketServer.once("error", reject);
+    socketServer.listen(home.socket, () => resolve());
+  });
+  const reconciling = await orchestrator.reconcile(MANAGER_ACTOR);
+  await audit.append({ actor: "system", action: "manager.start", target: { kind: "host", name: "manager" }, result: "ok", details: { version: VERSION, hosts: (await hosts.list()).length, migrationsFollowed: reconciling } });
+  log.info({ home: home.home, socket: home.socket, hosts: hosts.readyHosts(), migrationsFollowed: reconciling }, "vigil cluster manager is serving");
+
+  return {
+    close: async () => {
+      orchestrator.close();
+      hosts.close();
+      await new Promise<void>((r) => socketServer.close(() => r()));
+      await audit.close();
+      await db.destroy();
+      rmSync(home.socket, { force: true });
+      rmSync(home.pidFile, { force: true });
+    },
+  };
+}
+
+export async function runManager(o: ManagerOptions): Promise<void> {
+  const m = await startManager(o);
+  const stop = () => void m.close().then(() => process.exit(0));
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
