@@ -20,7 +20,7 @@ import type { Db } from "../inventory/db.ts";
 import type { ImageCatalog } from "../image/catalog.ts";
 import type { Logger } from "../log.ts";
 import { imageInfo } from "../qemu/qemu-img.ts";
-import { sha256File } from "../provenance/data-registry.ts";
+import { sha256File, type DataRegistry } from "../provenance/data-registry.ts";
 import { vmNameSchema, vmSpecSchema, bridgedNics, type VmSpec } from "../vm/spec.ts";
 import { assertAllowed } from "../vm/state-machine.ts";
 import { VmRepository, type Lineage, type VmRecord } from "../vm/vm-repository.ts";
@@ -121,7 +121,7 @@ export const dossierSchema = z
     /** A kernel-booted VM's kernel and initrd: the target must have that image with these digests. */
     boot: z.strictObject({ image: text(64), kernelSha256: sha256, initrdSha256: sha256 }).nullable(),
     /** The address and network of each bridged NIC: the target keeps the address (the segment spans the hosts). */
-    nics: z.array(z.strictObject({ nic: z.string().max(16), network: z.string().max(12), cidr, ip: ipv4, mac: z.string().max(17) })).max(8),
+    nics: z.array(z.strictObject({ nic: z.string().max(16), network: z.string().max(12), cidr, ip: ipv4.nullable(), mac: z.string().max(17) })).max(8),
     generations: z.array(generationSchema).max(DOSSIER_LIMITS.generations),
     firewall: z.strictObject({
       versions: z.array(z.strictObject({ version: z.number().int().min(1).max(1_000_000), policy: policySchema, actor: actorName, createdAt: time })).max(DOSSIER_LIMITS.policyVersions),
@@ -167,6 +167,8 @@ export interface DossierDeps {
   catalog: ImageCatalog;
   hostName: string;
   vmsDir: string;
+  /** The data registry: the disks an incoming VM gets here are registered as its data. */
+  registry: DataRegistry;
   log: Logger;
   watches?: WatchRegistry | undefined;
 }
@@ -245,8 +247,8 @@ export async function exportDossier(deps: DossierDeps, ctx: RequestContext, vmNa
       const a = addresses.find((x) => x.nic === n.name && x.name === n.network);
       const net = a ?? (await deps.db.selectFrom("networks").select(["name", "cidr"]).where("name", "=", n.network).executeTakeFirst());
       if (!net) throw conflict(`spec.nics`, `Cannot move VM ${q(vm.name)}: its NIC ${q(n.name)} is on network ${q(n.network)}, which does not exist here`);
-      if (!a) throw conflict(`spec.nics`, `Cannot move VM ${q(vm.name)}: its NIC ${q(n.name)} has no address on network ${q(n.network)} yet (start it once)`);
-      nics.push({ nic: n.name, network: n.network, cidr: net.cidr, ip: a.ip, mac: n.mac });
+      // A NIC never plugged in has no address yet: the target allocates one at its first start.
+      nics.push({ nic: n.name, network: n.network, cidr: net.cidr, ip: a?.ip ?? null, mac: n.mac });
     }
 
     const generations = (await deps.db.selectFrom("generations").selectAll().where("vm_id", "=", vm.id).orderBy("id").execute()).map((g) => ({
@@ -331,7 +333,8 @@ async function checkImport(deps: DossierDeps, d: Dossier): Promise<{ spec: VmSpe
     const at = spec.nics.indexOf(bridged[i]!);
     const net = await db.selectFrom("networks").select(["id", "cidr"]).where("name", "=", n.network).executeTakeFirst();
     if (!net) throw conflict(`vm.spec.nics.${at}.network`, `Cannot receive VM ${name}: its NIC ${q(n.nic)} is on network ${q(n.network)}, which this host does not have`);
-    if (net.cidr !== n.cidr) throw conflict(`vm.spec.nics.${at}.network`, `Cannot receive VM ${name}: network ${q(n.network)} is ${net.cidr} here and ${n.cidr} on the source (the VM keeps its address ${n.ip})`);
+    if (net.cidr !== n.cidr) throw conflict(`vm.spec.nics.${at}.network`, `Cannot receive VM ${name}: network ${q(n.network)} is ${net.cidr} here and ${n.cidr} on the source (the VM keeps its address)`);
+    if (n.ip === null) continue;
     const taken = await db.selectFrom("nic_addresses").select("vm_id").where("network_id", "=", net.id).where("ip", "=", n.ip).executeTakeFirst();
     if (taken) throw conflict(`nics.${i}.ip`, `Cannot receive VM ${name}: its address ${n.ip} on network ${q(n.network)} is taken here`);
   }
@@ -380,6 +383,7 @@ async function writeImport(deps: DossierDeps, d: Dossier, spec: VmSpec): Promise
       for (const r of d.vtime.records) await tx.insertInto("vtime_records").values({ ns: v.vtimeNs, stream: r.stream, seq: r.seq, data: r.data, rid: null, time: r.time }).execute();
       for (const l of d.locations) await tx.insertInto("vm_locations").values({ vm_id: v.id, host: l.host, path: l.path, since: l.since, until: l.until }).execute();
       for (const n of d.nics) {
+        if (n.ip === null) continue;
         const net = await tx.selectFrom("networks").select("id").where("name", "=", n.network).executeTakeFirstOrThrow();
         await tx.insertInto("nic_addresses").values({ vm_id: v.id, nic: n.nic, network_id: net.id, ip: n.ip, mac: n.mac }).execute();
       }

@@ -161,6 +161,8 @@ export class VmMigration {
     const vm = await d.repo.getById(vmId);
     await core.locked(vm, async (fresh) => {
       assertAllowed("migrate", fresh.name, fresh.state, "release");
+      // A cold move copied a stopped VM: one started meanwhile is not quit here (its copy is stale).
+      if (details.how === "cold" && fresh.state !== "stopped" && fresh.state !== "crashed") throw new VigilError("VIGIL_INVALID_STATE", `Cannot release VM ${q(fresh.name)} after a cold move: it is ${fresh.state} again`);
       const rt = core.runtimes.get(vmId);
       if (rt) {
         rt.expectedExit = "stop";
