@@ -8,7 +8,8 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect, createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDaemon, type Daemon } from "../../src/daemon/daemon.ts";
@@ -183,4 +184,81 @@ test("cold move: B boots the moved VM with its disk content, A keeps no row and 
   const whereB = await b.deps.db.selectFrom("vm_locations").select(["path", "until"]).where("vm_id", "=", view.id).orderBy("id").execute();
   assert.deepEqual(whereB.at(-1), { path: join(b.deps.vmsDir, view.id), until: null }, "B records the VM as here now, after its history from A");
   assert.ok(whereB.length >= 2);
+});
+
+/** Relays one connection from a unix socket at `listenPath` (which the VM's uid may connect to) to `toPath`. */
+function relay(listenPath: string, toPath: string, uid: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = createServer((inbound) => {
+      const outbound = connect(toPath);
+      inbound.pipe(outbound);
+      outbound.pipe(inbound);
+      const end = () => {
+        inbound.destroy();
+        outbound.destroy();
+      };
+      inbound.on("error", end);
+      outbound.on("error", end);
+    });
+    server.once("error", reject);
+    server.listen(listenPath, () => {
+      chownSync(listenPath, uid, uid);
+      resolve(server);
+    });
+  });
+}
+
+async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (ok(v)) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(v)})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test("live: a running VM's state migrates into B's incoming QEMU; commitIncoming resumes it there (counter in RAM intact), releaseOutgoing quits A's QEMU and leaves no row or file", async (t) => {
+  const a = await host(t, "a");
+  const b = await host(t, "b");
+  const vms = a.daemon.deps.vms;
+  const view = await vms.create(a.ctx, { name: "livevm", memoryMiB: 128 });
+  await vms.start(a.ctx, "livevm", { wait: true });
+  const exec = (h: Host, ...argv: string[]) => h.daemon.deps.vms.withAgent(h.ctx, "livevm", { action: "vm.exec", permission: "vm.exec" }, async (ag) => Buffer.from((await ag.exec(argv)).stdout, "base64").toString().trim());
+  assert.equal(await exec(a, "counter", "set", "41"), "41");
+  const { vm, disks } = await importDossier(b.deps, await exportDossier(a.deps, a.ctx, "livevm"), b.ctx);
+  assert.equal(vm.state, "incoming");
+  await prepareIncomingDisks(b.deps, vm.id, disks);
+  const incoming = await b.daemon.deps.vms.startIncoming(b.ctx, vm.id);
+  const bRun = join(b.deps.vmsDir, vm.id, "run");
+  const aRun = join(a.deps.vmsDir, vm.id, "run");
+  const bq = b.daemon.deps.vms.runtimeOf(incoming).qmp;
+  await bq.execute("migrate-incoming", { uri: `unix:${join(bRun, "mig.sock")}` });
+  const aUid = (await a.deps.db.selectFrom("jail_uids").select("uid").where("vm_id", "=", vm.id).executeTakeFirstOrThrow()).uid;
+  const server = await relay(join(aRun, "mig.sock"), join(bRun, "mig.sock"), aUid);
+  t.after(() => server.close());
+  const aq = vms.runtimeOf(await a.daemon.repo.getById(vm.id)).qmp;
+  await aq.execute("migrate", { uri: `unix:${join(aRun, "mig.sock")}` });
+  await until("A's migration to complete", () => aq.execute<{ status?: string }>("query-migrate"), (m) => m.status === "completed" || m.status === "failed");
+  assert.equal((await aq.execute<{ status: string }>("query-migrate")).status, "completed");
+  await until("B to have received", () => b.daemon.deps.vms.runtimeOf(incoming).status(), (s) => s !== "inmigrate");
+
+  const running = await b.daemon.deps.vms.commitIncoming(vm.id, b.ctx, { downtimeMs: 0 });
+  assert.equal(running.state, "running");
+  assert.equal(await b.daemon.deps.vms.runtimeOf(running).status(), "running");
+  assert.equal(await exec(b, "counter", "get"), "41", "the guest's RAM arrived: its counter goes on on B");
+  const into = await b.deps.db.selectFrom("audit_log").select(["actor", "details"]).where("action", "=", "vm.migrated-in").execute();
+  assert.deepEqual(into.map((x) => [x.actor, JSON.parse(x.details).how]), [["ada", "live"]]);
+  const whereB = await b.deps.db.selectFrom("vm_locations").select(["path", "until"]).where("vm_id", "=", vm.id).orderBy("id").execute();
+  assert.deepEqual(whereB.at(-1), { path: join(b.deps.vmsDir, vm.id), until: null });
+
+  const aPid = (await a.daemon.repo.getById(vm.id)).pid!;
+  await vms.releaseOutgoing(vm.id, b.deps.hostName, a.ctx);
+  assert.equal(processAlive(aPid), false, "A's QEMU quit");
+  await assert.rejects(a.daemon.repo.getById(view.id), { code: "VIGIL_VM_NOT_FOUND" });
+  assert.equal(existsSync(join(a.deps.vmsDir, vm.id)), false);
+  const out = await a.deps.db.selectFrom("audit_log").select(["actor", "details"]).where("action", "=", "vm.migrated-out").execute();
+  assert.deepEqual(out.map((x) => [x.actor, JSON.parse(x.details).to, JSON.parse(x.details).state]), [["ada", b.deps.hostName, "running"]]);
+  // The VM keeps running on B after A let go.
+  assert.equal(await exec(b, "counter", "incr"), "42");
 });
