@@ -20,6 +20,7 @@ import { processAlive } from "../../src/host/qemu-process.ts";
 import { exportDossier, importDossier, type DossierDeps } from "../../src/migration/dossier.ts";
 import { prepareIncomingDisks } from "../../src/migration/disks.ts";
 import { moveStopped } from "../../src/migration/cold.ts";
+import { FirewallRepository } from "../../src/network/firewall/firewall-repository.ts";
 
 interface Host {
   home: string;
@@ -98,6 +99,8 @@ async function received(a: Host, b: Host, name: string): Promise<string> {
     await b.daemon.deps.network.create(b.ctx, { name: "lan", cidr: "10.79.0.0/24", dhcp: false });
   }
   const view = await a.daemon.deps.vms.create(a.ctx, { name, memoryMiB: 128, nics: [{ network: "lan" }] });
+  // Its policy on A (a port only this test uses), which must be in B's firewall before B's QEMU exists.
+  await new FirewallRepository(a.deps.db).append(view.id, 1, { rules: [{ direction: "in", action: "accept", proto: "tcp", ports: "24680" }], defaults: { in: "drop", out: "accept" } }, "ada");
   const { vm, disks } = await importDossier(b.deps, await exportDossier(a.deps, a.ctx, name), b.ctx);
   await prepareIncomingDisks(b.deps, vm.id, disks);
   return view.id;
@@ -116,6 +119,8 @@ test("startIncoming: a jailed QEMU in inmigrate with its NIC plugged; commit is 
   assert.ok(existsSync(join(b.deps.vmsDir, id, "jail.pid")));
   assert.equal((await b.daemon.deps.network.attached()).filter((n) => n.vmId === id).length, 1, "its NIC is plugged in before QEMU");
   assert.equal(taps(b.netns).length, 1);
+  const ruleset = execFileSync("ip", ["netns", "exec", b.netns, "nft", "list", "table", "inet", "vigil_fw"], { encoding: "utf8" });
+  assert.match(ruleset, /24680/, "the policy that came with the VM is installed on B");
   const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
   assert.deepEqual(argv.slice(argv.indexOf("-incoming"), argv.indexOf("-incoming") + 2), ["-incoming", "defer"]);
   await assert.rejects(b.daemon.deps.vms.commitIncoming(id, b.ctx), { code: "VIGIL_INVALID_STATE", message: /"inmigrate", not done receiving it/ });
