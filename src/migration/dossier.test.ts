@@ -19,6 +19,7 @@ import { MonotonicStore } from "../vtime/store.ts";
 import { LocationHistory } from "../provenance/locations.ts";
 import { exportDossier, importDossier, dossierSchema, type Dossier, type DossierDeps } from "./dossier.ts";
 import { prepareIncomingDisks } from "./disks.ts";
+import { moveStopped } from "./cold.ts";
 import { imageInfo } from "../qemu/qemu-img.ts";
 
 /** A fake `tiny` image in `cache`: a kernel and initrd (bytes only: nothing boots here) and a 64 MiB base disk. */
@@ -241,4 +242,27 @@ test("export refuses what cannot move: snapshots, a template, a store shared by 
   await assert.rejects(exportDossier(a.deps, a.ctx, "mover"), { code: "VIGIL_CONFLICT", field: "vtimeNs", message: /shared with VM "linked"/ });
   const audits = await a.deps.db.selectFrom("audit_log").select("result").where("action", "=", "vm.dossier").execute();
   assert.deepEqual(audits.map((r) => r.result), ["error", "error", "error"], "each refusal is on the record");
+});
+
+test("a cold move that fails half-way leaves the VM where it was: the target's incoming copy is aborted, the source untouched", async (t) => {
+  const a = await host(t, "a");
+  const b = await host(t, "b");
+  const id = await richVm(a);
+  const before = await snapshotOf(a);
+  const beforeB = await snapshotOf(b);
+  // Something in the way of the second disk on B: its copy fails after the first disk was copied in.
+  mkdirSync(join(b.deps.vmsDir, id, "disks"), { recursive: true });
+  writeFileSync(join(b.deps.vmsDir, id, "disks", "data.qcow2"), "in the way");
+  await assert.rejects(moveStopped(a.deps, b.deps, a.ctx, "mover"), { code: "VIGIL_CONFLICT", message: /disk "data" of VM "mover": it exists already/ });
+  assert.equal((await a.daemon.repo.getById(id)).state, "stopped");
+  assert.equal(JSON.stringify(JSON.parse(await snapshotOf(a)).vms), JSON.stringify(JSON.parse(before).vms), "A's row is as it was");
+  assert.ok(existsSync(join(a.deps.vmsDir, id, "disks", "root.qcow2")) && existsSync(join(a.deps.vmsDir, id, "disks", "data.qcow2")));
+  assert.equal(existsSync(join(b.deps.vmsDir, id)), false, "B erased what it had made (and what was in the way)");
+  const after = JSON.parse(await snapshotOf(b)) as Record<string, unknown[]>;
+  const was = JSON.parse(beforeB) as Record<string, unknown[]>;
+  for (const table of ["vms", "generations", "fw_policies", "quarantine", "vtime_counters", "vtime_records", "vm_locations", "kv", "nic_addresses"]) assert.deepEqual(after[table], was[table], table);
+  const aborted = await b.deps.db.selectFrom("audit_log").select(["result", "details"]).where("action", "=", "vm.migration-aborted").execute();
+  assert.equal(aborted.length, 1);
+  assert.match(JSON.parse(aborted[0]!.details).reason, /cold move failed/);
+  assert.equal((await a.deps.db.selectFrom("audit_log").select("id").where("action", "=", "vm.migrated-out").execute()).length, 0);
 });
