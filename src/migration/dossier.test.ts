@@ -17,7 +17,7 @@ import { DataRegistry } from "../provenance/data-registry.ts";
 import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { LocationHistory } from "../provenance/locations.ts";
-import { exportDossier, importDossier, dossierSchema, type Dossier, type DossierDeps } from "./dossier.ts";
+import { applyStore, exportDossier, exportStore, importDossier, dossierSchema, type Dossier, type DossierDeps } from "./dossier.ts";
 import { prepareIncomingDisks } from "./disks.ts";
 import { moveStopped } from "./cold.ts";
 import { imageInfo } from "../qemu/qemu-img.ts";
@@ -212,7 +212,7 @@ test("refusals name their field and leave the target unchanged", async (t) => {
   await refused(variant((d) => (d.version = 2 as never)), "VIGIL_BAD_REQUEST", "version");
   await refused(variant((d) => (d.generations = Array.from({ length: 10_001 }, () => d.generations[0]!))), "VIGIL_BAD_REQUEST", "generations");
   await refused(variant((d) => d.vm.spec.boot.kind === "kernel" && (d.vm.spec.boot.kernel = "/x,file=/etc/shadow")), "VIGIL_BAD_REQUEST", "vm.spec.boot.kernel");
-  await refused(variant((d) => (d.vtime.records = [{ stream: "s", seq: 1, data: "x".repeat(2000), time: d.source.exportedAt }])), "VIGIL_BAD_REQUEST", "vtime.records.0.data");
+  await refused(variant((d) => (d.vtime.records = [{ stream: "s", seq: 1, data: "x".repeat(2000), rid: null, time: d.source.exportedAt }])), "VIGIL_BAD_REQUEST", "vtime.records.0.data");
   await refused(variant((d) => (d.firewall.versions[0]!.policy = { inbound: "maybe" } as never)), "VIGIL_BAD_REQUEST", /^firewall\.versions\.0\.policy/);
   await refused(variant((d) => (d.vm.name = "someone-else")), "VIGIL_BAD_REQUEST", "vm.spec.name");
   await refused(variant((d) => (d.generations = [])), "VIGIL_BAD_REQUEST", "generations");
@@ -265,4 +265,25 @@ test("a cold move that fails half-way leaves the VM where it was: the target's i
   assert.equal(aborted.length, 1);
   assert.match(JSON.parse(aborted[0]!.details).reason, /cold move failed/);
   assert.equal((await a.deps.db.selectFrom("audit_log").select("id").where("action", "=", "vm.migrated-out").execute()).length, 0);
+});
+
+test("switchover store sync: what the guest wrote on A during the copy reaches B; going back is refused and changes nothing", async (t) => {
+  const a = await host(t, "a");
+  const b = await host(t, "b");
+  const id = await richVm(a);
+  const { vm } = await importDossier(b.deps, await exportDossier(a.deps, a.ctx, "mover"), b.ctx);
+  const stale = await exportStore(a.deps, id);
+  // The guest still runs on A while its RAM is copied: its store moves on there.
+  const storeA = new MonotonicStore(a.deps.db);
+  await storeA.incr(vm.vtimeNs, "boots", 1, "r3");
+  await storeA.append(vm.vtimeNs, "log", "during the copy", "r4");
+  await applyStore(b.deps, id, await exportStore(a.deps, id));
+  assert.deepEqual(await new MonotonicStore(b.deps.db).dump(vm.vtimeNs), await storeA.dump(vm.vtimeNs));
+  assert.equal(await new MonotonicStore(b.deps.db).read(vm.vtimeNs, "boots"), 8);
+  // A retry of r3 on B (its answer was lost in the switchover) is not applied twice: the request ids came along.
+  assert.equal(await new MonotonicStore(b.deps.db).incr(vm.vtimeNs, "boots", 1, "r3"), 8);
+  const before = await snapshotOf(b);
+  await assert.rejects(applyStore(b.deps, id, stale), { code: "VIGIL_CONFLICT", field: "counters.boots", message: /would go back from 8 to 7/ });
+  assert.equal(await snapshotOf(b), before);
+  await assert.rejects(applyStore(b.deps, id, { ...stale, extra: 1 }), { code: "VIGIL_BAD_REQUEST", field: "extra" });
 });

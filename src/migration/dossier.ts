@@ -110,6 +110,16 @@ const watchSchema = z.strictObject({
   startedAt: z.string().max(64),
 });
 
+const rid = z.string().min(1).max(128).nullable();
+
+/** A store namespace's content; request ids kept, so a guest's retry of a write the source applied is not applied twice. */
+const vtimeSchema = z.strictObject({
+  counters: z.array(z.strictObject({ name: z.string().min(1).max(128), value: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER), lastRid: rid, updatedAt: time })).max(DOSSIER_LIMITS.counters),
+  records: z.array(z.strictObject({ stream: z.string().min(1).max(128), seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), data: z.string().max(1024), rid, time })).max(DOSSIER_LIMITS.records),
+});
+
+export type StoreContent = z.output<typeof vtimeSchema>;
+
 export const dossierSchema = z
   .strictObject({
     format: z.literal(DOSSIER_FORMAT),
@@ -127,10 +137,7 @@ export const dossierSchema = z
       versions: z.array(z.strictObject({ version: z.number().int().min(1).max(1_000_000), policy: policySchema, actor: actorName, createdAt: time })).max(DOSSIER_LIMITS.policyVersions),
       quarantine: z.strictObject({ since: time, reason: text(1000), actor: actorName }).nullable(),
     }),
-    vtime: z.strictObject({
-      counters: z.array(z.strictObject({ name: z.string().min(1).max(128), value: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER), updatedAt: time })).max(DOSSIER_LIMITS.counters),
-      records: z.array(z.strictObject({ stream: z.string().min(1).max(128), seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), data: z.string().max(1024), time })).max(DOSSIER_LIMITS.records),
-    }),
+    vtime: vtimeSchema,
     watch: watchSchema.nullable(),
     locations: z.array(z.strictObject({ host: hostName, path: text(4096), since: time, until: time.nullable() })).max(DOSSIER_LIMITS.locations),
   })
@@ -256,8 +263,6 @@ export async function exportDossier(deps: DossierDeps, ctx: RequestContext, vmNa
     }));
     const versions = (await deps.db.selectFrom("fw_policies").selectAll().where("vm_id", "=", vm.id).orderBy("version").execute()).map((p) => ({ version: p.version, policy: JSON.parse(p.policy) as unknown, actor: p.actor, createdAt: p.created_at }));
     const quarantine = await deps.db.selectFrom("quarantine").select(["since", "reason", "actor"]).where("vm_id", "=", vm.id).executeTakeFirst();
-    const counters = (await deps.db.selectFrom("vtime_counters").select(["name", "value", "updated_at"]).where("ns", "=", vm.vtimeNs).orderBy("name").execute()).map((c) => ({ name: c.name, value: c.value, updatedAt: c.updated_at }));
-    const records = await deps.db.selectFrom("vtime_records").select(["stream", "seq", "data", "time"]).where("ns", "=", vm.vtimeNs).orderBy("stream").orderBy("seq").execute();
     const watchRow = await deps.db.selectFrom("kv").select("value").where("key", "=", `introspection.watch.${vm.id}`).executeTakeFirst();
     const locations = await deps.db.selectFrom("vm_locations").select(["host", "path", "since", "until"]).where("vm_id", "=", vm.id).orderBy("id").execute();
 
@@ -274,7 +279,7 @@ export async function exportDossier(deps: DossierDeps, ctx: RequestContext, vmNa
       nics,
       generations,
       firewall: { versions, quarantine: quarantine ?? null },
-      vtime: { counters, records },
+      vtime: await readStore(deps.db, vm.vtimeNs),
       watch: watchRow ? (JSON.parse(watchRow.value) as unknown) : null,
       locations,
     };
@@ -379,8 +384,7 @@ async function writeImport(deps: DossierDeps, d: Dossier, spec: VmSpec): Promise
       }
       for (const p of d.firewall.versions) await tx.insertInto("fw_policies").values({ vm_id: v.id, version: p.version, policy: JSON.stringify(p.policy), actor: p.actor, created_at: p.createdAt }).execute();
       if (d.firewall.quarantine) await tx.insertInto("quarantine").values({ vm_id: v.id, ...d.firewall.quarantine }).execute();
-      for (const c of d.vtime.counters) await tx.insertInto("vtime_counters").values({ ns: v.vtimeNs, name: c.name, value: c.value, last_rid: null, updated_at: c.updatedAt }).execute();
-      for (const r of d.vtime.records) await tx.insertInto("vtime_records").values({ ns: v.vtimeNs, stream: r.stream, seq: r.seq, data: r.data, rid: null, time: r.time }).execute();
+      await writeStore(tx, v.vtimeNs, d.vtime);
       for (const l of d.locations) await tx.insertInto("vm_locations").values({ vm_id: v.id, host: l.host, path: l.path, since: l.since, until: l.until }).execute();
       for (const n of d.nics) {
         if (n.ip === null) continue;
@@ -405,5 +409,52 @@ async function deleteImport(db: Db, d: Dossier): Promise<void> {
     await tx.deleteFrom("vtime_counters").where("ns", "=", d.vm.vtimeNs).execute();
     await tx.deleteFrom("vtime_records").where("ns", "=", d.vm.vtimeNs).execute();
     await tx.deleteFrom("kv").where("key", "=", `introspection.watch.${d.vm.id}`).execute();
+  });
+}
+
+async function readStore(db: Db, ns: string): Promise<StoreContent> {
+  const counters = (await db.selectFrom("vtime_counters").select(["name", "value", "last_rid", "updated_at"]).where("ns", "=", ns).orderBy("name").execute()).map((c) => ({ name: c.name, value: c.value, lastRid: c.last_rid, updatedAt: c.updated_at }));
+  const records = await db.selectFrom("vtime_records").select(["stream", "seq", "data", "rid", "time"]).where("ns", "=", ns).orderBy("stream").orderBy("seq").execute();
+  return { counters, records };
+}
+
+async function writeStore(tx: Db, ns: string, content: StoreContent): Promise<void> {
+  for (const c of content.counters) await tx.insertInto("vtime_counters").values({ ns, name: c.name, value: c.value, last_rid: c.lastRid, updated_at: c.updatedAt }).execute();
+  for (const r of content.records) await tx.insertInto("vtime_records").values({ ns, stream: r.stream, seq: r.seq, data: r.data, rid: r.rid, time: r.time }).execute();
+}
+
+/**
+ * The store as it is now, for the switchover of a live migration: the guest kept writing on the source while its
+ * RAM was copied, so the dossier's copy is stale. Read on the source once its guest is paused (pre-switchover),
+ * applied on the target with `applyStore` before `commitIncoming`.
+ */
+export async function exportStore(deps: DossierDeps, vmId: string): Promise<StoreContent> {
+  const vm = await deps.vms.recordById(vmId);
+  return parseOrThrow(vtimeSchema, await readStore(deps.db, vm.vtimeNs), "store", "VIGIL_HOST");
+}
+
+/**
+ * Replaces an incoming VM's store with the source's newer content, in one transaction. Forward only: a counter
+ * that would go down, or a record that is missing or differs, is refused (VIGIL_CONFLICT) and nothing changes.
+ */
+export async function applyStore(deps: DossierDeps, vmId: string, input: unknown): Promise<void> {
+  const content = parseOrThrow(vtimeSchema, input, "store", "VIGIL_BAD_REQUEST");
+  const vm = await deps.vms.recordById(vmId);
+  if (vm.state !== "incoming") throw new VigilError("VIGIL_INVALID_STATE", `Cannot update the store of VM ${q(vm.name)}: it is ${vm.state}, not incoming`);
+  const bytes = content.records.reduce((n, r) => n + r.data.length, 0);
+  if (bytes > DOSSIER_LIMITS.recordBytes) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid store: "records" must hold at most ${DOSSIER_LIMITS.recordBytes} bytes of data`, { field: "records" });
+  await deps.db.transaction().execute(async (tx) => {
+    const now = await readStore(tx, vm.vtimeNs);
+    for (const c of now.counters) {
+      const next = content.counters.find((x) => x.name === c.name);
+      if (!next || next.value < c.value) throw conflict(`counters.${c.name}`, `Cannot update the store of VM ${q(vm.name)}: counter ${q(c.name)} would go back from ${c.value} to ${next?.value ?? "nothing"}`);
+    }
+    for (const r of now.records) {
+      const same = content.records.find((x) => x.stream === r.stream && x.seq === r.seq);
+      if (!same || same.data !== r.data) throw conflict(`records.${r.stream}`, `Cannot update the store of VM ${q(vm.name)}: record ${r.seq} of stream ${q(r.stream)} would change or go`);
+    }
+    await tx.deleteFrom("vtime_counters").where("ns", "=", vm.vtimeNs).execute();
+    await tx.deleteFrom("vtime_records").where("ns", "=", vm.vtimeNs).execute();
+    await writeStore(tx, vm.vtimeNs, content);
   });
 }
