@@ -17,6 +17,9 @@ const ALLOWED: Record<string, string[]> = {
   api: ["auth", "cluster", "guest-agent", "introspection", "migration", "network", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
+  // moving a VM between hosts: its dossier gathers what the capabilities keep per VM (policy schema, watch schema,
+  // store quotas), its disks go through qemu-img
+  migration: ["auth", "host", "introspection", "network", "provenance", "qemu", "util", "vm", "vtime"],
   vtime: ["qemu"],
   network: ["auth", "host", "util", "vm"], // the switch: vm for the state rule of which taps stay, host for private dirs
   provenance: ["host"],
@@ -31,6 +34,7 @@ const ALLOWED: Record<string, string[]> = {
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
   inventory: [],
   util: [],
+  cluster: [], // the shapes the cluster's parts share (types only)
 };
 /** Files at the top of src/ anyone may use. */
 const SHARED = new Set(["errors.ts", "validation.ts", "log.ts", "paths.ts", "config.ts"]);

@@ -32,6 +32,7 @@ export const PERMISSIONS = [
   "vm.quarantine", // move a VM into or out of the quarantine zone: a security decision, never the owner's alone
   "cluster.manage", // add and remove hosts of a cluster (issues their certificates), balance it: admins only
   "vm.unsafe", // operations that exist to show what goes wrong (a revert keeping the vmgenid): admins only
+  "vm.migrate", // move a VM to another host (its dossier, its incoming QEMU there): placement is the operators' call
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
 
@@ -40,7 +41,7 @@ const VM_OWNER_PERMISSIONS: Permission[] = ["vm.read", "vm.control", "vm.console
 /** What each role grants everywhere (`any`) and on VMs the actor owns (`owned`). */
 const GRANTS: Record<Role, { any: Permission[]; owned: Permission[] }> = {
   admin: { any: PERMISSIONS.filter((p) => p !== "vm.introspect"), owned: [] },
-  operator: { any: ["vm.read", "vm.create", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.export", "image.read", "host.read", "network.read"], owned: VM_OWNER_PERMISSIONS },
+  operator: { any: ["vm.read", "vm.create", "vm.control", "vm.console", "vm.exec", "vm.modify", "vm.export", "image.read", "host.read", "network.read", "vm.migrate"], owned: VM_OWNER_PERMISSIONS },
   owner: { any: ["vm.create", "image.read", "network.read"], owned: VM_OWNER_PERMISSIONS },
   auditor: { any: ["vm.read", "image.read", "user.read", "audit.read", "host.read", "network.read"], owned: [] },
 };

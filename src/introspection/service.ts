@@ -277,6 +277,16 @@ export class IntrospectionService {
     }
   }
 
+  /**
+   * Reads one VM's stored watch into the running service: a VM that arrived from another host with its watch
+   * (migration/dossier.ts wrote the row) is watched from its first QEMU here. An invalid row is refused.
+   */
+  async loadWatch(vmId: string): Promise<void> {
+    const row = await this.d.db.selectFrom("kv").select("value").where("key", "=", watchKey(vmId)).executeTakeFirst();
+    if (!row) return;
+    this.configs.set(vmId, parseOrThrow(storedWatchSchema, JSON.parse(row.value), "watch"));
+  }
+
   // ---- the runtime hook --------------------------------------------------------------------------------
 
   /** Runtime hook: every QEMU vigil adopts (started, reverted, restored, or found again) gets a watcher. */

@@ -134,4 +134,10 @@ test("counters, mirror and forwards through the service: permissions, audit reco
   await svc.settled();
   assert.deepEqual(await svc.listForwards(admin), []);
   assert.deepEqual(await db.selectFrom("net_captures").selectAll().execute(), [], "vm0's capture rows went with it");
+  // A VM that left for another host (vm.migrated-out) takes no forward along: its host-loopback ports close here.
+  await svc.addForward(admin, "vm0", { guestPort: 5007, listen: `127.0.0.1:${port + 1}` });
+  await audit.append({ actor: "root", action: "vm.migrated-out", target: { kind: "vm", id: a.nic.vmId, name: "vm0" }, result: "ok", requestId: "r" });
+  await svc.settled();
+  assert.deepEqual(await svc.listForwards(admin), []);
+  assert.deepEqual(svc.forwards.list(), []);
 });

@@ -291,13 +291,14 @@ export class VisService {
   }
 
   /**
-   * Removes a VM's forwards and capture rows once its deletion is on the record (vm.destroy / vm.purge, ok):
+   * Removes a VM's forwards and capture rows once its deletion is on the record (vm.destroy / vm.purge, ok; or
+   * vm.migrated-out: forwards are this host's loopback ports and do not follow the VM):
    * the audit log is the one place every deletion passes, so the VM code needs no hook for it. Returns the
    * unsubscribe function.
    */
   followVmRemovals(): () => void {
     return this.d.audit.subscribe((r) => {
-      if ((r.action === "vm.destroy" || r.action === "vm.purge") && r.result === "ok" && r.target.kind === "vm" && r.target.id) {
+      if ((r.action === "vm.destroy" || r.action === "vm.purge" || r.action === "vm.migrated-out") && r.result === "ok" && r.target.kind === "vm" && r.target.id) {
         const id = r.target.id;
         this.pendingRemovals = this.pendingRemovals.then(() => this.removeVm(id)).catch((err: unknown) => this.d.log?.warn({ vm: id, err: String(err) }, "cannot remove a deleted VM's forwards"));
       }

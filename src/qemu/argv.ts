@@ -35,6 +35,12 @@ export interface LaunchPlan {
   backing?: Record<string, Array<{ file: string; format: string; fd?: number | undefined }>> | undefined;
   /** The tap descriptor of each bridged NIC, by NIC name: the jail helper opened it (`--tap`), QEMU never does. */
   tapFds?: Record<string, number> | undefined;
+  /**
+   * `"defer"`: the target of a migration (docs/cluster.md, step 3). QEMU waits for its state with `-incoming defer`
+   * (the channel is set later, over QMP `migrate-incoming`, after the TLS and NBD objects exist), and the guest
+   * never starts from its own reset state.
+   */
+  incoming?: "defer" | undefined;
 }
 
 /** Why a bridged NIC cannot run without the jail: QEMU (unprivileged, netns-less) gets the tap only as a descriptor. */
@@ -146,5 +152,6 @@ export function buildArgv(plan: LaunchPlan): string[] {
     }
     argv.push("-netdev", netdev, "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac]]));
   }
+  if (plan.incoming === "defer") argv.push("-incoming", "defer");
   return argv;
 }

@@ -20,3 +20,12 @@ test("a longer list of allowed states reads as a sentence: commas, then \"or\" b
     message: 'Cannot kill VM "web1": it is stopped (allowed when running, paused, starting or stopping)',
   });
 });
+
+test("an incoming VM is only started incoming, committed or aborted: no user lifecycle action applies to it", () => {
+  for (const action of ["start", "stop", "kill", "destroy", "modify", "pause"] as const) assert.throws(() => assertAllowed(action, "web1", "incoming"), { code: "VIGIL_INVALID_STATE" });
+  for (const action of ["start-incoming", "commit-incoming", "abort-incoming"] as const) {
+    assert.doesNotThrow(() => assertAllowed(action, "web1", "incoming"));
+    assert.throws(() => assertAllowed(action, "web1", "running"), /allowed when incoming/);
+  }
+  assert.throws(() => assertAllowed("migrate", "web1", "incoming"), /allowed when running, paused, stopped or crashed/);
+});

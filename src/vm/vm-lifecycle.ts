@@ -109,9 +109,10 @@ export class VmLifecycle {
     return recordedPlaces(vm, this.core.d.home.vmsDir, (id) => this.core.d.repo.getById(id));
   }
 
-  private launchPlan(vm: VmRecord): LaunchPlan {
+  private launchPlan(vm: VmRecord, incoming = false): LaunchPlan {
     const l = this.core.layout(vm);
     return {
+      ...(incoming ? { incoming: "defer" as const } : {}),
       spec: vm.spec,
       uuid: vm.id,
       vmgenid: vm.vmgenid,
@@ -135,8 +136,12 @@ export class VmLifecycle {
     return { binary: jail.binary, argv: jail.argv };
   }
 
-  /** Starts QEMU for a VM whose lock is held. On failure the VM is back in its previous state. */
-  async startLocked(vm: VmRecord, options: StartOptions): Promise<VmRecord> {
+  /**
+   * Starts QEMU for a VM whose lock is held. On failure the VM is back in its previous state. `incoming`: the
+   * target of a migration (vm-migration.ts) — the same jail, NICs, firewall and runtime hooks, but QEMU gets
+   * `-incoming defer`, no before-cont hook runs, no `cont` is sent and the state stays `incoming`.
+   */
+  async startLocked(vm: VmRecord, options: StartOptions, incoming = false): Promise<VmRecord> {
     const { core } = this;
     const { d } = core;
     // The host that starts a VM may not be the one that created it: check its limits here too.
@@ -163,7 +168,8 @@ export class VmLifecycle {
     await core.locks.run("quota:live-memory", async () => {
       const usage = await core.usage(vm.owner);
       checkStartQuota(`Cannot start VM ${q(vm.name)}`, vm.owner, usage.owner, await d.users.quotasFor(vm.owner, d.quotas ?? {}), vm.spec.memoryMiB, usage.hostLiveMiB, host);
-      await d.repo.update(vm.id, { state: "starting" });
+      // An incoming VM stays `incoming` while its QEMU starts: a daemon that dies here aborts it at restart.
+      if (!incoming) await d.repo.update(vm.id, { state: "starting" });
     });
     let pid: number | undefined;
     if (!jailed) d.log.warn({ vm: vm.name }, "VIGIL_JAIL=off: starting QEMU without its jail");
@@ -185,18 +191,20 @@ export class VmLifecycle {
       }
       // Bridged NICs: tap, bridge port, address, firewall rules in place before QEMU exists (vm-nics.ts).
       const taps = jailed ? await plugNics(core, vm) : [];
-      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...this.launchPlan(vm), backing, tapFds })) : undefined;
+      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...this.launchPlan(vm, incoming), backing, tapFds })) : undefined;
       if (jail) handOverFiles(vm, l, jail.confinement.uid);
-      const started = await startQemu(jail ? [] : buildArgv(this.launchPlan(vm)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
+      const started = await startQemu(jail ? [] : buildArgv(this.launchPlan(vm, incoming)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
       pid = started.pid;
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, d.log, started.exited);
       this.supervisor.adopt(vm, rt);
-      for (const hook of this.beforeContHooks) await hook(vm, rt);
-      await options.beforeCont?.(rt);
-      if (!options.paused) await rt.qmp.execute("cont");
-      mark("guest running");
-      const updated = await d.repo.update(vm.id, { state: options.paused ? "paused" : "running", pid, accelerator: d.accel.accel });
+      if (!incoming) {
+        for (const hook of this.beforeContHooks) await hook(vm, rt);
+        await options.beforeCont?.(rt);
+        if (!options.paused) await rt.qmp.execute("cont");
+        mark("guest running");
+      }
+      const updated = await d.repo.update(vm.id, { state: incoming ? "incoming" : options.paused ? "paused" : "running", pid, accelerator: d.accel.accel });
       for (const [path, purpose] of [[l.consoleLog, "console-log"], [consoleBackup(l.consoleLog), "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await d.registry.register(vm.id, path, purpose, { hash: false });
       }

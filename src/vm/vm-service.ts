@@ -28,6 +28,7 @@ import { VmSupervisor } from "./vm-supervision.ts";
 import { VmLifecycle } from "./vm-lifecycle.ts";
 import { VmCreation, type DerivedVmInput } from "./vm-creation.ts";
 import { VmRemoval } from "./vm-removal.ts";
+import { VmMigration } from "./vm-migration.ts";
 import { recover } from "./vm-recovery.ts";
 import { pingAgent, withAgent } from "./vm-agent.ts";
 import { consoleLog, openConsole } from "./vm-console.ts";
@@ -41,6 +42,7 @@ export class VmService {
   private readonly lifecycle: VmLifecycle;
   private readonly creation: VmCreation;
   private readonly removal: VmRemoval;
+  private readonly migration: VmMigration;
 
   constructor(private readonly d: VmServiceDeps) {
     this.core = new VmCore(d);
@@ -49,6 +51,7 @@ export class VmService {
     this.operate = this.lifecycle.operate.bind(this.lifecycle);
     this.creation = new VmCreation(this.core);
     this.removal = new VmRemoval(this.core, this.lifecycle);
+    this.migration = new VmMigration(this.core, this.lifecycle, this.removal);
   }
 
   /** Capabilities register work that must happen on every start before the guest runs. */
@@ -232,14 +235,51 @@ export class VmService {
     return this.core.runtime(vm);
   }
 
+  // ---- migration (vm-migration.ts; the dossier is migration/dossier.ts) ------------------------------------
+
+  /** Starts an incoming VM's QEMU in its jail with `-incoming defer` and no `cont`; it stays `incoming`. */
+  startIncoming(ctx: RequestContext, vmId: string): Promise<VmRecord> {
+    return this.migration.startIncoming(ctx, vmId);
+  }
+
+  /** After QEMU's incoming migration completed: `cont`, running, location recorded, `vm.migrated-in`. */
+  commitIncoming(vmId: string, ctx?: RequestContext, details?: Record<string, unknown>): Promise<VmRecord> {
+    return this.migration.commitIncoming(vmId, ctx, details);
+  }
+
+  /** A cold move's end on the target: incoming (disks copied, no QEMU) → stopped, location, `vm.migrated-in`. */
+  commitStopped(vmId: string, ctx?: RequestContext, details?: Record<string, unknown>): Promise<VmRecord> {
+    return this.migration.commitStopped(vmId, ctx, details);
+  }
+
+  /** Gives up an incoming VM: QEMU killed, NICs unplugged, row, files and imported identity rows deleted. */
+  abortIncoming(vmId: string, ctx?: RequestContext, reason?: string): Promise<void> {
+    return this.migration.abortIncoming(vmId, ctx, reason);
+  }
+
+  /** Removes a cold-moved copy that arrived (stopped or incoming, never run here) when its source cannot let go. */
+  discardArrived(vmId: string, ctx: RequestContext | undefined, reason: string): Promise<void> {
+    return this.migration.discardArrived(vmId, ctx, reason);
+  }
+
+  /** On the source once the target holds the VM: QEMU quit, row and vigil-made files removed, `vm.migrated-out`. */
+  releaseOutgoing(vmId: string, targetHost: string, ctx?: RequestContext, details?: Record<string, unknown>): Promise<void> {
+    return this.migration.releaseOutgoing(vmId, targetHost, ctx, details);
+  }
+
   // ---- supervision ---------------------------------------------------------------------------------------
 
   /**
    * Finds every VM's QEMU again after vigil (re)starts (vm-recovery.ts), first erasing what a crash left in
    * `vms/` (`sweepLeftovers`): a QEMU is only trusted if pid file, process and uuid agree; interrupted operations are rolled back; a VM whose QEMU died meanwhile is crashed.
    */
-  recover(): Promise<{ reattached: string[]; crashed: string[] }> {
-    return recover(this.core, this.supervisor);
+  async recover(): Promise<{ reattached: string[]; crashed: string[] }> {
+    const result = await recover(this.core, this.supervisor);
+    // An incoming VM at start: this agent died mid-migration; the source still runs it (docs/cluster.md, step 6).
+    for (const vm of await this.d.repo.list()) {
+      if (vm.state === "incoming") await this.migration.abortIncoming(vm.id, undefined, "the target's daemon restarted during the migration");
+    }
+    return result;
   }
 
   /** Detaches from every QEMU without stopping it: VMs keep running while vigil is away. */

@@ -42,6 +42,14 @@ export class MonotonicStore {
     readonly quotas: StoreQuotas = DEFAULT_QUOTAS,
   ) {}
 
+  /**
+   * Forgets every remembered value: the store's rows were changed by someone else (a VM left this host or arrived
+   * with its store, migration/dossier.ts). The next reads go to the database.
+   */
+  forgetCached(): void {
+    this.cache.clear();
+  }
+
   async read(ns: string, name: string): Promise<number> {
     const key = `${ns}\0${name}`;
     const cached = this.cache.get(key);

@@ -53,3 +53,19 @@ test("two opposite links at once both finish, and the VMs answer afterwards (no 
   const [a, b] = [await d.repo.getById(va.id), await d.repo.getById(vb.id)];
   assert.equal(a.vtimeNs, b.vtimeNs, `one shared namespace (va → ${a.vtimeNs}, vb → ${b.vtimeNs})`);
 });
+
+test("when a VM leaves or arrives (migration), the store answers from the database again, never from what it remembered", async (t) => {
+  const d = await daemon(t);
+  const store = (d.deps.vtime as unknown as { store: import("./store.ts").MonotonicStore }).store;
+  assert.equal(await store.read("ns-moving", "c"), 0);
+  // Rows written behind the store's back, as an arriving dossier does.
+  await d.repo.db.insertInto("vtime_counters").values({ ns: "ns-moving", name: "c", value: 5, last_rid: null, updated_at: new Date().toISOString() }).execute();
+  assert.equal(await store.read("ns-moving", "c"), 0, "remembered");
+  await d.deps.audit.append({ actor: "system", action: "vm.stopped", target: { kind: "vm", id: "x", name: "x" }, result: "ok" });
+  assert.equal(await store.read("ns-moving", "c"), 0, "other records change nothing");
+  await d.deps.audit.append({ actor: "ada", action: "vm.incoming", target: { kind: "vm", id: "x", name: "x" }, result: "ok" });
+  assert.equal(await store.read("ns-moving", "c"), 5);
+  await d.repo.db.updateTable("vtime_counters").set({ value: 9 }).execute();
+  await d.deps.audit.append({ actor: "ada", action: "vm.migrated-out", target: { kind: "vm", id: "x", name: "x" }, result: "ok" });
+  assert.equal(await store.read("ns-moving", "c"), 9);
+});

@@ -34,7 +34,15 @@ export class VtimeService {
     private readonly store: MonotonicStore,
     private readonly audit: AuditLog,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // A VM that leaves (or an incoming one given up) takes its store's rows along: no value is answered from memory
+    // afterwards, or a VM that comes back would read a counter from before it left.
+    this.unsubscribe = audit.subscribe((r) => {
+      if ((r.action === "vm.migrated-out" || r.action === "vm.migration-aborted" || r.action === "vm.incoming") && r.result === "ok") store.forgetCached();
+    });
+  }
+
+  private readonly unsubscribe: () => void;
 
   /** Runtime hook: serve the VM's vtime channel for as long as its QEMU lives. */
   readonly attach = (vm: VmRecord, rt: VmRuntime): void => {
@@ -51,6 +59,7 @@ export class VtimeService {
 
   /** Stops every channel; resolves once their open audit windows are written (call before the audit log closes). */
   async close(): Promise<void> {
+    this.unsubscribe();
     const closing = [...this.channels.values()].map((ch) => ch.close());
     this.channels.clear();
     await Promise.all(closing);
