@@ -18,6 +18,7 @@ const ALLOWED: Record<string, string[]> = {
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
   vtime: ["qemu"],
+  migration: [], // the migration engine: pure QMP over a client it is handed (types only from qemu and cluster)
   network: ["auth", "host", "util", "vm"], // the switch: vm for the state rule of which taps stay, host for private dirs
   provenance: ["host"],
   vm: ["auth", "host", "qemu", "util"],
