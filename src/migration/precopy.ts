@@ -275,8 +275,9 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
         diskTransferred = jobs.reduce((s, j) => s + j.offset, 0);
         break;
       }
+      checkpoint();
       if (Date.now() > until) throw new VigilError("VIGIL_TIMEOUT", "The disk mirrors did not complete in time");
-      await sleep(50, undefined);
+      await sleep(50, signal);
     }
     for (const job of [...added.jobs]) {
       await run("job-dismiss", { id: job });
