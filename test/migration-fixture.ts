@@ -77,7 +77,10 @@ export function makeMigrationCerts(dir: string, id: string): MigrationCerts {
   makeLeaf(ca, clientDir, "client", `${id}-src`);
   makeLeaf(foreign, foreignClientDir, "client", `${id}-src`);
   makeLeaf(ca, otherClientDir, "client", `${id}-other`);
-  for (const d of [serverDir, clientDir, foreignClientDir, otherClientDir]) writeFileSync(join(d, "ca-cert.pem"), readFileSync(join(ca, "ca-cert.pem")));
+  for (const d of [serverDir, clientDir, otherClientDir]) writeFileSync(join(d, "ca-cert.pem"), readFileSync(join(ca, "ca-cert.pem")));
+  // The foreign client trusts both CAs (QEMU checks its own certificate against its CA file at object-add, and
+  // it must still trust the target): only the target's verification can refuse it.
+  writeFileSync(join(foreignClientDir, "ca-cert.pem"), Buffer.concat([readFileSync(join(foreign, "ca-cert.pem")), readFileSync(join(ca, "ca-cert.pem"))]));
   const subject = sh("openssl", ["x509", "-in", join(clientDir, "client-cert.pem"), "-noout", "-subject", "-nameopt", "RFC2253"]).trim();
   return { serverDir, clientDir, foreignClientDir, otherClientDir, hostname, clientSubjectRfc2253: subject.replace(/^subject=/, "") };
 }

@@ -70,12 +70,15 @@ class Stop extends Error {
   }
 }
 
-const sleep = (ms: number, signal: AbortSignal | undefined) =>
+/** Waits `ms`, or less when the signal aborts or `wake` fires (an event worth polling for). */
+const sleep = (ms: number, signal: AbortSignal | undefined, wake?: { fire?: (() => void) | undefined }) =>
   new Promise<void>((resolve) => {
     const timer = setTimeout(done, ms);
+    if (wake) wake.fire = done;
     function done() {
       clearTimeout(timer);
       signal?.removeEventListener("abort", done);
+      if (wake) wake.fire = undefined;
       resolve();
     }
     signal?.addEventListener("abort", done, { once: true });
@@ -145,122 +148,136 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
     throttlePercent: Math.max(info.throttlePercent, throttlePercent),
   });
 
+  // QEMU announces each migration status change and each job status change: poll again at once.
+  const wake: { fire?: (() => void) | undefined } = {};
+  const unsubscribe = qmp.onEvent?.((e) => {
+    if (e.event === "MIGRATION" || e.event === "JOB_STATUS_CHANGE" || e.event === "BLOCK_JOB_READY") wake.fire?.();
+  });
   try {
-    const status = parseStatus(await run("query-status"));
-    added.wasRunning = status.running;
-    const before = parseMigrateInfo(await run("query-migrate"));
-    if (["setup", "active", "pre-switchover", "device", "cancelling", "postcopy-active"].includes(before.status)) {
-      throw new VigilError("VIGIL_BUSY", `Cannot start a migration: one is already ${before.status}`);
-    }
-    report("setup", undefined, []);
+    return await migrate();
+  } finally {
+    unsubscribe?.();
+  }
 
-    step = "add the TLS credentials";
-    await run("object-add", { "qom-type": "tls-creds-x509", id: TLS_ID, dir: opts.tlsDir, endpoint: "client", "verify-peer": true });
-    added.creds = true;
+  async function migrate(): Promise<MigrationResult> {
+    try {
+      const status = parseStatus(await run("query-status"));
+      added.wasRunning = status.running;
+      const before = parseMigrateInfo(await run("query-migrate"));
+      if (["setup", "active", "pre-switchover", "device", "cancelling", "postcopy-active"].includes(before.status)) {
+        throw new VigilError("VIGIL_BUSY", `Cannot start a migration: one is already ${before.status}`);
+      }
+      report("setup", undefined, []);
 
-    for (const [i, disk] of disks.entries()) {
+      step = "add the TLS credentials";
+      await run("object-add", { "qom-type": "tls-creds-x509", id: TLS_ID, dir: opts.tlsDir, endpoint: "client", "verify-peer": true });
+      added.creds = true;
+
+      for (const [i, disk] of disks.entries()) {
+        checkpoint();
+        const nbdNode = `vigil-mig-nbd${i}`;
+        step = `connect disk ${q(disk.node)} to the target's NBD export`;
+        await run("blockdev-add", {
+          driver: "nbd",
+          "node-name": nbdNode,
+          server: { type: "unix", path: opts.nbdSocket },
+          export: disk.exportName,
+          "tls-creds": TLS_ID,
+          "tls-hostname": opts.tlsHostname,
+        });
+        added.nbdNodes.push(nbdNode);
+        step = `start the mirror of disk ${q(disk.node)}`;
+        const job = `vigil-mig-mirror${i}`;
+        // auto-dismiss off: a job that ends stays visible (with its error) until we dismiss it, so polling alone
+        // tells a completed mirror from a failed one.
+        await run("blockdev-mirror", { "job-id": job, device: disk.node, target: nbdNode, sync: disk.sync, "auto-dismiss": false });
+        added.jobs.push(job);
+      }
+
+      step = "mirror the disks";
+      for (;;) {
+        checkpoint();
+        const jobs = await mirrors();
+        report("disks", undefined, jobs);
+        if (jobs.filter((j) => added.jobs.includes(j.id)).every((j) => j.ready)) break;
+        await sleep(pollMs, signal, wake);
+      }
+
       checkpoint();
-      const nbdNode = `vigil-mig-nbd${i}`;
-      step = `connect disk ${q(disk.node)} to the target's NBD export`;
-      await run("blockdev-add", {
-        driver: "nbd",
-        "node-name": nbdNode,
-        server: { type: "unix", path: opts.nbdSocket },
-        export: disk.exportName,
+      step = "set the migration capabilities";
+      await run("migrate-set-capabilities", {
+        capabilities: ["pause-before-switchover", "auto-converge", "events"].map((capability) => ({ capability, state: true })),
+      });
+      step = "set the migration parameters";
+      await run("migrate-set-parameters", {
         "tls-creds": TLS_ID,
         "tls-hostname": opts.tlsHostname,
+        "downtime-limit": adapter.limitMs,
+        "max-bandwidth": limits.maxBandwidth === 0 ? UNLIMITED_BANDWIDTH : limits.maxBandwidth,
       });
-      added.nbdNodes.push(nbdNode);
-      step = `start the mirror of disk ${q(disk.node)}`;
-      const job = `vigil-mig-mirror${i}`;
-      // auto-dismiss off: a job that ends stays visible (with its error) until we dismiss it, so polling alone
-      // tells a completed mirror from a failed one.
-      await run("blockdev-mirror", { "job-id": job, device: disk.node, target: nbdNode, sync: disk.sync, "auto-dismiss": false });
-      added.jobs.push(job);
-    }
+      step = "start the migration";
+      added.migrate = true;
+      await run("migrate", { uri: `unix:${opts.migrateSocket}` });
 
-    step = "mirror the disks";
-    for (;;) {
-      checkpoint();
-      const jobs = await mirrors();
-      report("disks", undefined, jobs);
-      if (jobs.filter((j) => added.jobs.includes(j.id)).every((j) => j.ready)) break;
-      await sleep(pollMs, signal);
-    }
-
-    checkpoint();
-    step = "set the migration capabilities";
-    await run("migrate-set-capabilities", {
-      capabilities: ["pause-before-switchover", "auto-converge", "events"].map((capability) => ({ capability, state: true })),
-    });
-    step = "set the migration parameters";
-    await run("migrate-set-parameters", {
-      "tls-creds": TLS_ID,
-      "tls-hostname": opts.tlsHostname,
-      "downtime-limit": adapter.limitMs,
-      "max-bandwidth": limits.maxBandwidth === 0 ? UNLIMITED_BANDWIDTH : limits.maxBandwidth,
-    });
-    step = "start the migration";
-    added.migrate = true;
-    await run("migrate", { uri: `unix:${opts.migrateSocket}` });
-
-    step = "copy the RAM";
-    for (;;) {
-      checkpoint();
-      const info = parseMigrateInfo(await run("query-migrate"));
-      const jobs = added.jobs.length > 0 ? await mirrors() : [];
-      if (info.throttlePercent > 0) throttlePercent = info.throttlePercent;
-      switch (info.status) {
-        case "setup":
-        case "active":
-        case "device":
-        case "wait-unplug": {
-          const limit = adapter.observe(info.dirtySyncCount, info.remaining);
-          if (limit !== undefined) await run("migrate-set-parameters", { "downtime-limit": limit });
-          report("ram", info, jobs);
-          break;
+      step = "copy the RAM";
+      for (;;) {
+        checkpoint();
+        const info = parseMigrateInfo(await run("query-migrate"));
+        const jobs = added.jobs.length > 0 ? await mirrors() : [];
+        if (info.throttlePercent > 0) throttlePercent = info.throttlePercent;
+        switch (info.status) {
+          case "setup":
+          case "active":
+          case "device":
+          case "wait-unplug": {
+            const limit = adapter.observe(info.dirtySyncCount, info.remaining);
+            if (limit !== undefined) await run("migrate-set-parameters", { "downtime-limit": limit });
+            report("ram", info, jobs);
+            break;
+          }
+          case "pre-switchover": {
+            report("switchover", info, jobs);
+            if (continued) break; // QEMU has not left the state yet since our migrate-continue
+            continued = true;
+            step = "complete the disk mirrors";
+            await completeMirrors();
+            step = "continue the switchover";
+            await run("migrate-continue", { state: "pre-switchover" });
+            step = "switch over";
+            break;
+          }
+          case "completed": {
+            const done = result(info);
+            report("completed", info, []);
+            await run("object-del", { id: TLS_ID }).catch(() => undefined);
+            return done;
+          }
+          case "failed":
+            throw new VigilError("VIGIL_QEMU", `QEMU reports the migration failed: ${info.error ?? "no reason given"}`);
+          default:
+            throw new VigilError("VIGIL_QEMU", `The migration stopped unexpectedly (status ${q(info.status)})`);
         }
-        case "pre-switchover": {
-          report("switchover", info, jobs);
-          if (continued) break; // QEMU has not left the state yet since our migrate-continue
-          continued = true;
-          step = "complete the disk mirrors";
-          await completeMirrors();
-          step = "continue the switchover";
-          await run("migrate-continue", { state: "pre-switchover" });
-          step = "switch over";
-          break;
-        }
-        case "completed": {
-          const done = result(info);
-          report("completed", info, []);
-          await run("object-del", { id: TLS_ID }).catch(() => undefined);
-          return done;
-        }
-        case "failed":
-          throw new VigilError("VIGIL_QEMU", `QEMU reports the migration failed: ${info.error ?? "no reason given"}`);
-        default:
-          throw new VigilError("VIGIL_QEMU", `The migration stopped unexpectedly (status ${q(info.status)})`);
+        await sleep(pollMs, signal, wake);
       }
-      await sleep(pollMs, signal);
+    } catch (err) {
+      const kind = err instanceof Stop ? err.kind : "failed";
+      const outcome = await abort();
+      if (outcome.completed) {
+        // The cancel lost the race: QEMU had already switched over, the VM now runs on the target. Reporting a
+        // failure here would make the caller kill the only running copy.
+        report("completed", outcome.completed, []);
+        return result(outcome.completed);
+      }
+      report(kind === "cancelled" ? "cancelled" : "failed", undefined, []);
+      const cleanup = outcome.problems.length > 0 ? ` (clean-up: ${outcome.problems.join("; ")})` : "";
+      if (kind === "cancelled") throw new VigilError("VIGIL_CONFLICT", `Migration cancelled at step ${q(step)}; the VM keeps running here${cleanup}`);
+      if (kind === "timeout") {
+        throw new VigilError("VIGIL_TIMEOUT", `Migration timed out after ${limits.timeoutMs} ms at step ${q(step)}; the VM keeps running here${cleanup}`);
+      }
+      const code = err instanceof VigilError ? err.code : "VIGIL_QEMU";
+      throw new VigilError(code, `Migration failed at step ${q(step)}: ${messageOf(err)}${cleanup}`, { cause: err });
     }
-  } catch (err) {
-    const kind = err instanceof Stop ? err.kind : "failed";
-    const outcome = await abort();
-    if (outcome.completed) {
-      // The cancel lost the race: QEMU had already switched over, the VM now runs on the target. Reporting a
-      // failure here would make the caller kill the only running copy.
-      report("completed", outcome.completed, []);
-      return result(outcome.completed);
-    }
-    report(kind === "cancelled" ? "cancelled" : "failed", undefined, []);
-    const cleanup = outcome.problems.length > 0 ? ` (clean-up: ${outcome.problems.join("; ")})` : "";
-    if (kind === "cancelled") throw new VigilError("VIGIL_CONFLICT", `Migration cancelled at step ${q(step)}; the VM keeps running here${cleanup}`);
-    if (kind === "timeout") {
-      throw new VigilError("VIGIL_TIMEOUT", `Migration timed out after ${limits.timeoutMs} ms at step ${q(step)}; the VM keeps running here${cleanup}`);
-    }
-    const code = err instanceof VigilError ? err.code : "VIGIL_QEMU";
-    throw new VigilError(code, `Migration failed at step ${q(step)}: ${messageOf(err)}${cleanup}`, { cause: err });
+
   }
 
   /** At pre-switchover (source paused): soft-cancel each READY mirror (it completes, the copy consistent). */
@@ -277,7 +294,7 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
       }
       checkpoint();
       if (Date.now() > until) throw new VigilError("VIGIL_TIMEOUT", "The disk mirrors did not complete in time");
-      await sleep(50, signal);
+      await sleep(50, signal, wake);
     }
     for (const job of [...added.jobs]) {
       await run("job-dismiss", { id: job });

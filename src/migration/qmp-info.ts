@@ -7,8 +7,12 @@
 import { z } from "zod";
 import type { QmpClient } from "../qemu/qmp-client.ts";
 
-/** The part of a QMP client the engine uses (so tests may script a peer). */
-export type Qmp = Pick<QmpClient, "execute">;
+/**
+ * The part of a QMP client the engine uses (so tests may script a peer). Events are optional: the engine polls
+ * either way, and uses MIGRATION and JOB_STATUS_CHANGE events only to poll again at once (the switchover waits
+ * on the engine, so every poll interval it sleeps through is downtime).
+ */
+export type Qmp = Pick<QmpClient, "execute"> & Partial<Pick<QmpClient, "onEvent">>;
 
 /** The migration statuses QEMU 7.2 reports (MigrationStatus); anything else is "unknown". */
 const STATUSES = [
