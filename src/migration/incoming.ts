@@ -100,7 +100,8 @@ export async function watchIncoming(qmp: Qmp, signal?: AbortSignal, options: { t
 
 /**
  * After `completed`: stops the NBD server (its exports go with it, and the guest's devices take their normal
- * block permissions back) and resumes the VM. Refuses unless QEMU reports the migration completed.
+ * block permissions back), resumes the VM, then removes the migration's credentials and identity. Refuses unless
+ * QEMU reports the migration completed.
  */
 export async function finishIncoming(qmp: Qmp): Promise<void> {
   const run = (command: string, args?: Record<string, unknown>) => qmp.execute(command, args, { timeoutMs: COMMAND_TIMEOUT_MS });
@@ -114,4 +115,8 @@ export async function finishIncoming(qmp: Qmp): Promise<void> {
     throw new VigilError("VIGIL_QEMU", `Cannot stop the migration's NBD server: ${messageOf(err)}`, { cause: err });
   }
   await run("cont");
+  // The migration's credentials are spent: drop them, so this VM can later migrate on with fresh ones.
+  await run("migrate-set-parameters", { "tls-creds": "", "tls-authz": "" });
+  await run("object-del", { id: AUTHZ_ID });
+  await run("object-del", { id: TLS_ID });
 }

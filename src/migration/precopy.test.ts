@@ -311,7 +311,7 @@ test("watchIncoming resolves on completed, rejects on failed and on cancel; fini
   const ok = fakeTarget(undefined, [{ status: "active" }, { status: "active" }, { status: "completed" }]);
   await watchIncoming(ok.qmp, undefined, { pollMs: 1 });
   await finishIncoming(ok.qmp);
-  assert.deepEqual(ok.commands().filter((c) => c !== "query-migrate"), ["nbd-server-stop", "cont"]);
+  assert.deepEqual(ok.commands().filter((c) => c !== "query-migrate"), ["nbd-server-stop", "cont", "migrate-set-parameters", "object-del", "object-del"]);
   await assert.rejects(watchIncoming(fakeTarget(undefined, [{ status: "failed", "error-desc": "load of migration failed" }]).qmp, undefined, { pollMs: 1 }), /load of migration failed/);
   const c = new AbortController();
   const w = watchIncoming(fakeTarget(undefined, [{ status: "active" }]).qmp, c.signal, { pollMs: 1 });
