@@ -13,6 +13,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   jail: () => import("./jail.ts"),
   network: () => import("./network.ts"),
   "fw-update": () => import("./fw-update.ts"),
+  migration: () => import("./migration.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -21,6 +21,7 @@ const ALLOWED: Record<string, string[]> = {
   // store quotas), its disks go through qemu-img
   migration: ["auth", "host", "introspection", "network", "provenance", "qemu", "util", "vm", "vtime"],
   vtime: ["qemu"],
+  migration: [], // the migration engine: pure QMP over a client it is handed (types only from qemu and cluster)
   network: ["auth", "host", "util", "vm"], // the switch: vm for the state rule of which taps stay, host for private dirs
   provenance: ["host"],
   vm: ["auth", "host", "qemu", "util"],

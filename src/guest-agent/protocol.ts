@@ -59,4 +59,6 @@ export const EXEC_ALLOWED = [
   "counter", "rng-sample", "dmesg-grep", "reseed-count", "vtime", "otp-init", "otp-verify", "rng-pool", "data-write",
   // The network tests' helpers (docs/network.md, "VM NICs"): address, echo listener, connect, ping, spoof.
   "net-addr", "net-listen", "net-send", "net-ping", "net-spoof", "net-sink", "net-bulk", "net-rtt",
+  // The migration tests' helpers (docs/cluster.md, "The migration engine"): a RAM counter logged to disk, a memory dirtier.
+  "ticker", "mem-dirty",
 ] as const;
