@@ -23,9 +23,11 @@ import {
   type PluginTransformResultArgs,
   type QueryId,
   type QueryResult,
+  type RawBuilder,
   RawNode,
   type RootOperationNode,
   type UnknownRow,
+  sql,
 } from "kysely";
 import { BugError } from "../errors.ts";
 
@@ -63,6 +65,16 @@ export class PostgresSchemaPlugin implements KyselyPlugin {
   async transformResult(args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
     return args.result;
   }
+}
+
+/**
+ * `(…)` for `where(col, "in", …)`: the strings as ONE JSON parameter, unpacked by the database — a list of
+ * thousands of ids would exceed SQLite's limit on bound variables (and PostgreSQL's 65535) one per value.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- any database shape
+export function jsonTextList(db: Kysely<any>, values: readonly string[]): RawBuilder<string> {
+  const json = JSON.stringify(values);
+  return dialectOf(db) === "postgres" ? sql<string>`(SELECT json_array_elements_text(CAST(${json} AS json)))` : sql<string>`(SELECT value FROM json_each(${json}))`;
 }
 
 /** Whether an inventory spec names a PostgreSQL server (`postgres://…`, `postgresql://…`) rather than a file. */
