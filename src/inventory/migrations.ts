@@ -427,6 +427,8 @@ const migrations: Record<string, Migration> = {
         .addColumn("finished_at", "text")
         .execute();
       await db.schema.createIndex("migrations_state").on("migrations").columns(["state", "started_at"]).execute();
+      // At most one running migration per VM, held by the database itself (two managers racing both lose but one).
+      await db.schema.createIndex("migrations_one_running").on("migrations").column("vm_id").unique().where(sql.ref("state"), "=", "running").execute();
       await db.schema.createIndex("migrations_vm").on("migrations").columns(["vm_id", "started_at"]).execute();
       // Durable events: a listener reads after the last seq it saw (NOTIFY on PostgreSQL is a wake-up only).
       await db.schema

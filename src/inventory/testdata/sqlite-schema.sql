@@ -6,6 +6,8 @@ CREATE INDEX "data_files_vm" on "data_files" ("vm_id");
 CREATE INDEX "generations_vm" on "generations" ("vm_id", "generation");
 -- index imported_bundles_manifest
 CREATE INDEX "imported_bundles_manifest" on "imported_bundles" ("manifest_sha256");
+-- index migrations_one_running
+CREATE UNIQUE INDEX "migrations_one_running" on "migrations" ("vm_id") where "state" = 'running';
 -- index migrations_state
 CREATE INDEX "migrations_state" on "migrations" ("state", "started_at");
 -- index migrations_vm
