@@ -22,11 +22,12 @@ const ALLOWED: Record<string, string[]> = {
   provenance: ["host"],
   vm: ["auth", "host", "qemu", "util"],
   auth: [],
-  audit: ["util"],
+  audit: ["inventory", "util"], // inventory: the dialect helpers (one JSON parameter for many ids on either database)
   image: ["auth", "host", "qemu", "storage", "util"],
   host: ["guest-agent", "qemu", "util"],
   "guest-agent": ["qemu"],
   qemu: ["util"],
+  cluster: ["inventory"], // the cluster inventory (hosts, placements, migrations, events) over the shared data layer
   inventory: [],
   util: [],
 };
