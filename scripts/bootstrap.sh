@@ -17,6 +17,7 @@ APT_PACKAGES=(
   gcc libc6-dev                    # building the QEMU jail helper (native/vigil-jail.c)
   openssl                          # the site TLS certificate for a non-loopback API listener
   dnsmasq-base tcpdump conntrack   # the virtual switch: DHCP per network, pcap mirrors, conntrack hand-over (docs/network.md)
+  postgresql                       # the cluster manager's shared inventory (docs/cluster.md, "PostgreSQL")
 )
 
 missing=()
@@ -32,6 +33,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# PostgreSQL (docs/cluster.md, "PostgreSQL"): a running server and a login role for root, authenticated by peer
+# over the unix socket in /var/run/postgresql, so no password is on any command line. PID 1 is not systemd
+# here: the cluster is started with pg_ctlcluster. Quick when it is running and the role exists.
+if [ "$(id -u)" -eq 0 ]; then
+  pg_cluster=$(pg_lsclusters -h 2>/dev/null | awk 'NR == 1 { print $1 " " $2 }')
+  if [ -z "$pg_cluster" ]; then
+    pg_major=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    say "creating PostgreSQL cluster $pg_major main"
+    pg_createcluster "$pg_major" main >/dev/null
+    pg_cluster="$pg_major main"
+  fi
+  # shellcheck disable=SC2086 # "VERSION NAME": two words on purpose
+  if ! pg_lsclusters -h $pg_cluster 2>/dev/null | awk '{ print $4 }' | grep -qx online; then
+    say "starting PostgreSQL $pg_cluster"
+    pg_ctlcluster $pg_cluster start
+  fi
+  if [ "$(runuser -u postgres -- psql -XtAq -c "SELECT 1 FROM pg_roles WHERE rolname = 'root'")" != 1 ]; then
+    say "creating the PostgreSQL role root"
+    runuser -u postgres -- psql -Xq -v ON_ERROR_STOP=1 -c "CREATE ROLE root LOGIN CREATEDB"
+  fi
 fi
 
 # The QEMU jail helper: rebuilt when its source changes (docs/jail.md).

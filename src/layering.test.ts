@@ -17,25 +17,22 @@ const ALLOWED: Record<string, string[]> = {
   api: ["auth", "cluster", "guest-agent", "introspection", "migration", "network", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
-  // moving a VM between hosts: its dossier gathers what the capabilities keep per VM (policy schema, watch schema,
-  // store quotas), its disks go through qemu-img
-  migration: ["auth", "host", "introspection", "network", "provenance", "qemu", "util", "vm", "vtime"],
   vtime: ["qemu"],
-  migration: [], // the migration engine: pure QMP over a client it is handed (types only from qemu and cluster)
   network: ["auth", "host", "util", "vm"], // the switch: vm for the state rule of which taps stay, host for private dirs
   provenance: ["host"],
   vm: ["auth", "host", "qemu", "util"],
   auth: [],
-  audit: ["util"],
+  audit: ["inventory", "util"], // inventory: the dialect helpers (one JSON parameter for many ids on either database)
   image: ["auth", "host", "qemu", "storage", "util"],
   host: ["guest-agent", "qemu", "util"],
   "guest-agent": ["qemu"],
   qemu: ["util"],
-  migration: ["auth", "cluster", "host", "network", "qemu", "storage", "util", "vm", "vtime"], // moving a VM: its identity (dossier), QMP pre-copy, relays, the manager's orchestrator
+  // moving a VM between hosts: its dossier gathers what the capabilities keep per VM (policy, watch, store), its
+  // disks go through qemu-img; the QMP pre-copy engine, the relays, the agent's side and the manager's orchestrator
+  migration: ["auth", "cluster", "host", "introspection", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
   inventory: [],
   util: [],
-  cluster: [], // the shapes the cluster's parts share (types only)
 };
 /** Files at the top of src/ anyone may use. */
 const SHARED = new Set(["errors.ts", "validation.ts", "log.ts", "paths.ts", "config.ts"]);

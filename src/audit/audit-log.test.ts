@@ -2,43 +2,42 @@
  * Tamper evidence: the stored chain and the exported file must reveal a modified, deleted, inserted, reordered
  * or truncated record, naming the first bad one; an export must verify with the public key alone.
  */
-import { test, type TestContext } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sql } from "kysely";
-import { openSqlite, type Db } from "../inventory/db.ts";
+import type { Db } from "../inventory/db.ts";
+import type { Dialect } from "../inventory/dialect.ts";
+import { dialectTest, testInventory } from "../inventory/testing/dialects.ts";
 import { AuditLog, CHECKPOINT_EVERY } from "./audit-log.ts";
 import { loadOrCreateSiteKey } from "./site-key.ts";
 
 const VERIFIER = join(import.meta.dirname, "..", "..", "scripts", "verify-audit-export.mjs");
 
-async function fixture(t: TestContext, records = 12): Promise<{ db: Db; log: AuditLog; dir: string; reopen: () => Promise<AuditLog> }> {
+async function fixture(t: TestContext, dialect: Dialect, records = 12): Promise<{ db: Db; log: AuditLog; dir: string; reopen: () => Promise<AuditLog> }> {
   const dir = mkdtempSync(join(tmpdir(), "audit-test-"));
-  const db = await openSqlite(join(dir, "vigil.db"));
+  const db = await testInventory(t, dialect, join(dir, "vigil.db"));
   const key = loadOrCreateSiteKey(join(dir, "keys"));
   const open = () => AuditLog.open(db, key, "host1", join(dir, "keys", "head.json"));
   const log = await open();
   for (let i = 0; i < records; i++) {
     await log.append({ actor: i % 2 ? "alice" : "bob", action: "vm.start", target: { kind: "vm", id: `id-${i}`, name: `vm${i}` }, result: "ok", details: { i } });
   }
-  t.after(async () => {
-    await db.destroy();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   return { db, log, dir, reopen: open };
 }
 
-test("a clean log verifies", async (t) => {
-  const { log } = await fixture(t);
+dialectTest("a clean log verifies", async (t, dialect) => {
+  const { log } = await fixture(t, dialect);
   const r = await log.verify();
   assert.deepEqual({ ok: r.ok, records: r.records }, { ok: true, records: 12 });
 });
 
-test("a modified record is named", async (t) => {
-  const { db, log } = await fixture(t);
+dialectTest("a modified record is named", async (t, dialect) => {
+  const { db, log } = await fixture(t, dialect);
   await db.updateTable("audit_log").set({ actor: "mallory" }).where("seq", "=", 5).execute();
   const r = await log.verify();
   assert.equal(r.ok, false);
@@ -46,16 +45,16 @@ test("a modified record is named", async (t) => {
   assert.match(r.firstBad!.reason, /modified/);
 });
 
-test("a deleted record is named", async (t) => {
-  const { db, log } = await fixture(t);
+dialectTest("a deleted record is named", async (t, dialect) => {
+  const { db, log } = await fixture(t, dialect);
   await db.deleteFrom("audit_log").where("seq", "=", 7).execute();
   const r = await log.verify();
   assert.equal(r.firstBad?.seq, 7);
   assert.match(r.firstBad!.reason, /missing.*deleted/);
 });
 
-test("an inserted record is caught where it was put", async (t) => {
-  const { db, log } = await fixture(t);
+dialectTest("an inserted record is caught where it was put", async (t, dialect) => {
+  const { db, log } = await fixture(t, dialect);
   // Make room at seq 4 by moving 4.. up by one, then forge a record 4 with a made-up hash.
   await sql`UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 4`.execute(db);
   await sql`UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000`.execute(db);
@@ -66,8 +65,8 @@ test("an inserted record is caught where it was put", async (t) => {
   assert.equal(r.firstBad?.seq, 4);
 });
 
-test("swapping two records is caught", async (t) => {
-  const { db, log } = await fixture(t);
+dialectTest("swapping two records is caught", async (t, dialect) => {
+  const { db, log } = await fixture(t, dialect);
   await sql`UPDATE audit_log SET seq = -1 WHERE seq = 3`.execute(db);
   await sql`UPDATE audit_log SET seq = 3 WHERE seq = 6`.execute(db);
   await sql`UPDATE audit_log SET seq = 6 WHERE seq = -1`.execute(db);
@@ -75,8 +74,8 @@ test("swapping two records is caught", async (t) => {
   assert.equal(r.firstBad?.seq, 3);
 });
 
-test("a truncated tail is caught by the signed head", async (t) => {
-  const { db, log } = await fixture(t);
+dialectTest("a truncated tail is caught by the signed head", async (t, dialect) => {
+  const { db, log } = await fixture(t, dialect);
   await db.deleteFrom("audit_log").where("seq", ">", 9).execute();
   const r = await log.verify();
   assert.equal(r.ok, false);
@@ -84,8 +83,8 @@ test("a truncated tail is caught by the signed head", async (t) => {
   assert.match(r.firstBad!.reason, /truncated/);
 });
 
-test("a truncated tail is caught by a signed checkpoint even without the head file", async (t) => {
-  const { db, dir, reopen } = await fixture(t, CHECKPOINT_EVERY + 5);
+dialectTest("a truncated tail is caught by a signed checkpoint even without the head file", async (t, dialect) => {
+  const { db, dir, reopen } = await fixture(t, dialect, CHECKPOINT_EVERY + 5);
   rmSync(join(dir, "keys", "head.json"));
   await db.deleteFrom("audit_log").where("seq", ">", CHECKPOINT_EVERY - 3).execute();
   const r = await (await reopen()).verify();
@@ -93,8 +92,8 @@ test("a truncated tail is caught by a signed checkpoint even without the head fi
   assert.match(r.firstBad!.reason, /truncated/);
 });
 
-test("the export verifies with the public key alone; tampered exports do not", async (t) => {
-  const { log, dir } = await fixture(t, CHECKPOINT_EVERY + 3);
+dialectTest("the export verifies with the public key alone; tampered exports do not", async (t, dialect) => {
+  const { log, dir } = await fixture(t, dialect, CHECKPOINT_EVERY + 3);
   const lines: string[] = [];
   for await (const l of log.exportLines()) lines.push(l);
   const file = join(dir, "export.jsonl");
@@ -125,8 +124,8 @@ test("the export verifies with the public key alone; tampered exports do not", a
   assert.match(foreign.stdout, /exported by key .* but the key given is/);
 });
 
-test("listing by many target ids (more than SQLite's variable limit) pages through exactly those targets", async (t) => {
-  const { log } = await fixture(t);
+dialectTest("listing by many target ids (more than SQLite's variable limit) pages through exactly those targets", async (t, dialect) => {
+  const { log } = await fixture(t, dialect);
   const ids = [...Array.from({ length: 40_000 }, (_, i) => `none-${i}`), "id-3", "id-8"];
   const got = await log.list({ targetIds: ids, limit: 10 });
   assert.deepEqual(got.map((r) => r.target.id), ["id-3", "id-8"]);

@@ -14,6 +14,7 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, w
 import { dirname } from "node:path";
 import { sql } from "kysely";
 import type { Db } from "../inventory/db.ts";
+import { jsonTextList } from "../inventory/dialect.ts";
 import type { AuditCheckpointsTable, AuditRow } from "../inventory/schema.ts";
 import { VigilError, messageOf } from "../errors.ts";
 import { Mutex } from "../util/mutex.ts";
@@ -192,7 +193,8 @@ export class AuditLog {
     let size = top?.m === null || top?.m === undefined ? 0 : Number(top.m) + 1;
     if (size > this.lastSeq) {
       findings.push(`the Merkle tree holds ${size} leaves but the log ends at record ${this.lastSeq}: records were deleted`);
-      await sql`DELETE FROM audit_tree WHERE (idx + 1) * (1 << level) > ${this.lastSeq}`.execute(this.db);
+      // A node covers leaves up to (idx + 1)·2^level; the shift amount cast to 32 bits so PostgreSQL has an operator for it.
+      await sql`DELETE FROM audit_tree WHERE ((idx + 1) << CAST(level AS integer)) > ${this.lastSeq}`.execute(this.db);
       size = this.lastSeq;
     }
     this.frontier = await Frontier.load(this.nodes, size);
@@ -430,7 +432,7 @@ export class AuditLog {
     if (options.afterSeq !== undefined) query = query.where("seq", ">", options.afterSeq);
     if (options.targetId !== undefined) query = query.where("target_id", "=", options.targetId);
     // One JSON parameter, not one per id: an operator's list of readable VMs may exceed SQLite's variable limit.
-    if (options.targetIds !== undefined) query = query.where("target_id", "in", sql<string>`(SELECT value FROM json_each(${JSON.stringify(options.targetIds)}))`);
+    if (options.targetIds !== undefined) query = query.where("target_id", "in", jsonTextList(this.db, options.targetIds));
     if (options.action !== undefined) query = query.where("action", "=", options.action);
     query = query.orderBy("seq", options.tail ? "desc" : "asc").limit(options.limit ?? 1000);
     const rows = await query.execute();

@@ -3,13 +3,15 @@
  * records `audit.tamper` after the surviving records instead of re-signing, and proofs a third party checks with
  * the public key alone. One test per row of the threat model in docs/audit.md is marked "threat model".
  */
-import { test, type TestContext } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openSqlite, type Db } from "../inventory/db.ts";
+import type { Db } from "../inventory/db.ts";
+import type { Dialect } from "../inventory/dialect.ts";
+import { dialectTest, testInventory } from "../inventory/testing/dialects.ts";
 import { AuditLog, CHECKPOINT_EVERY } from "./audit-log.ts";
 import { GENESIS_HASH, leafData, recordHash, statementBytes, treeHeadBytes, type AuditRecord } from "./chain.ts";
 import { Frontier, leafHash, verifyConsistency, verifyInclusion } from "./merkle.ts";
@@ -27,15 +29,12 @@ interface Fixture {
   fill: (log: AuditLog, n: number) => Promise<void>;
 }
 
-async function fixture(t: TestContext): Promise<Fixture> {
+async function fixture(t: TestContext, dialect: Dialect): Promise<Fixture> {
   const dir = mkdtempSync(join(tmpdir(), "audit-tamper-"));
-  const db = await openSqlite(join(dir, "vigil.db"));
+  const db = await testInventory(t, dialect, join(dir, "vigil.db"));
   const key = loadOrCreateSiteKey(join(dir, "keys"));
   const headPath = join(dir, "keys", "audit-head.json");
-  t.after(async () => {
-    await db.destroy();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   return {
     db,
     dir,
@@ -62,8 +61,8 @@ async function truncate(db: Db, after: number): Promise<void> {
   await db.deleteFrom("audit_checkpoints").where("seq", ">", after).execute();
 }
 
-test("threat model, DB write: a truncated log is a tamper finding at the next start, recorded after the survivors, never re-signed", async (t) => {
-  const f = await fixture(t);
+dialectTest("threat model, DB write: a truncated log is a tamper finding at the next start, recorded after the survivors, never re-signed", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, 30);
   await log.close();
@@ -91,8 +90,8 @@ test("threat model, DB write: a truncated log is a tamper finding at the next st
   assert.equal((await again.health()).ok, false);
 });
 
-test("a missing head file on a non-empty log is a finding; a fresh log without one is not", async (t) => {
-  const f = await fixture(t);
+dialectTest("a missing head file on a non-empty log is a finding; a fresh log without one is not", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const fresh = await f.open();
   assert.deepEqual((await fresh.health()).findings, []);
   await f.fill(fresh, 5);
@@ -101,8 +100,8 @@ test("a missing head file on a non-empty log is a finding; a fresh log without o
   assert.match((await reopened.health()).findings.join(), /signed head file is missing while the log holds 5 records/);
 });
 
-test("threat model, DB write: a record rewritten with the whole chain recomputed is caught by the head's Merkle root", async (t) => {
-  const f = await fixture(t);
+dialectTest("threat model, DB write: a record rewritten with the whole chain recomputed is caught by the head's Merkle root", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, 12);
   // Rewrite record 5 and recompute every hash after it: the chain is internally consistent again.
@@ -117,8 +116,8 @@ test("threat model, DB write: a record rewritten with the whole chain recomputed
   assert.match((await reopened.health()).findings.join(), /record 12 does not match the signed head file: the log was rewritten/);
 });
 
-test("deleted checkpoints are a finding even when the records are intact", async (t) => {
-  const f = await fixture(t);
+dialectTest("deleted checkpoints are a finding even when the records are intact", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, CHECKPOINT_EVERY * 2 + 3);
   await f.db.deleteFrom("audit_checkpoints").where("seq", "=", CHECKPOINT_EVERY).execute();
@@ -129,8 +128,8 @@ test("deleted checkpoints are a finding even when the records are intact", async
   assert.match((await reopened.health()).findings.join(), /1 of the 2 signed checkpoints are missing/);
 });
 
-test("an existing pre-Merkle log is upgraded at open: the tree is built, its legacy head still checked", async (t) => {
-  const f = await fixture(t);
+dialectTest("an existing pre-Merkle log is upgraded at open: the tree is built, its legacy head still checked", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, 37);
   const root = log.currentHead().rootHash;
@@ -152,8 +151,8 @@ test("an existing pre-Merkle log is upgraded at open: the tree is built, its leg
   assert.match((await (await f.open()).health()).findings.join(), /covers 99 records but the log ends at record 38/);
 });
 
-test("inclusion proofs verify with the public key alone (library and standalone verifier); a changed record does not", async (t) => {
-  const f = await fixture(t);
+dialectTest("inclusion proofs verify with the public key alone (library and standalone verifier); a changed record does not", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, 21);
   const pub = join(f.dir, "keys", "site-ed25519.pub.pem");
@@ -179,8 +178,8 @@ test("inclusion proofs verify with the public key alone (library and standalone 
   await assert.rejects(log.inclusionProof(22), /No audit record 22/);
 });
 
-test("consistency: the current log extends an old head; after a truncation it does not (proof, export --since)", async (t) => {
-  const f = await fixture(t);
+dialectTest("consistency: the current log extends an old head; after a truncation it does not (proof, export --since)", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, 13);
   const oldHead = readFileSync(f.headPath, "utf8");
@@ -217,8 +216,8 @@ test("consistency: the current log extends an old head; after a truncation it do
   assert.match(verifier(join(f.dir, "short.jsonl"), pub, "--since", join(f.dir, "old-head.json")).stdout, /BAD.*(truncated|does not match)/);
 });
 
-test("export keeps every checkpoint: one past the end (a cut tail) fails the standalone verifier", async (t) => {
-  const f = await fixture(t);
+dialectTest("export keeps every checkpoint: one past the end (a cut tail) fails the standalone verifier", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const log = await f.open();
   await f.fill(log, CHECKPOINT_EVERY + 5);
   await f.db.deleteFrom("audit_log").where("seq", ">", CHECKPOINT_EVERY - 10).execute();
@@ -230,8 +229,8 @@ test("export keeps every checkpoint: one past the end (a cut tail) fails the sta
   assert.match(r.stdout, new RegExp(`checkpoint covers record ${CHECKPOINT_EVERY} but the log ends at record \\d+: truncated`));
 });
 
-test("threat model, DB write + key: a consistently re-signed rewrite is caught by the file witness at start", async (t) => {
-  const f = await fixture(t);
+dialectTest("threat model, DB write + key: a consistently re-signed rewrite is caught by the file witness at start", async (t, dialect) => {
+  const f = await fixture(t, dialect);
   const witnessDir = join(f.dir, "other-mount");
   mkdirSync(witnessDir);
   const witness = join(witnessDir, "witness.log");

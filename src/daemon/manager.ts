@@ -42,6 +42,8 @@ export interface Manager {
   close(): Promise<void>;
 }
 
+type ManagerEnv = { Variables: { ctx: RequestContext }; Bindings: { transport?: "unix" | "tcp" } };
+
 const toDelegated = (ctx: RequestContext): DelegatedActor => ({ name: ctx.actor.name, roles: ctx.actor.roles, groups: ctx.actor.groups, introspect: ctx.actor.introspect });
 
 function fail(c: Context, err: unknown, log: Logger): Response {
@@ -69,7 +71,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   const guard = new Guard(audit);
   const repo = new ClusterRepository(db);
   const event = async (kind: string, subject: string, payload: unknown) => void (await repo.appendEvent({ kind, subject, payload: payload as Record<string, unknown> }));
-  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs, log, event });
+  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs ?? 2000, log, event });
   const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) =>
     (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
   const addresses = new Map<string, string>();
@@ -115,7 +117,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
       return { name, memTotalMiB: s.memTotalMiB, memReservedMiB: Math.min(1024, Math.floor(s.memTotalMiB / 8)), cpus: s.cpus, ready: true, vms: s.vms.filter((v) => v.state !== "stopped").map((v) => ({ name: v.name, memoryMiB: v.memoryMiB, vcpus: v.vcpus })) };
     });
 
-  const app = new Hono<{ Variables: { ctx: RequestContext }; Bindings: { transport?: "unix" | "tcp" } }>();
+  const app = new Hono<ManagerEnv>();
   app.onError((err, c) => fail(c, err, log));
   app.get("/v1/health", (c) => c.json({ ok: true, version: VERSION, role: "manager" }));
   app.use("*", async (c, next) => {
@@ -124,7 +126,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     c.set("ctx", { actor, requestId: crypto.randomUUID() });
     return next();
   });
-  const admin = async (c: Context<{ Variables: { ctx: RequestContext } }>, action: string, target: string, details: Record<string, unknown>, fn: () => Promise<unknown>) =>
+  const admin = async (c: Context<ManagerEnv>, action: string, target: string, details: Record<string, unknown>, fn: () => Promise<unknown>) =>
     c.json(await guard.run(c.get("ctx"), { action, permission: "cluster.manage", target: { kind: "host", name: target }, details }, fn));
 
   app.get("/v1/whoami", (c) => c.json({ ...c.get("ctx").actor, via: c.get("ctx").actor.via }));
@@ -196,7 +198,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   // Everything else about one VM goes to the agent that holds it, for the user who asked.
   app.all("/v1/vms/:name/*", async (c) => forward(c));
   app.all("/v1/vms/:name", async (c) => forward(c));
-  async function forward(c: Context<{ Variables: { ctx: RequestContext } }>): Promise<Response> {
+  async function forward(c: Context<ManagerEnv>): Promise<Response> {
     const host = await holder(c.req.param("name") ?? "");
     const url = new URL(c.req.url);
     const body = c.req.method === "GET" || c.req.method === "HEAD" ? undefined : await c.req.json().catch(() => undefined);

@@ -4,6 +4,7 @@
  */
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from "kysely";
 import { VigilError } from "../errors.ts";
+import { PostgresSchemaPlugin, dialectOf } from "./dialect.ts";
 
 const migrations: Record<string, Migration> = {
   "0001-foundation": {
@@ -384,6 +385,62 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("networks").addColumn("nat", "integer", (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  "0006-cluster": {
+    async up(db: Kysely<unknown>) {
+      // A manager's cluster inventory (docs/cluster.md); an agent's SQLite has these tables too, empty.
+      await db.schema
+        .createTable("hosts")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("address", "text", (c) => c.notNull())
+        .addColumn("state", "text", (c) => c.notNull()) // ready | unreachable | fenced | removed
+        .addColumn("cert_fingerprint", "text", (c) => c.notNull())
+        .addColumn("last_seen", "text")
+        .addColumn("added_at", "text", (c) => c.notNull())
+        .addColumn("status", "text") // JSON HostStatus of the last heartbeat
+        .execute();
+      // Which host holds which VM (the VM's own row lives on that host's agent).
+      await db.schema
+        .createTable("placements")
+        .addColumn("vm_id", "text", (c) => c.primaryKey())
+        .addColumn("vm_name", "text", (c) => c.notNull().unique())
+        .addColumn("host", "text", (c) => c.notNull())
+        .addColumn("owner", "text", (c) => c.notNull())
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("placements_host").on("placements").column("host").execute();
+      await db.schema
+        .createTable("migrations")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("vm_name", "text", (c) => c.notNull())
+        .addColumn("source", "text", (c) => c.notNull())
+        .addColumn("target", "text", (c) => c.notNull())
+        .addColumn("state", "text", (c) => c.notNull()) // running | completed | failed | cancelled
+        .addColumn("phase", "text", (c) => c.notNull())
+        .addColumn("requested_by", "text", (c) => c.notNull())
+        .addColumn("options", "text", (c) => c.notNull()) // JSON MigrationLimits
+        .addColumn("progress", "text") // JSON MigrationProgress, the latest sample
+        .addColumn("result", "text") // JSON MigrationResult once completed
+        .addColumn("error", "text")
+        .addColumn("started_at", "text", (c) => c.notNull())
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .addColumn("finished_at", "text")
+        .execute();
+      await db.schema.createIndex("migrations_state").on("migrations").columns(["state", "started_at"]).execute();
+      // At most one running migration per VM, held by the database itself (two managers racing both lose but one).
+      await db.schema.createIndex("migrations_one_running").on("migrations").column("vm_id").unique().where(sql.ref("state"), "=", "running").execute();
+      await db.schema.createIndex("migrations_vm").on("migrations").columns(["vm_id", "started_at"]).execute();
+      // Durable events: a listener reads after the last seq it saw (NOTIFY on PostgreSQL is a wake-up only).
+      await db.schema
+        .createTable("cluster_events")
+        .addColumn("seq", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("time", "text", (c) => c.notNull())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("subject", "text", (c) => c.notNull())
+        .addColumn("payload", "text", (c) => c.notNull()) // JSON object
+        .execute();
+    },
+  },
   "0006-cluster-leases": {
     async up(db: Kysely<unknown>) {
       // One lease per host (docs/cluster.md "Leases, fencing, HA"): the epoch is the fencing token, it only grows.
@@ -407,6 +464,8 @@ class InlineProvider implements MigrationProvider {
 
 /** Brings the schema up to date; refuses a database written by a newer vigil. */
 export async function migrateToLatest(db: Kysely<unknown>): Promise<void> {
+  // Written in SQLite's types; translated for PostgreSQL (src/inventory/dialect.ts), untouched on SQLite.
+  if (dialectOf(db) === "postgres") db = db.withPlugin(new PostgresSchemaPlugin());
   const migrator = new Migrator({ db, provider: new InlineProvider(), migrationTableName: "schema_migrations", migrationLockTableName: "schema_migrations_lock" });
   const { error, results } = await migrator.migrateToLatest();
   if (error) {

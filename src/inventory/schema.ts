@@ -255,6 +255,10 @@ export interface Database {
   quarantine_services: QuarantineServicesTable;
   net_forwards: NetForwardsTable;
   net_captures: NetCapturesTable;
+  hosts: HostsTable;
+  placements: PlacementsTable;
+  migrations: MigrationsTable;
+  cluster_events: ClusterEventsTable;
   host_leases: HostLeasesTable;
 }
 
@@ -339,6 +343,54 @@ export interface JailUidsTable {
 export interface JailUidCounterTable {
   id: number;
   next: number;
+}
+
+/** The cluster's hosts as the manager records them (migration 0006-cluster; src/cluster/cluster-repository.ts). */
+export interface HostsTable {
+  name: string;
+  address: string; // IP:PORT of the agent's cluster listener
+  state: string; // ready | unreachable | fenced | removed
+  cert_fingerprint: string;
+  last_seen: string | null;
+  added_at: string;
+  status: string | null; // JSON HostStatus of the last heartbeat
+}
+
+/** Which host holds which VM. */
+export interface PlacementsTable {
+  vm_id: string;
+  vm_name: string;
+  host: string;
+  owner: string;
+  updated_at: string;
+}
+
+/** Live migrations, one row each, kept after they end. */
+export interface MigrationsTable {
+  id: string;
+  vm_id: string;
+  vm_name: string;
+  source: string;
+  target: string;
+  state: string; // running | completed | failed | cancelled
+  phase: string; // MigrationPhase
+  requested_by: string;
+  options: string; // JSON MigrationLimits
+  progress: string | null; // JSON MigrationProgress
+  result: string | null; // JSON MigrationResult
+  error: string | null;
+  started_at: string;
+  updated_at: string;
+  finished_at: string | null;
+}
+
+/** Durable cluster events; seq only grows, in commit order. */
+export interface ClusterEventsTable {
+  seq: Generated<number>;
+  time: string;
+  kind: string;
+  subject: string;
+  payload: string; // JSON object
 }
 
 /** A host's lease (src/cluster/leases.ts): epoch = fencing token, ISO-8601 times. */
