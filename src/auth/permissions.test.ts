@@ -63,3 +63,10 @@ test("mayFollowProgress: one's own request, or any as admin; a request nobody se
   assert.equal(mayFollowProgress(actor(["auditor"]), "bob"), false);
   assert.equal(mayFollowProgress(actor(["admin"]), "bob"), true);
 });
+
+test("moving a VM to another host (vm.migrate) is the operators' and admins' call, not an owner's, not an auditor's", () => {
+  assert.equal(can(actor(["admin"]), "vm.migrate", "user:bob"), true);
+  assert.equal(can(actor(["operator"]), "vm.migrate", "user:bob"), true);
+  assert.equal(can(actor(["owner"]), "vm.migrate", "user:alice"), false, "not even their own VM");
+  assert.equal(can(actor(["auditor"]), "vm.migrate", "user:bob"), false);
+});

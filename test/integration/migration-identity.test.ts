@@ -252,6 +252,9 @@ test("live: a running VM's state migrates into B's incoming QEMU; commitIncoming
   assert.equal(running.state, "running");
   assert.equal(await b.daemon.deps.vms.runtimeOf(running).status(), "running");
   assert.equal(await exec(b, "counter", "get"), "41", "the guest's RAM arrived: its counter goes on on B");
+  // A late abort (a manager retrying after the switchover) cannot take the committed VM down.
+  await assert.rejects(b.daemon.deps.vms.abortIncoming(vm.id, b.ctx, "late"), { code: "VIGIL_INVALID_STATE" });
+  assert.equal((await b.daemon.repo.getById(vm.id)).state, "running");
   const into = await b.deps.db.selectFrom("audit_log").select(["actor", "details"]).where("action", "=", "vm.migrated-in").execute();
   assert.deepEqual(into.map((x) => [x.actor, JSON.parse(x.details).how]), [["ada", "live"]]);
   const whereB = await b.deps.db.selectFrom("vm_locations").select(["path", "until"]).where("vm_id", "=", vm.id).orderBy("id").execute();
