@@ -67,8 +67,8 @@ function qemuPids(home: string): number[] {
  * `wrap`: a command the daemon is started under, e.g. `["nsenter", "--net=/run/netns/vt-x", "--"]` (the NAT test
  * runs the daemon in a netns of its own that plays the host). It must exec, not fork: the handle's pid is the daemon.
  */
-export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string; wrap?: readonly string[]; command?: readonly string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonHandle> {
-  const home = mkdtempSync(join(tmpdir(), "vigil-it-"));
+export async function startDaemon(t: TestContext, options: { config?: unknown; listen?: string; wrap?: readonly string[]; command?: readonly string[]; env?: NodeJS.ProcessEnv; home?: string } = {}): Promise<DaemonHandle> {
+  const home = options.home ?? mkdtempSync(join(tmpdir(), "vigil-it-"));
   if (options.config) {
     const { writeFileSync } = await import("node:fs");
     writeFileSync(join(home, "config.json"), JSON.stringify(options.config));

@@ -21,12 +21,13 @@ import { registerVm } from "./commands/vm.ts";
 import { registerVtime } from "./commands/vtime.ts";
 import { registerFirewall } from "./commands/fw.ts";
 import { registerCa } from "./commands/ca.ts";
+import { registerCluster } from "./commands/cluster.ts";
 
 export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis, registerCa];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis, registerCa, registerCluster];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")

@@ -61,6 +61,7 @@ import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import { NetworkService } from "../network/network-service.ts";
 import type { TLSSocket } from "node:tls";
 import { loadAgentCredentials } from "../cluster/agent-credentials.ts";
+import { AgentMigrations } from "../migration/agent-migrations.ts";
 import { mtlsServerOptions, peerIdentity, requirePeerRole } from "../cluster/mtls.ts";
 import { hostNetns, netnsName } from "../network/netns.ts";
 
@@ -217,7 +218,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     log,
   });
   network.onChange(async () => void (await vis.restoreForwards()));
+  // An agent moves VMs in and out for the manager (docs/cluster.md "Live migration").
+  const migrations = clusterWhere ? new AgentMigrations({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "migration" }), watches: introspection, clusterHost: clusterWhere.host }) : undefined;
   const deps: ApiDeps = {
+    migrations,
     vms,
     users,
     accounts: new AccountService(users, guard),
@@ -252,6 +256,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     if (closed) return;
     closed = true;
     stopExpiry();
+    await migrations?.close();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
     await introspection.close();

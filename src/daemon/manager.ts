@@ -156,11 +156,12 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
         // An unreachable host's VMs are unknown: shown from the placements, never guessed.
         return (await repo.listPlacements({ host: h.name })).map((p) => ({ id: p.vmId, name: p.vmName, state: "unknown", host: h.name, owner: p.owner }));
       }
-      const vms = await call<{ id: string; name: string; owner: string }[]>(h.name, "GET", "/v1/vms", undefined, actor).catch(() => []);
+      const { vms } = await call<{ vms: { id: string; name: string; owner: string }[] }>(h.name, "GET", "/v1/vms", undefined, actor).catch(() => ({ vms: [] }));
       for (const v of vms) if (!(await repo.findPlacementByName(v.name))) await repo.setPlacement({ vmId: v.id, vmName: v.name, host: h.name, owner: v.owner });
       return vms.map((v) => ({ ...v, host: h.name }));
     }));
-    return c.json(all.flat());
+    // The same shape as one host's list (so every client works unchanged), each VM with its host.
+    return c.json({ vms: all.flat() });
   });
   app.post("/v1/vms", async (c) => {
     const ctx = c.get("ctx");
@@ -181,11 +182,12 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   });
   app.post("/v1/vms/:name/migrate", async (c) => {
     const ctx = c.get("ctx");
-    const body = (await c.req.json()) as { to?: string; maxDowntimeMs?: number; timeoutMs?: number; cancel?: boolean };
+    const body = (await c.req.json()) as { to?: string; maxDowntimeMs?: number; timeoutMs?: number; maxBandwidth?: number; cancel?: boolean };
     const name = c.req.param("name");
     if (body.cancel) return c.json(await orchestrator.cancel(toDelegated(ctx), name));
     if (typeof body.to !== "string") throw new VigilError("VIGIL_BAD_REQUEST", "Give the target host: --to HOST", { field: "to" });
-    const limits: MigrationLimits = { ...DEFAULT_LIMITS, ...(body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}), ...(body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {}) };
+    const limits: MigrationLimits = { ...DEFAULT_LIMITS, ...(body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}), ...(body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {}), ...(body.maxBandwidth !== undefined ? { maxBandwidth: body.maxBandwidth } : {}) };
+    if (!Number.isInteger(limits.maxBandwidth) || limits.maxBandwidth < 0) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid bandwidth cap: bytes per second, 0 for none", { field: "maxBandwidth" });
     if (!Number.isInteger(limits.maxDowntimeMs) || limits.maxDowntimeMs < 10 || limits.maxDowntimeMs > 60_000) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid max downtime: 10-60000 ms", { field: "maxDowntimeMs" });
     if (!Number.isInteger(limits.timeoutMs) || limits.timeoutMs < 1000 || limits.timeoutMs > 24 * 3600_000) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid timeout: 1 s to 24 h", { field: "timeoutMs" });
     return c.json(await orchestrator.start(toDelegated(ctx), name, body.to, limits), 202);
@@ -194,6 +196,16 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   app.get("/v1/migrations/:id", async (c) => c.json(await orchestrator.get(c.req.param("id"))));
   app.get("/v1/cluster/balance", (c) => c.json(recommendBalance(loads(), { maxMoves: 5, minGain: 0.01 })));
   app.get("/v1/cluster/consolidate", (c) => c.json(recommendConsolidate(loads())));
+  // The manager's own audit log (cluster actions), for holders of audit.read.
+  app.get("/v1/audit", async (c) => {
+    const ctx = c.get("ctx");
+    await guard.authorize(ctx, { action: "audit.read", permission: "audit.read", target: { kind: "host", name: "manager" } });
+    return c.json({ records: await audit.list({ limit: Math.min(10_000, Number(c.req.query("limit") ?? 100) || 100) }) });
+  });
+  app.get("/v1/audit/verify", async (c) => {
+    await guard.authorize(c.get("ctx"), { action: "audit.verify", permission: "audit.read", target: { kind: "host", name: "manager" } });
+    return c.json(await audit.verify());
+  });
   app.get("/v1/events", async (c) => c.json(await repo.listEventsAfter(Number(c.req.query("after") ?? 0), 500)));
   // Everything else about one VM goes to the agent that holds it, for the user who asked.
   app.all("/v1/vms/:name/*", async (c) => forward(c));

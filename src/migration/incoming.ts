@@ -40,7 +40,8 @@ export async function prepareIncoming(qmp: Qmp, options: IncomingOptions): Promi
     await run("object-add", { "qom-type": "authz-simple", id: AUTHZ_ID, identity: opts.authzIdentity });
     undo.push({ what: "object-del authz", fn: () => run("object-del", { id: AUTHZ_ID }) });
     step = "set the migration capabilities";
-    await run("migrate-set-capabilities", { capabilities: [{ capability: "events", state: true }] });
+    // return-path must be on at both ends (see precopy.ts).
+    await run("migrate-set-capabilities", { capabilities: [{ capability: "events", state: true }, { capability: "return-path", state: true }] });
     step = "set the migration parameters";
     await run("migrate-set-parameters", { "tls-creds": TLS_ID, "tls-authz": AUTHZ_ID });
     step = "listen for the migration";

@@ -113,7 +113,7 @@ test("runOutgoing: mirrors the disks, migrates with TLS and pause-before-switcho
   assert.deepEqual(args("blockdev-mirror"), { "job-id": "vigil-mig-mirror0", device: "vda", target: "vigil-mig-nbd0", sync: "top", "auto-dismiss": false });
   assert.deepEqual(
     (args("migrate-set-capabilities")?.capabilities as { capability: string }[]).map((c) => c.capability),
-    ["pause-before-switchover", "auto-converge", "events"],
+    ["pause-before-switchover", "auto-converge", "events", "return-path"],
   );
   assert.deepEqual(args("migrate-set-parameters"), { "tls-creds": "vigil-mig-tls", "tls-hostname": "m1.migration.vigil", "downtime-limit": 10, "max-bandwidth": 2 ** 40 });
   assert.deepEqual(args("migrate"), { uri: "unix:/run/vm/mig.sock" });
@@ -292,7 +292,7 @@ test("prepareIncoming: server credentials with verify-peer, the source's DN, TLS
   assert.deepEqual(f.log, [
     { cmd: "object-add", args: { "qom-type": "tls-creds-x509", id: "vigil-mig-tls", dir: "/run/vm/tls", endpoint: "server", "verify-peer": true } },
     { cmd: "object-add", args: { "qom-type": "authz-simple", id: "vigil-mig-authz", identity: "O=vigil,OU=migration,CN=m1-src" } },
-    { cmd: "migrate-set-capabilities", args: { capabilities: [{ capability: "events", state: true }] } },
+    { cmd: "migrate-set-capabilities", args: { capabilities: [{ capability: "events", state: true }, { capability: "return-path", state: true }] } },
     { cmd: "migrate-set-parameters", args: { "tls-creds": "vigil-mig-tls", "tls-authz": "vigil-mig-authz" } },
     { cmd: "migrate-incoming", args: { uri: "unix:/run/vm/mig.sock" } },
     { cmd: "nbd-server-start", args: { addr: { type: "unix", data: { path: "/run/vm/nbd.sock" } }, "tls-creds": "vigil-mig-tls", "tls-authz": "vigil-mig-authz" } },

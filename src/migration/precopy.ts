@@ -205,8 +205,10 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
 
       checkpoint();
       step = "set the migration capabilities";
+      // return-path: without it a source whose stream the target refused (its TLS authz) still reports completed,
+      // and would then let its VM go (measured with QEMU 7.2 and TLS 1.3; src/cluster/ca-qemu.test.ts).
       await run("migrate-set-capabilities", {
-        capabilities: ["pause-before-switchover", "auto-converge", "events"].map((capability) => ({ capability, state: true })),
+        capabilities: ["pause-before-switchover", "auto-converge", "events", "return-path"].map((capability) => ({ capability, state: true })),
       });
       step = "set the migration parameters";
       await run("migrate-set-parameters", {

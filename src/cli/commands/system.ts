@@ -19,7 +19,19 @@ export function registerSystem(program: Command, ctx: CliContext): void {
     .option("--no-tls", "plain HTTP (refused on a non-loopback address)")
     .option("--tls-cert <file>", "PEM certificate for HTTPS (default: a self-signed one in VIGIL_HOME/keys)")
     .option("--tls-key <file>", "PEM private key for --tls-cert")
-    .action(async (o: { listen: string; tls?: boolean; tlsCert?: string; tlsKey?: string }) => {
+    .option("--cluster", "run the cluster manager instead (no local VMs; agents do the work: docs/cluster.md)")
+    .option("--db <url>", "the manager's inventory: postgres://… (or a SQLite file for a one-machine trial)")
+    .action(async (o: { listen: string; tls?: boolean; tlsCert?: string; tlsKey?: string; cluster?: boolean; db?: string }) => {
+      if (o.cluster) {
+        if (!o.db) throw new ApiError("VIGIL_BAD_REQUEST", "The cluster manager needs its inventory: --db postgres://…", 0, "db");
+        const { runClusterManager } = await hooks.loadDaemon();
+        try {
+          return await runClusterManager({ db: o.db, listen: "none" });
+        } catch (err) {
+          process.exit(report(err));
+        }
+      }
+      if (o.db) throw new ApiError("VIGIL_BAD_REQUEST", "--db is for the cluster manager (--cluster); a single host keeps its SQLite inventory in VIGIL_HOME", 0, "db");
       if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new ApiError("VIGIL_BAD_REQUEST", "Give --tls-cert and --tls-key together", 0, o.tlsCert ? "tls-key" : "tls-cert");
       if (o.tls === false && o.tlsCert) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --no-tls or --tls-cert/--tls-key, not both", 0, "tls");
       const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : o.tls === true ? ("auto" as const) : o.tls === false ? ("off" as const) : undefined;

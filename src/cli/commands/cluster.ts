@@ -1,0 +1,156 @@
+/**
+ * The cluster commands (docs/cluster.md): `agent` runs this host's agent, `host add|list|remove` and
+ * `cluster balance|consolidate` talk to the manager (`vigil serve --cluster`), `vm migrate` moves a running VM
+ * with a live progress line. `host` without a subcommand still reports this daemon's host (commands/system.ts).
+ */
+import type { Command } from "commander";
+import { writeAgentCredentials } from "../../cluster/agent-credentials.ts";
+import { balanceJson, consolidateJson, formatBalance, formatConsolidate } from "../../cluster/placement-report.ts";
+import type { BalancePlan, ConsolidationPlan } from "../../cluster/placement.ts";
+import type { CertBundle, MigrationProgress, MigrationResult } from "../../cluster/types.ts";
+import { ApiError, call } from "../client.ts";
+import { report } from "../exit-codes.ts";
+import { clearLine, printJson, printTable, progressLine } from "../output.ts";
+import { enc, vmPath, writableOutput, type CliContext } from "./common.ts";
+
+interface MigrationView {
+  id: string;
+  vmName: string;
+  source: string;
+  target: string;
+  state: string;
+  phase: string;
+  progress: MigrationProgress | null;
+  result: MigrationResult | null;
+  error: string | null;
+}
+
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+
+/** Adds `agent`, `host add|list|remove`, `cluster …` and `vm migrate`. */
+export function registerCluster(program: Command, ctx: CliContext): void {
+  program
+    .command("agent")
+    .description("Run this host's cluster agent in the foreground (its VMs, its inventory; the manager's door is mutual TLS)")
+    .requiredOption("--listen <ip:port>", "the cluster listener (the address `vigil host add --addr` was given)")
+    .requiredOption("--credentials <dir>", "the directory `vigil host add … --out DIR` wrote")
+    .action(async (o: { listen: string; credentials: string }) => {
+      const { runDaemon } = await ctx.hooks.loadDaemon();
+      try {
+        await runDaemon({ listen: "none", cluster: { listen: o.listen, credentialsDir: o.credentials } });
+      } catch (err) {
+        process.exit(report(err));
+      }
+    });
+
+  const host = program.commands.find((c) => c.name() === "host")!;
+  // `host` has its own --json (this daemon's host report), which commander gives `--json` to after a subcommand too.
+  const parentJson = () => host.opts<{ json?: boolean }>().json === true;
+  host
+    .command("add <name>")
+    .description("Add a host to the cluster: issues its agent certificate into --out (copy that directory to the host)")
+    .requiredOption("--addr <ip:port>", "the agent's cluster listener")
+    .requiredOption("--out <dir>", "where to write the agent's credentials (0700; key 0600)")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { addr: string; out: string; json?: boolean }) => {
+      const out = writableOutput("out", o.out);
+      const r = await call<{ host: { name: string; address: string; certFingerprint: string }; credentials: CertBundle }>("POST", "/v1/hosts", { name, address: o.addr });
+      writeAgentCredentials(out, r.credentials);
+      if (o.json || parentJson()) return printJson({ host: r.host, credentials: out });
+      process.stdout.write(`Added host ${r.host.name} at ${r.host.address} (certificate ${r.host.certFingerprint.slice(0, 23)}…)\nIts credentials are in ${out}: start it with \`vigil agent --listen ${r.host.address} --credentials DIR\`\n`);
+    });
+  host
+    .command("list")
+    .description("The cluster's hosts: state, last heartbeat, memory, VMs")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const hosts = await call<Array<{ name: string; address: string; state: string; lastSeen: string | null; status: { memTotalMiB: number; memFreeMiB: number; cpus: number; vms: unknown[] } | null }>>("GET", "/v1/hosts");
+      if (o.json || parentJson()) return printJson(hosts);
+      printTable(
+        hosts.map((h) => ({ ...h, mem: h.status ? `${h.status.memFreeMiB}/${h.status.memTotalMiB} MiB free` : "-", cpus: h.status?.cpus ?? "-", vms: h.status?.vms.length ?? "-", lastSeen: h.lastSeen ?? "never" })),
+        [["name", "NAME"], ["address", "ADDRESS"], ["state", "STATE"], ["mem", "MEMORY"], ["cpus", "CPUS"], ["vms", "VMS"], ["lastSeen", "LAST SEEN"]],
+      );
+    });
+  host
+    .command("remove <name>")
+    .description("Remove a host that holds no VMs (its certificate is no longer accepted)")
+    .action(async (name: string) => {
+      await call("DELETE", `/v1/hosts/${enc(name)}`);
+      process.stdout.write(`Removed host ${name}\n`);
+    });
+
+  const cluster = program.command("cluster").description("Cluster-wide placement: balance and consolidation recommendations");
+  cluster
+    .command("balance")
+    .description("Recommend migrations that even out the hosts' memory load (DRS-like), with the reasoning")
+    .option("--apply", "perform the recommended migrations, one after another")
+    .option("--json", "machine-readable output")
+    .action(async (o: { apply?: boolean; json?: boolean }) => {
+      const plan = await call<BalancePlan>("GET", "/v1/cluster/balance");
+      if (o.json && !o.apply) return printJson(balanceJson(plan));
+      if (!o.json) process.stdout.write(formatBalance(plan));
+      if (!o.apply) return;
+      const done: MigrationView[] = [];
+      for (const move of plan.moves) done.push(await migrate(move.vm, move.to, {}, o.json === true));
+      if (o.json) printJson({ plan: balanceJson(plan), migrations: done });
+    });
+  cluster
+    .command("consolidate")
+    .description("Recommend hosts that could be emptied (DPM-like), with where their VMs would go")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const plan = await call<ConsolidationPlan>("GET", "/v1/cluster/consolidate");
+      if (o.json) return printJson(consolidateJson(plan));
+      process.stdout.write(formatConsolidate(plan));
+    });
+
+  const vm = program.commands.find((c) => c.name() === "vm")!;
+  vm.command("migrate <name>")
+    .description("Live-migrate a running VM to another host (pre-copy over QEMU's TLS; disks mirrored)")
+    .option("--to <host>", "the target host")
+    .option("--max-downtime <ms>", "upper bound of the adaptive downtime limit (default 300)")
+    .option("--timeout <seconds>", "cancel the migration after this long (default 600)")
+    .option("--cancel", "cancel the VM's running migration (it keeps running where it is)")
+    .option("--no-wait", "return once it has started")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { to?: string; maxDowntime?: string; timeout?: string; cancel?: boolean; wait: boolean; json?: boolean }) => {
+      if (o.cancel) {
+        const r = await call<MigrationView>("POST", vmPath(name, "/migrate"), { cancel: true });
+        if (o.json) return printJson(r);
+        return void process.stdout.write(`Cancelling migration ${r.id} of ${name}\n`);
+      }
+      if (!o.to) throw new ApiError("VIGIL_BAD_REQUEST", "Give the target host: --to HOST", 0, "to");
+      const limits = {
+        ...(o.maxDowntime !== undefined ? { maxDowntimeMs: Number(o.maxDowntime) } : {}),
+        ...(o.timeout !== undefined ? { timeoutMs: Number(o.timeout) * 1000 } : {}),
+      };
+      if (!o.wait) {
+        const r = await call<MigrationView>("POST", vmPath(name, "/migrate"), { to: o.to, ...limits });
+        return o.json ? printJson(r) : void process.stdout.write(`Migration ${r.id} of ${name} to ${o.to} started\n`);
+      }
+      const final = await migrate(name, o.to, limits, o.json === true);
+      if (o.json) printJson(final);
+      if (final.state !== "completed") process.exitCode = 1;
+    });
+}
+
+/** Starts a migration and follows it to its end, with a progress line on a terminal. */
+async function migrate(name: string, to: string, limits: Record<string, number>, quiet: boolean): Promise<MigrationView> {
+  let m = await call<MigrationView>("POST", vmPath(name, "/migrate"), { to, ...limits });
+  for (;;) {
+    m = await call<MigrationView>("GET", `/v1/migrations/${enc(m.id)}`);
+    const p = m.progress;
+    if (!quiet && p && process.stderr.isTTY) {
+      const [done, total] = p.phase === "disks" ? [p.diskDone, p.diskTotal] : [p.ramTransferred, p.ramTransferred + p.ramRemaining];
+      progressLine(`${name} → ${to}: ${p.phase}, ${mib(p.ramTransferred)} sent, ${mib(p.ramRemaining)} left, dirty ${mib(p.dirtyRate)}/s, expected downtime ${p.expectedDowntimeMs} ms (limit ${p.downtimeLimitMs})`, done, Math.max(total, 1));
+    }
+    if (m.state !== "running") break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  if (!quiet) {
+    if (process.stderr.isTTY) clearLine();
+    if (m.state === "completed") process.stdout.write(`Migrated ${name} to ${to}${m.result ? `: downtime ${m.result.downtimeMs} ms, total ${(m.result.totalMs / 1000).toFixed(1)} s, ${m.result.iterations} passes` : ""}\n`);
+    else process.stdout.write(`Migration of ${name} ${m.state}${m.error ? `: ${m.error}` : ""}; it runs on ${m.source}\n`);
+  }
+  return m;
+}

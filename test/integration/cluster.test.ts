@@ -1,0 +1,114 @@
+/**
+ * Two agents and a manager on PostgreSQL, each host its own network namespace on an underlay the test makes
+ * (test/cluster-topology.ts): a running guest migrates live from h1 to h2 over QEMU's TLS with its disk mirrored —
+ * its RAM counter goes on without a gap and its disk log is whole — and a migration whose target agent is killed
+ * mid-way leaves the VM running on the source and nothing on the target once it restarts.
+ */
+import { strict as assert } from "node:assert";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test, type TestContext } from "node:test";
+import { freshDatabase } from "../../src/inventory/testing/pg.ts";
+import { clusterTopology } from "../cluster-topology.ts";
+import { BIN, guestExec, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+
+interface Migration { id: string; state: string; phase: string; error: string | null; result: { downtimeMs: number; totalMs: number } | null }
+
+async function cluster(t: TestContext) {
+  requireTinyImage();
+  const topo = clusterTopology(t, 2);
+  const db = await freshDatabase();
+  const home = mkdtempSync(join(tmpdir(), "vigil-mgr-"));
+  const ca = spawnSync(process.execPath, [BIN, "ca", "init"], { env: { ...process.env, VIGIL_HOME: home }, encoding: "utf8" });
+  assert.equal(ca.status, 0, ca.stderr);
+  const manager = await startDaemon(t, { home, command: ["serve", "--cluster", "--db", db.url], wrap: topo.manager.wrap });
+  const agents: DaemonHandle[] = [];
+  for (const [i, h] of topo.hosts.entries()) {
+    const creds = join(mkdtempSync(join(tmpdir(), "vigil-creds-")), "agent");
+    const add = manager.cli("host", "add", `h${i + 1}`, "--addr", `${h.addr}:7451`, "--out", creds);
+    assert.equal(add.status, 0, add.stderr);
+    agents.push(await startDaemon(t, { command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds], wrap: h.wrap }));
+  }
+  await waitFor(() => {
+    const r = manager.cli("host", "list", "--json");
+    return r.status === 0 && (JSON.parse(r.stdout) as { state: string }[]).every((h) => h.state === "ready");
+  }, 30_000, "both hosts ready");
+  return { manager, agents };
+}
+
+async function runningGuest(manager: DaemonHandle, name: string) {
+  await manager.api("POST", "/v1/vms", { name, memoryMiB: 256, vcpus: 1, host: "h1" });
+  await manager.api("POST", `/v1/vms/${name}/start`, { wait: true });
+}
+
+async function followMigration(manager: DaemonHandle, id: string, until: (m: Migration) => boolean, timeoutMs = 240_000): Promise<Migration> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = await manager.api<Migration>("GET", `/v1/migrations/${id}`);
+    if (until(m) || m.state !== "running") return m;
+    if (Date.now() > deadline) throw new Error(`migration ${id} still ${m.phase} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+const report = (s: string) => Object.fromEntries(s.split(/\s+/).map((kv) => kv.split("=") as [string, string]));
+
+test("a running guest migrates live between two agents: the RAM counter goes on without a gap, the disk log is whole", { timeout: 600_000 }, async (t) => {
+  const { manager, agents } = await cluster(t);
+  await runningGuest(manager, "mover");
+  const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
+  assert.equal((await guestExec(a1, "mover", ["ticker", "start"])).out, "started");
+  await new Promise((r) => setTimeout(r, 1500));
+  const before = Number(report((await guestExec(a1, "mover", ["ticker", "report"])).out).value);
+  assert.ok(before > 10, `the ticker ticks (${before})`);
+
+  const started = await manager.api<Migration>("POST", "/v1/vms/mover/migrate", { to: "h2" });
+  const final = await followMigration(manager, started.id, () => false);
+  assert.equal(final.state, "completed", final.error ?? "");
+  assert.ok(final.result && final.result.downtimeMs >= 0 && final.result.totalMs > 0);
+
+  // The VM is h2's now: running there, gone from h1 (row and files), and the manager places it there.
+  assert.equal((await a2.api<{ state: string }>("GET", "/v1/vms/mover")).state, "running");
+  await assert.rejects(a1.api("GET", "/v1/vms/mover"), /does not exist|not found/i);
+  const { vms: list } = await manager.api<{ vms: { name: string; host: string }[] }>("GET", "/v1/vms");
+  assert.deepEqual(list.filter((v) => v.name === "mover").map((v) => v.host), ["h2"]);
+  assert.deepEqual(existsSync(join(a1.home, "vms")) ? readdirSync(join(a1.home, "vms")) : [], [], "nothing of the VM stays on h1");
+
+  // The target's daemon connects to the guest agent anew after the switchover: ask until it answers.
+  let out = "";
+  for (let i = 0; i < 60 && !/running=/.test(out); i++) {
+    out = (await guestExec(a2, "mover", ["ticker", "report"]).catch(() => ({ out: "" }))).out;
+    if (!/running=/.test(out)) await new Promise((res) => setTimeout(res, 500));
+  }
+  const r = report(out);
+  assert.equal(r.running, "yes", "the ticker process came across and still runs");
+  assert.ok(Number(r.value) > before, `the counter went on (${before} → ${r.value})`);
+  assert.equal((await guestExec(a2, "mover", ["ticker", "stop"])).out, "stopped");
+  const done = report((await guestExec(a2, "mover", ["ticker", "report"])).out);
+  assert.equal(done.gaps, "0", `no value missing from the disk log: ${JSON.stringify(done)}`);
+  assert.equal(done.first, "1");
+  assert.equal(done.last, done.value, "the disk log ends where RAM is");
+  // Both audit logs say it, each from its own side.
+  const actions = async (d: DaemonHandle) => (await d.api<{ records: { action: string; actor: string }[] }>("GET", "/v1/audit?limit=10000")).records.map((r) => r.action);
+  assert.ok((await actions(a1)).includes("vm.migrated-out"), "h1's audit log says the VM left");
+  assert.ok((await actions(a2)).includes("vm.migrated-in"), "h2's audit log says it arrived");
+  assert.ok((await actions(manager)).includes("vm.migrate"), "the manager's audit log (PostgreSQL) records the migration");
+});
+
+test("kill -9 of the target agent mid-migration: the VM keeps running on the source, the target is clean after its restart", { timeout: 600_000 }, async (t) => {
+  const { manager, agents } = await cluster(t);
+  await runningGuest(manager, "stayer");
+  const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
+  // Slow it down so there is a "mid-way": 2 MiB/s for 256 MiB of RAM.
+  const started = await manager.api<Migration>("POST", "/v1/vms/stayer/migrate", { to: "h2", timeoutMs: 300_000, maxBandwidth: 2 * 1024 * 1024 });
+  await followMigration(manager, started.id, (m) => m.phase === "ram" || m.phase === "disks");
+  await a2.kill9();
+  const final = await followMigration(manager, started.id, () => false);
+  assert.notEqual(final.state, "completed");
+  assert.equal((await a1.api<{ state: string }>("GET", "/v1/vms/stayer")).state, "running");
+  assert.equal((await guestExec(a1, "stayer", ["counter", "incr"])).exitCode, 0, "the guest still answers on the source");
+  await a2.restart();
+  await waitFor(() => !existsSync(join(a2.home, "vms")) || readdirSync(join(a2.home, "vms")).length === 0, 30_000, "the target's incoming VM to be removed");
+});
