@@ -240,14 +240,21 @@ test("a cancel that loses the race to completion reports the completed migration
   assert.ok(!f.commands().includes("cont"), "never resumes a source whose VM now runs on the target");
 });
 
-test("a QEMU whose VM has already migrated away is refused, and nothing is undone on it", async () => {
+test("a source whose VM has already migrated away (postmigrate) is refused; one whose VM arrived by migration is not", async () => {
   const f = fakeSource({ migrate: [] });
   const origExecute = f.qmp.execute.bind(f.qmp);
-  f.qmp.execute = (async (cmd: string, args?: Record<string, unknown>) =>
-    cmd === "query-migrate" ? { status: "completed" } : origExecute(cmd, args)) as Qmp["execute"];
-  f.state.running = false;
+  let state = "postmigrate";
+  f.qmp.execute = (async (cmd: string, args?: Record<string, unknown>) => {
+    if (cmd === "query-migrate") return { status: "completed" };
+    if (cmd === "query-status") return { running: state === "running", status: state };
+    return origExecute(cmd, args);
+  }) as Qmp["execute"];
   await assert.rejects(runOutgoing(f.qmp, options()), /already migrated its VM away/);
   assert.deepEqual(f.commands(), [], "no cont: resuming it would fork the VM");
+  // a VM that arrived by migration (query-migrate also says completed there) and runs may migrate on
+  state = "running";
+  await runOutgoing(f.qmp, options({ disks: [] })); // (this fake's query-migrate says completed at once)
+  assert.deepEqual(f.commands().slice(0, 2), ["object-add", "migrate-set-capabilities"]);
 });
 
 test("bad options are refused before anything is sent to QEMU", async () => {

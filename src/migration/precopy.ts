@@ -167,7 +167,8 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
       if (["setup", "active", "pre-switchover", "device", "cancelling", "postcopy-active"].includes(before.status)) {
         throw new VigilError("VIGIL_BUSY", `Cannot start a migration: one is already ${before.status}`);
       }
-      if (before.status === "completed") {
+      // (query-migrate says "completed" on a VM that arrived here by migration too: the run state tells them apart)
+      if (status.status === "postmigrate") {
         // its disks are inactive and its VM runs elsewhere: migrating or resuming it would fork the VM
         throw new VigilError("VIGIL_INVALID_STATE", "Cannot start a migration: this QEMU has already migrated its VM away");
       }
