@@ -51,7 +51,7 @@ export async function run(args: string[]): Promise<void> {
     agent?.close();
     await vm?.kill();
     vm = target;
-    agent = await agentOf(vm, 30_000);
+    agent = await agentOf(vm, 120_000);
   };
 
   /** QEMU's own migration, defaults untouched. */
@@ -136,8 +136,6 @@ export async function run(args: string[]): Promise<void> {
           b.push(await engine());
           a.push(await baseline());
         }
-        // the dirtier runs on in the migrated guest; restart it only if it died
-        await guestRun(agent!, ["mem-dirty", String(rate)]);
       }
       print(rate === 0 ? "idle guest" : `guest dirtying ~${rate} MiB/s (nominal)`, a, b);
     }

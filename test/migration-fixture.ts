@@ -4,7 +4,7 @@
  * them (a CA, `OU=migration` server and client certificates, plus a foreign CA for the refusal case).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import { QmpClient } from "../src/qemu/qmp-client.ts";
 import { AgentClient } from "../src/guest-agent/agent-client.ts";
@@ -96,7 +96,7 @@ export interface TestQemu {
 }
 
 /** Boots (or, with `incoming`, starts paused waiting for a migration) the tiny guest, 256 MiB, 1 vCPU, TCG. */
-export async function startQemu(dir: string, options: { incoming?: boolean; disk?: string; memoryMiB?: number }): Promise<TestQemu> {
+export async function startQemu(dir: string, options: { incoming?: boolean; disk?: string; disk1?: string; memoryMiB?: number }): Promise<TestQemu> {
   const image = tinyImageDir();
   mkdirSync(dir, { recursive: true });
   const qmpSocket = join(dir, "qmp.sock");
@@ -112,6 +112,9 @@ export async function startQemu(dir: string, options: { incoming?: boolean; disk
     "-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.vigil.agent.0",
     ...(options.disk
       ? ["-blockdev", `driver=qcow2,node-name=disk0,file.driver=file,file.filename=${options.disk}`, "-device", "virtio-blk-pci,drive=disk0,id=vda"]
+      : []),
+    ...(options.disk1
+      ? ["-blockdev", `driver=qcow2,node-name=disk1,file.driver=file,file.filename=${options.disk1}`, "-device", "virtio-blk-pci,drive=disk1,id=vdb"]
       : []),
     ...(options.incoming ? ["-S", "-incoming", "defer"] : []),
   ];
@@ -143,6 +146,20 @@ export async function startQemu(dir: string, options: { incoming?: boolean; disk
 export function overlay(path: string): string {
   sh("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", join(tinyImageDir(), "disk.qcow2"), path]);
   return path;
+}
+
+/** A standalone qcow2 of `mib` MiB: random bytes when `random`, else empty. Returns the sha256 of its contents. */
+export function standaloneDisk(path: string, mib: number, random: boolean): string {
+  if (random) {
+    const raw = `${path}.raw`;
+    sh("dd", ["if=/dev/urandom", `of=${raw}`, "bs=1M", `count=${mib}`, "status=none"]);
+    sh("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, path]);
+    const sum = sh("sha256sum", [raw]).split(" ")[0]!;
+    rmSync(raw);
+    return sum;
+  }
+  sh("qemu-img", ["create", "-q", "-f", "qcow2", path, `${mib}M`]);
+  return "";
 }
 
 /** Connects to a guest's agent and waits until it answers. */

@@ -99,6 +99,7 @@ const completed: Answer = {
 test("runOutgoing: mirrors the disks, migrates with TLS and pause-before-switchover, completes the mirrors while paused", async () => {
   const f = fakeSource({ migrate: [active(1, 4000), active(2, 100), { status: "pre-switchover" }, { status: "device" }, completed] });
   const phases: MigrationProgress[] = [];
+  const phaseSeq = () => phases.map((p) => p.phase).filter((p, i, a) => i === 0 || a[i - 1] !== p);
   const result = await runOutgoing(f.qmp, options({ onProgress: (p) => phases.push(p) }));
   assert.deepEqual(f.commands(), [
     "object-add", "blockdev-add", "blockdev-mirror", "migrate-set-capabilities", "migrate-set-parameters", "migrate",
@@ -128,8 +129,7 @@ test("runOutgoing: mirrors the disks, migrates with TLS and pause-before-switcho
   assert.equal(result.ramTransferred, 5000);
   assert.equal(result.diskTransferred, 1000);
   assert.equal(result.finalDowntimeLimitMs, 10);
-  const seen = [...new Set(phases.map((p) => p.phase))];
-  assert.deepEqual(seen, ["setup", "disks", "ram", "switchover", "completed"]);
+  assert.deepEqual(phaseSeq(), ["setup", "disks", "ram", "switchover", "completed"], "phases in order, none repeated after it ended");
   const ram = phases.find((p) => p.phase === "ram" && p.iterations === 1)!;
   assert.equal(ram.dirtyRate, 2 * 4096);
   assert.equal(ram.ramRemaining, 4000);
@@ -238,6 +238,23 @@ test("a cancel that loses the race to completion reports the completed migration
   const result = await runOutgoing(f.qmp, options({ signal: controller.signal, onProgress: (p) => p.phase === "ram" && controller.abort() }));
   assert.equal(result.downtimeMs, 12);
   assert.ok(!f.commands().includes("cont"), "never resumes a source whose VM now runs on the target");
+});
+
+test("a source whose VM has already migrated away (postmigrate) is refused; one whose VM arrived by migration is not", async () => {
+  const f = fakeSource({ migrate: [] });
+  const origExecute = f.qmp.execute.bind(f.qmp);
+  let state = "postmigrate";
+  f.qmp.execute = (async (cmd: string, args?: Record<string, unknown>) => {
+    if (cmd === "query-migrate") return { status: "completed" };
+    if (cmd === "query-status") return { running: state === "running", status: state };
+    return origExecute(cmd, args);
+  }) as Qmp["execute"];
+  await assert.rejects(runOutgoing(f.qmp, options()), /already migrated its VM away/);
+  assert.deepEqual(f.commands(), [], "no cont: resuming it would fork the VM");
+  // a VM that arrived by migration (query-migrate also says completed there) and runs may migrate on
+  state = "running";
+  await runOutgoing(f.qmp, options({ disks: [] })); // (this fake's query-migrate says completed at once)
+  assert.deepEqual(f.commands().slice(0, 2), ["object-add", "migrate-set-capabilities"]);
 });
 
 test("bad options are refused before anything is sent to QEMU", async () => {

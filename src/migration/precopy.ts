@@ -167,6 +167,11 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
       if (["setup", "active", "pre-switchover", "device", "cancelling", "postcopy-active"].includes(before.status)) {
         throw new VigilError("VIGIL_BUSY", `Cannot start a migration: one is already ${before.status}`);
       }
+      // (query-migrate says "completed" on a VM that arrived here by migration too: the run state tells them apart)
+      if (status.status === "postmigrate") {
+        // its disks are inactive and its VM runs elsewhere: migrating or resuming it would fork the VM
+        throw new VigilError("VIGIL_INVALID_STATE", "Cannot start a migration: this QEMU has already migrated its VM away");
+      }
       report("setup", undefined, []);
 
       step = "add the TLS credentials";
@@ -232,6 +237,10 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
           case "active":
           case "device":
           case "wait-unplug": {
+            if (continued) {
+              report("switchover", info, jobs); // "device": QEMU is sending the last RAM and the device state
+              break;
+            }
             const limit = adapter.observe(info.dirtySyncCount, info.remaining);
             if (limit !== undefined) await run("migrate-set-parameters", { "downtime-limit": limit });
             report("ram", info, jobs);

@@ -16,7 +16,7 @@ import { prepareIncoming, watchIncoming, finishIncoming } from "../../src/migrat
 import { runOutgoing } from "../../src/migration/precopy.ts";
 import type { MigrationProgress } from "../../src/cluster/types.ts";
 import type { AgentClient } from "../../src/guest-agent/agent-client.ts";
-import { agentOf, guestRun, makeMigrationCerts, overlay, startQemu, type TestQemu } from "../migration-fixture.ts";
+import { agentOf, guestRun, makeMigrationCerts, overlay, standaloneDisk, startQemu, type TestQemu } from "../migration-fixture.ts";
 
 const LIMITS = { maxDowntimeMs: 300, timeoutMs: 180_000, maxBandwidth: 0 };
 /** The DN QEMU (GnuTLS) reports for a peer certificate: the subject's RDNs in certificate order. */
@@ -36,7 +36,10 @@ test("pre-copy migration with NBD disk mirror over QEMU's TLS, refusals and canc
     rmSync(dir, { recursive: true, force: true });
   });
   const certs = makeMigrationCerts(join(dir, "certs"), "m1");
-  const src = await startQemu(join(dir, "src"), { disk: overlay(join(dir, "src.qcow2")) });
+  // disk0: the guest's /data, an overlay over the image's disk on both sides (sync=top); disk1: 16 MiB of random
+  // bytes the guest never writes, copied whole into an empty image on the target (sync=full)
+  const disk1Sum = standaloneDisk(join(dir, "src-1.qcow2"), 16, true);
+  const src = await startQemu(join(dir, "src"), { disk: overlay(join(dir, "src.qcow2")), disk1: join(dir, "src-1.qcow2") });
   vms.push(src);
   agent = await agentOf(src);
   assert.equal(await guestRun(agent, ["ticker", "start"]), "started");
@@ -47,14 +50,16 @@ test("pre-copy migration with NBD disk mirror over QEMU's TLS, refusals and canc
   /** A fresh target waiting for the migration, over its own empty overlay of the same base (sync=top). */
   const target = async (authzIdentity: string) => {
     const name = `dst${n++}`;
-    const vm = await startQemu(join(dir, name), { disk: overlay(join(dir, `${name}.qcow2`)), incoming: true });
+    standaloneDisk(join(dir, `${name}-1.qcow2`), 16, false);
+    const vm = await startQemu(join(dir, name), { disk: overlay(join(dir, `${name}.qcow2`)), disk1: join(dir, `${name}-1.qcow2`), incoming: true });
     vms.push(vm);
     const sockets = { migrateSocket: join(dir, `${name}-mig.sock`), nbdSocket: join(dir, `${name}-nbd.sock`) };
-    await prepareIncoming(vm.qmp, { tlsDir: certs.serverDir, authzIdentity, ...sockets, disks: [{ node: "disk0", exportName: "disk0" }] });
+    const disks = [{ node: "disk0", exportName: "disk0" }, { node: "disk1", exportName: "disk1" }];
+    await prepareIncoming(vm.qmp, { tlsDir: certs.serverDir, authzIdentity, ...sockets, disks });
     return { vm, sockets };
   };
   const outgoing = (sockets: { migrateSocket: string; nbdSocket: string }, over: Partial<Parameters<typeof runOutgoing>[1]> = {}) =>
-    runOutgoing(src.qmp, { tlsDir: certs.clientDir, tlsHostname: certs.hostname, ...sockets, disks: [{ node: "disk0", exportName: "disk0", sync: "top" }], limits: LIMITS, ...over });
+    runOutgoing(src.qmp, { tlsDir: certs.clientDir, tlsHostname: certs.hostname, ...sockets, disks: [{ node: "disk0", exportName: "disk0", sync: "top" }, { node: "disk1", exportName: "disk1", sync: "full" }], limits: LIMITS, ...over });
   /** The source still runs and its counter still ticks. */
   const stillTicking = async () => {
     const status = (await src.qmp.execute<{ running: boolean; status: string }>("query-status"));
@@ -133,10 +138,12 @@ test("pre-copy migration with NBD disk mirror over QEMU's TLS, refusals and canc
     assert.equal(r.value, r.last, "RAM and disk agree");
     assert.ok(Number(r.last) > before + 25, `it counted on after the switchover (${before} → ${r.last})`);
     assert.equal(await guestRun(agent, ["cat", "/data/premig"]), token, "a file written (and synced) before the migration is on the target's disk");
+    const sum = (await guestRun(agent, ["sha256sum", "/dev/vdb"])).split(" ")[0];
+    assert.equal(sum, disk1Sum, "the sync=full disk arrived whole in the empty target image");
     assert.equal((await src.qmp.execute<{ status: string }>("query-status")).status, "postmigrate", "the source stopped at the switchover");
     assert.ok(result.downtimeMs > 0 && result.downtimeMs < 2000, `downtime ${result.downtimeMs} ms`);
     assert.ok(result.ramTransferred > 0 && result.iterations >= 2);
-    assert.ok(result.diskTransferred > 0);
+    assert.ok(result.diskTransferred >= 16 << 20, `disk bytes ${result.diskTransferred}`);
     const phases = [...new Set(progress.map((p) => p.phase))];
     assert.deepEqual(phases, ["setup", "disks", "ram", "switchover", "completed"]);
     t.diagnostic(`migration: downtime ${result.downtimeMs} ms, total ${result.totalMs} ms, ${result.iterations} passes, limit ${result.finalDowntimeLimitMs} ms`);
