@@ -219,7 +219,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   });
   network.onChange(async () => void (await vis.restoreForwards()));
   // An agent moves VMs in and out for the manager (docs/cluster.md "Live migration").
-  const migrations = clusterWhere ? new AgentMigrations({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "migration" }), watches: introspection, clusterHost: clusterWhere.host }) : undefined;
+  const migrations = clusterWhere ? new AgentMigrations({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "migration" }), watches: introspection, clusterHost: clusterWhere.host, credentials: agentCreds!.bundle }) : undefined;
   const deps: ApiDeps = {
     migrations,
     vms,
@@ -294,9 +294,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         await ready;
         const socket = env?.incoming?.socket as (TLSSocket & { remoteAddress?: string }) | undefined;
         try {
-          requirePeerRole(peerIdentity(socket), "manager");
+          const peer = peerIdentity(socket);
+          // Another agent may do exactly one thing here: hand over the switchover state of a VM it is migrating to us.
+          const store = /^\/v1\/agent\/migrations\/([a-z0-9-]{1,64})\/store$/.exec(new URL(req.url).pathname);
+          if (peer?.role === "agent" && store && req.method === "POST" && migrations) {
+            return Response.json(await migrations.acceptStore(peer.name, store[1]!, await req.json().catch(() => undefined)));
+          }
+          requirePeerRole(peer, "manager");
         } catch (err) {
-          return vigilErrorResponse(err as VigilError);
+          return vigilErrorResponse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", messageOf(err)));
         }
         return app.fetch(req, { transport: "cluster", remoteAddress: socket?.remoteAddress });
       };

@@ -75,6 +75,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) =>
     (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
   const addresses = new Map<string, string>();
+  const agentAddresses = new Map<string, string>();
   const store: MigrationStore = {
     create: async (r) => void (await repo.createMigration({ id: r.id, vmId: r.vmId, vmName: r.vmName, source: r.source, target: r.target, requestedBy: r.requestedBy, options: r.options })),
     update: async (id, c) => void (await repo.updateMigration(id, { state: c.state, phase: c.phase, progress: c.progress ?? undefined, result: c.result ?? undefined, error: c.error })),
@@ -90,6 +91,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     agents: { call },
     store,
     hostAddress: (name) => addresses.get(name),
+    agentAddress: (name) => agentAddresses.get(name),
     isReady: (name) => hosts.isReady(name),
     issuePair: async (id) => {
       const pair = await issueMigrationPair(ca, id);
@@ -103,6 +105,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   for (const h of await hosts.list()) {
     const a = await hosts.addressOf(h.name);
     if (a) addresses.set(h.name, a);
+    agentAddresses.set(h.name, h.address);
   }
 
   /** Which host holds a VM: the placement table, kept current by create, migrate and the heartbeats' VM lists. */
@@ -139,6 +142,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     return admin(c, "host.add", name, { address }, async () => {
       const r = await hosts.add(name, address);
       addresses.set(name, (await hosts.addressOf(name))!);
+      agentAddresses.set(name, address);
       return r;
     });
   });

@@ -10,6 +10,7 @@ import { isIP } from "node:net";
 import { join } from "node:path";
 import { z } from "zod";
 import type { RequestContext } from "../auth/guard.ts";
+import { AgentClient } from "../cluster/agent-client.ts";
 import { qemuTlsIdentity, writeQemuCredsDir } from "../cluster/ca.ts";
 import type { CertBundle, MigrationProgress, MigrationResult } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
@@ -17,7 +18,7 @@ import { vmLayout } from "../paths.ts";
 import { parseOrThrow } from "../validation.ts";
 import { jailUidOf } from "../vm/jail-uids.ts";
 import { prepareIncomingDisks } from "./disks.ts";
-import { exportDossier, importDossier, type Dossier, type DossierDeps } from "./dossier.ts";
+import { applyStore, exportDossier, exportStore, importDossier, type Dossier, type DossierDeps } from "./dossier.ts";
 import { finishIncoming, prepareIncoming, watchIncoming } from "./incoming.ts";
 import type { IncomingAnswer, OutgoingStatus } from "./orchestrator.ts";
 import { runOutgoing } from "./precopy.ts";
@@ -27,6 +28,8 @@ import { tcpToUnix, unixToTcp, type Relay } from "./relay.ts";
 export interface AgentMigrationDeps extends DossierDeps {
   /** The agent's cluster address: where the target's relays listen. */
   clusterHost: string;
+  /** This agent's own certificate: the source uses it to hand the switchover state to the target agent. */
+  credentials: CertBundle;
 }
 
 const idSchema = z.string().regex(/^[a-z0-9](?:[a-z0-9-]{0,56}[a-z0-9])?$/, "must be a migration id (lower-case letters, digits, -)");
@@ -41,12 +44,14 @@ const incomingSchema = z.strictObject({
   /** The source certificate's subject, for QEMU's authz: the only client the target's QEMU accepts. */
   peerSubject: z.string().regex(/^O=vigil,OU=migration,CN=[a-z0-9-]{1,64}$/),
   sourceAddress: ipSchema,
+  /** The source agent's name: the only agent that may hand over this VM's switchover state. */
+  sourceHost: z.string().min(1).max(64),
 });
 
 const outgoingSchema = z.strictObject({
   id: idSchema,
   vm: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/),
-  target: z.strictObject({ host: z.string().min(1).max(64), address: ipSchema, ramPort: z.number().int().min(1).max(65535), nbdPort: z.number().int().min(1).max(65535) }),
+  target: z.strictObject({ host: z.string().min(1).max(64), address: ipSchema, agent: z.string().min(3).max(64), ramPort: z.number().int().min(1).max(65535), nbdPort: z.number().int().min(1).max(65535) }),
   tlsHostname: tlsHostnameSchema,
   credentials: bundleSchema,
   disks: z.array(outgoingDiskSchema).max(16),
@@ -67,6 +72,7 @@ interface Outgoing {
 interface Incoming {
   id: string;
   vmId: string;
+  sourceHost: string;
   vmName: string;
   state: "incoming" | "running" | "aborted";
   error: string | null;
@@ -106,7 +112,7 @@ export class AgentMigrations {
       const nbdSock = join(l.runDir, "nbd-in.sock");
       await prepareIncoming(qmp, { tlsDir, authzIdentity: req.peerSubject, migrateSocket: ramSock, nbdSocket: nbdSock, disks: disks.map((x) => ({ node: x.node, exportName: x.exportName })) });
       relays.push(await tcpToUnix(this.d.clusterHost, ramSock, req.sourceAddress), await tcpToUnix(this.d.clusterHost, nbdSock, req.sourceAddress));
-      const entry: Incoming = { id: req.id, vmId, vmName: vm.name, state: "incoming", error: null, abort: new AbortController(), done: Promise.resolve() };
+      const entry: Incoming = { id: req.id, vmId, sourceHost: req.sourceHost, vmName: vm.name, state: "incoming", error: null, abort: new AbortController(), done: Promise.resolve() };
       entry.done = this.followIn(entry, qmp, relays, tlsDir);
       this.incoming.set(req.id, entry);
       return { ramPort: relays[0]!.port, nbdPort: relays[1]!.port, disks: disks.map((x) => ({ node: x.node, exportName: x.exportName, sync: x.sync })) };
@@ -133,6 +139,18 @@ export class AgentMigrations {
       rmSync(tlsDir, { recursive: true, force: true });
       this.forgetLater(this.incoming, entry.id);
     }
+  }
+
+  /**
+   * Target, called by the SOURCE agent (its own certificate, not the manager's) at pre-switchover: the VM's
+   * monotonic store as it is with the guest paused. Only the agent the migration comes from may send it.
+   */
+  async acceptStore(peerHost: string, id: string, body: unknown): Promise<{ applied: true }> {
+    const entry = this.incoming.get(id);
+    if (!entry || entry.state !== "incoming") throw new VigilError("VIGIL_NOT_FOUND", `No incoming migration ${q(id)} here`);
+    if (entry.sourceHost !== peerHost) throw new VigilError("VIGIL_FORBIDDEN", `Agent ${q(peerHost)} is not the source of migration ${q(id)}`);
+    await applyStore(this.d, entry.vmId, body);
+    return { applied: true };
   }
 
   /** Target: gives the incoming VM up (the source failed or was cancelled). Idempotent. */
@@ -180,6 +198,17 @@ export class AgentMigrations {
         onProgress: (p) => {
           entry.phase = p.phase;
           entry.progress = p;
+        },
+        // The guest is paused: its monotonic store is final now. The target agent stores it before QEMU switches
+        // over, so the VM never reads an older value there (a failure here aborts; the VM resumes here).
+        beforeSwitchover: async () => {
+          const store = await exportStore(this.d, vm.id);
+          const peer = new AgentClient({ address: req.target.agent, agentName: req.target.host, bundle: this.d.credentials });
+          try {
+            await peer.request("POST", `/v1/agent/migrations/${req.id}/store`, { body: store, timeoutMs: 15_000 });
+          } finally {
+            peer.close();
+          }
         },
       })
         .then(async (result) => {

@@ -56,6 +56,7 @@ function orchestrator(store: MigrationStore, agents: AgentCaller, records: strin
     agents,
     store,
     hostAddress: (n) => ({ a: "10.0.0.1", b: "10.0.0.2" })[n],
+    agentAddress: (n) => ({ a: "10.0.0.1:7451", b: "10.0.0.2:7451" })[n],
     isReady: (n) => n === "a" || n === "b",
     issuePair: async () => ({ src: bundle, dst: bundle, srcSubject: "CN=x" }),
     record: async (action, vm, result, _actor, details) => void records.push(`${action} ${vm} ${result} ${String(details.state)}`),

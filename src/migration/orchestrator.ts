@@ -62,6 +62,8 @@ export interface OrchestratorDeps {
   store: MigrationStore;
   /** The host names that may take a VM now (ready, lease valid), and each one's underlay IP. */
   hostAddress(name: string): string | undefined;
+  /** A host's cluster listener (IP:PORT): the source hands the switchover state to the target agent there. */
+  agentAddress(name: string): string | undefined;
   isReady(name: string): boolean;
   /** Ephemeral certificates for one migration (src/cluster/ca.ts issueMigrationPair). */
   issuePair(id: string): Promise<{ src: CertBundle; dst: CertBundle; srcSubject: string }>;
@@ -171,12 +173,12 @@ export class MigrationOrchestrator {
     try {
       const dossier = await this.d.agents.call<unknown>(row.source, "GET", `/v1/agent/vms/${row.vmName}/dossier`, undefined, actor);
       const pair = await this.d.issuePair(row.id);
-      incoming = await this.d.agents.call<IncomingAnswer>(row.target, "POST", "/v1/agent/migrations/incoming", { id: row.id, dossier, credentials: pair.dst, peerSubject: pair.srcSubject, sourceAddress: sourceAddr }, actor, { timeoutMs: 120_000 });
+      incoming = await this.d.agents.call<IncomingAnswer>(row.target, "POST", "/v1/agent/migrations/incoming", { id: row.id, dossier, credentials: pair.dst, peerSubject: pair.srcSubject, sourceAddress: sourceAddr, sourceHost: row.source }, actor, { timeoutMs: 120_000 });
       if (this.following.get(row.id)?.cancel) throw new VigilError("VIGIL_CONFLICT", "cancelled");
       await this.d.agents.call(row.source, "POST", "/v1/agent/migrations/outgoing", {
         id: row.id,
         vm: row.vmName,
-        target: { host: row.target, address: targetAddr, ramPort: incoming.ramPort, nbdPort: incoming.nbdPort },
+        target: { host: row.target, address: targetAddr, agent: this.d.agentAddress(row.target) ?? "", ramPort: incoming.ramPort, nbdPort: incoming.nbdPort },
         tlsHostname: `${row.id}.migration.vigil`,
         credentials: pair.src,
         disks: incoming.disks,

@@ -338,3 +338,24 @@ test("watchIncoming resolves on completed, rejects on failed and on cancel; fini
   await assert.rejects(finishIncoming(early.qmp), /incoming migration is active, not completed/);
   assert.ok(!early.commands().includes("cont"));
 });
+
+test("beforeSwitchover runs while the guest is paused, after the mirrors completed and before migrate-continue", async () => {
+  const f = fakeSource({ migrate: [active(1, 4000), active(2, 100), { status: "pre-switchover" }, { status: "device" }, completed] });
+  let seen: string[] = [];
+  await runOutgoing(f.qmp, options({ beforeSwitchover: async () => void (seen = [...f.commands()]) }));
+  assert.ok(seen.includes("block-job-cancel") && !seen.includes("migrate-continue"), seen.join(" "));
+  assert.equal(f.state.running, false, "still paused: the target has it");
+});
+
+test("a failing beforeSwitchover aborts the migration and resumes the VM here", async () => {
+  const f = fakeSource({ migrate: [active(1, 4000), active(2, 100), { status: "pre-switchover" }] });
+  const err = await runOutgoing(f.qmp, options({ beforeSwitchover: async () => Promise.reject(new VigilError("VIGIL_HOST", "target unreachable")) })).then(
+    () => assert.fail("resolved"),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof VigilError);
+  assert.match(err.message, /hand over/);
+  assert.ok(f.commands().includes("migrate_cancel"));
+  assert.ok(!f.commands().includes("migrate-continue"));
+  assert.equal(f.state.running, true, "the VM runs on the source again");
+});

@@ -40,6 +40,11 @@ export interface OutgoingOptions {
   onProgress?: (progress: MigrationProgress) => void;
   /** How often QEMU is polled (ms), default 100. */
   pollMs?: number;
+  /**
+   * Runs at pre-switchover, the guest paused and its disks complete, before QEMU sends the device state: the last
+   * moment the source can still keep the VM. It throws to abort (the VM resumes here).
+   */
+  beforeSwitchover?: () => Promise<void>;
 }
 
 /** The downtime limit the adaptive rule starts from (ms). */
@@ -61,6 +66,7 @@ const outgoingSchema = z.strictObject({
   signal: z.instanceof(AbortSignal).optional(),
   onProgress: z.function().optional(),
   pollMs: z.number().int().min(1).max(10_000).optional(),
+  beforeSwitchover: z.function().optional(),
 });
 
 /** Thrown inside the run to unwind into the abort path with the reason the run stopped. */
@@ -252,6 +258,11 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
             continued = true;
             step = "complete the disk mirrors";
             await completeMirrors();
+            if (options.beforeSwitchover) {
+              // The guest is paused: what the hook hands over (the monotonic store) is final. A failure aborts.
+              step = "hand over what the VM's host keeps for it";
+              await options.beforeSwitchover();
+            }
             step = "continue the switchover";
             await run("migrate-continue", { state: "pre-switchover" });
             step = "switch over";

@@ -64,7 +64,18 @@ test("a running guest migrates live between two agents: the RAM counter goes on 
   const before = Number(report((await guestExec(a1, "mover", ["ticker", "report"])).out).value);
   assert.ok(before > 10, `the ticker ticks (${before})`);
 
-  const started = await manager.api<Migration>("POST", "/v1/vms/mover/migrate", { to: "h2" });
+  assert.equal((await guestExec(a1, "mover", ["vtime", "incr", "moves"])).out, "1");
+  // A bandwidth cap makes the RAM copy last a few seconds, while the guest keeps writing its monotonic store.
+  const started = await manager.api<Migration>("POST", "/v1/vms/mover/migrate", { to: "h2", maxBandwidth: 16 * 1024 * 1024 });
+  let seen = 1;
+  for (;;) {
+    const m = await manager.api<Migration>("GET", `/v1/migrations/${started.id}`);
+    if (m.state !== "running" || m.phase === "switchover" || m.phase === "completed") break;
+    if (m.phase === "ram") {
+      const r = await guestExec(a1, "mover", ["vtime", "incr", "moves"]).catch(() => undefined);
+      if (r?.exitCode === 0) seen = Number(r.out);
+    } else await new Promise((res) => setTimeout(res, 100));
+  }
   const final = await followMigration(manager, started.id, () => false);
   assert.equal(final.state, "completed", final.error ?? "");
   assert.ok(final.result && final.result.downtimeMs >= 0 && final.result.totalMs > 0);
@@ -83,6 +94,9 @@ test("a running guest migrates live between two agents: the RAM counter goes on 
     if (!/running=/.test(out)) await new Promise((res) => setTimeout(res, 500));
   }
   const r = report(out);
+  // The store the guest wrote on h1 during the RAM copy came across at the switchover: no value went back.
+  const moves = Number((await guestExec(a2, "mover", ["vtime", "read", "moves"])).out);
+  assert.ok(moves >= seen, `the monotonic store kept the writes made during the migration (${moves} ≥ ${seen})`);
   assert.equal(r.running, "yes", "the ticker process came across and still runs");
   assert.ok(Number(r.value) > before, `the counter went on (${before} → ${r.value})`);
   assert.equal((await guestExec(a2, "mover", ["ticker", "stop"])).out, "stopped");
