@@ -78,6 +78,7 @@ test("a running guest migrates live between two agents: the RAM counter goes on 
   }
   const final = await followMigration(manager, started.id, () => false);
   assert.equal(final.state, "completed", final.error ?? "");
+  assert.ok(seen > 1, `the guest wrote its store during the RAM copy (${seen})`);
   assert.ok(final.result && final.result.downtimeMs >= 0 && final.result.totalMs > 0);
 
   // The VM is h2's now: running there, gone from h1 (row and files), and the manager places it there.
@@ -125,4 +126,43 @@ test("kill -9 of the target agent mid-migration: the VM keeps running on the sou
   assert.equal((await guestExec(a1, "stayer", ["counter", "incr"])).exitCode, 0, "the guest still answers on the source");
   await a2.restart();
   await waitFor(() => !existsSync(join(a2.home, "vms")) || readdirSync(join(a2.home, "vms")).length === 0, 30_000, "the target's incoming VM to be removed");
+});
+
+test("cancel mid-migration: the VM keeps running on the source and nothing stays on the target", { timeout: 600_000 }, async (t) => {
+  const { manager, agents } = await cluster(t);
+  await runningGuest(manager, "undecided");
+  const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
+  const started = await manager.api<Migration>("POST", "/v1/vms/undecided/migrate", { to: "h2", maxBandwidth: 2 * 1024 * 1024 });
+  await followMigration(manager, started.id, (m) => m.phase === "ram");
+  const cancel = manager.cli("vm", "migrate", "undecided", "--cancel");
+  assert.equal(cancel.status, 0, cancel.stderr);
+  const final = await followMigration(manager, started.id, () => false);
+  assert.equal(final.state, "cancelled", JSON.stringify(final));
+  assert.equal((await a1.api<{ state: string }>("GET", "/v1/vms/undecided")).state, "running");
+  assert.equal((await guestExec(a1, "undecided", ["counter", "incr"])).exitCode, 0, "the guest still answers on the source");
+  await waitFor(() => !existsSync(join(a2.home, "vms")) || readdirSync(join(a2.home, "vms")).length === 0, 30_000, "the target's incoming VM to be removed");
+  await assert.rejects(a2.api("GET", "/v1/vms/undecided"), /does not exist|not found/i);
+  const { vms } = await manager.api<{ vms: { name: string; host: string }[] }>("GET", "/v1/vms");
+  assert.deepEqual(vms.filter((v) => v.name === "undecided").map((v) => v.host), ["h1"]);
+});
+
+test("the manager on PostgreSQL restarts during a migration and records how it ended", { timeout: 600_000 }, async (t) => {
+  const { manager, agents } = await cluster(t);
+  await runningGuest(manager, "traveller");
+  const [, a2] = agents as [DaemonHandle, DaemonHandle];
+  const started = await manager.api<Migration>("POST", "/v1/vms/traveller/migrate", { to: "h2", maxBandwidth: 8 * 1024 * 1024 });
+  await followMigration(manager, started.id, (m) => m.phase === "ram");
+  await manager.kill9();
+  // The agents go on without it: the source finishes, the target resumes the VM by itself.
+  for (let i = 0; i < 240; i++) {
+    const vm = await a2.api<{ state: string }>("GET", "/v1/vms/traveller").catch(() => undefined);
+    if (vm?.state === "running") break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  await manager.restart();
+  const final = await followMigration(manager, started.id, () => false);
+  assert.equal(final.state, "completed", JSON.stringify(final));
+  assert.equal((await a2.api<{ state: string }>("GET", "/v1/vms/traveller")).state, "running");
+  const { vms } = await manager.api<{ vms: { name: string; host: string }[] }>("GET", "/v1/vms");
+  assert.deepEqual(vms.filter((v) => v.name === "traveller").map((v) => v.host), ["h2"]);
 });
