@@ -122,6 +122,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
 
   const app = new Hono<ManagerEnv>();
   app.onError((err, c) => fail(c, err, log));
+  app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `The cluster manager has no route ${c.req.method} ${c.req.path} (host-level requests go to an agent's own socket)`)), 404));
   app.get("/v1/health", (c) => c.json({ ok: true, version: VERSION, role: "manager" }));
   app.use("*", async (c, next) => {
     const actor = await authenticateRequest(users, localUser, c.env?.transport, c.req.header("authorization"));
