@@ -32,6 +32,8 @@ CREATE TABLE "generations" ("id" integer primary key autoincrement, "vm_id" text
 CREATE TABLE "group_members" ("group_name" text not null references "groups" ("name"), "user_id" text not null references "users" ("id"), constraint "group_members_pk" primary key ("group_name", "user_id"));
 -- table groups
 CREATE TABLE "groups" ("name" text primary key, "created_at" text not null);
+-- table host_leases
+CREATE TABLE "host_leases" ("host" text primary key, "epoch" integer not null, "holder" text not null, "expires_at" text not null, "renewed_at" text not null);
 -- table hosts
 CREATE TABLE "hosts" ("name" text primary key, "address" text not null, "state" text not null, "cert_fingerprint" text not null, "last_seen" text, "added_at" text not null, "status" text);
 -- table images
