@@ -86,6 +86,11 @@ test("pre-copy migration with NBD disk mirror over QEMU's TLS, refusals and canc
     await refused(outgoing(sockets, { tlsDir: certs.foreignClientDir }), /step "connect disk \\"disk0\\" to the target's NBD export".*TLS/);
   });
 
+  await t.test("the source refuses a target whose certificate does not name the expected host", async () => {
+    const { sockets } = await target(dnOf("m1-src"));
+    await refused(outgoing(sockets, { tlsHostname: "m2.migration.vigil" }), /NBD export.*(hostname|m2\.migration\.vigil)/i);
+  });
+
   await t.test("the DN must be given as QEMU reports it: in certificate order, not RFC 2253's reversed order", async () => {
     assert.equal(certs.clientSubjectRfc2253, "CN=m1-src,OU=migration,O=vigil");
     const { vm, sockets } = await target(certs.clientSubjectRfc2253);
@@ -129,7 +134,11 @@ test("pre-copy migration with NBD disk mirror over QEMU's TLS, refusals and canc
     agent = await agentOf(vm, 30_000);
     await new Promise((r) => setTimeout(r, 1000));
     const running = parseReport(await guestRun(agent, ["ticker", "report"]));
-    assert.equal(running.running, "yes", "the ticker process came across and runs on the target");
+    if (running.running !== "yes") {
+      const ps = (await guestRun(agent, ["ps"])).split("\n").filter((l) => /ticker|usleep/.test(l));
+      const tail = await guestRun(agent, ["tail", "-n", "3", "/data/ticker.log"]);
+      assert.fail(`the ticker does not run on the target: ${JSON.stringify(running)}; ps: ${ps.join(" | ")}; log tail: ${tail}`);
+    }
     assert.equal(await guestRun(agent, ["ticker", "stop"]), "stopped");
     const r = parseReport(await guestRun(agent, ["ticker", "report"]));
     assert.equal(r.gaps, "0", `no value missing in the log (${JSON.stringify(r)})`);
