@@ -6,6 +6,7 @@
  */
 import type { DelegatedActor, MigrationLimits, MigrationProgress, MigrationResult, CertBundle } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
+import type { MigrationRecord, MigrationState } from "../cluster/cluster-repository.ts";
 
 /** One call to an agent as the manager makes it (src/cluster/agent-client.ts). */
 export interface AgentCaller {
@@ -22,25 +23,9 @@ export interface MigrationStore {
   setPlacement(vmId: string, vmName: string, host: string, owner: string): Promise<void>;
 }
 
-export type MigrationState = "running" | "completed" | "failed" | "cancelled";
-
-export interface MigrationRow {
-  id: string;
-  vmId: string;
-  vmName: string;
-  source: string;
-  target: string;
-  state: MigrationState;
-  phase: MigrationProgress["phase"];
-  requestedBy: string;
-  options: MigrationLimits;
-  progress: MigrationProgress | null;
-  result: MigrationResult | null;
-  error: string | null;
-  startedAt: string;
-  updatedAt: string;
-  finishedAt: string | null;
-}
+/** A migration's row as the cluster repository stores it (src/cluster/cluster-repository.ts). */
+export type MigrationRow = MigrationRecord;
+export type { MigrationState };
 
 /** The source agent's answer about one outgoing migration. */
 export interface OutgoingStatus {
