@@ -18,6 +18,8 @@ import { UserStore } from "../auth/users.ts";
 import { caDir, issueMigrationPair, loadCa, qemuTlsIdentity } from "../cluster/ca.ts";
 import { ClusterRepository } from "../cluster/cluster-repository.ts";
 import { HostRegistry, MANAGER_ACTOR } from "../cluster/host-registry.ts";
+import { DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
+import { LeaseStore } from "../cluster/leases.ts";
 import { placeVm, recommendBalance, recommendConsolidate } from "../cluster/placement.ts";
 import type { DelegatedActor, HostLoad, MigrationLimits } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
@@ -71,9 +73,13 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   const guard = new Guard(audit);
   const repo = new ClusterRepository(db);
   const event = async (kind: string, subject: string, payload: unknown) => void (await repo.appendEvent({ kind, subject, payload: payload as Record<string, unknown> }));
-  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs ?? 2000, log, event });
-  const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) =>
-    (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
+  // Each host's lease (same database; its agent renews it): its epoch goes with every call, expired = fenced.
+  const leases = new LeaseStore(db, { ttlMs: DEFAULT_LEASE_TTL_MS });
+  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs ?? 2000, log, event, lease: (name) => leases.get(name) });
+  const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) => {
+    const epoch = await hosts.epochOf(host);
+    return (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(epoch !== undefined ? { epoch } : {}) });
+  };
   const addresses = new Map<string, string>();
   const store: MigrationStore = {
     create: async (r) => void (await repo.createMigration({ id: r.id, vmId: r.vmId, vmName: r.vmName, source: r.source, target: r.target, requestedBy: r.requestedBy, options: r.options })),
