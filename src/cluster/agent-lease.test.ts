@@ -112,8 +112,9 @@ test("the manager marks a host whose lease expired fenced (event host.fenced), o
   const leases = new LeaseStore(db, { ttlMs: 15_000 });
   const events: { kind: string; subject: string; payload: Record<string, unknown> }[] = [];
   let now = Date.parse("2026-12-06T23:59:59.000Z");
+  let beats = 0;
   // No CA: a fenced host is never called (a live lease would be, and would need one).
-  const hosts = new HostRegistry(repo, {} as Ca, { log: quiet, event: async (kind, subject, payload) => void events.push({ kind, subject, payload }), lease: (n) => leases.get(n), now: () => now });
+  const hosts = new HostRegistry(repo, {} as Ca, { log: quiet, event: async (kind, subject, payload) => void events.push({ kind, subject, payload }), lease: (n) => leases.get(n), now: () => now, afterBeat: async () => void beats++ });
   try {
     assert.equal(await hosts.epochOf("h1"), 4);
     assert.equal(await hosts.epochOf("h2"), undefined);
@@ -122,6 +123,7 @@ test("the manager marks a host whose lease expired fenced (event host.fenced), o
     await hosts.beat();
     assert.equal(hosts.isReady("h1"), false);
     assert.equal((await repo.getHost("h1")).state, "fenced");
+    assert.equal(beats, 2, "HA planning runs after every heartbeat");
     assert.deepEqual(events, [{ kind: "host.fenced", subject: "h1", payload: { epoch: 4, expiresAt: "2026-12-07T00:00:00.000Z", holder: "h1" } }]);
   } finally {
     hosts.close();

@@ -22,6 +22,8 @@ export interface HostRegistryOptions {
   /** A host's lease (host_leases, docs/cluster.md "Fencing, wired"): its epoch goes with every call; expired = fenced. */
   lease?: ((host: string) => Promise<Lease | undefined>) | undefined;
   now?: (() => number) | undefined;
+  /** Runs after every heartbeat (HA planning). */
+  afterBeat?: (() => Promise<void>) | undefined;
 }
 
 const NAME_RE = /^[a-z][a-z0-9-]{0,62}$/;
@@ -120,6 +122,7 @@ export class HostRegistry {
     try {
       const hosts = await this.repo.listHosts();
       await Promise.all(hosts.map((h) => this.beatOne(h)));
+      await this.o.afterBeat?.();
     } finally {
       this.beating = false;
     }

@@ -7,6 +7,7 @@ import type { Command } from "commander";
 import { writeAgentCredentials } from "../../cluster/agent-credentials.ts";
 import { balanceJson, consolidateJson, formatBalance, formatConsolidate } from "../../cluster/placement-report.ts";
 import type { BalancePlan, ConsolidationPlan } from "../../cluster/placement.ts";
+import type { HaPlan } from "../../cluster/leases.ts";
 import type { CertBundle, MigrationProgress, MigrationResult } from "../../cluster/types.ts";
 import { VigilError } from "../../errors.ts";
 import { ApiError, call } from "../client.ts";
@@ -109,7 +110,33 @@ export function registerCluster(program: Command, ctx: CliContext): void {
       process.stdout.write(formatConsolidate(plan));
     });
 
+  cluster
+    .command("ha")
+    .description("The HA VMs and the last HA plan: what would be restarted where once a host is fenced (not performed: no shared storage yet)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const r = await call<{ ha: { name: string; host: string }[]; plan: (HaPlan & { at: string; refused: string }) | null }>("GET", "/v1/cluster/ha");
+      if (o.json) return printJson(r);
+      printTable(r.ha, [["name", "VM"], ["host", "HOST"]]);
+      const p = r.plan;
+      if (!p) return;
+      for (const x of p.restarts) process.stdout.write(`would restart ${x.vm} (from ${x.from}, lost epoch ${x.lostEpoch}) on ${x.to}: refused, ${p.refused}\n  ${x.reasons.join("\n  ")}\n`);
+      for (const x of p.unplaced) process.stdout.write(`cannot place ${x.vm} (from ${x.from}): ${x.reasons.join("; ")}\n`);
+      for (const x of p.waiting) process.stdout.write(`waiting: ${x.reason}\n`);
+    });
+
   const vm = program.commands.find((c) => c.name() === "vm")!;
+  vm.command("set <name>")
+    .description("Set a VM's cluster properties: --ha (restart it on another host when its host is fenced) or --no-ha")
+    .option("--ha", "mark it HA")
+    .option("--no-ha", "clear the HA mark")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { ha?: boolean; json?: boolean }) => {
+      if (o.ha === undefined) throw new VigilError("VIGIL_BAD_REQUEST", "Give --ha or --no-ha", { field: "ha" });
+      const r = await call<{ name: string; host: string; ha: boolean }>("POST", vmPath(name, "/ha"), { ha: o.ha });
+      if (o.json) return printJson(r);
+      process.stdout.write(`${r.name} (on ${r.host}) is ${r.ha ? "HA" : "not HA"}\n`);
+    });
   vm.command("migrate <name>")
     .description("Live-migrate a running VM to another host (pre-copy over QEMU's TLS; disks mirrored)")
     .option("--to <host>", "the target host")

@@ -32,6 +32,8 @@ CREATE TABLE "generations" ("id" integer primary key autoincrement, "vm_id" text
 CREATE TABLE "group_members" ("group_name" text not null references "groups" ("name"), "user_id" text not null references "users" ("id"), constraint "group_members_pk" primary key ("group_name", "user_id"));
 -- table groups
 CREATE TABLE "groups" ("name" text primary key, "created_at" text not null);
+-- table host_leases
+CREATE TABLE "host_leases" ("host" text primary key, "epoch" integer not null, "holder" text not null, "expires_at" text not null, "renewed_at" text not null);
 -- table hosts
 CREATE TABLE "hosts" ("name" text primary key, "address" text not null, "state" text not null, "cert_fingerprint" text not null, "last_seen" text, "added_at" text not null, "status" text);
 -- table images
@@ -57,7 +59,7 @@ CREATE TABLE "networks" ("id" text primary key, "name" text not null unique, "ci
 -- table nic_addresses
 CREATE TABLE "nic_addresses" ("vm_id" text not null references "vms" ("id") on delete cascade, "nic" text not null, "network_id" text not null references "networks" ("id"), "ip" text not null, "mac" text not null, constraint "nic_addresses_ip" unique ("network_id", "ip"), constraint "nic_addresses_nic" unique ("vm_id", "nic"));
 -- table placements
-CREATE TABLE "placements" ("vm_id" text primary key, "vm_name" text not null unique, "host" text not null, "owner" text not null, "updated_at" text not null);
+CREATE TABLE "placements" ("vm_id" text primary key, "vm_name" text not null unique, "host" text not null, "owner" text not null, "updated_at" text not null, "ha" integer default 0 not null);
 -- table quarantine
 CREATE TABLE "quarantine" ("vm_id" text primary key references "vms" ("id") on delete cascade, "since" text not null, "reason" text not null, "actor" text not null);
 -- table quarantine_services
