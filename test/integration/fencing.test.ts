@@ -77,9 +77,9 @@ async function poll<T>(fn: () => Promise<T | undefined>, timeoutMs: number, what
   }
 }
 
-test("an agent that loses its lease database kills its VM before the lease expires; the manager marks it fenced; a stale epoch is refused", { timeout: 300_000 }, async (t) => {
+test("an agent that loses its lease database kills its VM before the lease expires; the manager marks it fenced and plans (refuses) the HA restart; a stale epoch is refused", { timeout: 300_000 }, async (t) => {
   requireTinyImage();
-  const topo = clusterTopology(t, 1);
+  const topo = clusterTopology(t, 2);
   const db = await freshDatabase();
   const pgRelay = await relay(t);
   const home = mkdtempSync(join(tmpdir(), "vigil-mgr-"));
@@ -94,6 +94,12 @@ test("an agent that loses its lease database kills its VM before the lease expir
     command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds, "--lease-db", pgRelay.url(db.name), "--lease-ttl", String(TTL_S), "--lease-margin", String(MARGIN_S)],
     wrap: h.wrap,
   });
+  // h2 holds its lease directly (never cut): the host an HA restart would go to.
+  const h2 = topo.hosts[1]!;
+  const creds2 = join(mkdtempSync(join(tmpdir(), "vigil-creds-")), "agent");
+  const add2 = manager.cli("host", "add", "h2", "--addr", `${h2.addr}:7451`, "--out", creds2);
+  assert.equal(add2.status, 0, add2.stderr);
+  await startDaemon(t, { command: ["agent", "--listen", `${h2.addr}:7451`, "--credentials", creds2, "--lease-db", db.url, "--lease-ttl", String(TTL_S), "--lease-margin", String(MARGIN_S)], wrap: h2.wrap });
   const hostRow = async () => (await manager.api<HostRow[]>("GET", "/v1/hosts")).find((x) => x.name === "h1")!;
   await poll(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 1 ? true : undefined), 30_000, "h1 ready at epoch 1");
 
@@ -110,6 +116,9 @@ test("an agent that loses its lease database kills its VM before the lease expir
 
   await manager.api("POST", "/v1/vms", { name: "fenced1", memoryMiB: 256, vcpus: 1, host: "h1" });
   await manager.api("POST", "/v1/vms/fenced1/start", {});
+  const set = manager.cli("vm", "set", "fenced1", "--ha", "--json");
+  assert.equal(set.status, 0, set.stderr);
+  assert.deepEqual(JSON.parse(set.stdout), { name: "fenced1", host: "h1", ha: true });
   assert.equal((await agent.api<{ state: string }>("GET", "/v1/vms/fenced1")).state, "running");
 
   // The lease database becomes unreachable for the agent: no renewal, so it fences at expires_at − margin.
@@ -132,10 +141,23 @@ test("an agent that loses its lease database kills its VM before the lease expir
   const list = manager.cli("host", "list");
   assert.equal(list.status, 0, list.stderr);
   assert.match(list.stdout, /h1\s+\S+\s+fenced/);
+  assert.match(list.stdout, /h2\s+\S+\s+ready/);
   const { vms } = await manager.api<{ vms: { name: string; state: string }[] }>("GET", "/v1/vms");
   assert.deepEqual(vms.filter((v) => v.name === "fenced1").map((v) => v.state), ["unknown"]);
   const events = await manager.api<{ kind: string; subject: string }[]>("GET", "/v1/events?after=0");
   assert.ok(events.some((e) => e.kind === "host.fenced" && e.subject === "h1"), "event host.fenced");
+
+  // HA: the manager plans to restart it on h2 and records that it would, but refuses (no shared storage).
+  const refused = await poll(async () => (await manager.api<{ kind: string; subject: string; payload: Record<string, unknown> }[]>("GET", "/v1/events?after=0")).find((e) => e.kind === "vm.ha-restart-refused" && e.subject === "fenced1"), 15_000, "the HA plan");
+  assert.equal(refused.payload.wouldRestartOn, "h2");
+  assert.equal(refused.payload.lostEpoch, 1);
+  assert.equal(refused.payload.refused, "the VM's disks are on the lost host; HA restart needs shared storage");
+  const haCli = manager.cli("cluster", "ha");
+  assert.equal(haCli.status, 0, haCli.stderr);
+  assert.match(haCli.stdout, /would restart fenced1 \(from h1, lost epoch 1\) on h2: refused, the VM's disks are on the lost host/);
+  const mgrAudit = (await manager.api<{ records: AuditRecord[] }>("GET", "/v1/audit?limit=1000")).records;
+  assert.ok(mgrAudit.some((r) => r.action === "vm.ha-restart" && r.result === "error" && r.target.name === "fenced1"));
+  assert.ok(mgrAudit.some((r) => r.action === "vm.set-ha" && r.result === "ok"));
 
   // A fenced agent starts no VM.
   await assert.rejects(manager.api("POST", "/v1/vms/fenced1/start", {}), /fenced itself/);
