@@ -96,6 +96,9 @@ test("the epoch gate of a lease: the header is required, starts at the agent's o
     assert.throws(() => lease.admit("two"), (e: unknown) => e instanceof VigilError && e.code === "VIGIL_BAD_REQUEST");
     assert.equal(lease.admit("3"), 3);
     assert.throws(() => lease.admit("2"), /stale epoch 2 \(this host has accepted epoch 3\)/);
+    // A margin that leaves no time to renew is refused before any lease is taken.
+    await assert.rejects(AgentLease.start({ store, host: "h9", holder: "h9", ttlMs: 6000, marginMs: 4000, log: quiet, stopVms: async () => undefined }), (e: unknown) => e instanceof VigilError && e.field === "lease-margin");
+    assert.equal(await store.get("h9"), undefined);
     // Another agent claiming the same host while this lease lives is refused.
     await assert.rejects(AgentLease.start({ store, host: "h1", holder: "intruder", ttlMs: 60_000, marginMs: 5000, log: quiet, stopVms: async () => undefined }), /holds it \(epoch 2\)/);
   } finally {

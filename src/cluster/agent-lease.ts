@@ -48,6 +48,10 @@ export class AgentLease {
 
   /** Acquires the host's lease (refused while another holder has a live one) and starts renewing it. */
   static async start(o: AgentLeaseOptions): Promise<AgentLease> {
+    // SelfFence's own check, before the lease is taken: a bad margin leaves no lease behind.
+    if (!Number.isSafeInteger(o.ttlMs) || o.ttlMs <= 0 || !Number.isSafeInteger(o.marginMs) || o.marginMs < 0 || o.marginMs >= o.ttlMs - Math.floor(o.ttlMs / 3)) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `The lease margin must be from 0 to below two thirds of the ttl (ttl ${q(o.ttlMs)} ms, margin ${q(o.marginMs)} ms)`, { field: "lease-margin" });
+    }
     const lease = await o.store.acquire(o.host, o.holder);
     o.log.info({ host: o.host, epoch: lease.epoch, expiresAt: lease.expiresAt }, "holding the host's lease");
     return new AgentLease(o, lease);
