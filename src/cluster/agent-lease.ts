@@ -88,11 +88,16 @@ export class AgentLease {
 
   /** Throws unless the host holds its lease (a VM may start only then). */
   assertMayRun(vm: string): void {
+    this.assertHolding(`start VM ${q(vm)}`);
+  }
+
+  /** Throws VIGIL_CONFLICT "Cannot <what>: host … fenced itself …" unless the host holds its lease. */
+  assertHolding(what: string): void {
     if (this.state === "holding") return;
     const f = this.#fence.report;
     throw new VigilError(
       "VIGIL_CONFLICT",
-      `Cannot start VM ${q(vm)}: host ${q(this.o.host)} fenced itself${f ? ` at ${f.at} (${f.reason})` : ""} and holds no lease; VMs start again once it holds a new one`,
+      `Cannot ${what}: host ${q(this.o.host)} fenced itself${f ? ` at ${f.at} (${f.reason})` : ""} and holds no lease; VMs start again once it holds a new one`,
     );
   }
 

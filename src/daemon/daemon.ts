@@ -358,6 +358,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           requirePeerRole(peerIdentity(socket), "manager");
           // With leases on, a command sent under an older lease of this host never reaches the app.
           agentLease?.admit(req.headers.get(EPOCH_HEADER));
+          // Nor does a fenced host take a VM in by migration (its QEMU would run the guest without a lease).
+          if (agentLease && req.method === "POST" && new URL(req.url).pathname === "/v1/agent/migrations/incoming") agentLease.assertHolding("take a VM in by migration");
         } catch (err) {
           return vigilErrorResponse(err as VigilError);
         }

@@ -159,17 +159,7 @@ test("an agent that loses its lease database kills its VM before the lease expir
   assert.ok(mgrAudit.some((r) => r.action === "vm.ha-restart" && r.result === "error" && r.target.name === "fenced1"));
   assert.ok(mgrAudit.some((r) => r.action === "vm.set-ha" && r.result === "ok"));
 
-  // A fenced agent starts no VM.
-  await assert.rejects(manager.api("POST", "/v1/vms/fenced1/start", {}), /fenced itself/);
-  assert.equal((await agent.api<{ state: string }>("GET", "/v1/vms/fenced1")).state, "stopped");
-
-  // The database is back: a new lease at epoch 2, the host ready again.
-  await pgRelay.restore();
-  await poll(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 2 ? true : undefined), 30_000, "h1 ready at epoch 2");
-  assert.equal(Number((await leaseRow()).epoch), 2);
-  assert.ok((await audit()).some((r) => r.action === "host.lease-acquired" && r.details.epoch === 2));
-
-  // A command under the old epoch, with the manager's own certificate, is refused before it reaches the app.
+  // Requests to h1's cluster listener with the manager's own certificate, from the manager's namespace.
   const keys = join(home, "keys", "ca");
   const curl = async (method: string, path: string, epoch: number | undefined) => {
     const args = ["-sS", "-X", method, "-o", "-", "-w", "\n%{http_code}", "--cacert", join(keys, "ca-cert.pem"), "--cert", join(keys, "manager-cert.pem"), "--key", join(keys, "manager-key.pem"),
@@ -179,6 +169,22 @@ test("an agent that loses its lease database kills its VM before the lease expir
     const lines = stdout.trimEnd().split("\n");
     return { status: Number(lines.pop()), body: lines.join("\n") };
   };
+  // A fenced agent starts no VM.
+  await assert.rejects(manager.api("POST", "/v1/vms/fenced1/start", {}), /fenced itself/);
+  assert.equal((await agent.api<{ state: string }>("GET", "/v1/vms/fenced1")).state, "stopped");
+
+  // Nor does it take a VM in by migration (refused at its cluster listener, under a valid epoch).
+  const incoming = await curl("POST", "/v1/agent/migrations/incoming", 1);
+  assert.equal(incoming.status, 409, incoming.body);
+  assert.match(incoming.body, /Cannot take a VM in by migration: host \\"h1\\" fenced itself/);
+
+  // The database is back: a new lease at epoch 2, the host ready again.
+  await pgRelay.restore();
+  await poll(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 2 ? true : undefined), 30_000, "h1 ready at epoch 2");
+  assert.equal(Number((await leaseRow()).epoch), 2);
+  assert.ok((await audit()).some((r) => r.action === "host.lease-acquired" && r.details.epoch === 2));
+
+  // A command under the old epoch, with the manager's own certificate, is refused before it reaches the app.
   const starts = (await audit()).filter((r) => r.action === "vm.start").length;
   const stale = await curl("POST", "/v1/vms/fenced1/start", 1);
   assert.equal(stale.status, 409, stale.body);
