@@ -51,6 +51,8 @@ export interface ApiDeps {
   /** The agent's side of live migrations (only on `vigil agent`). */
   migrations?: AgentMigrations | undefined;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
+  /** An agent's lease epoch (HostStatus.epoch; 0 without `--lease-db`). */
+  clusterEpoch?: (() => number) | undefined;
   /** The vigil user the local unix socket maps to. */
   localUser: string;
   log: Logger;

@@ -37,6 +37,8 @@ export interface Placement {
   host: string;
   owner: string;
   updatedAt: string;
+  /** Restart it on another host when its host is fenced (0007-cluster-ha). */
+  ha: boolean;
 }
 
 /** A live migration's row. */
@@ -123,7 +125,7 @@ function toHost(row: HostsTable): ClusterHost {
   };
 }
 
-const toPlacement = (row: PlacementsTable): Placement => ({ vmId: row.vm_id, vmName: row.vm_name, host: row.host, owner: row.owner, updatedAt: row.updated_at });
+const toPlacement = (row: PlacementsTable): Placement => ({ vmId: row.vm_id, vmName: row.vm_name, host: row.host, owner: row.owner, updatedAt: row.updated_at, ha: row.ha === 1 });
 
 function toMigration(row: MigrationsTable): MigrationRecord {
   const what = (c: string) => `${c} of migration ${q(row.id)}`;
@@ -241,6 +243,12 @@ export class ClusterRepository {
       throw err;
     }
     return toPlacement(row);
+  }
+
+  /** Sets a placed VM's HA flag; false if it has no placement. */
+  async setHa(vmName: string, ha: boolean): Promise<boolean> {
+    const r = await this.db.updateTable("placements").set({ ha: ha ? 1 : 0 }).where("vm_name", "=", vmName).executeTakeFirst();
+    return r.numUpdatedRows > 0n;
   }
 
   /** Forgets where a VM is; false if it had no placement. */

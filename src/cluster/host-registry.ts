@@ -9,6 +9,7 @@ import { AgentClient, parseAddress } from "./agent-client.ts";
 import type { ClusterHost, ClusterRepository } from "./cluster-repository.ts";
 import type { CertBundle, DelegatedActor, HostStatus } from "./types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
+import { isExpired, type Lease } from "./leases.ts";
 
 /** The actor the manager's own calls (heartbeats, reconcile) run as on the agents. */
 export const MANAGER_ACTOR: DelegatedActor = { name: "system", roles: ["admin"], groups: [], introspect: false };
@@ -18,6 +19,11 @@ export interface HostRegistryOptions {
   missesToUnreachable?: number;
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
   event(kind: string, subject: string, payload: Record<string, unknown>): Promise<void>;
+  /** A host's lease (host_leases, docs/cluster.md "Fencing, wired"): its epoch goes with every call; expired = fenced. */
+  lease?: ((host: string) => Promise<Lease | undefined>) | undefined;
+  now?: (() => number) | undefined;
+  /** Runs after every heartbeat (HA planning). */
+  afterBeat?: (() => Promise<void>) | undefined;
 }
 
 const NAME_RE = /^[a-z][a-z0-9-]{0,62}$/;
@@ -104,6 +110,11 @@ export class HostRegistry {
     return h ? parseAddress(h.address).host : undefined;
   }
 
+  /** The epoch of the host's lease, sent with every call to it (undefined: the host holds no lease). */
+  async epochOf(name: string): Promise<number | undefined> {
+    return (await this.o.lease?.(name))?.epoch;
+  }
+
   /** One heartbeat to every host; overlapping beats are skipped. */
   async beat(): Promise<void> {
     if (this.beating) return;
@@ -111,15 +122,27 @@ export class HostRegistry {
     try {
       const hosts = await this.repo.listHosts();
       await Promise.all(hosts.map((h) => this.beatOne(h)));
+      await this.o.afterBeat?.();
     } finally {
       this.beating = false;
     }
   }
 
   private async beatOne(h: ClusterHost): Promise<void> {
+    // A host whose lease has expired is fenced (it stopped its VMs itself before then), whether it answers or not.
+    const lease = await this.o.lease?.(h.name).catch((err: unknown) => void this.o.log.warn({ host: h.name, err: messageOf(err) }, "cannot read the host's lease"));
+    if (lease && isExpired(lease, (this.o.now ?? Date.now)())) {
+      if (this.states.get(h.name) !== "fenced") {
+        this.states.set(h.name, "fenced");
+        await this.repo.updateHost(h.name, { state: "fenced" }).catch(() => undefined);
+        this.o.log.warn({ host: h.name, epoch: lease.epoch, expiresAt: lease.expiresAt }, "host is fenced: its lease expired");
+        await this.o.event("host.fenced", h.name, { epoch: lease.epoch, expiresAt: lease.expiresAt, holder: lease.holder });
+      }
+      return;
+    }
     try {
       const client = await this.client(h.name);
-      const status = await client.request<HostStatus>("GET", "/v1/agent/status", { actor: MANAGER_ACTOR, timeoutMs: 5000 });
+      const status = await client.request<HostStatus>("GET", "/v1/agent/status", { actor: MANAGER_ACTOR, timeoutMs: 5000, ...(lease ? { epoch: lease.epoch } : {}) });
       this.misses.set(h.name, 0);
       this.statuses.set(h.name, status);
       await this.repo.updateHost(h.name, { state: "ready", lastSeen: new Date().toISOString(), status });

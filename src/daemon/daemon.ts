@@ -64,6 +64,10 @@ import { loadAgentCredentials } from "../cluster/agent-credentials.ts";
 import { AgentMigrations } from "../migration/agent-migrations.ts";
 import { mtlsServerOptions, peerIdentity, requirePeerRole } from "../cluster/mtls.ts";
 import { hostNetns, netnsName } from "../network/netns.ts";
+import { AgentLease, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
+import { LeaseStore } from "../cluster/leases.ts";
+import { EPOCH_HEADER } from "../cluster/types.ts";
+import { openInventory } from "../inventory/db.ts";
 
 export const VERSION: string = (() => {
   try {
@@ -89,7 +93,15 @@ export interface DaemonOptions {
    * Agent mode (`vigil agent`, docs/cluster.md): the cluster listener on `listen` (HTTPS, mutual TLS: only the
    * manager's certificate from the vigil CA), with the credentials `vigil host add` wrote to `credentialsDir`.
    */
-  cluster?: { listen: string; credentialsDir: string } | undefined;
+  cluster?: {
+    listen: string;
+    credentialsDir: string;
+    /** `--lease-db`: the cluster's PostgreSQL, where this host holds its lease (docs/cluster.md "Fencing, wired"). */
+    leaseDb?: string | undefined;
+    /** Lease ttl and fence margin (ms; default 15 s and 5 s). */
+    leaseTtlMs?: number | undefined;
+    leaseMarginMs?: number | undefined;
+  } | undefined;
 }
 
 export interface Daemon {
@@ -242,20 +254,66 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     firewall,
     vis,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
+    clusterEpoch: () => agentLease?.epoch ?? 0,
     localUser,
     log,
   };
 
   const app = createApp(deps);
+  /** Opens the lease database and takes the lease; the fence kills every live VM of this host, as `system`. */
+  const startAgentLease = async (c: NonNullable<DaemonOptions["cluster"]>, host: string): Promise<AgentLease> => {
+    leaseDb = await openInventory(c.leaseDb!, { max: 2, onIdleError: (err) => log.warn({ err: messageOf(err) }, "lease database connection lost") });
+    const ttlMs = c.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+    const marginMs = c.leaseMarginMs ?? DEFAULT_LEASE_MARGIN_MS;
+    const ctx: RequestContext = { actor: SYSTEM_ACTOR, requestId: `self-fence-${host}` };
+    const killed: string[] = [];
+    const failed: string[] = [];
+    const l = await AgentLease.start({
+      store: new LeaseStore(leaseDb, { ttlMs }),
+      host,
+      holder: host,
+      ttlMs,
+      marginMs,
+      log,
+      stopVms: async () => {
+        killed.length = failed.length = 0;
+        // Killed, not shut down: the margin is seconds, and the guest must be gone before the lease expires.
+        const live = (await repo.list()).filter((vm) => ["running", "paused", "starting", "stopping"].includes(vm.state));
+        await Promise.all(live.map(async (vm) => {
+          try {
+            await vms.kill(ctx, vm.name);
+            killed.push(vm.name);
+          } catch (err) {
+            failed.push(`${vm.name}: ${messageOf(err)}`);
+          }
+        }));
+        if (failed.length > 0) throw new VigilError("VIGIL_HOST", `Cannot kill ${failed.join("; ")}`);
+      },
+      onFenced: async (r) => {
+        await audit.append({ actor: SYSTEM_ACTOR.name, action: "host.self-fenced", target: { kind: "host", name: host }, result: r.stopError ? "error" : "ok", details: { reason: r.reason, epoch: r.epoch, fencedAt: r.at, stoppedAt: new Date().toISOString(), killed: [...killed], ...(r.stopError ? { error: r.stopError } : {}) } });
+      },
+      onReacquired: async (lease) => {
+        await audit.append({ actor: SYSTEM_ACTOR.name, action: "host.lease-acquired", target: { kind: "host", name: host }, result: "ok", details: { epoch: lease.epoch, expiresAt: lease.expiresAt } });
+      },
+    });
+    // A fenced host starts no VM (every start path runs these hooks before the guest runs; QEMU is then killed).
+    vms.addBeforeContHook(async (vm) => l.assertMayRun(vm.name));
+    return l;
+  };
   const servers: ServerType[] = [];
   let stopExpiry = () => {};
   let recovered: Awaited<ReturnType<VmService["recover"]>> | undefined;
 
   let closed = false;
+  // `vigil agent --lease-db`: the host's lease, its self-fence and the epoch gate (set before the listeners serve).
+  let agentLease: AgentLease | undefined;
+  let leaseDb: Db | undefined;
   const close = async () => {
     if (closed) return;
     closed = true;
     stopExpiry();
+    agentLease?.close();
+    await leaseDb?.destroy().catch(() => undefined);
     await migrations?.close();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
@@ -287,6 +345,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       const addr = tcpServer.address();
       if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
     }
+    if (options.cluster?.leaseDb !== undefined && agentCreds) {
+      agentLease = await startAgentLease(options.cluster, agentCreds.name);
+    }
     if (clusterWhere && agentCreds) {
       // The manager's door: a certificate that does not chain to the vigil CA fails the handshake; one of
       // another role gets 403 here; the user it acts for is in its x-vigil-actor header (auth/authenticate.ts).
@@ -301,6 +362,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
             return Response.json(await migrations.acceptStore(peer.name, store[1]!, await req.json().catch(() => undefined)));
           }
           requirePeerRole(peer, "manager");
+          // With leases on, a command sent under an older lease of this host never reaches the app.
+          agentLease?.admit(req.headers.get(EPOCH_HEADER));
+          // Nor does a fenced host take a VM in by migration (its QEMU would run the guest without a lease).
+          if (agentLease && req.method === "POST" && new URL(req.url).pathname === "/v1/agent/migrations/incoming") agentLease.assertHolding("take a VM in by migration");
         } catch (err) {
           return vigilErrorResponse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", messageOf(err)));
         }

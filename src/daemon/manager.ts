@@ -18,6 +18,9 @@ import { UserStore } from "../auth/users.ts";
 import { caDir, issueMigrationPair, loadCa, qemuTlsIdentity } from "../cluster/ca.ts";
 import { ClusterRepository } from "../cluster/cluster-repository.ts";
 import { HostRegistry, MANAGER_ACTOR } from "../cluster/host-registry.ts";
+import { DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
+import { LeaseStore } from "../cluster/leases.ts";
+import { HaMonitor } from "../cluster/ha.ts";
 import { placeVm, recommendBalance, recommendConsolidate } from "../cluster/placement.ts";
 import type { DelegatedActor, HostLoad, MigrationLimits } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
@@ -71,9 +74,22 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   const guard = new Guard(audit);
   const repo = new ClusterRepository(db);
   const event = async (kind: string, subject: string, payload: unknown) => void (await repo.appendEvent({ kind, subject, payload: payload as Record<string, unknown> }));
-  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs ?? 2000, log, event });
-  const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) =>
-    (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
+  // Each host's lease (same database; its agent renews it): its epoch goes with every call, expired = fenced.
+  const leases = new LeaseStore(db, { ttlMs: DEFAULT_LEASE_TTL_MS });
+  // HA: planned after every heartbeat, recorded, never acted on (no shared storage yet: cluster/ha.ts).
+  const ha: HaMonitor = new HaMonitor({
+    repo,
+    leases: () => leases.list(),
+    isReady: (name): boolean => hosts.isReady(name),
+    event,
+    record: async (vm, details) => void (await audit.append({ actor: "system", action: "vm.ha-restart", target: { kind: "vm", name: vm }, result: "error", details })),
+    log,
+  });
+  const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs ?? 2000, log, event, lease: (name) => leases.get(name), afterBeat: (): Promise<void> => ha.tick() });
+  const call = async <T>(host: string, method: string, path: string, body: unknown, actor: DelegatedActor, opts?: { timeoutMs?: number }) => {
+    const epoch = await hosts.epochOf(host);
+    return (await hosts.client(host)).request<T>(method, path, { body, actor, ...(opts?.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(epoch !== undefined ? { epoch } : {}) });
+  };
   const addresses = new Map<string, string>();
   const agentAddresses = new Map<string, string>();
   const store: MigrationStore = {
@@ -196,6 +212,23 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     if (!Number.isInteger(limits.maxDowntimeMs) || limits.maxDowntimeMs < 10 || limits.maxDowntimeMs > 60_000) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid max downtime: 10-60000 ms", { field: "maxDowntimeMs" });
     if (!Number.isInteger(limits.timeoutMs) || limits.timeoutMs < 1000 || limits.timeoutMs > 24 * 3600_000) throw new VigilError("VIGIL_BAD_REQUEST", "Invalid timeout: 1 s to 24 h", { field: "timeoutMs" });
     return c.json(await orchestrator.start(toDelegated(ctx), name, body.to, limits), 202);
+  });
+  // `vigil vm set VM --ha|--no-ha`: the flag lives with the placement (0007-cluster-ha); `vigil cluster ha`: the last plan.
+  app.post("/v1/vms/:name/ha", async (c) => {
+    const name = c.req.param("name");
+    const body = (await c.req.json().catch(() => ({}))) as { ha?: unknown };
+    if (typeof body.ha !== "boolean") throw new VigilError("VIGIL_BAD_REQUEST", `ha must be true or false, not ${q(body.ha)}`, { field: "ha" });
+    const p = await repo.findPlacementByName(name);
+    if (!p) throw new VigilError("VIGIL_VM_NOT_FOUND", `VM ${q(name)} does not exist in this cluster`);
+    const flag = body.ha;
+    return c.json(await guard.run(c.get("ctx"), { action: "vm.set-ha", permission: "vm.control", target: { kind: "vm", id: p.vmId, name }, owner: p.owner, details: { ha: flag } }, async () => {
+      await repo.setHa(name, flag);
+      return { name, host: p.host, ha: flag };
+    }));
+  });
+  app.get("/v1/cluster/ha", async (c) => {
+    await guard.authorize(c.get("ctx"), { action: "cluster.ha", permission: "cluster.manage", target: { kind: "host", name: "manager" }, readOnly: true });
+    return c.json({ ha: (await repo.listPlacements()).filter((p) => p.ha).map((p) => ({ name: p.vmName, host: p.host })), plan: ha.last ?? null });
   });
   app.get("/v1/migrations", async (c) => c.json(await repo.listActiveMigrations()));
   app.get("/v1/migrations/:id", async (c) => c.json(await orchestrator.get(c.req.param("id"))));

@@ -454,6 +454,12 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0007-cluster-ha": {
+    async up(db: Kysely<unknown>) {
+      // `vigil vm set VM --ha` (docs/cluster.md "Fencing, wired"): kept with the VM's placement, 1 = restart elsewhere when its host is fenced.
+      await db.schema.alterTable("placements").addColumn("ha", "integer", (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -363,6 +363,8 @@ export interface PlacementsTable {
   host: string;
   owner: string;
   updated_at: string;
+  /** 0007-cluster-ha: 1 = HA (restart on another host when this one is fenced); default 0. */
+  ha?: number | undefined;
 }
 
 /** Live migrations, one row each, kept after they end. */

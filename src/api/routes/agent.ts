@@ -34,7 +34,7 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
       load1: loadavg()[0] ?? 0,
       vms: vms.map((v) => ({ id: v.id, name: v.name, state: v.state, memoryMiB: v.spec.memoryMiB, vcpus: v.spec.vcpus, owner: v.owner })),
       version: d.host.version,
-      epoch: 0,
+      epoch: d.clusterEpoch?.() ?? 0,
     };
     return c.json(status);
   });

@@ -7,7 +7,9 @@ import type { Command } from "commander";
 import { writeAgentCredentials } from "../../cluster/agent-credentials.ts";
 import { balanceJson, consolidateJson, formatBalance, formatConsolidate } from "../../cluster/placement-report.ts";
 import type { BalancePlan, ConsolidationPlan } from "../../cluster/placement.ts";
+import type { HaPlan } from "../../cluster/leases.ts";
 import type { CertBundle, MigrationProgress, MigrationResult } from "../../cluster/types.ts";
+import { VigilError } from "../../errors.ts";
 import { ApiError, call } from "../client.ts";
 import { report } from "../exit-codes.ts";
 import { clearLine, printJson, printTable, progressLine } from "../output.ts";
@@ -34,10 +36,14 @@ export function registerCluster(program: Command, ctx: CliContext): void {
     .description("Run this host's cluster agent in the foreground (its VMs, its inventory; the manager's door is mutual TLS)")
     .requiredOption("--listen <ip:port>", "the cluster listener (the address `vigil host add --addr` was given)")
     .requiredOption("--credentials <dir>", "the directory `vigil host add … --out DIR` wrote")
-    .action(async (o: { listen: string; credentials: string }) => {
+    .option("--lease-db <url>", "the cluster's PostgreSQL (postgres://…): hold this host's lease there and fence itself when it cannot renew")
+    .option("--lease-ttl <seconds>", "how long a lease lives (default 15)")
+    .option("--lease-margin <seconds>", "stop the VMs this long before an unrenewed lease expires (default 5)")
+    .action(async (o: { listen: string; credentials: string; leaseDb?: string; leaseTtl?: string; leaseMargin?: string }) => {
       const { runDaemon } = await ctx.hooks.loadDaemon();
       try {
-        await runDaemon({ listen: "none", cluster: { listen: o.listen, credentialsDir: o.credentials } });
+        const lease = leaseOptions(o);
+        await runDaemon({ listen: "none", cluster: { listen: o.listen, credentialsDir: o.credentials, ...lease } });
       } catch (err) {
         process.exit(report(err));
       }
@@ -104,7 +110,33 @@ export function registerCluster(program: Command, ctx: CliContext): void {
       process.stdout.write(formatConsolidate(plan));
     });
 
+  cluster
+    .command("ha")
+    .description("The HA VMs and the last HA plan: what would be restarted where once a host is fenced (not performed: no shared storage yet)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const r = await call<{ ha: { name: string; host: string }[]; plan: (HaPlan & { at: string; refused: string }) | null }>("GET", "/v1/cluster/ha");
+      if (o.json) return printJson(r);
+      printTable(r.ha, [["name", "VM"], ["host", "HOST"]]);
+      const p = r.plan;
+      if (!p) return;
+      for (const x of p.restarts) process.stdout.write(`would restart ${x.vm} (from ${x.from}, lost epoch ${x.lostEpoch}) on ${x.to}: refused, ${p.refused}\n  ${x.reasons.join("\n  ")}\n`);
+      for (const x of p.unplaced) process.stdout.write(`cannot place ${x.vm} (from ${x.from}): ${x.reasons.join("; ")}\n`);
+      for (const x of p.waiting) process.stdout.write(`waiting: ${x.reason}\n`);
+    });
+
   const vm = program.commands.find((c) => c.name() === "vm")!;
+  vm.command("set <name>")
+    .description("Set a VM's cluster properties: --ha (restart it on another host when its host is fenced) or --no-ha")
+    .option("--ha", "mark it HA")
+    .option("--no-ha", "clear the HA mark")
+    .option("--json", "machine-readable output")
+    .action(async (name: string, o: { ha?: boolean; json?: boolean }) => {
+      if (o.ha === undefined) throw new VigilError("VIGIL_BAD_REQUEST", "Give --ha or --no-ha", { field: "ha" });
+      const r = await call<{ name: string; host: string; ha: boolean }>("POST", vmPath(name, "/ha"), { ha: o.ha });
+      if (o.json) return printJson(r);
+      process.stdout.write(`${r.name} (on ${r.host}) is ${r.ha ? "HA" : "not HA"}\n`);
+    });
   vm.command("migrate <name>")
     .description("Live-migrate a running VM to another host (pre-copy over QEMU's TLS; disks mirrored)")
     .option("--to <host>", "the target host")
@@ -132,6 +164,21 @@ export function registerCluster(program: Command, ctx: CliContext): void {
       if (o.json) printJson(final);
       if (final.state !== "completed") process.exitCode = 1;
     });
+}
+
+/** `--lease-*` as DaemonOptions.cluster fields; seconds (decimals allowed, to the ms) checked before anything starts. */
+export function leaseOptions(o: { leaseDb?: string | undefined; leaseTtl?: string | undefined; leaseMargin?: string | undefined }): { leaseDb?: string; leaseTtlMs?: number; leaseMarginMs?: number } {
+  const seconds = (value: string, flag: string, min: number): number => {
+    const n = /^[0-9]+(\.[0-9]{1,3})?$/.test(value) ? Math.round(Number(value) * 1000) : Number.NaN;
+    if (!(n >= min) || n > 3_600_000) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid ${flag} ${JSON.stringify(value)}: seconds from ${min / 1000} to 3600 (e.g. 15 or 2.5)`, { field: flag.slice(2) });
+    return n;
+  };
+  if ((o.leaseTtl !== undefined || o.leaseMargin !== undefined) && o.leaseDb === undefined) throw new VigilError("VIGIL_BAD_REQUEST", "--lease-ttl and --lease-margin need --lease-db", { field: "lease-db" });
+  return {
+    ...(o.leaseDb !== undefined ? { leaseDb: o.leaseDb } : {}),
+    ...(o.leaseTtl !== undefined ? { leaseTtlMs: seconds(o.leaseTtl, "--lease-ttl", 1) } : {}),
+    ...(o.leaseMargin !== undefined ? { leaseMarginMs: seconds(o.leaseMargin, "--lease-margin", 0) } : {}),
+  };
 }
 
 /** Starts a migration and follows it to its end, with a progress line on a terminal. */

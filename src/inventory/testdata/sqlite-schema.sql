@@ -59,7 +59,7 @@ CREATE TABLE "networks" ("id" text primary key, "name" text not null unique, "ci
 -- table nic_addresses
 CREATE TABLE "nic_addresses" ("vm_id" text not null references "vms" ("id") on delete cascade, "nic" text not null, "network_id" text not null references "networks" ("id"), "ip" text not null, "mac" text not null, constraint "nic_addresses_ip" unique ("network_id", "ip"), constraint "nic_addresses_nic" unique ("vm_id", "nic"));
 -- table placements
-CREATE TABLE "placements" ("vm_id" text primary key, "vm_name" text not null unique, "host" text not null, "owner" text not null, "updated_at" text not null);
+CREATE TABLE "placements" ("vm_id" text primary key, "vm_name" text not null unique, "host" text not null, "owner" text not null, "updated_at" text not null, "ha" integer default 0 not null);
 -- table quarantine
 CREATE TABLE "quarantine" ("vm_id" text primary key references "vms" ("id") on delete cascade, "since" text not null, "reason" text not null, "actor" text not null);
 -- table quarantine_services
