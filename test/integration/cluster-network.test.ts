@@ -60,7 +60,7 @@ test("a network spans two hosts: a guest on h1 reaches one on h2 as its policy a
   await assert.rejects(a1.api("POST", "/v1/networks", { name: "other", cidr: "10.78.0.0/24", span: { vni: 9, peers: ["10.251.0.2"], pool: { first: "10.78.0.2", last: "10.78.0.9" } } }), /only the cluster manager sets span/);
 
   for (const [vm, host] of [["a", "h1"], ["b", "h2"]]) {
-    await manager.api("POST", "/v1/vms", { name: vm, memoryMiB: 128, vcpus: 1, host, nics: [{ name: "net0", mode: "bridge", network: "lab" }] });
+    await manager.api("POST", "/v1/vms", { name: vm, memoryMiB: 128, vcpus: 1, host, nics: [{ network: "lab" }] });
     await manager.api("POST", `/v1/vms/${vm}/start`, { wait: true });
   }
   const ipA = await guestAddr(manager, "a", 90_000);
