@@ -16,7 +16,7 @@ import { authenticateRequest } from "../auth/authenticate.ts";
 import { Guard, type RequestContext } from "../auth/guard.ts";
 import { UserStore } from "../auth/users.ts";
 import { caDir, issueMigrationPair, loadCa, qemuTlsIdentity } from "../cluster/ca.ts";
-import { ClusterNetworks, registerClusterNetworkRoutes } from "../cluster/cluster-networks.ts";
+import { ClusterNetworks, registerClusterNetworkRoutes } from "./cluster-networks.ts";
 import { ClusterRepository } from "../cluster/cluster-repository.ts";
 import { HostRegistry, MANAGER_ACTOR } from "../cluster/host-registry.ts";
 import { placeVm, recommendBalance, recommendConsolidate } from "../cluster/placement.ts";

@@ -15,7 +15,7 @@ import type { Logger } from "../log.ts";
 import { checkNetworkName } from "../network/bridge.ts";
 import { parseCidr, splitPool } from "../network/ipam.ts";
 import { parseOrThrow } from "../validation.ts";
-import type { DelegatedActor } from "./types.ts";
+import type { DelegatedActor } from "../cluster/types.ts";
 
 export interface ClusterNetwork {
   name: string;
