@@ -36,6 +36,7 @@ async function fixture(refuse?: string) {
     call: async <T>(host: string, method: string, path: string, body: unknown) => {
       calls.push({ host, method, path, body });
       const name = method === "POST" ? (body as { name: string }).name : path.split("/").pop()!;
+      if (method === "GET") return { attached: onHost.get(host)!.has(name) ? [{ vmName: `vm-${host}`, ip: "10.77.0.9" }] : [], dhcpRunning: true } as T;
       if (method === "POST") {
         if (host === refuse) throw new VigilError("VIGIL_CONFLICT", "cidr overlaps", { field: "cidr" });
         onHost.get(host)!.add(name);
@@ -62,6 +63,13 @@ test("a cluster network is made on every ready host: one VNI, disjoint pools cov
   await assert.rejects(nets.create(admin, { name: "x", cidr: "10.79.0.1/24" }), (e: unknown) => e instanceof VigilError && e.field === "cidr");
   await assert.rejects(nets.create(auditor, { name: "y", cidr: "10.80.0.0/24" }), (e: unknown) => e instanceof VigilError && e.code === "VIGIL_FORBIDDEN");
   assert.deepEqual((await nets.listFor(auditor)).map((n) => n.name), ["dmz", "lab"]);
+  const shown = await nets.show(auditor, "lab");
+  assert.deepEqual([shown.gateway, shown.bridge, shown.nat, shown.dhcpRunning], ["10.77.0.1", "vb-lab", false, true], "the shape of one host's network, for `vigil net`");
+  assert.deepEqual(shown.attached, ["h1", "h2", "h3"].map((h) => ({ vmName: `vm-${h}`, ip: "10.77.0.9", host: h })), "each host's NICs, with the host");
+  await assert.rejects(nets.show(admin, "nope"), (e: unknown) => e instanceof VigilError && e.code === "VIGIL_NOT_FOUND");
+  await assert.rejects(nets.create(admin, { name: "n", cidr: "10.81.0.0/24", nat: true }), (e: unknown) => e instanceof VigilError && e.field === "nat");
+  assert.equal((await nets.create(admin, { name: "n", cidr: "10.81.0.0/24", nat: false })).nat, false, "the CLI's nat: false is accepted");
+  await nets.delete(admin, "n");
   assert.deepEqual(await nets.delete(admin, "lab"), { deleted: "lab", hosts: ["h1", "h2", "h3"] });
   for (const h of ["h1", "h2", "h3"]) assert.ok(!onHost.get(h)!.has("lab"));
   assert.deepEqual((await nets.list()).map((n) => n.name), ["dmz"]);

@@ -12,15 +12,20 @@ import type { Guard, RequestContext } from "../auth/guard.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
 import type { Db } from "../inventory/db.ts";
 import type { Logger } from "../log.ts";
-import { checkNetworkName } from "../network/bridge.ts";
-import { parseCidr, splitPool } from "../network/ipam.ts";
+import { bridgeName, checkNetworkName } from "../network/bridge.ts";
+import { formatIpv4, gateway, parseCidr, splitPool } from "../network/ipam.ts";
 import { parseOrThrow } from "../validation.ts";
 import type { DelegatedActor } from "../cluster/types.ts";
 
+/** A cluster network, in the shape of one host's network (so `vigil net` prints it) plus its VNI and hosts. */
 export interface ClusterNetwork {
   name: string;
   cidr: string;
+  gateway: string;
+  bridge: string;
   dhcp: boolean;
+  /** Always false: a network across hosts has no NAT (each host would be a way out of one segment). */
+  nat: false;
   vni: number;
   /** The hosts it was made on, each with its pool. */
   hosts: { host: string; address: string; pool: { first: string; last: string } }[];
@@ -39,7 +44,7 @@ export interface ClusterNetworkDeps {
   toDelegated(ctx: RequestContext): DelegatedActor;
 }
 
-const createSchema = z.strictObject({ name: z.string(), cidr: z.string(), dhcp: z.boolean().default(true) });
+const createSchema = z.strictObject({ name: z.string(), cidr: z.string(), dhcp: z.boolean().default(true), nat: z.literal(false).optional() });
 
 /** The lowest VNI not in use: deterministic, and the UNIQUE constraint settles two managers racing. */
 export function nextVni(used: Iterable<number>): number {
@@ -59,7 +64,7 @@ export class ClusterNetworks {
 
   async list(): Promise<ClusterNetwork[]> {
     const rows = await this.d.db.selectFrom("cluster_networks").selectAll().orderBy("name").execute();
-    return rows.map((r) => ({ name: r.name, cidr: r.cidr, dhcp: r.dhcp === 1, vni: r.vni, hosts: JSON.parse(r.hosts) as ClusterNetwork["hosts"], createdBy: r.created_by, createdAt: r.created_at }));
+    return rows.map((r) => ({ name: r.name, cidr: r.cidr, gateway: formatIpv4(gateway(parseCidr(r.cidr))), bridge: bridgeName(r.name), dhcp: r.dhcp === 1, nat: false as const, vni: r.vni, hosts: JSON.parse(r.hosts) as ClusterNetwork["hosts"], createdBy: r.created_by, createdAt: r.created_at }));
   }
 
   create(ctx: RequestContext, input: unknown): Promise<ClusterNetwork> {
@@ -79,7 +84,7 @@ export class ClusterNetworks {
         return { host, address, pool: pools[i]! };
       }));
       const vni = nextVni(all.map((n) => n.vni));
-      const record: ClusterNetwork = { name: req.name, cidr: cidr.text, dhcp: req.dhcp, vni, hosts: members, createdBy: ctx.actor.name, createdAt: new Date().toISOString() };
+      const record: ClusterNetwork = { name: req.name, cidr: cidr.text, gateway: formatIpv4(gateway(cidr)), bridge: bridgeName(req.name), dhcp: req.dhcp, nat: false, vni, hosts: members, createdBy: ctx.actor.name, createdAt: new Date().toISOString() };
       // The row first (it holds the name and the VNI); then each host; any failure undoes all of it.
       await this.d.db.insertInto("cluster_networks").values({ name: record.name, cidr: record.cidr, dhcp: record.dhcp ? 1 : 0, vni, hosts: JSON.stringify(members), created_by: record.createdBy, created_at: record.createdAt }).execute();
       const made: string[] = [];
@@ -101,6 +106,16 @@ export class ClusterNetworks {
       }
       return record;
     });
+  }
+
+  /** `GET /v1/networks/NAME` on the manager: the record, and each host's plugged-in NICs (with their host). */
+  async show(ctx: RequestContext, name: string): Promise<ClusterNetwork & { attached: unknown[]; dhcpRunning: boolean; uplink: null }> {
+    await this.d.guard.authorize(ctx, { action: "net.show", permission: "network.read", target: { kind: "network", name }, readOnly: true });
+    const net = (await this.list()).find((n) => n.name === name);
+    if (!net) throw new VigilError("VIGIL_NOT_FOUND", `Network ${q(name)} does not exist in this cluster`);
+    const actor = this.d.toDelegated(ctx);
+    const perHost = await Promise.all(net.hosts.map((h) => this.d.call<{ attached: object[]; dhcpRunning: boolean }>(h.host, "GET", `/v1/networks/${name}`, undefined, actor).then((d) => ({ host: h.host, ...d }))));
+    return { ...net, attached: perHost.flatMap((d) => d.attached.map((a) => ({ ...a, host: d.host }))), dhcpRunning: perHost.every((d) => d.dhcpRunning || !net.dhcp), uplink: null };
   }
 
   delete(ctx: RequestContext, name: string): Promise<{ deleted: string; hosts: string[] }> {
@@ -132,6 +147,7 @@ export class ClusterNetworks {
 export function registerClusterNetworkRoutes<E extends { Variables: { ctx: RequestContext }; Bindings: any }>(app: Hono<E>, nets: ClusterNetworks): void {
   const ctx = (c: Context<E>) => c.get("ctx");
   app.get("/v1/networks", async (c) => c.json({ networks: await nets.listFor(ctx(c)) }));
+  app.get("/v1/networks/:name", async (c) => c.json(await nets.show(ctx(c), c.req.param("name"))));
   app.post("/v1/networks", async (c) => c.json(await nets.create(ctx(c), await c.req.json().catch(() => undefined)), 201));
   app.delete("/v1/networks/:name", async (c) => c.json(await nets.delete(ctx(c), c.req.param("name"))));
 }

@@ -47,11 +47,15 @@ test("a network spans two hosts: a guest on h1 reaches one on h2 as its policy a
   const { manager, agents } = await cluster(t);
   cleanVigilNetns(t, agents);
   const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
-  const net = await manager.api<ClusterNet>("POST", "/v1/networks", { name: "lab", cidr: "10.77.0.0/24" });
+  // `vigil net` on the manager's socket makes it on every host.
+  const created = manager.cli("net", "create", "lab", "--cidr", "10.77.0.0/24", "--json");
+  assert.equal(created.status, 0, created.stderr);
+  const net = JSON.parse(created.stdout) as ClusterNet;
   assert.deepEqual(net.hosts.map((h) => h.host), ["h1", "h2"]);
   const pool = Object.fromEntries(net.hosts.map((h) => [h.host, h.pool]));
-  const { networks } = await manager.api<{ networks: ClusterNet[] }>("GET", "/v1/networks");
-  assert.deepEqual(networks.map((n) => [n.name, n.vni]), [["lab", net.vni]]);
+  const listed = manager.cli("net", "list", "--json");
+  assert.equal(listed.status, 0, listed.stderr);
+  assert.deepEqual((JSON.parse(listed.stdout) as ClusterNet[]).map((n) => [n.name, n.vni]), [["lab", net.vni]]);
   for (const [a, peer] of [[a1, "10.251.0.2"], [a2, "10.251.0.1"]] as const) {
     const shown = await a.api<{ span?: { vni: number; peers: string[]; device: string } }>("GET", "/v1/networks/lab");
     assert.deepEqual(shown.span && [shown.span.vni, shown.span.peers, shown.span.device], [net.vni, [peer], "vx-lab"]);
@@ -89,6 +93,8 @@ test("a network spans two hosts: a guest on h1 reaches one on h2 as its policy a
     m = await manager.api<Migration>("GET", `/v1/migrations/${started.id}`);
   }
   assert.equal(m.state, "completed", m.error ?? "");
+  const shown = await manager.api<{ attached: { vmName: string; ip: string; host: string }[] }>("GET", "/v1/networks/lab");
+  assert.deepEqual(shown.attached.map((n) => [n.vmName, n.host]).sort(), [["a", "h1"], ["b", "h1"]], "both NICs now plugged in on h1");
   const b = await a1.api<{ state: string; nics: { ip: string }[] }>("GET", "/v1/vms/b");
   assert.equal(b.state, "running");
   assert.deepEqual(b.nics.map((n) => n.ip), [ipB], "b kept its address (from h2's pool) on h1");
