@@ -316,7 +316,16 @@ export class NetworkService implements NicPlumber, SwitchView {
         return { networks: 0, tapsRemoved: [], dhcpRestarted: [] };
       }
       await ensureNetns(this.d.netns);
-      for (const n of nets) await this.ensureBridge(n);
+      for (const n of nets) {
+        try {
+          await this.ensureBridge(n);
+        } catch (err) {
+          // A spanned network whose VXLAN device cannot be made (no cluster address: started as `vigil serve`)
+          // stays local-only rather than keeping the daemon from starting; its attach retries and fails closed.
+          if (!n.span) throw err;
+          this.d.log.warn({ network: n.name, err: messageOf(err) }, "the network's VXLAN device is missing: it reaches no other host");
+        }
+      }
       await this.syncNat(nets.map(info));
       const states = await this.repo.vmStates();
       const live = new Set((await this.repo.addresses()).filter((a) => states.has(a.vmId) && isLive(a.vmState as VmState)).map((a) => tapName(a.vmId, a.nic)));

@@ -106,6 +106,15 @@ test("a spanned network is one L2 segment across two hosts; its VXLAN device is 
   assert.deepEqual(fdb.filter((e) => e.mac === "00:00:00:00:00:00").map((e) => e.dst), [h1.addr]);
   assert.ok(ping(c1, "10.77.0.128"), "reconcile restored the segment");
 
+  // The same home started without a cluster address (`vigil serve`): reconcile does not fail, the network stays
+  // local-only; the agent's next start makes the device again.
+  const lone = new NetworkService({ ...(h2.net as unknown as { d: ConstructorParameters<typeof NetworkService>[0] }).d, underlay: undefined });
+  sh("-n", h2.vigil, "link", "delete", "vx-lab");
+  await lone.reconcile();
+  assert.deepEqual(links(h2.vigil).filter((l) => l.ifname.startsWith("v")).map((l) => l.ifname).sort().filter((n) => !n.startsWith("vc")), ["vb-lab"], "the bridge is back, no VXLAN device");
+  await h2.net.reconcile();
+  assert.ok(ping(c1, "10.77.0.128"), "the agent's reconcile made it again");
+
   await h1.net.delete(admin, "lab");
   assert.ok(!sh("netns", "list").includes(h1.vigil), "the last network took vigil's netns (and the VXLAN device) along");
   assert.ok(!links(h1.host).some((l) => l.ifname === "vx-lab"));

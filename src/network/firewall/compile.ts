@@ -16,8 +16,8 @@
  *    NIC's in chain (by bridge . ip daddr), default drop for anything that is neither. input (to the gateway):
  *    DHCP and the quarantine services from VMs accepted, everything else from a VM dropped.
  *  - A network spanning hosts (docs/cluster.md "Networks across hosts (VXLAN)"): its VXLAN port is the one
- *    non-tap port the L2 table lets in (the sending host filtered its own taps), minus DHCP and ARP about the
- *    gateway (every host's bridge holds the same gateway and serves its own NICs); in forward, a local NIC whose
+ *    non-tap port the L2 table lets in (the sending host filtered its own taps), minus DHCP, ARP about the
+ *    gateway and IPv4 to or from it (every host's bridge holds the same gateway and serves its own NICs only); in forward, a local NIC whose
  *    out chain returned may reach the rest of the network's range (a VM on another host, whose host applies
  *    its in chain); a remote source reaches a local NIC only through that NIC's in chain, as a local one.
  *  - A quarantined NIC: keeps its anti-spoofing; its out chain is replaced by the quarantine chain (NEW only to
@@ -187,6 +187,8 @@ export function compileRuleset(input: CompileInput): CompiledRuleset {
     l2.push(`${T}${T}ether type arp arp saddr ip ${v.gateway} drop comment "another host's gateway"`);
     l2.push(`${T}${T}ether type arp arp daddr ip ${v.gateway} drop comment "the gateway is each host's own"`);
     l2.push(`${T}${T}ether type ip udp dport { 67, 68 } drop comment "each host serves DHCP to its own NICs"`);
+    l2.push(`${T}${T}ether type ip ip daddr ${v.gateway} drop comment "no VM of another host reaches this host's gateway"`);
+    l2.push(`${T}${T}ether type ip ip saddr ${v.gateway} drop comment "nor does another host's gateway reach this host's VMs"`);
     l2.push(`${T}${T}accept comment "from another host of the network (it filtered its own taps)"`);
     l2.push(`${T}}`);
   }
