@@ -19,7 +19,7 @@ import { ClusterNetworks, nextVni } from "./cluster-networks.ts";
 const admin: RequestContext = { actor: { userId: "u1", name: "root", roles: ["admin"], introspect: false, groups: [], via: "unix" }, requestId: "r1" };
 const auditor: RequestContext = { actor: { userId: "u2", name: "aud", roles: ["auditor"], introspect: false, groups: [], via: "token" }, requestId: "r2" };
 
-async function fixture(refuse?: string) {
+async function fixture(refuse?: string, race?: (db: Awaited<ReturnType<typeof openSqlite>>) => void) {
   const dir = mkdtempSync(join(tmpdir(), "vigil-cnet-"));
   const db = await openSqlite(join(dir, "m.db"));
   const audit = await AuditLog.open(db, loadOrCreateSiteKey(join(dir, "keys")), "manager", join(dir, "keys", "head.json"));
@@ -30,7 +30,10 @@ async function fixture(refuse?: string) {
     db,
     guard: new Guard(audit),
     log: silentLogger(),
-    readyHosts: () => ["h3", "h1", "h2"],
+    readyHosts: () => {
+      race?.(db);
+      return ["h3", "h1", "h2"];
+    },
     addressOf: async (h) => addr[h],
     toDelegated: (ctx) => ({ name: ctx.actor.name, roles: ctx.actor.roles, groups: ctx.actor.groups, introspect: false }),
     call: async <T>(host: string, method: string, path: string, body: unknown) => {
@@ -82,4 +85,17 @@ test("all or nothing: a host that refuses undoes the hosts already made, and the
   assert.deepEqual(calls.map((c) => `${c.method} ${c.host}`), ["POST h1", "POST h2", "DELETE h1"]);
   for (const h of ["h1", "h2", "h3"]) assert.equal(onHost.get(h)!.size, 0, h);
   assert.deepEqual(await nets.list(), []);
+});
+
+test("two managers racing for one VNI: the database's UNIQUE constraint makes the second a conflict, nothing made on any host", async () => {
+  let raced = false;
+  const { nets, calls } = await fixture(undefined, (db) => {
+    if (raced) return;
+    raced = true;
+    // The other manager commits VNI 1 after this one read the table and before it inserts.
+    void db.insertInto("cluster_networks").values({ name: "theirs", cidr: "10.90.0.0/24", dhcp: 1, vni: 1, hosts: "[]", created_by: "x", created_at: "x" }).execute();
+  });
+  await assert.rejects(nets.create(admin, { name: "lab", cidr: "10.77.0.0/24" }), (e: unknown) => e instanceof VigilError && e.code === "VIGIL_CONFLICT" && /just taken/.test(e.message));
+  assert.deepEqual(calls, [], "no host was asked");
+  assert.deepEqual((await nets.list()).map((n) => n.name), ["theirs"]);
 });

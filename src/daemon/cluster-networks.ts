@@ -86,7 +86,14 @@ export class ClusterNetworks {
       const vni = nextVni(all.map((n) => n.vni));
       const record: ClusterNetwork = { name: req.name, cidr: cidr.text, gateway: formatIpv4(gateway(cidr)), bridge: bridgeName(req.name), dhcp: req.dhcp, nat: false, vni, hosts: members, createdBy: ctx.actor.name, createdAt: new Date().toISOString() };
       // The row first (it holds the name and the VNI); then each host; any failure undoes all of it.
-      await this.d.db.insertInto("cluster_networks").values({ name: record.name, cidr: record.cidr, dhcp: record.dhcp ? 1 : 0, vni, hosts: JSON.stringify(members), created_by: record.createdBy, created_at: record.createdAt }).execute();
+      await this.d.db
+        .insertInto("cluster_networks")
+        .values({ name: record.name, cidr: record.cidr, dhcp: record.dhcp ? 1 : 0, vni, hosts: JSON.stringify(members), created_by: record.createdBy, created_at: record.createdAt })
+        .execute()
+        .catch((err: unknown) => {
+          // Another manager took the name or the VNI between our read and this insert (the UNIQUE constraints).
+          throw new VigilError("VIGIL_CONFLICT", `Cannot create network ${q(req.name)}: its name or VNI ${vni} was just taken (try again)`, { field: "name", cause: err });
+        });
       const made: string[] = [];
       const actor = this.d.toDelegated(ctx);
       try {
