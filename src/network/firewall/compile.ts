@@ -229,10 +229,10 @@ export function compileRuleset(input: CompileInput): CompiledRuleset {
   const natSources = nics.filter((n) => natBridges.has(n.bridge) && !input.quarantined.has(n.vmId)).map((n) => `"${n.bridge}" . ${n.ip}`);
   if (uplink !== undefined && natSources.length > 0) fw.push(`${T}${T}oifname "${uplink}" iifname . ip saddr { ${natSources.join(", ")} } accept comment "NAT: allowed by the out policy"`);
   // Reached only when the source NIC's out chain returned and the destination is no NIC of this host: on a
-  // spanned network, a VM on another host (its own host runs its in chain).
+  // spanned network, a VM on another host (its own host runs its in chain); never another host's gateway.
   for (const v of spanned) {
     const sources = nics.filter((n) => n.bridge === v.bridge && !input.quarantined.has(n.vmId)).map((n) => n.ip);
-    if (sources.length > 0) fw.push(`${T}${T}iifname "${v.bridge}" oifname "${v.bridge}" ${addrMatch("saddr", [...sources].sort(compareIp))} ip daddr ${v.cidr} accept comment "to another host of the network: allowed by the out policy"`);
+    if (sources.length > 0) fw.push(`${T}${T}iifname "${v.bridge}" oifname "${v.bridge}" ${addrMatch("saddr", [...sources].sort(compareIp))} ip daddr ${v.cidr} ip daddr != ${v.gateway} accept comment "to another host of the network: allowed by the out policy"`);
   }
   fw.push(`${T}}`);
 
