@@ -4,9 +4,15 @@
  * Everything is created by the test and deleted in `after`, even on failure: no traffic ever touches the machine's
  * own interfaces.
  */
+import { strict as assert } from "node:assert";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { TestContext } from "node:test";
+import { freshDatabase } from "../src/inventory/testing/pg.ts";
+import { BIN, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "./harness.ts";
 
 export interface TopologyHost {
   /** The namespace's name (under /run/netns). */
@@ -54,4 +60,30 @@ export function clusterTopology(t: TestContext, hosts: number): Topology {
   };
   const list = Array.from({ length: hosts }, (_, i) => join(`h${i + 1}`, i + 1, `10.251.0.${i + 1}`));
   return { underlay, hosts: list, manager: join("m", 100, "10.251.0.100") };
+}
+
+/**
+ * Two agents (h1, h2) and a manager on PostgreSQL, each in its own namespace of a fresh topology, hosts added with
+ * `vigil host add` and both ready. Shared by every cluster integration test.
+ */
+export async function cluster(t: TestContext) {
+  requireTinyImage();
+  const topo = clusterTopology(t, 2);
+  const db = await freshDatabase();
+  const home = mkdtempSync(join(tmpdir(), "vigil-mgr-"));
+  const ca = spawnSync(process.execPath, [BIN, "ca", "init"], { env: { ...process.env, VIGIL_HOME: home }, encoding: "utf8" });
+  assert.equal(ca.status, 0, ca.stderr);
+  const manager = await startDaemon(t, { home, command: ["serve", "--cluster", "--db", db.url], wrap: topo.manager.wrap });
+  const agents: DaemonHandle[] = [];
+  for (const [i, h] of topo.hosts.entries()) {
+    const creds = join(mkdtempSync(join(tmpdir(), "vigil-creds-")), "agent");
+    const add = manager.cli("host", "add", `h${i + 1}`, "--addr", `${h.addr}:7451`, "--out", creds);
+    assert.equal(add.status, 0, add.stderr);
+    agents.push(await startDaemon(t, { command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds], wrap: h.wrap }));
+  }
+  await waitFor(() => {
+    const r = manager.cli("host", "list", "--json");
+    return r.status === 0 && (JSON.parse(r.stdout) as { state: string }[]).every((h) => h.state === "ready");
+  }, 30_000, "both hosts ready");
+  return { manager, agents, topo };
 }

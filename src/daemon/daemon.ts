@@ -189,7 +189,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
   // The switch: vigil's netns, bridges, taps, addresses and dnsmasq (network/). VMs plug bridged NICs in through it.
-  const network = new NetworkService({ db, guard, audit, netns: hostNetns(netnsName(home.home)), runDir: home.runDir, log: log.child({ part: "switch" }), hostName });
+  const network = new NetworkService({ db, guard, audit, netns: hostNetns(netnsName(home.home)), runDir: home.runDir, log: log.child({ part: "switch" }), hostName, underlay: clusterWhere?.host });
   const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas, network });
   // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));

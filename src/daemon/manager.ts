@@ -16,6 +16,7 @@ import { authenticateRequest } from "../auth/authenticate.ts";
 import { Guard, type RequestContext } from "../auth/guard.ts";
 import { UserStore } from "../auth/users.ts";
 import { caDir, issueMigrationPair, loadCa, qemuTlsIdentity } from "../cluster/ca.ts";
+import { ClusterNetworks, registerClusterNetworkRoutes } from "./cluster-networks.ts";
 import { ClusterRepository } from "../cluster/cluster-repository.ts";
 import { HostRegistry, MANAGER_ACTOR } from "../cluster/host-registry.ts";
 import { DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
@@ -245,6 +246,8 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     return c.json(await audit.verify());
   });
   app.get("/v1/events", async (c) => c.json(await repo.listEventsAfter(Number(c.req.query("after") ?? 0), 500)));
+  // The cluster's networks (docs/cluster.md "Networks across hosts (VXLAN)"): one VXLAN segment over every ready host.
+  registerClusterNetworkRoutes(app, new ClusterNetworks({ db, guard, log, readyHosts: () => hosts.readyHosts(), addressOf: (h) => hosts.addressOf(h), call: (h, m, p, b, a) => call(h, m, p, b, a), toDelegated }));
   // Everything else about one VM goes to the agent that holds it, for the user who asked.
   app.all("/v1/vms/:name/*", async (c) => forward(c));
   app.all("/v1/vms/:name", async (c) => forward(c));

@@ -460,6 +460,27 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("placements").addColumn("ha", "integer", (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  "0007-network-span": {
+    async up(db: Kysely<unknown>) {
+      // A network that spans hosts over VXLAN (docs/cluster.md "Networks across hosts"): its VNI, the other hosts'
+      // underlay addresses (JSON array) and this host's slice of the range for new addresses; null: one host only.
+      await db.schema.alterTable("networks").addColumn("span_vni", "integer").execute();
+      await db.schema.alterTable("networks").addColumn("span_peers", "text").execute();
+      await db.schema.alterTable("networks").addColumn("span_pool_first", "text").execute();
+      await db.schema.alterTable("networks").addColumn("span_pool_last", "text").execute();
+      // The manager's record of the cluster's networks: one VNI each, and the hosts it was made on (JSON array).
+      await db.schema
+        .createTable("cluster_networks")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("cidr", "text", (c) => c.notNull())
+        .addColumn("dhcp", "integer", (c) => c.notNull())
+        .addColumn("vni", "integer", (c) => c.notNull().unique())
+        .addColumn("hosts", "text", (c) => c.notNull())
+        .addColumn("created_by", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -260,6 +260,7 @@ export interface Database {
   migrations: MigrationsTable;
   cluster_events: ClusterEventsTable;
   host_leases: HostLeasesTable;
+  cluster_networks: ClusterNetworksTable;
 }
 
 /** vigil networks (src/network): one bridge, one IPv4 range. */
@@ -272,6 +273,11 @@ export interface NetworksTable {
   dhcp: number; // 0/1
   nat: number; // 0/1 (migration 0005-network-nat)
   created_at: string;
+  // A network spanning hosts over VXLAN (migration 0007-network-span); all null for a one-host network.
+  span_vni: number | null;
+  span_peers: string | null; // JSON array of IPv4 underlay addresses
+  span_pool_first: string | null;
+  span_pool_last: string | null;
 }
 
 /** The address allocated to one bridged NIC of a VM (deleted with the VM's row). */
@@ -413,3 +419,14 @@ export type VmRowUpdate = Updateable<VmsTable>;
 export type AuditRow = Selectable<AuditLogTable>;
 export type UserRow = Selectable<UsersTable>;
 export type DataFileRow = Selectable<DataFilesTable>;
+
+/** The manager's cluster networks (migration 0007-network-span): one VNI each, made on `hosts` (JSON array). */
+export interface ClusterNetworksTable {
+  name: string;
+  cidr: string;
+  dhcp: number; // 0/1
+  vni: number;
+  hosts: string;
+  created_by: string;
+  created_at: string;
+}

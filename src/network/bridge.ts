@@ -5,6 +5,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { VigilError, q } from "../errors.ts";
+import { runCommand } from "../util/run-command.ts";
 import { inNetns } from "./netns-exec.ts";
 import type { HostNetns } from "./types.ts";
 
@@ -19,6 +20,9 @@ export const bridgeName = (network: string): string => `vb-${network}`;
 
 /** "vt-" + 10 hex of sha-256 of "VMID/NIC": stable across restarts, unique per NIC, 13 characters. */
 export const tapName = (vmId: string, nic: string): string => `vt-${createHash("sha256").update(`${vmId}/${nic}`).digest("hex").slice(0, 10)}`;
+
+/** A spanned network's VXLAN device: "vx-NAME" (≤ 15 characters, as the bridge). */
+export const vxlanName = (network: string): string => `vx-${network}`;
 
 const ip = (ns: HostNetns, args: string[]) => inNetns(ns, "ip", args);
 
@@ -117,4 +121,45 @@ export async function deleteLink(ns: HostNetns, name: string): Promise<void> {
     if (links && !links.some((l) => l.name === name)) return;
     throw err;
   }
+}
+
+/** The VXLAN UDP port (IANA). */
+export const VXLAN_PORT = 4789;
+
+/**
+ * A spanned network's VXLAN device (docs/cluster.md "Networks across hosts (VXLAN)"): created in the daemon's own
+ * netns, where the underlay address `local` is (its UDP socket stays in the netns it was created in), then moved
+ * into vigil's netns, enslaved to `bridge`, given one all-zeros FDB entry per peer (head-end replication for
+ * broadcast and unknown unicast; no learning from the underlay) and brought up. MTU 1500 like the taps: the
+ * kernel fragments the outer packets on a 1500-byte underlay rather than the bridge dropping full-size frames.
+ * An existing device of that name is replaced. A failure removes the device.
+ */
+export async function createVxlan(ns: HostNetns, device: string, o: { vni: number; local: string; peers: readonly string[]; bridge: string; underlay?: HostNetns | undefined }): Promise<void> {
+  // Where the underlay address is: the daemon's own netns, or (tests) a netns of the test's own.
+  const outer = (args: string[]) => (o.underlay ? inNetns(o.underlay, "ip", args) : runCommand("ip", args, { what: `ip ${args.slice(0, 3).join(" ")}` }));
+  await deleteLink(ns, device);
+  // A leftover of ours in the daemon's netns (a crash between add and move) would make "add" fail: remove it.
+  await outer(["link", "delete", device, "type", "vxlan"]).catch(() => undefined);
+  await outer(["link", "add", device, "mtu", "1500", "type", "vxlan", "id", String(o.vni), "local", o.local, "dstport", String(VXLAN_PORT), "nolearning"]);
+  try {
+    await outer(["link", "set", device, "netns", ns.name]);
+  } catch (err) {
+    await outer(["link", "delete", device]).catch(() => undefined);
+    throw err;
+  }
+  try {
+    await inNetns(ns, "sysctl", ["-q", "-w", `net.ipv6.conf.${device}.disable_ipv6=1`]);
+    for (const peer of o.peers) await inNetns(ns, "bridge", ["fdb", "append", "00:00:00:00:00:00", "dev", device, "dst", peer]);
+    await ip(ns, ["link", "set", device, "master", o.bridge]);
+    await ip(ns, ["link", "set", device, "up"]);
+  } catch (err) {
+    await deleteLink(ns, device).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** The all-zeros FDB entries' destinations of a VXLAN device (its peers), as the kernel has them. */
+export async function vxlanPeers(ns: HostNetns, device: string): Promise<string[]> {
+  const { stdout } = await inNetns(ns, "bridge", ["-j", "fdb", "show", "dev", device]);
+  return (JSON.parse(stdout || "[]") as Array<{ mac?: string; dst?: string }>).filter((e) => e.mac === "00:00:00:00:00:00" && e.dst !== undefined).map((e) => e.dst!).sort();
 }

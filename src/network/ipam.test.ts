@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VigilError } from "../errors.ts";
-import { allocate, assignable, broadcast, contains, formatIpv4, gateway, netmask, overlaps, parseCidr, parseIpv4 } from "./ipam.ts";
+import { allocate, assignable, broadcast, checkPool, contains, formatIpv4, gateway, netmask, overlaps, parseCidr, parseIpv4, splitPool } from "./ipam.ts";
 import { bridgeName, checkNetworkName, tapName } from "./bridge.ts";
 import { netnsName } from "./netns.ts";
 
@@ -104,4 +104,31 @@ test("names: network names fit the bridge name in IFNAMSIZ, taps are stable per 
   }
   assert.equal(netnsName("/x", { VIGIL_NETNS: "vt-mine" }), "vt-mine");
   assert.throws(() => netnsName("/x", { VIGIL_NETNS: "../etc" }), (e: VigilError) => e.field === "VIGIL_NETNS");
+});
+
+test("a spanned network's pools: splitPool gives disjoint slices covering every assignable address; allocate stays in its pool", () => {
+  fc.assert(
+    fc.property(u32, prefix, fc.integer({ min: 1, max: 5 }), (ip, p, n) => {
+      const c = parseCidr(cidrOf(ip, p));
+      const pools = splitPool(c, n);
+      assert.equal(pools.length, n);
+      let next = gateway(c) + 1;
+      for (const pool of pools) {
+        checkPool(c, pool);
+        assert.equal(parseIpv4(pool.first), next, "contiguous, no gap, no overlap");
+        next = parseIpv4(pool.last)! + 1;
+      }
+      assert.equal(next, broadcast(c), "the last slice ends before the broadcast address");
+      const last = pools[n - 1]!;
+      const got = allocate(c, [], c.text, last);
+      assert.equal(got, last.first, "the lowest free address of this host's pool, not of the range");
+    }),
+  );
+  const c = parseCidr("10.77.0.0/29");
+  assert.throws(() => allocate(c, ["10.77.0.4", "10.77.0.5"], "lab", { first: "10.77.0.4", last: "10.77.0.5" }), (e: unknown) => e instanceof VigilError && /pool 10\.77\.0\.4-10\.77\.0\.5 is full/.test(e.message));
+  assert.equal(allocate(c, ["10.77.0.4"], "lab", { first: "10.77.0.4", last: "10.77.0.5" }), "10.77.0.5");
+  for (const bad of [{ first: "10.77.0.1", last: "10.77.0.3" }, { first: "10.77.0.5", last: "10.77.0.3" }, { first: "10.77.0.2", last: "10.77.0.7" }, { first: "10.78.0.2", last: "10.77.0.3" }]) {
+    assert.throws(() => checkPool(c, bad), (e: unknown) => e instanceof VigilError && e.field === "span.pool", JSON.stringify(bad));
+  }
+  assert.throws(() => splitPool(c, 6), (e: unknown) => e instanceof VigilError && e.field === "cidr");
 });

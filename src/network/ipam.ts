@@ -78,16 +78,48 @@ export function assignable(c: Cidr): number {
 
 /**
  * The lowest address of the range that is not the network, the gateway, the broadcast address or in `used`
- * (dotted strings; ones outside the range are ignored). Throws when the range is full.
+ * (dotted strings; ones outside the range are ignored). With `pool` (a spanned network's slice for this host,
+ * inclusive), only addresses inside it are handed out. Throws when the range (or the pool) is full.
  */
-export function allocate(c: Cidr, used: Iterable<string>, networkName = c.text): string {
+export function allocate(c: Cidr, used: Iterable<string>, networkName = c.text, pool?: { first: string; last: string }): string {
   const taken = new Set<number>();
   for (const u of used) {
     const n = parseIpv4(u);
     if (n !== undefined && contains(c, n)) taken.add(n);
   }
-  for (let ip = gateway(c) + 1; ip < broadcast(c); ip++) {
+  const lo = Math.max(gateway(c) + 1, pool ? parseIpv4(pool.first)! : 0);
+  const hi = Math.min(broadcast(c) - 1, pool ? parseIpv4(pool.last)! : 0xffffffff);
+  for (let ip = lo; ip <= hi; ip++) {
     if (!taken.has(ip)) return formatIpv4(ip);
   }
+  if (pool) throw new VigilError("VIGIL_CONFLICT", `Cannot allocate an address on network ${q(networkName)}: this host's pool ${pool.first}-${pool.last} is full`);
   throw new VigilError("VIGIL_CONFLICT", `Cannot allocate an address on network ${q(networkName)}: all ${assignable(c)} addresses of ${c.text} are in use`);
+}
+
+/**
+ * Checks a spanned network's pool: two addresses of the range, neither the network, the gateway nor the
+ * broadcast address, first ≤ last. `field` names the input in the error.
+ */
+export function checkPool(c: Cidr, pool: { first: string; last: string }, field = "span.pool"): void {
+  const first = parseIpv4(pool.first);
+  const last = parseIpv4(pool.last);
+  const ok = (n: number | undefined) => n !== undefined && contains(c, n) && n > gateway(c) && n < broadcast(c);
+  if (!ok(first) || !ok(last) || first! > last!) {
+    throw new VigilError("VIGIL_BAD_REQUEST", `Invalid ${field} ${q(`${pool.first}-${pool.last}`)}: give two host addresses of ${c.text} after the gateway, first ≤ last`, { field });
+  }
+}
+
+/** Splits the assignable addresses (after the gateway) into `n` disjoint, contiguous, nearly equal slices. */
+export function splitPool(c: Cidr, n: number): { first: string; last: string }[] {
+  const lo = gateway(c) + 1;
+  const total = broadcast(c) - lo;
+  if (n < 1 || total < n) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot split ${c.text} between ${n} hosts: only ${total} addresses`, { field: "cidr" });
+  const out: { first: string; last: string }[] = [];
+  let start = lo;
+  for (let i = 0; i < n; i++) {
+    const len = Math.floor(total / n) + (i < total % n ? 1 : 0);
+    out.push({ first: formatIpv4(start), last: formatIpv4(start + len - 1) });
+    start += len;
+  }
+  return out;
 }

@@ -5,6 +5,7 @@
  */
 import type { Db } from "../inventory/db.ts";
 import type { NetworksTable } from "../inventory/schema.ts";
+import { vxlanName } from "./bridge.ts";
 import { allocate, parseCidr } from "./ipam.ts";
 import type { NetworkInfo } from "./types.ts";
 
@@ -27,7 +28,11 @@ export interface NicAddress {
 }
 
 function toRecord(r: NetworksTable): NetworkRecord {
-  return { id: r.id, name: r.name, cidr: r.cidr, gateway: r.gateway, bridge: r.bridge, dhcp: r.dhcp === 1, nat: r.nat === 1, createdAt: r.created_at };
+  const rec: NetworkRecord = { id: r.id, name: r.name, cidr: r.cidr, gateway: r.gateway, bridge: r.bridge, dhcp: r.dhcp === 1, nat: r.nat === 1, createdAt: r.created_at };
+  if (r.span_vni !== null && r.span_pool_first !== null && r.span_pool_last !== null) {
+    rec.span = { vni: r.span_vni, peers: JSON.parse(r.span_peers ?? "[]") as string[], pool: { first: r.span_pool_first, last: r.span_pool_last }, device: vxlanName(r.name) };
+  }
+  return rec;
 }
 
 function parseLabels(text: string): Record<string, string> {
@@ -52,7 +57,7 @@ export class NetworkRepository {
   }
 
   async insert(n: NetworkRecord): Promise<void> {
-    await this.db.insertInto("networks").values({ id: n.id, name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp ? 1 : 0, nat: n.nat ? 1 : 0, created_at: n.createdAt }).execute();
+    await this.db.insertInto("networks").values({ id: n.id, name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp ? 1 : 0, nat: n.nat ? 1 : 0, created_at: n.createdAt, ...(n.span ? { span_vni: n.span.vni, span_peers: JSON.stringify(n.span.peers), span_pool_first: n.span.pool.first, span_pool_last: n.span.pool.last } : {}) }).execute();
   }
 
   /** Deletes the network and every address on it. */
@@ -77,7 +82,9 @@ export class NetworkRepository {
       }
       if (had) await trx.deleteFrom("nic_addresses").where("vm_id", "=", vmId).where("nic", "=", nic).execute();
       const used = (await trx.selectFrom("nic_addresses").select("ip").where("network_id", "=", network.id).execute()).map((r) => r.ip);
-      const ip = allocate(cidr, used, network.name);
+      // A spanned network: new addresses from this host's pool only (a migrated VM's address, from another
+      // host's pool, arrives with its row and is kept above).
+      const ip = allocate(cidr, used, network.name, network.span?.pool);
       await trx.insertInto("nic_addresses").values({ vm_id: vmId, nic, network_id: network.id, ip, mac }).execute();
       return ip;
     });

@@ -21,9 +21,9 @@ import type { Logger } from "../log.ts";
 import { Mutex } from "../util/mutex.ts";
 import { parseOrThrow } from "../validation.ts";
 import { isLive, type VmState } from "../vm/state-machine.ts";
-import { bridgeName, checkNetworkName, createBridge, createTap, deleteLink, listLinks, repairBridge, tapName, type LinkInfo } from "./bridge.ts";
+import { bridgeName, checkNetworkName, createBridge, createTap, createVxlan, deleteLink, listLinks, repairBridge, tapName, vxlanName, vxlanPeers, type LinkInfo } from "./bridge.ts";
 import { DhcpServers, type DhcpLease } from "./dhcp.ts";
-import { formatIpv4, gateway, overlaps, parseCidr } from "./ipam.ts";
+import { checkPool, formatIpv4, gateway, overlaps, parseCidr, parseIpv4 } from "./ipam.ts";
 import { NatUplink } from "./nat.ts";
 import { deleteNetns, ensureNetns, netnsExists } from "./netns.ts";
 import { NetworkRepository, type NetworkRecord, type NicAddress } from "./network-repository.ts";
@@ -34,6 +34,14 @@ export const createNetworkSchema = z.strictObject({
   cidr: z.string(),
   dhcp: z.boolean().default(true),
   nat: z.boolean().default(false),
+  /** Agent-only (docs/cluster.md "Networks across hosts (VXLAN)"): set by the manager over the cluster transport. */
+  span: z
+    .strictObject({
+      vni: z.number().int().min(1).max(16_777_215),
+      peers: z.array(z.string()).min(1).max(64),
+      pool: z.strictObject({ first: z.string(), last: z.string() }),
+    })
+    .optional(),
 });
 export type CreateNetworkInput = z.input<typeof createNetworkSchema>;
 
@@ -55,10 +63,14 @@ export interface NetworkServiceDeps {
   runDir: string;
   log: Logger;
   hostName: string;
+  /** An agent's underlay address (its cluster listener's IP): a spanned network's VXLAN `local`. */
+  underlay?: string | undefined;
+  /** Where the underlay address lives; default: the daemon's own netns (tests give a netns of their own). */
+  underlayNetns?: HostNetns | undefined;
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-const info = (n: NetworkRecord): NetworkInfo => ({ name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp, nat: n.nat, createdAt: n.createdAt });
+const info = (n: NetworkRecord): NetworkInfo => ({ name: n.name, cidr: n.cidr, gateway: n.gateway, bridge: n.bridge, dhcp: n.dhcp, nat: n.nat, createdAt: n.createdAt, ...(n.span ? { span: n.span } : {}) });
 
 export class NetworkService implements NicPlumber, SwitchView {
   readonly repo: NetworkRepository;
@@ -144,6 +156,22 @@ export class NetworkService implements NicPlumber, SwitchView {
     }
     if ((await listLinks(this.d.netns)).some((l) => l.name === net.bridge)) await repairBridge(this.d.netns, net.bridge, gw);
     else await createBridge(this.d.netns, net.bridge, gw);
+    await this.ensureVxlan(net);
+  }
+
+  /** A spanned network's VXLAN device is on its bridge, up, with exactly its peers; re-created otherwise. */
+  private async ensureVxlan(net: NetworkRecord): Promise<void> {
+    if (!net.span) return;
+    const link = (await listLinks(this.d.netns)).find((l) => l.name === net.span!.device);
+    if (link && link.kind === "vxlan" && link.master === net.bridge && link.up && (await vxlanPeers(this.d.netns, link.name)).join(",") === [...net.span.peers].sort().join(",")) return;
+    await createVxlan(this.d.netns, net.span.device, { vni: net.span.vni, local: this.underlay(net.name), peers: net.span.peers, bridge: net.bridge, underlay: this.d.underlayNetns });
+  }
+
+  private underlay(network: string): string {
+    if (this.d.underlay === undefined || parseIpv4(this.d.underlay) === undefined) {
+      throw new VigilError("VIGIL_CONFLICT", `Network ${q(network)} spans hosts, and this daemon has no IPv4 cluster address (only an agent, \`vigil agent --listen IP:PORT\`, has one)`, { field: "span" });
+    }
+    return this.d.underlay;
   }
 
   // ---- NicPlumber -------------------------------------------------------------------------------------------
@@ -191,30 +219,46 @@ export class NetworkService implements NicPlumber, SwitchView {
   // ---- networks -----------------------------------------------------------------------------------------------
 
   /** `vigil net create`: the bridge (with the gateway address), its dnsmasq, its row; all or nothing. */
-  create(ctx: RequestContext, input: unknown): Promise<NetworkInfo> {
+  create(ctx: RequestContext, input: unknown, via: { cluster?: boolean } = {}): Promise<NetworkInfo> {
     const name = typeof (input as { name?: unknown } | null)?.name === "string" ? (input as { name: string }).name : undefined;
     return this.d.guard.run(ctx, { action: "net.create", permission: "network.manage", target: { kind: "network", name }, details: { input } }, () =>
       this.lock.run(async () => {
         const req = parseOrThrow(createNetworkSchema, input, "network");
         checkNetworkName(req.name);
         const cidr = parseCidr(req.cidr);
+        let span: NetworkRecord["span"];
+        if (req.span) {
+          if (!via.cluster) throw new VigilError("VIGIL_FORBIDDEN", "Cannot create a network with span here: only the cluster manager sets span (POST /v1/networks on the manager)", { field: "span" });
+          if (req.nat) throw new VigilError("VIGIL_BAD_REQUEST", "A network that spans hosts cannot have nat (each host would be a way out of one segment)", { field: "nat" });
+          const local = this.underlay(req.name);
+          const peers = [...new Set(req.span.peers)];
+          peers.forEach((p, i) => {
+            if (parseIpv4(p) === undefined) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid span.peers.${i} ${q(p)}: an IPv4 underlay address`, { field: `span.peers.${i}` });
+            if (p === local) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid span.peers.${i} ${q(p)}: that is this host's own underlay address`, { field: `span.peers.${i}` });
+          });
+          checkPool(cidr, req.span.pool);
+          if ((await this.repo.list()).some((n) => n.span?.vni === req.span!.vni)) throw new VigilError("VIGIL_CONFLICT", `Cannot create network ${q(req.name)}: VNI ${req.span.vni} is another network's here`, { field: "span.vni" });
+          span = { vni: req.span.vni, peers, pool: req.span.pool, device: vxlanName(req.name) };
+        }
         const all = await this.repo.list();
         if (all.some((n) => n.name === req.name)) throw new VigilError("VIGIL_CONFLICT", `Cannot create network ${q(req.name)}: a network with that name exists`, { field: "name" });
         const clash = all.find((n) => overlaps(parseCidr(n.cidr), cidr));
         if (clash) throw new VigilError("VIGIL_CONFLICT", `Cannot create network ${q(req.name)}: cidr ${cidr.text} overlaps network ${q(clash.name)} (${clash.cidr})`, { field: "cidr" });
-        const net: NetworkRecord = { id: randomUUID(), name: req.name, cidr: cidr.text, gateway: formatIpv4(gateway(cidr)), bridge: bridgeName(req.name), dhcp: req.dhcp, nat: req.nat, createdAt: new Date().toISOString() };
+        const net: NetworkRecord = { id: randomUUID(), name: req.name, cidr: cidr.text, gateway: formatIpv4(gateway(cidr)), bridge: bridgeName(req.name), dhcp: req.dhcp, nat: req.nat, createdAt: new Date().toISOString(), ...(span ? { span } : {}) };
         const hadNetns = netnsExists(this.d.netns);
         let bridgeMade = false;
         try {
           await ensureNetns(this.d.netns);
           await createBridge(this.d.netns, net.bridge, `${net.gateway}/${cidr.prefix}`);
           bridgeMade = true;
+          if (net.span) await createVxlan(this.d.netns, net.span.device, { vni: net.span.vni, local: this.underlay(net.name), peers: net.span.peers, bridge: net.bridge, underlay: this.d.underlayNetns });
           if (net.dhcp) await this.dhcp.start({ name: net.name, bridge: net.bridge, cidr, router: net.nat ? net.gateway : undefined }, []);
           if (net.nat) await this.syncNat([...all.map(info), info(net)]);
           await this.repo.insert(net);
         } catch (err) {
           if (net.nat) await this.syncNat(all.map(info)).catch((e: unknown) => this.d.log.warn({ err: messageOf(e) }, "NAT uplink not restored after a failed create"));
           await this.dhcp.stop(net.name).catch(() => undefined);
+          if (net.span) await deleteLink(this.d.netns, net.span.device).catch(() => undefined);
           if (bridgeMade) await deleteLink(this.d.netns, net.bridge).catch(() => undefined);
           if (!hadNetns && all.length === 0) await deleteNetns(this.d.netns).catch(() => undefined);
           throw err;
@@ -249,6 +293,7 @@ export class NetworkService implements NicPlumber, SwitchView {
         await this.dhcp.stop(net.name);
         if (netnsExists(this.d.netns)) {
           for (const l of await listLinks(this.d.netns)) if (l.master === net.bridge) await deleteLink(this.d.netns, l.name);
+          if (net.span) await deleteLink(this.d.netns, net.span.device);
           await deleteLink(this.d.netns, net.bridge);
         }
         await this.repo.delete(net.id);
@@ -271,7 +316,16 @@ export class NetworkService implements NicPlumber, SwitchView {
         return { networks: 0, tapsRemoved: [], dhcpRestarted: [] };
       }
       await ensureNetns(this.d.netns);
-      for (const n of nets) await this.ensureBridge(n);
+      for (const n of nets) {
+        try {
+          await this.ensureBridge(n);
+        } catch (err) {
+          // A spanned network whose VXLAN device cannot be made (no cluster address: started as `vigil serve`)
+          // stays local-only rather than keeping the daemon from starting; its attach retries and fails closed.
+          if (!n.span) throw err;
+          this.d.log.warn({ network: n.name, err: messageOf(err) }, "the network's VXLAN device is missing: it reaches no other host");
+        }
+      }
       await this.syncNat(nets.map(info));
       const states = await this.repo.vmStates();
       const live = new Set((await this.repo.addresses()).filter((a) => states.has(a.vmId) && isLive(a.vmState as VmState)).map((a) => tapName(a.vmId, a.nic)));

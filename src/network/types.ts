@@ -25,6 +25,20 @@ export interface NetworkInfo {
   /** Whether the network's traffic may leave through vigil's NAT uplink (docs/network.md, "## NAT"); absent: no. */
   nat?: boolean;
   createdAt: string;
+  /** A network that spans hosts (docs/cluster.md "Networks across hosts (VXLAN)"); absent: this host only. */
+  span?: NetworkSpan;
+}
+
+/** One L2 segment across hosts: a VXLAN device on the bridge, head-end replication to every peer. */
+export interface NetworkSpan {
+  /** VXLAN network identifier, 1-16777215 (the manager allocates it). */
+  vni: number;
+  /** The other hosts' underlay IPv4 addresses (one all-zeros FDB entry each). */
+  peers: string[];
+  /** This host's slice of the range: new addresses come from it only. */
+  pool: { first: string; last: string };
+  /** The VXLAN device inside vigil's netns, enslaved to the bridge ("vx-<name>"). */
+  device: string;
 }
 
 /** One vNIC plugged into a vigil switch on this host, with everything the firewall keys on. */

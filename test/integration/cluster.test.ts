@@ -5,38 +5,13 @@
  * mid-way leaves the VM running on the source and nothing on the target once it restarts.
  */
 import { strict as assert } from "node:assert";
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { test, type TestContext } from "node:test";
-import { freshDatabase } from "../../src/inventory/testing/pg.ts";
-import { clusterTopology } from "../cluster-topology.ts";
-import { BIN, guestExec, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { test } from "node:test";
+import { cluster } from "../cluster-topology.ts";
+import { guestExec, waitFor, type DaemonHandle } from "../harness.ts";
 
 interface Migration { id: string; state: string; phase: string; error: string | null; result: { downtimeMs: number; totalMs: number } | null }
-
-async function cluster(t: TestContext) {
-  requireTinyImage();
-  const topo = clusterTopology(t, 2);
-  const db = await freshDatabase();
-  const home = mkdtempSync(join(tmpdir(), "vigil-mgr-"));
-  const ca = spawnSync(process.execPath, [BIN, "ca", "init"], { env: { ...process.env, VIGIL_HOME: home }, encoding: "utf8" });
-  assert.equal(ca.status, 0, ca.stderr);
-  const manager = await startDaemon(t, { home, command: ["serve", "--cluster", "--db", db.url], wrap: topo.manager.wrap });
-  const agents: DaemonHandle[] = [];
-  for (const [i, h] of topo.hosts.entries()) {
-    const creds = join(mkdtempSync(join(tmpdir(), "vigil-creds-")), "agent");
-    const add = manager.cli("host", "add", `h${i + 1}`, "--addr", `${h.addr}:7451`, "--out", creds);
-    assert.equal(add.status, 0, add.stderr);
-    agents.push(await startDaemon(t, { command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds], wrap: h.wrap }));
-  }
-  await waitFor(() => {
-    const r = manager.cli("host", "list", "--json");
-    return r.status === 0 && (JSON.parse(r.stdout) as { state: string }[]).every((h) => h.state === "ready");
-  }, 30_000, "both hosts ready");
-  return { manager, agents };
-}
 
 async function runningGuest(manager: DaemonHandle, name: string) {
   await manager.api("POST", "/v1/vms", { name, memoryMiB: 256, vcpus: 1, host: "h1" });

@@ -5,7 +5,16 @@ import type { ApiDeps, App } from "../context.ts";
 import { body, json, reply, withAccess } from "../route-kit.ts";
 
 const NetworkSchema = z
-  .object({ name: z.string(), cidr: z.string(), gateway: z.string(), bridge: z.string(), dhcp: z.boolean(), nat: z.boolean(), createdAt: z.string() })
+  .object({
+    name: z.string(),
+    cidr: z.string(),
+    gateway: z.string(),
+    bridge: z.string(),
+    dhcp: z.boolean(),
+    nat: z.boolean(),
+    createdAt: z.string(),
+    span: z.object({ vni: z.number(), peers: z.array(z.string()), pool: z.object({ first: z.string(), last: z.string() }), device: z.string() }).optional().openapi({ description: "A network spanning hosts over VXLAN (set by the cluster manager)" }),
+  })
   .openapi("Network");
 
 const AttachedNicSchema = z
@@ -22,7 +31,8 @@ export function registerNetworkRoutes(app: App, d: ApiDeps): void {
 
   app.openapi(
     createRoute(withAccess("network.manage", { method: "post", path: "/v1/networks", tags: ["network"], summary: "Create a network: a bridge in vigil's netns with an IPv4 range (/16-/29) and, unless dhcp is false, a DHCP server for its NICs; nat: true lets its traffic out through vigil's NAT uplink", request: body(createNetworkSchema), responses: { 201: json(NetworkSchema, "Created") } })),
-    async (c) => reply(c, await d.network.create(c.get("ctx"), c.req.valid("json")), 201),
+    // span is the manager's (docs/cluster.md "Networks across hosts (VXLAN)"): accepted only over the cluster transport.
+    async (c) => reply(c, await d.network.create(c.get("ctx"), c.req.valid("json"), { cluster: c.env?.transport === "cluster" }), 201),
   );
 
   app.openapi(

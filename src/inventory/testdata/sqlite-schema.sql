@@ -22,6 +22,8 @@ CREATE TABLE "audit_log" ("seq" integer primary key, "id" text not null unique, 
 CREATE TABLE "audit_tree" ("level" integer not null, "idx" integer not null, "hash" text not null, constraint "audit_tree_pk" primary key ("level", "idx"));
 -- table cluster_events
 CREATE TABLE "cluster_events" ("seq" integer primary key autoincrement, "time" text not null, "kind" text not null, "subject" text not null, "payload" text not null);
+-- table cluster_networks
+CREATE TABLE "cluster_networks" ("name" text primary key, "cidr" text not null, "dhcp" integer not null, "vni" integer not null unique, "hosts" text not null, "created_by" text not null, "created_at" text not null);
 -- table data_files
 CREATE TABLE "data_files" ("id" text primary key, "vm_id" text not null, "host" text not null, "path" text not null, "purpose" text not null, "size" integer, "sha256" text, "created_at" text not null, "removed_at" text, "removed_how" text, "dev" text, "ino" text, "origin" text default 'vigil' not null);
 -- table fw_policies
@@ -55,7 +57,7 @@ CREATE TABLE "net_captures" ("id" text primary key, "vm_id" text not null, "nic"
 -- table net_forwards
 CREATE TABLE "net_forwards" ("id" text primary key, "vm_id" text not null, "nic" text not null, "guest_port" integer not null, "listen_host" text not null, "listen_port" integer not null, "created_by" text not null, "created_at" text not null, constraint "net_forwards_listen" unique ("listen_host", "listen_port"));
 -- table networks
-CREATE TABLE "networks" ("id" text primary key, "name" text not null unique, "cidr" text not null, "gateway" text not null, "bridge" text not null, "dhcp" integer not null, "created_at" text not null, "nat" integer default 0 not null);
+CREATE TABLE "networks" ("id" text primary key, "name" text not null unique, "cidr" text not null, "gateway" text not null, "bridge" text not null, "dhcp" integer not null, "created_at" text not null, "nat" integer default 0 not null, "span_vni" integer, "span_peers" text, "span_pool_first" text, "span_pool_last" text);
 -- table nic_addresses
 CREATE TABLE "nic_addresses" ("vm_id" text not null references "vms" ("id") on delete cascade, "nic" text not null, "network_id" text not null references "networks" ("id"), "ip" text not null, "mac" text not null, constraint "nic_addresses_ip" unique ("network_id", "ip"), constraint "nic_addresses_nic" unique ("vm_id", "nic"));
 -- table placements

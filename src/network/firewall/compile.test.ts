@@ -113,3 +113,20 @@ test("NAT (docs/network.md, ## NAT): a NAT network's NICs that their out policy 
   assert.doesNotMatch(compileRuleset({ ...nat, uplink: undefined }).text, /vu-/, "no uplink: no NAT rule at all");
   assert.throws(() => compileRuleset({ ...nat, uplink: "vu-x\" accept" }), /uplink device/);
 });
+
+test("a network spanning hosts: its VXLAN port is let in minus DHCP and gateway ARP; a local NIC's allowed out traffic may reach the rest of the range; the kernel accepts it", async (t) => {
+  const span = { vni: 42, peers: ["10.251.0.2"], pool: { first: "10.77.0.2", last: "10.77.0.127" }, device: "vx-lan" };
+  const spanned: CompileInput = { ...input, networks: input.networks.map((n) => (n.name === "lan" ? { ...n, span } : n)) };
+  const text = compileRuleset(spanned).text;
+  assert.match(text, /iifname vmap \{ [^\n]*"vx-lan" : jump from-vx-lan \}/);
+  assert.match(text, /chain from-vx-lan \{\n\t\tether type arp arp saddr ip 10\.77\.0\.1 drop[^\n]*\n\t\tether type arp arp daddr ip 10\.77\.0\.1 drop[^\n]*\n\t\tether type ip udp dport \{ 67, 68 \} drop[^\n]*\n\t\tether type ip ip daddr 10\.77\.0\.1 drop[^\n]*\n\t\tether type ip ip saddr 10\.77\.0\.1 drop[^\n]*\n\t\taccept/);
+  // After both vmaps (the source's out chain returned); the quarantined NIC (10.77.0.4) is not a source.
+  assert.match(text, /oifname \. ip daddr vmap \{[^\n]*\}\n\t\tiifname "vb-lan" oifname "vb-lan" ip saddr \{ 10\.77\.0\.2, 10\.77\.0\.3 \} ip daddr 10\.77\.0\.0\/24 ip daddr != 10\.77\.0\.1 accept/, "never to another host's gateway");
+  assert.equal(compileRuleset(input).text, readFileSync(GOLDEN, "utf8"), "without span: the golden ruleset, unchanged");
+  assert.doesNotMatch(compileRuleset(input).text, /vx-/);
+  assert.throws(() => compileRuleset({ ...spanned, networks: spanned.networks.map((n) => (n.span ? { ...n, span: { ...span, device: 'vx-a" accept' } } : n)) }), /VXLAN device/);
+  const ns = `vt-fws-${randomBytes(4).toString("hex")}`;
+  await runCommand("ip", ["netns", "add", ns]);
+  t.after(() => runCommand("ip", ["netns", "del", ns]));
+  await runCommand("ip", ["netns", "exec", ns, "nft", "-c", "-f", "-"], { input: text });
+});

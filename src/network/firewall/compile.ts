@@ -15,6 +15,11 @@
  *    chain (by bridge . ip saddr; allow = return, so the destination's in chain still runs), then the destination
  *    NIC's in chain (by bridge . ip daddr), default drop for anything that is neither. input (to the gateway):
  *    DHCP and the quarantine services from VMs accepted, everything else from a VM dropped.
+ *  - A network spanning hosts (docs/cluster.md "Networks across hosts (VXLAN)"): its VXLAN port is the one
+ *    non-tap port the L2 table lets in (the sending host filtered its own taps), minus DHCP, ARP about the
+ *    gateway and IPv4 to or from it (every host's bridge holds the same gateway and serves its own NICs only); in forward, a local NIC whose
+ *    out chain returned may reach the rest of the network's range (a VM on another host, whose host applies
+ *    its in chain); a remote source reaches a local NIC only through that NIC's in chain, as a local one.
  *  - A quarantined NIC: keeps its anti-spoofing; its out chain is replaced by the quarantine chain (NEW only to
  *    the services) and NEW connections to it are dropped; established flows and ARP/DHCP still pass.
  */
@@ -69,6 +74,8 @@ const TAP_RE = /^vt-[0-9a-f]{10}$/;
 const MAC_RE = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/;
 const BRIDGE_RE = /^vb-[a-z][a-z0-9-]{0,11}$/;
 const UPLINK_RE = /^vu-[0-9a-f]{8}$/;
+const VXLAN_RE = /^vx-[a-z][a-z0-9-]{0,11}$/;
+const CIDR_RE = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\/(?:1[6-9]|2\d)$/;
 const IP_RE = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
 
 function must(re: RegExp, value: string, what: string): string {
@@ -168,8 +175,23 @@ export function compileRuleset(input: CompileInput): CompiledRuleset {
   const l2: string[] = [];
   l2.push(`table bridge ${L2_TABLE} {`);
   l2.push(`${T}chain prerouting {`, `${T}${T}type filter hook prerouting priority filter; policy drop;`);
-  l2.push(`${T}${T}iifname vmap { ${nics.map((n) => `"${n.tap}" : jump ${chainNames(n.tap).l2}`).join(", ")} }`);
+  const spanned = input.networks
+    .filter((n) => n.span !== undefined)
+    .map((n) => ({ device: must(VXLAN_RE, n.span!.device, "VXLAN device"), bridge: must(BRIDGE_RE, n.bridge, "bridge name"), gateway: must(IP_RE, n.gateway, "gateway"), cidr: must(CIDR_RE, n.cidr, "network range") }))
+    .sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0));
+  const ports = [...nics.map((n) => `"${n.tap}" : jump ${chainNames(n.tap).l2}`), ...spanned.map((v) => `"${v.device}" : jump from-${v.device}`)];
+  l2.push(`${T}${T}iifname vmap { ${ports.join(", ")} }`);
   l2.push(`${T}}`);
+  for (const v of spanned) {
+    l2.push(`${T}chain from-${v.device} {`);
+    l2.push(`${T}${T}ether type arp arp saddr ip ${v.gateway} drop comment "another host's gateway"`);
+    l2.push(`${T}${T}ether type arp arp daddr ip ${v.gateway} drop comment "the gateway is each host's own"`);
+    l2.push(`${T}${T}ether type ip udp dport { 67, 68 } drop comment "each host serves DHCP to its own NICs"`);
+    l2.push(`${T}${T}ether type ip ip daddr ${v.gateway} drop comment "no VM of another host reaches this host's gateway"`);
+    l2.push(`${T}${T}ether type ip ip saddr ${v.gateway} drop comment "nor does another host's gateway reach this host's VMs"`);
+    l2.push(`${T}${T}accept comment "from another host of the network (it filtered its own taps)"`);
+    l2.push(`${T}}`);
+  }
   for (const n of nics) {
     l2.push(`${T}chain ${chainNames(n.tap).l2} {`);
     l2.push(`${T}${T}ether saddr != ${n.mac} drop comment "spoofed MAC"`);
@@ -206,6 +228,12 @@ export function compileRuleset(input: CompileInput): CompiledRuleset {
   // Reached only when the source NIC's out chain returned (allowed): the NICs of NAT networks may go out.
   const natSources = nics.filter((n) => natBridges.has(n.bridge) && !input.quarantined.has(n.vmId)).map((n) => `"${n.bridge}" . ${n.ip}`);
   if (uplink !== undefined && natSources.length > 0) fw.push(`${T}${T}oifname "${uplink}" iifname . ip saddr { ${natSources.join(", ")} } accept comment "NAT: allowed by the out policy"`);
+  // Reached only when the source NIC's out chain returned and the destination is no NIC of this host: on a
+  // spanned network, a VM on another host (its own host runs its in chain); never another host's gateway.
+  for (const v of spanned) {
+    const sources = nics.filter((n) => n.bridge === v.bridge && !input.quarantined.has(n.vmId)).map((n) => n.ip);
+    if (sources.length > 0) fw.push(`${T}${T}iifname "${v.bridge}" oifname "${v.bridge}" ${addrMatch("saddr", [...sources].sort(compareIp))} ip daddr ${v.cidr} ip daddr != ${v.gateway} accept comment "to another host of the network: allowed by the out policy"`);
+  }
   fw.push(`${T}}`);
 
   fw.push(`${T}chain input {`, `${T}${T}type filter hook input priority filter; policy accept;`);
