@@ -6,13 +6,14 @@
  */
 import { strict as assert } from "node:assert";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import { freshDatabase } from "../../src/inventory/testing/pg.ts";
 import { clusterTopology } from "../cluster-topology.ts";
 import { BIN, guestExec, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { kernelTrouble } from "../migration-fixture.ts";
 
 interface Migration { id: string; state: string; phase: string; error: string | null; result: { downtimeMs: number; totalMs: number } | null }
 
@@ -83,6 +84,11 @@ test("a running guest migrates live between two agents: the RAM counter goes on 
     if (!/running=/.test(out)) await new Promise((res) => setTimeout(res, 500));
   }
   const r = report(out);
+  // A guest whose RAM came across with stale pages oopses within a second or so of resuming (slab, RCU lists):
+  // its console on h2 (written since the switchover only) says so.
+  const consoles = readdirSync(join(a2.home, "vms")).map((id) => join(a2.home, "vms", id, "console.log")).filter((f) => existsSync(f));
+  assert.equal(consoles.length, 1, "the VM's console log on h2");
+  assert.deepEqual(kernelTrouble(readFileSync(consoles[0]!, "utf8")), [], "the guest's kernel on h2 is healthy");
   assert.equal(r.running, "yes", "the ticker process came across and still runs");
   assert.ok(Number(r.value) > before, `the counter went on (${before} → ${r.value})`);
   assert.equal((await guestExec(a2, "mover", ["ticker", "stop"])).out, "stopped");
