@@ -4,10 +4,12 @@
  * them (a CA, `OU=migration` server and client certificates, plus a foreign CA for the refusal case).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, readFileSync, readSync, rmSync, writeFileSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import { QmpClient } from "../src/qemu/qmp-client.ts";
 import { AgentClient } from "../src/guest-agent/agent-client.ts";
+import { openGuestRam } from "../src/host/guest-ram.ts";
+import { guestRamBytes } from "../src/qemu/argv.ts";
 import { ROOT } from "./harness.ts";
 
 export function tinyImageDir(): string {
@@ -90,20 +92,35 @@ export interface TestQemu {
   agentSocket: string;
   process: ChildProcess;
   dir: string;
+  /** The guest's serial console so far. */
+  console(): string;
   /** The QEMU's stderr so far (for failure messages). */
   stderr(): string;
   kill(): Promise<void>;
 }
 
-/** Boots (or, with `incoming`, starts paused waiting for a migration) the tiny guest, 256 MiB, 1 vCPU, TCG. */
-export async function startQemu(dir: string, options: { incoming?: boolean; disk?: string; disk1?: string; memoryMiB?: number }): Promise<TestQemu> {
+/**
+ * Boots (or, with `incoming`, starts paused waiting for a migration) the tiny guest, 256 MiB (less 8 KiB, as vigil
+ * sizes it under TCG: src/qemu/argv.ts guestRamBytes), 1 vCPU, TCG. `ram`: anonymous RAM (default) or vigil's
+ * sealed memfd share=on backend; `cpu`: a `-cpu` model (default QEMU's).
+ */
+export async function startQemu(
+  dir: string,
+  options: { incoming?: boolean; disk?: string; disk1?: string; memoryMiB?: number; ram?: "anonymous" | "memfd-shared"; ramBytes?: number; cpu?: string },
+): Promise<TestQemu> {
   const image = tinyImageDir();
+  // the guest's RAM: `ramBytes` (a multiple of 8 KiB) when given, else what vigil gives `memoryMiB` under TCG
+  const kib = (options.ramBytes ?? guestRamBytes(options.memoryMiB ?? 256, "tcg")) / 1024;
+  // "memfd-shared": RAM the way vigil backs it (src/qemu/argv.ts): a sealed memfd mapped share=on
+  const ram = options.ram === "memfd-shared"
+    ? ["-machine", "pc-i440fx-7.2,accel=tcg,memory-backend=ram0", "-m", `${kib}K`, "-object", `memory-backend-memfd,id=ram0,size=${kib}K,share=on,seal=on`]
+    : ["-machine", "pc-i440fx-7.2,accel=tcg", "-m", `${kib}K`];
   mkdirSync(dir, { recursive: true });
   const qmpSocket = join(dir, "qmp.sock");
   const agentSocket = join(dir, "agent.sock");
   const argv = [
     "-nodefaults", "-no-user-config", "-display", "none",
-    "-machine", "pc-i440fx-7.2,accel=tcg", "-m", `${options.memoryMiB ?? 256}M`, "-smp", "1",
+    ...ram, "-smp", "1", ...(options.cpu ? ["-cpu", options.cpu] : []),
     "-kernel", join(image, "vmlinuz"), "-initrd", join(image, "initrd.img"), "-append", "console=ttyS0 quiet panic=-1",
     "-chardev", `socket,id=qmp,path=${qmpSocket},server=on,wait=off`, "-mon", "chardev=qmp,mode=control",
     "-serial", `file:${join(dir, "console.log")}`,
@@ -127,13 +144,23 @@ export async function startQemu(dir: string, options: { incoming?: boolean; disk
     if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`QEMU did not start: ${err}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  const qmp = await QmpClient.connect(qmpSocket);
+  // the socket file appears at bind(), a moment before QEMU listens on it
+  let qmp: QmpClient | undefined;
+  while (!qmp) {
+    try {
+      qmp = await QmpClient.connect(qmpSocket);
+    } catch (e) {
+      if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`QEMU did not start: ${err} (${String(e)})`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   return {
     qmp,
     agentSocket,
     process: proc,
     dir,
     stderr: () => err,
+    console: () => (existsSync(join(dir, "console.log")) ? readFileSync(join(dir, "console.log"), "utf8") : ""),
     async kill() {
       await qmp.close().catch(() => undefined);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
@@ -175,4 +202,35 @@ export async function guestRun(agent: AgentClient, argv: string[]): Promise<stri
   const out = Buffer.from(r.stdout, "base64").toString().trim();
   if (r.exitCode !== 0) throw new Error(`${argv.join(" ")} exited ${r.exitCode}: ${out} ${Buffer.from(r.stderr, "base64").toString().trim()}`);
   return out;
+}
+
+/** The lines of a guest console that tell of a kernel in trouble (an oops, a BUG, a panic); empty when none. */
+export function kernelTrouble(console: string): string[] {
+  return console.split("\n").filter((l) => /Oops|BUG[: ]|general protection fault|Kernel panic|RIP: |Call Trace/.test(l));
+}
+
+/**
+ * The guest-physical pages (4 KiB frame numbers) whose contents differ between two QEMUs started with
+ * `ram: "memfd-shared"` (read through each one's RAM memfd, src/host/guest-ram.ts). Meant for a source and its
+ * target once the migration completed and before the target resumes: both are stopped then, and a correct
+ * migration leaves the two RAMs byte for byte equal.
+ */
+export function ramDiff(a: TestQemu, b: TestQemu, bytes: number): number[] {
+  const fds = [openGuestRam(a.process.pid!, bytes), openGuestRam(b.process.pid!, bytes)];
+  try {
+    const chunk = 1 << 20;
+    const bufs = [Buffer.alloc(chunk), Buffer.alloc(chunk)];
+    const pages: number[] = [];
+    for (let off = 0; off < bytes; off += chunk) {
+      const n = Math.min(chunk, bytes - off);
+      for (const i of [0, 1]) if (readSync(fds[i]!, bufs[i]!, 0, n, off) !== n) throw new Error(`short read of guest RAM at ${off}`);
+      if (bufs[0]!.compare(bufs[1]!, 0, n, 0, n) === 0) continue;
+      for (let p = 0; p < n; p += 4096) {
+        if (bufs[0]!.compare(bufs[1]!, p, p + 4096, p, p + 4096) !== 0) pages.push((off + p) / 4096);
+      }
+    }
+    return pages;
+  } finally {
+    for (const fd of fds) closeSync(fd!);
+  }
 }

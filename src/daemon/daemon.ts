@@ -209,7 +209,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);
   // Before recover(): reattached VMs get their watchers (and their watches) back.
-  const introspection = new IntrospectionService({ vms, repo, guard, audit, snapshots, db, log, ...options.introspection });
+  const introspection = new IntrospectionService({ vms, repo, guard, audit, snapshots, db, log, accel: accel.accel, ...options.introspection });
   await introspection.load();
   vms.addRuntimeHook(introspection.attach);
   const images = new ImageService(db, catalog, guard, home.imagesDir, async (disk) =>

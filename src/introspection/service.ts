@@ -35,6 +35,7 @@ import { parseControlRegisters } from "./page-walk.ts";
 import { FilePhysicalMemory, parseMtreeFlat, ramRegionsFromMtree, type PhysicalMemory } from "./physical-memory.ts";
 import type { Baseline, Finding, SweepReport } from "./sweep.ts";
 import { VmWatcher, boundEvidence, type Alarm, findingKey, isAlarm, parseProcModules, type BaselineInfo, type BaselineSource, type GuestAccess, type GuestView, type SweepOutcome } from "./watcher.ts";
+import { guestRamBytes, type Accelerator } from "../qemu/argv.ts";
 
 export const WATCH_POLICIES = ["alert", "pause", "snapshot-and-pause"] as const;
 export type WatchPolicy = (typeof WATCH_POLICIES)[number];
@@ -134,6 +135,8 @@ export interface IntrospectionDeps {
   snapshots: SnapshotService;
   db: Db;
   log: Logger;
+  /** The accelerator this host's QEMUs run under: it decides the size of a guest's RAM memfd (qemu/argv.ts). */
+  accel: Accelerator;
   /** Wait this long after the agent's first answer before the baseline (lets `start --wait` answer first). */
   settleMs?: number;
   /** Report a watched guest whose agent has not answered after this much running time (default 3 minutes). */
@@ -300,7 +303,7 @@ export class IntrospectionService {
       rt,
       agent: vm.spec.agent,
       qemu: qemuIdentity(rt.pid),
-      watcher: new VmWatcher(new RuntimeAccess(rt, vm.spec.memoryMiB * 1024 * 1024), { cache: this.cache, onBug: (err) => log.error({ err: messageOf(err) }, "introspection engine error") }),
+      watcher: new VmWatcher(new RuntimeAccess(rt, guestRamBytes(vm.spec.memoryMiB, this.d.accel)), { cache: this.cache, onBug: (err) => log.error({ err: messageOf(err) }, "introspection engine error") }),
       status: "waiting-for-agent",
       problem: null,
       paused: true,

@@ -136,6 +136,15 @@ test("runOutgoing: mirrors the disks, migrates with TLS and pause-before-switcho
   assert.equal(ram.diskTotal, 1000);
 });
 
+test("a completed read before QEMU computed the downtime (0) is read again for the figures", async () => {
+  const early: Answer = { ...completed, downtime: 0, "total-time": 0 };
+  const f = fakeSource({ migrate: [active(1, 10), { status: "pre-switchover" }, early, early, completed], readyAfter: 0 });
+  const result = await runOutgoing(f.qmp, options());
+  assert.equal(result.downtimeMs, 12);
+  const g = fakeSource({ migrate: [active(1, 10), { status: "pre-switchover" }, early], readyAfter: 0 });
+  assert.equal((await runOutgoing(g.qmp, options())).downtimeMs, 0, "QEMU never says more: 0 after a bounded wait, not a hang");
+});
+
 test("the downtime limit doubles only after a pass that did not shrink what remains, and never above the maximum", async () => {
   const f = fakeSource({
     migrate: [

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { buildArgv, optValue, type LaunchPlan } from "./argv.ts";
+import { buildArgv, guestRamBytes, optValue, type LaunchPlan } from "./argv.ts";
 import { vmSpecSchema } from "../vm/spec.ts";
 import { VigilError } from "../errors.ts";
 
@@ -35,6 +35,23 @@ test("every VM gets the hardened baseline", () => {
   assert.match(ram, /^memory-backend-memfd,id=ram0,/);
   assert.ok(ram.includes("share=on") && ram.includes("seal=on"), ram);
   assert.equal(argv.some((a) => a.includes("mem-path") || a.includes("memory-backend-file")), false, "no RAM file");
+});
+
+test("under TCG the RAM block is not a multiple of 256 KiB (QEMU 7.2's dirty-bitmap fast path loses TCG writes)", () => {
+  for (const mib of [64, 128, 256, 1024, 4096]) {
+    const tcg = guestRamBytes(mib, "tcg");
+    assert.notEqual(tcg % (256 * 1024), 0, `${mib} MiB under TCG`);
+    assert.equal(tcg % 8192, 0, "QEMU rounds -m up to 8 KiB: the size must already be a multiple");
+    assert.equal(tcg, mib * 1024 * 1024 - 8192);
+    assert.equal(guestRamBytes(mib, "kvm"), mib * 1024 * 1024, "KVM keeps the exact size");
+  }
+  const plan = JSON.parse(readFileSync(join(dir, "tiny-tcg.json"), "utf8")) as LaunchPlan;
+  for (const accel of ["tcg", "kvm"] as const) {
+    const argv = buildArgv({ ...plan, accel });
+    const size = accel === "tcg" ? "262136K" : "256M";
+    assert.equal(argv[argv.indexOf("-m") + 1], size, "-m and the backend agree (QEMU refuses a mismatch)");
+    assert.match(argv[argv.indexOf("-object") + 1]!, new RegExp(`^memory-backend-memfd,id=ram0,size=${size},`));
+  }
 });
 
 test("commas in option values are escaped, control characters refused", () => {

@@ -10,6 +10,8 @@
  * - a pinned machine type: the virtual hardware does not change under a VM when QEMU is upgraded.
  * - RAM in a sealed memfd (`memory-backend-memfd`): never a file on any filesystem, gone with the process;
  *   introspection reads it through QEMU's descriptor (host/guest-ram.ts). Memory snapshots still go to qcow2.
+ *   Under TCG the RAM is 8 KiB short of the spec's size, so that live migration does not lose guest writes
+ *   (`guestRamBytes`).
  * - `vmgenid`: the guest learns when it has been forked (clone, revert) and reseeds its RNG.
  */
 import { BugError, VigilError } from "../errors.ts";
@@ -59,6 +61,30 @@ function opts(head: string, pairs: Array<[string, string | number | undefined]>)
   return parts.join(",");
 }
 
+/**
+ * The bytes of RAM QEMU gives a guest whose spec says `memoryMiB`: exactly that under KVM; under TCG 8 KiB less.
+ *
+ * Why: QEMU 7.2 syncs a RAM block's migration dirty bitmap on a fast path when the block's length is a multiple
+ * of 64 pages (256 KiB), and that path clears the dirty bits without resetting TCG's TLB (upstream fixed it in
+ * QEMU 9.0: "physmem: Fix migration dirty bitmap coherency with TCG memory access"; Debian 12's 7.2.22 lacks
+ * it). A vCPU store through a TLB entry made while its page was dirty then never sets the bit again, so a page
+ * the guest writes after its last copy is not sent: the target resumes with stale pages (slab corruption,
+ * oopses; test/integration/precopy-ram.test.ts compares both RAMs). A block of any other length takes the
+ * page-by-page path, which does reset the TLB. 8 KiB, not 4: QEMU rounds `-m` up to 8 KiB. KVM tracks dirty
+ * pages itself and keeps the exact size (its page-by-page path would be slow on large guests).
+ */
+export function guestRamBytes(memoryMiB: number, accel: Accelerator): number {
+  return memoryMiB * 1024 * 1024 - (accel === "tcg" ? TCG_RAM_SHORTFALL : 0);
+}
+/** See `guestRamBytes`: not a multiple of 256 KiB, and a multiple of 8 KiB. */
+const TCG_RAM_SHORTFALL = 8192;
+
+/** `-m` and the RAM backend's `size`: whole MiB when they are, else KiB. */
+function ramSizeOption(memoryMiB: number, accel: Accelerator): string {
+  const bytes = guestRamBytes(memoryMiB, accel);
+  return bytes % (1024 * 1024) === 0 ? `${bytes / (1024 * 1024)}M` : `${bytes / 1024}K`;
+}
+
 export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /**
@@ -82,8 +108,8 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-machine", opts(spec.machine, [["accel", plan.accel], ["dump-guest-core", "off"], ["memory-backend", "ram0"]]),
     "-cpu", spec.cpu,
     "-smp", String(spec.vcpus),
-    "-m", `${spec.memoryMiB}M`,
-    "-object", opts("memory-backend-memfd", [["id", "ram0"], ["size", `${spec.memoryMiB}M`], ["share", "on"], ["seal", "on"]]),
+    "-m", ramSizeOption(spec.memoryMiB, plan.accel),
+    "-object", opts("memory-backend-memfd", [["id", "ram0"], ["size", ramSizeOption(spec.memoryMiB, plan.accel)], ["share", "on"], ["seal", "on"]]),
     "-display", "none",
     "-msg", "timestamp=on",
     // Kept when jailed, though there QEMU writes its namespace pid (1, which readPidFile ignores) and the daemon

@@ -5,11 +5,12 @@
  * mid-way leaves the VM running on the source and nothing on the target once it restarts.
  */
 import { strict as assert } from "node:assert";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { cluster } from "../cluster-topology.ts";
 import { guestExec, waitFor, type DaemonHandle } from "../harness.ts";
+import { kernelTrouble } from "../migration-fixture.ts";
 
 interface Migration { id: string; state: string; phase: string; error: string | null; result: { downtimeMs: number; totalMs: number } | null }
 
@@ -73,6 +74,11 @@ test("a running guest migrates live between two agents: the RAM counter goes on 
   // The store the guest wrote on h1 during the RAM copy came across at the switchover: no value went back.
   const moves = Number((await guestExec(a2, "mover", ["vtime", "read", "moves"])).out);
   assert.ok(moves >= seen, `the monotonic store kept the writes made during the migration (${moves} ≥ ${seen})`);
+  // A guest whose RAM came across with stale pages oopses within a second or so of resuming (slab, RCU lists):
+  // its console on h2 (written since the switchover only) says so.
+  const consoles = readdirSync(join(a2.home, "vms")).map((id) => join(a2.home, "vms", id, "console.log")).filter((f) => existsSync(f));
+  assert.equal(consoles.length, 1, "the VM's console log on h2");
+  assert.deepEqual(kernelTrouble(readFileSync(consoles[0]!, "utf8")), [], "the guest's kernel on h2 is healthy");
   assert.equal(r.running, "yes", "the ticker process came across and still runs");
   assert.ok(Number(r.value) > before, `the counter went on (${before} → ${r.value})`);
   assert.equal((await guestExec(a2, "mover", ["ticker", "stop"])).out, "stopped");

@@ -9,6 +9,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { requireTinyImage, startDaemon } from "../harness.ts";
+import { detectAccelerator } from "../../src/qemu/accel.ts";
 import { ConsoleShell, RamAttacker } from "../../src/introspection/testing/live-guest.ts";
 import { locateModule, overwriteSyscall, patchKernel } from "../../src/introspection/testing/attacker.ts";
 import { moduleRegions } from "../../src/introspection/attribution.ts";
@@ -39,7 +40,7 @@ test("ftrace sites, syscall attribution, no-new-modules and alarm history on a r
     const w = await watchOf(d, vm);
     return w.status === "watching" && w.sweeps >= 2 ? w : undefined;
   });
-  const a = RamAttacker.open(info.pid, MEMORY_MIB);
+  const a = RamAttacker.open(info.pid, MEMORY_MIB, detectAccelerator().accel);
   t.after(() => a.close());
   const shell = await ConsoleShell.open(vm, d.target);
   t.after(() => shell.close());

@@ -12,6 +12,7 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { BIN, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { detectAccelerator } from "../../src/qemu/accel.ts";
 import { ConsoleShell, RamAttacker } from "../../src/introspection/testing/live-guest.ts";
 import { lastSeq, until, waitClean, waitFinding, watchOf, whilePaused } from "../../src/introspection/testing/watch-api.ts";
 import { locateModule, locateTask, moduleListHead, overwriteSyscall, patchKernel, redirectIdtGate, restoreListNode, taskListHead, unlinkModule, unlinkTask, writeVirtual } from "../../src/introspection/testing/attacker.ts";
@@ -38,7 +39,7 @@ async function bootWatched(t: TestContext, d: DaemonHandle, vm: string, policy =
     const x = await watchOf(d, vm);
     return x.status === "watching" && x.sweeps >= 2 ? x : undefined;
   });
-  const attacker = RamAttacker.open(info.pid, MEMORY_MIB);
+  const attacker = RamAttacker.open(info.pid, MEMORY_MIB, detectAccelerator().accel);
   t.after(() => attacker.close());
   const shell = await ConsoleShell.open(vm, d.target);
   t.after(() => shell.close());

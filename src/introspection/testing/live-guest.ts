@@ -9,6 +9,7 @@ import { closeSync } from "node:fs";
 import type { Socket } from "node:net";
 import { upgrade, type Target } from "../../cli/client.ts";
 import { openGuestRam } from "../../host/guest-ram.ts";
+import { guestRamBytes, type Accelerator } from "../../qemu/argv.ts";
 import { buildKernelModel, type KernelModel } from "../kernel-model.ts";
 import { FilePhysicalMemory, pcRamRegions } from "../physical-memory.ts";
 import { RamFileWriter } from "./attacker.ts";
@@ -22,12 +23,13 @@ export class RamAttacker {
   ) {}
 
   /**
-   * The RAM of the VM whose QEMU has host pid `qemuPid`, with `memoryMiB` of RAM on the `pc` machine (below the
+   * The RAM of the VM whose QEMU has host pid `qemuPid`, with `memoryMiB` of RAM (as its spec says; QEMU under
+   * `accel` got `guestRamBytes`) on the `pc` machine (below the
    * 3 GiB PCI hole: one region): QEMU's memfd, opened read-write through `/proc/<pid>/fd/N` (needs root or
    * QEMU's uid, as a host intruder would have).
    */
-  static open(qemuPid: number, memoryMiB: number): RamAttacker {
-    const bytes = memoryMiB * 1024 * 1024;
+  static open(qemuPid: number, memoryMiB: number, accel: Accelerator): RamAttacker {
+    const bytes = guestRamBytes(memoryMiB, accel);
     const regions = pcRamRegions(BigInt(bytes));
     const mem = FilePhysicalMemory.fromFd(openGuestRam(qemuPid, bytes), regions);
     try {
