@@ -18,6 +18,7 @@ import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../src/guest-agent/agent-client.ts";
 import { openGuestRam } from "../src/host/guest-ram.ts";
+import { guestRamBytes } from "../src/qemu/argv.ts";
 import { QmpClient } from "../src/qemu/qmp-client.ts";
 import { buildKernelModel, type KernelModelCache } from "../src/introspection/kernel-model.ts";
 import { parseControlRegisters } from "../src/introspection/page-walk.ts";
@@ -91,7 +92,7 @@ async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: numbe
     const warm: number[] = [];
     const cache: KernelModelCache = new Map();
     for (let i = 0; i < 3; i++) {
-      const mem = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, 256 * 1024 * 1024), regions);
+      const mem = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, guestRamBytes(256, "tcg")), regions);
       let t = performance.now();
       buildKernelModel(mem, { cr3: r0.cr3, cr4: r0.cr4 });
       cold.push(performance.now() - t);
@@ -106,7 +107,7 @@ async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: numbe
     const first: number[] = [];
     const firstWithModel: number[] = [];
     for (let i = 0; i < 5; i++) {
-      const mem = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, 256 * 1024 * 1024), regions);
+      const mem = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, guestRamBytes(256, "tcg")), regions);
       let t = performance.now();
       const model = buildKernelModel(mem, { cr3: r0.cr3, cr4: r0.cr4, cache });
       const modelMs = performance.now() - t;
@@ -124,7 +125,7 @@ async function engine(d: Awaited<ReturnType<typeof benchDaemon>>, steadyN: numbe
     }
 
     // Steady state: one baseline, sweeps carrying their state; wall and CPU time; the QMP register read too.
-    const file = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, 256 * 1024 * 1024), regions, { maxCachedPages: 4096 });
+    const file = FilePhysicalMemory.fromFd(openGuestRam(qemu.pid!, guestRamBytes(256, "tcg")), regions, { maxCachedPages: 4096 });
     const rec = new RecordingMemory(file);
     const model = buildKernelModel(rec, { cr3: r0.cr3, cr4: r0.cr4, cache });
     const baseline = takeBaseline({ model, phys: rec, regs: await regs() });

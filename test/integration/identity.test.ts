@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { call } from "../../src/cli/client.ts";
 import { requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
 import { openGuestRam } from "../../src/host/guest-ram.ts";
+import { guestRamBytes } from "../../src/qemu/argv.ts";
 
 async function http(d: DaemonHandle, method: string, path: string, token?: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(`http://${d.httpAddress()}${path}`, {
@@ -178,9 +179,10 @@ test("purge destroys every registered file and records what it did; guest RAM is
   assert.equal(sample.exitCode, 0);
   const marker = Buffer.from(Buffer.from(sample.stdout, "base64").toString("latin1").trim(), "latin1");
   assert.match(marker.toString(), /^[0-9a-f]{32}$/);
-  const ramFd = openGuestRam(running.pid, 128 * 1024 * 1024);
+  const ramBytes = guestRamBytes(128, "tcg");
+  const ramFd = openGuestRam(running.pid, ramBytes);
   try {
-    const ram = Buffer.alloc(128 * 1024 * 1024);
+    const ram = Buffer.alloc(ramBytes);
     readSync(ramFd, ram, 0, ram.length, 0);
     assert.ok(ram.includes(marker), "the marker is in guest RAM");
   } finally {
