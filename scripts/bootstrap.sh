@@ -18,6 +18,7 @@ APT_PACKAGES=(
   openssl                          # the site TLS certificate for a non-loopback API listener
   dnsmasq-base tcpdump conntrack   # the virtual switch: DHCP per network, pcap mirrors, conntrack hand-over (docs/network.md)
   postgresql                       # the cluster manager's shared inventory (docs/cluster.md, "PostgreSQL")
+  yara                             # the cross-check of the signature scan (docs/transience.md, "Signature scan")
 )
 
 missing=()
