@@ -13,8 +13,8 @@ const SRC = import.meta.dirname;
 /** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
 const ALLOWED: Record<string, string[]> = {
   cli: ["audit", "cluster"], // a thin client: its own folder, paths.ts, (loaded lazily) the pure audit proof checkers, the CA files and placement reports
-  daemon: ["api", "audit", "auth", "cluster", "host", "image", "introspection", "inventory", "migration", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
-  api: ["auth", "cluster", "guest-agent", "introspection", "migration", "network", "provenance", "storage", "vm", "vtime"],
+  daemon: ["api", "audit", "auth", "cluster", "host", "image", "introspection", "inventory", "migration", "network", "posture", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  api: ["auth", "cluster", "guest-agent", "introspection", "migration", "network", "posture", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
   vtime: ["qemu"],
@@ -31,6 +31,8 @@ const ALLOWED: Record<string, string[]> = {
   // disks go through qemu-img; the QMP pre-copy engine, the relays, the agent's side and the manager's orchestrator
   migration: ["auth", "cluster", "host", "introspection", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
+  // transience (docs/transience.md): posture, the gate (through the firewall service it is handed), signature scans
+  posture: ["auth", "vm"],
   inventory: [],
   util: [],
 };

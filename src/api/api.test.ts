@@ -102,6 +102,10 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/quarantine/services": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/quarantine/services": ["admin"],
   "DELETE /v1/quarantine/services/{service}": ["admin"],
+  // Posture is read like the VM; a gate policy decides who lands in quarantine: the quarantine permission.
+  "GET /v1/vms/{name}/posture": ["admin", "operator", "vmOwner", "auditor"],
+  "GET /v1/posture/policies": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "PUT /v1/posture/policies/{scope}": ["admin"],
   "GET /v1/trust": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/trust": ["admin"],
   "DELETE /v1/trust/{keyId}": ["admin"],
@@ -214,6 +218,9 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/quarantine/services": [200],
   "POST /v1/quarantine/services": [200],
   "DELETE /v1/quarantine/services/{service}": [404, "VIGIL_NOT_FOUND"],
+  "GET /v1/vms/{name}/posture": [200],
+  "GET /v1/posture/policies": [200],
+  "PUT /v1/posture/policies/{scope}": [200],
   // The fixture has no virtual switch: authorized, then "no plugged-in NIC".
   "GET /v1/vms/{name}/net/counters": [409, "VIGIL_INVALID_STATE"],
   "POST /v1/vms/{name}/net/mirror": [409, "VIGIL_INVALID_STATE"],
@@ -261,6 +268,8 @@ function bodyFor(key: string): unknown {
       return { in: "drop" };
     case "POST /v1/vms/{name}/quarantine":
       return { reason: "matrix" };
+    case "PUT /v1/posture/policies/{scope}":
+      return { gate: false, maxScanAgeDays: 7, vulnerableAt: "high" };
     case "POST /v1/quarantine/services":
       return { name: `svc${unique}`, ip: "10.77.0.1", port: 8443 };
     case "PUT /v1/vms/{name}/watch":
@@ -373,7 +382,8 @@ test("authorization matrix: every route × every actor × user and group ownersh
         .replace("{image}", "no-such-image")
         .replace("{seq}", "1")
         .replace("{index}", "999")
-        .replace("{service}", "no-such-service") + (QUERY[key] ?? "");
+        .replace("{service}", "no-such-service")
+        .replace("{scope}", "vm:target") + (QUERY[key] ?? "");
       for (const actor of ACTORS) {
         await f.repo.update(f.targetId, { state: "starting", owner: pass.owner, pid: null });
         const res = await request(f, actor === "vmOwner" ? pass.vmOwner : actor, method, path, bodyFor(key), { "x-vigil-output": victim });

@@ -65,7 +65,9 @@ export const VmSchema = z
   })
   .openapi("Vm");
 
-export const VmListSchema = z.object({ vms: z.array(VmSchema) }).openapi("VmList");
+export const POSTURE_STATES = ["current", "stale", "vulnerable", "infected", "unknown"] as const;
+/** A listed VM carries its computed posture (docs/transience.md "Posture"). */
+export const VmListSchema = z.object({ vms: z.array(VmSchema.extend({ posture: z.enum(POSTURE_STATES).optional() })) }).openapi("VmList");
 
 export const ImageSchema = z
   .object({ name: z.string(), kind: z.enum(["builtin", "template", "imported"]), description: z.string(), dir: z.string(), sizeBytes: z.number(), details: z.record(z.string(), z.unknown()) })

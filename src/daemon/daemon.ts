@@ -51,6 +51,8 @@ import { VisService } from "../network/vis-service.ts";
 import { createApp } from "../api/app.ts";
 import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { FirewallService } from "../network/firewall/firewall-service.ts";
+import { PostureRepository } from "../posture/posture-repository.ts";
+import { PostureService } from "../posture/posture-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse, vigilErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
@@ -204,6 +206,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   // carries traffic without its rules, and a ruleset that cannot be installed fails the attach (closed).
   firewall.connect(network);
   network.onChange(firewall.engine.listener);
+  // The network-access gate (docs/transience.md "The gate"): on every start and resume, before the guest runs.
+  const posture = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log });
+  vms.addBeforeContHook((vm) => posture.gate(vm, "start"));
+  vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));
   const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
   const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations, policies: firewall });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
@@ -252,6 +258,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     introspection,
     network,
     firewall,
+    posture,
     vis,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     clusterEpoch: () => agentLease?.epoch ?? 0,

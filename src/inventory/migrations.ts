@@ -481,6 +481,28 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0008-posture": {
+    async up(db: Kysely<unknown>) {
+      // Each VM's posture (docs/transience.md "Posture"): its last scan (JSON ScanRecord), when it last started
+      // running (a scan older than that no longer describes its disk) and when it was last patched.
+      await db.schema
+        .createTable("vm_postures")
+        .addColumn("vm_id", "text", (c) => c.primaryKey().references("vms.id").onDelete("cascade"))
+        .addColumn("scan", "text")
+        .addColumn("last_running_at", "text")
+        .addColumn("last_patched_at", "text")
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .execute();
+      // Gate policies: scope "default", "vm:<vm id>" or "label:<key>=<value>"; policy is JSON PosturePolicy.
+      await db.schema
+        .createTable("posture_policies")
+        .addColumn("scope", "text", (c) => c.primaryKey())
+        .addColumn("policy", "text", (c) => c.notNull())
+        .addColumn("actor", "text", (c) => c.notNull())
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

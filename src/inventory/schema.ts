@@ -252,6 +252,8 @@ export interface Database {
   nic_addresses: NicAddressesTable;
   fw_policies: FwPoliciesTable;
   quarantine: QuarantineTable;
+  vm_postures: VmPosturesTable;
+  posture_policies: PosturePoliciesTable;
   quarantine_services: QuarantineServicesTable;
   net_forwards: NetForwardsTable;
   net_captures: NetCapturesTable;
@@ -304,6 +306,23 @@ export interface QuarantineTable {
   since: string;
   reason: string;
   actor: string;
+}
+
+/** A VM's posture (docs/transience.md "Posture"). */
+export interface VmPosturesTable {
+  vm_id: string;
+  scan: string | null; // JSON ScanRecord (src/posture/posture-repository.ts)
+  last_running_at: string | null;
+  last_patched_at: string | null;
+  updated_at: string;
+}
+
+/** Network-access gate policies by scope ("default", "vm:<id>", "label:<k>=<v>"). */
+export interface PosturePoliciesTable {
+  scope: string;
+  policy: string; // JSON GatePolicy
+  actor: string;
+  updated_at: string;
 }
 
 /** The quarantine zone's named services: the only destinations a quarantined VM may open connections to. */

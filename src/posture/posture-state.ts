@@ -35,6 +35,8 @@ export interface ScanSummary {
   rulesSha256: string;
   /** False when a budget ended the signature scan early. */
   complete: boolean;
+  /** Taken through the guest agent while the VM ran (so running since then is what was scanned). */
+  inBand?: boolean;
   pending: { package: string; severity: Severity }[];
   findings: { path: string; rule: string }[];
 }
@@ -67,8 +69,9 @@ export function computePosture(i: PostureInputs, policy: PosturePolicy = DEFAULT
   const stale: string[] = [];
   const ageMs = i.now.getTime() - Date.parse(s.scannedAt);
   if (!(ageMs <= policy.maxScanAgeDays * DAY_MS)) stale.push(`last scanned ${Number.isFinite(ageMs) ? Math.floor(ageMs / DAY_MS) : "?"} days ago (policy: ${policy.maxScanAgeDays})`);
-  if (i.running) stale.push("running since the scan (its disk is changing)");
-  else if (i.lastRunningAt !== undefined && Date.parse(i.lastRunningAt) > Date.parse(s.scannedAt)) stale.push(`ran at ${i.lastRunningAt}, after the scan`);
+  const scannedWhileThisRun = s.inBand === true && (i.lastRunningAt === undefined || Date.parse(i.lastRunningAt) <= Date.parse(s.scannedAt));
+  if (i.running && !scannedWhileThisRun) stale.push("running since the scan (its disk is changing)");
+  else if (!i.running && i.lastRunningAt !== undefined && Date.parse(i.lastRunningAt) > Date.parse(s.scannedAt)) stale.push(`ran at ${i.lastRunningAt}, after the scan`);
   if (i.currentAdvisoriesSha256 !== undefined && i.currentAdvisoriesSha256 !== s.advisoriesSha256) stale.push("the advisory data changed since the scan");
   if (i.currentRulesSha256 !== undefined && i.currentRulesSha256 !== s.rulesSha256) stale.push("the signature rules changed since the scan");
   if (!s.complete) stale.push("the last signature scan did not finish");

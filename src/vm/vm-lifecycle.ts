@@ -34,6 +34,7 @@ export const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 
 export class VmLifecycle {
   private readonly beforeContHooks: BeforeContHook[] = [];
+  private readonly beforeResumeHooks: BeforeContHook[] = [];
 
   constructor(
     private readonly core: VmCore,
@@ -43,6 +44,11 @@ export class VmLifecycle {
   /** Capabilities register work that must happen on every start before the guest runs. */
   addBeforeContHook(hook: BeforeContHook): void {
     this.beforeContHooks.push(hook);
+  }
+
+  /** Work that must happen before a paused VM runs again (the posture gate: a resume is a wake-up too). */
+  addBeforeResumeHook(hook: BeforeContHook): void {
+    this.beforeResumeHooks.push(hook);
   }
 
   /**
@@ -313,6 +319,7 @@ export class VmLifecycle {
     return core.d.guard.run(ctx, { action: `vm.${action}`, permission: "vm.control", target: core.target(vm), owner: vm.owner }, () =>
       core.locked(vm, async (fresh) => {
         assertAllowed(action, fresh.name, fresh.state);
+        if (action === "resume") for (const hook of this.beforeResumeHooks) await hook(fresh, core.runtime(fresh));
         await core.runtime(fresh).qmp.execute(command);
         return core.view(await core.d.repo.update(vm.id, { state: to }));
       }),

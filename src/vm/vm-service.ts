@@ -59,6 +59,10 @@ export class VmService {
     this.lifecycle.addBeforeContHook(hook);
   }
 
+  addBeforeResumeHook(hook: BeforeContHook): void {
+    this.lifecycle.addBeforeResumeHook(hook);
+  }
+
   /** Capabilities that attach to every live QEMU (started or found again after a restart) register here. */
   addRuntimeHook(hook: (vm: VmRecord, rt: VmRuntime) => void): void {
     this.supervisor.addRuntimeHook(hook);

@@ -82,7 +82,11 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
 
   app.openapi(
     createRoute(withAccess("vm.read", { method: "get", path: "/v1/vms", tags: ["vms"], summary: "List the VMs you may see", responses: { 200: json(VmListSchema, "VMs") } })),
-    async (c) => reply(c, { vms: await d.vms.list(ctx(c)) }, 200),
+    async (c) => {
+      const vms = await d.vms.list(ctx(c));
+      const posture = await d.posture.states(vms);
+      return reply(c, { vms: vms.map((v) => ({ ...v, posture: posture.get(v.id) ?? "unknown" })) }, 200);
+    },
   );
 
   app.openapi(

@@ -190,6 +190,7 @@ function printVmTable(vms: Vm[]): void {
       ["image", "IMAGE"],
       ["accelerator", "ACCEL"],
       ["owner", "OWNER"],
+      ["posture", "POSTURE"],
       ["vmgenid", "VMGENID"],
       ["flags", "FLAGS"],
     ],

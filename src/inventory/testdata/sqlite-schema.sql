@@ -62,6 +62,8 @@ CREATE TABLE "networks" ("id" text primary key, "name" text not null unique, "ci
 CREATE TABLE "nic_addresses" ("vm_id" text not null references "vms" ("id") on delete cascade, "nic" text not null, "network_id" text not null references "networks" ("id"), "ip" text not null, "mac" text not null, constraint "nic_addresses_ip" unique ("network_id", "ip"), constraint "nic_addresses_nic" unique ("vm_id", "nic"));
 -- table placements
 CREATE TABLE "placements" ("vm_id" text primary key, "vm_name" text not null unique, "host" text not null, "owner" text not null, "updated_at" text not null, "ha" integer default 0 not null);
+-- table posture_policies
+CREATE TABLE "posture_policies" ("scope" text primary key, "policy" text not null, "actor" text not null, "updated_at" text not null);
 -- table quarantine
 CREATE TABLE "quarantine" ("vm_id" text primary key references "vms" ("id") on delete cascade, "since" text not null, "reason" text not null, "actor" text not null);
 -- table quarantine_services
@@ -80,6 +82,8 @@ CREATE TABLE "trusted_keys" ("key_id" text primary key, "public_key" text not nu
 CREATE TABLE "users" ("id" text primary key, "name" text not null unique, "roles" text not null, "introspect" integer default 0 not null, "disabled" integer default 0 not null, "created_at" text not null, "created_by" text not null, "quotas" text);
 -- table vm_locations
 CREATE TABLE "vm_locations" ("id" integer primary key autoincrement, "vm_id" text not null, "host" text not null, "path" text not null, "since" text not null, "until" text);
+-- table vm_postures
+CREATE TABLE "vm_postures" ("vm_id" text primary key references "vms" ("id") on delete cascade, "scan" text, "last_running_at" text, "last_patched_at" text, "updated_at" text not null);
 -- table vms
 CREATE TABLE "vms" ("id" text primary key, "name" text not null unique, "spec" text not null, "state" text not null, "host" text not null, "accelerator" text, "vmgenid" text not null, "generation" integer default 1 not null, "pid" integer, "owner" text not null, "approver" text, "purpose" text, "expires_at" text, "labels" text default '{}' not null, "lineage" text default '{}' not null, "is_template" integer default 0 not null, "created_by" text not null, "created_at" text not null, "updated_at" text not null, "state_changed_at" text not null, "current_snapshot_id" text, "resume_snapshot_id" text, "base_vm_id" text, "vtime_ns" text default '' not null, "security_floor" text default '{}' not null);
 -- table vtime_counters

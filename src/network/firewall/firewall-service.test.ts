@@ -3,37 +3,15 @@
  * versions, audit records, field errors, quarantine and its services — and the engine's refusal of a ruleset the
  * kernel rejects, which leaves the installed one in place.
  */
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { Daemon } from "../../daemon/daemon.ts";
 import { silentLogger } from "../../log.ts";
-import { cli, daemon } from "../../cli/testing/cli-run.ts";
-import { createVmRequestSchema, resolveSpec } from "../../vm/spec.ts";
+// First: the CLI/daemon chain extends zod with .openapi before any schema module loads.
+import { labDaemon as setup } from "./testing/lab-daemon.ts";
 import { FirewallEngine } from "./firewall-engine.ts";
 import { installedFor } from "./nft.ts";
-import { Lab, type LabVm } from "./testing/lab.ts";
+import { Lab } from "./testing/lab.ts";
 import type { Policy } from "./policy.ts";
-
-async function insertVm(d: Daemon, vm: LabVm): Promise<void> {
-  const spec = resolveSpec(createVmRequestSchema.parse({ name: vm.nic.vmName, memoryMiB: 128 }), { name: "tiny", boot: { kind: "kernel", kernel: "/k", initrd: "/i", cmdline: "" }, disk: "/d" }, { cpu: "max" });
-  await d.repo.insert({ id: vm.nic.vmId, name: vm.nic.vmName, spec, state: "running", host: "h", vmgenid: crypto.randomUUID(), generation: 1, owner: "user:root", approver: null, purpose: null, expiresAt: null, labels: vm.nic.labels, lineage: { kind: "image", image: "tiny" }, isTemplate: false, createdBy: "root", createdAt: new Date().toISOString() });
-}
-
-async function setup(t: TestContext) {
-  const lab = new Lab();
-  t.after(() => lab.close());
-  await lab.start();
-  const web = await lab.addVm("web", {}, crypto.randomUUID());
-  const client = await lab.addVm("client", {}, crypto.randomUUID());
-  const { d, env } = await daemon(t);
-  await insertVm(d, web);
-  await insertVm(d, client);
-  d.deps.firewall.connect(lab);
-  await d.deps.firewall.engine.apply();
-  await lab.serve(web, 80);
-  const vigil = async (...args: string[]) => cli(env, args);
-  return { lab, web, client, d, vigil };
-}
 
 test("fw add/remove/default/show/history: versions, audit, installed rules, field errors", async (t) => {
   const { lab, web, client, d, vigil } = await setup(t);

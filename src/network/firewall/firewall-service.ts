@@ -8,6 +8,7 @@
 import { z } from "zod";
 import type { AuditLog } from "../../audit/audit-log.ts";
 import type { Guard, RequestContext } from "../../auth/guard.ts";
+import { SYSTEM_ACTOR } from "../../auth/permissions.ts";
 import { VigilError, q } from "../../errors.ts";
 import type { Logger } from "../../log.ts";
 import { parseOrThrow } from "../../validation.ts";
@@ -195,6 +196,41 @@ export class FirewallService {
       }),
       (r) => ({ changed: r.changed, installed: r.installed }),
     );
+  }
+
+  /** The VM's quarantine entry, if it is in quarantine. */
+  async quarantineOf(vmId: string): Promise<{ since: string; reason: string; actor: string } | undefined> {
+    const e = (await this.d.repo.quarantined()).get(vmId);
+    return e ? { since: e.since, reason: e.reason, actor: e.actor } : undefined;
+  }
+
+  /**
+   * The posture gate's quarantine (src/posture/posture-service.ts), by the system actor, for a VM whose lock the
+   * caller already holds (start or resume, before the guest runs): no `vms.operate` here. The caller audits.
+   * Refused when the rules cannot be installed: a gate that is not enforced must not let the VM run.
+   */
+  async gateQuarantine(vmId: string, reason: string): Promise<boolean> {
+    return this.engine.exclusive(async ({ check, apply }) => {
+      const current = await this.d.repo.quarantined();
+      if (current.has(vmId)) return false;
+      await check({ quarantined: new Set([...current.keys(), vmId]) });
+      await this.d.repo.quarantine({ vmId, since: new Date().toISOString(), reason, actor: SYSTEM_ACTOR.name });
+      const report = await apply();
+      if (!report.installed && (await this.nicsOf(vmId)).length > 0) {
+        throw new VigilError("VIGIL_HOST", `Cannot quarantine the VM: its firewall rules could not be installed (${report.reason ?? "unknown reason"})`);
+      }
+      if (report.installed) await this.engine.forgetConnections((await this.nicsOf(vmId)).map((n) => n.ip));
+      return true;
+    });
+  }
+
+  /** Lets a VM out of the quarantine the gate put it in (the caller checked that it was the gate's). */
+  async gateRelease(vmId: string): Promise<boolean> {
+    return this.engine.exclusive(async ({ apply }) => {
+      if (!(await this.d.repo.release(vmId))) return false;
+      await apply();
+      return true;
+    });
   }
 
   /** Idempotent: releasing a VM not in quarantine changes nothing (`changed: false`). */

@@ -1,0 +1,36 @@
+/** A VM's posture and the network-access gate's policies (docs/transience.md). */
+import { createRoute, z } from "@hono/zod-openapi";
+import { gatePolicySchema } from "../../posture/posture-service.ts";
+import type { ApiDeps, App } from "../context.ts";
+import { body, json, reply, withAccess } from "../route-kit.ts";
+import { POSTURE_STATES, VmNameParams } from "../schemas.ts";
+
+const GatePolicySchema = gatePolicySchema.openapi("GatePolicy");
+const PostureSchema = z
+  .object({
+    vm: z.string(),
+    state: z.enum(POSTURE_STATES),
+    reasons: z.array(z.string()),
+    policy: GatePolicySchema.extend({ scope: z.string() }),
+    quarantined: z.object({ since: z.string(), reason: z.string(), actor: z.string() }).nullable(),
+    lastScan: z.record(z.string(), z.unknown()).nullable(),
+    lastRunningAt: z.string().nullable(),
+    lastPatchedAt: z.string().nullable(),
+  })
+  .openapi("Posture");
+const ScopeParams = z.object({ scope: z.string().max(200).openapi({ param: { name: "scope", in: "path" }, example: "label:tier=web" }) });
+
+export function registerPostureRoutes(app: App, d: ApiDeps): void {
+  app.openapi(
+    createRoute(withAccess("vm.read", { method: "get", path: "/v1/vms/{name}/posture", tags: ["posture"], summary: "The VM's posture: state, every reason, its last scan and the gate policy that applies", request: { params: VmNameParams }, responses: { 200: json(PostureSchema, "Posture") } })),
+    async (c) => reply(c, await d.posture.show(c.get("ctx"), c.req.valid("param").name)),
+  );
+  app.openapi(
+    createRoute(withAccess("network.read", { method: "get", path: "/v1/posture/policies", tags: ["posture"], summary: "The gate policies by scope", responses: { 200: json(z.object({ policies: z.array(z.object({ scope: z.string(), policy: GatePolicySchema, actor: z.string(), updatedAt: z.string() })) }), "Policies") } })),
+    async (c) => reply(c, { policies: await d.posture.listPolicies(c.get("ctx")) }),
+  );
+  app.openapi(
+    createRoute(withAccess("vm.quarantine", { method: "put", path: "/v1/posture/policies/{scope}", tags: ["posture"], summary: 'Set the gate policy of a scope ("default", "vm:NAME", "label:KEY=VALUE")', request: { params: ScopeParams, ...body(z.unknown()) }, responses: { 200: json(z.object({ scope: z.string(), policy: GatePolicySchema }), "The policy") } })),
+    async (c) => reply(c, await d.posture.setPolicy(c.get("ctx"), c.req.valid("param").scope, c.req.valid("json"))),
+  );
+}
