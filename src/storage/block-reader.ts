@@ -54,6 +54,11 @@ export class RawImage implements BlockReader {
     this.virtualSize = size;
   }
 
+  /** Takes over an opened descriptor of a raw image of `size` bytes; `close()` releases it. */
+  static fromFd(path: string, fd: number, size: bigint): RawImage {
+    return new RawImage(path, fd, size);
+  }
+
   /** Opens a raw image read-only; `close()` releases the descriptor. */
   static open(path: string): RawImage {
     const { fd, size } = openReadOnly(path, "raw image");
