@@ -5,7 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { ChainError, type ChainOptions, openChain, type ImageChain } from "./chain.ts";
-import { Qcow2Image } from "./qcow2.ts";
+import { VigilError } from "../errors.ts";
+import { Qcow2Error, Qcow2Image } from "./qcow2.ts";
 import { io, makeImage, qemuRaw, tool, type QemuMapEntry } from "./testing/qcow2-fixtures.ts";
 
 function tempDir(t: { after: (fn: () => void) => void }): string {
@@ -336,5 +337,60 @@ test("nothing stays open after a refused chain", (t) => {
   const fds = () => new Set(readdirSync("/proc/self/fd"));
   const before = fds();
   for (let i = 0; i < 5; i++) assert.throws(() => openChain(c));
+  // A malformed layer: the qcow2 reader closes the descriptor it was handed, and nothing closes it twice.
+  makeImage(join(dir, "a.qcow2"), "1M");
+  const bad = readFileSync(join(dir, "b.qcow2"));
+  bad[0] = 0;
+  writeFileSync(join(dir, "b.qcow2"), bad);
+  for (let i = 0; i < 5; i++) assert.throws(() => openChain(c), (e: unknown) => e instanceof Qcow2Error && /no qcow2 magic/.test(e.message));
   assert.deepEqual([...fds()].filter((fd) => !before.has(fd)), []);
+});
+
+test("fuzz: mutated overlay headers and backing names give a VigilError or a readable chain inside the roots, quickly", (t) => {
+  const dir = tempDir(t);
+  const d = join(dir, "root");
+  mkdirSync(d);
+  makeImage(join(d, "base.qcow2"), "2M", { io: ["write -P 0x21 0 64k", "write -c -P 0x22 64k 64k"] });
+  makeImage(join(d, "mid.qcow2"), "", { backing: "base.qcow2", io: ["write -P 0x23 128k 64k"] });
+  const top = makeImage(join(d, "top.qcow2"), "", { backing: "mid.qcow2", io: ["write -P 0x24 192k 4k"] });
+  const seed = readFileSync(top);
+  const img = Qcow2Image.fromBytes("seed", seed);
+  const nameOff = seed.readUInt32BE(12) === 0 ? 0 : Number(seed.readBigUInt64BE(8));
+  const extStart = img.header.headerLength;
+  img.close();
+  const target = join(d, "fuzz.qcow2");
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({
+          where: fc.constantFrom("header", "extensions", "name"),
+          at: fc.nat(),
+          value: fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0x2e, 0x2f, 0x3a, 0x00, 0xff)),
+        }),
+        { minLength: 1, maxLength: 6 },
+      ),
+      (edits) => {
+        const bytes = Buffer.from(seed);
+        for (const e of edits) {
+          const pos = e.where === "header" ? e.at % 104 : e.where === "extensions" ? extStart + (e.at % 64) : nameOff + (e.at % 9);
+          bytes[pos] = e.value;
+        }
+        writeFileSync(target, bytes);
+        const t0 = performance.now();
+        try {
+          const chain = openChain(target, { roots: [d] });
+          try {
+            for (const l of chain.layers) assert.ok(l.realPath === target || l.realPath.startsWith(d + "/"), `layer ${l.realPath} inside the root`);
+            chain.read(0n, Number(chain.virtualSize < 1n << 20n ? chain.virtualSize : 1n << 20n));
+          } finally {
+            chain.close();
+          }
+        } catch (err) {
+          assert.ok(err instanceof VigilError, `unexpected ${String(err)}`);
+        }
+        assert.ok(performance.now() - t0 < 500, "bounded time");
+      },
+    ),
+    { numRuns: Number(process.env.VIGIL_FUZZ_RUNS ?? 300) },
+  );
 });

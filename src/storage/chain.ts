@@ -252,8 +252,8 @@ export function openChain(path: string, options: ChainOptions = {}): ImageChain 
           owned = false;
           readers.push(reader);
         } else {
+          owned = false; // fromFd owns the descriptor from here on, and closes it itself when parsing fails
           const img = Qcow2Image.fromFd(next.path, fd, size, { limits: qcow2Limits, backing: below, inflateBudget: budget });
-          owned = false;
           reader = img;
           readers.push(img);
           backingFile = img.header.backingFile;
