@@ -150,11 +150,24 @@ function isInside(real: string, roots: readonly string[]): boolean {
   return roots.some((r) => real === r || real.startsWith(r.endsWith(sep) ? r : r + sep));
 }
 
+/**
+ * One run of the chain's disk, as `qemu-img map --output=json` reports it: where the bytes come from (`depth`:
+ * 0 is the top image) and whether that layer stores data (compressed clusters included) or zeros; "unallocated"
+ * reads as zeros because no layer has it (depth: the last layer searched, which for a range past the end of a
+ * shorter backing file is the layer above it).
+ */
+export interface ChainExtent {
+  readonly offset: bigint;
+  readonly length: bigint;
+  readonly depth: number;
+  readonly kind: "data" | "zero" | "unallocated";
+}
+
 /** An image and its backing chain, read as one disk. `close()` closes every file. */
 export class ImageChain implements BlockReader {
   readonly layers: readonly ChainLayer[];
   readonly virtualSize: bigint;
-  readonly #readers: Array<{ close(): void }>;
+  readonly #readers: Array<BlockReader & { close(): void }>;
   readonly #top: BlockReader;
   readonly #budget: SharedInflateBudget;
 
@@ -176,6 +189,40 @@ export class ImageChain implements BlockReader {
 
   read(offset: bigint, length: number): Buffer {
     return this.#top.read(offset, length);
+  }
+
+  /**
+   * Every run of the disk from start to end, adjacent runs of the same kind and depth merged. Lazy; the number of
+   * runs is bounded by the allocated clusters of the chain (the open-time walk read them all once already).
+   */
+  *extents(): Generator<ChainExtent> {
+    let pending: ChainExtent | undefined;
+    // Bounded: each step covers at least one byte, and at most one step per (sub)cluster run of a layer.
+    for (let pos = 0n; pos < this.virtualSize; ) {
+      const next = this.#statusAt(0, pos, this.virtualSize - pos);
+      pos += next.length;
+      if (pending && pending.kind === next.kind && pending.depth === next.depth) {
+        pending = { ...pending, length: pending.length + next.length };
+      } else {
+        if (pending) yield pending;
+        pending = next;
+      }
+    }
+    if (pending) yield pending;
+  }
+
+  #statusAt(depth: number, pos: bigint, max: bigint): ChainExtent {
+    const reader = this.#readers[depth];
+    if (!reader) throw new BugError(`no layer ${depth} in the chain`);
+    if (reader instanceof RawImage) return { offset: pos, length: max, depth, kind: "data" };
+    if (!(reader instanceof Qcow2Image)) throw new BugError("a chain layer is neither raw nor qcow2");
+    const e = reader.map(pos);
+    const length = minBig(e.length, max);
+    if (e.kind === "zero") return { offset: pos, length, depth, kind: "zero" };
+    if (e.kind !== "unallocated") return { offset: pos, length, depth, kind: "data" };
+    const below = this.#readers[depth + 1];
+    if (!below || pos >= below.virtualSize) return { offset: pos, length, depth, kind: "unallocated" };
+    return this.#statusAt(depth + 1, pos, minBig(length, below.virtualSize - pos));
   }
 
   close(): void {

@@ -13,6 +13,8 @@ import { readPartitions } from "../../src/guestfs/partitions.ts";
 import { openChain } from "../../src/storage/chain.ts";
 import { Qcow2Image } from "../../src/storage/qcow2.ts";
 import { dormantFixture } from "../../src/storage/testing/debian-dormant.ts";
+import { runsOfChain, runsOfQemuMap } from "../../src/storage/testing/chain-fixtures.ts";
+import type { QemuMapEntry } from "../../src/storage/testing/qcow2-fixtures.ts";
 
 const LINUX_FS = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 
@@ -32,6 +34,11 @@ test("the dormant Debian disk: chain depth 2, GPT with one Linux partition, ext4
   let own = 0n;
   for (const e of overlay.extents()) if (e.kind === "data") own += e.length;
   assert.ok(own > 0n && own <= 1n << 20n, `the overlay holds ${own} bytes of its own`);
+
+  // Which layer holds what, as qemu-img map says: the overlay's own runs are the changed clusters.
+  const qemuMap = JSON.parse(execFileSync("qemu-img", ["map", "--output=json", fx.overlay], { encoding: "utf8" })) as QemuMapEntry[];
+  assert.deepEqual(runsOfChain(chain), runsOfQemuMap(qemuMap));
+  assert.equal(runsOfChain(chain).filter((r) => r.depth === 0 && r.kind === "data").reduce((n, r) => n + BigInt(r.length), 0n), own);
 
   const table = readPartitions(chain);
   assert.equal(table.scheme, "gpt");
