@@ -274,16 +274,31 @@ test("fuzz: mutated MBR, EBR and GPT structures give a PartitionError or partiti
   fc.assert(
     fc.property(
       fc.integer({ min: 0, max: seeds.length - 1 }),
-      fc.array(fc.record({ region: fc.constantFrom("mbr", "gpt-header", "gpt-entries", "backup", "ebr"), at: fc.nat(), value: fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0, 0xff, 0x05, 0xee, 0x80)) }), { minLength: 1, maxLength: 8 }),
+      fc.array(
+        fc.record({
+          region: fc.constantFrom("mbr", "gpt-header", "gpt-entries", "backup", "ebr"),
+          at: fc.nat(),
+          // Bytes, and whole 32-bit fields (LBAs, counts, sizes) with boundary values.
+          value: fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0, 0xff, 0x05, 0xee, 0x80)),
+          u32: fc.option(fc.oneof(fc.nat(), fc.constantFrom(0, 1, 2, 33, 127, 128, 4096, 16383, 16384, 0x7fffffff, 0xffffffff)), { nil: undefined }),
+        }),
+        { minLength: 1, maxLength: 8 },
+      ),
       fc.boolean(),
       (which, edits, fixCrc) => {
         const bytes = Buffer.from(seeds[which]!);
         const last = bytes.length / 512 - 1;
         for (const e of edits) {
-          const base = e.region === "mbr" ? 0 : e.region === "gpt-header" ? 512 : e.region === "gpt-entries" ? 1024 : e.region === "backup" ? last * 512 : 2048 * 512 + ((e.at >> 9) % 8) * 512 * 2048;
-          const span = e.region === "gpt-entries" ? 1024 : 512;
+          // Aimed at the fields: the MBR/EBR entry area, the GPT header's 92 bytes, the first entries.
+          const [base, span] =
+            e.region === "mbr" ? [446, 64]
+            : e.region === "gpt-header" ? [512, 92]
+            : e.region === "gpt-entries" ? [1024, 512]
+            : e.region === "backup" ? [last * 512, 92]
+            : [2048 * 512 + ((e.at >> 9) % 8) * 512 * 2048 + 446, 64];
           const pos = base + (e.at % span);
-          if (pos < bytes.length) bytes[pos] = e.value;
+          if (e.u32 !== undefined && pos + 4 <= bytes.length) bytes.writeUInt32LE(e.u32 >>> 0, pos & ~3);
+          else if (pos < bytes.length) bytes[pos] = e.value;
         }
         if (fixCrc && which === 0) {
           fixGpt(bytes, 1);
