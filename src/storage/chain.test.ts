@@ -411,3 +411,20 @@ test("fuzz: mutated overlay headers and backing names give a VigilError or a rea
     { numRuns: Number(process.env.VIGIL_FUZZ_RUNS ?? 300) },
   );
 });
+
+test("a backing layer whose L2 entry points past the end of its file is refused at open, before any read", (t) => {
+  const dir = tempDir(t);
+  const base = makeImage(join(dir, "base.qcow2"), "4M", { io: ["write -P 0x31 0 64k", "write -P 0x32 1M 64k"] });
+  const top = makeImage(join(dir, "top.qcow2"), "", { backing: "base.qcow2", io: ["write -P 0x33 2M 4k"] });
+  const bytes = readFileSync(base);
+  const { l2 } = tables(bytes);
+  // Entry 16 maps guest offset 1 MiB; move its cluster far past the end of the file (keeping the COPIED bit).
+  bytes.writeBigUInt64BE((1n << 63n) | (1n << 40n), l2[0]! + 16 * 8);
+  writeFileSync(base, bytes);
+  const t0 = performance.now();
+  assert.throws(
+    () => openChain(top),
+    (e: unknown) => e instanceof Qcow2Error && e.reason === "malformed" && /base\.qcow2.*lies outside the file/.test(e.message),
+  );
+  assert.ok(performance.now() - t0 < 100);
+});
