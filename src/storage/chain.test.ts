@@ -428,3 +428,18 @@ test("a backing layer whose L2 entry points past the end of its file is refused 
   );
   assert.ok(performance.now() - t0 < 100);
 });
+
+test("a backing name leading to a FIFO or a device is refused at once, never waited on", (t) => {
+  const dir = tempDir(t);
+  execFileSync("mkfifo", [join(dir, "fifo")]);
+  const onFifo = makeImage(join(dir, "on-fifo.qcow2"), "1M");
+  tool("qemu-img", ["rebase", "-u", "-b", "fifo", "-F", "raw", onFifo]);
+  const t0 = performance.now();
+  assert.throws(() => openChain(onFifo), (e: unknown) => e instanceof VigilError && /not a regular file/.test(e.message));
+  assert.ok(performance.now() - t0 < 100);
+  const onDev = makeImage(join(dir, "on-dev.qcow2"), "1M");
+  tool("qemu-img", ["rebase", "-u", "-b", "/dev/zero", "-F", "raw", onDev]);
+  assert.throws(() => openChain(onDev), (e: unknown) => e instanceof VigilError && /not a regular file/.test(e.message));
+  // With roots, a device outside them is refused by name, before it is opened.
+  assertRefused(() => openChain(onDev, { roots: [dir] }), "outside-roots", /"\/dev\/zero"/);
+});

@@ -259,6 +259,19 @@ export function openChain(path: string, options: ChainOptions = {}): ImageChain 
       if (layers.length >= limits.maxDepth) {
         throw new ChainError("depth", `Cannot open the ${what} ${q(next.path)}: the chain would be deeper than ${limits.maxDepth} images`);
       }
+      // With roots, the name is checked before anything is opened (opening a device can have effects), and the
+      // opened descriptor again below (the name may have changed in between).
+      if (next.namedBy !== undefined && roots) {
+        let pre: string | undefined;
+        try {
+          pre = realpathSync(next.path);
+        } catch {
+          pre = undefined; // missing: reported by the open below
+        }
+        if (pre !== undefined && !isInside(pre, roots)) {
+          throw new ChainError("outside-roots", `Cannot open the ${what} ${q(next.path)}: it is ${q(pre)}, outside the allowed directories ${roots.map((r) => q(r)).join(", ")}`);
+        }
+      }
       let opened: { fd: number; size: bigint };
       try {
         opened = openReadOnly(next.path, next.namedBy === undefined ? "disk image" : `the ${what}`);
