@@ -443,3 +443,19 @@ test("a backing name leading to a FIFO or a device is refused at once, never wai
   // With roots, a device outside them is refused by name, before it is opened.
   assertRefused(() => openChain(onDev, { roots: [dir] }), "outside-roots", /"\/dev\/zero"/);
 });
+
+test("the top image's format is the caller's: raw when asked, never probed", (t) => {
+  const dir = tempDir(t);
+  const raw = join(dir, "disk.raw");
+  writeFileSync(raw, Buffer.alloc(1 << 20, 0x44));
+  const chain = open(t, raw, { format: "raw" });
+  assert.deepEqual(chain.layers.map((l) => [l.format, l.formatProbed]), [["raw", false]]);
+  assert.deepEqual(runsOfChain(chain), [{ start: 0, length: 1 << 20, depth: 0, kind: "data" }]);
+  assert.equal(chain.read(4095n, 1)[0], 0x44);
+  // A raw file opened as the default qcow2 is refused by the qcow2 reader, even if its bytes look like qcow2 to a prober.
+  assert.throws(() => openChain(raw), (e: unknown) => e instanceof Qcow2Error && /no qcow2 magic/.test(e.message));
+  const posing = makeImage(join(dir, "posing.qcow2"), "1M", { io: ["write -P 0x45 0 4k"] });
+  const asRaw = open(t, posing, { format: "raw" });
+  assert.equal(asRaw.layers.length, 1, "a raw image's qcow2-looking header names no backing file to vigil");
+  assert.equal(asRaw.read(0n, 4).readUInt32BE(0), 0x514649fb);
+});
