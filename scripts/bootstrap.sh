@@ -19,6 +19,7 @@ APT_PACKAGES=(
   dnsmasq-base tcpdump conntrack   # the virtual switch: DHCP per network, pcap mirrors, conntrack hand-over (docs/network.md)
   postgresql                       # the cluster manager's shared inventory (docs/cluster.md, "PostgreSQL")
   yara                             # the cross-check of the signature scan (docs/transience.md, "Signature scan")
+  debootstrap fdisk                # the dormant Debian test disk (scripts/build-debian-dormant.sh): rootfs, GPT via sfdisk
 )
 
 missing=()
@@ -86,3 +87,8 @@ fi
 
 # The built-in guest image (cached by the hash of guest/).
 bash guest/build-tiny.sh
+
+# The dormant Debian test disk for offline scans (cached by the hash of its script; docs/transience.md, "Test data").
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/build-debian-dormant.sh
+fi

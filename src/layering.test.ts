@@ -34,6 +34,7 @@ const ALLOWED: Record<string, string[]> = {
   // transience (docs/transience.md): posture, the gate (through the firewall service it is handed), signature scans
   posture: ["auth", "vm"],
   inventory: [],
+  guestfs: [], // readers of dormant disks over storage's BlockReader (type-only): partition tables
   util: [],
 };
 /** Files at the top of src/ anyone may use. */

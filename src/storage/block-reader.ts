@@ -3,7 +3,7 @@
  * through to its backing file, a scanner, an exporter), and its simplest implementation: a raw image file.
  * Reads are synchronous and bounded so that a layer above can promise bounded memory per call.
  */
-import { closeSync, fstatSync, openSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { BugError, VigilError, messageOf, q } from "../errors.ts";
 import { readFully } from "../host/read-fully.ts";
 
@@ -24,7 +24,9 @@ export { readFully };
 export function openReadOnly(path: string, what: string): { fd: number; size: bigint } {
   let fd: number;
   try {
-    fd = openSync(path, "r");
+    // O_NONBLOCK: a name that leads to a FIFO must not hang the open (reads of regular files ignore the flag);
+    // O_NOCTTY: nor may a terminal become ours. Anything but a regular file is refused below.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") throw new VigilError("VIGIL_NOT_FOUND", `Cannot open ${what} ${q(path)}: no such file`, { cause: err });
@@ -52,6 +54,11 @@ export class RawImage implements BlockReader {
   ) {
     this.#fd = fd;
     this.virtualSize = size;
+  }
+
+  /** Takes over an opened descriptor of a raw image of `size` bytes; `close()` releases it. */
+  static fromFd(path: string, fd: number, size: bigint): RawImage {
+    return new RawImage(path, fd, size);
   }
 
   /** Opens a raw image read-only; `close()` releases the descriptor. */

@@ -102,6 +102,16 @@ export interface Qcow2OpenOptions {
    * unallocated clusters read as zeros (and the caller should have checked `header.backingFile`).
    */
   readonly backing?: BlockReader;
+  /**
+   * Charged one cluster before every inflation (cache misses only); may throw to stop a read. Shared by every
+   * layer of a backing chain (src/storage/chain.ts), it caps the inflation work of a whole scan.
+   */
+  readonly inflateBudget?: InflateBudget;
+}
+
+/** A budget of inflated bytes; `charge` throws (a `VigilError`) once it is spent. */
+export interface InflateBudget {
+  charge(bytes: number, where: string): void;
 }
 
 export interface Qcow2FeatureName {
@@ -322,6 +332,7 @@ export class Qcow2Image implements BlockReader {
   #src: ByteSource | undefined;
   readonly #limits: Qcow2Limits;
   readonly #backing: BlockReader | undefined;
+  readonly #inflateBudget: InflateBudget | undefined;
   readonly #cache: ByteCache;
   readonly #snapshots: Qcow2Snapshot[];
   readonly #clusterSize: number;
@@ -337,6 +348,7 @@ export class Qcow2Image implements BlockReader {
     this.fileSize = src.size;
     this.#limits = { ...DEFAULT_QCOW2_LIMITS, ...options.limits };
     this.#backing = options.backing;
+    this.#inflateBudget = options.inflateBudget;
     this.#cache = new ByteCache(this.#limits.cacheBytes);
     this.header = this.#parseHeader();
     this.virtualSize = this.header.virtualSize;
@@ -352,6 +364,20 @@ export class Qcow2Image implements BlockReader {
   /** Opens the image at `path` read-only. `close()` releases the descriptor. */
   static open(path: string, options: Qcow2OpenOptions = {}): Qcow2Image {
     const { fd, size } = openReadOnly(path, "qcow2 image");
+    const src = fdSource(fd, size);
+    try {
+      return new Qcow2Image(path, src, options);
+    } catch (err) {
+      src.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Takes over an already opened descriptor of `size` bytes (closed by `close()`, or here when parsing fails), so
+   * that a caller can check the file it opened (device, inode, real path) before trusting it.
+   */
+  static fromFd(path: string, fd: number, size: bigint, options: Qcow2OpenOptions = {}): Qcow2Image {
     const src = fdSource(fd, size);
     try {
       return new Qcow2Image(path, src, options);
@@ -969,6 +995,7 @@ export class Qcow2Image implements BlockReader {
   #inflate(run: Extract<Qcow2Extent, { kind: "compressed" }>): Buffer {
     if (run.compression === "zstd") throw this.#unsupported(`zstd-compressed clusters are not supported (cluster at offset ${hex(run.hostOffset)})`);
     return this.#cache.get(`Z@${run.hostOffset}+${run.compressedLength}`, () => {
+      this.#inflateBudget?.charge(this.#clusterSize, `compressed cluster at offset ${hex(run.hostOffset)} of ${q(this.path)}`);
       const input = this.#readExact(run.hostOffset, run.compressedLength, "compressed cluster");
       let out: Buffer;
       try {
