@@ -364,13 +364,7 @@ export class Qcow2Image implements BlockReader {
   /** Opens the image at `path` read-only. `close()` releases the descriptor. */
   static open(path: string, options: Qcow2OpenOptions = {}): Qcow2Image {
     const { fd, size } = openReadOnly(path, "qcow2 image");
-    const src = fdSource(fd, size);
-    try {
-      return new Qcow2Image(path, src, options);
-    } catch (err) {
-      src.close();
-      throw err;
-    }
+    return Qcow2Image.fromFd(path, fd, size, options);
   }
 
   /**
