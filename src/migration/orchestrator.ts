@@ -7,6 +7,7 @@
 import type { DelegatedActor, MigrationLimits, MigrationProgress, MigrationResult, CertBundle } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
 import type { MigrationRecord, MigrationState } from "../cluster/cluster-repository.ts";
+import { negotiate, type NegotiatedPlan, type QemuReport } from "./negotiate.ts";
 
 /** One call to an agent as the manager makes it (src/cluster/agent-client.ts). */
 export interface AgentCaller {
@@ -86,6 +87,7 @@ export class MigrationOrchestrator {
     if (!this.d.isReady(placed.host)) throw new VigilError("VIGIL_CONFLICT", `The VM's host ${q(placed.host)} is not answering: a VM cannot be migrated off an unreachable host`);
     const active = (await this.d.store.listActive()).find((m) => m.vmName === vmName);
     if (active) throw new VigilError("VIGIL_CONFLICT", `VM ${q(vmName)} is already migrating (${active.id} to ${q(active.target)}): wait, or \`vigil vm migrate ${vmName} --cancel\``);
+    const negotiated = await this.negotiate(actor, vmName, placed.host, to);
     const row: MigrationRow = {
       id: crypto.randomUUID(),
       vmId: placed.vmId,
@@ -95,7 +97,7 @@ export class MigrationOrchestrator {
       state: "running",
       phase: "setup",
       requestedBy: actor.name,
-      options: limits,
+      options: { ...limits, negotiated },
       progress: null,
       result: null,
       error: null,
@@ -104,9 +106,24 @@ export class MigrationOrchestrator {
       finishedAt: null,
     };
     await this.d.store.create(row);
-    await this.d.event("migration.started", vmName, { id: row.id, source: row.source, target: row.target });
+    await this.d.event("migration.started", vmName, { id: row.id, source: row.source, target: row.target, capabilities: negotiated.capabilities });
     this.follow(row, actor, () => this.begin(row, actor));
     return row;
+  }
+
+  /**
+   * Negotiation (docs/cluster.md): both ends say what their QEMU can do before anything exists on the target; a
+   * refusal is audited and thrown with every reason, each naming the host.
+   */
+  private async negotiate(actor: DelegatedActor, vmName: string, source: string, target: string): Promise<NegotiatedPlan> {
+    const [src, dst] = await Promise.all([
+      this.d.agents.call<{ qemu: QemuReport; hardware: { machine: string; cpu: string } }>(source, "GET", `/v1/agent/vms/${vmName}/qemu`, undefined, actor, { timeoutMs: 30_000 }),
+      this.d.agents.call<QemuReport>(target, "GET", "/v1/agent/qemu", undefined, actor, { timeoutMs: 60_000 }),
+    ]);
+    const n = negotiate({ ...src.qemu, host: source }, { ...dst, host: target }, src.hardware);
+    if (n.ok) return n.plan;
+    await this.d.record("vm.migrate", vmName, "error", actor.name, { source, target, state: "refused", refused: n.refusals });
+    throw new VigilError("VIGIL_CONFLICT", `Cannot migrate VM ${q(vmName)} from ${q(source)} to ${q(target)}: ${n.refusals.join("; ")}`, { field: "to" });
   }
 
   /** The row of a migration, as stored. */
@@ -167,7 +184,8 @@ export class MigrationOrchestrator {
         tlsHostname: `${row.id}.migration.vigil`,
         credentials: pair.src,
         disks: incoming.disks,
-        limits: row.options,
+        limits: { maxDowntimeMs: row.options.maxDowntimeMs, timeoutMs: row.options.timeoutMs, maxBandwidth: row.options.maxBandwidth },
+        ...(row.options.negotiated ? { capabilities: row.options.negotiated.capabilities } : {}),
       }, actor, { timeoutMs: 60_000 });
     } catch (err) {
       // Nothing ran on the source yet: the target's half-made VM is all there is to undo.
@@ -252,6 +270,7 @@ export class MigrationOrchestrator {
       source: row.source,
       target: row.target,
       state,
+      ...(row.options.negotiated ? { capabilities: row.options.negotiated.capabilities, qemu: `${row.options.negotiated.source.version} → ${row.options.negotiated.target.version}`, machine: row.options.negotiated.machine } : {}),
       ...(final.result ? { downtimeMs: final.result.downtimeMs, totalMs: final.result.totalMs } : {}),
       ...(final.error ? { error: final.error } : {}),
     });

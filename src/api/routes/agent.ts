@@ -38,6 +38,12 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
     };
     return c.json(status);
   });
+  // Negotiation (docs/cluster.md): the target's QEMU binary, the source VM's running QEMU and hardware.
+  app.get("/v1/agent/qemu", async (c) => {
+    managerOnly(c);
+    return c.json(await migrations(d).hostQemu());
+  });
+  app.get("/v1/agent/vms/:name/qemu", async (c) => c.json(await migrations(d).vmQemu(managerOnly(c), c.req.param("name"))));
   app.get("/v1/agent/vms/:name/dossier", async (c) => c.json(await migrations(d).dossier(managerOnly(c), c.req.param("name"))));
   app.post("/v1/agent/migrations/incoming", async (c) => c.json(await migrations(d).prepareIn(managerOnly(c), await c.req.json())));
   app.post("/v1/agent/migrations/outgoing", async (c) => c.json(await migrations(d).startOut(managerOnly(c), await c.req.json()), 202));

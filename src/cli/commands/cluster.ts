@@ -5,6 +5,7 @@
  */
 import type { Command } from "commander";
 import { writeAgentCredentials } from "../../cluster/agent-credentials.ts";
+import { formatPlan, type NegotiatedPlan } from "../../migration/negotiate.ts";
 import { balanceJson, consolidateJson, formatBalance, formatConsolidate } from "../../cluster/placement-report.ts";
 import type { BalancePlan, ConsolidationPlan } from "../../cluster/placement.ts";
 import type { HaPlan } from "../../cluster/leases.ts";
@@ -25,6 +26,7 @@ interface MigrationView {
   progress: MigrationProgress | null;
   result: MigrationResult | null;
   error: string | null;
+  options?: { negotiated?: NegotiatedPlan };
 }
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
@@ -184,6 +186,7 @@ export function leaseOptions(o: { leaseDb?: string | undefined; leaseTtl?: strin
 /** Starts a migration and follows it to its end, with a progress line on a terminal. */
 async function migrate(name: string, to: string, limits: Record<string, number>, quiet: boolean): Promise<MigrationView> {
   let m = await call<MigrationView>("POST", vmPath(name, "/migrate"), { to, ...limits });
+  if (!quiet && m.options?.negotiated) process.stdout.write(`${formatPlan(m.options.negotiated)}\n`);
   for (;;) {
     m = await call<MigrationView>("GET", `/v1/migrations/${enc(m.id)}`);
     const p = m.progress;
