@@ -92,9 +92,12 @@ export function registerCluster(program: Command, ctx: CliContext): void {
     .command("balance")
     .description("Recommend migrations that even out the hosts' memory load (DRS-like), with the reasoning")
     .option("--apply", "perform the recommended migrations, one after another")
+    .option("--min-gain <points>", "the least drop of the memory load spread, in points, a move must bring (default 1)")
     .option("--json", "machine-readable output")
-    .action(async (o: { apply?: boolean; json?: boolean }) => {
-      const plan = await call<BalancePlan>("GET", "/v1/cluster/balance");
+    .action(async (o: { apply?: boolean; json?: boolean; minGain?: string }) => {
+      const gain = o.minGain === undefined ? undefined : Number(o.minGain);
+      if (gain !== undefined && !(/^[0-9]*\.?[0-9]+$/.test(o.minGain!) && gain <= 100)) throw new ApiError("VIGIL_BAD_REQUEST", `--min-gain must be points from 0 to 100 (e.g. 0.5), not ${JSON.stringify(o.minGain)}`, 0, "min-gain");
+      const plan = await call<BalancePlan>("GET", `/v1/cluster/balance${gain === undefined ? "" : `?minGain=${gain / 100}`}`);
       if (o.json && !o.apply) return printJson(balanceJson(plan));
       if (!o.json) process.stdout.write(formatBalance(plan));
       if (!o.apply) return;
