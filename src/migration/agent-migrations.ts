@@ -24,6 +24,7 @@ import type { IncomingAnswer, OutgoingStatus } from "./orchestrator.ts";
 import { runOutgoing } from "./precopy.ts";
 import type { QemuReport } from "./negotiate.ts";
 import { probeQemu, readReport } from "./qemu-report.ts";
+import { ColdMoves } from "./cold-agents.ts";
 import { limitsSchema, outgoingDiskSchema, tlsHostnameSchema } from "./qmp-info.ts";
 import { tcpToUnix, unixToTcp, type Relay } from "./relay.ts";
 
@@ -91,10 +92,15 @@ export class AgentMigrations {
   private readonly outgoing = new Map<string, Outgoing>();
   private readonly incoming = new Map<string, Incoming>();
 
+  /** Stopped VMs moving between agents (cold-agents.ts). */
+  readonly cold: ColdMoves;
+
   /** This host's QEMU binary, probed once (negotiation, target side). */
   private probed: Promise<QemuReport> | undefined;
 
-  constructor(private readonly d: AgentMigrationDeps) {}
+  constructor(private readonly d: AgentMigrationDeps) {
+    this.cold = new ColdMoves(d);
+  }
 
   /** Target: what this host's QEMU can do (docs/cluster.md "Negotiation"). A failed probe is tried again next time. */
   hostQemu(): Promise<QemuReport> {

@@ -47,6 +47,8 @@ export const DECLINED_CAPABILITIES: Record<string, string> = {
 };
 
 export interface NegotiatedPlan {
+  /** "cold": a stopped VM's disks are copied, no QEMU stream (absent: live). */
+  how?: "live" | "cold";
   /** What the source enables with migrate-set-capabilities (the target enables the required ones it receives on). */
   capabilities: string[];
   /** Optional capabilities left off, each with why. */
@@ -111,6 +113,18 @@ export function negotiate(source: QemuReport, target: QemuReport, vm: VmHardware
   };
 }
 
+/**
+ * A stopped VM's move: no migration stream, so no capability or version rule; the VM boots on the target later,
+ * so the target's QEMU must run its machine type and know its CPU model.
+ */
+export function negotiateCold(source: Pick<QemuReport, "host" | "version">, target: QemuReport, vm: VmHardware): Negotiation {
+  const refusals: string[] = [];
+  if (!target.machines.includes(vm.machine)) refusals.push(`host ${q(target.host)}: its QEMU cannot run the VM's machine type ${q(vm.machine)}`);
+  if (!target.cpus.some((c) => c.name === vm.cpu)) refusals.push(`host ${q(target.host)}: its QEMU does not know the VM's CPU model ${q(vm.cpu)}`);
+  if (refusals.length > 0) return { ok: false, refusals };
+  return { ok: true, plan: { how: "cold", capabilities: [], declined: [], source: { host: source.host, version: source.version }, target: { host: target.host, version: target.version }, machine: vm.machine, cpu: vm.cpu } };
+}
+
 /** `negotiate`, throwing the refusal as one VigilError (VIGIL_CONFLICT) that lists every reason. */
 export function planMigration(source: QemuReport, target: QemuReport, vm: VmHardware): NegotiatedPlan {
   const r = negotiate(source, target, vm);
@@ -120,5 +134,6 @@ export function planMigration(source: QemuReport, target: QemuReport, vm: VmHard
 
 /** One line for `vigil vm migrate`: what was negotiated. */
 export function formatPlan(p: NegotiatedPlan): string {
+  if (p.how === "cold") return `negotiated: cold move of a stopped VM (disks copied over the agents' TLS), machine ${p.machine} and cpu ${p.cpu} runnable on ${p.target.host} (QEMU ${p.target.version})`;
   return `negotiated: QEMU ${p.source.version} → ${p.target.version}, machine ${p.machine}, cpu ${p.cpu}; capabilities ${p.capabilities.join(", ")}${p.declined.length > 0 ? `; off: ${p.declined.map((d) => d.capability).join(", ")}` : ""}`;
 }

@@ -168,3 +168,65 @@ test("a target whose QEMU lacks a required capability is refused before anything
   assert.equal(store.rows.size, 0, "no migration row");
   assert.deepEqual(records, ["vm.migrate web error refused"]);
 });
+
+/** Agents for a stopped VM's move: `cold` is what the source reports per poll; `failRelease` makes it refuse to let go. */
+function coldAgents(cold: ("disks" | "completed" | "failed")[], opts: { failRelease?: boolean; machines?: string[] } = {}) {
+  const calls: string[] = [];
+  let poll = 0;
+  const caller: AgentCaller = {
+    async call<T>(host: string, method: string, path: string): Promise<T> {
+      calls.push(`${host} ${method} ${path}`);
+      if (path === "/v1/agent/qemu") return { ...qemu("b", []), machines: opts.machines ?? ["pc-i440fx-7.2"] } as T;
+      if (path.endsWith("/qemu")) return { qemu: qemu("a", []), hardware: { machine: "pc-i440fx-7.2", cpu: "max" }, state: "stopped" } as T;
+      if (path.endsWith("/dossier")) return { vm: "web" } as T;
+      if (path === "/v1/agent/cold/incoming") return { disks: [{ name: "root", sync: "top", virtualSize: 1 }] } as T;
+      if (path === "/v1/agent/cold/outgoing") return { id: "x" } as T;
+      if (method === "GET" && path.startsWith("/v1/agent/cold/")) {
+        const phase = cold[Math.min(poll++, cold.length - 1)]!;
+        return { id: "x", phase, diskDone: poll * 10, diskTotal: 30, error: phase === "failed" ? "disk refused" : null } as T;
+      }
+      if (path.endsWith("/commit")) return { owner: "user:bob", state: "stopped" } as T;
+      if (path.endsWith("/release") && opts.failRelease) throw new VigilError("VIGIL_INVALID_STATE", "it was started meanwhile");
+      return {} as T;
+    },
+  };
+  return { caller, calls };
+}
+
+test("a stopped VM moves cold: import, disks pushed, commit on the target, then the source lets go", async () => {
+  const store = memoryStore();
+  const { caller, calls } = coldAgents(["disks", "disks", "completed"]);
+  const records: string[] = [];
+  const o = orchestrator(store, caller, records);
+  const final = await o.wait((await o.start(ADMIN, "web", "b", DEFAULT_LIMITS)).id);
+  assert.equal(final.state, "completed", final.error ?? "");
+  assert.equal(final.options.negotiated?.how, "cold");
+  assert.deepEqual(final.options.negotiated?.capabilities, [], "no QEMU stream, no capabilities: a cold move needs none");
+  assert.equal(final.result?.diskTransferred, 30);
+  assert.equal(store.placements.get("web")?.host, "b");
+  assert.deepEqual(calls.slice(2).filter((c) => !c.startsWith("a GET /v1/agent/cold/")), [
+    "a GET /v1/agent/vms/web/dossier", "b POST /v1/agent/cold/incoming", "a POST /v1/agent/cold/outgoing", `b POST /v1/agent/cold/${final.id}/commit`, `a POST /v1/agent/cold/${final.id}/release`,
+  ]);
+  assert.deepEqual(records, ["vm.migrate web ok completed"]);
+});
+
+test("a cold move whose copy fails aborts the target's incoming VM; one whose source cannot let go discards the target's copy", async () => {
+  for (const [agents, error] of [[coldAgents(["disks", "failed"]), /copying the disks failed: disk refused; the VM stays on a/], [coldAgents(["completed"], { failRelease: true }), /the source could not let go of the VM \(it was started meanwhile\); the target's copy was removed; the VM stays on a/]] as const) {
+    const store = memoryStore();
+    const o = orchestrator(store, agents.caller, []);
+    const final = await o.wait((await o.start(ADMIN, "web", "b", DEFAULT_LIMITS)).id);
+    assert.equal(final.state, "failed");
+    assert.match(final.error ?? "", error);
+    assert.ok(agents.calls.includes(`b POST /v1/agent/cold/${final.id}/abort`));
+    assert.equal(store.placements.get("web")?.host, "a");
+  }
+});
+
+test("a cold move to a host that cannot run the VM's machine type is refused before the target is asked anything else", async () => {
+  const store = memoryStore();
+  const { caller, calls } = coldAgents(["completed"], { machines: ["pc-q35-7.2"] });
+  const o = orchestrator(store, caller, []);
+  await assert.rejects(o.start(ADMIN, "web", "b", DEFAULT_LIMITS), /host "b": its QEMU cannot run the VM's machine type "pc-i440fx-7\.2"/);
+  assert.deepEqual(calls.filter((c) => c.startsWith("b ")), ["b GET /v1/agent/qemu"]);
+  assert.equal(store.rows.size, 0);
+});

@@ -9,12 +9,13 @@ import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { cluster } from "../cluster-topology.ts";
-import { waitFor, type DaemonHandle } from "../harness.ts";
+import { guestExec, waitFor, type DaemonHandle } from "../harness.ts";
 
 async function runningGuest(manager: DaemonHandle, name: string, host: string) {
   await manager.api("POST", "/v1/vms", { name, memoryMiB: 128, vcpus: 1, host });
   await manager.api("POST", `/v1/vms/${name}/start`, { wait: true });
 }
+const report = (s: string) => Object.fromEntries(s.split(/\s+/).map((kv) => kv.split("=") as [string, string]));
 const vmsOn = (d: DaemonHandle) => (existsSync(join(d.home, "vms")) ? readdirSync(join(d.home, "vms")) : []);
 const placements = async (manager: DaemonHandle) => Object.fromEntries((await manager.api<{ vms: { name: string; host: string }[] }>("GET", "/v1/vms")).vms.map((v) => [v.name, v.host]));
 
@@ -63,4 +64,44 @@ test("cluster balance --apply: two guests on h1, one moves live to h2, with the 
   }, 30_000, "a balanced cluster");
   const row = (await manager.api<{ records: { action: string; result: string; details: { capabilities?: string[] } }[] }>("GET", "/v1/audit?limit=1000")).records.find((x) => x.action === "vm.migrate" && x.result === "ok");
   assert.deepEqual(row?.details.capabilities, ["return-path", "pause-before-switchover", "events", "auto-converge"]);
+});
+
+test("a stopped VM moves through the agents: its disk, identity, owner and location history follow; the source keeps nothing", { timeout: 600_000 }, async (t) => {
+  const { manager, agents } = await cluster(t);
+  const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
+  await runningGuest(manager, "sleeper", "h1");
+  assert.equal((await guestExec(a1, "sleeper", ["ticker", "start"])).out, "started");
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal((await guestExec(a1, "sleeper", ["ticker", "stop"])).out, "stopped");
+  const before = report((await guestExec(a1, "sleeper", ["ticker", "report"])).out);
+  assert.ok(Number(before.last) > 5, JSON.stringify(before));
+  await manager.api("POST", "/v1/vms/sleeper/stop", {});
+  for (let i = 0; i < 120 && (await a1.api<{ state: string }>("GET", "/v1/vms/sleeper")).state !== "stopped"; i++) await new Promise((res) => setTimeout(res, 500));
+  const src = await a1.api<{ id: string; owner: string; state: string }>("GET", "/v1/vms/sleeper");
+  assert.equal(src.state, "stopped");
+
+  const r = manager.cli("vm", "migrate", "sleeper", "--to", "h2");
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  assert.match(r.stdout, /negotiated: cold move of a stopped VM .* runnable on h2/);
+  assert.match(r.stdout, /Moved stopped VM sleeper to h2: \d+ MiB of disk copied in [0-9.]+ s/);
+  const dst = await a2.api<{ id: string; owner: string; state: string }>("GET", "/v1/vms/sleeper");
+  assert.deepEqual([dst.id, dst.owner, dst.state], [src.id, src.owner, "stopped"], "the same VM, stopped, on h2");
+  await assert.rejects(a1.api("GET", "/v1/vms/sleeper"), /does not exist|not found/i);
+  assert.deepEqual(vmsOn(a1), [], "nothing of the VM stays on h1");
+  assert.deepEqual(await placements(manager), { sleeper: "h2" });
+  const history = await a2.api<{ locations: { host: string; until: string | null }[] }>("GET", "/v1/vms/sleeper/history");
+  assert.deepEqual(history.locations.map((l) => l.host).slice(-2), ["h1", "h2"], "the location history came along and goes on");
+  assert.equal(history.locations.at(-1)?.until, null);
+  const audit = (await manager.api<{ records: { action: string; result: string; details: { state?: string } }[] }>("GET", "/v1/audit?limit=1000")).records;
+  assert.ok(audit.some((x) => x.action === "vm.migrate" && x.result === "ok" && x.details.state === "completed"));
+  // It boots on h2 from the copied disk: the ticker's log written on h1 is there.
+  await manager.api("POST", "/v1/vms/sleeper/start", { wait: true });
+  let out = "";
+  for (let i = 0; i < 60 && !/last=/.test(out); i++) {
+    out = (await guestExec(a2, "sleeper", ["ticker", "report"]).catch(() => ({ out: "" }))).out;
+    if (!/last=/.test(out)) await new Promise((res) => setTimeout(res, 500));
+  }
+  const after = report(out);
+  assert.equal(after.last, before.last, `the disk log came across (${out})`);
+  assert.equal(after.gaps, "0");
 });

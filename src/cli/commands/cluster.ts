@@ -143,7 +143,7 @@ export function registerCluster(program: Command, ctx: CliContext): void {
       process.stdout.write(`${r.name} (on ${r.host}) is ${r.ha ? "HA" : "not HA"}\n`);
     });
   vm.command("migrate <name>")
-    .description("Live-migrate a running VM to another host (pre-copy over QEMU's TLS; disks mirrored)")
+    .description("Migrate a VM to another host: live when it runs (pre-copy over QEMU's TLS; disks mirrored), its disks copied over the agents' TLS when it is stopped")
     .option("--to <host>", "the target host")
     .option("--max-downtime <ms>", "upper bound of the adaptive downtime limit (default 300)")
     .option("--timeout <seconds>", "cancel the migration after this long (default 600)")
@@ -202,7 +202,8 @@ async function migrate(name: string, to: string, limits: Record<string, number>,
   }
   if (!quiet) {
     if (process.stderr.isTTY) clearLine();
-    if (m.state === "completed") process.stdout.write(`Migrated ${name} to ${to}${m.result ? `: downtime ${m.result.downtimeMs} ms, total ${(m.result.totalMs / 1000).toFixed(1)} s, ${m.result.iterations} passes` : ""}\n`);
+    if (m.state === "completed" && m.options?.negotiated?.how === "cold") process.stdout.write(`Moved stopped VM ${name} to ${to}${m.result ? `: ${mib(m.result.diskTransferred)} of disk copied in ${(m.result.totalMs / 1000).toFixed(1)} s` : ""}\n`);
+    else if (m.state === "completed") process.stdout.write(`Migrated ${name} to ${to}${m.result ? `: downtime ${m.result.downtimeMs} ms, total ${(m.result.totalMs / 1000).toFixed(1)} s, ${m.result.iterations} passes` : ""}\n`);
     else process.stdout.write(`Migration of ${name} ${m.state}${m.error ? `: ${m.error}` : ""}; it runs on ${m.source}\n`);
   }
   return m;
