@@ -5,7 +5,7 @@
  * `vigil cluster balance --apply` spreads two guests started on one host with a live migration.
  */
 import { strict as assert } from "node:assert";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { cluster } from "../cluster-topology.ts";
@@ -79,6 +79,18 @@ test("a stopped VM moves through the agents: its disk, identity, owner and locat
   for (let i = 0; i < 120 && (await a1.api<{ state: string }>("GET", "/v1/vms/sleeper")).state !== "stopped"; i++) await new Promise((res) => setTimeout(res, 500));
   const src = await a1.api<{ id: string; owner: string; state: string }>("GET", "/v1/vms/sleeper");
   assert.equal(src.state, "stopped");
+
+  // First a move that fails half-way: something in the way of the root disk on h2 (its upload is refused there).
+  const obstacle = join(a2.home, "vms", src.id, "disks", "root.qcow2");
+  mkdirSync(join(a2.home, "vms", src.id, "disks"), { recursive: true });
+  writeFileSync(obstacle, "in the way");
+  const failed = manager.cli("vm", "migrate", "sleeper", "--to", "h2");
+  assert.equal(failed.status, 1, failed.stdout + failed.stderr);
+  assert.match(failed.stdout, /Migration of sleeper failed: copying the disks failed: .*disk "root" of VM "sleeper": it exists already.*; the VM stays on h1/);
+  assert.deepEqual(vmsOn(a2), [], "h2 removed what it had made (and what was in the way)");
+  await assert.rejects(a2.api("GET", "/v1/vms/sleeper"), /does not exist|not found/i);
+  assert.equal((await a1.api<{ state: string }>("GET", "/v1/vms/sleeper")).state, "stopped", "the source is intact");
+  assert.deepEqual(await placements(manager), { sleeper: "h1" });
 
   const r = manager.cli("vm", "migrate", "sleeper", "--to", "h2");
   assert.equal(r.status, 0, r.stderr + r.stdout);
