@@ -230,3 +230,17 @@ test("a cold move to a host that cannot run the VM's machine type is refused bef
   assert.deepEqual(calls.filter((c) => c.startsWith("b ")), ["b GET /v1/agent/qemu"]);
   assert.equal(store.rows.size, 0);
 });
+
+test("cancelling a cold move: it stops at the next poll, the target's copy is aborted, the VM stays", async () => {
+  const store = memoryStore();
+  const { caller, calls } = coldAgents(["disks"]);
+  const o = orchestrator(store, caller, []);
+  const row = await o.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+  await new Promise((r) => setTimeout(r, 10));
+  await o.cancel(ADMIN, "web");
+  const final = await o.wait(row.id);
+  assert.equal(final.state, "cancelled");
+  assert.ok(calls.includes(`b POST /v1/agent/cold/${row.id}/abort`));
+  assert.ok(!calls.some((c) => c.endsWith("/commit") || c.includes("/v1/agent/migrations/")), "nothing committed, no live-migration call");
+  assert.equal(store.placements.get("web")?.host, "a");
+});

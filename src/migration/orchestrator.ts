@@ -148,7 +148,8 @@ export class MigrationOrchestrator {
     if (!row) throw new VigilError("VIGIL_CONFLICT", `VM ${q(vmName)} is not migrating`);
     const f = this.following.get(row.id);
     if (f) f.cancel = true;
-    await this.d.agents.call(row.source, "POST", `/v1/agent/migrations/${row.id}/cancel`, {}, actor).catch((err: unknown) => this.d.log.warn({ id: row.id, err: messageOf(err) }, "cannot reach the source to cancel"));
+    // A cold move stops at its next poll (beginCold checks the flag); a live one is cancelled by its source.
+    if (row.options.negotiated?.how !== "cold") await this.d.agents.call(row.source, "POST", `/v1/agent/migrations/${row.id}/cancel`, {}, actor).catch((err: unknown) => this.d.log.warn({ id: row.id, err: messageOf(err) }, "cannot reach the source to cancel"));
     return row;
   }
 
