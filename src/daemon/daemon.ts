@@ -370,7 +370,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           // With leases on, a command sent under an older lease of this host never reaches the app.
           agentLease?.admit(req.headers.get(EPOCH_HEADER));
           // Nor does a fenced host take a VM in by migration (its QEMU would run the guest without a lease).
-          if (agentLease && req.method === "POST" && new URL(req.url).pathname === "/v1/agent/migrations/incoming") agentLease.assertHolding("take a VM in by migration");
+          if (agentLease && req.method === "POST" && ["/v1/agent/migrations/incoming", "/v1/agent/cold/incoming"].includes(new URL(req.url).pathname)) agentLease.assertHolding("take a VM in by migration");
         } catch (err) {
           return vigilErrorResponse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", messageOf(err)));
         }

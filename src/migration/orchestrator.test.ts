@@ -244,3 +244,31 @@ test("cancelling a cold move: it stops at the next poll, the target's copy is ab
   assert.ok(!calls.some((c) => c.endsWith("/commit") || c.includes("/v1/agent/migrations/")), "nothing committed, no live-migration call");
   assert.equal(store.placements.get("web")?.host, "a");
 });
+
+test("a cold move found running after a manager restart is settled by where the VM is", async () => {
+  for (const [onTarget, expected] of [["stopped", "completed"], ["incoming", "failed"]] as const) {
+    const store = memoryStore();
+    const first = coldAgents(["disks"]);
+    const o1 = orchestrator(store, first.caller, []);
+    const row = await o1.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+    o1.close();
+    await o1.wait(row.id);
+    const calls: string[] = [];
+    const caller: AgentCaller = {
+      async call<T>(host: string, method: string, path: string): Promise<T> {
+        calls.push(`${host} ${method} ${path}`);
+        if (method === "GET" && path === "/v1/vms/web") {
+          if (host === "b") return { state: onTarget, owner: "user:bob" } as T;
+          throw new VigilError("VIGIL_VM_NOT_FOUND", "no");
+        }
+        return {} as T;
+      },
+    };
+    const o2 = orchestrator(store, caller, []);
+    assert.equal(await o2.reconcile(ADMIN), 1);
+    const final = await o2.wait(row.id);
+    assert.equal(final.state, expected);
+    assert.equal(store.placements.get("web")?.host, expected === "completed" ? "b" : "a");
+    assert.equal(calls.includes(`b POST /v1/agent/cold/${row.id}/abort`), expected === "failed");
+  }
+});

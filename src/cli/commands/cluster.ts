@@ -195,7 +195,8 @@ async function migrate(name: string, to: string, limits: Record<string, number>,
     const p = m.progress;
     if (!quiet && p && process.stderr.isTTY) {
       const [done, total] = p.phase === "disks" ? [p.diskDone, p.diskTotal] : [p.ramTransferred, p.ramTransferred + p.ramRemaining];
-      progressLine(`${name} → ${to}: ${p.phase}, ${mib(p.ramTransferred)} sent, ${mib(p.ramRemaining)} left, dirty ${mib(p.dirtyRate)}/s, expected downtime ${p.expectedDowntimeMs} ms (limit ${p.downtimeLimitMs})`, done, Math.max(total, 1));
+      if (m.options?.negotiated?.how === "cold") progressLine(`${name} → ${to}: copying the disks, ${mib(p.diskDone)} of ${mib(p.diskTotal)}`, p.diskDone, Math.max(p.diskTotal, 1));
+      else progressLine(`${name} → ${to}: ${p.phase}, ${mib(p.ramTransferred)} sent, ${mib(p.ramRemaining)} left, dirty ${mib(p.dirtyRate)}/s, expected downtime ${p.expectedDowntimeMs} ms (limit ${p.downtimeLimitMs})`, done, Math.max(total, 1));
     }
     if (m.state !== "running") break;
     await new Promise((r) => setTimeout(r, 250));
