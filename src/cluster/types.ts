@@ -67,6 +67,8 @@ export interface MigrationLimits {
   timeoutMs: number;
   /** Bandwidth cap in bytes/s; 0 = QEMU's maximum. */
   maxBandwidth: number;
+  /** What the manager negotiated with both ends (src/migration/negotiate.ts), kept with the limits in the row. */
+  negotiated?: import("../migration/negotiate.ts").NegotiatedPlan;
 }
 
 export type MigrationPhase = "setup" | "disks" | "ram" | "switchover" | "completed" | "failed" | "cancelled";

@@ -368,11 +368,16 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           if (peer?.role === "agent" && store && req.method === "POST" && migrations) {
             return Response.json(await migrations.acceptStore(peer.name, store[1]!, await req.json().catch(() => undefined)));
           }
+          // …or push the disks of a stopped VM it is moving to us (src/migration/cold-agents.ts).
+          const disk = /^\/v1\/agent\/cold\/([a-z0-9-]{1,64})\/disks\/([a-z][a-z0-9]{0,15})$/.exec(new URL(req.url).pathname);
+          if (peer?.role === "agent" && disk && req.method === "PUT" && migrations) {
+            return Response.json(await migrations.cold.acceptDisk(peer.name, disk[1]!, disk[2]!, req.body));
+          }
           requirePeerRole(peer, "manager");
           // With leases on, a command sent under an older lease of this host never reaches the app.
           agentLease?.admit(req.headers.get(EPOCH_HEADER));
           // Nor does a fenced host take a VM in by migration (its QEMU would run the guest without a lease).
-          if (agentLease && req.method === "POST" && new URL(req.url).pathname === "/v1/agent/migrations/incoming") agentLease.assertHolding("take a VM in by migration");
+          if (agentLease && req.method === "POST" && ["/v1/agent/migrations/incoming", "/v1/agent/cold/incoming"].includes(new URL(req.url).pathname)) agentLease.assertHolding("take a VM in by migration");
         } catch (err) {
           return vigilErrorResponse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", messageOf(err)));
         }

@@ -233,7 +233,13 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   });
   app.get("/v1/migrations", async (c) => c.json(await repo.listActiveMigrations()));
   app.get("/v1/migrations/:id", async (c) => c.json(await orchestrator.get(c.req.param("id"))));
-  app.get("/v1/cluster/balance", (c) => c.json(recommendBalance(loads(), { maxMoves: 5, minGain: 0.01 })));
+  app.get("/v1/cluster/balance", (c) => {
+    // minGain: the least drop of the load spread (a ratio, 0.01 = 1 point) a move must bring; default 0.01.
+    const raw = c.req.query("minGain");
+    const minGain = raw === undefined ? 0.01 : Number(raw);
+    if (!/^[0-9]*\.?[0-9]+$/.test(raw ?? "0") || !(minGain >= 0 && minGain <= 1)) throw new VigilError("VIGIL_BAD_REQUEST", `minGain must be a load ratio from 0 to 1 (0.01 = 1 point), not ${q(raw)}`, { field: "minGain" });
+    return c.json(recommendBalance(loads(), { maxMoves: 5, minGain }));
+  });
   app.get("/v1/cluster/consolidate", (c) => c.json(recommendConsolidate(loads())));
   // The manager's own audit log (cluster actions), for holders of audit.read.
   app.get("/v1/audit", async (c) => {

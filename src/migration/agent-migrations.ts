@@ -22,6 +22,9 @@ import { applyStore, exportDossier, exportStore, importDossier, type Dossier, ty
 import { finishIncoming, prepareIncoming, watchIncoming } from "./incoming.ts";
 import type { IncomingAnswer, OutgoingStatus } from "./orchestrator.ts";
 import { runOutgoing } from "./precopy.ts";
+import type { QemuReport } from "./negotiate.ts";
+import { probeQemu, readReport } from "./qemu-report.ts";
+import { ColdMoves } from "./cold-agents.ts";
 import { limitsSchema, outgoingDiskSchema, tlsHostnameSchema } from "./qmp-info.ts";
 import { tcpToUnix, unixToTcp, type Relay } from "./relay.ts";
 
@@ -56,6 +59,8 @@ const outgoingSchema = z.strictObject({
   credentials: bundleSchema,
   disks: z.array(outgoingDiskSchema).max(16),
   limits: limitsSchema,
+  /** The negotiated capabilities (negotiate.ts); absent from an older manager: the engine's default set. */
+  capabilities: z.array(z.string().regex(/^[a-z][a-z0-9-]{0,40}$/)).max(32).optional(),
 });
 
 interface Outgoing {
@@ -87,7 +92,34 @@ export class AgentMigrations {
   private readonly outgoing = new Map<string, Outgoing>();
   private readonly incoming = new Map<string, Incoming>();
 
-  constructor(private readonly d: AgentMigrationDeps) {}
+  /** Stopped VMs moving between agents (cold-agents.ts). */
+  readonly cold: ColdMoves;
+
+  /** This host's QEMU binary, probed once (negotiation, target side). */
+  private probed: Promise<QemuReport> | undefined;
+
+  constructor(private readonly d: AgentMigrationDeps) {
+    this.cold = new ColdMoves(d);
+  }
+
+  /** Target: what this host's QEMU can do (docs/cluster.md "Negotiation"). A failed probe is tried again next time. */
+  hostQemu(): Promise<QemuReport> {
+    this.probed ??= probeQemu(this.d.hostName).catch((err: unknown) => {
+      this.probed = undefined;
+      throw err;
+    });
+    return this.probed;
+  }
+
+  /** Source: what the VM's own running QEMU can do, and its hardware (a stopped VM: this host's binary). */
+  async vmQemu(ctx: RequestContext, vmName: string): Promise<{ qemu: QemuReport; hardware: { machine: string; cpu: string }; state: string }> {
+    const vm = await this.d.vms.lookup(ctx, vmName, "vm.migrate-out");
+    const hardware = { machine: vm.spec.machine, cpu: vm.spec.cpu };
+    if (vm.state !== "running" && vm.state !== "paused") return { qemu: { ...(await this.hostQemu()), machines: [hardware.machine] }, hardware, state: vm.state };
+    const qmp = this.d.vms.runtimeOf(vm).qmp;
+    const qemu = await readReport(this.d.hostName, (c, a) => qmp.execute(c, a, { timeoutMs: 10_000 }), { machines: false, cpus: false });
+    return { qemu: { ...qemu, machines: [hardware.machine] }, hardware, state: vm.state };
+  }
 
   /** The VM's dossier, for the manager to hand to the target (`vm.migrate` on the VM). */
   dossier(ctx: RequestContext, vmName: string): Promise<Dossier> {
@@ -194,6 +226,7 @@ export class AgentMigrations {
         nbdSocket: relays[1]!.where,
         disks: req.disks,
         limits: req.limits,
+        ...(req.capabilities ? { capabilities: req.capabilities } : {}),
         signal: entry.abort.signal,
         onProgress: (p) => {
           entry.phase = p.phase;

@@ -2,6 +2,7 @@ import { strict as assert } from "node:assert";
 import { test } from "node:test";
 import { VigilError } from "../errors.ts";
 import type { DelegatedActor } from "../cluster/types.ts";
+import { REQUIRED_PARAMETERS, type QemuReport } from "./negotiate.ts";
 import { DEFAULT_LIMITS, MigrationOrchestrator, type AgentCaller, type MigrationRow, type MigrationStore, type OutgoingStatus } from "./orchestrator.ts";
 
 const ADMIN: DelegatedActor = { name: "root", roles: ["admin"], groups: [], introspect: true };
@@ -22,13 +23,27 @@ function memoryStore(): MigrationStore & { rows: Map<string, MigrationRow>; plac
   };
 }
 
+const qemu = (host: string, capabilities = ["return-path", "pause-before-switchover", "events", "auto-converge", "multifd"]): QemuReport => ({
+  host,
+  version: "7.2.22",
+  capabilities,
+  parameters: [...REQUIRED_PARAMETERS],
+  objectTypes: ["tls-creds-x509", "authz-simple"],
+  machines: ["pc-i440fx-7.2"],
+  cpus: [{ name: "max", migrationSafe: false }],
+});
+
 /** A scripted pair of agents: `phases` are what the source reports, one per poll. */
-function fakeAgents(phases: OutgoingStatus["phase"][], opts: { failIncoming?: boolean; targetRunning?: boolean } = {}) {
+function fakeAgents(phases: OutgoingStatus["phase"][], opts: { failIncoming?: boolean; targetRunning?: boolean; targetCapabilities?: string[] } = {}) {
   const calls: string[] = [];
+  const bodies = new Map<string, unknown>();
   let poll = 0;
   const caller: AgentCaller = {
-    async call<T>(host: string, method: string, path: string): Promise<T> {
+    async call<T>(host: string, method: string, path: string, body: unknown): Promise<T> {
       calls.push(`${host} ${method} ${path}`);
+      bodies.set(path, body);
+      if (path === "/v1/agent/qemu") return qemu("ignored", opts.targetCapabilities) as T;
+      if (path.endsWith("/qemu")) return { qemu: qemu("ignored"), hardware: { machine: "pc-i440fx-7.2", cpu: "max" }, state: "running" } as T;
       if (path.endsWith("/dossier")) return { vm: "web" } as T;
       if (path === "/v1/agent/migrations/incoming") {
         if (opts.failIncoming) throw new VigilError("VIGIL_HOST", "no room");
@@ -48,7 +63,7 @@ function fakeAgents(phases: OutgoingStatus["phase"][], opts: { failIncoming?: bo
       return {} as T;
     },
   };
-  return { caller, calls };
+  return { caller, calls, bodies };
 }
 
 function orchestrator(store: MigrationStore, agents: AgentCaller, records: string[]) {
@@ -68,7 +83,7 @@ function orchestrator(store: MigrationStore, agents: AgentCaller, records: strin
 
 test("a migration that completes moves the placement to the target and records the result", async () => {
   const store = memoryStore();
-  const { caller, calls } = fakeAgents(["disks", "ram", "switchover", "completed"]);
+  const { caller, calls, bodies } = fakeAgents(["disks", "ram", "switchover", "completed"]);
   const records: string[] = [];
   const o = orchestrator(store, caller, records);
   const row = await o.start(ADMIN, "web", "b", DEFAULT_LIMITS);
@@ -77,8 +92,14 @@ test("a migration that completes moves the placement to the target and records t
   assert.equal(final.result?.downtimeMs, 12);
   assert.equal(store.placements.get("web")?.host, "b");
   assert.deepEqual(records, ["vm.migrate web ok completed"]);
-  // Order: dossier from the source, incoming on the target, then outgoing on the source.
-  assert.deepEqual(calls.slice(0, 3), ["a GET /v1/agent/vms/web/dossier", "b POST /v1/agent/migrations/incoming", "a POST /v1/agent/migrations/outgoing"]);
+  // The negotiated set is in the row and goes to the source; multifd is declined, with its reason.
+  assert.deepEqual(final.options.negotiated?.capabilities, ["return-path", "pause-before-switchover", "events", "auto-converge"]);
+  assert.deepEqual(final.options.negotiated?.declined.map((d) => d.capability), ["multifd"]);
+  assert.deepEqual((bodies.get("/v1/agent/migrations/outgoing") as { capabilities: string[] }).capabilities, final.options.negotiated?.capabilities);
+  assert.deepEqual((bodies.get("/v1/agent/migrations/outgoing") as { limits: unknown }).limits, DEFAULT_LIMITS);
+  // Order: both ends' QEMU first, then dossier from the source, incoming on the target, outgoing on the source.
+  assert.deepEqual(calls.slice(0, 2).sort(), ["a GET /v1/agent/vms/web/qemu", "b GET /v1/agent/qemu"]);
+  assert.deepEqual(calls.slice(2, 5), ["a GET /v1/agent/vms/web/dossier", "b POST /v1/agent/migrations/incoming", "a POST /v1/agent/migrations/outgoing"]);
   assert.ok(!calls.some((c) => c.endsWith("/abort")), "nothing to undo on success");
 });
 
@@ -134,4 +155,120 @@ test("a manager restarted mid-migration follows it again; a source that forgot i
   const final = await o2.wait(row.id);
   assert.equal(final.state, "completed");
   assert.equal(store.placements.get("web")?.host, "b");
+});
+
+test("a target whose QEMU lacks a required capability is refused before anything is asked of it, and audited", async () => {
+  const store = memoryStore();
+  const { caller, calls } = fakeAgents(["completed"], { targetCapabilities: ["pause-before-switchover", "events", "auto-converge"] });
+  const records: string[] = [];
+  const o = orchestrator(store, caller, records);
+  await assert.rejects(o.start(ADMIN, "web", "b", DEFAULT_LIMITS), (e: Error & { code?: string }) => e.code === "VIGIL_CONFLICT" && /host "b": its QEMU lacks the migration capability "return-path" \(required\)/.test(e.message));
+  assert.deepEqual(calls.filter((c) => c.startsWith("b ")), ["b GET /v1/agent/qemu"], "the target was only asked what it can do");
+  assert.ok(!calls.some((c) => c.includes("dossier") || c.includes("/migrations/")));
+  assert.equal(store.rows.size, 0, "no migration row");
+  assert.deepEqual(records, ["vm.migrate web error refused"]);
+});
+
+/** Agents for a stopped VM's move: `cold` is what the source reports per poll; `failRelease` makes it refuse to let go. */
+function coldAgents(cold: ("disks" | "completed" | "failed")[], opts: { failRelease?: boolean; machines?: string[] } = {}) {
+  const calls: string[] = [];
+  let poll = 0;
+  const caller: AgentCaller = {
+    async call<T>(host: string, method: string, path: string): Promise<T> {
+      calls.push(`${host} ${method} ${path}`);
+      if (path === "/v1/agent/qemu") return { ...qemu("b", []), machines: opts.machines ?? ["pc-i440fx-7.2"] } as T;
+      if (path.endsWith("/qemu")) return { qemu: qemu("a", []), hardware: { machine: "pc-i440fx-7.2", cpu: "max" }, state: "stopped" } as T;
+      if (path.endsWith("/dossier")) return { vm: "web" } as T;
+      if (path === "/v1/agent/cold/incoming") return { disks: [{ name: "root", sync: "top", virtualSize: 1 }] } as T;
+      if (path === "/v1/agent/cold/outgoing") return { id: "x" } as T;
+      if (method === "GET" && path.startsWith("/v1/agent/cold/")) {
+        const phase = cold[Math.min(poll++, cold.length - 1)]!;
+        return { id: "x", phase, diskDone: poll * 10, diskTotal: 30, error: phase === "failed" ? "disk refused" : null } as T;
+      }
+      if (path.endsWith("/commit")) return { owner: "user:bob", state: "stopped" } as T;
+      if (path.endsWith("/release") && opts.failRelease) throw new VigilError("VIGIL_INVALID_STATE", "it was started meanwhile");
+      return {} as T;
+    },
+  };
+  return { caller, calls };
+}
+
+test("a stopped VM moves cold: import, disks pushed, commit on the target, then the source lets go", async () => {
+  const store = memoryStore();
+  const { caller, calls } = coldAgents(["disks", "disks", "completed"]);
+  const records: string[] = [];
+  const o = orchestrator(store, caller, records);
+  const final = await o.wait((await o.start(ADMIN, "web", "b", DEFAULT_LIMITS)).id);
+  assert.equal(final.state, "completed", final.error ?? "");
+  assert.equal(final.options.negotiated?.how, "cold");
+  assert.deepEqual(final.options.negotiated?.capabilities, [], "no QEMU stream, no capabilities: a cold move needs none");
+  assert.equal(final.result?.diskTransferred, 30);
+  assert.equal(store.placements.get("web")?.host, "b");
+  assert.deepEqual(calls.slice(2).filter((c) => !c.startsWith("a GET /v1/agent/cold/")), [
+    "a GET /v1/agent/vms/web/dossier", "b POST /v1/agent/cold/incoming", "a POST /v1/agent/cold/outgoing", `b POST /v1/agent/cold/${final.id}/commit`, `a POST /v1/agent/cold/${final.id}/release`,
+  ]);
+  assert.deepEqual(records, ["vm.migrate web ok completed"]);
+});
+
+test("a cold move whose copy fails aborts the target's incoming VM; one whose source cannot let go discards the target's copy", async () => {
+  for (const [agents, error] of [[coldAgents(["disks", "failed"]), /copying the disks failed: disk refused; the VM stays on a/], [coldAgents(["completed"], { failRelease: true }), /the source could not let go of the VM \(it was started meanwhile\); the target's copy was removed; the VM stays on a/]] as const) {
+    const store = memoryStore();
+    const o = orchestrator(store, agents.caller, []);
+    const final = await o.wait((await o.start(ADMIN, "web", "b", DEFAULT_LIMITS)).id);
+    assert.equal(final.state, "failed");
+    assert.match(final.error ?? "", error);
+    assert.ok(agents.calls.includes(`b POST /v1/agent/cold/${final.id}/abort`));
+    assert.equal(store.placements.get("web")?.host, "a");
+  }
+});
+
+test("a cold move to a host that cannot run the VM's machine type is refused before the target is asked anything else", async () => {
+  const store = memoryStore();
+  const { caller, calls } = coldAgents(["completed"], { machines: ["pc-q35-7.2"] });
+  const o = orchestrator(store, caller, []);
+  await assert.rejects(o.start(ADMIN, "web", "b", DEFAULT_LIMITS), /host "b": its QEMU cannot run the VM's machine type "pc-i440fx-7\.2"/);
+  assert.deepEqual(calls.filter((c) => c.startsWith("b ")), ["b GET /v1/agent/qemu"]);
+  assert.equal(store.rows.size, 0);
+});
+
+test("cancelling a cold move: it stops at the next poll, the target's copy is aborted, the VM stays", async () => {
+  const store = memoryStore();
+  const { caller, calls } = coldAgents(["disks"]);
+  const o = orchestrator(store, caller, []);
+  const row = await o.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+  await new Promise((r) => setTimeout(r, 10));
+  await o.cancel(ADMIN, "web");
+  const final = await o.wait(row.id);
+  assert.equal(final.state, "cancelled");
+  assert.ok(calls.includes(`b POST /v1/agent/cold/${row.id}/abort`));
+  assert.ok(!calls.some((c) => c.endsWith("/commit") || c.includes("/v1/agent/migrations/")), "nothing committed, no live-migration call");
+  assert.equal(store.placements.get("web")?.host, "a");
+});
+
+test("a cold move found running after a manager restart is settled by where the VM is", async () => {
+  for (const [onTarget, expected] of [["stopped", "completed"], ["incoming", "failed"]] as const) {
+    const store = memoryStore();
+    const first = coldAgents(["disks"]);
+    const o1 = orchestrator(store, first.caller, []);
+    const row = await o1.start(ADMIN, "web", "b", DEFAULT_LIMITS);
+    o1.close();
+    await o1.wait(row.id);
+    const calls: string[] = [];
+    const caller: AgentCaller = {
+      async call<T>(host: string, method: string, path: string): Promise<T> {
+        calls.push(`${host} ${method} ${path}`);
+        if (method === "GET" && path === "/v1/vms/web") {
+          if (host === "b") return { state: onTarget, owner: "user:bob" } as T;
+          throw new VigilError("VIGIL_VM_NOT_FOUND", "no");
+        }
+        return {} as T;
+      },
+    };
+    const o2 = orchestrator(store, caller, []);
+    assert.equal(await o2.reconcile(ADMIN), 1);
+    const final = await o2.wait(row.id);
+    assert.equal(final.state, expected);
+    assert.equal(store.placements.get("web")?.host, expected === "completed" ? "b" : "a");
+    assert.equal(calls.includes(`b POST /v1/agent/cold/${row.id}/abort`), expected === "failed");
+  }
 });

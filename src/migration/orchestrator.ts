@@ -7,6 +7,8 @@
 import type { DelegatedActor, MigrationLimits, MigrationProgress, MigrationResult, CertBundle } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
 import type { MigrationRecord, MigrationState } from "../cluster/cluster-repository.ts";
+import { negotiate, negotiateCold, type NegotiatedPlan, type QemuReport } from "./negotiate.ts";
+import type { ColdStatus } from "./cold-agents.ts";
 
 /** One call to an agent as the manager makes it (src/cluster/agent-client.ts). */
 export interface AgentCaller {
@@ -86,6 +88,7 @@ export class MigrationOrchestrator {
     if (!this.d.isReady(placed.host)) throw new VigilError("VIGIL_CONFLICT", `The VM's host ${q(placed.host)} is not answering: a VM cannot be migrated off an unreachable host`);
     const active = (await this.d.store.listActive()).find((m) => m.vmName === vmName);
     if (active) throw new VigilError("VIGIL_CONFLICT", `VM ${q(vmName)} is already migrating (${active.id} to ${q(active.target)}): wait, or \`vigil vm migrate ${vmName} --cancel\``);
+    const negotiated = await this.negotiate(actor, vmName, placed.host, to);
     const row: MigrationRow = {
       id: crypto.randomUUID(),
       vmId: placed.vmId,
@@ -95,7 +98,7 @@ export class MigrationOrchestrator {
       state: "running",
       phase: "setup",
       requestedBy: actor.name,
-      options: limits,
+      options: { ...limits, negotiated },
       progress: null,
       result: null,
       error: null,
@@ -104,9 +107,26 @@ export class MigrationOrchestrator {
       finishedAt: null,
     };
     await this.d.store.create(row);
-    await this.d.event("migration.started", vmName, { id: row.id, source: row.source, target: row.target });
-    this.follow(row, actor, () => this.begin(row, actor));
+    await this.d.event("migration.started", vmName, { id: row.id, source: row.source, target: row.target, capabilities: negotiated.capabilities });
+    this.follow(row, actor, () => (negotiated.how === "cold" ? this.beginCold(row, actor) : this.begin(row, actor)));
     return row;
+  }
+
+  /**
+   * Negotiation (docs/cluster.md): both ends say what their QEMU can do before anything exists on the target; a
+   * refusal is audited and thrown with every reason, each naming the host.
+   */
+  private async negotiate(actor: DelegatedActor, vmName: string, source: string, target: string): Promise<NegotiatedPlan> {
+    const [src, dst] = await Promise.all([
+      this.d.agents.call<{ qemu: QemuReport; hardware: { machine: string; cpu: string }; state: string }>(source, "GET", `/v1/agent/vms/${vmName}/qemu`, undefined, actor, { timeoutMs: 30_000 }),
+      this.d.agents.call<QemuReport>(target, "GET", "/v1/agent/qemu", undefined, actor, { timeoutMs: 60_000 }),
+    ]);
+    // A stopped (or crashed) VM moves cold: its disks are copied, no QEMU stream runs.
+    const cold = src.state === "stopped" || src.state === "crashed";
+    const n = (cold ? negotiateCold : negotiate)({ ...src.qemu, host: source }, { ...dst, host: target }, src.hardware);
+    if (n.ok) return n.plan;
+    await this.d.record("vm.migrate", vmName, "error", actor.name, { source, target, state: "refused", refused: n.refusals });
+    throw new VigilError("VIGIL_CONFLICT", `Cannot migrate VM ${q(vmName)} from ${q(source)} to ${q(target)}: ${n.refusals.join("; ")}`, { field: "to" });
   }
 
   /** The row of a migration, as stored. */
@@ -128,7 +148,8 @@ export class MigrationOrchestrator {
     if (!row) throw new VigilError("VIGIL_CONFLICT", `VM ${q(vmName)} is not migrating`);
     const f = this.following.get(row.id);
     if (f) f.cancel = true;
-    await this.d.agents.call(row.source, "POST", `/v1/agent/migrations/${row.id}/cancel`, {}, actor).catch((err: unknown) => this.d.log.warn({ id: row.id, err: messageOf(err) }, "cannot reach the source to cancel"));
+    // A cold move stops at its next poll (beginCold checks the flag); a live one is cancelled by its source.
+    if (row.options.negotiated?.how !== "cold") await this.d.agents.call(row.source, "POST", `/v1/agent/migrations/${row.id}/cancel`, {}, actor).catch((err: unknown) => this.d.log.warn({ id: row.id, err: messageOf(err) }, "cannot reach the source to cancel"));
     return row;
   }
 
@@ -138,7 +159,7 @@ export class MigrationOrchestrator {
    */
   async reconcile(system: DelegatedActor): Promise<number> {
     const rows = await this.d.store.listActive();
-    for (const row of rows) if (!this.following.has(row.id)) this.follow(row, system, () => this.track(row, system));
+    for (const row of rows) if (!this.following.has(row.id)) this.follow(row, system, () => (row.options.negotiated?.how === "cold" ? this.settleCold(row, system) : this.track(row, system)));
     return rows.length;
   }
 
@@ -167,7 +188,8 @@ export class MigrationOrchestrator {
         tlsHostname: `${row.id}.migration.vigil`,
         credentials: pair.src,
         disks: incoming.disks,
-        limits: row.options,
+        limits: { maxDowntimeMs: row.options.maxDowntimeMs, timeoutMs: row.options.timeoutMs, maxBandwidth: row.options.maxBandwidth },
+        ...(row.options.negotiated ? { capabilities: row.options.negotiated.capabilities } : {}),
       }, actor, { timeoutMs: 60_000 });
     } catch (err) {
       // Nothing ran on the source yet: the target's half-made VM is all there is to undo.
@@ -178,6 +200,64 @@ export class MigrationOrchestrator {
     }
     await this.d.store.update(row.id, { phase: "disks", updatedAt: now() });
     return this.track(row, actor);
+  }
+
+  /**
+   * A stopped VM's move (docs/cluster.md "Moving a stopped VM"): dossier, import on the target, the source pushes
+   * the disks agent to agent, the target commits, the source lets go. Before the commit a failure aborts the
+   * target's incoming VM; a source that cannot let go gets the target's copy discarded. The VM is in one place.
+   */
+  private async beginCold(row: MigrationRow, actor: DelegatedActor): Promise<MigrationRow> {
+    const t0 = Date.now();
+    let prepared = false;
+    let committed = false;
+    const agent = this.d.agentAddress(row.target);
+    try {
+      if (!agent) throw new VigilError("VIGIL_HOST", `Host ${q(row.target)} has no cluster address`);
+      const dossier = await this.d.agents.call<unknown>(row.source, "GET", `/v1/agent/vms/${row.vmName}/dossier`, undefined, actor);
+      const plan = await this.d.agents.call<{ disks: { name: string; sync: "top" | "full" }[] }>(row.target, "POST", "/v1/agent/cold/incoming", { id: row.id, dossier, sourceHost: row.source }, actor, { timeoutMs: 120_000 });
+      prepared = true;
+      await this.d.store.update(row.id, { phase: "disks", updatedAt: now() });
+      await this.d.agents.call(row.source, "POST", "/v1/agent/cold/outgoing", { id: row.id, vm: row.vmName, target: { host: row.target, agent }, disks: plan.disks.map((x) => ({ name: x.name, sync: x.sync })) }, actor);
+      let status: ColdStatus;
+      for (;;) {
+        if (this.closed) return row;
+        status = await this.d.agents.call<ColdStatus>(row.source, "GET", `/v1/agent/cold/${row.id}`, undefined, actor, { timeoutMs: 10_000 });
+        const progress = { phase: "disks" as const, ramTransferred: 0, ramRemaining: 0, ramTotal: 0, dirtyRate: 0, expectedDowntimeMs: 0, downtimeLimitMs: 0, iterations: 0, diskDone: status.diskDone, diskTotal: status.diskTotal };
+        await this.d.store.update(row.id, { phase: "disks", progress, updatedAt: now() });
+        await this.d.event("migration.progress", row.vmName, { id: row.id, ...progress });
+        if (status.phase === "failed") throw new VigilError("VIGIL_HOST", `copying the disks failed: ${status.error ?? "no reason given"}`);
+        if (status.phase === "completed") break;
+        if (this.following.get(row.id)?.cancel) throw new VigilError("VIGIL_CONFLICT", "cancelled");
+        if (Date.now() - t0 > row.options.timeoutMs) throw new VigilError("VIGIL_TIMEOUT", `the disks were not copied within ${row.options.timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, this.d.pollMs ?? 250));
+      }
+      const arrived = await this.d.agents.call<{ owner: string }>(row.target, "POST", `/v1/agent/cold/${row.id}/commit`, {}, actor);
+      committed = true;
+      await this.d.agents.call(row.source, "POST", `/v1/agent/cold/${row.id}/release`, {}, actor, { timeoutMs: 60_000 });
+      await this.d.store.setPlacement(row.vmId, row.vmName, row.target, arrived.owner);
+      const result: MigrationResult = { downtimeMs: 0, totalMs: Date.now() - t0, ramTransferred: 0, diskTransferred: status.diskDone, iterations: 0, finalDowntimeLimitMs: 0, throttlePercent: 0 };
+      return this.finish(row, actor, "completed", { result });
+    } catch (err) {
+      const why = committed ? `the source could not let go of the VM (${messageOf(err)}); the target's copy was removed` : messageOf(err);
+      if (prepared) {
+        await this.d.agents.call(row.target, "POST", `/v1/agent/cold/${row.id}/abort`, { reason: `cold move failed: ${messageOf(err)}` }, actor).catch((e: unknown) => this.d.log.warn({ id: row.id, err: messageOf(e) }, "cannot reach the target to abort the cold move; it cleans up at its next start"));
+      }
+      const cancelled = this.following.get(row.id)?.cancel === true && !committed;
+      return this.finish(row, actor, cancelled ? "cancelled" : "failed", { error: cancelled ? null : `${why}; the VM stays on ${row.source}` });
+    }
+  }
+
+  /** A cold move found running after a manager restart: done if the target holds the VM stopped and the source no longer does. */
+  private async settleCold(row: MigrationRow, actor: DelegatedActor): Promise<MigrationRow> {
+    const there = await this.d.agents.call<{ state: string; owner: string }>(row.target, "GET", `/v1/vms/${row.vmName}`, undefined, actor).catch(() => undefined);
+    const here = await this.d.agents.call<{ state: string }>(row.source, "GET", `/v1/vms/${row.vmName}`, undefined, actor).catch((err: unknown) => (err instanceof VigilError && err.code === "VIGIL_VM_NOT_FOUND" ? null : undefined));
+    if (there && there.state !== "incoming" && here === null) {
+      await this.d.store.setPlacement(row.vmId, row.vmName, row.target, there.owner);
+      return this.finish(row, actor, "completed", { result: null });
+    }
+    await this.d.agents.call(row.target, "POST", `/v1/agent/cold/${row.id}/abort`, { reason: "the manager restarted during the cold move" }, actor).catch(() => undefined);
+    return this.finish(row, actor, "failed", { error: `the manager restarted during the cold move; the VM stays on ${row.source}` });
   }
 
   /** Follows the source's progress until the migration ends, then records it. */
@@ -252,6 +332,7 @@ export class MigrationOrchestrator {
       source: row.source,
       target: row.target,
       state,
+      ...(row.options.negotiated ? { capabilities: row.options.negotiated.capabilities, qemu: `${row.options.negotiated.source.version} → ${row.options.negotiated.target.version}`, machine: row.options.negotiated.machine } : {}),
       ...(final.result ? { downtimeMs: final.result.downtimeMs, totalMs: final.result.totalMs } : {}),
       ...(final.error ? { error: final.error } : {}),
     });

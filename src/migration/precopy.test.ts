@@ -368,3 +368,13 @@ test("a failing beforeSwitchover aborts the migration and resumes the VM here", 
   assert.ok(!f.commands().includes("migrate-continue"));
   assert.equal(f.state.running, true, "the VM runs on the source again");
 });
+
+test("the negotiated capabilities are the ones enabled; a set without the required three is refused before QEMU is asked", async () => {
+  const f = fakeSource({ migrate: [completed] });
+  await runOutgoing(f.qmp, options({ disks: [], capabilities: ["return-path", "pause-before-switchover", "events"] }));
+  const caps = f.log.find((l) => l.cmd === "migrate-set-capabilities")?.args?.capabilities as { capability: string; state: boolean }[];
+  assert.deepEqual(caps, [{ capability: "return-path", state: true }, { capability: "pause-before-switchover", state: true }, { capability: "events", state: true }], "no auto-converge when not negotiated");
+  const g = fakeSource({ migrate: [completed] });
+  await assert.rejects(runOutgoing(g.qmp, options({ disks: [], capabilities: ["pause-before-switchover", "events"] })), /"capabilities" must include pause-before-switchover, events and return-path/);
+  assert.equal(g.log.length, 0);
+});

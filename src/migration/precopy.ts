@@ -36,6 +36,8 @@ export interface OutgoingOptions {
   nbdSocket: string;
   disks: { node: string; exportName: string; sync: "top" | "full" }[];
   limits: MigrationLimits;
+  /** The capabilities to enable (negotiate.ts); default: the required ones and auto-converge. */
+  capabilities?: string[];
   signal?: AbortSignal;
   onProgress?: (progress: MigrationProgress) => void;
   /** How often QEMU is polled (ms), default 100. */
@@ -66,6 +68,8 @@ const outgoingSchema = z.strictObject({
   nbdSocket: z.string().startsWith("/", "must be an absolute path").max(107),
   disks: z.array(outgoingDiskSchema).max(64),
   limits: limitsSchema,
+  // Whatever was negotiated, the engine relies on these three (see "set the migration capabilities" below).
+  capabilities: z.array(z.string().max(64)).max(32).refine((c) => ["pause-before-switchover", "events", "return-path"].every((r) => c.includes(r)), "must include pause-before-switchover, events and return-path").optional(),
   signal: z.instanceof(AbortSignal).optional(),
   onProgress: z.function().optional(),
   pollMs: z.number().int().min(1).max(10_000).optional(),
@@ -222,7 +226,7 @@ export async function runOutgoing(qmp: Qmp, options: OutgoingOptions): Promise<M
       // return-path: without it a source whose stream the target refused (its TLS authz) still reports completed,
       // and would then let its VM go (measured with QEMU 7.2 and TLS 1.3; src/cluster/ca-qemu.test.ts).
       await run("migrate-set-capabilities", {
-        capabilities: ["pause-before-switchover", "auto-converge", "events", "return-path"].map((capability) => ({ capability, state: true })),
+        capabilities: (opts.capabilities ?? ["pause-before-switchover", "auto-converge", "events", "return-path"]).map((capability) => ({ capability, state: true })),
       });
       step = "set the migration parameters";
       await run("migrate-set-parameters", {

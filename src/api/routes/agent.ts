@@ -38,6 +38,25 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
     };
     return c.json(status);
   });
+  // Negotiation (docs/cluster.md): the target's QEMU binary, the source VM's running QEMU and hardware.
+  app.get("/v1/agent/qemu", async (c) => {
+    managerOnly(c);
+    return c.json(await migrations(d).hostQemu());
+  });
+  app.get("/v1/agent/vms/:name/qemu", async (c) => c.json(await migrations(d).vmQemu(managerOnly(c), c.req.param("name"))));
+  // A stopped VM's move (src/migration/cold-agents.ts); the disks themselves come agent to agent (daemon.ts).
+  app.post("/v1/agent/cold/incoming", async (c) => c.json(await migrations(d).cold.prepareIn(managerOnly(c), await c.req.json())));
+  app.post("/v1/agent/cold/outgoing", async (c) => c.json(await migrations(d).cold.startOut(managerOnly(c), await c.req.json()), 202));
+  app.get("/v1/agent/cold/:id", (c) => {
+    managerOnly(c);
+    return c.json(migrations(d).cold.status(c.req.param("id")));
+  });
+  app.post("/v1/agent/cold/:id/commit", async (c) => c.json(await migrations(d).cold.commit(managerOnly(c), c.req.param("id"))));
+  app.post("/v1/agent/cold/:id/release", async (c) => c.json(await migrations(d).cold.release(managerOnly(c), c.req.param("id"))));
+  app.post("/v1/agent/cold/:id/abort", async (c) => {
+    const body = (await c.req.json().catch(() => ({}))) as { reason?: unknown };
+    return c.json(await migrations(d).cold.abort(managerOnly(c), c.req.param("id"), typeof body.reason === "string" ? body.reason.slice(0, 500) : "aborted by the manager"));
+  });
   app.get("/v1/agent/vms/:name/dossier", async (c) => c.json(await migrations(d).dossier(managerOnly(c), c.req.param("name"))));
   app.post("/v1/agent/migrations/incoming", async (c) => c.json(await migrations(d).prepareIn(managerOnly(c), await c.req.json())));
   app.post("/v1/agent/migrations/outgoing", async (c) => c.json(await migrations(d).startOut(managerOnly(c), await c.req.json()), 202));

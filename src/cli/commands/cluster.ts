@@ -5,6 +5,7 @@
  */
 import type { Command } from "commander";
 import { writeAgentCredentials } from "../../cluster/agent-credentials.ts";
+import { formatPlan, type NegotiatedPlan } from "../../migration/negotiate.ts";
 import { balanceJson, consolidateJson, formatBalance, formatConsolidate } from "../../cluster/placement-report.ts";
 import type { BalancePlan, ConsolidationPlan } from "../../cluster/placement.ts";
 import type { HaPlan } from "../../cluster/leases.ts";
@@ -25,6 +26,7 @@ interface MigrationView {
   progress: MigrationProgress | null;
   result: MigrationResult | null;
   error: string | null;
+  options?: { negotiated?: NegotiatedPlan };
 }
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
@@ -90,9 +92,12 @@ export function registerCluster(program: Command, ctx: CliContext): void {
     .command("balance")
     .description("Recommend migrations that even out the hosts' memory load (DRS-like), with the reasoning")
     .option("--apply", "perform the recommended migrations, one after another")
+    .option("--min-gain <points>", "the least drop of the memory load spread, in points, a move must bring (default 1)")
     .option("--json", "machine-readable output")
-    .action(async (o: { apply?: boolean; json?: boolean }) => {
-      const plan = await call<BalancePlan>("GET", "/v1/cluster/balance");
+    .action(async (o: { apply?: boolean; json?: boolean; minGain?: string }) => {
+      const gain = o.minGain === undefined ? undefined : Number(o.minGain);
+      if (gain !== undefined && !(/^[0-9]*\.?[0-9]+$/.test(o.minGain!) && gain <= 100)) throw new ApiError("VIGIL_BAD_REQUEST", `--min-gain must be points from 0 to 100 (e.g. 0.5), not ${JSON.stringify(o.minGain)}`, 0, "min-gain");
+      const plan = await call<BalancePlan>("GET", `/v1/cluster/balance${gain === undefined ? "" : `?minGain=${gain / 100}`}`);
       if (o.json && !o.apply) return printJson(balanceJson(plan));
       if (!o.json) process.stdout.write(formatBalance(plan));
       if (!o.apply) return;
@@ -138,7 +143,7 @@ export function registerCluster(program: Command, ctx: CliContext): void {
       process.stdout.write(`${r.name} (on ${r.host}) is ${r.ha ? "HA" : "not HA"}\n`);
     });
   vm.command("migrate <name>")
-    .description("Live-migrate a running VM to another host (pre-copy over QEMU's TLS; disks mirrored)")
+    .description("Migrate a VM to another host: live when it runs (pre-copy over QEMU's TLS; disks mirrored), its disks copied over the agents' TLS when it is stopped")
     .option("--to <host>", "the target host")
     .option("--max-downtime <ms>", "upper bound of the adaptive downtime limit (default 300)")
     .option("--timeout <seconds>", "cancel the migration after this long (default 600)")
@@ -184,19 +189,22 @@ export function leaseOptions(o: { leaseDb?: string | undefined; leaseTtl?: strin
 /** Starts a migration and follows it to its end, with a progress line on a terminal. */
 async function migrate(name: string, to: string, limits: Record<string, number>, quiet: boolean): Promise<MigrationView> {
   let m = await call<MigrationView>("POST", vmPath(name, "/migrate"), { to, ...limits });
+  if (!quiet && m.options?.negotiated) process.stdout.write(`${formatPlan(m.options.negotiated)}\n`);
   for (;;) {
     m = await call<MigrationView>("GET", `/v1/migrations/${enc(m.id)}`);
     const p = m.progress;
     if (!quiet && p && process.stderr.isTTY) {
       const [done, total] = p.phase === "disks" ? [p.diskDone, p.diskTotal] : [p.ramTransferred, p.ramTransferred + p.ramRemaining];
-      progressLine(`${name} → ${to}: ${p.phase}, ${mib(p.ramTransferred)} sent, ${mib(p.ramRemaining)} left, dirty ${mib(p.dirtyRate)}/s, expected downtime ${p.expectedDowntimeMs} ms (limit ${p.downtimeLimitMs})`, done, Math.max(total, 1));
+      if (m.options?.negotiated?.how === "cold") progressLine(`${name} → ${to}: copying the disks, ${mib(p.diskDone)} of ${mib(p.diskTotal)}`, p.diskDone, Math.max(p.diskTotal, 1));
+      else progressLine(`${name} → ${to}: ${p.phase}, ${mib(p.ramTransferred)} sent, ${mib(p.ramRemaining)} left, dirty ${mib(p.dirtyRate)}/s, expected downtime ${p.expectedDowntimeMs} ms (limit ${p.downtimeLimitMs})`, done, Math.max(total, 1));
     }
     if (m.state !== "running") break;
     await new Promise((r) => setTimeout(r, 250));
   }
   if (!quiet) {
     if (process.stderr.isTTY) clearLine();
-    if (m.state === "completed") process.stdout.write(`Migrated ${name} to ${to}${m.result ? `: downtime ${m.result.downtimeMs} ms, total ${(m.result.totalMs / 1000).toFixed(1)} s, ${m.result.iterations} passes` : ""}\n`);
+    if (m.state === "completed" && m.options?.negotiated?.how === "cold") process.stdout.write(`Moved stopped VM ${name} to ${to}${m.result ? `: ${mib(m.result.diskTransferred)} of disk copied in ${(m.result.totalMs / 1000).toFixed(1)} s` : ""}\n`);
+    else if (m.state === "completed") process.stdout.write(`Migrated ${name} to ${to}${m.result ? `: downtime ${m.result.downtimeMs} ms, total ${(m.result.totalMs / 1000).toFixed(1)} s, ${m.result.iterations} passes` : ""}\n`);
     else process.stdout.write(`Migration of ${name} ${m.state}${m.error ? `: ${m.error}` : ""}; it runs on ${m.source}\n`);
   }
   return m;
