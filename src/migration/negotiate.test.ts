@@ -1,7 +1,8 @@
 import { strict as assert } from "node:assert";
 import { test } from "node:test";
 import fc from "fast-check";
-import { DECLINED_CAPABILITIES, OPTIONAL_CAPABILITIES, REQUIRED_CAPABILITIES, REQUIRED_OBJECT_TYPES, REQUIRED_PARAMETERS, formatPlan, negotiate, planMigration, type QemuReport } from "./negotiate.ts";
+import { formatPlan } from "../cli/commands/cluster.ts";
+import { DECLINED_CAPABILITIES, OPTIONAL_CAPABILITIES, REQUIRED_CAPABILITIES, REQUIRED_OBJECT_TYPES, REQUIRED_PARAMETERS, negotiate, planMigration, type QemuReport } from "./negotiate.ts";
 
 const ALL_CAPS = [...REQUIRED_CAPABILITIES, ...OPTIONAL_CAPABILITIES, ...Object.keys(DECLINED_CAPABILITIES), "x-colo", "block"];
 const full = (host: string, over: Partial<QemuReport> = {}): QemuReport => ({

@@ -131,9 +131,3 @@ export function planMigration(source: QemuReport, target: QemuReport, vm: VmHard
   if (!r.ok) throw new VigilError("VIGIL_CONFLICT", `Cannot migrate from ${q(source.host)} to ${q(target.host)}: ${r.refusals.join("; ")}`, { field: "to" });
   return r.plan;
 }
-
-/** One line for `vigil vm migrate`: what was negotiated. */
-export function formatPlan(p: NegotiatedPlan): string {
-  if (p.how === "cold") return `negotiated: cold move of a stopped VM (disks copied over the agents' TLS), machine ${p.machine} and cpu ${p.cpu} runnable on ${p.target.host} (QEMU ${p.target.version})`;
-  return `negotiated: QEMU ${p.source.version} → ${p.target.version}, machine ${p.machine}, cpu ${p.cpu}; capabilities ${p.capabilities.join(", ")}${p.declined.length > 0 ? `; off: ${p.declined.map((d) => d.capability).join(", ")}` : ""}`;
-}

@@ -5,7 +5,7 @@
  */
 import type { Command } from "commander";
 import { writeAgentCredentials } from "../../cluster/agent-credentials.ts";
-import { formatPlan, type NegotiatedPlan } from "../../migration/negotiate.ts";
+import type { NegotiatedPlan } from "../../migration/negotiate.ts";
 import { balanceJson, consolidateJson, formatBalance, formatConsolidate } from "../../cluster/placement-report.ts";
 import type { BalancePlan, ConsolidationPlan } from "../../cluster/placement.ts";
 import type { HaPlan } from "../../cluster/leases.ts";
@@ -208,4 +208,10 @@ async function migrate(name: string, to: string, limits: Record<string, number>,
     else process.stdout.write(`Migration of ${name} ${m.state}${m.error ? `: ${m.error}` : ""}; it runs on ${m.source}\n`);
   }
   return m;
+}
+
+/** One line for `vigil vm migrate`: what was negotiated. */
+export function formatPlan(p: NegotiatedPlan): string {
+  if (p.how === "cold") return `negotiated: cold move of a stopped VM (disks copied over the agents' TLS), machine ${p.machine} and cpu ${p.cpu} runnable on ${p.target.host} (QEMU ${p.target.version})`;
+  return `negotiated: QEMU ${p.source.version} → ${p.target.version}, machine ${p.machine}, cpu ${p.cpu}; capabilities ${p.capabilities.join(", ")}${p.declined.length > 0 ? `; off: ${p.declined.map((d) => d.capability).join(", ")}` : ""}`;
 }
