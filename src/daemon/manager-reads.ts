@@ -3,8 +3,8 @@
  * everywhere): hosts need `host.read`; balance and consolidate plans `cluster.manage` (they describe every host's
  * load and the moves an admin would make); migrations and events are shown only for the VMs the user may read
  * (`vm.read` on the VM's owner, from its placement), host events only with `host.read`, and a user who may read
- * no VM at all is refused outright. `GET /v1/events` answers a poll with JSON (`?after=SEQ`) and, asked for
- * `text/event-stream`, streams: catch-up from the durable table after `Last-Event-ID` (or `after=`), then every
+ * no VM at all is refused outright. `GET /v1/events` answers a poll (`Accept: application/json`, `?after=SEQ`)
+ * with JSON and otherwise streams server-sent events (as a single host's `/v1/events` does): catch-up from the durable table after `Last-Event-ID` (or `after=`), then every
  * new event as it is committed. Each stream reads the table at its own pace, so a slow client holds no queue.
  */
 import type { Context, Hono } from "hono";
@@ -114,7 +114,9 @@ export function registerManagerReads<E extends Env>(app: Hono<E>, d: ManagerRead
       if (!/^\d{1,15}$/.test(v) || !Number.isSafeInteger(n)) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid ${field} ${q(v)}: an event sequence number ≥ 0`, { field });
       return n;
     };
-    if (!(c.req.header("accept") ?? "").includes("text/event-stream")) {
+    // A poll asks for JSON (as `call` and every API client do); anything else streams, as on a single host.
+    const accept = c.req.header("accept") ?? "";
+    if (accept.includes("application/json") && !accept.includes("text/event-stream")) {
       const after = afterQ === undefined ? 0 : parse(afterQ, "after");
       const batch = await d.repo.listEventsAfter(after, 500);
       const shown = await Promise.all(batch.map(visible));

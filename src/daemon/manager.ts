@@ -72,13 +72,14 @@ function fail(c: Context, err: unknown, log: Logger): Response {
 export async function startManager(o: ManagerOptions): Promise<Manager> {
   const home = homeLayout(o.home ?? vigilHome());
   const log = o.log ?? createLogger();
+  // The users' TCP listener: the single-host daemon's rules and code (daemon/tls.ts), checked before anything is made.
+  const tcp = parseListen(o.listen ?? "none");
+  const tlsSetting = tcp ? tlsSettingFor(tcp.host, o.tls) : "off";
   ensurePrivateDir(home.home);
   ensurePrivateDir(home.runDir);
   ensurePrivateDir(home.keysDir);
   const ca = loadCa(caDir(home.keysDir));
-  // The users' TCP listener: the single-host daemon's rules and code (daemon/tls.ts), checked before anything starts.
-  const tcp = parseListen(o.listen ?? "none");
-  const tls = tcp ? loadTls(tlsSettingFor(tcp.host, o.tls), home.keysDir) : undefined;
+  const tls = loadTls(tlsSetting, home.keysDir);
   claimPidFile(home);
   const db = await openInventory(o.db);
   const siteKey = loadOrCreateSiteKey(home.keysDir);
