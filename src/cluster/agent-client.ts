@@ -206,12 +206,16 @@ export class AgentClient {
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     return new Promise((resolve, reject) => {
       const req = httpsRequest({ host: this.host, port: this.port, method: "GET", path, headers, agent: this.agent });
+      let timedOut = false;
       const timer = setTimeout(() => {
+        timedOut = true;
         req.destroy();
         reject(this.notAnswering(`no answer within ${timeoutMs} ms`));
       }, timeoutMs);
       req.on("upgrade", (_res, socket, head) => {
         clearTimeout(timer);
+        // An upgrade that comes after the caller gave up is nobody's: closed, never left open.
+        if (timedOut) return void socket.destroy();
         resolve({ socket, head });
       });
       req.on("response", (message) => {

@@ -94,12 +94,19 @@ export function registerManagerReads<E extends Env>(app: Hono<E>, d: ManagerRead
   let watch: EventWatch | undefined;
   let starting: Promise<void> | undefined;
   const ensureWatch = () =>
-    (starting ??= d.repo.lastEventSeq().then((from) => {
-      watch = watchEvents(d.db, from, () => {
-        generation++;
-        for (const w of [...waiters]) w();
-      }, { onError: (err) => d.log.warn({ err: messageOf(err) }, "cluster event watch") });
-    }));
+    (starting ??= d.repo.lastEventSeq().then(
+      (from) => {
+        watch = watchEvents(d.db, from, () => {
+          generation++;
+          for (const w of [...waiters]) w();
+        }, { onError: (err) => d.log.warn({ err: messageOf(err) }, "cluster event watch") });
+      },
+      (err: unknown) => {
+        // The next stream tries again.
+        starting = undefined;
+        throw err;
+      },
+    ));
   const keepAliveMs = d.keepAliveMs ?? 15_000;
 
   app.get("/v1/events", async (c) => {
