@@ -66,24 +66,27 @@ export function clusterTopology(t: TestContext, hosts: number): Topology {
  * Two agents (h1, h2) and a manager on PostgreSQL, each in its own namespace of a fresh topology, hosts added with
  * `vigil host add` and both ready. Shared by every cluster integration test.
  */
-export async function cluster(t: TestContext, opts: { agentEnv?: (host: string) => NodeJS.ProcessEnv } = {}) {
+export async function cluster(t: TestContext, opts: { agentEnv?: (host: string) => NodeJS.ProcessEnv; managerArgs?: readonly string[] } = {}) {
   requireTinyImage();
   const topo = clusterTopology(t, 2);
   const db = await freshDatabase();
   const home = mkdtempSync(join(tmpdir(), "vigil-mgr-"));
   const ca = spawnSync(process.execPath, [BIN, "ca", "init"], { env: { ...process.env, VIGIL_HOME: home }, encoding: "utf8" });
   assert.equal(ca.status, 0, ca.stderr);
-  const manager = await startDaemon(t, { home, command: ["serve", "--cluster", "--db", db.url], wrap: topo.manager.wrap });
+  const manager = await startDaemon(t, { home, command: ["serve", "--cluster", "--db", db.url, ...(opts.managerArgs ?? [])], wrap: topo.manager.wrap });
   const agents: DaemonHandle[] = [];
+  /** Each agent's credentials directory (from `vigil host add --out`). */
+  const credentials: string[] = [];
   for (const [i, h] of topo.hosts.entries()) {
     const creds = join(mkdtempSync(join(tmpdir(), "vigil-creds-")), "agent");
     const add = manager.cli("host", "add", `h${i + 1}`, "--addr", `${h.addr}:7451`, "--out", creds);
     assert.equal(add.status, 0, add.stderr);
+    credentials.push(creds);
     agents.push(await startDaemon(t, { command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds], wrap: h.wrap, ...(opts.agentEnv ? { env: opts.agentEnv(`h${i + 1}`) } : {}) }));
   }
   await waitFor(() => {
     const r = manager.cli("host", "list", "--json");
     return r.status === 0 && (JSON.parse(r.stdout) as { state: string }[]).every((h) => h.state === "ready");
   }, 30_000, "both hosts ready");
-  return { manager, agents, topo };
+  return { manager, agents, topo, credentials };
 }

@@ -9,6 +9,7 @@
 import { X509Certificate } from "node:crypto";
 import { Agent, request as httpsRequest } from "node:https";
 import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
 import { isIP } from "node:net";
 import type { PeerCertificate } from "node:tls";
 import { StringDecoder } from "node:string_decoder";
@@ -190,6 +191,50 @@ export class AgentClient {
     } finally {
       res.done();
     }
+  }
+
+  /**
+   * An HTTP upgrade (the serial console: `Upgrade: vigil-console`) over the same mutual TLS, for `actor`: resolves
+   * with the raw byte stream to the agent once it answered 101 (and the bytes that came with the answer's head);
+   * an answer that is not an upgrade becomes the agent's error. `timeoutMs` bounds the wait for the answer only.
+   */
+  upgrade(path: string, protocol: string, options: { actor?: DelegatedActor | undefined; epoch?: number | undefined; timeoutMs?: number | undefined } = {}): Promise<{ socket: Duplex; head: Buffer }> {
+    if (!path.startsWith("/")) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid agent path ${q(path)}: must start with "/"`, { field: "path" });
+    const headers: Record<string, string> = { connection: "Upgrade", upgrade: protocol };
+    if (options.actor) headers[ACTOR_HEADER] = JSON.stringify(options.actor);
+    if (options.epoch !== undefined) headers[EPOCH_HEADER] = String(options.epoch);
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    return new Promise((resolve, reject) => {
+      const req = httpsRequest({ host: this.host, port: this.port, method: "GET", path, headers, agent: this.agent });
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        req.destroy();
+        reject(this.notAnswering(`no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      req.on("upgrade", (_res, socket, head) => {
+        clearTimeout(timer);
+        // An upgrade that comes after the caller gave up is nobody's: closed, never left open.
+        if (timedOut) return void socket.destroy();
+        resolve({ socket, head });
+      });
+      req.on("response", (message) => {
+        clearTimeout(timer);
+        const chunks: Buffer[] = [];
+        let size = 0;
+        message.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size <= 65536) chunks.push(c);
+        });
+        message.on("end", () => reject(this.agentError(message.statusCode ?? 0, Buffer.concat(chunks).toString("utf8"))));
+        message.on("error", (err) => reject(this.transportError(err)));
+      });
+      req.on("error", (err) => {
+        clearTimeout(timer);
+        reject(this.transportError(err));
+      });
+      req.end();
+    });
   }
 
   /** Closes the kept-alive connections. */

@@ -56,7 +56,7 @@ import { PostureService } from "../posture/posture-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse, vigilErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
-import { loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
+import { createApiServer, loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { createServer as createHttpsServer } from "node:https";
 import { startExpiryWatch } from "../vm/expiry.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
@@ -68,7 +68,7 @@ import { mtlsServerOptions, peerIdentity, requirePeerRole } from "../cluster/mtl
 import { hostNetns, netnsName } from "../network/netns.ts";
 import { AgentLease, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
 import { LeaseStore } from "../cluster/leases.ts";
-import { EPOCH_HEADER } from "../cluster/types.ts";
+import { ACTOR_HEADER, EPOCH_HEADER } from "../cluster/types.ts";
 import { openInventory } from "../inventory/db.ts";
 
 export const VERSION: string = (() => {
@@ -119,7 +119,7 @@ export interface Daemon {
   close(): Promise<void>;
 }
 
-function listenOn(server: ServerType, where: string | { host: string; port: number }, what: string): Promise<void> {
+export function listenOn(server: ServerType, where: string | { host: string; port: number }, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", (err) => reject(new VigilError("VIGIL_HOST", `Cannot listen on ${what}: ${messageOf(err)}`, { cause: err })));
     if (typeof where === "string") server.listen(where, () => resolve());
@@ -343,10 +343,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   };
   let tcpAddress: Daemon["tcpAddress"];
   let unixServer: ServerType;
+  let clusterServer: ServerType | undefined;
   try {
     // TCP first: when its address is taken, no client has seen the socket of a daemon that then goes away.
     if (tcpWhere) {
-      const tcpServer = tls ? createAdaptorServer({ fetch: serve("tcp"), createServer: createHttpsServer, serverOptions: { cert: tls.cert, key: tls.key } }) : createAdaptorServer({ fetch: serve("tcp") });
+      const tcpServer = createApiServer(serve("tcp"), tls);
       await listenOn(tcpServer, tcpWhere, listen);
       servers.push(tcpServer);
       const addr = tcpServer.address();
@@ -383,7 +384,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         }
         return app.fetch(req, { transport: "cluster", remoteAddress: socket?.remoteAddress });
       };
-      const clusterServer = createAdaptorServer({ fetch: serveCluster, createServer: createHttpsServer, serverOptions: mtlsServerOptions(agentCreds.bundle) });
+      clusterServer = createAdaptorServer({ fetch: serveCluster, createServer: createHttpsServer, serverOptions: mtlsServerOptions(agentCreds.bundle) });
       await listenOn(clusterServer, clusterWhere, options.cluster!.listen);
       servers.push(clusterServer);
     }
@@ -415,8 +416,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   }
   log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, ...(tls ? { tls: true, tlsFingerprint: tls.fingerprint } : {}), accelerator: accel.accel, reason: accel.reason, ...recovered }, "vigil is serving");
   for (const server of servers) {
-    const transport = server === unixServer ? "unix" : "tcp";
-    server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket));
+    const transport = server === unixServer ? "unix" : server === clusterServer ? "cluster" : "tcp";
+    // On the cluster listener only the manager's certificate may open a console (acting for its user), as for JSON.
+    const gate = transport === "cluster" ? (req: IncomingMessage, socket: Socket) => {
+      requirePeerRole(peerIdentity(socket as TLSSocket), "manager");
+      agentLease?.admit(headerOf(req, EPOCH_HEADER) ?? null);
+    } : undefined;
+    server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket, gate));
   }
 
   stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);
@@ -428,13 +434,14 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
  * The interactive console: `GET /v1/vms/NAME/console` with `Upgrade: vigil-console` becomes a raw byte stream
  * to the VM's serial port. Authentication and authorization are the same as for any route.
  */
-async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp", req: IncomingMessage, socket: Socket): Promise<void> {
+async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp" | "cluster", req: IncomingMessage, socket: Socket, gate?: (req: IncomingMessage, socket: Socket) => void): Promise<void> {
   const refuse = (err: VigilError): void => void socket.end(rawErrorResponse(err));
   socket.on("error", () => socket.destroy());
   try {
     const m = /^\/v1\/vms\/([a-z][a-z0-9-]{0,62})\/console$/.exec(new URL(req.url ?? "/", "http://x").pathname);
     if (!m || req.headers.upgrade?.toLowerCase() !== "vigil-console") return refuse(new VigilError("VIGIL_NOT_FOUND", "Only /v1/vms/NAME/console can be upgraded (Upgrade: vigil-console)"));
-    const actor = await authenticateRequest(d.users, d.localUser, transport, req.headers.authorization);
+    gate?.(req, socket);
+    const actor = await authenticateRequest(d.users, d.localUser, transport, req.headers.authorization, headerOf(req, ACTOR_HEADER));
     if (!actor) return refuse(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required"));
     const ctx: RequestContext = { actor, requestId: crypto.randomUUID() };
     const serialPath = await d.vms.openConsole(ctx, m[1]!);
@@ -451,6 +458,11 @@ async function consoleUpgrade(d: ApiDeps, transport: "unix" | "tcp", req: Incomi
     refuse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", "Internal error"));
   }
 }
+
+const headerOf = (req: IncomingMessage, name: string): string | undefined => {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+};
 
 /** `vigil serve --cluster`: the manager (loaded only then; it shares this module's helpers). */
 export async function runClusterManager(o: import("./manager.ts").ManagerOptions): Promise<void> {

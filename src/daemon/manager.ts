@@ -31,18 +31,31 @@ import { createLogger, type Logger } from "../log.ts";
 import { DEFAULT_LIMITS, MigrationOrchestrator, type MigrationStore } from "../migration/orchestrator.ts";
 import { homeLayout, vigilHome } from "../paths.ts";
 import { errorBody } from "../api/error-response.ts";
-import { claimPidFile, parseListen, VERSION } from "./daemon.ts";
+import { claimPidFile, listenOn, parseListen, VERSION } from "./daemon.ts";
+import { createApiServer, loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
+import { registerManagerReads, type ManagerReads } from "./manager-reads.ts";
+import { CONSOLE_PROTOCOL, forwardConsoleUpgrade } from "../cluster/stream-forward.ts";
+import { AccountService } from "../auth/account-service.ts";
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
 
 export interface ManagerOptions {
   home?: string;
   /** The inventory: a `postgres://` URL (a cluster), or a SQLite path (a one-machine trial). */
   db: string;
+  /** "ADDR:PORT" for the users' TCP listener (HTTPS off loopback, bearer tokens), or "none" (the default). */
   listen?: string;
+  /** As for `vigil serve` (daemon/tls.ts): default "auto" off loopback, "off" on it. */
+  tls?: TlsSetting | undefined;
   log?: Logger;
   heartbeatMs?: number;
 }
 
 export interface Manager {
+  /** The TCP address actually bound (port 0 → a free port), if any. */
+  tcpAddress: { host: string; port: number } | undefined;
+  /** The TCP listener's certificate fingerprint when it serves HTTPS. */
+  tlsFingerprint: string | undefined;
   close(): Promise<void>;
 }
 
@@ -59,12 +72,14 @@ function fail(c: Context, err: unknown, log: Logger): Response {
 export async function startManager(o: ManagerOptions): Promise<Manager> {
   const home = homeLayout(o.home ?? vigilHome());
   const log = o.log ?? createLogger();
+  // The users' TCP listener: the single-host daemon's rules and code (daemon/tls.ts), checked before anything is made.
+  const tcp = parseListen(o.listen ?? "none");
+  const tlsSetting = tcp ? tlsSettingFor(tcp.host, o.tls) : "off";
   ensurePrivateDir(home.home);
   ensurePrivateDir(home.runDir);
   ensurePrivateDir(home.keysDir);
   const ca = loadCa(caDir(home.keysDir));
-  const tcp = parseListen(o.listen ?? "none");
-  if (tcp) throw new VigilError("VIGIL_BAD_REQUEST", "The cluster manager serves its unix socket only for now (give --listen none)", { field: "listen" });
+  const tls = loadTls(tlsSetting, home.keysDir);
   claimPidFile(home);
   const db = await openInventory(o.db);
   const siteKey = loadOrCreateSiteKey(home.keysDir);
@@ -152,7 +167,6 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
 
   app.get("/v1/whoami", (c) => c.json({ ...c.get("ctx").actor, via: c.get("ctx").actor.via }));
   app.get("/v1/host", (c) => c.json({ role: "manager", version: VERSION, home: home.home, hosts: hosts.readyHosts().length }));
-  app.get("/v1/hosts", async (c) => c.json((await hosts.list()).map((h) => ({ ...h, state: hosts.isReady(h.name) ? "ready" : h.state }))));
   app.post("/v1/hosts", async (c) => {
     const body = (await c.req.json()) as { name?: unknown; address?: unknown };
     const name = String(body.name ?? "");
@@ -231,16 +245,6 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     await guard.authorize(c.get("ctx"), { action: "cluster.ha", permission: "cluster.manage", target: { kind: "host", name: "manager" }, readOnly: true });
     return c.json({ ha: (await repo.listPlacements()).filter((p) => p.ha).map((p) => ({ name: p.vmName, host: p.host })), plan: ha.last ?? null });
   });
-  app.get("/v1/migrations", async (c) => c.json(await repo.listActiveMigrations()));
-  app.get("/v1/migrations/:id", async (c) => c.json(await orchestrator.get(c.req.param("id"))));
-  app.get("/v1/cluster/balance", (c) => {
-    // minGain: the least drop of the load spread (a ratio, 0.01 = 1 point) a move must bring; default 0.01.
-    const raw = c.req.query("minGain");
-    const minGain = raw === undefined ? 0.01 : Number(raw);
-    if (!/^[0-9]*\.?[0-9]+$/.test(raw ?? "0") || !(minGain >= 0 && minGain <= 1)) throw new VigilError("VIGIL_BAD_REQUEST", `minGain must be a load ratio from 0 to 1 (0.01 = 1 point), not ${q(raw)}`, { field: "minGain" });
-    return c.json(recommendBalance(loads(), { maxMoves: 5, minGain }));
-  });
-  app.get("/v1/cluster/consolidate", (c) => c.json(recommendConsolidate(loads())));
   // The manager's own audit log (cluster actions), for holders of audit.read.
   app.get("/v1/audit", async (c) => {
     const ctx = c.get("ctx");
@@ -251,7 +255,28 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     await guard.authorize(c.get("ctx"), { action: "audit.verify", permission: "audit.read", target: { kind: "host", name: "manager" } });
     return c.json(await audit.verify());
   });
-  app.get("/v1/events", async (c) => c.json(await repo.listEventsAfter(Number(c.req.query("after") ?? 0), 500)));
+  // Hosts, migrations, balance, consolidate and events: authorized per route (daemon/manager-reads.ts).
+  const reads: ManagerReads = {
+    guard,
+    repo,
+    db,
+    hosts: async () => (await hosts.list()).map((h) => ({ ...h, state: hosts.isReady(h.name) ? "ready" : h.state })),
+    migration: (id) => orchestrator.get(id),
+    balance: (raw) => {
+      // minGain: the least drop of the load spread (a ratio, 0.01 = 1 point) a move must bring; default 0.01.
+      const minGain = raw === undefined ? 0.01 : Number(raw);
+      if (!/^[0-9]*\.?[0-9]+$/.test(raw ?? "0") || !(minGain >= 0 && minGain <= 1)) throw new VigilError("VIGIL_BAD_REQUEST", `minGain must be a load ratio from 0 to 1 (0.01 = 1 point), not ${q(raw)}`, { field: "minGain" });
+      return recommendBalance(loads(), { maxMoves: 5, minGain });
+    },
+    consolidate: () => recommendConsolidate(loads()),
+    log,
+  };
+  const events = registerManagerReads(app, reads);
+  // Users and their tokens live in the shared inventory: `vigil user add|list|token` work against the manager too.
+  const accounts = new AccountService(users, guard);
+  app.get("/v1/users", async (c) => c.json({ users: await accounts.list(c.get("ctx")) }));
+  app.post("/v1/users", async (c) => c.json(await accounts.add(c.get("ctx"), await c.req.json().catch(() => undefined)), 201));
+  app.post("/v1/users/:name/tokens", async (c) => c.json(await accounts.issueToken(c.get("ctx"), c.req.param("name"), await c.req.json().catch(() => ({}))), 201));
   // The cluster's networks (docs/cluster.md "Networks across hosts (VXLAN)"): one VXLAN segment over every ready host.
   registerClusterNetworkRoutes(app, new ClusterNetworks({ db, guard, log, readyHosts: () => hosts.readyHosts(), addressOf: (h) => hosts.addressOf(h), call: (h, m, p, b, a) => call(h, m, p, b, a), toDelegated }));
   // Everything else about one VM goes to the agent that holds it, for the user who asked.
@@ -272,15 +297,52 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     socketServer.once("error", reject);
     socketServer.listen(home.socket, () => resolve());
   });
+  // The users' door (`--listen`): the same app and tokens as the socket; TLS as the single-host daemon does it.
+  let tcpServer: ServerType | undefined;
+  let tcpAddress: Manager["tcpAddress"];
+  if (tcp) {
+    tcpServer = createApiServer((req: Request) => app.fetch(req, { transport: "tcp" }), tls);
+    await listenOn(tcpServer, tcp, o.listen!);
+    const addr = tcpServer.address();
+    if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
+  }
+  // The serial console through the manager: authenticated here, authorized and audited by the agent that holds the VM.
+  const consoleDeps = (transport: "unix" | "tcp") => ({
+    authenticate: (req: IncomingMessage) => authenticateRequest(users, localUser, transport, req.headers.authorization),
+    holder,
+    open: async (host: string, path: string, actor: DelegatedActor) => {
+      const epoch = await hosts.epochOf(host);
+      return (await hosts.client(host)).upgrade(path, CONSOLE_PROTOCOL, { actor, ...(epoch !== undefined ? { epoch } : {}) });
+    },
+    onError: (err: unknown) => log.error({ err }, "console forwarding failed"),
+  });
+  const consoles = new Set<Duplex>();
+  const onUpgrade = (transport: "unix" | "tcp") => (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    consoles.add(socket);
+    socket.once("close", () => consoles.delete(socket));
+    void forwardConsoleUpgrade(consoleDeps(transport), req, socket, head);
+  };
+  socketServer.on("upgrade", onUpgrade("unix"));
+  tcpServer?.on("upgrade", onUpgrade("tcp"));
   const reconciling = await orchestrator.reconcile(MANAGER_ACTOR);
   await audit.append({ actor: "system", action: "manager.start", target: { kind: "host", name: "manager" }, result: "ok", details: { version: VERSION, hosts: (await hosts.list()).length, migrationsFollowed: reconciling } });
-  log.info({ home: home.home, socket: home.socket, hosts: hosts.readyHosts(), migrationsFollowed: reconciling }, "vigil cluster manager is serving");
+  log.info({ home: home.home, socket: home.socket, http: tcpAddress ? `${tcpAddress.host}:${tcpAddress.port}` : null, ...(tls ? { tls: true, tlsFingerprint: tls.fingerprint } : {}), hosts: hosts.readyHosts(), migrationsFollowed: reconciling }, "vigil cluster manager is serving");
 
   return {
+    tcpAddress,
+    tlsFingerprint: tls?.fingerprint,
     close: async () => {
       orchestrator.close();
       hosts.close();
-      await new Promise<void>((r) => socketServer.close(() => r()));
+      await events.close();
+      // Open consoles and event streams end with the manager (the agents' sides close with them).
+      for (const s of consoles) s.destroy();
+      for (const server of [tcpServer, socketServer]) {
+        if (!server) continue;
+        const closed = new Promise<void>((r) => server.close(() => r()));
+        (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+        await closed;
+      }
       await audit.close();
       await db.destroy();
       rmSync(home.socket, { force: true });

@@ -10,6 +10,8 @@ import { execFileSync } from "node:child_process";
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { isIP } from "node:net";
 import { join } from "node:path";
+import { createServer as createHttpsServer } from "node:https";
+import { createAdaptorServer, type ServerType } from "@hono/node-server";
 import { VigilError, messageOf, q } from "../errors.ts";
 
 /** "auto": the site certificate (made on first use); "off": plain HTTP (loopback only); or the operator's files. */
@@ -59,6 +61,14 @@ export function loadTls(chosen: TlsSetting, keysDir: string): TlsMaterial | unde
     throw new VigilError("VIGIL_BAD_REQUEST", `Invalid TLS certificate ${q(files.cert)}: ${messageOf(err)}`, { field: "tls-cert", cause: err });
   }
   return { cert, key, fingerprint };
+}
+
+/**
+ * The API's TCP listener (not yet listening): HTTPS with `tls`, plain HTTP without (`tlsSettingFor` allowed that on
+ * loopback only). The single-host daemon and the cluster manager both serve through this, so their rules never drift.
+ */
+export function createApiServer(fetch: Parameters<typeof createAdaptorServer>[0]["fetch"], tls: TlsMaterial | undefined): ServerType {
+  return tls ? createAdaptorServer({ fetch, createServer: createHttpsServer, serverOptions: { cert: tls.cert, key: tls.key } }) : createAdaptorServer({ fetch });
 }
 
 /** keys/tls-cert.pem and keys/tls-key.pem, made with openssl (P-256, 825 days) if they do not exist yet. */

@@ -91,7 +91,7 @@ export async function withProgress<T>(label: string, work: (requestId: string) =
 
 /** What the CLI needs from outside its bundle: the daemon is loaded only by `vigil serve`. */
 export interface CliHooks {
-  loadDaemon: () => Promise<{ runDaemon(options: { listen: string; tls?: "auto" | "off" | { cert: string; key: string } | undefined; cluster?: { listen: string; credentialsDir: string } }): Promise<void>; runClusterManager(options: { db: string; listen?: string }): Promise<void>; runWitnessServer(options: { dir: string; siteKeyPath: string; listen: string }): Promise<void> }>;
+  loadDaemon: () => Promise<{ runDaemon(options: { listen: string; tls?: "auto" | "off" | { cert: string; key: string } | undefined; cluster?: { listen: string; credentialsDir: string } }): Promise<void>; runClusterManager(options: { db: string; listen?: string; tls?: "auto" | "off" | { cert: string; key: string } | undefined }): Promise<void>; runWitnessServer(options: { dir: string; siteKeyPath: string; listen: string }): Promise<void> }>;
 }
 
 /** What a command registrar may use besides the program it adds to. */

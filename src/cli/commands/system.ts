@@ -21,12 +21,17 @@ export function registerSystem(program: Command, ctx: CliContext): void {
     .option("--tls-key <file>", "PEM private key for --tls-cert")
     .option("--cluster", "run the cluster manager instead (no local VMs; agents do the work: docs/cluster.md)")
     .option("--db <url>", "the manager's inventory: postgres://… (or a SQLite file for a one-machine trial)")
-    .action(async (o: { listen: string; tls?: boolean; tlsCert?: string; tlsKey?: string; cluster?: boolean; db?: string }) => {
+    .action(async (o: { listen: string; tls?: boolean; tlsCert?: string; tlsKey?: string; cluster?: boolean; db?: string }, cmd: Command) => {
       if (o.cluster) {
         if (!o.db) throw new ApiError("VIGIL_BAD_REQUEST", "The cluster manager needs its inventory: --db postgres://…", 0, "db");
+        if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new ApiError("VIGIL_BAD_REQUEST", "Give --tls-cert and --tls-key together", 0, o.tlsCert ? "tls-key" : "tls-cert");
+        if (o.tls === false && o.tlsCert) throw new ApiError("VIGIL_BAD_REQUEST", "Use either --no-tls or --tls-cert/--tls-key, not both", 0, "tls");
+        const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : o.tls === true ? ("auto" as const) : o.tls === false ? ("off" as const) : undefined;
+        // The manager serves its socket only unless --listen is given (a single host listens on 127.0.0.1:7450 by default).
+        const listen = cmd.getOptionValueSource("listen") === "default" ? "none" : o.listen;
         const { runClusterManager } = await hooks.loadDaemon();
         try {
-          return await runClusterManager({ db: o.db, listen: "none" });
+          return await runClusterManager({ db: o.db, listen, tls });
         } catch (err) {
           process.exit(report(err));
         }

@@ -77,6 +77,8 @@ async function interactiveConsole(name: string): Promise<void> {
     const done = () => {
       if (stdin.isTTY) stdin.setRawMode(false);
       stdin.pause();
+      // A paused pipe on stdin (a script driving the console) would keep the process alive after it left.
+      (stdin as { unref?: () => void }).unref?.();
       socket.destroy();
       resolve();
     };
