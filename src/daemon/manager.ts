@@ -34,7 +34,7 @@ import { errorBody } from "../api/error-response.ts";
 import { claimPidFile, listenOn, parseListen, VERSION } from "./daemon.ts";
 import { createApiServer, loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { registerManagerReads, type ManagerReads } from "./manager-reads.ts";
-import { CONSOLE_PROTOCOL, forwardConsoleUpgrade } from "../cluster/stream-forward.ts";
+import { CONSOLE_PROTOCOL, forwardConsoleUpgrade } from "./stream-forward.ts";
 import { AccountService } from "../auth/account-service.ts";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";

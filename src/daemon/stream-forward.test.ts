@@ -1,5 +1,5 @@
 /**
- * The console forwarding of the manager (cluster/stream-forward.ts) against a fake agent peer: an mTLS server of
+ * The console forwarding of the manager (daemon/stream-forward.ts) against a fake agent peer: an mTLS server of
  * the vigil CA that upgrades `/v1/vms/NAME/console`. Bytes go both ways for the user the manager authenticated,
  * refusals come back as the API's errors, either end closing closes the other, and a client that does not read
  * stalls the agent (back-pressure) instead of filling the manager's memory.
@@ -10,9 +10,9 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { after, before, test } from "node:test";
 import type { Actor } from "../auth/permissions.ts";
-import { AgentClient } from "./agent-client.ts";
+import { AgentClient } from "../cluster/agent-client.ts";
 import { forwardConsoleUpgrade, type ConsoleForwardDeps } from "./stream-forward.ts";
-import { makePki, mtlsServer, type Pki, type TestServer } from "./testing/pki.ts";
+import { makePki, mtlsServer, type Pki, type TestServer } from "../cluster/testing/pki.ts";
 
 let pki: Pki;
 let agent: TestServer;

@@ -11,7 +11,7 @@ import type { Duplex } from "node:stream";
 import type { Actor } from "../auth/permissions.ts";
 import { rawErrorResponse } from "../api/error-response.ts";
 import { VigilError, messageOf } from "../errors.ts";
-import type { DelegatedActor } from "./types.ts";
+import type { DelegatedActor } from "../cluster/types.ts";
 
 export const CONSOLE_PROTOCOL = "vigil-console";
 const CONSOLE_PATH = /^\/v1\/vms\/([a-z][a-z0-9-]{0,62})\/console$/;
