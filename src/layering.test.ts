@@ -31,6 +31,8 @@ const ALLOWED: Record<string, string[]> = {
   // disks go through qemu-img; the QMP pre-copy engine, the relays, the agent's side and the manager's orchestrator
   migration: ["auth", "cluster", "host", "introspection", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
+  // transience (docs/transience.md): the pure package-data parsers (dpkg versions, deb822, status, indexes, advisories)
+  posture: [],
   inventory: [],
   util: [],
 };
