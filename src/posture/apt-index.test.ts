@@ -37,6 +37,9 @@ test("the real security index loads with its descriptor: hashes, suite, dates, l
   assert.match(d.release.date ?? "", /\d{4} \d\d:\d\d:\d\d UTC$/);
   assert.match(d.release.validUntil ?? "", /UTC$/);
   assert.equal(d.release.listed, true, "the decompressed index is the one the InRelease lists");
+  assert.equal(d.release.signature, "good", "gpgv accepts the InRelease with Debian's keyring");
+  assert.equal(d.release.dateIso, new Date(Date.parse(d.release.date!)).toISOString());
+  assert.ok(Date.parse(d.release.validUntilIso!) > Date.parse(d.release.dateIso!));
   const openssl = index.get("openssl")?.get("amd64");
   assert.ok(openssl && openssl.source === "openssl" && /deb12u/.test(openssl.version));
 });
@@ -98,10 +101,36 @@ test("an index whose bytes differ from what its Release lists is not listed", as
   assert.equal(findRelease(join(dir, "no-dists-here_Packages")), undefined);
 });
 
+test("a tampered InRelease fails its signature; a plain Release is unsigned; a wrong keyring is bad", async () => {
+  const file = securityPackagesFile();
+  const rel = findRelease(file)!;
+  const original = readFileSync(rel.path, "latin1");
+  const site = join(dir, "site_dists_bookworm-security_main_binary-amd64_Packages.lz4");
+  writeFileSync(site, readFileSync(file));
+  const inrelease = join(dir, "site_dists_bookworm-security_InRelease");
+  writeFileSync(inrelease, original.replace(/^Valid-Until: .*$/m, "Valid-Until: Sat, 12 Dec 2099 03:33:28 UTC"), "latin1");
+  const tampered = (await loadPackagesIndex(site)).descriptor.release!;
+  assert.equal(tampered.validUntil, "Sat, 12 Dec 2099 03:33:28 UTC");
+  assert.equal(tampered.signature, "bad");
+  assert.equal(tampered.listed, true, "the index itself is still the one listed: only the signature tells");
+  writeFileSync(inrelease, original, "latin1");
+  assert.equal((await loadPackagesIndex(site, { keyring: join(dir, "empty.gpg") })).descriptor.release!.signature, "not-checked");
+  writeFileSync(join(dir, "empty.gpg"), "");
+  assert.equal((await loadPackagesIndex(site, { keyring: join(dir, "empty.gpg") })).descriptor.release!.signature, "bad");
+  rmSync(inrelease);
+  writeFileSync(join(dir, "site_dists_bookworm-security_Release"), releaseBody(Buffer.from(original, "latin1"), "InRelease"), "latin1");
+  const plain = (await loadPackagesIndex(site)).descriptor.release!;
+  assert.equal(plain.signature, "unsigned");
+  assert.equal(plain.listed, true);
+});
+
 test("clear-signed Release bodies: the armour is removed and dash-escaping undone; a truncated one is refused", () => {
   const signed = Buffer.from("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nSuite: x\n- -Odd: y\n-----BEGIN PGP SIGNATURE-----\nabc\n-----END PGP SIGNATURE-----\n");
   assert.equal(releaseBody(signed, "InRelease"), "Suite: x\n-Odd: y");
   assert.throws(() => releaseBody(Buffer.from("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nSuite: x\n"), "InRelease"), /without its body or signature/);
+  assert.throws(() => releaseBody(Buffer.concat([signed, Buffer.from("Suite: evil\n")]), "InRelease"), /text after the signature/);
+  const nested = Buffer.from("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nSuite: x\n-----BEGIN PGP SIGNED MESSAGE-----\n-----BEGIN PGP SIGNATURE-----\nabc\n-----END PGP SIGNATURE-----\n");
+  assert.throws(() => releaseBody(nested, "InRelease"), /second armoured block/);
 });
 
 test("malformed stanzas refuse the index with the line", () => {

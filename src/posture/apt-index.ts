@@ -124,6 +124,12 @@ export interface ReleaseInfo {
    * exactly the decompressed index's hash and size: the bytes read are the ones the Release describes. */
   indexPath?: string;
   listed: boolean;
+  /** ISO 8601 forms of Date and Valid-Until, when they parse. */
+  dateIso?: string;
+  validUntilIso?: string;
+  /** The InRelease's OpenPGP signature checked by gpgv against the keyring: "good", "bad"; "unsigned" for a plain
+   * Release (its detached Release.gpg is not read); "not-checked" when gpgv or the keyring is absent. */
+  signature: "good" | "bad" | "unsigned" | "not-checked";
 }
 
 /** Which advisory data a scan used: recorded with the scan, compared to decide whether a posture is stale. */
@@ -142,13 +148,23 @@ export interface DataSourceDescriptor {
 
 const sha256 = (b: Buffer | string): string => createHash("sha256").update(b).digest("hex");
 
-/** The text of a Release or an InRelease (the clear-signed body, dash-escaping undone; the signature is not checked here). */
+const SIGNED_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----\n";
+const isClearSigned = (bytes: Buffer): boolean => bytes.subarray(0, SIGNED_HEADER.length).toString("latin1") === SIGNED_HEADER;
+
+/**
+ * The text of a Release or an InRelease (the clear-signed body, dash-escaping undone). The body read is exactly
+ * the one the signature covers: anything after the signature, or a second armoured block inside, is refused (the
+ * shape of apt's own InRelease checks, so a verified signature cannot vouch for other text).
+ */
 export function releaseBody(bytes: Buffer, source: string): string {
   const text = bytes.toString("latin1");
-  if (!text.startsWith("-----BEGIN PGP SIGNED MESSAGE-----\n")) return text;
+  if (!text.startsWith(SIGNED_HEADER)) return text;
   const headerEnd = text.indexOf("\n\n");
   const sig = text.indexOf("\n-----BEGIN PGP SIGNATURE-----\n");
   if (headerEnd < 0 || sig < headerEnd) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot parse ${source}: a clear-signed message without its body or signature`, { field: source });
+  const end = text.indexOf("\n-----END PGP SIGNATURE-----", sig);
+  if (end < 0 || !/^\n?$/.test(text.slice(end + "\n-----END PGP SIGNATURE-----".length))) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot parse ${source}: text after the signature, or no end of signature`, { field: source });
+  if (text.slice(headerEnd, sig).includes("\n-----BEGIN PGP")) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot parse ${source}: a second armoured block inside the signed text`, { field: source });
   return text
     .slice(headerEnd + 2, sig)
     .split("\n")
@@ -163,10 +179,14 @@ export function readRelease(path: string, indexPath: string | undefined, content
   const stanzas = parseDeb822(releaseBody(bytes, source), source);
   const s = stanzas[0];
   if (!s || stanzas.length !== 1) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot parse ${source}: a Release holds exactly one stanza, found ${stanzas.length}`, { field: source });
-  const info: ReleaseInfo = { path, sha256: sha256(bytes), listed: false };
+  const info: ReleaseInfo = { path, sha256: sha256(bytes), listed: false, signature: isClearSigned(bytes) ? "not-checked" : "unsigned" };
   for (const [k, f] of [["origin", "Origin"], ["suite", "Suite"], ["codename", "Codename"], ["date", "Date"], ["validUntil", "Valid-Until"]] as const) {
     const v = fieldValue(s, f);
     if (v !== undefined) info[k] = v;
+  }
+  for (const [from, to] of [["date", "dateIso"], ["validUntil", "validUntilIso"]] as const) {
+    const ms = info[from] !== undefined && info[from].length <= 64 ? Date.parse(info[from]) : NaN;
+    if (Number.isFinite(ms)) info[to] = new Date(ms).toISOString();
   }
   if (indexPath !== undefined) {
     info.indexPath = indexPath;
@@ -205,7 +225,7 @@ export function findRelease(indexFile: string): { path: string; indexPath: strin
  * Loads an index file (compressed or not), parses it, and describes it. The Release beside it, when there is one,
  * is read too; `release` overrides where to find it.
  */
-export async function loadPackagesIndex(path: string, opts: { limits?: Deb822Limits; release?: { path: string; indexPath: string } } = {}): Promise<{ index: PackagesIndex; descriptor: DataSourceDescriptor }> {
+export async function loadPackagesIndex(path: string, opts: { limits?: Deb822Limits; release?: { path: string; indexPath: string }; keyring?: string } = {}): Promise<{ index: PackagesIndex; descriptor: DataSourceDescriptor }> {
   const limits = opts.limits ?? DEB822_LIMITS;
   const raw = readBounded(path, MAX_INDEX_FILE_BYTES, "index");
   const content = COMPRESSED.test(path) ? await decompressBytes(raw, COMPRESSED.exec(path)![0], limits.maxBytes, path) : raw;
@@ -213,6 +233,33 @@ export async function loadPackagesIndex(path: string, opts: { limits?: Deb822Lim
   const contentSha256 = sha256(content);
   const descriptor: DataSourceDescriptor = { kind: "apt-packages-index", path, sha256: sha256(raw), bytes: raw.length, contentSha256, contentBytes: content.length, packages: index.size };
   const rel = opts.release ?? findRelease(path);
-  if (rel) descriptor.release = readRelease(rel.path, rel.indexPath, { sha256: contentSha256, bytes: content.length });
+  if (rel) {
+    const info = readRelease(rel.path, rel.indexPath, { sha256: contentSha256, bytes: content.length });
+    if (info.signature === "not-checked") info.signature = await verifyReleaseSignature(readBounded(rel.path, MAX_RELEASE_BYTES, "release file"), opts.keyring ?? DEBIAN_KEYRING, info.sha256);
+    descriptor.release = info;
+  }
   return { index, descriptor };
+}
+
+/** Debian's archive keyring (package debian-archive-keyring, installed with apt). */
+export const DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg";
+const GPGV = "/usr/bin/gpgv";
+
+/**
+ * Checks a clear-signed InRelease with gpgv against `keyring`. The bytes checked are the ones hashed in the
+ * descriptor (`expectSha256`): they are written to a private file first, so a file replaced meanwhile cannot pass.
+ */
+export async function verifyReleaseSignature(bytes: Buffer, keyring: string, expectSha256: string): Promise<"good" | "bad" | "not-checked"> {
+  if (sha256(bytes) !== expectSha256) return "bad"; // the file changed between the two reads
+  if (!existsSync(GPGV) || !existsSync(keyring)) return "not-checked";
+  const dir = mkdtempSync(join(tmpdir(), "vigil-release-"));
+  try {
+    const file = join(dir, "InRelease");
+    writeFileSync(file, bytes, { mode: 0o600 });
+    return await new Promise((resolve) => {
+      execFile(GPGV, ["--quiet", "--keyring", keyring, file], { timeout: 10_000, maxBuffer: 1 << 20 }, (err) => resolve(err ? "bad" : "good")).stdin?.end();
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
