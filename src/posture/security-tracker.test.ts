@@ -7,7 +7,7 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { VigilError } from "../errors.ts";
 import { parseVersion } from "./dpkg-version.ts";
-import { affecting, maxSeverity, parseSecurityTracker, severityOf } from "./security-tracker.ts";
+import { affecting, maxSeverity, parseSecurityTracker, severityOf, trackerSubsetJson } from "./security-tracker.ts";
 
 const SEED = Number(process.env.VIGIL_FUZZ_SEED ?? 13);
 const FIXTURE = readFileSync(join(import.meta.dirname, "testdata", "security-tracker.json"));
@@ -78,4 +78,13 @@ test("fuzz: random JSON values and mutations of the fixture parse or are refused
     }),
     { seed: SEED, numRuns: 600 },
   );
+});
+
+test("one release's subset re-parses to the same entries, and is smaller", () => {
+  const t = parseSecurityTracker(FIXTURE, "bookworm");
+  const subset = trackerSubsetJson(t);
+  assert.ok(subset.length < FIXTURE.length);
+  const again = parseSecurityTracker(subset, "bookworm");
+  assert.deepEqual([...again.sources], [...t.sources]);
+  assert.equal(parseSecurityTracker(subset, "trixie").sources.size, 0);
 });
