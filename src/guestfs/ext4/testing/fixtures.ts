@@ -55,6 +55,10 @@ export function makeTree(root: string, options: { bigEntries?: number; sparseMiB
   writeSync(fd, bytes(3000, 3), 0, 3000, sparseEnd - 3000);
   closeSync(fd);
   writeFileSync(join(root, "medium.bin"), bytes(300 * 1024 + 17, 4));
+  // Ten data islands between holes: more extents than i_block holds, so the extent tree gets a leaf block.
+  const isl = openSync(join(root, "islands.bin"), "w");
+  for (let i = 0; i < 10; i++) writeSync(isl, bytes(4096, 10 + i), 0, 4096, i * 65536);
+  closeSync(isl);
   linkSync(join(root, "medium.bin"), join(root, "a/hard-link.bin"));
   writeFileSync(join(root, "tiny.txt"), "tiny\n");
   writeFileSync(join(root, "empty"), "");
