@@ -14,6 +14,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   network: () => import("./network.ts"),
   "fw-update": () => import("./fw-update.ts"),
   migration: () => import("./migration.ts"),
+  "ext4-read": () => import("./ext4-read.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -301,10 +301,11 @@ export class Ext4 {
       yield all.subarray(0, length);
       return;
     }
-    const zeros = Buffer.alloc(chunkBytes);
+    let zeros: Buffer | undefined; // allocated at the first hole: most files have none
     let pos = 0; // bytes yielded so far
     function* zero(until: number): Generator<Buffer> {
       while (pos < until) {
+        zeros ??= Buffer.alloc(chunkBytes);
         const n = Math.min(chunkBytes, until - pos);
         pos += n;
         yield zeros.subarray(0, n);
