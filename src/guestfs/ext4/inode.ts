@@ -63,8 +63,9 @@ export function readInode(sb: Superblock, disk: Disk, groups: GroupTable, ino: n
   const links = raw.readUInt16LE(26);
   const type = TYPE_BY_MODE[mode & 0xf000];
   const dtime = raw.readUInt32LE(20);
-  if (links === 0 || type === undefined || (dtime !== 0 && ino >= sb.firstIno)) {
-    // An unlinked (deleted) inode, or one never used; a directory entry naming it is stale or forged.
+  // As Linux: no links means deleted (or never used), and a directory entry naming it is stale or forged. The
+  // deletion time is not consulted: the orphan list reuses it as a link in inodes still in use.
+  if (links === 0 || type === undefined) {
     throw new Ext4Error("not-found", `Cannot read inode ${ino}: it is not in use (mode 0o${mode.toString(8)}, links ${links}, dtime ${dtime})`);
   }
   const flags = raw.readUInt32LE(32);
