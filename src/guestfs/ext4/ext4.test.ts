@@ -104,6 +104,15 @@ for (const v of VARIANTS) {
         assert.notEqual(fs.inode(fs.stat("/日本語").ino).flags & FLAG.inlineData, 0, "a small directory is inline");
       }
       if (v.features?.includes("meta_bg")) assert.ok(sb.incompatNames.includes("meta_bg") && !sb.incompatNames.includes("64bit"));
+      if (v.sizeMiB === 264) {
+        assert.equal(sb.groupCount, 33);
+        assert.deepEqual(sb.backupGroups, v.features?.includes("sparse_super2") ? [1, 32] : undefined);
+      }
+      // Every group's inode table where debugfs says (for 264 MiB images, group 32 is in the second meta group).
+      const stats = e2("debugfs", ["-R", "stats", path()]);
+      const tables = [...stats.matchAll(/^ Group +(\d+):.*inode table at (\d+)/gm)].map((m) => [Number(m[1]), Number(m[2])]);
+      assert.equal(tables.length, sb.groupCount);
+      for (const [g, t] of tables) assert.equal(fs.inodeTableBlock(g!), t, `group ${g}`);
       assert.equal(fs.needsRecovery, false);
     });
 

@@ -98,6 +98,14 @@ export class Ext4 {
     return readInode(this.superblock, this.#disk, this.#groups, ino);
   }
 
+  /** The first block of group `g`'s inode table (for reports and cross-checks with debugfs). */
+  inodeTableBlock(g: number): number {
+    if (!Number.isInteger(g) || g < 0 || g >= this.superblock.groupCount) {
+      throw new Ext4Error("not-found", `Cannot locate group ${g}: groups run 0..${this.superblock.groupCount - 1}`);
+    }
+    return this.#groups.inodeTable(g);
+  }
+
   /** Resolves `path` (absolute inside the image) to an inode, following symlinks (the last one only if `followLast`). */
   lookup(path: string, options: { followLast?: boolean } = {}): Inode {
     const followLast = options.followLast ?? true;

@@ -52,8 +52,11 @@ export class GroupTable {
   }
 }
 
+/** Whether group `g` starts with a superblock backup (then its meta_bg descriptor block comes one later). */
 function hasSuperBackup(sb: Superblock, g: number): boolean {
-  if (g <= 1 || !sb.sparseSuper) return true;
+  if (g === 0) return true;
+  if (sb.backupGroups) return sb.backupGroups.includes(g);
+  if (g === 1 || !sb.sparseSuper) return true;
   for (const base of [3, 5, 7]) {
     let p = base;
     while (p < g) p *= base;

@@ -42,6 +42,7 @@ const SUPPORTED_INCOMPAT =
 
 const RO_COMPAT_SPARSE_SUPER = 0x1;
 const COMPAT_HAS_JOURNAL = 0x4;
+const COMPAT_SPARSE_SUPER2 = 0x200;
 
 export interface Superblock {
   readonly inodesCount: number;
@@ -62,6 +63,8 @@ export interface Superblock {
   readonly descSize: number;
   readonly firstMetaBg: number;
   readonly sparseSuper: boolean;
+  /** sparse_super2: superblock backups only in these (at most two) groups, besides group 0. */
+  readonly backupGroups: readonly number[] | undefined;
   readonly hasJournal: boolean;
   /** The journal holds transactions not yet written to their places; this reader does not replay them. */
   readonly needsRecovery: boolean;
@@ -158,6 +161,7 @@ export function readSuperblock(reader: BlockReader): Superblock {
     descSize,
     firstMetaBg,
     sparseSuper: (featureRoCompat & RO_COMPAT_SPARSE_SUPER) !== 0,
+    backupGroups: (featureCompat & COMPAT_SPARSE_SUPER2) !== 0 ? [b.readUInt32LE(588), b.readUInt32LE(592)].filter((g) => g !== 0) : undefined,
     hasJournal: (featureCompat & COMPAT_HAS_JOURNAL) !== 0,
     needsRecovery: (featureIncompat & INCOMPAT.needs_recovery) !== 0,
     volumeName: cString(b.subarray(120, 136)),

@@ -81,6 +81,8 @@ export interface Variant {
   readonly type: "ext2" | "ext3" | "ext4";
   readonly blockSize: 1024 | 4096;
   readonly features?: string;
+  /** Image size (default 96 MiB). */
+  readonly sizeMiB?: number;
 }
 
 export const VARIANTS: readonly Variant[] = [
@@ -88,13 +90,17 @@ export const VARIANTS: readonly Variant[] = [
   { name: "ext4-1k", type: "ext4", blockSize: 1024 },
   { name: "ext4-inline", type: "ext4", blockSize: 4096, features: "inline_data" },
   { name: "ext4-32b-metabg", type: "ext4", blockSize: 1024, features: "^64bit,meta_bg,^resize_inode" },
+  // 33 groups of 8 MiB: a second meta group starting at group 32, after a superblock backup with sparse_super2
+  // (its backups are in groups 1 and the last) and without one with sparse_super.
+  { name: "ext4-metabg-2", type: "ext4", blockSize: 1024, features: "^64bit,meta_bg,^resize_inode", sizeMiB: 264 },
+  { name: "ext4-metabg-ss2", type: "ext4", blockSize: 1024, features: "^64bit,meta_bg,^resize_inode,sparse_super2", sizeMiB: 264 },
   { name: "ext4-noextent", type: "ext4", blockSize: 4096, features: "^extent,^64bit" },
   { name: "ext3-1k", type: "ext3", blockSize: 1024 },
   { name: "ext2-4k", type: "ext2", blockSize: 4096 },
 ];
 
 /** Makes an image of `v` from `src` (without mounting), deletes /doomed.txt with debugfs and indexes directories. */
-export function makeImage(path: string, src: string, v: Variant, sizeMiB = 96): void {
+export function makeImage(path: string, src: string, v: Variant, sizeMiB = v.sizeMiB ?? 96): void {
   const args = ["-q", "-F", "-t", v.type, "-b", String(v.blockSize), "-d", src, "-L", v.name];
   if (v.features) args.push("-O", v.features);
   e2("mke2fs", [...args, path, `${sizeMiB}M`]);
