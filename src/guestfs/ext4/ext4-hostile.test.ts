@@ -89,6 +89,22 @@ test("a directory record overrunning its block, or naming an inode past the last
   rejects(() => mutated((b) => b.writeUInt32LE(0x7fffffff, root * BS + 24)).readdir("/"), /past the last inode/);
 });
 
+test("an inode flagged encrypted is refused, and walk lists its directory as skipped", () => {
+  const fs = Ext4.open(new MemoryDisk(bytes));
+  const fileAt = inodeOffset(fs.stat("/medium.bin").ino);
+  const dirAt = inodeOffset(fs.stat("/a/b").ino);
+  const f = mutated((b) => {
+    b.writeUInt32LE(b.readUInt32LE(fileAt + 32) | 0x800, fileAt + 32);
+    b.writeUInt32LE(b.readUInt32LE(dirAt + 32) | 0x800, dirAt + 32);
+  });
+  rejects(() => f.readFile("/medium.bin"), /encrypted \(fscrypt\)/);
+  rejects(() => f.readdir("/a/b"), /encrypted/);
+  const paths: string[] = [];
+  const s = f.walk("/", (e) => void paths.push(e.path));
+  assert.ok(paths.includes("/a/b") && !paths.includes("/a/b/c"));
+  assert.deepEqual(s.skipped, [{ path: "/a/b", reason: "encrypted directory" }]);
+});
+
 test("an inode table outside the file system is refused with the descriptor named", () => {
   rejects(() => mutated((b) => b.writeUInt32LE(0xfffffff0, BS + 8)), /group descriptor 0 .*inode table at block/);
 });

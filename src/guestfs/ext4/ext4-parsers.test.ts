@@ -103,3 +103,15 @@ test("extent trees over arbitrary blocks: sorted, disjoint, in-range runs, or an
   );
   assert.ok(answered > 0, "some arbitrary trees map to runs");
 });
+
+test("a record spanning a whole 64 KiB block is stored as 65535 or 0, and only at that block size", () => {
+  for (const stored of [0, 65535]) {
+    const blk = Buffer.alloc(65536);
+    blk.writeUInt16LE(stored, 4);
+    const out: DirEntry[] = [];
+    parseDirents({ buf: blk, start: 0, end: blk.length, where: "64k block" }, true, 65536, 100, out);
+    assert.deepEqual(out, []);
+  }
+  const small = Buffer.alloc(4096);
+  assert.throws(() => parseDirents({ buf: small, start: 0, end: small.length, where: "4k block" }, true, 4096, 100, []), /record length 0/);
+});

@@ -96,9 +96,11 @@ for (const v of VARIANTS) {
       const sparse = fs.inode(fs.stat("/sparse.bin").ino);
       const usesExtents = v.type === "ext4" && !v.features?.includes("^extent");
       assert.equal((sparse.flags & FLAG.extents) !== 0, usesExtents);
-      if (usesExtents) assert.ok(fs.inode(fs.stat("/islands.bin").ino).iBlock.readUInt16LE(6) > 0, "islands.bin has an extent tree of depth > 0");
+      // (At 64 KiB blocks the islands fill consecutive blocks: one extent.)
+      if (usesExtents && v.blockSize < 65536) assert.ok(fs.inode(fs.stat("/islands.bin").ino).iBlock.readUInt16LE(6) > 0, "islands.bin has an extent tree of depth > 0");
       if (!usesExtents && v.blockSize === 1024) assert.notEqual(sparse.iBlock.readUInt32LE(56), 0, "triple indirect block in use");
-      assert.notEqual(big.flags & FLAG.index, 0, "the 1200-entry directory is an htree");
+      // (At 64 KiB blocks the 1200 entries fit one block: e2fsck leaves it linear.)
+      if (v.blockSize < 65536) assert.notEqual(big.flags & FLAG.index, 0, "the 1200-entry directory is an htree");
       if (v.features?.includes("inline_data")) {
         assert.notEqual(fs.inode(fs.stat("/tiny.txt").ino).flags & FLAG.inlineData, 0, "tiny.txt is inline");
         assert.notEqual(fs.inode(fs.stat("/日本語").ino).flags & FLAG.inlineData, 0, "a small directory is inline");

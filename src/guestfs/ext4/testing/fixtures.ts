@@ -79,7 +79,7 @@ export function makeTree(root: string, options: { bigEntries?: number; sparseMiB
 export interface Variant {
   readonly name: string;
   readonly type: "ext2" | "ext3" | "ext4";
-  readonly blockSize: 1024 | 4096;
+  readonly blockSize: 1024 | 4096 | 65536;
   readonly features?: string;
   /** Image size (default 96 MiB). */
   readonly sizeMiB?: number;
@@ -94,6 +94,8 @@ export const VARIANTS: readonly Variant[] = [
   // (its backups are in groups 1 and the last) and without one with sparse_super.
   { name: "ext4-metabg-2", type: "ext4", blockSize: 1024, features: "^64bit,meta_bg,^resize_inode", sizeMiB: 264 },
   { name: "ext4-metabg-ss2", type: "ext4", blockSize: 1024, features: "^64bit,meta_bg,^resize_inode,sparse_super2", sizeMiB: 264 },
+  { name: "ext4-64k", type: "ext4", blockSize: 65536 },
+  { name: "ext4-casefold", type: "ext4", blockSize: 4096, features: "casefold" },
   { name: "ext4-noextent", type: "ext4", blockSize: 4096, features: "^extent,^64bit" },
   { name: "ext3-1k", type: "ext3", blockSize: 1024 },
   { name: "ext2-4k", type: "ext2", blockSize: 4096 },
