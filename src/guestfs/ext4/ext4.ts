@@ -166,7 +166,8 @@ export class Ext4 {
   /** A whole regular file (symlinks followed), refused if larger than `maxBytes` (default `limits.maxReadBytes`). */
   readFile(path: Target, options: ReadOptions = {}): Buffer {
     const parts: Buffer[] = [];
-    for (const c of this.chunks(path, options)) parts.push(Buffer.from(c));
+    // Buffer.concat copies; the chunks themselves (fresh reads, or the never-written zero buffer) are not reused.
+    for (const c of this.chunks(path, options)) parts.push(c);
     return Buffer.concat(parts);
   }
 
@@ -281,7 +282,7 @@ export class Ext4 {
       bytes = node.iBlock.subarray(0, node.size);
     } else {
       const parts: Buffer[] = [];
-      for (const c of this.#data(node, node.size, max)) parts.push(Buffer.from(c));
+      for (const c of this.#data(node, node.size, max)) parts.push(c);
       bytes = Buffer.concat(parts);
     }
     if (bytes.includes(0)) throw malformed(`Cannot read link inode ${node.ino}: its target contains a NUL byte`);
