@@ -15,6 +15,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   "fw-update": () => import("./fw-update.ts"),
   migration: () => import("./migration.ts"),
   "posture-data": () => import("./posture-data.ts"),
+  "ext4-read": () => import("./ext4-read.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

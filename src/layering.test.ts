@@ -34,7 +34,7 @@ const ALLOWED: Record<string, string[]> = {
   // transience (docs/transience.md): posture, the gate (through the firewall service it is handed), signature scans
   posture: ["auth", "vm"], // and the pure package-data parsers (dpkg versions, deb822, status, indexes, advisories)
   inventory: [],
-  guestfs: [], // readers of dormant disks over storage's BlockReader (type-only): partition tables
+  guestfs: [], // readers of dormant disks over storage's BlockReader (a type import: free): partition tables, ext2/3/4
   util: [],
 };
 /** Files at the top of src/ anyone may use. */
