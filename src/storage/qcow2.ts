@@ -847,9 +847,10 @@ export class Qcow2Image implements BlockReader {
     return buf.readBigUInt64BE((index % perChunk) * 8);
   }
 
-  #l2Table(offset: bigint, what: string): Buffer {
-    if (offset % BigInt(this.#clusterSize) !== 0n) throw this.#malformed(`${what} at offset ${hex(offset)} is not cluster-aligned`);
-    return this.#cache.get(`L2@${offset}`, () => this.#readExact(offset, this.#clusterSize, what));
+  /** `what` is built only when a message needs it: this runs for every granule of every read. */
+  #l2Table(offset: bigint, what: () => string): Buffer {
+    if (offset % BigInt(this.#clusterSize) !== 0n) throw this.#malformed(`${what()} at offset ${hex(offset)} is not cluster-aligned`);
+    return this.#cache.get(`L2@${offset}`, () => this.#readExact(offset, this.#clusterSize, what()));
   }
 
   /**
@@ -863,30 +864,30 @@ export class Qcow2Image implements BlockReader {
     // A snapshot's L1 table may be shorter than its disk: QEMU pads it with zeros (unallocated).
     if (l1Index >= BigInt(v.l1Size)) return { kind: "unallocated", offset: pos, length: v.end - pos };
     const l1e = this.#l1Entry(v, Number(l1Index));
-    const l1What = `${v.label} entry ${l1Index} (at offset ${hex(v.l1Offset + l1Index * 8n)})`;
-    if ((l1e & L1E_RESERVED_MASK) !== 0n) throw this.#malformed(`${l1What} has reserved bits set (${hex(l1e)})`);
+    const l1What = () => `${v.label} entry ${l1Index} (at offset ${hex(v.l1Offset + l1Index * 8n)})`;
+    if ((l1e & L1E_RESERVED_MASK) !== 0n) throw this.#malformed(`${l1What()} has reserved bits set (${hex(l1e)})`);
     const l2Offset = l1e & L1E_OFFSET_MASK;
     if (l2Offset === 0n) return { kind: "unallocated", offset: pos, length: tableEnd - pos };
-    const table = this.#l2Table(l2Offset, `L2 table of ${l1What}`);
+    const table = this.#l2Table(l2Offset, () => `L2 table of ${l1What()}`);
 
     const cs = BigInt(this.#clusterSize);
     const l2Index = Number((pos - l1Start) / cs);
     const entryPos = l2Index * this.#l2EntryBytes;
     const entry = table.readBigUInt64BE(entryPos);
     const bitmap = this.header.extendedL2 ? table.readBigUInt64BE(entryPos + 8) : 0n;
-    const entryWhat = `L2 entry ${l2Index} (at offset ${hex(l2Offset + BigInt(entryPos))})`;
+    const entryWhat = () => `L2 entry ${l2Index} (at offset ${hex(l2Offset + BigInt(entryPos))})`;
     const clusterStart = l1Start + BigInt(l2Index) * cs;
     const intra = pos - clusterStart;
     const clusterEnd = minBig(v.end, clusterStart + cs);
 
     if ((entry & OFLAG_COMPRESSED) !== 0n) {
-      if ((entry & OFLAG_COPIED) !== 0n) throw this.#malformed(`${entryWhat} is compressed and also marked COPIED (${hex(entry)})`);
-      if (bitmap !== 0n) throw this.#malformed(`${entryWhat} is compressed but has a subcluster bitmap (${hex(bitmap)})`);
+      if ((entry & OFLAG_COPIED) !== 0n) throw this.#malformed(`${entryWhat()} is compressed and also marked COPIED (${hex(entry)})`);
+      if (bitmap !== 0n) throw this.#malformed(`${entryWhat()} is compressed but has a subcluster bitmap (${hex(bitmap)})`);
       const shift = BigInt(62 - (this.header.clusterBits - 8));
       const hostOffset = entry & ((1n << shift) - 1n);
       const sectors = Number((entry >> shift) & ((1n << BigInt(this.header.clusterBits - 8)) - 1n)) + 1;
       if (hostOffset >= 1n << 56n || hostOffset >= this.fileSize) {
-        throw this.#malformed(`compressed cluster of ${entryWhat} at offset ${hex(hostOffset)} lies outside the file (${this.fileSize} bytes)`);
+        throw this.#malformed(`compressed cluster of ${entryWhat()} at offset ${hex(hostOffset)} lies outside the file (${this.fileSize} bytes)`);
       }
       // The descriptor counts whole sectors; the last may run past the end of the file, which QEMU reads as zeros.
       const full = sectors * 512 - Number(hostOffset & 511n);
@@ -894,12 +895,12 @@ export class Qcow2Image implements BlockReader {
       return { kind: "compressed", offset: pos, length: clusterEnd - pos, hostOffset, compressedLength, compression: this.header.compressionType };
     }
 
-    if ((entry & L2E_STD_RESERVED_MASK) !== 0n) throw this.#malformed(`${entryWhat} has reserved bits set (${hex(entry)})`);
+    if ((entry & L2E_STD_RESERVED_MASK) !== 0n) throw this.#malformed(`${entryWhat()} has reserved bits set (${hex(entry)})`);
     const host = entry & L2E_OFFSET_MASK;
-    if (host % cs !== 0n) throw this.#malformed(`${entryWhat} points to offset ${hex(host)}, which is not cluster-aligned`);
+    if (host % cs !== 0n) throw this.#malformed(`${entryWhat()} points to offset ${hex(host)}, which is not cluster-aligned`);
     const zeroFlag = (entry & OFLAG_ZERO) !== 0n;
     if (zeroFlag && (this.header.version === 2 || this.header.extendedL2)) {
-      throw this.#malformed(`${entryWhat} has the zero flag, which a ${this.header.extendedL2 ? "extended L2 entry" : "version 2 image"} may not use`);
+      throw this.#malformed(`${entryWhat()} has the zero flag, which a ${this.header.extendedL2 ? "extended L2 entry" : "version 2 image"} may not use`);
     }
 
     if (!this.header.extendedL2) {
@@ -914,8 +915,8 @@ export class Qcow2Image implements BlockReader {
     const sc = Number(intra / BigInt(this.#subclusterSize));
     const scEnd = minBig(v.end, clusterStart + BigInt((sc + 1) * this.#subclusterSize));
     const bit = 1n << BigInt(sc);
-    if (host === 0n && alloc !== 0n) throw this.#malformed(`${entryWhat} marks subclusters allocated (${hex(bitmap)}) but has no host cluster`);
-    if ((alloc & zero) !== 0n) throw this.#malformed(`${entryWhat} marks subclusters both allocated and zero (${hex(bitmap)})`);
+    if (host === 0n && alloc !== 0n) throw this.#malformed(`${entryWhat()} marks subclusters allocated (${hex(bitmap)}) but has no host cluster`);
+    if ((alloc & zero) !== 0n) throw this.#malformed(`${entryWhat()} marks subclusters both allocated and zero (${hex(bitmap)})`);
     if ((zero & bit) !== 0n) return { kind: "zero", offset: pos, length: scEnd - pos, ...(host === 0n ? {} : { hostOffset: host + intra }) };
     if ((alloc & bit) === 0n) return { kind: "unallocated", offset: pos, length: scEnd - pos };
     this.#checkData(host + intra, scEnd - pos, entryWhat);
@@ -926,16 +927,20 @@ export class Qcow2Image implements BlockReader {
    * Data must lie in the file. Checked per granule, not per cluster: with subclusters QEMU writes only the
    * allocated ones, so the last cluster of a file is legitimately cut short after its last allocated subcluster.
    */
-  #checkData(host: bigint, length: bigint, entryWhat: string): void {
+  #checkData(host: bigint, length: bigint, entryWhat: () => string): void {
     if (host + length > this.fileSize) {
-      throw this.#malformed(`data of ${entryWhat} at offset ${hex(host)} (${length} bytes) lies outside the file (${this.fileSize} bytes)`);
+      throw this.#malformed(`data of ${entryWhat()} at offset ${hex(host)} (${length} bytes) lies outside the file (${this.fileSize} bytes)`);
     }
   }
 
-  /** The granule at `pos` merged with following ones of the same status in the same L2 table. */
-  #run(v: ResolvedView, pos: bigint): Qcow2Extent {
+  /**
+   * The granule at `pos` merged with following ones of the same status in the same L2 table, up to `until` when
+   * given (a read needs no more than its own range: without this, every small read walked a whole L2 table).
+   */
+  #run(v: ResolvedView, pos: bigint, until?: bigint): Qcow2Extent {
     let run = this.#granule(v, pos);
-    const limit = minBig(v.end, (pos / this.#bytesPerL2 + 1n) * this.#bytesPerL2);
+    const tableEnd = minBig(v.end, (pos / this.#bytesPerL2 + 1n) * this.#bytesPerL2);
+    const limit = until === undefined ? tableEnd : minBig(tableEnd, until);
     // Bounded by the granules in one L2 table (at most 32 per entry).
     while (run.kind !== "compressed" && run.offset + run.length < limit) {
       const next = this.#granule(v, run.offset + run.length);
@@ -952,7 +957,7 @@ export class Qcow2Image implements BlockReader {
     const end = offset + BigInt(length);
     // Bounded: each pass consumes at least one byte (every run is non-empty), at most one pass per granule.
     for (let pos = offset; pos < end; ) {
-      const run = this.#run(v, pos);
+      const run = this.#run(v, pos, end);
       const n = Number(minBig(run.length, end - pos));
       const at = Number(pos - offset);
       switch (run.kind) {
