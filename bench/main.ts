@@ -16,6 +16,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   migration: () => import("./migration.ts"),
   "posture-data": () => import("./posture-data.ts"),
   "ext4-read": () => import("./ext4-read.ts"),
+  "offline-scan": () => import("./offline-scan.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -106,6 +106,10 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/vms/{name}/posture": ["admin", "operator", "vmOwner", "auditor"],
   "GET /v1/posture/policies": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "PUT /v1/posture/policies/{scope}": ["admin"],
+  // A scan is an owner's to run on their VM; the data it compares against is a security decision.
+  "POST /v1/vms/{name}/scan": ["admin", "operator", "vmOwner"],
+  "PUT /v1/posture/advisories": ["admin"],
+  "PUT /v1/posture/rules": ["admin"],
   "GET /v1/trust": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "POST /v1/trust": ["admin"],
   "DELETE /v1/trust/{keyId}": ["admin"],
@@ -221,6 +225,9 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/vms/{name}/posture": [200],
   "GET /v1/posture/policies": [200],
   "PUT /v1/posture/policies/{scope}": [200],
+  "POST /v1/vms/{name}/scan": [409, "VIGIL_INVALID_STATE"],
+  "PUT /v1/posture/advisories": [404, "VIGIL_NOT_FOUND"],
+  "PUT /v1/posture/rules": [400, "VIGIL_BAD_REQUEST"],
   // The fixture has no virtual switch: authorized, then "no plugged-in NIC".
   "GET /v1/vms/{name}/net/counters": [409, "VIGIL_INVALID_STATE"],
   "POST /v1/vms/{name}/net/mirror": [409, "VIGIL_INVALID_STATE"],
@@ -268,6 +275,10 @@ function bodyFor(key: string): unknown {
       return { in: "drop" };
     case "POST /v1/vms/{name}/quarantine":
       return { reason: "matrix" };
+    case "PUT /v1/posture/advisories":
+      return { from: "/nonexistent/matrix" }; // authorized, then refused: nothing is loaded or recorded
+    case "PUT /v1/posture/rules":
+      return { rules: "rule x { condition: $undefined }" }; // authorized, then refused by the compiler
     case "PUT /v1/posture/policies/{scope}":
       return { gate: false, maxScanAgeDays: 7, vulnerableAt: "high" };
     case "POST /v1/quarantine/services":

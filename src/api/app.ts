@@ -20,7 +20,7 @@ import { registerVtimeRoutes } from "./routes/vtime.ts";
 import { registerIntrospectionRoutes } from "./routes/introspection.ts";
 import { registerNetworkRoutes } from "./routes/networks.ts";
 import { registerFirewallRoutes } from "./routes/firewall.ts";
-import { registerPostureRoutes } from "./routes/posture.ts";
+import { registerPostureRoutes, registerScanRoutes } from "./routes/posture.ts";
 import { registerNetworkVisRoutes } from "./routes/network-vis.ts";
 import { registerAgentRoutes } from "./routes/agent.ts";
 
@@ -76,6 +76,7 @@ export function createApp(d: ApiDeps): App {
   registerNetworkRoutes(app, d);
   registerFirewallRoutes(app, d);
   registerPostureRoutes(app, d);
+  registerScanRoutes(app, d);
   registerNetworkVisRoutes(app, d);
   registerAgentRoutes(app, d);
 

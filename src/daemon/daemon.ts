@@ -53,6 +53,7 @@ import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { FirewallService } from "../network/firewall/firewall-service.ts";
 import { PostureRepository } from "../posture/posture-repository.ts";
 import { PostureService } from "../posture/posture-service.ts";
+import { ScanService } from "../posture/scan-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse, vigilErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
@@ -207,7 +208,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   firewall.connect(network);
   network.onChange(firewall.engine.listener);
   // The network-access gate (docs/transience.md "The gate"): on every start and resume, before the guest runs.
-  const posture = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log });
+  // Offline scans of dormant disks run in a child process over vigil's own readers (docs/transience.md).
+  // (`current` is read only after the scan service below exists.)
+  const posture: PostureService = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log, current: async (): Promise<{ advisoriesSha256?: string; rulesSha256?: string }> => scanService.current() });
+  const scanService: ScanService = new ScanService({ db, vms, posture, guard, log, roots: [home.vmsDir, home.imagesDir, options.cache ?? vigilCache()] });
+  await scanService.load();
   vms.addBeforeContHook((vm) => posture.gate(vm, "start"));
   vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));
   const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
@@ -259,6 +264,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     network,
     firewall,
     posture,
+    scans: scanService,
     vis,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     clusterEpoch: () => agentLease?.epoch ?? 0,

@@ -34,3 +34,22 @@ export function registerPostureRoutes(app: App, d: ApiDeps): void {
     async (c) => reply(c, await d.posture.setPolicy(c.get("ctx"), c.req.valid("param").scope, c.req.valid("json"))),
   );
 }
+
+const ScanResultSchema = z
+  .object({ vm: z.string(), posture: z.object({ state: z.enum(POSTURE_STATES), reasons: z.array(z.string()) }), released: z.boolean(), scan: z.record(z.string(), z.unknown()), timings: z.object({ advisoriesMs: z.number(), scanMs: z.number(), packagesMs: z.number() }) })
+  .openapi("ScanResult");
+
+export function registerScanRoutes(app: App, d: ApiDeps): void {
+  app.openapi(
+    createRoute(withAccess("vm.control", { method: "post", path: "/v1/vms/{name}/scan", tags: ["posture"], summary: "Scan the stopped VM's disks offline (packages, pending security updates, signatures) and record its posture", request: { params: VmNameParams }, responses: { 200: json(ScanResultSchema, "The scan and the posture") } })),
+    async (c) => reply(c, await d.scans.scan(c.get("ctx"), c.req.valid("param").name)),
+  );
+  app.openapi(
+    createRoute(withAccess("vm.quarantine", { method: "put", path: "/v1/posture/advisories", tags: ["posture"], summary: "Set (and load) the advisory data scans compare against: a Packages index or an apt lists directory, optionally the security tracker's JSON", request: body(z.object({ from: z.string().optional(), tracker: z.string().optional(), release: z.string().optional() })), responses: { 200: json(z.record(z.string(), z.unknown()), "What was loaded") } })),
+    async (c) => reply(c, await d.scans.updateAdvisories(c.get("ctx"), c.req.valid("json"))),
+  );
+  app.openapi(
+    createRoute(withAccess("vm.quarantine", { method: "put", path: "/v1/posture/rules", tags: ["posture"], summary: "Set the YARA rules signature scans use (compiled first)", request: body(z.object({ rules: z.string() })), responses: { 200: json(z.object({ rulesSha256: z.string(), bytes: z.number() }), "The rules") } })),
+    async (c) => reply(c, await d.scans.setRules(c.get("ctx"), c.req.valid("json"))),
+  );
+}

@@ -1,7 +1,9 @@
 /** `vigil posture`: a VM's posture and the network-access gate's policies (docs/transience.md). */
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { call } from "../client.ts";
 import { printJson, printTable } from "../output.ts";
+import { resolve as resolvePath } from "node:path";
 import { vmPath } from "./common.ts";
 
 interface PostureView {
@@ -70,4 +72,62 @@ export function registerPosture(program: Command): void {
       const r = await call<{ scope: string; policy: typeof body }>("PUT", `/v1/posture/policies/${encodeURIComponent(scope)}`, body);
       process.stdout.write(`gate policy ${r.scope}: gate ${r.policy.gate ? "on" : "off"}, stale after ${r.policy.maxScanAgeDays} days, vulnerable at ${r.policy.vulnerableAt}\n`);
     });
+  posture
+    .command("rules <file>")
+    .description("Set the YARA rules offline scans use (the file is read here and sent; compiled by the daemon first)")
+    .action(async (file: string) => {
+      const r = await call<{ rulesSha256: string; bytes: number }>("PUT", "/v1/posture/rules", { rules: readFileSync(file, "utf8") });
+      process.stdout.write(`signature rules set: ${r.bytes} bytes, sha256 ${r.rulesSha256}\n`);
+    });
+
+  program
+    .command("scan <vm>")
+    .description("Scan a stopped VM's disks offline, without booting it or mounting anything: packages, pending security updates, signature findings")
+    .option("--json", "machine-readable output")
+    .action(async (vmName: string, o: { json?: boolean }) => {
+      const r = await call<ScanResultView>("POST", vmPath(vmName, "/scan"));
+      if (o.json) return printJson(r);
+      const s = r.scan;
+      process.stdout.write(`${r.vm}: ${r.posture.state}${r.released ? " (released from the gate's quarantine)" : ""}\n`);
+      process.stdout.write(`os            ${s.os?.prettyName ?? "-"}\n`);
+      process.stdout.write(`packages      ${s.packages.length} (read in ${r.timings.packagesMs} ms; advisories loaded in ${r.timings.advisoriesMs} ms)\n`);
+      process.stdout.write(`pending       ${s.pending.length} security update(s)\n`);
+      for (const p of s.pending.slice(0, 50)) process.stdout.write(`  ${p.package} ${p.installed} -> ${p.candidate} [${p.severity}]${p.cves.length ? ` ${p.cves.slice(0, 5).join(" ")}${p.cves.length > 5 ? " ..." : ""}` : ""}\n`);
+      if (s.pending.length > 50) process.stdout.write(`  ... and ${s.pending.length - 50} more (--json)\n`);
+      process.stdout.write(`findings      ${s.findings.length}\n`);
+      for (const f of s.findings.slice(0, 50)) process.stdout.write(`  ${f.rule} ${f.path} at ${f.offset} (${f.pattern})\n`);
+      for (const n of s.notes.slice(0, 20)) process.stdout.write(`note          ${n}\n`);
+      for (const reason of r.posture.reasons) process.stdout.write(`reason        ${reason}\n`);
+    });
+
+  const advisories = program.command("advisories").description("The advisory data offline scans compare installed packages against");
+  advisories
+    .command("update")
+    .description("Load and record the advisory data: a Packages index or an apt lists directory (default /var/lib/apt/lists), optionally the security tracker's JSON")
+    .option("--from <path>", "a Packages index, or an apt lists directory (its security suite is found from the Release files)")
+    .option("--tracker <file>", "the Debian security tracker's JSON, to name CVEs and urgencies")
+    .option("--release <codename>", "the release to read from the tracker (default: the index's codename)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { from?: string; tracker?: string; release?: string; json?: boolean }) => {
+      const abs = (p: string | undefined) => (p === undefined ? undefined : resolvePath(p));
+      const r = await call<{ sha256: string; indexes: { path: string; packages: number; signature: string; date?: string }[]; tracker?: { release: string; sha256: string } }>("PUT", "/v1/posture/advisories", { ...(o.from ? { from: abs(o.from) } : {}), ...(o.tracker ? { tracker: abs(o.tracker) } : {}), ...(o.release ? { release: o.release } : {}) });
+      if (o.json) return printJson(r);
+      process.stdout.write(`advisory data ${r.sha256}\n`);
+      for (const i of r.indexes) process.stdout.write(`  index ${i.path}: ${i.packages} packages, signature ${i.signature}${i.date ? `, dated ${i.date}` : ""}\n`);
+      if (r.tracker) process.stdout.write(`  tracker ${r.tracker.release}: ${r.tracker.sha256}\n`);
+    });
+}
+
+interface ScanResultView {
+  vm: string;
+  posture: { state: string; reasons: string[] };
+  released: boolean;
+  scan: {
+    os?: { prettyName?: string };
+    packages: unknown[];
+    pending: { package: string; installed: string; candidate: string; severity: string; cves: string[] }[];
+    findings: { rule: string; path: string; offset: number; pattern: string }[];
+    notes: string[];
+  };
+  timings: { advisoriesMs: number; scanMs: number; packagesMs: number };
 }

@@ -1,0 +1,75 @@
+/**
+ * `vigil scan`, `vigil advisories update` and `vigil posture rules` through the CLI and a real daemon, on the dormant
+ * Debian disk set-up builds, imported as an image: the VM's disk is vigil's own overlay over it, so the scan reads a
+ * two-layer chain. No guest is booted: the VM is dormant.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cli, daemon } from "../cli/testing/cli-run.ts";
+import { dormantFixture } from "../storage/testing/debian-dormant.ts";
+
+test("vigil scan: a dormant Debian VM's packages, pending updates and a signature finding become its posture; audited; a running VM is refused", { timeout: 300_000 }, async (t) => {
+  const f = dormantFixture();
+  const { d, env } = await daemon(t);
+  const vigil = (...args: string[]) => cli(env, args);
+  let r = await vigil("image", "import", f.base, "--name", "bookworm-dormant");
+  assert.equal(r.status, 0, r.stderr);
+  r = await vigil("vm", "create", "old", "--image", "bookworm-dormant", "--memory", "128");
+  assert.equal(r.status, 0, r.stderr);
+
+  // Rules: refused when they do not compile; then a rule for a file every Debian has.
+  const dir = mkdtempSync(join(tmpdir(), "vigil-rules-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, "bad.yar"), "rule x { condition: $nope }");
+  r = await vigil("posture", "rules", join(dir, "bad.yar"));
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /The YARA rules do not compile/);
+  writeFileSync(join(dir, "motd.yar"), 'rule debian_motd { strings: $m = "Debian GNU/Linux comes with ABSOLUTELY NO WARRANTY" condition: $m }');
+  r = await vigil("posture", "rules", join(dir, "motd.yar"));
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /signature rules set: \d+ bytes, sha256 [0-9a-f]{64}/);
+
+  r = await vigil("advisories", "update", "--from", "/var/lib/apt/lists", "--json");
+  assert.equal(r.status, 0, r.stderr);
+  const adv = JSON.parse(r.stdout) as { sha256: string; indexes: { signature: string }[] };
+  assert.match(adv.sha256, /^[0-9a-f]{64}$/);
+  assert.ok(adv.indexes.length > 0);
+  r = await vigil("advisories", "update", "--from", "/nonexistent");
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /Cannot read advisories from "\/nonexistent"/);
+
+  r = await vigil("scan", "old", "--json");
+  assert.equal(r.status, 0, r.stderr);
+  const scan = JSON.parse(r.stdout) as { posture: { state: string; reasons: string[] }; scan: { os: { id: string }; packages: unknown[]; pending: unknown[]; findings: { path: string; rule: string }[]; advisoriesSha256: string; how: string } };
+  assert.equal(scan.scan.how, "offline");
+  assert.equal(scan.scan.os.id, "debian");
+  assert.equal(scan.scan.packages.length, f.manifest.packages);
+  assert.ok(scan.scan.pending.length > 0);
+  assert.equal(scan.scan.advisoriesSha256, adv.sha256);
+  // Debian ships the text twice: /etc/motd and the copy base-files keeps.
+  assert.deepEqual(scan.scan.findings.map((x) => [x.path, x.rule]).sort(), [["/etc/motd", "debian_motd"], ["/usr/share/base-files/motd", "debian_motd"]]);
+  assert.equal(scan.posture.state, "infected");
+  r = await vigil("posture", "old");
+  assert.match(r.stdout, /^state +infected$/m);
+  assert.match(r.stdout, /^packages +\d+$/m);
+  assert.match(r.stdout, /^reason +signature debian_motd in \/etc\/motd$/m);
+  const list = JSON.parse((await vigil("vm", "list", "--json")).stdout) as { name: string; posture: string }[];
+  assert.equal(list.find((v) => v.name === "old")?.posture, "infected");
+  const audit = await d.deps.audit.list({});
+  const rec = audit.find((e) => e.action === "posture.scan" && e.result === "ok");
+  assert.equal(rec?.details?.state, "infected");
+  assert.ok(audit.some((e) => e.action === "posture.rules.set" && e.result === "ok"));
+  assert.ok(audit.some((e) => e.action === "posture.advisories.update" && e.result === "ok"));
+
+  // Changing the rules makes the recorded scan stale; only an offline VM is scanned.
+  writeFileSync(join(dir, "none.yar"), 'rule nothing { strings: $m = "no such text anywhere 7c1e" condition: $m }');
+  assert.equal((await vigil("posture", "rules", join(dir, "none.yar"))).status, 0);
+  assert.match((await vigil("posture", "old")).stdout, /reason +the signature rules changed since the scan/);
+  await d.repo.update((await d.repo.getByName("old")).id, { state: "running" });
+  r = await vigil("scan", "old");
+  assert.equal(r.status, 4, "a conflict with the VM's state");
+  assert.match(r.stderr, /Cannot scan VM "old" offline: it is running/);
+});
