@@ -8,11 +8,13 @@ import assert from "node:assert/strict";
 import { labDaemon } from "../network/firewall/testing/lab-daemon.ts";
 import type { ScanRecord } from "./posture-repository.ts";
 
+/** A scan taken against the advisory data and rules the daemon holds now (else it would be stale at once). */
+let current: { advisoriesSha256?: string; rulesSha256?: string } = {};
 const scan = (o: Partial<ScanRecord> = {}): ScanRecord => ({
   scannedAt: new Date().toISOString(),
   how: "in-band", // the lab VMs are running: scanned through their agent
-  advisoriesSha256: "a".repeat(64),
-  rulesSha256: "r".repeat(64),
+  advisoriesSha256: current.advisoriesSha256 ?? "a".repeat(64),
+  rulesSha256: current.rulesSha256 ?? "r".repeat(64),
   complete: true,
   packages: [{ name: "bash", version: "5.2.15-2+b2", arch: "amd64" }],
   pending: [],
@@ -24,6 +26,7 @@ const scan = (o: Partial<ScanRecord> = {}): ScanRecord => ({
 
 test("gate: a never-scanned VM wakes in quarantine, reaches only the update service, and a clean scan releases it", async (t) => {
   const { lab, web, client, d, vigil } = await labDaemon(t);
+  current = d.deps.scans.current();
   await lab.serve(web, 8443);
   assert.equal((await vigil("fw", "default", "web", "--in", "accept")).status, 0);
   assert.equal((await vigil("net", "service", "add", "updates", "--addr", web.nic.ip, "--port", "8443")).status, 0);
@@ -75,6 +78,7 @@ test("gate: a never-scanned VM wakes in quarantine, reaches only the update serv
 
 test("gate: a VM an admin quarantined stays in after a clean scan; an infected one stays in whatever else holds", async (t) => {
   const { web, d, vigil } = await labDaemon(t);
+  current = d.deps.scans.current();
   assert.equal((await vigil("posture", "policy", "set", "vm:client", "--gate", "on")).status, 0);
   assert.equal((await vigil("vm", "quarantine", "client", "--reason", "incident 42")).status, 0);
   const out = await d.deps.posture.recordScan(await d.repo.getByName("client"), scan());
