@@ -6,7 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { VigilError } from "../errors.ts";
+import { BugError, VigilError } from "../errors.ts";
 
 /** The child's answer is a scan record (package lists, findings): generous, but bounded. */
 const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
@@ -14,7 +14,10 @@ const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 /** The child script next to this module: `.ts` under tsx (tests), `.js` in the build. */
 function childScript(): string {
   const self = fileURLToPath(import.meta.url);
-  return self.replace(/scan-runner\.(ts|js)$/, (_m, ext: string) => `scan-child.${ext}`);
+  const m = /^(.*)scan-runner\.(ts|js)$/.exec(self);
+  // Loaded from a bundle, this module would not know where its child is: say so rather than run something else.
+  if (!m) throw new BugError(`scan-runner is loaded from ${self}, not from its own module file: cannot find scan-child`);
+  return `${m[1]}scan-child.${m[2]}`;
 }
 
 export async function runScanChild<T>(request: unknown, timeoutMs: number): Promise<T> {
