@@ -213,6 +213,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const posture: PostureService = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log, current: async (): Promise<{ advisoriesSha256?: string; rulesSha256?: string }> => scanService.current() });
   const scanService: ScanService = new ScanService({ db, vms, posture, guard, log, roots: [home.vmsDir, home.imagesDir, options.cache ?? vigilCache()] });
   await scanService.load();
+  posture.setPreBootScanner((vm) => scanService.scanLocked(vm));
   vms.addBeforeContHook((vm) => posture.gate(vm, "start"));
   vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));
   const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);

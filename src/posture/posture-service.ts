@@ -8,7 +8,7 @@
 import type { AuditLog } from "../audit/audit-log.ts";
 import { SYSTEM_ACTOR } from "../auth/permissions.ts";
 import type { Guard, RequestContext } from "../auth/guard.ts";
-import { VigilError, q } from "../errors.ts";
+import { VigilError, messageOf, q } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { FirewallService } from "../network/firewall/firewall-service.ts";
 import { openUserNics } from "../vm/spec.ts";
@@ -58,7 +58,14 @@ export interface PostureDeps {
 const systemCtx = (): RequestContext => ({ actor: SYSTEM_ACTOR, requestId: crypto.randomUUID() });
 
 export class PostureService {
+  #preBootScan: ((vm: VmRecord) => Promise<unknown>) | undefined;
+
   constructor(private readonly d: PostureDeps) {}
+
+  /** The offline scan the gate runs before a gated VM's first instruction (scan-service.ts `scanLocked`). */
+  setPreBootScanner(scan: (vm: VmRecord) => Promise<unknown>): void {
+    this.#preBootScan = scan;
+  }
 
   private now(): Date {
     return this.d.now?.() ?? new Date();
@@ -160,10 +167,23 @@ export class PostureService {
   async gate(vm: VmRecord, when: "start" | "resume"): Promise<void> {
     const policy = await this.effectivePolicy(vm);
     // Decided as of before this run: a stopped VM is not "running since the scan" yet.
-    const p = await this.postureOf({ ...vm, state: "stopped" }, policy);
+    let p = await this.postureOf({ ...vm, state: "stopped" }, policy);
+    // A start the gate would hold: scan the disks first (QEMU is paused before its first instruction, the disks
+    // are as the VM left them), so a VM whose only fault was an old scan starts normally.
+    const scanned: Record<string, unknown> = {};
+    if (policy.gate && p.state !== "current" && when === "start" && this.#preBootScan) {
+      try {
+        await this.#preBootScan(vm);
+        scanned.scannedBeforeBoot = true;
+        p = await this.postureOf({ ...vm, state: "stopped" }, policy);
+      } catch (err) {
+        scanned.scannedBeforeBoot = false;
+        scanned.scanError = messageOf(err).slice(0, 300);
+      }
+    }
     const qe = await this.d.firewall.quarantineOf(vm.id);
     const record = (action: string, details: Record<string, unknown>) =>
-      this.d.audit.append({ actor: SYSTEM_ACTOR.name, action, target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", details: { when, state: p.state, reasons: p.reasons.slice(0, 10), scope: policy.scope, ...details } });
+      this.d.audit.append({ actor: SYSTEM_ACTOR.name, action, target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", details: { when, state: p.state, reasons: p.reasons.slice(0, 10), scope: policy.scope, ...scanned, ...details } });
     if (policy.gate) {
       if (p.state !== "current") {
         if (!qe) {

@@ -68,6 +68,15 @@ test("vigil scan: a dormant Debian VM's packages, pending updates and a signatur
   writeFileSync(join(dir, "none.yar"), 'rule nothing { strings: $m = "no such text anywhere 7c1e" condition: $m }');
   assert.equal((await vigil("posture", "rules", join(dir, "none.yar"))).status, 0);
   assert.match((await vigil("posture", "old")).stdout, /reason +the signature rules changed since the scan/);
+  // The gate on a start that would be held: it scans first, and the fresh scan (no finding under the new rules)
+  // lets the VM start normally; the decision records the pre-boot scan.
+  assert.equal((await vigil("posture", "policy", "set", "vm:old", "--gate", "on")).status, 0);
+  await d.deps.posture.gate(await d.repo.getByName("old"), "start");
+  const gate = (await d.deps.audit.list({})).filter((e) => e.action === "posture.gate").pop();
+  assert.equal(gate?.details?.scannedBeforeBoot, true);
+  assert.equal(gate?.details?.decision, "allow");
+  assert.equal(gate?.details?.state, "current");
+  assert.equal(await d.deps.firewall.quarantineOf((await d.repo.getByName("old")).id), undefined);
   await d.repo.update((await d.repo.getByName("old")).id, { state: "running" });
   r = await vigil("scan", "old");
   assert.equal(r.status, 4, "a conflict with the VM's state");

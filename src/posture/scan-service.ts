@@ -15,6 +15,7 @@ import type { Guard, RequestContext } from "../auth/guard.ts";
 import { VigilError, q } from "../errors.ts";
 import type { Database } from "../inventory/schema.ts";
 import type { Logger } from "../log.ts";
+import type { VmRecord } from "../vm/vm-repository.ts";
 import type { VmService } from "../vm/vm-service.ts";
 import { diskFile } from "../vm/vm-view.ts";
 import { loadAdvisories } from "./advisories.ts";
@@ -136,40 +137,47 @@ export class ScanService {
 
   /** `vigil scan VM`: an offline scan of a stopped VM's disks, recorded as its posture. */
   async scan(ctx: RequestContext, name: string): Promise<ScanResult> {
-    const source = await this.advisorySource();
-    const rules = await this.rules();
     return this.d.vms.operate(ctx, name, { action: "posture.scan", permission: "vm.control", details: { how: "offline" } }, async (h) => {
       if (h.vm.state !== "stopped" && h.vm.state !== "crashed") {
         throw new VigilError("VIGIL_INVALID_STATE", `Cannot scan VM ${q(h.vm.name)} offline: it is ${h.vm.state} (its disks are changing); stop it first`);
       }
-      const request: ScanChildRequest = {
-        disks: h.vm.spec.disks.map((disk) => ({ name: disk.name, path: diskFile(h.layout.disksDir, disk.name) })),
-        // A root that does not exist (no image cache yet) holds no layer: left out, not an error.
-        roots: this.d.roots.filter((r) => existsSync(r)),
-        rules,
-        signatureLimits: DEFAULT_SCAN_LIMITS,
-        advisories: source,
-      };
-      const started = new Date().toISOString();
-      const r = await runScanChild<ScanChildResult>(request, SCAN_TIMEOUT_MS);
-      const sig = r.signatures;
-      const notes = [...r.notes, ...(sig?.skipped ?? []).slice(0, 50).map((s) => `not scanned for signatures: ${s.path}: ${s.reason}`), ...(sig && !sig.complete ? [`signature scan incomplete: ${sig.stoppedBecause}`] : [])];
-      const record: ScanRecord = {
-        scannedAt: started,
-        how: "offline",
-        advisoriesSha256: r.advisoriesSha256,
-        rulesSha256: r.rulesSha256,
-        complete: sig ? sig.complete : false,
-        ...(r.os ? { os: r.os } : {}),
-        packages: r.packages,
-        pending: r.pending,
-        findings: (sig?.findings ?? []).map((f) => ({ path: f.path, rule: f.rule, pattern: f.pattern, offset: f.offset, excerptHex: f.excerptHex })),
-        notes,
-        elapsedMs: r.timings.advisoriesMs + r.timings.scanMs,
-      };
-      this.#current = { advisoriesSha256: r.advisoriesSha256, rulesSha256: r.rulesSha256 };
-      const { posture, released } = await this.d.posture.recordScan(h.vm, record);
-      return { vm: h.vm.name, posture, released, scan: record, timings: r.timings };
+      return this.scanLocked(h.vm);
     }, (r) => ({ state: r.posture.state, packages: r.scan.packages.length, pending: r.scan.pending.length, findings: r.scan.findings.length, advisoriesSha256: r.scan.advisoriesSha256, rulesSha256: r.scan.rulesSha256, released: r.released }));
+  }
+
+  /**
+   * The scan itself, for a caller that holds the VM's lock and has decided it may run: `scan` above, and the gate
+   * before a gated VM's first instruction (QEMU is up but paused, so the disks do not change while they are read).
+   */
+  async scanLocked(vm: VmRecord): Promise<ScanResult> {
+    const disksDir = this.d.vms.layoutOf(vm).disksDir;
+    const request: ScanChildRequest = {
+      disks: vm.spec.disks.map((disk) => ({ name: disk.name, path: diskFile(disksDir, disk.name) })),
+      // A root that does not exist (no image cache yet) holds no layer: left out, not an error.
+      roots: this.d.roots.filter((r) => existsSync(r)),
+      rules: await this.rules(),
+      signatureLimits: DEFAULT_SCAN_LIMITS,
+      advisories: await this.advisorySource(),
+    };
+    const started = new Date().toISOString();
+    const r = await runScanChild<ScanChildResult>(request, SCAN_TIMEOUT_MS);
+    const sig = r.signatures;
+    const notes = [...r.notes, ...(sig?.skipped ?? []).slice(0, 50).map((s) => `not scanned for signatures: ${s.path}: ${s.reason}`), ...(sig && !sig.complete ? [`signature scan incomplete: ${sig.stoppedBecause}`] : [])];
+    const record: ScanRecord = {
+      scannedAt: started,
+      how: "offline",
+      advisoriesSha256: r.advisoriesSha256,
+      rulesSha256: r.rulesSha256,
+      complete: sig ? sig.complete : false,
+      ...(r.os ? { os: r.os } : {}),
+      packages: r.packages,
+      pending: r.pending,
+      findings: (sig?.findings ?? []).map((f) => ({ path: f.path, rule: f.rule, pattern: f.pattern, offset: f.offset, excerptHex: f.excerptHex })),
+      notes,
+      elapsedMs: r.timings.advisoriesMs + r.timings.scanMs,
+    };
+    this.#current = { advisoriesSha256: r.advisoriesSha256, rulesSha256: r.rulesSha256 };
+    const { posture, released } = await this.d.posture.recordScan(vm, record);
+    return { vm: vm.name, posture, released, scan: record, timings: r.timings };
   }
 }

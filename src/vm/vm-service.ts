@@ -22,6 +22,7 @@ import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import type { AgentClient } from "../guest-agent/agent-client.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
 import type { VmView } from "./vm-view.ts";
+import type { VmLayout } from "../paths.ts";
 import type { BeforeContHook, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 import { VmCore } from "./vm-core.ts";
 import { VmSupervisor } from "./vm-supervision.ts";
@@ -235,6 +236,11 @@ export class VmService {
   }
 
   /** The runtime of a running VM by id, for capabilities built on top (introspection, snapshots). */
+  /** Where a VM's files are (its disks dir follows its storage): for capabilities that read them while holding its lock. */
+  layoutOf(vm: VmRecord): VmLayout {
+    return this.core.layout(vm);
+  }
+
   runtimeOf(vm: VmRecord): VmRuntime {
     return this.core.runtime(vm);
   }
