@@ -67,6 +67,7 @@ import { hostNetns, netnsName } from "../network/netns.ts";
 import { AgentLease, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
 import { LeaseStore } from "../cluster/leases.ts";
 import { EPOCH_HEADER } from "../cluster/types.ts";
+import { validateSharedStorage } from "../cluster/shared-storage.ts";
 import { openInventory } from "../inventory/db.ts";
 
 export const VERSION: string = (() => {
@@ -101,6 +102,8 @@ export interface DaemonOptions {
     /** Lease ttl and fence margin (ms; default 15 s and 5 s). */
     leaseTtlMs?: number | undefined;
     leaseMarginMs?: number | undefined;
+    /** `--shared-storage DIR`: the same path on every host (src/cluster/shared-storage.ts). */
+    sharedStorage?: string | undefined;
   } | undefined;
 }
 
@@ -166,6 +169,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const clusterWhere = options.cluster ? parseListen(options.cluster.listen) : undefined;
   if (options.cluster && !clusterWhere) throw new VigilError("VIGIL_BAD_REQUEST", "An agent needs a cluster listener: --listen ADDR:PORT", { field: "listen" });
   const agentCreds = options.cluster ? loadAgentCredentials(options.cluster.credentialsDir) : undefined;
+  const sharedStorage = options.cluster?.sharedStorage !== undefined ? validateSharedStorage(options.cluster.sharedStorage) : undefined;
   claimPidFile(home);
 
   const config = loadConfig(home.home);
@@ -190,7 +194,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const generations = new GenerationLog(db);
   // The switch: vigil's netns, bridges, taps, addresses and dnsmasq (network/). VMs plug bridged NICs in through it.
   const network = new NetworkService({ db, guard, audit, netns: hostNetns(netnsName(home.home)), runDir: home.runDir, log: log.child({ part: "switch" }), hostName, underlay: clusterWhere?.host });
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas, network });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas, network, sharedStorage });
   // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();

@@ -32,7 +32,7 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
       memFreeMiB: Math.floor(freemem() / 2 ** 20),
       cpus: cpus().length,
       load1: loadavg()[0] ?? 0,
-      vms: vms.map((v) => ({ id: v.id, name: v.name, state: v.state, memoryMiB: v.spec.memoryMiB, vcpus: v.spec.vcpus, owner: v.owner })),
+      vms: vms.map((v) => ({ id: v.id, name: v.name, state: v.state, memoryMiB: v.spec.memoryMiB, vcpus: v.spec.vcpus, owner: v.owner, storage: v.spec.storage ?? "local" })),
       version: d.host.version,
       epoch: d.clusterEpoch?.() ?? 0,
     };
