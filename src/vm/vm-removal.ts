@@ -80,11 +80,18 @@ export class VmRemoval {
   async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
     const { d } = this.core;
     const l = this.core.layout(vm);
-    // A shared-storage VM's disks are in its directory on the shared storage (src/cluster/shared-storage.ts).
+    // A shared-storage VM's disks are in its directory on the shared storage (src/cluster/shared-storage.ts). Only
+    // a delete touches them: a VM that moved away, an aborted incoming copy or a stale copy dropped after an HA
+    // restart elsewhere leaves them to the host that runs the VM now.
     const sharedDir = vm.spec.storage === "shared" ? dirname(l.disksDir) : undefined;
+    const keepShared = sharedDir !== undefined && how !== "deleted" && how !== "purged";
     const rootOf = (path: string) => (sharedDir !== undefined && path.startsWith(sharedDir + "/") ? sharedDir : path.startsWith(l.dir + "/") ? l.dir : undefined);
     const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [], derived: purge ? await this.derivedFrom(vm) : [] };
     for (const f of await d.registry.listForRemoval(vm.id)) {
+      if (keepShared && f.path.startsWith(sharedDir + "/")) {
+        await d.registry.markRemoved(vm.id, f.path, `${how}; on shared storage, left to the host that runs the VM`);
+        continue;
+      }
       if (f.host !== d.hostName) {
         report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "on another host" });
         continue;
@@ -121,7 +128,7 @@ export class VmRemoval {
       }
     }
     rmSync(l.dir, { recursive: true, force: true });
-    if (sharedDir !== undefined) {
+    if (sharedDir !== undefined && !keepShared) {
       if (purge) for (const path of listFiles(sharedDir)) eraseOwnedFile(sharedDir, path);
       rmSync(sharedDir, { recursive: true, force: true });
     }
