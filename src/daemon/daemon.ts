@@ -68,6 +68,7 @@ import { AgentLease, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_TTL_MS } from "../cl
 import { LeaseStore } from "../cluster/leases.ts";
 import { EPOCH_HEADER } from "../cluster/types.ts";
 import { validateSharedStorage } from "../cluster/shared-storage.ts";
+import { HaAgent } from "../cluster/ha-agent.ts";
 import { openInventory } from "../inventory/db.ts";
 
 export const VERSION: string = (() => {
@@ -236,7 +237,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   network.onChange(async () => void (await vis.restoreForwards()));
   // An agent moves VMs in and out for the manager (docs/cluster.md "Live migration").
   const migrations = clusterWhere ? new AgentMigrations({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "migration" }), watches: introspection, clusterHost: clusterWhere.host, credentials: agentCreds!.bundle }) : undefined;
+  // Shared storage: the dossiers an HA restart starts from, the restart itself, the stale copies dropped (cluster/ha-agent.ts).
+  const haAgent = clusterWhere && sharedStorage !== undefined
+    ? new HaAgent({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "ha" }), watches: introspection, sharedStorage, clusterDb: () => leaseDb })
+    : undefined;
   const deps: ApiDeps = {
+    haAgent,
     migrations,
     vms,
     users,
@@ -298,6 +304,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       },
       onReacquired: async (lease) => {
         await audit.append({ actor: SYSTEM_ACTOR.name, action: "host.lease-acquired", target: { kind: "host", name: host }, result: "ok", details: { epoch: lease.epoch, expiresAt: lease.expiresAt } });
+        await haAgent?.dropStale().catch((err: unknown) => log.warn({ err: messageOf(err) }, "cannot drop VMs restarted elsewhere"));
       },
     });
     // A fenced host starts no VM (every start path runs these hooks before the guest runs; QEMU is then killed).
@@ -317,6 +324,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     closed = true;
     stopExpiry();
     agentLease?.close();
+    haAgent?.close();
     await leaseDb?.destroy().catch(() => undefined);
     await migrations?.close();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
@@ -351,7 +359,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
     if (options.cluster?.leaseDb !== undefined && agentCreds) {
       agentLease = await startAgentLease(options.cluster, agentCreds.name);
+      // Before anything is served: a VM the cluster restarted elsewhere while this host was lost is not kept here.
+      await haAgent?.dropStale();
     }
+    haAgent?.start();
     if (clusterWhere && agentCreds) {
       // The manager's door: a certificate that does not chain to the vigil CA fails the handshake; one of
       // another role gets 403 here; the user it acts for is in its x-vigil-actor header (auth/authenticate.ts).

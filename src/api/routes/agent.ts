@@ -38,6 +38,11 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
     };
     return c.json(status);
   });
+  app.post("/v1/agent/ha/restart", async (c) => {
+    const ctx = managerOnly(c);
+    if (!d.haAgent) throw new VigilError("VIGIL_CONFLICT", "Cannot restart a VM here: this agent has no shared storage (--shared-storage DIR)", { field: "storage" });
+    return c.json(await d.haAgent.restartHere(ctx, await c.req.json()));
+  });
   app.get("/v1/agent/vms/:name/dossier", async (c) => c.json(await migrations(d).dossier(managerOnly(c), c.req.param("name"))));
   app.post("/v1/agent/migrations/incoming", async (c) => c.json(await migrations(d).prepareIn(managerOnly(c), await c.req.json())));
   app.post("/v1/agent/migrations/outgoing", async (c) => c.json(await migrations(d).startOut(managerOnly(c), await c.req.json()), 202));
