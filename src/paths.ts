@@ -38,7 +38,8 @@ export function homeLayout(home: string) {
 export type HomeLayout = ReturnType<typeof homeLayout>;
 
 /** The files of one VM below its private directory. Sockets sit in `run/` so paths stay short (108-byte limit). */
-export function vmLayout(vmsDir: string, uuid: string) {
+/** A VM's files; a shared-storage VM's disks are in `sharedStorage`/<uuid>/disks (src/cluster/shared-storage.ts). */
+export function vmLayout(vmsDir: string, uuid: string, sharedStorage?: string) {
   const dir = join(vmsDir, uuid);
   const run = join(dir, "run");
   return {
@@ -51,7 +52,7 @@ export function vmLayout(vmsDir: string, uuid: string) {
     pidFile: join(run, "qemu.pid"),
     qemuLog: join(run, "qemu.log"),
     consoleLog: join(dir, "console.log"),
-    disksDir: join(dir, "disks"),
+    disksDir: sharedStorage === undefined ? join(dir, "disks") : join(sharedStorage, uuid, "disks"),
   };
 }
 

@@ -2,6 +2,7 @@
  * Types shared by the HTTP layer: the services a route may call, and the per-request context the auth
  * middleware puts on every request (who is asking, under which request id).
  */
+import type { HaAgent } from "../migration/ha-agent.ts";
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { RequestContext } from "../auth/guard.ts";
 import type { UserStore } from "../auth/users.ts";
@@ -54,6 +55,8 @@ export interface ApiDeps {
   vis?: VisService | undefined;
   /** The agent's side of live migrations (only on `vigil agent`). */
   migrations?: AgentMigrations | undefined;
+  /** The agent's side of HA restarts (only on `vigil agent --shared-storage`). */
+  haAgent?: HaAgent | undefined;
   host: { name: string; accelerator: string; accelReason: string; version: string; home: string };
   /** An agent's lease epoch (HostStatus.epoch; 0 without `--lease-db`). */
   clusterEpoch?: (() => number) | undefined;

@@ -53,7 +53,8 @@ export interface HostStatus {
   cpus: number;
   /** 1-minute load average. */
   load1: number;
-  vms: { id: string; name: string; state: string; memoryMiB: number; vcpus: number; owner: string }[];
+  /** storage: where the VM's disks live ("shared": the host's shared storage, docs/cluster.md "Shared storage and HA restarts"). */
+  vms: { id: string; name: string; state: string; memoryMiB: number; vcpus: number; owner: string; storage?: "local" | "shared" }[];
   version: string;
   /** The newest lease epoch this agent has accepted. */
   epoch: number;

@@ -70,6 +70,8 @@ import { hostNetns, netnsName } from "../network/netns.ts";
 import { AgentLease, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
 import { LeaseStore } from "../cluster/leases.ts";
 import { ACTOR_HEADER, EPOCH_HEADER } from "../cluster/types.ts";
+import { validateSharedStorage } from "../cluster/shared-storage.ts";
+import { HaAgent } from "../migration/ha-agent.ts";
 import { openInventory } from "../inventory/db.ts";
 
 export const VERSION: string = (() => {
@@ -104,6 +106,8 @@ export interface DaemonOptions {
     /** Lease ttl and fence margin (ms; default 15 s and 5 s). */
     leaseTtlMs?: number | undefined;
     leaseMarginMs?: number | undefined;
+    /** `--shared-storage DIR`: the same path on every host (src/cluster/shared-storage.ts). */
+    sharedStorage?: string | undefined;
   } | undefined;
 }
 
@@ -169,6 +173,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const clusterWhere = options.cluster ? parseListen(options.cluster.listen) : undefined;
   if (options.cluster && !clusterWhere) throw new VigilError("VIGIL_BAD_REQUEST", "An agent needs a cluster listener: --listen ADDR:PORT", { field: "listen" });
   const agentCreds = options.cluster ? loadAgentCredentials(options.cluster.credentialsDir) : undefined;
+  const sharedStorage = options.cluster?.sharedStorage !== undefined ? validateSharedStorage(options.cluster.sharedStorage) : undefined;
   claimPidFile(home);
 
   const config = loadConfig(home.home);
@@ -193,7 +198,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const generations = new GenerationLog(db);
   // The switch: vigil's netns, bridges, taps, addresses and dnsmasq (network/). VMs plug bridged NICs in through it.
   const network = new NetworkService({ db, guard, audit, netns: hostNetns(netnsName(home.home)), runDir: home.runDir, log: log.child({ part: "switch" }), hostName, underlay: clusterWhere?.host });
-  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas, network });
+  const vms = new VmService({ repo, catalog, guard, audit, users, registry, locations, home, hostName, accel, policy: { requireOwnership: config.policy.requireOwnership, expiredVms: config.policy.expiredVms }, generations, log, hostFacts: options.hostFacts, consoleLogMaxBytes: config.consoleLog.maxBytes, quotas: config.quotas, network, sharedStorage });
   // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
@@ -244,7 +249,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   network.onChange(async () => void (await vis.restoreForwards()));
   // An agent moves VMs in and out for the manager (docs/cluster.md "Live migration").
   const migrations = clusterWhere ? new AgentMigrations({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "migration" }), watches: introspection, clusterHost: clusterWhere.host, credentials: agentCreds!.bundle }) : undefined;
+  // Shared storage: the dossiers an HA restart starts from, the restart itself, the stale copies dropped (migration/ha-agent.ts).
+  const haAgent = clusterWhere && sharedStorage !== undefined
+    ? new HaAgent({ vms, db, guard, audit, catalog, hostName, vmsDir: home.vmsDir, registry, log: log.child({ part: "ha" }), watches: introspection, sharedStorage, clusterDb: () => leaseDb })
+    : undefined;
   const deps: ApiDeps = {
+    haAgent,
     migrations,
     vms,
     users,
@@ -308,6 +318,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       },
       onReacquired: async (lease) => {
         await audit.append({ actor: SYSTEM_ACTOR.name, action: "host.lease-acquired", target: { kind: "host", name: host }, result: "ok", details: { epoch: lease.epoch, expiresAt: lease.expiresAt } });
+        await haAgent?.dropStale().catch((err: unknown) => log.warn({ err: messageOf(err) }, "cannot drop VMs restarted elsewhere"));
       },
     });
     // A fenced host starts no VM (every start path runs these hooks before the guest runs; QEMU is then killed).
@@ -327,6 +338,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     closed = true;
     stopExpiry();
     agentLease?.close();
+    haAgent?.close();
     await leaseDb?.destroy().catch(() => undefined);
     await migrations?.close();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
@@ -362,7 +374,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
     if (options.cluster?.leaseDb !== undefined && agentCreds) {
       agentLease = await startAgentLease(options.cluster, agentCreds.name);
+      // Before anything is served: a VM the cluster restarted elsewhere while this host was lost is not kept here.
+      await haAgent?.dropStale();
     }
+    haAgent?.start();
     if (clusterWhere && agentCreds) {
       // The manager's door: a certificate that does not chain to the vigil CA fails the handshake; one of
       // another role gets 403 here; the user it acts for is in its x-vigil-actor header (auth/authenticate.ts).

@@ -22,6 +22,7 @@ import { HostRegistry, MANAGER_ACTOR } from "../cluster/host-registry.ts";
 import { DEFAULT_LEASE_TTL_MS } from "../cluster/agent-lease.ts";
 import { LeaseStore } from "../cluster/leases.ts";
 import { HaMonitor } from "../cluster/ha.ts";
+import { HaClaims } from "../cluster/ha-claims.ts";
 import { placeVm, recommendBalance, recommendConsolidate } from "../cluster/placement.ts";
 import type { DelegatedActor, HostLoad, MigrationLimits } from "../cluster/types.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
@@ -92,13 +93,16 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   const event = async (kind: string, subject: string, payload: unknown) => void (await repo.appendEvent({ kind, subject, payload: payload as Record<string, unknown> }));
   // Each host's lease (same database; its agent renews it): its epoch goes with every call, expired = fenced.
   const leases = new LeaseStore(db, { ttlMs: DEFAULT_LEASE_TTL_MS });
-  // HA: planned after every heartbeat, recorded, never acted on (no shared storage yet: cluster/ha.ts).
+  // HA: planned after every heartbeat; shared-storage VMs are claimed, then restarted on the target (cluster/ha.ts).
   const ha: HaMonitor = new HaMonitor({
+    claims: new HaClaims(db),
+    claimer: `manager@${localUser}`,
+    restart: async (to, body) => call(to, "POST", "/v1/agent/ha/restart", body, MANAGER_ACTOR, { timeoutMs: 120_000 }),
     repo,
     leases: () => leases.list(),
     isReady: (name): boolean => hosts.isReady(name),
     event,
-    record: async (vm, details) => void (await audit.append({ actor: "system", action: "vm.ha-restart", target: { kind: "vm", name: vm }, result: "error", details })),
+    record: async (vm, details, result = "error") => void (await audit.append({ actor: "system", action: "vm.ha-restart", target: { kind: "vm", name: vm }, result, details })),
     log,
   });
   const hosts = new HostRegistry(repo, ca, { heartbeatMs: o.heartbeatMs ?? 2000, log, event, lease: (name) => leases.get(name), afterBeat: (): Promise<void> => ha.tick() });

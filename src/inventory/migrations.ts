@@ -503,6 +503,26 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0009-cluster-ha-restarts": {
+    async up(db: Kysely<unknown>) {
+      // The manager's durable claims on HA restarts (docs/cluster.md "Shared storage and HA restarts"): one row per
+      // (VM, lost epoch), taken BEFORE the restart, so a second tick or manager never restarts the VM again.
+      await db.schema
+        .createTable("cluster_ha_restarts")
+        .addColumn("vm_id", "text", (c) => c.notNull())
+        .addColumn("vm_name", "text", (c) => c.notNull())
+        .addColumn("lost_epoch", "integer", (c) => c.notNull())
+        .addColumn("from_host", "text", (c) => c.notNull())
+        .addColumn("to_host", "text", (c) => c.notNull())
+        .addColumn("state", "text", (c) => c.notNull())
+        .addColumn("error", "text")
+        .addColumn("claimed_by", "text", (c) => c.notNull())
+        .addColumn("claimed_at", "text", (c) => c.notNull())
+        .addColumn("finished_at", "text")
+        .addPrimaryKeyConstraint("cluster_ha_restarts_pk", ["vm_id", "lost_epoch"])
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -263,6 +263,7 @@ export interface Database {
   cluster_events: ClusterEventsTable;
   host_leases: HostLeasesTable;
   cluster_networks: ClusterNetworksTable;
+  cluster_ha_restarts: ClusterHaRestartsTable;
 }
 
 /** vigil networks (src/network): one bridge, one IPv4 range. */
@@ -427,6 +428,21 @@ export interface HostLeasesTable {
   holder: string;
   expires_at: string;
   renewed_at: string;
+}
+
+/** The manager's claim on one HA restart (src/cluster/ha-claims.ts): unique per (vm_id, lost_epoch). */
+export interface ClusterHaRestartsTable {
+  vm_id: string;
+  vm_name: string;
+  lost_epoch: number;
+  from_host: string;
+  to_host: string;
+  /** claimed → restarted | failed */
+  state: string;
+  error: string | null;
+  claimed_by: string;
+  claimed_at: string;
+  finished_at: string | null;
 }
 
 export type SnapshotRow = Selectable<SnapshotsTable>;

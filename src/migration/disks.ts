@@ -32,6 +32,8 @@ async function createImage(file: string, virtualSize: number, base: string | und
 async function incomingVm(deps: DossierDeps, vmId: string) {
   const vm = await deps.vms.recordById(vmId);
   if (vm.state !== "incoming") throw new VigilError("VIGIL_INVALID_STATE", `Cannot prepare the disks of VM ${q(vm.name)}: it is ${vm.state}, not incoming`);
+  // Its disks are the source's own files on the shared storage: a copy here (and a mirror into it) would fork them.
+  if (vm.spec.storage === "shared") throw new VigilError("VIGIL_CONFLICT", `Cannot move VM ${q(vm.name)} by migration yet: its disks are on shared storage (the mirror-less migration is not built); an HA restart can start it elsewhere`, { field: "storage" });
   return vm;
 }
 

@@ -26,6 +26,13 @@ export async function createOverlay(file: string, backing: string, sizeMiB?: num
   makePrivate(file);
 }
 
+/** A standalone qcow2 copy of `source` (no backing file), grown to `sizeMiB` if given; the new file is 0600. */
+export async function createFlatCopy(file: string, source: string, sizeMiB?: number): Promise<void> {
+  await runCommand(QEMU_IMG, ["convert", "-q", "-O", "qcow2", source, file], { what: "Copying a disk image" });
+  makePrivate(file);
+  if (sizeMiB !== undefined) await runCommand(QEMU_IMG, ["resize", "-q", "-f", "qcow2", file, `${sizeMiB}M`], { what: "Growing a disk copy" });
+}
+
 /** A blank qcow2 disk; the new file is 0600. */
 export async function createBlank(file: string, sizeMiB: number): Promise<void> {
   await runCommand(QEMU_IMG, ["create", "-q", "-f", "qcow2", file, `${sizeMiB}M`], { what: "Creating a blank disk" });

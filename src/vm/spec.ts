@@ -88,6 +88,8 @@ export const vmSpecSchema = z.strictObject({
   agent: z.boolean(),
   /** The extra-VM monotonic store channel (virtio-serial port org.vigil.vtime.0). */
   vtime: z.boolean().default(true),
+  /** Where the disks live: absent or "local" = the VM's own directory; "shared" = the shared storage (docs/cluster.md). */
+  storage: z.enum(["local", "shared"]).optional(),
 });
 
 export type VmSpec = z.output<typeof vmSpecSchema>;
@@ -140,6 +142,8 @@ export const createVmRequestSchema = z.strictObject({
   agent: z.boolean().default(true),
   /** The monotonic store channel (org.vigil.vtime.0): state that survives reverts. */
   vtime: z.boolean().default(true),
+  /** "shared": the disks go on the agent's shared storage (docs/cluster.md "Shared storage and HA restarts"). */
+  storage: z.enum(["local", "shared"]).default("local"),
   ...ownershipInputSchema,
 });
 
@@ -166,7 +170,8 @@ export function resolveSpec(req: CreateVmRequest, image: ResolvableImage, defaul
       ? { ...image.boot, cmdline: [image.boot.cmdline, `vigil.hostname=${req.name}`, req.cmdline ?? ""].filter(Boolean).join(" ") }
       : { kind: "disk" };
   const disks: DiskSpec[] = [];
-  if (image.disk) disks.push({ name: "root", backing: image.disk });
+  // A shared VM's root disk is a standalone copy of the image (its backing file is on this host only).
+  if (image.disk) disks.push({ name: "root", ...(req.storage === "shared" ? {} : { backing: image.disk }) });
   req.disks.forEach((d, i) => {
     if (disks.some((x) => x.name === d.name)) {
       throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: "disks.${i}.name" ${q(d.name)} is already used${d.name === "root" ? " by the image's own disk" : ""}: disk names must be unique`, { field: `disks.${i}.name` });
@@ -193,5 +198,6 @@ export function resolveSpec(req: CreateVmRequest, image: ResolvableImage, defaul
     }),
     agent: req.agent,
     vtime: req.vtime,
+    ...(req.storage === "shared" ? { storage: "shared" as const } : {}),
   };
 }

@@ -30,12 +30,16 @@ export class VmCore {
     return (this.d.hostFacts ?? readHostFacts)();
   }
 
-  layout(vm: { id: string }): VmLayout {
-    return vmLayout(this.d.home.vmsDir, vm.id);
+  layout(vm: { id: string; spec?: { storage?: "local" | "shared" | undefined } }): VmLayout {
+    if (vm.spec?.storage !== "shared") return vmLayout(this.d.home.vmsDir, vm.id);
+    if (this.d.sharedStorage === undefined) {
+      throw new VigilError("VIGIL_BAD_REQUEST", `VM ${q(vm.id)} keeps its disks on shared storage, and this host has none (start the agent with --shared-storage DIR)`, { field: "storage" });
+    }
+    return vmLayout(this.d.home.vmsDir, vm.id, this.d.sharedStorage);
   }
 
   view(vm: VmRecord): VmView {
-    return vmView(vm, this.d.home.vmsDir, Date.now(), this.attachedNics.get(vm.id));
+    return vmView(vm, this.d.home.vmsDir, Date.now(), this.attachedNics.get(vm.id), this.d.sharedStorage);
   }
 
   target(vm: VmRecord) {

@@ -4,9 +4,11 @@
  * disks, row and registrations one step: either all of it exists afterwards or none of it.
  */
 import { randomUUID } from "node:crypto";
-import { errors, q } from "../errors.ts";
+import { rmSync } from "node:fs";
+import { dirname } from "node:path";
+import { VigilError, errors, q } from "../errors.ts";
 import type { VmLayout } from "../paths.ts";
-import { createBlank, createOverlay } from "../qemu/qemu-img.ts";
+import { createBlank, createFlatCopy, createOverlay } from "../qemu/qemu-img.ts";
 import { checkSocketPath, ensurePrivateDir } from "../host/private-dir.ts";
 import { eraseTree } from "../host/erase.ts";
 import type { RequestContext } from "../auth/guard.ts";
@@ -59,13 +61,16 @@ export class VmCreation {
         return core.locks.run(`name:${req.name}`, async () => {
           if (await d.repo.findByName(req.name)) throw errors.vmExists(req.name);
           checkHostLimits(req, core.hostFacts());
+          if (req.storage === "shared" && d.sharedStorage === undefined) {
+            throw new VigilError("VIGIL_INVALID_SPEC", `Invalid VM spec: "storage" is "shared" but this host has no shared storage (start the agent with --shared-storage DIR)`, { field: "storage" });
+          }
           const image = d.catalog.get(req.image);
           const spec = resolveSpec(req, image, { cpu: "max" });
           const id = randomUUID();
           const vmgenid = randomUUID();
           const vm = await this.materialize(
             { id, spec, owner },
-            (l) => createDisks(spec, l),
+            (l) => createDisks(spec, l, image.disk),
             async () =>
               d.repo.insert({
                 id,
@@ -177,6 +182,7 @@ export class VmCreation {
     try {
       ensurePrivateDir(d.home.vmsDir);
       ensurePrivateDir(l.dir);
+      if (identity.spec.storage === "shared") ensurePrivateDir(dirname(l.disksDir));
       ensurePrivateDir(l.disksDir);
       for (const p of [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket]) checkSocketPath(p);
       await prepareDisks(l);
@@ -188,6 +194,10 @@ export class VmCreation {
     } catch (err) {
       // A half-made VM may hold a full copy of another VM's disk: overwritten, not just unlinked.
       eraseTree(d.home.vmsDir, l.dir);
+      if (identity.spec.storage === "shared" && d.sharedStorage !== undefined) {
+        eraseTree(d.sharedStorage, dirname(l.disksDir));
+        rmSync(dirname(l.disksDir), { recursive: true, force: true });
+      }
       await d.repo.delete(identity.id).catch(() => undefined);
       await d.registry.fulfil(intent);
       throw err;
@@ -195,11 +205,12 @@ export class VmCreation {
   }
 }
 
-/** The disks of a VM created from an image: overlays on the image's disk, or blank disks. */
-async function createDisks(spec: VmSpec, l: VmLayout): Promise<void> {
+/** The disks of a VM created from an image: overlays on the image's disk (a shared VM: standalone copies), or blank disks. */
+async function createDisks(spec: VmSpec, l: VmLayout, imageDisk?: string): Promise<void> {
   for (const disk of spec.disks) {
     const file = diskFile(l.disksDir, disk.name);
     if (disk.backing) await createOverlay(file, disk.backing, disk.sizeMiB);
+    else if (spec.storage === "shared" && disk.name === "root" && imageDisk !== undefined) await createFlatCopy(file, imageDisk, disk.sizeMiB);
     else await createBlank(file, disk.sizeMiB ?? 1024);
   }
 }

@@ -4,7 +4,7 @@
  * about is reported as unreachable, never touched. A purge overwrites before it unlinks.
  */
 import { existsSync, readdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { VigilError, q } from "../errors.ts";
 import { eraseOwnedFile } from "../host/erase.ts";
 import type { RequestContext } from "../auth/guard.ts";
@@ -80,8 +80,18 @@ export class VmRemoval {
   async removeVm(vm: VmRecord, how: string, purge: boolean): Promise<RemovalReport> {
     const { d } = this.core;
     const l = this.core.layout(vm);
+    // A shared-storage VM's disks are in its directory on the shared storage (src/cluster/shared-storage.ts). Only
+    // a delete touches them: a VM that moved away, an aborted incoming copy or a stale copy dropped after an HA
+    // restart elsewhere leaves them to the host that runs the VM now.
+    const sharedDir = vm.spec.storage === "shared" ? dirname(l.disksDir) : undefined;
+    const keepShared = sharedDir !== undefined && how !== "deleted" && how !== "purged";
+    const rootOf = (path: string) => (sharedDir !== undefined && path.startsWith(sharedDir + "/") ? sharedDir : path.startsWith(l.dir + "/") ? l.dir : undefined);
     const report: RemovalReport = { id: vm.id, name: vm.name, destroyed: [], unreachable: [], derived: purge ? await this.derivedFrom(vm) : [] };
     for (const f of await d.registry.listForRemoval(vm.id)) {
+      if (keepShared && f.path.startsWith(sharedDir + "/")) {
+        await d.registry.markRemoved(vm.id, f.path, `${how}; on shared storage, left to the host that runs the VM`);
+        continue;
+      }
       if (f.host !== d.hostName) {
         report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: "on another host" });
         continue;
@@ -91,8 +101,9 @@ export class VmRemoval {
         continue;
       }
       // vigil erases only what it made, below this VM's own directory, and only if it is still that file.
-      if (!f.path.startsWith(l.dir + "/")) {
-        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: outside the VM's directory ${l.dir}` });
+      const root = rootOf(f.path);
+      if (root === undefined) {
+        report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: outside the VM's directory ${l.dir}${sharedDir ? ` and its shared directory ${sharedDir}` : ""}` });
         continue;
       }
       if (!purge) {
@@ -103,7 +114,7 @@ export class VmRemoval {
         await d.registry.markRemoved(vm.id, f.path, how);
         continue;
       }
-      const r = eraseOwnedFile(l.dir, f.path, f.identity);
+      const r = eraseOwnedFile(root, f.path, f.identity);
       if (r.erased) report.destroyed.push({ path: f.path, purpose: f.purpose, bytes: r.bytes });
       else if (!r.missing) report.unreachable.push({ path: f.path, host: f.host, purpose: f.purpose, why: `refused: ${r.why}` });
       // A refused name goes with the directory below, unwritten: the registration says so.
@@ -117,6 +128,10 @@ export class VmRemoval {
       }
     }
     rmSync(l.dir, { recursive: true, force: true });
+    if (sharedDir !== undefined && !keepShared) {
+      if (purge) for (const path of listFiles(sharedDir)) eraseOwnedFile(sharedDir, path);
+      rmSync(sharedDir, { recursive: true, force: true });
+    }
     await d.locations.close(vm.id);
     await d.repo.delete(vm.id);
     return report;

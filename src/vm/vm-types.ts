@@ -52,6 +52,8 @@ export interface VmServiceDeps {
    * `netns` names the namespace in `showcmd`.
    */
   network?: (NicPlumber & Partial<Pick<SwitchView, "attached" | "netns">>) | undefined;
+  /** `--shared-storage DIR` (src/cluster/shared-storage.ts): where `storage: "shared"` VMs keep their disks. */
+  sharedStorage?: string | undefined;
 }
 
 /** Runs between QEMU start and `cont` (e.g. loading a saved state). Registered by capabilities at wiring. */

@@ -13,8 +13,8 @@ export function diskFile(disksDir: string, diskName: string): string {
   return `${disksDir}/${diskName}.qcow2`;
 }
 
-export function vmView(vm: VmRecord, vmsDir: string, now = Date.now(), attached: readonly AttachedNic[] = []) {
-  const l = vmLayout(vmsDir, vm.id);
+export function vmView(vm: VmRecord, vmsDir: string, now = Date.now(), attached: readonly AttachedNic[] = [], sharedStorage?: string) {
+  const l = vmLayout(vmsDir, vm.id, vm.spec.storage === "shared" ? sharedStorage : undefined);
   return {
     id: vm.id,
     name: vm.name,

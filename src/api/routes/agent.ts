@@ -32,7 +32,7 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
       memFreeMiB: Math.floor(freemem() / 2 ** 20),
       cpus: cpus().length,
       load1: loadavg()[0] ?? 0,
-      vms: vms.map((v) => ({ id: v.id, name: v.name, state: v.state, memoryMiB: v.spec.memoryMiB, vcpus: v.spec.vcpus, owner: v.owner })),
+      vms: vms.map((v) => ({ id: v.id, name: v.name, state: v.state, memoryMiB: v.spec.memoryMiB, vcpus: v.spec.vcpus, owner: v.owner, storage: v.spec.storage ?? "local" })),
       version: d.host.version,
       epoch: d.clusterEpoch?.() ?? 0,
     };
@@ -56,6 +56,11 @@ export function registerAgentRoutes(app: App, d: ApiDeps): void {
   app.post("/v1/agent/cold/:id/abort", async (c) => {
     const body = (await c.req.json().catch(() => ({}))) as { reason?: unknown };
     return c.json(await migrations(d).cold.abort(managerOnly(c), c.req.param("id"), typeof body.reason === "string" ? body.reason.slice(0, 500) : "aborted by the manager"));
+  });
+  app.post("/v1/agent/ha/restart", async (c) => {
+    const ctx = managerOnly(c);
+    if (!d.haAgent) throw new VigilError("VIGIL_CONFLICT", "Cannot restart a VM here: this agent has no shared storage (--shared-storage DIR)", { field: "storage" });
+    return c.json(await d.haAgent.restartHere(ctx, await c.req.json()));
   });
   app.get("/v1/agent/vms/:name/dossier", async (c) => c.json(await migrations(d).dossier(managerOnly(c), c.req.param("name"))));
   app.post("/v1/agent/migrations/incoming", async (c) => c.json(await migrations(d).prepareIn(managerOnly(c), await c.req.json())));

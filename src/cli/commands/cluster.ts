@@ -41,11 +41,12 @@ export function registerCluster(program: Command, ctx: CliContext): void {
     .option("--lease-db <url>", "the cluster's PostgreSQL (postgres://…): hold this host's lease there and fence itself when it cannot renew")
     .option("--lease-ttl <seconds>", "how long a lease lives (default 15)")
     .option("--lease-margin <seconds>", "stop the VMs this long before an unrenewed lease expires (default 5)")
-    .action(async (o: { listen: string; credentials: string; leaseDb?: string; leaseTtl?: string; leaseMargin?: string }) => {
+    .option("--shared-storage <dir>", "the shared storage mounted at the same path on every host (root-owned, 0700 or 0711): `vm create --storage shared` VMs keep their disks there")
+    .action(async (o: { listen: string; credentials: string; leaseDb?: string; leaseTtl?: string; leaseMargin?: string; sharedStorage?: string }) => {
       const { runDaemon } = await ctx.hooks.loadDaemon();
       try {
         const lease = leaseOptions(o);
-        await runDaemon({ listen: "none", cluster: { listen: o.listen, credentialsDir: o.credentials, ...lease } });
+        await runDaemon({ listen: "none", cluster: { listen: o.listen, credentialsDir: o.credentials, ...lease, ...(o.sharedStorage !== undefined ? { sharedStorage: o.sharedStorage } : {}) } });
       } catch (err) {
         process.exit(report(err));
       }

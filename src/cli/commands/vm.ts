@@ -29,6 +29,7 @@ export function registerVm(program: Command): void {
     .option("--no-nic", "no network card at all")
     .option("--net <network>", "add a NIC bridged onto a vigil network (`vigil net create`; repeatable)", collect)
     .option("--no-agent", "no guest agent channel")
+    .addOption(new Option("--storage <where>", "where its disks live: local (default) or shared (the agent's --shared-storage; HA restarts need it)").choices(["local", "shared"]))
     .option("--cmdline <words>", "extra kernel command-line words")
     .option("--owner <user:NAME|group:NAME>", "owner (default: you)")
     .option("--approver <name>", "who approved this VM")
@@ -63,6 +64,7 @@ export function registerVm(program: Command): void {
       if (o.nic === false) req.nics = [];
       else if (nics.length > 0) req.nics = nics;
       if (o.agent === false) req.agent = false;
+      if (o.storage !== undefined) req.storage = o.storage;
       for (const [flag, field] of [["owner", "owner"], ["approver", "approver"], ["purpose", "purpose"], ["expires", "expiresAt"]] as const) {
         if (o[flag] !== undefined) req[field] = o[flag];
       }

@@ -22,6 +22,8 @@ CREATE TABLE "audit_log" ("seq" integer primary key, "id" text not null unique, 
 CREATE TABLE "audit_tree" ("level" integer not null, "idx" integer not null, "hash" text not null, constraint "audit_tree_pk" primary key ("level", "idx"));
 -- table cluster_events
 CREATE TABLE "cluster_events" ("seq" integer primary key autoincrement, "time" text not null, "kind" text not null, "subject" text not null, "payload" text not null);
+-- table cluster_ha_restarts
+CREATE TABLE "cluster_ha_restarts" ("vm_id" text not null, "vm_name" text not null, "lost_epoch" integer not null, "from_host" text not null, "to_host" text not null, "state" text not null, "error" text, "claimed_by" text not null, "claimed_at" text not null, "finished_at" text, constraint "cluster_ha_restarts_pk" primary key ("vm_id", "lost_epoch"));
 -- table cluster_networks
 CREATE TABLE "cluster_networks" ("name" text primary key, "cidr" text not null, "dhcp" integer not null, "vni" integer not null unique, "hosts" text not null, "created_by" text not null, "created_at" text not null);
 -- table data_files
