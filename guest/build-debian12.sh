@@ -126,12 +126,13 @@ release=${kernel_pkg#linux-image-}
 apt-get install -q -y --download-only --no-install-recommends -o Debug::NoLocking=1 "$kernel_pkg" >"$work/apt.log" 2>&1 ||
 	{ apt-get update -qq >&2 || true; apt-get install -q -y --download-only -o Debug::NoLocking=1 "$kernel_pkg" >"$work/apt.log" 2>&1; } ||
 	{ tail -n 20 "$work/apt.log" >&2; die "cannot download $kernel_pkg"; }
+# The candidate version apt just downloaded (older revisions of the same package may sit in the cache too).
+kernel_version=$(apt-cache show --no-all-versions "$kernel_pkg" | awk '$1 == "Version:" { print $2; exit }')
 kernel_deb=
 for f in /var/cache/apt/archives/"${kernel_pkg}"_*.deb; do
-	[[ -f $f && $(dpkg-deb -f "$f" Package) == "$kernel_pkg" ]] && kernel_deb=$f
+	[[ -f $f && $(dpkg-deb -f "$f" Package) == "$kernel_pkg" && $(dpkg-deb -f "$f" Version) == "$kernel_version" ]] && kernel_deb=$f
 done
-[[ -n $kernel_deb ]] || die "no .deb for $kernel_pkg in /var/cache/apt/archives"
-kernel_version=$(dpkg-deb -f "$kernel_deb" Version)
+[[ -n $kernel_deb ]] || die "no .deb for $kernel_pkg $kernel_version in /var/cache/apt/archives"
 note "kernel package $kernel_pkg $kernel_version"
 
 # --- the root: debootstrap, then the kernel unpacked by the root's own dpkg ----------------------------
