@@ -65,12 +65,13 @@ images=$cache/images/tiny
 
 # The key: sha256 over `sha256sum` lines ("<hash>  <path>") of every file under guest/, sorted
 # by path in the C locale, followed by "x <path>" for every executable file (the exec bit ends
-# up in the initramfs too). First 16 hex digits.
+# up in the initramfs too). First 16 hex digits. The debian-12 image's own files (build-debian12.sh, debian12/)
+# are not in tiny, so they are not in its key.
 compute_key() {
 	(
 		cd "$GUEST_DIR"
-		find . -type f -printf '%P\0' | sort -z | xargs -0r sha256sum --
-		find . -type f -perm -u+x -printf 'x %P\n' | sort
+		find . -type f ! -path ./build-debian12.sh ! -path './debian12/*' -printf '%P\0' | sort -z | xargs -0r sha256sum --
+		find . -type f ! -path ./build-debian12.sh ! -path './debian12/*' -perm -u+x -printf 'x %P\n' | sort
 	) | sha256sum | cut -c1-16
 }
 key=$(compute_key)

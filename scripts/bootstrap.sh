@@ -92,3 +92,8 @@ bash guest/build-tiny.sh
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/build-debian-dormant.sh
 fi
+
+# The built-in bootable Debian 12 image "debian-12" (cached by the hash of its inputs; docs/transience.md, "The debian-12 image").
+if [ "$(id -u)" -eq 0 ]; then
+  bash guest/build-debian12.sh
+fi

@@ -25,6 +25,21 @@ export const tinyManifestSchema = z.looseObject({
 
 export type TinyManifest = z.output<typeof tinyManifestSchema>;
 
+/** The built-in `debian-12` image (guest/build-debian12.sh): a bootable Debian root on a GPT qcow2, kernel-booted. */
+export const debian12ManifestSchema = z.looseObject({
+  format: z.literal(1),
+  name: z.literal("debian-12"),
+  key: z.string(),
+  builtAt: z.string(),
+  suite: z.literal("bookworm"),
+  packages: z.number().int().positive(),
+  kernel: z.looseObject({ package: z.string(), version: z.string(), release: z.string() }),
+  files: z.looseObject({ vmlinuz: fileEntry, "initrd.img": fileEntry, "disk.qcow2": fileEntry }),
+  cmdline: z.string(),
+});
+
+export type Debian12Manifest = z.output<typeof debian12ManifestSchema>;
+
 export interface ImageView {
   name: string;
   kind: "builtin" | "template" | "imported";
@@ -103,17 +118,50 @@ export class ImageCatalog {
     };
   }
 
+  /** The directory of the current debian-12 image, or undefined if set-up has not built it. */
+  debian12Dir(): string | undefined {
+    const link = join(this.cacheDir, "images", "debian-12", "current");
+    if (!existsSync(join(link, "manifest.json"))) return undefined;
+    return realpathSync(link);
+  }
+
+  private loadDebian12(): CatalogImage | undefined {
+    const dir = this.debian12Dir();
+    if (!dir) return undefined;
+    let manifest: Debian12Manifest;
+    try {
+      manifest = debian12ManifestSchema.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
+    } catch (err) {
+      throw new VigilError("VIGIL_HOST", `The debian-12 image in ${q(dir)} has a bad manifest (rebuild it: guest/build-debian12.sh)`, { cause: err });
+    }
+    const f = manifest.files;
+    return {
+      name: "debian-12",
+      boot: { kind: "kernel", kernel: join(dir, "vmlinuz"), initrd: join(dir, "initrd.img"), cmdline: manifest.cmdline },
+      disk: join(dir, "disk.qcow2"),
+      view: {
+        name: "debian-12",
+        kind: "builtin",
+        description: `Debian 12 (${manifest.suite} minbase, ${manifest.packages} packages) with the ${manifest.kernel.release} kernel and the vigil agent`,
+        dir,
+        sizeBytes: f.vmlinuz.size + f["initrd.img"].size + f["disk.qcow2"].size,
+        details: { kernel: manifest.kernel, suite: manifest.suite, packages: manifest.packages, key: manifest.key, builtAt: manifest.builtAt },
+      },
+    };
+  }
+
   list(): ImageView[] {
     const tiny = this.loadTiny();
+    const debian12 = this.loadDebian12();
     const imported = [...this.imported.keys()].sort().map((n) => this.importedImage(n)!.view);
-    return [...(tiny ? [tiny.view] : []), ...imported];
+    return [...(tiny ? [tiny.view] : []), ...(debian12 ? [debian12.view] : []), ...imported];
   }
 
   get(name: string): CatalogImage {
-    const image = name === "tiny" ? this.loadTiny() : this.importedImage(name);
+    const image = name === "tiny" ? this.loadTiny() : name === "debian-12" ? this.loadDebian12() : this.importedImage(name);
 
     if (!image) {
-      const hint = name === "tiny" ? " (set-up has not built it yet: run npm start or guest/build-tiny.sh)" : " (templates are cloned: vigil vm clone TEMPLATE NAME)";
+      const hint = name === "tiny" ? " (set-up has not built it yet: run npm start or guest/build-tiny.sh)" : name === "debian-12" ? " (set-up has not built it yet: run guest/build-debian12.sh as root)" : " (templates are cloned: vigil vm clone TEMPLATE NAME)";
       throw new VigilError("VIGIL_IMAGE_NOT_FOUND", `Image ${q(name)} does not exist${hint}`, { field: "image" });
     }
     return image;

@@ -62,7 +62,7 @@ export class ImageService {
     const name = typeof (input as { name?: unknown })?.name === "string" ? String((input as { name: string }).name).slice(0, 64) : null;
     return this.guard.run(ctx, { action: "image.import", permission: "image.manage", target: { kind: "image", name } }, async () => {
       const req = parseOrThrow(importImageSchema, input, "image import");
-      if (req.name === "tiny" || (await this.db.selectFrom("images").select("name").where("name", "=", req.name).executeTakeFirst())) {
+      if (req.name === "tiny" || req.name === "debian-12" || (await this.db.selectFrom("images").select("name").where("name", "=", req.name).executeTakeFirst())) {
         throw new VigilError("VIGIL_CONFLICT", `Cannot import image ${q(req.name)}: an image with that name exists`, { field: "name" });
       }
       ensurePrivateDir(this.imagesDir);
