@@ -18,16 +18,8 @@ import { INCOMPAT, type Superblock, has, readSuperblock } from "./superblock.ts"
 
 export const ROOT_INO = 2;
 
-export interface Ext4Stat {
-  readonly ino: number;
-  readonly type: FileType;
-  readonly perm: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly size: number;
-  readonly links: number;
-  readonly mtime: number;
-}
+/** What `stat` tells: the inode's fields a caller may rely on (not its block map or flags). */
+export type Ext4Stat = Pick<Inode, "ino" | "type" | "perm" | "uid" | "gid" | "size" | "links" | "mtime">;
 
 export interface WalkEntry {
   /** Absolute path inside the image, names decoded as UTF-8. */
