@@ -24,7 +24,9 @@ test("posture: unknown, current, and each reason for stale", () => {
 
 test("posture: vulnerable by the policy's severity; infected above everything", () => {
   const pending = [{ package: "openssl", severity: "medium" as const }];
-  assert.equal(computePosture(inputs({ lastScan: scan({ pending }) })).state, "current", "medium is below the default threshold (high)");
+  assert.equal(computePosture(inputs({ lastScan: scan({ pending }) })).state, "vulnerable", "the default threshold is unknown: any security update not called unimportant");
+  assert.equal(computePosture(inputs({ lastScan: scan({ pending: [{ package: "x", severity: "unimportant" }] }) })).state, "current");
+  assert.equal(computePosture(inputs({ lastScan: scan({ pending }) }), { maxScanAgeDays: 7, vulnerableAt: "high" }).state, "current", "medium is below a high threshold");
   const v = computePosture(inputs({ lastScan: scan({ pending }) }), { maxScanAgeDays: 7, vulnerableAt: "medium" });
   assert.deepEqual(v, { state: "vulnerable", reasons: ["pending medium security update for openssl"] });
   const i = computePosture(inputs({ running: true, lastScan: scan({ pending: [{ package: "x", severity: "critical" }], findings: [{ path: "/opt/p", rule: "r" }] }) }));

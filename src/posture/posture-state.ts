@@ -24,7 +24,12 @@ export interface PosturePolicy {
   vulnerableAt: Severity;
 }
 
-export const DEFAULT_POSTURE_POLICY: PosturePolicy = { maxScanAgeDays: 7, vulnerableAt: "high" };
+/**
+ * Deny by default: any pending security update the tracker does not call "unimportant" makes a VM vulnerable,
+ * including those of unknown urgency (without tracker data every security-suite update is "unknown": each one is
+ * still a security fix). Operators raise the threshold per scope.
+ */
+export const DEFAULT_POSTURE_POLICY: PosturePolicy = { maxScanAgeDays: 7, vulnerableAt: "unknown" };
 
 export interface ScanSummary {
   /** When the scan read the image (ISO 8601). */

@@ -1,6 +1,6 @@
 /**
  * Signature scan of a dormant guest's files against YARA rules (issue 13, item 4; docs/transience.md "Signature
- * scan"). The rules are compiled by YARA-X (@litko/yara-x, a Rust engine behind N-API); Debian's `yara` 4.2 is the
+ * scan"). The rules are compiled by YARA-X (yara-engine.ts: a Rust engine behind N-API); Debian's `yara` 4.2 is the
  * cross-check in the tests. The files come from a `ScanSource` (the ext2/3/4 reader over a qcow2 chain for a real
  * image, a host directory in tests), so this module never touches a guest file system itself.
  *
@@ -11,7 +11,7 @@
  * `complete: false` and the reason, never a partial answer that looks whole.
  */
 import { createHash } from "node:crypto";
-import { compile, type YaraX } from "@litko/yara-x";
+import { compileYara, type YaraRules } from "./yara-engine.ts";
 import { VigilError, messageOf, q } from "../errors.ts";
 
 /** One file offered to the scanner. `read` returns the whole content (at most `size` bytes). */
@@ -89,7 +89,7 @@ export interface ScanReport {
 /** Rules compiled once, for many scans. */
 export interface CompiledRules {
   readonly sha256: string;
-  readonly engine: YaraX;
+  readonly engine: YaraRules;
 }
 
 /** Largest rule source accepted (rule sets of tens of thousands of rules are a few MiB). */
@@ -104,9 +104,9 @@ const EXCERPT_BYTES = 32;
  */
 export function compileRules(source: string, field = "rules"): CompiledRules {
   if (Buffer.byteLength(source) > MAX_RULES_BYTES) throw new VigilError("VIGIL_BAD_REQUEST", `The YARA rules are larger than ${MAX_RULES_BYTES} bytes`, { field });
-  let engine: YaraX;
+  let engine: YaraRules;
   try {
-    engine = compile(source, {
+    engine = compileYara(source, {
       bannedModules: [{ name: "console", errorTitle: "console is not allowed", errorMessage: "vigil does not let rules write to its output" }],
       errorOnSlowPattern: true,
     });

@@ -82,4 +82,16 @@ test("debian-12 boots to its agent with a real Debian userland and dpkg database
   }
   const sorted = [...boots].sort((a, b) => a - b);
   t.diagnostic(`debian-12 start --wait (boot to agent), TCG, 256 MiB, 1 vCPU: ${boots.map((b) => b.toFixed(1)).join(", ")} s; median ${sorted[1]!.toFixed(1)} s`);
+
+  // Dormant again: the offline scan reads the same VM's disk (vigil's overlay over the image) without booting it,
+  // and finds the dpkg database the guest itself reported.
+  const built = JSON.parse(spawnSync("cat", [join(imageDir, "manifest.json")], { encoding: "utf8" }).stdout) as { packages: number };
+  const scanned = d.cli("scan", "deb", "--json");
+  assert.equal(scanned.status, 0, scanned.stderr);
+  const scan = JSON.parse(scanned.stdout) as { scan: { os: { id: string; versionId: string }; packages: { name: string }[]; pending: unknown[] }; posture: { state: string } };
+  assert.equal(scan.scan.os.id, "debian");
+  assert.equal(scan.scan.os.versionId, "12");
+  assert.equal(scan.scan.packages.length, built.packages, "the offline scan sees the packages dpkg-query saw in the running guest");
+  assert.match(d.cli("posture", "deb").stdout, /^last scanned +\S+ \(offline\)$/m);
+  t.diagnostic(`debian-12 scanned dormant: ${scan.scan.packages.length} packages, ${scan.scan.pending.length} pending security updates, posture ${scan.posture.state}`);
 });

@@ -66,7 +66,7 @@ export function registerPosture(program: Command): void {
     .description('Set the gate policy of a scope: "default", "vm:NAME" or "label:KEY=VALUE"')
     .requiredOption("--gate <on|off>", "start/resume a VM that is not current in quarantine")
     .option("--max-age-days <n>", "a scan older than this is stale", "7")
-    .option("--vulnerable-at <severity>", "pending updates at or above this make the VM vulnerable (unimportant, unknown, low, medium, high, critical)", "high")
+    .option("--vulnerable-at <severity>", "pending updates at or above this make the VM vulnerable (unimportant, unknown, low, medium, high, critical)", "unknown")
     .action(async (scope: string, o: { gate: string; maxAgeDays: string; vulnerableAt: string }) => {
       const body = { gate: onOff(o.gate), maxScanAgeDays: Number(o.maxAgeDays), vulnerableAt: o.vulnerableAt };
       const r = await call<{ scope: string; policy: typeof body }>("PUT", `/v1/posture/policies/${encodeURIComponent(scope)}`, body);
