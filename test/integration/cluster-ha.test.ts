@@ -158,7 +158,9 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
     return r.exitCode === 0 ? r : undefined;
   }, 90_000, "the guest to write its disk");
   assert.match(w.out, /wrote \/data\/ha-proof/);
-  await waitFor(() => existsSync(join(vmDir, "dossier.json")) && existsSync(join(vmDir, "store.json")), 20_000, "the shared dossier and store");
+  await waitFor(() => existsSync(join(vmDir, "dossier.json")) && existsSync(join(vmDir, "store.json")), 20_000, "the shared dossier and store").catch((err: unknown) => {
+    throw new Error(`${String(err)}; h1's log says: ${a1.log().split("\n").filter((l) => /dossier|shared/.test(l)).slice(-3).join("\n")}`);
+  });
   assert.equal(qemusOf(uuid).length, 1, "one QEMU for the VM before the loss");
 
   // h1 loses its lease: it self-fences (kills its QEMUs), the lease expires, the manager fences h1.
