@@ -67,7 +67,7 @@ async function relay(t: TestContext) {
 }
 
 interface HostRow { name: string; state: string; status: { epoch: number } | null }
-interface AuditRecord { action: string; actor: string; result: string; at: string; details: Record<string, unknown>; target: { name?: string; id?: string } }
+interface AuditRecord { action: string; actor: string; result: string; time: string; details: Record<string, unknown>; target: { name?: string; id?: string } }
 interface VmView { id: string; name: string; state: string; owner: string | null }
 interface Event { kind: string; subject: string; payload: Record<string, unknown> }
 
@@ -184,7 +184,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   assert.ok(Date.parse(claim.claimed_at) >= expiresAt, `claimed (${claim.claimed_at}) after the lease expired (${new Date(expiresAt).toISOString()})`);
   const inH2 = (await audit(a2)).find((r) => r.action === "vm.migrated-in" && r.target.name === "hashared");
   assert.ok(inH2, "h2 audits the VM coming in");
-  assert.ok(Date.parse(inH2.at) >= expiresAt, `taken in on h2 (${inH2.at}) after the lease expired`);
+  assert.ok(Date.parse(inH2.time) >= expiresAt, `taken in on h2 (${inH2.time}) after the lease expired`);
   const fence = (await audit(a1)).find((r) => r.action === "host.self-fenced");
   assert.ok(fence, "h1 fenced itself");
   assert.ok((fence.details.killed as string[]).includes("hashared"), "the self-fence killed the shared VM's QEMU");
