@@ -114,7 +114,9 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   const agents: DaemonHandle[] = [];
   for (const [i, h] of topo.hosts.entries()) {
     const name = `h${i + 1}`;
-    const creds = join(mkdtempSync(join(tmpdir(), "vigil-creds-")), "agent");
+    const credsDir = mkdtempSync(join(tmpdir(), "vigil-creds-"));
+    t.after(() => rmSync(credsDir, { recursive: true, force: true }));
+    const creds = join(credsDir, "agent");
     const add = manager.cli("host", "add", name, "--addr", `${h.addr}:7451`, "--out", creds);
     assert.equal(add.status, 0, add.stderr);
     // h1 holds its lease through the relay (cut to lose it), h2 directly.
@@ -162,6 +164,10 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
     throw new Error(`${String(err)}; h1's log says: ${a1.log().split("\n").filter((l) => /dossier|shared/.test(l)).slice(-3).join("\n")}`);
   });
   assert.equal(qemusOf(uuid).length, 1, "one QEMU for the VM before the loss");
+  // The monotonic store goes to store.json every sync (2 s): what the guest counted survives the restart.
+  assert.equal((await guestExec(a1, "hashared", ["vtime", "incr", "ha"])).out, "1");
+  assert.equal((await guestExec(a1, "hashared", ["vtime", "incr", "ha"])).out, "2");
+  await new Promise((r) => setTimeout(r, 4500));
 
   // h1 loses its lease: it self-fences (kills its QEMUs), the lease expires, the manager fences h1.
   await pgRelay.cut();
@@ -197,6 +203,8 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
     return r.exitCode === 0 ? r : undefined;
   }, 90_000, "the guest on h2 to read its disk");
   assert.equal(read.out.trim(), text);
+  assert.equal((await guestExec(a2, "hashared", ["vtime", "read", "ha"])).out, "2", "the monotonic store restarted where it was");
+  assert.equal((await guestExec(a2, "hashared", ["vtime", "incr", "ha"])).out, "3");
   const history = await a2.api<{ id: string; locations: { host: string; until: string | null }[]; events: AuditRecord[] }>("GET", "/v1/vms/hashared/history");
   assert.equal(history.id, uuid);
   assert.deepEqual(history.locations.map((l) => l.host), ["h1", "h2"], JSON.stringify(history.locations));
