@@ -193,7 +193,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const accel = detectAccelerator();
   const catalog = new ImageCatalog(options.cache ?? vigilCache());
   const repo = new VmRepository(db);
-  const registry = new DataRegistry(db, hostName, home.vmsDir);
+  const registry = new DataRegistry(db, hostName, home.vmsDir, sharedStorage);
   const locations = new LocationHistory(db);
   const generations = new GenerationLog(db);
   // The switch: vigil's netns, bridges, taps, addresses and dnsmasq (network/). VMs plug bridged NICs in through it.

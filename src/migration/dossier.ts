@@ -27,7 +27,6 @@ import { VmRepository, type Lineage, type VmRecord } from "../vm/vm-repository.t
 import type { VmService } from "../vm/vm-service.ts";
 import { diskFile } from "../vm/vm-view.ts";
 import { jailUidOf } from "../vm/jail-uids.ts";
-import { vmLayout } from "../paths.ts";
 import { policySchema } from "../network/firewall/policy.ts";
 import { MAX_INTERVAL_MS, MIN_INTERVAL_MS, WATCH_POLICIES } from "../introspection/service.ts";
 import { DEFAULT_QUOTAS } from "../vtime/store.ts";
@@ -235,7 +234,7 @@ export async function exportDossier(deps: DossierDeps, ctx: RequestContext, vmNa
     const sharer = await deps.db.selectFrom("vms").select("name").where("vtime_ns", "=", vm.vtimeNs).where("id", "!=", vm.id).executeTakeFirst();
     if (sharer) throw conflict("vtimeNs", `Cannot move VM ${q(vm.name)}: its monotonic store is shared with VM ${q(sharer.name)} here (vtime link); a store moves with one VM only`);
 
-    const l = vmLayout(deps.vmsDir, vm.id);
+    const l = deps.vms.layoutOf(vm); // a shared VM's disks are on the shared storage
     const image = imageOf(deps.catalog, vm.spec.image);
     const imageDisk = image?.disk !== undefined ? real(image.disk) : undefined;
     const disks: Dossier["disks"] = [];

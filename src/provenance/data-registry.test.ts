@@ -63,3 +63,13 @@ test("with vigil's vms/ directory given, nothing outside it can be registered", 
   await registry.register("web", join(dir, "vms", "web", "disks", "a.qcow2"), "disk");
   assert.equal((await registry.list("web")).length, 1);
 });
+
+test("with a shared storage directory given too, files below it can be registered, nothing else outside vms/", async (t) => {
+  const { dir, db } = await setUp(t);
+  const registry = new DataRegistry(db, "host-a", join(dir, "vms"), join(dir, "shared"));
+  await registry.register("web", join(dir, "shared", "u1", "disks", "root.qcow2"), "disk");
+  await registry.register("web", join(dir, "vms", "web", "disks", "a.qcow2"), "disk");
+  await assert.rejects(registry.register("web", join(dir, "shared-evil", "x"), "disk"), /not below vigil's directory/);
+  await assert.rejects(registry.register("web", join(dir, "vigil.db"), "disk"), /not below vigil's directory/);
+  assert.equal((await registry.list("web")).length, 2);
+});

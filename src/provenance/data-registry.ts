@@ -81,6 +81,8 @@ export class DataRegistry {
     private readonly host: string,
     /** When given, only files below this directory (vigil's `vms/`) can be registered. */
     private readonly vmsDir?: string,
+    /** The agent's `--shared-storage` directory: shared VMs' disks (DIR/<uuid>/disks) can be registered there too. */
+    private readonly sharedStorage?: string,
   ) {}
 
   /**
@@ -90,7 +92,8 @@ export class DataRegistry {
    */
   async register(vmId: string, path: string, purpose: DataPurpose, options: { hash?: boolean } = {}): Promise<void> {
     if (!isAbsolute(path) || normalize(path) !== path) throw new VigilError("VIGIL_INTERNAL", `Cannot register ${q(path)}: not a plain absolute path`, { field: "path" });
-    if (this.vmsDir !== undefined && !path.startsWith(this.vmsDir + "/")) throw new VigilError("VIGIL_INTERNAL", `Cannot register ${q(path)}: not below vigil's directory ${q(this.vmsDir)}`, { field: "path" });
+    const below = (root: string | undefined) => root !== undefined && path.startsWith(root + "/");
+    if (this.vmsDir !== undefined && !below(this.vmsDir) && !below(this.sharedStorage)) throw new VigilError("VIGIL_INTERNAL", `Cannot register ${q(path)}: not below vigil's directory ${q(this.vmsDir)}`, { field: "path" });
     let size: number | null = null;
     let sha256: string | null = null;
     let dev: string | null = null;
