@@ -132,6 +132,17 @@ export function requireTinyImage(): void {
 
 export { waitFor };
 
+/** Polls an async probe until it gives a value (a probe that throws counts as "not yet"). */
+export async function pollFor<T>(fn: () => Promise<T | undefined>, timeoutMs: number, what: string, everyMs = 200): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
 /** Runs an allow-listed command through the guest agent; stdout/stderr decoded and trimmed. */
 export async function guestExec(d: DaemonHandle, vm: string, argv: string[]): Promise<{ exitCode: number; out: string; err: string }> {
   const r = await d.api<{ exitCode: number; stdout: string; stderr: string }>("POST", `/v1/vms/${vm}/guest/exec`, { argv });

@@ -9,77 +9,24 @@
  * without starting the VM or touching the shared files.
  */
 import { strict as assert } from "node:assert";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
-import { tmpdir, userInfo } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import pg from "pg";
-import { PG_SOCKET_DIR, freshDatabase, socketUrl } from "../../src/inventory/testing/pg.ts";
+import { freshDatabase, socketUrl } from "../../src/inventory/testing/pg.ts";
 import { clusterTopology } from "../cluster-topology.ts";
-import { BIN, guestExec, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { pgRelay } from "../pg-relay.ts";
+import { BIN, guestExec, requireTinyImage, startDaemon, pollFor, waitFor, type DaemonHandle } from "../harness.ts";
 
 const TTL_S = 8;
 const MARGIN_S = 3;
-
-/** The relay of fencing.test.ts: DIR/.s.PGSQL.5432 → the server's socket; "cut" drops everything, "restore" listens again. */
-const RELAY = `
-const net = require("node:net"); const fs = require("node:fs");
-const [dir, target] = process.argv.slice(1);
-const path = dir + "/.s.PGSQL.5432"; const open = new Set(); let server;
-const listen = () => { try { fs.rmSync(path, { force: true }); } catch {} server = net.createServer((c) => {
-  const s = net.connect(target); open.add(c); open.add(s);
-  c.pipe(s); s.pipe(c);
-  const end = () => { c.destroy(); s.destroy(); open.delete(c); open.delete(s); };
-  c.on("error", end); s.on("error", end); c.on("close", end); s.on("close", end);
-}); server.listen(path, () => process.stdout.write("listening\\n")); };
-const cut = () => { server.close(); for (const x of open) x.destroy(); open.clear(); fs.rmSync(path, { force: true }); process.stdout.write("cut\\n"); };
-let line = "";
-process.stdin.on("data", (d) => { line += d; for (let i; (i = line.indexOf("\\n")) >= 0; line = line.slice(i + 1)) (line.slice(0, i) === "cut" ? cut : listen)(); });
-process.stdin.on("end", () => process.exit(0));
-listen();
-`;
-
-async function relay(t: TestContext) {
-  const dir = mkdtempSync(join(tmpdir(), "vigil-pgrelay-"));
-  const child = spawn(process.execPath, ["-e", RELAY, dir, join(PG_SOCKET_DIR, ".s.PGSQL.5432")], { stdio: ["pipe", "pipe", "inherit"] });
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  t.after(() => {
-    child.kill("SIGKILL");
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const said = (word: string, n: number) => waitFor(() => out.split("\n").filter((l) => l === word).length >= n, 10_000, `the relay to say ${word} (${n}; it said ${JSON.stringify(out)})`);
-  await said("listening", 1);
-  let cuts = 0;
-  let listens = 1;
-  return {
-    url: (db: string) => `postgresql:///${encodeURIComponent(db)}?host=${encodeURIComponent(dir)}&user=${encodeURIComponent(userInfo().username)}`,
-    cut: async () => {
-      child.stdin.write("cut\n");
-      await said("cut", ++cuts);
-    },
-    restore: async () => {
-      child.stdin.write("restore\n");
-      await said("listening", ++listens);
-    },
-  };
-}
 
 interface HostRow { name: string; state: string; status: { epoch: number } | null }
 interface AuditRecord { action: string; actor: string; result: string; time: string; details: Record<string, unknown>; target: { name?: string; id?: string } }
 interface VmView { id: string; name: string; state: string; owner: string | null }
 interface Event { kind: string; subject: string; payload: Record<string, unknown> }
-
-async function poll<T>(fn: () => Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 300));
-  }
-}
 
 /** The QEMU processes of VM `uuid` on this machine (argv[0] is qemu-system-*, `-uuid <uuid>` in argv). */
 function qemusOf(uuid: string): number[] {
@@ -102,7 +49,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   requireTinyImage();
   const topo = clusterTopology(t, 2);
   const db = await freshDatabase();
-  const pgRelay = await relay(t);
+  const relay = await pgRelay(t);
   // ONE shared directory both agents see: root-owned (we are root), 0700 (mkdtemp).
   const shared = mkdtempSync(join(tmpdir(), "vigil-shared-"));
   t.after(() => rmSync(shared, { recursive: true, force: true }));
@@ -120,7 +67,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
     const add = manager.cli("host", "add", name, "--addr", `${h.addr}:7451`, "--out", creds);
     assert.equal(add.status, 0, add.stderr);
     // h1 holds its lease through the relay (cut to lose it), h2 directly.
-    const leaseDb = i === 0 ? pgRelay.url(db.name) : db.url;
+    const leaseDb = i === 0 ? relay.url(db.name) : db.url;
     agents.push(await startDaemon(t, {
       command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds, "--lease-db", leaseDb, "--lease-ttl", String(TTL_S), "--lease-margin", String(MARGIN_S), "--shared-storage", shared],
       wrap: h.wrap,
@@ -128,7 +75,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   }
   const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
   const hostRow = async (n: string) => (await manager.api<HostRow[]>("GET", "/v1/hosts")).find((x) => x.name === n)!;
-  await poll(async () => ((await hostRow("h1")).state === "ready" && (await hostRow("h2")).state === "ready" ? true : undefined), 30_000, "both hosts ready");
+  await pollFor(async () => ((await hostRow("h1")).state === "ready" && (await hostRow("h2")).state === "ready" ? true : undefined), 30_000, "both hosts ready");
 
   const sql = async <R extends pg.QueryResultRow>(text: string, values: unknown[] = []) => {
     const c = new pg.Client({ connectionString: socketUrl(db.name) });
@@ -155,7 +102,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   const vmDir = join(shared, uuid);
   assert.ok(existsSync(join(vmDir, "disks")), "the shared VM's disks are on the shared storage");
   const text = `before-ha-${uuid.slice(0, 8)}`;
-  const w = await poll(async () => {
+  const w = await pollFor(async () => {
     const r = await guestExec(a1, "hashared", ["data-write", "ha-proof", text]);
     return r.exitCode === 0 ? r : undefined;
   }, 90_000, "the guest to write its disk");
@@ -170,11 +117,11 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   await new Promise((r) => setTimeout(r, 4500));
 
   // h1 loses its lease: it self-fences (kills its QEMUs), the lease expires, the manager fences h1.
-  await pgRelay.cut();
+  await relay.cut();
   const [lease] = await sql<{ epoch: string; expires_at: Date }>("SELECT epoch, expires_at FROM host_leases WHERE host = 'h1'");
   const expiresAt = new Date(lease!.expires_at).getTime();
 
-  const onH2 = await poll(async () => {
+  const onH2 = await pollFor(async () => {
     const v = await a2.api<VmView>("GET", "/v1/vms/hashared");
     return v.state === "running" ? v : undefined;
   }, TTL_S * 1000 + 60_000, "the shared VM to run on h2");
@@ -198,7 +145,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   // Same VM: uuid, owner; its disk holds what was written before.
   assert.equal(onH2.id, uuid);
   assert.equal(onH2.owner, before.owner);
-  const read = await poll(async () => {
+  const read = await pollFor(async () => {
     const r = await guestExec(a2, "hashared", ["cat", "/data/ha-proof"]);
     return r.exitCode === 0 ? r : undefined;
   }, 90_000, "the guest on h2 to read its disk");
@@ -215,7 +162,7 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
   assert.ok((await events()).some((e) => e.kind === "vm.ha-restarted" && e.subject === "hashared"));
 
   // The local-storage HA VM is not restarted: recorded, with the reason.
-  const refused = await poll(async () => (await events()).find((e) => e.kind === "vm.ha-restart-refused" && e.subject === "halocal"), 15_000, "the refusal of halocal");
+  const refused = await pollFor(async () => (await events()).find((e) => e.kind === "vm.ha-restart-refused" && e.subject === "halocal"), 15_000, "the refusal of halocal");
   assert.equal(refused.payload.storage, "local");
   assert.equal(refused.payload.refused, "the VM's disks are on the lost host; HA restart needs shared storage");
   await assert.rejects(a2.api("GET", "/v1/vms/halocal"), /does not exist|not found/i);
@@ -230,9 +177,9 @@ test("HA restart on shared storage: h1 loses its lease, the VM restarts on h2 af
 
   // h1 gets its lease back: it does not start the VM, drops its stale row, the shared files stay.
   const a1Starts = (await audit(a1)).filter((r) => r.action === "vm.start").length;
-  await pgRelay.restore();
-  await poll(async () => ((await hostRow("h1")).state === "ready" && (await hostRow("h1")).status?.epoch === Number(lease!.epoch) + 1 ? true : undefined), 40_000, "h1 ready at a new epoch");
-  const dropped = await poll(async () => (await audit(a1)).find((r) => r.action === "vm.ha-dropped"), 20_000, "h1's vm.ha-dropped record");
+  await relay.restore();
+  await pollFor(async () => ((await hostRow("h1")).state === "ready" && (await hostRow("h1")).status?.epoch === Number(lease!.epoch) + 1 ? true : undefined), 40_000, "h1 ready at a new epoch");
+  const dropped = await pollFor(async () => (await audit(a1)).find((r) => r.action === "vm.ha-dropped"), 20_000, "h1's vm.ha-dropped record");
   assert.equal(dropped.target.id, uuid);
   assert.equal(dropped.details.restartedOn, "h2");
   await assert.rejects(a1.api("GET", "/v1/vms/hashared"), /does not exist|not found/i);

@@ -8,80 +8,30 @@
  * command sent with the old one is refused (409) by its cluster listener before it reaches the app.
  */
 import { strict as assert } from "node:assert";
-import { spawn, spawnSync, execFile } from "node:child_process";
+import { spawnSync, execFile } from "node:child_process";
 import { mkdtempSync } from "node:fs";
-import { tmpdir, userInfo } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import pg from "pg";
-import { PG_SOCKET_DIR, freshDatabase, socketUrl } from "../../src/inventory/testing/pg.ts";
+import { freshDatabase, socketUrl } from "../../src/inventory/testing/pg.ts";
 import { clusterTopology } from "../cluster-topology.ts";
-import { BIN, requireTinyImage, startDaemon, waitFor, type DaemonHandle } from "../harness.ts";
+import { pgRelay } from "../pg-relay.ts";
+import { BIN, requireTinyImage, startDaemon, pollFor, type DaemonHandle } from "../harness.ts";
 
 const run = promisify(execFile);
 const TTL_S = 8;
 const MARGIN_S = 3;
 
-/** A relay from DIR/.s.PGSQL.5432 to the server's socket; "cut" on its stdin drops every connection and takes no new one, "restore" listens again. */
-const RELAY = `
-const net = require("node:net"); const fs = require("node:fs");
-const [dir, target] = process.argv.slice(1);
-const path = dir + "/.s.PGSQL.5432"; const open = new Set(); let server;
-const listen = () => { try { fs.rmSync(path, { force: true }); } catch {} server = net.createServer((c) => {
-  const s = net.connect(target); open.add(c); open.add(s);
-  c.pipe(s); s.pipe(c);
-  const end = () => { c.destroy(); s.destroy(); open.delete(c); open.delete(s); };
-  c.on("error", end); s.on("error", end); c.on("close", end); s.on("close", end);
-}); server.listen(path, () => process.stdout.write("listening\\n")); };
-const cut = () => { server.close(); for (const x of open) x.destroy(); open.clear(); fs.rmSync(path, { force: true }); process.stdout.write("cut\\n"); };
-let line = "";
-process.stdin.on("data", (d) => { line += d; for (let i; (i = line.indexOf("\\n")) >= 0; line = line.slice(i + 1)) (line.slice(0, i) === "cut" ? cut : listen)(); });
-process.stdin.on("end", () => process.exit(0));
-listen();
-`;
-
-async function relay(t: TestContext) {
-  const dir = mkdtempSync(join(tmpdir(), "vigil-pgrelay-"));
-  const child = spawn(process.execPath, ["-e", RELAY, dir, join(PG_SOCKET_DIR, ".s.PGSQL.5432")], { stdio: ["pipe", "pipe", "inherit"] });
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  t.after(() => void child.kill("SIGKILL"));
-  const said = (word: string, n: number) => waitFor(() => out.split("\n").filter((l) => l === word).length >= n, 10_000, `the relay to say ${word} (${n}; it said ${JSON.stringify(out)})`);
-  await said("listening", 1);
-  let cuts = 0;
-  let listens = 1;
-  return {
-    url: (db: string) => `postgresql:///${encodeURIComponent(db)}?host=${encodeURIComponent(dir)}&user=${encodeURIComponent(userInfo().username)}`,
-    cut: async () => {
-      child.stdin.write("cut\n");
-      await said("cut", ++cuts);
-    },
-    restore: async () => {
-      child.stdin.write("restore\n");
-      await said("listening", ++listens);
-    },
-  };
-}
-
 interface HostRow { name: string; state: string; status: { epoch: number } | null }
 interface AuditRecord { action: string; actor: string; result: string; at?: string; details: Record<string, unknown>; target: { name?: string } }
-
-async function poll<T>(fn: () => Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 test("an agent that loses its lease database kills its VM before the lease expires; the manager marks it fenced and plans (refuses) the HA restart; a stale epoch is refused", { timeout: 300_000 }, async (t) => {
   requireTinyImage();
   const topo = clusterTopology(t, 2);
   const db = await freshDatabase();
-  const pgRelay = await relay(t);
+  const relay = await pgRelay(t);
   const home = mkdtempSync(join(tmpdir(), "vigil-mgr-"));
   const ca = spawnSync(process.execPath, [BIN, "ca", "init"], { env: { ...process.env, VIGIL_HOME: home }, encoding: "utf8" });
   assert.equal(ca.status, 0, ca.stderr);
@@ -91,7 +41,7 @@ test("an agent that loses its lease database kills its VM before the lease expir
   const add = manager.cli("host", "add", "h1", "--addr", `${h.addr}:7451`, "--out", creds);
   assert.equal(add.status, 0, add.stderr);
   const agent: DaemonHandle = await startDaemon(t, {
-    command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds, "--lease-db", pgRelay.url(db.name), "--lease-ttl", String(TTL_S), "--lease-margin", String(MARGIN_S)],
+    command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds, "--lease-db", relay.url(db.name), "--lease-ttl", String(TTL_S), "--lease-margin", String(MARGIN_S)],
     wrap: h.wrap,
   });
   // h2 holds its lease directly (never cut): the host an HA restart would go to.
@@ -101,7 +51,7 @@ test("an agent that loses its lease database kills its VM before the lease expir
   assert.equal(add2.status, 0, add2.stderr);
   await startDaemon(t, { command: ["agent", "--listen", `${h2.addr}:7451`, "--credentials", creds2, "--lease-db", db.url, "--lease-ttl", String(TTL_S), "--lease-margin", String(MARGIN_S)], wrap: h2.wrap });
   const hostRow = async () => (await manager.api<HostRow[]>("GET", "/v1/hosts")).find((x) => x.name === "h1")!;
-  await poll(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 1 ? true : undefined), 30_000, "h1 ready at epoch 1");
+  await pollFor(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 1 ? true : undefined), 30_000, "h1 ready at epoch 1");
 
   const leaseRow = async () => {
     const c = new pg.Client({ connectionString: socketUrl(db.name) });
@@ -122,11 +72,11 @@ test("an agent that loses its lease database kills its VM before the lease expir
   assert.equal((await agent.api<{ state: string }>("GET", "/v1/vms/fenced1")).state, "running");
 
   // The lease database becomes unreachable for the agent: no renewal, so it fences at expires_at − margin.
-  await pgRelay.cut();
-  await poll(async () => ((await agent.api<{ state: string }>("GET", "/v1/vms/fenced1")).state === "stopped" ? true : undefined), TTL_S * 1000 + 10_000, "the VM to be stopped by the fence");
+  await relay.cut();
+  await pollFor(async () => ((await agent.api<{ state: string }>("GET", "/v1/vms/fenced1")).state === "stopped" ? true : undefined), TTL_S * 1000 + 10_000, "the VM to be stopped by the fence");
   const lease = await leaseRow();
   const expiresAt = Date.parse(lease.expires_at);
-  const fence = await poll(async () => (await audit()).find((r) => r.action === "host.self-fenced"), 10_000, "the host.self-fenced record");
+  const fence = await pollFor(async () => (await audit()).find((r) => r.action === "host.self-fenced"), 10_000, "the host.self-fenced record");
   assert.equal(fence.actor, "system");
   assert.equal(fence.result, "ok");
   assert.equal(fence.details.epoch, 1);
@@ -136,7 +86,7 @@ test("an agent that loses its lease database kills its VM before the lease expir
   assert.ok((await audit()).some((r) => r.action === "vm.kill" && r.actor === "system" && r.target.name === "fenced1"), "the kill is audited as system");
 
   // The manager sees the lease expired: the host is fenced, its VM unknown.
-  await poll(async () => ((await hostRow()).state === "fenced" ? true : undefined), TTL_S * 1000 + 10_000, "h1 fenced");
+  await pollFor(async () => ((await hostRow()).state === "fenced" ? true : undefined), TTL_S * 1000 + 10_000, "h1 fenced");
   assert.ok(Date.now() >= expiresAt, "fenced only once the lease has expired");
   const list = manager.cli("host", "list");
   assert.equal(list.status, 0, list.stderr);
@@ -148,7 +98,7 @@ test("an agent that loses its lease database kills its VM before the lease expir
   assert.ok(events.some((e) => e.kind === "host.fenced" && e.subject === "h1"), "event host.fenced");
 
   // HA: the manager plans to restart it on h2 and records that it would, but refuses (no shared storage).
-  const refused = await poll(async () => (await manager.api<{ kind: string; subject: string; payload: Record<string, unknown> }[]>("GET", "/v1/events?after=0")).find((e) => e.kind === "vm.ha-restart-refused" && e.subject === "fenced1"), 15_000, "the HA plan");
+  const refused = await pollFor(async () => (await manager.api<{ kind: string; subject: string; payload: Record<string, unknown> }[]>("GET", "/v1/events?after=0")).find((e) => e.kind === "vm.ha-restart-refused" && e.subject === "fenced1"), 15_000, "the HA plan");
   assert.equal(refused.payload.wouldRestartOn, "h2");
   assert.equal(refused.payload.lostEpoch, 1);
   assert.equal(refused.payload.refused, "the VM's disks are on the lost host; HA restart needs shared storage");
@@ -179,8 +129,8 @@ test("an agent that loses its lease database kills its VM before the lease expir
   assert.match(incoming.body, /Cannot take a VM in by migration: host \\"h1\\" fenced itself/);
 
   // The database is back: a new lease at epoch 2, the host ready again.
-  await pgRelay.restore();
-  await poll(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 2 ? true : undefined), 30_000, "h1 ready at epoch 2");
+  await relay.restore();
+  await pollFor(async () => ((await hostRow()).state === "ready" && (await hostRow()).status?.epoch === 2 ? true : undefined), 30_000, "h1 ready at epoch 2");
   assert.equal(Number((await leaseRow()).epoch), 2);
   assert.ok((await audit()).some((r) => r.action === "host.lease-acquired" && r.details.epoch === 2));
 
