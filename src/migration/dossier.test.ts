@@ -7,10 +7,11 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDaemon, type Daemon } from "../daemon/daemon.ts";
+import { fakeTiny } from "../image/testing/fake-tiny.ts";
 import { silentLogger } from "../log.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import { DataRegistry } from "../provenance/data-registry.ts";
@@ -23,18 +24,6 @@ import { moveStopped } from "./cold.ts";
 import { imageInfo } from "../qemu/qemu-img.ts";
 
 /** A fake `tiny` image in `cache`: a kernel and initrd (bytes only: nothing boots here) and a 64 MiB base disk. */
-function fakeTiny(cache: string, kernel = "kernel-1"): string {
-  const dir = join(cache, "images", "tiny", "k1");
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "vmlinuz"), kernel);
-  writeFileSync(join(dir, "initrd.img"), "initrd-1");
-  execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", join(dir, "disk.qcow2"), "64M"]);
-  const f = { sha256: "0".repeat(64), size: 1 };
-  writeFileSync(join(dir, "manifest.json"), JSON.stringify({ format: 1, name: "tiny", key: "k1", builtAt: "2026-01-01T00:00:00Z", kernel: { package: "p", version: "1", release: "r" }, busybox: { package: "b", version: "1" }, files: { vmlinuz: f, "initrd.img": f, "disk.qcow2": f }, cmdline: "console=ttyS0" }));
-  symlinkSync("k1", join(cache, "images", "tiny", "current"));
-  return dir;
-}
-
 interface Host {
   home: string;
   cache: string;

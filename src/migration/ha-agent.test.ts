@@ -5,26 +5,15 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startDaemon } from "../daemon/daemon.ts";
+import { fakeTiny } from "../image/testing/fake-tiny.ts";
 import { silentLogger } from "../log.ts";
 import { DataRegistry } from "../provenance/data-registry.ts";
 import { HaAgent, SHARED_DOSSIER_MAX_BYTES } from "./ha-agent.ts";
-
-function fakeTiny(cache: string): void {
-  const dir = join(cache, "images", "tiny", "k1");
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "vmlinuz"), "kernel-1");
-  writeFileSync(join(dir, "initrd.img"), "initrd-1");
-  execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", join(dir, "disk.qcow2"), "64M"]);
-  const f = { sha256: "0".repeat(64), size: 1 };
-  writeFileSync(join(dir, "manifest.json"), JSON.stringify({ format: 1, name: "tiny", key: "k1", builtAt: "2026-01-01T00:00:00Z", kernel: { package: "p", version: "1", release: "r" }, busybox: { package: "b", version: "1" }, files: { vmlinuz: f, "initrd.img": f, "disk.qcow2": f }, cmdline: "console=ttyS0" }));
-  symlinkSync("k1", join(cache, "images", "tiny", "current"));
-}
 
 async function target(t: TestContext) {
   const home = mkdtempSync(join(tmpdir(), "vigil-ha-agent-"));
