@@ -221,24 +221,41 @@ export function stream(path: string, onData: (chunk: string) => void, target = r
   });
 }
 
+/** One server-sent event: its name, its `data:` line and its `id:` when it has one. */
+export interface SseEvent {
+  event: string;
+  data: string;
+  id?: string;
+}
+
+/** Feeds chunks of an SSE stream in, gets the complete events out (blocks end at a blank line; partial ones wait). */
+export function sseSplitter(): (chunk: string) => SseEvent[] {
+  let buf = "";
+  return (chunk) => {
+    buf += chunk;
+    const out: SseEvent[] = [];
+    for (let i; (i = buf.indexOf("\n\n")) >= 0; ) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const event = /^event: (.*)$/m.exec(block)?.[1];
+      const data = /^data: (.*)$/m.exec(block)?.[1];
+      const id = /^id: (.*)$/m.exec(block)?.[1];
+      if (event && data !== undefined) out.push({ event, data, ...(id ? { id } : {}) });
+    }
+    return out;
+  };
+}
+
 /**
  * Server-sent events from `path` (the daemon's `/v1/events`): calls `onEvent` with each event's name and its
  * `data:` line, until the stream ends.
  */
 export function events(path: string, onEvent: (event: string, data: string) => void, target = resolveTarget(), signal?: AbortSignal): Promise<void> {
-  let buf = "";
+  const split = sseSplitter();
   return stream(
     path,
     (chunk) => {
-      buf += chunk;
-      let i;
-      while ((i = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const event = /^event: (.*)$/m.exec(block)?.[1];
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (event && data) onEvent(event, data);
-      }
+      for (const e of split(chunk)) if (e.data) onEvent(e.event, e.data);
     },
     target,
     signal,

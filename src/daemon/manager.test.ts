@@ -11,7 +11,7 @@ import { X509Certificate } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { call, type Target } from "../cli/client.ts";
+import { call, sseSplitter, type Target } from "../cli/client.ts";
 import { caDir, initCa } from "../cluster/ca.ts";
 import { ClusterRepository } from "../cluster/cluster-repository.ts";
 import { openInventory, type Db } from "../inventory/db.ts";
@@ -116,19 +116,10 @@ function sse(who: string, path: string, headers: Record<string, string>, until: 
     const events: { event: string; id?: string; data: string }[] = [];
     const req = httpsRequest({ host: "127.0.0.1", port: manager.tcpAddress!.port, path, ca: pin.cert, headers: { accept: "text/event-stream", authorization: `Bearer ${tokens[who]}`, ...headers } }, (res) => {
       if (res.statusCode !== 200) return reject(new Error(`status ${res.statusCode}`));
-      let buf = "";
+      const split = sseSplitter();
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
-        buf += chunk;
-        let i;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          const event = /^event: (.*)$/m.exec(block)?.[1];
-          const data = /^data: (.*)$/m.exec(block)?.[1];
-          const id = /^id: (.*)$/m.exec(block)?.[1];
-          if (event && data !== undefined) events.push({ event, data, ...(id ? { id } : {}) });
-        }
+        events.push(...split(chunk));
         if (until(events)) {
           req.destroy();
           resolve(events);
