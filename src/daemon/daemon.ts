@@ -215,9 +215,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   // The network-access gate (docs/transience.md "The gate"): on every start and resume, before the guest runs.
   // Offline scans of dormant disks run in a child process over vigil's own readers (docs/transience.md).
   // (`current` is read only after the scan service below exists.)
-  const posture: PostureService = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log, current: async (): Promise<{ advisoriesSha256?: string; rulesSha256?: string }> => scanService.current() });
+  const posture: PostureService = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log, current: (): Promise<{ advisoriesSha256?: string; rulesSha256?: string }> => scanService.current() });
   const scanService: ScanService = new ScanService({ db, vms, posture, guard, log, roots: [home.vmsDir, home.imagesDir, options.cache ?? vigilCache()] });
-  await scanService.load();
   posture.setPreBootScanner((vm) => scanService.scanLocked(vm));
   vms.addBeforeContHook((vm) => posture.gate(vm, "start"));
   vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));

@@ -26,7 +26,7 @@ const scan = (o: Partial<ScanRecord> = {}): ScanRecord => ({
 
 test("gate: a never-scanned VM wakes in quarantine, reaches only the update service, and a clean scan releases it", async (t) => {
   const { lab, web, client, d, vigil } = await labDaemon(t);
-  current = d.deps.scans.current();
+  current = await d.deps.scans.current();
   await lab.serve(web, 8443);
   assert.equal((await vigil("fw", "default", "web", "--in", "accept")).status, 0);
   assert.equal((await vigil("net", "service", "add", "updates", "--addr", web.nic.ip, "--port", "8443")).status, 0);
@@ -78,7 +78,7 @@ test("gate: a never-scanned VM wakes in quarantine, reaches only the update serv
 
 test("gate: a VM an admin quarantined stays in after a clean scan; an infected one stays in whatever else holds", async (t) => {
   const { web, d, vigil } = await labDaemon(t);
-  current = d.deps.scans.current();
+  current = await d.deps.scans.current();
   assert.equal((await vigil("posture", "policy", "set", "vm:client", "--gate", "on")).status, 0);
   assert.equal((await vigil("vm", "quarantine", "client", "--reason", "incident 42")).status, 0);
   const out = await d.deps.posture.recordScan(await d.repo.getByName("client"), scan());

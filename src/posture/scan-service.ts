@@ -59,10 +59,13 @@ export interface ScanResult {
 export class ScanService {
   /** sha256 of the advisory data and rules as last loaded, for postures computed between scans. */
   #current: { advisoriesSha256?: string; rulesSha256?: string } = {};
+  /** The first load, on first use: not at daemon start, where most daemons never compute a posture. */
+  #loaded: Promise<void> | undefined;
 
   constructor(private readonly d: ScanServiceDeps) {}
 
-  current(): { advisoriesSha256?: string; rulesSha256?: string } {
+  async current(): Promise<{ advisoriesSha256?: string; rulesSha256?: string }> {
+    await (this.#loaded ??= this.load());
     return this.#current;
   }
 
@@ -83,11 +86,15 @@ export class ScanService {
     return (await this.kv(RULES_KEY)) ?? "";
   }
 
-  /** On start: what "current" means for postures until the first scan or update (a load that fails is logged). */
-  async load(): Promise<void> {
+  /**
+   * What "current" means for postures until the first scan or update (a load that fails is logged). A value an
+   * update or a scan set meanwhile is newer and stays.
+   */
+  private async load(): Promise<void> {
     try {
-      this.#current.rulesSha256 = compileRules(await this.rules()).sha256;
-      this.#current.advisoriesSha256 = (await loadAdvisories((await this.advisorySource()).from, await this.trackerOptions())).sha256;
+      const rulesSha256 = compileRules(await this.rules()).sha256;
+      const advisoriesSha256 = (await loadAdvisories((await this.advisorySource()).from, await this.trackerOptions())).sha256;
+      this.#current = { rulesSha256, advisoriesSha256, ...this.#current };
     } catch (err) {
       this.d.log.warn({ err: (err as Error).message }, "advisory data not loaded: postures are computed without it until `vigil advisories update`");
     }
