@@ -182,20 +182,34 @@ export class FirewallService {
   /** Idempotent: quarantining a VM already in quarantine changes nothing and says so (`changed: false`). */
   async quarantine(ctx: RequestContext, name: string, input: unknown): Promise<{ vm: string; quarantined: true; changed: boolean; since: string; installed: boolean; reason?: string }> {
     const { reason } = parseOrThrow(quarantineSchema, input, "quarantine request");
-    return this.d.vms.operate(ctx, name, { action: "vm.quarantine", permission: "vm.quarantine", details: { reason } }, async (h) =>
-      this.engine.exclusive(async ({ check, apply }) => {
-        const current = await this.d.repo.quarantined();
-        const already = current.get(h.vm.id);
-        if (already) return { vm: h.vm.name, quarantined: true as const, changed: false, since: already.since, installed: this.engine.lastReport()?.installed ?? false };
-        await check({ quarantined: new Set([...current.keys(), h.vm.id]) });
-        const since = new Date().toISOString();
-        await this.d.repo.quarantine({ vmId: h.vm.id, since, reason, actor: ctx.actor.name });
-        const report = await apply();
-        if (report.installed) await this.engine.forgetConnections((await this.nicsOf(h.vm.id)).map((n) => n.ip));
-        return { vm: h.vm.name, quarantined: true as const, changed: true, since, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
-      }),
-      (r) => ({ changed: r.changed, installed: r.installed }),
-    );
+    return this.d.vms.operate(ctx, name, { action: "vm.quarantine", permission: "vm.quarantine", details: { reason } }, async (h) => {
+      const r = await this.#enter(h.vm.id, reason, ctx.actor.name);
+      if (!r.report) return { vm: h.vm.name, quarantined: true as const, changed: false, since: r.since, installed: this.engine.lastReport()?.installed ?? false };
+      return { vm: h.vm.name, quarantined: true as const, changed: true, since: r.since, installed: r.report.installed, ...(r.report.reason ? { reason: r.report.reason } : {}) };
+    }, (r) => ({ changed: r.changed, installed: r.installed }));
+  }
+
+  /**
+   * Puts a VM into quarantine under the engine's mutex: checked by the kernel first, stored, installed, and its open
+   * connections cut. `report` is absent when the VM was in quarantine already (nothing changed).
+   */
+  #enter(vmId: string, reason: string, actor: string): Promise<{ since: string; report?: ApplyReport }> {
+    return this.engine.exclusive(async ({ check, apply }) => {
+      const current = await this.d.repo.quarantined();
+      const already = current.get(vmId);
+      if (already) return { since: already.since };
+      await check({ quarantined: new Set([...current.keys(), vmId]) });
+      const since = new Date().toISOString();
+      await this.d.repo.quarantine({ vmId, since, reason, actor });
+      const report = await apply();
+      if (report.installed) await this.engine.forgetConnections((await this.nicsOf(vmId)).map((n) => n.ip));
+      return { since, report };
+    });
+  }
+
+  /** Lets a VM out of quarantine under the engine's mutex; undefined when it was not in quarantine. */
+  #leave(vmId: string): Promise<ApplyReport | undefined> {
+    return this.engine.exclusive(async ({ apply }) => ((await this.d.repo.release(vmId)) ? apply() : undefined));
   }
 
   /** The VM's quarantine entry, if it is in quarantine. */
@@ -210,39 +224,25 @@ export class FirewallService {
    * Refused when the rules cannot be installed: a gate that is not enforced must not let the VM run.
    */
   async gateQuarantine(vmId: string, reason: string): Promise<boolean> {
-    return this.engine.exclusive(async ({ check, apply }) => {
-      const current = await this.d.repo.quarantined();
-      if (current.has(vmId)) return false;
-      await check({ quarantined: new Set([...current.keys(), vmId]) });
-      await this.d.repo.quarantine({ vmId, since: new Date().toISOString(), reason, actor: SYSTEM_ACTOR.name });
-      const report = await apply();
-      if (!report.installed && (await this.nicsOf(vmId)).length > 0) {
-        throw new VigilError("VIGIL_HOST", `Cannot quarantine the VM: its firewall rules could not be installed (${report.reason ?? "unknown reason"})`);
-      }
-      if (report.installed) await this.engine.forgetConnections((await this.nicsOf(vmId)).map((n) => n.ip));
-      return true;
-    });
+    const { report } = await this.#enter(vmId, reason, SYSTEM_ACTOR.name);
+    if (report && !report.installed && (await this.nicsOf(vmId)).length > 0) {
+      throw new VigilError("VIGIL_HOST", `Cannot quarantine the VM: its firewall rules could not be installed (${report.reason ?? "unknown reason"})`);
+    }
+    return report !== undefined;
   }
 
   /** Lets a VM out of the quarantine the gate put it in (the caller checked that it was the gate's). */
   async gateRelease(vmId: string): Promise<boolean> {
-    return this.engine.exclusive(async ({ apply }) => {
-      if (!(await this.d.repo.release(vmId))) return false;
-      await apply();
-      return true;
-    });
+    return (await this.#leave(vmId)) !== undefined;
   }
 
   /** Idempotent: releasing a VM not in quarantine changes nothing (`changed: false`). */
   async release(ctx: RequestContext, name: string): Promise<{ vm: string; quarantined: false; changed: boolean; installed: boolean; reason?: string }> {
-    return this.d.vms.operate(ctx, name, { action: "vm.release", permission: "vm.quarantine" }, async (h) =>
-      this.engine.exclusive(async ({ apply }) => {
-        if (!(await this.d.repo.release(h.vm.id))) return { vm: h.vm.name, quarantined: false as const, changed: false, installed: this.engine.lastReport()?.installed ?? false };
-        const report = await apply();
-        return { vm: h.vm.name, quarantined: false as const, changed: true, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
-      }),
-      (r) => ({ changed: r.changed, installed: r.installed }),
-    );
+    return this.d.vms.operate(ctx, name, { action: "vm.release", permission: "vm.quarantine" }, async (h) => {
+      const report = await this.#leave(h.vm.id);
+      if (!report) return { vm: h.vm.name, quarantined: false as const, changed: false, installed: this.engine.lastReport()?.installed ?? false };
+      return { vm: h.vm.name, quarantined: false as const, changed: true, installed: report.installed, ...(report.reason ? { reason: report.reason } : {}) };
+    }, (r) => ({ changed: r.changed, installed: r.installed }));
   }
 
   async listServices(ctx: RequestContext): Promise<QuarantineService[]> {
