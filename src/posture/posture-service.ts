@@ -55,8 +55,6 @@ export interface PostureDeps {
   now?: () => Date;
 }
 
-const systemCtx = (): RequestContext => ({ actor: SYSTEM_ACTOR, requestId: crypto.randomUUID() });
-
 export class PostureService {
   #preBootScan: ((vm: VmRecord) => Promise<unknown>) | undefined;
 
@@ -132,8 +130,8 @@ export class PostureService {
 
   private async view(vm: VmRecord): Promise<PostureView> {
     const policy = await this.effectivePolicy(vm);
-    const p = await this.postureOf(vm, policy);
     const row = await this.d.repo.get(vm.id);
+    const p = this.computeFor(vm, row, (await this.d.current?.()) ?? {}, policy);
     const qe = (await this.d.firewall.quarantineOf(vm.id)) ?? null;
     return { vm: vm.name, state: p.state, reasons: p.reasons, policy, quarantined: qe, lastScan: row?.scan ?? null, lastRunningAt: row?.lastRunningAt ?? null, lastPatchedAt: row?.lastPatchedAt ?? null };
   }
@@ -216,10 +214,5 @@ export class PostureService {
       if (released) await this.d.audit.append({ actor: SYSTEM_ACTOR.name, action: "posture.release", target: { kind: "vm", id: vm.id, name: vm.name }, result: "ok", details: { scannedAt: scan.scannedAt, how: scan.how, scope: policy.scope } });
     }
     return { posture, released };
-  }
-
-  /** For callers outside a request (the scanner, the scheduler). */
-  static systemContext(): RequestContext {
-    return systemCtx();
   }
 }
