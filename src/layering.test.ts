@@ -32,7 +32,7 @@ const ALLOWED: Record<string, string[]> = {
   migration: ["auth", "cluster", "host", "introspection", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
   // transience (docs/transience.md): posture, the gate (through the firewall service it is handed), signature scans
-  posture: ["auth", "guestfs", "storage", "vm"], // and the pure package-data parsers; offline scans read disks through storage (chain) and guestfs
+  posture: ["auth", "guestfs", "storage", "util", "vm"], // and the pure package-data parsers; offline scans read disks through storage (chain) and guestfs
   inventory: [],
   guestfs: [], // readers of dormant disks over storage's BlockReader (a type import: free): partition tables, ext2/3/4
   util: [],

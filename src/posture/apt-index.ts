@@ -13,6 +13,7 @@
  * - Newest per (name, architecture): an index may list several versions of a package; the newest by dpkg order wins.
  */
 import { execFile } from "node:child_process";
+import { runCommand } from "../util/run-command.ts";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -256,9 +257,11 @@ export async function verifyReleaseSignature(bytes: Buffer, keyring: string, exp
   try {
     const file = join(dir, "InRelease");
     writeFileSync(file, bytes, { mode: 0o600 });
-    return await new Promise((resolve) => {
-      execFile(GPGV, ["--quiet", "--keyring", keyring, file], { timeout: 10_000, maxBuffer: 1 << 20 }, (err) => resolve(err ? "bad" : "good")).stdin?.end();
-    });
+    // Any failure of gpgv (a bad signature, an unknown key, a timeout) is "bad".
+    return await runCommand(GPGV, ["--quiet", "--keyring", keyring, file], { timeoutMs: 10_000, maxOutputBytes: 1 << 20 }).then(
+      () => "good" as const,
+      () => "bad" as const,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
