@@ -53,6 +53,9 @@ export interface CatalogImage extends ResolvableImage {
   view: ImageView;
 }
 
+/** The images set-up builds; their names are never free for an import. */
+export const BUILTIN_IMAGES: readonly string[] = ["tiny", "debian-12"];
+
 export class ImageCatalog {
   /** Images brought in with `vigil image import`, kept in the inventory and mirrored here for quick lookups. */
   private readonly imported = new Map<string, ImageRow>();

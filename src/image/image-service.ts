@@ -18,7 +18,7 @@ import { imageInfo, QEMU_IMG } from "../qemu/qemu-img.ts";
 import { runCommand } from "../util/run-command.ts";
 import { parseOrThrow } from "../validation.ts";
 import { Qcow2Image, assertSelfContained } from "../storage/qcow2.ts";
-import type { ImageCatalog, ImageView } from "./catalog.ts";
+import { BUILTIN_IMAGES, type ImageCatalog, type ImageView } from "./catalog.ts";
 
 export const importImageSchema = z.strictObject({
   name: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, "must be 1-63 lower-case letters, digits and '-', starting with a letter"),
@@ -62,7 +62,7 @@ export class ImageService {
     const name = typeof (input as { name?: unknown })?.name === "string" ? String((input as { name: string }).name).slice(0, 64) : null;
     return this.guard.run(ctx, { action: "image.import", permission: "image.manage", target: { kind: "image", name } }, async () => {
       const req = parseOrThrow(importImageSchema, input, "image import");
-      if (req.name === "tiny" || req.name === "debian-12" || (await this.db.selectFrom("images").select("name").where("name", "=", req.name).executeTakeFirst())) {
+      if (BUILTIN_IMAGES.includes(req.name) || (await this.db.selectFrom("images").select("name").where("name", "=", req.name).executeTakeFirst())) {
         throw new VigilError("VIGIL_CONFLICT", `Cannot import image ${q(req.name)}: an image with that name exists`, { field: "name" });
       }
       ensurePrivateDir(this.imagesDir);
