@@ -89,22 +89,31 @@ export class ImageCatalog {
     };
   }
 
-  /** The directory of the current tiny image, or undefined if set-up has not built it. */
-  tinyDir(): string | undefined {
-    const link = join(this.cacheDir, "images", "tiny", "current");
+  /** The directory of a built-in image's current build (`images/NAME/current`), undefined if set-up has not built it. */
+  #currentDir(name: string): string | undefined {
+    const link = join(this.cacheDir, "images", name, "current");
     if (!existsSync(join(link, "manifest.json"))) return undefined;
     return realpathSync(link);
+  }
+
+  /** A built-in image's manifest, checked: a bad one is the host's problem, named with how to rebuild it. */
+  #manifest<T>(name: string, dir: string, schema: z.ZodType<T>, rebuild: string): T {
+    try {
+      return schema.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
+    } catch (err) {
+      throw new VigilError("VIGIL_HOST", `The ${name} image in ${q(dir)} has a bad manifest (rebuild it: ${rebuild})`, { cause: err });
+    }
+  }
+
+  /** The directory of the current tiny image, or undefined if set-up has not built it. */
+  tinyDir(): string | undefined {
+    return this.#currentDir("tiny");
   }
 
   private loadTiny(): CatalogImage | undefined {
     const dir = this.tinyDir();
     if (!dir) return undefined;
-    let manifest: TinyManifest;
-    try {
-      manifest = tinyManifestSchema.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
-    } catch (err) {
-      throw new VigilError("VIGIL_HOST", `The tiny image in ${q(dir)} has a bad manifest (rebuild it: npm start)`, { cause: err });
-    }
+    const manifest: TinyManifest = this.#manifest("tiny", dir, tinyManifestSchema, "npm start");
     const f = manifest.files;
     return {
       name: "tiny",
@@ -123,20 +132,13 @@ export class ImageCatalog {
 
   /** The directory of the current debian-12 image, or undefined if set-up has not built it. */
   debian12Dir(): string | undefined {
-    const link = join(this.cacheDir, "images", "debian-12", "current");
-    if (!existsSync(join(link, "manifest.json"))) return undefined;
-    return realpathSync(link);
+    return this.#currentDir("debian-12");
   }
 
   private loadDebian12(): CatalogImage | undefined {
     const dir = this.debian12Dir();
     if (!dir) return undefined;
-    let manifest: Debian12Manifest;
-    try {
-      manifest = debian12ManifestSchema.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
-    } catch (err) {
-      throw new VigilError("VIGIL_HOST", `The debian-12 image in ${q(dir)} has a bad manifest (rebuild it: guest/build-debian12.sh)`, { cause: err });
-    }
+    const manifest: Debian12Manifest = this.#manifest("debian-12", dir, debian12ManifestSchema, "guest/build-debian12.sh");
     const f = manifest.files;
     return {
       name: "debian-12",
