@@ -13,7 +13,7 @@ const SRC = import.meta.dirname;
 /** Folder → folders it may import values from (type-only imports are free: they vanish at build). */
 const ALLOWED: Record<string, string[]> = {
   cli: ["audit", "cluster"], // a thin client: its own folder, paths.ts, (loaded lazily) the pure audit proof checkers, the CA files and placement reports
-  daemon: ["api", "audit", "auth", "cluster", "host", "image", "introspection", "inventory", "migration", "network", "posture", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  daemon: ["api", "audit", "auth", "cluster", "host", "image", "introspection", "inventory", "migration", "network", "posture", "provenance", "qemu", "recording", "storage", "util", "vm", "vtime"],
   api: ["auth", "cluster", "guest-agent", "introspection", "migration", "network", "posture", "provenance", "storage", "vm", "vtime"],
   introspection: ["auth", "guest-agent", "host", "image", "qemu", "storage", "util", "vm"],
   storage: ["audit", "auth", "host", "qemu", "util", "vm"],
@@ -33,6 +33,9 @@ const ALLOWED: Record<string, string[]> = {
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
   // transience (docs/transience.md): posture, the gate (through the firewall service it is handed), signature scans
   posture: ["auth", "guestfs", "storage", "util", "vm"], // and the pure package-data parsers; offline scans read disks through storage (chain) and guestfs
+  // record/replay (docs/recording.md): recordings start VMs through vm, replicas run in host's jail, bisect runs the
+  // introspection checks on a replica's RAM, export writes storage's tar
+  recording: ["auth", "host", "introspection", "provenance", "qemu", "storage", "util", "vm"],
   inventory: [],
   guestfs: [], // readers of dormant disks over storage's BlockReader (a type import: free): partition tables, ext2/3/4
   util: [],

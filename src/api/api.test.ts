@@ -108,6 +108,18 @@ const MATRIX: Record<string, Actor[]> = {
   "PUT /v1/posture/policies/{scope}": ["admin"],
   // A scan is an owner's to run on their VM; the data it compares against is a security decision.
   "POST /v1/vms/{name}/scan": ["admin", "operator", "vmOwner"],
+  // Recording starts the VM (vm.control); a recording is read like its VM, replayed like its console, bisected like
+  // its introspection, deleted and exported like the VM itself. The fixture's recording does not exist: whoever may
+  // read some VM is told so (404, like a VM's name), whoever may read none is refused (403); the permission of the
+  // operation itself is checked on an existing recording (test/integration/recording.test.ts).
+  "POST /v1/vms/{name}/record": ["admin", "operator", "vmOwner"],
+  "GET /v1/recordings": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "GET /v1/recordings/{recording}": ["admin", "operator", "vmOwner", "auditor"],
+  "GET /v1/recordings/{recording}/serial": ["admin", "operator", "vmOwner", "auditor"],
+  "POST /v1/recordings/{recording}/replay": ["admin", "operator", "vmOwner", "auditor"],
+  "POST /v1/recordings/{recording}/bisect": ["admin", "operator", "vmOwner", "auditor"],
+  "DELETE /v1/recordings/{recording}": ["admin", "operator", "vmOwner", "auditor"],
+  "POST /v1/recordings/{recording}/export": ["admin", "operator", "vmOwner", "auditor"],
   "PUT /v1/posture/advisories": ["admin"],
   "PUT /v1/posture/rules": ["admin"],
   "GET /v1/trust": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
@@ -226,6 +238,14 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/posture/policies": [200],
   "PUT /v1/posture/policies/{scope}": [200],
   "POST /v1/vms/{name}/scan": [409, "VIGIL_INVALID_STATE"],
+  "POST /v1/vms/{name}/record": [409, "VIGIL_INVALID_STATE"],
+  "GET /v1/recordings": [200],
+  "GET /v1/recordings/{recording}": [404, "VIGIL_NOT_FOUND"],
+  "GET /v1/recordings/{recording}/serial": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/recordings/{recording}/replay": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/recordings/{recording}/bisect": [404, "VIGIL_NOT_FOUND"],
+  "DELETE /v1/recordings/{recording}": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/recordings/{recording}/export": [404, "VIGIL_NOT_FOUND"],
   "PUT /v1/posture/advisories": [404, "VIGIL_NOT_FOUND"],
   "PUT /v1/posture/rules": [400, "VIGIL_BAD_REQUEST"],
   // The fixture has no virtual switch: authorized, then "no plugged-in NIC".
@@ -251,6 +271,8 @@ function bodyFor(key: string): unknown {
       return { name: `new-${unique}`, image: "no-such-image" }; // authorized, then 404: nothing is created
     case "POST /v1/vms/{name}/guest/exec":
       return { argv: ["uname"] };
+    case "POST /v1/recordings/{recording}/bisect":
+      return { check: "syscall-table" };
     case "POST /v1/vms/{name}/chown":
       return { owner: "user:bob", approver: "dave" };
     case "POST /v1/users":
@@ -388,6 +410,7 @@ test("authorization matrix: every route × every actor × user and group ownersh
         .replace("{group}", "devs")
         .replace("{user}", "dave")
         .replace("{snapshot}", "no-such-snapshot")
+        .replace("{recording}", "no-such-recording")
         .replace("{keyId}", "0000000000000000")
         .replace("{id}", "no-such-token")
         .replace("{image}", "no-such-image")

@@ -21,6 +21,7 @@ import { registerIntrospectionRoutes } from "./routes/introspection.ts";
 import { registerNetworkRoutes } from "./routes/networks.ts";
 import { registerFirewallRoutes } from "./routes/firewall.ts";
 import { registerPostureRoutes, registerScanRoutes } from "./routes/posture.ts";
+import { registerRecordingRoutes } from "./routes/recordings.ts";
 import { registerNetworkVisRoutes } from "./routes/network-vis.ts";
 import { registerAgentRoutes } from "./routes/agent.ts";
 
@@ -77,6 +78,7 @@ export function createApp(d: ApiDeps): App {
   registerFirewallRoutes(app, d);
   registerPostureRoutes(app, d);
   registerScanRoutes(app, d);
+  registerRecordingRoutes(app, d);
   registerNetworkVisRoutes(app, d);
   registerAgentRoutes(app, d);
 

@@ -27,6 +27,7 @@ import type { NetworkService } from "../network/network-service.ts";
 import type { FirewallService } from "../network/firewall/firewall-service.ts";
 import type { PostureService } from "../posture/posture-service.ts";
 import type { ScanService } from "../posture/scan-service.ts";
+import type { RecordingService } from "../recording/recording-service.ts";
 import type { VisService } from "../network/vis-service.ts";
 import type { AgentMigrations } from "../migration/agent-migrations.ts";
 
@@ -51,6 +52,7 @@ export interface ApiDeps {
   firewall: FirewallService;
   posture: PostureService;
   scans: ScanService;
+  recordings: RecordingService;
   /** Counters, mirrors, port forwards (absent: the virtual network is not set up; its routes answer 500). */
   vis?: VisService | undefined;
   /** The agent's side of live migrations (only on `vigil agent`). */

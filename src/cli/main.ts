@@ -14,6 +14,7 @@ import { registerNet } from "./commands/net.ts";
 import { registerIntrospection } from "./commands/introspection.ts";
 import { registerNetworkVis } from "./commands/network-vis.ts";
 import { registerSnapshots } from "./commands/snapshot.ts";
+import { registerRecordings } from "./commands/recording.ts";
 import { registerSystem } from "./commands/system.ts";
 import { registerTrust } from "./commands/trust.ts";
 import { registerSession, registerUsers } from "./commands/users.ts";
@@ -28,7 +29,7 @@ export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerPosture, registerSnapshots, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis, registerCa, registerCluster];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerPosture, registerSnapshots, registerRecordings, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis, registerCa, registerCluster];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")

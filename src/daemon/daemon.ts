@@ -54,6 +54,7 @@ import { FirewallService } from "../network/firewall/firewall-service.ts";
 import { PostureRepository } from "../posture/posture-repository.ts";
 import { PostureService } from "../posture/posture-service.ts";
 import { ScanService } from "../posture/scan-service.ts";
+import { RecordingService } from "../recording/recording-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
 import { rawErrorResponse, vigilErrorResponse } from "../api/error-response.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
@@ -220,6 +221,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   posture.setPreBootScanner((vm) => scanService.scanLocked(vm));
   vms.addBeforeContHook((vm) => posture.gate(vm, "start"));
   vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));
+  // Recordings of a VM's execution and their replays (docs/recording.md); replicas run in <home>/rp.
+  const recordings = new RecordingService({ db, vms, guard, audit, registry, log, replicasDir: join(home.home, "rp") });
   const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
   const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations, policies: firewall });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
@@ -275,6 +278,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     firewall,
     posture,
     scans: scanService,
+    recordings,
     vis,
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     clusterEpoch: () => agentLease?.epoch ?? 0,
@@ -415,6 +419,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     servers.push(unixServer);
 
     recovered = await vms.recover();
+    await recordings.recover();
     // After recover(): the VM states say which taps stay; its listeners re-install the firewall and re-open the
     // forwards. A switch that cannot be rebuilt (or firewalled) is logged, not fatal.
     const switchState = await network.reconcile().catch((err: unknown) => {

@@ -523,6 +523,22 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0010-recordings": {
+    async up(db: Kysely<unknown>) {
+      // Recordings of a VM's execution (docs/recording.md): a row per recording; what it is (QEMU build, log digest,
+      // end point, disks at its start) is one JSON document, written when the recording ends. Rows go with their VM.
+      await db.schema
+        .createTable("recordings")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull().unique())
+        .addColumn("vm_id", "text", (c) => c.notNull().references("vms.id").onDelete("cascade"))
+        .addColumn("state", "text", (c) => c.notNull())
+        .addColumn("meta", "text", (c) => c.notNull())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addColumn("updated_at", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 class InlineProvider implements MigrationProvider {

@@ -253,6 +253,7 @@ export interface Database {
   fw_policies: FwPoliciesTable;
   quarantine: QuarantineTable;
   vm_postures: VmPosturesTable;
+  recordings: RecordingsTable;
   posture_policies: PosturePoliciesTable;
   quarantine_services: QuarantineServicesTable;
   net_forwards: NetForwardsTable;
@@ -307,6 +308,17 @@ export interface QuarantineTable {
   since: string;
   reason: string;
   actor: string;
+}
+
+/** A recording of a VM's execution (docs/recording.md); `meta` is JSON RecordingMeta (src/recording/recording-repository.ts). */
+export interface RecordingsTable {
+  id: string;
+  name: string;
+  vm_id: string;
+  state: string;
+  meta: string;
+  created_at: string;
+  updated_at: string;
 }
 
 /** A VM's posture (docs/transience.md "Posture"). */

@@ -13,7 +13,7 @@ import { identityOf, type FileIdentity } from "../host/erase.ts";
 import type { Db } from "../inventory/db.ts";
 import type { DataFileRow } from "../inventory/schema.ts";
 
-export type DataPurpose = "disk" | "ram" | "console-log" | "qemu-log" | "snapshot" | "bundle" | "runtime" | "capture";
+export type DataPurpose = "disk" | "ram" | "console-log" | "qemu-log" | "snapshot" | "bundle" | "runtime" | "capture" | "recording";
 
 export interface DataFile {
   id: string;

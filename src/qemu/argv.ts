@@ -43,6 +43,14 @@ export interface LaunchPlan {
    * never starts from its own reset state.
    */
   incoming?: "defer" | undefined;
+  /**
+   * Record/replay (src/recording, docs/recording.md): QEMU runs under icount and writes (`record`) or reads
+   * (`replay`) the log of every non-deterministic input. QEMU 7.2 records only the chardevs given as `-serial`, so
+   * the agent moves to the second UART (the guest's agent listens there when its command line says
+   * `vigil.agent=ttyS1`), there is no virtio-serial and no vtime channel; each disk gets a `blkreplay` node, each
+   * NIC a `filter-replay`. A replay's NICs are slirp with `restrict=on`: replay never talks to a backend.
+   */
+  rr?: { mode: "record" | "replay"; logFile: string } | undefined;
 }
 
 /** Why a bridged NIC cannot run without the jail: QEMU (unprivileged, netns-less) gets the tap only as a descriptor. */
@@ -85,6 +93,9 @@ function ramSizeOption(memoryMiB: number, accel: Accelerator): string {
   return bytes % (1024 * 1024) === 0 ? `${bytes / (1024 * 1024)}M` : `${bytes / 1024}K`;
 }
 
+/** What a recording VM's kernel command line gets: the agent on ttyS1 (guest/rootfs/usr/lib/vigil/agent-supervisor). */
+export const RR_AGENT_CMDLINE = "vigil.agent=ttyS1";
+
 export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /**
@@ -109,6 +120,9 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-cpu", spec.cpu,
     "-smp", String(spec.vcpus),
     "-m", ramSizeOption(spec.memoryMiB, plan.accel),
+    ...(plan.rr ? ["-icount", opts("shift=auto", [["rr", plan.rr.mode], ["rrfile", plan.rr.logFile]])] : []),
+    // A recording's last instruction is taken while QEMU is paused: a guest power-off pauses it instead of exiting.
+    ...(plan.rr?.mode === "record" ? ["-action", "shutdown=pause"] : []),
     "-object", opts("memory-backend-memfd", [["id", "ram0"], ["size", ramSizeOption(spec.memoryMiB, plan.accel)], ["share", "on"], ["seal", "on"]]),
     "-display", "none",
     "-msg", "timestamp=on",
@@ -123,10 +137,15 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-device", opts("vmgenid", [["id", "vmgenid0"], ["guid", plan.vmgenid]]),
   ];
 
-  const channels = [
-    ...(spec.agent ? [{ id: "agent0", name: "org.vigil.agent.0", socket: paths.agentSocket }] : []),
-    ...(spec.vtime ? [{ id: "vtime0", name: "org.vigil.vtime.0", socket: paths.vtimeSocket }] : []),
-  ];
+  if (plan.rr && spec.agent) {
+    argv.push("-chardev", opts("socket", [["id", "agent0"], ["path", paths.agentSocket], ["server", "on"], ["wait", "off"]]), "-serial", "chardev:agent0");
+  }
+  const channels = plan.rr
+    ? []
+    : [
+        ...(spec.agent ? [{ id: "agent0", name: "org.vigil.agent.0", socket: paths.agentSocket }] : []),
+        ...(spec.vtime ? [{ id: "vtime0", name: "org.vigil.vtime.0", socket: paths.vtimeSocket }] : []),
+      ];
   if (channels.length > 0) {
     argv.push("-device", "virtio-serial-pci,id=vser0");
     for (const ch of channels) {
@@ -138,7 +157,8 @@ export function buildArgv(plan: LaunchPlan): string[] {
   }
 
   if (spec.boot.kind === "kernel") {
-    argv.push("-kernel", spec.boot.kernel, "-initrd", spec.boot.initrd, "-append", spec.boot.cmdline);
+    const cmdline = plan.rr && spec.agent ? `${spec.boot.cmdline} ${RR_AGENT_CMDLINE}` : spec.boot.cmdline;
+    argv.push("-kernel", spec.boot.kernel, "-initrd", spec.boot.initrd, "-append", cmdline);
   }
 
   spec.disks.forEach((disk, i) => {
@@ -160,16 +180,16 @@ export function buildArgv(plan: LaunchPlan): string[] {
     const top = chain
       ? qcow2Node(disk.name, `${disk.name}-file`, false, chain.length > 0 ? `${disk.name}-b0` : null)
       : opts("driver=qcow2", [["node-name", disk.name], ["file", `${disk.name}-file`]]);
-    argv.push(
-      "-blockdev", opts("driver=file", [["node-name", `${disk.name}-file`], ["filename", file], ["discard", "unmap"]]),
-      "-blockdev", top,
-      "-device", opts("virtio-blk-pci", [["id", `${disk.name}-dev`], ["drive", disk.name], ["bootindex", spec.boot.kind === "disk" ? i : undefined]]),
-    );
+    argv.push("-blockdev", opts("driver=file", [["node-name", `${disk.name}-file`], ["filename", file], ["discard", "unmap"]]), "-blockdev", top);
+    // Under record/replay every request goes through blkreplay, between the image and the device.
+    if (plan.rr) argv.push("-blockdev", opts("driver=blkreplay", [["node-name", `${disk.name}-rr`], ["image", disk.name]]));
+    argv.push("-device", opts("virtio-blk-pci", [["id", `${disk.name}-dev`], ["drive", plan.rr ? `${disk.name}-rr` : disk.name], ["bootindex", spec.boot.kind === "disk" ? i : undefined]]));
   });
 
   for (const nic of spec.nics) {
     let netdev: string;
-    if (nic.mode === "user") netdev = opts("user", [["id", nic.name], ["restrict", nic.restrict ? "on" : "off"]]);
+    if (plan.rr?.mode === "replay") netdev = opts("user", [["id", nic.name], ["restrict", "on"]]);
+    else if (nic.mode === "user") netdev = opts("user", [["id", nic.name], ["restrict", nic.restrict ? "on" : "off"]]);
     else {
       const fd = plan.tapFds?.[nic.name];
       if (fd === undefined) throw new VigilError("VIGIL_INVALID_STATE", `Cannot run VM ${JSON.stringify(spec.name)}: NIC ${JSON.stringify(nic.name)} is on network ${JSON.stringify(nic.network)}, and ${BRIDGED_NEEDS_JAIL}`, { field: "nics" });
@@ -177,6 +197,7 @@ export function buildArgv(plan: LaunchPlan): string[] {
       netdev = opts("tap", [["id", nic.name], ["fd", fd], ["vhost", "off"]]);
     }
     argv.push("-netdev", netdev, "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac]]));
+    if (plan.rr) argv.push("-object", opts("filter-replay", [["id", `${nic.name}-rr`], ["netdev", nic.name]]));
   }
   if (plan.incoming === "defer") argv.push("-incoming", "defer");
   return argv;

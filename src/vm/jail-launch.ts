@@ -108,6 +108,8 @@ export async function planJail(
   places: RecordedPlaces,
   taps: readonly JailTap[],
   buildQemuArgv: (backing: JailLaunch["backing"], tapFds: Record<string, number>) => string[],
+  /** A replica of the VM (src/recording/replica.ts) runs as the VM's uid in cgroups of its own. */
+  options: { cgroupId?: string } = {},
 ): Promise<JailLaunch> {
   const uid = await jailUidOf(db, vm.id);
   const backing: JailLaunch["backing"] = {};
@@ -142,7 +144,7 @@ export async function planJail(
   // In one run a QEMU may grow a file by a full rewrite of its largest disk plus eight internal snapshots' RAM
   // (snapshots store the vmstate in the top image), plus 1 GiB of qcow2 metadata: bounded, yet never in the way.
   const fsizeBytes = largestFile + maxDiskBytes + 8 * vm.spec.memoryMiB * 2 ** 20 + 2 ** 30;
-  const cgroups = hostCgroupSpecs(vm.id);
+  const cgroups = hostCgroupSpecs(options.cgroupId ?? vm.id);
   const devices = jailDevices(accel);
   const plan: JailPlan = {
     uid, gid: uid, pidFile: jailPidFile(l), rootDir: jailRootDir(l), cgroups, pidsMax, devices, readWrite, readOnly, fds, taps: jailTaps, netns,

@@ -23,7 +23,7 @@ export async function openConsole(core: VmCore, ctx: RequestContext, name: strin
   const vm = await core.lookup(ctx, name, "vm.console");
   return core.d.guard.run(ctx, { action: "vm.console", permission: "vm.console", target: core.target(vm), owner: vm.owner }, async () => {
     assertAllowed("console", vm.name, vm.state, "attach to the console of");
-    return core.layout(vm).serialSocket;
+    return core.consoleRelays.get(vm.id) ?? core.layout(vm).serialSocket;
   });
 }
 

@@ -21,6 +21,8 @@ export class VmCore {
   readonly locks = new KeyedMutex();
   /** The QEMU vigil is connected to, by VM id; set by `VmSupervisor.adopt`, removed when it exits or is stopped. */
   readonly runtimes = new Map<string, VmRuntime>();
+  /** A recording VM's console is the recorder's relay, not QEMU's socket (src/recording/serial-relay.ts), by VM id. */
+  readonly consoleRelays = new Map<string, string>();
   /** Bridged NICs this daemon plugged in, by VM id (vm-nics.ts), shown in the view while attached. */
   readonly attachedNics = new Map<string, AttachedNic[]>();
 

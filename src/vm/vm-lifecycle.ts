@@ -35,6 +35,7 @@ export const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 export class VmLifecycle {
   private readonly beforeContHooks: BeforeContHook[] = [];
   private readonly beforeResumeHooks: BeforeContHook[] = [];
+  private readonly beforeStopHooks: BeforeContHook[] = [];
 
   constructor(
     private readonly core: VmCore,
@@ -44,6 +45,11 @@ export class VmLifecycle {
   /** Capabilities register work that must happen on every start before the guest runs. */
   addBeforeContHook(hook: BeforeContHook): void {
     this.beforeContHooks.push(hook);
+  }
+
+  /** Work that must happen before vigil asks a running guest to power off (a recording takes its end point). */
+  addBeforeStopHook(hook: BeforeContHook): void {
+    this.beforeStopHooks.push(hook);
   }
 
   /** Work that must happen before a paused VM runs again (the posture gate: a resume is a wake-up too). */
@@ -115,14 +121,16 @@ export class VmLifecycle {
     return recordedPlaces(vm, this.core.d.home.vmsDir, (id) => this.core.d.repo.getById(id));
   }
 
-  private launchPlan(vm: VmRecord, incoming = false): LaunchPlan {
+  private launchPlan(vm: VmRecord, incoming = false, record?: StartOptions["record"]): LaunchPlan {
     const l = this.core.layout(vm);
     return {
       ...(incoming ? { incoming: "defer" as const } : {}),
+      ...(record ? { rr: { mode: "record" as const, logFile: record.logFile } } : {}),
       spec: vm.spec,
       uuid: vm.id,
       vmgenid: vm.vmgenid,
-      accel: this.core.d.accel.accel,
+      // Record/replay counts instructions: TCG only.
+      accel: record ? "tcg" : this.core.d.accel.accel,
       paths: l,
       diskFiles: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
     };
@@ -197,9 +205,10 @@ export class VmLifecycle {
       }
       // Bridged NICs: tap, bridge port, address, firewall rules in place before QEMU exists (vm-nics.ts).
       const taps = jailed ? await plugNics(core, vm) : [];
-      const jail = jailed ? await planJail(d.repo.db, vm, l, d.accel.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...this.launchPlan(vm, incoming), backing, tapFds })) : undefined;
+      const plan = this.launchPlan(vm, incoming, options.record);
+      const jail = jailed ? await planJail(d.repo.db, vm, l, plan.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...plan, backing, tapFds })) : undefined;
       if (jail) handOverFiles(vm, l, jail.confinement.uid);
-      const started = await startQemu(jail ? [] : buildArgv(this.launchPlan(vm, incoming)), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
+      const started = await startQemu(jail ? [] : buildArgv(plan), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
       pid = started.pid;
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, d.log, started.exited);
@@ -210,7 +219,7 @@ export class VmLifecycle {
         if (!options.paused) await rt.qmp.execute("cont");
         mark("guest running");
       }
-      const updated = await d.repo.update(vm.id, { state: incoming ? "incoming" : options.paused ? "paused" : "running", pid, accelerator: d.accel.accel });
+      const updated = await d.repo.update(vm.id, { state: incoming ? "incoming" : options.paused ? "paused" : "running", pid, accelerator: plan.accel });
       for (const [path, purpose] of [[l.consoleLog, "console-log"], [consoleBackup(l.consoleLog), "console-log"], [l.qemuLog, "qemu-log"]] as const) {
         await d.registry.register(vm.id, path, purpose, { hash: false });
       }
@@ -263,6 +272,9 @@ export class VmLifecycle {
     const rt = core.runtime(vm);
     await core.d.repo.update(vm.id, { state: "stopping" });
     rt.expectedExit = "stop";
+    for (const hook of this.beforeStopHooks) {
+      await hook(vm, rt).catch((err: unknown) => core.d.log.warn({ vm: vm.name, err: messageOf(err) }, "A before-stop step failed"));
+    }
     let how: StopResult["how"] = "acpi";
     const within = (ms: number) => Promise.race([rt.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref())]);
     try {

@@ -60,6 +60,10 @@ export class VmService {
     this.lifecycle.addBeforeContHook(hook);
   }
 
+  addBeforeStopHook(hook: BeforeContHook): void {
+    this.lifecycle.addBeforeStopHook(hook);
+  }
+
   addBeforeResumeHook(hook: BeforeContHook): void {
     this.lifecycle.addBeforeResumeHook(hook);
   }
@@ -228,6 +232,12 @@ export class VmService {
   /** The guest agent of a running VM, for a read (`vm.read`) or an exec (`vm.exec`). */
   withAgent<T>(ctx: RequestContext, name: string, op: { action: string; permission: "vm.read" | "vm.exec"; details?: Record<string, unknown> }, fn: (agent: AgentClient) => Promise<T>): Promise<T> {
     return withAgent(this.core, ctx, name, op, fn);
+  }
+
+  /** While a VM records, console users reach it through the recorder's relay (`undefined`: QEMU's socket again). */
+  setConsoleRelay(vmId: string, socket: string | undefined): void {
+    if (socket === undefined) this.core.consoleRelays.delete(vmId);
+    else this.core.consoleRelays.set(vmId, socket);
   }
 
   /** For the console bridge: authorizes, audits and returns the serial socket of a live VM. */

@@ -81,6 +81,8 @@ export interface StartOptions {
   waitTimeoutMs?: number | undefined;
   /** Leave the guest paused at its first instruction. */
   paused?: boolean | undefined;
+  /** Record this run (src/recording): QEMU, under TCG with icount, writes every non-deterministic input to `logFile`. */
+  record?: { logFile: string } | undefined;
 }
 
 export interface RemovalReport {

@@ -3,6 +3,7 @@
  * guest, provenance and lineage commands are added from their own modules, in this order, which is the help's order.
  */
 import { type Command, Option } from "commander";
+import { VigilError } from "../../errors.ts";
 import { ApiError, call } from "../client.ts";
 import { accelCell, printJson, printTable, startedMessage, withSpinner } from "../output.ts";
 import { collect, keyValues, positiveInt, vmPath, type Vm } from "./common.ts";
@@ -79,8 +80,16 @@ export function registerVm(program: Command): void {
     .option("--wait", "wait until the guest agent answers")
     .option("--timeout <sec>", "how long --wait may take", positiveInt("--timeout"), 120)
     .option("--paused", "start with the vCPUs paused")
+    .option("--record", "record its execution under QEMU record/replay (TCG, one vCPU; see vigil recording)")
     .option("--json", "machine-readable output")
-    .action(async (name: string, o: { wait?: boolean; timeout: number; paused?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { wait?: boolean; timeout: number; paused?: boolean; record?: boolean; json?: boolean }) => {
+      if (o.record) {
+        if (o.paused) throw new VigilError("VIGIL_BAD_REQUEST", "--record and --paused cannot be combined: a recording starts at the guest's first instruction", { field: "--paused" });
+        const r = await withSpinner(`Starting ${name} recording${o.wait ? " and waiting for its agent" : ""}`, call<{ vm: Vm; recording: { name: string } }>("POST", vmPath(name, "/record"), { wait: o.wait ?? false, waitTimeoutMs: o.timeout * 1000 }));
+        if (o.json) return printJson(r);
+        process.stdout.write(`VM ${name} is running and recording as ${r.recording.name} (TCG, icount); it ends when the guest powers off (vigil vm stop ${name})\n`);
+        return;
+      }
       const work = call<Vm>("POST", vmPath(name, "/start"), { wait: o.wait ?? false, waitTimeoutSec: o.timeout, paused: o.paused ?? false });
       const v = o.wait ? await withSpinner(`Starting ${name} and waiting for its agent`, work) : await work;
       if (o.json) return printJson(v);

@@ -70,6 +70,8 @@ CREATE TABLE "posture_policies" ("scope" text primary key, "policy" text not nul
 CREATE TABLE "quarantine" ("vm_id" text primary key references "vms" ("id") on delete cascade, "since" text not null, "reason" text not null, "actor" text not null);
 -- table quarantine_services
 CREATE TABLE "quarantine_services" ("name" text primary key, "ip" text not null, "proto" text not null, "port" integer not null);
+-- table recordings
+CREATE TABLE "recordings" ("id" text primary key, "name" text not null unique, "vm_id" text not null references "vms" ("id") on delete cascade, "state" text not null, "meta" text not null, "created_at" text not null, "updated_at" text not null);
 -- table schema_migrations
 CREATE TABLE "schema_migrations" ("name" varchar(255) not null primary key, "timestamp" varchar(255) not null);
 -- table schema_migrations_lock
