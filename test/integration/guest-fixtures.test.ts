@@ -6,8 +6,9 @@
  *  - the agent on an ISA serial port (`vigil.agent=ttyS1`, what a recording VM uses: QEMU records only
  *    `-serial` chardevs): QEMU is started here by hand with no virtio-serial at all and the agent chardev as
  *    COM2, and the host's unchanged AgentClient talks to it: ping, exec, ps, and exec output of 64 KiB and more.
+ *    Without a valid `vigil.agent=` the agent stays on the virtio port.
  */
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -88,12 +89,16 @@ test("vigil_sct loaded inside the guest is a syscall-table finding naming kill a
   follower.kill("SIGINT");
 });
 
-test("the agent over ttyS1 (no virtio-serial): ping, exec, ps and 64 KiB of binary exec output through AgentClient", { timeout: 300_000 }, async (t) => {
+/** Starts QEMU by hand on the tiny image (no vigil): console on COM1, the agent chardev on COM2 (`serial`) or on
+ * a virtio-serial port (`virtio`), no disk, no NIC; returns the agent socket and the console log's path. */
+async function bootByHand(t: TestContext, agent: "serial" | "virtio", append: string): Promise<{ agentSock: string; consoleLog: string; image: string }> {
   const image = tinyDir();
   const dir = mkdtempSync(join(tmpdir(), "vigil-ttys1-"));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const agentSock = join(dir, "agent.sock");
+  const consoleLog = join(dir, "console.log");
   const accel = detectAccelerator().accel;
+  const agentArgs = agent === "serial" ? ["-serial", "chardev:agent0"] : ["-device", "virtio-serial-pci", "-device", "virtserialport,chardev=agent0,name=org.vigil.agent.0"];
   const qemu = spawn(
     "nice",
     [
@@ -111,19 +116,18 @@ test("the agent over ttyS1 (no virtio-serial): ping, exec, ps and 64 KiB of bina
       "-display",
       "none",
       "-chardev",
-      `socket,id=serial0,path=${join(dir, "serial.sock")},server=on,wait=off,logfile=${join(dir, "console.log")}`,
+      `socket,id=serial0,path=${join(dir, "serial.sock")},server=on,wait=off,logfile=${consoleLog}`,
       "-serial",
       "chardev:serial0",
       "-chardev",
       `socket,id=agent0,path=${agentSock},server=on,wait=off`,
-      "-serial",
-      "chardev:agent0",
+      ...agentArgs,
       "-kernel",
       join(image, "vmlinuz"),
       "-initrd",
       join(image, "initrd.img"),
       "-append",
-      "console=ttyS0 quiet panic=-1 vigil.hostname=on-ttys1 vigil.agent=ttyS1",
+      `console=ttyS0 quiet panic=-1 ${append}`,
       "-net",
       "none",
     ],
@@ -134,7 +138,11 @@ test("the agent over ttyS1 (no virtio-serial): ping, exec, ps and 64 KiB of bina
   t.after(() => void qemu.kill("SIGKILL"));
   await waitFor(() => existsSync(agentSock) || qemu.exitCode !== null, 30_000, "QEMU's agent socket");
   assert.equal(qemu.exitCode, null, qemuErr);
+  return { agentSock, consoleLog, image };
+}
 
+test("the agent over ttyS1 (no virtio-serial): ping, exec, ps and 64 KiB of binary exec output through AgentClient", { timeout: 300_000 }, async (t) => {
+  const { agentSock, consoleLog, image } = await bootByHand(t, "serial", "vigil.hostname=on-ttys1 vigil.agent=ttyS1");
   const c = await AgentClient.connect(agentSock);
   t.after(() => c.close());
   await c.waitUntilAnswering(180_000);
@@ -171,5 +179,15 @@ test("the agent over ttyS1 (no virtio-serial): ping, exec, ps and 64 KiB of bina
   assert.ok(Buffer.from(long.stdout, "base64").equals(busybox.subarray(0, 65536)));
   // The channel is still in step after the long lines.
   assert.deepEqual(await c.ping(), { pong: true });
-  assert.match(readFileSync(join(dir, "console.log"), "utf8"), /vigil-init: ready/);
+  assert.match(readFileSync(consoleLog, "utf8"), /vigil-init: ready/);
+});
+
+test("without a valid vigil.agent the agent stays on virtio-serial (ttyS0, the console, is refused and logged)", { timeout: 300_000 }, async (t) => {
+  const { agentSock } = await bootByHand(t, "virtio", "vigil.agent=ttyS0");
+  const c = await AgentClient.connect(agentSock);
+  t.after(() => c.close());
+  await c.waitUntilAnswering(180_000);
+  assert.deepEqual(await c.ping(), { pong: true });
+  const log = await c.exec(["cat", "/run/vigil/agent.log"]);
+  assert.match(text(log.stdout), /ignoring invalid vigil\.agent \(allowed: ttyS1 to ttyS9\)/);
 });
