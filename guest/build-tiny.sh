@@ -29,6 +29,9 @@ MODULES=(virtio_blk virtio_net button evdev)
 # panic=-1: a guest that panics reboots at once instead of hanging; the host sees the reset.
 CMDLINE="console=ttyS0 quiet panic=-1"
 AGENT_PORT=org.vigil.agent.0
+# The test fixture module (guest/sct/, see guest/README.md "Test fixture: vigil_sct"): built
+# against the kernel's headers at build time and put in the initramfs here.
+FIXTURE_KO=usr/lib/vigil/fixtures/vigil_sct.ko
 DISK_SIZE=64M
 
 die() {
@@ -97,8 +100,8 @@ if [[ -f $dir/manifest.json ]]; then
 fi
 ((print_dir)) && exit 1
 
-for tool in apt-get apt-cache dpkg-deb modinfo xz zstd cpio gzip mkfs.ext4 qemu-img sha256sum od flock; do
-	command -v "$tool" >/dev/null || die "\"$tool\" is missing (Debian packages: apt, dpkg, kmod, xz-utils, zstd, cpio, gzip, e2fsprogs, qemu-utils, coreutils, util-linux)"
+for tool in apt-get apt-cache dpkg-deb modinfo xz zstd cpio gzip mkfs.ext4 qemu-img sha256sum od flock make objcopy; do
+	command -v "$tool" >/dev/null || die "\"$tool\" is missing (Debian packages: apt, dpkg, kmod, xz-utils, zstd, cpio, gzip, e2fsprogs, qemu-utils, coreutils, util-linux, make, binutils)"
 done
 
 mkdir -p "$images"
@@ -151,6 +154,11 @@ fi
 [[ -n $kernel_pkg ]] || die "apt-cache cannot resolve $KERNEL_META (is a bookworm-security or bookworm-backports source configured?)"
 release=${kernel_pkg#linux-image-}
 note "kernel package $kernel_pkg"
+# Headers for the fixture module: the flavour's headers, the common headers and kbuild, named
+# after the release without its flavour (6.12.118+deb12-cloud-amd64 -> 6.12.118+deb12).
+kbuild_ver=${release%-cloud-amd64}
+[[ $kbuild_ver != "$release" ]] || die "kernel release $release is not a cloud-amd64 one"
+headers_pkgs=("linux-headers-$release" "linux-headers-$kbuild_ver-common" "linux-kbuild-$kbuild_ver")
 
 # apt drops privileges to _apt for downloads: give it a directory it can write, or apt warns
 # (harmlessly) and downloads as root.
@@ -164,7 +172,7 @@ fi
 # the linux-image-<version>-dbg package"), so the -dbg package (~320 MB) comes too; only its
 # System.map is kept.
 download() {
-	(cd "$debs" && apt-get download -q "$kernel_pkg" "$kernel_pkg-dbg" "$BUSYBOX_PKG" >&2)
+	(cd "$debs" && apt-get download -q "$kernel_pkg" "$kernel_pkg-dbg" "$BUSYBOX_PKG" "${headers_pkgs[@]}" >&2)
 }
 if ! download; then
 	# Lists older than the mirror name versions the mirror no longer has.
@@ -257,6 +265,32 @@ while IFS=: read -r banner_off _; do
 done < <(grep -obUaF "Linux version $release " "$out/vmlinux" || true)
 ((map_ok)) || die "System.map from $kernel_pkg-dbg does not match vmlinux"
 
+# --- test fixture module ------------------------------------------------------------------
+
+# The .debs are only unpacked here (never installed on the host). The flavour's Makefile
+# includes the common one by absolute path, and a few symlinks are absolute: both are pointed
+# into the unpacked tree. The module is built with the kernel's own compiler (gcc-12, named in
+# the headers), without BTF (that would need pahole; nothing reads a fixture's BTF).
+kb=$work/kbuild
+mkdir -p "$kb"
+for p in "${headers_pkgs[@]}"; do
+	f=$(deb_of "$p")
+	[[ $(dpkg-deb -f "$f" Version) == "$kernel_version" ]] || die "$p is not version $kernel_version"
+	dpkg-deb -x "$f" "$kb"
+done
+hdr=$kb/usr/src/linux-headers-$release
+[[ -f $hdr/Makefile ]] || die "linux-headers-$release has no Makefile"
+sed -i "s#^include /usr/src/#include $kb/usr/src/#" "$hdr/Makefile"
+while IFS= read -r -d '' link; do
+	ln -sfn "$kb$(readlink "$link")" "$link"
+done < <(find "$kb" -type l -lname '/*' -print0)
+kcc=$(awk -F'[ =]+' '$1 == "override" && $2 == "CROSS_COMPILE" { print $3 }' "$hdr/.kernelvariables")gcc-12
+command -v "$kcc" >/dev/null || die "\"$kcc\" (the kernel's compiler) is missing (Debian package: gcc-12)"
+cp -R "$GUEST_DIR/sct" "$work/sct"
+make -s -C "$hdr" M="$work/sct" CONFIG_DEBUG_INFO_BTF_MODULES= modules >&2 || die "building the fixture module guest/sct failed"
+[[ $(modinfo -F vermagic "$work/sct/vigil_sct.ko") == "$release "* ]] || die "the fixture module was not built for $release"
+note "fixture module vigil_sct built"
+
 # --- initramfs ----------------------------------------------------------------------------
 
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,data,etc,var,lib/modules/"$release"}
@@ -316,6 +350,8 @@ note "modules: ${load_order[*]}"
 
 # vigil's files last, so they win over anything above.
 cp -R "$GUEST_DIR/rootfs/." "$root/"
+mkdir -p "$root/${FIXTURE_KO%/*}"
+objcopy --strip-debug "$work/sct/vigil_sct.ko" "$root/$FIXTURE_KO"
 # Same modes whatever the checkout's umask was; exec bits come from guest/rootfs.
 chmod -R u+rwX,go+rX,go-w "$root"
 chmod 700 "$root/root"
@@ -360,6 +396,9 @@ file_entry() { # name
 		"$(json_safe "$kernel_pkg-dbg")" "$(json_safe "$dbg_version")" "$dbg_deb_sha"
 	printf '"busybox":{"package":"%s","version":"%s","debSha256":"%s"},' \
 		"$BUSYBOX_PKG" "$(json_safe "$busybox_version")" "$busybox_deb_sha"
+	printf '"fixtures":{"vigil_sct":{"path":"/%s","sha256":"%s","headers":["%s","%s","%s"]}},' \
+		"$FIXTURE_KO" "$(sha256sum <"$root/$FIXTURE_KO" | cut -d' ' -f1)" \
+		"$(json_safe "${headers_pkgs[0]}")" "$(json_safe "${headers_pkgs[1]}")" "$(json_safe "${headers_pkgs[2]}")"
 	printf '"files":{%s,%s,%s,%s,%s,%s},' "$(file_entry vmlinuz)" "$(file_entry initrd.img)" \
 		"$(file_entry disk.qcow2)" "$(file_entry vmlinux)" "$(file_entry System.map)" "$(file_entry config)"
 	printf '"cmdline":"%s","agent":{"protocol":1,"port":"%s"}}\n' "$(json_safe "$CMDLINE")" "$AGENT_PORT"

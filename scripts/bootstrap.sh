@@ -12,6 +12,7 @@ say() { printf 'vigil set-up: %s\n' "$*" >&2; }
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils      # the hypervisor and the disk tool
   busybox-static cpio xz-utils zstd e2fsprogs kmod  # building the tiny guest image
+  make gcc-12                      # the tiny image's test fixture module (guest/sct, built against the kernel's headers)
   bpftool binutils                 # cross-checks of the introspection engine (bpftool btf dump, readelf)
   nftables                         # the loopback guard for open NICs (src/host/loopback-guard.ts)
   gcc libc6-dev                    # building the QEMU jail helper (native/vigil-jail.c)

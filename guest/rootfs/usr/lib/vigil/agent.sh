@@ -1,7 +1,8 @@
 #!/bin/sh
 # vigil guest agent (protocol 1), busybox ash.
 #
-# Talks to the host over the virtio-serial port named org.vigil.agent.0: newline-delimited
+# Talks to the host over the virtio-serial port named org.vigil.agent.0 (or the serial port
+# vigil.agent=ttySN names, see below): newline-delimited
 # JSON, one object per line. The host writes requests shaped exactly like
 #   {"id":42,"cmd":"exec","argv":["uname","-r"]}
 # (keys in the order id, cmd, arguments; ids are non-negative integers; strings only contain
@@ -356,7 +357,32 @@ handle() { # line
 	esac
 }
 
-if ! find_port; then
+# vigil.agent=ttySN on the kernel command line (N 1-9: ttyS0 is the console) puts the agent on
+# that ISA serial port instead of the virtio port. A recording VM has no virtio-serial (QEMU only
+# records -serial chardevs), so its agent is on COM2. Anything else there is ignored (logged).
+serial=
+read -r cmdline </proc/cmdline
+for word in $cmdline; do
+	case $word in
+	vigil.agent=ttyS[1-9]) serial=${word#vigil.agent=} ;;
+	vigil.agent=*) log "ignoring invalid ${word%%=*} (allowed: ttyS1 to ttyS9)" ;;
+	esac
+done
+
+if [ -n "$serial" ]; then
+	port=/dev/$serial
+	[ -c "$port" ] || {
+		log "no serial port $port"
+		exit 1
+	}
+	# Raw bytes both ways: no echo, no line editing or CR/NL translation, no flow-control or
+	# signal characters, no parity stripping; clocal so no modem line matters. Same framing as
+	# virtio: one JSON line per message, ASCII only (exec output is base64).
+	stty -F "$port" raw -echo -echoe -echok -echonl clocal cs8 -cstopb -parenb || {
+		log "cannot set $port to raw mode"
+		exit 1
+	}
+elif ! find_port; then
 	log "no virtio-serial port named $PORT_NAME"
 	exit 1
 fi
@@ -366,11 +392,18 @@ exec 3<>"$port"
 # A write to a virtio-serial port blocks while no host is connected, and a read returns end of
 # file instead of blocking. So: announce (which waits for the host), then serve lines until end
 # of file, which means the host closed its side; announce again, which waits for the next host.
+#
+# A serial port never reports the host going away (reads block, writes go out whether or not a
+# host listens), so there the ready event is sent once; a host that connects later finds the
+# agent by pinging it, as the host always does.
 send_ready
 while :; do
 	line=
 	if read -r -n "$MAX_LINE" line <&3; then
 		handle "$line"
+	elif [ -n "$serial" ]; then
+		# Not expected on a tty (no hang-up with clocal); do not spin if it happens anyway.
+		usleep 100000
 	else
 		# A partial line at end of file belonged to a host that is gone: drop it.
 		send_ready
