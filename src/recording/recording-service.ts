@@ -94,6 +94,7 @@ const END_POINT_TIMEOUT_MS = 60_000;
 
 interface Active {
   rec: RecordingRow;
+  rt: VmRuntime;
   relay: SerialRelay;
   compressor: LogCompressor;
   rawLog: string;
@@ -196,7 +197,7 @@ export class RecordingService {
             const relay = await SerialRelay.open(h.layout.serialSocket, join(h.layout.runDir, "console-rr.sock"), meta.serialFile);
             const compressor = new LogCompressor(rawLog, join(dir, "log.zst"));
             compressor.start();
-            active = { rec, relay, compressor, rawLog, startedAt: Date.now(), end: null };
+            active = { rec, rt, relay, compressor, rawLog, startedAt: Date.now(), end: null };
             this.active.set(vm.id, active);
             this.d.vms.setConsoleRelay(vm.id, relay.relayPath);
             this.follow(vm, rt, active);
@@ -348,9 +349,12 @@ export class RecordingService {
     return { rec, vm };
   }
 
-  async show(ctx: RequestContext, name: string): Promise<RecordingView & { files: string[]; end: RecordingMeta["end"]; log: RecordingMeta["log"] }> {
+  async show(ctx: RequestContext, name: string): Promise<RecordingView & { files: string[]; end: RecordingMeta["end"]; log: RecordingMeta["log"]; live: { icount: number; rawBytes: number; storedBytes: number } | null }> {
     const { rec } = await this.find(ctx, name, "recording.show");
-    return { ...this.view(rec), files: [rec.meta.log?.file, rec.meta.serialFile, ...rec.meta.disks.map((x) => x.file)].filter((f): f is string => !!f), end: rec.meta.end, log: rec.meta.log };
+    // While it records: where it is (the instruction count QEMU is at) and how much log it has written.
+    const a = this.active.get(rec.vmId);
+    const live = a && a.rec.id === rec.id ? { icount: (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount, ...a.compressor.progress } : null;
+    return { ...this.view(rec), files: [rec.meta.log?.file, rec.meta.serialFile, ...rec.meta.disks.map((x) => x.file)].filter((f): f is string => !!f), end: rec.meta.end, log: rec.meta.log, live };
   }
 
   async delete(ctx: RequestContext, name: string): Promise<{ deleted: string; files: number }> {
