@@ -119,3 +119,15 @@ test("one flipped byte in the stored log is refused before decompressing, and a 
   await expandLog(stored, res, out);
   assert.ok(readFileSync(out).equals(real));
 });
+
+test("punching at finish (after QEMU wrote its header) keeps the header block", async (t) => {
+  const dir = tmp(t);
+  const raw = join(dir, "log.bin");
+  const c = LogCompressor.start(raw, join(dir, "log.zst"), { pollMs: 10 });
+  // Less than one punch interval: the only punch happens in finish(), after the header is written.
+  assert.equal(await fakeQemu(raw, real.subarray(12, 1 << 20), real.subarray(0, 12), 1 << 18, 5), 0);
+  const res = await c.finish();
+  assert.equal(res.header.slice(0, 8), "00e0200c");
+  assert.ok(readFileSync(raw).subarray(0, 12).equals(real.subarray(0, 12)));
+  assert.ok(c.stats().punchedBytes >= (1 << 20) - 8192);
+});

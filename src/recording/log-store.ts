@@ -9,13 +9,13 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream, rmSync, writeFileSync, type WriteStream } from "node:fs";
-import { open, type FileHandle } from "node:fs/promises";
+import { constants, createReadStream, createWriteStream, rmSync, writeFileSync, type WriteStream } from "node:fs";
+import { open, stat, type FileHandle } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VigilError, q } from "../errors.ts";
 import { ZSTD, boundedDecompressor } from "../storage/bundle/zstd.ts";
 import { runCommand } from "../util/run-command.ts";
-import { HEADER_SIZE, REPLAY_VERSION } from "./replay-log.ts";
+import { HEADER_SIZE, REPLAY_VERSION, ReplayLogParser } from "./replay-log.ts";
 
 const READ_CHUNK = 1 << 20;
 /** Punch holes once this much raw log lies behind the tail: one `fallocate` per 16 MiB. */
@@ -49,6 +49,11 @@ export interface CompressorOptions {
   pollMs?: number;
   /** Free the raw file's blocks behind the tail (default true). */
   punchHoles?: boolean;
+  /**
+   * The raw offset below which blocks may be freed, besides the compressor's own tail: a `LogFollower` reading the
+   * same raw file passes its `rawOffset`, or punching would hand it zeros.
+   */
+  punchLimit?: () => number;
   /** zstd level (default 3: the log is mostly tiny repetitive events, 3 costs little more CPU than 1). */
   level?: number;
 }
@@ -57,7 +62,8 @@ export interface CompressorOptions {
 export class LogCompressor {
   private readonly started = Date.now();
   private pos = HEADER_SIZE;
-  private punchedTo = 0;
+  /** Block 0 is never punched: it holds the header QEMU writes at exit (a punch after that would zero it). */
+  private punchedTo = BLOCK;
   private raw = 0;
   private stored = 0;
   private punched = 0;
@@ -146,7 +152,7 @@ export class LogCompressor {
   /** Frees whole blocks already compressed. QEMU writes only ahead of the tail; the header block comes back at exit. */
   private async punch(force: boolean): Promise<void> {
     if (this.options.punchHoles === false) return;
-    const to = Math.floor(this.pos / BLOCK) * BLOCK;
+    const to = Math.floor(Math.min(this.pos, this.options.punchLimit?.() ?? Infinity) / BLOCK) * BLOCK;
     if (to <= this.punchedTo || (!force && to - this.punchedTo < PUNCH_EVERY)) return;
     await runCommand("fallocate", ["--punch-hole", "--keep-size", "--offset", String(this.punchedTo), "--length", String(to - this.punchedTo), this.rawPath], { what: "fallocate --punch-hole", timeoutMs: 30_000 });
     this.punched += to - this.punchedTo;
@@ -195,6 +201,7 @@ export class LogCompressor {
 
   /** Stops without a result (QEMU failed to start): kills zstd; the caller removes the files. */
   async abort(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     this.stopped = true;
     this.child.kill("SIGKILL");
     await this.loop;
@@ -248,5 +255,123 @@ export async function expandLog(storedPath: string, expected: { sha256: string; 
     rmSync(outPath, { force: true });
     if (err instanceof VigilError) throw err;
     throw new VigilError("VIGIL_HOST", `Cannot expand the log of ${q(label)}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export interface FollowerOptions {
+  /** REPLAY_VERSION to announce (the replaying QEMU's). */
+  version?: number;
+  pollMs?: number;
+}
+
+/**
+ * Feeds a replaying QEMU (`rr=replay,rrfile=<fifo>`) the log another QEMU is still recording. QEMU 7.2 reads the
+ * u32 version, then `fseek(HEADER_SIZE)`: on a FIFO that fails (ESPIPE) and glibc's stream stays just after the
+ * version, so the follower writes the 4-byte version and then the body from raw offset 12 — NOT the 8 header bytes
+ * after it, which the replay would take for events (measured: with them the replay diverges and never reaches its
+ * break). Backpressure comes from the pipe: the copy runs as fast as the replay reads. It ends the FIFO once the
+ * recording has finished (its header written) and everything is copied, or when the replay goes away (EPIPE).
+ */
+export class LogFollower {
+  private pos = HEADER_SIZE;
+  private copied = 0;
+  private stopped = false;
+  private failure: VigilError | undefined;
+  private readerGone = false;
+  private loop: Promise<void> | undefined;
+  private readonly parser = new ReplayLogParser({ allowUnfinishedHeader: true, label: "followed log" });
+  private waiters: { icount: bigint; resolve: (t: number) => void }[] = [];
+
+  private constructor(private readonly rawPath: string, private readonly fifoPath: string, private readonly options: FollowerOptions) {
+    this.parser.feed(Buffer.alloc(HEADER_SIZE));
+  }
+
+  /** Creates the FIFO (0600) if needed and starts copying once a replaying QEMU opens it. */
+  static async start(rawPath: string, fifoPath: string, options: FollowerOptions = {}): Promise<LogFollower> {
+    const st = await stat(fifoPath).catch(() => undefined);
+    if (!st) await runCommand("mkfifo", ["-m", "0600", fifoPath], { what: "mkfifo" });
+    else if (!st.isFIFO()) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot follow into ${q(fifoPath)}: it exists and is not a FIFO`, { field: "fifo" });
+    const f = new LogFollower(rawPath, fifoPath, options);
+    f.loop = f.run();
+    return f;
+  }
+
+  /** The raw file offset copied up to (a LogCompressor must not punch holes beyond it: `punchLimit`). */
+  get rawOffset(): number {
+    return this.pos;
+  }
+
+  stats(): { copiedBytes: number; icount: bigint; readerGone: boolean } {
+    return { copiedBytes: this.copied, icount: this.parser.instructions, readerGone: this.readerGone };
+  }
+
+  /** Resolves with Date.now() at the moment the copied log first reached `icount` instructions. */
+  whenCopied(icount: bigint): Promise<number> {
+    if (this.parser.instructions >= icount) return Promise.resolve(Date.now());
+    return new Promise((resolve) => this.waiters.push({ icount, resolve }));
+  }
+
+  private async run(): Promise<void> {
+    const poll = this.options.pollMs ?? 100;
+    let out: FileHandle | undefined;
+    let raw: FileHandle | undefined;
+    try {
+      out = await open(this.fifoPath, "w"); // blocks (in the thread pool) until the replay opens its rrfile
+      const version = Buffer.alloc(4);
+      version.writeUInt32BE(this.options.version ?? REPLAY_VERSION);
+      await out.write(version);
+      const buf = Buffer.alloc(READ_CHUNK);
+      while (!this.stopped) {
+        raw ??= await open(this.rawPath, "r").catch((err: NodeJS.ErrnoException) => {
+          if (err.code === "ENOENT") return undefined;
+          throw err;
+        });
+        if (!raw) {
+          await sleep(poll);
+          continue;
+        }
+        const { size } = await raw.stat();
+        if (size > this.pos) {
+          const { bytesRead } = await raw.read(buf, 0, Math.min(READ_CHUNK, size - this.pos), this.pos);
+          const data = buf.subarray(0, bytesRead);
+          await out.write(data);
+          this.pos += bytesRead;
+          this.copied += bytesRead;
+          this.parser.feed(data);
+          const now = Date.now();
+          this.waiters = this.waiters.filter((w) => (this.parser.instructions >= w.icount ? (w.resolve(now), false) : true));
+          continue;
+        }
+        // Caught up: a written header means QEMU finished the log, so this is its end.
+        const head = Buffer.alloc(4);
+        await raw.read(head, 0, 4, 0);
+        if (head.readUInt32BE(0) !== 0 && (await raw.stat()).size <= this.pos) break;
+        await sleep(poll);
+      }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "EPIPE") this.readerGone = true;
+      else if (err instanceof VigilError) this.failure = err;
+      else this.failure = new VigilError("VIGIL_HOST", `Cannot follow the replay log ${q(this.rawPath)}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      await raw?.close();
+      await out?.close().catch(() => undefined);
+    }
+  }
+
+  /** Resolves when the follower ended the FIFO (recording finished and fully copied, or the replay went away). */
+  async done(): Promise<void> {
+    await this.loop;
+    if (this.failure) throw this.failure;
+  }
+
+  /** Stops copying now and closes the FIFO (the replay then reads EOF). */
+  async close(): Promise<void> {
+    if (this.stopped) return this.loop;
+    this.stopped = true;
+    // A follower still waiting for its reader: opening the FIFO for reading ourselves releases the blocked open.
+    const unblock = await open(this.fifoPath, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined);
+    await this.loop;
+    await unblock?.close();
   }
 }

@@ -109,6 +109,11 @@ export class ReplayLogParser {
     return this.tail.length;
   }
 
+  /** Instructions in the events parsed so far (a live log's icount). */
+  get instructions(): bigint {
+    return this.s.totalInstructions + BigInt(this.insnSmall);
+  }
+
   feed(chunk: Uint8Array): void {
     if (chunk.length === 0) return;
     this.s.bytes += chunk.length;
