@@ -123,3 +123,51 @@ test("a shadow replay fed through a FIFO while the recording runs reaches the sa
   assert.equal(await ramSha256(refQmp, join(dir, "mem-ref.bin")), shadowRam, "the shadow's RAM at the break equals the stored log's replay");
   await refQmp.execute("quit").catch(() => undefined);
 });
+
+test("a real recording is compressed while QEMU writes it and expands to a log that replays to the same RAM", { timeout: 300_000 }, async (t) => {
+  const image = tinyDir();
+  const dir = mkdtempSync(join(tmpdir(), "vigil-rrstore-"));
+  const procs: ChildProcess[] = [];
+  t.after(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const base = join(dir, "base.qcow2");
+  spawnSync("qemu-img", ["create", "-q", "-f", "qcow2", "-b", join(image, "disk.qcow2"), "-F", "qcow2", base], { stdio: "inherit" });
+  for (const n of ["rec", "ref"]) copyFileSync(base, join(dir, `${n}.qcow2`));
+  const raw = join(dir, "log.bin");
+  const rec = qemu(dir, image, "record", raw, join(dir, "rec.qcow2"), "rec");
+  procs.push(rec);
+  const recQmp = await connect(dir, "rec");
+  const compressor = LogCompressor.start(raw, join(dir, "log.zst"), { pollMs: 100 });
+  t.after(() => compressor.abort());
+  await recQmp.execute("cont");
+  await new Promise((r) => setTimeout(r, 5000));
+  await recQmp.execute("stop");
+  const live = compressor.stats();
+  assert.ok(live.rawBytes > 0, "the compressor reads the log while QEMU records it");
+  const icount = (await recQmp.execute<{ icount: number }>("query-replay")).icount;
+  const recRam = await ramSha256(recQmp, join(dir, "mem-rec.bin"));
+  await recQmp.execute("quit").catch(() => undefined);
+  await new Promise((r) => rec.once("close", r));
+  const stored = await compressor.finish();
+  console.log(`recorded ${icount} instructions in 5 s: raw ${stored.rawBytes} bytes, stored ${stored.storedBytes} (live ${JSON.stringify(live)})`);
+  assert.equal(stored.header.slice(0, 8), "00e0200c");
+
+  const expanded = join(dir, "ref.bin");
+  await expandLog(join(dir, "log.zst"), stored, expanded, "store-test");
+  const summary = await summarizeReplayLog(expanded);
+  assert.equal(summary.endedCleanly, true);
+  assert.ok(summary.totalInstructions >= BigInt(icount));
+
+  const ref = qemu(dir, image, "replay", expanded, join(dir, "ref.qcow2"), "ref");
+  procs.push(ref);
+  const refQmp = await connect(dir, "ref");
+  await refQmp.execute("replay-break", { icount });
+  const stopped = refQmp.waitEvent("STOP", { timeoutMs: 150_000 });
+  await refQmp.execute("cont");
+  await stopped;
+  assert.equal((await refQmp.execute<{ icount: number }>("query-replay")).icount, icount);
+  assert.equal(await ramSha256(refQmp, join(dir, "mem-ref.bin")), recRam, "the replay of the stored log has the recording's RAM");
+  await refQmp.execute("quit").catch(() => undefined);
+});
