@@ -195,8 +195,7 @@ export class RecordingService {
           record: { logFile: rawLog },
           beforeCont: async (rt) => {
             const relay = await SerialRelay.open(h.layout.serialSocket, join(h.layout.runDir, "console-rr.sock"), meta.serialFile);
-            const compressor = new LogCompressor(rawLog, join(dir, "log.zst"));
-            compressor.start();
+            const compressor = LogCompressor.start(rawLog, join(dir, "log.zst"));
             active = { rec, rt, relay, compressor, rawLog, startedAt: Date.now(), end: null };
             this.active.set(vm.id, active);
             this.d.vms.setConsoleRelay(vm.id, relay.relayPath);
@@ -207,7 +206,7 @@ export class RecordingService {
       } catch (err) {
         if (active) {
           active.relay.close();
-          active.compressor.abort();
+          await active.compressor.abort();
           this.active.delete(vm.id);
           this.d.vms.setConsoleRelay(vm.id, undefined);
         }
@@ -302,7 +301,7 @@ export class RecordingService {
     let error: string | null = null;
     try {
       const r = await a.compressor.finish();
-      log = { file: a.compressor.outPath, sha256: r.sha256, storedBytes: r.storedBytes, rawBytes: r.rawBytes, header: r.header };
+      log = { file: join(recordingDir(this.d.vms.layoutOf(vm).dir, a.rec.id), "log.zst"), sha256: r.sha256, storedBytes: r.storedBytes, rawBytes: r.rawBytes, header: r.header };
     } catch (err) {
       error = `the log could not be finished: ${messageOf(err)}`;
     }
@@ -353,7 +352,8 @@ export class RecordingService {
     const { rec } = await this.find(ctx, name, "recording.show");
     // While it records: where it is (the instruction count QEMU is at) and how much log it has written.
     const a = this.active.get(rec.vmId);
-    const live = a && a.rec.id === rec.id ? { icount: (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount, ...a.compressor.progress } : null;
+    const stats = a?.compressor.stats();
+    const live = a && stats && a.rec.id === rec.id ? { icount: (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount, rawBytes: stats.rawBytes, storedBytes: stats.storedBytes } : null;
     return { ...this.view(rec), files: [rec.meta.log?.file, rec.meta.serialFile, ...rec.meta.disks.map((x) => x.file)].filter((f): f is string => !!f), end: rec.meta.end, log: rec.meta.log, live };
   }
 
@@ -422,7 +422,7 @@ export class RecordingService {
       replicasDir: this.d.replicasDir,
       expandLog: async (rec: RecordingRow, out: string) => {
         const log = rec.meta.log!;
-        await expandLog(log.file, { sha256: log.sha256, rawBytes: log.rawBytes, header: log.header }, out, `recording ${rec.name}`);
+        await expandLog(log.file, { sha256: log.sha256, rawBytes: log.rawBytes, header: log.header }, out, rec.name);
       },
     };
   }

@@ -83,7 +83,7 @@ test("a recording replays to the same serial output and RAM; a changed log is re
   writeFileSync(logFile, bytes);
   const tampered = d.cli("recording", "replay", recName);
   assert.notEqual(tampered.status, 0);
-  assert.match(tampered.stderr, /was changed since it was recorded/);
+  assert.match(tampered.stderr, /Cannot replay "rr-1": the recording.s log was changed/);
 
   // Export needs the log intact; delete removes the files and the row.
   const del = d.cli("recording", "delete", recName);
