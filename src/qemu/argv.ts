@@ -121,8 +121,9 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-smp", String(spec.vcpus),
     "-m", ramSizeOption(spec.memoryMiB, plan.accel),
     ...(plan.rr ? ["-icount", opts("shift=auto", [["rr", plan.rr.mode], ["rrfile", plan.rr.logFile]])] : []),
-    // A recording's last instruction is taken while QEMU is paused: a guest power-off pauses it instead of exiting.
-    ...(plan.rr?.mode === "record" ? ["-action", "shutdown=pause"] : []),
+    // A recording's end point is taken while QEMU is paused: a guest power-off pauses it instead of exiting — in the
+    // replay too, which must stop there rather than exit one instruction short of it.
+    ...(plan.rr ? ["-action", "shutdown=pause"] : []),
     "-object", opts("memory-backend-memfd", [["id", "ram0"], ["size", ramSizeOption(spec.memoryMiB, plan.accel)], ["share", "on"], ["seal", "on"]]),
     "-display", "none",
     "-msg", "timestamp=on",

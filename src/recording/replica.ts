@@ -126,6 +126,11 @@ export class Replica {
     }
   }
 
+  /** Whether the replica paused at the guest's power-off (shutdown=pause): it cannot go further. */
+  async atShutdown(): Promise<boolean> {
+    return (await this.qmp.execute<{ status: string }>("query-status")).status === "shutdown";
+  }
+
   /** The instruction count the replica is at. */
   async icount(): Promise<number> {
     const r = await this.qmp.execute<{ icount: number; mode: string }>("query-replay");
@@ -141,6 +146,8 @@ export class Replica {
     if (icount <= now) return now;
     await this.qmp.execute("replay-break", { icount });
     const stop = this.qmp.waitEvent("STOP", { timeoutMs });
+    // Handled now: QEMU may exit (rejecting it) before the race below is entered.
+    stop.catch(() => undefined);
     const ended = this.exited.then(() => "exited" as const);
     await this.qmp.execute("cont");
     // A replay that diverged from its log waits forever for an event that never comes: no progress is a failure.
@@ -160,7 +167,8 @@ export class Replica {
     const why = await Promise.race([stop.then(() => "stopped" as const), ended, stalled]).finally(() => clearInterval(stuck));
     if (why === "stalled") throw new VigilError("VIGIL_QEMU", `The replay stopped making progress at instruction ${await this.icount()} before ${icount}: it diverged from the recording (an input QEMU did not record?)`);
     if (why === "exited") throw new VigilError("VIGIL_QEMU", `The replica stopped replaying before instruction ${icount} (QEMU exited; see ${q(this.layout.qemuLog)}: ${tailOf(this.layout.qemuLog)})`);
-    return this.icount();
+    const reached = await this.icount();
+    return reached;
   }
 
   /** The serial output the replica has written so far. */

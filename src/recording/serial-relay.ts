@@ -11,13 +11,16 @@ import { connect, createServer, type Server, type Socket } from "node:net";
 import { VigilError, messageOf, q } from "../errors.ts";
 
 /**
- * Input goes to the guest one byte per tick. Under record, QEMU delivers what it read from the socket at its next
- * checkpoint while the UART still looks empty, so it may read again: bytes beyond the 16-byte FIFO are then lost
- * (measured: 4 bytes per 10 ms lost characters of a 60-byte line). One byte per 15 ms survives 240 ms without a
- * delivery — about 66 characters a second, plenty for typing, slow for pasting.
+ * Typed input is credited against what the guest shows it has read. Under record, QEMU takes bytes from the socket
+ * whenever the UART looks empty but hands them to the UART only at its next checkpoint — which, for an idle guest,
+ * can be long after — so the bytes read meanwhile overflow the 16-byte FIFO and are lost (measured: pacing alone,
+ * even one byte per 15 ms, lost characters of a typed line). So at most INPUT_WINDOW bytes are in flight: any
+ * output from the guest (a shell echoes each character) opens the window again, and so does INPUT_IDLE_MS of
+ * silence (input that is not echoed: a few bytes a second); and never faster than one byte per INPUT_TICK_MS (the agent's pipe measured 20 ms as safe: paced-pipe.ts).
  */
-export const INPUT_CHUNK_BYTES = 1;
-export const INPUT_TICK_MS = 15;
+export const INPUT_WINDOW = 4;
+export const INPUT_TICK_MS = 20;
+export const INPUT_IDLE_MS = 1000;
 /** Typed input waiting for the guest beyond this is refused (a paste of a file is not console input). */
 const MAX_PENDING_INPUT = 64 * 1024;
 /** Console clients at once. */
@@ -47,6 +50,9 @@ export class SerialRelay {
   private transcriptFd: number;
   private written = 0;
   private closed = false;
+  /** Bytes typed since the guest last wrote something, and when the last one went. */
+  private inFlight = 0;
+  private lastSent = 0;
 
   private constructor(
     private readonly qemu: Socket,
@@ -59,6 +65,7 @@ export class SerialRelay {
       if (this.closed) return;
       writeSync(this.transcriptFd, chunk);
       this.written += chunk.length;
+      this.inFlight = 0;
       for (const c of this.clients) c.write(chunk);
     });
     qemu.on("error", () => undefined);
@@ -115,10 +122,16 @@ export class SerialRelay {
       this.timer = undefined;
       return;
     }
+    if (this.inFlight >= INPUT_WINDOW) {
+      if (Date.now() - this.lastSent < INPUT_IDLE_MS) return;
+      this.inFlight = 0;
+    }
     const all = Buffer.concat(this.pending);
-    const chunk = all.subarray(0, INPUT_CHUNK_BYTES);
-    this.pending = chunk.length < all.length ? [all.subarray(chunk.length)] : [];
-    this.pendingBytes = all.length - chunk.length;
+    const chunk = all.subarray(0, 1);
+    this.pending = all.length > 1 ? [all.subarray(1)] : [];
+    this.pendingBytes = all.length - 1;
+    this.inFlight++;
+    this.lastSent = Date.now();
     this.qemu.write(chunk);
   }
 

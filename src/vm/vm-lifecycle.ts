@@ -131,7 +131,8 @@ export class VmLifecycle {
       vmgenid: vm.vmgenid,
       // Record/replay counts instructions: TCG only.
       accel: record ? "tcg" : this.core.d.accel.accel,
-      paths: l,
+      // A recording's agent socket is the recorder's pacing relay (src/recording/paced-pipe.ts); QEMU's is behind it.
+      paths: record ? { ...l, agentSocket: record.agentSocket } : l,
       diskFiles: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
     };
   }

@@ -82,7 +82,7 @@ export interface StartOptions {
   /** Leave the guest paused at its first instruction. */
   paused?: boolean | undefined;
   /** Record this run (src/recording): QEMU, under TCG with icount, writes every non-deterministic input to `logFile`. */
-  record?: { logFile: string } | undefined;
+  record?: { logFile: string; agentSocket: string } | undefined;
 }
 
 export interface RemovalReport {

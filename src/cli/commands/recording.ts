@@ -5,7 +5,7 @@ import { printJson, printTable, withSpinner } from "../output.ts";
 import { enc, positiveInt, writableOutput } from "./common.ts";
 
 type Rec = Record<string, unknown> & { name: string; vm: string; state: string; durationMs: number | null; storedBytes: number | null; rawBytes: number | null; logKbps: number | null; rawKbps: number | null; instructions: number | null; generation: number; qemu: { version: string; sha256: string } };
-type Replay = { recording: string; reachedIcount: number; targetIcount: number; verified: { serial: boolean; memory: boolean; deterministic: boolean } | null; serialBytes: number; serialTail: string; elapsedMs: number; speed: number | null };
+type Replay = { recording: string; reachedIcount: number; targetIcount: number; verified: { serial: boolean; memory: boolean | null; deterministic: boolean } | null; serialBytes: number; serialTail: string; elapsedMs: number; speed: number | null };
 
 const mib = (b: number | null) => (b === null ? "-" : `${(b / 1048576).toFixed(2)} MiB`);
 const secs = (ms: number | null) => (ms === null ? "-" : `${(ms / 1000).toFixed(1)} s`);
@@ -16,7 +16,7 @@ function printReplay(r: Replay, showSerial: boolean): void {
   if (showSerial) process.stdout.write(`${r.serialTail}\n----\n`);
   process.stdout.write(`Replayed ${r.recording} to instruction ${r.reachedIcount} of ${r.targetIcount} in ${secs(r.elapsedMs)}${r.speed !== null ? ` (${r.speed}× real time)` : ""}; ${r.serialBytes} bytes of serial output\n`);
   if (r.verified) {
-    process.stdout.write(`  serial output: ${r.verified.serial ? "identical to the recording" : "DIFFERS from the recording"}\n  RAM at the end point: ${r.verified.memory ? "identical (sha256)" : "DIFFERS"}\n`);
+    process.stdout.write(`  serial output: ${r.verified.serial ? "identical to the recording" : "DIFFERS from the recording"}\n  RAM at the end point: ${r.verified.memory === null ? "not comparable (the guest powered off: the replay pauses a few instructions earlier)" : r.verified.memory ? "identical (sha256)" : "DIFFERS"}\n`);
     if (!r.verified.deterministic) process.exitCode = 1;
   }
 }
