@@ -60,6 +60,17 @@ function qemuPids(home: string): number[] {
       /* not jailed or not running */
     }
   }
+  // Replicas of recordings (src/recording/replica.ts) replaying when the test ended.
+  const rp = join(home, "rp");
+  if (existsSync(rp)) {
+    for (const id of readdirSync(rp)) {
+      try {
+        pids.push(Number.parseInt(readFileSync(join(rp, id, "jail.pid"), "utf8"), 10));
+      } catch {
+        /* gone */
+      }
+    }
+  }
   return pids.filter((p) => Number.isSafeInteger(p) && p > 1);
 }
 
