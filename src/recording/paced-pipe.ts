@@ -10,6 +10,24 @@ import { connect, createServer, type Server, type Socket } from "node:net";
 import { VigilError, messageOf, q } from "../errors.ts";
 
 export const PACE_MS = 20;
+/**
+ * Listens on the unix socket `path` for `what` (a stale one is removed) and restricts it to 0600 before anyone is
+ * told its name (umask-independent). Shared by the agent's pipe and the console relay of a recording.
+ */
+export async function listenPrivate(server: Server, path: string, what: string): Promise<void> {
+  rmSync(path, { force: true });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(path, () => resolve());
+    });
+    chmodSync(path, 0o600);
+  } catch (err) {
+    server.close();
+    throw new VigilError("VIGIL_HOST", `Cannot listen on ${q(path)} for ${what}: ${messageOf(err)}`);
+  }
+}
+
 /** Bytes queued towards the guest beyond this close the connection (an agent request is far smaller). */
 const MAX_QUEUED = 256 * 1024;
 
@@ -22,20 +40,10 @@ export class PacedPipe {
   ) {}
 
   static async listen(path: string, target: string): Promise<PacedPipe> {
-    rmSync(path, { force: true });
     const server = createServer();
     const pipe = new PacedPipe(server, path);
     server.on("connection", (client) => pipe.join(client, target));
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(path, () => resolve());
-      });
-      chmodSync(path, 0o600);
-    } catch (err) {
-      server.close();
-      throw new VigilError("VIGIL_HOST", `Cannot listen on ${q(path)} for the agent of a recording: ${messageOf(err)}`);
-    }
+    await listenPrivate(server, path, "the agent of a recording");
     return pipe;
   }
 

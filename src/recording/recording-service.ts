@@ -28,7 +28,7 @@ import { ensurePrivateDir } from "../host/private-dir.ts";
 import { QEMU_BINARY, resolveBinary } from "../host/qemu-process.ts";
 import type { VmRuntime } from "../host/vm-runtime.ts";
 import { guestRamBytes } from "../qemu/argv.ts";
-import type { DataRegistry } from "../provenance/data-registry.ts";
+import { sha256File, type DataRegistry } from "../provenance/data-registry.ts";
 import { runCommand } from "../util/run-command.ts";
 import { backingChain } from "../vm/jail-launch.ts";
 import type { VmRecord } from "../vm/vm-repository.ts";
@@ -38,7 +38,7 @@ import { diskFile } from "../vm/vm-view.ts";
 import { LogCompressor, expandLog } from "./log-store.ts";
 import { recordRefusals } from "./record-plan.ts";
 import { RecordingRepository, type RecordingMeta, type RecordingRow } from "./recording-repository.ts";
-import { Replica, hashGuestRam, sha256OfFile, sweepReplicas } from "./replica.ts";
+import { Replica, hashGuestRam, sweepReplicas } from "./replica.ts";
 import { SerialRelay } from "./serial-relay.ts";
 import { PacedPipe } from "./paced-pipe.ts";
 import { bisectCheck, type BisectResult } from "./bisect.ts";
@@ -110,7 +110,7 @@ export function currentQemuBuild(): Promise<{ version: string; sha256: string }>
   qemuBuild ??= (async () => {
     const bin = resolveBinary(QEMU_BINARY);
     const out = await runCommand(bin, ["--version"], { what: "Asking QEMU its version" });
-    return { version: out.stdout.split("\n")[0]!.trim(), sha256: sha256OfFile(bin) };
+    return { version: out.stdout.split("\n")[0]!.trim(), sha256: await sha256File(bin) };
   })();
   return qemuBuild;
 }
@@ -184,7 +184,7 @@ export class RecordingService {
         ensurePrivateDir(join(h.layout.dir, "recordings"));
         ensurePrivateDir(dir);
         const disks = await this.copyDisks(vm, h.layout.dir, h.layout.disksDir, dir);
-        const boot = vm.spec.boot.kind === "kernel" ? { kernelSha256: sha256OfFile(vm.spec.boot.kernel), initrdSha256: sha256OfFile(vm.spec.boot.initrd) } : null;
+        const boot = vm.spec.boot.kind === "kernel" ? { kernelSha256: await sha256File(vm.spec.boot.kernel), initrdSha256: await sha256File(vm.spec.boot.initrd) } : null;
         const meta: RecordingMeta = {
           vm: { id: vm.id, name: vm.name, generation: vm.generation, vmgenid: vm.vmgenid },
           qemu: await currentQemuBuild(), spec: vm.spec, boot, disks,
@@ -255,7 +255,7 @@ export class RecordingService {
       }
       const file = join(dir, `disk-${disk.name}.qcow2`);
       await runCommand("qemu-img", ["convert", "-q", "-c", "-f", "qcow2", "-O", "qcow2", top, file], { what: `Copying disk ${disk.name} for the recording` });
-      out.push({ name: disk.name, file, sha256: sha256OfFile(file), bytes: statSync(file).size });
+      out.push({ name: disk.name, file, sha256: await sha256File(file), bytes: statSync(file).size });
     }
     return out;
   }
@@ -387,7 +387,7 @@ export class RecordingService {
   async prepareExport(ctx: RequestContext, name: string): Promise<{ totalBytes: number; chunks: () => AsyncGenerator<Buffer> }> {
     const { rec, files } = await this.exportFiles(ctx, name);
     const m = rec.meta;
-    const listed = files.map((f) => ({ name: f.name, bytes: statSync(f.path).size, sha256: sha256OfFile(f.path) }));
+    const listed = await Promise.all(files.map(async (f) => ({ name: f.name, bytes: statSync(f.path).size, sha256: await sha256File(f.path) })));
     const manifest = Buffer.from(JSON.stringify({ format: 1, kind: "vigil-recording", name: rec.name, vm: m.vm, qemu: m.qemu, spec: m.spec, boot: m.boot, startedAt: m.startedAt, endedAt: m.endedAt, durationMs: m.durationMs, log: m.log && { sha256: m.log.sha256, storedBytes: m.log.storedBytes, rawBytes: m.log.rawBytes, header: m.log.header }, end: m.end, files: listed }, null, 2));
     const entry = (bytes: number) => 512 + bytes + padding(BigInt(bytes)).length;
     const totalBytes = entry(manifest.length) + listed.reduce((n, f) => n + entry(f.bytes), 0) + END.length;

@@ -6,7 +6,7 @@
  * there, where its RAM can be hashed or introspected and its serial output read.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { chownSync, closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from "node:fs";
+import { chownSync, closeSync, existsSync, readFileSync, readSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { VigilError, messageOf, q } from "../errors.ts";
 import type { Db } from "../inventory/db.ts";
@@ -18,28 +18,11 @@ import { buildArgv, guestRamBytes } from "../qemu/argv.ts";
 import { createOverlay } from "../qemu/qemu-img.ts";
 import { QmpClient } from "../qemu/qmp-client.ts";
 import { vmLayout, type VmLayout } from "../paths.ts";
+import { sha256File } from "../provenance/data-registry.ts";
 import { handOverFiles, planJail } from "../vm/jail-launch.ts";
 import type { VmRecord } from "../vm/vm-repository.ts";
 import { diskFile } from "../vm/vm-view.ts";
 import type { RecordingRow } from "./recording-repository.ts";
-
-/** sha256 of a file, streamed. */
-export function sha256OfFile(path: string): string {
-  const h = createHash("sha256");
-  const fd = openSync(path, "r");
-  try {
-    const buf = Buffer.alloc(1 << 20);
-    for (let pos = 0; ; ) {
-      const n = readSync(fd, buf, 0, buf.length, pos);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-      pos += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest("hex");
-}
 
 /** sha256 of a QEMU's whole guest RAM, read through its memfd (never a file): the digest of an end point. */
 export function hashGuestRam(pid: number, bytes: number): string {
@@ -89,7 +72,7 @@ export class Replica {
     if (rec.state !== "complete" || !meta.log || !meta.end) throw new VigilError("VIGIL_INVALID_STATE", `Recording ${q(rec.name)} is ${rec.state}: only a complete recording can be replayed`, { field: "recording" });
     if (meta.boot && meta.spec.boot.kind === "kernel") {
       for (const [file, want] of [[meta.spec.boot.kernel, meta.boot.kernelSha256], [meta.spec.boot.initrd, meta.boot.initrdSha256]] as const) {
-        if (!existsSync(file) || sha256OfFile(file) !== want) throw new VigilError("VIGIL_INVALID_STATE", `Cannot replay ${q(rec.name)}: ${q(file)} is not the file it booted (its sha256 changed or it is gone)`, { field: "recording" });
+        if (!existsSync(file) || (await sha256File(file)) !== want) throw new VigilError("VIGIL_INVALID_STATE", `Cannot replay ${q(rec.name)}: ${q(file)} is not the file it booted (its sha256 changed or it is gone)`, { field: "recording" });
       }
     }
     const id = randomUUID().slice(0, 8);

@@ -6,9 +6,10 @@
  * paced into the guest a few bytes at a time.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { VigilError, messageOf, q } from "../errors.ts";
+import { listenPrivate } from "./paced-pipe.ts";
 
 /**
  * Typed input is credited against what the guest shows it has read. Under record, QEMU takes bytes from the socket
@@ -75,20 +76,11 @@ export class SerialRelay {
   /** Connects to QEMU's serial socket (before the guest runs) and listens for console users at `relayPath` (0600). */
   static async open(qemuSerialSocket: string, relayPath: string, transcriptPath: string): Promise<SerialRelay> {
     const qemu = await connectWithRetry(qemuSerialSocket, 10_000);
-    rmSync(relayPath, { force: true });
     const server = createServer();
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        // umask-independent: the socket is made, then restricted before anyone is told its name.
-        server.listen(relayPath, () => resolve());
-      });
-      chmodSync(relayPath, 0o600);
-    } catch (err) {
+    await listenPrivate(server, relayPath, "the console of a recording").catch((err: unknown) => {
       qemu.destroy();
-      server.close();
-      throw new VigilError("VIGIL_HOST", `Cannot listen on ${q(relayPath)} for the console of a recording: ${messageOf(err)}`);
-    }
+      throw err;
+    });
     return new SerialRelay(qemu, server, relayPath, transcriptPath);
   }
 
