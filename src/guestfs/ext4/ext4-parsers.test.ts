@@ -99,7 +99,9 @@ test("extent trees over arbitrary blocks: sorted, disjoint, in-range runs, or an
         next = r.logical + r.count;
       }
     }),
-    { numRuns: 3000 },
+    // Seeded: "some trees map to runs" is a property of the sample, and an unlucky random sample (seen once in a
+    // full unit run) has none; the bounds above are checked on the same 3000 trees every run.
+    { numRuns: 3000, seed: 20261207 },
   );
   assert.ok(answered > 0, "some arbitrary trees map to runs");
 });
