@@ -23,6 +23,12 @@ export class VmRuntime {
    * watcher does not mistake a restored, possibly compromised state for a fresh boot. Unknown after a reattach.
    */
   loadedState: string | undefined;
+  /**
+   * Set (before the runtime hooks run) for a QEMU started under `-icount rr=record`. Its execution is what a
+   * recording replays: capabilities that would read it through HMP or pause it on their own schedule keep away and
+   * look at the replays instead (docs/recording.md, "The live IDS and a recording VM").
+   */
+  recording = false;
   /** Resolves when QEMU has exited (never when vigil merely detaches). */
   readonly exited: Promise<ExitReason>;
 

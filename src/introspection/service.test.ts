@@ -204,3 +204,27 @@ test("a watched guest whose agent never answers is reported once it has run long
   await new Promise((r) => setTimeout(r, 800));
   assert.equal(((await req(f, "ivy", "GET", "/v1/vms/target/findings?limit=10")).json as { recent: unknown[] }).recent.length, 1, "once per boot");
 });
+
+test("a recording QEMU is not watched live: no HMP reads, the watch says it records, a sweep is refused with why", async (t) => {
+  const f = await fixture(t, { settleMs: 10 });
+  assert.equal((await req(f, "ivy", "PUT", "/v1/vms/target/watch", { intervalMs: 250 })).status, 200);
+  const vm = await f.daemon.repo.update(f.vmId, { state: "running" });
+  const rt = await fakeRuntime(t, vm.spec.memoryMiB, true);
+  let hmp = 0;
+  const qmp = rt.qmp as unknown as { hmp: (cmd: string) => Promise<string> };
+  const real = qmp.hmp;
+  qmp.hmp = (cmd) => {
+    hmp++;
+    return real(cmd);
+  };
+  rt.recording = true;
+  f.daemon.deps.introspection.attach(vm, rt);
+  await new Promise((r) => setTimeout(r, 600));
+  assert.equal(hmp, 0, "nothing is sent to the recording QEMU");
+  const w = (await req(f, "ivy", "GET", "/v1/watches")).json as { watches: Array<{ status: string; problem: string | null }> };
+  assert.equal(w.watches[0]?.status, "recording");
+  assert.match(w.watches[0]?.problem ?? "", /checked through its recording/);
+  const r = await req(f, "ivy", "POST", "/v1/vms/target/introspect", {});
+  assert.equal(r.status, 409);
+  assert.match(JSON.stringify(r.json), /while it records/);
+});

@@ -89,8 +89,11 @@ export interface WatchStatus {
   noNewModules: boolean;
   startedBy: string;
   startedAt: string;
-  /** "watching": sweeping; "armed": the VM is not running (the watch starts with it); otherwise the watcher's status. */
-  status: "watching" | "armed" | LiveStatus;
+  /**
+   * "watching": sweeping; "armed": the VM is not running (the watch starts with it); "recording": it runs under
+   * record and is checked through its recording; otherwise the watcher's status.
+   */
+  status: "watching" | "armed" | "recording" | LiveStatus;
   sweeps: number;
   lastSweepAt: string | null;
   lastSweepMs: number | null;
@@ -254,6 +257,8 @@ function setPaused(w: LiveVm, paused: boolean): void {
 
 export class IntrospectionService {
   private readonly live = new Map<string, LiveVm>();
+  /** VMs whose QEMU runs under record: not watched live (see `attach`). */
+  private readonly recording = new Set<string>();
   private readonly configs = new Map<string, WatchConfig>();
   private readonly cache: KernelModelCache = new Map();
   /** Watch loops now running: close() lets a step in flight (an audit append, a containment) finish. */
@@ -296,6 +301,14 @@ export class IntrospectionService {
   readonly attach = (vm: VmRecord, rt: VmRuntime): void => {
     const old = this.live.get(vm.id);
     if (old) this.drop(old);
+    if (rt.recording) {
+      // No watcher on a recording QEMU: its HMP reads and pauses would be unrecorded work in the very process whose
+      // execution the log must reproduce. The checks run on the recording's replays instead (docs/recording.md).
+      this.recording.add(vm.id);
+      void rt.exited.then(() => this.recording.delete(vm.id));
+      return;
+    }
+    this.recording.delete(vm.id);
     const log = this.d.log.child({ vm: vm.name, component: "introspection" });
     const w: LiveVm = {
       vmId: vm.id,
@@ -668,6 +681,7 @@ export class IntrospectionService {
   // ---- operations ----------------------------------------------------------------------------------------
 
   private liveOf(vm: VmRecord): LiveVm {
+    if (this.recording.has(vm.id)) throw new VigilError("VIGIL_INVALID_STATE", `Cannot introspect VM ${q(vm.name)} while it records: the checks run on its recording (vigil recording bisect, after vm stop)`);
     const w = this.live.get(vm.id);
     if (!w || w.gone) throw new VigilError("VIGIL_INVALID_STATE", `Cannot introspect VM ${q(vm.name)}: vigil has no connection to its QEMU (state ${vm.state})`);
     return w;
@@ -824,7 +838,8 @@ export class IntrospectionService {
     const config = this.configs.get(vm.id);
     const w = this.live.get(vm.id);
     const info = w?.watcher.baselineInfo;
-    const status: WatchStatus["status"] = !w || w.gone ? "armed" : w.loop && w.watcher.ready ? "watching" : w.status;
+    const recording = this.recording.has(vm.id);
+    const status: WatchStatus["status"] = recording ? "recording" : !w || w.gone ? "armed" : w.loop && w.watcher.ready ? "watching" : w.status;
     return {
       vm: vm.name,
       intervalMs: config?.intervalMs ?? 0,
@@ -839,7 +854,7 @@ export class IntrospectionService {
       lastSweepMs: w?.lastSweepMs ?? null,
       activeFindings: w?.loop ? w.watcher.tracker.active().length : 0,
       baseline: info ? { source: info.source, takenAt: info.takenAt } : null,
-      problem: w?.problem ?? null,
+      problem: recording ? "the VM records: it is checked through its recording, not live" : (w?.problem ?? null),
     };
   }
 

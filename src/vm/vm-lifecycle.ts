@@ -213,6 +213,7 @@ export class VmLifecycle {
       pid = started.pid;
       mark("qmp socket open");
       const rt = await VmRuntime.attach(vm.id, pid, l, d.log, started.exited);
+      rt.recording = options.record !== undefined;
       this.supervisor.adopt(vm, rt);
       if (!incoming) {
         for (const hook of this.beforeContHooks) await hook(vm, rt);

@@ -58,7 +58,7 @@ const WatchStatusSchema = z
     noNewModules: z.boolean().openapi({ description: "Any module loaded after this boot's baseline is a high finding (module-loaded)" }),
     startedBy: z.string(),
     startedAt: z.string(),
-    status: z.enum(["watching", "armed", "waiting-for-agent", "baselining", "ready", "no-baseline", "error"]),
+    status: z.enum(["watching", "armed", "recording", "waiting-for-agent", "baselining", "ready", "no-baseline", "error"]),
     sweeps: z.number(),
     lastSweepAt: z.string().nullable(),
     lastSweepMs: z.number().nullable(),
