@@ -49,6 +49,9 @@ export function vmLayout(vmsDir: string, uuid: string, sharedStorage?: string) {
     serialSocket: join(run, "serial.sock"),
     agentSocket: join(run, "agent.sock"),
     vtimeSocket: join(run, "vtime.sock"),
+    /** A recording's UARTs are QEMU `pipe` chardevs: FIFOs `<base>.in` (towards the guest) and `<base>.out` (src/host/fifo.ts). */
+    serialPipe: join(run, "serial-rr"),
+    agentPipe: join(run, "agent-rr"),
     pidFile: join(run, "qemu.pid"),
     qemuLog: join(run, "qemu.log"),
     consoleLog: join(dir, "console.log"),

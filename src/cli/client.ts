@@ -170,7 +170,8 @@ export function call<T = unknown>(method: string, path: string, body?: unknown, 
     const headers: Record<string, string> = { accept: "application/json" };
     if (options.requestId) headers["x-request-id"] = options.requestId;
     if (payload !== undefined) headers["content-type"] = "application/json";
-    send(
+    const attempt = (retry: boolean): void => {
+    const req = send(
       target,
       baseOptions(target, method, path, headers),
       payload,
@@ -192,8 +193,16 @@ export function call<T = unknown>(method: string, path: string, body?: unknown, 
           reject(apiError(text, status, target));
         });
       },
-      (err) => reject(unreachable(target, err as NodeJS.ErrnoException)),
+      (err) => {
+        // A pooled keep-alive socket the daemon closed while it sat idle fails on first use, before the daemon
+        // read anything: sending once more on a fresh socket is safe (and what Node's http docs advise).
+        const code = (err as NodeJS.ErrnoException).code;
+        if (retry && req.reusedSocket && (code === "EPIPE" || code === "ECONNRESET")) return attempt(false);
+        reject(unreachable(target, err as NodeJS.ErrnoException));
+      },
     );
+    };
+    attempt(true);
   });
 }
 

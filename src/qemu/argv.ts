@@ -25,7 +25,7 @@ export interface LaunchPlan {
   uuid: string;
   vmgenid: string;
   accel: Accelerator;
-  paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "pidFile" | "consoleLog">;
+  paths: Pick<VmLayout, "qmpSocket" | "serialSocket" | "agentSocket" | "vtimeSocket" | "serialPipe" | "agentPipe" | "pidFile" | "consoleLog">;
   /** Path of each disk's own (writable) image, by disk name. */
   diskFiles: Record<string, string>;
   /**
@@ -133,13 +133,19 @@ export function buildArgv(plan: LaunchPlan): string[] {
     "-pidfile", paths.pidFile,
     "-chardev", opts("socket", [["id", "qmp"], ["path", paths.qmpSocket], ["server", "on"], ["wait", "off"]]),
     "-mon", "chardev=qmp,mode=control",
-    "-chardev", opts("socket", [["id", "serial0"], ["path", paths.serialSocket], ["server", "on"], ["wait", "off"], ["logfile", paths.consoleLog], ["logappend", "on"]]),
+    // A recording's UARTs are FIFOs, not sockets: a write that fails for want of buffer space makes QEMU retry from
+    // the host's event loop, unrecorded, and the replay diverges (src/host/fifo.ts). A replay's writes are taken
+    // from the log, so its sockets are fine.
+    "-chardev", plan.rr?.mode === "record"
+      ? opts("pipe", [["id", "serial0"], ["path", paths.serialPipe], ["logfile", paths.consoleLog], ["logappend", "on"]])
+      : opts("socket", [["id", "serial0"], ["path", paths.serialSocket], ["server", "on"], ["wait", "off"], ["logfile", paths.consoleLog], ["logappend", "on"]]),
     "-serial", "chardev:serial0",
     "-device", opts("vmgenid", [["id", "vmgenid0"], ["guid", plan.vmgenid]]),
   ];
 
   if (plan.rr && spec.agent) {
-    argv.push("-chardev", opts("socket", [["id", "agent0"], ["path", paths.agentSocket], ["server", "on"], ["wait", "off"]]), "-serial", "chardev:agent0");
+    const agent = plan.rr.mode === "record" ? opts("pipe", [["id", "agent0"], ["path", paths.agentPipe]]) : opts("socket", [["id", "agent0"], ["path", paths.agentSocket], ["server", "on"], ["wait", "off"]]);
+    argv.push("-chardev", agent, "-serial", "chardev:agent0");
   }
   const channels = plan.rr
     ? []
@@ -197,7 +203,11 @@ export function buildArgv(plan: LaunchPlan): string[] {
       // vhost=off: /dev/vhost-net is not in the jail, and QEMU may not open anything itself.
       netdev = opts("tap", [["id", nic.name], ["fd", fd], ["vhost", "off"]]);
     }
-    argv.push("-netdev", netdev, "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac]]));
+    // tx=timer under record/replay: QEMU 7.2 flushes a virtio-net TX queue from a bottom half scheduled on the host's
+    // event loop — unrecorded, so the guest sees the ring change at another instruction in the replay and the
+    // replay diverges (upstream made that bottom half a replayed event only after 7.2). The TX timer runs on the
+    // virtual clock, which icount makes deterministic. Record and replay must build the same device.
+    argv.push("-netdev", netdev, "-device", opts("virtio-net-pci", [["id", `${nic.name}-dev`], ["netdev", nic.name], ["mac", nic.mac], ["tx", plan.rr ? "timer" : undefined]]));
     if (plan.rr) argv.push("-object", opts("filter-replay", [["id", `${nic.name}-rr`], ["netdev", nic.name]]));
   }
   if (plan.incoming === "defer") argv.push("-incoming", "defer");

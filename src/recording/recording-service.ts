@@ -193,12 +193,11 @@ export class RecordingService {
         };
         const rec = await this.repo.insert({ id, name: await this.repo.nextName(vm.name), vmId: vm.id, meta });
         rmSync(rawLog, { force: true });
-        const qemuAgentSocket = join(h.layout.runDir, "agent-rr.sock");
         await h.start({
-          record: { logFile: rawLog, agentSocket: qemuAgentSocket },
+          record: { logFile: rawLog },
           beforeCont: async (rt) => {
-            const relay = await SerialRelay.open(h.layout.serialSocket, join(h.layout.runDir, "console-rr.sock"), meta.serialFile);
-            const agentPipe = vm.spec.agent ? await PacedPipe.listen(h.layout.agentSocket, qemuAgentSocket).catch((err: unknown) => { relay.close(); throw err; }) : undefined;
+            const relay = await SerialRelay.open(h.layout.serialPipe, join(h.layout.runDir, "console-rr.sock"), meta.serialFile);
+            const agentPipe = vm.spec.agent ? await PacedPipe.listen(h.layout.agentSocket, h.layout.agentPipe).catch((err: unknown) => { relay.close(); throw err; }) : undefined;
             const compressor = LogCompressor.start(rawLog, join(dir, "log.zst"));
             active = { rec, rt, relay, agentPipe, compressor, rawLog, startedAt: Date.now(), end: null };
             this.active.set(vm.id, active);

@@ -1,14 +1,14 @@
 /**
- * The console of a recording VM. QEMU 7.2 replays a serial write to its backend only if a client was connected
- * when the recording made it, and it loses typed input beyond the UART's 16-byte FIFO (docs/recording.md). So for
- * a recording the daemon holds QEMU's serial socket for the whole run — every byte QEMU writes goes into the
- * transcript that a replay is compared with — and console users connect to this relay instead, whose input is
- * paced into the guest a few bytes at a time.
+ * The console of a recording VM. QEMU 7.2 loses typed input beyond the UART's 16-byte FIFO under record, and a
+ * recording's UART is a pair of FIFOs (src/host/fifo.ts: a socket that fills makes the replay diverge). So the
+ * daemon holds QEMU's serial FIFOs for the whole run — every byte QEMU writes goes into the transcript that a
+ * replay is compared with — and console users connect to this relay instead, whose input is paced into the guest a
+ * few bytes at a time.
  */
 import { createHash } from "node:crypto";
 import { closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
-import { connect, createServer, type Server, type Socket } from "node:net";
-import { VigilError, messageOf, q } from "../errors.ts";
+import { createServer, type Server, type Socket } from "node:net";
+import { openFifoReader, openFifoWriter, pipeEnds } from "../host/fifo.ts";
 import { listenPrivate } from "./paced-pipe.ts";
 
 /**
@@ -26,22 +26,8 @@ export const INPUT_IDLE_MS = 1000;
 const MAX_PENDING_INPUT = 64 * 1024;
 /** Console clients at once. */
 const MAX_CLIENTS = 4;
-
-function connectWithRetry(path: string, timeoutMs: number): Promise<Socket> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      const s = connect(path);
-      s.once("connect", () => resolve(s));
-      s.once("error", (err) => {
-        s.destroy();
-        if (Date.now() > deadline) reject(new VigilError("VIGIL_QEMU", `Cannot connect to the serial console ${q(path)}: ${messageOf(err)}`));
-        else setTimeout(attempt, 50).unref();
-      });
-    };
-    attempt();
-  });
-}
+/** A console client that has not read this much of the guest's output is cut off (the guest never waits for it). */
+export const MAX_CLIENT_BACKLOG = 1024 * 1024;
 
 export class SerialRelay {
   private readonly clients = new Set<Socket>();
@@ -56,32 +42,49 @@ export class SerialRelay {
   private lastSent = 0;
 
   private constructor(
-    private readonly qemu: Socket,
+    private readonly fromGuest: Socket,
+    private readonly toGuest: Socket,
     private readonly server: Server,
     readonly relayPath: string,
     readonly transcriptPath: string,
   ) {
     this.transcriptFd = openSync(transcriptPath, "a", 0o600);
-    qemu.on("data", (chunk: Buffer) => {
+    fromGuest.on("data", (chunk: Buffer) => {
       if (this.closed) return;
       writeSync(this.transcriptFd, chunk);
       this.written += chunk.length;
       this.inFlight = 0;
-      for (const c of this.clients) c.write(chunk);
+      for (const c of this.clients) {
+        if (c.writableLength > MAX_CLIENT_BACKLOG) c.destroy();
+        else c.write(chunk);
+      }
     });
-    qemu.on("error", () => undefined);
+    fromGuest.on("error", () => undefined);
+    toGuest.on("error", () => undefined); // QEMU exited: the recording ends through its exit
     server.on("connection", (c) => this.accept(c));
   }
 
-  /** Connects to QEMU's serial socket (before the guest runs) and listens for console users at `relayPath` (0600). */
-  static async open(qemuSerialSocket: string, relayPath: string, transcriptPath: string): Promise<SerialRelay> {
-    const qemu = await connectWithRetry(qemuSerialSocket, 10_000);
+  /**
+   * Opens QEMU's serial FIFOs at `pipeBase` (QEMU has started; the guest has not run) and listens for console users
+   * at `relayPath` (0600).
+   */
+  static async open(pipeBase: string, relayPath: string, transcriptPath: string): Promise<SerialRelay> {
+    const ends = pipeEnds(pipeBase);
+    const fromGuest = openFifoReader(ends.fromGuest);
+    let toGuest: Socket;
+    try {
+      toGuest = openFifoWriter(ends.toGuest);
+    } catch (err) {
+      fromGuest.destroy();
+      throw err;
+    }
     const server = createServer();
     await listenPrivate(server, relayPath, "the console of a recording").catch((err: unknown) => {
-      qemu.destroy();
+      fromGuest.destroy();
+      toGuest.destroy();
       throw err;
     });
-    return new SerialRelay(qemu, server, relayPath, transcriptPath);
+    return new SerialRelay(fromGuest, toGuest, server, relayPath, transcriptPath);
   }
 
   /** Bytes QEMU has written so far (all of them are in the transcript). */
@@ -124,7 +127,7 @@ export class SerialRelay {
     this.pendingBytes = all.length - 1;
     this.inFlight++;
     this.lastSent = Date.now();
-    this.qemu.write(chunk);
+    this.toGuest.write(chunk);
   }
 
   /** Resolves once no typed input is waiting. */
@@ -158,7 +161,8 @@ export class SerialRelay {
     clearInterval(this.timer);
     for (const c of this.clients) c.destroy();
     this.server.close();
-    this.qemu.destroy();
+    this.fromGuest.destroy();
+    this.toGuest.destroy();
     rmSync(this.relayPath, { force: true });
     closeSync(this.transcriptFd);
   }

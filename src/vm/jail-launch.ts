@@ -172,11 +172,11 @@ export function reclaimJailDirs(l: VmLayout): void {
 }
 
 /** Hands QEMU exactly the files it writes: its run dir (0700), console log and top disks (0600). Guest RAM is a memfd. */
-export function handOverFiles(vm: VmRecord, l: VmLayout, uid: number): void {
+export function handOverFiles(vm: VmRecord, l: VmLayout, uid: number, extra: readonly string[] = []): void {
   mkdirSync(jailRootDir(l), { recursive: true, mode: 0o700 });
   chownSync(l.runDir, uid, uid);
   chmodSync(l.runDir, 0o700);
-  for (const file of [l.consoleLog, ...vm.spec.disks.map((d) => diskFile(l.disksDir, d.name))]) {
+  for (const file of [l.consoleLog, ...vm.spec.disks.map((d) => diskFile(l.disksDir, d.name)), ...extra]) {
     if (!existsSync(file)) continue;
     chownSync(file, uid, uid);
     chmodSync(file, 0o600);

@@ -10,6 +10,7 @@ import { buildArgv, type LaunchPlan } from "../qemu/argv.ts";
 import { ensurePrivateDir, ensurePrivateFile, restrictToOwner } from "../host/private-dir.ts";
 import { QEMU_BINARY, isQemuOf, signal, startQemu, waitForExit } from "../host/qemu-process.ts";
 import { VmRuntime } from "../host/vm-runtime.ts";
+import { makeFifo, pipeEnds } from "../host/fifo.ts";
 import { consoleBackup } from "../host/console-log.ts";
 import { installLoopbackGuard } from "../host/loopback-guard.ts";
 import { checkJailAvailable, hostCgroupSpecs, jailEnabled, removeCgroups } from "../host/jail.ts";
@@ -131,8 +132,7 @@ export class VmLifecycle {
       vmgenid: vm.vmgenid,
       // Record/replay counts instructions: TCG only.
       accel: record ? "tcg" : this.core.d.accel.accel,
-      // A recording's agent socket is the recorder's pacing relay (src/recording/paced-pipe.ts); QEMU's is behind it.
-      paths: record ? { ...l, agentSocket: record.agentSocket } : l,
+      paths: l,
       diskFiles: Object.fromEntries(vm.spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])),
     };
   }
@@ -199,6 +199,9 @@ export class VmLifecycle {
       await eraseLegacyRamFile(core, vm);
       // Created here, empty and 0600, so that QEMU (which would create it 0644) fills a file only vigil's user can read.
       ensurePrivateFile(l.consoleLog);
+      // A recording's UARTs (qemu/argv.ts): the FIFOs exist, 0600 and handed to QEMU's uid, before QEMU opens them.
+      const fifos = options.record ? [l.serialPipe, ...(vm.spec.agent ? [l.agentPipe] : [])].flatMap((base) => Object.values(pipeEnds(base))) : [];
+      for (const f of fifos) await makeFifo(f);
       // Disks made by an older vigil (0644) are repaired here, before the guest writes to them again.
       for (const disk of vm.spec.disks) {
         const file = diskFile(l.disksDir, disk.name);
@@ -208,7 +211,7 @@ export class VmLifecycle {
       const taps = jailed ? await plugNics(core, vm) : [];
       const plan = this.launchPlan(vm, incoming, options.record);
       const jail = jailed ? await planJail(d.repo.db, vm, l, plan.accel, await this.places(vm), taps, (backing, tapFds) => buildArgv({ ...plan, backing, tapFds })) : undefined;
-      if (jail) handOverFiles(vm, l, jail.confinement.uid);
+      if (jail) handOverFiles(vm, l, jail.confinement.uid, fifos);
       const started = await startQemu(jail ? [] : buildArgv(plan), { qmpSocket: l.qmpSocket, pidFile: l.pidFile, qemuLog: l.qemuLog, sockets: [l.qmpSocket, l.serialSocket, l.agentSocket, l.vtimeSocket], jail });
       pid = started.pid;
       mark("qmp socket open");

@@ -81,8 +81,11 @@ export interface StartOptions {
   waitTimeoutMs?: number | undefined;
   /** Leave the guest paused at its first instruction. */
   paused?: boolean | undefined;
-  /** Record this run (src/recording): QEMU, under TCG with icount, writes every non-deterministic input to `logFile`. */
-  record?: { logFile: string; agentSocket: string } | undefined;
+  /**
+   * Record this run (src/recording): QEMU, under TCG with icount, writes every non-deterministic input to `logFile`;
+   * its UARTs are the FIFOs of the layout's `serialPipe`/`agentPipe`, made here, which the recorder serves.
+   */
+  record?: { logFile: string } | undefined;
 }
 
 export interface RemovalReport {

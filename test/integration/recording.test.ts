@@ -127,6 +127,7 @@ test("bisect finds the instruction window in which the guest wrote its syscall t
     return r && r.state !== "recording" ? r : undefined;
   }, 60_000, "the recording to finish");
   assert.equal(rec.state, "complete", rec.error ?? "");
+  t.diagnostic(`recorded ${rec.instructions} instructions; the exec ran in ${before}-${after}`);
 
   const b = d.cli("recording", "bisect", recName, "--check", "syscall-table", "--probes", "10", "--json");
   assert.equal(b.status, 0, b.stderr + b.stdout);

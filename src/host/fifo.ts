@@ -1,0 +1,42 @@
+/**
+ * Named pipes between the daemon and QEMU. A recording's serial ports are QEMU `pipe` chardevs (docs/recording.md,
+ * "Serial ports of a recording"): a FIFO holds 64 KiB of one-byte UART writes where a unix socket's send buffer
+ * holds a few hundred, so a daemon that is slow to read for a moment never makes QEMU's write fail with EAGAIN — the
+ * retry QEMU then schedules on the host's event loop is not recorded, and the replay diverges.
+ */
+import { constants, lstatSync, openSync, rmSync } from "node:fs";
+import { Socket } from "node:net";
+import { VigilError, messageOf, q } from "../errors.ts";
+import { runCommand } from "../util/run-command.ts";
+
+/** Makes a FIFO (0600) at `path`, replacing whatever was left there. */
+export async function makeFifo(path: string): Promise<void> {
+  const st = lstatSync(path, { throwIfNoEntry: false });
+  if (st) rmSync(path, { force: true });
+  await runCommand("mkfifo", ["-m", "0600", path], { what: "mkfifo" });
+}
+
+/** The read end of the FIFO at `path`, as a stream (non-blocking: opening it never waits for a writer). */
+export function openFifoReader(path: string): Socket {
+  return new Socket({ fd: openFifo(path, constants.O_RDONLY), readable: true, writable: false });
+}
+
+/** The write end of the FIFO at `path`; it fails unless a reader (QEMU) has it open already. */
+export function openFifoWriter(path: string): Socket {
+  return new Socket({ fd: openFifo(path, constants.O_WRONLY), readable: false, writable: true });
+}
+
+function openFifo(path: string, mode: number): number {
+  const st = lstatSync(path, { throwIfNoEntry: false });
+  if (!st?.isFIFO()) throw new VigilError("VIGIL_HOST", `Cannot open ${q(path)}: it is not a FIFO`);
+  try {
+    return openSync(path, mode | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+  } catch (err) {
+    throw new VigilError("VIGIL_HOST", `Cannot open the FIFO ${q(path)}: ${messageOf(err)}`);
+  }
+}
+
+/** The two FIFOs of a QEMU `pipe` chardev at `base`: QEMU reads `<base>.in` and writes `<base>.out`. */
+export function pipeEnds(base: string): { toGuest: string; fromGuest: string } {
+  return { toGuest: `${base}.in`, fromGuest: `${base}.out` };
+}
