@@ -9,8 +9,8 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { constants, createReadStream, createWriteStream, rmSync, writeFileSync, type WriteStream } from "node:fs";
-import { open, stat, type FileHandle } from "node:fs/promises";
+import { createReadStream, createWriteStream, rmSync, writeFileSync, type WriteStream } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VigilError, q } from "../errors.ts";
 import { ZSTD, boundedDecompressor } from "../storage/bundle/zstd.ts";
@@ -265,33 +265,36 @@ export interface FollowerOptions {
 }
 
 /**
- * Feeds a replaying QEMU (`rr=replay,rrfile=<fifo>`) the log another QEMU is still recording. QEMU 7.2 reads the
- * u32 version, then `fseek(HEADER_SIZE)`: on a FIFO that fails (ESPIPE) and glibc's stream stays just after the
- * version, so the follower writes the 4-byte version and then the body from raw offset 12 — NOT the 8 header bytes
- * after it, which the replay would take for events (measured: with them the replay diverges and never reaches its
- * break). Backpressure comes from the pipe: the copy runs as fast as the replay reads. It ends the FIFO once the
- * recording has finished (its header written) and everything is copied, or when the replay goes away (EPIPE).
+ * Feeds a replaying QEMU the log another QEMU is still recording, through a regular file of its own: a header with
+ * the version (the recording's own header is written only when it ends), then the body copied from raw offset 12
+ * as it grows. The replay must never reach the end of what is there — glibc's stdio keeps EOF once read, and QEMU
+ * then stops ("replay file is over") — so whoever runs it keeps it on a leash behind `stats().icount` (shadow.ts).
+ * A FIFO instead, which never ends, stalled the replay in 2 of 3 runs even on the leash (docs/recording.md).
+ * The copy ends once the recording has finished (its header written) and everything is copied.
  */
 export class LogFollower {
   private pos = HEADER_SIZE;
   private copied = 0;
   private stopped = false;
   private failure: VigilError | undefined;
-  private readerGone = false;
   private loop: Promise<void> | undefined;
   private readonly parser = new ReplayLogParser({ allowUnfinishedHeader: true, label: "followed log" });
   private waiters: { icount: bigint; resolve: (t: number) => void }[] = [];
 
-  private constructor(private readonly rawPath: string, private readonly fifoPath: string, private readonly options: FollowerOptions) {
+  private constructor(private readonly rawPath: string, private readonly outPath: string, private readonly options: FollowerOptions) {
     this.parser.feed(Buffer.alloc(HEADER_SIZE));
   }
 
-  /** Creates the FIFO (0600) if needed and starts copying once a replaying QEMU opens it. */
-  static async start(rawPath: string, fifoPath: string, options: FollowerOptions = {}): Promise<LogFollower> {
-    const st = await stat(fifoPath).catch(() => undefined);
-    if (!st) await runCommand("mkfifo", ["-m", "0600", fifoPath], { what: "mkfifo" });
-    else if (!st.isFIFO()) throw new VigilError("VIGIL_BAD_REQUEST", `Cannot follow into ${q(fifoPath)}: it exists and is not a FIFO`, { field: "fifo" });
-    const f = new LogFollower(rawPath, fifoPath, options);
+  /** Writes the header of `outPath` (a new file, 0600) and starts copying the raw log's body into it. */
+  static async start(rawPath: string, outPath: string, options: FollowerOptions = {}): Promise<LogFollower> {
+    const header = Buffer.alloc(HEADER_SIZE);
+    header.writeUInt32BE(options.version ?? REPLAY_VERSION);
+    try {
+      writeFileSync(outPath, header, { mode: 0o600, flag: "wx" });
+    } catch (err) {
+      throw new VigilError("VIGIL_HOST", `Cannot follow the log into ${q(outPath)}: ${(err as Error).message}`, { field: "follow" });
+    }
+    const f = new LogFollower(rawPath, outPath, options);
     f.loop = f.run();
     return f;
   }
@@ -301,8 +304,8 @@ export class LogFollower {
     return this.pos;
   }
 
-  stats(): { copiedBytes: number; icount: bigint; readerGone: boolean } {
-    return { copiedBytes: this.copied, icount: this.parser.instructions, readerGone: this.readerGone };
+  stats(): { copiedBytes: number; icount: bigint } {
+    return { copiedBytes: this.copied, icount: this.parser.instructions };
   }
 
   /** Resolves with Date.now() at the moment the copied log first reached `icount` instructions. */
@@ -316,10 +319,7 @@ export class LogFollower {
     let out: FileHandle | undefined;
     let raw: FileHandle | undefined;
     try {
-      out = await open(this.fifoPath, "w"); // blocks (in the thread pool) until the replay opens its rrfile
-      const version = Buffer.alloc(4);
-      version.writeUInt32BE(this.options.version ?? REPLAY_VERSION);
-      await out.write(version);
+      out = await open(this.outPath, "a");
       const buf = Buffer.alloc(READ_CHUNK);
       while (!this.stopped) {
         raw ??= await open(this.rawPath, "r").catch((err: NodeJS.ErrnoException) => {
@@ -349,9 +349,7 @@ export class LogFollower {
         await sleep(poll);
       }
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === "EPIPE") this.readerGone = true;
-      else if (err instanceof VigilError) this.failure = err;
+      if (err instanceof VigilError) this.failure = err;
       else this.failure = new VigilError("VIGIL_HOST", `Cannot follow the replay log ${q(this.rawPath)}: ${(err as Error).message}`, { cause: err });
     } finally {
       await raw?.close();
@@ -359,19 +357,15 @@ export class LogFollower {
     }
   }
 
-  /** Resolves when the follower ended the FIFO (recording finished and fully copied, or the replay went away). */
+  /** Resolves when the copy ended (the recording finished and is fully copied, or `close()`). */
   async done(): Promise<void> {
     await this.loop;
     if (this.failure) throw this.failure;
   }
 
-  /** Stops copying now and closes the FIFO (the replay then reads EOF). */
+  /** Stops copying now. */
   async close(): Promise<void> {
-    if (this.stopped) return this.loop;
     this.stopped = true;
-    // A follower still waiting for its reader: opening the FIFO for reading ourselves releases the blocked open.
-    const unblock = await open(this.fifoPath, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined);
     await this.loop;
-    await unblock?.close();
   }
 }

@@ -3,6 +3,7 @@
  * its end point, the disks at its start — is one JSON document (`RecordingMeta`), because it is written once when
  * the recording ends and always read whole (`vigil recording show`).
  */
+import type { ShadowStatus } from "./shadow.ts";
 import type { Kysely } from "kysely";
 import type { Database, RecordingsTable } from "../inventory/schema.ts";
 import type { VmSpec } from "../vm/spec.ts";
@@ -41,6 +42,8 @@ export interface RecordingMeta {
   /** The serial transcript (everything QEMU wrote to the console while recording), for comparison with a replay. */
   serialFile: string;
   error: string | null;
+  /** With `--shadow`: what the trailing replica checked, its lag and what it found (shadow.ts), as at the end. */
+  shadow?: ShadowStatus | null;
 }
 
 export interface RecordingRow {

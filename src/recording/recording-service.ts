@@ -39,7 +39,8 @@ import { LogCompressor, expandLog } from "./log-store.ts";
 import { recordRefusals } from "./record-plan.ts";
 import { RecordingRepository, type RecordingMeta, type RecordingRow } from "./recording-repository.ts";
 import { Replica, hashGuestRam, sweepReplicas } from "./replica.ts";
-import { SerialRelay } from "./serial-relay.ts";
+import { SerialRelay, type GateStatus } from "./serial-relay.ts";
+import { Shadow, type ShadowStatus } from "./shadow.ts";
 import { PacedPipe } from "./paced-pipe.ts";
 import { bisectCheck, type BisectResult } from "./bisect.ts";
 
@@ -102,6 +103,7 @@ interface Active {
   rawLog: string;
   startedAt: number;
   end: RecordingMeta["end"];
+  shadow: Shadow | undefined;
 }
 
 let qemuBuild: Promise<{ version: string; sha256: string }> | undefined;
@@ -168,8 +170,9 @@ export class RecordingService {
   // ---- recording ---------------------------------------------------------------------------------------------
 
   /** `vigil vm start VM --record`: refuses what QEMU cannot record before anything is made. */
-  async startRecording(ctx: RequestContext, name: string, options: { wait?: boolean | undefined; waitTimeoutMs?: number | undefined } = {}): Promise<{ vm: VmView; recording: RecordingView }> {
-    const result = await this.d.vms.operate(ctx, name, { action: "recording.start", permission: "vm.control", details: { wait: options.wait ?? false } }, async (h) => {
+  async startRecording(ctx: RequestContext, name: string, options: { wait?: boolean | undefined; waitTimeoutMs?: number | undefined; shadow?: boolean | undefined; gateOutput?: boolean | undefined } = {}): Promise<{ vm: VmView; recording: RecordingView }> {
+    if (options.gateOutput && !options.shadow) throw new VigilError("VIGIL_BAD_REQUEST", "gateOutput: the output gate waits for the shadow's checks; it needs shadow as well", { field: "gateOutput" });
+    const result = await this.d.vms.operate(ctx, name, { action: "recording.start", permission: "vm.control", details: { wait: options.wait ?? false, shadow: options.shadow ?? false, gateOutput: options.gateOutput ?? false } }, async (h) => {
       const vm = h.vm;
       if (vm.state !== "stopped" && vm.state !== "crashed") throw new VigilError("VIGIL_INVALID_STATE", `Cannot record VM ${q(vm.name)}: it is ${vm.state}; a recording starts from a stopped VM (its first instruction)`, { field: "state" });
       const refusals = recordRefusals(vm.spec);
@@ -198,13 +201,16 @@ export class RecordingService {
           beforeCont: async (rt) => {
             const relay = await SerialRelay.open(h.layout.serialPipe, join(h.layout.runDir, "console-rr.sock"), meta.serialFile);
             const agentPipe = vm.spec.agent ? await PacedPipe.listen(h.layout.agentSocket, h.layout.agentPipe).catch((err: unknown) => { relay.close(); throw err; }) : undefined;
-            const compressor = LogCompressor.start(rawLog, join(dir, "log.zst"));
-            active = { rec, rt, relay, agentPipe, compressor, rawLog, startedAt: Date.now(), end: null };
+            // With a shadow, the raw log is freed only behind what its follower has copied.
+            const compressor = LogCompressor.start(rawLog, join(dir, "log.zst"), options.shadow ? { punchLimit: () => active?.shadow?.rawOffset ?? 0 } : {});
+            active = { rec, rt, relay, agentPipe, compressor, rawLog, startedAt: Date.now(), end: null, shadow: undefined };
             this.active.set(vm.id, active);
             this.d.vms.setConsoleRelay(vm.id, relay.relayPath);
             this.follow(vm, rt, active);
           },
         });
+        // The shadow starts once the recording runs: its replica reads the first event while it starts.
+        if (options.shadow && active) this.startShadow(vm, rec, active, options.gateOutput ?? false);
         return rec;
       } catch (err) {
         if (active) {
@@ -223,6 +229,49 @@ export class RecordingService {
     if (options.wait && result.meta.spec.agent) await this.d.vms.pingAgent(ctx, name, 1).catch(async () => this.waitAgent(ctx, name, options.waitTimeoutMs ?? 180_000));
     const vm = await this.d.vms.show(ctx, name);
     return { vm, recording: this.view((await this.repo.get(result.id))!) };
+  }
+
+  /** `--shadow`: a replica trails the recording and runs the IDS checks on its RAM (shadow.ts). */
+  private startShadow(vm: VmRecord, rec: RecordingRow, a: Active, gateOutput: boolean): void {
+    const log = this.d.log.child({ vm: vm.name, recording: rec.name, component: "shadow" });
+    const live = async () => (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount;
+    // The shadow's baseline waits for the guest to have booted: where the live VM was when its agent first answered.
+    let agentAt: number | undefined;
+    if (vm.spec.agent) void this.agentAnswered(a).then(async (ok) => (agentAt = ok ? await live().catch(() => undefined) : undefined));
+    if (gateOutput) a.relay.gate(async () => (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount);
+    a.shadow = Shadow.start({
+      rawLog: a.rawLog,
+      launch: (follow) => Replica.launch(this.replicaDeps(), vm, rec, follow),
+      liveIcount: live,
+      ...(vm.spec.agent ? { baselineFrom: () => agentAt } : {}),
+      onChecked: (icount) => a.relay.release(icount),
+      onFinding: async (f, icount) => {
+        // Containment: console output written after the finding stays held (the transcript keeps all of it).
+        if (gateOutput) a.relay.hold(`the shadow found ${f.check} at instruction ${icount}`);
+        await this.d.audit.append({
+          actor: SYSTEM_ACTOR.name,
+          action: "ids.finding",
+          target: { kind: "vm", id: vm.id, name: vm.name },
+          result: "ok",
+          details: { sweep: null, check: f.check, severity: f.severity, message: f.message, evidence: f.evidence, policy: gateOutput ? "gate-output" : "alert", shadow: { recording: rec.name, icount } },
+        });
+      },
+      log,
+    });
+  }
+
+  /** Resolves true once the recording VM's agent answers (1 s settled, like the live IDS), false if it ends first. */
+  private async agentAnswered(a: Active): Promise<boolean> {
+    while (this.active.get(a.rec.vmId) === a) {
+      try {
+        await (await a.rt.agentClient()).ping(3000);
+        await new Promise((r) => setTimeout(r, 1000));
+        return true;
+      } catch {
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+    return false;
   }
 
   private async waitAgent(ctx: RequestContext, name: string, timeoutMs: number): Promise<void> {
@@ -301,7 +350,7 @@ export class RecordingService {
     this.d.vms.setConsoleRelay(vm.id, undefined);
     a.relay.close();
     a.agentPipe?.close();
-    const meta = a.rec.meta;
+    const meta: RecordingMeta = { ...a.rec.meta, ...(a.shadow ? { shadow: await a.shadow.stop() } : {}) };
     let log: RecordingMeta["log"] = null;
     let error: string | null = null;
     try {
@@ -353,13 +402,14 @@ export class RecordingService {
     return { rec, vm };
   }
 
-  async show(ctx: RequestContext, name: string): Promise<RecordingView & { files: string[]; end: RecordingMeta["end"]; log: RecordingMeta["log"]; live: { icount: number; rawBytes: number; storedBytes: number } | null }> {
+  async show(ctx: RequestContext, name: string): Promise<RecordingView & { shadow: ShadowStatus | null; files: string[]; end: RecordingMeta["end"]; log: RecordingMeta["log"]; live: { icount: number; rawBytes: number; storedBytes: number; gate: GateStatus | null } | null }> {
     const { rec } = await this.find(ctx, name, "recording.show");
     // While it records: where it is (the instruction count QEMU is at) and how much log it has written.
     const a = this.active.get(rec.vmId);
     const stats = a?.compressor.stats();
-    const live = a && stats && a.rec.id === rec.id ? { icount: (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount, rawBytes: stats.rawBytes, storedBytes: stats.storedBytes } : null;
-    return { ...this.view(rec), files: [rec.meta.log?.file, rec.meta.serialFile, ...rec.meta.disks.map((x) => x.file)].filter((f): f is string => !!f), end: rec.meta.end, log: rec.meta.log, live };
+    const mine = a && a.rec.id === rec.id ? a : undefined;
+    const live = mine && stats ? { icount: (await mine.rt.qmp.execute<{ icount: number }>("query-replay")).icount, rawBytes: stats.rawBytes, storedBytes: stats.storedBytes, gate: mine.relay.gateStatus() } : null;
+    return { ...this.view(rec), shadow: mine?.shadow?.status() ?? rec.meta.shadow ?? null, files: [rec.meta.log?.file, rec.meta.serialFile, ...rec.meta.disks.map((x) => x.file)].filter((f): f is string => !!f), end: rec.meta.end, log: rec.meta.log, live };
   }
 
   async delete(ctx: RequestContext, name: string): Promise<{ deleted: string; files: number }> {

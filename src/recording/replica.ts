@@ -66,10 +66,14 @@ export class Replica {
     private readonly jailed: boolean,
   ) {}
 
-  /** Boots a replica of `rec` (of VM `vm`), paused before its first instruction. */
-  static async launch(deps: ReplicaDeps, vm: VmRecord, rec: RecordingRow): Promise<Replica> {
+  /**
+   * Boots a replica of `rec` (of VM `vm`), paused before its first instruction. With `follow`, the replica trails
+   * a recording still in progress (shadow.ts): `follow` makes its log file and keeps appending the recording's log
+   * to it; otherwise it replays the complete recording's stored log.
+   */
+  static async launch(deps: ReplicaDeps, vm: VmRecord, rec: RecordingRow, follow?: (fifo: string) => Promise<void>): Promise<Replica> {
     const meta = rec.meta;
-    if (rec.state !== "complete" || !meta.log || !meta.end) throw new VigilError("VIGIL_INVALID_STATE", `Recording ${q(rec.name)} is ${rec.state}: only a complete recording can be replayed`, { field: "recording" });
+    if (!follow && (rec.state !== "complete" || !meta.log || !meta.end)) throw new VigilError("VIGIL_INVALID_STATE", `Recording ${q(rec.name)} is ${rec.state}: only a complete recording can be replayed`, { field: "recording" });
     if (meta.boot && meta.spec.boot.kind === "kernel") {
       for (const [file, want] of [[meta.spec.boot.kernel, meta.boot.kernelSha256], [meta.spec.boot.initrd, meta.boot.initrdSha256]] as const) {
         if (!existsSync(file) || (await sha256File(file)) !== want) throw new VigilError("VIGIL_INVALID_STATE", `Cannot replay ${q(rec.name)}: ${q(file)} is not the file it booted (its sha256 changed or it is gone)`, { field: "recording" });
@@ -88,7 +92,8 @@ export class Replica {
       const spec = { ...meta.spec, disks: meta.spec.disks.map((d) => ({ name: d.name })) };
       for (const d of meta.disks) await createOverlay(diskFile(l.disksDir, d.name), d.file);
       const logFile = join(l.runDir, "replay.log");
-      await deps.expandLog(rec, logFile);
+      if (follow) await follow(logFile);
+      else await deps.expandLog(rec, logFile);
       const plan = { spec, uuid: vm.id, vmgenid: meta.vm.vmgenid, accel: "tcg" as const, paths: l, diskFiles: Object.fromEntries(spec.disks.map((d) => [d.name, diskFile(l.disksDir, d.name)])), rr: { mode: "replay" as const, logFile } };
       let jail: { binary: string; argv: readonly string[]; pidFile: string } | undefined;
       if (jailed) {
@@ -112,6 +117,13 @@ export class Replica {
   /** Whether the replica paused at the guest's power-off (shutdown=pause): it cannot go further. */
   async atShutdown(): Promise<boolean> {
     return (await this.qmp.execute<{ status: string }>("query-status")).status === "shutdown";
+  }
+
+  /** Calls `listener` when the replayed guest resets (reboots). */
+  onReset(listener: () => void): void {
+    this.qmp.onEvent((e) => {
+      if (e.event === "RESET") listener();
+    });
   }
 
   /** The instruction count the replica is at. */

@@ -49,3 +49,39 @@ test("the serial relay drains QEMU's FIFO whatever its console clients do: nothi
   await closed;
   assert.ok(received < total, `the lazy client got ${received} of ${total} bytes before it was cut off`);
 });
+
+test("the output gate shows console users the guest's output only once the shadow has checked past it, and shuts for good on a finding", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "vigil-gate-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const qemu = await fakeQemuPipe(t, join(dir, "serial-rr"));
+  const relay = await SerialRelay.open(join(dir, "serial-rr"), join(dir, "console.sock"), join(dir, "serial.out"));
+  t.after(() => relay.close());
+  let live = 1000;
+  relay.gate(async () => live);
+  const user = connect(join(dir, "console.sock"));
+  await new Promise((r) => user.once("connect", r));
+  t.after(() => user.destroy());
+  let shown = "";
+  user.on("data", (d: Buffer) => (shown += d.toString()));
+  const settle = () => new Promise((r) => setTimeout(r, 100));
+
+  qemu.output.write("first ");
+  await settle();
+  assert.equal(shown, "", "held until checked");
+  assert.equal(relay.bytes, 6, "the transcript has it at once");
+  relay.release(999);
+  await settle();
+  assert.equal(shown, "", "checked to just before it: still held");
+  relay.release(1000);
+  await settle();
+  assert.equal(shown, "first ");
+
+  live = 2000;
+  qemu.output.write("second");
+  await settle();
+  relay.hold("the shadow found syscall-table at instruction 1500");
+  relay.release(5000);
+  await settle();
+  assert.equal(shown, "first ", "a finding shuts the gate");
+  assert.deepEqual(relay.gateStatus(), { heldBytes: 6, releasedIcount: 5000, shut: "the shadow found syscall-table at instruction 1500", droppedBytes: 0 });
+});

@@ -28,6 +28,19 @@ const MAX_PENDING_INPUT = 64 * 1024;
 const MAX_CLIENTS = 4;
 /** A console client that has not read this much of the guest's output is cut off (the guest never waits for it). */
 export const MAX_CLIENT_BACKLOG = 1024 * 1024;
+/** Output held by the gate beyond this is not shown to console users at all (the transcript still has it). */
+const MAX_HELD = 4 * 1024 * 1024;
+
+/** The output gate of `--gate-output` (docs/recording.md, "Shadow"). */
+export interface GateStatus {
+  /** Bytes written by the guest that console users have not been shown yet. */
+  heldBytes: number;
+  /** The shadow has checked up to here: output written before it has been released. */
+  releasedIcount: number;
+  /** Why the gate is shut for good (a finding), or null. */
+  shut: string | null;
+  droppedBytes: number;
+}
 
 export class SerialRelay {
   private readonly clients = new Set<Socket>();
@@ -40,6 +53,13 @@ export class SerialRelay {
   /** Bytes typed since the guest last wrote something, and when the last one went. */
   private inFlight = 0;
   private lastSent = 0;
+  /** With the output gate: where the live VM was when each chunk arrived (stamped asynchronously), in order. */
+  private stamp: (() => Promise<number>) | undefined;
+  private held: { icount: number | undefined; chunk: Buffer }[] = [];
+  private heldBytes = 0;
+  private droppedBytes = 0;
+  private releasedIcount = 0;
+  private shut: string | null = null;
 
   private constructor(
     private readonly fromGuest: Socket,
@@ -54,10 +74,8 @@ export class SerialRelay {
       writeSync(this.transcriptFd, chunk);
       this.written += chunk.length;
       this.inFlight = 0;
-      for (const c of this.clients) {
-        if (c.writableLength > MAX_CLIENT_BACKLOG) c.destroy();
-        else c.write(chunk);
-      }
+      if (this.stamp) this.holdChunk(chunk, this.stamp);
+      else this.show(chunk);
     });
     fromGuest.on("error", () => undefined);
     toGuest.on("error", () => undefined); // QEMU exited: the recording ends through its exit
@@ -85,6 +103,64 @@ export class SerialRelay {
       throw err;
     });
     return new SerialRelay(fromGuest, toGuest, server, relayPath, transcriptPath);
+  }
+
+  private show(chunk: Buffer): void {
+    for (const c of this.clients) {
+      if (c.writableLength > MAX_CLIENT_BACKLOG) c.destroy();
+      else c.write(chunk);
+    }
+  }
+
+  /**
+   * `--gate-output`: console users see the guest's output only once the shadow has checked the execution up to
+   * where it was written. `stamp` reads where the live VM is (after the chunk arrived: never too early).
+   */
+  gate(stamp: () => Promise<number>): void {
+    this.stamp = stamp;
+  }
+
+  private holdChunk(chunk: Buffer, stamp: () => Promise<number>): void {
+    if (this.heldBytes + chunk.length > MAX_HELD) {
+      this.droppedBytes += chunk.length;
+      return;
+    }
+    const entry: { icount: number | undefined; chunk: Buffer } = { icount: undefined, chunk };
+    this.held.push(entry);
+    this.heldBytes += chunk.length;
+    void stamp().then(
+      (n) => {
+        entry.icount = n;
+        this.flush();
+      },
+      () => (entry.icount = Number.MAX_SAFE_INTEGER), // cannot tell where: never released
+    );
+  }
+
+  /** The shadow has checked up to `icount`. */
+  release(icount: number): void {
+    this.releasedIcount = Math.max(this.releasedIcount, icount);
+    this.flush();
+  }
+
+  /** Shuts the gate for good: nothing more is shown (a finding; the operator decides what happens to the VM). */
+  hold(reason: string): void {
+    this.shut ??= reason;
+  }
+
+  gateStatus(): GateStatus | null {
+    return this.stamp ? { heldBytes: this.heldBytes, releasedIcount: this.releasedIcount, shut: this.shut, droppedBytes: this.droppedBytes } : null;
+  }
+
+  private flush(): void {
+    if (this.shut !== null || this.closed) return;
+    while (this.held.length > 0) {
+      const first = this.held[0]!;
+      if (first.icount === undefined || first.icount > this.releasedIcount) return;
+      this.held.shift();
+      this.heldBytes -= first.chunk.length;
+      this.show(first.chunk);
+    }
   }
 
   /** Bytes QEMU has written so far (all of them are in the transcript). */

@@ -145,3 +145,50 @@ test("bisect finds the instruction window in which the guest wrote its syscall t
   const none = JSON.parse(d.cli("recording", "bisect", recName, "--check", "idt-base", "--probes", "4", "--json").stdout) as { found: boolean };
   assert.equal(none.found, false);
 });
+
+test("a shadow trails the recording, finds the syscall-table write a few seconds after it happened, and the output gate shuts", { timeout: 900_000, skip: RR_SKIP }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t);
+  t.after(() => void (process.env.VIGIL_TEST_LOG && writeFileSync(process.env.VIGIL_TEST_LOG, d.log())));
+  await d.api("POST", "/v1/vms", { name: "sh", memoryMiB: 128 });
+  const started = d.cli("vm", "start", "sh", "--record", "--shadow", "--gate-output", "--wait", "--timeout", "300", "--json");
+  assert.equal(started.status, 0, started.stderr);
+  const recName = (JSON.parse(started.stdout) as { recording: { name: string } }).recording.name;
+  type ShadowShown = { shadow: { state: string; checkedIcount: number; baselineAt: number | null; sweeps: number; lagMs: number | null; lagMedianMs: number | null; findings: { check: string; icount: number }[]; error: string | null } | null; live: { icount: number; gate: { shut: string | null; heldBytes: number } | null } | null };
+  const show = () => JSON.parse(d.cli("recording", "show", recName, "--json").stdout) as ShadowShown;
+  // The shadow has modelled the guest's kernel and swept it at least once.
+  // (pollFor retries through exceptions: a failed shadow is returned, then asserted.)
+  const ready = await pollFor(async () => {
+    const s = show().shadow;
+    return s && (s.state === "failed" || (s.baselineAt !== null && s.sweeps > 0)) ? s : undefined;
+  }, 300_000, "the shadow to baseline the guest and sweep it");
+  assert.notEqual(ready.state, "failed", ready.error ?? "");
+  assert.deepEqual(ready.findings, [], "nothing reported before the write (the baseline waited for the booted kernel)");
+  const before = show().live!.icount;
+  const w = await guestExec(d, "sh", ["/usr/lib/vigil/bin/sct-write", "62", "__x64_sys_getpid"]);
+  assert.equal(w.exitCode, 0, w.err + w.out);
+  const wroteAt = Date.now();
+  const found = await pollFor(async () => {
+    const s = show();
+    return s.shadow?.state === "failed" || s.shadow?.findings.find((f) => f.check === "syscall-table") ? s : undefined;
+  }, 300_000, "the shadow to find the syscall-table write");
+  assert.notEqual(found.shadow?.state, "failed", found.shadow?.error ?? "");
+  const finding = found.shadow!.findings.find((f) => f.check === "syscall-table")!;
+  t.diagnostic(`shadow: found at instruction ${finding.icount} (write began at ${before}), ${Date.now() - wroteAt} ms after the exec returned; lag ${found.shadow!.lagMs} ms, median ${found.shadow!.lagMedianMs} ms over ${found.shadow!.sweeps} sweeps`);
+  assert.ok(finding.icount >= before, `found at ${finding.icount}, the write began at ${before}`);
+  assert.ok(found.shadow!.lagMedianMs !== null && found.shadow!.lagMedianMs < 120_000, `median lag ${found.shadow!.lagMedianMs} ms`);
+  assert.match(found.live!.gate?.shut ?? "", /syscall-table/);
+  // Audited like a live IDS finding, with the recording and the instruction count.
+  const records = (await d.api<{ records: { action: string; actor: string; details: { check?: string; shadow?: { recording: string; icount: number } } }[] }>("GET", "/v1/audit?limit=10000")).records;
+  const audited = records.find((r) => r.action === "ids.finding" && r.details.check === "syscall-table" && r.details.shadow?.recording === recName);
+  assert.ok(audited, "an ids.finding audit record names the recording");
+  assert.equal(audited.actor, "system");
+
+  assert.equal(d.cli("vm", "stop", "sh", "--timeout", "120").status, 0);
+  const done = await pollFor(async () => {
+    const s = JSON.parse(d.cli("recording", "show", recName, "--json").stdout) as ShadowShown & { state: string };
+    return s.state !== "recording" ? s : undefined;
+  }, 120_000, "the recording to finish");
+  assert.equal(done.state, "complete");
+  assert.equal(done.shadow?.state, "ended", "the shadow's last status is kept with the recording");
+});

@@ -7,7 +7,12 @@ import { VmNameParams } from "../schemas.ts";
 
 const RecordingSchema = z.record(z.string(), z.unknown()).openapi("Recording");
 const RecordingParams = z.object({ recording: z.string().max(80).openapi({ param: { name: "recording", in: "path" }, example: "demo-1" }) });
-const RecordBody = z.strictObject({ wait: z.boolean().optional(), waitTimeoutMs: z.number().int().min(1000).max(3_600_000).optional() });
+const RecordBody = z.strictObject({
+  wait: z.boolean().optional(),
+  waitTimeoutMs: z.number().int().min(1000).max(3_600_000).optional(),
+  shadow: z.boolean().optional().openapi({ description: "A replica trails the recording a few seconds behind and runs the IDS checks on its RAM" }),
+  gateOutput: z.boolean().optional().openapi({ description: "Console output is shown only once the shadow has checked the execution up to it (needs shadow)" }),
+});
 const ReplayBody = z.strictObject({ until: z.union([z.string().max(40), z.number().int().nonnegative()]).optional() });
 const BisectBody = z.strictObject({ check: z.string().max(40), probes: z.number().int().min(2).max(64).optional() });
 

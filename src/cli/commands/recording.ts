@@ -42,7 +42,8 @@ export function registerRecordings(program: Command): void {
     .option("--serial", "print its serial transcript")
     .option("--json", "machine-readable output")
     .action(async (name: string, o: { serial?: boolean; json?: boolean }) => {
-      const r = await call<Rec & { files: string[]; end: Record<string, unknown> | null; log: Record<string, unknown> | null; error: string | null; startedAt: string }>("GET", recPath(name));
+      type ShadowView = { state: string; checkedIcount: number; sweeps: number; lagMs: number | null; lagMedianMs: number | null; findings: { check: string; severity: string; icount: number }[]; error: string | null };
+      const r = await call<Rec & { files: string[]; end: Record<string, unknown> | null; log: Record<string, unknown> | null; error: string | null; startedAt: string; shadow: ShadowView | null }>("GET", recPath(name));
       if (o.serial) {
         const s = await call<{ serial: string }>("GET", recPath(name, "/serial"));
         if (o.json) return printJson({ ...r, serial: s.serial });
@@ -55,6 +56,12 @@ export function registerRecordings(program: Command): void {
         `  started ${r.startedAt}, ${secs(r.durationMs)}; QEMU ${r.qemu.version} (sha256 ${r.qemu.sha256.slice(0, 16)}…)`,
         `  log: ${mib(r.storedBytes)} compressed (${r.logKbps ?? "-"} kbit/s), ${mib(r.rawBytes)} raw (${r.rawKbps ?? "-"} kbit/s)`,
         `  end point: ${r.end ? `instruction ${String(r.end.icount)} (${String(r.end.reason)}), RAM sha256 ${String(r.end.memorySha256).slice(0, 16)}…, ${String(r.end.serialBytes)} bytes of serial output` : "none"}`,
+        ...(r.shadow
+          ? [
+              `  shadow: ${r.shadow.state}${r.shadow.error ? ` — ${r.shadow.error}` : ""}, checked to instruction ${r.shadow.checkedIcount} in ${r.shadow.sweeps} sweeps, lag ${r.shadow.lagMs ?? "-"} ms (median ${r.shadow.lagMedianMs ?? "-"} ms)`,
+              ...r.shadow.findings.map((f) => `    ${f.severity} ${f.check} at instruction ${f.icount}`),
+            ]
+          : []),
         "  files:",
         ...r.files.map((f) => `    ${f}`),
       ];

@@ -81,13 +81,17 @@ export function registerVm(program: Command): void {
     .option("--timeout <sec>", "how long --wait may take", positiveInt("--timeout"), 120)
     .option("--paused", "start with the vCPUs paused")
     .option("--record", "record its execution under QEMU record/replay (TCG, one vCPU; see vigil recording)")
+    .option("--shadow", "with --record: a replica trails the recording and runs the IDS checks on its RAM")
+    .option("--gate-output", "with --shadow: console output is shown only once the shadow has checked up to it")
     .option("--json", "machine-readable output")
-    .action(async (name: string, o: { wait?: boolean; timeout: number; paused?: boolean; record?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { wait?: boolean; timeout: number; paused?: boolean; record?: boolean; shadow?: boolean; gateOutput?: boolean; json?: boolean }) => {
+      if ((o.shadow || o.gateOutput) && !o.record) throw new VigilError("VIGIL_BAD_REQUEST", `${o.shadow ? "--shadow" : "--gate-output"} trails a recording: it needs --record`, { field: o.shadow ? "--shadow" : "--gate-output" });
+      if (o.gateOutput && !o.shadow) throw new VigilError("VIGIL_BAD_REQUEST", "--gate-output waits for the shadow's checks: it needs --shadow", { field: "--gate-output" });
       if (o.record) {
         if (o.paused) throw new VigilError("VIGIL_BAD_REQUEST", "--record and --paused cannot be combined: a recording starts at the guest's first instruction", { field: "--paused" });
-        const r = await withSpinner(`Starting ${name} recording${o.wait ? " and waiting for its agent" : ""}`, call<{ vm: Vm; recording: { name: string } }>("POST", vmPath(name, "/record"), { wait: o.wait ?? false, waitTimeoutMs: o.timeout * 1000 }));
+        const r = await withSpinner(`Starting ${name} recording${o.wait ? " and waiting for its agent" : ""}`, call<{ vm: Vm; recording: { name: string } }>("POST", vmPath(name, "/record"), { wait: o.wait ?? false, waitTimeoutMs: o.timeout * 1000, ...(o.shadow ? { shadow: true } : {}), ...(o.gateOutput ? { gateOutput: true } : {}) }));
         if (o.json) return printJson(r);
-        process.stdout.write(`VM ${name} is running and recording as ${r.recording.name} (TCG, icount); it ends when the guest powers off (vigil vm stop ${name})\n`);
+        process.stdout.write(`VM ${name} is running and recording as ${r.recording.name} (TCG, icount)${o.shadow ? `, with a shadow checking it (vigil recording show ${r.recording.name})` : ""}; it ends when the guest powers off (vigil vm stop ${name})\n`);
         return;
       }
       const work = call<Vm>("POST", vmPath(name, "/start"), { wait: o.wait ?? false, waitTimeoutSec: o.timeout, paused: o.paused ?? false });
