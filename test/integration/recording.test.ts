@@ -9,17 +9,10 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { upgrade } from "../../src/cli/client.ts";
 import { guestExec, pollFor, requireTinyImage, startDaemon, waitFor } from "../harness.ts";
 
-/**
- * Opt-in (VIGIL_RR_TEST=1) until replays are reliable: on this machine a recording's replay sometimes stops making
- * progress short of its end point (2 of the last 6 runs), cause not found yet (docs/recording.md, "Not done").
- * A flaky test in CI would hide every other result; the guarantees it checks are not claimed until it is back.
- */
-const RR_SKIP = process.env.VIGIL_RR_TEST === "1" ? false : "record/replay replays diverge in some runs (docs/recording.md): set VIGIL_RR_TEST=1";
-
 type Rec = { name: string; state: string; instructions: number | null; storedBytes: number; rawBytes: number; logKbps: number; durationMs: number; error: string | null };
 type Shown = Rec & { files: string[]; log: { file: string; sha256: string }; endReason: string };
 
-test("a recording replays to the same serial output and RAM; a changed log is refused; unrecordable specs are refused", { timeout: 900_000, skip: RR_SKIP }, async (t) => {
+test("a recording replays to the same serial output and RAM; a changed log is refused; unrecordable specs are refused", { timeout: 900_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t);
   t.after(() => void (process.env.VIGIL_TEST_LOG && writeFileSync(process.env.VIGIL_TEST_LOG, d.log())));
@@ -104,7 +97,7 @@ test("a recording replays to the same serial output and RAM; a changed log is re
   assert.deepEqual((JSON.parse(d.cli("recording", "list", "--json").stdout) as { recordings: unknown[] }).recordings, []);
 });
 
-test("bisect finds the instruction window in which the guest wrote its syscall table during the recording", { timeout: 1_200_000, skip: RR_SKIP }, async (t) => {
+test("bisect finds the instruction window in which the guest wrote its syscall table during the recording", { timeout: 1_200_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t);
   t.after(() => void (process.env.VIGIL_TEST_LOG && writeFileSync(process.env.VIGIL_TEST_LOG, d.log())));
@@ -146,7 +139,7 @@ test("bisect finds the instruction window in which the guest wrote its syscall t
   assert.equal(none.found, false);
 });
 
-test("a shadow trails the recording, finds the syscall-table write a few seconds after it happened, and the output gate shuts", { timeout: 900_000, skip: RR_SKIP }, async (t) => {
+test("a shadow trails the recording, finds the syscall-table write while the VM still records, and the output gate shuts", { timeout: 900_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t);
   t.after(() => void (process.env.VIGIL_TEST_LOG && writeFileSync(process.env.VIGIL_TEST_LOG, d.log())));
