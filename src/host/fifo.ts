@@ -40,3 +40,23 @@ function openFifo(path: string, mode: number): number {
 export function pipeEnds(base: string): { toGuest: string; fromGuest: string } {
   return { toGuest: `${base}.in`, fromGuest: `${base}.out` };
 }
+
+/** The daemon's ends of QEMU's `pipe` chardev at `base` (QEMU must have opened it): both, or neither on failure. */
+export function openChardevPipe(base: string): { fromGuest: Socket; toGuest: Socket; destroy(): void } {
+  const ends = pipeEnds(base);
+  const fromGuest = openFifoReader(ends.fromGuest);
+  try {
+    const toGuest = openFifoWriter(ends.toGuest);
+    return {
+      fromGuest,
+      toGuest,
+      destroy: () => {
+        fromGuest.destroy();
+        toGuest.destroy();
+      },
+    };
+  } catch (err) {
+    fromGuest.destroy();
+    throw err;
+  }
+}

@@ -11,7 +11,7 @@
 import { chmodSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { VigilError, messageOf, q } from "../errors.ts";
-import { openFifoReader, openFifoWriter, pipeEnds } from "../host/fifo.ts";
+import { openChardevPipe } from "../host/fifo.ts";
 
 export const PACE_MS = 20;
 /**
@@ -54,22 +54,13 @@ export class PacedPipe {
 
   /** Opens QEMU's agent FIFOs at `pipeBase` (QEMU has started) and listens for the agent client at `path` (0600). */
   static async listen(path: string, pipeBase: string): Promise<PacedPipe> {
-    const ends = pipeEnds(pipeBase);
-    const fromGuest = openFifoReader(ends.fromGuest);
-    let toGuest: Socket;
-    try {
-      toGuest = openFifoWriter(ends.toGuest);
-    } catch (err) {
-      fromGuest.destroy();
-      throw err;
-    }
+    const pipe = openChardevPipe(pipeBase);
     const server = createServer();
     await listenPrivate(server, path, "the agent of a recording").catch((err: unknown) => {
-      fromGuest.destroy();
-      toGuest.destroy();
+      pipe.destroy();
       throw err;
     });
-    return new PacedPipe(server, path, fromGuest, toGuest);
+    return new PacedPipe(server, path, pipe.fromGuest, pipe.toGuest);
   }
 
   private join(c: Socket): void {

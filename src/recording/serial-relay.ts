@@ -8,7 +8,7 @@
 import { createHash } from "node:crypto";
 import { closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
-import { openFifoReader, openFifoWriter, pipeEnds } from "../host/fifo.ts";
+import { openChardevPipe } from "../host/fifo.ts";
 import { listenPrivate } from "./paced-pipe.ts";
 
 /**
@@ -87,22 +87,13 @@ export class SerialRelay {
    * at `relayPath` (0600).
    */
   static async open(pipeBase: string, relayPath: string, transcriptPath: string): Promise<SerialRelay> {
-    const ends = pipeEnds(pipeBase);
-    const fromGuest = openFifoReader(ends.fromGuest);
-    let toGuest: Socket;
-    try {
-      toGuest = openFifoWriter(ends.toGuest);
-    } catch (err) {
-      fromGuest.destroy();
-      throw err;
-    }
+    const pipe = openChardevPipe(pipeBase);
     const server = createServer();
     await listenPrivate(server, relayPath, "the console of a recording").catch((err: unknown) => {
-      fromGuest.destroy();
-      toGuest.destroy();
+      pipe.destroy();
       throw err;
     });
-    return new SerialRelay(fromGuest, toGuest, server, relayPath, transcriptPath);
+    return new SerialRelay(pipe.fromGuest, pipe.toGuest, server, relayPath, transcriptPath);
   }
 
   private show(chunk: Buffer): void {
