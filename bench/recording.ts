@@ -15,7 +15,7 @@
  * (`zstd -3`). Ratios: record/baseline of the workload's wall time and of QEMU's CPU time (goal ≤ 1.15);
  * replay speed = recorded duration / replay wall time (goal ≥ 1); idle compressed bit rate (goal ≤ 56 kbit/s).
  *
- *   npm run bench -- recording [rounds=3] [idleSeconds=30] [cpuMiB=256] [--no-replay] [--no-busy]
+ *   npm run bench -- recording [rounds=3] [idleSeconds=20] [cpuMiB=128] [--no-replay] [--no-busy] [--no-icount]
  */
 import { spawn, spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from "node:fs";
@@ -177,16 +177,20 @@ function startedAt(pid: number): number {
   return performance.now() - (uptimeMs - startTicks * TICK_MS);
 }
 
-type ReplayOutcome = { speed: number | null; elapsedMs: number; reached: number | null; deterministic: boolean | null; error?: string };
+type ReplayOutcome = { speed: number | null; elapsedMs: number; reached: number | null; deterministic: boolean | null; replicaCpuMs: number; error?: string };
 
 /** `vigil recording replay R [--until N]`, with the replica's QEMU log kept for a failure's report. */
 async function replayOnce(d: BenchDaemon, rec: string, until: number | undefined): Promise<ReplayOutcome> {
   // The replica's directory goes when the replay ends, so its QEMU log is copied while it runs: when a
   // replay fails, QEMU's own words are what tells a divergence from a crash.
+  // Its CPU time too, last seen before it went: a replay slower than real time that is busy the whole time is
+  // emulation-bound; one that mostly sleeps waits for something.
   let qemuLog = "";
+  let replicaCpu = 0;
   const watch = setInterval(() => {
     for (const id of readdirSafe(join(d.home, "rp"))) {
       try {
+        replicaCpu = cpuMs(Number(readFileSync(join(d.home, "rp", id, "jail.pid"), "utf8"))) || replicaCpu;
         qemuLog = readFileSync(join(d.home, "rp", id, "run", "qemu.log"), "utf8") || qemuLog;
       } catch {
         /* not there yet, or gone */
@@ -196,10 +200,10 @@ async function replayOnce(d: BenchDaemon, rec: string, until: number | undefined
   const t0 = performance.now();
   try {
     const r = await d.api<Replay>("POST", `/v1/recordings/${rec}/replay`, until === undefined ? {} : { until });
-    return { speed: r.speed, elapsedMs: r.elapsedMs, reached: r.reachedIcount, deterministic: r.verified?.deterministic ?? null };
+    return { speed: r.speed, elapsedMs: r.elapsedMs, reached: r.reachedIcount, deterministic: r.verified?.deterministic ?? null, replicaCpuMs: replicaCpu };
   } catch (err) {
     const tail = qemuLog.trim().split("\n").slice(-3).join(" | ");
-    return { speed: null, elapsedMs: performance.now() - t0, reached: null, deterministic: false, error: `${(err as Error).message} [replica's qemu.log: ${tail || "empty"}]` };
+    return { speed: null, elapsedMs: performance.now() - t0, reached: null, deterministic: false, replicaCpuMs: replicaCpu, error: `${(err as Error).message} [replica's qemu.log: ${tail || "empty"}]` };
   } finally {
     clearInterval(watch);
   }
@@ -255,6 +259,7 @@ interface RecordedRound {
   boot: { raw: number; stored: number };
   idle: { ms: number; raw: number; stored: number; qemu: number };
   busy: { ms: number; raw: number; stored: number };
+  cpu: { ms: number; raw: number; stored: number };
   whole: { durationMs: number; rawKbps: number; storedKbps: number; instructions: number };
   replay: ReplayOutcome | undefined;
   /** Only when the whole replay failed: a replay to the end of the CPU workload. */
@@ -285,7 +290,7 @@ async function plainRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number): 
   }
 }
 
-async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number, replay: boolean, withBusy: boolean, scratch: string): Promise<RecordedRound> {
+async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number, replay: boolean, withBusy: boolean, sampleIcount: boolean, scratch: string): Promise<RecordedRound> {
   const t0 = performance.now();
   const started = await d.api<{ recording: { name: string } }>("POST", `/v1/vms/${VM}/record`, { wait: true, waitTimeoutMs: 300_000 });
   const bootMs = performance.now() - t0;
@@ -295,7 +300,8 @@ async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number
   const sample = sampler(d.home, q.pid, join(q.dir, "run", "rr.log"));
   const con = await Console.open(d);
   // The live instruction count at each window's edges: `recording show` asks QEMU (query-replay) as a user would.
-  const icount = async () => (await d.api<{ live: { icount: number } | null }>("GET", `/v1/recordings/${rec}`)).live?.icount;
+  // --no-icount leaves them out: no QMP from the benchmark reaches the recording QEMU (replays fail without it?).
+  const icount = async () => (sampleIcount ? (await d.api<{ live: { icount: number } | null }>("GET", `/v1/recordings/${rec}`)).live?.icount : undefined);
   const sampleAt = async (): Promise<Sample> => ({ ...sample(), icount: await icount() });
   let idle: [Sample, Sample];
   let w: { ms: number; at: [Sample, Sample] };
@@ -326,6 +332,7 @@ async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number
   const boot = { raw: off(idle[0]), stored: compressedSize(body, 0, off(idle[0])) };
   const idleSeg = seg(idle[0], idle[1]);
   const busySeg = seg(busy.at[0], busy.at[1]);
+  const cpuSeg = seg(w.at[0], w.at[1]);
   rmSync(body, { force: true });
 
   let rp: RecordedRound["replay"];
@@ -347,6 +354,7 @@ async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number
     boot,
     idle: { ...idleSeg, qemu: idle[1].qemu - idle[0].qemu },
     busy: busySeg,
+    cpu: cpuSeg,
     whole: { durationMs: shown.durationMs ?? NaN, rawKbps: shown.rawKbps ?? NaN, storedKbps: shown.logKbps ?? NaN, instructions: shown.instructions ?? NaN },
     replay: rp,
     partial,
@@ -358,10 +366,11 @@ async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number
 export async function run(args: string[]): Promise<void> {
   const positional = args.filter((a) => !a.startsWith("--"));
   const rounds = Number(positional[0] ?? 3);
-  const idleSeconds = Number(positional[1] ?? 30);
-  const cpuMiB = Number(positional[2] ?? 256);
+  const idleSeconds = Number(positional[1] ?? 20);
+  const cpuMiB = Number(positional[2] ?? 128);
   const replay = !args.includes("--no-replay");
   const withBusy = !args.includes("--no-busy");
+  const sampleIcount = !args.includes("--no-icount");
   const scratch = mkdtempSync(join(tmpdir(), "vigil-bench-rr-"));
   const d = await benchDaemon();
   try {
@@ -383,11 +392,11 @@ export async function run(args: string[]): Promise<void> {
           plain.push(p);
           process.stdout.write(`  round ${i + 1} plain:  boot ${p.bootMs.toFixed(0)} ms; workload ${p.ms.toFixed(0)} ms wall, QEMU ${p.qemu.toFixed(0)} ms CPU, daemon+zstd ${p.host.toFixed(0)} ms  [${p.accel}]\n`);
         } else {
-          const r = await recordedRound(d, cpuMiB, idleSeconds, replay, withBusy, scratch);
+          const r = await recordedRound(d, cpuMiB, idleSeconds, replay, withBusy, sampleIcount, scratch);
           recorded.push(r);
-          const rp = r.replay ? (r.replay.error ? `replay FAILED after ${r.replay.elapsedMs.toFixed(0)} ms: ${r.replay.error}` : `replay ${r.replay.elapsedMs} ms, ${r.replay.speed ?? "-"}× real time, deterministic ${String(r.replay.deterministic)}`) : "no replay";
-          const pp = r.partial ? `; replay to the CPU workload's end (${r.partial.until}): ${r.partial.error ? `FAILED after ${r.partial.elapsedMs.toFixed(0)} ms: ${r.partial.error}` : `reached ${r.partial.reached} in ${r.partial.elapsedMs} ms, ${r.partial.speed!.toFixed(2)}× real time`}` : "";
-          process.stdout.write(`  round ${i + 1} record: boot ${r.bootMs.toFixed(0)} ms; workload ${r.workload.ms.toFixed(0)} ms wall, QEMU ${r.workload.qemu.toFixed(0)} ms CPU, daemon+zstd ${r.workload.host.toFixed(0)} ms; idle ${kbps(r.idle.raw, r.idle.ms).toFixed(1)} / ${kbps(r.idle.stored, r.idle.ms).toFixed(1)} kbit/s raw/zstd; ${withBusy ? `busy ${kbps(r.busy.raw, r.busy.ms).toFixed(0)} / ${kbps(r.busy.stored, r.busy.ms).toFixed(0)} kbit/s over ${r.busy.ms.toFixed(0)} ms; ` : ""} icount at boot/idle/cpu/busy end ${r.icounts.map((x) => x ?? "?").join("/")}; whole ${(r.whole.durationMs / 1000).toFixed(1)} s, ${r.whole.rawKbps} / ${r.whole.storedKbps} kbit/s, ${r.whole.instructions} insns; ${rp}${pp}  [${r.accel}]\n`);
+          const rp = r.replay ? (r.replay.error ? `replay FAILED after ${r.replay.elapsedMs.toFixed(0)} ms (replica QEMU CPU ${r.replay.replicaCpuMs.toFixed(0)} ms): ${r.replay.error}` : `replay ${r.replay.elapsedMs} ms (replica QEMU CPU ${r.replay.replicaCpuMs.toFixed(0)} ms), ${r.replay.speed ?? "-"}× real time, deterministic ${String(r.replay.deterministic)}`) : "no replay";
+          const pp = r.partial ? `; replay to the CPU workload's end (${r.partial.until}): ${r.partial.error ? `FAILED after ${r.partial.elapsedMs.toFixed(0)} ms: ${r.partial.error}` : `reached ${r.partial.reached} in ${r.partial.elapsedMs} ms (replica QEMU CPU ${r.partial.replicaCpuMs.toFixed(0)} ms), ${r.partial.speed!.toFixed(2)}× real time`}` : "";
+          process.stdout.write(`  round ${i + 1} record: boot ${r.bootMs.toFixed(0)} ms; workload ${r.workload.ms.toFixed(0)} ms wall, QEMU ${r.workload.qemu.toFixed(0)} ms CPU, daemon+zstd ${r.workload.host.toFixed(0)} ms, log ${kbps(r.cpu.raw, r.cpu.ms).toFixed(0)} / ${kbps(r.cpu.stored, r.cpu.ms).toFixed(0)} kbit/s raw/zstd; idle ${kbps(r.idle.raw, r.idle.ms).toFixed(1)} / ${kbps(r.idle.stored, r.idle.ms).toFixed(1)} kbit/s raw/zstd; ${withBusy ? `busy ${kbps(r.busy.raw, r.busy.ms).toFixed(0)} / ${kbps(r.busy.stored, r.busy.ms).toFixed(0)} kbit/s over ${r.busy.ms.toFixed(0)} ms; ` : ""} icount at boot/idle/cpu/busy end ${r.icounts.map((x) => x ?? "?").join("/")}; whole ${(r.whole.durationMs / 1000).toFixed(1)} s, ${r.whole.rawKbps} / ${r.whole.storedKbps} kbit/s, ${r.whole.instructions} insns; ${rp}${pp}  [${r.accel}]\n`);
         }
       }
     }
@@ -410,6 +419,8 @@ export async function run(args: string[]): Promise<void> {
     line("idle, zstd", col(recorded, (r) => kbps(r.idle.stored, r.idle.ms)), "kbit/s", "   (goal: ≤ 56)");
     if (withBusy) line("busy (disk + console), raw", col(recorded, (r) => kbps(r.busy.raw, r.busy.ms)), "kbit/s");
     if (withBusy) line("busy, zstd", col(recorded, (r) => kbps(r.busy.stored, r.busy.ms)), "kbit/s");
+    line("CPU workload window, raw", col(recorded, (r) => kbps(r.cpu.raw, r.cpu.ms)), "kbit/s");
+    line("CPU workload window, zstd", col(recorded, (r) => kbps(r.cpu.stored, r.cpu.ms)), "kbit/s");
     if (withBusy) line("busy window", col(recorded, (r) => r.busy.ms / 1000), "s");
     line("whole recording, raw (vigil recording show)", col(recorded, (r) => r.whole.rawKbps), "kbit/s");
     line("whole recording, stored (vigil recording show)", col(recorded, (r) => r.whole.storedKbps), "kbit/s");
