@@ -300,7 +300,8 @@ async function recordedRound(d: BenchDaemon, cpuMiB: number, idleSeconds: number
   const sample = sampler(d.home, q.pid, join(q.dir, "run", "rr.log"));
   const con = await Console.open(d);
   // The live instruction count at each window's edges: `recording show` asks QEMU (query-replay) as a user would.
-  // --no-icount leaves them out: no QMP from the benchmark reaches the recording QEMU (replays fail without it?).
+  // --no-icount leaves them out, so no QMP from the benchmark reaches the recording QEMU: whether those queries make
+  // its replays fail can then be told apart.
   const icount = async () => (sampleIcount ? (await d.api<{ live: { icount: number } | null }>("GET", `/v1/recordings/${rec}`)).live?.icount : undefined);
   const sampleAt = async (): Promise<Sample> => ({ ...sample(), icount: await icount() });
   let idle: [Sample, Sample];
