@@ -17,6 +17,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   "posture-data": () => import("./posture-data.ts"),
   "ext4-read": () => import("./ext4-read.ts"),
   "offline-scan": () => import("./offline-scan.ts"),
+  recording: () => import("./recording.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);
