@@ -5,7 +5,7 @@
  * is never mistaken for a VM.
  */
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { delimiter, isAbsolute, join } from "node:path";
 import { VigilError, messageOf } from "../errors.ts";
@@ -129,11 +129,14 @@ export function processAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
   }
-  // A zombie (exited, not yet reaped) is not alive for our purposes.
+  // A zombie (exited, not yet reaped) is not alive for our purposes — but a multi-threaded process's leader turns
+  // zombie before its other threads are gone, and until the last one is, its files stay open: a killed QEMU still
+  // holds its disk's lock then (measured: qemu-img convert right after a kill failed on the lock, 3 of 3).
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
+    if (state !== "Z" && state !== "X") return true;
+    return readdirSync(`/proc/${pid}/task`).length > 1;
   } catch {
     return false;
   }
