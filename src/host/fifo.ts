@@ -17,12 +17,12 @@ export async function makeFifo(path: string): Promise<void> {
 }
 
 /** The read end of the FIFO at `path`, as a stream (non-blocking: opening it never waits for a writer). */
-export function openFifoReader(path: string): Socket {
+function openFifoReader(path: string): Socket {
   return new Socket({ fd: openFifo(path, constants.O_RDONLY), readable: true, writable: false });
 }
 
 /** The write end of the FIFO at `path`; it fails unless a reader (QEMU) has it open already. */
-export function openFifoWriter(path: string): Socket {
+function openFifoWriter(path: string): Socket {
   return new Socket({ fd: openFifo(path, constants.O_WRONLY), readable: false, writable: true });
 }
 

@@ -117,6 +117,11 @@ export function currentQemuBuild(): Promise<{ version: string; sha256: string }>
   return qemuBuild;
 }
 
+/** Where a recording QEMU is: its instruction count (`query-replay`, a pure read that adds nothing to the log). */
+async function liveIcount(rt: VmRuntime): Promise<number> {
+  return (await rt.qmp.execute<{ icount: number }>("query-replay")).icount;
+}
+
 export function recordingDir(vmDir: string, recordingId: string): string {
   return join(vmDir, "recordings", recordingId.slice(0, 8));
 }
@@ -234,11 +239,11 @@ export class RecordingService {
   /** `--shadow`: a replica trails the recording and runs the IDS checks on its RAM (shadow.ts). */
   private startShadow(vm: VmRecord, rec: RecordingRow, a: Active, gateOutput: boolean): void {
     const log = this.d.log.child({ vm: vm.name, recording: rec.name, component: "shadow" });
-    const live = async () => (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount;
+    const live = () => liveIcount(a.rt);
     // The shadow's baseline waits for the guest to have booted: where the live VM was when its agent first answered.
     let agentAt: number | undefined;
     if (vm.spec.agent) void this.agentAnswered(a).then(async (ok) => (agentAt = ok ? await live().catch(() => undefined) : undefined));
-    if (gateOutput) a.relay.gate(async () => (await a.rt.qmp.execute<{ icount: number }>("query-replay")).icount);
+    if (gateOutput) a.relay.gate(live);
     a.shadow = Shadow.start({
       rawLog: a.rawLog,
       launch: (follow) => Replica.launch(this.replicaDeps(), vm, rec, follow),
@@ -338,7 +343,7 @@ export class RecordingService {
       if (status !== "running") break;
       await new Promise((r) => setTimeout(r, 50));
     }
-    const { icount } = await rt.qmp.execute<{ icount: number }>("query-replay");
+    const icount = await liveIcount(rt);
     const memorySha256 = hashGuestRam(rt.pid, guestRamBytes(vm.spec.memoryMiB, "tcg"));
     await new Promise((r) => setTimeout(r, 300));
     const serialBytes = a.relay.bytes;
@@ -408,7 +413,7 @@ export class RecordingService {
     const a = this.active.get(rec.vmId);
     const stats = a?.compressor.stats();
     const mine = a && a.rec.id === rec.id ? a : undefined;
-    const live = mine && stats ? { icount: (await mine.rt.qmp.execute<{ icount: number }>("query-replay")).icount, rawBytes: stats.rawBytes, storedBytes: stats.storedBytes, gate: mine.relay.gateStatus() } : null;
+    const live = mine && stats ? { icount: await liveIcount(mine.rt), rawBytes: stats.rawBytes, storedBytes: stats.storedBytes, gate: mine.relay.gateStatus() } : null;
     return { ...this.view(rec), shadow: mine?.shadow?.status() ?? rec.meta.shadow ?? null, files: [rec.meta.log?.file, rec.meta.serialFile, ...rec.meta.disks.map((x) => x.file)].filter((f): f is string => !!f), end: rec.meta.end, log: rec.meta.log, live };
   }
 
