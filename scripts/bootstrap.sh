@@ -21,6 +21,7 @@ APT_PACKAGES=(
   postgresql                       # the cluster manager's shared inventory (docs/cluster.md, "PostgreSQL")
   yara                             # the cross-check of the signature scan (docs/transience.md, "Signature scan")
   debootstrap fdisk                # the dormant Debian test disk (scripts/build-debian-dormant.sh): rootfs, GPT via sfdisk
+  chromium                         # the web console's end-to-end tests (playwright-core drives it; docs/web.md)
 )
 
 missing=()
@@ -79,7 +80,7 @@ if [ ! -f node_modules/.vigil-lock.sha256 ] || [ "$(cat node_modules/.vigil-lock
 fi
 
 # TypeScript build: when any source is newer than the last build.
-if [ ! -f dist/.build-stamp ] || [ -n "$(find src tsconfig.json tsconfig.build.json package.json -newer dist/.build-stamp -print -quit)" ]; then
+if [ ! -f dist/.build-stamp ] || [ -n "$(find src web tsconfig.json tsconfig.build.json package.json -newer dist/.build-stamp -print -quit)" ]; then
   say "building"
   rm -rf dist
   npm run --silent build
