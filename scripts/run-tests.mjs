@@ -17,14 +17,15 @@ function find(dir) {
   for (const e of entries) {
     const p = join(dir, e.name);
     if (e.isDirectory()) out = out.concat(find(p));
-    else if (e.name.endsWith(".test.ts")) out.push(p);
+    else if (e.name.endsWith(".test.ts") || e.name.endsWith(".test.tsx")) out.push(p);
   }
   return out.sort();
 }
 
 const filters = process.argv.slice(2);
 const pick = (files) => (filters.length ? files.filter((f) => filters.some((s) => f.includes(s))) : files);
-const unit = pick(find("src"));
+// The web console's unit tests (web/src/**) run with the daemon's: pure modules and components rendered to markup.
+const unit = pick([...find("src"), ...find("web/src")]);
 const integration = pick(find("test"));
 
 // One node --test run so the summary at the end covers everything.
@@ -36,6 +37,6 @@ if (files.length === 0) {
 const result = spawnSync(
   process.execPath,
   ["--import", "tsx", "--test", "--test-concurrency=1", "--test-timeout=900000", ...files],
-  { stdio: "inherit", env: { ...process.env, VIGIL_LOG_LEVEL: process.env.VIGIL_LOG_LEVEL ?? "silent" } },
+  { stdio: "inherit", env: { ...process.env, VIGIL_LOG_LEVEL: process.env.VIGIL_LOG_LEVEL ?? "silent", TSX_TSCONFIG_PATH: process.env.TSX_TSCONFIG_PATH ?? "tsconfig.test.json" } },
 );
 process.exit(result.status ?? 1);

@@ -1,0 +1,184 @@
+/**
+ * The web console end to end, in a real headless Chromium (Debian's, driven by playwright-core) against a real
+ * daemon on 127.0.0.1 and a booted tiny guest: sign in with a token, create and start a VM, type into its serial
+ * console and see the guest answer, see the IDS finding appear when the test tampers with the guest's syscall
+ * table, take a snapshot and revert to it, and an auditor who sees no controls and whose forced request is denied
+ * and audited. Screenshots of each page go to test-artifacts/web/.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { ROOT, requireTinyImage, startDaemon, waitFor } from "../harness.ts";
+import { RamAttacker } from "../../src/introspection/testing/live-guest.ts";
+import { overwriteSyscall } from "../../src/introspection/testing/attacker.ts";
+import { whilePaused } from "../../src/introspection/testing/watch-api.ts";
+import { detectAccelerator } from "../../src/qemu/accel.ts";
+
+const CHROMIUM = "/usr/bin/chromium";
+const ARTIFACTS = join(ROOT, "test-artifacts", "web");
+const MEMORY_MIB = 256;
+
+/** Chromium with nothing that reaches off the machine (no updates, sync, safe browsing or first-run pings). */
+async function launch(): Promise<Browser> {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: set-up (scripts/bootstrap.sh) installs Debian's chromium`);
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions", "--no-proxy-server"],
+  });
+}
+
+async function shot(page: Page, name: string): Promise<void> {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+async function signIn(page: Page, base: string, token: string): Promise<void> {
+  await page.goto(`${base}/`);
+  await page.getByLabel("Token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByTestId("whoami").waitFor();
+}
+
+/** The xterm screen's text (its DOM renderer keeps one div per row). */
+const screenText = (page: Page) => page.locator(".xterm-rows").innerText();
+
+test("web console: sign in, create and start, console, IDS finding, snapshot and revert, an auditor denied", { timeout: 900_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t, { listen: "127.0.0.1:0" });
+  await waitFor(() => d.httpAddress() !== undefined, 10_000, "the HTTP listener");
+  const base = `http://${d.httpAddress()}`;
+  const add = (name: string, ...args: string[]) => {
+    const r = d.cli("user", "add", name, ...args, "--json");
+    assert.equal(r.status, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { token: string }).token;
+  };
+  const adminToken = add("ada", "--role", "admin", "--introspect");
+  const auditorToken = add("audrey", "--role", "auditor");
+
+  const browser = await launch();
+  t.after(() => browser.close());
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  const pageErrors: string[] = [];
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+
+  // Sign in: a wrong token is refused with the API's message; the right one gives an HttpOnly cookie.
+  await page.goto(`${base}/`);
+  await shot(page, "01-login");
+  await page.getByLabel("Token").fill("not-a-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").waitFor();
+  await signIn(page, base, adminToken);
+  assert.match(await page.getByTestId("whoami").innerText(), /ada/);
+  const cookie = (await page.context().cookies()).find((c) => c.name === "vigil_session");
+  assert.ok(cookie?.httpOnly && cookie.sameSite === "Strict", "the session cookie is HttpOnly and SameSite=Strict");
+  assert.equal(await page.evaluate("document.cookie"), "", "scripts on the page cannot read the session");
+  assert.ok(!page.url().includes(adminToken), "the token is never in a URL");
+
+  // Create a VM from the inventory and start it from its page.
+  await page.getByRole("button", { name: "Create VM" }).click();
+  await page.getByLabel("Name").fill("web1");
+  await page.getByLabel("Memory (MiB)").fill(String(MEMORY_MIB));
+  await page.getByLabel("Purpose").fill("web console e2e");
+  await shot(page, "02-create");
+  await page.getByRole("button", { name: "Create", exact: true }).click();
+  await page.waitForURL(/\/vms\/web1/);
+  await page.getByRole("button", { name: "Start" }).click();
+  await page.locator(".vm-title .badge.state-running").waitFor({ timeout: 180_000 });
+  await shot(page, "03-vm-summary");
+
+  // The console: what is typed reaches the guest's shell, and its answer comes back.
+  await page.getByRole("tab", { name: "Console" }).click();
+  await page.getByTestId("console-status").filter({ hasText: "open" }).waitFor({ timeout: 30_000 });
+  await page.getByTestId("terminal").click();
+  let answered = false;
+  for (let i = 0; i < 10 && !answered; i++) {
+    await page.keyboard.type("echo vigil-$((6*7))");
+    await page.keyboard.press("Enter");
+    answered = await page
+      .waitForFunction('/vigil-42/.test(document.querySelector(".xterm-rows")?.innerText ?? "")', undefined, { timeout: 3000 })
+      .then(() => true, () => false);
+  }
+  assert.ok(answered, `the guest answered on the console; screen:\n${await screenText(page)}`);
+  await shot(page, "04-console");
+
+  // Graphs draw from /v1/vms/NAME/metrics.
+  await page.getByRole("tab", { name: "Graphs" }).click();
+  await page.locator(".chart .uplot").first().waitFor();
+  await page.waitForTimeout(4500);
+  await shot(page, "05-graphs");
+
+  // IDS: start the watch from the page; the test points a system call into a module's code; the alarm shows.
+  await page.getByRole("tab", { name: "IDS" }).click();
+  await page.getByRole("button", { name: "Start watch" }).click();
+  await page.getByTestId("watch-status").filter({ hasText: /watching, [2-9]\d* sweeps|watching, \d{2,} sweeps/ }).waitFor({ timeout: 180_000 });
+  const vm = await d.api<{ pid: number }>("GET", "/v1/vms/web1");
+  const a = RamAttacker.open(vm.pid, MEMORY_MIB, detectAccelerator().accel);
+  t.after(() => a.close());
+  await whilePaused(d, "web1", () => overwriteSyscall(a.model, a.writer, 62, a.sym("__x64_sys_getpid")));
+  await page.getByTestId("alarm").filter({ hasText: "syscall-table" }).waitFor({ timeout: 60_000 });
+  await shot(page, "06-ids-finding");
+
+  // Snapshot, then revert to it: a new generation with a new vmgenid.
+  const before = await d.api<{ generation: number; vmgenid: string }>("GET", "/v1/vms/web1");
+  await page.getByRole("tab", { name: "Snapshots" }).click();
+  await page.getByLabel("Snapshot name").fill("s1");
+  await page.getByRole("button", { name: "Take snapshot" }).click();
+  await page.getByTestId("snapshot-s1").waitFor({ timeout: 120_000 });
+  await page.getByTestId("snapshot-s1").getByRole("button", { name: "Revert" }).click();
+  await page.getByLabel("Reason (recorded in the audit log)").fill("e2e remediation");
+  await shot(page, "07-revert-confirm");
+  await page.getByRole("dialog").getByRole("button", { name: "Revert" }).click();
+  await page.getByRole("dialog").waitFor({ state: "detached", timeout: 180_000 });
+  const after = await d.api<{ generation: number; vmgenid: string; state: string }>("GET", "/v1/vms/web1");
+  assert.ok(after.generation > before.generation, `generation ${before.generation} → ${after.generation}`);
+  assert.notEqual(after.vmgenid, before.vmgenid);
+  await page.getByRole("tab", { name: "Generations" }).click();
+  await page.getByText(`generation ${after.generation}`).waitFor();
+  await shot(page, "08-generations");
+  for (const tab of ["History", "Data"]) {
+    await page.getByRole("tab", { name: tab }).click();
+    await page.waitForTimeout(500);
+    await shot(page, `09-${tab.toLowerCase()}`);
+  }
+
+  // The audit log page, and verify from the UI.
+  await page.getByRole("link", { name: "Audit log" }).click();
+  await page.getByRole("button", { name: "Verify the log" }).click();
+  await page.getByTestId("verify-result").filter({ hasText: "Intact" }).waitFor({ timeout: 30_000 });
+  await shot(page, "10-audit");
+  await page.getByRole("link", { name: "Users" }).click();
+  await page.getByRole("cell", { name: "audrey" }).waitFor();
+  await shot(page, "11-users");
+  await page.getByRole("link", { name: "Inventory" }).click();
+  await page.getByTestId("vm-row-web1").waitFor();
+  await page.setViewportSize({ width: 820, height: 1180 });
+  await shot(page, "12-inventory-tablet");
+  await page.getByRole("button", { name: /Switch to (dark|light) theme/ }).click();
+  await shot(page, "13-inventory-other-theme");
+
+  // An auditor: reads the VM, sees no controls and no console; a forced stop is refused and audited.
+  const ap = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(ap, base, auditorToken);
+  await ap.goto(`${base}/vms/web1`);
+  await ap.locator(".vm-title h1").filter({ hasText: "web1" }).waitFor();
+  assert.equal(await ap.getByRole("toolbar", { name: "VM actions" }).getByRole("button").count(), 0, "no action buttons for an auditor");
+  assert.equal(await ap.getByRole("tab", { name: "Console" }).count(), 0, "no console tab without vm.console");
+  await shot(ap, "14-auditor-vm");
+  const forced = await ap.evaluate(async () => {
+    const s = (await (await fetch("/v1/session")).json()) as { csrf: string };
+    const r = await fetch("/v1/vms/web1/stop", { method: "POST", headers: { "content-type": "application/json", "x-vigil-csrf": s.csrf }, body: "{}" });
+    return { status: r.status, body: (await r.json()) as { error?: { code?: string } } };
+  });
+  assert.equal(forced.status, 403);
+  assert.equal(forced.body.error?.code, "VIGIL_FORBIDDEN");
+  await ap.goto(`${base}/audit`);
+  await ap.getByLabel("Result").selectOption("denied");
+  await ap.locator("tr.result-denied").filter({ hasText: "audrey" }).first().waitFor({ timeout: 15_000 });
+  await shot(ap, "15-auditor-denied-in-audit");
+  assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/web1")).state, "running", "the auditor's stop did nothing");
+
+  assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
+});

@@ -1,0 +1,53 @@
+// Components rendered to markup (react-dom/server): what they show, their ARIA, and that hostile text from a
+// guest or an audit record is escaped, never markup.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { renderToStaticMarkup } from "react-dom/server";
+import { VirtualList } from "./VirtualList.tsx";
+import { StateBadge, VmBadges } from "./Badges.tsx";
+import { AuditTable } from "./AuditTable.tsx";
+import { Tabs } from "./Tabs.tsx";
+import { ProgressBar } from "./Progress.tsx";
+import type { AuditRecord, Vm } from "../lib/types.ts";
+
+test("VirtualList renders a window of 10,000 rows, not all of them, with the row count for assistive tech", () => {
+  const items = Array.from({ length: 10_000 }, (_, i) => `vm-${i}`);
+  const html = renderToStaticMarkup(<VirtualList items={items} rowHeight={36} height={720} label="VMs" rowKey={(s) => s} row={(s) => <span>{s}</span>} />);
+  const rows = html.match(/role="row"/g) ?? [];
+  assert.ok(rows.length > 0 && rows.length < 40, `${rows.length} rows rendered`);
+  assert.match(html, /aria-rowcount="10000"/);
+  assert.match(html, /height:360000px/);
+  assert.ok(html.includes(">vm-0<") && !html.includes(">vm-9999<"));
+});
+
+test("badges: state, expiry, alarm and template, as text", () => {
+  assert.match(renderToStaticMarkup(<StateBadge state="running" />), /class="badge state-running">running</);
+  const vm = { name: "a", expired: true, expiresAt: "2026-01-01", posture: "infected", template: true } as unknown as Vm;
+  const html = renderToStaticMarkup(<VmBadges vm={vm} />);
+  assert.match(html, />expired</);
+  assert.match(html, />infected</);
+  assert.match(html, />template</);
+  assert.doesNotMatch(renderToStaticMarkup(<VmBadges vm={{ ...vm, expired: false, expiresAt: null, posture: "current", template: false }} />), /badge/);
+});
+
+test("AuditTable escapes whatever a record holds", () => {
+  const evil = '<img src=x onerror="alert(1)">';
+  const r: AuditRecord = { seq: 1, id: "i", time: "2026-12-07T00:00:00Z", actor: evil, action: "vm.start", target: { kind: "vm", id: null, name: evil }, result: "denied", host: "h", requestId: null, details: { why: evil } };
+  const html = renderToStaticMarkup(<AuditTable records={[r]} />);
+  assert.ok(!html.includes("<img"), html);
+  assert.ok(html.includes("&lt;img"));
+  assert.match(html, /badge alarm">denied/);
+});
+
+test("Tabs: a tablist, the current tab selected and the only one in the tab order", () => {
+  const html = renderToStaticMarkup(<Tabs tabs={[{ id: "summary", label: "Summary" }, { id: "console", label: "Console" }]} current="console" onSelect={() => undefined} />);
+  assert.match(html, /role="tablist"/);
+  assert.match(html, /id="tab-console" role="tab" aria-selected="true" tabindex="0"/);
+  assert.match(html, /id="tab-summary" role="tab" aria-selected="false" tabindex="-1"/);
+});
+
+test("ProgressBar: a labelled progress element with the percentage; a waiting line before the first event", () => {
+  assert.match(renderToStaticMarkup(<ProgressBar p={{ what: "copying disk", current: 30, total: 120 }} label="Clone" />), /<progress max="100" value="25" aria-label="Clone: copying disk">/);
+  assert.match(renderToStaticMarkup(<ProgressBar p={null} label="Start" />), /Start…/);
+  assert.match(renderToStaticMarkup(<ProgressBar p={{ what: "x", current: 5, total: 0 }} label="L" />), /value="0"/);
+});

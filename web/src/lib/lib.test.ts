@@ -1,0 +1,97 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { visibleRange } from "./virtual-window.ts";
+import { matchesFilter, sortVms } from "./filter.ts";
+import { treeOrder } from "./tree.ts";
+import { may } from "./permissions.ts";
+import { parseRoute, routeHref } from "./router.ts";
+import { bytes, rate, relative } from "./format.ts";
+import type { Vm } from "./types.ts";
+
+test("visibleRange renders only the rows in view (plus overscan), for any list and scroll position", () => {
+  const r = visibleRange(10_000, 36, 36 * 5000, 720, 8);
+  assert.deepEqual([r.first, r.end, r.offset, r.total], [4992, 5028, 4992 * 36, 360_000]);
+  fc.assert(
+    fc.property(fc.nat(100_000), fc.integer({ min: 1, max: 200 }), fc.integer({ min: -1000, max: 10_000_000 }), fc.integer({ min: 0, max: 5000 }), (n, h, top, vp) => {
+      const w = visibleRange(n, h, top, vp);
+      assert.ok(w.first >= 0 && w.first <= w.end && w.end <= n);
+      assert.equal(w.offset, w.first * h);
+      assert.ok(w.end - w.first <= Math.ceil(vp / h) + 17, "never more than a screenful and the overscan");
+      // every row inside the viewport is rendered
+      const top2 = Math.max(0, Math.min(top, n * h));
+      for (const row of [Math.floor(top2 / h), Math.min(n - 1, Math.floor((top2 + vp - 1) / h))]) if (row >= 0 && row < n && vp > 0) assert.ok(row >= w.first && row < w.end, `row ${row} in ${w.first}..${w.end}`);
+    }),
+  );
+});
+
+const vm = (o: Partial<Vm>): Vm => ({ id: o.name ?? "x", name: "x", state: "stopped", host: "h1", accelerator: null, vmgenid: "", generation: 0, pid: null, owner: "user:alice", approver: null, purpose: null, expiresAt: null, expired: false, labels: {}, lineage: {}, template: false, createdBy: "alice", createdAt: "", stateChangedAt: "", spec: { vcpus: 1, memoryMiB: 256 }, nics: [], ...o });
+
+test("the inventory filter: every search word must match; state, host and badge filters", () => {
+  const f = { text: "", state: "", host: "", badge: "" };
+  const web = vm({ name: "web-1", purpose: "Shop front", labels: { tier: "prod" }, state: "running" });
+  assert.ok(matchesFilter(web, { ...f, text: "shop prod" }));
+  assert.ok(!matchesFilter(web, { ...f, text: "shop staging" }));
+  assert.ok(matchesFilter(web, { ...f, text: "ALICE" }), "case-insensitive, owner included");
+  assert.ok(!matchesFilter(web, { ...f, state: "stopped" }));
+  assert.ok(!matchesFilter(web, { ...f, host: "h2" }));
+  assert.ok(!matchesFilter(web, { ...f, badge: "expired" }));
+  assert.ok(matchesFilter(vm({ posture: "infected" }), { ...f, badge: "alarm" }));
+  assert.ok(!matchesFilter(vm({ posture: "current" }), { ...f, badge: "alarm" }));
+  assert.deepEqual(sortVms([vm({ name: "b", owner: "z" }), vm({ name: "a", owner: "z" }), vm({ name: "c", owner: "a" })], "owner").map((v) => v.name), ["c", "a", "b"]);
+});
+
+test("treeOrder: depth-first with depths; orphans become roots; a cycle cannot loop", () => {
+  const items = [
+    { n: "a", p: null },
+    { n: "b", p: "a" },
+    { n: "c", p: "b" },
+    { n: "d", p: "a" },
+    { n: "o", p: "gone" },
+  ];
+  assert.deepEqual(treeOrder(items, (x) => x.n, (x) => x.p).map((r) => `${r.item.n}${r.depth}`), ["a0", "b1", "c2", "d1", "o0"]);
+  const cycle = [
+    { n: "x", p: "y" },
+    { n: "y", p: "x" },
+  ];
+  assert.deepEqual(treeOrder(cycle, (x) => x.n, (x) => x.p).map((r) => r.item.n).sort(), ["x", "y"]);
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 30 }), fc.option(fc.integer({ min: 0, max: 30 }))), { maxLength: 40 }), (pairs) => {
+      const uniq = [...new Map(pairs.map(([a, b]) => [a, { n: String(a), p: b === null ? null : String(b) }])).values()];
+      const out = treeOrder(uniq, (x) => x.n, (x) => x.p);
+      assert.equal(out.length, uniq.length, "each item exactly once");
+    }),
+  );
+});
+
+test("may: global grants, grants on owned VMs (directly or through a group), nothing without a session", () => {
+  const s = { user: { name: "bob", roles: ["owner"], groups: ["dev"] }, can: ["vm.create"], ownedCan: ["vm.control", "vm.console"] };
+  assert.ok(may(s, "vm.create"));
+  assert.ok(may(s, "vm.control", "user:bob"));
+  assert.ok(may(s, "vm.console", "group:dev"));
+  assert.ok(!may(s, "vm.control", "user:alice"));
+  assert.ok(!may(s, "vm.control"));
+  assert.ok(!may(s, "vm.delete", "user:bob"));
+  assert.ok(!may(null, "vm.read"));
+});
+
+test("routes: parse and format round-trip; an odd path is the inventory", () => {
+  for (const r of [{ page: "inventory" as const }, { page: "inventory" as const, host: "h2" }, { page: "vm" as const, name: "web-1", tab: "console" }, { page: "vm" as const, name: "db", tab: "summary" }, { page: "audit" as const }, { page: "users" as const }]) {
+    const u = new URL(routeHref(r), "http://x");
+    assert.deepEqual(parseRoute(u.pathname, u.search), r);
+  }
+  assert.deepEqual(parseRoute("/vms/../etc", ""), { page: "inventory" });
+  assert.deepEqual(parseRoute("/nothing", ""), { page: "inventory" });
+});
+
+test("format: bytes, rates of counters (a counter that went back is no rate), relative times", () => {
+  assert.equal(bytes(0), "0 B");
+  assert.equal(bytes(1536), "1.5 KiB");
+  assert.equal(bytes(256 * 1024 * 1024), "256 MiB");
+  assert.equal(bytes(null), "—");
+  assert.equal(rate(100, 300, 2), 100);
+  assert.equal(rate(300, 100, 2), null);
+  assert.equal(rate(null, 1, 1), null);
+  assert.equal(relative(new Date(Date.UTC(2026, 0, 3)).toISOString(), Date.UTC(2026, 0, 1)), "in 2 d");
+  assert.equal(relative(new Date(Date.UTC(2026, 0, 1, 0, 0)).toISOString(), Date.UTC(2026, 0, 1, 3, 0)), "3 h ago");
+});

@@ -1,0 +1,78 @@
+/** The shapes of the API's answers the console uses (the full schemas are at /openapi.json). */
+
+export type VmState = "stopped" | "starting" | "running" | "paused" | "stopping" | "crashed" | "incoming";
+
+export interface Vm {
+  id: string;
+  name: string;
+  state: VmState;
+  host: string;
+  accelerator: string | null;
+  vmgenid: string;
+  generation: number;
+  pid: number | null;
+  owner: string;
+  approver: string | null;
+  purpose: string | null;
+  expiresAt: string | null;
+  expired: boolean;
+  labels: Record<string, string>;
+  lineage: Record<string, unknown>;
+  template: boolean;
+  createdBy: string;
+  createdAt: string;
+  stateChangedAt: string;
+  spec: { vcpus: number; memoryMiB: number; image?: string; [k: string]: unknown };
+  nics: { name: string; network: string; mac: string; ip: string; tap: string }[];
+  posture?: string;
+  [k: string]: unknown;
+}
+
+export interface Image {
+  name: string;
+  kind: "builtin" | "template" | "imported";
+  description: string;
+  sizeBytes: number;
+}
+
+export interface AuditRecord {
+  seq: number;
+  id: string;
+  time: string;
+  actor: string;
+  action: string;
+  target: { kind: string; id: string | null; name: string | null };
+  result: "ok" | "denied" | "error" | "intent";
+  host: string;
+  requestId: string | null;
+  details?: Record<string, unknown>;
+}
+
+export interface Snapshot {
+  name: string;
+  parent: string | null;
+  kind: "disk" | "memory";
+  description: string;
+  createdBy: string;
+  createdAt: string;
+  generation: number;
+}
+
+export interface SessionInfo {
+  user: { name: string; roles: string[]; groups: string[] };
+  csrf: string;
+  can: string[];
+  ownedCan: string[];
+}
+
+export interface VmMetrics {
+  at: string;
+  running: boolean;
+  cpuSeconds: number;
+  rssBytes: number;
+  memoryBytes: number;
+  diskReadBytes: number | null;
+  diskWrittenBytes: number | null;
+  netRxBytes: number | null;
+  netTxBytes: number | null;
+}

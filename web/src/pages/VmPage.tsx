@@ -1,0 +1,167 @@
+/**
+ * One VM, tabbed: summary, console, graphs, snapshots, generations, history (lineage and where it has been), data
+ * (every file holding it, with purge), IDS and its audit trail. The action bar holds every control the CLI has
+ * for a VM the user may do; the rest are not shown (and the API would refuse them anyway).
+ */
+import { useCallback, useEffect, useMemo, useState } from "react";
+import { api, errorText, newRequestId } from "../lib/api.ts";
+import type { Vm } from "../lib/types.ts";
+import { navigate } from "../lib/router.ts";
+import { may } from "../lib/permissions.ts";
+import { debounce, useAuditEvents } from "../lib/events.ts";
+import { useSession } from "../session.tsx";
+import { Tabs, type TabDef } from "../components/Tabs.tsx";
+import { StateBadge, VmBadges } from "../components/Badges.tsx";
+import { ConfirmDialog, type ConfirmRequest } from "../components/Confirm.tsx";
+import { ProgressBar, useProgress } from "../components/Progress.tsx";
+import { SummaryTab } from "./vm/SummaryTab.tsx";
+import { ConsoleTab } from "./vm/ConsoleTab.tsx";
+import { GraphsTab } from "./vm/GraphsTab.tsx";
+import { SnapshotsTab } from "./vm/SnapshotsTab.tsx";
+import { GenerationsTab } from "./vm/GenerationsTab.tsx";
+import { HistoryTab } from "./vm/HistoryTab.tsx";
+import { DataTab } from "./vm/DataTab.tsx";
+import { IdsTab } from "./vm/IdsTab.tsx";
+
+const RUNNING = new Set(["running", "paused", "starting"]);
+
+export function VmPage({ name, tab }: { name: string; tab: string }) {
+  const { session } = useSession();
+  const [vm, setVm] = useState<Vm | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [confirm, setConfirm] = useState<ConfirmRequest | null>(null);
+  const [pending, setPending] = useState<{ label: string; requestId: string } | null>(null);
+  const [actionError, setActionError] = useState<string | null>(null);
+  const progress = useProgress(pending?.requestId ?? null);
+
+  const load = useCallback(() => {
+    api<Vm>("GET", `/v1/vms/${name}`).then(
+      (v) => {
+        setVm(v);
+        setError(null);
+      },
+      (err: unknown) => setError(errorText(err)),
+    );
+  }, [name]);
+  useEffect(load, [load]);
+  const refresh = useMemo(() => debounce(load, 250), [load]);
+  useAuditEvents((r) => {
+    if (r.target.kind === "vm" && (r.target.name === name || r.target.id === vm?.id)) refresh();
+  }, refresh);
+
+  if (error && !vm) {
+    return (
+      <main className="page">
+        <p className="error" role="alert">
+          {error}
+        </p>
+      </main>
+    );
+  }
+  if (!vm) return <main className="page">Loading…</main>;
+
+  const can = (p: string) => may(session, p, vm.owner);
+  const act = (label: string, path: string, body?: unknown) => {
+    const requestId = newRequestId();
+    setPending({ label, requestId });
+    setActionError(null);
+    return api("POST", `/v1/vms/${vm.name}/${path}`, { requestId, ...(body !== undefined ? { body } : {}) })
+      .then(load, (err: unknown) => {
+        setActionError(`${label}: ${errorText(err)}`);
+        throw err;
+      })
+      .finally(() => setPending(null));
+  };
+  const running = RUNNING.has(vm.state);
+  const tabs: TabDef[] = [
+    { id: "summary", label: "Summary" },
+    ...(can("vm.console") ? [{ id: "console", label: "Console" }] : []),
+    { id: "graphs", label: "Graphs" },
+    { id: "snapshots", label: "Snapshots" },
+    { id: "generations", label: "Generations" },
+    { id: "history", label: "History" },
+    { id: "data", label: "Data" },
+    ...(session?.can.includes("vm.introspect") ? [{ id: "ids", label: "IDS" }] : []),
+  ];
+  const current = tabs.some((t) => t.id === tab) ? tab : "summary";
+  const select = (id: string) => navigate({ page: "vm", name: vm.name, tab: id });
+
+  return (
+    <main className="page vm-page">
+      <div className="vm-title">
+        <h1>{vm.name}</h1>
+        <StateBadge state={vm.state} />
+        <VmBadges vm={vm} />
+      </div>
+      <div className="actions" role="toolbar" aria-label="VM actions">
+        {can("vm.control") && !running && (
+          <button type="button" className="primary" disabled={!!pending} onClick={() => void act("Start", "start", { wait: true }).catch(() => undefined)}>
+            Start
+          </button>
+        )}
+        {can("vm.control") && vm.state === "running" && (
+          <button type="button" disabled={!!pending} onClick={() => void act("Pause", "pause").catch(() => undefined)}>
+            Pause
+          </button>
+        )}
+        {can("vm.control") && vm.state === "paused" && (
+          <button type="button" disabled={!!pending} onClick={() => void act("Resume", "resume").catch(() => undefined)}>
+            Resume
+          </button>
+        )}
+        {can("vm.control") && running && (
+          <>
+            <button type="button" disabled={!!pending} onClick={() => setConfirm({ title: `Restart ${vm.name}?`, body: "The guest is stopped and started again in a fresh QEMU process.", action: "Restart", run: () => act("Restart", "restart", { wait: true }) })}>
+              Restart
+            </button>
+            <button type="button" disabled={!!pending} onClick={() => setConfirm({ title: `Stop ${vm.name}?`, body: "ACPI power-off first; after 60 s QEMU is told to quit, then killed.", action: "Stop", run: () => act("Stop", "stop") })}>
+              Stop
+            </button>
+            <button type="button" className="danger" disabled={!!pending} onClick={() => setConfirm({ title: `Kill ${vm.name}?`, body: "QEMU is killed at once: like pulling the power cable. Unwritten guest data is lost.", action: "Kill", danger: true, run: () => act("Kill", "kill") })}>
+              Kill
+            </button>
+          </>
+        )}
+        {can("vm.delete") && !running && (
+          <button
+            type="button"
+            className="danger"
+            onClick={() =>
+              setConfirm({
+                title: `Destroy ${vm.name}?`,
+                body: "The VM and its files are removed. Its audit trail stays.",
+                action: "Destroy",
+                danger: true,
+                typeToConfirm: vm.name,
+                run: async () => {
+                  await api("DELETE", `/v1/vms/${vm.name}`);
+                  navigate({ page: "inventory" });
+                },
+              })
+            }
+          >
+            Destroy
+          </button>
+        )}
+      </div>
+      {pending && <ProgressBar p={progress} label={pending.label} />}
+      {actionError && (
+        <p className="error" role="alert">
+          {actionError}
+        </p>
+      )}
+      <Tabs tabs={tabs} current={current} onSelect={select} />
+      <div role="tabpanel" aria-labelledby={`tab-${current}`} className="tabpanel">
+        {current === "summary" && <SummaryTab vm={vm} />}
+        {current === "console" && <ConsoleTab vm={vm} />}
+        {current === "graphs" && <GraphsTab vm={vm} />}
+        {current === "snapshots" && <SnapshotsTab vm={vm} canModify={can("vm.modify")} confirm={setConfirm} onChange={load} />}
+        {current === "generations" && <GenerationsTab vm={vm} />}
+        {current === "history" && <HistoryTab vm={vm} />}
+        {current === "data" && <DataTab vm={vm} canPurge={can("vm.delete")} confirm={setConfirm} />}
+        {current === "ids" && <IdsTab vm={vm} />}
+      </div>
+      {confirm && <ConfirmDialog req={confirm} onClose={() => setConfirm(null)} />}
+    </main>
+  );
+}
