@@ -30,11 +30,11 @@ export interface BenchDaemon {
   close(): Promise<void>;
 }
 
-export async function benchDaemon(extraEnv: NodeJS.ProcessEnv = {}): Promise<BenchDaemon> {
+export async function benchDaemon(extraEnv: NodeJS.ProcessEnv = {}, serveArgs: readonly string[] = ["--listen", "none"]): Promise<BenchDaemon> {
   const home = mkdtempSync(join(tmpdir(), "vigil-bench-"));
   const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "warn", ...extraEnv };
   delete env.VIGIL_URL;
-  const child: ChildProcess = spawn(process.execPath, [BIN, "serve", "--listen", "none"], { env, stdio: "inherit" });
+  const child: ChildProcess = spawn(process.execPath, [BIN, "serve", ...serveArgs], { env, stdio: "inherit" });
   const socket = join(home, "run", "vigil.sock");
   const deadline = Date.now() + 20_000;
   while (!existsSync(socket)) {

@@ -18,6 +18,7 @@ const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<vo
   "ext4-read": () => import("./ext4-read.ts"),
   "offline-scan": () => import("./offline-scan.ts"),
   recording: () => import("./recording.ts"),
+  web: () => import("./web.ts"),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -79,7 +79,7 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
 
   // Create a VM from the inventory and start it from its page.
   await page.getByRole("button", { name: "Create VM" }).click();
-  await page.getByLabel("Name").fill("web1");
+  await page.getByLabel("Name", { exact: true }).fill("web1");
   await page.getByLabel("Memory (MiB)").fill(String(MEMORY_MIB));
   await page.getByLabel("Purpose").fill("web console e2e");
   await shot(page, "02-create");
@@ -128,10 +128,12 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await page.getByRole("button", { name: "Take snapshot" }).click();
   await page.getByTestId("snapshot-s1").waitFor({ timeout: 120_000 });
   await page.getByTestId("snapshot-s1").getByRole("button", { name: "Revert" }).click();
-  await page.getByLabel("Reason (recorded in the audit log)").fill("e2e remediation");
   await shot(page, "07-revert-confirm");
   await page.getByRole("dialog").getByRole("button", { name: "Revert" }).click();
-  await page.getByRole("dialog").waitFor({ state: "detached", timeout: 180_000 });
+  await page
+    .getByRole("dialog")
+    .waitFor({ state: "detached", timeout: 180_000 })
+    .catch(async (err: Error) => assert.fail(`${err.message}\nthe dialog says: ${await page.getByRole("dialog").innerText()}`));
   const after = await d.api<{ generation: number; vmgenid: string; state: string }>("GET", "/v1/vms/web1");
   assert.ok(after.generation > before.generation, `generation ${before.generation} → ${after.generation}`);
   assert.notEqual(after.vmgenid, before.vmgenid);

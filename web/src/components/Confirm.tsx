@@ -11,21 +11,25 @@ export interface ConfirmRequest {
   danger?: boolean;
   /** When set, the user must type this to confirm. */
   typeToConfirm?: string;
-  /** A free-text reason, sent with the request (revert asks for one). */
-  askReason?: boolean;
-  run: (reason: string) => Promise<void>;
+  /**
+   * An override the CLI offers as a flag (revert's --force below the security floor): a checkbox with this label,
+   * and when it is ticked a reason, which the audit log records.
+   */
+  force?: string;
+  run: (o: { force: boolean; reason: string }) => Promise<void>;
 }
 
 export function ConfirmDialog({ req, onClose }: { req: ConfirmRequest; onClose: () => void }) {
   const dialog = useRef<HTMLDialogElement>(null);
   const [typed, setTyped] = useState("");
   const [reason, setReason] = useState("");
+  const [force, setForce] = useState(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     dialog.current?.showModal();
   }, []);
-  const ok = !req.typeToConfirm || typed === req.typeToConfirm;
+  const ok = (!req.typeToConfirm || typed === req.typeToConfirm) && (!force || reason.trim() !== "");
   return (
     <dialog ref={dialog} className="dialog" aria-labelledby="confirm-title" onClose={onClose} onCancel={onClose}>
       <form
@@ -35,7 +39,7 @@ export function ConfirmDialog({ req, onClose }: { req: ConfirmRequest; onClose: 
           if (!ok || busy) return;
           setBusy(true);
           setError(null);
-          req.run(reason).then(
+          req.run({ force, reason: reason.trim() }).then(
             () => dialog.current?.close(),
             (err: unknown) => {
               setBusy(false);
@@ -46,10 +50,15 @@ export function ConfirmDialog({ req, onClose }: { req: ConfirmRequest; onClose: 
       >
         <h2 id="confirm-title">{req.title}</h2>
         <div className="dialog-body">{req.body}</div>
-        {req.askReason && (
+        {req.force && (
+          <label className="check">
+            <input type="checkbox" checked={force} onChange={(e) => setForce(e.target.checked)} /> {req.force}
+          </label>
+        )}
+        {force && (
           <label className="field">
-            Reason (recorded in the audit log)
-            <input value={reason} onChange={(e) => setReason(e.target.value)} maxLength={500} />
+            Reason (required; recorded in the audit log)
+            <input value={reason} onChange={(e) => setReason(e.target.value)} maxLength={500} required />
           </label>
         )}
         {req.typeToConfirm && (

@@ -73,11 +73,11 @@ export function SnapshotsTab({ vm, canModify, confirm, onChange }: { vm: Vm; can
                     onClick={() =>
                       confirm({
                         title: `Revert ${vm.name} to ${s.name}?`,
-                        body: "The VM restarts from the snapshot as a new generation with a new vmgenid, so the guest reseeds its randomness. What happened since is kept in the generations tree.",
+                        body: "The VM restarts from the snapshot as a new generation with a new vmgenid, so the guest reseeds its randomness. What happened since is kept in the generations tree. A snapshot below the VM's security floor is refused unless forced.",
                         action: "Revert",
-                        askReason: true,
-                        run: async (reason) => {
-                          await api("POST", `/v1/vms/${vm.name}/snapshots/${s.name}/revert`, { body: reason ? { reason } : {} });
+                        force: "Force: revert below the VM's security floor (as --force)",
+                        run: async ({ force, reason }) => {
+                          await api("POST", `/v1/vms/${vm.name}/snapshots/${s.name}/revert`, { body: force ? { force, reason } : {} });
                           load();
                           onChange();
                         },
