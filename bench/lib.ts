@@ -3,7 +3,7 @@
  * benchmark prints (baseline and vigil side by side from the same run, and their ratio).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { call } from "../src/cli/client.ts";
@@ -30,8 +30,9 @@ export interface BenchDaemon {
   close(): Promise<void>;
 }
 
-export async function benchDaemon(extraEnv: NodeJS.ProcessEnv = {}, serveArgs: readonly string[] = ["--listen", "none"]): Promise<BenchDaemon> {
+export async function benchDaemon(extraEnv: NodeJS.ProcessEnv = {}, serveArgs: readonly string[] = ["--listen", "none"], config?: unknown): Promise<BenchDaemon> {
   const home = mkdtempSync(join(tmpdir(), "vigil-bench-"));
+  if (config !== undefined) writeFileSync(join(home, "config.json"), JSON.stringify(config));
   const env: NodeJS.ProcessEnv = { ...process.env, VIGIL_HOME: home, VIGIL_LOG_LEVEL: "warn", ...extraEnv };
   delete env.VIGIL_URL;
   const child: ChildProcess = spawn(process.execPath, [BIN, "serve", ...serveArgs], { env, stdio: "inherit" });

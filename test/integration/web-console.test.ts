@@ -98,7 +98,8 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
     await page.keyboard.type("echo vigil-$((6*7))");
     await page.keyboard.press("Enter");
     answered = await page
-      .waitForFunction('/vigil-42/.test(document.querySelector(".xterm-rows")?.innerText ?? "")', undefined, { timeout: 3000 })
+      .locator(".xterm-rows", { hasText: "vigil-42" })
+      .waitFor({ timeout: 3000 })
       .then(() => true, () => false);
   }
   assert.ok(answered, `the guest answered on the console; screen:\n${await screenText(page)}`);
