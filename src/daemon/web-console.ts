@@ -66,7 +66,12 @@ export function createWebConsole(d: ApiDeps, transport: Transport, secure: boole
       refuse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", "Internal error"));
     }
   };
-  return { upgrade, close: () => wss.close() };
+  // Shutdown ends open consoles (their serial connections close with them; the VMs keep running).
+  const close = () => {
+    for (const ws of wss.clients) ws.terminate();
+    wss.close();
+  };
+  return { upgrade, close };
 }
 
 /** Guest ↔ browser, with backpressure both ways; either side closing closes the other. */

@@ -123,10 +123,17 @@ export class MetricsService {
   /** query-blockstats within the timeout; undefined (quietly) when QMP is busy, gone, or the VM is recording. */
   private async disk(rt: Pick<VmRuntime, "qmp" | "recording">): Promise<{ read: number; written: number } | undefined> {
     if (rt.recording || !rt.qmp.isOpen) return undefined;
+    const timeoutMs = this.d.qmpTimeoutMs ?? 1000;
+    let timer: NodeJS.Timeout | undefined;
+    // The client's own timeout, and ours in case a command queued behind a slow one never gets to run.
+    const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs)));
     try {
-      return sumBlockstats(await rt.qmp.execute("query-blockstats", undefined, { timeoutMs: this.d.qmpTimeoutMs ?? 1000 }));
+      const answer = await Promise.race([rt.qmp.execute("query-blockstats", undefined, { timeoutMs }), late]);
+      return answer === undefined ? undefined : sumBlockstats(answer);
     } catch {
       return undefined;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
