@@ -11,6 +11,8 @@ export const ERROR_STATUS = {
   VIGIL_INVALID_SPEC: 400,
   VIGIL_UNAUTHENTICATED: 401,
   VIGIL_FORBIDDEN: 403,
+  /** A request authenticated by the session cookie without the matching x-vigil-csrf header (docs/web.md). */
+  VIGIL_CSRF: 403,
   VIGIL_NOT_FOUND: 404,
   VIGIL_VM_NOT_FOUND: 404,
   VIGIL_IMAGE_NOT_FOUND: 404,
@@ -27,6 +29,8 @@ export const ERROR_STATUS = {
   VIGIL_TIMEOUT: 504,
   VIGIL_HOST: 500,
   VIGIL_INTERNAL: 500,
+  /** A part of vigil that is not there (the web console not built). */
+  VIGIL_UNAVAILABLE: 503,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -146,6 +146,13 @@ const MATRIX: Record<string, Actor[]> = {
   "POST /v1/vms/{name}/net/forwards": ["admin"],
   "GET /v1/net/forwards": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "DELETE /v1/net/forwards/{id}": ["admin"],
+  // A browser's session (docs/web.md): logging in needs no token beforehand (the body carries it).
+  "POST /v1/session": ACTORS,
+  "GET /v1/session": AUTHENTICATED,
+  "DELETE /v1/session": AUTHENTICATED,
+  // Metrics: a VM's like the VM; /metrics shows the VMs one may read (host series with host.read): whoever may read some VM.
+  "GET /v1/vms/{name}/metrics": ["admin", "operator", "vmOwner", "auditor"],
+  "GET /metrics": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
 };
 
 for (const allowed of Object.values(MATRIX)) if (allowed.includes("auditor") || allowed.includes("ownerCarol")) allowed.push("auditorOwner");
@@ -257,6 +264,11 @@ const REACHED: Record<string, [number, string?]> = {
   "POST /v1/vms/{name}/net/forwards": [409, "VIGIL_INVALID_STATE"],
   "GET /v1/net/forwards": [200],
   "DELETE /v1/net/forwards/{id}": [404, "VIGIL_NOT_FOUND"],
+  "POST /v1/session": [400, "VIGIL_BAD_REQUEST"], // the empty body has no token
+  "GET /v1/session": [200],
+  "DELETE /v1/session": [200],
+  "GET /v1/vms/{name}/metrics": [200],
+  "GET /metrics": [200],
 };
 
 /** Query strings some routes require to get past input validation to the authorization check. */

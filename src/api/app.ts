@@ -1,6 +1,7 @@
 /**
  * The HTTP API: Hono with OpenAPI route definitions. Order of work for every request: assign a request id,
- * authenticate (unix socket → the local user; otherwise a bearer token; deny by default), validate the input
+ * authenticate (unix socket → the local user; otherwise a bearer token, or on TCP a browser's session cookie with
+ * its CSRF header for changes; deny by default), validate the input
  * against the route's schema, call one service method. Errors become responses only in error-response.ts.
  */
 import { OpenAPIHono } from "@hono/zod-openapi";
@@ -8,6 +9,7 @@ import { randomUUID } from "node:crypto";
 import { VigilError } from "../errors.ts";
 import type { RequestContext } from "../auth/guard.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
+import { CSRF_HEADER, csrfMatches, isSafeMethod, presentedToken } from "../auth/session.ts";
 import { ACTOR_HEADER } from "../cluster/types.ts";
 import { zodIssueToError } from "../validation.ts";
 import type { ApiDeps, App, Env } from "./context.ts";
@@ -24,6 +26,9 @@ import { registerPostureRoutes, registerScanRoutes } from "./routes/posture.ts";
 import { registerRecordingRoutes } from "./routes/recordings.ts";
 import { registerNetworkVisRoutes } from "./routes/network-vis.ts";
 import { registerAgentRoutes } from "./routes/agent.ts";
+import { registerSessionRoutes } from "./routes/session.ts";
+import { registerMetricsRoutes } from "./routes/metrics.ts";
+import { isStaticRequest, serveStatic, webDir } from "./static-files.ts";
 
 export const PUBLIC_PATHS = new Set(["/v1/health", "/openapi.json"]);
 
@@ -33,7 +38,7 @@ export const OPENAPI_INFO = {
     title: "vigil API",
     version: "1",
     description:
-      "Manage QEMU virtual machines with ownership, audit and rollback-safe time built in. Authenticate with `Authorization: Bearer <token>` (the local unix socket needs none). Errors are `{error: {code, message, field?}}`.",
+      "Manage QEMU virtual machines with ownership, audit and rollback-safe time built in. Authenticate with `Authorization: Bearer <token>` (the local unix socket needs none), or in a browser with the session cookie of POST /v1/session plus its `x-vigil-csrf` header on every request that is not GET or HEAD. Errors are `{error: {code, message, field?}}`.",
   },
 };
 
@@ -52,9 +57,14 @@ export function createApp(d: ApiDeps): App {
     const given = c.req.header("x-request-id");
     const requestId = given && /^[A-Za-z0-9._-]{1,64}$/.test(given) ? given : randomUUID();
     c.header("x-request-id", requestId);
-    if (PUBLIC_PATHS.has(c.req.path)) return next();
+    if (PUBLIC_PATHS.has(c.req.path) || (c.req.path === "/v1/session" && c.req.method === "POST")) return next();
+    // The web console's files are public (the app holds no data): served here, before any authentication.
+    if (isStaticRequest(c.req.method, c.req.path)) return serveStatic(webDir(), new URL(c.req.url).pathname, c.req.method);
 
-    const actor = await authenticateRequest(d.users, d.localUser, c.env?.transport, c.req.header("authorization"), c.req.header(ACTOR_HEADER));
+    const transport = c.env?.transport;
+    // Only the TCP listener reads the session cookie (a browser's); the unix socket and the cluster door never do.
+    const cookie = transport === "tcp" ? c.req.header("cookie") : undefined;
+    const actor = await authenticateRequest(d.users, d.localUser, transport, c.req.header("authorization"), c.req.header(ACTOR_HEADER), cookie);
     if (!actor) {
       if (c.req.method !== "GET" && c.req.method !== "HEAD") {
         // Aggregated per source: the first per interval is recorded at once, the rest as one count.
@@ -62,6 +72,13 @@ export function createApp(d: ApiDeps): App {
       }
       return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required: send Authorization: Bearer <token> (see `vigil login`)")), 401);
     }
+    const presented = transport === "tcp" ? presentedToken(c.req.header("authorization"), cookie) : undefined;
+    // A cookie is sent by the browser on its own: a change it authenticates must prove the page knew csrf(token).
+    if (presented?.via === "cookie" && !isSafeMethod(c.req.method) && !csrfMatches(presented.token, c.req.header(CSRF_HEADER))) {
+      await d.audit.denials.deny(c.env?.remoteAddress ?? "unknown", c.req.method, c.req.path.slice(0, 200), requestId);
+      return c.json(errorBody(new VigilError("VIGIL_CSRF", "A request authenticated by the session cookie needs the x-vigil-csrf header from POST /v1/session")), 403);
+    }
+    c.set("presented", presented);
     const ctx: RequestContext = { actor, requestId };
     d.progress.claim(requestId, actor.name); // only this actor may follow the request's progress
     c.set("ctx", ctx);
@@ -81,6 +98,8 @@ export function createApp(d: ApiDeps): App {
   registerRecordingRoutes(app, d);
   registerNetworkVisRoutes(app, d);
   registerAgentRoutes(app, d);
+  registerSessionRoutes(app, d);
+  registerMetricsRoutes(app, d);
 
   app.doc31("/openapi.json", OPENAPI_INFO);
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));

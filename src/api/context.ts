@@ -30,6 +30,8 @@ import type { ScanService } from "../posture/scan-service.ts";
 import type { RecordingService } from "../recording/recording-service.ts";
 import type { VisService } from "../network/vis-service.ts";
 import type { AgentMigrations } from "../migration/agent-migrations.ts";
+import type { MetricsService } from "../metrics/metrics-service.ts";
+import type { PresentedToken } from "../auth/session.ts";
 
 export interface ApiDeps {
   vms: VmService;
@@ -53,6 +55,8 @@ export interface ApiDeps {
   posture: PostureService;
   scans: ScanService;
   recordings: RecordingService;
+  /** The numbers of /metrics and GET /v1/vms/NAME/metrics. */
+  metrics: MetricsService;
   /** Counters, mirrors, port forwards (absent: the virtual network is not set up; its routes answer 500). */
   vis?: VisService | undefined;
   /** The agent's side of live migrations (only on `vigil agent`). */
@@ -68,8 +72,10 @@ export interface ApiDeps {
 }
 
 export type Env = {
-  Variables: { ctx: RequestContext };
-  Bindings: { transport?: Transport; remoteAddress?: string | undefined };
+  /** `presented`: the token the request authenticated with, and whether by bearer header or session cookie (TCP only). */
+  Variables: { ctx: RequestContext; presented: PresentedToken | undefined };
+  /** `secure`: the listener is TLS (the session cookie then gets `Secure`). */
+  Bindings: { transport?: Transport; remoteAddress?: string | undefined; secure?: boolean | undefined };
 };
 
 export type App = OpenAPIHono<Env>;

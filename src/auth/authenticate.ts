@@ -8,6 +8,7 @@
 import { z } from "zod";
 import { ROLES, type Actor } from "./permissions.ts";
 import type { UserStore } from "./users.ts";
+import { presentedToken } from "./session.ts";
 
 export type Transport = "unix" | "tcp" | "cluster";
 
@@ -34,12 +35,17 @@ export function delegatedActor(header: string | undefined): Actor | undefined {
   return { userId: `cluster:${r.data.name}`, name: r.data.name, roles: r.data.roles, groups: r.data.groups, introspect: r.data.introspect, via: "cluster" };
 }
 
-export async function authenticateRequest(users: UserStore, localUser: string, transport: Transport | undefined, authorization: string | undefined, delegated?: string): Promise<Actor | undefined> {
+/**
+ * The actor of a request, or undefined (refused). On the TCP listener a browser's session cookie (`cookieHeader`,
+ * auth/session.ts) stands for the bearer token when there is no Authorization header; the unix socket and the
+ * cluster listener never look at cookies. Whether the cookie was used is `presentedToken`'s answer (the CSRF rule).
+ */
+export async function authenticateRequest(users: UserStore, localUser: string, transport: Transport | undefined, authorization: string | undefined, delegated?: string, cookieHeader?: string): Promise<Actor | undefined> {
   if (transport === "unix") {
     const row = await users.findByName(localUser);
     return row ? users.actorFor(row, "unix") : undefined;
   }
   if (transport === "cluster") return delegatedActor(delegated);
-  const m = /^Bearer (\S+)$/.exec(authorization ?? "");
-  return m ? users.authenticate(m[1]!) : undefined;
+  const presented = transport === "tcp" ? presentedToken(authorization, cookieHeader) : presentedToken(authorization, undefined);
+  return presented ? users.authenticate(presented.token) : undefined;
 }

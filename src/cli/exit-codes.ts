@@ -35,6 +35,7 @@ export function exitCodeFor(code: string): number {
       return EXIT.conflict;
     case "VIGIL_UNAUTHENTICATED":
     case "VIGIL_FORBIDDEN":
+    case "VIGIL_CSRF":
       return EXIT.denied;
     case "VIGIL_UNREACHABLE":
       return EXIT.unreachable;

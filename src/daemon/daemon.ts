@@ -74,6 +74,8 @@ import { ACTOR_HEADER, EPOCH_HEADER } from "../cluster/types.ts";
 import { validateSharedStorage } from "../cluster/shared-storage.ts";
 import { HaAgent } from "../migration/ha-agent.ts";
 import { openInventory } from "../inventory/db.ts";
+import { MetricsService } from "../metrics/metrics-service.ts";
+import { createWebConsole, isWebSocketUpgrade } from "./web-console.ts";
 
 export const VERSION: string = (() => {
   try {
@@ -280,6 +282,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     scans: scanService,
     recordings,
     vis,
+    metrics: new MetricsService({ vms, netCounters: (ctx, name) => vis.counters(ctx, name), hostName }),
     host: { name: hostName, accelerator: accel.accel, accelReason: accel.reason, version: VERSION, home: home.home },
     clusterEpoch: () => agentLease?.epoch ?? 0,
     localUser,
@@ -329,6 +332,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     return l;
   };
   const servers: ServerType[] = [];
+  const webConsoles: Array<{ close(): void }> = [];
   let stopExpiry = () => {};
   let recovered: Awaited<ReturnType<VmService["recover"]>> | undefined;
 
@@ -344,6 +348,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     haAgent?.close();
     await leaseDb?.destroy().catch(() => undefined);
     await migrations?.close();
+    for (const w of webConsoles) w.close();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
     await introspection.close();
@@ -361,7 +366,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const ready = new Promise<void>((resolve) => (markReady = resolve));
   const serve = (transport: "unix" | "tcp") => async (req: Request, env?: { incoming?: { socket?: { remoteAddress?: string | undefined } } }) => {
     await ready;
-    return app.fetch(req, { transport, remoteAddress: env?.incoming?.socket?.remoteAddress });
+    return app.fetch(req, { transport, remoteAddress: env?.incoming?.socket?.remoteAddress, secure: transport === "tcp" && tls !== undefined });
   };
   let tcpAddress: Daemon["tcpAddress"];
   let unixServer: ServerType;
@@ -448,7 +453,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       requirePeerRole(peerIdentity(socket as TLSSocket), "manager");
       agentLease?.admit(headerOf(req, EPOCH_HEADER) ?? null);
     } : undefined;
-    server.on("upgrade", (req: IncomingMessage, socket: Socket) => void consoleUpgrade(deps, transport, req, socket, gate));
+    // The browser's console (a WebSocket, daemon/web-console.ts) beside the CLI's raw vigil-console upgrade.
+    const web = transport === "cluster" ? undefined : createWebConsole(deps, transport, transport === "tcp" && tls !== undefined);
+    if (web) webConsoles.push(web);
+    server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      if (web && isWebSocketUpgrade(req)) return void web.upgrade(req, socket, head);
+      void consoleUpgrade(deps, transport, req, socket, gate);
+    });
   }
 
   stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);

@@ -251,6 +251,11 @@ export class VmService {
     return this.core.layout(vm);
   }
 
+  /** The runtime of a VM vigil is attached to now, or undefined (metrics: a VM that is not running is not an error). */
+  liveRuntime(vmId: string): VmRuntime | undefined {
+    return this.core.runtimes.get(vmId);
+  }
+
   runtimeOf(vm: VmRecord): VmRuntime {
     return this.core.runtime(vm);
   }
