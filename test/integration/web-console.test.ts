@@ -141,7 +141,7 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await page.getByRole("tab", { name: "Generations" }).click();
   await page.getByText(`generation ${after.generation}`).waitFor();
   await shot(page, "08-generations");
-  for (const tab of ["History", "Data"]) {
+  for (const tab of ["History", "Data", "Posture", "Network", "Recordings"]) {
     await page.getByRole("tab", { name: tab }).click();
     await page.waitForTimeout(500);
     await shot(page, `09-${tab.toLowerCase()}`);
@@ -155,6 +155,13 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await page.getByRole("link", { name: "Users" }).click();
   await page.getByRole("cell", { name: "audrey" }).waitFor();
   await shot(page, "11-users");
+  await page.getByRole("link", { name: "Host and trust" }).click();
+  await page.getByText("this site").waitFor();
+  await shot(page, "11b-host");
+  await page.getByRole("link", { name: "My tokens" }).click();
+  await page.getByRole("button", { name: "Issue token" }).click();
+  await page.getByText("New token (shown once)").waitFor();
+  await shot(page, "11c-tokens");
   await page.getByRole("link", { name: "Inventory" }).click();
   await page.getByTestId("vm-row-web1").waitFor();
   await page.setViewportSize({ width: 820, height: 1180 });

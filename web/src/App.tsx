@@ -8,6 +8,8 @@ import { Inventory } from "./pages/Inventory.tsx";
 import { VmPage } from "./pages/VmPage.tsx";
 import { AuditPage } from "./pages/AuditPage.tsx";
 import { UsersPage } from "./pages/UsersPage.tsx";
+import { HostPage } from "./pages/HostPage.tsx";
+import { TokensSection } from "./pages/TokensSection.tsx";
 
 type Theme = "light" | "dark";
 
@@ -59,6 +61,8 @@ export function App() {
           <NavLink to={{ page: "inventory" }} label="Inventory" current={route.page === "inventory" || route.page === "vm"} />
           <NavLink to={{ page: "audit" }} label="Audit log" current={route.page === "audit"} />
           {may(session, "user.read") && <NavLink to={{ page: "users" }} label="Users" current={route.page === "users"} />}
+          {(may(session, "host.read") || may(session, "image.read")) && <NavLink to={{ page: "host" }} label="Host and trust" current={route.page === "host"} />}
+          <NavLink to={{ page: "tokens" }} label="My tokens" current={route.page === "tokens"} />
         </nav>
         <div className="who">
           <span data-testid="whoami">
@@ -72,7 +76,11 @@ export function App() {
           </button>
         </div>
       </header>
-      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : <Inventory {...(route.page === "inventory" && route.host ? { host: route.host } : {})} />}
+      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "tokens" ? (
+        <main className="page">
+          <TokensSection user={session.user.name} canManage />
+        </main>
+      ) : <Inventory {...(route.page === "inventory" && route.host ? { host: route.host } : {})} />}
     </div>
   );
 }

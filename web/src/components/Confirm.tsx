@@ -16,6 +16,8 @@ export interface ConfirmRequest {
    * and when it is ticked a reason, which the audit log records.
    */
   force?: string;
+  /** A reason is always asked for (quarantine's): the audit log records it. */
+  reasonRequired?: boolean;
   run: (o: { force: boolean; reason: string }) => Promise<void>;
 }
 
@@ -29,7 +31,7 @@ export function ConfirmDialog({ req, onClose }: { req: ConfirmRequest; onClose: 
   useEffect(() => {
     dialog.current?.showModal();
   }, []);
-  const ok = (!req.typeToConfirm || typed === req.typeToConfirm) && (!force || reason.trim() !== "");
+  const ok = (!req.typeToConfirm || typed === req.typeToConfirm) && (!(force || req.reasonRequired) || reason.trim() !== "");
   return (
     <dialog ref={dialog} className="dialog" aria-labelledby="confirm-title" onClose={onClose} onCancel={onClose}>
       <form
@@ -55,7 +57,7 @@ export function ConfirmDialog({ req, onClose }: { req: ConfirmRequest; onClose: 
             <input type="checkbox" checked={force} onChange={(e) => setForce(e.target.checked)} /> {req.force}
           </label>
         )}
-        {force && (
+        {(force || req.reasonRequired) && (
           <label className="field">
             Reason (required; recorded in the audit log)
             <input value={reason} onChange={(e) => setReason(e.target.value)} maxLength={500} required />

@@ -9,7 +9,7 @@ export type Route =
   | { page: "vm"; name: string; tab: string }
   | { page: "audit" }
   | { page: "users" }
-  | { page: "tasks" }
+  | { page: "tokens" }
   | { page: "host" };
 
 export function parseRoute(pathname: string, search: string): Route {
@@ -18,7 +18,7 @@ export function parseRoute(pathname: string, search: string): Route {
   if (vm) return { page: "vm", name: vm[1]!, tab: q.get("tab") ?? "summary" };
   if (pathname === "/audit") return { page: "audit" };
   if (pathname === "/users") return { page: "users" };
-  if (pathname === "/tasks") return { page: "tasks" };
+  if (pathname === "/tokens") return { page: "tokens" };
   if (pathname === "/host") return { page: "host" };
   const host = q.get("host");
   return host ? { page: "inventory", host } : { page: "inventory" };

@@ -4,6 +4,7 @@ import { api, errorText } from "../lib/api.ts";
 import { may } from "../lib/permissions.ts";
 import { useSession } from "../session.tsx";
 import { when } from "../lib/format.ts";
+import { TokensSection } from "./TokensSection.tsx";
 
 interface User {
   name: string;
@@ -25,6 +26,7 @@ export function UsersPage() {
   const [name, setName] = useState("");
   const [role, setRole] = useState("owner");
   const [token, setToken] = useState<{ name: string; token: string } | null>(null);
+  const [tokensOf, setTokensOf] = useState<string | null>(null);
   const load = useCallback(() => {
     api<{ users: User[] }>("GET", "/v1/users").then((r) => setUsers(r.users), (err: unknown) => setError(errorText(err)));
     api<{ groups: { name: string; members: string[] }[] }>("GET", "/v1/groups").then((r) => setGroups(r.groups), () => undefined);
@@ -84,6 +86,7 @@ export function UsersPage() {
             <th scope="col">introspect</th>
             <th scope="col">state</th>
             <th scope="col">created</th>
+            <th scope="col"></th>
           </tr>
         </thead>
         <tbody>
@@ -97,10 +100,16 @@ export function UsersPage() {
               <td>
                 {when(u.createdAt)} by {u.createdBy}
               </td>
+              <td>
+                <button type="button" onClick={() => setTokensOf(u.name)}>
+                  Tokens
+                </button>
+              </td>
             </tr>
           ))}
         </tbody>
       </table>
+      {tokensOf && <TokensSection key={tokensOf} user={tokensOf} canManage={may(session, "user.manage") || tokensOf === session?.user.name} />}
       <h2>Groups</h2>
       <ul>
         {groups.map((g) => (

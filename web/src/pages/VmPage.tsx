@@ -22,6 +22,10 @@ import { GenerationsTab } from "./vm/GenerationsTab.tsx";
 import { HistoryTab } from "./vm/HistoryTab.tsx";
 import { DataTab } from "./vm/DataTab.tsx";
 import { IdsTab } from "./vm/IdsTab.tsx";
+import { PostureTab } from "./vm/PostureTab.tsx";
+import { RecordingsTab } from "./vm/RecordingsTab.tsx";
+import { FirewallTab } from "./vm/FirewallTab.tsx";
+import { CloneDialog } from "./vm/CloneDialog.tsx";
 
 const RUNNING = new Set(["running", "paused", "starting"]);
 
@@ -32,6 +36,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
   const [confirm, setConfirm] = useState<ConfirmRequest | null>(null);
   const [pending, setPending] = useState<{ label: string; requestId: string } | null>(null);
   const [actionError, setActionError] = useState<string | null>(null);
+  const [cloning, setCloning] = useState(false);
   const progress = useProgress(pending?.requestId ?? null);
 
   const load = useCallback(() => {
@@ -82,6 +87,9 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
     { id: "history", label: "History" },
     { id: "data", label: "Data" },
     ...(session?.can.includes("vm.introspect") ? [{ id: "ids", label: "IDS" }] : []),
+    { id: "posture", label: "Posture" },
+    ...(can("network.read") ? [{ id: "firewall", label: "Network" }] : []),
+    { id: "recordings", label: "Recordings" },
   ];
   const current = tabs.some((t) => t.id === tab) ? tab : "summary";
   const select = (id: string) => navigate({ page: "vm", name: vm.name, tab: id });
@@ -122,6 +130,11 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             </button>
           </>
         )}
+        {can("vm.export") && (
+          <button type="button" onClick={() => setCloning(true)}>
+            Clone
+          </button>
+        )}
         {can("vm.delete") && !running && (
           <button
             type="button"
@@ -160,8 +173,21 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
         {current === "history" && <HistoryTab vm={vm} />}
         {current === "data" && <DataTab vm={vm} canPurge={can("vm.delete")} confirm={setConfirm} />}
         {current === "ids" && <IdsTab vm={vm} />}
+        {current === "posture" && <PostureTab vm={vm} canScan={can("vm.control")} canQuarantine={can("vm.quarantine")} confirm={setConfirm} />}
+        {current === "firewall" && <FirewallTab vm={vm} />}
+        {current === "recordings" && <RecordingsTab vm={vm} canReplay={can("vm.console")} canDelete={can("vm.delete")} confirm={setConfirm} />}
       </div>
       {confirm && <ConfirmDialog req={confirm} onClose={() => setConfirm(null)} />}
+      {cloning && (
+        <CloneDialog
+          vm={vm}
+          onClose={() => setCloning(false)}
+          onCloned={(clone) => {
+            setCloning(false);
+            navigate({ page: "vm", name: clone, tab: "summary" });
+          }}
+        />
+      )}
     </main>
   );
 }

@@ -1,0 +1,96 @@
+/** A user's tokens (never their secrets): issue one (shown once), revoke one and every token minted with it. */
+import { useCallback, useEffect, useState } from "react";
+import { api, errorText } from "../lib/api.ts";
+import { when } from "../lib/format.ts";
+
+interface TokenInfo {
+  id: string;
+  name: string;
+  createdAt: string;
+  expiresAt: string | null;
+  lastUsedAt: string | null;
+  revoked: boolean;
+}
+
+export function TokensSection({ user, canManage }: { user: string; canManage: boolean }) {
+  const [tokens, setTokens] = useState<TokenInfo[]>([]);
+  const [error, setError] = useState<string | null>(null);
+  const [name, setName] = useState("web");
+  const [issued, setIssued] = useState<string | null>(null);
+  const load = useCallback(() => {
+    api<{ tokens: TokenInfo[] }>("GET", `/v1/users/${user}/tokens`).then((r) => setTokens(r.tokens), (err: unknown) => setError(errorText(err)));
+  }, [user]);
+  useEffect(load, [load]);
+  return (
+    <section aria-labelledby={`tokens-${user}`}>
+      <h2 id={`tokens-${user}`}>Tokens of {user}</h2>
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+      {canManage && (
+        <form
+          className="inline-form"
+          onSubmit={(e) => {
+            e.preventDefault();
+            api<{ token: string }>("POST", `/v1/users/${user}/tokens`, { body: { name } }).then(
+              (r) => {
+                setIssued(r.token);
+                load();
+              },
+              (err: unknown) => setError(errorText(err)),
+            );
+          }}
+        >
+          <label className="field">
+            Token name
+            <input value={name} onChange={(e) => setName(e.target.value)} required />
+          </label>
+          <button type="submit">Issue token</button>
+        </form>
+      )}
+      {issued && (
+        <p className="ok" role="status">
+          New token (shown once): <code>{issued}</code>
+        </p>
+      )}
+      <table className="table">
+        <thead>
+          <tr>
+            <th scope="col">name</th>
+            <th scope="col">id</th>
+            <th scope="col">created</th>
+            <th scope="col">expires</th>
+            <th scope="col">last used</th>
+            <th scope="col"></th>
+          </tr>
+        </thead>
+        <tbody>
+          {tokens.map((t) => (
+            <tr key={t.id}>
+              <td>{t.name}</td>
+              <td>
+                <code>{t.id}</code>
+              </td>
+              <td>{when(t.createdAt)}</td>
+              <td>{t.expiresAt ? when(t.expiresAt) : "never"}</td>
+              <td>{when(t.lastUsedAt)}</td>
+              <td>
+                {t.revoked ? (
+                  <span className="badge">revoked</span>
+                ) : (
+                  canManage && (
+                    <button type="button" className="danger" onClick={() => void api("DELETE", `/v1/users/${user}/tokens/${t.id}`).then(load, (err: unknown) => setError(errorText(err)))}>
+                      Revoke
+                    </button>
+                  )
+                )}
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
+  );
+}
