@@ -3,6 +3,7 @@
  * name typed again (as `vigil vm purge` asks for --yes). Escape or Cancel backs out.
  */
 import { useEffect, useRef, useState, type ReactNode } from "react";
+import { DialogActions, ErrorLine } from "./ErrorLine.tsx";
 
 export interface ConfirmRequest {
   title: string;
@@ -69,19 +70,8 @@ export function ConfirmDialog({ req, onClose }: { req: ConfirmRequest; onClose: 
             <input value={typed} onChange={(e) => setTyped(e.target.value)} autoFocus />
           </label>
         )}
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
-        <div className="dialog-actions">
-          <button type="button" onClick={() => dialog.current?.close()}>
-            Cancel
-          </button>
-          <button type="submit" className={req.danger ? "danger" : "primary"} disabled={!ok || busy}>
-            {busy ? "Working…" : req.action}
-          </button>
-        </div>
+        <ErrorLine error={error} />
+        <DialogActions onCancel={() => dialog.current?.close()} submit={req.action} busy={busy && "Working…"} disabled={!ok} danger={req.danger ?? false} />
       </form>
     </dialog>
   );

@@ -51,3 +51,12 @@ test("ProgressBar: a labelled progress element with the percentage; a waiting li
   assert.match(renderToStaticMarkup(<ProgressBar p={null} label="Start" />), /Start…/);
   assert.match(renderToStaticMarkup(<ProgressBar p={{ what: "x", current: 5, total: 0 }} label="L" />), /value="0"/);
 });
+
+test("ErrorLine announces an error and renders nothing without one; DialogActions shows the busy label and disables submit", async () => {
+  const { ErrorLine, DialogActions } = await import("./ErrorLine.tsx");
+  assert.equal(renderToStaticMarkup(<ErrorLine error={null} />), "");
+  assert.equal(renderToStaticMarkup(<ErrorLine error="<b>no</b>" />), '<p class="error" role="alert">&lt;b&gt;no&lt;/b&gt;</p>');
+  const busy = renderToStaticMarkup(<DialogActions onCancel={() => undefined} submit="Create" busy="Creating…" />);
+  assert.match(busy, /<button type="submit" class="primary" disabled="">Creating…<\/button>/);
+  assert.match(renderToStaticMarkup(<DialogActions onCancel={() => undefined} submit="Kill" danger />), /class="danger">Kill</);
+});

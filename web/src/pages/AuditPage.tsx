@@ -6,6 +6,7 @@ import { useAuditEvents } from "../lib/events.ts";
 import { may } from "../lib/permissions.ts";
 import { useSession } from "../session.tsx";
 import { AuditTable } from "../components/AuditTable.tsx";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const KEEP = 2000;
 
@@ -76,11 +77,7 @@ export function AuditPage() {
           {verify.ok ? `Intact: ${verify.records} records, ${verify.checkpoints} checkpoints, last #${verify.lastSeq}.` : `BROKEN at #${verify.firstBad?.seq}: ${verify.firstBad?.reason}`}
         </p>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       <AuditTable records={shown} />
     </main>
   );

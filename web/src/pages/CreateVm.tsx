@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "react";
 import { api, errorText } from "../lib/api.ts";
 import type { Image, Vm } from "../lib/types.ts";
+import { DialogActions, ErrorLine } from "../components/ErrorLine.tsx";
 
 export function CreateVmDialog({ images, onClose, onCreated, requestId }: { images: Image[]; onClose: () => void; onCreated: (name: string) => void; requestId: () => string }) {
   const dialog = useRef<HTMLDialogElement>(null);
@@ -67,19 +68,8 @@ export function CreateVmDialog({ images, onClose, onCreated, requestId }: { imag
             <input name="owner" value={f.owner} onChange={set("owner")} />
           </label>
         </div>
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
-        <div className="dialog-actions">
-          <button type="button" onClick={() => dialog.current?.close()}>
-            Cancel
-          </button>
-          <button type="submit" className="primary" disabled={busy}>
-            {busy ? "Creating…" : "Create"}
-          </button>
-        </div>
+        <ErrorLine error={error} />
+        <DialogActions onCancel={() => dialog.current?.close()} submit="Create" busy={busy && "Creating…"} />
       </form>
     </dialog>
   );

@@ -4,6 +4,7 @@ import { api, errorText } from "../lib/api.ts";
 import { may } from "../lib/permissions.ts";
 import { useSession } from "../session.tsx";
 import { when } from "../lib/format.ts";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 interface Host {
   name: string;
@@ -37,11 +38,7 @@ export function HostPage() {
   return (
     <main className="page">
       <h1>Host and trust</h1>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {host && (
         <dl>
           <dt>Host</dt>

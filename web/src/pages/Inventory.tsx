@@ -13,6 +13,7 @@ import { useSession } from "../session.tsx";
 import { VirtualList } from "../components/VirtualList.tsx";
 import { StateBadge, VmBadges } from "../components/Badges.tsx";
 import { CreateVmDialog } from "./CreateVm.tsx";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const STATES = ["running", "stopped", "paused", "starting", "stopping", "crashed", "incoming"];
 
@@ -111,11 +112,7 @@ export function Inventory({ host }: { host?: string }) {
             </button>
           )}
         </div>
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
+        <ErrorLine error={error} />
         <div className="vm-head" role="row">
           {(["name", "state", "host", "owner", "expiresAt"] as const).map((k) => (
             <button key={k} type="button" role="columnheader" aria-sort={sort === k ? "ascending" : "none"} onClick={() => setSort(k)}>

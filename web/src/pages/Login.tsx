@@ -2,6 +2,7 @@
 import { useState } from "react";
 import { useSession } from "../session.tsx";
 import { errorText } from "../lib/api.ts";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 export function Login() {
   const { login } = useSession();
@@ -31,11 +32,7 @@ export function Login() {
           Token
           <input type="password" name="token" autoComplete="current-password" value={token} onChange={(e) => setToken(e.target.value)} required />
         </label>
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
+        <ErrorLine error={error} />
         <button type="submit" className="primary" disabled={busy || !token.trim()}>
           {busy ? "Signing in…" : "Sign in"}
         </button>

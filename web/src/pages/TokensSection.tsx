@@ -2,6 +2,7 @@
 import { useCallback, useEffect, useState } from "react";
 import { api, errorText } from "../lib/api.ts";
 import { when } from "../lib/format.ts";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 interface TokenInfo {
   id: string;
@@ -24,11 +25,7 @@ export function TokensSection({ user, canManage }: { user: string; canManage: bo
   return (
     <section aria-labelledby={`tokens-${user}`}>
       <h2 id={`tokens-${user}`}>Tokens of {user}</h2>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {canManage && (
         <form
           className="inline-form"

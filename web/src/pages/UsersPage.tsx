@@ -5,6 +5,7 @@ import { may } from "../lib/permissions.ts";
 import { useSession } from "../session.tsx";
 import { when } from "../lib/format.ts";
 import { TokensSection } from "./TokensSection.tsx";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 interface User {
   name: string;
@@ -35,11 +36,7 @@ export function UsersPage() {
   return (
     <main className="page">
       <h1>Users</h1>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {may(session, "user.manage") && (
         <form
           className="inline-form"

@@ -26,6 +26,7 @@ import { PostureTab } from "./vm/PostureTab.tsx";
 import { RecordingsTab } from "./vm/RecordingsTab.tsx";
 import { FirewallTab } from "./vm/FirewallTab.tsx";
 import { CloneDialog } from "./vm/CloneDialog.tsx";
+import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const RUNNING = new Set(["running", "paused", "starting"]);
 
@@ -158,11 +159,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
         )}
       </div>
       {pending && <ProgressBar p={progress} label={pending.label} />}
-      {actionError && (
-        <p className="error" role="alert">
-          {actionError}
-        </p>
-      )}
+      <ErrorLine error={actionError} />
       <Tabs tabs={tabs} current={current} onSelect={select} />
       <div role="tabpanel" aria-labelledby={`tab-${current}`} className="tabpanel">
         {current === "summary" && <SummaryTab vm={vm} />}

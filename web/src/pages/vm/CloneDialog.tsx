@@ -3,6 +3,7 @@ import { useEffect, useRef, useState } from "react";
 import { api, errorText, newRequestId } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { ProgressBar, useProgress } from "../../components/Progress.tsx";
+import { DialogActions, ErrorLine } from "../../components/ErrorLine.tsx";
 
 export function CloneDialog({ vm, onClose, onCloned }: { vm: Vm; onClose: () => void; onCloned: (name: string) => void }) {
   const dialog = useRef<HTMLDialogElement>(null);
@@ -42,19 +43,8 @@ export function CloneDialog({ vm, onClose, onCloned }: { vm: Vm; onClose: () => 
           </select>
         </label>
         {requestId && <ProgressBar p={progress} label="Clone" />}
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
-        <div className="dialog-actions">
-          <button type="button" onClick={() => dialog.current?.close()}>
-            Cancel
-          </button>
-          <button type="submit" className="primary" disabled={requestId !== null}>
-            Clone
-          </button>
-        </div>
+        <ErrorLine error={error} />
+        <DialogActions onCancel={() => dialog.current?.close()} submit="Clone" busy={requestId !== null && "Cloning…"} />
       </form>
     </dialog>
   );

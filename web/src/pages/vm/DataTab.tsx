@@ -5,6 +5,7 @@ import type { Vm } from "../../lib/types.ts";
 import { bytes, when } from "../../lib/format.ts";
 import { navigate } from "../../lib/router.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 interface DataFile {
   id: string;
@@ -54,7 +55,7 @@ export function DataTab({ vm, canPurge, confirm }: { vm: Vm; canPurge: boolean; 
   useEffect(() => {
     api<{ live: DataFile[]; removed: DataFile[] }>("GET", `/v1/vms/${vm.name}/where`).then(setW, (err: unknown) => setError(errorText(err)));
   }, [vm.name, vm.generation]);
-  if (error) return <p className="error">{error}</p>;
+  if (error) return <ErrorLine error={error} />;
   if (!w) return <p>Loading…</p>;
   return (
     <div>

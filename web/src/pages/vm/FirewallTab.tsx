@@ -2,6 +2,7 @@
 import { useEffect, useState } from "react";
 import { api, errorText } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 export function FirewallTab({ vm }: { vm: Vm }) {
   const [fw, setFw] = useState<Record<string, unknown> | null>(null);
@@ -9,7 +10,7 @@ export function FirewallTab({ vm }: { vm: Vm }) {
   useEffect(() => {
     api<Record<string, unknown>>("GET", `/v1/vms/${vm.name}/firewall`).then(setFw, (err: unknown) => setError(errorText(err)));
   }, [vm.name]);
-  if (error) return <p className="error">{error}</p>;
+  if (error) return <ErrorLine error={error} />;
   if (!fw) return <p>Loading…</p>;
   return (
     <div>

@@ -4,6 +4,7 @@ import { api, errorText } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { when } from "../../lib/format.ts";
 import { treeOrder } from "../../lib/tree.ts";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 interface Generation {
   generation: number;
@@ -22,7 +23,7 @@ export function GenerationsTab({ vm }: { vm: Vm }) {
   useEffect(() => {
     api<{ current: number; generations: Generation[] }>("GET", `/v1/vms/${vm.name}/generations`).then(setG, (err: unknown) => setError(errorText(err)));
   }, [vm.name, vm.generation]);
-  if (error) return <p className="error">{error}</p>;
+  if (error) return <ErrorLine error={error} />;
   if (!g) return <p>Loading…</p>;
   const rows = treeOrder(g.generations, (x) => String(x.generation), (x) => (x.parentGeneration === null ? null : String(x.parentGeneration)));
   return (

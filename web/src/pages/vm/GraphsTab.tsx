@@ -8,6 +8,7 @@ import "uplot/dist/uPlot.min.css";
 import { api, errorText } from "../../lib/api.ts";
 import type { Vm, VmMetrics } from "../../lib/types.ts";
 import { bytes, rate } from "../../lib/format.ts";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 const KEEP = 150;
 const EVERY_MS = 2000;
@@ -87,11 +88,7 @@ export function GraphsTab({ vm }: { vm: Vm }) {
   }, [vm.name]);
   return (
     <div className="graphs">
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       <Chart title="CPU (% of one core)" t={s.t} series={[{ label: "QEMU", values: s.cpu }]} unit={(v) => `${v.toFixed(0)} %`} />
       <Chart title="Memory (resident)" t={s.t} series={[{ label: "RSS", values: s.rss }]} unit={bytes} />
       <Chart title="Disk" t={s.t} series={[{ label: "read/s", values: s.diskR }, { label: "written/s", values: s.diskW }]} unit={(v) => `${bytes(v)}/s`} />

@@ -4,6 +4,7 @@ import { api, errorText } from "../../lib/api.ts";
 import type { AuditRecord, Vm } from "../../lib/types.ts";
 import { when } from "../../lib/format.ts";
 import { AuditTable } from "../../components/AuditTable.tsx";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 interface History {
   lineage: Record<string, unknown> | null;
@@ -17,7 +18,7 @@ export function HistoryTab({ vm }: { vm: Vm }) {
   useEffect(() => {
     api<History>("GET", `/v1/vms/${vm.name}/history`).then(setH, (err: unknown) => setError(errorText(err)));
   }, [vm.name, vm.generation, vm.state]);
-  if (error) return <p className="error">{error}</p>;
+  if (error) return <ErrorLine error={error} />;
   if (!h) return <p>Loading…</p>;
   return (
     <div>

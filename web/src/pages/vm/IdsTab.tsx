@@ -3,6 +3,7 @@ import { useCallback, useEffect, useState } from "react";
 import { api, errorText } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { when } from "../../lib/format.ts";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 interface Finding {
   check: string;
@@ -44,11 +45,7 @@ export function IdsTab({ vm }: { vm: Vm }) {
     (on ? api("PUT", `/v1/vms/${vm.name}/watch`, { body: {} }) : api("DELETE", `/v1/vms/${vm.name}/watch`)).then(load, (err: unknown) => setError(errorText(err)));
   return (
     <div>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       <p data-testid="watch-status">
         Watch: {f?.watch ? `${f.watch.status}, ${f.watch.sweeps} sweeps every ${f.watch.intervalMs} ms, policy ${f.watch.policy}, last ${when(f.watch.lastSweepAt)}` : "off"}{" "}
         {f?.watch ? (

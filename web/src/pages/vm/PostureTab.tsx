@@ -4,6 +4,7 @@ import { api, errorText } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { when } from "../../lib/format.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 interface Posture {
   state: string;
@@ -30,7 +31,7 @@ export function PostureTab({ vm, canScan, canQuarantine, confirm }: { vm: Vm; ca
       .then(load, (err: unknown) => setError(errorText(err)))
       .finally(() => setBusy(null));
   };
-  if (!p) return error ? <p className="error">{error}</p> : <p>Loading…</p>;
+  if (!p) return error ? <ErrorLine error={error} /> : <p>Loading…</p>;
   const alarm = p.state === "vulnerable" || p.state === "infected";
   return (
     <div>
@@ -43,11 +44,7 @@ export function PostureTab({ vm, canScan, canQuarantine, confirm }: { vm: Vm; ca
           </>
         )}
       </p>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       <div className="actions">
         {canScan && (
           <button type="button" disabled={busy !== null || vm.state !== "stopped"} title={vm.state !== "stopped" ? "Scans read a stopped VM's disks" : undefined} onClick={() => run("scan", () => api("POST", `/v1/vms/${vm.name}/scan`))}>

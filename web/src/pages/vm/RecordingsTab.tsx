@@ -4,6 +4,7 @@ import { api, errorText } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { bytes, when } from "../../lib/format.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 interface Recording {
   id: string;
@@ -29,14 +30,10 @@ export function RecordingsTab({ vm, canReplay, canDelete, confirm }: { vm: Vm; c
     api<{ recordings: Recording[] }>("GET", `/v1/recordings?vm=${encodeURIComponent(vm.name)}`).then((r) => setList(r.recordings), (err: unknown) => setError(errorText(err)));
   }, [vm.name]);
   useEffect(load, [load, vm.state]);
-  if (!list) return error ? <p className="error">{error}</p> : <p>Loading…</p>;
+  if (!list) return error ? <ErrorLine error={error} /> : <p>Loading…</p>;
   return (
     <div>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {list.length === 0 ? (
         <p>No recordings. Start the VM with <code>vigil vm start {vm.name} --record</code>.</p>
       ) : (

@@ -5,6 +5,7 @@ import type { Snapshot, Vm } from "../../lib/types.ts";
 import { when } from "../../lib/format.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
 import { treeOrder } from "../../lib/tree.ts";
+import { ErrorLine } from "../../components/ErrorLine.tsx";
 
 export function SnapshotsTab({ vm, canModify, confirm, onChange }: { vm: Vm; canModify: boolean; confirm: (r: ConfirmRequest) => void; onChange: () => void }) {
   const [list, setList] = useState<{ current: string | null; snapshots: Snapshot[] } | null>(null);
@@ -49,11 +50,7 @@ export function SnapshotsTab({ vm, canModify, confirm, onChange }: { vm: Vm; can
           </button>
         </form>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {!list ? (
         <p>Loading…</p>
       ) : rows.length === 0 ? (
