@@ -1,7 +1,8 @@
 /**
  * `npm run bench -- web [--sizes 1000,10000] [--runs 5]`: the web console with a large inventory.
- * - The API's VM list (GET /v1/vms over HTTP with a bearer token, as the console's first request does): p50 and
- *   p99 of 60 calls at each size. Goal: p99 < 50 ms at 10,000 VMs.
+ * - The API's VM list over HTTP with a bearer token: the full list (`vigil vm list --json`, 20 calls) as the
+ *   baseline, and `?view=summary`, what the console's inventory asks for (100 calls): p50 and p99 at each size.
+ *   Goal: p99 < 50 ms at 10,000 VMs.
  * - Time to first paint (the paint timing API) and to an interactive inventory (the first VM row is in the DOM and
  *   the list has its row count) in Debian's headless Chromium, `--runs` fresh page loads at each size.
  * The smallest size is the baseline each larger one is compared with in the same run: the ratio says how the cost
@@ -40,7 +41,7 @@ export async function run(args: string[]): Promise<void> {
     const added = d.cli(["user", "add", "bench", "--role", "admin", "--json"]);
     if (added.status !== 0) throw new Error(added.stderr);
     const token = (JSON.parse(added.stdout) as { token: string }).token;
-    const results: { size: number; listP50: number; listP99: number; paint: number[]; interactive: number[] }[] = [];
+    const results: { size: number; fullP50: number; listP50: number; listP99: number; paint: number[]; interactive: number[] }[] = [];
     let have = 0;
     for (const size of sizes) {
       // Create up to `size` VMs, six requests at a time.
@@ -58,14 +59,20 @@ export async function run(args: string[]): Promise<void> {
       have = size;
       process.stderr.write(`\r  created ${size} VMs (${((performance.now() - t0) / 1000).toFixed(0)} s)\n`);
 
-      const times: number[] = [];
-      for (let i = 0; i < 60; i++) {
-        const s = performance.now();
-        const r = await fetch(`${base}/v1/vms`, { headers: { authorization: `Bearer ${token}` } });
-        const body = (await r.json()) as { vms: unknown[] };
-        times.push(performance.now() - s);
-        if (body.vms.length !== size) throw new Error(`the list has ${body.vms.length} VMs, not ${size}`);
-      }
+      // The full list (`vigil vm list --json`) is the baseline; the summary view is what the console asks for.
+      const list = async (path: string, n: number) => {
+        const times: number[] = [];
+        for (let i = 0; i < n; i++) {
+          const s = performance.now();
+          const r = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+          const body = (await r.json()) as { vms: unknown[] };
+          times.push(performance.now() - s);
+          if (body.vms.length !== size) throw new Error(`${path} has ${body.vms.length} VMs, not ${size}`);
+        }
+        return times;
+      };
+      const fullTimes = await list("/v1/vms", 20);
+      const times = await list("/v1/vms?view=summary", 100);
       const paint: number[] = [];
       const interactive: number[] = [];
       for (let i = 0; i < runs; i++) {
@@ -80,13 +87,13 @@ export async function run(args: string[]): Promise<void> {
         paint.push(t.fp);
         await ctx.close();
       }
-      results.push({ size, listP50: percentile(times, 50), listP99: percentile(times, 99), paint, interactive });
+      results.push({ size, fullP50: percentile(fullTimes, 50), listP50: percentile(times, 50), listP99: percentile(times, 99), paint, interactive });
     }
     const b = results[0]!;
     process.stdout.write(`\n## Web console, inventory of N VMs (baseline: ${b.size} VMs; Chromium ${browser.version()}, TCG host)\n`);
     for (const r of results) {
       process.stdout.write(
-        `  ${String(r.size).padStart(6)} VMs: GET /v1/vms p50 ${r.listP50.toFixed(1)} ms, p99 ${r.listP99.toFixed(1)} ms (goal p99 < 50 ms at 10,000)` +
+        `  ${String(r.size).padStart(6)} VMs: GET /v1/vms (full) p50 ${r.fullP50.toFixed(1)} ms | ?view=summary p50 ${r.listP50.toFixed(1)} ms, p99 ${r.listP99.toFixed(1)} ms (goal p99 < 50 ms at 10,000; summary/full p50 ${(r.listP50 / r.fullP50).toFixed(3)})` +
           ` | first contentful paint median ${median(r.paint).toFixed(0)} ms (${r.paint.map((x) => x.toFixed(0)).join(", ")})` +
           ` | interactive inventory median ${median(r.interactive).toFixed(0)} ms (${r.interactive.map((x) => x.toFixed(0)).join(", ")})` +
           (r === b ? "" : ` | ratio vs ${b.size}: list p99 ${(r.listP99 / b.listP99).toFixed(2)}x, interactive ${(median(r.interactive) / median(b.interactive)).toFixed(2)}x`) +

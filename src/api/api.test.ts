@@ -503,6 +503,23 @@ test("an owner sees only the VMs it owns", async (t) => {
   assert.deepEqual(theirs.vms, []);
 });
 
+test("view=summary lists the same VMs with only the inventory's fields; a bad view is a 400 naming it", async (t) => {
+  const f = await fixture(t);
+  const full = (await (await request(f, "ownerBob", "GET", "/v1/vms")).json()) as { vms: Array<Record<string, unknown>> };
+  const res = await request(f, "ownerBob", "GET", "/v1/vms?view=summary");
+  assert.equal(res.status, 200);
+  const summary = (await res.json()) as { vms: Array<Record<string, unknown>> };
+  assert.deepEqual(summary.vms.map((v) => v.name), full.vms.map((v) => v.name));
+  const [s, v] = [summary.vms[0]!, full.vms[0]!];
+  assert.deepEqual(Object.keys(s).sort(), ["expired", "expiresAt", "generation", "host", "id", "labels", "memoryMiB", "name", "owner", "posture", "purpose", "state", "stateChangedAt", "template", "vcpus"]);
+  for (const k of ["id", "state", "host", "owner", "purpose", "expiresAt", "expired", "labels", "template", "generation", "posture"]) assert.deepEqual(s[k], v[k], k);
+  assert.equal(s.memoryMiB, (v.spec as { memoryMiB: number }).memoryMiB);
+  assert.equal((await (await request(f, "ownerCarol", "GET", "/v1/vms?view=summary")).json() as { vms: unknown[] }).vms.length, 0, "still only what the caller may read");
+  const bad = await request(f, "ownerBob", "GET", "/v1/vms?view=everything");
+  assert.equal(bad.status, 400);
+  assert.equal(((await bad.json()) as { error: { field?: string } }).error.field, "view");
+});
+
 test("bad input is a 400 naming the field, never a stack trace", async (t) => {
   const f = await fixture(t);
   const res = await request(f, "admin", "POST", "/v1/vms", { name: "x", memoryMiB: "lots" });

@@ -69,6 +69,28 @@ export const POSTURE_STATES = ["current", "stale", "vulnerable", "infected", "un
 /** A listed VM carries its computed posture (docs/transience.md "Posture"). */
 export const VmListSchema = z.object({ vms: z.array(VmSchema.extend({ posture: z.enum(POSTURE_STATES).optional() })) }).openapi("VmList");
 
+/** `GET /v1/vms?view=summary`: what an inventory lists of each VM (src/vm/vm-view.ts `vmSummary`). */
+export const VmSummarySchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    state: z.enum(VM_STATES),
+    host: z.string(),
+    owner: z.string(),
+    purpose: z.string().nullable(),
+    expiresAt: z.string().nullable(),
+    expired: z.boolean(),
+    labels: z.record(z.string(), z.string()),
+    template: z.boolean(),
+    generation: z.number().int(),
+    vcpus: z.number().int(),
+    memoryMiB: z.number().int(),
+    stateChangedAt: z.string(),
+    posture: z.enum(POSTURE_STATES).optional(),
+  })
+  .openapi("VmSummary");
+export const VmSummaryListSchema = z.object({ vms: z.array(VmSummarySchema) }).openapi("VmSummaryList");
+
 export const ImageSchema = z
   .object({ name: z.string(), kind: z.enum(["builtin", "template", "imported"]), description: z.string(), dir: z.string(), sizeBytes: z.number(), details: z.record(z.string(), z.unknown()) })
   .openapi("Image");

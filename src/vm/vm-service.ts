@@ -21,7 +21,7 @@ import { can, seesAllVms } from "../auth/permissions.ts";
 import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import type { AgentClient } from "../guest-agent/agent-client.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
-import type { VmView } from "./vm-view.ts";
+import { vmSummary, type VmSummary, type VmView } from "./vm-view.ts";
 import type { VmLayout } from "../paths.ts";
 import type { BeforeContHook, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 import { VmCore } from "./vm-core.ts";
@@ -142,11 +142,20 @@ export class VmService {
   // ---- reads ---------------------------------------------------------------------------------------------
 
   async list(ctx: RequestContext): Promise<VmView[]> {
+    return (await this.visible(ctx)).map((vm) => this.core.view(vm));
+  }
+
+  /** The same VMs as `list`, each as its inventory summary (vm-view.ts `vmSummary`). */
+  async listSummaries(ctx: RequestContext): Promise<VmSummary[]> {
+    const now = Date.now();
+    return (await this.visible(ctx)).map((vm) => vmSummary(vm, now));
+  }
+
+  private async visible(ctx: RequestContext): Promise<VmRecord[]> {
     // Anyone who could read some VM may list; the list then holds only the VMs they may read.
     await this.d.guard.authorize(ctx, { action: "vm.list", permission: "vm.read", target: { kind: "vm" }, owner: `user:${ctx.actor.name}`, readOnly: true });
     const all = await this.d.repo.list();
-    const visible = seesAllVms(ctx.actor) ? all : all.filter((vm) => can(ctx.actor, "vm.read", vm.owner));
-    return visible.map((vm) => this.core.view(vm));
+    return seesAllVms(ctx.actor) ? all : all.filter((vm) => can(ctx.actor, "vm.read", vm.owner));
   }
 
   async show(ctx: RequestContext, name: string): Promise<VmView> {

@@ -8,7 +8,7 @@ import { chownSchema } from "../../provenance/provenance-service.ts";
 import { agentArgSchema } from "../../guest-agent/protocol.ts";
 import type { ApiDeps, App } from "../context.ts";
 import { body, json, optionalBody, reply, withAccess } from "../route-kit.ts";
-import { AuditRecordSchema, GuestProcessListSchema, VmListSchema, VmNameParams, VmSchema } from "../schemas.ts";
+import { AuditRecordSchema, GuestProcessListSchema, VmListSchema, VmNameParams, VmSchema, VmSummaryListSchema } from "../schemas.ts";
 
 const StartBody = z.strictObject({
   wait: z.boolean().default(false),
@@ -27,6 +27,9 @@ const PING_DEFAULTS = PingBody.parse({});
 function orDefaults<T extends object>(valid: T | undefined, defaults: T): T {
   return valid === undefined || Object.keys(valid).length === 0 ? defaults : valid;
 }
+const VmListQuery = z.object({
+  view: z.enum(["full", "summary"]).default("full").openapi({ param: { name: "view", in: "query" } }),
+});
 const DestroyQuery = z.object({
   force: z.enum(["true", "false"]).default("false").openapi({ param: { name: "force", in: "query" } }),
 });
@@ -81,9 +84,9 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
   const ctx = (c: { get(k: "ctx"): import("../../auth/guard.ts").RequestContext }) => c.get("ctx");
 
   app.openapi(
-    createRoute(withAccess("vm.read", { method: "get", path: "/v1/vms", tags: ["vms"], summary: "List the VMs you may see", responses: { 200: json(VmListSchema, "VMs") } })),
+    createRoute(withAccess("vm.read", { method: "get", path: "/v1/vms", tags: ["vms"], summary: "List the VMs you may see (view=summary: only the fields an inventory lists, for thousands of VMs)", request: { query: VmListQuery }, responses: { 200: json(z.union([VmListSchema, VmSummaryListSchema]), "VMs") } })),
     async (c) => {
-      const vms = await d.vms.list(ctx(c));
+      const vms = c.req.valid("query").view === "summary" ? await d.vms.listSummaries(ctx(c)) : await d.vms.list(ctx(c));
       const posture = await d.posture.states(vms);
       return reply(c, { vms: vms.map((v) => ({ ...v, posture: posture.get(v.id) ?? "unknown" })) }, 200);
     },

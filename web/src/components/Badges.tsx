@@ -1,5 +1,5 @@
 /** State, expiry and alarm badges: text as well as colour, so they read without colour too. */
-import type { Vm } from "../lib/types.ts";
+import type { VmSummary } from "../lib/types.ts";
 import { relative } from "../lib/format.ts";
 import { hasAlarm } from "../lib/filter.ts";
 
@@ -7,7 +7,7 @@ export function StateBadge({ state }: { state: string }) {
   return <span className={`badge state-${state}`}>{state}</span>;
 }
 
-export function VmBadges({ vm }: { vm: Vm }) {
+export function VmBadges({ vm }: { vm: Pick<VmSummary, "template" | "expired" | "expiresAt" | "posture"> }) {
   return (
     <>
       {vm.template && <span className="badge">template</span>}

@@ -1,5 +1,8 @@
 /** The inventory's filters: a free-text search over the fields a user sees, the state, the host and badges. */
-import type { Vm } from "./types.ts";
+import type { VmSummary } from "./types.ts";
+
+/** The fields filtering and sorting look at: a summary and a full VM both have them. */
+export type Listed = Pick<VmSummary, "name" | "owner" | "host" | "purpose" | "state" | "labels" | "expired" | "expiresAt" | "posture">;
 
 export interface VmFilter {
   text: string;
@@ -9,7 +12,7 @@ export interface VmFilter {
   badge: string;
 }
 
-export function matchesFilter(vm: Vm, f: VmFilter): boolean {
+export function matchesFilter(vm: Listed, f: VmFilter): boolean {
   if (f.state && vm.state !== f.state) return false;
   if (f.host && vm.host !== f.host) return false;
   if (f.badge === "expired" && !vm.expired) return false;
@@ -21,10 +24,10 @@ export function matchesFilter(vm: Vm, f: VmFilter): boolean {
 }
 
 /** An alarm badge: the posture says vulnerable or infected. */
-export function hasAlarm(vm: Pick<Vm, "posture">): boolean {
+export function hasAlarm(vm: Pick<VmSummary, "posture">): boolean {
   return vm.posture === "vulnerable" || vm.posture === "infected";
 }
 
-export function sortVms(vms: Vm[], key: "name" | "state" | "owner" | "host" | "expiresAt"): Vm[] {
+export function sortVms<T extends Listed>(vms: T[], key: "name" | "state" | "owner" | "host" | "expiresAt"): T[] {
   return [...vms].sort((a, b) => String(a[key] ?? "").localeCompare(String(b[key] ?? "")) || a.name.localeCompare(b.name));
 }

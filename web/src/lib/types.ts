@@ -28,6 +28,25 @@ export interface Vm {
   [k: string]: unknown;
 }
 
+/** `GET /v1/vms?view=summary`: what the inventory lists of each VM. */
+export interface VmSummary {
+  id: string;
+  name: string;
+  state: VmState;
+  host: string;
+  owner: string;
+  purpose: string | null;
+  expiresAt: string | null;
+  expired: boolean;
+  labels: Record<string, string>;
+  template: boolean;
+  generation: number;
+  vcpus: number;
+  memoryMiB: number;
+  stateChangedAt: string;
+  posture?: string;
+}
+
 export interface Image {
   name: string;
   kind: "builtin" | "template" | "imported";

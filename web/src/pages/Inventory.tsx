@@ -4,7 +4,7 @@
  */
 import { useCallback, useEffect, useMemo, useState } from "react";
 import { api, errorText, newRequestId } from "../lib/api.ts";
-import type { Image, Vm } from "../lib/types.ts";
+import type { Image, VmSummary } from "../lib/types.ts";
 import { matchesFilter, sortVms, type VmFilter } from "../lib/filter.ts";
 import { debounce, useAuditEvents } from "../lib/events.ts";
 import { navigate } from "../lib/router.ts";
@@ -19,7 +19,7 @@ const STATES = ["running", "stopped", "paused", "starting", "stopping", "crashed
 
 export function Inventory({ host }: { host?: string }) {
   const { session } = useSession();
-  const [vms, setVms] = useState<Vm[] | null>(null);
+  const [vms, setVms] = useState<VmSummary[] | null>(null);
   const [images, setImages] = useState<Image[]>([]);
   const [error, setError] = useState<string | null>(null);
   const [filter, setFilter] = useState<VmFilter>({ text: "", state: "", host: host ?? "", badge: "" });
@@ -28,7 +28,7 @@ export function Inventory({ host }: { host?: string }) {
   useEffect(() => setFilter((f) => ({ ...f, host: host ?? "" })), [host]);
 
   const load = useCallback(() => {
-    api<{ vms: Vm[] }>("GET", "/v1/vms").then(
+    api<{ vms: VmSummary[] }>("GET", "/v1/vms?view=summary").then(
       (r) => {
         setVms(r.vms);
         setError(null);
