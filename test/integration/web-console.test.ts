@@ -156,7 +156,7 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await page.getByRole("cell", { name: "audrey" }).waitFor();
   await shot(page, "11-users");
   await page.getByRole("link", { name: "Host and trust" }).click();
-  await page.getByText("this site").waitFor();
+  await page.getByText("this site", { exact: true }).waitFor();
   await shot(page, "11b-host");
   await page.getByRole("link", { name: "My tokens" }).click();
   await page.getByRole("button", { name: "Issue token" }).click();
