@@ -6,17 +6,7 @@ export function AuditTable({ records }: { records: AuditRecord[] }) {
   if (records.length === 0) return <p>No records.</p>;
   return (
     <table className="table audit">
-      <thead>
-        <tr>
-          <th scope="col">#</th>
-          <th scope="col">time</th>
-          <th scope="col">actor</th>
-          <th scope="col">action</th>
-          <th scope="col">target</th>
-          <th scope="col">result</th>
-          <th scope="col">details</th>
-        </tr>
-      </thead>
+      <TableHead columns={["#", "time", "actor", "action", "target", "result", "details"]} />
       <tbody>
         {records.map((r) => (
           <tr key={r.seq} className={`result-${r.result}`}>
@@ -42,5 +32,20 @@ export function AuditTable({ records }: { records: AuditRecord[] }) {
         ))}
       </tbody>
     </table>
+  );
+}
+
+/** A table's header row: one column header per name (an empty name for a column of buttons). */
+export function TableHead({ columns }: { columns: string[] }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((c, i) => (
+          <th key={i} scope="col">
+            {c}
+          </th>
+        ))}
+      </tr>
+    </thead>
   );
 }

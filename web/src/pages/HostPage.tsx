@@ -5,6 +5,7 @@ import { may } from "../lib/permissions.ts";
 import { useSession } from "../session.tsx";
 import { when } from "../lib/format.ts";
 import { ErrorLine } from "../components/ErrorLine.tsx";
+import { TableHead } from "../components/AuditTable.tsx";
 
 interface Host {
   name: string;
@@ -61,14 +62,7 @@ export function HostPage() {
       )}
       <h2>Bundle-signing keys this site trusts</h2>
       <table className="table">
-        <thead>
-          <tr>
-            <th scope="col">name</th>
-            <th scope="col">key id</th>
-            <th scope="col">added</th>
-            <th scope="col"></th>
-          </tr>
-        </thead>
+        <TableHead columns={["name", "key id", "added", ""]} />
         <tbody>
           {keys.map((k) => (
             <tr key={k.keyId}>

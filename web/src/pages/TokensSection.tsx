@@ -3,6 +3,7 @@ import { useCallback, useEffect, useState } from "react";
 import { api, errorText } from "../lib/api.ts";
 import { when } from "../lib/format.ts";
 import { ErrorLine } from "../components/ErrorLine.tsx";
+import { TableHead } from "../components/AuditTable.tsx";
 
 interface TokenInfo {
   id: string;
@@ -53,16 +54,7 @@ export function TokensSection({ user, canManage }: { user: string; canManage: bo
         </p>
       )}
       <table className="table">
-        <thead>
-          <tr>
-            <th scope="col">name</th>
-            <th scope="col">id</th>
-            <th scope="col">created</th>
-            <th scope="col">expires</th>
-            <th scope="col">last used</th>
-            <th scope="col"></th>
-          </tr>
-        </thead>
+        <TableHead columns={["name", "id", "created", "expires", "last used", ""]} />
         <tbody>
           {tokens.map((t) => (
             <tr key={t.id}>

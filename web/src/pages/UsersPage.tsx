@@ -6,6 +6,7 @@ import { useSession } from "../session.tsx";
 import { when } from "../lib/format.ts";
 import { TokensSection } from "./TokensSection.tsx";
 import { ErrorLine } from "../components/ErrorLine.tsx";
+import { TableHead } from "../components/AuditTable.tsx";
 
 interface User {
   name: string;
@@ -75,17 +76,7 @@ export function UsersPage() {
         </p>
       )}
       <table className="table">
-        <thead>
-          <tr>
-            <th scope="col">name</th>
-            <th scope="col">roles</th>
-            <th scope="col">groups</th>
-            <th scope="col">introspect</th>
-            <th scope="col">state</th>
-            <th scope="col">created</th>
-            <th scope="col"></th>
-          </tr>
-        </thead>
+        <TableHead columns={["name", "roles", "groups", "introspect", "state", "created", ""]} />
         <tbody>
           {users.map((u) => (
             <tr key={u.name}>

@@ -6,6 +6,7 @@ import { bytes, when } from "../../lib/format.ts";
 import { navigate } from "../../lib/router.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
 import { ErrorLine } from "../../components/ErrorLine.tsx";
+import { TableHead } from "../../components/AuditTable.tsx";
 
 interface DataFile {
   id: string;
@@ -21,16 +22,7 @@ function Files({ files }: { files: DataFile[] }) {
   if (files.length === 0) return <p>None.</p>;
   return (
     <table className="table">
-      <thead>
-        <tr>
-          <th scope="col">host</th>
-          <th scope="col">path</th>
-          <th scope="col">purpose</th>
-          <th scope="col">size</th>
-          <th scope="col">since</th>
-          <th scope="col">removed</th>
-        </tr>
-      </thead>
+      <TableHead columns={["host", "path", "purpose", "size", "since", "removed"]} />
       <tbody>
         {files.map((f) => (
           <tr key={f.id}>

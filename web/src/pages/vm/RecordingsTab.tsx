@@ -5,6 +5,7 @@ import type { Vm } from "../../lib/types.ts";
 import { bytes, when } from "../../lib/format.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
 import { ErrorLine } from "../../components/ErrorLine.tsx";
+import { TableHead } from "../../components/AuditTable.tsx";
 
 interface Recording {
   id: string;
@@ -38,18 +39,7 @@ export function RecordingsTab({ vm, canReplay, canDelete, confirm }: { vm: Vm; c
         <p>No recordings. Start the VM with <code>vigil vm start {vm.name} --record</code>.</p>
       ) : (
         <table className="table">
-          <thead>
-            <tr>
-              <th scope="col">recording</th>
-              <th scope="col">state</th>
-              <th scope="col">started</th>
-              <th scope="col">duration</th>
-              <th scope="col">stored</th>
-              <th scope="col">log rate</th>
-              <th scope="col">QEMU</th>
-              <th scope="col">actions</th>
-            </tr>
-          </thead>
+          <TableHead columns={["recording", "state", "started", "duration", "stored", "log rate", "QEMU", "actions"]} />
           <tbody>
             {list.map((r) => (
               <tr key={r.id}>
