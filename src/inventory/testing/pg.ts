@@ -44,6 +44,25 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
+/**
+ * DROP DATABASE … WITH (FORCE) terminates the database's other sessions, and PostgreSQL 15 checks each one's role:
+ * an autovacuum worker that happens to be in the new database has no role a non-superuser may signal, so the drop
+ * fails with 42501 ("must be a member of the role whose process is being terminated"; seen once in CI). The worker
+ * is gone within moments, so the drop is retried for a few seconds instead of granting root pg_signal_backend.
+ */
+async function dropWithRetry(name: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await adminQuery(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      return;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (attempt >= 20 || (code !== "42501" && code !== "55006")) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
 /** Creates an empty database with a random name, dropped after the calling test file's tests. */
 export async function freshDatabase(): Promise<TestDatabase> {
   const name = `vt_${randomBytes(6).toString("hex")}`;
@@ -52,7 +71,7 @@ export async function freshDatabase(): Promise<TestDatabase> {
   const drop = async () => {
     if (dropped) return;
     dropped = true;
-    await adminQuery(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    await dropWithRetry(name);
   };
   after(drop);
   return { name, url: socketUrl(name), drop };
