@@ -77,9 +77,9 @@ export class VmCore {
    * quota (vm-creation) and the start quota (vm-lifecycle).
    */
   async usage(owner: string): Promise<{ owner: OwnerUsage; hostLiveMiB: number }> {
-    const all = await this.d.repo.list();
+    const all = await this.d.repo.listShared();
     const mine = all.filter((v) => v.owner === owner);
-    const live = (vms: VmRecord[]) => vms.filter((v) => isLive(v.state)).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
+    const live = (vms: readonly Readonly<VmRecord>[]) => vms.filter((v) => isLive(v.state)).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
     return { owner: { vms: mine.length, memoryMiB: live(mine), diskMiB: mine.reduce((sum, v) => sum + specDiskMiB(v.spec), 0) }, hostLiveMiB: live(all.filter((v) => v.host === this.d.hostName)) };
   }
 }

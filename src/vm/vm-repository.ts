@@ -7,6 +7,7 @@ import type { VmRow, VmRowUpdate } from "../inventory/schema.ts";
 import { VigilError, errors, q } from "../errors.ts";
 import { vmSpecSchema, type VmSpec } from "./spec.ts";
 import { VM_STATES, type VmState } from "./state-machine.ts";
+import { VmListCache } from "./vm-list-cache.ts";
 
 export interface Lineage {
   kind: "image" | "clone" | "import";
@@ -83,6 +84,17 @@ export type VmInsert = Omit<VmRecord, "updatedAt" | "stateChangedAt" | "pid" | "
 
 type Updatable = Pick<VmRecord, "state" | "accelerator" | "pid" | "vmgenid" | "generation" | "owner" | "approver" | "spec" | "isTemplate" | "host" | "currentSnapshotId" | "resumeSnapshotId" | "securityFloor" | "vtimeNs">;
 
+/** Where `listShared` reads from: every row (in name order) or the rows of some ids. */
+const vmRows = {
+  all: async (db: Db) => (await db.selectFrom("vms").selectAll().orderBy("name").execute()).map(toRecord),
+  some: async (db: Db, ids: string[]) => (await db.selectFrom("vms").selectAll().where("id", "in", ids).execute()).map(toRecord),
+  id: (vm: VmRecord) => vm.id,
+  compare: (a: VmRecord, b: VmRecord) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+};
+
+/** One shared list per database connection: its triggers and its record of changes belong to the connection. */
+const sharedLists = new WeakMap<Db, VmListCache<VmRecord>>();
+
 export class VmRepository {
   constructor(readonly db: Db) {}
 
@@ -138,9 +150,18 @@ export class VmRepository {
     return toRecord(row);
   }
 
-  async list(): Promise<VmRecord[]> {
-    const rows = await this.db.selectFrom("vms").selectAll().orderBy("name").execute();
-    return rows.map(toRecord);
+  list(): Promise<VmRecord[]> {
+    return vmRows.all(this.db);
+  }
+
+  /**
+   * The same list as `list`, read once per change of the table (vm-list-cache.ts) and shared by every caller:
+   * frozen, for reads over every VM on each request (the inventory summary, quota usage).
+   */
+  listShared(): Promise<readonly Readonly<VmRecord>[]> {
+    let shared = sharedLists.get(this.db);
+    if (!shared) sharedLists.set(this.db, (shared = new VmListCache(this.db, vmRows)));
+    return shared.get();
   }
 
   async update(id: string, change: Partial<Updatable>): Promise<VmRecord> {

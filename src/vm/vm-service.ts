@@ -142,19 +142,23 @@ export class VmService {
   // ---- reads ---------------------------------------------------------------------------------------------
 
   async list(ctx: RequestContext): Promise<VmView[]> {
-    return (await this.visible(ctx)).map((vm) => this.core.view(vm));
+    await this.authorizeList(ctx);
+    return this.readable(ctx, await this.d.repo.list()).map((vm) => this.core.view(vm));
   }
 
-  /** The same VMs as `list`, each as its inventory summary (vm-view.ts `vmSummary`). */
+  /** The same VMs as `list`, each as its inventory summary (vm-view.ts `vmSummary`), from the shared list. */
   async listSummaries(ctx: RequestContext): Promise<VmSummary[]> {
+    await this.authorizeList(ctx);
     const now = Date.now();
-    return (await this.visible(ctx)).map((vm) => vmSummary(vm, now));
+    return this.readable(ctx, await this.d.repo.listShared()).map((vm) => vmSummary(vm, now));
   }
 
-  private async visible(ctx: RequestContext): Promise<VmRecord[]> {
-    // Anyone who could read some VM may list; the list then holds only the VMs they may read.
-    await this.d.guard.authorize(ctx, { action: "vm.list", permission: "vm.read", target: { kind: "vm" }, owner: `user:${ctx.actor.name}`, readOnly: true });
-    const all = await this.d.repo.list();
+  /** Anyone who could read some VM may list; the list then holds only the VMs they may read (`readable`). */
+  private authorizeList(ctx: RequestContext): Promise<void> {
+    return this.d.guard.authorize(ctx, { action: "vm.list", permission: "vm.read", target: { kind: "vm" }, owner: `user:${ctx.actor.name}`, readOnly: true });
+  }
+
+  private readable<R extends { owner: string }>(ctx: RequestContext, all: readonly R[]): readonly R[] {
     return seesAllVms(ctx.actor) ? all : all.filter((vm) => can(ctx.actor, "vm.read", vm.owner));
   }
 
@@ -171,7 +175,7 @@ export class VmService {
 
   /** Every VM's owner by id (the audit list filters records with `mayReadRecord`). */
   async owners(): Promise<Map<string, OwnerRef>> {
-    return new Map((await this.d.repo.list()).map((vm) => [vm.id, vm.owner]));
+    return new Map((await this.d.repo.listShared()).map((vm) => [vm.id, vm.owner]));
   }
 
   /** The captured serial console output (the last `maxBytes`). */
