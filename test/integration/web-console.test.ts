@@ -3,11 +3,13 @@
  * daemon on 127.0.0.1 and a booted tiny guest: sign in with a token, create and start a VM, type into its serial
  * console and see the guest answer, see the IDS finding appear when the test tampers with the guest's syscall
  * table, take a snapshot and revert to it, and an auditor who sees no controls and whose forced request is denied
- * and audited. Screenshots of each page go to test-artifacts/web/.
+ * and audited; export a VM as a bundle the browser downloads and import it back. Screenshots of each page go to
+ * test-artifacts/web/.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { ROOT, requireTinyImage, startDaemon, waitFor } from "../harness.ts";
@@ -190,5 +192,66 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await shot(ap, "15-auditor-denied-in-audit");
   assert.equal((await d.api<{ state: string }>("GET", "/v1/vms/web1")).state, "running", "the auditor's stop did nothing");
 
+  assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
+});
+
+test("web console: export a VM as a bundle the browser downloads, import it back under another name", { timeout: 600_000 }, async (t) => {
+  requireTinyImage();
+  const d = await startDaemon(t, { listen: "127.0.0.1:0" });
+  await waitFor(() => d.httpAddress() !== undefined, 10_000, "the HTTP listener");
+  const base = `http://${d.httpAddress()}`;
+  const r = d.cli("user", "add", "ada", "--role", "admin", "--json");
+  assert.equal(r.status, 0, r.stderr);
+  const token = (JSON.parse(r.stdout) as { token: string }).token;
+  await d.api("POST", "/v1/vms", { name: "src1", image: "tiny", memoryMiB: MEMORY_MIB, purpose: "bundle round trip" });
+  const dir = mkdtempSync(join(tmpdir(), "vt-webdl-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const browser = await launch();
+  t.after(() => browser.close());
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true })).newPage();
+  const pageErrors: string[] = [];
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+  await signIn(page, base, token);
+  await page.goto(`${base}/vms/src1`);
+  await page.getByRole("button", { name: "Export…" }).click();
+  await page.getByLabel("Include its snapshots").check();
+  await shot(page, "16-export");
+  const [saved] = await Promise.all([page.waitForEvent("download", { timeout: 120_000 }), page.getByRole("dialog").getByRole("button", { name: "Export" }).click()]);
+  assert.equal(saved.suggestedFilename(), "src1.vigil");
+  const file = join(dir, "src1.vigil");
+  await saved.saveAs(file);
+  assert.ok(statSync(file).size > 4096, `the bundle has ${statSync(file).size} bytes`);
+  const audit = (await d.api<{ records: { action: string; result: string }[] }>("GET", "/v1/audit?tail=true&limit=200")).records;
+  assert.ok(audit.some((x) => x.action === "vm.export" && x.result === "ok"), "the export is audited");
+  await page.getByRole("tab", { name: "Data" }).click();
+  await page.getByText("(downloaded by ada, location unknown)").waitFor({ timeout: 15_000 });
+
+  await page.getByRole("link", { name: "Inventory" }).click();
+  await page.getByRole("button", { name: "Import bundle…" }).click();
+  await page.getByLabel("Bundle file (.vigil)").setInputFiles(file);
+  await page.getByLabel("Name (default: the name in the bundle)").fill("copy1");
+  await shot(page, "17-import");
+  await page.getByRole("dialog").getByRole("button", { name: "Import" }).click();
+  await page.waitForURL(/\/vms\/copy1/, { timeout: 120_000 });
+  const copy = await d.api<{ name: string; lineage: { kind: string }; purpose: string | null; vmgenid: string }>("GET", "/v1/vms/copy1");
+  const source = await d.api<{ vmgenid: string }>("GET", "/v1/vms/src1");
+  assert.equal(copy.lineage.kind, "import");
+  assert.equal(copy.purpose, "bundle round trip");
+  assert.notEqual(copy.vmgenid, source.vmgenid, "the copy has an identity of its own");
+
+  // the same bundle again is a replay: refused with the daemon's reason, nothing created; allowed when asked for
+  await page.getByRole("link", { name: "Inventory" }).click();
+  await page.getByRole("button", { name: "Import bundle…" }).click();
+  await page.getByLabel("Bundle file (.vigil)").setInputFiles(file);
+  await page.getByLabel("Name (default: the name in the bundle)").fill("copy2");
+  await page.getByRole("button", { name: "Import", exact: true }).click();
+  await page.getByRole("dialog").getByRole("alert").waitFor({ timeout: 60_000 });
+  await shot(page, "18-import-refused");
+  assert.match(await page.getByRole("dialog").getByRole("alert").innerText(), /VIGIL_/);
+  assert.equal((await d.api<{ vms: { name: string }[] }>("GET", "/v1/vms")).vms.some((v) => v.name === "copy2"), false);
+  await page.getByLabel("Import it even if this site imported it before").check();
+  await page.getByRole("button", { name: "Import", exact: true }).click();
+  await page.waitForURL(/\/vms\/copy2/, { timeout: 120_000 });
   assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
 });

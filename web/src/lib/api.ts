@@ -36,33 +36,82 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
-export async function api<T>(method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE", path: string, o: RequestOptions = {}): Promise<T> {
-  const headers: Record<string, string> = { accept: "application/json" };
-  if (o.body !== undefined) headers["content-type"] = "application/json";
+type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+
+export async function api<T>(method: Method, path: string, o: RequestOptions = {}): Promise<T> {
+  const res = await send(method, path, o.body === undefined ? undefined : { type: "application/json", data: JSON.stringify(o.body) }, o);
+  const text = await res.text();
+  if (!text) return {} as T;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return text as T;
+  }
+}
+
+/**
+ * A request whose answer is a file (an exported bundle, a recording's tar): its bytes, read as they arrive so
+ * `onBytes` can show how far it is (of the Content-Length, when the daemon sends one).
+ */
+export async function download(path: string, body: unknown, o: RequestOptions & { onBytes?: (done: number, total: number | null) => void } = {}): Promise<Blob> {
+  const res = await send("POST", path, { type: "application/json", data: JSON.stringify(body ?? {}) }, o, "*/*");
+  const length = Number(res.headers.get("content-length"));
+  const total = Number.isFinite(length) && length > 0 ? length : null;
+  const reader = res.body?.getReader();
+  if (!reader) return res.blob();
+  const parts: Uint8Array[] = [];
+  let done = 0;
+  for (;;) {
+    const chunk = await reader.read();
+    if (chunk.done) break;
+    parts.push(chunk.value);
+    done += chunk.value.byteLength;
+    o.onBytes?.(done, total);
+  }
+  return new Blob(parts as BlobPart[], { type: res.headers.get("content-type") ?? "application/octet-stream" });
+}
+
+/** A request whose body is a file the user chose (a bundle to import); the answer is JSON. */
+export async function upload<T>(path: string, file: Blob, type: string, o: RequestOptions = {}): Promise<T> {
+  const res = await send("POST", path, { type, data: file }, o);
+  return JSON.parse((await res.text()) || "{}") as T;
+}
+
+/** The one fetch: cookie, CSRF, request id; a failure becomes an ApiError from vigil's error body. */
+async function send(method: Method, path: string, body: { type: string; data: BodyInit } | undefined, o: RequestOptions, accept = "application/json"): Promise<Response> {
+  const headers: Record<string, string> = { accept };
+  if (body) headers["content-type"] = body.type;
   if (method !== "GET" && csrf) headers["x-vigil-csrf"] = csrf;
   if (o.requestId) headers["x-request-id"] = o.requestId;
   let res: Response;
   try {
-    res = await fetch(path, { method, headers, credentials: "same-origin", ...(o.body !== undefined ? { body: JSON.stringify(o.body) } : {}), ...(o.signal ? { signal: o.signal } : {}) });
+    res = await fetch(path, { method, headers, credentials: "same-origin", ...(body ? { body: body.data } : {}), ...(o.signal ? { signal: o.signal } : {}) });
   } catch (err) {
     if (err instanceof DOMException && err.name === "AbortError") throw err;
     throw new ApiError(0, "VIGIL_UNREACHABLE", "The vigil daemon cannot be reached");
   }
+  if (res.ok) return res;
   const text = await res.text();
-  let data: unknown = {};
-  if (text) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = res.ok ? text : { error: { code: "VIGIL_BAD_RESPONSE", message: text.slice(0, 300) } };
-    }
+  let e: { code?: string; message?: string; field?: string } = {};
+  try {
+    if (text) e = (JSON.parse(text) as { error?: typeof e }).error ?? {};
+  } catch {
+    e = { code: "VIGIL_BAD_RESPONSE", message: text.slice(0, 300) }; // not vigil's JSON error (a proxy's page)
   }
-  if (!res.ok) {
-    const e = (data as { error?: { code?: string; message?: string; field?: string } }).error ?? {};
-    if (res.status === 401 && path !== "/v1/session") onUnauthenticated();
-    throw new ApiError(res.status, e.code ?? `HTTP_${res.status}`, e.message ?? res.statusText, e.field);
-  }
-  return data as T;
+  if (res.status === 401 && path !== "/v1/session") onUnauthenticated();
+  throw new ApiError(res.status, e.code ?? `HTTP_${res.status}`, e.message || res.statusText, e.field);
+}
+
+/** Hands `blob` to the browser as a download named `filename` (the page never writes files itself). */
+export function saveAs(blob: Blob, filename: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** A request id the daemon accepts (x-request-id: [A-Za-z0-9._-]{1,64}). */

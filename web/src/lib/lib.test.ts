@@ -8,6 +8,7 @@ import { may } from "./permissions.ts";
 import { parseRoute, routeHref } from "./router.ts";
 import { bytes, rate, relative } from "./format.ts";
 import type { Vm } from "./types.ts";
+import { ApiError, api, download, setCsrf, upload } from "./api.ts";
 
 test("visibleRange renders only the rows in view (plus overscan), for any list and scroll position", () => {
   const r = visibleRange(10_000, 36, 36 * 5000, 720, 8);
@@ -94,4 +95,62 @@ test("format: bytes, rates of counters (a counter that went back is no rate), re
   assert.equal(rate(null, 1, 1), null);
   assert.equal(relative(new Date(Date.UTC(2026, 0, 3)).toISOString(), Date.UTC(2026, 0, 1)), "in 2 d");
   assert.equal(relative(new Date(Date.UTC(2026, 0, 1, 0, 0)).toISOString(), Date.UTC(2026, 0, 1, 3, 0)), "3 h ago");
+});
+
+/** Replaces fetch for one test with `answer`, recording what was asked. */
+function fakeFetch(t: { after: (f: () => void) => void }, answer: (url: string, init: RequestInit) => Response) {
+  const calls: { url: string; init: RequestInit }[] = [];
+  const real = globalThis.fetch;
+  globalThis.fetch = (async (url: string, init: RequestInit) => {
+    calls.push({ url, init });
+    return answer(url, init);
+  }) as typeof fetch;
+  t.after(() => {
+    globalThis.fetch = real;
+    setCsrf(null);
+  });
+  return calls;
+}
+
+test("api: the CSRF value on changes only, vigil's error body as an ApiError naming the field, other bodies too", async (t) => {
+  const calls = fakeFetch(t, (url) => {
+    if (url === "/v1/bad") return new Response(JSON.stringify({ error: { code: "VIGIL_BAD_REQUEST", message: "Invalid name", field: "name" } }), { status: 400 });
+    if (url === "/v1/proxy") return new Response("<html>502 Bad Gateway</html>", { status: 502, statusText: "Bad Gateway" });
+    if (url === "/v1/empty") return new Response(null, { status: 404, statusText: "Not Found" });
+    return new Response(JSON.stringify({ ok: true }));
+  });
+  setCsrf("c1");
+  assert.deepEqual(await api("GET", "/v1/x"), { ok: true });
+  await api("POST", "/v1/x", { body: { a: 1 }, requestId: "web-1" });
+  const [get, post] = calls.map((c) => c.init.headers as Record<string, string>);
+  assert.equal(get?.["x-vigil-csrf"], undefined);
+  assert.deepEqual([post?.["x-vigil-csrf"], post?.["content-type"], post?.["x-request-id"]], ["c1", "application/json", "web-1"]);
+  assert.equal(calls[1]?.init.body, '{"a":1}');
+  const bad = await api("POST", "/v1/bad").catch((e: unknown) => e);
+  assert.ok(bad instanceof ApiError);
+  assert.deepEqual([bad.status, bad.code, bad.message, bad.field], [400, "VIGIL_BAD_REQUEST", "Invalid name", "name"]);
+  const proxy = await api("GET", "/v1/proxy").catch((e: unknown) => e as ApiError);
+  assert.deepEqual([proxy.code, proxy.message], ["VIGIL_BAD_RESPONSE", "<html>502 Bad Gateway</html>"]);
+  const empty = await api("GET", "/v1/empty").catch((e: unknown) => e as ApiError);
+  assert.deepEqual([empty.code, empty.message], ["HTTP_404", "Not Found"]);
+});
+
+test("download reads the answer as it arrives and reports bytes of the Content-Length; upload sends the file as the body", async (t) => {
+  const payload = new Uint8Array(200_000).map((_, i) => i % 251);
+  const calls = fakeFetch(t, (url, init) => {
+    if (url.startsWith("/v1/vms/import")) return new Response(JSON.stringify({ name: "copy", type: (init.headers as Record<string, string>)["content-type"] }), { status: 201 });
+    return new Response(payload, { headers: { "content-length": String(payload.length), "content-type": "application/x-vigil-bundle" } });
+  });
+  setCsrf("c2");
+  const seen: [number, number | null][] = [];
+  const blob = await download("/v1/vms/web/export", { withSnapshots: true }, { onBytes: (d, total) => seen.push([d, total]) });
+  assert.deepEqual(new Uint8Array(await blob.arrayBuffer()), payload);
+  assert.equal(blob.type, "application/x-vigil-bundle");
+  assert.ok(seen.length >= 1 && seen.at(-1)?.[0] === payload.length && seen.every(([, total]) => total === payload.length), JSON.stringify(seen.slice(-2)));
+  assert.ok(seen.every(([d], i) => i === 0 || d > seen[i - 1]![0]), "bytes only grow");
+  assert.equal(calls[0]?.init.body, '{"withSnapshots":true}');
+  const file = new Blob([payload]);
+  assert.deepEqual(await upload("/v1/vms/import?name=copy", file, "application/x-vigil-bundle"), { name: "copy", type: "application/x-vigil-bundle" });
+  assert.equal(calls[1]?.init.body, file, "the file itself is the body, not a copy read into the page");
+  assert.equal((calls[1]?.init.headers as Record<string, string>)["x-vigil-csrf"], "c2");
 });

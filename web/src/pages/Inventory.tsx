@@ -13,6 +13,7 @@ import { useSession } from "../session.tsx";
 import { VirtualList } from "../components/VirtualList.tsx";
 import { StateBadge, VmBadges } from "../components/Badges.tsx";
 import { CreateVmDialog } from "./CreateVm.tsx";
+import { ImportBundleDialog } from "./ImportBundle.tsx";
 import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const STATES = ["running", "stopped", "paused", "starting", "stopping", "crashed", "incoming"];
@@ -24,7 +25,7 @@ export function Inventory({ host }: { host?: string }) {
   const [error, setError] = useState<string | null>(null);
   const [filter, setFilter] = useState<VmFilter>({ text: "", state: "", host: host ?? "", badge: "" });
   const [sort, setSort] = useState<"name" | "state" | "owner" | "host" | "expiresAt">("name");
-  const [creating, setCreating] = useState(false);
+  const [creating, setCreating] = useState<"create" | "import" | null>(null);
   useEffect(() => setFilter((f) => ({ ...f, host: host ?? "" })), [host]);
 
   const load = useCallback(() => {
@@ -41,6 +42,12 @@ export function Inventory({ host }: { host?: string }) {
     if (may(session, "image.read")) api<{ images: Image[] }>("GET", "/v1/images").then((r) => setImages(r.images), () => undefined);
   }, [load, session]);
   const refresh = useMemo(() => debounce(load, 300), [load]);
+  /** A VM created or imported from here: the list learns of it, and its page opens. */
+  const opened = (name: string) => {
+    setCreating(null);
+    load();
+    navigate({ page: "vm", name, tab: "summary" });
+  };
   useAuditEvents((r) => {
     if (r.target.kind === "vm" || r.action.startsWith("vm.")) refresh();
   }, refresh);
@@ -107,9 +114,14 @@ export function Inventory({ host }: { host?: string }) {
             <option value="alarm">alarms</option>
           </select>
           {may(session, "vm.create") && (
-            <button type="button" className="primary" onClick={() => setCreating(true)}>
-              Create VM
-            </button>
+            <>
+              <button type="button" className="primary" onClick={() => setCreating("create")}>
+                Create VM
+              </button>
+              <button type="button" onClick={() => setCreating("import")}>
+                Import bundle…
+              </button>
+            </>
           )}
         </div>
         <ErrorLine error={error} />
@@ -162,18 +174,8 @@ export function Inventory({ host }: { host?: string }) {
           {shown.length} of {(vms ?? []).filter((v) => !v.template).length} VMs
         </p>
       </section>
-      {creating && (
-        <CreateVmDialog
-          images={images}
-          onClose={() => setCreating(false)}
-          onCreated={(name) => {
-            setCreating(false);
-            load();
-            navigate({ page: "vm", name, tab: "summary" });
-          }}
-          requestId={newRequestId}
-        />
-      )}
+      {creating === "create" && <CreateVmDialog images={images} onClose={() => setCreating(null)} onCreated={opened} requestId={newRequestId} />}
+      {creating === "import" && <ImportBundleDialog onClose={() => setCreating(null)} onImported={opened} />}
     </div>
   );
 }

@@ -26,6 +26,8 @@ import { PostureTab } from "./vm/PostureTab.tsx";
 import { RecordingsTab } from "./vm/RecordingsTab.tsx";
 import { FirewallTab } from "./vm/FirewallTab.tsx";
 import { CloneDialog } from "./vm/CloneDialog.tsx";
+import { ExportDialog } from "./vm/ExportDialog.tsx";
+import { RecordDialog } from "./vm/RecordDialog.tsx";
 import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const RUNNING = new Set(["running", "paused", "starting"]);
@@ -37,7 +39,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
   const [confirm, setConfirm] = useState<ConfirmRequest | null>(null);
   const [pending, setPending] = useState<{ label: string; requestId: string } | null>(null);
   const [actionError, setActionError] = useState<string | null>(null);
-  const [cloning, setCloning] = useState(false);
+  const [dialog, setDialog] = useState<"clone" | "export" | "record" | null>(null);
   const progress = useProgress(pending?.requestId ?? null);
 
   const load = useCallback(() => {
@@ -108,6 +110,11 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             Start
           </button>
         )}
+        {can("vm.control") && !running && (
+          <button type="button" disabled={!!pending} onClick={() => setDialog("record")}>
+            Record…
+          </button>
+        )}
         {can("vm.control") && vm.state === "running" && (
           <button type="button" disabled={!!pending} onClick={() => void act("Pause", "pause").catch(() => undefined)}>
             Pause
@@ -132,9 +139,14 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
           </>
         )}
         {can("vm.export") && (
-          <button type="button" onClick={() => setCloning(true)}>
-            Clone
-          </button>
+          <>
+            <button type="button" onClick={() => setDialog("clone")}>
+              Clone
+            </button>
+            <button type="button" onClick={() => setDialog("export")}>
+              Export…
+            </button>
+          </>
         )}
         {can("vm.delete") && !running && (
           <button
@@ -172,19 +184,21 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
         {current === "ids" && <IdsTab vm={vm} />}
         {current === "posture" && <PostureTab vm={vm} canScan={can("vm.control")} canQuarantine={can("vm.quarantine")} confirm={setConfirm} />}
         {current === "firewall" && <FirewallTab vm={vm} />}
-        {current === "recordings" && <RecordingsTab vm={vm} canReplay={can("vm.console")} canDelete={can("vm.delete")} confirm={setConfirm} />}
+        {current === "recordings" && <RecordingsTab vm={vm} canReplay={can("vm.console")} canBisect={can("vm.introspect")} canExport={can("vm.export")} canDelete={can("vm.delete")} confirm={setConfirm} />}
       </div>
       {confirm && <ConfirmDialog req={confirm} onClose={() => setConfirm(null)} />}
-      {cloning && (
+      {dialog === "clone" && (
         <CloneDialog
           vm={vm}
-          onClose={() => setCloning(false)}
+          onClose={() => setDialog(null)}
           onCloned={(clone) => {
-            setCloning(false);
+            setDialog(null);
             navigate({ page: "vm", name: clone, tab: "summary" });
           }}
         />
       )}
+      {dialog === "export" && <ExportDialog vm={vm} onClose={() => setDialog(null)} />}
+      {dialog === "record" && <RecordDialog vm={vm} onClose={() => setDialog(null)} start={(o) => void act("Record", "record", o).catch(() => undefined)} />}
     </main>
   );
 }

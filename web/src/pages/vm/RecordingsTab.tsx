@@ -1,6 +1,9 @@
-/** The VM's recordings (record/replay): size, duration, log bit rate, QEMU build; replay to verify, delete. */
+/**
+ * The VM's recordings (record/replay): size, duration, log bit rate, QEMU build; replay to verify, bisect an IDS
+ * check (the instruction window in which it first reports), export as one tar, delete.
+ */
 import { useCallback, useEffect, useState } from "react";
-import { api, errorText } from "../../lib/api.ts";
+import { api, download, errorText, saveAs } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { bytes, when } from "../../lib/format.ts";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
@@ -22,11 +25,39 @@ interface Recording {
   error: string | null;
 }
 
-export function RecordingsTab({ vm, canReplay, canDelete, confirm }: { vm: Vm; canReplay: boolean; canDelete: boolean; confirm: (r: ConfirmRequest) => void }) {
+/** The checks bisect can look for (the IDS sweep's kinds, introspection/sweep.ts), offered as suggestions. */
+const CHECKS = ["syscall-table", "syscall-text", "kernel-text", "kernel-rodata", "idt-gate", "idt-base", "cr0-wp", "cr4-smep", "cr4-smap", "page-permissions", "hidden-process", "hidden-module", "module-untrusted"];
+
+interface BisectAnswer {
+  found: boolean;
+  window: { from: number; to: number } | null;
+  finding: { check: string; severity: string; message: string } | null;
+  serial: { before: string; during: string } | null;
+  replays: number;
+}
+
+function bisectText(b: BisectAnswer): string {
+  if (!b.found || !b.window) return `the check never reports in this recording (${b.replays} replays)`;
+  const during = b.serial?.during.trim();
+  return `first reports between instructions ${b.window.from} and ${b.window.to} (${b.replays} replays)${b.finding ? `: ${b.finding.severity} ${b.finding.message}` : ""}${during ? `; the guest printed: ${during.slice(-200)}` : ""}`;
+}
+
+export function RecordingsTab({ vm, canReplay, canBisect, canExport, canDelete, confirm }: { vm: Vm; canReplay: boolean; canBisect: boolean; canExport: boolean; canDelete: boolean; confirm: (r: ConfirmRequest) => void }) {
+  const [check, setCheck] = useState("syscall-table");
   const [list, setList] = useState<Recording[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [result, setResult] = useState<Record<string, string>>({});
-  const [busy, setBusy] = useState<string | null>(null);
+  const [busy, setBusy] = useState<{ name: string; label: string } | null>(null);
+  /** One long action on one recording at a time; its outcome (or the API's error) is shown in the row. */
+  const run = (name: string, label: string, f: () => Promise<string>) => {
+    setBusy({ name, label });
+    f()
+      .then(
+        (text) => setResult((o) => ({ ...o, [name]: text })),
+        (err: unknown) => setResult((o) => ({ ...o, [name]: errorText(err) })),
+      )
+      .finally(() => setBusy(null));
+  };
   const load = useCallback(() => {
     api<{ recordings: Recording[] }>("GET", `/v1/recordings?vm=${encodeURIComponent(vm.name)}`).then((r) => setList(r.recordings), (err: unknown) => setError(errorText(err)));
   }, [vm.name]);
@@ -35,8 +66,21 @@ export function RecordingsTab({ vm, canReplay, canDelete, confirm }: { vm: Vm; c
   return (
     <div>
       <ErrorLine error={error} />
+      {canBisect && list.some((r) => r.state === "complete") && (
+        <div className="inline-form">
+          <label className="field">
+            Check to bisect
+            <input list="bisect-checks" value={check} onChange={(e) => setCheck(e.target.value)} maxLength={40} />
+            <datalist id="bisect-checks">
+              {CHECKS.map((c) => (
+                <option key={c} value={c} />
+              ))}
+            </datalist>
+          </label>
+        </div>
+      )}
       {list.length === 0 ? (
-        <p>No recordings. Start the VM with <code>vigil vm start {vm.name} --record</code>.</p>
+        <p>No recordings. Start the stopped VM with Record… (or <code>vigil vm start {vm.name} --record</code>).</p>
       ) : (
         <table className="table">
           <TableHead columns={["recording", "state", "started", "duration", "stored", "log rate", "QEMU", "actions"]} />
@@ -57,23 +101,36 @@ export function RecordingsTab({ vm, canReplay, canDelete, confirm }: { vm: Vm; c
                     <button
                       type="button"
                       disabled={busy !== null}
-                      onClick={() => {
-                        setBusy(r.name);
-                        api<{ verified: { serial: boolean; memory: boolean | null; deterministic: boolean } | null; elapsedMs: number; speed: number | null }>("POST", `/v1/recordings/${r.name}/replay`, { body: {} })
-                          .then(
-                            (x) =>
-                              setResult((o) => ({
-                                ...o,
-                                [r.name]: x.verified
-                                  ? `${x.verified.deterministic ? "deterministic" : "DIVERGED"}: serial ${x.verified.serial ? "matches" : "differs"}, RAM ${x.verified.memory === null ? "not compared" : x.verified.memory ? "matches" : "differs"}; ${(x.elapsedMs / 1000).toFixed(1)} s${x.speed ? `, ${x.speed.toFixed(2)}x real time` : ""}`
-                                  : "replayed (no end point to verify)",
-                              })),
-                            (err: unknown) => setResult((o) => ({ ...o, [r.name]: errorText(err) })),
-                          )
-                          .finally(() => setBusy(null));
-                      }}
+                      onClick={() =>
+                        run(r.name, "Replaying…", async () => {
+                          const x = await api<{ verified: { serial: boolean; memory: boolean | null; deterministic: boolean } | null; elapsedMs: number; speed: number | null }>("POST", `/v1/recordings/${r.name}/replay`, { body: {} });
+                          return x.verified
+                            ? `${x.verified.deterministic ? "deterministic" : "DIVERGED"}: serial ${x.verified.serial ? "matches" : "differs"}, RAM ${x.verified.memory === null ? "not compared" : x.verified.memory ? "matches" : "differs"}; ${(x.elapsedMs / 1000).toFixed(1)} s${x.speed ? `, ${x.speed.toFixed(2)}x real time` : ""}`
+                            : "replayed (no end point to verify)";
+                        })
+                      }
                     >
-                      {busy === r.name ? "Replaying…" : "Replay and verify"}
+                      {busy?.name === r.name && busy.label === "Replaying…" ? busy.label : "Replay and verify"}
+                    </button>
+                  )}
+                  {canBisect && r.state === "complete" && (
+                    <button type="button" disabled={busy !== null} onClick={() => run(r.name, "Bisecting…", async () => bisectText(await api<BisectAnswer>("POST", `/v1/recordings/${r.name}/bisect`, { body: { check } })))}>
+                      {busy?.name === r.name && busy.label === "Bisecting…" ? busy.label : `Bisect ${check}`}
+                    </button>
+                  )}
+                  {canExport && r.state === "complete" && (
+                    <button
+                      type="button"
+                      disabled={busy !== null}
+                      onClick={() =>
+                        run(r.name, "Exporting…", async () => {
+                          const tar = await download(`/v1/recordings/${r.name}/export`, {});
+                          saveAs(tar, `${r.name}.tar`);
+                          return `exported: ${bytes(tar.size)}`;
+                        })
+                      }
+                    >
+                      {busy?.name === r.name && busy.label === "Exporting…" ? busy.label : "Export"}
                     </button>
                   )}
                   {canDelete && r.state !== "recording" && (
