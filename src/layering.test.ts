@@ -23,7 +23,7 @@ const ALLOWED: Record<string, string[]> = {
   vtime: ["qemu"],
   network: ["auth", "host", "util", "vm"], // the switch: vm for the state rule of which taps stay, host for private dirs
   provenance: ["host"],
-  vm: ["auth", "host", "qemu", "util"],
+  vm: ["auth", "host", "inventory", "qemu", "util"], // inventory: the dialect helper (the shared VM list is SQLite's only)
   auth: [],
   audit: ["inventory", "util"], // inventory: the dialect helpers (one JSON parameter for many ids on either database)
   image: ["auth", "host", "qemu", "storage", "util"],

@@ -19,6 +19,7 @@ function call(f: WebFixture, method: string, path: string, o: { cookie?: string;
 }
 
 interface SessionBody {
+  server: string;
   user: { name: string; roles: string[]; groups: string[] };
   csrf: string;
   can: string[];
@@ -40,6 +41,7 @@ test("login sets the HttpOnly SameSite=Strict cookie (Secure on TLS) and answers
   assert.equal(cookie, `vigil_session=${f.tokens.bob}; HttpOnly; SameSite=Strict; Path=/`);
   const body = (await res.json()) as SessionBody;
   assert.deepEqual(body.user, { name: "bob", roles: ["owner"], groups: [] });
+  assert.equal(body.server, "host");
   assert.equal(body.csrf, csrfFor(f.tokens.bob));
   assert.ok(body.can.includes("vm.create") && !body.can.includes("vm.control"), JSON.stringify(body.can));
   assert.ok(body.ownedCan.includes("vm.control") && body.ownedCan.includes("vm.console") && !body.ownedCan.includes("user.manage"), JSON.stringify(body.ownedCan));

@@ -7,6 +7,7 @@
  * of the token, and cannot be made without it).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
+import { PERMISSIONS, can, type Actor } from "./permissions.ts";
 
 export const SESSION_COOKIE = "vigil_session";
 export const CSRF_HEADER = "x-vigil-csrf";
@@ -73,4 +74,19 @@ export function presentedToken(authorization: string | undefined, cookieHeader: 
 /** Methods a cookie alone may authenticate: they change nothing (the API keeps every change off GET and HEAD). */
 export function isSafeMethod(method: string): boolean {
   return method === "GET" || method === "HEAD";
+}
+
+/**
+ * What POST/GET /v1/session answer (the daemon's and the cluster manager's alike): which kind of server this is
+ * (the page shows hosts and migrations on a manager), the user, the CSRF value of its token, and the permissions it
+ * holds everywhere and on VMs it owns (the page hides what it may not do).
+ */
+export function sessionBody(actor: Actor, token: string, server: "host" | "manager") {
+  return {
+    server,
+    user: { name: actor.name, roles: actor.roles, groups: actor.groups },
+    csrf: csrfFor(token),
+    can: PERMISSIONS.filter((p) => can(actor, p)),
+    ownedCan: PERMISSIONS.filter((p) => can(actor, p, `user:${actor.name}`)),
+  };
 }

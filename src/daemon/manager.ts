@@ -36,6 +36,8 @@ import { claimPidFile, listenOn, parseListen, VERSION } from "./daemon.ts";
 import { createApiServer, loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { registerManagerReads, type ManagerReads } from "./manager-reads.ts";
 import { CONSOLE_PROTOCOL, forwardConsoleUpgrade } from "./stream-forward.ts";
+import { createManagerWebConsole, managerAuthentication, registerManagerSessions, type ManagerEnv } from "./manager-web.ts";
+import { isWebSocketUpgrade } from "./web-console.ts";
 import { AccountService } from "../auth/account-service.ts";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
@@ -60,7 +62,6 @@ export interface Manager {
   close(): Promise<void>;
 }
 
-type ManagerEnv = { Variables: { ctx: RequestContext }; Bindings: { transport?: "unix" | "tcp" } };
 
 const toDelegated = (ctx: RequestContext): DelegatedActor => ({ name: ctx.actor.name, roles: ctx.actor.roles, groups: ctx.actor.groups, introspect: ctx.actor.introspect });
 
@@ -160,12 +161,10 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   app.onError((err, c) => fail(c, err, log));
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `The cluster manager has no route ${c.req.method} ${c.req.path} (host-level requests go to an agent's own socket)`)), 404));
   app.get("/v1/health", (c) => c.json({ ok: true, version: VERSION, role: "manager" }));
-  app.use("*", async (c, next) => {
-    const actor = await authenticateRequest(users, localUser, c.env?.transport, c.req.header("authorization"));
-    if (!actor) return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required")), 401);
-    c.set("ctx", { actor, requestId: crypto.randomUUID() });
-    return next();
-  });
+  // The web console (daemon/manager-web.ts): its files, the session cookie and its CSRF header, as on a host.
+  const web = { users, localUser, audit, secure: tls !== undefined };
+  app.use("*", managerAuthentication(web));
+  registerManagerSessions(app, web);
   const admin = async (c: Context<ManagerEnv>, action: string, target: string, details: Record<string, unknown>, fn: () => Promise<unknown>) =>
     c.json(await guard.run(c.get("ctx"), { action, permission: "cluster.manage", target: { kind: "host", name: target }, details }, fn));
 
@@ -191,12 +190,14 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
 
   app.get("/v1/vms", async (c) => {
     const actor = toDelegated(c.get("ctx"));
+    // ?view=summary (the web console's inventory) is asked of every agent as it is; each VM gets its host's name.
+    const view = c.req.query("view") === "summary" ? "?view=summary" : "";
     const all = await Promise.all((await hosts.list()).map(async (h) => {
       if (!hosts.isReady(h.name)) {
         // An unreachable host's VMs are unknown: shown from the placements, never guessed.
         return (await repo.listPlacements({ host: h.name })).map((p) => ({ id: p.vmId, name: p.vmName, state: "unknown", host: h.name, owner: p.owner }));
       }
-      const { vms } = await call<{ vms: { id: string; name: string; owner: string }[] }>(h.name, "GET", "/v1/vms", undefined, actor).catch(() => ({ vms: [] }));
+      const { vms } = await call<{ vms: { id: string; name: string; owner: string }[] }>(h.name, "GET", `/v1/vms${view}`, undefined, actor).catch(() => ({ vms: [] }));
       for (const v of vms) if (!(await repo.findPlacementByName(v.name))) await repo.setPlacement({ vmId: v.id, vmName: v.name, host: h.name, owner: v.owner });
       return vms.map((v) => ({ ...v, host: h.name }));
     }));
@@ -305,7 +306,8 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   let tcpServer: ServerType | undefined;
   let tcpAddress: Manager["tcpAddress"];
   if (tcp) {
-    tcpServer = createApiServer((req: Request) => app.fetch(req, { transport: "tcp" }), tls);
+    // The peer's address names the source of refused requests in the audit log (audit/denials.ts).
+    tcpServer = createApiServer((req: Request, env?: { incoming?: { socket?: { remoteAddress?: string | undefined } } }) => app.fetch(req, { transport: "tcp", remoteAddress: env?.incoming?.socket?.remoteAddress }), tls);
     await listenOn(tcpServer, tcp, o.listen!);
     const addr = tcpServer.address();
     if (addr && typeof addr === "object") tcpAddress = { host: addr.address, port: addr.port };
@@ -321,10 +323,13 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     onError: (err: unknown) => log.error({ err }, "console forwarding failed"),
   });
   const consoles = new Set<Duplex>();
+  // The browser's console WebSocket exists on the TCP listener only (where a browser can be); the CLI's raw upgrade on both.
+  const webConsole = createManagerWebConsole({ ...web, holder, open: consoleDeps("tcp").open, onError: (err) => log.error({ err }, "web console forwarding failed") });
   const onUpgrade = (transport: "unix" | "tcp") => (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     consoles.add(socket);
     socket.once("close", () => consoles.delete(socket));
-    void forwardConsoleUpgrade(consoleDeps(transport), req, socket, head);
+    if (transport === "tcp" && isWebSocketUpgrade(req)) void webConsole.upgrade(req, socket, head);
+    else void forwardConsoleUpgrade(consoleDeps(transport), req, socket, head);
   };
   socketServer.on("upgrade", onUpgrade("unix"));
   tcpServer?.on("upgrade", onUpgrade("tcp"));
@@ -340,6 +345,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
       hosts.close();
       await events.close();
       // Open consoles and event streams end with the manager (the agents' sides close with them).
+      webConsole.close();
       for (const s of consoles) s.destroy();
       for (const server of [tcpServer, socketServer]) {
         if (!server) continue;

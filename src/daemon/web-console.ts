@@ -9,6 +9,7 @@
  */
 import type { IncomingMessage } from "node:http";
 import { connect, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
 import { authenticateRequest, type Transport } from "../auth/authenticate.ts";
 import type { RequestContext } from "../auth/guard.ts";
@@ -21,7 +22,7 @@ export const WS_MAX_PAYLOAD = 64 * 1024;
 /** Guest output waits in the socket's buffer up to this much before the serial socket is paused. */
 const HIGH_WATER = 1024 * 1024;
 
-const PATH = /^\/v1\/vms\/([a-z][a-z0-9-]{0,62})\/console\/ws$/;
+export const WS_CONSOLE_PATH = /^\/v1\/vms\/([a-z][a-z0-9-]{0,62})\/console\/ws$/;
 
 /** Whether an upgrade request is a WebSocket one (the raw console uses `Upgrade: vigil-console`). */
 export function isWebSocketUpgrade(req: IncomingMessage): boolean {
@@ -36,12 +37,12 @@ export function sameOrigin(origin: string | undefined, host: string | undefined,
 
 /** One per listener: it only parses upgrades, it listens on nothing itself. */
 export function createWebConsole(d: ApiDeps, transport: Transport, secure: boolean): { upgrade(req: IncomingMessage, socket: Socket, head: Buffer): Promise<void>; close(): void } {
-  const wss = new WebSocketServer({ noServer: true, maxPayload: WS_MAX_PAYLOAD, perMessageDeflate: false });
+  const wss = consoleSocketServer();
   const upgrade = async (req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> => {
     const refuse = (err: VigilError): void => void socket.end(rawErrorResponse(err));
     socket.on("error", () => socket.destroy());
     try {
-      const m = PATH.exec(new URL(req.url ?? "/", "http://x").pathname);
+      const m = WS_CONSOLE_PATH.exec(new URL(req.url ?? "/", "http://x").pathname);
       if (!m || transport === "cluster") return refuse(new VigilError("VIGIL_NOT_FOUND", "Only /v1/vms/NAME/console/ws can be upgraded to a WebSocket"));
       const origin = header(req, "origin");
       if (!sameOrigin(origin, header(req, "host"), secure)) {
@@ -60,7 +61,7 @@ export function createWebConsole(d: ApiDeps, transport: Transport, secure: boole
       serial.once("connect", () => {
         if (socket.destroyed) return void serial.destroy();
         upgraded = true;
-        wss.handleUpgrade(req, socket, head, (ws) => bridge(ws, serial));
+        wss.handleUpgrade(req, socket, head, (ws) => bridgeWebSocket(ws, serial));
       });
     } catch (err) {
       refuse(err instanceof VigilError ? err : new VigilError("VIGIL_INTERNAL", "Internal error"));
@@ -74,8 +75,16 @@ export function createWebConsole(d: ApiDeps, transport: Transport, secure: boole
   return { upgrade, close };
 }
 
-/** Guest ↔ browser, with backpressure both ways; either side closing closes the other. */
-function bridge(ws: WebSocket, serial: Socket): void {
+/** The WebSocket side of a console listener: it only parses upgrades; 64 KiB messages; no compression. */
+export function consoleSocketServer(): WebSocketServer {
+  return new WebSocketServer({ noServer: true, maxPayload: WS_MAX_PAYLOAD, perMessageDeflate: false });
+}
+
+/**
+ * Guest ↔ browser, with backpressure both ways; either side closing closes the other. `serial` is the VM's serial
+ * socket on a host, or on the cluster manager the agent's console stream.
+ */
+export function bridgeWebSocket(ws: WebSocket, serial: Duplex): void {
   serial.on("data", (chunk: Buffer) => {
     ws.send(chunk, { binary: true }, () => {
       if (serial.isPaused() && ws.bufferedAmount < HIGH_WATER / 2) serial.resume();
@@ -102,7 +111,7 @@ function bridge(ws: WebSocket, serial: Socket): void {
   });
 }
 
-function header(req: IncomingMessage, name: string): string | undefined {
+export function header(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
 }

@@ -2,7 +2,7 @@
  * Reaching the cluster manager like a single host (docs/cluster.md "Reaching the manager"): the manager listens on
  * its own underlay address with HTTPS (the site certificate) and tokens; the real CLI, run inside the manager's
  * namespace, logs in (pinning the certificate), lists VMs, creates and starts one, and talks to its serial console
- * through the manager (the guest answers). A token without roles gets 403 on the manager's read routes while an
+ * through the manager (the guest answers), and so does the web console's WebSocket (session cookie, Origin checked). A token without roles gets 403 on the manager's read routes while an
  * admin's gets them, and an agent refuses a console upgrade from another agent's (valid) certificate.
  */
 import { strict as assert } from "node:assert";
@@ -10,9 +10,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { test } from "node:test";
 import { cluster } from "../cluster-topology.ts";
-import { BIN, waitFor } from "../harness.ts";
+import { BIN, ROOT, waitFor } from "../harness.ts";
 
 const URL_ = "https://10.251.0.100:7450";
 
@@ -34,6 +35,24 @@ if (mode === "get") {
     });
   }
   console.log(JSON.stringify(out));
+} else if (mode === "ws") {
+  // The browser's console through the manager: log in for the cookie, then the WebSocket with an Origin.
+  const [base, token, vm, marker, origin] = rest;
+  const cookie = await new Promise((res, rej) => {
+    const u = new URL("/v1/session", base);
+    const r = request({ host: u.hostname, port: u.port, path: u.pathname, method: "POST", rejectUnauthorized: false, headers: { "content-type": "application/json" } }, (m) => { m.resume(); res(String(m.headers["set-cookie"]).split(";")[0]); });
+    r.on("error", rej);
+    r.end(JSON.stringify({ token }));
+  });
+  const { WebSocket } = await import(${JSON.stringify(pathToFileURL(join(ROOT, "node_modules/ws/wrapper.mjs")).href)});
+  const ws = new WebSocket(base.replace("https:", "wss:") + "/v1/vms/" + vm + "/console/ws", { headers: { origin, cookie }, rejectUnauthorized: false });
+  let out = "";
+  const done = (r) => { console.log(JSON.stringify(r)); process.exit(0); };
+  setTimeout(() => done({ ok: false, out: out.slice(-300) }), 60000);
+  ws.on("open", () => { const say = () => ws.send("echo " + marker + "-$((6*7))\\n"); say(); setInterval(say, 2000); });
+  ws.on("message", (d) => { out += d.toString(); if (out.includes(marker + "-42")) done({ ok: true }); });
+  ws.on("unexpected-response", (_q, res) => done({ ok: false, status: res.statusCode }));
+  ws.on("error", (e) => done({ ok: false, error: e.message }));
 } else {
   const [host, port, dir, path] = rest;
   const actor = JSON.stringify({ name: "root", roles: ["admin"], groups: [], introspect: true });
@@ -111,6 +130,17 @@ test("a token user reaches the manager over HTTPS and uses a guest's console thr
   const holding = agents[holder === "h1" ? 0 : 1]!;
   const seen = (await holding.api<{ records: { actor: string; action: string; result: string }[] }>("GET", "/v1/audit?limit=10000")).records;
   assert.ok(seen.some((r) => r.actor === "olga" && r.action === "vm.console" && r.result === "ok"), "the holding agent audited olga's console");
+
+  // The web console's console socket through the manager: a foreign Origin is refused; the manager's own
+  // origin with olga's session cookie reaches the guest's shell, bridged to the holding agent's console.
+  const ws = (origin: string) => {
+    const [f, ...a] = inNs(topo.manager.netns, [probe, "ws", URL_, olga, "con", `${marker}-ws`, origin]);
+    const r = spawnSync(f!, a, { encoding: "utf8", timeout: 90_000 });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as { ok: boolean; status?: number };
+  };
+  assert.deepEqual(ws("https://evil.example"), { ok: false, status: 403 });
+  assert.deepEqual(ws(URL_), { ok: true }, "the guest answered on the browser's console socket through the manager");
 
   // Read routes: a token with no role is refused (403) on each, an admin's token gets them all.
   const reads = ["/v1/hosts", "/v1/migrations", "/v1/cluster/balance", "/v1/cluster/consolidate", "/v1/events?after=0"];

@@ -4,14 +4,15 @@
  * Sessions exist only on the TCP listener: the unix socket needs no token and never reads cookies.
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { PERMISSIONS, ROLES, can, type Actor } from "../../auth/permissions.ts";
-import { clearedSessionCookie, csrfFor, sessionCookie } from "../../auth/session.ts";
+import { PERMISSIONS, ROLES } from "../../auth/permissions.ts";
+import { clearedSessionCookie, sessionBody, sessionCookie } from "../../auth/session.ts";
 import { VigilError } from "../../errors.ts";
 import type { ApiDeps, App } from "../context.ts";
 import { body, json, reply, withAccess } from "../route-kit.ts";
 
 const SessionSchema = z
   .object({
+    server: z.enum(["host", "manager"]).openapi({ description: "A host's daemon, or the cluster manager (its pages add hosts and migrations)" }),
     user: z.object({ name: z.string(), roles: z.array(z.enum(ROLES)), groups: z.array(z.string()) }),
     csrf: z.string().openapi({ description: "Send as x-vigil-csrf on every cookie-authenticated request that is not GET or HEAD" }),
     can: z.array(z.enum(PERMISSIONS)).openapi({ description: "Permissions held on every object" }),
@@ -20,16 +21,6 @@ const SessionSchema = z
   .openapi("Session");
 
 const LoginSchema = z.strictObject({ token: z.string().min(1).max(512) });
-
-/** The session body for `actor`, whose token is `token`. */
-export function sessionBody(actor: Actor, token: string) {
-  return {
-    user: { name: actor.name, roles: actor.roles, groups: actor.groups },
-    csrf: csrfFor(token),
-    can: PERMISSIONS.filter((p) => can(actor, p)),
-    ownedCan: PERMISSIONS.filter((p) => can(actor, p, `user:${actor.name}`)),
-  };
-}
 
 const tcpOnly = (transport: string | undefined): void => {
   if (transport !== "tcp") throw new VigilError("VIGIL_BAD_REQUEST", "Sessions exist only on the TCP listener (for a browser); the unix socket needs no token");
@@ -48,7 +39,7 @@ export function registerSessionRoutes(app: App, d: ApiDeps): void {
       }
       c.header("set-cookie", sessionCookie(token, c.env?.secure === true));
       c.header("cache-control", "no-store");
-      return reply(c, sessionBody(actor, token));
+      return reply(c, sessionBody(actor, token, "host"));
     },
   );
 
@@ -59,7 +50,7 @@ export function registerSessionRoutes(app: App, d: ApiDeps): void {
       const presented = c.get("presented");
       if (!presented) throw new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required");
       c.header("cache-control", "no-store");
-      return reply(c, sessionBody(c.get("ctx").actor, presented.token));
+      return reply(c, sessionBody(c.get("ctx").actor, presented.token, "host"));
     },
   );
 
