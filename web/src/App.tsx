@@ -9,6 +9,7 @@ import { VmPage } from "./pages/VmPage.tsx";
 import { AuditPage } from "./pages/AuditPage.tsx";
 import { UsersPage } from "./pages/UsersPage.tsx";
 import { HostPage } from "./pages/HostPage.tsx";
+import { HostsPage } from "./pages/HostsPage.tsx";
 import { TokensSection } from "./pages/TokensSection.tsx";
 
 type Theme = "light" | "dark";
@@ -61,7 +62,11 @@ export function App() {
           <NavLink to={{ page: "inventory" }} label="Inventory" current={route.page === "inventory" || route.page === "vm"} />
           <NavLink to={{ page: "audit" }} label="Audit log" current={route.page === "audit"} />
           {may(session, "user.read") && <NavLink to={{ page: "users" }} label="Users" current={route.page === "users"} />}
-          {(may(session, "host.read") || may(session, "image.read")) && <NavLink to={{ page: "host" }} label="Host and trust" current={route.page === "host"} />}
+          {session.server === "manager" ? (
+            <NavLink to={{ page: "hosts" }} label="Hosts" current={route.page === "hosts"} />
+          ) : (
+            (may(session, "host.read") || may(session, "image.read")) && <NavLink to={{ page: "host" }} label="Host and trust" current={route.page === "host"} />
+          )}
           <NavLink to={{ page: "tokens" }} label="My tokens" current={route.page === "tokens"} />
         </nav>
         <div className="who">
@@ -76,7 +81,7 @@ export function App() {
           </button>
         </div>
       </header>
-      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "tokens" ? (
+      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "hosts" ? <HostsPage /> : route.page === "tokens" ? (
         <main className="page">
           <TokensSection user={session.user.name} canManage />
         </main>

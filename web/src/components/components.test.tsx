@@ -60,3 +60,11 @@ test("ErrorLine announces an error and renders nothing without one; DialogAction
   assert.match(busy, /<button type="submit" class="primary" disabled="">Creating…<\/button>/);
   assert.match(renderToStaticMarkup(<DialogActions onCancel={() => undefined} submit="Kill" danger />), /class="danger">Kill</);
 });
+
+test("a migration's progress: its phase alone before QEMU reports, then the share of RAM copied", async () => {
+  const { migrationProgress } = await import("../pages/HostsPage.tsx");
+  assert.equal(migrationProgress({ phase: "setup", progress: null }), "setup");
+  const p = { phase: "ram", ramTransferred: 64 * 1024 * 1024, ramRemaining: 192 * 1024 * 1024, ramTotal: 256 * 1024 * 1024, expectedDowntimeMs: 0 };
+  assert.equal(migrationProgress({ phase: "ram", progress: p }), "ram: 25% of RAM (64 MiB of 256 MiB)");
+  assert.equal(migrationProgress({ phase: "ram", progress: { ...p, ramTransferred: 300 * 1024 * 1024 } }), "ram: 100% of RAM (300 MiB of 256 MiB)", "never past 100% (dirty pages are copied again)");
+});

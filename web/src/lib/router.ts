@@ -10,7 +10,8 @@ export type Route =
   | { page: "audit" }
   | { page: "users" }
   | { page: "tokens" }
-  | { page: "host" };
+  | { page: "host" }
+  | { page: "hosts" };
 
 export function parseRoute(pathname: string, search: string): Route {
   const q = new URLSearchParams(search);
@@ -20,6 +21,7 @@ export function parseRoute(pathname: string, search: string): Route {
   if (pathname === "/users") return { page: "users" };
   if (pathname === "/tokens") return { page: "tokens" };
   if (pathname === "/host") return { page: "host" };
+  if (pathname === "/hosts") return { page: "hosts" };
   const host = q.get("host");
   return host ? { page: "inventory", host } : { page: "inventory" };
 }

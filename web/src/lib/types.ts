@@ -78,6 +78,8 @@ export interface Snapshot {
 }
 
 export interface SessionInfo {
+  /** A host's daemon, or the cluster manager (hosts and migrations pages; what it cannot forward is hidden). */
+  server: "host" | "manager";
   user: { name: string; roles: string[]; groups: string[] };
   csrf: string;
   can: string[];
@@ -94,4 +96,30 @@ export interface VmMetrics {
   diskWrittenBytes: number | null;
   netRxBytes: number | null;
   netTxBytes: number | null;
+}
+
+/** A host of the cluster as the manager knows it (GET /v1/hosts): its record and its last heartbeat. */
+export interface ClusterHost {
+  name: string;
+  address: string;
+  state: "ready" | "unreachable" | "fenced" | "removed";
+  lastSeen: string | null;
+  addedAt: string;
+  status: { memTotalMiB: number; memFreeMiB: number; cpus: number; load1: number; version: string; vms: { name: string; state: string }[] } | null;
+}
+
+/** A live migration (POST /v1/vms/NAME/migrate, GET /v1/migrations[/ID]). */
+export interface Migration {
+  id: string;
+  vmName: string;
+  source: string;
+  target: string;
+  state: "running" | "completed" | "failed" | "cancelled";
+  phase: string;
+  requestedBy: string;
+  progress: { phase: string; ramTransferred: number; ramRemaining: number; ramTotal: number; expectedDowntimeMs: number } | null;
+  result: { downtimeMs?: number; totalMs?: number } | null;
+  error: string | null;
+  startedAt: string;
+  finishedAt: string | null;
 }

@@ -4,7 +4,7 @@
  */
 import { useCallback, useEffect, useMemo, useState } from "react";
 import { api, errorText, newRequestId } from "../lib/api.ts";
-import type { Image, VmSummary } from "../lib/types.ts";
+import type { ClusterHost, Image, VmSummary } from "../lib/types.ts";
 import { matchesFilter, sortVms, type VmFilter } from "../lib/filter.ts";
 import { debounce, useAuditEvents } from "../lib/events.ts";
 import { navigate } from "../lib/router.ts";
@@ -52,7 +52,13 @@ export function Inventory({ host }: { host?: string }) {
     if (r.target.kind === "vm" || r.action.startsWith("vm.")) refresh();
   }, refresh);
 
-  const hosts = useMemo(() => [...new Set((vms ?? []).map((v) => v.host))].sort(), [vms]);
+  // On the cluster manager every host is in the tree (an empty or unreachable one too, with its state).
+  const [clusterHosts, setClusterHosts] = useState<ClusterHost[]>([]);
+  useEffect(() => {
+    if (session?.server === "manager" && may(session, "host.read")) api<ClusterHost[]>("GET", "/v1/hosts").then(setClusterHosts, () => undefined);
+  }, [session, vms]);
+  const hosts = useMemo(() => [...new Set([...clusterHosts.map((h) => h.name), ...(vms ?? []).map((v) => v.host)])].sort(), [vms, clusterHosts]);
+  const hostState = (name: string) => clusterHosts.find((h) => h.name === name)?.state;
   const shown = useMemo(() => sortVms((vms ?? []).filter((v) => !v.template && matchesFilter(v, filter)), sort), [vms, filter, sort]);
   const templates = useMemo(() => (vms ?? []).filter((v) => v.template), [vms]);
 
@@ -69,6 +75,7 @@ export function Inventory({ host }: { host?: string }) {
                 <li role="treeitem" key={h} aria-selected={filter.host === h}>
                   <button type="button" className="linklike" onClick={() => navigate({ page: "inventory", host: h })}>
                     {h} <small>({(vms ?? []).filter((v) => v.host === h).length})</small>
+                    {hostState(h) && hostState(h) !== "ready" && <span className="badge alarm">{hostState(h)}</span>}
                   </button>
                 </li>
               ))}
@@ -118,9 +125,11 @@ export function Inventory({ host }: { host?: string }) {
               <button type="button" className="primary" onClick={() => setCreating("create")}>
                 Create VM
               </button>
-              <button type="button" onClick={() => setCreating("import")}>
-                Import bundle…
-              </button>
+              {session?.server !== "manager" && (
+                <button type="button" onClick={() => setCreating("import")}>
+                  Import bundle…
+                </button>
+              )}
             </>
           )}
         </div>

@@ -28,6 +28,7 @@ import { FirewallTab } from "./vm/FirewallTab.tsx";
 import { CloneDialog } from "./vm/CloneDialog.tsx";
 import { ExportDialog } from "./vm/ExportDialog.tsx";
 import { RecordDialog } from "./vm/RecordDialog.tsx";
+import { MigrateDialog } from "./vm/MigrateDialog.tsx";
 import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const RUNNING = new Set(["running", "paused", "starting"]);
@@ -39,7 +40,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
   const [confirm, setConfirm] = useState<ConfirmRequest | null>(null);
   const [pending, setPending] = useState<{ label: string; requestId: string } | null>(null);
   const [actionError, setActionError] = useState<string | null>(null);
-  const [dialog, setDialog] = useState<"clone" | "export" | "record" | null>(null);
+  const [dialog, setDialog] = useState<"clone" | "export" | "record" | "migrate" | null>(null);
   const progress = useProgress(pending?.requestId ?? null);
 
   const load = useCallback(() => {
@@ -81,6 +82,9 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
       .finally(() => setPending(null));
   };
   const running = RUNNING.has(vm.state);
+  // The cluster manager forwards a VM's JSON requests to its host; recordings, bundles and their files it does not
+  // yet (docs/web.md "On a cluster"), so those controls are a host's daemon's only.
+  const onManager = session?.server === "manager";
   const tabs: TabDef[] = [
     { id: "summary", label: "Summary" },
     ...(can("vm.console") ? [{ id: "console", label: "Console" }] : []),
@@ -92,7 +96,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
     ...(session?.can.includes("vm.introspect") ? [{ id: "ids", label: "IDS" }] : []),
     { id: "posture", label: "Posture" },
     ...(can("network.read") ? [{ id: "firewall", label: "Network" }] : []),
-    { id: "recordings", label: "Recordings" },
+    ...(onManager ? [] : [{ id: "recordings", label: "Recordings" }]),
   ];
   const current = tabs.some((t) => t.id === tab) ? tab : "summary";
   const select = (id: string) => navigate({ page: "vm", name: vm.name, tab: id });
@@ -110,9 +114,14 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             Start
           </button>
         )}
-        {can("vm.control") && !running && (
+        {can("vm.control") && !running && !onManager && (
           <button type="button" disabled={!!pending} onClick={() => setDialog("record")}>
             Record…
+          </button>
+        )}
+        {can("vm.control") && onManager && (
+          <button type="button" disabled={!!pending} onClick={() => setDialog("migrate")}>
+            Migrate…
           </button>
         )}
         {can("vm.control") && vm.state === "running" && (
@@ -143,9 +152,11 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             <button type="button" onClick={() => setDialog("clone")}>
               Clone
             </button>
-            <button type="button" onClick={() => setDialog("export")}>
-              Export…
-            </button>
+            {!onManager && (
+              <button type="button" onClick={() => setDialog("export")}>
+                Export…
+              </button>
+            )}
           </>
         )}
         {can("vm.delete") && !running && (
@@ -197,6 +208,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
           }}
         />
       )}
+      {dialog === "migrate" && <MigrateDialog vm={vm} canListHosts={may(session, "host.read")} onClose={() => setDialog(null)} onDone={load} />}
       {dialog === "export" && <ExportDialog vm={vm} onClose={() => setDialog(null)} />}
       {dialog === "record" && <RecordDialog vm={vm} onClose={() => setDialog(null)} start={(o) => void act("Record", "record", o).catch(() => undefined)} />}
     </main>
