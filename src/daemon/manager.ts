@@ -219,6 +219,7 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     }
     const vm = await call<{ id: string; name: string; owner: string }>(host, "POST", "/v1/vms", spec, toDelegated(ctx));
     await repo.setPlacement({ vmId: vm.id, vmName: vm.name, host, owner: vm.owner });
+    await event("vm.created", vm.name, { host });
     return c.json({ ...vm, host }, 201);
   });
   app.post("/v1/vms/:name/migrate", async (c) => {
@@ -293,6 +294,8 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     const body = c.req.method === "GET" || c.req.method === "HEAD" ? undefined : await c.req.json().catch(() => undefined);
     const answer = await call<unknown>(host, c.req.method, url.pathname + url.search, body, toDelegated(c.get("ctx")), { timeoutMs: 300_000 });
     if (c.req.method === "DELETE" && url.pathname.split("/").length === 4) await repo.deletePlacement((await repo.findPlacementByName(c.req.param("name") ?? ""))!.vmId);
+    // A change through the manager is a cluster event: open web consoles refresh on it (GET /v1/events).
+    if (c.req.method !== "GET" && c.req.method !== "HEAD") await event("vm.changed", c.req.param("name") ?? "", { host, method: c.req.method, what: url.pathname.split("/").slice(4).join("/") || "vm" });
     return c.json(answer ?? {});
   }
 

@@ -2,7 +2,7 @@
  * The web console on the cluster manager, end to end: two agents and a manager (test/cluster-topology.ts), Debian's
  * Chromium started inside the manager's network namespace against its HTTPS listener (the site certificate is
  * self-signed, so the browser is told to accept it). Sign in; the inventory's tree holds both hosts and the VM on
- * its host; the hosts page lists them ready; the VM's serial console answers through the manager's WebSocket
+ * its host, and a VM another client creates appears without a reload; the hosts page lists them ready; the VM's serial console answers through the manager's WebSocket
  * bridge; the VM migrates live from h1 to h2 from its page, the dialog following the migration to its end.
  * Screenshots go to test-artifacts/web/.
  */
@@ -62,6 +62,9 @@ test("web console on the cluster manager: both hosts, a VM's console through the
   await tree.getByRole("button", { name: /^h1/ }).waitFor();
   await tree.getByRole("button", { name: /^h2/ }).waitFor();
   await shot(page, "20-cluster-inventory");
+  // Another client creates a VM through the manager: the open inventory shows it (the manager's cluster events).
+  await manager.api("POST", "/v1/vms", { name: "wc2", memoryMiB: 128, vcpus: 1, host: "h2" });
+  await page.getByTestId("vm-row-wc2").filter({ hasText: "h2" }).waitFor({ timeout: 30_000 });
   await page.getByRole("link", { name: "Hosts" }).click();
   for (const h of ["h1", "h2"]) await page.getByTestId(`host-${h}`).filter({ hasText: "ready" }).waitFor({ timeout: 15_000 });
   await shot(page, "21-cluster-hosts");

@@ -1,7 +1,8 @@
 /**
  * The live audit stream (/v1/events, server-sent events, same origin): one EventSource per page that wants it.
  * The daemon sends only records the user may read, and `overflow` when the page fell too far behind (then the
- * page refetches what it shows).
+ * page refetches what it shows). The cluster manager's stream carries cluster events instead (`cluster`: a VM
+ * created or changed through it, hosts, migrations), each of which makes the page refetch as an overflow does.
  */
 import { useEffect, useRef } from "react";
 import type { AuditRecord } from "./types.ts";
@@ -21,6 +22,7 @@ export function useAuditEvents(onRecord: (r: AuditRecord) => void, onOverflow?: 
       }
     });
     es.addEventListener("overflow", () => of.current?.());
+    es.addEventListener("cluster", () => of.current?.());
     return () => es.close();
   }, []);
 }
