@@ -107,6 +107,20 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   assert.ok(answered, `the guest answered on the console; screen:\n${await screenText(page)}`);
   await shot(page, "04-console");
 
+  // The guest agent: its kernel and processes, and an allow-listed command run in the guest.
+  await page.getByRole("tab", { name: "Guest" }).click();
+  await page.getByRole("table", { name: "Guest processes" }).locator("tbody tr").first().waitFor({ timeout: 30_000 });
+  await page.getByLabel("Command (the agent's allow-list)").fill("uname -s");
+  await page.getByRole("button", { name: "Run in the guest" }).click();
+  await page
+    .getByTestId("exec-result")
+    .filter({ hasText: /exit code 0[\s\S]*Linux/ })
+    .waitFor({ timeout: 30_000 })
+    .catch(async (err: Error) => assert.fail(`${err.message}\nthe tab says: ${await page.getByRole("tabpanel").innerText()}`));
+  await page.getByRole("button", { name: "Ping the agent" }).click();
+  await page.getByRole("status").filter({ hasText: /round trips: .* ms/ }).waitFor({ timeout: 30_000 });
+  await shot(page, "04b-guest");
+
   // Graphs draw from /v1/vms/NAME/metrics.
   await page.getByRole("tab", { name: "Graphs" }).click();
   await page.locator(".chart .uplot").first().waitFor();
@@ -195,7 +209,7 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
 });
 
-test("web console: export a VM as a bundle the browser downloads, import it back under another name", { timeout: 600_000 }, async (t) => {
+test("web console: export a VM as a bundle the browser downloads, its firewall, template and owner, import it back under another name", { timeout: 600_000 }, async (t) => {
   requireTinyImage();
   const d = await startDaemon(t, { listen: "127.0.0.1:0" });
   await waitFor(() => d.httpAddress() !== undefined, 10_000, "the HTTP listener");
@@ -226,6 +240,38 @@ test("web console: export a VM as a bundle the browser downloads, import it back
   assert.ok(audit.some((x) => x.action === "vm.export" && x.result === "ok"), "the export is audited");
   await page.getByRole("tab", { name: "Data" }).click();
   await page.getByText("(downloaded by ada, location unknown)").waitFor({ timeout: 15_000 });
+
+  // The firewall from the page: a rule added (a new policy version), shown, removed after a confirmation.
+  await page.getByRole("tab", { name: "Network" }).click();
+  await page.getByLabel("Ports").fill("22");
+  await page.getByLabel("Comment").fill("ssh from the lab");
+  await page.getByRole("button", { name: "Add rule" }).click();
+  await page.getByTestId("fw-rule-1").filter({ hasText: "22" }).waitFor({ timeout: 15_000 });
+  await shot(page, "16b-firewall");
+  const fw = await d.api<{ version: number; rules: { text: string }[] }>("GET", "/v1/vms/src1/firewall");
+  assert.equal(fw.rules.length, 1, JSON.stringify(fw));
+  await page.getByTestId("fw-rule-1").getByRole("button", { name: "Remove" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Remove" }).click();
+  await page.getByText("No rules: only the defaults apply.").waitFor({ timeout: 15_000 });
+  assert.equal((await d.api<{ rules: unknown[] }>("GET", "/v1/vms/src1/firewall")).rules.length, 0);
+
+  // Template and back, and a change of owner with its approver, each as the CLI does it.
+  await page.getByRole("button", { name: "Make template" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Make template" }).click();
+  await page.getByRole("button", { name: "Thaw template" }).waitFor({ timeout: 30_000 });
+  assert.equal((await d.api<{ template: boolean }>("GET", "/v1/vms/src1")).template, true);
+  await page.getByRole("button", { name: "Thaw template" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Thaw" }).click();
+  await page.getByRole("button", { name: "Make template" }).waitFor({ timeout: 30_000 });
+  await page.getByRole("button", { name: "Change owner…" }).click();
+  await page.getByLabel("New owner").fill("user:ada");
+  await page.getByLabel("Approved by").fill("root"); // someone other than the requester
+  await page.getByRole("dialog").getByRole("button", { name: "Change owner" }).click();
+  await page
+    .getByRole("dialog")
+    .waitFor({ state: "detached", timeout: 15_000 })
+    .catch(async (err: Error) => assert.fail(`${err.message}\nthe dialog says: ${await page.getByRole("dialog").innerText()}`));
+  assert.equal((await d.api<{ owner: string }>("GET", "/v1/vms/src1")).owner, "user:ada");
 
   await page.getByRole("link", { name: "Inventory" }).click();
   await page.getByRole("button", { name: "Import bundle…" }).click();

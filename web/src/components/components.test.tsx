@@ -68,3 +68,18 @@ test("a migration's progress: its phase alone before QEMU reports, then the shar
   assert.equal(migrationProgress({ phase: "ram", progress: p }), "ram: 25% of RAM (64 MiB of 256 MiB)");
   assert.equal(migrationProgress({ phase: "ram", progress: { ...p, ramTransferred: 300 * 1024 * 1024 } }), "ram: 100% of RAM (300 MiB of 256 MiB)", "never past 100% (dirty pages are copied again)");
 });
+
+test("the firewall form makes the API's rule (empty fields left out; ports only for tcp/udp); a guest command line is its words, its output text", async () => {
+  const { ruleFromForm } = await import("../pages/vm/FirewallTab.tsx");
+  const { argvOf, guestText } = await import("../pages/vm/GuestTab.tsx");
+  assert.equal(guestText(Buffer.from("Linux\n").toString("base64")), "Linux\n");
+  assert.equal(guestText(Buffer.from([0x61, 0xff, 0x62]).toString("base64")), "a\ufffdb", "invalid UTF-8 is a replacement character");
+  assert.equal(guestText("%%%"), "(output not valid base64)");
+  const base = { direction: "in", action: "accept", proto: "tcp", ports: " 22 ", peerKind: "any", peer: "", comment: "" };
+  assert.deepEqual(ruleFromForm(base), { direction: "in", action: "accept", proto: "tcp", ports: "22" });
+  assert.deepEqual(ruleFromForm({ ...base, proto: "icmp" }), { direction: "in", action: "accept", proto: "icmp" }, "no ports for icmp");
+  assert.deepEqual(ruleFromForm({ ...base, peerKind: "cidr", peer: "10.77.0.0/24", comment: "lab" }), { direction: "in", action: "accept", proto: "tcp", ports: "22", peer: { cidr: "10.77.0.0/24" }, comment: "lab" });
+  assert.deepEqual(ruleFromForm({ ...base, peerKind: "vm", peer: "  " }), { direction: "in", action: "accept", proto: "tcp", ports: "22" }, "an empty peer is anyone");
+  assert.deepEqual(argvOf("  uname   -a "), ["uname", "-a"]);
+  assert.deepEqual(argvOf("cat '/etc/os release'"), ["cat", "'/etc/os", "release'"], "no shell quoting: the agent runs no shell");
+});

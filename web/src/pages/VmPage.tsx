@@ -29,6 +29,8 @@ import { CloneDialog } from "./vm/CloneDialog.tsx";
 import { ExportDialog } from "./vm/ExportDialog.tsx";
 import { RecordDialog } from "./vm/RecordDialog.tsx";
 import { MigrateDialog } from "./vm/MigrateDialog.tsx";
+import { ChownDialog } from "./vm/ChownDialog.tsx";
+import { GuestTab } from "./vm/GuestTab.tsx";
 import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const RUNNING = new Set(["running", "paused", "starting"]);
@@ -40,7 +42,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
   const [confirm, setConfirm] = useState<ConfirmRequest | null>(null);
   const [pending, setPending] = useState<{ label: string; requestId: string } | null>(null);
   const [actionError, setActionError] = useState<string | null>(null);
-  const [dialog, setDialog] = useState<"clone" | "export" | "record" | "migrate" | null>(null);
+  const [dialog, setDialog] = useState<"clone" | "export" | "record" | "migrate" | "chown" | null>(null);
   const progress = useProgress(pending?.requestId ?? null);
 
   const load = useCallback(() => {
@@ -88,6 +90,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
   const tabs: TabDef[] = [
     { id: "summary", label: "Summary" },
     ...(can("vm.console") ? [{ id: "console", label: "Console" }] : []),
+    ...(vm.spec.agent ? [{ id: "guest", label: "Guest" }] : []),
     { id: "graphs", label: "Graphs" },
     { id: "snapshots", label: "Snapshots" },
     { id: "generations", label: "Generations" },
@@ -159,6 +162,26 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             )}
           </>
         )}
+        {can("vm.chown") && (
+          <button type="button" onClick={() => setDialog("chown")}>
+            Change owner…
+          </button>
+        )}
+        {can("vm.modify") && !running && (
+          <button
+            type="button"
+            disabled={!!pending}
+            onClick={() =>
+              setConfirm(
+                vm.template
+                  ? { title: `Thaw template ${vm.name}?`, body: "It becomes a VM that can start again; refused while linked clones depend on it.", action: "Thaw", run: () => act("Thaw", "template", { undo: true }) }
+                  : { title: `Make ${vm.name} a template?`, body: "Its disks become read-only bases for linked clones; it can no longer start.", action: "Make template", run: () => act("Make template", "template", {}) },
+              )
+            }
+          >
+            {vm.template ? "Thaw template" : "Make template"}
+          </button>
+        )}
         {can("vm.delete") && !running && (
           <button
             type="button"
@@ -187,6 +210,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
       <div role="tabpanel" aria-labelledby={`tab-${current}`} className="tabpanel">
         {current === "summary" && <SummaryTab vm={vm} />}
         {current === "console" && <ConsoleTab vm={vm} />}
+        {current === "guest" && <GuestTab vm={vm} canExec={can("vm.exec")} />}
         {current === "graphs" && <GraphsTab vm={vm} />}
         {current === "snapshots" && <SnapshotsTab vm={vm} canModify={can("vm.modify")} confirm={setConfirm} onChange={load} />}
         {current === "generations" && <GenerationsTab vm={vm} />}
@@ -194,7 +218,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
         {current === "data" && <DataTab vm={vm} canPurge={can("vm.delete")} confirm={setConfirm} />}
         {current === "ids" && <IdsTab vm={vm} />}
         {current === "posture" && <PostureTab vm={vm} canScan={can("vm.control")} canQuarantine={can("vm.quarantine")} confirm={setConfirm} />}
-        {current === "firewall" && <FirewallTab vm={vm} />}
+        {current === "firewall" && <FirewallTab vm={vm} canChange={can("vm.firewall")} confirm={setConfirm} />}
         {current === "recordings" && <RecordingsTab vm={vm} canReplay={can("vm.console")} canBisect={can("vm.introspect")} canExport={can("vm.export")} canDelete={can("vm.delete")} confirm={setConfirm} />}
       </div>
       {confirm && <ConfirmDialog req={confirm} onClose={() => setConfirm(null)} />}
@@ -209,6 +233,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
         />
       )}
       {dialog === "migrate" && <MigrateDialog vm={vm} canListHosts={may(session, "host.read")} onClose={() => setDialog(null)} onDone={load} />}
+      {dialog === "chown" && <ChownDialog vm={vm} onClose={() => setDialog(null)} onDone={load} />}
       {dialog === "export" && <ExportDialog vm={vm} onClose={() => setDialog(null)} />}
       {dialog === "record" && <RecordDialog vm={vm} onClose={() => setDialog(null)} start={(o) => void act("Record", "record", o).catch(() => undefined)} />}
     </main>

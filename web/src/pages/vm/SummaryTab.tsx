@@ -1,5 +1,27 @@
+import { useState } from "react";
 import type { Vm } from "../../lib/types.ts";
 import { when } from "../../lib/format.ts";
+import { api, errorText } from "../../lib/api.ts";
+
+/** `vigil vm showcmd`: the exact QEMU command line, fetched when the section is opened. */
+function QemuCommand({ name }: { name: string }) {
+  const [text, setText] = useState<string | null>(null);
+  return (
+    <details
+      onToggle={(e) => {
+        if ((e.target as HTMLDetailsElement).open && text === null) {
+          api<{ binary: string; argv: string[] }>("GET", `/v1/vms/${name}/qemu-command`).then(
+            (c) => setText([c.binary, ...c.argv].join(" \\\n  ")),
+            (err: unknown) => setText(errorText(err)),
+          );
+        }
+      }}
+    >
+      <summary>QEMU command line</summary>
+      <pre className="json">{text ?? "Loading…"}</pre>
+    </details>
+  );
+}
 
 function Row({ k, v }: { k: string; v: React.ReactNode }) {
   return (
@@ -49,6 +71,7 @@ export function SummaryTab({ vm }: { vm: Vm }) {
       <section>
         <h2>Confinement</h2>
         <pre className="json">{confinement ? JSON.stringify(confinement, null, 2) : "Each QEMU runs as its own uid in its own namespaces (docs/jail.md)."}</pre>
+        <QemuCommand name={vm.name} />
       </section>
     </div>
   );
