@@ -169,8 +169,17 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await page.getByTestId("verify-result").filter({ hasText: "Intact" }).waitFor({ timeout: 30_000 });
   await shot(page, "10-audit");
   await page.getByRole("link", { name: "Users" }).click();
-  await page.getByRole("cell", { name: "audrey" }).waitFor();
+  await page.getByRole("cell", { name: "audrey", exact: true }).waitFor();
+  // A group made from the page, audrey added to it and taken out again.
+  await page.getByLabel("New group").fill("ops");
+  await page.getByRole("button", { name: "Add group" }).click();
+  await page.getByLabel("Add a member to ops").selectOption("audrey");
+  await page.getByTestId("group-ops").filter({ hasText: "audrey" }).waitFor({ timeout: 15_000 });
+  const groups = await d.api<{ groups: { name: string; members: string[] }[] }>("GET", "/v1/groups");
+  assert.deepEqual(groups.groups.find((g) => g.name === "ops")?.members, ["audrey"]);
   await shot(page, "11-users");
+  await page.getByRole("button", { name: "Remove audrey from ops" }).click();
+  await page.getByTestId("group-ops").filter({ hasText: "no members" }).waitFor({ timeout: 15_000 });
   await page.getByRole("link", { name: "Host and trust" }).click();
   await page.getByText("this site", { exact: true }).waitFor();
   await shot(page, "11b-host");
