@@ -137,6 +137,9 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   await whilePaused(d, "web1", () => overwriteSyscall(a.model, a.writer, 62, a.sym("__x64_sys_getpid")));
   await page.getByTestId("alarm").filter({ hasText: "syscall-table" }).waitFor({ timeout: 60_000 });
   await shot(page, "06-ids-finding");
+  await page.getByRole("button", { name: "Sweep now" }).click();
+  await page.getByTestId("sweep-result").filter({ hasText: /syscall-table/ }).waitFor({ timeout: 120_000 });
+  await shot(page, "06b-ids-sweep");
 
   // Snapshot, then revert to it: a new generation with a new vmgenid.
   const before = await d.api<{ generation: number; vmgenid: string }>("GET", "/v1/vms/web1");
@@ -263,6 +266,18 @@ test("web console: export a VM as a bundle the browser downloads, its firewall, 
   await page.getByRole("dialog").getByRole("button", { name: "Remove" }).click();
   await page.getByText("No rules: only the defaults apply.").waitFor({ timeout: 15_000 });
   assert.equal((await d.api<{ rules: unknown[] }>("GET", "/v1/vms/src1/firewall")).rules.length, 0);
+
+  // The security floor: a fact raised; lowering it without force is refused with the API's reason.
+  await page.getByRole("tab", { name: "Time and floor" }).click();
+  await page.getByLabel("Fact", { exact: true }).fill("kernel");
+  await page.getByLabel("Version").fill("6.1.0");
+  await page.getByRole("button", { name: "Set", exact: true }).click();
+  await page.getByTestId("floor-kernel").filter({ hasText: "6.1.0" }).waitFor({ timeout: 15_000 });
+  await page.getByLabel("Version").fill("5.10.0");
+  await page.getByRole("button", { name: "Set", exact: true }).click();
+  await page.getByRole("tabpanel").getByRole("alert").waitFor({ timeout: 15_000 });
+  assert.deepEqual((await d.api<{ floor: Record<string, string> }>("GET", "/v1/vms/src1/vtime")).floor, { kernel: "6.1.0" });
+  await shot(page, "16c-floor");
 
   // Template and back, and a change of owner with its approver, each as the CLI does it.
   await page.getByRole("button", { name: "Make template" }).click();

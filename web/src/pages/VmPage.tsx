@@ -31,6 +31,7 @@ import { RecordDialog } from "./vm/RecordDialog.tsx";
 import { MigrateDialog } from "./vm/MigrateDialog.tsx";
 import { ChownDialog } from "./vm/ChownDialog.tsx";
 import { GuestTab } from "./vm/GuestTab.tsx";
+import { TimeTab } from "./vm/TimeTab.tsx";
 import { ErrorLine } from "../components/ErrorLine.tsx";
 
 const RUNNING = new Set(["running", "paused", "starting"]);
@@ -94,6 +95,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
     { id: "graphs", label: "Graphs" },
     { id: "snapshots", label: "Snapshots" },
     { id: "generations", label: "Generations" },
+    { id: "time", label: "Time and floor" },
     { id: "history", label: "History" },
     { id: "data", label: "Data" },
     ...(session?.can.includes("vm.introspect") ? [{ id: "ids", label: "IDS" }] : []),
@@ -214,11 +216,12 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
         {current === "graphs" && <GraphsTab vm={vm} />}
         {current === "snapshots" && <SnapshotsTab vm={vm} canModify={can("vm.modify")} confirm={setConfirm} onChange={load} />}
         {current === "generations" && <GenerationsTab vm={vm} />}
+        {current === "time" && <TimeTab vm={vm} canModify={can("vm.modify")} />}
         {current === "history" && <HistoryTab vm={vm} />}
         {current === "data" && <DataTab vm={vm} canPurge={can("vm.delete")} confirm={setConfirm} />}
         {current === "ids" && <IdsTab vm={vm} />}
         {current === "posture" && <PostureTab vm={vm} canScan={can("vm.control")} canQuarantine={can("vm.quarantine")} confirm={setConfirm} />}
-        {current === "firewall" && <FirewallTab vm={vm} canChange={can("vm.firewall")} confirm={setConfirm} />}
+        {current === "firewall" && <FirewallTab vm={vm} canChange={can("vm.firewall")} canManageNetwork={can("network.manage")} confirm={setConfirm} />}
         {current === "recordings" && <RecordingsTab vm={vm} canReplay={can("vm.console")} canBisect={can("vm.introspect")} canExport={can("vm.export")} canDelete={can("vm.delete")} confirm={setConfirm} />}
       </div>
       {confirm && <ConfirmDialog req={confirm} onClose={() => setConfirm(null)} />}

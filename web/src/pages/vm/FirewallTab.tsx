@@ -10,6 +10,7 @@ import type { Vm } from "../../lib/types.ts";
 import { ErrorLine } from "../../components/ErrorLine.tsx";
 import { TableHead } from "../../components/AuditTable.tsx";
 import type { ConfirmRequest } from "../../components/Confirm.tsx";
+import { NicTraffic } from "./NicTraffic.tsx";
 
 type Verdict = "accept" | "drop";
 interface FirewallShow {
@@ -35,7 +36,7 @@ export function ruleFromForm(f: { direction: string; action: string; proto: stri
   return rule;
 }
 
-export function FirewallTab({ vm, canChange, confirm }: { vm: Vm; canChange: boolean; confirm: (r: ConfirmRequest) => void }) {
+export function FirewallTab({ vm, canChange, canManageNetwork, confirm }: { vm: Vm; canChange: boolean; canManageNetwork: boolean; confirm: (r: ConfirmRequest) => void }) {
   const [fw, setFw] = useState<FirewallShow | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [outcome, setOutcome] = useState<string | null>(null);
@@ -163,6 +164,7 @@ export function FirewallTab({ vm, canChange, confirm }: { vm: Vm; canChange: boo
           </button>
         </form>
       )}
+      <NicTraffic vm={vm} canManage={canManageNetwork} />
       <details>
         <summary>Installed in nftables on this host</summary>
         <pre className="json">{JSON.stringify(fw.installed, null, 2)}</pre>
