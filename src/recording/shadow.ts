@@ -8,6 +8,7 @@
  * less a margin, and waits there for more — a replay that reads to the end of its file stops for good (log-store.ts,
  * `LogFollower`).
  */
+import { RollingMedian } from "../util/rolling-median.ts";
 import { VigilError, messageOf } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { Baseline, Finding } from "../introspection/sweep.ts";
@@ -26,6 +27,8 @@ const MIN_STEP = 2_000_000;
 const MAX_FINDINGS = 50;
 /** How often the shadow looks for more log, and samples where the live VM is. */
 const POLL_MS = 500;
+/** Checks the lag's median is taken over (the most recent ones). */
+const LAG_WINDOW = 1000;
 /** Live samples kept for the lag: the shadow is never further behind than this many samples (10 minutes). */
 const MAX_SAMPLES = 1200;
 /** A step that takes longer than this has diverged or hung. */
@@ -89,7 +92,8 @@ export class Shadow {
   private stopped = false;
   private loop: Promise<void> | undefined;
   private readonly samples: { t: number; icount: number }[] = [];
-  private readonly lags: number[] = [];
+  /** The lag's median over the last checks (a recording may last days: a bounded window, not every check). */
+  private readonly lags = new RollingMedian(LAG_WINDOW);
   private readonly seen = new Set<string>();
   private readonly s: ShadowStatus = { state: "starting", checkedIcount: 0, baselineAt: null, rebaselines: 0, sweeps: 0, moreFindings: 0, lagMs: null, lagMedianMs: null, findings: [], error: null };
 
@@ -209,9 +213,8 @@ export class Shadow {
     const passed = this.samples.find((x) => x.icount >= at);
     if (passed) {
       this.s.lagMs = Date.now() - passed.t;
-      this.lags.push(this.s.lagMs);
-      const sorted = [...this.lags].sort((a, b) => a - b);
-      this.s.lagMedianMs = sorted[sorted.length >> 1]!;
+      this.lags.add(this.s.lagMs);
+      this.s.lagMedianMs = this.lags.median;
     }
     this.d.onChecked?.(at);
   }
