@@ -159,7 +159,17 @@ export class Replica {
         }, () => undefined);
       }, 2000);
     });
-    const why = await Promise.race([stop.then(() => "stopped" as const), ended, stalled]).finally(() => clearInterval(stuck));
+    // QEMU exiting also fails the STOP wait ("QMP closed"), often before `exited` settles: that is an exit too, so
+    // the error below carries qemu.log's tail while the replica's directory still holds it.
+    const stopped = stop.then(
+      () => "stopped" as const,
+      async (err: unknown) => {
+        const exitedSoon = await Promise.race([ended.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
+        if (exitedSoon) return "exited" as const;
+        throw err;
+      },
+    );
+    const why = await Promise.race([stopped, ended, stalled]).finally(() => clearInterval(stuck));
     if (why === "stalled") throw new VigilError("VIGIL_QEMU", `The replay stopped making progress at instruction ${await this.icount()} before ${icount}: it diverged from the recording (an input QEMU did not record?)`);
     if (why === "exited") throw new VigilError("VIGIL_QEMU", `The replica stopped replaying before instruction ${icount} (QEMU exited; see ${q(this.layout.qemuLog)}: ${tailOf(this.layout.qemuLog)})`);
     const reached = await this.icount();
