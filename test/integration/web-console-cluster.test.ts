@@ -8,24 +8,15 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type Page } from "playwright-core";
 import { cluster } from "../cluster-topology.ts";
-import { ROOT } from "../harness.ts";
+import { launchChromium, shot, typeUntilAnswered } from "../web-browser.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
 const URL_ = "https://10.251.0.100:7450";
-const ARTIFACTS = join(ROOT, "test-artifacts", "web");
-
-async function shot(page: Page, name: string): Promise<void> {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
-}
 
 test("web console on the cluster manager: both hosts, a VM's console through the manager, a live migration from its page", { timeout: 900_000 }, async (t) => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: set-up (scripts/bootstrap.sh) installs Debian's chromium`);
   const { manager, topo } = await cluster(t, { managerArgs: ["--listen", "10.251.0.100:7450"] });
   const added = manager.cli("user", "add", "ada", "--role", "admin", "--json");
   assert.equal(added.status, 0, added.stderr);
@@ -36,14 +27,7 @@ test("web console on the cluster manager: both hosts, a VM's console through the
   // The browser lives in the manager's namespace: the only network it has is the test's underlay.
   const work = mkdtempSync(join(tmpdir(), "vt-webcl-"));
   t.after(() => rmSync(work, { recursive: true, force: true }));
-  const wrapper = join(work, "chromium-in-netns");
-  writeFileSync(wrapper, `#!/bin/sh\nexec nsenter --net=/run/netns/${topo.manager.netns} -- ${CHROMIUM} "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  const browser = await chromium.launch({
-    executablePath: wrapper,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions", "--no-proxy-server", "--ignore-certificate-errors"],
-  });
+  const browser = await launchChromium({ netns: topo.manager.netns, workDir: work });
   t.after(() => browser.close());
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 }, ignoreHTTPSErrors: true })).newPage();
   const pageErrors: string[] = [];
@@ -72,17 +56,7 @@ test("web console on the cluster manager: both hosts, a VM's console through the
   // The console through the manager's WebSocket bridge to h1's agent.
   await page.goto(`${URL_}/vms/wc1?tab=console`);
   await page.getByTestId("console-status").filter({ hasText: "open" }).waitFor({ timeout: 30_000 });
-  await page.getByTestId("terminal").click();
-  let answered = false;
-  for (let i = 0; i < 10 && !answered; i++) {
-    await page.keyboard.type("echo cluster-$((6*7))");
-    await page.keyboard.press("Enter");
-    answered = await page
-      .locator(".xterm-rows", { hasText: "cluster-42" })
-      .waitFor({ timeout: 3000 })
-      .then(() => true, () => false);
-  }
-  assert.ok(answered, `the guest answered through the manager; screen:\n${await page.locator(".xterm-rows").innerText()}`);
+  await typeUntilAnswered(page, "echo cluster-$((6*7))", "cluster-42");
   await shot(page, "22-cluster-console");
 
   // A live migration from the page: the dialog follows it to its end; the VM is then on h2, still running.

@@ -1,41 +1,27 @@
 /**
  * The web console end to end, in a real headless Chromium (Debian's, driven by playwright-core) against a real
  * daemon on 127.0.0.1 and a booted tiny guest: sign in with a token, create and start a VM, type into its serial
- * console and see the guest answer, see the IDS finding appear when the test tampers with the guest's syscall
- * table, take a snapshot and revert to it, and an auditor who sees no controls and whose forced request is denied
- * and audited; export a VM as a bundle the browser downloads and import it back. Screenshots of each page go to
- * test-artifacts/web/.
+ * console and see the guest answer, ask its agent (processes, an allow-listed command), see the IDS finding appear
+ * when the test tampers with the guest's syscall table and in a sweep run from the page, take a snapshot and revert
+ * to it, make a group, and an auditor who sees no controls and whose forced request is denied and audited. Then,
+ * on a stopped VM: export it as a bundle the browser downloads, add and remove a firewall rule, raise its security
+ * floor, make it a template and back, change its owner, and import the bundle back (a second import refused as a
+ * replay unless allowed). Screenshots of each page go to test-artifacts/web/.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
-import { ROOT, requireTinyImage, startDaemon, waitFor } from "../harness.ts";
+import type { Page } from "playwright-core";
+import { requireTinyImage, startDaemon, waitFor } from "../harness.ts";
+import { launchChromium as launch, shot, typeUntilAnswered } from "../web-browser.ts";
 import { RamAttacker } from "../../src/introspection/testing/live-guest.ts";
 import { overwriteSyscall } from "../../src/introspection/testing/attacker.ts";
 import { whilePaused } from "../../src/introspection/testing/watch-api.ts";
 import { detectAccelerator } from "../../src/qemu/accel.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = join(ROOT, "test-artifacts", "web");
 const MEMORY_MIB = 256;
-
-/** Chromium with nothing that reaches off the machine (no updates, sync, safe browsing or first-run pings). */
-async function launch(): Promise<Browser> {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: set-up (scripts/bootstrap.sh) installs Debian's chromium`);
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions", "--no-proxy-server"],
-  });
-}
-
-async function shot(page: Page, name: string): Promise<void> {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
-}
 
 async function signIn(page: Page, base: string, token: string): Promise<void> {
   await page.goto(`${base}/`);
@@ -44,8 +30,6 @@ async function signIn(page: Page, base: string, token: string): Promise<void> {
   await page.getByTestId("whoami").waitFor();
 }
 
-/** The xterm screen's text (its DOM renderer keeps one div per row). */
-const screenText = (page: Page) => page.locator(".xterm-rows").innerText();
 
 test("web console: sign in, create and start, console, IDS finding, snapshot and revert, an auditor denied", { timeout: 900_000 }, async (t) => {
   requireTinyImage();
@@ -94,17 +78,7 @@ test("web console: sign in, create and start, console, IDS finding, snapshot and
   // The console: what is typed reaches the guest's shell, and its answer comes back.
   await page.getByRole("tab", { name: "Console" }).click();
   await page.getByTestId("console-status").filter({ hasText: "open" }).waitFor({ timeout: 30_000 });
-  await page.getByTestId("terminal").click();
-  let answered = false;
-  for (let i = 0; i < 10 && !answered; i++) {
-    await page.keyboard.type("echo vigil-$((6*7))");
-    await page.keyboard.press("Enter");
-    answered = await page
-      .locator(".xterm-rows", { hasText: "vigil-42" })
-      .waitFor({ timeout: 3000 })
-      .then(() => true, () => false);
-  }
-  assert.ok(answered, `the guest answered on the console; screen:\n${await screenText(page)}`);
+  await typeUntilAnswered(page, "echo vigil-$((6*7))", "vigil-42");
   await shot(page, "04-console");
 
   // The guest agent: its kernel and processes, and an allow-listed command run in the guest.
