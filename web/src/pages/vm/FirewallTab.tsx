@@ -114,28 +114,22 @@ export function FirewallTab({ vm, canChange, canManageNetwork, confirm }: { vm: 
             void change(api<FwChange>("POST", `/v1/vms/${vm.name}/firewall/rules`, { body: { rule: ruleFromForm(f) } }));
           }}
         >
-          <label className="field">
-            Direction
-            <select value={f.direction} onChange={set("direction")}>
-              <option value="in">in</option>
-              <option value="out">out</option>
-            </select>
-          </label>
-          <label className="field">
-            Action
-            <select value={f.action} onChange={set("action")}>
-              <option value="accept">accept</option>
-              <option value="drop">drop</option>
-            </select>
-          </label>
-          <label className="field">
-            Protocol
-            <select value={f.proto} onChange={set("proto")}>
-              {["tcp", "udp", "icmp", "any"].map((p) => (
-                <option key={p}>{p}</option>
-              ))}
-            </select>
-          </label>
+          {(
+            [
+              ["Direction", "direction", ["in", "out"]],
+              ["Action", "action", ["accept", "drop"]],
+              ["Protocol", "proto", ["tcp", "udp", "icmp", "any"]],
+            ] as const
+          ).map(([label, key, choices]) => (
+            <label className="field" key={key}>
+              {label}
+              <select value={f[key]} onChange={set(key)}>
+                {choices.map((c) => (
+                  <option key={c}>{c}</option>
+                ))}
+              </select>
+            </label>
+          ))}
           <label className="field">
             Ports
             <input value={f.ports} onChange={set("ports")} placeholder="22 or 8000-8080" disabled={f.proto !== "tcp" && f.proto !== "udp"} maxLength={11} />
