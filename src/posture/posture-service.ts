@@ -117,7 +117,12 @@ export class PostureService {
     const [rows, policies, cur] = await Promise.all([this.d.repo.all(), this.d.repo.policies(), this.d.current?.() ?? Promise.resolve({})]);
     const byId = new Map(rows.map((r) => [r.vmId, r]));
     const out = new Map<string, Posture["state"]>();
-    for (const vm of vms) out.set(vm.id, this.computeFor(vm, byId.get(vm.id), cur, await this.effectivePolicy(vm, policies)).state);
+    for (const vm of vms) {
+      const row = byId.get(vm.id);
+      // Never scanned is "unknown" whatever the policy (posture-state.ts): no policy is resolved for such a VM, which
+      // on a fresh site is every VM of a 10,000-VM inventory list.
+      out.set(vm.id, row?.scan ? this.computeFor(vm, row, cur, await this.effectivePolicy(vm, policies)).state : "unknown");
+    }
     return out;
   }
 

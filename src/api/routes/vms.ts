@@ -88,7 +88,8 @@ export function registerVmRoutes(app: App, d: ApiDeps): void {
     async (c) => {
       const vms = c.req.valid("query").view === "summary" ? await d.vms.listSummaries(ctx(c)) : await d.vms.list(ctx(c));
       const posture = await d.posture.states(vms);
-      return reply(c, { vms: vms.map((v) => ({ ...v, posture: posture.get(v.id) ?? "unknown" })) }, 200);
+      // Each view is a fresh object of this request: the posture is added to it rather than copied into another.
+      return reply(c, { vms: vms.map((v) => Object.assign(v, { posture: posture.get(v.id) ?? "unknown" })) }, 200);
     },
   );
 
