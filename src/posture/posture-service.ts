@@ -113,7 +113,7 @@ export class PostureService {
   }
 
   /** The posture column of `vigil vm list`, for VMs the caller already may see: three queries whatever their number. */
-  async states(vms: Pick<VmRecord, "id" | "name" | "labels" | "state">[]): Promise<Map<string, Posture["state"]>> {
+  async states(vms: readonly Pick<VmRecord, "id" | "name" | "labels" | "state">[]): Promise<Map<string, Posture["state"]>> {
     const [rows, policies, cur] = await Promise.all([this.d.repo.all(), this.d.repo.policies(), this.d.current?.() ?? Promise.resolve({})]);
     const byId = new Map(rows.map((r) => [r.vmId, r]));
     const out = new Map<string, Posture["state"]>();

@@ -21,7 +21,7 @@ import { can, seesAllVms } from "../auth/permissions.ts";
 import type { OwnerRef, Permission } from "../auth/permissions.ts";
 import type { AgentClient } from "../guest-agent/agent-client.ts";
 import type { VmRecord, VmRepository } from "./vm-repository.ts";
-import { vmSummary, type VmSummary, type VmView } from "./vm-view.ts";
+import type { VmView } from "./vm-view.ts";
 import type { VmLayout } from "../paths.ts";
 import type { BeforeContHook, RemovalReport, StartOptions, StopResult, VmServiceDeps } from "./vm-types.ts";
 import { VmCore } from "./vm-core.ts";
@@ -146,11 +146,13 @@ export class VmService {
     return this.readable(ctx, await this.d.repo.list()).map((vm) => this.core.view(vm));
   }
 
-  /** The same VMs as `list`, each as its inventory summary (vm-view.ts `vmSummary`), from the shared list. */
-  async listSummaries(ctx: RequestContext): Promise<VmSummary[]> {
+  /**
+   * The same VMs as `list`, as the frozen records of the shared list (vm-list-cache.ts), for the inventory summary
+   * (vm-view.ts `vmSummaryJson`): nothing is copied or derived per request here.
+   */
+  async listShared(ctx: RequestContext): Promise<readonly Readonly<VmRecord>[]> {
     await this.authorizeList(ctx);
-    const now = Date.now();
-    return this.readable(ctx, await this.d.repo.listShared()).map((vm) => vmSummary(vm, now));
+    return this.readable(ctx, await this.d.repo.listShared());
   }
 
   /** Anyone who could read some VM may list; the list then holds only the VMs they may read (`readable`). */
