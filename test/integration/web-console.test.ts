@@ -3,10 +3,11 @@
  * daemon on 127.0.0.1 and a booted tiny guest: sign in with a token, create and start a VM, type into its serial
  * console and see the guest answer, ask its agent (processes, an allow-listed command), see the IDS finding appear
  * when the test tampers with the guest's syscall table and in a sweep run from the page, take a snapshot and revert
- * to it, make a group, and an auditor who sees no controls and whose forced request is denied and audited. Then,
- * on a stopped VM: export it as a bundle the browser downloads, add and remove a firewall rule, raise its security
- * floor, make it a template and back, change its owner, and import the bundle back (a second import refused as a
- * replay unless allowed). Screenshots of each page go to test-artifacts/web/.
+ * to it, make a group, and an auditor who sees no controls and whose forced request is denied and audited. Then a
+ * network made and deleted from the Networks page, and on a stopped VM: export it as a bundle the browser
+ * downloads, add and remove a firewall rule, raise its security floor, make it a template and back, change its
+ * owner, and import the bundle back (a second import refused as a replay unless allowed). Screenshots of each page
+ * go to test-artifacts/web/.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -213,6 +214,18 @@ test("web console: export a VM as a bundle the browser downloads, its firewall, 
   const pageErrors: string[] = [];
   page.on("pageerror", (e) => pageErrors.push(e.message));
   await signIn(page, base, token);
+  // A network made and deleted from the Networks page (a bridge in this daemon's own namespace).
+  await page.getByRole("link", { name: "Networks" }).click();
+  await page.getByLabel("Network name").fill("lab1");
+  await page.getByLabel("Range (CIDR)").fill("10.79.0.0/24");
+  await page.getByRole("button", { name: "Create network" }).click();
+  await page.getByTestId("net-lab1").filter({ hasText: "10.79.0.0/24" }).waitFor({ timeout: 30_000 });
+  await page.getByTestId("net-lab1").getByRole("button", { name: "lab1" }).click();
+  await page.getByText("No NICs attached now.").waitFor({ timeout: 15_000 });
+  await shot(page, "15b-networks");
+  await page.getByTestId("net-lab1").getByRole("button", { name: "Delete" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
+  await page.getByText("No networks: VMs have user-mode networking only.").waitFor({ timeout: 30_000 });
   await page.goto(`${base}/vms/src1`);
   await page.getByRole("button", { name: "Export…" }).click();
   await page.getByLabel("Include its snapshots").check();

@@ -10,6 +10,7 @@ import { AuditPage } from "./pages/AuditPage.tsx";
 import { UsersPage } from "./pages/UsersPage.tsx";
 import { HostPage } from "./pages/HostPage.tsx";
 import { HostsPage } from "./pages/HostsPage.tsx";
+import { NetworksPage } from "./pages/NetworksPage.tsx";
 import { TokensSection } from "./pages/TokensSection.tsx";
 
 type Theme = "light" | "dark";
@@ -61,6 +62,7 @@ export function App() {
         <nav aria-label="Main">
           <NavLink to={{ page: "inventory" }} label="Inventory" current={route.page === "inventory" || route.page === "vm"} />
           <NavLink to={{ page: "audit" }} label="Audit log" current={route.page === "audit"} />
+          {may(session, "network.read") && <NavLink to={{ page: "networks" }} label="Networks" current={route.page === "networks"} />}
           {may(session, "user.read") && <NavLink to={{ page: "users" }} label="Users" current={route.page === "users"} />}
           {session.server === "manager" ? (
             <NavLink to={{ page: "hosts" }} label="Hosts" current={route.page === "hosts"} />
@@ -81,7 +83,7 @@ export function App() {
           </button>
         </div>
       </header>
-      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "hosts" ? <HostsPage /> : route.page === "tokens" ? (
+      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "hosts" ? <HostsPage /> : route.page === "networks" ? <NetworksPage /> : route.page === "tokens" ? (
         <main className="page">
           <TokensSection user={session.user.name} canManage />
         </main>

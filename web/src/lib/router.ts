@@ -11,7 +11,8 @@ export type Route =
   | { page: "users" }
   | { page: "tokens" }
   | { page: "host" }
-  | { page: "hosts" };
+  | { page: "hosts" }
+  | { page: "networks" };
 
 export function parseRoute(pathname: string, search: string): Route {
   const q = new URLSearchParams(search);
@@ -22,6 +23,7 @@ export function parseRoute(pathname: string, search: string): Route {
   if (pathname === "/tokens") return { page: "tokens" };
   if (pathname === "/host") return { page: "host" };
   if (pathname === "/hosts") return { page: "hosts" };
+  if (pathname === "/networks") return { page: "networks" };
   const host = q.get("host");
   return host ? { page: "inventory", host } : { page: "inventory" };
 }
