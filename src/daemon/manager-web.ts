@@ -12,7 +12,6 @@ import type { Context, Hono, Next } from "hono";
 import type { AuditLog } from "../audit/audit-log.ts";
 import { authenticateRequest } from "../auth/authenticate.ts";
 import type { RequestContext } from "../auth/guard.ts";
-import type { Actor } from "../auth/permissions.ts";
 import { CSRF_HEADER, clearedSessionCookie, csrfMatches, isSafeMethod, presentedToken, sessionBody, sessionCookie, type PresentedToken } from "../auth/session.ts";
 import type { UserStore } from "../auth/users.ts";
 import type { DelegatedActor } from "../cluster/types.ts";
@@ -20,6 +19,7 @@ import { VigilError, messageOf, q } from "../errors.ts";
 import { errorBody, rawErrorResponse } from "../api/error-response.ts";
 import { isStaticRequest, serveStatic, webDir } from "../api/static-files.ts";
 import { WS_CONSOLE_PATH, bridgeWebSocket, consoleSocketServer, header, sameOrigin } from "./web-console.ts";
+import { toDelegated } from "./stream-forward.ts";
 
 export type ManagerEnv = { Variables: { ctx: RequestContext; presented: PresentedToken | undefined }; Bindings: { transport?: "unix" | "tcp"; remoteAddress?: string | undefined } };
 
@@ -43,8 +43,8 @@ export function managerAuthentication(d: ManagerWebDeps) {
     const transport = c.env?.transport;
     const cookie = transport === "tcp" ? c.req.header("cookie") : undefined;
     const actor = await authenticateRequest(d.users, d.localUser, transport, c.req.header("authorization"), undefined, cookie);
-    const requestId = crypto.randomUUID();
     if (!actor) return c.json(errorBody(new VigilError("VIGIL_UNAUTHENTICATED", "A valid token is required")), 401);
+    const requestId = crypto.randomUUID();
     const presented = transport === "tcp" ? presentedToken(c.req.header("authorization"), cookie) : undefined;
     if (presented?.via === "cookie" && !isSafeMethod(c.req.method) && !csrfMatches(presented.token, c.req.header(CSRF_HEADER))) {
       await d.audit.denials.deny(c.env?.remoteAddress ?? "unknown", c.req.method, c.req.path.slice(0, 200), requestId);
@@ -96,8 +96,6 @@ export interface ManagerConsoleDeps extends Omit<ManagerWebDeps, "audit"> {
   open(host: string, path: string, actor: DelegatedActor): Promise<{ socket: Duplex; head: Buffer }>;
   onError(err: unknown): void;
 }
-
-const toDelegated = (a: Actor): DelegatedActor => ({ name: a.name, roles: a.roles, groups: a.groups, introspect: a.introspect });
 
 /**
  * The browser's console socket on the manager's TCP listener: the Origin must be this origin (a page of another

@@ -48,7 +48,8 @@ export interface ConsoleForwardDeps {
   onError?(err: unknown): void;
 }
 
-const toDelegated = (a: Actor): DelegatedActor => ({ name: a.name, roles: a.roles, groups: a.groups, introspect: a.introspect });
+/** The user a console stream is opened for on the agent (the CLI's raw upgrade and the browser's WebSocket alike). */
+export const toDelegated = (a: Actor): DelegatedActor => ({ name: a.name, roles: a.roles, groups: a.groups, introspect: a.introspect });
 
 /** Serves one upgrade request that arrived at the manager: refused with the API's error body, or spliced to the agent. */
 export async function forwardConsoleUpgrade(d: ConsoleForwardDeps, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
