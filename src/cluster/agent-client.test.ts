@@ -2,6 +2,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer as createNetServer, isIP, type AddressInfo } from "node:net";
 import fc from "fast-check";
+import { Readable } from "node:stream";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { VigilError } from "../errors.ts";
@@ -190,6 +191,60 @@ test("a stream with an error status gives the agent's error; a silent stream tim
   const lines: string[] = [];
   await assert.rejects(client(s.address).stream("/silent", (l) => lines.push(l), { idleTimeoutMs: 300 }), hostError(/not answering: no answer within 300 ms/));
   assert.deepEqual(lines, ["{}"]);
+});
+
+test("relay streams a body to the agent with its headers, and gives back the answer's status, headers and bytes unread, errors included", async () => {
+  const s = await serve(pki.agentA, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (d: Buffer) => chunks.push(d));
+    req.on("end", () => {
+      if (req.url === "/refuse") return json(res, 409, { error: { code: "VIGIL_CONFLICT", message: "no" } });
+      const got = Buffer.concat(chunks);
+      res.writeHead(201, { "content-type": "application/x-vigil-bundle", "x-seen": `${req.headers["content-type"]} ${req.headers["x-request-id"]} ${JSON.parse(String(req.headers[ACTOR_HEADER])).name} ${req.headers[EPOCH_HEADER]} ${got.length}` });
+      // The answer in two parts, the second later: the caller has the head before the body is complete.
+      res.write(got.subarray(0, 10));
+      setTimeout(() => res.end(got.subarray(10)), 100);
+    });
+  });
+  const payload = Buffer.alloc(300_000, 7);
+  const actor: DelegatedActor = { name: "alice", roles: ["owner"], groups: [], introspect: false };
+  // The caller may not smuggle the actor or the epoch through the passed-on headers: the options' win.
+  const ans = await client(s.address).relay("POST", "/v1/vms/import", { body: Readable.from([payload.subarray(0, 1000), payload.subarray(1000)]), headers: { "content-type": "application/x-vigil-bundle", "x-request-id": "r1", [ACTOR_HEADER]: JSON.stringify({ ...actor, name: "root" }) }, actor, epoch: 4 });
+  assert.equal(ans.status, 201);
+  assert.equal(ans.headers["content-type"], "application/x-vigil-bundle");
+  assert.equal(ans.headers["x-seen"], "application/x-vigil-bundle r1 alice 4 300000");
+  const back: Buffer[] = [];
+  for await (const c of ans.body) back.push(c as Buffer);
+  assert.ok(Buffer.concat(back).equals(payload));
+  // An agent's refusal is relayed as it is (status and body), not thrown.
+  const refused = await client(s.address).relay("POST", "/refuse", { body: Readable.from([Buffer.from("x")]) });
+  assert.equal(refused.status, 409);
+  let text = "";
+  for await (const c of refused.body) text += String(c);
+  assert.equal(JSON.parse(text).error.code, "VIGIL_CONFLICT");
+});
+
+test("relay: an agent that goes silent mid-answer fails the body as 'not answering'; destroying the body ends the agent's answer", async () => {
+  let closed = 0;
+  const s = await serve(pki.agentA, (_req, res) => {
+    res.on("close", () => closed++);
+    res.writeHead(200, { "content-type": "application/x-tar" });
+    res.write("part"); // then silence
+  });
+  const ans = await client(s.address).relay("GET", "/silent", { idleTimeoutMs: 300 });
+  const seen: string[] = [];
+  await assert.rejects(
+    (async () => {
+      for await (const c of ans.body) seen.push(String(c));
+    })(),
+    hostError(/not answering: no answer within 300 ms/),
+  );
+  assert.deepEqual(seen, ["part"]);
+  const other = await client(s.address).relay("GET", "/silent", { idleTimeoutMs: 30_000 });
+  other.body.destroy();
+  const until = Date.now() + 5000;
+  while (closed < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(closed, 2, "the agent saw both answers end");
 });
 
 test("a bad address is refused naming the field", () => {

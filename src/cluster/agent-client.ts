@@ -8,8 +8,8 @@
  */
 import { X509Certificate } from "node:crypto";
 import { Agent, request as httpsRequest } from "node:https";
-import type { IncomingMessage } from "node:http";
-import type { Duplex } from "node:stream";
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
+import { Transform, pipeline, type Duplex, type Readable } from "node:stream";
 import { isIP } from "node:net";
 import type { PeerCertificate } from "node:tls";
 import { StringDecoder } from "node:string_decoder";
@@ -59,6 +59,25 @@ export interface AgentStreamOptions {
   idleTimeoutMs?: number;
   /** Longest line accepted (bytes); 1 MiB. */
   maxLineBytes?: number;
+}
+
+export interface AgentRelayOptions {
+  /** The request's body as bytes (a bundle being imported), sent as it arrives; none for a GET. */
+  body?: Readable | undefined;
+  /** Request headers passed on as they are (content-type, content-length, x-request-id, …). */
+  headers?: Record<string, string>;
+  actor?: DelegatedActor;
+  epoch?: number;
+  signal?: AbortSignal;
+  /** The exchange fails if no byte moves either way for this long (ms); 30 s. */
+  idleTimeoutMs?: number;
+}
+
+/** An answer relayed as it is: its status, its headers and its body to read (or destroy) as it arrives. */
+export interface RelayedAnswer {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Readable;
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
@@ -194,6 +213,30 @@ export class AgentClient {
   }
 
   /**
+   * One exchange of bytes rather than JSON (a bundle exported or imported, a recording's tar, Prometheus text): the
+   * request body is streamed to the agent as it arrives, and the answer comes back with its head as soon as the
+   * agent sends it, its body unread. Nothing is buffered or bounded here: the caller passes the body on (with
+   * back-pressure) or reads it with its own bound. The agent's error answers are relayed too (status and body), as
+   * the caller decides what to do with them; only a transport failure is a VIGIL_HOST error.
+   */
+  async relay(method: string, path: string, options: AgentRelayOptions = {}): Promise<RelayedAnswer> {
+    const res = await this.open(method, path, { ...options, payload: options.body, accept: options.headers?.accept ?? "*/*", timeoutMs: options.idleTimeoutMs ?? this.timeoutMs, whole: false });
+    const { message } = res;
+    // Every chunk re-arms the idle timer on its way through (a 'data' listener on the message itself would start it
+    // flowing before the caller reads); destroying the body (the caller's client gone) ends the agent's answer too.
+    const body = new Transform({
+      transform(chunk: Buffer, _enc, next) {
+        res.touch();
+        next(null, chunk);
+      },
+    });
+    pipeline(message, body, () => res.done());
+    // A failure mid-body (the agent gone, idle too long) reaches whoever reads the body as its error.
+    res.onFailure((err) => body.destroy(err));
+    return { status: message.statusCode ?? 0, headers: message.headers, body };
+  }
+
+  /**
    * An HTTP upgrade (the serial console: `Upgrade: vigil-console`) over the same mutual TLS, for `actor`: resolves
    * with the raw byte stream to the agent once it answered 101 (and the bytes that came with the answer's head);
    * an answer that is not an upgrade becomes the agent's error. `timeoutMs` bounds the wait for the answer only.
@@ -249,12 +292,12 @@ export class AgentClient {
   private open(
     method: string,
     path: string,
-    o: { payload?: string | undefined; actor?: DelegatedActor | undefined; epoch?: number | undefined; signal?: AbortSignal | undefined; accept: string; timeoutMs: number; whole: boolean },
+    o: { payload?: string | Readable | undefined; headers?: Record<string, string> | undefined; actor?: DelegatedActor | undefined; epoch?: number | undefined; signal?: AbortSignal | undefined; accept: string; timeoutMs: number; whole: boolean },
   ): Promise<Opened> {
     if (!path.startsWith("/")) throw new VigilError("VIGIL_BAD_REQUEST", `Invalid agent path ${q(path)}: must start with "/"`, { field: "path" });
     if (o.signal?.aborted) return Promise.reject(abortReason(o.signal));
-    const headers: Record<string, string> = { accept: o.accept };
-    if (o.payload !== undefined) {
+    const headers: Record<string, string> = { ...o.headers, accept: o.accept };
+    if (typeof o.payload === "string") {
       headers["content-type"] = "application/json";
       headers["content-length"] = String(Buffer.byteLength(o.payload));
     }
@@ -296,7 +339,13 @@ export class AgentClient {
         message.on("aborted", () => fail(failure ?? this.notAnswering("the connection closed mid-answer")));
         resolve({ message, fail, onFailure: (f) => (failure ? f(failure) : (onFailure = f)), touch: () => (o.whole ? undefined : arm()), done });
       });
-      req.end(o.payload);
+      if (typeof o.payload === "string" || o.payload === undefined) return void req.end(o.payload);
+      // A streamed body: each chunk sent is progress (an upload the agent reads slowly is not idle), and a body
+      // that fails (the client gone) ends the exchange.
+      const body = o.payload;
+      body.on("data", () => (o.whole ? undefined : arm()));
+      body.once("error", (err) => fail(err));
+      body.pipe(req);
     });
   }
 
@@ -324,18 +373,8 @@ export class AgentClient {
     });
   }
 
-  /** The agent's `{error: {code, message, field}}` as the same VigilError; anything else as VIGIL_HOST. */
   private agentError(status: number, text: string): VigilError {
-    try {
-      const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown; field?: unknown } };
-      const e = body.error;
-      if (e && typeof e.code === "string" && Object.hasOwn(ERROR_STATUS, e.code) && typeof e.message === "string") {
-        return new VigilError(e.code as ErrorCode, e.message, typeof e.field === "string" ? { field: e.field } : {});
-      }
-    } catch {
-      // not JSON: reported below
-    }
-    return new VigilError("VIGIL_HOST", `Agent ${q(this.agentName)} at ${this.address} answered ${status}: ${text.slice(0, 200).replace(/\s+/g, " ").trim() || "(no body)"}`);
+    return agentErrorOf(status, text, `Agent ${q(this.agentName)} at ${this.address}`);
   }
 
   private notAnswering(why: string): VigilError {
@@ -357,6 +396,20 @@ export class AgentClient {
     if (UNREACHABLE.has(code)) return new VigilError("VIGIL_HOST", `agent ${this.agentName} at ${this.address} is not answering: ${code} (${err.message})`, { cause: err });
     return new VigilError("VIGIL_HOST", `agent ${this.agentName} at ${this.address} is not answering: ${err.message}`, { cause: err });
   }
+}
+
+/** An agent's `{error: {code, message, field}}` as the same VigilError; anything else as VIGIL_HOST naming `who`. */
+export function agentErrorOf(status: number, text: string, who: string): VigilError {
+  try {
+    const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown; field?: unknown } };
+    const e = body.error;
+    if (e && typeof e.code === "string" && Object.hasOwn(ERROR_STATUS, e.code) && typeof e.message === "string") {
+      return new VigilError(e.code as ErrorCode, e.message, typeof e.field === "string" ? { field: e.field } : {});
+    }
+  } catch {
+    // not JSON: reported below
+  }
+  return new VigilError("VIGIL_HOST", `${who} answered ${status}: ${text.slice(0, 200).replace(/\s+/g, " ").trim() || "(no body)"}`);
 }
 
 /** `IP:PORT` or `[IPv6]:PORT`; VIGIL_BAD_REQUEST naming `address` otherwise. */

@@ -35,6 +35,8 @@ import { errorBody } from "../api/error-response.ts";
 import { claimPidFile, listenOn, parseListen, VERSION } from "./daemon.ts";
 import { createApiServer, loadTls, tlsSettingFor, type TlsSetting } from "./tls.ts";
 import { registerManagerReads, type ManagerReads } from "./manager-reads.ts";
+import { FORWARD_IDLE_MS, registerManagerForwarding } from "./manager-forward.ts";
+import { shareHostKeys } from "./cluster-trust.ts";
 import { CONSOLE_PROTOCOL, forwardConsoleUpgrade } from "./stream-forward.ts";
 import { createManagerWebConsole, managerAuthentication, registerManagerSessions, type ManagerEnv } from "./manager-web.ts";
 import { isWebSocketUpgrade } from "./web-console.ts";
@@ -139,6 +141,11 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     log,
   });
   await hosts.start();
+  // Every ready host trusts every other's bundle key (daemon/cluster-trust.ts); recorded here when it adds any.
+  const shareTrust = async (): Promise<void> => {
+    const added = await shareHostKeys({ call: (h, m, p, b, a) => call(h, m, p, b, a), actor: MANAGER_ACTOR }, hosts.readyHosts());
+    if (added.length > 0) await audit.append({ actor: "system", action: "cluster.trust-share", target: { kind: "host", name: "manager" }, result: "ok", details: { added } });
+  };
   for (const h of await hosts.list()) {
     const a = await hosts.addressOf(h.name);
     if (a) addresses.set(h.name, a);
@@ -178,6 +185,8 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
       const r = await hosts.add(name, address);
       addresses.set(name, (await hosts.addressOf(name))!);
       agentAddresses.set(name, address);
+      // Best effort now (the new host may not be ready yet); every import through the manager does it again.
+      void shareTrust().catch((err: unknown) => log.warn({ err }, "sharing the hosts' bundle keys failed"));
       return r;
     });
   });
@@ -285,19 +294,29 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
   app.post("/v1/users/:name/tokens", async (c) => c.json(await accounts.issueToken(c.get("ctx"), c.req.param("name"), await c.req.json().catch(() => ({}))), 201));
   // The cluster's networks (docs/cluster.md "Networks across hosts (VXLAN)"): one VXLAN segment over every ready host.
   registerClusterNetworkRoutes(app, new ClusterNetworks({ db, guard, log, readyHosts: () => hosts.readyHosts(), addressOf: (h) => hosts.addressOf(h), call: (h, m, p, b, a) => call(h, m, p, b, a), toDelegated }));
-  // Everything else about one VM goes to the agent that holds it, for the user who asked.
-  app.all("/v1/vms/:name/*", async (c) => forward(c));
-  app.all("/v1/vms/:name", async (c) => forward(c));
-  async function forward(c: Context<ManagerEnv>): Promise<Response> {
-    const host = await holder(c.req.param("name") ?? "");
-    const url = new URL(c.req.url);
-    const body = c.req.method === "GET" || c.req.method === "HEAD" ? undefined : await c.req.json().catch(() => undefined);
-    const answer = await call<unknown>(host, c.req.method, url.pathname + url.search, body, toDelegated(c.get("ctx")), { timeoutMs: 300_000 });
-    if (c.req.method === "DELETE" && url.pathname.split("/").length === 4) await repo.deletePlacement((await repo.findPlacementByName(c.req.param("name") ?? ""))!.vmId);
-    // A change through the manager is a cluster event: open web consoles refresh on it (GET /v1/events).
-    if (c.req.method !== "GET" && c.req.method !== "HEAD") await event("vm.changed", c.req.param("name") ?? "", { host, method: c.req.method, what: url.pathname.split("/").slice(4).join("/") || "vm" });
-    return c.json(answer ?? {});
-  }
+  // Every other VM request, imports, recordings, captures, forwards and /metrics: relayed as bytes (daemon/manager-forward.ts).
+  registerManagerForwarding(app, {
+    relay: async (host, method, path, r) => {
+      const epoch = await hosts.epochOf(host);
+      return (await hosts.client(host)).relay(method, path, { ...r, idleTimeoutMs: FORWARD_IDLE_MS, ...(epoch !== undefined ? { epoch } : {}) });
+    },
+    holder,
+    readyHosts: () => hosts.readyHosts(),
+    beforeImport: shareTrust,
+    place: (demand) => {
+      const placed = placeVm(loads(), demand);
+      if (!placed.ok) throw new VigilError("VIGIL_CONFLICT", placed.message);
+      return placed.host;
+    },
+    setPlacement: async (p) => void (await repo.setPlacement(p)),
+    deletePlacement: async (name) => {
+      const p = await repo.findPlacementByName(name);
+      if (p) await repo.deletePlacement(p.vmId);
+    },
+    event: (kind, subject, payload) => event(kind, subject, payload),
+    toDelegated,
+    log,
+  });
 
   const socketServer: ServerType = createAdaptorServer({ fetch: (req: Request) => app.fetch(req, { transport: "unix" }) });
   rmSync(home.socket, { force: true });

@@ -184,6 +184,8 @@ test("export/import carries the floor and each snapshot's resumes; a replay is r
   await ok(f.call("bob", "PUT", "/v1/vms/web/floor", { facts: { patchLevel: "5" } }));
   const bundle = await exportBundle(f, "bob", "web", { withSnapshots: true });
 
+  // host= is the cluster manager's to take off: a host's daemon refuses it rather than ignoring it.
+  await refused(f.call("bob", "POST", "/v1/vms/import?name=copy&host=h2", bundle), 400, /host= picks the host on a cluster manager/);
   await ok(f.call("bob", "POST", "/v1/vms/import?name=copy", bundle), 201);
   assert.deepEqual(await floorOf(f, "copy"), { patchLevel: "5" }, "the import has the exported VM's floor");
   await refused(f.call("bob", "POST", "/v1/vms/copy/snapshots/old/revert", {}), 422, /below the security floor/);

@@ -2,12 +2,14 @@
  * Reaching the cluster manager like a single host (docs/cluster.md "Reaching the manager"): the manager listens on
  * its own underlay address with HTTPS (the site certificate) and tokens; the real CLI, run inside the manager's
  * namespace, logs in (pinning the certificate), lists VMs, creates and starts one, and talks to its serial console
- * through the manager (the guest answers), and so does the web console's WebSocket (session cookie, Origin checked). A token without roles gets 403 on the manager's read routes while an
+ * through the manager (the guest answers), and so does the web console's WebSocket (session cookie, Origin checked);
+ * it exports a bundle through the manager and imports it onto the other host, lists recordings, and scrapes the
+ * merged /metrics. A token without roles gets 403 on the manager's read routes while an
  * admin's gets them, and an agent refuses a console upgrade from another agent's (valid) certificate.
  */
 import { strict as assert } from "node:assert";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -35,6 +37,16 @@ if (mode === "get") {
     });
   }
   console.log(JSON.stringify(out));
+} else if (mode === "body") {
+  const [base, token, path] = rest;
+  const u = new URL(path, base);
+  const r = request({ host: u.hostname, port: u.port, path: u.pathname + u.search, rejectUnauthorized: false, headers: { authorization: "Bearer " + token } }, (m) => {
+    let body = "";
+    m.on("data", (d) => (body += d));
+    m.on("end", () => console.log(JSON.stringify({ status: m.statusCode, type: m.headers["content-type"], body })));
+  });
+  r.on("error", (e) => { console.error(e.message); process.exit(1); });
+  r.end();
 } else if (mode === "ws") {
   // The browser's console through the manager: log in for the cookie, then the WebSocket with an Origin.
   const [base, token, vm, marker, origin] = rest;
@@ -141,6 +153,41 @@ test("a token user reaches the manager over HTTPS and uses a guest's console thr
   };
   assert.deepEqual(ws("https://evil.example"), { ok: false, status: 403 });
   assert.deepEqual(ws(URL_), { ok: true }, "the guest answered on the browser's console socket through the manager");
+
+  // A bundle through the manager: exported from the holder as it streams, imported onto the other host (the
+  // manager passes the upload on as it arrives), and the copy is placed there, owned by who imported it.
+  const other = holder === "h1" ? "h2" : "h1";
+  const stop = cli(["vm", "stop", "con", "--timeout", "120"]);
+  assert.equal(stop.status, 0, stop.stderr);
+  const bundlePath = join(work, "con.vigil");
+  const exported = cli(["vm", "export", "con", "--output", bundlePath]);
+  assert.equal(exported.status, 0, exported.stderr);
+  assert.ok(statSync(bundlePath).size > 1024, `a bundle: ${statSync(bundlePath).size} bytes`);
+  const imported = cli(["vm", "import", bundlePath, "--name", "con2", "--host", other]);
+  assert.equal(imported.status, 0, imported.stderr);
+  assert.match(imported.stdout, new RegExp(`as VM con2 .* on ${other}`));
+  const copies = JSON.parse(cli(["vm", "list", "--json"]).stdout) as { name: string; host: string; owner: string }[];
+  assert.deepEqual(copies.filter((v) => v.name === "con2").map((v) => [v.host, v.owner]), [[other, "user:olga"]]);
+  const otherAgent = agents[other === "h1" ? 0 : 1]!;
+  const otherAudit = (await otherAgent.api<{ records: { actor: string; action: string; result: string }[] }>("GET", "/v1/audit?limit=10000")).records;
+  assert.ok(otherAudit.some((r) => r.actor === "olga" && r.action === "vm.import" && r.result === "ok"), "the target host audited olga's import");
+  assert.ok(otherAudit.some((r) => r.actor === "system" && r.action === "trust.add" && r.result === "ok"), "the manager made it trust the exporting host's key first");
+  const notReady = cli(["vm", "import", bundlePath, "--name", "con3", "--host", "h9"]);
+  assert.notEqual(notReady.status, 0);
+  assert.match(notReady.stderr, /Host "h9" cannot take VMs now/);
+  // Recordings are listed from every host; /metrics merges every host's series under the host's cluster name.
+  const recs = cli(["recording", "list", "--json"]);
+  assert.equal(recs.status, 0, recs.stderr);
+  assert.deepEqual((JSON.parse(recs.stdout) as { recordings: unknown[] }).recordings, []);
+  const [mf, ...ma] = inNs(topo.manager.netns, [probe, "body", URL_, olga, "/metrics"]);
+  const metrics = spawnSync(mf!, ma, { encoding: "utf8", timeout: 60_000 });
+  assert.equal(metrics.status, 0, metrics.stderr);
+  const scraped = JSON.parse(metrics.stdout) as { status: number; type: string; body: string };
+  assert.equal(scraped.status, 200);
+  assert.match(scraped.type, /version=0\.0\.4/);
+  assert.match(scraped.body, new RegExp(`vigil_vm_memory_configured_bytes\\{vm="con",host="${holder}"\\} 134217728`));
+  assert.match(scraped.body, new RegExp(`vigil_vm_memory_configured_bytes\\{vm="con2",host="${other}"\\} 134217728`));
+  assert.equal(scraped.body.match(/^# TYPE vigil_vm_running /gm)?.length, 1, "each family once");
 
   // Read routes: a token with no role is refused (403) on each, an admin's token gets them all.
   const reads = ["/v1/hosts", "/v1/migrations", "/v1/cluster/balance", "/v1/cluster/consolidate", "/v1/events?after=0"];

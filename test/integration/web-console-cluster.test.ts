@@ -77,5 +77,10 @@ test("web console on the cluster manager: both hosts, a VM's console through the
   const { vms } = await manager.api<{ vms: { name: string; host: string; state: string }[] }>("GET", "/v1/vms");
   const wc1 = vms.find((v) => v.name === "wc1");
   assert.deepEqual({ host: wc1?.host, state: wc1?.state }, { host: "h2", state: "running" });
+  // Recordings and bundles are relayed by the manager too (daemon/manager-forward.ts): the tab lists from the
+  // VM's host, and the export dialog is there.
+  await page.getByRole("tab", { name: "Recordings" }).click();
+  await page.locator(".tabpanel").getByText(/^No recordings\./).waitFor({ timeout: 15_000 });
+  await page.getByRole("button", { name: "Export…" }).waitFor();
   assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
 });

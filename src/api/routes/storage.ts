@@ -1,4 +1,5 @@
 /** Snapshot, template, clone, export/import and trust routes. */
+import { VigilError } from "../../errors.ts";
 import { createRoute, z } from "@hono/zod-openapi";
 import { Readable } from "node:stream";
 import { addTrustSchema } from "../../storage/trust.ts";
@@ -84,6 +85,8 @@ const ImportQuery = z.object({
   expiresAt: ownershipInputSchema.expiresAt,
   /** Import a bundle this site imported before (a replay, audited); refused without it. */
   allowReplay: z.enum(["true", "false"]).default("false").openapi({ param: { name: "allowReplay", in: "query" } }),
+  /** The cluster manager's choice of host (it takes it off before passing the import on): refused by a host's daemon. */
+  host: z.string().max(64).optional().openapi({ param: { name: "host", in: "query" } }),
 });
 const TrustedKeySchema = z.object({ keyId: z.string(), name: z.string(), publicKey: z.string(), addedBy: z.string(), addedAt: z.string(), site: z.boolean() }).openapi("TrustedKey");
 
@@ -137,6 +140,7 @@ export function registerStorageRoutes(app: App, d: ApiDeps): void {
     createRoute(withAccess("vm.create", { method: "post", path: "/v1/vms/import", tags: ["bundles"], summary: "Import a .vigil bundle (the request body); verified completely before anything is created", request: { query: ImportQuery, body: { content: { "application/x-vigil-bundle": { schema: z.string() } }, required: true } }, responses: { 201: json(VmSchema, "The imported VM") } })),
     async (c) => {
       const q = c.req.valid("query");
+      if (q.host !== undefined) throw new VigilError("VIGIL_BAD_REQUEST", "host= picks the host on a cluster manager; this is one host's daemon, which imports onto itself", { field: "host" });
       const raw = c.req.raw.body;
       const source = q.source ?? "(uploaded)";
       const empty = (async function* () {})();

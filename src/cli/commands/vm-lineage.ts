@@ -71,8 +71,9 @@ export function registerVmLineage(vm: Command): void {
     .option("--approver <name>", "who approved it (never taken from the bundle)")
     .option("--expires <date>", "expiry: YYYY-MM-DD (end of day, UTC) or ISO time (never taken from the bundle)")
     .option("--allow-replay", "import a bundle this site imported before (recorded in the audit log)")
+    .option("--host <host>", "on a cluster manager: the host to import onto (default: where placement puts a 256 MiB VM)")
     .option("--json", "machine-readable output")
-    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; allowReplay?: boolean; json?: boolean }) => {
+    .action(async (file: string, o: { name?: string; purpose?: string; approver?: string; expires?: string; allowReplay?: boolean; host?: string; json?: boolean }) => {
       const abs = resolvePath(file);
       const query = new URLSearchParams({
         source: abs,
@@ -81,11 +82,12 @@ export function registerVmLineage(vm: Command): void {
         ...(o.approver ? { approver: o.approver } : {}),
         ...(o.expires ? { expiresAt: o.expires } : {}),
         ...(o.allowReplay ? { allowReplay: "true" } : {}),
+        ...(o.host ? { host: o.host } : {}),
       });
       const v = await withProgress(`Importing ${basename(abs)}`, (rid) => upload<Vm>(`/v1/vms/import?${query.toString()}`, abs, { requestId: rid, onBytes: (d, t) => progressLine("Uploading", d, t) }));
       clearLine();
       if (o.json) return printJson(v);
-      process.stdout.write(`Imported ${basename(abs)} as VM ${v.name} (${v.id as string})\n`);
+      process.stdout.write(`Imported ${basename(abs)} as VM ${v.name} (${v.id as string})${typeof v.host === "string" ? ` on ${v.host}` : ""}\n`);
     });
 
   vm.command("generations <name>")

@@ -125,11 +125,9 @@ export function Inventory({ host }: { host?: string }) {
               <button type="button" className="primary" onClick={() => setCreating("create")}>
                 Create VM
               </button>
-              {session?.server !== "manager" && (
-                <button type="button" onClick={() => setCreating("import")}>
-                  Import bundle…
-                </button>
-              )}
+              <button type="button" onClick={() => setCreating("import")}>
+                Import bundle…
+              </button>
             </>
           )}
         </div>
@@ -184,7 +182,7 @@ export function Inventory({ host }: { host?: string }) {
         </p>
       </section>
       {creating === "create" && <CreateVmDialog images={images} onClose={() => setCreating(null)} onCreated={opened} requestId={newRequestId} />}
-      {creating === "import" && <ImportBundleDialog onClose={() => setCreating(null)} onImported={opened} />}
+      {creating === "import" && <ImportBundleDialog onClose={() => setCreating(null)} onImported={opened} {...(session?.server === "manager" ? { hosts: hosts.filter((h) => (hostState(h) ?? "ready") === "ready") } : {})} />}
     </div>
   );
 }

@@ -85,8 +85,8 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
       .finally(() => setPending(null));
   };
   const running = RUNNING.has(vm.state);
-  // The cluster manager forwards a VM's JSON requests to its host; recordings, bundles and their files it does not
-  // yet (docs/web.md "On a cluster"), so those controls are a host's daemon's only.
+  // The cluster manager passes every request about the VM on to its host, bundles and recordings included (docs/web.md
+  // "On a cluster"); only migration is its own.
   const onManager = session?.server === "manager";
   const tabs: TabDef[] = [
     { id: "summary", label: "Summary" },
@@ -101,7 +101,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
     ...(session?.can.includes("vm.introspect") ? [{ id: "ids", label: "IDS" }] : []),
     { id: "posture", label: "Posture" },
     ...(can("network.read") ? [{ id: "firewall", label: "Network" }] : []),
-    ...(onManager ? [] : [{ id: "recordings", label: "Recordings" }]),
+    { id: "recordings", label: "Recordings" },
   ];
   const current = tabs.some((t) => t.id === tab) ? tab : "summary";
   const select = (id: string) => navigate({ page: "vm", name: vm.name, tab: id });
@@ -119,7 +119,7 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             Start
           </button>
         )}
-        {can("vm.control") && !running && !onManager && (
+        {can("vm.control") && !running && (
           <button type="button" disabled={!!pending} onClick={() => setDialog("record")}>
             Record…
           </button>
@@ -157,11 +157,9 @@ export function VmPage({ name, tab }: { name: string; tab: string }) {
             <button type="button" onClick={() => setDialog("clone")}>
               Clone
             </button>
-            {!onManager && (
-              <button type="button" onClick={() => setDialog("export")}>
-                Export…
-              </button>
-            )}
+            <button type="button" onClick={() => setDialog("export")}>
+              Export…
+            </button>
           </>
         )}
         {can("vm.chown") && (
