@@ -32,7 +32,7 @@ const ALLOWED: Record<string, string[]> = {
   qemu: ["util"],
   // moving a VM between hosts: its dossier gathers what the capabilities keep per VM (policy, watch, store), its
   // disks go through qemu-img; the QMP pre-copy engine, the relays, the agent's side and the manager's orchestrator
-  migration: ["auth", "cluster", "host", "introspection", "network", "provenance", "qemu", "storage", "util", "vm", "vtime"],
+  migration: ["auth", "cluster", "host", "introspection", "network", "posture", "provenance", "qemu", "storage", "util", "vm", "vtime"],
   cluster: ["audit", "auth", "inventory", "util"], // the CA (openssl via util), mutual TLS, the agent client, hosts, pure plans (placement, leases)
   // transience (docs/transience.md): posture, the gate (through the firewall service it is handed), signature scans
   posture: ["auth", "guestfs", "storage", "util", "vm"], // and the pure package-data parsers; offline scans read disks through storage (chain) and guestfs

@@ -14,6 +14,15 @@ export function vigilHome(env: NodeJS.ProcessEnv = process.env): string {
   return isRoot() ? "/var/lib/vigil" : join(homedir(), ".local", "share", "vigil");
 }
 
+/**
+ * The machine-wide claims on VM uids (host/uid-claims.ts): outside every VIGIL_HOME, because two daemons on one
+ * machine (a trial cluster's agents, a second home) must never give two VMs the same uid.
+ */
+export function vigilUidClaims(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.VIGIL_UID_CLAIMS) return env.VIGIL_UID_CLAIMS;
+  return isRoot() ? "/var/lib/vigil-uids" : join(homedir(), ".local", "share", "vigil-uids");
+}
+
 /** The shared cache of built images: `/var/cache/vigil` for root, `~/.cache/vigil` otherwise. */
 export function vigilCache(env: NodeJS.ProcessEnv = process.env): string {
   if (env.VIGIL_CACHE) return env.VIGIL_CACHE;

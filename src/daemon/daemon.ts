@@ -53,6 +53,7 @@ import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { FirewallService } from "../network/firewall/firewall-service.ts";
 import { PostureRepository } from "../posture/posture-repository.ts";
 import { PostureService } from "../posture/posture-service.ts";
+import { copyPostureToClone } from "../posture/posture-transfer.ts";
 import { ScanService } from "../posture/scan-service.ts";
 import { RecordingService } from "../recording/recording-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
@@ -225,7 +226,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));
   // Recordings of a VM's execution and their replays (docs/recording.md); replicas run in <home>/rp.
   const recordings = new RecordingService({ db, vms, guard, audit, registry, log, replicasDir: join(home.home, "rp") });
-  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall);
+  const clones = new CloneService(vms, repo, snapshotRepo, progress, home.vmsDir, { policy: checkRevert, reapply }, firewall, { copyToClone: (src, clone) => copyPostureToClone(db, src, clone) });
   const bundles = new BundleService({ vms, snapshots: snapshotRepo, snapshotService: snapshots, trust, siteKey, catalog, registry, guard, progress, vmsDir: home.vmsDir, hostName, log, imported: new ImportedBundles(db), floorViolations, policies: firewall });
   const vtime = new VtimeService(vms, generations, new MonotonicStore(db), audit, log);
   vms.addRuntimeHook(vtime.attach);

@@ -18,6 +18,7 @@ import { DataRegistry } from "../provenance/data-registry.ts";
 import { FirewallRepository } from "../network/firewall/firewall-repository.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { LocationHistory } from "../provenance/locations.ts";
+import { PostureRepository } from "../posture/posture-repository.ts";
 import { applyStore, exportDossier, exportStore, importDossier, dossierSchema, type Dossier, type DossierDeps } from "./dossier.ts";
 import { prepareIncomingDisks } from "./disks.ts";
 import { moveStopped } from "./cold.ts";
@@ -83,6 +84,10 @@ async function richVm(a: Host, name = "mover"): Promise<string> {
   await new LocationHistory(db).moveTo(view.id, a.deps.hostName, join(a.deps.vmsDir, view.id));
   const net = await db.selectFrom("networks").select("id").where("name", "=", "lan").executeTakeFirstOrThrow();
   await db.insertInto("nic_addresses").values({ vm_id: view.id, nic: "net0", network_id: net.id, ip: "10.77.0.42", mac: vm.spec.nics[0]!.mac }).execute();
+  // Its posture: a scan that found malware, a gate policy of its own.
+  const posture = new PostureRepository(db);
+  await posture.recordScan(view.id, { scannedAt: new Date().toISOString(), how: "offline", advisoriesSha256: "a".repeat(64), rulesSha256: "b".repeat(64), complete: true, os: { id: "debian", versionId: "12" }, packages: [{ name: "bash", version: "5.2.15-2", arch: "amd64" }], pending: [], findings: [{ path: "/usr/bin/evil", rule: "eicar", pattern: "$a", offset: 0, excerptHex: "58354f" }], notes: [], elapsedMs: 12 });
+  await posture.setPolicy(`vm:${name}`, { gate: true, maxScanAgeDays: 7, vulnerableAt: "high" }, "ada");
   return view.id;
 }
 
@@ -111,6 +116,12 @@ test("export on A, import on B: the same VM (uuid, owner, labels, lineage, gener
   assert.deepEqual(await new MonotonicStore(b.deps.db).dump(vm.vtimeNs), await new MonotonicStore(a.deps.db).dump(vm.vtimeNs));
   assert.equal(await new MonotonicStore(b.deps.db).read(vm.vtimeNs, "boots"), 7);
   assert.deepEqual(await new LocationHistory(b.deps.db).list(id), await new LocationHistory(a.deps.db).list(id));
+  // Its posture came along: the same last scan and the same state on B as on A, under its own policy.
+  const shownA = await a.daemon.deps.posture.show(a.ctx, "mover");
+  const shownB = await b.daemon.deps.posture.show(b.ctx, "mover");
+  assert.equal(shownA.state, "infected");
+  assert.deepEqual([shownB.state, shownB.reasons, shownB.policy, shownB.lastScan], [shownA.state, shownA.reasons, shownA.policy, shownA.lastScan]);
+  assert.equal(shownB.policy.scope, "vm:mover");
   const addr = await b.deps.db.selectFrom("nic_addresses").select(["nic", "ip"]).where("vm_id", "=", id).execute();
   assert.deepEqual(addr, [{ nic: "net0", ip: "10.77.0.42" }], "the NIC keeps its address on B's segment");
   // B's IDS knows the watch at once (armed: the VM is not running here yet).
@@ -140,6 +151,8 @@ test("export on A, import on B: the same VM (uuid, owner, labels, lineage, gener
   for (const table of ["generations", "vm_locations", "fw_policies", "nic_addresses"] as const) assert.equal((await b.deps.db.selectFrom(table).selectAll().where("vm_id", "=", id).execute()).length, 0, table);
   assert.deepEqual((await new MonotonicStore(b.deps.db).dump(vm.vtimeNs)).counters, []);
   assert.equal((await b.deps.db.selectFrom("kv").selectAll().where("key", "like", `%${id}%`).execute()).length, 0);
+  assert.equal((await b.deps.db.selectFrom("vm_postures").selectAll().where("vm_id", "=", id).execute()).length, 0, "no posture left");
+  assert.equal((await b.deps.db.selectFrom("posture_policies").selectAll().where("scope", "=", "vm:mover").execute()).length, 0, "no policy left");
   assert.deepEqual(await audited(b, "vm.migration-aborted"), [{ actor: "ada", result: "ok" }]);
   // …so the same dossier can be received again.
   await importDossier(b.deps, wire, b.ctx);

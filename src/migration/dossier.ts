@@ -27,6 +27,7 @@ import { VmRepository, type Lineage, type VmRecord } from "../vm/vm-repository.t
 import type { VmService } from "../vm/vm-service.ts";
 import { diskFile } from "../vm/vm-view.ts";
 import { jailUidOf } from "../vm/jail-uids.ts";
+import { postureTransferSchema, readPosture, removePosture, writePosture } from "../posture/posture-transfer.ts";
 import { policySchema } from "../network/firewall/policy.ts";
 import { MAX_INTERVAL_MS, MIN_INTERVAL_MS, WATCH_POLICIES } from "../introspection/service.ts";
 import { DEFAULT_QUOTAS } from "../vtime/store.ts";
@@ -138,6 +139,8 @@ export const dossierSchema = z
     }),
     vtime: vtimeSchema,
     watch: watchSchema.nullable(),
+    /** Its posture (posture/posture-transfer.ts): the last scan, when it ran and was patched, its own gate policy. Absent from an older sender. */
+    posture: postureTransferSchema.nullable().optional(),
     locations: z.array(z.strictObject({ host: hostName, path: text(4096), since: time, until: time.nullable() })).max(DOSSIER_LIMITS.locations),
   })
   .superRefine((d, ctx) => {
@@ -280,6 +283,7 @@ export async function exportDossier(deps: DossierDeps, ctx: RequestContext, vmNa
       firewall: { versions, quarantine: quarantine ?? null },
       vtime: await readStore(deps.db, vm.vtimeNs),
       watch: watchRow ? (JSON.parse(watchRow.value) as unknown) : null,
+      posture: await readPosture(deps.db, vm),
       locations,
     };
     // What leaves here passes the check the target applies: a VM this host cannot describe is refused here.
@@ -391,6 +395,7 @@ async function writeImport(deps: DossierDeps, d: Dossier, spec: VmSpec): Promise
         await tx.insertInto("nic_addresses").values({ vm_id: v.id, nic: n.nic, network_id: net.id, ip: n.ip, mac: n.mac }).execute();
       }
       if (d.watch) await tx.insertInto("kv").values({ key: `introspection.watch.${v.id}`, value: JSON.stringify(d.watch) }).execute();
+      if (d.posture) await writePosture(tx, v, d.posture, { withPolicy: true });
     });
   } catch (err) {
     // Another request took the name, uuid or address between the checks and the write: nothing was written.
@@ -408,6 +413,7 @@ async function deleteImport(db: Db, d: Dossier): Promise<void> {
     await tx.deleteFrom("vtime_counters").where("ns", "=", d.vm.vtimeNs).execute();
     await tx.deleteFrom("vtime_records").where("ns", "=", d.vm.vtimeNs).execute();
     await tx.deleteFrom("kv").where("key", "=", `introspection.watch.${d.vm.id}`).execute();
+    await removePosture(tx, d.vm);
   });
 }
 

@@ -75,6 +75,8 @@ export class CloneService {
     private readonly rollback: { policy: RevertPolicy; reapply: ReapplyHook },
     /** The source's firewall policy follows the clone (storage/policy-carrier.ts). */
     private readonly policies?: PolicyCarrier,
+    /** The source's last scan follows a clone of its current disk (posture/posture-transfer.ts; posture sits above storage). */
+    private readonly posture?: { copyToClone(source: VmRecord, clone: VmRecord): Promise<void> },
   ) {}
 
   /** Freezes a stopped VM as a read-only template (or, with `undo`, thaws one that no clone depends on). */
@@ -207,6 +209,8 @@ export class CloneService {
           },
         });
         if (this.policies) await this.policies.adopt(ctx, created, await this.policies.exportPolicy(src.id), `clone source VM ${src.name} (${src.id})`);
+        // From a snapshot the scan does not describe the disk the clone got: it starts unscanned (`unknown`).
+        if (this.posture && !snap) await this.posture.copyToClone(src, created);
         if (forced && snap) await this.rollback.reapply(created, snap, options.reason ?? "");
         return this.vms.describeVm(created);
       },

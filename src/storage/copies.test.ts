@@ -3,6 +3,7 @@
  * to export, not to read), the security floor, and the single use of saved memory; and a bundle is checked whole
  * before anything exists. No QEMU is started: the VMs are stopped, with one blank qcow2 disk each.
  */
+import { PostureRepository } from "../posture/posture-repository.ts";
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, sign, verify, type KeyObject } from "node:crypto";
@@ -377,4 +378,22 @@ test("the firewall policy follows the VM: a clone starts with its source's, a bu
   const bad = resigned(bundle, key, (m) => ((m.vm as Record<string, unknown>).firewall = { rules: [{ direction: "sideways" }], defaults: { in: "drop", out: "accept" } }));
   await refused(f.call("bob", "POST", "/v1/vms/import?name=badfw&allowReplay=true", bad), 400, /Invalid firewall policy: "rules.0.direction"/);
   assert.deepEqual(await f.vmNames(), ["copy", "imported", "older", "web"], "a refused import leaves nothing");
+});
+
+test("a clone of the current disk has the source's posture (not its own policy); one from a snapshot starts unscanned", async (t) => {
+  const f = await fixture(t);
+  const id = await f.vm("web", "bob");
+  await ok(f.call("bob", "POST", "/v1/vms/web/snapshots", { name: "s1" }), 201);
+  const posture = new PostureRepository(f.daemon.repo.db);
+  await posture.recordScan(id, { scannedAt: new Date().toISOString(), how: "offline", advisoriesSha256: "a", rulesSha256: "b", complete: true, packages: [], pending: [], findings: [{ path: "/bin/x", rule: "eicar", pattern: "$a", offset: 0, excerptHex: "00" }], notes: [], elapsedMs: 1 });
+  await ok(f.call("admin", "PUT", "/v1/posture/policies/vm:web", { gate: true, maxScanAgeDays: 1, vulnerableAt: "low" }));
+  const stateOf = async (vm: string) => ok<{ state: string; policy: { scope: string }; lastScan: { findings: unknown[] } | null }>(f.call("bob", "GET", `/v1/vms/${vm}/posture`));
+  assert.equal((await stateOf("web")).state, "infected");
+  await ok(f.call("bob", "POST", "/v1/vms/web/clone", { name: "copy", mode: "full" }), 201);
+  const copy = await stateOf("copy");
+  assert.equal(copy.state, "infected", "the copy of an infected disk is infected");
+  assert.equal(copy.lastScan?.findings.length, 1);
+  assert.equal(copy.policy.scope, "default", "the source's own policy stays the source's");
+  await ok(f.call("bob", "POST", "/v1/vms/web/clone", { name: "older", mode: "full", fromSnapshot: "s1" }), 201);
+  assert.deepEqual([(await stateOf("older")).state, (await stateOf("older")).lastScan], ["unknown", null]);
 });

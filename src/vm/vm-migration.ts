@@ -182,7 +182,8 @@ export class VmMigration {
 /**
  * The per-VM state outside the `vms` row that must not stay behind when a VM leaves this host (or an incoming one
  * is given up): its monotonic store namespace, unless another VM here shares it (`vtime link`), and its IDS watch
- * and baselines (rows of the inventory's kv table; the IDS forgets a watch whose VM is gone).
+ * and baselines (rows of the inventory's kv table; the IDS forgets a watch whose VM is gone), and its own posture
+ * gate policy.
  */
 async function forgetVmState(core: VmCore, vm: VmRecord): Promise<void> {
   const db = core.d.repo.db;
@@ -193,4 +194,6 @@ async function forgetVmState(core: VmCore, vm: VmRecord): Promise<void> {
   }
   for (const prefix of ["introspection.watch.", "introspection.baseline."]) await db.deleteFrom("kv").where("key", "=", `${prefix}${vm.id}`).execute();
   await db.deleteFrom("kv").where("key", "like", `introspection.archive.${vm.id}.%`).execute();
+  // Its own gate policy went with it in the dossier (vm_postures goes with the vms row).
+  await db.deleteFrom("posture_policies").where("scope", "=", `vm:${vm.name}`).execute();
 }
