@@ -105,6 +105,8 @@ const MATRIX: Record<string, Actor[]> = {
   // Posture is read like the VM; a gate policy decides who lands in quarantine: the quarantine permission.
   "GET /v1/vms/{name}/posture": ["admin", "operator", "vmOwner", "auditor"],
   "GET /v1/posture/policies": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "GET /v1/posture/stale": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "POST /v1/posture/rescan": ["admin"],
   "PUT /v1/posture/policies/{scope}": ["admin"],
   // A scan is an owner's to run on their VM; the data it compares against is a security decision.
   "POST /v1/vms/{name}/scan": ["admin", "operator", "vmOwner"],
@@ -243,6 +245,8 @@ const REACHED: Record<string, [number, string?]> = {
   "DELETE /v1/quarantine/services/{service}": [404, "VIGIL_NOT_FOUND"],
   "GET /v1/vms/{name}/posture": [200],
   "GET /v1/posture/policies": [200],
+  "GET /v1/posture/stale": [200],
+  "POST /v1/posture/rescan": [200],
   "PUT /v1/posture/policies/{scope}": [200],
   "POST /v1/vms/{name}/scan": [409, "VIGIL_INVALID_STATE"],
   "POST /v1/vms/{name}/record": [409, "VIGIL_INVALID_STATE"],

@@ -54,6 +54,7 @@ import { FirewallService } from "../network/firewall/firewall-service.ts";
 import { PostureRepository } from "../posture/posture-repository.ts";
 import { PostureService } from "../posture/posture-service.ts";
 import { copyPostureToClone } from "../posture/posture-transfer.ts";
+import { RescanScheduler, type RescanOptions } from "../posture/rescan.ts";
 import { ScanService } from "../posture/scan-service.ts";
 import { RecordingService } from "../recording/recording-service.ts";
 import type { ApiDeps, App } from "../api/context.ts";
@@ -96,6 +97,8 @@ export interface DaemonOptions {
   log?: Logger;
   /** Host facts for tests (the host's memory); read from /proc otherwise. */
   hostFacts?: () => HostFacts;
+  /** Posture rescan timings (posture/rescan.ts; tests shorten them): how often to look, the period, the cap per run. */
+  rescan?: RescanOptions;
   /** IDS timings for tests: the wait after the agent's first answer, and when a silent agent is reported. */
   introspection?: { settleMs?: number; agentSilentMs?: number };
   /**
@@ -222,6 +225,18 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const posture: PostureService = new PostureService({ repo: new PostureRepository(db), vms, firewall, guard, audit, log, current: (): Promise<{ advisoriesSha256?: string; rulesSha256?: string }> => scanService.current() });
   const scanService: ScanService = new ScanService({ db, vms, posture, guard, log, roots: [home.vmsDir, home.imagesDir, options.cache ?? vigilCache()] });
   posture.setPreBootScanner((vm) => scanService.scanLocked(vm));
+  // Dormant VMs whose scan fell behind are rescanned when the advisory data or rules change, and every 6 h
+  // (posture/rescan.ts), as the system; `POST /v1/posture/rescan` runs the same now.
+  const postureRows = new PostureRepository(db);
+  const rescans = new RescanScheduler({
+    all: () => repo.listShared(),
+    rows: () => postureRows.all(),
+    policyOf: (vm) => posture.effectivePolicy(vm),
+    current: () => scanService.current(),
+    scan: (name) => scanService.scan({ actor: SYSTEM_ACTOR, requestId: crypto.randomUUID() }, name),
+    log: log.child({ part: "rescan" }),
+  }, options.rescan);
+  posture.setRescanner((reason) => rescans.runOnce(reason));
   vms.addBeforeContHook((vm) => posture.gate(vm, "start"));
   vms.addBeforeResumeHook((vm) => posture.gate(vm, "resume"));
   // Recordings of a VM's execution and their replays (docs/recording.md); replicas run in <home>/rp.
@@ -352,6 +367,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     for (const w of webConsoles) w.close();
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
+    await rescans.stop();
     await introspection.close();
     await vis.close();
     await vms.close();
@@ -463,6 +479,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     });
   }
 
+  rescans.start();
   stopExpiry = startExpiryWatch({ repo, vms, audit, log, action: config.policy.expiredVms }, config.policy.expiryCheckSeconds * 1000);
 
   return { home, app, deps, repo, tcpAddress, tlsFingerprint: tls?.fingerprint, close };

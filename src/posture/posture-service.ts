@@ -17,6 +17,7 @@ import type { VmService } from "../vm/vm-service.ts";
 import { z } from "zod";
 import type { GatePolicy, PostureRepository, PostureRow, ScanRecord } from "./posture-repository.ts";
 import { computePosture, DEFAULT_POSTURE_POLICY, SEVERITIES, type Posture } from "./posture-state.ts";
+import { behindOf, isDormant, type Behind } from "./rescan.ts";
 
 /** The built-in default: the gate is off until an operator turns it on (a fleet of never-scanned VMs would otherwise all wake in quarantine). */
 export const DEFAULT_GATE_POLICY: GatePolicy = { ...DEFAULT_POSTURE_POLICY, gate: false };
@@ -43,6 +44,15 @@ export interface PostureView {
   lastPatchedAt: string | null;
 }
 
+/** One line of the stale-fleet report. */
+export interface StaleReportRow extends Behind {
+  vm: string;
+  vmState: VmRecord["state"];
+  template: boolean;
+  state: Posture["state"];
+  reasons: string[];
+}
+
 export interface PostureDeps {
   repo: PostureRepository;
   vms: VmService;
@@ -57,8 +67,22 @@ export interface PostureDeps {
 
 export class PostureService {
   #preBootScan: ((vm: VmRecord) => Promise<unknown>) | undefined;
+  #rescan: ((reason: string) => Promise<{ scanned: string[]; failed: { vm: string; error: string }[] }>) | undefined;
 
   constructor(private readonly d: PostureDeps) {}
+
+  /** The fleet rescan `POST /v1/posture/rescan` runs (rescan.ts `RescanScheduler.runOnce`). */
+  setRescanner(run: (reason: string) => Promise<{ scanned: string[]; failed: { vm: string; error: string }[] }>): void {
+    this.#rescan = run;
+  }
+
+  /** `vigil posture rescan`: rescan now every dormant, previously scanned VM that is behind (as the system, each scan audited). */
+  async rescanNow(ctx: RequestContext): Promise<{ scanned: string[]; failed: { vm: string; error: string }[] }> {
+    return this.d.guard.run(ctx, { action: "posture.rescan", permission: "vm.quarantine", target: { kind: "host", name: "posture" } }, async () => {
+      if (!this.#rescan) throw new VigilError("VIGIL_INVALID_STATE", "Rescans are not set up on this daemon");
+      return this.#rescan(`on demand by ${ctx.actor.name}`);
+    }, (r) => ({ scanned: r.scanned.length, failed: r.failed.length }));
+  }
 
   /** The offline scan the gate runs before a gated VM's first instruction (scan-service.ts `scanLocked`). */
   setPreBootScanner(scan: (vm: VmRecord) => Promise<unknown>): void {
@@ -124,6 +148,25 @@ export class PostureService {
       out.set(vm.id, row?.scan ? this.computeFor(vm, row, cur, await this.effectivePolicy(vm, policies)).state : "unknown");
     }
     return out;
+  }
+
+  /**
+   * `vigil posture stale`: the dormant VMs (and templates) the caller may read, each with its posture and how far
+   * behind its scan is (rescan.ts `behindOf`, the rule the rescans follow), worst first: by state, then the oldest scan.
+   */
+  async staleReport(ctx: RequestContext): Promise<StaleReportRow[]> {
+    const vms = (await this.d.vms.listShared(ctx)).filter(isDormant);
+    const [rows, policies, cur] = await Promise.all([this.d.repo.all(), this.d.repo.policies(), this.d.current?.() ?? Promise.resolve({})]);
+    const byId = new Map(rows.map((r) => [r.vmId, r]));
+    const out: StaleReportRow[] = [];
+    for (const vm of vms) {
+      const policy = await this.effectivePolicy(vm, policies);
+      const row = byId.get(vm.id);
+      const p = row?.scan ? this.computeFor(vm, row, cur, policy) : { state: "unknown" as const, reasons: ["never scanned"] };
+      out.push({ vm: vm.name, vmState: vm.state, template: vm.isTemplate, state: p.state, reasons: p.reasons, ...behindOf(row, cur, policy, this.now()) });
+    }
+    const rank = (s: Posture["state"]) => ["infected", "vulnerable", "stale", "unknown", "current"].indexOf(s);
+    return out.sort((a, b) => rank(a.state) - rank(b.state) || (b.ageDays ?? Infinity) - (a.ageDays ?? Infinity) || a.vm.localeCompare(b.vm));
   }
 
   /** `vigil posture VM`: needs vm.read on the VM. */

@@ -78,6 +78,37 @@ test("vigil scan: a dormant Debian VM's packages, pending updates and a signatur
   assert.equal(gate?.details?.decision, "allow");
   assert.equal(gate?.details?.state, "current");
   assert.equal(await d.deps.firewall.quarantineOf((await d.repo.getByName("old")).id), undefined);
+
+  // The stale-fleet report and the rescans (rescan.ts): new rules put the dormant, scanned VM behind; a VM never
+  // scanned is listed as unknown and left alone; `posture rescan` catches up exactly the one behind.
+  assert.equal((await vigil("vm", "create", "fresh", "--image", "bookworm-dormant", "--memory", "128")).status, 0);
+  writeFileSync(join(dir, "other.yar"), 'rule other { strings: $m = "another absent text 51d0" condition: $m }');
+  assert.equal((await vigil("posture", "rules", join(dir, "other.yar"))).status, 0);
+  type Row = { vm: string; state: string; behind: boolean; rulesChanged: boolean | null; advisoriesChanged: boolean | null; ageDays: number | null; pending: number };
+  const report = async () => {
+    const out = await vigil("posture", "stale", "--json");
+    assert.equal(out.status, 0, out.stderr);
+    return JSON.parse(out.stdout) as Row[];
+  };
+  let rows = await report();
+  const oldRow = rows.find((x) => x.vm === "old")!;
+  assert.deepEqual([oldRow.behind, oldRow.rulesChanged, oldRow.advisoriesChanged, oldRow.ageDays], [true, true, false, 0]);
+  assert.ok(oldRow.pending > 0);
+  assert.deepEqual(rows.find((x) => x.vm === "fresh"), { ...rows.find((x) => x.vm === "fresh")!, state: "unknown", behind: false, ageDays: null });
+  // (It ran since: the gate above let it start after its pre-boot scan.)
+  assert.match((await vigil("posture", "stale")).stdout, /^old +stale +0 d +no +yes +yes +\d+ \(unknown\) +0 +rescan$/m);
+  assert.match((await vigil("posture", "stale")).stdout, /^fresh +unknown +never .* not scanned$/m);
+  r = await vigil("posture", "rescan", "--json");
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { scanned: ["old"], failed: [] });
+  rows = await report();
+  assert.deepEqual([rows.find((x) => x.vm === "old")?.behind, rows.find((x) => x.vm === "old")?.rulesChanged], [false, false]);
+  assert.equal(rows.find((x) => x.vm === "fresh")?.state, "unknown", "never scanned: not scanned by a rescan");
+  const rescanAudit = (await d.deps.audit.list({})).filter((e) => e.action === "posture.rescan" || (e.action === "posture.scan" && e.actor === "system"));
+  assert.ok(rescanAudit.some((e) => e.action === "posture.scan" && e.actor === "system" && e.result === "ok"), "the rescan is audited as the system's scan");
+  assert.ok(rescanAudit.some((e) => e.action === "posture.rescan" && e.result === "ok"), "and the request for it");
+  assert.match((await vigil("posture", "rescan")).stdout, /Nothing was behind/);
+
   await d.repo.update((await d.repo.getByName("old")).id, { state: "running" });
   r = await vigil("scan", "old");
   assert.equal(r.status, 4, "a conflict with the VM's state");

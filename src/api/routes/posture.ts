@@ -18,12 +18,39 @@ const PostureSchema = z
     lastPatchedAt: z.string().nullable(),
   })
   .openapi("Posture");
+const StaleRowSchema = z
+  .object({
+    vm: z.string(),
+    vmState: z.string(),
+    template: z.boolean(),
+    state: z.enum(POSTURE_STATES),
+    reasons: z.array(z.string()),
+    scannedAt: z.string().nullable(),
+    ageDays: z.number().nullable(),
+    advisoriesChanged: z.boolean().nullable(),
+    rulesChanged: z.boolean().nullable(),
+    ranSince: z.boolean(),
+    overdue: z.boolean(),
+    pending: z.number(),
+    worstSeverity: z.string().nullable(),
+    findings: z.number(),
+    behind: z.boolean(),
+  })
+  .openapi("StaleReportRow");
 const ScopeParams = z.object({ scope: z.string().max(200).openapi({ param: { name: "scope", in: "path" }, example: "label:tier=web" }) });
 
 export function registerPostureRoutes(app: App, d: ApiDeps): void {
   app.openapi(
     createRoute(withAccess("vm.read", { method: "get", path: "/v1/vms/{name}/posture", tags: ["posture"], summary: "The VM's posture: state, every reason, its last scan and the gate policy that applies", request: { params: VmNameParams }, responses: { 200: json(PostureSchema, "Posture") } })),
     async (c) => reply(c, await d.posture.show(c.get("ctx"), c.req.valid("param").name)),
+  );
+  app.openapi(
+    createRoute(withAccess("vm.read", { method: "get", path: "/v1/posture/stale", tags: ["posture"], summary: "The stale-fleet report: the dormant VMs and templates you may read, how far behind each scan is, worst first", responses: { 200: json(z.object({ vms: z.array(StaleRowSchema) }), "The report") } })),
+    async (c) => reply(c, { vms: await d.posture.staleReport(c.get("ctx")) }),
+  );
+  app.openapi(
+    createRoute(withAccess("vm.quarantine", { method: "post", path: "/v1/posture/rescan", tags: ["posture"], summary: "Rescan now every dormant, previously scanned VM whose scan is behind (as the system; each scan audited)", responses: { 200: json(z.object({ scanned: z.array(z.string()), failed: z.array(z.object({ vm: z.string(), error: z.string() })) }), "What was rescanned") } })),
+    async (c) => reply(c, await d.posture.rescanNow(c.get("ctx"))),
   );
   app.openapi(
     createRoute(withAccess("network.read", { method: "get", path: "/v1/posture/policies", tags: ["posture"], summary: "The gate policies by scope", responses: { 200: json(z.object({ policies: z.array(z.object({ scope: z.string(), policy: GatePolicySchema, actor: z.string(), updatedAt: z.string() })) }), "Policies") } })),

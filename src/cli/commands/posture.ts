@@ -17,6 +17,21 @@ interface PostureView {
   lastPatchedAt: string | null;
 }
 
+interface StaleRow {
+  vm: string;
+  template: boolean;
+  state: string;
+  scannedAt: string | null;
+  ageDays: number | null;
+  advisoriesChanged: boolean | null;
+  rulesChanged: boolean | null;
+  ranSince: boolean;
+  pending: number;
+  worstSeverity: string | null;
+  findings: number;
+  behind: boolean;
+}
+
 const onOff = (v: string): boolean => {
   if (v === "on") return true;
   if (v === "off") return false;
@@ -47,6 +62,40 @@ export function registerPosture(program: Command): void {
       ];
       for (const [k, v] of lines) process.stdout.write(`${k.padEnd(13)} ${v}\n`);
       for (const r of p.reasons) process.stdout.write(`reason        ${r}\n`);
+    });
+  posture
+    .command("stale")
+    .description("The stale-fleet report: every dormant VM and template you may read, how far behind its scan is, worst first")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const r = await call<{ vms: StaleRow[] }>("GET", "/v1/posture/stale");
+      if (o.json) return printJson(r.vms);
+      const yes = (b: boolean | null) => (b === null ? "?" : b ? "yes" : "no");
+      printTable(
+        r.vms.map((v) => ({
+          vm: v.template ? `${v.vm} (template)` : v.vm,
+          state: v.state,
+          age: v.ageDays === null ? "never" : `${v.ageDays} d`,
+          adv: yes(v.advisoriesChanged),
+          rules: yes(v.rulesChanged),
+          ran: v.scannedAt === null ? "-" : v.ranSince ? "yes" : "no",
+          pending: v.scannedAt === null ? "-" : `${v.pending}${v.worstSeverity ? ` (${v.worstSeverity})` : ""}`,
+          findings: v.scannedAt === null ? "-" : String(v.findings),
+          behind: v.scannedAt === null ? "not scanned" : v.behind ? "rescan" : "-",
+        })),
+        [["vm", "VM"], ["state", "POSTURE"], ["age", "SCANNED"], ["adv", "NEW-ADVISORIES"], ["rules", "NEW-RULES"], ["ran", "RAN-SINCE"], ["pending", "PENDING"], ["findings", "FINDINGS"], ["behind", "BEHIND"]],
+      );
+    });
+  posture
+    .command("rescan")
+    .description("Rescan now every dormant, previously scanned VM whose scan is behind (as the system; each scan audited)")
+    .option("--json", "machine-readable output")
+    .action(async (o: { json?: boolean }) => {
+      const r = await call<{ scanned: string[]; failed: { vm: string; error: string }[] }>("POST", "/v1/posture/rescan", {});
+      if (o.json) return printJson(r);
+      process.stdout.write(r.scanned.length === 0 && r.failed.length === 0 ? "Nothing was behind: no VM rescanned\n" : `Rescanned ${r.scanned.length}: ${r.scanned.join(", ") || "-"}\n`);
+      for (const f of r.failed) process.stdout.write(`failed ${f.vm}: ${f.error}\n`);
+      if (r.failed.length > 0) process.exitCode = 1;
     });
   const policy = posture.command("policy").description("Gate policies: default, per VM (vm:NAME) or per label (label:KEY=VALUE)");
   policy
