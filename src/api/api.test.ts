@@ -106,6 +106,7 @@ const MATRIX: Record<string, Actor[]> = {
   "GET /v1/vms/{name}/posture": ["admin", "operator", "vmOwner", "auditor"],
   "GET /v1/posture/policies": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
   "GET /v1/posture/stale": ["admin", "operator", "vmOwner", "ownerCarol", "auditor"],
+  "GET /v1/tasks": AUTHENTICATED,
   "POST /v1/posture/rescan": ["admin"],
   "PUT /v1/posture/policies/{scope}": ["admin"],
   // A scan is an owner's to run on their VM; the data it compares against is a security decision.
@@ -246,6 +247,7 @@ const REACHED: Record<string, [number, string?]> = {
   "GET /v1/vms/{name}/posture": [200],
   "GET /v1/posture/policies": [200],
   "GET /v1/posture/stale": [200],
+  "GET /v1/tasks": [200],
   "POST /v1/posture/rescan": [200],
   "PUT /v1/posture/policies/{scope}": [200],
   "POST /v1/vms/{name}/scan": [409, "VIGIL_INVALID_STATE"],

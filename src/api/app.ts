@@ -15,7 +15,7 @@ import { zodIssueToError } from "../validation.ts";
 import type { ApiDeps, App, Env } from "./context.ts";
 import { errorBody, errorResponse } from "./error-response.ts";
 import { registerAccountRoutes } from "./routes/accounts.ts";
-import { registerSystemRoutes } from "./routes/system.ts";
+import { registerSystemRoutes, registerTaskRoutes } from "./routes/system.ts";
 import { registerVmRoutes } from "./routes/vms.ts";
 import { registerStorageRoutes } from "./routes/storage.ts";
 import { registerVtimeRoutes } from "./routes/vtime.ts";
@@ -82,7 +82,16 @@ export function createApp(d: ApiDeps): App {
     const ctx: RequestContext = { actor, requestId };
     d.progress.claim(requestId, actor.name); // only this actor may follow the request's progress
     c.set("ctx", ctx);
-    return next();
+    if (isSafeMethod(c.req.method)) return next();
+    // A change is a task (util/task-log.ts) until its answer has been sent in full.
+    const end = d.tasks.begin({ requestId, actor: actor.name, method: c.req.method, path: c.req.path });
+    try {
+      await next();
+    } catch (err) {
+      end(500);
+      throw err;
+    }
+    c.res = endsWithBody(c.res, end);
   });
 
   registerSystemRoutes(app, d);
@@ -100,11 +109,44 @@ export function createApp(d: ApiDeps): App {
   registerAgentRoutes(app, d);
   registerSessionRoutes(app, d);
   registerMetricsRoutes(app, d);
+  registerTaskRoutes(app, d);
 
   app.doc31("/openapi.json", OPENAPI_INFO);
   app.notFound((c) => c.json(errorBody(new VigilError("VIGIL_NOT_FOUND", `No such route: ${c.req.method} ${c.req.path}`)), 404));
   app.onError((err, c) => errorResponse(c, err, d.log));
   return app;
+}
+
+/**
+ * The answer with `end` called once its body has been read to the end (or the client went: 499, as nginx names
+ * it; or the body failed: 500), so a streamed export is a task until its last byte.
+ */
+function endsWithBody(res: Response, end: (status: number) => void): Response {
+  const body = res.body;
+  if (!body) {
+    end(res.status);
+    return res;
+  }
+  const reader = body.getReader();
+  const wrapped = new ReadableStream<Uint8Array>({
+    async pull(ctrl) {
+      try {
+        const { done, value } = await reader.read();
+        if (done) {
+          end(res.status);
+          ctrl.close();
+        } else ctrl.enqueue(value);
+      } catch (err) {
+        end(500);
+        ctrl.error(err);
+      }
+    },
+    cancel(reason) {
+      end(499);
+      return reader.cancel(reason);
+    },
+  });
+  return new Response(wrapped, { status: res.status, statusText: res.statusText, headers: res.headers });
 }
 
 /** The OpenAPI document, as served at /openapi.json and checked in at docs/openapi.json. */

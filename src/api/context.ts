@@ -19,6 +19,7 @@ import type { CloneService } from "../storage/clones.ts";
 import type { BundleService } from "../storage/bundle/bundle-service.ts";
 import type { TrustStore } from "../storage/trust.ts";
 import type { ProgressBus } from "../util/progress.ts";
+import type { TaskLog } from "../util/task-log.ts";
 import type { VtimeService } from "../vtime/vtime-service.ts";
 import type { AccountService } from "../auth/account-service.ts";
 import type { ProvenanceService } from "../provenance/provenance-service.ts";
@@ -48,6 +49,8 @@ export interface ApiDeps {
   bundles: BundleService;
   trust: TrustStore;
   progress: ProgressBus;
+  /** The changes users asked for, running and recent (`GET /v1/tasks`). */
+  tasks: TaskLog;
   vtime: VtimeService;
   introspection: IntrospectionService;
   network: NetworkService;

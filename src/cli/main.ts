@@ -21,6 +21,7 @@ import { registerSession, registerUsers } from "./commands/users.ts";
 import { registerVm } from "./commands/vm.ts";
 import { registerVtime } from "./commands/vtime.ts";
 import { registerPosture } from "./commands/posture.ts";
+import { registerTasks } from "./commands/tasks.ts";
 import { registerFirewall } from "./commands/fw.ts";
 import { registerCa } from "./commands/ca.ts";
 import { registerCluster } from "./commands/cluster.ts";
@@ -29,7 +30,7 @@ export type { CliHooks } from "./commands/common.ts";
 export { writableOutput } from "./commands/common.ts";
 
 /** The command groups in the order `vigil --help` lists them (commander lists commands as they are added). */
-const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerPosture, registerSnapshots, registerRecordings, registerTrust, registerIntrospection, registerUsers, registerAudit, registerNet, registerFirewall, registerNetworkVis, registerCa, registerCluster];
+const REGISTRARS: Registrar[] = [registerSystem, registerSession, registerImages, registerVm, registerVtime, registerPosture, registerSnapshots, registerRecordings, registerTrust, registerIntrospection, registerUsers, registerAudit, registerTasks, registerNet, registerFirewall, registerNetworkVis, registerCa, registerCluster];
 
 export function buildProgram(hooks: CliHooks): Command {
   const program = new Command("vigil")

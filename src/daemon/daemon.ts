@@ -44,6 +44,7 @@ import { TrustStore } from "../storage/trust.ts";
 import { BundleService } from "../storage/bundle/bundle-service.ts";
 import { ImportedBundles } from "../storage/bundle/imported-bundles.ts";
 import { ProgressBus } from "../util/progress.ts";
+import { TaskLog } from "../util/task-log.ts";
 import { VtimeService } from "../vtime/vtime-service.ts";
 import { MonotonicStore } from "../vtime/store.ts";
 import { IntrospectionService } from "../introspection/service.ts";
@@ -209,6 +210,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   // The nftables table that keeps VM uids off the host's loopback (host/loopback-guard.ts); an open NIC's start retries it and refuses without it.
   await installLoopbackGuard().catch((err: unknown) => log.warn({ err: messageOf(err) }, "Cannot install the loopback guard: VMs with an open NIC will not start"));
   const progress = new ProgressBus();
+  const tasks = new TaskLog(progress);
   const snapshotRepo = new SnapshotRepository(db);
   const reapply = reapplyHook(config.hooks.reapply);
   const snapshots = new SnapshotService({ vms, snapshots: snapshotRepo, generations, audit, progress, log, policy: checkRevert, reapply, registry });
@@ -290,6 +292,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     bundles,
     trust,
     progress,
+    tasks,
     vtime,
     introspection,
     network,
@@ -368,6 +371,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await vtime.close();
     await rescans.stop();
+    tasks.close();
     await introspection.close();
     await vis.close();
     await vms.close();

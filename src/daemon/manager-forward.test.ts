@@ -142,6 +142,16 @@ test("recordings, captures and forwards: lists from every ready host with their 
   assert.equal(f.seen.at(-1)!.host, "h2");
 });
 
+test("the stale-fleet report is every host's; a fleet rescan asks every ready host and gives the outcomes together", async () => {
+  const f = fixture({
+    h1: (method, path) => (path === "/v1/posture/stale" ? ok({ vms: [{ vm: "web", state: "stale" }] }) : method === "POST" && path === "/v1/posture/rescan" ? ok({ scanned: ["web"], failed: [] }) : ok({})),
+    h2: (method, path) => (path === "/v1/posture/stale" ? ok({ vms: [{ vm: "db", state: "unknown" }] }) : method === "POST" && path === "/v1/posture/rescan" ? ok({ scanned: [], failed: [{ vm: "db", error: "busy" }] }) : ok({})),
+  });
+  assert.deepEqual(await (await f.app.request("/v1/posture/stale")).json(), { vms: [{ vm: "web", state: "stale", host: "h1" }, { vm: "db", state: "unknown", host: "h2" }] });
+  assert.deepEqual(await (await f.app.request("/v1/posture/rescan", { method: "POST" })).json(), { scanned: ["web"], failed: [{ vm: "db", error: "busy" }] });
+  assert.deepEqual(f.seen.filter((s) => s.path === "/v1/posture/rescan").map((s) => [s.host, s.actor]), [["h1", "olga"], ["h2", "olga"]]);
+});
+
 test("a list no host answers: the agents' refusal, as they gave it", async () => {
   const denied = { status: 403, body: JSON.stringify({ error: { code: "VIGIL_FORBIDDEN", message: "Permission denied: network.read" } }) };
   const f = fixture({ h1: () => denied, h2: () => denied });

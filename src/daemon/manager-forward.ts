@@ -7,6 +7,7 @@
  *   every ready host trusts the others' bundle keys (a bundle one host exported imports on any);
  * - recordings, mirror captures and port forwards live on one host each but are named by id: their lists are every
  *   ready host's merged (each item with its `host`), and a request about one goes to the host whose list holds it;
+ *   the stale-fleet report is merged the same way, and a fleet rescan asks every ready host;
  * - `/metrics` is every ready host's exposition merged, each series labelled with the host's cluster name.
  * The manager authenticates; each agent authorizes and audits for the user the manager names (`x-vigil-actor`).
  */
@@ -52,12 +53,19 @@ const MAX_READ_BYTES = 16 * 1024 * 1024;
 /** An agent's single answer to a forwarded request may take this long to move a byte (a VM start, a bundle verify). */
 export const FORWARD_IDLE_MS = 300_000;
 
-/** The resources named by id that live on one host each: where their list is and where each item's host is found. */
-const BY_ID = [
+/**
+ * Host-wide lists the manager merges from every ready host (`key`: the answer's array is under it), and for the
+ * resources named by id that live on one host each, where a request about one item goes (`one`).
+ */
+const MERGED: readonly { list: string; key: string | undefined; one?: RegExp }[] = [
   { list: "/v1/recordings", key: "recordings", one: /^\/v1\/recordings\/([^/]+)(?:\/.*)?$/ },
   { list: "/v1/captures", key: undefined, one: /^\/v1\/captures\/([^/]+)$/ },
   { list: "/v1/net/forwards", key: undefined, one: /^\/v1\/net\/forwards\/([^/]+)$/ },
-] as const;
+  // The stale-fleet report (posture/rescan.ts): every host's dormant VMs, each with its host.
+  { list: "/v1/posture/stale", key: "vms" },
+  // Every host's tasks (util/task-log.ts), each with its host; each host shows the user what it would alone.
+  { list: "/v1/tasks", key: "tasks" },
+];
 
 export function registerManagerForwarding(app: Hono<ManagerEnv>, d: ManagerForwardDeps): void {
   const actorOf = (c: Context<ManagerEnv>) => d.toDelegated(c.get("ctx"));
@@ -112,15 +120,29 @@ export function registerManagerForwarding(app: Hono<ManagerEnv>, d: ManagerForwa
     return c.body(renderExposition(mergeExpositions(sources, "host")), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
   });
 
-  for (const r of BY_ID) {
+  // `vigil posture rescan` on the cluster: each ready host rescans its own dormant VMs; the outcomes together.
+  app.post("/v1/posture/rescan", async (c) => {
+    const actor = actorOf(c);
+    const answers = await Promise.all(d.readyHosts().map(async (host) => {
+      const answer = await d.relay(host, "POST", "/v1/posture/rescan", { headers: { "content-type": "application/json" }, actor, body: Readable.from([Buffer.from("{}")]) });
+      const text = await readBounded(answer, host);
+      if (answer.status >= 400) throw agentErrorOf(answer.status, text, `Host ${q(host)}`);
+      return JSON.parse(text) as { scanned: string[]; failed: { vm: string; error: string }[] };
+    }));
+    return c.json({ scanned: answers.flatMap((a) => a.scanned), failed: answers.flatMap((a) => a.failed) });
+  });
+
+  for (const r of MERGED) {
     app.get(r.list, async (c) => {
       const url = new URL(c.req.url);
       const lists = await listEverywhere(c, r.list + url.search, r.key);
       return c.json(r.key ? { [r.key]: lists } : lists);
     });
+    const one = r.one;
+    if (!one) continue;
     app.all(`${r.list}/*`, async (c) => {
       const url = new URL(c.req.url);
-      const m = r.one.exec(url.pathname);
+      const m = one.exec(url.pathname);
       if (!m) throw new VigilError("VIGIL_NOT_FOUND", `The cluster manager has no route ${c.req.method} ${url.pathname}`);
       const id = decodeURIComponent(m[1]!);
       const items = (await listEverywhere(c, r.list, r.key)).filter((i) => i.id === id || i.name === id);

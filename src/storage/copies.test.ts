@@ -397,3 +397,25 @@ test("a clone of the current disk has the source's posture (not its own policy);
   await ok(f.call("bob", "POST", "/v1/vms/web/clone", { name: "older", mode: "full", fromSnapshot: "s1" }), 201);
   assert.deepEqual([(await stateOf("older")).state, (await stateOf("older")).lastScan], ["unknown", null]);
 });
+
+test("tasks: an export is a running task until its last byte is read; a user sees their own tasks, an auditor everyone's", async (t) => {
+  const f = await fixture(t);
+  await f.vm("web", "bob");
+  type T = { requestId: string; actor: string; method: string; path: string; state: string; status?: number; durationMs?: number };
+  const tasks = async (who: string) => (await ok<{ tasks: T[] }>(f.call(who, "GET", "/v1/tasks"))).tasks;
+  const res = await f.call("bob", "POST", "/v1/vms/web/export", {}, { "x-request-id": "export-1" });
+  assert.equal(res.status, 200);
+  // The answer's head is here, its body not read yet: still running.
+  assert.deepEqual((await tasks("bob")).filter((x) => x.requestId === "export-1").map((x) => [x.state, x.path]), [["running", "/v1/vms/web/export"]]);
+  const bytes = Buffer.from(await res.arrayBuffer());
+  assert.ok(bytes.length > 0);
+  const done = (await tasks("bob")).find((x) => x.requestId === "export-1")!;
+  assert.deepEqual([done.state, done.status, done.actor, typeof done.durationMs], ["ok", 200, "bob", "number"]);
+  // A refused change is a failed task; reads are no tasks.
+  await refused(f.call("carol", "POST", "/v1/vms/web/start", {}, { "x-request-id": "carol-try" }), 404, /does not exist/); // hidden from her
+  assert.deepEqual((await tasks("carol")).map((x) => [x.requestId, x.state, x.status]), [["carol-try", "failed", 404]], "carol sees only her own");
+  assert.ok(!(await tasks("bob")).some((x) => x.actor === "carol"), "bob does not see carol's");
+  const all = await tasks("audrey");
+  assert.ok(all.some((x) => x.requestId === "export-1") && all.some((x) => x.requestId === "carol-try"), "an auditor sees everyone's");
+  assert.ok(all.every((x) => x.method !== "GET"));
+});

@@ -4,7 +4,7 @@
  * console and see the guest answer, ask its agent (processes, an allow-listed command), see the IDS finding appear
  * when the test tampers with the guest's syscall table and in a sweep run from the page, take a snapshot and revert
  * to it, make a group, and an auditor who sees no controls and whose forced request is denied and audited. Then a
- * network made and deleted from the Networks page, and on a stopped VM: export it as a bundle the browser
+ * network made and deleted from the Networks page, the stale-fleet report with a rescan, the export on the Tasks page, and on a stopped VM: export it as a bundle the browser
  * downloads, add and remove a firewall rule, raise its security floor, make it a template and back, change its
  * owner, and import the bundle back (a second import refused as a replay unless allowed). Screenshots of each page
  * go to test-artifacts/web/.
@@ -226,6 +226,12 @@ test("web console: export a VM as a bundle the browser downloads, its firewall, 
   await page.getByTestId("net-lab1").getByRole("button", { name: "Delete" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
   await page.getByText("No networks: VMs have user-mode networking only.").waitFor({ timeout: 30_000 });
+  // The stale-fleet report: the stopped, never-scanned VM is listed as such; a rescan has nothing to do.
+  await page.getByRole("link", { name: "Stale fleet" }).click();
+  await page.getByTestId("stale-src1").filter({ hasText: "not scanned" }).waitFor({ timeout: 15_000 });
+  await page.getByRole("button", { name: "Rescan behind VMs now" }).click();
+  await page.getByTestId("rescan-outcome").filter({ hasText: "Nothing was behind." }).waitFor({ timeout: 30_000 });
+  await shot(page, "15c-stale-fleet");
   await page.goto(`${base}/vms/src1`);
   await page.getByRole("button", { name: "Export…" }).click();
   await page.getByLabel("Include its snapshots").check();
@@ -239,6 +245,11 @@ test("web console: export a VM as a bundle the browser downloads, its firewall, 
   assert.ok(audit.some((x) => x.action === "vm.export" && x.result === "ok"), "the export is audited");
   await page.getByRole("tab", { name: "Data" }).click();
   await page.getByText("(downloaded by ada, location unknown)").waitFor({ timeout: 15_000 });
+  // The Tasks page: the export, finished once its last byte was sent.
+  await page.getByRole("link", { name: "Tasks" }).click();
+  await page.getByRole("table", { name: "Finished tasks" }).getByRole("row").filter({ hasText: "POST /v1/vms/src1/export" }).filter({ hasText: "ok (200)" }).waitFor({ timeout: 15_000 });
+  await shot(page, "16a-tasks");
+  await page.goto(`${base}/vms/src1`);
 
   // The firewall from the page: a rule added (a new policy version), shown, removed after a confirmation.
   await page.getByRole("tab", { name: "Network" }).click();

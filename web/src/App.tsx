@@ -11,6 +11,8 @@ import { UsersPage } from "./pages/UsersPage.tsx";
 import { HostPage } from "./pages/HostPage.tsx";
 import { HostsPage } from "./pages/HostsPage.tsx";
 import { NetworksPage } from "./pages/NetworksPage.tsx";
+import { PosturePage } from "./pages/PosturePage.tsx";
+import { TasksPage } from "./pages/TasksPage.tsx";
 import { TokensSection } from "./pages/TokensSection.tsx";
 
 type Theme = "light" | "dark";
@@ -61,7 +63,9 @@ export function App() {
         </a>
         <nav aria-label="Main">
           <NavLink to={{ page: "inventory" }} label="Inventory" current={route.page === "inventory" || route.page === "vm"} />
+          <NavLink to={{ page: "tasks" }} label="Tasks" current={route.page === "tasks"} />
           <NavLink to={{ page: "audit" }} label="Audit log" current={route.page === "audit"} />
+          <NavLink to={{ page: "posture" }} label="Stale fleet" current={route.page === "posture"} />
           {may(session, "network.read") && <NavLink to={{ page: "networks" }} label="Networks" current={route.page === "networks"} />}
           {may(session, "user.read") && <NavLink to={{ page: "users" }} label="Users" current={route.page === "users"} />}
           {session.server === "manager" ? (
@@ -83,7 +87,7 @@ export function App() {
           </button>
         </div>
       </header>
-      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "hosts" ? <HostsPage /> : route.page === "networks" ? <NetworksPage /> : route.page === "tokens" ? (
+      {route.page === "vm" ? <VmPage name={route.name} tab={route.tab} /> : route.page === "audit" ? <AuditPage /> : route.page === "users" ? <UsersPage /> : route.page === "host" ? <HostPage /> : route.page === "hosts" ? <HostsPage /> : route.page === "networks" ? <NetworksPage /> : route.page === "posture" ? <PosturePage /> : route.page === "tasks" ? <TasksPage /> : route.page === "tokens" ? (
         <main className="page">
           <TokensSection user={session.user.name} canManage />
         </main>

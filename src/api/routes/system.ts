@@ -5,6 +5,7 @@ import type { ApiDeps, App } from "../context.ts";
 import { serveEvents } from "../event-stream.ts";
 import { json, reply, withAccess } from "../route-kit.ts";
 import { AuditRecordSchema, ImageSchema } from "../schemas.ts";
+import { can } from "../../auth/permissions.ts";
 
 const AuditQuery = z.object({
   after: z.coerce.number().int().min(0).optional().openapi({ param: { name: "after", in: "query" } }),
@@ -161,6 +162,33 @@ export function registerSystemRoutes(app: App, d: ApiDeps): void {
           keepAlive: () => stream.write(": keep-alive\n\n").then(() => undefined),
         }, { progressOf }),
       );
+    },
+  );
+}
+
+const TaskSchema = z
+  .object({
+    requestId: z.string(),
+    actor: z.string(),
+    method: z.string(),
+    path: z.string(),
+    startedAt: z.string(),
+    state: z.enum(["running", "ok", "failed"]),
+    status: z.number().optional(),
+    endedAt: z.string().optional(),
+    durationMs: z.number().optional(),
+    progress: z.object({ what: z.string(), current: z.number(), total: z.number() }).optional(),
+  })
+  .openapi("Task");
+
+/** `vigil task list`, the web console's Tasks page (util/task-log.ts): your own tasks; with audit.read, everyone's. */
+export function registerTaskRoutes(app: App, d: ApiDeps): void {
+  app.openapi(
+    createRoute(withAccess("authenticated", { method: "get", path: "/v1/tasks", tags: ["system"], summary: "The changes users asked for: running ones with their progress, then the last 200 finished (yours; everyone's with audit.read)", responses: { 200: json(z.object({ tasks: z.array(TaskSchema) }), "Tasks") } })),
+    async (c) => {
+      const actor = c.get("ctx").actor;
+      const all = can(actor, "audit.read");
+      return reply(c, { tasks: d.tasks.list((t) => all || t.actor === actor.name) });
     },
   );
 }

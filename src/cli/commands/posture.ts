@@ -5,6 +5,7 @@ import { call } from "../client.ts";
 import { printJson, printTable } from "../output.ts";
 import { resolve as resolvePath } from "node:path";
 import { vmPath } from "./common.ts";
+import type { StaleReportRow } from "../../posture/posture-service.ts";
 
 interface PostureView {
   vm: string;
@@ -17,20 +18,7 @@ interface PostureView {
   lastPatchedAt: string | null;
 }
 
-interface StaleRow {
-  vm: string;
-  template: boolean;
-  state: string;
-  scannedAt: string | null;
-  ageDays: number | null;
-  advisoriesChanged: boolean | null;
-  rulesChanged: boolean | null;
-  ranSince: boolean;
-  pending: number;
-  worstSeverity: string | null;
-  findings: number;
-  behind: boolean;
-}
+type StaleRow = StaleReportRow;
 
 const onOff = (v: string): boolean => {
   if (v === "on") return true;

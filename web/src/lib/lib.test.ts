@@ -77,7 +77,7 @@ test("may: global grants, grants on owned VMs (directly or through a group), not
 });
 
 test("routes: parse and format round-trip; an odd path is the inventory", () => {
-  for (const r of [{ page: "inventory" as const }, { page: "inventory" as const, host: "h2" }, { page: "vm" as const, name: "web-1", tab: "console" }, { page: "vm" as const, name: "db", tab: "summary" }, { page: "audit" as const }, { page: "users" as const }, { page: "host" as const }, { page: "tokens" as const }, { page: "hosts" as const }, { page: "networks" as const }]) {
+  for (const r of [{ page: "inventory" as const }, { page: "inventory" as const, host: "h2" }, { page: "vm" as const, name: "web-1", tab: "console" }, { page: "vm" as const, name: "db", tab: "summary" }, { page: "audit" as const }, { page: "users" as const }, { page: "host" as const }, { page: "tokens" as const }, { page: "hosts" as const }, { page: "networks" as const }, { page: "posture" as const }, { page: "tasks" as const }]) {
     const u = new URL(routeHref(r), "http://x");
     assert.deepEqual(parseRoute(u.pathname, u.search), r);
   }

@@ -12,7 +12,9 @@ export type Route =
   | { page: "tokens" }
   | { page: "host" }
   | { page: "hosts" }
-  | { page: "networks" };
+  | { page: "networks" }
+  | { page: "posture" }
+  | { page: "tasks" };
 
 export function parseRoute(pathname: string, search: string): Route {
   const q = new URLSearchParams(search);
@@ -24,6 +26,8 @@ export function parseRoute(pathname: string, search: string): Route {
   if (pathname === "/host") return { page: "host" };
   if (pathname === "/hosts") return { page: "hosts" };
   if (pathname === "/networks") return { page: "networks" };
+  if (pathname === "/posture") return { page: "posture" };
+  if (pathname === "/tasks") return { page: "tasks" };
   const host = q.get("host");
   return host ? { page: "inventory", host } : { page: "inventory" };
 }
