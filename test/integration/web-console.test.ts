@@ -11,7 +11,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Page } from "playwright-core";
@@ -232,6 +232,28 @@ test("web console: export a VM as a bundle the browser downloads, its firewall, 
   await page.getByRole("button", { name: "Rescan behind VMs now" }).click();
   await page.getByTestId("rescan-outcome").filter({ hasText: "Nothing was behind." }).waitFor({ timeout: 30_000 });
   await shot(page, "15c-stale-fleet");
+  // A running VM on a bridged network: its NIC counters, a port forward added and removed, and a 2 s capture
+  // downloaded as a pcap — the Network tab's traffic section.
+  await d.api("POST", "/v1/networks", { name: "lab2", cidr: "10.78.0.0/24" });
+  await d.api("POST", "/v1/vms", { name: "netvm", image: "tiny", memoryMiB: MEMORY_MIB, nics: [{ network: "lab2" }] });
+  await d.api("POST", "/v1/vms/netvm/start", { wait: true });
+  await page.goto(`${base}/vms/netvm?tab=firewall`);
+  await page.getByRole("table", { name: "NIC counters" }).getByRole("row").filter({ hasText: "lab2" }).waitFor({ timeout: 30_000 });
+  await page.getByLabel("Host address (127.0.0.0/8)").fill("127.0.0.1:18080");
+  await page.getByRole("button", { name: "Add forward" }).click();
+  await page.getByTestId("forward-127.0.0.1:18080").waitFor({ timeout: 15_000 });
+  await page.getByTestId("forward-127.0.0.1:18080").getByRole("button", { name: "Remove" }).click();
+  await page.getByTestId("forward-127.0.0.1:18080").waitFor({ state: "detached", timeout: 15_000 });
+  await page.getByLabel("Seconds").fill("2");
+  await page.getByRole("button", { name: "Capture traffic" }).click();
+  const captureRow = page.getByRole("table", { name: "Captures" }).getByRole("row").filter({ hasText: "net0" });
+  await captureRow.getByRole("button", { name: "Download pcap" }).waitFor({ timeout: 30_000 });
+  await shot(page, "15d-nic-traffic");
+  const [pcap] = await Promise.all([page.waitForEvent("download", { timeout: 30_000 }), captureRow.getByRole("button", { name: "Download pcap" }).click()]);
+  const pcapFile = join(dir, "netvm.pcap");
+  await pcap.saveAs(pcapFile);
+  assert.match(readFileSync(pcapFile).subarray(0, 4).toString("hex"), /^(d4c3b2a1|a1b2c3d4|4d3cb2a1|a1b23c4d)$/, "a pcap file");
+  await d.api("POST", "/v1/vms/netvm/kill");
   await page.goto(`${base}/vms/src1`);
   await page.getByRole("button", { name: "Export…" }).click();
   await page.getByLabel("Include its snapshots").check();

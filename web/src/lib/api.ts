@@ -50,11 +50,12 @@ export async function api<T>(method: Method, path: string, o: RequestOptions = {
 }
 
 /**
- * A request whose answer is a file (an exported bundle, a recording's tar): its bytes, read as they arrive so
- * `onBytes` can show how far it is (of the Content-Length, when the daemon sends one).
+ * A request whose answer is a file (an exported bundle, a recording's tar, a capture's pcap): its bytes, read as
+ * they arrive so `onBytes` can show how far it is (of the Content-Length, when the daemon sends one). A POST with
+ * `body` as JSON (an export is a change: CSRF-protected), or with `body` null a GET of a file that exists.
  */
 export async function download(path: string, body: unknown, o: RequestOptions & { onBytes?: (done: number, total: number | null) => void } = {}): Promise<Blob> {
-  const res = await send("POST", path, { type: "application/json", data: JSON.stringify(body ?? {}) }, o, "*/*");
+  const res = body === null ? await send("GET", path, undefined, o, "*/*") : await send("POST", path, { type: "application/json", data: JSON.stringify(body ?? {}) }, o, "*/*");
   const length = Number(res.headers.get("content-length"));
   const total = Number.isFinite(length) && length > 0 ? length : null;
   const reader = res.body?.getReader();

@@ -1,10 +1,12 @@
 /**
- * A VM's bridged NICs on the Network tab: per-NIC counters from the switch (`vigil net counters VM`) and the port
+ * A VM's bridged NICs on the Network tab: per-NIC counters from the switch (`vigil net counters VM`), the port
  * forwards from a host loopback address to a guest port (`vigil net forward`; 127.0.0.0/8 only, persisted), which
- * network.manage may add and remove. A VM with user-mode networking only has neither.
+ * network.manage may add and remove, and traffic captures (`vigil net mirror VM --duration S`): network.manage
+ * mirrors one NIC to a pcap for a few seconds (the request answers when the window is over) and downloads it
+ * (audited net.capture.download). A VM with user-mode networking only has none of these.
  */
 import { useCallback, useEffect, useState } from "react";
-import { api, errorText } from "../../lib/api.ts";
+import { api, download, errorText, saveAs } from "../../lib/api.ts";
 import type { Vm } from "../../lib/types.ts";
 import { bytes } from "../../lib/format.ts";
 import { ErrorLine } from "../../components/ErrorLine.tsx";
@@ -23,6 +25,16 @@ interface Counters {
   rx: Direction;
   tx: Direction;
 }
+interface Capture {
+  id: string;
+  vm: string;
+  nic: string;
+  bytes: number;
+  packets: number;
+  stoppedBy: string;
+  startedAt: string;
+  stoppedAt: string | null;
+}
 interface Forward {
   id: string;
   vm: string;
@@ -38,9 +50,13 @@ export function NicTraffic({ vm, canManage }: { vm: Vm; canManage: boolean }) {
   const [forwards, setForwards] = useState<Forward[]>([]);
   const [error, setError] = useState<string | null>(null);
   const [f, setF] = useState({ guestPort: 80, listen: "127.0.0.1:8080" });
+  const [captures, setCaptures] = useState<Capture[]>([]);
+  const [mirror, setMirror] = useState({ nic: vm.nics[0]?.name ?? "", seconds: 5 });
+  const [capturing, setCapturing] = useState(false);
   const load = useCallback(() => {
     if (vm.state === "running") api<Counters[]>("GET", `/v1/vms/${vm.name}/net/counters`).then(setCounters, () => setCounters([]));
     api<Forward[]>("GET", "/v1/net/forwards").then((all) => setForwards(all.filter((x) => x.vm === vm.name)), () => setForwards([]));
+    api<Capture[]>("GET", "/v1/captures").then((all) => setCaptures(all.filter((x) => x.vm === vm.name)), () => setCaptures([]));
   }, [vm.name, vm.state]);
   useEffect(load, [load]);
   const done = (p: Promise<unknown>) => p.then(() => (setError(null), load()), (err: unknown) => setError(errorText(err)));
@@ -85,6 +101,61 @@ export function NicTraffic({ vm, canManage }: { vm: Vm; canManage: boolean }) {
             </li>
           ))}
         </ul>
+      )}
+      <h4>Captures</h4>
+      {captures.length === 0 ? (
+        <p>No captures.</p>
+      ) : (
+        <table className="table" aria-label="Captures">
+          <TableHead columns={["NIC", "started", "packets", "size", "ended by", ""]} />
+          <tbody>
+            {captures.map((c) => (
+              <tr key={c.id} data-testid={`capture-${c.id}`}>
+                <td>{c.nic}</td>
+                <td>{c.startedAt}</td>
+                <td>{c.packets}</td>
+                <td>{bytes(c.bytes)}</td>
+                <td>{c.stoppedAt ? c.stoppedBy : "capturing"}</td>
+                <td>
+                  {canManage && c.stoppedAt && (
+                    <button type="button" onClick={() => void download(`/v1/captures/${c.id}`, null).then((pcap) => saveAs(pcap, `${vm.name}-${c.nic}-${c.id.slice(0, 8)}.pcap`), (err: unknown) => setError(errorText(err)))}>
+                      Download pcap
+                    </button>
+                  )}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {canManage && vm.state === "running" && vm.nics.length > 0 && (
+        <form
+          className="inline-form"
+          aria-label="Capture traffic"
+          onSubmit={(e) => {
+            e.preventDefault();
+            setCapturing(true);
+            void done(api("POST", `/v1/vms/${vm.name}/net/mirror`, { body: { nic: mirror.nic, durationMs: mirror.seconds * 1000 } })).finally(() => setCapturing(false));
+          }}
+        >
+          <label className="field">
+            NIC
+            <select value={mirror.nic} onChange={(e) => setMirror({ ...mirror, nic: e.target.value })}>
+              {vm.nics.map((n) => (
+                <option key={n.name} value={n.name}>
+                  {n.name} ({n.network})
+                </option>
+              ))}
+            </select>
+          </label>
+          <label className="field">
+            Seconds
+            <input type="number" min={1} max={300} value={mirror.seconds} onChange={(e) => setMirror({ ...mirror, seconds: Number(e.target.value) })} />
+          </label>
+          <button type="submit" disabled={capturing}>
+            {capturing ? `Capturing for ${mirror.seconds} s…` : "Capture traffic"}
+          </button>
+        </form>
       )}
       {canManage && vm.nics.length > 0 && (
         <form
