@@ -66,7 +66,7 @@ export function clusterTopology(t: TestContext, hosts: number): Topology {
  * Two agents (h1, h2) and a manager on PostgreSQL, each in its own namespace of a fresh topology, hosts added with
  * `vigil host add` and both ready. Shared by every cluster integration test.
  */
-export async function cluster(t: TestContext, opts: { agentEnv?: (host: string) => NodeJS.ProcessEnv; managerArgs?: readonly string[] } = {}) {
+export async function cluster(t: TestContext, opts: { agentEnv?: (host: string) => NodeJS.ProcessEnv; managerArgs?: readonly string[]; agentArgs?: readonly string[] } = {}) {
   requireTinyImage();
   const topo = clusterTopology(t, 2);
   const db = await freshDatabase();
@@ -82,7 +82,7 @@ export async function cluster(t: TestContext, opts: { agentEnv?: (host: string) 
     const add = manager.cli("host", "add", `h${i + 1}`, "--addr", `${h.addr}:7451`, "--out", creds);
     assert.equal(add.status, 0, add.stderr);
     credentials.push(creds);
-    agents.push(await startDaemon(t, { command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds], wrap: h.wrap, ...(opts.agentEnv ? { env: opts.agentEnv(`h${i + 1}`) } : {}) }));
+    agents.push(await startDaemon(t, { command: ["agent", "--listen", `${h.addr}:7451`, "--credentials", creds, ...(opts.agentArgs ?? [])], wrap: h.wrap, ...(opts.agentEnv ? { env: opts.agentEnv(`h${i + 1}`) } : {}) }));
   }
   await waitFor(() => {
     const r = manager.cli("host", "list", "--json");

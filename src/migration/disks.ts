@@ -4,13 +4,14 @@
  * image of exactly the source's virtual size (sync "full"). A cold move copies the source's disks in instead
  * (`copyDiskIn`). Files are made 0600 in the VM's private directory and registered as its data.
  */
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync } from "node:fs";
 import { VigilError, q } from "../errors.ts";
 import { vmLayout } from "../paths.ts";
 import { ensurePrivateDir } from "../host/private-dir.ts";
 import { QEMU_IMG, makePrivate } from "../qemu/qemu-img.ts";
 import { runCommand } from "../util/run-command.ts";
 import { diskFile } from "../vm/vm-view.ts";
+import type { VmRecord } from "../vm/vm-repository.ts";
 import type { DossierDeps, IncomingDiskPlan } from "./dossier.ts";
 
 /** What the migration engine needs per disk (precopy.ts): the node QEMU's argv names it, its NBD export, the file. */
@@ -32,9 +33,26 @@ async function createImage(file: string, virtualSize: number, base: string | und
 async function incomingVm(deps: DossierDeps, vmId: string) {
   const vm = await deps.vms.recordById(vmId);
   if (vm.state !== "incoming") throw new VigilError("VIGIL_INVALID_STATE", `Cannot prepare the disks of VM ${q(vm.name)}: it is ${vm.state}, not incoming`);
-  // Its disks are the source's own files on the shared storage: a copy here (and a mirror into it) would fork them.
-  if (vm.spec.storage === "shared") throw new VigilError("VIGIL_CONFLICT", `Cannot move VM ${q(vm.name)} by migration yet: its disks are on shared storage (the mirror-less migration is not built); an HA restart can start it elsewhere`, { field: "storage" });
   return vm;
+}
+
+/**
+ * A shared-storage VM's disks on a live move: the very files the source runs on, on the storage both hosts mount
+ * (a copy here, or a mirror into one, would fork them). Each must be there, a regular file; it is registered as
+ * this host's data of the VM (so a purge here erases it) and nothing is mirrored: QEMU hands the image over at the
+ * switchover (the target opens it inactive until then; the source inactivates its own before the target runs).
+ */
+async function sharedIncomingDisks(deps: DossierDeps, vm: VmRecord): Promise<IncomingDisk[]> {
+  const l = deps.vms.layoutOf(vm); // refuses, naming storage, on a host without shared storage
+  ensurePrivateDir(deps.vmsDir);
+  ensurePrivateDir(l.dir);
+  for (const disk of vm.spec.disks) {
+    const path = diskFile(l.disksDir, disk.name);
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (!st?.isFile()) throw new VigilError("VIGIL_CONFLICT", `Cannot receive VM ${q(vm.name)}: its disk ${q(disk.name)} is not on this host's shared storage at ${q(path)} (is the same storage mounted at the same path?)`, { field: "storage" });
+    await deps.registry.register(vm.id, path, "disk", { hash: false });
+  }
+  return [];
 }
 
 /**
@@ -43,6 +61,7 @@ async function incomingVm(deps: DossierDeps, vmId: string) {
  */
 export async function prepareIncomingDisks(deps: DossierDeps, vmId: string, plans: readonly IncomingDiskPlan[]): Promise<IncomingDisk[]> {
   const vm = await incomingVm(deps, vmId);
+  if (vm.spec.storage === "shared") return sharedIncomingDisks(deps, vm);
   const l = vmLayout(deps.vmsDir, vm.id);
   ensurePrivateDir(deps.vmsDir);
   ensurePrivateDir(l.dir);
@@ -68,6 +87,8 @@ export async function prepareIncomingDisks(deps: DossierDeps, vmId: string, plan
  */
 export async function copyDiskIn(deps: DossierDeps, vmId: string, plan: IncomingDiskPlan, sourcePath: string): Promise<IncomingDisk> {
   const vm = await incomingVm(deps, vmId);
+  // A copy of a shared VM's disk would fork it: a stopped shared VM is started elsewhere by HA, or moved live.
+  if (vm.spec.storage === "shared") throw new VigilError("VIGIL_CONFLICT", `Cannot move VM ${q(vm.name)} cold: its disks are on shared storage (a copy would fork them); start it and move it live`, { field: "storage" });
   const l = vmLayout(deps.vmsDir, vm.id);
   ensurePrivateDir(deps.vmsDir);
   ensurePrivateDir(l.dir);

@@ -5,7 +5,8 @@
  * mid-way leaves the VM running on the source and nothing on the target once it restarts.
  */
 import { strict as assert } from "node:assert";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { cluster } from "../cluster-topology.ts";
@@ -146,4 +147,46 @@ test("the manager on PostgreSQL restarts during a migration and records how it e
   assert.equal((await a2.api<{ state: string }>("GET", "/v1/vms/traveller")).state, "running");
   const { vms } = await manager.api<{ vms: { name: string; host: string }[] }>("GET", "/v1/vms");
   assert.deepEqual(vms.filter((v) => v.name === "traveller").map((v) => v.host), ["h2"]);
+});
+
+test("a shared-storage VM migrates live with no disk copy: the same file on the shared storage, the disk log whole, h1 keeps nothing", { timeout: 600_000 }, async (t) => {
+  // ONE directory both agents mount at the same path (root-owned, 0700: mkdtemp as root).
+  const shared = mkdtempSync(join(tmpdir(), "vigil-shared-"));
+  t.after(() => rmSync(shared, { recursive: true, force: true }));
+  const { manager, agents } = await cluster(t, { agentArgs: ["--shared-storage", shared] });
+  const [a1, a2] = agents as [DaemonHandle, DaemonHandle];
+  await manager.api("POST", "/v1/vms", { name: "onshared", memoryMiB: 256, vcpus: 1, host: "h1", storage: "shared" });
+  await manager.api("POST", "/v1/vms/onshared/start", { wait: true });
+  const id = (await a1.api<{ id: string }>("GET", "/v1/vms/onshared")).id;
+  const disk = join(shared, id, "disks", "root.qcow2");
+  const inode = statSync(disk).ino;
+  assert.equal((await guestExec(a1, "onshared", ["ticker", "start"])).out, "started");
+  await new Promise((r) => setTimeout(r, 1500));
+  const before = Number(report((await guestExec(a1, "onshared", ["ticker", "report"])).out).value);
+  assert.ok(before > 10, `the ticker ticks (${before})`);
+
+  const started = await manager.api<Migration>("POST", "/v1/vms/onshared/migrate", { to: "h2" });
+  const final = await followMigration(manager, started.id, () => false);
+  assert.equal(final.state, "completed", final.error ?? "");
+  assert.equal((await a2.api<{ state: string }>("GET", "/v1/vms/onshared")).state, "running");
+  await assert.rejects(a1.api("GET", "/v1/vms/onshared"), /does not exist|not found/i);
+  // Not copied: the same file (same inode) is the disk h2 runs on, and no disk was made under h2's own VM dir.
+  assert.equal(statSync(disk).ino, inode, "the disk is the same file");
+  assert.deepEqual(readdirSync(join(a2.home, "vms", id)).filter((f) => f === "disks"), [], "no local disks on h2");
+  assert.deepEqual(existsSync(join(a1.home, "vms")) ? readdirSync(join(a1.home, "vms")) : [], [], "nothing of the VM stays on h1");
+
+  let out = "";
+  for (let i = 0; i < 60 && !/running=/.test(out); i++) {
+    out = (await guestExec(a2, "onshared", ["ticker", "report"]).catch(() => ({ out: "" }))).out;
+    if (!/running=/.test(out)) await new Promise((res) => setTimeout(res, 500));
+  }
+  assert.equal(report(out).running, "yes", "the ticker came across and still runs");
+  assert.ok(Number(report(out).value) > before, `the counter went on (${before} → ${report(out).value})`);
+  assert.equal((await guestExec(a2, "onshared", ["ticker", "stop"])).out, "stopped");
+  const done = report((await guestExec(a2, "onshared", ["ticker", "report"])).out);
+  assert.equal(done.gaps, "0", `no value missing from the disk log: ${JSON.stringify(done)}`);
+  assert.equal(done.last, done.value, "the disk log ends where RAM is");
+  // The shared VM's data on h2 is the shared disk (a purge there erases it); the source's left it to h2.
+  const where = await a2.api<{ live: { path: string; purpose: string }[] }>("GET", "/v1/vms/onshared/where");
+  assert.ok(where.live.some((f) => f.path === disk && f.purpose === "disk"), JSON.stringify(where.live));
 });
