@@ -253,7 +253,10 @@ test("web console: export a VM as a bundle the browser downloads, its firewall, 
   const pcapFile = join(dir, "netvm.pcap");
   await pcap.saveAs(pcapFile);
   assert.match(readFileSync(pcapFile).subarray(0, 4).toString("hex"), /^(d4c3b2a1|a1b2c3d4|4d3cb2a1|a1b23c4d)$/, "a pcap file");
+  // Gone again, network included: a network left behind would keep this daemon's namespace and its dnsmasq.
   await d.api("POST", "/v1/vms/netvm/kill");
+  await d.api("DELETE", "/v1/vms/netvm");
+  await d.api("DELETE", "/v1/networks/lab2");
   await page.goto(`${base}/vms/src1`);
   await page.getByRole("button", { name: "Export…" }).click();
   await page.getByLabel("Include its snapshots").check();
