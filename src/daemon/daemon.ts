@@ -233,6 +233,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const rescans = new RescanScheduler({
     all: () => repo.listShared(),
     rows: () => postureRows.all(),
+    anyScanned: () => postureRows.anyScanned(),
     policyOf: (vm) => posture.effectivePolicy(vm),
     current: () => scanService.current(),
     scan: (name) => scanService.scan({ actor: SYSTEM_ACTOR, requestId: crypto.randomUUID() }, name),

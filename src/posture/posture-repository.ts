@@ -46,6 +46,11 @@ export class PostureRepository {
     return r ? { vmId: r.vm_id, scan: r.scan === null ? null : (JSON.parse(r.scan) as ScanRecord), lastRunningAt: r.last_running_at, lastPatchedAt: r.last_patched_at, updatedAt: r.updated_at } : undefined;
   }
 
+  /** Whether any VM has a scan recorded: stops at the first one, and parses no scan. */
+  async anyScanned(): Promise<boolean> {
+    return (await this.db.selectFrom("vm_postures").select("vm_id").where("scan", "is not", null).limit(1).executeTakeFirst()) !== undefined;
+  }
+
   async all(): Promise<PostureRow[]> {
     const rows = await this.db.selectFrom("vm_postures").selectAll().execute();
     return rows.map((r) => ({ vmId: r.vm_id, scan: r.scan === null ? null : (JSON.parse(r.scan) as ScanRecord), lastRunningAt: r.last_running_at, lastPatchedAt: r.last_patched_at, updatedAt: r.updated_at }));

@@ -35,9 +35,14 @@ function fake(o: { rows: PostureRow[]; states?: Record<string, string>; failOn?:
   const vms = o.rows.map((r) => ({ id: r.vmId, name: `vm-${r.vmId}`, labels: {}, state: (o.states?.[r.vmId] ?? "stopped") as "stopped" }));
   const scanned: string[] = [];
   let currentCalls = 0;
+  let rowReads = 0;
   const deps: RescanDeps = {
     all: async () => vms,
-    rows: async () => o.rows,
+    rows: async () => {
+      rowReads++;
+      return o.rows;
+    },
+    anyScanned: async () => o.rows.some((r) => r.scan),
     policyOf: async () => ({ gate: false, maxScanAgeDays: 7, vulnerableAt: "high" }),
     current: async () => {
       currentCalls++;
@@ -50,7 +55,7 @@ function fake(o: { rows: PostureRow[]; states?: Record<string, string>; failOn?:
     log: silentLogger(),
     now: () => NOW,
   };
-  return { deps, scanned, currentCalls: () => currentCalls };
+  return { deps, scanned, currentCalls: () => currentCalls, rowReads: () => rowReads };
 }
 
 test("a run rescans the dormant, scanned VMs that are behind, oldest first, capped; failures are reported", async () => {
@@ -73,6 +78,7 @@ test("the checks: nothing ever scanned costs no advisory load; a change of the d
   t.after(() => idle.stop());
   await new Promise((r) => setTimeout(r, 150));
   assert.equal(none.currentCalls(), 0);
+  assert.equal(none.rowReads(), 0, "the minute's check reads no scan rows");
 
   let data: Current = { ...cur };
   const f = fake({ rows: [row("a", scan())], current: () => data });

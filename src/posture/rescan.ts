@@ -72,6 +72,8 @@ export interface RescanDeps {
   /** Every VM of this host (the scheduler acts for the system, not for a user). */
   all(): Promise<readonly Pick<VmRecord, "id" | "name" | "labels" | "state">[]>;
   rows(): Promise<PostureRow[]>;
+  /** Whether any VM here was ever scanned: the minute's check asks only this (the rows hold whole package lists). */
+  anyScanned(): Promise<boolean>;
   policyOf(vm: Pick<VmRecord, "name" | "labels">): Promise<GatePolicy>;
   current(): Promise<Current>;
   /** `vigil scan VM` as the system. */
@@ -118,9 +120,8 @@ export class RescanScheduler {
   private async tick(): Promise<void> {
     if (this.#running) return;
     try {
-      const rows = await this.d.rows();
       // Nothing was ever scanned here: no rescan to make, and the advisory data is not even loaded for it.
-      if (!rows.some((r) => r.scan)) return;
+      if (!(await this.d.anyScanned())) return;
       const cur = await this.d.current();
       const key = `${cur.advisoriesSha256 ?? ""}/${cur.rulesSha256 ?? ""}`;
       const changed = this.#seen !== undefined && key !== this.#seen;

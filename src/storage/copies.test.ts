@@ -396,6 +396,11 @@ test("a clone of the current disk has the source's posture (not its own policy);
   assert.equal(copy.policy.scope, "default", "the source's own policy stays the source's");
   await ok(f.call("bob", "POST", "/v1/vms/web/clone", { name: "older", mode: "full", fromSnapshot: "s1" }), 201);
   assert.deepEqual([(await stateOf("older")).state, (await stateOf("older")).lastScan], ["unknown", null]);
+  // Destroyed, the VM takes its own policy along: a new VM of the same name does not inherit it.
+  const scopes = async () => (await ok<{ policies: { scope: string }[] }>(f.call("admin", "GET", "/v1/posture/policies"))).policies.map((p) => p.scope);
+  assert.ok((await scopes()).includes("vm:web"));
+  await ok(f.call("bob", "DELETE", "/v1/vms/web"));
+  assert.ok(!(await scopes()).includes("vm:web"), "the destroyed VM's policy is gone");
 });
 
 test("tasks: an export is a running task until its last byte is read; a user sees their own tasks, an auditor everyone's", async (t) => {

@@ -133,6 +133,8 @@ export class VmRemoval {
       rmSync(sharedDir, { recursive: true, force: true });
     }
     await d.locations.close(vm.id);
+    // The gate policy set for this VM by name goes with it: a later VM of the same name must not inherit it.
+    if (how === "deleted" || how === "purged") await d.repo.db.deleteFrom("posture_policies").where("scope", "=", `vm:${vm.name}`).execute();
     await d.repo.delete(vm.id);
     return report;
   }
