@@ -92,9 +92,11 @@ test("a VM's request goes to its holder as bytes, and the answer comes back as i
 
   assert.equal((await f.app.request("/v1/vms/web/snapshots?x=1")).status, 200);
   assert.equal(f.seen.at(-1)!.path, "/v1/vms/web/snapshots?x=1");
+  assert.equal((await f.app.request("/v1/vms/db/purge", { method: "POST" })).status, 200);
+  assert.equal(f.placements.has("db"), false, "a purged VM leaves the placements");
   assert.equal((await f.app.request("/v1/vms/web", { method: "DELETE" })).status, 200);
   assert.equal(f.placements.has("web"), false, "a deleted VM leaves the placements");
-  assert.deepEqual(f.events.map((e) => `${e.kind} ${e.subject} ${String(e.payload.what)}`), ["vm.changed web vm"]);
+  assert.deepEqual(f.events.map((e) => `${e.kind} ${e.subject} ${String(e.payload.what)}`), ["vm.changed db purge", "vm.changed web vm"]);
   assert.equal((await f.app.request("/v1/vms/nope/start", { method: "POST" })).status, 404);
 });
 
@@ -150,6 +152,11 @@ test("the stale-fleet report is every host's; a fleet rescan asks every ready ho
   assert.deepEqual(await (await f.app.request("/v1/posture/stale")).json(), { vms: [{ vm: "web", state: "stale", host: "h1" }, { vm: "db", state: "unknown", host: "h2" }] });
   assert.deepEqual(await (await f.app.request("/v1/posture/rescan", { method: "POST" })).json(), { scanned: ["web"], failed: [{ vm: "db", error: "busy" }] });
   assert.deepEqual(f.seen.filter((s) => s.path === "/v1/posture/rescan").map((s) => [s.host, s.actor]), [["h1", "olga"], ["h2", "olga"]]);
+});
+
+test("a list: a host that does not answer at all is left out, the others still list", async () => {
+  const f = fixture({ h1: () => ok([{ id: "c1" }]), h2: () => { throw new VigilError("VIGIL_HOST", "agent h2 is not answering"); } });
+  assert.deepEqual(await (await f.app.request("/v1/captures")).json(), [{ id: "c1", host: "h1" }]);
 });
 
 test("a list no host answers: the agents' refusal, as they gave it", async () => {

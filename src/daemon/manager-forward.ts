@@ -161,7 +161,8 @@ export function registerManagerForwarding(app: Hono<ManagerEnv>, d: ManagerForwa
     const answer = await d.relay(host, c.req.method, url.pathname + url.search, requestOf(c));
     const what = url.pathname.split("/").slice(4).join("/") || "vm";
     if (answer.status < 400 && c.req.method !== "GET" && c.req.method !== "HEAD") {
-      if (c.req.method === "DELETE" && what === "vm") await d.deletePlacement(name);
+      // Destroyed (DELETE) or purged: the VM is gone from its host, so from the placements too.
+      if ((c.req.method === "DELETE" && what === "vm") || (c.req.method === "POST" && what === "purge")) await d.deletePlacement(name);
       // A change through the manager is a cluster event: open web consoles refresh on it (GET /v1/events). An export changes nothing.
       if (what !== "export") await d.event("vm.changed", name, { host, method: c.req.method, what });
     }
@@ -170,16 +171,25 @@ export function registerManagerForwarding(app: Hono<ManagerEnv>, d: ManagerForwa
   app.all("/v1/vms/:name/*", forward);
   app.all("/v1/vms/:name", forward);
 
-  /** Every ready host's list at `path` (an array, or the array under `key`), each item with its host; the first refusal when no host answered. */
+  /**
+   * Every ready host's list at `path` (an array, or the array under `key`), each item with its host; the first
+   * refusal when no host answered with a list; a host that does not answer at all is left out (and logged).
+   */
   async function listEverywhere(c: Context<ManagerEnv>, path: string, key: string | undefined): Promise<{ id?: unknown; name?: unknown; host: string }[]> {
     const actor = actorOf(c);
     const answers = await Promise.all(
       d.readyHosts().map(async (host) => {
-        const answer = await d.relay(host, "GET", path, { headers: { accept: "application/json" }, actor });
-        const text = await readBounded(answer, host);
-        return { host, status: answer.status, text };
+        try {
+          const answer = await d.relay(host, "GET", path, { headers: { accept: "application/json" }, actor });
+          const text = await readBounded(answer, host);
+          return { host, status: answer.status, text };
+        } catch (err) {
+          // A host that stopped answering since its last heartbeat adds nothing, as in the VM list; the rest still list.
+          d.log.warn({ host, path, err }, "a host's list could not be read");
+          return undefined;
+        }
       }),
-    );
+    ).then((all) => all.filter((a) => a !== undefined));
     const ok = answers.filter((a) => a.status < 400);
     const refused = answers.find((a) => a.status >= 400);
     if (ok.length === 0 && refused) throw agentErrorOf(refused.status, refused.text, `Host ${q(refused.host)}`);

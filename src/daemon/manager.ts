@@ -302,7 +302,8 @@ export async function startManager(o: ManagerOptions): Promise<Manager> {
     },
     holder,
     readyHosts: () => hosts.readyHosts(),
-    beforeImport: shareTrust,
+    // Best effort: a host that cannot be asked now does not stop an import onto another (its refusal would name the key).
+    beforeImport: () => shareTrust().catch((err: unknown) => log.warn({ err }, "sharing the hosts' bundle keys failed")),
     place: (demand) => {
       const placed = placeVm(loads(), demand);
       if (!placed.ok) throw new VigilError("VIGIL_CONFLICT", placed.message);
