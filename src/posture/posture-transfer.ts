@@ -13,7 +13,7 @@ import type { Kysely, Transaction } from "kysely";
 import type { Database } from "../inventory/schema.ts";
 import { gatePolicySchema } from "./posture-service.ts";
 import { SEVERITIES } from "./posture-state.ts";
-import type { GatePolicy, ScanRecord } from "./posture-repository.ts";
+import { PostureRepository, type GatePolicy } from "./posture-repository.ts";
 
 const text = (n: number) => z.string().max(n);
 const time = z.string().max(64);
@@ -49,14 +49,14 @@ type Db = Kysely<Database> | Transaction<Database>;
 
 /** The VM's posture to carry, or null when it has none (never scanned, never ran, no policy of its own). */
 export async function readPosture(db: Db, vm: { id: string; name: string }): Promise<PostureTransfer | null> {
-  const vmId = vm.id;
-  const row = await db.selectFrom("vm_postures").selectAll().where("vm_id", "=", vmId).executeTakeFirst();
+  // The row as the posture repository reads it (its JSON parsed there); the VM's own policy is one scope.
+  const row = await new PostureRepository(db).get(vm.id);
   const pol = await db.selectFrom("posture_policies").selectAll().where("scope", "=", `vm:${vm.name}`).executeTakeFirst();
   if (!row && !pol) return null;
   return {
-    scan: row?.scan ? (JSON.parse(row.scan) as ScanRecord) : null,
-    lastRunningAt: row?.last_running_at ?? null,
-    lastPatchedAt: row?.last_patched_at ?? null,
+    scan: row?.scan ?? null,
+    lastRunningAt: row?.lastRunningAt ?? null,
+    lastPatchedAt: row?.lastPatchedAt ?? null,
     policy: pol ? { policy: JSON.parse(pol.policy) as GatePolicy, actor: pol.actor, updatedAt: pol.updated_at } : null,
   };
 }
