@@ -37,7 +37,7 @@ import { createApiServer, loadTls, tlsSettingFor, type TlsSetting } from "./tls.
 import { registerManagerReads, type ManagerReads } from "./manager-reads.ts";
 import { FORWARD_IDLE_MS, registerManagerForwarding } from "./manager-forward.ts";
 import { shareHostKeys } from "./cluster-trust.ts";
-import { CONSOLE_PROTOCOL, forwardConsoleUpgrade } from "./stream-forward.ts";
+import { CONSOLE_PROTOCOL, forwardConsoleUpgrade, toDelegated as delegatedActor } from "./stream-forward.ts";
 import { createManagerWebConsole, managerAuthentication, registerManagerSessions, type ManagerEnv } from "./manager-web.ts";
 import { isWebSocketUpgrade } from "./web-console.ts";
 import { AccountService } from "../auth/account-service.ts";
@@ -65,7 +65,8 @@ export interface Manager {
 }
 
 
-const toDelegated = (ctx: RequestContext): DelegatedActor => ({ name: ctx.actor.name, roles: ctx.actor.roles, groups: ctx.actor.groups, introspect: ctx.actor.introspect });
+/** The user a request to an agent is made for: stream-forward.ts's, from the request's context. */
+const toDelegated = (ctx: RequestContext): DelegatedActor => delegatedActor(ctx.actor);
 
 function fail(c: Context, err: unknown, log: Logger): Response {
   if (err instanceof VigilError) return c.json(errorBody(err), err.status as 400);
